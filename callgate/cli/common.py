@@ -1,0 +1,53 @@
+"""Shared CLI plumbing: options, error handling, exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, NoReturn
+
+import click
+import typer
+
+from callgate.errors import InputError, KernelError
+
+EXIT_OK, EXIT_USER, EXIT_USAGE = 0, 1, 2
+
+InventoryOpt = Annotated[
+    list[str],
+    typer.Option("--inventory", "-i", help="Inventory file or directory (callgate/v1 Inventory, or kubectl Pod/Namespace YAML). Repeatable."),
+]
+PoliciesOpt = Annotated[
+    list[str],
+    typer.Option("--policies", "-p", help="Policy file or directory (NetworkPolicy and/or callgate/v1 App; *.yaml, *.yml, *.json, recursive). Repeatable."),
+]
+
+
+def fail(message: str) -> NoReturn:
+    """Report a user error and exit 1."""
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(EXIT_USER)
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run the typer app, turning user errors into messages and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except InputError as err:
+        for problem in err.problems:
+            typer.secho(f"error: {problem}", err=True, fg="red")
+        sys.exit(EXIT_USER)
+    except KernelError as err:
+        typer.secho(f"error: the kernel rejected the transaction; nothing was changed:\n{err}", err=True, fg="red")
+        sys.exit(EXIT_USER)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.secho("aborted", err=True)
+        sys.exit(EXIT_USER)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_USER)
+    except PermissionError as exc:
+        typer.secho(f"error: {exc} (callgate needs root for this command)", err=True, fg="red")
+        sys.exit(EXIT_USER)
+    sys.exit(EXIT_OK)

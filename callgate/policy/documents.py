@@ -1,0 +1,129 @@
+"""Reading policy and inventory files into documents, with positions on demand.
+
+Parsing uses PyYAML's C loader, which is fast but forgets where things were.
+When a document turns out to be wrong we parse that one file again with the
+node composer and walk to the offending field, so error messages can say
+``file:line:column`` without slowing down the common, correct case.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from callgate.errors import InputError, Problem
+
+try:  # pragma: no cover - depends on how PyYAML was built
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    _Loader = yaml.SafeLoader
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML/JSON document, possibly an item of a ``List``."""
+
+    file: str
+    index: int  # document number inside the file
+    data: Any
+    path: tuple[str | int, ...] = ()  # e.g. ("items", 3) for the 4th item of a List
+
+    def problem(self, message: str, field: str | None = None, obj: str | None = None,
+                field_path: tuple[str | int, ...] = ()) -> Problem:
+        line, column = locate(self.file, self.index, self.path + field_path)
+        return Problem(message, file=self.file, object=obj, field=field, line=line, column=column)
+
+
+def files_under(paths: Iterable[str | Path]) -> list[Path]:
+    """Policy files named by the user: files as given, directories recursively."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError.single("no such file or directory", file=str(path))
+    return found
+
+
+def read_documents(path: Path) -> Iterator[Document]:
+    """Yield every document of a file; ``List`` objects are expanded into items."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError.single(f"cannot read file: {exc}", file=name) from None
+    try:
+        if path.suffix == ".json":
+            docs: list[Any] = [json.loads(text)]
+        else:
+            docs = list(yaml.load_all(text, Loader=_Loader))
+    except json.JSONDecodeError as exc:
+        raise InputError.single(f"invalid JSON: {exc.msg}", file=name, line=exc.lineno,
+                                column=exc.colno) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError.single(
+            f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
+            file=name,
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+        ) from None
+    for index, data in enumerate(docs):
+        if data is None:
+            continue  # an empty document, e.g. a trailing '---'
+        if isinstance(data, dict) and data.get("kind") == "List" or (
+            isinstance(data, dict) and str(data.get("kind", "")).endswith("List")
+            and isinstance(data.get("items"), list)
+        ):
+            for i, item in enumerate(data.get("items") or []):
+                yield Document(name, index, item, ("items", i))
+        else:
+            yield Document(name, index, data)
+
+
+def locate(file: str, index: int, path: tuple[str | int, ...]) -> tuple[int | None, int | None]:
+    """Best-effort (line, column) of ``path`` inside document ``index`` of ``file``.
+
+    Walks as deep as the path exists, so a missing field points at its parent.
+    """
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
+        node: Any = nodes[index]
+    except Exception:  # noqa: BLE001 - positions are a nicety, never a failure
+        return None, None
+    for step in path:
+        nxt = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == step:
+                    nxt = value
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
+            if 0 <= step < len(node.value):
+                nxt = node.value[step]
+        if nxt is None:
+            break
+        node = nxt
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    """("spec", "ingress", 0, "ports") -> "spec.ingress[0].ports"."""
+    out = ""
+    for step in path:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        else:
+            out += ("." if out else "") + step
+    return out

@@ -1,0 +1,258 @@
+"""Inventory: who runs where.
+
+Two formats are accepted: callgate's own ``callgate/v1 Inventory`` (see
+DESIGN.md) and Kubernetes ``Pod``/``Namespace`` objects as ``kubectl get -o
+yaml`` prints them (a ``List`` or several documents). Both may be mixed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from callgate.errors import InputError, Problem
+from callgate.policy import validation as v
+from callgate.policy.documents import Document, files_under, read_documents
+from callgate.policy.model import (
+    NAMESPACE_NAME_LABEL,
+    Endpoint,
+    IPAddress,
+    Inventory,
+    NamedPort,
+    Namespace,
+)
+from callgate.policy.networkpolicy import object_name, problems_from
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if err := v.label_key(key) or v.label_value(value):
+            raise ValueError(err)
+    return labels
+
+
+class PortModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    port: int
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+    @model_validator(mode="after")
+    def _check(self) -> PortModel:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} must be between 1 and 65535")
+        if self.name is not None and (err := v.port_name(self.name)):
+            raise ValueError(err)
+        return self
+
+
+class EndpointModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    namespace: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    node: str | None = None
+    interface: str | None = None
+    ips: list[str] = Field(default_factory=list)
+    ports: list[PortModel] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if err := v.dns_subdomain(name):
+            raise ValueError(err)
+        return name
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, ns: str) -> str:
+        if err := v.dns_label(ns):
+            raise ValueError(err)
+        return ns
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        return _check_labels(labels)
+
+    @field_validator("interface")
+    @classmethod
+    def _iface(cls, iface: str | None) -> str | None:
+        if iface is not None and (err := v.interface_name(iface)):
+            raise ValueError(err)
+        return iface
+
+    @field_validator("ips")
+    @classmethod
+    def _ips(cls, ips: list[str]) -> list[str]:
+        for ip in ips:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
+        return ips
+
+
+class NamespaceModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        return _check_labels(labels)
+
+
+class InventoryModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    api_version: Literal["callgate/v1"] = Field(alias="apiVersion")
+    kind: Literal["Inventory"]
+    namespaces: dict[str, NamespaceModel | None] = Field(default_factory=dict)
+    endpoints: list[EndpointModel] = Field(default_factory=list)
+
+    @field_validator("namespaces")
+    @classmethod
+    def _ns_names(cls, namespaces: dict[str, Any]) -> dict[str, Any]:
+        for name in namespaces:
+            if err := v.dns_label(name):
+                raise ValueError(f"namespace {name!r}: {err}")
+        return namespaces
+
+
+class _Builder:
+    """Accumulates namespaces and endpoints from any number of documents."""
+
+    def __init__(self) -> None:
+        self.inventory = Inventory()
+        self.problems: list[Problem] = []
+        self.seen_ips: dict[IPAddress, str] = {}
+        self.seen_keys: set[str] = set()
+
+    def namespace(self, name: str, labels: dict[str, str]) -> None:
+        labels = dict(labels)
+        # The API server guarantees this label; inventories may leave it out.
+        labels.setdefault(NAMESPACE_NAME_LABEL, name)
+        self.inventory.namespaces[name] = Namespace(name, labels)
+
+    def endpoint(self, ep: Endpoint, doc: Document, obj: str, field_path: tuple[str | int, ...]) -> None:
+        if ep.key in self.seen_keys:
+            self.problems.append(doc.problem(f"endpoint {ep.key} is defined twice", obj=obj,
+                                             field="name", field_path=field_path))
+            return
+        for ip in ep.ips:
+            if ip in self.seen_ips:
+                self.problems.append(doc.problem(
+                    f"IP {ip} is already used by endpoint {self.seen_ips[ip]}", obj=obj,
+                    field="ips", field_path=field_path))
+                return
+            self.seen_ips[ip] = ep.key
+        self.seen_keys.add(ep.key)
+        self.inventory.endpoints.append(ep)
+
+    def add_native(self, doc: Document) -> None:
+        try:
+            model = InventoryModel.model_validate(doc.data)
+        except ValidationError as exc:
+            self.problems.extend(problems_from(exc, doc, "Inventory"))
+            return
+        for name, ns in model.namespaces.items():
+            self.namespace(name, ns.labels if ns else {})
+        for i, e in enumerate(model.endpoints):
+            ep = Endpoint(
+                name=e.name, namespace=e.namespace, labels=dict(e.labels), node=e.node,
+                ips=tuple(ipaddress.ip_address(ip) for ip in e.ips), interface=e.interface,
+                ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
+            )
+            self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i))
+
+    def add_k8s_namespace(self, doc: Document) -> None:
+        meta = doc.data.get("metadata") or {}
+        name = meta.get("name")
+        if not isinstance(name, str) or v.dns_label(name):
+            self.problems.append(doc.problem("Namespace needs metadata.name, a DNS-1123 label",
+                                             obj="Namespace", field="metadata.name",
+                                             field_path=("metadata", "name")))
+            return
+        labels = meta.get("labels") or {}
+        try:
+            _check_labels({str(k): str(val) for k, val in labels.items()})
+        except ValueError as exc:
+            self.problems.append(doc.problem(str(exc), obj=f"Namespace {name}", field="metadata.labels",
+                                             field_path=("metadata", "labels")))
+            return
+        self.namespace(name, {str(k): str(val) for k, val in labels.items()})
+
+    def add_pod(self, doc: Document) -> None:
+        data = doc.data
+        obj = object_name(data, "Pod")
+        meta, spec, status = (data.get(k) or {} for k in ("metadata", "spec", "status"))
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return  # finished pods hold no IP that policy applies to
+        try:
+            ips = [p["ip"] for p in status.get("podIPs") or []] or (
+                [status["podIP"]] if status.get("podIP") else [])
+            ports = [
+                PortModel(name=p.get("name"), port=p["containerPort"], protocol=p.get("protocol", "TCP"))
+                for c in (spec.get("containers") or []) for p in (c.get("ports") or [])
+            ]
+            iface = (meta.get("annotations") or {}).get("callgate.io/interface")
+            model = EndpointModel(name=meta.get("name", ""), namespace=meta.get("namespace", "default"),
+                                  labels=meta.get("labels") or {}, node=spec.get("nodeName"),
+                                  ips=ips, ports=ports, interface=iface)
+        except (ValidationError, KeyError, TypeError, AttributeError) as exc:
+            message = str(exc).splitlines()[-1] if isinstance(exc, ValidationError) else f"malformed Pod: {exc}"
+            if isinstance(exc, ValidationError):
+                message = "; ".join(
+                    f"{'.'.join(str(x) for x in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                    for e in exc.errors())
+            self.problems.append(doc.problem(message, obj=obj))
+            return
+        ep = Endpoint(name=model.name, namespace=model.namespace, labels=dict(model.labels),
+                      node=model.node, ips=tuple(ipaddress.ip_address(i) for i in model.ips),
+                      interface=model.interface,
+                      ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in model.ports))
+        self.endpoint(ep, doc, obj, ())
+
+    def finish(self) -> Inventory:
+        if self.problems:
+            raise InputError(self.problems)
+        # Namespaces that endpoints use but nobody declared still exist, with only
+        # the label the API server would give them.
+        for ep in self.inventory.endpoints:
+            if ep.namespace not in self.inventory.namespaces:
+                self.namespace(ep.namespace, {})
+        return self.inventory
+
+
+def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
+    """Load an inventory from files (or directories) in either accepted format."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    builder = _Builder()
+    for path in files_under(paths):
+        for doc in read_documents(path):
+            data = doc.data
+            kind = data.get("kind") if isinstance(data, dict) else None
+            api = data.get("apiVersion") if isinstance(data, dict) else None
+            if kind == "Inventory":
+                builder.add_native(doc)
+            elif kind == "Namespace" and api == "v1":
+                builder.add_k8s_namespace(doc)
+            elif kind == "Pod" and api == "v1":
+                builder.add_pod(doc)
+            else:
+                builder.problems.append(doc.problem(
+                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {api}/{kind}",
+                    obj=str(kind), field="kind", field_path=("kind",)))
+    return builder.finish()
+
+
+def inventory_from_dict(data: dict[str, Any], name: str = "<inventory>") -> Inventory:
+    """Build an inventory from an in-memory callgate/v1 document (tests, generators)."""
+    builder = _Builder()
+    builder.add_native(Document(name, 0, data))
+    return builder.finish()

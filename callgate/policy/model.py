@@ -1,0 +1,240 @@
+"""The normalised policy model every source compiles to.
+
+These are plain frozen dataclasses: cheap to build by the hundred thousand,
+hashable (so selectors can be cached and deduplicated), and free of any notion
+of where they came from except the provenance they carry for explanations.
+Validation happens at the boundary (``kubernetes.py``, ``native.py``,
+``inventory.py``); anything that reaches this module is already well formed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+Protocol = Literal["TCP", "UDP", "SCTP"]
+PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+class Direction(str, Enum):
+    INGRESS = "Ingress"
+    EGRESS = "Egress"
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """One matchExpressions entry: key In/NotIn/Exists/DoesNotExist values."""
+
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if self.operator == "Exists":
+            return self.key in labels
+        if self.operator == "DoesNotExist":
+            return self.key not in labels
+        if self.operator == "In":
+            return labels.get(self.key) in self.values
+        # NotIn: true when the key is absent, as in Kubernetes.
+        return labels.get(self.key) not in self.values
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """A Kubernetes label selector. The empty selector matches everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.match_labels and not self.match_expressions
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        for key, value in self.match_labels:
+            if labels.get(key) != value:
+                return False
+        return all(req.matches(labels) for req in self.match_expressions)
+
+    def canonical(self) -> str:
+        """A stable text form, used for naming sets and for display."""
+        parts = [f"{k}={v}" for k, v in self.match_labels]
+        for r in self.match_expressions:
+            if r.operator in ("Exists", "DoesNotExist"):
+                parts.append(("!" if r.operator == "DoesNotExist" else "") + r.key)
+            else:
+                op = "in" if r.operator == "In" else "notin"
+                parts.append(f"{r.key} {op} ({','.join(sorted(r.values))})")
+        return ",".join(sorted(parts)) if parts else "{}"
+
+
+@dataclass(frozen=True, slots=True)
+class IPBlock:
+    cidr: IPNetwork
+    excepts: tuple[IPNetwork, ...] = ()
+
+    def contains(self, ip: IPAddress) -> bool:
+        if ip.version != self.cidr.version or ip not in self.cidr:
+            return False
+        return not any(ip in e for e in self.excepts)
+
+    def canonical(self) -> str:
+        text = str(self.cidr)
+        if self.excepts:
+            text += " except " + ",".join(str(e) for e in self.excepts)
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One entry of a rule's from/to list.
+
+    Exactly one of (selectors, ip_block) is in use. ``namespace_selector`` None
+    means "the policy's own namespace" (``namespace`` holds it); a selector
+    means "namespaces whose labels match".
+    """
+
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    namespace: str | None = None  # the policy's namespace, when namespace_selector is None
+    ip_block: IPBlock | None = None
+
+    def canonical(self) -> str:
+        if self.ip_block is not None:
+            return "ipBlock " + self.ip_block.canonical()
+        ns = (
+            "ns=" + self.namespace
+            if self.namespace_selector is None
+            else "nsSelector " + self.namespace_selector.canonical()
+        )
+        pods = self.pod_selector.canonical() if self.pod_selector is not None else "{}"
+        return f"{ns} pods {pods}"
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    """A rule's port: a number (optionally up to end_port) or a named port."""
+
+    protocol: Protocol = "TCP"
+    port: int | str | None = None  # None: all ports of the protocol
+    end_port: int | None = None
+
+    def canonical(self) -> str:
+        if self.port is None:
+            return self.protocol
+        if self.end_port is not None:
+            return f"{self.port}-{self.end_port}/{self.protocol}"
+        return f"{self.port}/{self.protocol}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One ingress or egress rule. Empty ``peers`` means all peers; empty
+    ``ports`` means all ports and protocols."""
+
+    peers: tuple[Peer, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an object came from, for messages and explanations."""
+
+    file: str | None = None
+    document: int = 0  # index of the YAML document in the file
+    path: tuple[str | int, ...] = ()  # path of the object inside the document (for Lists)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A NetworkPolicy-equivalent: the unit of isolation and allowance."""
+
+    namespace: str
+    name: str
+    pod_selector: LabelSelector
+    policy_types: tuple[Direction, ...]
+    ingress: tuple[Rule, ...] = ()
+    egress: tuple[Rule, ...] = ()
+    kind: str = "NetworkPolicy"  # or "App" when derived from the native model
+    origin: Source = field(default_factory=Source, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def display(self) -> str:
+        return f"{self.kind} {self.key}"
+
+    def rules(self, direction: Direction) -> tuple[Rule, ...]:
+        return self.ingress if direction is Direction.INGRESS else self.egress
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPort:
+    name: str | None
+    port: int
+    protocol: Protocol = "TCP"
+
+
+@dataclass(slots=True)
+class Namespace:
+    name: str
+    labels: dict[str, str]
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """A pod (or container) with its own network stack."""
+
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    node: str | None
+    ips: tuple[IPAddress, ...]
+    interface: str | None = None
+    ports: tuple[NamedPort, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def resolve_port(self, name: str, protocol: Protocol) -> list[int]:
+        """Numbers a named port stands for on this endpoint (usually one or none)."""
+        return sorted({p.port for p in self.ports if p.name == name and p.protocol == protocol})
+
+
+@dataclass
+class Inventory:
+    """Who runs where: namespaces with labels, endpoints with labels and IPs."""
+
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    def endpoint(self, key: str) -> Endpoint | None:
+        for ep in self.endpoints:
+            if ep.key == key:
+                return ep
+        return None
+
+    def by_ip(self) -> dict[IPAddress, Endpoint]:
+        return {ip: ep for ep in self.endpoints for ip in ep.ips}
+
+    def nodes(self) -> list[str]:
+        return sorted({ep.node for ep in self.endpoints if ep.node})
+
+
+@dataclass
+class PolicySet:
+    policies: list[Policy] = field(default_factory=list)
+
+    def in_namespace(self, namespace: str) -> list[Policy]:
+        return [p for p in self.policies if p.namespace == namespace]

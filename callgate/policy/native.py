@@ -1,0 +1,226 @@
+"""callgate's native model: ``callgate/v1 App``.
+
+An App names its endpoints (a label selector) and the ports it serves, and
+lists its callers. Every App is isolated in both directions; each caller
+relationship opens exactly one path, caller → callee on the listed ports, on
+both sides (the callee's ingress and the caller's egress). Apps compile to the
+same :class:`Policy` objects as NetworkPolicy, so enforcement, explanations and
+conversion to NetworkPolicy YAML come for free.
+
+See ``examples/shop/apps.yaml`` and README "Native App model".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from callgate.errors import InputError, Problem
+from callgate.policy import validation as v
+from callgate.policy.documents import Document
+from callgate.policy.model import (
+    NAMESPACE_NAME_LABEL,
+    Direction,
+    IPBlock,
+    LabelSelector,
+    Peer,
+    Policy,
+    PortSpec,
+    Rule,
+    Source,
+)
+from callgate.policy.networkpolicy import (
+    IPBlockModel,
+    LabelSelectorModel,
+    MetadataModel,
+    PortModel,
+    object_name,
+    problems_from,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              frozen=True)
+
+
+class ServedPort(_Strict):
+    name: str | None = None
+    port: int
+    protocol: str = "TCP"
+
+    @model_validator(mode="after")
+    def _check(self) -> ServedPort:
+        if self.protocol not in ("TCP", "UDP", "SCTP"):
+            raise ValueError(f"protocol {self.protocol!r} must be one of TCP, UDP, SCTP")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} must be between 1 and 65535")
+        if self.name is not None and (err := v.port_name(self.name)):
+            raise ValueError(err)
+        return self
+
+
+class Caller(_Strict):
+    """Another App (``app``, optionally in ``namespace``) or an address range (``cidr``)."""
+
+    app: str | None = None
+    namespace: str | None = None
+    cidr: str | None = None
+    except_: list[str] | None = Field(default=None, alias="except")
+    ports: list[int | str] | None = None  # names or numbers of the callee's served ports
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Caller:
+        if (self.app is None) == (self.cidr is None):
+            raise ValueError("a caller names exactly one of 'app' or 'cidr'")
+        if self.cidr is None and self.except_:
+            raise ValueError("'except' goes with 'cidr'")
+        if self.cidr is not None:
+            if self.namespace is not None:
+                raise ValueError("'namespace' goes with 'app', not 'cidr'")
+            IPBlockModel(cidr=self.cidr, except_=self.except_)
+        if self.namespace is not None and (err := v.dns_label(self.namespace)):
+            raise ValueError(err)
+        return self
+
+
+class ExternalDestination(_Strict):
+    """An address range outside the platform that the App may call."""
+
+    cidr: str
+    except_: list[str] | None = Field(default=None, alias="except")
+    ports: list[PortModel] | None = None
+
+    @model_validator(mode="after")
+    def _cidr(self) -> ExternalDestination:
+        IPBlockModel(cidr=self.cidr, except_=self.except_)
+        return self
+
+
+class AppSpec(_Strict):
+    selector: LabelSelectorModel
+    ports: list[ServedPort] = Field(default_factory=list)
+    callers: list[Caller] = Field(default_factory=list)
+    egress: list[ExternalDestination] = Field(default_factory=list)
+
+    @field_validator("ports")
+    @classmethod
+    def _unique_names(cls, ports: list[ServedPort]) -> list[ServedPort]:
+        names = [p.name for p in ports if p.name]
+        if len(names) != len(set(names)):
+            raise ValueError("port names must be unique within an App")
+        return ports
+
+
+class AppModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    apiVersion: str
+    kind: str
+    metadata: MetadataModel
+    spec: AppSpec
+
+
+@dataclass(frozen=True)
+class ParsedApp:
+    model: AppModel
+    doc: Document
+
+    @property
+    def namespace(self) -> str:
+        return self.model.metadata.namespace
+
+    @property
+    def name(self) -> str:
+        return self.model.metadata.name
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def parse_app(doc: Document) -> ParsedApp:
+    try:
+        model = AppModel.model_validate(doc.data)
+    except ValidationError as exc:
+        raise InputError(problems_from(exc, doc, object_name(doc.data, "App"))) from None
+    return ParsedApp(model, doc)
+
+
+def _callee_ports(app: ParsedApp, caller: Caller, index: int) -> tuple[PortSpec, ...] | Problem:
+    served = app.model.spec.ports
+    if caller.ports is None:
+        return tuple(PortSpec(p.protocol, p.port) for p in served)  # type: ignore[arg-type]
+    specs: list[PortSpec] = []
+    for j, ref in enumerate(caller.ports):
+        match = [p for p in served if (p.name == ref if isinstance(ref, str) else p.port == ref)]
+        if not match:
+            declared = ", ".join(p.name or str(p.port) for p in served) or "none"
+            return app.doc.problem(
+                f"port {ref!r} is not one of the ports {app.name} serves ({declared})",
+                obj=f"App {app.key}", field=f"spec.callers[{index}].ports[{j}]",
+                field_path=("spec", "callers", index, "ports", j))
+        specs.extend(PortSpec(p.protocol, p.port) for p in match)  # type: ignore[arg-type]
+    return tuple(dict.fromkeys(specs))
+
+
+def _app_peer(app: ParsedApp) -> Peer:
+    return Peer(
+        pod_selector=app.model.spec.selector.to_model(),
+        namespace_selector=LabelSelector(match_labels=((NAMESPACE_NAME_LABEL, app.namespace),)),
+    )
+
+
+def _block(cidr: str, excepts: list[str] | None) -> IPBlock:
+    return IPBlockModel(cidr=cidr, except_=excepts).to_model()
+
+
+def apps_to_policies(apps: list[ParsedApp]) -> list[Policy]:
+    """Compile all Apps together: a caller relationship touches two Apps."""
+    problems: list[Problem] = []
+    by_key: dict[str, ParsedApp] = {}
+    for app in apps:
+        if app.key in by_key:
+            problems.append(app.doc.problem(f"App {app.key} is defined twice", obj=f"App {app.key}",
+                                            field="metadata.name", field_path=("metadata", "name")))
+        by_key[app.key] = app
+
+    ingress: dict[str, list[Rule]] = {key: [] for key in by_key}
+    egress: dict[str, list[Rule]] = {key: [] for key in by_key}
+    for app in by_key.values():
+        for i, caller in enumerate(app.model.spec.callers):
+            ports = _callee_ports(app, caller, i)
+            if isinstance(ports, Problem):
+                problems.append(ports)
+                continue
+            if caller.cidr is not None:
+                ingress[app.key].append(Rule((Peer(ip_block=_block(caller.cidr, caller.except_)),), ports))
+                continue
+            caller_key = f"{caller.namespace or app.namespace}/{caller.app}"
+            other = by_key.get(caller_key)
+            if other is None:
+                problems.append(app.doc.problem(
+                    f"caller {caller_key} is not a known App", obj=f"App {app.key}",
+                    field=f"spec.callers[{i}].app", field_path=("spec", "callers", i, "app")))
+                continue
+            ingress[app.key].append(Rule((_app_peer(other),), ports))
+            egress[other.key].append(Rule((_app_peer(app),), ports))
+        for dest in app.model.spec.egress:
+            egress[app.key].append(Rule((Peer(ip_block=_block(dest.cidr, dest.except_)),),
+                                        tuple(p.to_model() for p in dest.ports or ())))
+    if problems:
+        raise InputError(problems)
+    return [
+        Policy(
+            namespace=app.namespace,
+            name=app.name,
+            pod_selector=app.model.spec.selector.to_model(),
+            policy_types=(Direction.INGRESS, Direction.EGRESS),
+            ingress=tuple(ingress[app.key]),
+            egress=tuple(egress[app.key]),
+            kind="App",
+            origin=Source(app.doc.file, app.doc.index, app.doc.path),
+        )
+        for app in by_key.values()
+    ]

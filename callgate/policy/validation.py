@@ -1,0 +1,71 @@
+"""Name and value rules as the Kubernetes API server enforces them."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from callgate.policy.model import IPNetwork
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# Linux interface names: at most 15 bytes, no '/', no whitespace, not "." or "..".
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
+
+
+def dns_label(value: str) -> str | None:
+    if len(value) > 63 or not _DNS1123_LABEL.match(value):
+        return "must be a DNS-1123 label (lower-case alphanumerics and '-', at most 63 characters)"
+    return None
+
+
+def dns_subdomain(value: str) -> str | None:
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+        return "must be a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', at most 253 characters)"
+    return None
+
+
+def label_key(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and dns_subdomain(prefix):
+        return f"label key prefix {prefix!r} must be a DNS-1123 subdomain"
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        return f"label key {key!r} must be at most 63 characters: alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+    return None
+
+
+def label_value(value: str) -> str | None:
+    if value == "":
+        return None
+    if len(value) > 63 or not _LABEL_NAME.match(value):
+        return f"label value {value!r} must be empty or at most 63 characters: alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+    return None
+
+
+def port_name(value: str) -> str | None:
+    if (
+        len(value) > 15
+        or not _IANA_SVC_NAME.match(value)
+        or "--" in value
+        or not any(c.isalpha() for c in value)
+    ):
+        return f"port name {value!r} must be an IANA service name: at most 15 lower-case alphanumerics or '-', with at least one letter and no '--'"
+    return None
+
+
+def interface_name(value: str) -> str | None:
+    if value in (".", "..") or not _IFNAME.match(value):
+        return f"interface name {value!r} must be 1-15 characters of letters, digits and '_.:@+-'"
+    return None
+
+
+def parse_cidr(value: str) -> IPNetwork:
+    """Parse a CIDR as the API server does: host bits are tolerated and cleared."""
+    if "/" not in value:
+        raise ValueError(f"{value!r} is not a CIDR (expected address/prefix-length, e.g. 198.18.0.0/24)")
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid CIDR") from None
