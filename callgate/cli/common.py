@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated, NoReturn
 
-import click
 import typer
 
 from callgate.errors import InputError, KernelError
@@ -29,9 +28,13 @@ def fail(message: str) -> NoReturn:
 
 
 def run_app(app: typer.Typer) -> None:
-    """Run the typer app, turning user errors into messages and exit code 1."""
+    """Run the typer app, turning user errors into messages and exit code 1.
+
+    Typer's standalone mode already maps usage errors to exit 2 and
+    ``typer.Exit`` to its code; what reaches us here are our own errors.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except InputError as err:
         for problem in err.problems:
             typer.secho(f"error: {problem}", err=True, fg="red")
@@ -39,15 +42,6 @@ def run_app(app: typer.Typer) -> None:
     except KernelError as err:
         typer.secho(f"error: the kernel rejected the transaction; nothing was changed:\n{err}", err=True, fg="red")
         sys.exit(EXIT_USER)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        typer.secho("aborted", err=True)
-        sys.exit(EXIT_USER)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_USER)
     except PermissionError as exc:
         typer.secho(f"error: {exc} (callgate needs root for this command)", err=True, fg="red")
         sys.exit(EXIT_USER)
-    sys.exit(EXIT_OK)

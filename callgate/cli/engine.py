@@ -1,0 +1,197 @@
+"""apply, compile, explain, matrix: the engine's everyday commands."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from callgate.cli.common import InventoryOpt, PoliciesOpt, fail
+from callgate.compiler import Compiler, RuleSet
+from callgate.enforcers import BACKENDS, get_enforcer
+from callgate.policy import Evaluator, Inventory, PolicySet, load_inventory, load_policies
+from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, Protocol
+
+NodeOpt = Annotated[str, typer.Option("--node", "-n", help="The node to compile for (its local endpoints get chains).")]
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help=f"Kernel backend: {', '.join(BACKENDS)}.")]
+
+out = Console()
+
+
+def load(inventory: list[str], policies: list[str]) -> tuple[Inventory, PolicySet]:
+    if not inventory:
+        fail("--inventory is required")
+    return load_inventory(inventory), load_policies(policies)
+
+
+def compile_for(inventory: list[str], policies: list[str], node: str) -> RuleSet:
+    inv, pols = load(inventory, policies)
+    if node not in inv.nodes():
+        known = ", ".join(inv.nodes()) or "none"
+        fail(f"node {node!r} runs no endpoint in the inventory (nodes: {known})")
+    ruleset = Compiler(pols, inv).compile(node)
+    for key, why in ruleset.unbound:
+        typer.secho(f"warning: {key}: {why}", err=True, fg="yellow")
+    return ruleset
+
+
+def apply(
+    inventory: InventoryOpt,
+    policies: PoliciesOpt,
+    node: NodeOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the transaction and have the kernel check it; commit nothing.")] = False,
+    backend: BackendOpt = "nft",
+    netns: Annotated[str | None, typer.Option("--netns", help="Apply inside this named network namespace (default: the current one).")] = None,
+) -> None:
+    """Compile for NODE and apply the result as one atomic transaction.
+
+    Run as root on the node (or inside its network namespace, or with --netns).
+    Only callgate's own table is replaced; other tables are not touched. Bad
+    input is rejected before anything reaches the kernel, and re-applying the
+    same input changes nothing.
+
+    Example: callgate apply -i inventory.yaml -p policies/ --node node-1
+    """
+    ruleset = compile_for(inventory, policies, node)
+    enforcer = get_enforcer(backend, netns)
+    result = enforcer.apply(ruleset, dry_run=dry_run)
+    summary = (f"{len(ruleset.endpoints)} endpoints, {len(ruleset.address_sets) + len(ruleset.port_sets)} sets, "
+               f"digest {result.digest[:12]}")
+    if dry_run:
+        out.print(result.transaction.text(), highlight=False, markup=False, end="")
+        verdict = "would change the kernel" if result.changed else "already live, nothing to do"
+        typer.echo(f"dry run ({backend}): kernel check passed; {verdict} ({summary})", err=True)
+    elif result.changed:
+        typer.echo(f"applied ({backend}) on {node}: {summary}", err=True)
+    else:
+        typer.echo(f"unchanged ({backend}) on {node}: {summary}", err=True)
+
+
+def compile_cmd(
+    inventory: InventoryOpt,
+    policies: PoliciesOpt,
+    node: NodeOpt,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="nft: the table in nft syntax; nft-json: the libnftables transaction; json: the RuleSet IR.")] = "nft",
+    backend: BackendOpt = "nft",
+) -> None:
+    """Print NODE's ruleset without touching any kernel."""
+    ruleset = compile_for(inventory, policies, node)
+    if fmt == "json":
+        typer.echo(json.dumps(ruleset.to_json(), indent=2))
+    elif fmt == "nft-json" and backend == "nft":
+        from callgate.enforcers.nft import replace_table
+
+        typer.echo(json.dumps(replace_table(ruleset).to_json(), indent=2))
+    elif fmt == "nft" or fmt == backend:
+        from callgate.enforcers import BACKENDS as _b
+
+        if backend not in _b:
+            fail(f"unknown backend {backend!r}")
+        typer.echo(_plan_text(ruleset, backend), nl=False)
+    else:
+        fail(f"unknown format {fmt!r}: use nft, nft-json or json")
+
+
+def _plan_text(ruleset: RuleSet, backend: str) -> str:
+    if backend == "nft":
+        from callgate.enforcers.nft import replace_table
+
+        return replace_table(ruleset).text()
+    # Other backends plan without a kernel too; the factory is lazy and only
+    # opens the kernel when a transaction is run.
+    return get_enforcer(backend).plan(ruleset).text()
+
+
+def parse_target(text: str, inv: Inventory, family: int | None) -> tuple[IPAddress, Endpoint | None]:
+    """SRC/DST as namespace/name or an IP address."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        ep = inv.endpoint(text)
+        if ep is None:
+            fail(f"{text!r} is neither an IP address nor a namespace/name in the inventory")
+        choices = [i for i in ep.ips if family is None or i.version == family]
+        if not choices:
+            fail(f"{text} has no IPv{family or ''} address in the inventory")
+        return sorted(choices, key=lambda i: i.version)[0], ep
+    return ip, inv.by_ip().get(ip)
+
+
+def parse_port(text: str) -> tuple[int, Protocol]:
+    port_text, _, proto = text.partition("/")
+    proto = (proto or "TCP").upper()
+    if proto not in PROTOCOLS:
+        fail(f"protocol {proto!r} must be one of {', '.join(PROTOCOLS)}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        fail(f"port {port_text!r} must be a number from 1 to 65535 (as in 80 or 80/UDP)")
+    return int(port_text), proto  # type: ignore[return-value]
+
+
+def explain(
+    inventory: InventoryOpt,
+    policies: PoliciesOpt,
+    src: Annotated[str, typer.Argument(help="Source: namespace/name or IP.")],
+    dst: Annotated[str, typer.Argument(help="Destination: namespace/name or IP.")],
+    port: Annotated[str, typer.Argument(help="Destination port, optionally /TCP, /UDP or /SCTP (default TCP).")],
+    family: Annotated[int | None, typer.Option("--family", help="4 or 6: which address of a named endpoint to use.")] = None,
+) -> None:
+    """Say whether SRC may reach DST on PORT, and why, for both the source's
+    egress and the destination's ingress.
+
+    Example: callgate explain -i inv.yaml -p policies/ x/a y/b 80/TCP
+    """
+    inv, pols = load(inventory, policies)
+    src_ip, _ = parse_target(src, inv, family)
+    dst_ip, _ = parse_target(dst, inv, family or src_ip.version)
+    if src_ip.version != dst_ip.version:
+        fail(f"{src_ip} and {dst_ip} are of different IP families")
+    number, proto = parse_port(port)
+    verdict = Evaluator(pols, inv).evaluate(src_ip, dst_ip, number, proto)
+    word = "[green]ALLOWED[/]" if verdict.allowed else "[red]DENIED[/]"
+    out.print(f"{src} ({src_ip}) -> {dst} ({dst_ip}) {number}/{proto}: {word}")
+    for reason in verdict.reasons():
+        out.print(f"  - {reason}", highlight=False, markup=False, soft_wrap=True)
+
+
+def matrix(
+    inventory: InventoryOpt,
+    policies: PoliciesOpt,
+    port: Annotated[list[str] | None, typer.Option("--port", help="Port to show, e.g. 80/TCP (repeatable). Default: every declared port.")] = None,
+    family: Annotated[int, typer.Option("--family", help="4 or 6.")] = 4,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json")] = "text",
+) -> None:
+    """Who reaches whom: one table per port, rows are sources, columns destinations."""
+    inv, pols = load(inventory, policies)
+    ev = Evaluator(pols, inv)
+    ports = [parse_port(p) for p in port] if port else sorted(
+        {(p.port, p.protocol) for ep in inv.endpoints for p in ep.ports})
+    eps = sorted((e for e in inv.endpoints if any(i.version == family for i in e.ips)), key=lambda e: e.key)
+    ip_of = {e.key: next(i for i in e.ips if i.version == family) for e in eps}
+    result = {
+        f"{n}/{proto}": {s.key: {d.key: ev.allowed(ip_of[s.key], ip_of[d.key], n, proto) for d in eps} for s in eps}
+        for n, proto in ports
+    }
+    if fmt == "json":
+        typer.echo(json.dumps(result, indent=2))
+        return
+    if fmt != "text":
+        fail(f"unknown format {fmt!r}: use text or json")
+    for label, rows in result.items():
+        table = Table(title=f"{label} (IPv{family}) — row reaches column?", show_lines=False)
+        table.add_column("from \\ to")
+        for d in eps:
+            table.add_column(d.key, justify="center")
+        for s in eps:
+            table.add_row(s.key, *("[green]✓[/]" if rows[s.key][d.key] else "[red]✗[/]" for d in eps))
+        out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("apply")(apply)
+    app.command("compile")(compile_cmd)
+    app.command("explain")(explain)
+    app.command("matrix")(matrix)

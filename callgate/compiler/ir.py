@@ -1,0 +1,210 @@
+"""The per-node rule IR: what one host must enforce, independent of any backend.
+
+A :class:`RuleSet` says, for every endpoint local to one node, which packets
+its ingress and egress may pass. Backends (``callgate.enforcers.*``) walk this
+structure and nothing else; adding a backend never changes anything upstream.
+
+Shape, and why:
+
+* Peers are **named address sets**, deduplicated across the node and named by
+  the content of the peer definitions they came from (not by position), so pod
+  churn changes set elements while chains stay put.
+* Each endpoint direction is an ordered tuple of **tiers** (one chain each).
+  A tier's rules are tried in order; the first match decides ALLOW or DENY,
+  PASS hands the packet to the next tier, and so does falling off the end when
+  the chain's default is PASS. Kubernetes NetworkPolicy is a single tier whose
+  default is DENY; admin-policy tiers slot in before and after it.
+* Rules of a chain that share a port match are **merged** into one rule whose
+  peer set is the union, so the number of rules an endpoint walks is bounded by
+  its distinct port specifications, not by the number of policies or pods.
+* Named ports on egress resolve per destination pod into (address, port) pairs.
+* Every rule carries **provenance** (policy, direction, rule index) so counters
+  and explanations point back to the YAML a person wrote.
+
+Everything is frozen and sorted: the same input always yields the same IR and
+the same :meth:`RuleSet.digest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+Family = Literal["ip", "ip6"]  # nftables' names for IPv4 and IPv6 payloads
+L4Protocol = Literal["tcp", "udp", "sctp"]
+
+
+class Verdict(str, Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    PASS = "pass"  # continue with the next tier
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortRange:
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class L4Match:
+    """A transport protocol and, optionally, destination ports (empty: any port)."""
+
+    protocol: L4Protocol
+    ports: tuple[PortRange, ...] = ()
+
+    def __str__(self) -> str:
+        if not self.ports:
+            return self.protocol
+        return f"{self.protocol} dport {','.join(str(p) for p in self.ports)}"
+
+
+@dataclass(frozen=True, slots=True)
+class AddressSet:
+    """Peer addresses of one family. Elements are canonical text, sorted by
+    address and non-overlapping: a single address, a prefix, or a range "a-b"."""
+
+    name: str
+    family: Family
+    elements: tuple[str, ...]
+    comment: str = ""  # the peer definitions this set stands for
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPortSet:
+    """(address, port) pairs of one family and protocol: egress named ports,
+    resolved on each destination pod."""
+
+    name: str
+    family: Family
+    protocol: L4Protocol
+    elements: tuple[tuple[str, int], ...]
+    comment: str = ""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Origin:
+    """Which policy rule a compiled rule came from."""
+
+    policy: str  # e.g. "NetworkPolicy x/allow-web"
+    direction: str  # "ingress" | "egress"
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.policy} {self.direction}[{self.index}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Match the peer (source on ingress, destination on egress) and the L4.
+
+    ``family`` limits the rule to IPv4 or IPv6; it is set whenever a peer set is
+    used. ``peer_set`` names an :class:`AddressSet`; ``peer_port_set`` names an
+    :class:`AddressPortSet` (it implies its protocol and port). ``l4`` None
+    means any protocol and port.
+    """
+
+    verdict: Verdict
+    family: Family | None = None
+    peer_set: str | None = None
+    peer_port_set: str | None = None
+    l4: L4Match | None = None
+    origins: tuple[Origin, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    name: str
+    rules: tuple[Rule, ...]
+    default: Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRules:
+    """What one local endpoint enforces. An empty tier tuple: not isolated."""
+
+    endpoint: str  # namespace/name
+    interface: str
+    ips: tuple[str, ...]
+    ingress: tuple[Chain, ...] = ()
+    egress: tuple[Chain, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    node: str
+    address_sets: tuple[AddressSet, ...] = ()
+    port_sets: tuple[AddressPortSet, ...] = ()
+    endpoints: tuple[EndpointRules, ...] = ()
+    # Local endpoints that could not be enforced (no interface known), with why.
+    unbound: tuple[tuple[str, str], ...] = ()
+    _digest: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    def address_set(self, name: str) -> AddressSet:
+        return self._sets_by_name()[name]  # type: ignore[return-value]
+
+    def port_set(self, name: str) -> AddressPortSet:
+        return self._sets_by_name()[name]  # type: ignore[return-value]
+
+    def _sets_by_name(self) -> dict[str, AddressSet | AddressPortSet]:
+        cache = self.__dict__.get("_by_name")
+        if cache is None:
+            cache = {s.name: s for s in (*self.address_sets, *self.port_sets)}
+            self.__dict__["_by_name"] = cache
+        return cache
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain, stable JSON form (``callgate compile --format json``)."""
+
+        def rule(r: Rule) -> dict[str, Any]:
+            out: dict[str, Any] = {"verdict": r.verdict.value}
+            if r.family:
+                out["family"] = r.family
+            if r.peer_set:
+                out["peer_set"] = r.peer_set
+            if r.peer_port_set:
+                out["peer_port_set"] = r.peer_port_set
+            if r.l4:
+                out["l4"] = {"protocol": r.l4.protocol, "ports": [str(p) for p in r.l4.ports]}
+            out["origins"] = [str(o) for o in r.origins]
+            return out
+
+        def chain(c: Chain) -> dict[str, Any]:
+            return {"name": c.name, "default": c.default.value, "rules": [rule(r) for r in c.rules]}
+
+        return {
+            "node": self.node,
+            "address_sets": [
+                {"name": s.name, "family": s.family, "comment": s.comment, "elements": list(s.elements)}
+                for s in self.address_sets
+            ],
+            "port_sets": [
+                {"name": s.name, "family": s.family, "protocol": s.protocol, "comment": s.comment,
+                 "elements": [[a, p] for a, p in s.elements]}
+                for s in self.port_sets
+            ],
+            "endpoints": [
+                {"endpoint": e.endpoint, "interface": e.interface, "ips": list(e.ips),
+                 "ingress": [chain(c) for c in e.ingress], "egress": [chain(c) for c in e.egress]}
+                for e in self.endpoints
+            ],
+            "unbound": [{"endpoint": k, "reason": why} for k, why in self.unbound],
+        }
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: equal digests, equal rulesets."""
+        if not self._digest:
+            text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+            self._digest.append(hashlib.sha256(text.encode()).hexdigest())
+        return self._digest[0]
+
+
+def short_hash(*parts: str, length: int = 12) -> str:
+    """A short stable name fragment; input text never appears in kernel names."""
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:length]

@@ -1,0 +1,46 @@
+"""What every backend offers. A backend walks the RuleSet IR and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from callgate.compiler.ir import RuleSet
+
+
+class Transaction(Protocol):
+    digest: str
+
+    def text(self) -> str:
+        """Human-readable form of what the transaction leaves in the kernel."""
+
+
+class ApplyOutcome(Protocol):
+    changed: bool
+    digest: str
+    dry_run: bool
+    transaction: Any
+
+
+class Enforcer(Protocol):
+    name: str
+
+    def plan(self, ruleset: RuleSet) -> Transaction:
+        """Build the transaction that makes the kernel hold ``ruleset`` (no kernel writes)."""
+
+    def check(self, tx: Any) -> None:
+        """Have the kernel (or tool) validate ``tx`` without committing it."""
+
+    def apply(self, ruleset: RuleSet, dry_run: bool = False) -> ApplyOutcome:
+        """Apply atomically; a no-op when the kernel already holds ``ruleset``."""
+
+    def diff(self, ruleset: RuleSet) -> list[str]:
+        """Unified diff live → desired; empty when in sync."""
+
+    def live_text(self) -> str | None:
+        """What callgate owns in the kernel now, normalised, or None."""
+
+    def desired_text(self, ruleset: RuleSet) -> str:
+        """What it would own after applying ``ruleset``, normalised the same way."""
+
+    def remove(self) -> bool:
+        """Delete everything callgate owns; True if there was something."""
