@@ -1,0 +1,50 @@
+"""What every source of truth hands the agent: consistent snapshots.
+
+A source (the Kubernetes API, or files on disk) watches its inputs and, after
+each burst of changes, publishes a :class:`Snapshot` — a complete, consistent
+view of who runs where and who may call whom. Sources never talk to the kernel
+and the agent never talks to the API: the snapshot is the only thing that
+crosses.
+
+When a source cannot produce a valid snapshot (the API server is down, a file
+is bad) it reports a :class:`SourceProblem` instead; the agent then keeps the
+rules it last applied. It never flushes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from callgate.errors import Problem
+from callgate.policy.model import Inventory, PolicySet
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    inventory: Inventory
+    policies: PolicySet
+    version: str  # opaque; changes whenever the content may have changed
+    origin: str  # "kubernetes https://…", "files inventory.yaml + policies/" …
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """The source is unavailable or its input is invalid; keep the last rules."""
+
+    message: str
+    problems: list[Problem] = field(default_factory=list)
+
+
+SnapshotHandler = Callable[[Snapshot | SourceProblem], None]
+
+
+class Source(Protocol):
+    def start(self, handler: SnapshotHandler) -> None:
+        """Begin watching; call ``handler`` with the first snapshot (or problem)
+        as soon as possible and again after every change. Runs in background
+        threads; returns immediately."""
+
+    def stop(self) -> None:
+        """Stop watching and release connections/threads."""
