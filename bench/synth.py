@@ -1,0 +1,280 @@
+"""A seeded generator of realistic synthetic clusters, for benchmarks and tests.
+
+The output is what a user would feed callgate: one ``callgate/v1 Inventory``
+document and a list of ``networking.k8s.io/v1 NetworkPolicy`` documents, as
+plain dicts (so they can be written as YAML to time parsing, or parsed in
+memory to time compilation on its own).
+
+What "realistic" means here, and why each piece is in:
+
+* namespaces carry ``team`` and ``env`` labels (namespaceSelectors select by them);
+* pods carry ``app``/``tier``/``version`` labels, several pods per app, and
+  declare named ports whose numbers differ between pods (``http`` is 80 on
+  some, 8080 on others) so named-port resolution does real work;
+* policies mix podSelector, namespaceSelector, both, ipBlock with ``except``,
+  numeric ports, port ranges (endPort), named ports, matchExpressions of all
+  four operators, default-deny and egress policies;
+* ``hot`` policies all select ONE destination pod (the benchmark's server),
+  each from a different peer group: the hard case where thousands of policies
+  must be merged into set look-ups rather than walked one by one.
+
+Pod addresses come from 198.18.0.0/15 (131,072 addresses, enough for the
+102,000-pod Antrea scale point) and fd00::/8; ipBlocks too. Nothing is routed
+anywhere: the lab uses only the two pods it builds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from callgate.policy.documents import Document
+from callgate.policy.inventory import inventory_from_dict
+from callgate.policy.model import Inventory, PolicySet
+from callgate.policy.networkpolicy import parse_network_policy
+
+V4_BASE = int(ipaddress.IPv4Address("198.18.0.0"))
+V4_SIZE = 1 << 17  # 198.18.0.0/15
+V6_BASE = int(ipaddress.IPv6Address("fd00:cb::"))
+TIERS = ("web", "api", "db", "cache")
+ENVS = ("prod", "staging", "dev")
+# The ports the datapath benchmark's load generator uses (TCP_CRR-like and UDP).
+HOT_TCP_PORT = 80
+HOT_UDP_PORT = 5001
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Size and shape of a synthetic cluster. Same spec, same cluster."""
+
+    pods: int = 1000
+    namespaces: int = 100
+    policies: int = 100
+    nodes: int = 0  # 0: one node per 100 pods
+    hot: int = 0  # policies that select the hot server pod (counted in ``policies``)
+    v6_every: int = 4  # every n-th pod is dual-stack (0: none)
+    seed: int = 1
+
+    @property
+    def node_count(self) -> int:
+        return self.nodes or max(1, self.pods // 100)
+
+
+@dataclass
+class Cluster:
+    spec: Spec
+    inventory: dict[str, Any]
+    policies: list[dict[str, Any]]
+    node: str = "node-0"  # the node benchmarks compile for
+    server: str = ""  # namespace/name of the hot destination pod (local to ``node``)
+    client: str = ""  # namespace/name of a pod the hot policies admit (local to ``node``)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def endpoint(self, key: str) -> dict[str, Any]:
+        ns, name = key.split("/", 1)
+        for ep in self.inventory["endpoints"]:
+            if ep["name"] == name and ep["namespace"] == ns:
+                return ep  # type: ignore[no-any-return]
+        raise KeyError(key)
+
+
+def _ns_name(i: int) -> str:
+    return f"ns-{i:05d}"
+
+
+def generate(spec: Spec) -> Cluster:
+    """Build the cluster documents for ``spec`` (deterministic in ``spec.seed``)."""
+    if spec.pods > V4_SIZE - 4096:
+        raise ValueError("more pods than 198.18.0.0/15 leaves room for (ipBlocks use its top)")
+    rng = random.Random(spec.seed)
+    n_ns = spec.namespaces
+    pods_per_ns = max(1, spec.pods // n_ns)
+    apps_per_ns = max(1, pods_per_ns // 4)
+    teams = max(1, n_ns // 10)
+
+    namespaces: dict[str, Any] = {}
+    for i in range(n_ns):
+        namespaces[_ns_name(i)] = {"labels": {"team": f"team-{i % teams}", "env": ENVS[i % len(ENVS)]}}
+
+    endpoints: list[dict[str, Any]] = []
+    nodes = spec.node_count
+    for i in range(spec.pods):
+        ns = i % n_ns
+        app = (i // n_ns) % apps_per_ns
+        tier = TIERS[app % len(TIERS)]
+        # Addresses are handed out by a stride so that a namespace's pods are
+        # not one contiguous block (as in real clusters, where node CIDRs and
+        # not namespaces decide addresses): merging must do real work.
+        ips = [str(ipaddress.IPv4Address(V4_BASE + i))]
+        if spec.v6_every and i % spec.v6_every == 0:
+            ips.append(str(ipaddress.IPv6Address(V6_BASE + i)))
+        http = 80 if rng.random() < 0.6 else 8080
+        ports = [{"name": "http", "port": http, "protocol": "TCP"},
+                 {"name": "metrics", "port": 9090, "protocol": "TCP"}]
+        if tier == "api":
+            ports.append({"name": "grpc", "port": 9000, "protocol": "TCP"})
+        if tier == "cache":
+            ports.append({"name": "dns", "port": 53, "protocol": "UDP"})
+        node = i % nodes
+        endpoints.append({
+            "name": f"app-{app}-{i // (n_ns * apps_per_ns)}-{i:06d}",
+            "namespace": _ns_name(ns),
+            "labels": {"app": f"app-{app}", "tier": tier, "version": f"v{rng.randint(1, 3)}"},
+            "node": f"node-{node}",
+            "interface": f"cg{i:06x}" if node == 0 else None,
+            "ips": ips,
+            "ports": ports,
+        })
+    for ep in endpoints:
+        if ep["interface"] is None:
+            del ep["interface"]
+
+    # The hot server: the first pod of node-0, relabelled app=hot; the client:
+    # the last pod of node-0 (highest address, so a linear chain in address
+    # order makes it walk every rule: the worst case, stated in the report).
+    local = [ep for ep in endpoints if ep["node"] == "node-0"]
+    server, client = local[0], local[-1]
+    server["labels"] = {**server["labels"], "app": "hot"}
+    server["ports"] = [{"name": "http", "port": HOT_TCP_PORT, "protocol": "TCP"},
+                       {"name": "bench-udp", "port": HOT_UDP_PORT, "protocol": "UDP"}]
+    policies = _policies(spec, rng, namespaces, apps_per_ns, teams, server, client)
+    inventory = {"apiVersion": "callgate/v1", "kind": "Inventory", "namespaces": namespaces,
+                 "endpoints": endpoints}
+    return Cluster(spec, inventory, policies,
+                   server=f"{server['namespace']}/{server['name']}",
+                   client=f"{client['namespace']}/{client['name']}")
+
+
+def _selector(labels: dict[str, str] | None = None, exprs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if labels:
+        out["matchLabels"] = labels
+    if exprs:
+        out["matchExpressions"] = exprs
+    return out
+
+
+def _ip_block(rng: random.Random) -> dict[str, Any]:
+    # ipBlocks from the top 4096 addresses of 198.18.0.0/15 (no pod lives there).
+    top = V4_BASE + V4_SIZE - 4096
+    base = top + rng.randrange(0, 4096 // 64) * 64
+    block: dict[str, Any] = {"cidr": f"{ipaddress.IPv4Address(base)}/26"}
+    if rng.random() < 0.5:
+        block["except"] = [f"{ipaddress.IPv4Address(base + 32)}/28"]
+    return {"ipBlock": block}
+
+
+def _policies(spec: Spec, rng: random.Random, namespaces: dict[str, Any], apps_per_ns: int, teams: int,
+              server: dict[str, Any], client: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    n_ns = spec.namespaces
+    ns_names = list(namespaces)
+
+    def policy(ns: str, name: str, spec_body: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": ns}, "spec": spec_body}
+
+    # Hot policies: each admits one namespace's pods (or an ipBlock) to the hot
+    # server on the load generator's ports. Namespaces are taken in order so
+    # that the client's namespace is among them.
+    hot_ns = server["namespace"]
+    client_ns_index = ns_names.index(client["namespace"])
+    hot_ports = [{"protocol": "TCP", "port": HOT_TCP_PORT}, {"protocol": "UDP", "port": HOT_UDP_PORT}]
+    for h in range(min(spec.hot, spec.policies)):
+        if h % 10 == 9:
+            peer: dict[str, Any] = _ip_block(rng)
+        else:
+            target = ns_names[(client_ns_index + h) % n_ns]
+            peer = {"namespaceSelector": _selector({"kubernetes.io/metadata.name": target})}
+            if h % 3 == 1:
+                peer["podSelector"] = _selector(exprs=[{"key": "tier", "operator": "Exists"}])
+        out.append(policy(hot_ns, f"hot-{h:05d}", {
+            "podSelector": _selector({"app": "hot"}),
+            "ingress": [{"from": [peer], "ports": hot_ports}],
+        }))
+
+    kinds = ("same-ns", "cross-ns", "ns-env", "ipblock", "egress", "default-deny", "exprs")
+    weights = (30, 20, 10, 10, 15, 5, 10)
+    for k in range(len(out), spec.policies):
+        ns = ns_names[k % n_ns]
+        app = f"app-{rng.randrange(apps_per_ns)}"
+        other = f"app-{rng.randrange(apps_per_ns)}"
+        kind = rng.choices(kinds, weights)[0]
+        name = f"{kind}-{k:06d}"
+        if kind == "same-ns":
+            body: dict[str, Any] = {
+                "podSelector": _selector({"app": app}),
+                "ingress": [{"from": [{"podSelector": _selector({"app": other})}],
+                             "ports": [{"port": "http"}, {"port": 9090}]}]}
+        elif kind == "cross-ns":
+            body = {
+                "podSelector": _selector({"tier": rng.choice(TIERS)}),
+                "ingress": [{"from": [{"namespaceSelector": _selector({"team": f"team-{rng.randrange(teams)}"}),
+                                       "podSelector": _selector({"tier": "web"})}],
+                             "ports": [{"port": 8080, "protocol": "TCP"}, {"port": "grpc"}]}]}
+        elif kind == "ns-env":
+            body = {
+                "podSelector": _selector({"app": app}),
+                "ingress": [{"from": [{"namespaceSelector": _selector(exprs=[
+                    {"key": "env", "operator": "In", "values": [rng.choice(ENVS)]},
+                    {"key": "team", "operator": "In", "values": [f"team-{rng.randrange(teams)}"]}])}],
+                    "ports": [{"port": 8443, "endPort": 8450, "protocol": "TCP"}]}]}
+        elif kind == "ipblock":
+            body = {
+                "podSelector": _selector({"app": app}),
+                "ingress": [{"from": [_ip_block(rng), _ip_block(rng)],
+                             "ports": [{"port": 53, "protocol": "UDP"}, {"port": 443}]}]}
+        elif kind == "egress":
+            target_ns = ns_names[rng.randrange(n_ns)]
+            body = {
+                "podSelector": _selector({"app": app}),
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {"to": [{"namespaceSelector": _selector({"kubernetes.io/metadata.name": target_ns}),
+                             "podSelector": _selector({"tier": rng.choice(TIERS)})}],
+                     "ports": [{"port": "http"}]},
+                    {"to": [{"namespaceSelector": _selector({"team": f"team-{rng.randrange(teams)}"}),
+                             "podSelector": _selector({"tier": "cache"})}],
+                     "ports": [{"port": "dns", "protocol": "UDP"}]},
+                    {"to": [_ip_block(rng)], "ports": [{"port": 443}]}]}
+        elif kind == "default-deny":
+            body = {"podSelector": {}, "policyTypes": ["Ingress"]}
+        else:
+            body = {
+                "podSelector": _selector(exprs=[{"key": "tier", "operator": "NotIn", "values": ["db"]},
+                                                {"key": "version", "operator": "Exists"}]),
+                "ingress": [{"from": [
+                    {"podSelector": _selector(exprs=[{"key": "app", "operator": "In", "values": [app, other]}])},
+                    {"namespaceSelector": _selector(exprs=[{"key": "env", "operator": "NotIn", "values": ["dev"]}]),
+                     "podSelector": _selector(exprs=[{"key": "canary", "operator": "DoesNotExist"}])}]}]}
+        out.append(policy(ns, name, body))
+    return out
+
+
+def to_model(cluster: Cluster) -> tuple[Inventory, PolicySet]:
+    """Parse the documents in memory (validation included, YAML text excluded)."""
+    inventory = inventory_from_dict(cluster.inventory, "<synthetic inventory>")
+    policies = [parse_network_policy(Document("<synthetic policies>", i, doc))
+                for i, doc in enumerate(cluster.policies)]
+    return inventory, PolicySet(policies)
+
+
+def hot_peer_addresses(cluster: Cluster) -> int:
+    """Addresses (IPv4 and IPv6, with multiplicity across policies) named by the hot policies' peers."""
+    by_ns: dict[str, int] = {}
+    for ep in cluster.inventory["endpoints"]:
+        by_ns[ep["namespace"]] = by_ns.get(ep["namespace"], 0) + len(ep["ips"])
+    total = 0
+    for doc in cluster.policies:
+        if not doc["metadata"]["name"].startswith("hot-"):
+            continue
+        for peer in doc["spec"]["ingress"][0]["from"]:
+            if "ipBlock" in peer:
+                net = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                holes = sum(ipaddress.ip_network(e).num_addresses for e in peer["ipBlock"].get("except", []))
+                total += net.num_addresses - holes
+            else:
+                total += by_ns[peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]]
+    return total
