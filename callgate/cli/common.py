@@ -13,11 +13,14 @@ EXIT_OK, EXIT_USER, EXIT_USAGE = 0, 1, 2
 
 InventoryOpt = Annotated[
     list[str],
-    typer.Option("--inventory", "-i", help="Inventory file or directory (callgate/v1 Inventory, or kubectl Pod/Namespace YAML). Repeatable."),
+    typer.Option("--inventory", "-i",
+                 help="Inventory file or directory (callgate/v1 Inventory, or kubectl Pod/Namespace YAML). Repeatable."),
 ]
 PoliciesOpt = Annotated[
     list[str],
-    typer.Option("--policies", "-p", help="Policy file or directory (NetworkPolicy and/or callgate/v1 App; *.yaml, *.yml, *.json, recursive). Repeatable."),
+    typer.Option("--policies", "-p",
+                 help="Policy file or directory (NetworkPolicy and/or callgate/v1 App; *.yaml, *.yml, *.json, recursive). "
+                      "Repeatable."),
 ]
 
 

@@ -45,7 +45,8 @@ def apply(
     node: NodeOpt,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the transaction and have the kernel check it; commit nothing.")] = False,
     backend: BackendOpt = "nft",
-    netns: Annotated[str | None, typer.Option("--netns", help="Apply inside this named network namespace (default: the current one).")] = None,
+    netns: Annotated[str | None, typer.Option(
+        "--netns", help="Apply inside this named network namespace (default: the current one).")] = None,
 ) -> None:
     """Compile for NODE and apply the result as one atomic transaction.
 
@@ -75,7 +76,8 @@ def compile_cmd(
     inventory: InventoryOpt,
     policies: PoliciesOpt,
     node: NodeOpt,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="nft: the table in nft syntax; nft-json: the libnftables transaction; json: the RuleSet IR.")] = "nft",
+    fmt: Annotated[str, typer.Option(
+        "--format", "-f", help="nft: the table in nft syntax; nft-json: the libnftables transaction; json: the RuleSet IR.")] = "nft",
     backend: BackendOpt = "nft",
 ) -> None:
     """Print NODE's ruleset without touching any kernel."""
@@ -160,7 +162,8 @@ def explain(
 def matrix(
     inventory: InventoryOpt,
     policies: PoliciesOpt,
-    port: Annotated[list[str] | None, typer.Option("--port", help="Port to show, e.g. 80/TCP (repeatable). Default: every declared port.")] = None,
+    port: Annotated[list[str] | None, typer.Option(
+        "--port", help="Port to show, e.g. 80/TCP (repeatable). Default: every declared port.")] = None,
     family: Annotated[int, typer.Option("--family", help="4 or 6.")] = 4,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text or json")] = "text",
 ) -> None:

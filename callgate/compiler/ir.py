@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
 from typing import Any, Literal
 
 Family = Literal["ip", "ip6"]  # nftables' names for IPv4 and IPv6 payloads
 L4Protocol = Literal["tcp", "udp", "sctp"]
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     PASS = "pass"  # continue with the next tier
@@ -144,20 +145,18 @@ class RuleSet:
     endpoints: tuple[EndpointRules, ...] = ()
     # Local endpoints that could not be enforced (no interface known), with why.
     unbound: tuple[tuple[str, str], ...] = ()
-    _digest: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def address_set(self, name: str) -> AddressSet:
-        return self._sets_by_name()[name]  # type: ignore[return-value]
+        return self._sets_by_name[name]  # type: ignore[return-value]
 
     def port_set(self, name: str) -> AddressPortSet:
-        return self._sets_by_name()[name]  # type: ignore[return-value]
+        return self._sets_by_name[name]  # type: ignore[return-value]
 
+    @cached_property  # works on frozen dataclasses: it writes __dict__ directly
     def _sets_by_name(self) -> dict[str, AddressSet | AddressPortSet]:
-        cache = self.__dict__.get("_by_name")
-        if cache is None:
-            cache = {s.name: s for s in (*self.address_sets, *self.port_sets)}
-            self.__dict__["_by_name"] = cache
-        return cache
+        by_name: dict[str, AddressSet | AddressPortSet] = {s.name: s for s in self.address_sets}
+        by_name.update((s.name, s) for s in self.port_sets)
+        return by_name
 
     def to_json(self) -> dict[str, Any]:
         """A plain, stable JSON form (``callgate compile --format json``)."""
@@ -199,10 +198,12 @@ class RuleSet:
 
     def digest(self) -> str:
         """sha256 of the canonical JSON form: equal digests, equal rulesets."""
-        if not self._digest:
-            text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-            self._digest.append(hashlib.sha256(text.encode()).hexdigest())
-        return self._digest[0]
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 def short_hash(*parts: str, length: int = 12) -> str:

@@ -8,17 +8,23 @@ from callgate.compiler.ir import RuleSet
 
 
 class Transaction(Protocol):
-    digest: str
+    @property
+    def digest(self) -> str:
+        """Digest of the RuleSet this transaction installs."""
 
     def text(self) -> str:
         """Human-readable form of what the transaction leaves in the kernel."""
 
 
 class ApplyOutcome(Protocol):
-    changed: bool
-    digest: str
-    dry_run: bool
-    transaction: Any
+    @property
+    def changed(self) -> bool: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def dry_run(self) -> bool: ...
+    @property
+    def transaction(self) -> Any: ...
 
 
 class Enforcer(Protocol):

@@ -13,18 +13,32 @@ written)::
         oifname vmap @to_endpoint             # ingress: allow = accept, deny = drop
     chain out_<endpoint> / in_<endpoint>  one per tier; PASS = goto next tier
 
+With a fail-closed prefix (``NftablesEnforcer(kernel, fail_closed_prefix="cg")``)
+the table also holds ``set known_endpoint`` (ifname: every local endpoint the
+agent has programmed, isolated or not) and, after the two vmaps, two rules that
+drop forwarded traffic from/to ``cg*`` interfaces missing from that set: a
+container whose veth appears before its policy is known is cut off, not open.
+
 The egress chain returns on allow instead of accepting, so the destination's
 ingress chain still runs for pod-to-pod traffic on the same node.
 
 The digest of the RuleSet rides in the comment of the forward chain's first
 rule (the kernel keeps rule comments, not table ones), so a re-apply of the
-same input is recognised and skipped.
+same input is recognised and skipped. With fail-closed on, it is the digest of
+the RuleSet, the prefix and the known interfaces together (:func:`layout_digest`).
+
+:meth:`NftablesEnforcer.apply` remembers what it applied; when the live digest
+still equals that, the next apply is an incremental transaction
+(:mod:`callgate.enforcers.nft_update`) instead of a full replacement.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +50,8 @@ TABLE = "callgate"
 FORWARD = "forward"
 FROM_ENDPOINT = "from_endpoint"
 TO_ENDPOINT = "to_endpoint"
+KNOWN_ENDPOINT = "known_endpoint"
+FAIL_CLOSED_COMMENT = "callgate fail-closed"
 DIGEST_PREFIX = "callgate sha256:"
 COMMENT_MAX = 128  # bytes the kernel keeps for a rule comment
 
@@ -154,9 +170,60 @@ def _dispatch_map(name: str, pairs: list[tuple[str, str]]) -> Command:
     return {"add": {"map": body}}
 
 
-def table_objects(ruleset: RuleSet) -> list[Command]:
+# A prefix becomes an nft wildcard ("cg*"): letters, digits, '_', '.', '-' only,
+# so nothing in it can be read as another wildcard or an escape.
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,14}$")
+
+
+def check_fail_closed_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a safe interface-name prefix; ValueError otherwise."""
+    if not _PREFIX.match(prefix):
+        raise ValueError(f"fail-closed prefix {prefix!r} must be 1-14 characters of letters, digits, '_', '.' or '-'")
+    return prefix
+
+
+@dataclass(frozen=True)
+class FailClosed:
+    """Drop forwarded traffic on ``prefix*`` interfaces not in ``known``."""
+
+    prefix: str
+    known: tuple[str, ...]  # sorted, unique interface names
+
+    @classmethod
+    def build(cls, prefix: str, ruleset: RuleSet, known: Iterable[str] = ()) -> FailClosed:
+        # Endpoints with chains are always known; the caller adds the others
+        # (non-isolated endpoints are not in the RuleSet).
+        return cls(check_fail_closed_prefix(prefix), tuple(sorted({*known, *(e.interface for e in ruleset.endpoints)})))
+
+
+def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> str:
+    """What the digest comment holds: the RuleSet's digest, extended by the
+    fail-closed settings when they are on (so a change of either is seen)."""
+    if fail_closed is None:
+        return ruleset.digest()
+    text = "\x00".join([ruleset.digest(), fail_closed.prefix, *fail_closed.known])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fail_closed_rules(fc: FailClosed) -> list[Command]:
+    rules = []
+    for key in ("iifname", "oifname"):
+        meta = {"meta": {"key": key}}
+        # The prefix goes in as JSON data, never as nft text.
+        expr = [_match(meta, fc.prefix + "*"), _match(meta, "@" + KNOWN_ENDPOINT, op="!="),
+                {"counter": None}, {"drop": None}]
+        rules.append({"add": {"rule": _obj(chain=FORWARD, expr=expr, comment=FAIL_CLOSED_COMMENT)}})
+    return rules
+
+
+def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> list[Command]:
     """``add`` commands that build the whole table, in dependency order."""
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    if fail_closed is not None:
+        body = _obj(name=KNOWN_ENDPOINT, type="ifname")
+        if fail_closed.known:
+            body["elem"] = list(fail_closed.known)
+        cmds.append({"add": {"set": body}})
     cmds.extend(_address_set(s) for s in ruleset.address_sets)
     cmds.extend(_port_set(s) for s in ruleset.port_sets)
     to_ep: list[tuple[str, str]] = []
@@ -173,11 +240,13 @@ def table_objects(ruleset: RuleSet) -> list[Command]:
     cmds.append({"add": {"chain": _obj(name=FORWARD, type="filter", hook="forward", prio=0, policy="accept")}})
     established = _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
     cmds.append({"add": {"rule": _obj(chain=FORWARD, expr=[established, {"accept": None}],
-                                      comment=DIGEST_PREFIX + ruleset.digest())}})
+                                      comment=DIGEST_PREFIX + layout_digest(ruleset, fail_closed))}})
     cmds.append({"add": {"rule": _obj(chain=FORWARD, expr=[
         {"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@" + FROM_ENDPOINT}}])}})
     cmds.append({"add": {"rule": _obj(chain=FORWARD, expr=[
         {"vmap": {"key": {"meta": {"key": "oifname"}}, "data": "@" + TO_ENDPOINT}}])}})
+    if fail_closed is not None:
+        cmds.extend(_fail_closed_rules(fail_closed))
     return cmds
 
 
@@ -198,14 +267,14 @@ class NftTransaction:
         return objects_text(adds)
 
 
-def replace_table(ruleset: RuleSet) -> NftTransaction:
+def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> NftTransaction:
     """One transaction that swaps in the new table: the kernel holds the old
     ruleset or the new one, never a mix, and never an empty moment."""
     table = {"table": {"family": FAMILY, "name": TABLE}}
-    objects = table_objects(ruleset)
+    objects = table_objects(ruleset, fail_closed)
     # "add table" first makes the "delete" valid even when no table exists yet.
     commands = [{"add": table}, {"delete": table}, *objects]
-    return NftTransaction(tuple(commands), ruleset.digest(), replaces_table=True)
+    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed), replaces_table=True)
 
 
 # -- text: the same objects, as nft prints them --------------------------------

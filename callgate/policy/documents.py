@@ -81,7 +81,7 @@ def read_documents(path: Path) -> Iterator[Document]:
     for index, data in enumerate(docs):
         if data is None:
             continue  # an empty document, e.g. a trailing '---'
-        if isinstance(data, dict) and data.get("kind") == "List" or (
+        if (isinstance(data, dict) and data.get("kind") == "List") or (
             isinstance(data, dict) and str(data.get("kind", "")).endswith("List")
             and isinstance(data.get("items"), list)
         ):
@@ -100,7 +100,7 @@ def locate(file: str, index: int, path: tuple[str | int, ...]) -> tuple[int | No
         text = Path(file).read_text(encoding="utf-8")
         nodes = list(yaml.compose_all(text, Loader=_Loader))
         node: Any = nodes[index]
-    except Exception:  # noqa: BLE001 - positions are a nicety, never a failure
+    except Exception:
         return None, None
     for step in path:
         nxt = None
@@ -109,9 +109,8 @@ def locate(file: str, index: int, path: tuple[str | int, ...]) -> tuple[int | No
                 if key.value == step:
                     nxt = value
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
-            if 0 <= step < len(node.value):
-                nxt = node.value[step]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+            nxt = node.value[step]
         if nxt is None:
             break
         node = nxt

@@ -20,8 +20,8 @@ from callgate.policy.documents import Document, files_under, read_documents
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
     Endpoint,
-    IPAddress,
     Inventory,
+    IPAddress,
     NamedPort,
     Namespace,
 )

@@ -11,7 +11,6 @@ from callgate.policy.model import PolicySet
 from callgate.policy.native import ParsedApp, apps_to_policies, parse_app
 from callgate.policy.networkpolicy import parse_network_policy
 
-
 # Documents that describe who runs where, not who may call whom.
 INVENTORY_KINDS = {("callgate/v1", "Inventory"), ("v1", "Pod"), ("v1", "Namespace")}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -23,7 +23,7 @@ PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     INGRESS = "Ingress"
     EGRESS = "Egress"
 
@@ -111,7 +111,7 @@ class Peer:
         if self.ip_block is not None:
             return "ipBlock " + self.ip_block.canonical()
         ns = (
-            "ns=" + self.namespace
+            f"ns={self.namespace}"
             if self.namespace_selector is None
             else "nsSelector " + self.namespace_selector.canonical()
         )

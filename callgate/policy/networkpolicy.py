@@ -223,7 +223,7 @@ def problems_from(exc: ValidationError, doc: Document, obj: str) -> list[Problem
         elif err["type"] == "missing":
             message = "required field is missing"
         elif err["type"] == "literal_error":
-            message = f"got {err.get('input')!r}; " + message.lower()
+            message = f"got {err.get('input')!r}; expected " + message.removeprefix("Input should be ")
         problems.append(doc.problem(message, field=format_path(loc) or None, obj=obj, field_path=loc))
     return problems
 

@@ -32,7 +32,8 @@ def label_key(key: str) -> str | None:
     if prefix and dns_subdomain(prefix):
         return f"label key prefix {prefix!r} must be a DNS-1123 subdomain"
     if not name or len(name) > 63 or not _LABEL_NAME.match(name):
-        return f"label key {key!r} must be at most 63 characters: alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+        return (f"label key {key!r} must be at most 63 characters: alphanumerics, '-', '_' or '.', "
+                "starting and ending with an alphanumeric")
     return None
 
 
@@ -40,7 +41,8 @@ def label_value(value: str) -> str | None:
     if value == "":
         return None
     if len(value) > 63 or not _LABEL_NAME.match(value):
-        return f"label value {value!r} must be empty or at most 63 characters: alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+        return (f"label value {value!r} must be empty or at most 63 characters: alphanumerics, '-', '_' or '.', "
+                "starting and ending with an alphanumeric")
     return None
 
 
@@ -51,7 +53,8 @@ def port_name(value: str) -> str | None:
         or "--" in value
         or not any(c.isalpha() for c in value)
     ):
-        return f"port name {value!r} must be an IANA service name: at most 15 lower-case alphanumerics or '-', with at least one letter and no '--'"
+        return (f"port name {value!r} must be an IANA service name: at most 15 lower-case alphanumerics or '-', "
+                "with at least one letter and no '--'")
     return None
 
 
