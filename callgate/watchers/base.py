@@ -27,6 +27,9 @@ class Snapshot:
     policies: PolicySet
     version: str  # opaque; changes whenever the content may have changed
     origin: str  # "kubernetes https://…", "files inventory.yaml + policies/" …
+    # Objects the source skipped because they are invalid (the rest still applies):
+    # one bad object from a shared source must not block the whole cluster.
+    problems: list[Problem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
