@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bench.reference import addresses
+from bench.reference.resolve import Resolver
 from callgate.compiler.ir import (
     AddressPortSet,
     AddressSet,
@@ -36,7 +37,6 @@ from callgate.policy.model import (
     PolicySet,
     PortSpec,
 )
-from bench.reference.resolve import Resolver
 
 FAMILIES: tuple[tuple[Family, int], ...] = (("ip", 4), ("ip6", 6))
 ANY_PEER = None  # a rule without from/to: every peer

@@ -74,6 +74,10 @@ class Compiler:
         self.resolver = resolver or Resolver(inventory)
         self._union_cache: dict[frozenset[Peer], dict[int, list[addresses.Interval]]] = {}
         self._by_port_name: dict[str, list[Endpoint]] | None = None
+        self._ids_by_port_name: dict[str, frozenset[int]] = {}
+        # Per selector peer: its addresses as intervals by IP version. A peer is
+        # usually part of several peer unions (one per port spec and endpoint).
+        self._peer_iv_cache: dict[Peer, dict[int, list[addresses.Interval]]] = {}
         self._policies_by_ns: dict[str, list[Policy]] = defaultdict(list)
         for p in sorted(policies.policies, key=lambda p: (p.namespace, p.name, p.kind)):
             self._policies_by_ns[p.namespace].append(p)
@@ -102,12 +106,22 @@ class Compiler:
             if peer.ip_block is not None:
                 out[peer.ip_block.cidr.version].extend(addresses.block_intervals(peer.ip_block))
             else:
-                for ep in self.resolver.peer_endpoints(peer):
-                    for ip in ep.ips:
-                        out[ip.version].append(addresses.address_interval(ip))
+                for version, intervals in self._selector_intervals(peer).items():
+                    out[version].extend(intervals)
         merged = {v: addresses.merge(iv) for v, iv in out.items()}
         self._union_cache[peers] = merged
         return merged
+
+    def _selector_intervals(self, peer: Peer) -> dict[int, list[addresses.Interval]]:
+        found = self._peer_iv_cache.get(peer)
+        if found is None:
+            found = {4: [], 6: []}
+            for ep in self.resolver.peer_endpoints(peer):
+                for ip in ep.ips:
+                    value = int(ip)
+                    found[ip.version].append((value, value))
+            self._peer_iv_cache[peer] = found
+        return found
 
     def _endpoints_with_port(self, name: str) -> list[Endpoint]:
         if self._by_port_name is None:
@@ -118,24 +132,37 @@ class Compiler:
             self._by_port_name = index
         return self._by_port_name.get(name, [])
 
+    def _ids_with_port(self, name: str) -> frozenset[int]:
+        found = self._ids_by_port_name.get(name)
+        if found is None:
+            found = frozenset(id(ep) for ep in self._endpoints_with_port(name))
+            self._ids_by_port_name[name] = found
+        return found
+
     def _named_port_targets(self, peers: PeerKey, name: str) -> list[Endpoint]:
         """Endpoints a named-port egress rule can reach: the peers that declare it."""
         candidates = self._endpoints_with_port(name)
         if peers is ANY_PEER:
             return candidates
-        found: dict[str, Endpoint] = {}
+        # Membership by id(): building "namespace/name" keys for every candidate
+        # of every peer was the third hot spot at the 100k-pod scale.
+        found: dict[int, Endpoint] = {}
         for peer in peers:
             if peer.ip_block is not None:
                 block = peer.ip_block
                 for ep in candidates:
                     if any(block.contains(ip) for ip in ep.ips):
-                        found[ep.key] = ep
+                        found[id(ep)] = ep
             else:
-                selected = {e.key for e in self.resolver.peer_endpoints(peer)}
-                for ep in candidates:
-                    if ep.key in selected:
-                        found[ep.key] = ep
-        return [found[k] for k in sorted(found)]
+                # Walk the smaller side: the peer's pods, or the pods with the port.
+                members = self.resolver.peer_endpoints(peer)
+                if len(members) < len(candidates):
+                    having = self._ids_with_port(name)
+                    found.update((id(ep), ep) for ep in members if id(ep) in having)
+                else:
+                    selected = self.resolver.peer_endpoint_ids(peer)
+                    found.update((id(ep), ep) for ep in candidates if id(ep) in selected)
+        return sorted(found.values(), key=lambda ep: ep.key)
 
     # -- chains ------------------------------------------------------------
 
