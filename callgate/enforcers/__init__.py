@@ -18,7 +18,20 @@ def _nft(netns: str | None) -> Enforcer:
     return NftablesEnforcer(LibNftables(netns))
 
 
-BACKENDS: dict[str, Callable[[str | None], Enforcer]] = {"nft": _nft}
+def _iptables(netns: str | None) -> Enforcer:
+    from callgate.enforcers.iptables import IptablesEnforcer
+
+    return IptablesEnforcer(netns=netns)  # variant: $CALLGATE_IPTABLES (system, nft, legacy)
+
+
+def _auto(netns: str | None) -> Enforcer:
+    """nftables when libnftables works here, else iptables."""
+    from callgate.enforcers.iptables import nft_available
+
+    return _nft(netns) if nft_available(netns) else _iptables(netns)
+
+
+BACKENDS: dict[str, Callable[[str | None], Enforcer]] = {"nft": _nft, "iptables": _iptables, "auto": _auto}
 
 
 def get_enforcer(backend: str = "nft", netns: str | None = None) -> Enforcer:
