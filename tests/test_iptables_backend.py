@@ -452,3 +452,63 @@ def test_kernel_auto_prefers_nft(lab: object) -> None:
     enforcer = get_enforcer("auto", netns=lab.node_netns(NODE))  # type: ignore[attr-defined]
     assert enforcer.name == "nft"
     assert get_enforcer("iptables", netns=lab.node_netns(NODE)).name == "iptables"  # type: ignore[attr-defined]
+
+
+def test_fail_closed_layout(rulesets: dict[str, RuleSet]) -> None:
+    fake = FakeIptables()
+    enforcer = IptablesEnforcer(fake, fail_closed_prefix="cg")
+    rs = rulesets["node-1"]
+    tx = enforcer.plan(rs, known_interfaces=["cgxa0"])
+    rules = tx.table(4).rules
+    assert "-A CG-FORWARD -i cg+ -j CG-FC-IIF" in rules and "-A CG-FORWARD -o cg+ -j CG-FC-OIF" in rules
+    assert "-A CG-FC-IIF -i cgxa0 -j RETURN" in rules and "-A CG-FC-OIF -o cgyb0 -j RETURN" in rules
+    assert not any("cgxc0" in r for r in rules)  # neither isolated nor known: dropped
+    assert tx.digest != plan(rs).digest  # the known set is part of what is compared
+    enforcer.apply(rs, known_interfaces=["cgxa0"])
+    assert not enforcer.apply(rs, known_interfaces=["cgxa0"]).changed
+    assert enforcer.apply(rs, known_interfaces=["cgxa0", "cgxc0"]).changed
+    assert enforcer.live_digest() == enforcer.applied.digest  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="fail-closed prefix"):
+        IptablesEnforcer(fake, fail_closed_prefix="cg x")
+    with pytest.raises(InputError, match="known interfaces"):
+        enforcer.plan(rs, known_interfaces=["cg+"])
+
+
+@kernel
+@pytest.mark.kernel
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kernel_fail_closed_cuts_off_unknown_interfaces(variant: str, lab: object, clean: None, inv: Inventory,
+                                                        policies: PolicySet, rulesets: dict[str, RuleSet]) -> None:
+    from callgate.lab.probe import probe_matrix
+
+    unknown = "x/c"  # on node-1, not isolated: only the known-interface list lets it through
+    for node, e in _enforcers(lab, inv, variant).items():
+        fc = IptablesEnforcer(variant=variant, netns=e.runner.netns, fail_closed_prefix="cg")  # type: ignore[attr-defined]
+        known = [ep.interface for ep in inv.endpoints if ep.node == node and ep.key != unknown and ep.interface]
+        fc.apply(rulesets[node], known_interfaces=known)
+    seen = probe_matrix(lab, inv, timeout=0.7)  # type: ignore[arg-type]
+    want = {k: v and unknown not in k[:2] for k, v in expected(policies, inv, seen).items()}
+    wrong = sorted(k for k in seen if seen[k] != want[k])
+    assert not wrong, wrong[:10]
+    assert any(v for k, v in seen.items() if "x/a" in k[:2])  # known, non-isolated pods still talk
+
+
+@kernel
+@pytest.mark.kernel
+@pytest.mark.skipif(len(VARIANTS) < 2, reason="needs both iptables-legacy and iptables-nft")
+def test_kernel_switching_variant_moves_the_chains(lab: object, clean: None, rulesets: dict[str, RuleSet]) -> None:
+    ns = lab.node_netns(NODE)  # type: ignore[attr-defined]
+    rs = rulesets[NODE]
+    legacy = IptablesEnforcer(variant="legacy", netns=ns)
+    nft = IptablesEnforcer(variant="nft", netns=ns)
+    legacy.apply(rs)
+    assert "CG-FORWARD" in sh(ns, "iptables-legacy-save", "-t", "filter")
+    # the nft variant sees callgate's chains in legacy and reports them in its diff
+    assert any(line.startswith("-# iptables-legacy-restore: callgate chains of the other variant")
+               for line in nft.diff(rs))
+    assert nft.apply(rs).changed
+    assert nft.diff(rs) == [] and legacy.diff(rs) != []
+    for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+        assert "CG-" not in sh(ns, tool, "-t", "filter")
+    assert "CG-FORWARD" in sh(ns, "ip6tables-nft-save", "-t", "filter")
+    assert not nft.apply(rs).changed

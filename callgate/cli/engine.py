@@ -17,7 +17,9 @@ from callgate.policy import Evaluator, Inventory, PolicySet, load_inventory, loa
 from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, Protocol
 
 NodeOpt = Annotated[str, typer.Option("--node", "-n", help="The node to compile for (its local endpoints get chains).")]
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help=f"Kernel backend: {', '.join(BACKENDS)}.")]
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help=(
+    f"Kernel backend: {', '.join(BACKENDS)} (auto: nft where libnftables works, else iptables; "
+    "iptables variant from $CALLGATE_IPTABLES=system|nft|legacy)."))]
 
 out = Console()
 
@@ -58,18 +60,21 @@ def apply(
     Example: callgate apply -i inventory.yaml -p policies/ --node node-1
     """
     ruleset = compile_for(inventory, policies, node)
-    enforcer = get_enforcer(backend, netns)
+    try:
+        enforcer = get_enforcer(backend, netns)
+    except ValueError as exc:  # unknown backend or iptables variant: a usage mistake, not a crash
+        fail(str(exc))
     result = enforcer.apply(ruleset, dry_run=dry_run)
     summary = (f"{len(ruleset.endpoints)} endpoints, {len(ruleset.address_sets) + len(ruleset.port_sets)} sets, "
                f"digest {result.digest[:12]}")
     if dry_run:
         out.print(result.transaction.text(), highlight=False, markup=False, end="")
         verdict = "would change the kernel" if result.changed else "already live, nothing to do"
-        typer.echo(f"dry run ({backend}): kernel check passed; {verdict} ({summary})", err=True)
+        typer.echo(f"dry run ({enforcer.name}): kernel check passed; {verdict} ({summary})", err=True)
     elif result.changed:
-        typer.echo(f"applied ({backend}) on {node}: {summary}", err=True)
+        typer.echo(f"applied ({enforcer.name}) on {node}: {summary}", err=True)
     else:
-        typer.echo(f"unchanged ({backend}) on {node}: {summary}", err=True)
+        typer.echo(f"unchanged ({enforcer.name}) on {node}: {summary}", err=True)
 
 
 def compile_cmd(

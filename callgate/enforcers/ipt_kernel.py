@@ -94,6 +94,18 @@ class Tools:
     def save(self, version: Version) -> str:
         return self._tool(version, "save")
 
+    def other(self, runner: Runner) -> Tools | None:
+        """The variant this one is not (``system`` is resolved by asking
+        ``iptables -V``), or None when that cannot be told."""
+        variant = self.variant
+        if variant == "system":
+            try:
+                version = runner.run(["iptables", "-V"])
+            except KernelError:
+                return None
+            variant = "nft" if "nf_tables" in version else "legacy" if "legacy" in version else ""
+        return {"nft": Tools("legacy"), "legacy": Tools("nft")}.get(variant)
+
 
 # -- reading the live state back -------------------------------------------------
 
@@ -182,13 +194,25 @@ def parse_iptables_save(text: str, version: Version) -> LiveTable:
 class LiveState:
     sets: dict[str, IpSet]
     tables: dict[Version, LiveTable]
+    # callgate's chains in the OTHER iptables variant (left there by an apply
+    # with another CALLGATE_IPTABLES): removed by the next apply or remove.
+    foreign: dict[Version, LiveTable] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not self.sets and all(t.empty for t in self.tables.values())
+        return not self.sets and all(t.empty for t in (*self.tables.values(), *self.foreign.values()))
 
 
-def read_live(runner: Runner, tools: Tools) -> LiveState:
+def read_live(runner: Runner, tools: Tools, other: Tools | None = None) -> LiveState:
     sets = parse_ipset_save(runner.run(["ipset", "save"]))
     tables = {v: parse_iptables_save(runner.run([tools.save(v), "-t", "filter"]), v) for v in VERSIONS}
-    return LiveState(sets, tables)
+    foreign: dict[Version, LiveTable] = {}
+    if other is not None:
+        for v in VERSIONS:
+            try:
+                found = parse_iptables_save(runner.run([other.save(v), "-t", "filter"]), v)
+            except KernelError:  # that variant is not usable here: nothing of ours can be in it
+                continue
+            if not found.empty:
+                foreign[v] = found
+    return LiveState(sets, tables, foreign)

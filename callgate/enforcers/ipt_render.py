@@ -23,6 +23,7 @@ from the kernel compares equal to the desired one and a re-apply is a no-op.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -41,6 +42,9 @@ COMMENT_MAX = 255  # xt_comment keeps 256 bytes including the NUL
 MULTIPORT_MAX = 15  # xt_multiport: ports per rule, a range counts twice
 DEFAULT_MAXELEM = 65536
 DIGEST_PREFIX = "callgate sha256:"
+FC_IIF, FC_OIF = "CG-FC-IIF", "CG-FC-OIF"  # fail-closed checks, see FailClosed
+FAIL_CLOSED_COMMENT = "callgate fail-closed"
+_FC_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,14}")
 
 Version = int  # 4 or 6
 VERSIONS: tuple[Version, ...] = (4, 6)
@@ -257,6 +261,37 @@ def _tier_lines(tiers: tuple[Chain, ...], direction: str, version: Version) -> d
 
 
 @dataclass(frozen=True, slots=True)
+class FailClosed:
+    """Drop forwarded traffic on ``prefix*`` interfaces that are not ``known``
+    (the same contract as the nft backend's fail-closed mode): a container whose
+    veth appears before its policy is programmed is cut off, not open.
+
+    In iptables: after the dispatch rules, ``-i prefix+ -j CG-FC-IIF`` and
+    ``-o prefix+ -j CG-FC-OIF``; those chains RETURN for each known interface
+    and DROP the rest."""
+
+    prefix: str
+    known: tuple[str, ...]  # sorted, unique
+
+    @classmethod
+    def build(cls, prefix: str, ruleset: RuleSet, known: Iterable[str] = ()) -> FailClosed:
+        if not _FC_PREFIX.fullmatch(prefix):
+            raise ValueError(f"fail-closed prefix {prefix!r} must be 1-14 characters of letters, digits, '_', '.' or '-'")
+        return cls(prefix, tuple(sorted({*known, *(e.interface for e in ruleset.endpoints)})))
+
+    def digest(self, ruleset: RuleSet) -> str:
+        text = "\x00".join([ruleset.digest(), self.prefix, *self.known])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def lines(self) -> dict[str, list[str]]:
+        drop = f"-m comment --comment {quote(FAIL_CLOSED_COMMENT)} -j DROP"
+        return {
+            FC_IIF: [*(f"-A {FC_IIF} -i {i} -j RETURN" for i in self.known), f"-A {FC_IIF} {drop}"],
+            FC_OIF: [*(f"-A {FC_OIF} -o {i} -j RETURN" for i in self.known), f"-A {FC_OIF} {drop}"],
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Table:
     """callgate's part of one filter table: its chains (CG-FORWARD first) and
     rules, plus whether FORWARD jumps to CG-FORWARD."""
@@ -275,10 +310,11 @@ class Table:
         return "\n".join(lines)
 
 
-def ruleset_table(ruleset: RuleSet, version: Version) -> Table:
+def ruleset_table(ruleset: RuleSet, version: Version, fail_closed: FailClosed | None = None) -> Table:
     chains: dict[str, list[str]] = {}
+    digest = ruleset.digest() if fail_closed is None else fail_closed.digest(ruleset)
     established = (f"-A {FORWARD_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED "
-                   f"-m comment --comment {quote(DIGEST_PREFIX + ruleset.digest())} -j ACCEPT")
+                   f"-m comment --comment {quote(DIGEST_PREFIX + digest)} -j ACCEPT")
     forward = [established]
     ingress: list[str] = []
     for ep in sorted(ruleset.endpoints, key=lambda e: e.interface):
@@ -289,23 +325,34 @@ def ruleset_table(ruleset: RuleSet, version: Version) -> Table:
         chains.update(_tier_lines(ep.ingress, "ingress", version))
         chains.update(_tier_lines(ep.egress, "egress", version))
     forward.extend(ingress)
+    if fail_closed is not None:
+        forward.append(f"-A {FORWARD_CHAIN} -i {fail_closed.prefix}+ -j {FC_IIF}")
+        forward.append(f"-A {FORWARD_CHAIN} -o {fail_closed.prefix}+ -j {FC_OIF}")
+        chains.update(fail_closed.lines())
     order = [FORWARD_CHAIN, *sorted(chains)]
     chains[FORWARD_CHAIN] = forward
     return Table(version, tuple(order), tuple(line for c in order for line in chains[c]))
 
 
-def validate(ruleset: RuleSet) -> None:
+def _iface_problem(iface: str) -> str | None:
+    # iptables reads a trailing "+" as a wildcard: "eth+" would match eth0, eth1 ...
+    if iface.endswith("+") or not re.fullmatch(r"[A-Za-z0-9_.:@+-]{1,15}", iface):
+        return (f"interface {iface!r} cannot be matched exactly by iptables (it must be 1-15 of "
+                "letters, digits and '_.:@+-', not ending in '+', which iptables reads as a wildcard); "
+                "use the nft backend or rename the interface")
+    return None
+
+
+def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
     """What iptables cannot express although the IR allows it: report it before
     anything is applied. (Names and sizes are valid by construction.)"""
     problems = []
     for ep in ruleset.endpoints:
-        # iptables reads a trailing "+" as a wildcard: "eth+" would match eth0, eth1 ...
-        if ep.interface.endswith("+") or not re.fullmatch(r"[A-Za-z0-9_.:@+-]{1,15}", ep.interface):
-            problems.append(Problem(
-                f"interface {ep.interface!r} cannot be matched exactly by iptables (it must be 1-15 of "
-                "letters, digits and '_.:@+-', not ending in '+', which iptables reads as a wildcard); "
-                "use the nft backend or rename the interface",
-                object=f"endpoint {ep.endpoint}", field="interface"))
+        if why := _iface_problem(ep.interface):
+            problems.append(Problem(why, object=f"endpoint {ep.endpoint}", field="interface"))
+    for iface in fail_closed.known if fail_closed else ():
+        if why := _iface_problem(iface):
+            problems.append(Problem(why, object="known interfaces"))
     if problems:
         raise InputError(problems)
 
@@ -338,7 +385,8 @@ def render_state(sets: Iterable[IpSet], tables: Iterable[Table]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def plan(ruleset: RuleSet) -> IptTransaction:
-    validate(ruleset)
-    return IptTransaction(ruleset.digest(), ruleset_sets(ruleset),
-                          (ruleset_table(ruleset, 4), ruleset_table(ruleset, 6)))
+def plan(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> IptTransaction:
+    validate(ruleset, fail_closed)
+    digest = ruleset.digest() if fail_closed is None else fail_closed.digest(ruleset)
+    return IptTransaction(digest, ruleset_sets(ruleset),
+                          (ruleset_table(ruleset, 4, fail_closed), ruleset_table(ruleset, 6, fail_closed)))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from callgate.compiler.ir import RuleSet
@@ -40,6 +40,7 @@ from callgate.enforcers.ipt_render import (
     FORWARD_CHAIN,
     TMP_PREFIX,
     VERSIONS,
+    FailClosed,
     IptTransaction,
     Table,
     Version,
@@ -50,6 +51,14 @@ from callgate.enforcers.ipt_render import (
 from callgate.errors import KernelError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What this enforcer last put into the kernel."""
+
+    ruleset: RuleSet
+    digest: str
 
 
 @dataclass
@@ -136,9 +145,15 @@ class IptablesEnforcer:
 
     name = "iptables"
 
-    def __init__(self, runner: Runner | None = None, variant: str | None = None, netns: str | None = None) -> None:
+    def __init__(self, runner: Runner | None = None, variant: str | None = None, netns: str | None = None,
+                 fail_closed_prefix: str | None = None) -> None:
         self.runner: Runner = runner or SubprocessRunner(netns)
         self.tools = Tools.choose(variant)
+        self.fail_closed_prefix = fail_closed_prefix
+        if fail_closed_prefix is not None:  # validate now, not at the first apply
+            FailClosed.build(fail_closed_prefix, RuleSet(node=""))
+        self.applied: Applied | None = None
+        self._other: tuple[Tools | None] | None = None
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -161,10 +176,16 @@ class IptablesEnforcer:
 
     # -- the Enforcer protocol ----------------------------------------------------
 
-    def plan(self, ruleset: RuleSet) -> IptTransaction:
+    def fail_closed(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> FailClosed | None:
+        if self.fail_closed_prefix is None:
+            return None
+        return FailClosed.build(self.fail_closed_prefix, ruleset, known_interfaces)
+
+    def plan(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> IptTransaction:
         """The desired state; pure (no kernel access). Raises InputError for
-        what iptables cannot express, before anything is applied."""
-        return plan(ruleset)
+        what iptables cannot express, before anything is applied.
+        ``known_interfaces`` matters only in fail-closed mode (as for nft)."""
+        return plan(ruleset, self.fail_closed(ruleset, known_interfaces))
 
     def check(self, tx: IptTransaction) -> None:
         """Validate ``tx`` against the kernel without changing what is enforced.
@@ -184,37 +205,65 @@ class IptablesEnforcer:
         finally:
             self._destroy_quietly(staged)
 
-    def live(self) -> LiveState:
-        return read_live(self.runner, self.tools)
+    def other_tools(self) -> Tools | None:
+        """The other iptables variant, where an earlier apply may have left chains."""
+        if self._other is None:
+            self._other = (self.tools.other(self.runner),)
+        return self._other[0]
 
-    def live_text(self) -> str | None:
-        live = self.live()
+    def live(self) -> LiveState:
+        return read_live(self.runner, self.tools, self.other_tools())
+
+    def _live_text(self, live: LiveState) -> str | None:
         if live.empty:
             return None
-        return render_state(live.sets.values(), (live.tables[v].table() for v in VERSIONS))
+        text = render_state(live.sets.values(), (live.tables[v].table() for v in VERSIONS))
+        other = self.other_tools()
+        for v, table in sorted(live.foreign.items()):
+            # Shown so that diff reports them; the next apply removes them.
+            text += f"# {other.restore(v) if other else '?'}: callgate chains of the other variant\n"
+            text += table.table().text() + "\n"
+        return text
 
-    def desired_text(self, ruleset: RuleSet) -> str:
-        return self.plan(ruleset).text()
+    def live_text(self) -> str | None:
+        return self._live_text(self.live())
 
-    def diff(self, ruleset: RuleSet) -> list[str]:
+    def live_digest(self) -> str | None:
+        """The digest recorded in the IPv4 CG-FORWARD chain, if any."""
+        return self.live().tables[4].digest()
+
+    def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
+        return self.plan(ruleset, known_interfaces).text()
+
+    def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
         """Unified diff from the live state to the desired one; empty when equal."""
         live = self.live_text() or ""
-        return list(difflib.unified_diff(live.splitlines(), self.desired_text(ruleset).splitlines(),
+        return list(difflib.unified_diff(live.splitlines(), self.desired_text(ruleset, known_interfaces).splitlines(),
                                          "live", "desired", lineterm=""))
 
-    def apply(self, ruleset: RuleSet, dry_run: bool = False) -> ApplyResult:
+    def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
+        return self.live_text() == self.desired_text(ruleset, known_interfaces)
+
+    def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Sequence[str] = (),
+              incremental: bool = True) -> ApplyResult:
         """Make the kernel hold ``ruleset``; a no-op when it already does. With
-        ``dry_run`` the kernel validates everything and nothing is enforced."""
-        tx = self.plan(ruleset)
+        ``dry_run`` the kernel validates everything and nothing is enforced.
+
+        Every apply is computed against the live state (sets whose content is
+        unchanged are left alone, changed ones are swapped), so
+        ``incremental`` is accepted for interface parity with nft and ignored."""
+        del incremental
+        tx = self.plan(ruleset, known_interfaces)
         live = self.live()
-        in_sync = render_state(live.sets.values(), (live.tables[v].table() for v in VERSIONS)) == tx.text()
-        if in_sync:
+        if self._live_text(live) == tx.text():
+            self.applied = Applied(ruleset, tx.digest)
             return ApplyResult(False, tx.digest, tx, dry_run)
         if dry_run:
             self.check(tx)
             return ApplyResult(True, tx.digest, tx, dry_run)
-        steps = build_steps(tx, live)
-        return self._execute(tx, live, steps)
+        result = self._execute(tx, live, build_steps(tx, live))
+        self.applied = Applied(ruleset, tx.digest)
+        return result
 
     def _execute(self, tx: IptTransaction, live: LiveState, steps: Steps) -> ApplyResult:
         result = ApplyResult(True, tx.digest, tx)
@@ -234,6 +283,7 @@ class IptablesEnforcer:
         except KernelError:
             self._undo(live, committed, steps)
             raise
+        self._remove_foreign(live, result.warnings)
         try:
             self._ipset(steps.cleanup)
         except KernelError as exc:
@@ -254,6 +304,20 @@ class IptablesEnforcer:
             log.error("could not undo a failed apply: %s", exc)
         self._destroy_quietly(steps.created)
 
+    def _remove_foreign(self, live: LiveState, warnings: list[str]) -> None:
+        """Take callgate's chains out of the other iptables variant (after a
+        switch of CALLGATE_IPTABLES): two variants filtering at once, sharing
+        sets, would be hard to reason about."""
+        other = self.other_tools()
+        for v, table in sorted(live.foreign.items()):
+            if other is None:
+                break
+            try:
+                self.runner.run([other.restore(v), "--noflush", "-w"], stdin=restore_text(_empty_table(v), table))
+            except KernelError as exc:
+                warnings.append(f"could not remove callgate's chains from {other.restore(v)}: {exc}")
+                log.warning("%s", warnings[-1])
+
     def remove(self) -> bool:
         """Delete every CG-* chain, the FORWARD jump and every cg- set. True if
         there was something."""
@@ -263,7 +327,12 @@ class IptablesEnforcer:
         for v in VERSIONS:
             if not live.tables[v].empty:
                 self._restore(v, restore_text(_empty_table(v), live.tables[v]))
+        warnings: list[str] = []
+        self._remove_foreign(live, warnings)
+        if warnings:
+            raise KernelError("; ".join(warnings))
         self._ipset(f"destroy {n}" for n in sorted(live.sets))
+        self.applied = None
         return True
 
 
