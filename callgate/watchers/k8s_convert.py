@@ -1,0 +1,213 @@
+"""Turn raw API objects (dicts, hostile until proven otherwise) into the policy model.
+
+The rules are the file loaders' rules, reused rather than copied: a Pod or
+Namespace goes through ``inventory._Builder`` and a NetworkPolicy through
+``parse_network_policy``, on a :class:`Document` built from the dict. So a pod
+from the API and the same pod from ``kubectl get -o yaml`` become the same
+endpoint, and a policy callgate would reject in a file is rejected here too.
+
+Each object is converted once, when it arrives, into a :class:`Converted`
+entry that the cache keeps; a snapshot is assembled from entries, never from
+raw objects. An object that cannot be converted becomes an entry with
+problems and no value: it is skipped and reported, and the rest still applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from callgate.errors import InputError, Problem
+from callgate.policy.documents import Document
+from callgate.policy.inventory import _Builder
+from callgate.policy.model import Endpoint, Inventory, Namespace, Policy, PolicySet
+from callgate.policy.networkpolicy import object_name, parse_network_policy
+
+PODS, NAMESPACES, POLICIES = "pods", "namespaces", "networkpolicies"
+KINDS = (PODS, NAMESPACES, POLICIES)
+KIND_NAMES = {PODS: "Pod", NAMESPACES: "Namespace", POLICIES: "NetworkPolicy"}
+API_VERSIONS = {PODS: "v1", NAMESPACES: "v1", POLICIES: "networking.k8s.io/v1"}
+
+ORIGIN = "kubernetes"
+# Documents need a file name, and Document.problem() tries to read that file to find
+# line numbers. A path below /dev/null can never be read, so no object from the API
+# can make us open a file on disk; problems are relabelled ORIGIN afterwards.
+_UNREADABLE = "/dev/null/kubernetes-api"
+_MAX_MESSAGE = 512  # API strings end up in messages; keep one hostile object from flooding logs
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Enough to point at an API object (Events need uid for ``kubectl describe``)."""
+
+    kind: str
+    namespace: str | None
+    name: str
+    uid: str | None = None
+    resource_version: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+@dataclass(frozen=True)
+class Converted:
+    """One API object as the cache keeps it."""
+
+    ref: ObjectRef
+    value: Endpoint | Namespace | Policy | None  # None: skipped (invalid, finished, host network)
+    problems: tuple[Problem, ...]
+    digest: str  # changes when what callgate uses from the object changes
+
+
+def _digest(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def clip(text: str, limit: int = _MAX_MESSAGE) -> str:
+    """A single printable line of at most ``limit`` characters (API strings are hostile)."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _relabel(problems: Iterable[Problem]) -> tuple[Problem, ...]:
+    return tuple(dataclasses.replace(p, file=ORIGIN, line=None, column=None, message=clip(p.message),
+                                     object=clip(p.object) if p.object else None)
+                 for p in problems)
+
+
+def object_ref(kind: str, obj: Any) -> ObjectRef | None:
+    """The reference of a raw object, or None when it has no usable name."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        return None
+    ns = meta.get("namespace") if kind != NAMESPACES else None
+    if ns is not None and not isinstance(ns, str):
+        return None
+
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) else None
+
+    return ObjectRef(KIND_NAMES[kind], ns, meta["name"], text(meta.get("uid")), text(meta.get("resourceVersion")))
+
+
+def _typed(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    # List items come without kind/apiVersion; the parsers want them.
+    return {**obj, "kind": KIND_NAMES[kind], "apiVersion": API_VERSIONS[kind]}
+
+
+def _malformed(ref: ObjectRef, obj: dict[str, Any], exc: Exception) -> Converted:
+    problem = Problem(f"malformed object: {type(exc).__name__}: {exc}", object=object_name(obj, ref.kind))
+    return Converted(ref, None, _relabel([problem]), _digest("malformed", str(exc)))
+
+
+def convert_pod(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
+    spec = obj.get("spec")
+    if isinstance(spec, dict) and spec.get("hostNetwork") is True:
+        # Host-network pods share the node's IPs and NetworkPolicy does not apply to
+        # them; as endpoints they would collide with each other on the node address.
+        return Converted(ref, None, (), _digest("hostNetwork"))
+    builder = _Builder()
+    try:
+        builder.add_pod(Document(_UNREADABLE, 0, _typed(PODS, obj)))
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        return _malformed(ref, obj, exc)
+    if builder.problems:
+        problems = _relabel(builder.problems)
+        return Converted(ref, None, problems, _digest([p.message for p in problems]))
+    if not builder.inventory.endpoints:
+        return Converted(ref, None, (), _digest("finished"))  # Succeeded/Failed: holds no IP policy applies to
+    ep = builder.inventory.endpoints[0]
+    digest = _digest(ep.namespace, ep.name, ep.labels, ep.node, [str(ip) for ip in ep.ips], ep.interface,
+                     [(p.name, p.port, p.protocol) for p in ep.ports])
+    return Converted(ref, ep, (), digest)
+
+
+def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
+    builder = _Builder()
+    try:
+        builder.add_k8s_namespace(Document(_UNREADABLE, 0, _typed(NAMESPACES, obj)))
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        return _malformed(ref, obj, exc)
+    if builder.problems:
+        problems = _relabel(builder.problems)
+        return Converted(ref, None, problems, _digest([p.message for p in problems]))
+    ns = next(iter(builder.inventory.namespaces.values()))
+    return Converted(ref, ns, (), _digest(ns.name, ns.labels))
+
+
+def convert_policy(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
+    try:
+        policy = parse_network_policy(Document(_UNREADABLE, 0, _typed(POLICIES, obj)))
+    except InputError as err:
+        problems = _relabel(err.problems)
+        return Converted(ref, None, problems, _digest([p.message for p in problems]))
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        return _malformed(ref, obj, exc)
+    policy = dataclasses.replace(policy, origin=dataclasses.replace(policy.origin, file=ORIGIN))
+    return Converted(ref, policy, (), _digest(ref.namespace, ref.name, obj.get("spec")))
+
+
+CONVERTERS: dict[str, Callable[[ObjectRef, dict[str, Any]], Converted]] = {
+    PODS: convert_pod, NAMESPACES: convert_namespace, POLICIES: convert_policy,
+}
+
+
+def convert(kind: str, obj: Any) -> Converted | None:
+    """Convert one raw object; None when it cannot even be named (nothing to key it by)."""
+    ref = object_ref(kind, obj)
+    if ref is None:
+        return None
+    return CONVERTERS[kind](ref, obj)
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """A consistent view of the cluster, as of one moment of the cache."""
+
+    inventory: Inventory
+    policies: PolicySet
+    problems: tuple[Problem, ...]  # every skipped object, with why
+    version: str  # a digest of the content: equal versions mean equal content
+    problems_by_object: Mapping[ObjectRef, tuple[Problem, ...]]
+    policy_refs: Mapping[str, ObjectRef]  # "ns/name" -> the NetworkPolicy object (valid or not)
+
+
+def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> ClusterState:
+    """Build inventory, policies and problems from converted entries.
+
+    Entries are visited in (namespace, name) order so that a conflict between two
+    objects (two pods claiming one IP) is resolved the same way every time.
+    """
+    builder = _Builder()
+    problems_by_object: dict[ObjectRef, tuple[Problem, ...]] = {}
+    hasher = hashlib.sha256()
+    for kind in KINDS:
+        for key, entry in sorted(entries.get(kind, {}).items()):
+            hasher.update(f"{kind}\0{key[0]}\0{key[1]}\0{entry.digest}\n".encode())
+            if entry.problems:
+                problems_by_object[entry.ref] = entry.problems
+    for _, entry in sorted(entries.get(NAMESPACES, {}).items()):
+        if isinstance(entry.value, Namespace):
+            builder.inventory.namespaces[entry.value.name] = entry.value
+    for _, entry in sorted(entries.get(PODS, {}).items()):
+        if isinstance(entry.value, Endpoint):
+            before = len(builder.problems)
+            builder.endpoint(entry.value, Document(_UNREADABLE, 0, {}), object_name(
+                {"metadata": {"name": entry.ref.name, "namespace": entry.ref.namespace}}, "Pod"), ())
+            if len(builder.problems) > before:
+                problems_by_object[entry.ref] = _relabel(builder.problems[before:])
+    builder.problems.clear()  # reported per object above; finish() only adds implied namespaces
+    inventory = builder.finish()
+    policies = [e.value for _, e in sorted(entries.get(POLICIES, {}).items()) if isinstance(e.value, Policy)]
+    refs = {e.ref.key: e.ref for e in entries.get(POLICIES, {}).values()}
+    problems = tuple(p for _, ps in sorted(problems_by_object.items(), key=lambda kv: (kv[0].kind, kv[0].key))
+                     for p in ps)
+    return ClusterState(inventory, PolicySet(policies), problems, hasher.hexdigest()[:16],
+                        problems_by_object, refs)

@@ -1,0 +1,585 @@
+"""The Kubernetes source against a fake API server, through the real ``kubernetes`` client.
+
+Every test waits on conditions (a published snapshot that satisfies a
+predicate, a server-side count) with a timeout; none sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from callgate.errors import InputError
+from callgate.policy import load_inventory
+from callgate.watchers.base import Snapshot, SourceProblem
+from callgate.watchers.k8s_client import make_api_client
+from callgate.watchers.k8s_reflector import Backoff, WatchOptions
+from callgate.watchers.kubernetes import KubernetesSource
+from tests.fake_apiserver import FakeAPIServer
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = WatchOptions(watch_timeout=30, connect_timeout=2, backoff_initial=0.02, backoff_max=0.2, page_size=500)
+WAIT = 10.0
+
+
+# ---- objects ---------------------------------------------------------------------------
+
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def pod(name: str, ns: str, ip: str | None, labels: dict[str, str] | None = None, node: str = "node-1",
+        ports: list[dict[str, Any]] | None = None, phase: str = "Running", **extra: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {"pod": name}},
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "x", "ports": ports or []}]},
+        "status": {"phase": phase, **({"podIP": ip, "podIPs": [{"ip": ip}]} if ip else {})},
+    }
+    for key, value in extra.items():
+        obj[key] = value
+    return obj
+
+
+def policy(name: str, ns: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+DENY_ALL = {"podSelector": {}, "policyTypes": ["Ingress"]}
+
+
+# ---- harness ---------------------------------------------------------------------------
+
+class Recorder:
+    """Collects what the source publishes; tests wait on it with a timeout."""
+
+    def __init__(self) -> None:
+        self.items: list[Snapshot | SourceProblem] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, item: Snapshot | SourceProblem) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.items)
+
+    def wait(self, predicate: Callable[[Snapshot | SourceProblem], bool], after: int = 0,
+             timeout: float = WAIT) -> Snapshot | SourceProblem:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for item in self.items[after:]:
+                    if predicate(item):
+                        return item
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"nothing matching was published; got {self.items[after:]!r}"[:3000])
+                self._cond.wait(remaining)
+
+    def snapshot(self, predicate: Callable[[Snapshot], bool] = lambda s: True, after: int = 0) -> Snapshot:
+        item = self.wait(lambda i: isinstance(i, Snapshot) and predicate(i), after)
+        assert isinstance(item, Snapshot)
+        return item
+
+    def problem(self, after: int = 0) -> SourceProblem:
+        item = self.wait(lambda i: isinstance(i, SourceProblem), after)
+        assert isinstance(item, SourceProblem)
+        return item
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)  # polling a condition, not synchronising by sleeping
+
+
+@pytest.fixture
+def server() -> Iterator[FakeAPIServer]:
+    with FakeAPIServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def start_source(server: FakeAPIServer) -> Iterator[Callable[..., tuple[KubernetesSource, Recorder]]]:
+    started: list[KubernetesSource] = []
+
+    def start(**options: Any) -> tuple[KubernetesSource, Recorder]:
+        options.setdefault("options", FAST)
+        options.setdefault("debounce", 0.02)
+        options.setdefault("max_delay", 0.5)
+        src = KubernetesSource.connect(server=server.url, **options)
+        recorder = Recorder()
+        src.start(recorder)
+        started.append(src)
+        return src, recorder
+
+    yield start
+    for src in started:
+        src.stop()
+
+
+def endpoints(snap: Snapshot) -> dict[str, Any]:
+    return {ep.key: ep for ep in snap.inventory.endpoints}
+
+
+def policy_keys(snap: Snapshot) -> set[str]:
+    return {p.key for p in snap.policies.policies}
+
+
+def seed(server: FakeAPIServer) -> None:
+    server.create(namespace("x", ns="x"))
+    server.create(namespace("y", ns="y"))
+    server.create(pod("a", "x", "198.18.0.10", node="node-1",
+                      ports=[{"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"}]))
+    server.create(pod("b", "y", "198.18.0.11", node="node-2"))
+    server.create(policy("deny-all", "x", DENY_ALL))
+
+
+# ---- initial list ------------------------------------------------------------------------
+
+def test_initial_list_gives_the_same_inventory_as_kubectl_yaml(server: FakeAPIServer, start_source: Any,
+                                                                tmp_path: Path) -> None:
+    objects = [
+        namespace("x", ns="x"), namespace("y", ns="y", team="blue"),
+        pod("a", "x", "198.18.0.10", ports=[{"name": "serve-80-tcp", "containerPort": 80},
+                                           {"name": "dns", "containerPort": 53, "protocol": "UDP"}]),
+        pod("b", "y", "198.18.0.11", node="node-2"),
+        pod("done", "x", "198.18.0.12", phase="Succeeded"),  # finished: holds no IP policy applies to
+        pod("pending", "y", None),
+    ]
+    dual = pod("c", "y", "198.18.0.13")
+    dual["status"]["podIPs"].append({"ip": "fd00::13"})
+    dual["metadata"]["annotations"] = {"callgate.io/interface": "cgxc0"}
+    objects.append(dual)
+    for obj in objects:
+        server.create(obj)
+    host_network = pod("kube-proxy", "x", "198.18.1.1")
+    host_network["spec"]["hostNetwork"] = True  # shares the node's address; policy does not apply
+    server.create(host_network)
+    server.create(policy("deny-all", "x", DENY_ALL))
+    server.create(policy("allow-b", "y", {"podSelector": {"matchLabels": {"pod": "b"}},
+                                          "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "x"}}}],
+                                                       "ports": [{"port": "serve-80-tcp"}]}]}))
+
+    _src, rec = start_source()
+    snap = rec.snapshot()
+
+    # The same objects as `kubectl get -o yaml` prints them, through the file loader.
+    listing = {"apiVersion": "v1", "kind": "List", "items": objects}
+    (tmp_path / "inv.yaml").write_text(yaml.safe_dump(listing))
+    expected = load_inventory(tmp_path / "inv.yaml")
+    assert sorted(snap.inventory.endpoints, key=lambda e: e.key) == sorted(expected.endpoints, key=lambda e: e.key)
+    assert snap.inventory.namespaces == expected.namespaces
+
+    eps = endpoints(snap)
+    assert set(eps) == {"x/a", "y/b", "y/c", "y/pending"}  # not the finished pod, not the host-network pod
+    assert eps["y/c"].ips == (ipaddress.ip_address("198.18.0.13"), ipaddress.ip_address("fd00::13"))
+    assert eps["y/c"].interface == "cgxc0"
+    assert eps["y/b"].node == "node-2"
+    assert [(p.name, p.port, p.protocol) for p in eps["x/a"].ports] == [("serve-80-tcp", 80, "TCP"), ("dns", 53, "UDP")]
+    assert snap.inventory.namespaces["y"].labels == {"ns": "y", "team": "blue", "kubernetes.io/metadata.name": "y"}
+    assert policy_keys(snap) == {"x/deny-all", "y/allow-b"}
+    assert snap.problems == []
+    assert snap.origin == f"kubernetes {server.url}"
+    # list-then-watch: one list per kind, then watches with bookmarks from the list's version.
+    for resource in ("pods", "namespaces", "networkpolicies"):
+        assert len(server.requests_for(resource, watch=False)) == 1
+        def watching(r: str = resource) -> bool:
+            return bool(server.requests_for(r, watch=True))
+
+        assert server.wait_for(watching)
+        req = server.requests_for(resource, watch=True)[0]
+        assert req.query["allowWatchBookmarks"] == "true"
+        assert int(req.query["resourceVersion"]) >= 100
+        assert int(req.query["timeoutSeconds"]) >= FAST.watch_timeout
+
+
+def test_nothing_is_published_until_all_three_kinds_are_listed(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    server.fail(lambda r: r.path.endswith("/networkpolicies") and not r.watch, code=500, times=3)
+    _src, rec = start_source()
+    problem = rec.problem()
+    assert "networkpolicies" in problem.message and "HTTP 500" in problem.message
+    snap = rec.snapshot()
+    assert policy_keys(snap) == {"x/deny-all"}
+    # Every snapshot ever published had the policies: none went out before the policy list succeeded.
+    assert all(policy_keys(s) == {"x/deny-all"} for s in rec.items if isinstance(s, Snapshot))
+    assert len(server.requests_for("networkpolicies", watch=False)) == 4
+
+
+def test_pagination_and_an_expired_continue_token(server: FakeAPIServer, start_source: Any) -> None:
+    server.create(namespace("x"))
+    for i in range(7):
+        server.create(pod(f"p{i}", "x", f"198.18.0.{i + 1}"))
+    server.create(policy("deny-all", "x", DENY_ALL))
+    # The second page's continue token has "expired": the reflector must restart the list.
+    server.fail(lambda r: r.path.endswith("/pods") and "continue" in r.query, code=410, times=1)
+    _src, rec = start_source(options=WatchOptions(**{**FAST.__dict__, "page_size": 3}))
+    snap = rec.snapshot()
+    assert set(endpoints(snap)) == {f"x/p{i}" for i in range(7)}
+    pod_lists = server.requests_for("pods", watch=False)
+    assert [r.query.get("limit") for r in pod_lists] == ["3"] * len(pod_lists)
+    fresh = [r for r in pod_lists if "continue" not in r.query]
+    assert len(fresh) == 2, "the list restarted from the beginning after the 410"
+    assert snap.problems == []
+
+
+# ---- changes -------------------------------------------------------------------------------
+
+def test_pod_namespace_and_policy_changes_are_reflected(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    _src, rec = start_source()
+    first = rec.snapshot()
+    versions = [first.version]
+
+    def step(change: Callable[[], Any], check: Callable[[Snapshot], bool]) -> Snapshot:
+        mark = rec.mark()
+        change()
+        snap = rec.snapshot(check, after=mark)
+        versions.append(snap.version)
+        return snap
+
+    step(lambda: server.create(pod("c", "x", "198.18.0.20")), lambda s: "x/c" in endpoints(s))
+    relabelled = pod("c", "x", "198.18.0.20", labels={"pod": "c", "tier": "web"})
+    step(lambda: server.update(relabelled), lambda s: endpoints(s).get("x/c") is not None
+         and endpoints(s)["x/c"].labels == {"pod": "c", "tier": "web"})
+    step(lambda: server.delete("Pod", "c", "x"), lambda s: "x/c" not in endpoints(s))
+    step(lambda: server.create(namespace("z", ns="z")), lambda s: "z" in s.inventory.namespaces)
+    step(lambda: server.update(namespace("z", ns="zz")),
+         lambda s: s.inventory.namespaces.get("z") is not None and s.inventory.namespaces["z"].labels.get("ns") == "zz")
+    step(lambda: server.delete("Namespace", "z"), lambda s: "z" not in s.inventory.namespaces)
+    step(lambda: server.create(policy("allow", "y", {"podSelector": {}, "ingress": [{}]})),
+         lambda s: policy_keys(s) == {"x/deny-all", "y/allow"})
+    modified = step(lambda: server.update(policy("allow", "y", {"podSelector": {"matchLabels": {"pod": "b"}},
+                                                                "ingress": [{}]})),
+                    lambda s: any(p.key == "y/allow" and not p.pod_selector.is_empty for p in s.policies.policies))
+    assert modified.policies.in_namespace("y")[0].pod_selector.match_labels == (("pod", "b"),)
+    step(lambda: server.delete("NetworkPolicy", "deny-all", "x"), lambda s: policy_keys(s) == {"y/allow"})
+
+    assert all(a != b for a, b in itertools.pairwise(versions)), "every content change gives a new version"
+    # The version is a digest of the content: adding then deleting pod c is back to the start.
+    assert versions[3] == versions[0]
+    # No relists and no problems along the way: it was all watch events.
+    assert all(len(server.requests_for(r, watch=False)) == 1 for r in ("pods", "namespaces", "networkpolicies"))
+    assert not any(isinstance(i, SourceProblem) for i in rec.items)
+
+
+def test_status_only_updates_do_not_republish(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    src, rec = start_source()
+    rec.snapshot()
+    heartbeat = pod("a", "x", "198.18.0.10", node="node-1",
+                    ports=[{"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"}])
+    for i in range(5):  # status churn: what kubelet does all day
+        heartbeat["status"]["conditions"] = [{"type": "Ready", "status": "True", "lastProbeTime": str(i)}]
+        server.update(heartbeat)
+    wait_until(lambda: src.watcher.cache.resource_version("pods") == server.resource_version)
+    mark = rec.mark()
+    server.create(pod("d", "x", "198.18.0.30"))
+    rec.snapshot(lambda s: "x/d" in endpoints(s), after=mark)
+    snaps = [i for i in rec.items if isinstance(i, Snapshot)]
+    assert len(snaps) == 2, "the heartbeats published nothing"
+    assert snaps[0].version != snaps[1].version
+
+
+def test_a_burst_of_changes_is_coalesced(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    _src, rec = start_source(debounce=0.3, max_delay=5.0)
+    rec.snapshot()
+    mark = rec.mark()
+    for i in range(30):
+        server.create(pod(f"burst{i}", "y", f"198.18.2.{i + 1}"))
+    last = rec.snapshot(lambda s: "y/burst29" in endpoints(s), after=mark)
+    assert all(f"y/burst{i}" in endpoints(last) for i in range(30))
+    published = len(rec.items) - mark
+    assert published < 30, f"30 quick changes gave {published} snapshots; expected them coalesced"
+
+
+# ---- resourceVersion, bookmarks, 410 ---------------------------------------------------------
+
+def test_bookmarks_advance_the_resume_point_and_spare_a_relist(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    src, rec = start_source()
+    rec.snapshot()
+    cache = src.watcher.cache
+    listed_at = cache.resource_version("networkpolicies")
+    for i in range(3):  # other kinds move the global revision on; policies stay quiet
+        server.create(pod(f"n{i}", "x", f"198.18.3.{i + 1}"))
+    assert server.wait_for(lambda: server.open_watches("networkpolicies") == 1)
+    server.bookmark("networkpolicies")
+    wait_until(lambda: cache.resource_version("networkpolicies") == server.resource_version)
+    assert cache.resource_version("networkpolicies") != listed_at
+    # History before the bookmark is compacted away and the watch is cut: resuming from
+    # the bookmark is still valid, so no 410 and no relist.
+    server.compact()
+    server.drop_watches("networkpolicies")
+    bookmarked = server.resource_version
+    assert server.wait_for(lambda: any(r.query.get("resourceVersion") == bookmarked
+                                       for r in server.requests_for("networkpolicies", watch=True)))
+    mark = rec.mark()
+    server.create(policy("late", "x", DENY_ALL))
+    rec.snapshot(lambda s: "x/late" in policy_keys(s), after=mark)
+    assert len(server.requests_for("networkpolicies", watch=False)) == 1
+
+
+def test_410_gone_while_down_relists_and_the_snapshot_is_right(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    _src, rec = start_source()
+    rec.snapshot()
+    server.stop()
+    rec.problem()
+    # While the API is away the cluster changes and etcd compacts its history.
+    server.delete("Pod", "a", "x")
+    server.create(pod("e", "y", "198.18.0.40"))
+    server.update(namespace("y", ns="y", moved="yes"))
+    server.delete("NetworkPolicy", "deny-all", "x")
+    server.compact()
+    mark = rec.mark()
+    server.start()
+    snap = rec.snapshot(after=mark)
+    assert set(endpoints(snap)) == {"y/b", "y/e"}
+    assert snap.inventory.namespaces["y"].labels["moved"] == "yes"
+    assert policy_keys(snap) == set()
+    for resource in ("pods", "namespaces", "networkpolicies"):
+        assert len(server.requests_for(resource, watch=False)) == 2, f"{resource} relisted once after 410"
+
+
+def test_410_error_event_in_an_open_watch_relists(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    _src, rec = start_source()
+    rec.snapshot()
+    assert server.wait_for(lambda: server.open_watches("pods") == 1)
+    server.send_raw("pods", {"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired",
+        "message": "too old resource version"}})
+    assert server.wait_for(lambda: len(server.requests_for("pods", watch=False)) == 2)
+    mark = rec.mark()
+    server.create(pod("f", "x", "198.18.0.50"))
+    snap = rec.snapshot(lambda s: "x/f" in endpoints(s), after=mark)
+    assert set(endpoints(snap)) == {"x/a", "y/b", "x/f"}
+
+
+# ---- connections -------------------------------------------------------------------------
+
+def test_dropped_watches_resume_from_the_last_version(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    src, rec = start_source()
+    rec.snapshot()
+    assert server.wait_for(lambda: server.open_watches() == 3)
+    for round_ in range(3):
+        before = len(server.requests_for("pods", watch=True))
+        resume_at = src.watcher.cache.resource_version("pods")
+        assert server.drop_watches() == 3
+        def rewatched(b: int = before) -> bool:
+            return len(server.requests_for("pods", watch=True)) > b
+
+        assert server.wait_for(rewatched)
+        assert server.requests_for("pods", watch=True)[-1].query["resourceVersion"] == resume_at
+        mark = rec.mark()
+        server.create(pod(f"g{round_}", "x", f"198.18.4.{round_ + 1}"))
+        rec.snapshot(lambda s, r=round_: f"x/g{r}" in endpoints(s), after=mark)
+    assert all(len(server.requests_for(r, watch=False)) == 1 for r in ("pods", "namespaces", "networkpolicies"))
+    assert not any(isinstance(i, SourceProblem) for i in rec.items), "a dropped stream is not an outage"
+
+
+def test_api_down_publishes_a_problem_and_back_resumes(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    _src, rec = start_source()
+    first = rec.snapshot()
+    mark = rec.mark()
+    server.stop()
+    problem = rec.problem(after=mark)
+    assert "unavailable" in problem.message and "cannot connect" in problem.message
+    assert "keeping the last rules" in problem.message
+    # Retrying with backoff: connection attempts keep coming (observed as retries once back).
+    server.create(pod("h", "y", "198.18.0.60"))
+    mark = rec.mark()
+    server.start()
+    snap = rec.snapshot(after=mark)
+    assert "y/h" in endpoints(snap)
+    assert snap.version != first.version
+    # Not compacted: the watches resumed where they were, no relist needed.
+    assert all(len(server.requests_for(r, watch=False)) == 1 for r in ("pods", "namespaces", "networkpolicies"))
+
+
+def test_recovery_republishes_even_when_nothing_changed(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    _src, rec = start_source()
+    first = rec.snapshot()
+    server.stop()
+    rec.problem()
+    mark = rec.mark()
+    server.start()
+    again = rec.snapshot(after=mark)
+    assert again.version == first.version  # same content, same version: the agent can skip the compile
+
+
+def test_api_unreachable_from_the_start(start_source: Any, server: FakeAPIServer) -> None:
+    server.stop()
+    _src, rec = start_source()
+    assert "cannot connect" in rec.problem().message
+    seed(server)
+    mark = rec.mark()
+    server.start()
+    assert policy_keys(rec.snapshot(after=mark)) == {"x/deny-all"}
+
+
+def test_forbidden_is_reported(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    server.fail(lambda r: r.path == "/api/v1/pods" and not r.watch, code=403, times=2)
+    _src, rec = start_source()
+    assert "HTTP 403" in rec.problem().message
+    assert set(endpoints(rec.snapshot())) == {"x/a", "y/b"}
+
+
+def test_stop_is_prompt_and_closes_watches(server: FakeAPIServer) -> None:
+    seed(server)
+    src = KubernetesSource.connect(server=server.url, debounce=0.02, options=FAST)
+    rec = Recorder()
+    src.start(rec)
+    rec.snapshot()
+    assert server.wait_for(lambda: server.open_watches() == 3)
+    started = time.monotonic()
+    src.stop()
+    assert time.monotonic() - started < 3
+    assert not any(t.is_alive() for t in src.watcher._threads)
+    assert server.wait_for(lambda: server.open_watches() == 0)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+def test_an_invalid_policy_is_reported_and_does_not_block_the_rest(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    bad = policy("bad", "y", {"podSelector": {}, "ingress": [{"ports": [{"port": "http", "endPort": 90}]}]})
+    server.create(bad)
+    _src, rec = start_source()
+    snap = rec.snapshot()
+    assert policy_keys(snap) == {"x/deny-all"}
+    assert len(snap.problems) == 1
+    text = str(snap.problems[0])
+    assert "NetworkPolicy y/bad" in text and "endPort" in text and text.startswith("kubernetes: ")
+    # A new good policy still goes through while the bad one is there.
+    mark = rec.mark()
+    server.create(policy("good", "y", DENY_ALL))
+    snap = rec.snapshot(lambda s: "y/good" in policy_keys(s), after=mark)
+    assert len(snap.problems) == 1
+    # Fixing it clears the problem and the policy applies.
+    mark = rec.mark()
+    bad["spec"] = {"podSelector": {}, "ingress": [{"ports": [{"port": 80, "endPort": 90}]}]}
+    server.update(bad)
+    snap = rec.snapshot(lambda s: "y/bad" in policy_keys(s), after=mark)
+    assert snap.problems == []
+
+
+def test_hostile_objects_are_skipped_with_a_problem(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    weird = [
+        pod("labels-not-a-map", "x", "198.18.5.1") | {"metadata": {"name": "labels-not-a-map", "namespace": "x",
+                                                                    "labels": ["a", "b"]}},
+        pod("bad-ip", "x", "not-an-ip"),
+        pod("status-a-list", "x", None) | {"status": ["Running"]},
+        pod("same-ip", "y", "198.18.0.10"),  # a's address: two endpoints cannot share it
+        pod("long-label", "x", "198.18.5.2", labels={"pod": "v" * 5000 + "\x1b[31m"}),
+        policy("spec-a-string", "x", "nope"),  # type: ignore[arg-type]
+    ]
+    for obj in weird:
+        server.create(obj)
+    _src, rec = start_source()
+    snap = rec.snapshot()
+    assert set(endpoints(snap)) == {"x/a", "y/b"}
+    assert policy_keys(snap) == {"x/deny-all"}
+    named = {p.object for p in snap.problems}
+    assert named == {"Pod x/labels-not-a-map", "Pod x/bad-ip", "Pod x/status-a-list", "Pod y/same-ip",
+                     "Pod x/long-label", "NetworkPolicy x/spec-a-string"}
+    for p in snap.problems:
+        assert len(p.message) <= 512 and "\x1b" not in p.message, "API strings are clipped and made printable"
+
+
+def test_garbage_on_the_watch_stream_relists(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    _src, rec = start_source()
+    rec.snapshot()
+    garbage: list[dict[str, Any] | str] = [
+        '{"type": "ADDED", "object": {"metadata": {"name": "x"',  # cut short
+        "not json at all",
+        {"type": "TELEPORTED", "object": {"metadata": {"resourceVersion": "1"}}},
+        {"type": "ADDED", "object": "a string"},
+    ]
+    for n, line in enumerate(garbage, start=2):
+        def listening(n: int = n) -> bool:  # the watch that follows the last relist
+            return len(server.requests_for("pods", watch=True)) == n - 1 and server.open_watches("pods") == 1
+
+        def relisted(n: int = n) -> bool:
+            return len(server.requests_for("pods", watch=False)) == n
+
+        assert server.wait_for(listening)
+        server.send_raw("pods", line)
+        assert server.wait_for(relisted)
+    mark = rec.mark()
+    server.create(pod("after", "x", "198.18.0.70"))
+    snap = rec.snapshot(lambda s: "x/after" in endpoints(s), after=mark)
+    assert set(endpoints(snap)) == {"x/a", "y/b", "x/after"}
+
+
+def test_objects_without_a_name_are_ignored(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    src, rec = start_source()
+    rec.snapshot()
+    assert server.wait_for(lambda: server.open_watches("pods") == 1)
+    server.send_raw("pods", {"type": "ADDED", "object": {"metadata": {"resourceVersion": "999", "name": 7}}})
+    wait_until(lambda: src.watcher.cache.ignored == 1)
+    mark = rec.mark()
+    server.create(pod("named", "x", "198.18.0.80"))
+    assert set(endpoints(rec.snapshot(lambda s: "x/named" in endpoints(s), after=mark))) == {"x/a", "y/b", "x/named"}
+
+
+# ---- pieces ------------------------------------------------------------------------------------
+
+def test_backoff_doubles_with_jitter_up_to_a_cap_and_resets() -> None:
+    backoff = Backoff(0.5, 4.0, random.Random(7))
+    delays = [backoff.next() for _ in range(6)]
+    caps = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps, strict=True))
+    assert len({round(d, 6) for d in delays}) == 6, "jittered, not fixed"
+    backoff.reset()
+    assert 0.25 <= backoff.next() <= 0.5
+
+
+def test_client_configuration_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="must be an http"):
+        make_api_client(server="ftp://example")
+    with pytest.raises(InputError, match="no such kubeconfig"):
+        make_api_client(kubeconfig=str(tmp_path / "missing"))
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    with pytest.raises(InputError):
+        make_api_client(kubeconfig=str(broken))
+    good = tmp_path / "good"
+    good.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://198.18.9.9:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    client, origin = make_api_client(kubeconfig=str(good))
+    assert origin == "https://198.18.9.9:6443"
+    assert client.configuration.auth_settings()["BearerToken"]["value"] == "Bearer t"
+    # --server with a kubeconfig: that file's credentials, sent to the given URL.
+    client, origin = make_api_client(kubeconfig=str(good), server="http://127.0.0.1:8001")
+    assert origin == "http://127.0.0.1:8001"
+    assert client.configuration.auth_settings()["BearerToken"]["value"] == "Bearer t"
