@@ -8,12 +8,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from callgate.cli.common import InventoryOpt, PoliciesOpt, fail
 from callgate.compiler import Compiler, RuleSet
 from callgate.enforcers import BACKENDS, get_enforcer
-from callgate.policy import Evaluator, Inventory, PolicySet, load_inventory, load_policies
+from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
 from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, Protocol
 
 NodeOpt = Annotated[str, typer.Option("--node", "-n", help="The node to compile for (its local endpoints get chains).")]
@@ -138,68 +137,6 @@ def parse_port(text: str) -> tuple[int, Protocol]:
     return int(port_text), proto  # type: ignore[return-value]
 
 
-def explain(
-    inventory: InventoryOpt,
-    policies: PoliciesOpt,
-    src: Annotated[str, typer.Argument(help="Source: namespace/name or IP.")],
-    dst: Annotated[str, typer.Argument(help="Destination: namespace/name or IP.")],
-    port: Annotated[str, typer.Argument(help="Destination port, optionally /TCP, /UDP or /SCTP (default TCP).")],
-    family: Annotated[int | None, typer.Option("--family", help="4 or 6: which address of a named endpoint to use.")] = None,
-) -> None:
-    """Say whether SRC may reach DST on PORT, and why, for both the source's
-    egress and the destination's ingress.
-
-    Example: callgate explain -i inv.yaml -p policies/ x/a y/b 80/TCP
-    """
-    inv, pols = load(inventory, policies)
-    src_ip, _ = parse_target(src, inv, family)
-    dst_ip, _ = parse_target(dst, inv, family or src_ip.version)
-    if src_ip.version != dst_ip.version:
-        fail(f"{src_ip} and {dst_ip} are of different IP families")
-    number, proto = parse_port(port)
-    verdict = Evaluator(pols, inv).evaluate(src_ip, dst_ip, number, proto)
-    word = "[green]ALLOWED[/]" if verdict.allowed else "[red]DENIED[/]"
-    out.print(f"{src} ({src_ip}) -> {dst} ({dst_ip}) {number}/{proto}: {word}")
-    for reason in verdict.reasons():
-        out.print(f"  - {reason}", highlight=False, markup=False, soft_wrap=True)
-
-
-def matrix(
-    inventory: InventoryOpt,
-    policies: PoliciesOpt,
-    port: Annotated[list[str] | None, typer.Option(
-        "--port", help="Port to show, e.g. 80/TCP (repeatable). Default: every declared port.")] = None,
-    family: Annotated[int, typer.Option("--family", help="4 or 6.")] = 4,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json")] = "text",
-) -> None:
-    """Who reaches whom: one table per port, rows are sources, columns destinations."""
-    inv, pols = load(inventory, policies)
-    ev = Evaluator(pols, inv)
-    ports = [parse_port(p) for p in port] if port else sorted(
-        {(p.port, p.protocol) for ep in inv.endpoints for p in ep.ports})
-    eps = sorted((e for e in inv.endpoints if any(i.version == family for i in e.ips)), key=lambda e: e.key)
-    ip_of = {e.key: next(i for i in e.ips if i.version == family) for e in eps}
-    result = {
-        f"{n}/{proto}": {s.key: {d.key: ev.allowed(ip_of[s.key], ip_of[d.key], n, proto) for d in eps} for s in eps}
-        for n, proto in ports
-    }
-    if fmt == "json":
-        typer.echo(json.dumps(result, indent=2))
-        return
-    if fmt != "text":
-        fail(f"unknown format {fmt!r}: use text or json")
-    for label, rows in result.items():
-        table = Table(title=f"{label} (IPv{family}) — row reaches column?", show_lines=False)
-        table.add_column("from \\ to")
-        for d in eps:
-            table.add_column(d.key, justify="center")
-        for s in eps:
-            table.add_row(s.key, *("[green]✓[/]" if rows[s.key][d.key] else "[red]✗[/]" for d in eps))
-        out.print(table)
-
-
 def register(app: typer.Typer) -> None:
     app.command("apply")(apply)
     app.command("compile")(compile_cmd)
-    app.command("explain")(explain)
-    app.command("matrix")(matrix)

@@ -25,9 +25,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from callgate.cli import engine, lab
+    from callgate.cli import analysis, engine, lab
 
     engine.register(app)
+    analysis.register(app)
     app.add_typer(lab.lab_app, name="lab")
 
 

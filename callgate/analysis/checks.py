@@ -1,0 +1,415 @@
+"""The semantic lint checks. Each takes the :class:`Linter` and reports findings.
+
+Semantics follow the reference evaluator exactly (that is the point of these
+checks over a generic YAML linter): ``{}`` selects everything, a peer without
+namespaceSelector means the policy's own namespace, matchExpressions count,
+named ports resolve on each destination pod, protocol defaults to TCP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from callgate.analysis.connectivity import Connectivity, Partition, family_ip
+from callgate.analysis.lint import Item, Linter
+from callgate.analysis.rules import Severity
+from callgate.policy.model import Direction, Endpoint, Peer, Policy, PolicySet, Rule
+from callgate.policy.resolve import Resolver
+
+_DIR_KEYS = {Direction.INGRESS: ("ingress", "from"), Direction.EGRESS: ("egress", "to")}
+
+
+def run_all(linter: Linter) -> None:
+    for item in linter.items:
+        if item.kind == "NetworkPolicy":
+            raw_network_policy(linter, item)
+        else:
+            raw_app(linter, item)
+    compiled = [i for i in linter.items if i.policy is not None]
+    done: set[tuple[int, Direction | None, int]] = set()
+    if linter.inventory is not None:
+        done = with_inventory(linter, compiled)
+    syntactic_redundancy(linter, compiled, done)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def rule_path(item: Item, direction: Direction, index: int) -> tuple[str | int, ...]:
+    """Where compiled rule ``index`` is written in the document."""
+    if item.kind == "NetworkPolicy":
+        return ("spec", _DIR_KEYS[direction][0], index)
+    if direction is Direction.INGRESS and index < len(item.caller_index):
+        return ("spec", "callers", item.caller_index[index])
+    return ("metadata", "name")  # an App's egress comes from other Apps' callers
+
+
+def peer_path(item: Item, direction: Direction, index: int, peer: int) -> tuple[str | int, ...]:
+    if item.kind == "NetworkPolicy":
+        key, peers = _DIR_KEYS[direction]
+        return ("spec", key, index, peers, peer)
+    return rule_path(item, direction, index)
+
+
+def selector_path(item: Item) -> tuple[str | int, ...]:
+    return ("spec", "podSelector") if item.kind == "NetworkPolicy" else ("spec", "selector")
+
+
+# -- checks on the written document ---------------------------------------------
+
+
+def _ports(linter: Linter, item: Item, ports: Any, base: tuple[str | int, ...]) -> None:
+    for j, port in enumerate(_list(ports)):
+        port = _dict(port)
+        if "protocol" not in port and ("port" in port or not port):
+            what = f"port {port['port']}" if "port" in port else "this port entry"
+            linter.report("CG109", f"{what} has no protocol, so it means TCP only", item, (*base, j),
+                          hint="write `protocol: TCP` (or UDP/SCTP) explicitly")
+        if "endPort" in port and port.get("endPort") == port.get("port"):
+            linter.report("CG004", f"endPort {port['endPort']} equals port: a one-port range",
+                          item, (*base, j, "endPort"), hint="remove endPort", severity=Severity.INFO)
+
+
+def _broad(linter: Linter, item: Item, cidr: Any, path: tuple[str | int, ...]) -> None:
+    if isinstance(cidr, str) and cidr.strip().endswith("/0"):
+        linter.report("CG106", f"{cidr} matches every address, including all pods of the cluster",
+                      item, path, hint="use the narrowest range meant, or disable broad-ipblock here if "
+                      "'anywhere' is intended")
+
+
+def raw_network_policy(linter: Linter, item: Item) -> None:
+    spec = _dict(_dict(item.doc.data).get("spec"))
+    types = spec.get("policyTypes")
+    for direction, (key, peers_key) in _DIR_KEYS.items():
+        rules = _list(spec.get(key))
+        if types is not None and rules and direction.value not in _list(types):
+            linter.report("CG105", f"{key} rules are present but policyTypes {types} does not list "
+                          f"{direction.value}, so they are ignored", item, ("spec", key),
+                          hint=f"add {direction.value} to policyTypes, or delete the {key} rules")
+        for i, rule in enumerate(rules):
+            rule = _dict(rule)
+            _ports(linter, item, rule.get("ports"), ("spec", key, i, "ports"))
+            for j, peer in enumerate(_list(rule.get(peers_key))):
+                block = _dict(_dict(peer).get("ipBlock"))
+                _broad(linter, item, block.get("cidr"), ("spec", key, i, peers_key, j, "ipBlock", "cidr"))
+
+
+def raw_app(linter: Linter, item: Item) -> None:
+    spec = _dict(_dict(item.doc.data).get("spec"))
+    for i, caller in enumerate(_list(spec.get("callers"))):
+        _broad(linter, item, _dict(caller).get("cidr"), ("spec", "callers", i, "cidr"))
+    for i, dest in enumerate(_list(spec.get("egress"))):
+        dest = _dict(dest)
+        _broad(linter, item, dest.get("cidr"), ("spec", "egress", i, "cidr"))
+        _ports(linter, item, dest.get("ports"), ("spec", "egress", i, "ports"))
+
+
+# -- redundancy without an inventory ---------------------------------------------
+
+
+def subsumes(a: Rule, b: Rule) -> bool:
+    """Does rule ``a`` allow everything rule ``b`` allows (syntactically)?"""
+    peers = not a.peers or (bool(b.peers) and set(b.peers) <= set(a.peers))
+    ports = not a.ports or (bool(b.ports) and set(b.ports) <= set(a.ports))
+    return peers and ports
+
+
+def syntactic_redundancy(linter: Linter, items: list[Item], done: set[tuple[int, Direction | None, int]]) -> None:
+    """Rules subsumed by another rule of the same policy, or of a policy in the same
+    namespace with the same podSelector (which applies to exactly the same pods)."""
+    groups: dict[tuple[str, Any], list[Item]] = {}
+    for item in items:
+        assert item.policy is not None
+        groups.setdefault((item.policy.namespace, item.policy.pod_selector), []).append(item)
+    for item in items:
+        pol = item.policy
+        assert pol is not None
+        if (id(item), None, 0) in done:
+            continue  # the whole policy changes nothing; reported once
+        for direction in pol.policy_types:
+            mine = pol.rules(direction)
+            for i, rule in enumerate(mine):
+                if (id(item), direction, i) in done:
+                    continue
+                why = _covering(groups[(pol.namespace, pol.pod_selector)], item, direction, i, rule)
+                if why is not None:
+                    linter.report("CG107", f"{direction.value.lower()} rule {i} allows nothing that {why} "
+                                  "does not already allow", item, rule_path(item, direction, i),
+                                  hint="delete it, or change it to say what was meant")
+
+
+def _covering(group: list[Item], me: Item, direction: Direction, index: int, rule: Rule) -> str | None:
+    for other in group:
+        pol = other.policy
+        assert pol is not None
+        if direction not in pol.policy_types:
+            continue
+        for j, cand in enumerate(pol.rules(direction)):
+            if other is me and j == index:
+                continue
+            if not subsumes(cand, rule):
+                continue
+            equal = subsumes(rule, cand)
+            # Of two equal rules, report only the later one (in file order).
+            if equal and ((other is me and j > index) or (other is not me and _order(other) > _order(me))):
+                continue
+            return f"rule {j}" if other is me else f"{pol.display} {direction.value.lower()}[{j}]"
+    return None
+
+
+def _order(item: Item) -> tuple[str, int, tuple[str | int, ...]]:
+    return (item.doc.file, item.doc.index, tuple(str(p) for p in item.doc.path))
+
+
+# -- checks that need an inventory ---------------------------------------------
+
+
+def with_inventory(linter: Linter, items: list[Item]) -> set[tuple[int, Direction | None, int]]:
+    """Selector, named-port, default-deny and exact redundancy checks. Returns what was
+    reported as redundant: (id(item), None, 0) for a whole policy, (id(item), direction,
+    rule index) for a rule, so the syntactic check does not report it again."""
+    inv = linter.inventory
+    assert inv is not None
+    resolver = Resolver(inv)
+    for item in items:
+        pol = item.policy
+        assert pol is not None
+        targets = resolver.targets(pol)
+        if not targets:
+            where = ("namespace " + pol.namespace + " has no pods in the inventory"
+                     if not any(e.namespace == pol.namespace for e in inv.endpoints)
+                     else "no pod of namespace " + pol.namespace + " matches " + pol.pod_selector.canonical())
+            linter.report("CG101", f"the selector selects no pod: {where}", item, selector_path(item),
+                          hint=_elsewhere(resolver, pol))
+        if item.kind == "NetworkPolicy":
+            _peer_checks(linter, resolver, item)
+            _named_ports(linter, resolver, item, targets)
+    _default_deny(linter, resolver, items)
+    return _exact_redundancy(linter, items)
+
+
+def _elsewhere(resolver: Resolver, pol: Policy) -> str:
+    found = sorted({e.namespace for e in resolver.inventory.endpoints
+                    if e.namespace != pol.namespace and pol.pod_selector.matches(e.labels)})
+    if found:
+        return f"matching pods exist in namespace(s) {', '.join(found)}: a policy only selects pods of its own namespace"
+    return "check the label keys and values against the inventory's pods"
+
+
+def _iter_peers(pol: Policy) -> Iterator[tuple[Direction, int, int, Peer]]:
+    for direction in (Direction.INGRESS, Direction.EGRESS):
+        for i, rule in enumerate(pol.rules(direction)):
+            for j, peer in enumerate(rule.peers):
+                yield direction, i, j, peer
+
+
+def _peer_checks(linter: Linter, resolver: Resolver, item: Item) -> None:
+    pol = item.policy
+    assert pol is not None
+    inv = resolver.inventory
+    for direction, i, j, peer in _iter_peers(pol):
+        if peer.ip_block is not None:
+            continue
+        path = peer_path(item, direction, i, j)
+        if peer.namespace_selector is not None and not resolver.namespaces(peer.namespace_selector):
+            labels = "; ".join(f"{n}: {','.join(f'{k}={v}' for k, v in sorted(ns.labels.items()))}"
+                               for n, ns in sorted(inv.namespaces.items())[:5])
+            linter.report("CG103", f"namespaceSelector {peer.namespace_selector.canonical()} matches no namespace",
+                          item, (*path, "namespaceSelector"),
+                          hint=f"namespaces are selected by *their* labels ({labels}); "
+                          "kubernetes.io/metadata.name=<name> names one reliably")
+            continue
+        if resolver.peer_endpoints(peer):
+            continue
+        sel = peer.pod_selector
+        if peer.namespace_selector is None:
+            others = sorted({e.namespace for e in inv.endpoints
+                             if e.namespace != pol.namespace and (sel is None or sel.matches(e.labels))})
+            hint = (f"a podSelector without namespaceSelector selects pods of {pol.namespace} only; matching "
+                    f"pods exist in {', '.join(others)}: add a namespaceSelector" if others
+                    else "check the label keys and values against the inventory's pods")
+            msg = f"podSelector {sel.canonical() if sel else '{}'} selects no pod in the policy's namespace {pol.namespace}"
+        else:
+            spaces = ", ".join(sorted(resolver.namespaces(peer.namespace_selector)))
+            msg = f"no pod matching {sel.canonical() if sel else '{}'} runs in the selected namespaces ({spaces})"
+            hint = "check the podSelector against the pods of those namespaces"
+        linter.report("CG102", msg, item, path, hint=hint)
+
+
+def _named_ports(linter: Linter, resolver: Resolver, item: Item, targets: tuple[Endpoint, ...]) -> None:
+    pol = item.policy
+    assert pol is not None
+    inv = resolver.inventory
+    for direction in (Direction.INGRESS, Direction.EGRESS):
+        for i, rule in enumerate(pol.rules(direction)):
+            named = [(k, s) for k, s in enumerate(rule.ports) if isinstance(s.port, str)]
+            if not named:
+                continue
+            if direction is Direction.INGRESS:
+                dests: list[Endpoint] = list(targets)
+                whose = "pods this policy selects"
+            elif not rule.peers:
+                dests, whose = list(inv.endpoints), "pods"
+            else:
+                seen: dict[str, Endpoint] = {}
+                for peer in rule.peers:
+                    if peer.ip_block is not None:
+                        block = peer.ip_block
+                        seen.update((e.key, e) for e in inv.endpoints if any(block.contains(ip) for ip in e.ips))
+                    else:
+                        seen.update((e.key, e) for e in resolver.peer_endpoints(peer))
+                dests, whose = list(seen.values()), "destination pods"
+            if not dests:
+                continue  # reported as selects-nothing
+            for k, spec in named:
+                if any(e.resolve_port(spec.port, spec.protocol) for e in dests):  # type: ignore[arg-type]
+                    continue
+                other = sorted({p.protocol for e in dests for p in e.ports if p.name == spec.port})
+                hint = (f"the {whose} declare {spec.port!r} as {'/'.join(other)}: set protocol: {other[0]}"
+                        if other else f"declare a container port named {spec.port!r} on the {whose}, or fix the name")
+                linter.report("CG104", f"named port {spec.port}/{spec.protocol} is declared by none of the "
+                              f"{len(dests)} {whose}", item, (*rule_path(item, direction, i), "ports", k),
+                              hint=hint)
+
+
+def _default_deny(linter: Linter, resolver: Resolver, items: list[Item]) -> None:
+    inv = resolver.inventory
+    by_ns: dict[str, list[Policy]] = {}
+    for item in items:
+        assert item.policy is not None
+        by_ns.setdefault(item.policy.namespace, []).append(item.policy)
+    for ns in sorted({e.namespace for e in inv.endpoints}):
+        pols = [p for p in by_ns.get(ns, []) if Direction.INGRESS in p.policy_types]
+        if any(p.pod_selector.is_empty for p in pols):
+            continue
+        open_eps = [e.key for e in inv.endpoints
+                    if e.namespace == ns and not any(p.pod_selector.matches(e.labels) for p in pols)]
+        if not open_eps:
+            continue
+        file, line, column = _namespace_position(linter, ns)
+        shown = ", ".join(open_eps[:5]) + (f" and {len(open_eps) - 5} more" if len(open_eps) > 5 else "")
+        linter.report("CG110", f"namespace {ns} has no default-deny policy; {len(open_eps)} pod(s) accept "
+                      f"traffic from anywhere: {shown}", file=file, line=line, column=column,
+                      obj=f"Namespace {ns}",
+                      hint="add a NetworkPolicy with podSelector: {} and policyTypes: [Ingress] in " + ns)
+
+
+def _namespace_position(linter: Linter, ns: str) -> tuple[str | None, int | None, int | None]:
+    """Where the namespace is declared in the inventory files, if anywhere."""
+    from callgate.policy.documents import files_under, read_documents
+
+    try:
+        files = files_under(linter.inventory_paths)
+        for path in files:
+            for doc in read_documents(path):
+                data = _dict(doc.data)
+                if data.get("kind") == "Inventory" and ns in _dict(data.get("namespaces")):
+                    line, col = linter.positions(doc.file, doc.index, (*doc.path, "namespaces", ns))
+                    return doc.file, line, col
+                if data.get("kind") == "Namespace" and _dict(data.get("metadata")).get("name") == ns:
+                    line, col = linter.positions(doc.file, doc.index, doc.path)
+                    return doc.file, line, col
+        return (str(files[0]) if files else None), None, None
+    except Exception:
+        return None, None, None
+
+
+def _exact_redundancy(linter: Linter, items: list[Item]) -> set[tuple[int, Direction | None, int]]:
+    """CG108 (policy changes nothing) and CG107 (rule redundant) over the inventory.
+
+    Uses endpoint classes and port segments (connectivity.py), per IP family. Rules
+    with ipBlock peers or no peers also reach addresses outside the inventory, so
+    they are never called redundant here (the syntactic check still looks at them)."""
+    inv = linter.inventory
+    assert inv is not None
+    policies = PolicySet([i.policy for i in items if i.policy is not None])
+    conns = []
+    for family in (4, 6):
+        if any(family_ip(e, family) for e in inv.endpoints):
+            part = Partition(inv, [policies], family)
+            conns.append(Connectivity(part, policies))
+    done: set[tuple[int, Direction | None, int]] = set()
+    for item in items:
+        pol = item.policy
+        assert pol is not None
+        targets_per = [[c for c in range(conn.partition.size)
+                        if pol in conn.isolating(c, pol.policy_types[0])] for conn in conns]
+        if not any(targets_per):
+            continue  # selects nothing: CG101
+        if all(_policy_noop(conn, pol, targets) for conn, targets in zip(conns, targets_per, strict=True)):
+            done.add((id(item), None, 0))
+            linter.report("CG108", "removing this policy would not change any verdict over the inventory",
+                          item, ("metadata", "name"),
+                          hint="its pods are isolated and its rules allowed by other policies already, or it "
+                          "allows everything it isolates; delete it or fix what it was meant to say")
+            continue
+        for direction in pol.policy_types:
+            for i, rule in enumerate(pol.rules(direction)):
+                if not rule.peers or any(p.ip_block is not None for p in rule.peers):
+                    continue
+                if all(_rule_redundant(conn, pol, direction, i, targets)
+                       for conn, targets in zip(conns, targets_per, strict=True)):
+                    done.add((id(item), direction, i))
+                    linter.report("CG107", f"{direction.value.lower()} rule {i} allows nothing over the inventory "
+                                  "that other rules do not already allow to the same pods", item,
+                                  rule_path(item, direction, i), hint="delete it, or change it to say what was meant")
+    return done
+
+
+def _others_bits(conn: Connectivity, pol: Policy, direction: Direction, skip: int | None, c: int,
+                 proto: Any, port: int) -> int:
+    bits = 0
+    for other in conn.isolating(c, direction):
+        for j in range(len(other.rules(direction))):
+            if other is pol and (skip is None or j == skip):
+                continue
+            bits |= conn.rule_bits(other, direction, j, c, proto, port)
+    return bits
+
+
+def _rule_redundant(conn: Connectivity, pol: Policy, direction: Direction, index: int, targets: list[int]) -> bool:
+    """Covered by other rules, and allowing something at all (a rule that allows
+    nothing is reported by the selector and named-port checks, with a better reason)."""
+    allows = False
+    for c in targets:
+        for seg in conn.partition.segments():
+            mine = conn.rule_bits(pol, direction, index, c, seg.protocol, seg.lo)
+            if mine:
+                allows = True
+                if mine & ~_others_bits(conn, pol, direction, index, c, seg.protocol, seg.lo):
+                    return False
+    return allows
+
+
+def _allows_all(rule: Rule) -> bool:
+    return not rule.peers and not rule.ports
+
+
+def _policy_noop(conn: Connectivity, pol: Policy, targets: list[int]) -> bool:
+    for direction in pol.policy_types:
+        rules = pol.rules(direction)
+        reaches_outside = any(not r.peers or any(p.ip_block is not None for p in r.peers) for r in rules)
+        for c in targets:
+            others = [p for p in conn.isolating(c, direction) if p is not pol]
+            if not others:
+                if not any(_allows_all(r) for r in rules):
+                    return False
+                continue
+            if reaches_outside:
+                return False
+            for seg in conn.partition.segments():
+                mine = 0
+                for i in range(len(rules)):
+                    mine |= conn.rule_bits(pol, direction, i, c, seg.protocol, seg.lo)
+                if mine & ~_others_bits(conn, pol, direction, None, c, seg.protocol, seg.lo):
+                    return False
+    return bool(targets)

@@ -1,0 +1,215 @@
+"""Semantic connectivity diff: who gained or lost access between two policy sets.
+
+A textual diff of YAML says what was edited; this says what it *does*. Both
+sets are evaluated over one inventory, with one :class:`Partition` built from
+both (so classes and port segments line up), per IP family. Port segments make
+the diff exact over all 65,535 ports of each protocol, not just declared ones.
+
+Changes are reported per (source group, destination group) — apps by default —
+with the ports merged into ranges, so a reviewer reads "y/frontend -> x/db
+gained 5432/TCP" instead of a list of pod pairs. JSON keeps the pod pairs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from callgate.analysis.connectivity import (
+    Connectivity,
+    Partition,
+    PortRange,
+    Progress,
+    family_ip,
+    group_key,
+    merge_ranges,
+)
+from callgate.errors import InputError
+from callgate.policy.model import Inventory, PolicySet
+
+
+@dataclass
+class Change:
+    """Access that one group gained (or lost) to another."""
+
+    src: str
+    dst: str
+    gained: bool
+    ports: list[PortRange]
+    pairs: set[tuple[str, str]] = field(default_factory=set)  # (src pod, dst pod)
+    families: set[int] = field(default_factory=set)
+    total_pairs: int = 0  # pod pairs between the two groups
+
+    def ports_text(self) -> str:
+        return ", ".join(p.text() for p in self.ports)
+
+    def scope(self) -> str:
+        """'' when every pod pair of the groups changed, else 'k of n pod pairs'."""
+        return "" if len(self.pairs) == self.total_pairs else f"{len(self.pairs)} of {self.total_pairs} pod pairs"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.src, "to": self.dst, "change": "gained" if self.gained else "lost",
+            "ports": [p.text() for p in self.ports], "families": sorted(self.families),
+            "pairs": [list(p) for p in sorted(self.pairs)], "total_pairs": self.total_pairs,
+        }
+
+
+@dataclass
+class DiffResult:
+    changes: list[Change]
+    old_label: str
+    new_label: str
+    endpoints: int
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, group_by: str = "app",
+                      old_label: str = "old", new_label: str = "new",
+                      progress: Progress | None = None) -> DiffResult:
+    raw: dict[tuple[str, str, bool], dict[str, Any]] = {}
+    families = [f for f in (4, 6) if any(family_ip(e, f) for e in inventory.endpoints)]
+    steps = done = 0
+    parts = [Partition(inventory, [old, new], f) for f in families]
+    steps = sum(len(p.segments()) for p in parts)
+    for part in parts:
+        a, b = Connectivity(part, old), Connectivity(part, new)
+        for seg in part.segments():
+            rows_a, rows_b = a.rows(seg.protocol, seg.lo), b.rows(seg.protocol, seg.lo)
+            for s in range(part.size):
+                delta = rows_a[s] ^ rows_b[s]
+                d = 0
+                while delta:
+                    if delta & 1:
+                        gained = bool(rows_b[s] >> d & 1)
+                        for x in part.members[s]:
+                            for y in part.members[d]:
+                                if x.key == y.key:
+                                    continue  # a pod always reaches itself
+                                key = (group_key(x, group_by), group_key(y, group_by), gained)
+                                entry = raw.setdefault(key, {"ports": set(), "pairs": set(), "families": set()})
+                                entry["ports"].add(seg)
+                                entry["pairs"].add((x.key, y.key))
+                                entry["families"].add(part.family)
+                    delta >>= 1
+                    d += 1
+            done += 1
+            if progress:
+                progress(done, steps)
+    sizes: dict[str, int] = {}
+    for ep in inventory.endpoints:
+        k = group_key(ep, group_by)
+        sizes[k] = sizes.get(k, 0) + 1
+    changes = []
+    for (src, dst, gained), entry in raw.items():
+        total = sizes[src] * sizes[dst] - (sizes[src] if src == dst else 0)
+        changes.append(Change(src, dst, gained, merge_ranges(entry["ports"]), entry["pairs"],
+                              entry["families"], total))
+    changes.sort(key=lambda c: (not c.gained, c.dst, c.src))
+    return DiffResult(changes, old_label, new_label, len(inventory.endpoints))
+
+
+# -- output ------------------------------------------------------------------------
+
+
+def _family_note(c: Change, families: int) -> str:
+    if families > 1 and len(c.families) == 1:
+        return f" (IPv{next(iter(c.families))} only)"
+    return ""
+
+
+def text(result: DiffResult) -> str:
+    if not result.changed:
+        return f"no change in access between {result.old_label} and {result.new_label} " \
+               f"({result.endpoints} endpoints)\n"
+    fams = len({f for c in result.changes for f in c.families})
+    lines = [f"access changes from {result.old_label} to {result.new_label} ({result.endpoints} endpoints):"]
+    for gained in (True, False):
+        group = [c for c in result.changes if c.gained is gained]
+        if not group:
+            continue
+        lines.append("")
+        lines.append(("GAINED" if gained else "LOST") + f" ({len(group)}):")
+        width = max(len(c.src) for c in group)
+        for c in group:
+            scope = c.scope()
+            lines.append(f"  {'+' if gained else '-'} {c.src:<{width}} -> {c.dst}  {c.ports_text()}"
+                         f"{_family_note(c, fams)}{'  [' + scope + ']' if scope else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(result: DiffResult) -> str:
+    if not result.changed:
+        return f"**No change in access** between `{result.old_label}` and `{result.new_label}`.\n"
+    fams = len({f for c in result.changes for f in c.families})
+    gained = sum(c.gained for c in result.changes)
+    out = [f"### Access changes: `{result.old_label}` → `{result.new_label}`", "",
+           f"{gained} gained, {len(result.changes) - gained} lost ({result.endpoints} endpoints).", "",
+           "| | from | to | ports | scope |", "|---|---|---|---|---|"]
+    for c in result.changes:
+        scope = c.scope() or "all pod pairs"
+        out.append(f"| {'➕ gained' if c.gained else '➖ lost'} | `{c.src}` | `{c.dst}` | "
+                   f"{c.ports_text()}{_family_note(c, fams)} | {scope} |")
+    return "\n".join(out) + "\n"
+
+
+def to_json(result: DiffResult) -> str:
+    return json.dumps({"old": result.old_label, "new": result.new_label, "changed": result.changed,
+                       "changes": [c.to_json() for c in result.changes]}, indent=2)
+
+
+# -- git revisions ------------------------------------------------------------------
+
+
+def _git(args: Sequence[str], cwd: Path) -> bytes:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise InputError.single("git is not installed") from None
+    if done.returncode != 0:
+        raise InputError.single(f"git {' '.join(args)}: {done.stderr.decode(errors='replace').strip()}",
+                                file=str(cwd))
+    return done.stdout
+
+
+def parse_revisions(spec: str) -> tuple[str, str | None]:
+    """``A..B`` -> (A, B); ``A`` -> (A, None) meaning A against the working tree."""
+    if ".." in spec:
+        old, _, new = spec.partition("..")
+        if not old or not new or "." in new[:1]:
+            raise InputError.single(f"--git {spec!r}: expected REV..REV (e.g. main..HEAD) or one REV")
+        return old, new
+    return spec, None
+
+
+def materialise(rev: str, paths: Sequence[str], into: Path) -> list[Path]:
+    """Extract ``paths`` as they are at ``rev`` into ``into`` (git archive, argv lists,
+    no shell); returns the extracted paths. A path absent at ``rev`` yields nothing
+    there, i.e. an empty policy set: every policy is new."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw).resolve()
+        anchor = path if path.is_dir() else path.parent
+        while not anchor.exists():
+            anchor = anchor.parent
+        root = Path(_git(["rev-parse", "--show-toplevel"], anchor).decode().strip())
+        rel = path.relative_to(root).as_posix()
+        _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], root)
+        listed = _git(["ls-tree", "-r", "--name-only", rev, "--", rel], root).decode().split("\n")
+        if not any(listed):
+            continue
+        data = _git(["archive", "--format=tar", rev, "--", rel], root)
+        target = into / rev.replace("/", "_")
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(target, filter="data")
+        out.append(target / rel)
+    return out

@@ -1,0 +1,149 @@
+"""Lint results as text, JSON, SARIF 2.1.0 and JUnit XML.
+
+SARIF is what GitHub code scanning and most CI dashboards ingest; JUnit XML is
+what every CI shows as a test report. Both are validated in the tests (SARIF
+against the OASIS JSON schema, JUnit by parsing it back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from callgate import __version__
+from callgate.analysis.lint import Finding, LintResult
+from callgate.analysis.rules import BY_ID, RULES, Severity
+
+_COLOURS = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+_SARIF_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
+
+
+def summary(result: LintResult) -> str:
+    c = result.counts()
+    files = len(result.files)
+    return (f"{c['error']} error(s), {c['warning']} warning(s), {c['info']} info in "
+            f"{files} file{'s' if files != 1 else ''}")
+
+
+def text(result: LintResult, console: Console) -> None:
+    """One finding per line (file:line:col first, so editors can jump to it), hint below."""
+    for f in result.findings:
+        head = f"{escape(f.location())}: [{_COLOURS[f.severity]}]{f.severity.label}[/] {f.rule}[{f.name}]"
+        where = ": ".join(escape(x) for x in (f.object, f.field) if x)
+        console.print(f"{head} {where + ': ' if where else ''}{escape(f.message)}", highlight=False,
+                      soft_wrap=True)
+        if f.hint:
+            console.print(f"    [dim]hint:[/] {escape(f.hint)}", highlight=False, soft_wrap=True)
+    console.print(summary(result), highlight=False)
+
+
+def to_json(result: LintResult) -> str:
+    return json.dumps({"findings": [f.to_json() for f in result.findings], "files": result.files,
+                       "counts": result.counts()}, indent=2)
+
+
+def _uri(file: str) -> str:
+    path = Path(file)
+    with contextlib.suppress(ValueError):
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    return path.as_posix()
+
+
+def _sarif_result(f: Finding, index: dict[str, int]) -> dict[str, Any]:
+    text = f.message + (f" (hint: {f.hint})" if f.hint else "")
+    result: dict[str, Any] = {
+        "ruleId": f.rule, "ruleIndex": index[f.rule], "level": _SARIF_LEVEL[f.severity],
+        "message": {"text": text},
+    }
+    if f.file:
+        physical: dict[str, Any] = {"artifactLocation": {"uri": _uri(f.file)}}
+        if f.line is not None:
+            region: dict[str, Any] = {"startLine": f.line}
+            if f.column is not None:
+                region["startColumn"] = f.column
+            physical["region"] = region
+        location: dict[str, Any] = {"physicalLocation": physical}
+        name = " ".join(x for x in (f.object, f.field) if x)
+        if name:
+            location["logicalLocations"] = [{"fullyQualifiedName": name, "kind": "object"}]
+        result["locations"] = [location]
+    return result
+
+
+def sarif(result: LintResult) -> str:
+    index = {r.id: i for i, r in enumerate(RULES)}
+    rules = [{
+        "id": r.id, "name": r.name,
+        "shortDescription": {"text": r.summary},
+        "fullDescription": {"text": r.explanation},
+        "defaultConfiguration": {"level": _SARIF_LEVEL[r.severity]},
+        "help": {"text": f"{r.explanation}\n\nReported:\n{r.bad}\n\nFine:\n{r.good}"},
+        "properties": {"needsInventory": r.needs_inventory},
+    } for r in RULES]
+    doc = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "callgate", "version": __version__, "rules": rules}},
+            "columnKind": "unicodeCodePoints",
+            "artifacts": [{"location": {"uri": _uri(file)}} for file in result.files],
+            "results": [_sarif_result(f, index) for f in result.findings],
+        }],
+    }
+    return json.dumps(doc, indent=2)
+
+
+def junit(result: LintResult, fail_on: Severity) -> str:
+    """One testcase per finding (a failure when it reaches ``fail_on``) and one
+    passing testcase per clean file, so the report lists every file checked."""
+    suite = ET.Element("testsuite", name="callgate lint")
+    failures = tests = 0
+    by_file: dict[str, list[Finding]] = {}
+    for f in result.findings:
+        by_file.setdefault(f.file or "<input>", []).append(f)
+    for file in [*result.files, *(k for k in by_file if k not in result.files)]:
+        found = by_file.get(file, [])
+        if not found:
+            tests += 1
+            ET.SubElement(suite, "testcase", classname=file, name="lint")
+            continue
+        for f in found:
+            tests += 1
+            name = f"{f.rule} {f.name} at {f.location()}" + (f" ({f.object})" if f.object else "")
+            case = ET.SubElement(suite, "testcase", classname=file, name=name)
+            body = "\n".join(x for x in (
+                f"{f.location()}: {f.severity.label} {f.rule}[{f.name}]",
+                f"object: {f.object}" if f.object else "", f"field: {f.field}" if f.field else "",
+                f.message, f"hint: {f.hint}" if f.hint else "") if x)
+            if f.severity >= fail_on:
+                failures += 1
+                failure = ET.SubElement(case, "failure", message=f.message, type=f.severity.label)
+                failure.text = body
+            else:
+                out = ET.SubElement(case, "system-out")
+                out.text = body
+    suite.set("tests", str(tests))
+    suite.set("failures", str(failures))
+    suite.set("errors", "0")
+    suite.set("skipped", "0")
+    root = ET.Element("testsuites", name="callgate lint", tests=str(tests), failures=str(failures))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def explain(ref: str) -> str | None:
+    """The documentation of one rule (by id or name), as markdown text."""
+    from callgate.analysis.rules import lookup, rule_markdown
+
+    rule = lookup(ref)
+    return None if rule is None else rule_markdown(rule)
+
+
+__all__ = ["BY_ID", "explain", "junit", "sarif", "summary", "text", "to_json"]
