@@ -11,8 +11,8 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-# Linux interface names: at most 15 bytes, no '/', no whitespace, not "." or "..".
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
+# Linux interface names: at most 15 bytes; no "/", ":" (the kernel refuses it) or whitespace; not "." or "..".
+_IFNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
 
 
 def dns_label(value: str) -> str | None:
@@ -60,7 +60,7 @@ def port_name(value: str) -> str | None:
 
 def interface_name(value: str) -> str | None:
     if value in (".", "..") or not _IFNAME.match(value):
-        return f"interface name {value!r} must be 1-15 characters of letters, digits and '_.:@+-'"
+        return f"interface name {value!r} must be 1-15 characters of letters, digits and '_.@+-'"
     return None
 
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run lint, type checks and the whole test
+# suite (unit, property and real-kernel tests in network namespaces). As root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check callgate tests bench
+.venv/bin/mypy callgate
+set +e
+.venv/bin/pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+exit $rc
