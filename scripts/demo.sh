@@ -27,8 +27,10 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "Lab: two nodes, five pods, from $INV"
 "$CG" lab up --inventory "$INV" --name "$LAB"
 
-step "Before any policy: everyone reaches everyone"
-"$CG" lab probe --inventory "$INV" --name "$LAB" --family 4 --no-policy || true
+step "Before any policy: everyone reaches everyone (IPv4 shown)"
+NOPOL=$(mktemp -d)
+"$CG" lab probe --inventory "$INV" --policies "$NOPOL" --name "$LAB" --family 4
+rmdir "$NOPOL"
 
 for node in node-1 node-2; do
   step "Apply on $node (one nftables transaction inside the node's namespace)"
