@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from callgate.errors import InputError, Problem
 from callgate.policy import validation as v
@@ -28,63 +28,22 @@ from callgate.policy.model import (
 from callgate.policy.networkpolicy import object_name, problems_from
 
 
-def _check_labels(labels: dict[str, str]) -> dict[str, str]:
-    for key, value in labels.items():
-        if err := v.label_key(key) or v.label_value(value):
-            raise ValueError(err)
-    return labels
-
-
 class PortModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None
-    port: int
+    name: v.PortName | None = None
+    port: int = Field(ge=1, le=65535)
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
-
-    @model_validator(mode="after")
-    def _check(self) -> PortModel:
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} must be between 1 and 65535")
-        if self.name is not None and (err := v.port_name(self.name)):
-            raise ValueError(err)
-        return self
 
 
 class EndpointModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    namespace: str
-    labels: dict[str, str] = Field(default_factory=dict)
+    name: v.DnsSubdomain
+    namespace: v.DnsLabel
+    labels: v.Labels = Field(default_factory=dict)
     node: str | None = None
-    interface: str | None = None
+    interface: v.InterfaceName | None = None
     ips: list[str] = Field(default_factory=list)
     ports: list[PortModel] = Field(default_factory=list)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if err := v.dns_subdomain(name):
-            raise ValueError(err)
-        return name
-
-    @field_validator("namespace")
-    @classmethod
-    def _ns(cls, ns: str) -> str:
-        if err := v.dns_label(ns):
-            raise ValueError(err)
-        return ns
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        return _check_labels(labels)
-
-    @field_validator("interface")
-    @classmethod
-    def _iface(cls, iface: str | None) -> str | None:
-        if iface is not None and (err := v.interface_name(iface)):
-            raise ValueError(err)
-        return iface
 
     @field_validator("ips")
     @classmethod
@@ -99,12 +58,7 @@ class EndpointModel(BaseModel):
 
 class NamespaceModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    labels: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        return _check_labels(labels)
+    labels: v.Labels = Field(default_factory=dict)
 
 
 class InventoryModel(BaseModel):
@@ -179,7 +133,7 @@ class _Builder:
             return
         labels = meta.get("labels") or {}
         try:
-            _check_labels({str(k): str(val) for k, val in labels.items()})
+            v.check_labels({str(k): str(val) for k, val in labels.items()})
         except ValueError as exc:
             self.problems.append(doc.problem(str(exc), obj=f"Namespace {name}", field="metadata.labels",
                                              field_path=("metadata", "labels")))

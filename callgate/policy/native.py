@@ -13,9 +13,9 @@ See ``examples/shop/apps.yaml`` and README "Native App model".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
 
 from callgate.errors import InputError, Problem
 from callgate.policy import validation as v
@@ -36,33 +36,19 @@ from callgate.policy.networkpolicy import (
     LabelSelectorModel,
     MetadataModel,
     PortModel,
+    StrictModel,
     object_name,
     problems_from,
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
-                              frozen=True)
+class ServedPort(StrictModel):
+    name: v.PortName | None = None
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
 
 
-class ServedPort(_Strict):
-    name: str | None = None
-    port: int
-    protocol: str = "TCP"
-
-    @model_validator(mode="after")
-    def _check(self) -> ServedPort:
-        if self.protocol not in ("TCP", "UDP", "SCTP"):
-            raise ValueError(f"protocol {self.protocol!r} must be one of TCP, UDP, SCTP")
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} must be between 1 and 65535")
-        if self.name is not None and (err := v.port_name(self.name)):
-            raise ValueError(err)
-        return self
-
-
-class Caller(_Strict):
+class Caller(StrictModel):
     """Another App (``app``, optionally in ``namespace``) or an address range (``cidr``)."""
 
     app: str | None = None
@@ -86,7 +72,7 @@ class Caller(_Strict):
         return self
 
 
-class ExternalDestination(_Strict):
+class ExternalDestination(StrictModel):
     """An address range outside the platform that the App may call."""
 
     cidr: str
@@ -99,7 +85,7 @@ class ExternalDestination(_Strict):
         return self
 
 
-class AppSpec(_Strict):
+class AppSpec(StrictModel):
     selector: LabelSelectorModel
     ports: list[ServedPort] = Field(default_factory=list)
     callers: list[Caller] = Field(default_factory=list)

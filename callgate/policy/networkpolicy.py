@@ -27,24 +27,17 @@ from callgate.policy.model import (
 )
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     """Unknown fields are errors, as with ``kubectl apply --validate=strict``."""
 
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
                               frozen=True)
 
 
-class LabelSelectorRequirementModel(_Strict):
-    key: str
+class LabelSelectorRequirementModel(StrictModel):
+    key: v.LabelKey
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] | None = None
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, key: str) -> str:
-        if err := v.label_key(key):
-            raise ValueError(err)
-        return key
 
     @model_validator(mode="after")
     def _values(self) -> LabelSelectorRequirementModel:
@@ -58,17 +51,9 @@ class LabelSelectorRequirementModel(_Strict):
         return self
 
 
-class LabelSelectorModel(_Strict):
-    match_labels: dict[str, str] | None = None
+class LabelSelectorModel(StrictModel):
+    match_labels: v.Labels | None = None
     match_expressions: list[LabelSelectorRequirementModel] | None = None
-
-    @field_validator("match_labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
-        for key, value in (labels or {}).items():
-            if err := v.label_key(key) or v.label_value(value):
-                raise ValueError(err)
-        return labels
 
     def to_model(self) -> LabelSelector:
         return LabelSelector(
@@ -80,7 +65,7 @@ class LabelSelectorModel(_Strict):
         )
 
 
-class IPBlockModel(_Strict):
+class IPBlockModel(StrictModel):
     cidr: str
     except_: list[str] | None = Field(default=None, alias="except")
 
@@ -97,7 +82,7 @@ class IPBlockModel(_Strict):
         return IPBlock(v.parse_cidr(self.cidr), tuple(v.parse_cidr(e) for e in self.except_ or ()))
 
 
-class PeerModel(_Strict):
+class PeerModel(StrictModel):
     pod_selector: LabelSelectorModel | None = None
     namespace_selector: LabelSelectorModel | None = None
     ip_block: IPBlockModel | None = None
@@ -121,7 +106,7 @@ class PeerModel(_Strict):
         )
 
 
-class PortModel(_Strict):
+class PortModel(StrictModel):
     protocol: str | None = None
     port: int | str | None = None
     end_port: int | None = None
@@ -150,17 +135,17 @@ class PortModel(_Strict):
         return PortSpec(protocol=self.protocol or "TCP", port=self.port, end_port=self.end_port)  # type: ignore[arg-type]
 
 
-class IngressRuleModel(_Strict):
+class IngressRuleModel(StrictModel):
     from_: list[PeerModel] | None = Field(default=None, alias="from")
     ports: list[PortModel] | None = None
 
 
-class EgressRuleModel(_Strict):
+class EgressRuleModel(StrictModel):
     to: list[PeerModel] | None = None
     ports: list[PortModel] | None = None
 
 
-class SpecModel(_Strict):
+class SpecModel(StrictModel):
     pod_selector: LabelSelectorModel
     policy_types: list[Literal["Ingress", "Egress"]] | None = None
     ingress: list[IngressRuleModel] | None = None
@@ -176,22 +161,8 @@ class SpecModel(_Strict):
 
 class MetadataModel(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str
-    namespace: str = "default"
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if err := v.dns_subdomain(name):
-            raise ValueError(err)
-        return name
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, namespace: str) -> str:
-        if err := v.dns_label(namespace):
-            raise ValueError(err)
-        return namespace
+    name: v.DnsSubdomain
+    namespace: v.DnsLabel = "default"
 
 
 class NetworkPolicyModel(BaseModel):

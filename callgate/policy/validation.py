@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from callgate.policy.model import IPNetwork
 
@@ -72,3 +76,29 @@ def parse_cidr(value: str) -> IPNetwork:
         return ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ValueError(f"{value!r} is not a valid CIDR") from None
+
+
+def _checked(check: Callable[[str], str | None]) -> AfterValidator:
+    def validate(value: str) -> str:
+        if err := check(value):
+            raise ValueError(err)
+        return value
+
+    return AfterValidator(validate)
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if err := label_key(key) or label_value(value):
+            raise ValueError(err)
+    return labels
+
+
+# Field types for the pydantic boundary models: the rule travels with the type,
+# so every model that holds a namespace or a label map checks it the same way.
+DnsLabel = Annotated[str, _checked(dns_label)]
+DnsSubdomain = Annotated[str, _checked(dns_subdomain)]
+PortName = Annotated[str, _checked(port_name)]
+InterfaceName = Annotated[str, _checked(interface_name)]
+LabelKey = Annotated[str, _checked(label_key)]
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
