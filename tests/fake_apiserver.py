@@ -143,7 +143,7 @@ class FakeAPIServer:
         if self._httpd is not None:
             return self
         handler = type("Handler", (_Handler,), {"api": self})
-        httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        httpd = _QuietServer(("127.0.0.1", self.port), handler)
         httpd.daemon_threads = True
         self.port = httpd.server_address[1]
         self._httpd = httpd
@@ -445,6 +445,13 @@ def _route(path: str) -> tuple[str | None, str | None, str | None]:
     if len(parts) in (1, 2) and parts[0] in RESOURCES:
         return parts[0], None, parts[1] if len(parts) == 2 else None
     return None, None, None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients hanging up (or us cutting them off) is routine here, not worth a traceback
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -583,3 +583,224 @@ def test_client_configuration_errors_are_clear(tmp_path: Path) -> None:
     client, origin = make_api_client(kubeconfig=str(good), server="http://127.0.0.1:8001")
     assert origin == "http://127.0.0.1:8001"
     assert client.configuration.auth_settings()["BearerToken"]["value"] == "Bearer t"
+
+
+# ---- the controller: lint findings as Events -----------------------------------------------------
+
+def lint_cluster(server: FakeAPIServer) -> None:
+    seed(server)
+    server.create(policy("nothing", "x", {"podSelector": {"matchLabels": {"pod": "zzz"}}}))
+    server.create(policy("bad", "y", {"podSelector": {}, "ingress": [{"ports": [{"port": "http", "endPort": 90}]}]}))
+    server.create(policy("named", "x", {"podSelector": {}, "ingress": [{"ports": [{"port": "nope", "protocol": "TCP"}]}]}))
+
+
+EXPECTED_FINDINGS = {("NetworkPolicy", "x/nothing", "CG101"), ("NetworkPolicy", "y/bad", "CG004"),
+                     ("NetworkPolicy", "x/named", "CG104"), ("Namespace", "y", "CG110")}
+
+
+def event_findings(server: FakeAPIServer) -> set[tuple[str, str, str]]:
+    out = set()
+    for ev in server.objects("Event"):
+        inv = ev["involvedObject"]
+        key = f"{inv['namespace']}/{inv['name']}" if inv.get("namespace") else inv["name"]
+        out.add((inv["kind"], key, ev["message"].split()[0]))
+    return out
+
+
+def event_writes(server: FakeAPIServer) -> int:
+    return sum(1 for r in server.requests_for("events") if r.method in ("POST", "PATCH"))
+
+
+@pytest.fixture
+def start_controller(server: FakeAPIServer) -> Iterator[Callable[..., Any]]:
+    from callgate.controller import Controller
+
+    started: list[Controller] = []
+
+    def start(**options: Any) -> Controller:
+        api_client, origin = make_api_client(server=server.url)
+        options.setdefault("options", FAST)
+        options.setdefault("debounce", 0.02)
+        options.setdefault("max_delay", 0.5)
+        ctl = Controller(api_client, origin, **options)
+        ctl.start()
+        started.append(ctl)
+        assert ctl.wait_synced(WAIT)
+        return ctl
+
+    yield start
+    for ctl in started:
+        ctl.stop()
+
+
+def test_controller_posts_one_event_per_finding_on_the_object(server: FakeAPIServer, start_controller: Any) -> None:
+    lint_cluster(server)
+    ctl = start_controller()
+    assert ctl.last_sync.created == len(EXPECTED_FINDINGS) and ctl.last_sync.failed == 0
+    assert event_findings(server) == EXPECTED_FINDINGS
+    for ev in server.objects("Event"):
+        inv = ev["involvedObject"]
+        target = server.get(inv["kind"], inv["name"], inv.get("namespace"))
+        assert target is not None and inv["uid"] == target["metadata"]["uid"], "kubectl describe matches on uid"
+        assert ev["reason"] == "CallgateLint" and ev["type"] == "Warning" and ev["count"] == 1
+        assert ev["metadata"]["namespace"] == (inv.get("namespace") or inv["name"])
+        assert ev["source"] == {"component": "callgate-controller"}
+        assert len(ev["message"]) <= 1024
+    bad = next(ev for ev in server.objects("Event") if ev["involvedObject"]["name"] == "bad")
+    assert "endPort" in bad["message"]  # the invalid policy says why the agent skips it
+
+
+def test_controller_does_not_repost_unchanged_findings(server: FakeAPIServer, start_controller: Any) -> None:
+    lint_cluster(server)
+    ctl = start_controller()
+    writes, syncs = event_writes(server), ctl.syncs
+    # A change that alters no finding (a namespace without pods) still re-lints.
+    server.create(namespace("quiet"))
+    wait_until(lambda: ctl.syncs > syncs and "quiet" in ctl.watcher.cache.state().inventory.namespaces)
+    wait_until(lambda: ctl.last_sync is not None and ctl.last_sync.unchanged == len(EXPECTED_FINDINGS))
+    assert event_writes(server) == writes
+    assert len(server.objects("Event")) == len(EXPECTED_FINDINGS)
+
+
+def test_a_changed_message_updates_the_event_in_place(server: FakeAPIServer, start_controller: Any) -> None:
+    lint_cluster(server)
+    start_controller()
+    server.create(pod("open", "y", "198.18.0.91"))  # y has no default deny: CG110 now lists two pods
+
+    def updated() -> bool:
+        ns_events = [e for e in server.objects("Event") if e["involvedObject"]["kind"] == "Namespace"]
+        return len(ns_events) == 1 and ns_events[0]["count"] == 2 and "2 pod(s)" in ns_events[0]["message"]
+
+    assert server.wait_for(updated)
+    assert len(server.objects("Event")) == len(EXPECTED_FINDINGS)
+
+
+def test_a_fixed_finding_is_forgotten_and_a_new_one_posted(server: FakeAPIServer, start_controller: Any) -> None:
+    lint_cluster(server)
+    ctl = start_controller()
+    server.update(policy("nothing", "x", {"podSelector": {"matchLabels": {"pod": "a"}}}))  # fixed
+    wait_until(lambda: all(r.target.name != "nothing" for r in ctl.reports))
+    server.create(policy("typo", "y", {"podSelector": {"matchLabels": {"app": "ghost"}}}))
+    assert server.wait_for(lambda: ("NetworkPolicy", "y/typo", "CG101") in event_findings(server))
+    # Breaking it again finds its old Event (409 AlreadyExists) and bumps it: no duplicate.
+    server.update(policy("nothing", "x", {"podSelector": {"matchLabels": {"pod": "zzz"}}}))
+    assert server.wait_for(lambda: any(e["involvedObject"]["name"] == "nothing" and e["count"] == 2
+                                       for e in server.objects("Event")))
+    assert sum(1 for e in server.objects("Event") if e["involvedObject"]["name"] == "nothing") == 1
+
+
+def test_a_restarted_controller_does_not_duplicate_events(server: FakeAPIServer, start_controller: Any) -> None:
+    lint_cluster(server)
+    first = start_controller()
+    first.stop()
+    second = start_controller()
+    assert second.last_sync.created == 0 and second.last_sync.refreshed == len(EXPECTED_FINDINGS)
+    assert len(server.objects("Event")) == len(EXPECTED_FINDINGS)
+    assert all(e["count"] == 2 for e in server.objects("Event"))
+
+
+def test_persisting_findings_are_refreshed_and_failed_posts_retried(server: FakeAPIServer,
+                                                                     start_controller: Any) -> None:
+    lint_cluster(server)
+    server.fail(lambda r: r.method == "POST" and r.path.endswith("/events"), code=500, times=2)
+    ctl = start_controller(resync=0.05, refresh=0.3)
+    assert ctl.last_sync.failed == 2  # the first pass could not post two of them
+    # The periodic resync retries them, then keeps refreshing what persists.
+    assert server.wait_for(lambda: event_findings(server) == EXPECTED_FINDINGS)
+    assert server.wait_for(lambda: all(e["count"] >= 2 for e in server.objects("Event")))
+    assert len(server.objects("Event")) == len(EXPECTED_FINDINGS)
+
+
+def test_lint_disable_annotation_and_min_severity(server: FakeAPIServer, start_controller: Any) -> None:
+    from callgate.analysis.rules import Severity
+
+    lint_cluster(server)
+    quiet = policy("nothing", "x", {"podSelector": {"matchLabels": {"pod": "zzz"}}})
+    quiet["metadata"]["annotations"] = {"callgate.io/lint-disable": "CG101"}
+    server.update(quiet)
+    ctl = start_controller(dry_run=True, min_severity=Severity.INFO)
+    found = {(r.target.key, r.rule) for r in ctl.reports}
+    assert ("x/nothing", "CG101") not in found
+    assert ("x/deny-all", "CG108") in found  # info: only with --min-severity info
+    assert server.objects("Event") == [], "dry run posts nothing"
+
+
+def test_controller_health_endpoints(server: FakeAPIServer, start_controller: Any) -> None:
+    import urllib.error
+    import urllib.request
+
+    from callgate.controller import HealthServer
+
+    lint_cluster(server)
+    ctl = start_controller()
+    health = HealthServer("127.0.0.1", 0, ctl)
+    health.start()
+    try:
+        def status(path: str) -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health.port}{path}", timeout=5) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert status("/healthz") == 200 and status("/readyz") == 200 and status("/nope") == 404
+        server.stop()
+        wait_until(lambda: status("/readyz") == 503)
+        assert status("/healthz") == 200  # alive, just not ready: no restart for an API outage
+    finally:
+        health.stop()
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run `callgate ...` in-process exactly as the console script does (errors -> exit codes)."""
+    import sys
+
+    from callgate.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["callgate", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr()
+    code = exit_.value.code
+    return int(code) if isinstance(code, int) else (0 if code is None else 1), out.out, out.err
+
+
+def test_cli_controller_once(server: FakeAPIServer, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    lint_cluster(server)
+    code, out, err = run_cli(["controller", "--server", server.url, "--once", "--dry-run"], monkeypatch, capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == len(EXPECTED_FINDINGS)
+    assert any(line.startswith("NetworkPolicy y/bad: CG004 error (field spec.ingress[0].ports[0]): endPort")
+               for line in lines), lines
+    assert "4 finding(s)" in err
+    assert server.objects("Event") == []
+    code, out, err = run_cli(["controller", "--server", server.url, "--once"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "events: 4 created" in err
+    assert event_findings(server) == EXPECTED_FINDINGS
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--health-address", "nope"], "expected HOST:PORT"),
+    (["--min-severity", "loud"], "unknown severity"),
+    (["--refresh", "0"], "--refresh must be a positive"),
+    (["--log-level", "chatty"], "--log-level"),
+    (["--server", "ftp://x"], "must be an http"),
+    (["--kubeconfig", "/nonexistent/kubeconfig"], "no such kubeconfig"),
+    (["--lint-config", "/nonexistent/lint.yaml"], "no such config file"),
+])
+def test_cli_controller_rejects_bad_options(args: list[str], message: str, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["controller", "--once", *args], monkeypatch, capsys)
+    assert code == 1, (out, err)
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_controller_once_when_the_api_is_down(server: FakeAPIServer, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    server.stop()
+    code, _out, err = run_cli(["controller", "--server", server.url, "--once", "--timeout", "1"], monkeypatch, capsys)
+    assert code == 1
+    assert "no consistent view of the cluster" in err and "cannot connect" in err

@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from callgate.errors import InputError, Problem
@@ -63,6 +63,11 @@ class Converted:
     value: Endpoint | Namespace | Policy | None  # None: skipped (invalid, finished, host network)
     problems: tuple[Problem, ...]
     digest: str  # changes when what callgate uses from the object changes
+    raw: Any = field(default=None, compare=False)  # kept for NetworkPolicies only (lint reads raw fields)
+
+    @property
+    def display(self) -> str:
+        return f"{self.ref.kind} {self.ref.key}"
 
 
 def _digest(*parts: Any) -> str:
@@ -143,15 +148,18 @@ def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
 
 
 def convert_policy(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
+    typed = _typed(POLICIES, obj)
+    # The digest covers what lint reads too (annotations may disable lint rules).
+    digest = _digest(ref.namespace, ref.name, obj.get("spec"), (obj.get("metadata") or {}).get("annotations"))
     try:
-        policy = parse_network_policy(Document(_UNREADABLE, 0, _typed(POLICIES, obj)))
+        policy = parse_network_policy(Document(_UNREADABLE, 0, typed))
     except InputError as err:
         problems = _relabel(err.problems)
-        return Converted(ref, None, problems, _digest([p.message for p in problems]))
+        return Converted(ref, None, problems, digest, raw=typed)
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
-        return _malformed(ref, obj, exc)
+        return dataclasses.replace(_malformed(ref, obj, exc), raw=typed)
     policy = dataclasses.replace(policy, origin=dataclasses.replace(policy.origin, file=ORIGIN))
-    return Converted(ref, policy, (), _digest(ref.namespace, ref.name, obj.get("spec")))
+    return Converted(ref, policy, (), digest, raw=typed)
 
 
 CONVERTERS: dict[str, Callable[[ObjectRef, dict[str, Any]], Converted]] = {
@@ -176,7 +184,11 @@ class ClusterState:
     problems: tuple[Problem, ...]  # every skipped object, with why
     version: str  # a digest of the content: equal versions mean equal content
     problems_by_object: Mapping[ObjectRef, tuple[Problem, ...]]
-    policy_refs: Mapping[str, ObjectRef]  # "ns/name" -> the NetworkPolicy object (valid or not)
+    # Every NetworkPolicy and Namespace object by display name ("NetworkPolicy x/p",
+    # "Namespace x"), valid or not: what the controller attaches Events to.
+    refs: Mapping[str, ObjectRef]
+    # NetworkPolicies as the API served them (valid or not), by "ns/name", for lint.
+    raw_policies: Mapping[str, tuple[ObjectRef, dict[str, Any]]]
 
 
 def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> ClusterState:
@@ -206,8 +218,9 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
     builder.problems.clear()  # reported per object above; finish() only adds implied namespaces
     inventory = builder.finish()
     policies = [e.value for _, e in sorted(entries.get(POLICIES, {}).items()) if isinstance(e.value, Policy)]
-    refs = {e.ref.key: e.ref for e in entries.get(POLICIES, {}).values()}
+    refs = {e.display: e.ref for kind in (POLICIES, NAMESPACES) for e in entries.get(kind, {}).values()}
+    raw = {e.ref.key: (e.ref, e.raw) for e in entries.get(POLICIES, {}).values() if isinstance(e.raw, dict)}
     problems = tuple(p for _, ps in sorted(problems_by_object.items(), key=lambda kv: (kv[0].kind, kv[0].key))
                      for p in ps)
     return ClusterState(inventory, PolicySet(policies), problems, hasher.hexdigest()[:16],
-                        problems_by_object, refs)
+                        problems_by_object, refs, raw)
