@@ -30,6 +30,7 @@ def _register() -> None:
     engine.register(app)
     analysis.register(app)
     app.add_typer(lab.lab_app, name="lab")
+    __import__("callgate.cli.agent", fromlist=["register"]).register(app)
     __import__("callgate.cli.k8s", fromlist=["register"]).register(app)
 
 

@@ -121,6 +121,7 @@ class FakeNftKernel:
         self.tables: dict[tuple[str, str], dict[str, Any]] = {}
         self.transactions = 0
         self.fail_next: str | None = None  # make the next run fail, to test atomicity
+        self.handles = 0
 
     @staticmethod
     def _empty() -> dict[str, Any]:
@@ -187,7 +188,14 @@ class FakeNftKernel:
         elif kind == "rule" and verb == "add":
             if obj["chain"] not in table["chains"]:
                 raise KernelError(f"No such file or directory: chain {obj['chain']}")
-            table["rules"][obj["chain"]].append(obj)
+            self.handles += 1  # rules get handles, as in the kernel (incremental updates use them)
+            table["rules"][obj["chain"]].append({**obj, "handle": self.handles})
+        elif kind == "rule" and verb == "replace":
+            rules = table["rules"].get(obj["chain"], [])
+            at = [i for i, r in enumerate(rules) if r.get("handle") == obj.get("handle")]
+            if not at:
+                raise KernelError(f"No such file or directory: rule handle {obj.get('handle')}")
+            rules[at[0]] = obj
         else:
             raise KernelError(f"fake kernel: unsupported command {verb} {kind}")
 

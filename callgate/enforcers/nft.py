@@ -277,6 +277,7 @@ def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> Nf
     return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed), replaces_table=True)
 
 
+
 # -- text: the same objects, as nft prints them --------------------------------
 
 def _expr_text(value: Any) -> str:
@@ -402,16 +403,37 @@ class ApplyResult:
     dry_run: bool = False
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What this enforcer last put into the kernel (for incremental updates)."""
+
+    ruleset: RuleSet
+    fail_closed: FailClosed | None
+    digest: str
+
+
 class NftablesEnforcer:
-    """Applies RuleSets to one network namespace's nftables."""
+    """Applies RuleSets to one network namespace's nftables.
+
+    ``known_interfaces`` (plan/apply/desired_text/in_sync/diff) only matters with
+    a fail-closed prefix: the local endpoints' interfaces beyond those that
+    have chains, i.e. the non-isolated ones that must not be dropped.
+    """
 
     name = "nft"
 
-    def __init__(self, kernel: NftKernel) -> None:
+    def __init__(self, kernel: NftKernel, fail_closed_prefix: str | None = None) -> None:
         self.kernel = kernel
+        self.fail_closed_prefix = None if fail_closed_prefix is None else check_fail_closed_prefix(fail_closed_prefix)
+        self.applied: Applied | None = None  # set by apply(); None = unknown, replace in full
 
-    def plan(self, ruleset: RuleSet) -> NftTransaction:
-        return replace_table(ruleset)
+    def fail_closed(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> FailClosed | None:
+        if self.fail_closed_prefix is None:
+            return None
+        return FailClosed.build(self.fail_closed_prefix, ruleset, known_interfaces)
+
+    def plan(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> NftTransaction:
+        return replace_table(ruleset, self.fail_closed(ruleset, known_interfaces))
 
     def check(self, tx: NftTransaction) -> None:
         """Let the kernel validate the transaction without committing it."""
@@ -420,45 +442,69 @@ class NftablesEnforcer:
     def live_objects(self) -> list[dict[str, Any]] | None:
         return self.kernel.list_table(FAMILY, TABLE)
 
-    def live_digest(self) -> str | None:
-        for obj in self.live_objects() or ():
-            rule = obj.get("rule")
-            if rule and rule.get("chain") == FORWARD and str(rule.get("comment", "")).startswith(DIGEST_PREFIX):
-                return str(rule["comment"])[len(DIGEST_PREFIX):]
-        return None
+    def live_digest(self, live: list[dict[str, Any]] | None = None) -> str | None:
+        rule = digest_rule(self.live_objects() if live is None else live)
+        return None if rule is None else str(rule["comment"])[len(DIGEST_PREFIX):]
 
-    def live_text(self) -> str | None:
-        live = self.live_objects()
+    def live_text(self, live: list[dict[str, Any]] | None = None) -> str | None:
+        live = self.live_objects() if live is None else live
         return None if live is None else objects_text(_canonical_order(_strip(live)))
 
-    def desired_text(self, ruleset: RuleSet) -> str:
-        adds = [cmd["add"] for cmd in self.plan(ruleset).commands if "add" in cmd]
+    def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
+        adds = [cmd["add"] for cmd in self.plan(ruleset, known_interfaces).commands if "add" in cmd]
         return objects_text(_canonical_order(_strip(adds)))
 
-    def diff(self, ruleset: RuleSet) -> list[str]:
+    def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
         """Unified diff from the live table to the desired one; empty when equal."""
         live = self.live_text() or ""
-        return list(difflib.unified_diff(live.splitlines(), self.desired_text(ruleset).splitlines(),
+        return list(difflib.unified_diff(live.splitlines(), self.desired_text(ruleset, known_interfaces).splitlines(),
                                          "live", "desired", lineterm=""))
 
-    def in_sync(self, ruleset: RuleSet) -> bool:
-        return self.live_text() == self.desired_text(ruleset)
+    def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
+        return self.live_text() == self.desired_text(ruleset, known_interfaces)
 
-    def apply(self, ruleset: RuleSet, dry_run: bool = False) -> ApplyResult:
+    def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Iterable[str] = (),
+              incremental: bool = True) -> ApplyResult:
         """Make the kernel hold ``ruleset``. A no-op when it already does; with
-        ``dry_run`` the kernel checks the transaction and nothing is committed."""
-        tx = self.plan(ruleset)
-        if self.live_digest() == tx.digest and self.in_sync(ruleset):
-            return ApplyResult(False, tx.digest, tx, dry_run)
+        ``dry_run`` the kernel checks the transaction and nothing is committed.
+
+        When the live digest equals the digest this enforcer last applied, the
+        change goes in as an incremental transaction (set elements, changed
+        chains); otherwise (first apply, drift, ``incremental=False``) the table
+        is replaced in full. Either way it is one transaction."""
+        known = tuple(known_interfaces)
+        fc = self.fail_closed(ruleset, known)
+        full = replace_table(ruleset, fc)
+        live = self.live_objects()
+        live_digest = self.live_digest(live) if live is not None else None
+        if live_digest == full.digest and self.live_text(live) == self.desired_text(ruleset, known):
+            self.applied = Applied(ruleset, fc, full.digest)
+            return ApplyResult(False, full.digest, full, dry_run)
+        tx = full
+        if incremental and self.applied is not None and live is not None and live_digest == self.applied.digest:
+            from callgate.enforcers.nft_update import plan_update
+
+            tx = plan_update(self.applied.ruleset, self.applied.fail_closed, ruleset, fc, live) or full
         if dry_run:
             self.check(tx)
         else:
             self.kernel.run(list(tx.commands))
-        return ApplyResult(True, tx.digest, tx, dry_run)
+            self.applied = Applied(ruleset, fc, full.digest)
+        return ApplyResult(True, full.digest, tx, dry_run)
 
     def remove(self) -> bool:
         """Delete callgate's table (only it). Returns whether there was one."""
         if self.live_objects() is None:
             return False
         self.kernel.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+        self.applied = None
         return True
+
+
+def digest_rule(live: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The forward chain's rule that carries the digest comment, as listed."""
+    for obj in live or ():
+        rule = obj.get("rule")
+        if rule and rule.get("chain") == FORWARD and str(rule.get("comment", "")).startswith(DIGEST_PREFIX):
+            return rule  # type: ignore[no-any-return]
+    return None

@@ -1,0 +1,222 @@
+"""Prometheus metrics and the agent's small HTTP server.
+
+Endpoints (all on ``--metrics-address``, default 127.0.0.1:9464):
+
+* ``/metrics``  Prometheus text format, from the agent's own registry.
+* ``/healthz``  200 while the reactor thread is alive (liveness: restart me if not).
+* ``/readyz``   200 when the kernel holds the rules for the latest snapshot the
+  source gave us; 503 with the reason otherwise — before the first apply,
+  after a failed apply, or while the source is lost (the old rules are still
+  enforced, but may be stale: "ready" means "up to date", and a stale node
+  should show up in ``kubectl get pods`` without being restarted).
+* ``/programmed?pod=NS/NAME[&interface=IF][&wait=SECONDS]``  whether the pod's
+  interface is in the rules the kernel holds; with ``wait``, blocks until it is
+  or the time is up (the CNI plugin's long poll). JSON answer, 200 either way;
+  400 for a malformed query.
+
+Per-policy packet/byte counters are read from the kernel at scrape time: every
+compiled rule carries its policy in its comment (the first one, when rules of
+several policies were merged into one), and the fail-closed drop rules carry
+their own comment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from callgate.enforcers.nft import FAIL_CLOSED_COMMENT
+from callgate.policy.validation import dns_label, dns_subdomain, interface_name
+
+# "NetworkPolicy x/allow-web ingress[0] (+2 more)" -> policy, direction
+_ORIGIN = re.compile(r"^(?P<policy>.+) (?P<direction>ingress|egress)\[\d+\]")
+_SYNC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class PolicyCounters(Collector):
+    """Packet and byte counters per policy, summed from the live rule counters."""
+
+    def __init__(self, live_objects: Callable[[], list[dict[str, Any]] | None]) -> None:
+        self.live_objects = live_objects
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        packets = CounterMetricFamily("callgate_policy_packets", "Packets matched by rules of each policy",
+                                      labels=["policy", "direction"])
+        octets = CounterMetricFamily("callgate_policy_bytes", "Bytes matched by rules of each policy",
+                                     labels=["policy", "direction"])
+        dropped = CounterMetricFamily("callgate_fail_closed_dropped_packets",
+                                      "Packets dropped on container interfaces the agent has not programmed yet")
+        sums: dict[tuple[str, str], list[int]] = {}
+        fail_closed = 0
+        try:
+            live = self.live_objects() or []
+        except Exception:  # a scrape must not fail because the kernel said no
+            live = []
+        for obj in live:
+            rule = obj.get("rule")
+            if not rule:
+                continue
+            counter = next((e["counter"] for e in rule.get("expr", []) if isinstance(e, dict) and "counter" in e), None)
+            if not isinstance(counter, dict):
+                continue
+            comment = str(rule.get("comment", ""))
+            if comment == FAIL_CLOSED_COMMENT:
+                fail_closed += int(counter.get("packets", 0))
+            elif m := _ORIGIN.match(comment):
+                acc = sums.setdefault((m["policy"], m["direction"]), [0, 0])
+                acc[0] += int(counter.get("packets", 0))
+                acc[1] += int(counter.get("bytes", 0))
+        for (policy, direction), (p, b) in sorted(sums.items()):
+            packets.add_metric([policy, direction], p)
+            octets.add_metric([policy, direction], b)
+        dropped.add_metric([], fail_closed)
+        yield packets
+        yield octets
+        yield dropped
+
+
+class AgentMetrics:
+    """Everything the agent exports, in a registry of its own (no globals)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sync_seconds = Histogram("callgate_sync_duration_seconds",
+                                      "Time to compile and apply one snapshot, by how it was applied",
+                                      ["mode"], buckets=_SYNC_BUCKETS, registry=r)
+        self.event_to_live_seconds = Histogram("callgate_event_to_live_seconds",
+                                               "From the first source event of a burst to the rules being live",
+                                               buckets=_SYNC_BUCKETS, registry=r)
+        self.applies = Counter("callgate_applies", "Transactions committed, by mode", ["mode"], registry=r)
+        self.apply_errors = Counter("callgate_apply_errors", "Transactions the kernel refused (or compile errors)",
+                                    registry=r)
+        self.last_success = Gauge("callgate_last_successful_apply_timestamp_seconds",
+                                  "Unix time of the last sync that left the kernel in the desired state",
+                                  registry=r)
+        self.drift_repairs = Counter("callgate_drift_repairs", "Times the live table differed and was repaired",
+                                     registry=r)
+        self.source_up = Gauge("callgate_source_up", "1 when the last source report was a valid snapshot", registry=r)
+        self.source_problems = Counter("callgate_source_problems", "Source problems reported (rules kept)",
+                                       registry=r)
+        self.rules = Gauge("callgate_rules", "Rules in the applied ruleset (all chains)", registry=r)
+        self.chains = Gauge("callgate_chains", "Per-endpoint chains in the applied ruleset", registry=r)
+        self.sets = Gauge("callgate_sets", "Named peer sets in the applied ruleset", registry=r)
+        self.set_elements = Gauge("callgate_set_elements", "Elements in all peer sets", registry=r)
+        self.endpoints = Gauge("callgate_endpoints", "Local endpoints, by state", ["state"], registry=r)
+
+    def watch_kernel(self, live_objects: Callable[[], list[dict[str, Any]] | None]) -> None:
+        self.registry.register(PolicyCounters(live_objects))
+
+
+class Status(Protocol):
+    """What the HTTP server asks the agent."""
+
+    def healthy(self) -> tuple[bool, str]: ...
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    def wait_programmed(self, pod: str, interface: str | None, timeout: float) -> tuple[bool, str]: ...
+
+
+MAX_WAIT = 120.0
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6); ValueError with a clear message."""
+    m = re.fullmatch(r"\[(?P<h6>[0-9A-Fa-f:.]+)\]:(?P<p6>\d{1,5})|(?P<h>[A-Za-z0-9.\-]+):(?P<p>\d{1,5})", text)
+    if not m:
+        raise ValueError(f"metrics address {text!r} must be HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")
+    host, port = (m["h6"], m["p6"]) if m["h6"] else (m["h"], m["p"])
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"metrics address {text!r}: port must be 0-65535")
+    return host, int(port)
+
+
+def _handler(metrics: AgentMetrics, status: Status) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "callgate-agent"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes every few seconds would drown the structured log
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, data: dict[str, Any]) -> None:
+            self._send(code, json.dumps(data).encode() + b"\n", "application/json")
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            if url.path == "/metrics":
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif url.path in ("/healthz", "/readyz"):
+                ok, why = status.healthy() if url.path == "/healthz" else status.ready()
+                self._send(200 if ok else 503, (why or "ok").encode() + b"\n")
+            elif url.path == "/programmed":
+                self._programmed(parse_qs(url.query))
+            else:
+                self._send(404, b"not found\n")
+
+        def _programmed(self, query: dict[str, list[str]]) -> None:
+            pod = (query.get("pod") or [""])[0]
+            ifaces = query.get("interface")
+            iface = ifaces[0] if ifaces else None
+            ns, _, name = pod.partition("/")
+            if not ns or dns_label(ns) or not name or dns_subdomain(name):
+                self._json(400, {"error": "pod must be NAMESPACE/NAME"})
+                return
+            if iface is not None and interface_name(iface):
+                self._json(400, {"error": "interface is not a valid interface name"})
+                return
+            try:
+                wait = min(float((query.get("wait") or ["0"])[0]), MAX_WAIT)
+            except ValueError:
+                self._json(400, {"error": "wait must be a number of seconds"})
+                return
+            ok, why = status.wait_programmed(pod, iface, max(wait, 0.0))
+            self._json(200, {"pod": pod, "programmed": ok, "reason": why})
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hanging client must not keep the agent from exiting
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class StatusServer:
+    """The HTTP server on its own daemon threads."""
+
+    def __init__(self, address: str, metrics: AgentMetrics, status: Status) -> None:
+        host, port = parse_address(address)
+        server = _Server6 if ":" in host else _Server
+        self.httpd: ThreadingHTTPServer = server((host, port), _handler(metrics, status))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="callgate-http", daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = str(self.httpd.server_address[0]), int(self.httpd.server_address[1])
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

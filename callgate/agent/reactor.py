@@ -1,0 +1,286 @@
+"""The agent's reactor: snapshots in, one transaction per burst out.
+
+One worker thread does all kernel work, so transactions never interleave:
+
+* **Coalescing.** Sources call :meth:`Reactor.on_event` from their threads; it
+  only records the newest event and wakes the worker. The worker waits until
+  events have been quiet for ``coalesce`` seconds (at most ``max_delay`` after
+  the first), then works on the newest snapshot only: a burst of 200 pod
+  events is one compile and one transaction.
+* **Apply only what changed.** The enforcer remembers what it applied; while
+  the live digest still says so, changes go in as incremental transactions
+  (set elements for pod churn and relabels; chains only when rules change).
+  A refused incremental transaction is retried once as a full replacement.
+* **Resync and drift repair.** Every ``resync`` seconds the worker compares
+  the live table with what it applied (digest and full normal form). Any
+  difference — table deleted, a rule added or removed, a set flushed — is
+  repaired with a full replacement (one transaction, so no gap) and counted
+  in ``callgate_drift_repairs_total``. Resync also re-resolves interfaces.
+* **Source lost.** A :class:`SourceProblem` changes nothing in the kernel: the
+  last applied rules stay, resync keeps repairing them, ``/readyz`` says why
+  it is not ready, ``callgate_source_up`` is 0. It never flushes.
+* **Adoption.** On start, a table whose digest and content equal the desired
+  ones is adopted as is (no transaction); anything else is replaced in one
+  transaction, so a restart never opens a window.
+* **Interfaces.** Local endpoints without an interface in the inventory are
+  resolved from the node's routes; unresolved ones are retried every
+  ``retry`` seconds and stay unprogrammed (dropped, in fail-closed mode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from callgate.agent.failclosed import Programmed
+from callgate.agent.interfaces import InterfaceResolver
+from callgate.agent.metrics import AgentMetrics
+from callgate.compiler import Compiler, RuleSet
+from callgate.enforcers.nft import NftablesEnforcer
+from callgate.errors import KernelError
+from callgate.policy.model import Inventory
+from callgate.watchers.base import Snapshot, SourceProblem
+
+log = logging.getLogger("callgate.agent")
+
+
+def _log(level: int, msg: str, **fields: Any) -> None:
+    log.log(level, msg, extra={"fields": fields})
+
+
+@dataclass(frozen=True)
+class ReactorConfig:
+    node: str
+    resync: float = 30.0  # seconds between drift checks
+    coalesce: float = 0.05  # quiet time that ends a burst
+    max_delay: float = 1.0  # a steady trickle of events still syncs this often
+    retry: float = 1.0  # re-resolve interfaces / retry a failed apply this soon
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the last successful sync put into the kernel."""
+
+    snapshot: Snapshot
+    ruleset: RuleSet
+    known: tuple[str, ...]
+    at: float
+
+
+class Reactor:
+    def __init__(self, config: ReactorConfig, enforcer: NftablesEnforcer, resolver: InterfaceResolver,
+                 metrics: AgentMetrics | None = None) -> None:
+        self.config = config
+        self.enforcer = enforcer
+        self.resolver = resolver
+        self.metrics = metrics or AgentMetrics()
+        self.programmed = Programmed()
+        self._cond = threading.Condition()
+        self._event: Snapshot | SourceProblem | None = None
+        self._first_event_at: float | None = None
+        self._last_event_at = 0.0
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.applied: Applied | None = None
+        self.snapshot: Snapshot | None = None  # newest valid snapshot
+        self.source_problem: str | None = None
+        self.apply_error: str | None = None
+        self.unresolved: dict[str, str] = {}
+        self.syncs = 0  # completed syncs (tests wait on this)
+        self._last_check = 0.0  # monotonic time the worker last looked at the kernel
+        self.repairs = 0
+
+    # -- the source side ---------------------------------------------------
+
+    def on_event(self, event: Snapshot | SourceProblem) -> None:
+        """Called by the source from any thread; cheap, never blocks on the kernel."""
+        now = time.monotonic()
+        with self._cond:
+            self._event = event
+            if self._first_event_at is None:
+                self._first_event_at = now
+            self._last_event_at = now
+            self._cond.notify_all()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="callgate-reactor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop working. The rules stay in the kernel: they are the policy."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- status (HTTP) -------------------------------------------------------
+
+    def healthy(self) -> tuple[bool, str]:
+        if self._thread is None or not self._thread.is_alive():
+            return False, "reactor thread is not running"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.applied is None:
+            return False, self.apply_error or self.source_problem or "no ruleset applied yet"
+        if self.apply_error:
+            return False, f"last apply failed (previous rules still enforced): {self.apply_error}"
+        if self.source_problem:
+            return False, f"source problem (last applied rules still enforced): {self.source_problem}"
+        digest = self.enforcer.applied.digest[:12] if self.enforcer.applied else "?"
+        return True, f"ok: enforcing digest {digest}"
+
+    def wait_programmed(self, pod: str, interface: str | None, timeout: float) -> tuple[bool, str]:
+        return self.programmed.wait(pod, interface, timeout)
+
+    # -- the worker ----------------------------------------------------------
+
+    def _next(self) -> tuple[str, Snapshot | SourceProblem | None, float | None]:
+        """Wait for work: ("event", event, first_event_time), ("resync", …) or ("stop", …)."""
+        cfg = self.config
+        with self._cond:
+            while True:
+                if self._stop:
+                    return "stop", None, None
+                now = time.monotonic()
+                if self._event is not None:
+                    first = self._first_event_at or now
+                    # The burst ends when quiet long enough, or when it has gone on too long.
+                    due = min(self._last_event_at + cfg.coalesce, first + cfg.max_delay)
+                    if now >= due:
+                        event, self._event, self._first_event_at = self._event, None, None
+                        return "event", event, first
+                    self._cond.wait(due - now)
+                    continue
+                interval = cfg.retry if (self.unresolved or self.apply_error) else cfg.resync
+                due = self._last_check + interval
+                if now >= due and self.snapshot is not None:
+                    return "resync", None, None
+                self._cond.wait(max(due - now, 0.01) if self.snapshot is not None else None)
+
+    def _run(self) -> None:
+        _log(logging.INFO, "reactor started", node=self.config.node)
+        while True:
+            kind, event, first = self._next()
+            if kind == "stop":
+                break
+            try:
+                if kind == "resync":
+                    self._resync()
+                elif isinstance(event, SourceProblem):
+                    self._source_problem(event)
+                elif isinstance(event, Snapshot):
+                    self.snapshot = event
+                    self.source_problem = None
+                    self.metrics.source_up.set(1)
+                    self._sync(event, first)
+            except Exception as exc:  # keep the worker alive; the rules stay as they are
+                self.apply_error = f"{type(exc).__name__}: {exc}"
+                self.metrics.apply_errors.inc()
+                log.exception("sync failed; previous rules stay", extra={"fields": {"node": self.config.node}})
+            finally:
+                self._last_check = time.monotonic()
+                with self._cond:
+                    self.syncs += 1
+                    self._cond.notify_all()
+        _log(logging.INFO, "reactor stopped; rules stay in the kernel", node=self.config.node)
+
+    def _source_problem(self, problem: SourceProblem) -> None:
+        self.source_problem = problem.message
+        self.metrics.source_up.set(0)
+        self.metrics.source_problems.inc()
+        _log(logging.WARNING, "source problem; keeping the last applied rules", node=self.config.node,
+             problem=problem.message, details=[str(p) for p in problem.problems][:20],
+             digest=self.enforcer.applied.digest if self.enforcer.applied else None)
+
+    def _resync(self) -> None:
+        """Repair drift, re-resolve interfaces, retry failures."""
+        assert self.snapshot is not None
+        drift = False
+        if self.applied is not None:
+            drift = not self.enforcer.in_sync(self.applied.ruleset, self.applied.known)
+            if drift:
+                self.repairs += 1
+                self.metrics.drift_repairs.inc()
+                _log(logging.WARNING, "drift: the live table differs from what was applied; repairing",
+                     node=self.config.node, live_digest=self.enforcer.live_digest(),
+                     applied_digest=self.enforcer.applied.digest if self.enforcer.applied else None)
+        self._sync(self.snapshot, None, full=drift)
+
+    def _bind(self, inventory: Inventory) -> tuple[Inventory, dict[str, str], dict[str, str]]:
+        """The inventory with every resolvable local interface filled in."""
+        local = [ep for ep in inventory.endpoints if ep.node == self.config.node]
+        found = self.resolver.resolve(local)
+        unresolved = {ep.key: "no interface in the inventory and no host route to "
+                      + (", ".join(str(i) for i in ep.ips) or "it (no IP)") for ep in local if ep.key not in found}
+        if all(ep.interface == found.get(ep.key) for ep in local):
+            return inventory, found, unresolved
+        endpoints = [dataclasses.replace(ep, interface=found[ep.key]) if ep.node == self.config.node
+                     and not ep.interface and ep.key in found else ep for ep in inventory.endpoints]
+        return Inventory(namespaces=inventory.namespaces, endpoints=endpoints), found, unresolved
+
+    def _sync(self, snapshot: Snapshot, first_event: float | None, full: bool = False) -> None:
+        started = time.monotonic()
+        inventory, found, unresolved = self._bind(snapshot.inventory)
+        ruleset = Compiler(snapshot.policies, inventory).compile(self.config.node)
+        known = tuple(sorted(set(found.values())))
+        try:
+            result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=not full)
+        except KernelError as exc:
+            if full:
+                raise
+            _log(logging.WARNING, "incremental transaction refused; replacing the table instead",
+                 node=self.config.node, error=str(exc))
+            result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=False)
+        seconds = time.monotonic() - started
+        mode = "noop" if not result.changed else ("full" if result.transaction.replaces_table else "incremental")
+        self.metrics.sync_seconds.labels(mode).observe(seconds)
+        if result.changed:
+            self.metrics.applies.labels(mode).inc()
+        if first_event is not None:
+            self.metrics.event_to_live_seconds.observe(time.monotonic() - first_event)
+        self.metrics.last_success.set(time.time())
+        self._record(ruleset, unresolved)
+        self.applied = Applied(snapshot, ruleset, known, time.monotonic())
+        self.apply_error = None
+        if unresolved != self.unresolved:
+            for key, why in sorted(unresolved.items()):
+                _log(logging.WARNING, "endpoint not programmed", node=self.config.node, endpoint=key, reason=why)
+        self.unresolved = unresolved
+        self.programmed.publish(found, unresolved)
+        if result.changed or first_event is not None:
+            _log(logging.INFO, "applied" if result.changed else "unchanged", node=self.config.node, mode=mode,
+                 seconds=round(seconds, 6), digest=result.digest[:12], origin=snapshot.origin,
+                 version=snapshot.version, endpoints=len(ruleset.endpoints), programmed=len(found),
+                 unresolved=len(unresolved))
+
+    def _record(self, ruleset: RuleSet, unresolved: dict[str, str]) -> None:
+        m = self.metrics
+        chains = [c for ep in ruleset.endpoints for c in (*ep.ingress, *ep.egress)]
+        m.chains.set(len(chains))
+        m.rules.set(sum(len(c.rules) + 1 for c in chains))  # +1: each chain's default rule
+        m.sets.set(len(ruleset.address_sets) + len(ruleset.port_sets))
+        m.set_elements.set(sum(len(s.elements) for s in ruleset.address_sets)
+                           + sum(len(s.elements) for s in ruleset.port_sets))
+        m.endpoints.labels("enforced").set(len(ruleset.endpoints))
+        m.endpoints.labels("unresolved").set(len(unresolved))
+
+    # -- for tests and the CLI ----------------------------------------------
+
+    def wait_for(self, predicate: Any, timeout: float) -> bool:
+        """Block until ``predicate()`` is true after some sync (or time is up)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True

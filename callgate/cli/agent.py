@@ -1,0 +1,146 @@
+"""``callgate agent``: the per-node daemon (see docs/agent.md)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated, Any
+
+import typer
+
+from callgate.cli.common import fail
+
+
+def agent(
+    node: Annotated[str, typer.Option("--node", "-n", help="This node's name: its local endpoints get rules.")],
+    source: Annotated[str, typer.Option("--source", help="Where policy comes from: files or kubernetes.")] = "files",
+    inventory: Annotated[list[str] | None, typer.Option(
+        "--inventory", "-i", help="files source: inventory file or directory (repeatable).")] = None,
+    policies: Annotated[list[str] | None, typer.Option(
+        "--policies", "-p", help="files source: policy file or directory (repeatable).")] = None,
+    server: Annotated[str | None, typer.Option(
+        "--server", help="kubernetes source: API server URL (default: kubeconfig or in-cluster).")] = None,
+    kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="kubernetes source: kubeconfig file.")] = None,
+    netns: Annotated[str | None, typer.Option(
+        "--netns", help="Enforce in this named network namespace (default: the current one).")] = None,
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Kernel backend (nft).")] = "nft",
+    resync: Annotated[float, typer.Option(
+        "--resync", help="Seconds between drift checks (live table vs applied; repaired when different).")] = 30.0,
+    fail_closed_prefix: Annotated[str | None, typer.Option(
+        "--fail-closed-prefix",
+        help="Drop forwarded traffic on interfaces named PREFIX* that the agent has not programmed yet.")] = None,
+    metrics_address: Annotated[str, typer.Option(
+        "--metrics-address", help="HOST:PORT for /metrics, /healthz, /readyz and /programmed.")] = "127.0.0.1:9464",
+    coalesce_ms: Annotated[int, typer.Option(
+        "--coalesce-ms", help="Quiet time (ms) that ends a burst of source events.")] = 50,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Keep NODE's kernel rules equal to the policy source, until SIGTERM.
+
+    Follows the source (files: inotify on the inventory and policy paths;
+    kubernetes: list+watch of Pods, Namespaces, NetworkPolicies), coalesces
+    bursts, recompiles for NODE and applies only what changed, in one
+    transaction. Every --resync seconds it checks the live table and repairs
+    drift. Bad input or a lost source keeps the last applied rules; SIGTERM
+    stops the agent and leaves the rules in place.
+
+    Example: callgate agent --node node-1 -i inventory.yaml -p policies/ --fail-closed-prefix cg
+    """
+    from callgate.agent import logging as agent_logging
+    from callgate.agent.interfaces import InterfaceResolver
+    from callgate.agent.metrics import AgentMetrics, StatusServer, parse_address
+    from callgate.agent.reactor import Reactor, ReactorConfig
+    from callgate.enforcers.kernel import LibNftables
+    from callgate.enforcers.nft import NftablesEnforcer, check_fail_closed_prefix
+
+    # Validate everything before touching the kernel or opening a port.
+    if backend != "nft":
+        fail(f"the agent supports --backend nft only (got {backend!r})")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        fail(f"--log-level {log_level!r}: use debug, info, warning or error")
+    if not resync > 0:
+        fail("--resync must be a positive number of seconds")
+    if not 0 <= coalesce_ms <= 60_000:
+        fail("--coalesce-ms must be between 0 and 60000")
+    try:
+        parse_address(metrics_address)
+        if fail_closed_prefix is not None:
+            check_fail_closed_prefix(fail_closed_prefix)
+    except ValueError as exc:
+        fail(str(exc))
+    if netns is not None and not _netns_ok(netns):
+        fail(f"--netns {netns!r} is not a valid network namespace name")
+    src = _source(source, inventory or [], policies or [], server, kubeconfig)
+
+    log = agent_logging.setup(log_level)
+    kernel = LibNftables(netns)
+    try:
+        kernel.list_tables()  # fail now, clearly, if there is no such netns or no permission
+    except Exception as exc:
+        kernel.close()
+        fail(f"cannot reach nftables{' in netns ' + netns if netns else ''}: {exc}")
+    enforcer = NftablesEnforcer(kernel, fail_closed_prefix=fail_closed_prefix)
+    metrics = AgentMetrics()
+    metrics.watch_kernel(enforcer.live_objects)
+    reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000),
+                      enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics)
+    try:
+        http = StatusServer(metrics_address, metrics, reactor)
+    except OSError as exc:
+        kernel.close()
+        fail(f"cannot listen on {metrics_address}: {exc}")
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        agent_logging.log(log, 20, "signal received; stopping (rules stay in the kernel)",
+                          signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent_logging.log(log, 20, "agent starting", node=node, source=src.origin, netns=netns,
+                      fail_closed_prefix=fail_closed_prefix, http=http.address, resync=resync)
+    http.start()
+    reactor.start()
+    src.start(reactor.on_event)
+    try:
+        while not stop.wait(0.5):
+            if not reactor.healthy()[0]:
+                agent_logging.log(log, 40, "reactor died; exiting (rules stay in the kernel)")
+                raise typer.Exit(1)
+    finally:
+        src.stop()
+        reactor.stop()
+        http.stop()
+        kernel.close()
+        agent_logging.log(log, 20, "agent stopped; rules stay in the kernel", node=node)
+
+
+def _netns_ok(name: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name)) and name not in (".", "..")
+
+
+def _source(kind: str, inventory: list[str], policies: list[str], server: str | None,
+            kubeconfig: str | None) -> Any:
+    if kind == "files":
+        if not inventory:
+            fail("--source files needs --inventory (and usually --policies)")
+        from callgate.watchers.files import FilesSource
+
+        return FilesSource(inventory, policies)  # InputError for a missing path: exit 1, clear message
+    if kind == "kubernetes":
+        if inventory or policies:
+            fail("--inventory/--policies belong to --source files")
+        try:
+            from callgate.watchers.kubernetes import KubernetesSource
+        except ImportError as exc:
+            fail(f"the kubernetes source is not available: {exc}")
+        return KubernetesSource.connect(server=server, kubeconfig=kubeconfig)
+    fail(f"--source {kind!r}: use files or kubernetes")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("agent")(agent)
