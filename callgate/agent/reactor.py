@@ -240,6 +240,13 @@ class Reactor:
                  node=self.config.node, error=str(exc))
             result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=False)
         seconds = time.monotonic() - started
+        if result.drift and not full:
+            # Found while applying a change rather than by the resync check:
+            # the full replacement just repaired it; count it all the same.
+            self.repairs += 1
+            self.metrics.drift_repairs.inc()
+            _log(logging.WARNING, "drift: the live table was not what was applied; replaced it",
+                 node=self.config.node)
         mode = "noop" if not result.changed else ("full" if result.transaction.replaces_table else "incremental")
         self.metrics.sync_seconds.labels(mode).observe(seconds)
         if result.changed:

@@ -197,3 +197,7 @@ def run(env: Mapping[str, str], stdin: TextIO, stdout: TextIO) -> int:
 
 def main() -> None:
     sys.exit(run(os.environ, sys.stdin, sys.stdout))
+
+
+if __name__ == "__main__":
+    main()

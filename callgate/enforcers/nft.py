@@ -401,6 +401,9 @@ class ApplyResult:
     digest: str
     transaction: NftTransaction
     dry_run: bool = False
+    # The live digest was not the one this enforcer last applied: someone else
+    # changed or deleted the table (the agent counts these as drift repairs).
+    drift: bool = False
 
 
 @dataclass(frozen=True)
@@ -489,8 +492,10 @@ class NftablesEnforcer:
             self.check(tx)
         else:
             self.kernel.run(list(tx.commands))
+        drift = self.applied is not None and live_digest != self.applied.digest and not dry_run
+        if not dry_run:
             self.applied = Applied(ruleset, fc, full.digest)
-        return ApplyResult(True, full.digest, tx, dry_run)
+        return ApplyResult(True, full.digest, tx, dry_run, drift=drift)
 
     def remove(self) -> bool:
         """Delete callgate's table (only it). Returns whether there was one."""
