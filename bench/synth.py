@@ -8,9 +8,10 @@ memory to time compilation on its own).
 What "realistic" means here, and why each piece is in:
 
 * namespaces carry ``team`` and ``env`` labels (namespaceSelectors select by them);
-* pods carry ``app``/``tier``/``version`` labels, several pods per app, and
-  declare named ports whose numbers differ between pods (``http`` is 80 on
-  some, 8080 on others) so named-port resolution does real work;
+* pods carry ``app``/``tier``/``version`` labels, several replicas per app
+  (sharing labels and ports, like a Deployment's pods), and declare named
+  ports whose numbers differ between apps (``http`` is 80 on some, 8080 on
+  others) so named-port resolution does real work;
 * policies mix podSelector, namespaceSelector, both, ipBlock with ``except``,
   numeric ports, port ranges (endPort), named ports, matchExpressions of all
   four operators, default-deny and egress policies;
@@ -43,6 +44,7 @@ ENVS = ("prod", "staging", "dev")
 # The ports the datapath benchmark's load generator uses (TCP_CRR-like and UDP).
 HOT_TCP_PORT = 80
 HOT_UDP_PORT = 5001
+LABEL_CALLER = "bench-caller"  # no pod has it at first; see the last hot policy
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ def generate(spec: Spec) -> Cluster:
         ips = [str(ipaddress.IPv4Address(V4_BASE + i))]
         if spec.v6_every and i % spec.v6_every == 0:
             ips.append(str(ipaddress.IPv6Address(V6_BASE + i)))
-        http = 80 if rng.random() < 0.6 else 8080
+        # Replicas of one app share labels and ports, as pods of one Deployment do.
+        http = 80 if (ns + app) % 5 < 3 else 8080
         ports = [{"name": "http", "port": http, "protocol": "TCP"},
                  {"name": "metrics", "port": 9090, "protocol": "TCP"}]
         if tier == "api":
@@ -121,7 +124,7 @@ def generate(spec: Spec) -> Cluster:
         endpoints.append({
             "name": f"app-{app}-{i // (n_ns * apps_per_ns)}-{i:06d}",
             "namespace": _ns_name(ns),
-            "labels": {"app": f"app-{app}", "tier": tier, "version": f"v{rng.randint(1, 3)}"},
+            "labels": {"app": f"app-{app}", "tier": tier, "version": f"v{1 + (ns + 2 * app) % 3}"},
             "node": f"node-{node}",
             "interface": f"cg{i:06x}" if node == 0 else None,
             "ips": ips,
@@ -135,7 +138,8 @@ def generate(spec: Spec) -> Cluster:
     # the last pod of node-0 (highest address, so a linear chain in address
     # order makes it walk every rule: the worst case, stated in the report).
     local = [ep for ep in endpoints if ep["node"] == "node-0"]
-    server, client = local[0], local[-1]
+    server = local[0]
+    client = [ep for ep in local if int(ep["namespace"][3:]) % 2 == 0][-1]
     server["labels"] = {**server["labels"], "app": "hot"}
     server["ports"] = [{"name": "http", "port": HOT_TCP_PORT, "protocol": "TCP"},
                        {"name": "bench-udp", "port": HOT_UDP_PORT, "protocol": "UDP"}]
@@ -177,16 +181,24 @@ def _policies(spec: Spec, rng: random.Random, namespaces: dict[str, Any], apps_p
                 "metadata": {"name": name, "namespace": ns}, "spec": spec_body}
 
     # Hot policies: each admits one namespace's pods (or an ipBlock) to the hot
-    # server on the load generator's ports. Namespaces are taken in order so
-    # that the client's namespace is among them.
+    # server on the load generator's ports. Only even-numbered namespaces, so
+    # that (pods being addressed round-robin over namespaces) no two peer
+    # addresses are adjacent and nothing merges: every address stays its own
+    # set element, the hardest case for sets and the longest linear chain.
+    # Namespaces are taken in order from the client's, so it is admitted.
     hot_ns = server["namespace"]
-    client_ns_index = ns_names.index(client["namespace"])
+    evens = ns_names[::2]
+    client_at = evens.index(client["namespace"])
     hot_ports = [{"protocol": "TCP", "port": HOT_TCP_PORT}, {"protocol": "UDP", "port": HOT_UDP_PORT}]
     for h in range(min(spec.hot, spec.policies)):
-        if h % 10 == 9:
-            peer: dict[str, Any] = _ip_block(rng)
+        if h == spec.hot - 1:
+            # Admits any pod labelled bench-caller=yes: the incremental benchmark
+            # adds and removes that label on one pod ("one label changed").
+            peer: dict[str, Any] = {"namespaceSelector": {}, "podSelector": _selector({LABEL_CALLER: "yes"})}
+        elif h % 10 == 9:
+            peer = _ip_block(rng)
         else:
-            target = ns_names[(client_ns_index + h) % n_ns]
+            target = evens[(client_at + h - h // 10) % len(evens)]  # h - h//10: selector peers so far
             peer = {"namespaceSelector": _selector({"kubernetes.io/metadata.name": target})}
             if h % 3 == 1:
                 peer["podSelector"] = _selector(exprs=[{"key": "tier", "operator": "Exists"}])

@@ -1,0 +1,201 @@
+"""The benchmark suite: ``.venv/bin/python -m bench`` (as root, for the datapath lab).
+
+Runs every benchmark on seeded synthetic clusters (bench/synth.py), then writes
+BENCHMARKS.md, bench/results.json and the SVG plots in bench/plots/.
+
+    --quick      tiny sizes, one repeat (the smoke test; no figure means anything)
+    --out DIR    write the report, results and plots under DIR instead of the repo
+    --skip X     skip a part: compile, load, antrea, datapath, analysis (repeatable)
+
+Compile and analysis figures come from subprocesses (bench/compile_point.py,
+bench/analysis_point.py) so that each has its own memory figures and a slow
+part is bounded by a timeout. The datapath part needs root, network
+namespaces, nftables and gcc; without them it is skipped and the report says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.synth import Spec, generate, to_model
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    repeats: int
+    pods_curve: tuple[Spec, ...]
+    policies_curve: tuple[Spec, ...]
+    target: Spec
+    antrea: Spec
+    antrea_repeats: int
+    analysis: Spec
+    analysis_timeout: float
+    rounds: int
+    seconds: float
+    apply_repeats: int
+    changes: int
+
+
+FULL = Plan(
+    repeats=5,
+    pods_curve=tuple(Spec(pods=p, namespaces=p // 25, policies=1000, hot=100) for p in (1000, 10000, 50000)),
+    policies_curve=tuple(Spec(pods=50000, namespaces=2000, policies=n, hot=n // 10) for n in (100, 1000, 10000)),
+    target=Spec(pods=50000, namespaces=2000, policies=10000, hot=3000, v6_every=1),
+    antrea=Spec(pods=102000, namespaces=25000, policies=75000, hot=3000),
+    antrea_repeats=3,
+    analysis=Spec(pods=10000, namespaces=400, policies=1000, hot=100),
+    analysis_timeout=300,
+    rounds=5, seconds=5.0, apply_repeats=5, changes=20,
+)
+QUICK = Plan(
+    repeats=1,
+    pods_curve=tuple(Spec(pods=p, namespaces=p // 25, policies=40, hot=4) for p in (200, 600)),
+    policies_curve=tuple(Spec(pods=600, namespaces=24, policies=n, hot=n // 10) for n in (20, 60)),
+    target=Spec(pods=600, namespaces=24, policies=60, hot=20, v6_every=1),
+    antrea=Spec(pods=1020, namespaces=250, policies=750, hot=30),
+    antrea_repeats=1,
+    analysis=Spec(pods=200, namespaces=10, policies=20, hot=4),
+    analysis_timeout=40,
+    rounds=1, seconds=0.3, apply_repeats=1, changes=2,
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered) + 0.5) - 1 if len(ordered) > 1 else 0)]
+
+
+def _sub(module: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.run([PY, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                              env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"available": False, "timeout": timeout, "why": f"did not finish within {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"available": False, "why": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def spec_json(spec: Spec) -> str:
+    return json.dumps(dataclasses.asdict(spec))
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"kernel": platform.release(), "python": platform.python_version(),
+                            "cores": os.cpu_count()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        info["cpu"] = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                            if line.startswith("Model name")), "unknown")
+    except OSError:
+        info["cpu"] = "unknown"
+    try:
+        info["nft"] = subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        info["nft"] = "not installed"
+    info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return info
+
+
+def datapath_possible() -> str | None:
+    """Why the datapath part cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    for tool in ("ip", "nft", "gcc"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    try:
+        import nftables  # noqa: F401
+    except ImportError:
+        return "python3-nftables is not linked into the venv (scripts/setup.sh)"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--skip", action="append", default=[],
+                    choices=["compile", "load", "antrea", "datapath", "analysis"])
+    args = ap.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    out_dir: Path = args.out or ROOT
+    plot_dir = (out_dir / "bench" / "plots") if args.out is None else out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    res: dict[str, Any] = {"machine": machine(), "quick": args.quick,
+                           "command": "python -m bench" + (" --quick" if args.quick else ""),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+                           "load_before": os.getloadavg()}
+    log(f"machine: {res['machine']}")
+
+    if "compile" not in args.skip:
+        for curve in ("pods_curve", "policies_curve"):
+            res[curve] = []
+            for spec in getattr(plan, curve):
+                log(f"compile {curve} {spec}")
+                res[curve].append(_sub("bench.compile_point", spec_json(spec), str(plan.repeats)))
+        log(f"compile target {plan.target}")
+        res["target"] = _sub("bench.compile_point", spec_json(plan.target), str(plan.repeats))
+    if "load" not in args.skip:
+        log("load YAML/JSON of the target cluster")
+        res["load"] = _sub("bench.compile_point", spec_json(plan.target), "1", "--yaml")
+    if "antrea" not in args.skip:
+        log(f"antrea scale {plan.antrea}")
+        res["antrea"] = _sub("bench.compile_point", spec_json(plan.antrea), str(plan.antrea_repeats))
+    if "datapath" not in args.skip:
+        why = datapath_possible()
+        if why is not None:
+            res["datapath_skipped"] = why
+        else:
+            from bench import datapath
+
+            log("datapath lab")
+            cluster = generate(plan.target)
+            inventory, policies = to_model(cluster)
+            res["lab"] = datapath.run(cluster, inventory, policies, rounds=plan.rounds, seconds=plan.seconds,
+                                      apply_repeats=plan.apply_repeats, changes=plan.changes, log=log)
+    if "analysis" not in args.skip:
+        res["analysis"] = {}
+        for task in ("lint", "diff", "matrix", "matrix-evaluator"):
+            log(f"analysis {task}")
+            res["analysis"][task] = _sub("bench.analysis_point", task, spec_json(plan.analysis),
+                                         timeout=plan.analysis_timeout)
+    res["plan"] = {k: (str(v) if isinstance(v, (Spec, tuple)) else v) for k, v in dataclasses.asdict(plan).items()}
+    res["elapsed_s"] = time.time() - started
+    res["load_after"] = os.getloadavg()
+
+    results_path = (out_dir / "bench" / "results.json") if args.out is None else out_dir / "results.json"
+    results_path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    from bench.report import write_report
+
+    write_report(res, out_dir / "BENCHMARKS.md", plot_dir, ROOT if args.out is None else out_dir)
+    log(f"wrote {out_dir / 'BENCHMARKS.md'} in {res['elapsed_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Datapath and apply benchmarks in a two-pod network-namespace lab.
+
+Three tables in the lab node's ``forward`` hook, measured round-robin in the
+same run so that machine load hits them alike:
+
+* ``none``: no table at all (the baseline);
+* ``callgate``: the node's full compiled RuleSet, as ``replace_table`` emits it;
+* ``linear``: the same table, except that the server's ingress chain has one
+  rule per peer set element (``ip saddr 198.18.x.y tcp dport 80 accept`` ...),
+  what a set-less (iptables-style) enforcer does. The rules that admit the
+  client are placed last in their group, so the client's packets walk every
+  rule before them: the worst case, and the one that shows the gap.
+
+Load: ``bench/loadgen.c`` (compiled here with gcc): TCP connect/request/
+response/close (netperf's TCP_CRR) for new connections per second, and 64-byte
+unreplied UDP for packets per second (every such packet is conntrack NEW and
+walks the chains; established TCP would leave at the first rule).
+
+The same lab times the apply of the full transaction and of incremental
+changes through :class:`~callgate.enforcers.nft.NftablesEnforcer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import ipaddress
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.lab import TwoPodLab, ns_exec, two_pod_lab
+from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT, LABEL_CALLER, V4_BASE, Cluster
+from callgate.compiler.addresses import parse_element
+from callgate.compiler.compile import Compiler
+from callgate.compiler.ir import RuleSet
+from callgate.enforcers.kernel import Command, LibNftables
+from callgate.enforcers.nft import FAMILY, TABLE, NftablesEnforcer, replace_table, rule_exprs
+from callgate.policy.model import Endpoint, Inventory, PolicySet
+
+HERE = Path(__file__).resolve().parent
+
+
+def build_loadgen() -> Path:
+    """Compile bench/loadgen.c into a temporary directory (gcc is on every Debian dev machine)."""
+    if shutil.which("gcc") is None:
+        raise RuntimeError("gcc is needed to build bench/loadgen.c (apt-get install gcc)")
+    out = Path(tempfile.mkdtemp(prefix="cgb-loadgen-")) / "loadgen"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(HERE / "loadgen.c")], check=True)
+    return out
+
+
+# -- the linear table ----------------------------------------------------------
+
+def _element_value(text: str) -> Any:
+    if "/" in text:
+        addr, length = text.split("/")
+        return {"prefix": {"addr": addr, "len": int(length)}}
+    if "-" in text:
+        lo, hi = text.split("-", 1)
+        return {"range": [lo, hi]}
+    return text
+
+
+def linear_commands(ruleset: RuleSet, server_iface: str, client_ip: str) -> tuple[list[Command], int]:
+    """``replace_table`` for ``ruleset`` with the server's ingress peer sets
+    unrolled into one rule per element. Returns (commands, rules in that chain)."""
+    commands = list(replace_table(ruleset).commands)
+    server = next(e for e in ruleset.endpoints if e.interface == server_iface)
+    chain = server.ingress[0]
+    client = int(ipaddress.ip_address(client_ip))
+    rules: list[Command] = []
+    for rule in chain.rules:
+        if rule.peer_set is None:
+            rules.append(_rule_cmd(chain.name, rule_exprs(rule, "ingress", None)))
+            continue
+        template = rule_exprs(rule, "ingress", None)
+        elements = list(ruleset.address_set(rule.peer_set).elements)
+        # The client's element last: its packets walk all the others first.
+        elements.sort(key=lambda e: _contains(e, client))
+        for element in elements:
+            exprs = copy.deepcopy(template)
+            exprs[0]["match"]["right"] = _element_value(element)
+            rules.append(_rule_cmd(chain.name, exprs))
+    rules.append(_rule_cmd(chain.name, [{"counter": None}, {"drop": None}]))
+    out: list[Command] = []
+    for cmd in commands:
+        body = cmd.get("add", {})
+        if "rule" in body and body["rule"]["chain"] == chain.name:
+            continue
+        out.append(cmd)
+        if "chain" in body and body["chain"]["name"] == chain.name:
+            out.extend(rules)
+    return out, len(rules)
+
+
+def _contains(element: str, value: int) -> bool:
+    if ":" in element:
+        return False
+    lo, hi = parse_element(element)
+    return lo <= value <= hi
+
+
+def _rule_cmd(chain: str, exprs: list[Any]) -> Command:
+    return {"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "expr": exprs}}}
+
+
+# -- load ------------------------------------------------------------------------
+
+def _start(argv: list[str]) -> subprocess.Popen[str]:
+    # A session of its own, so the forked workers are ended with the group.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        _stop(proc)
+        raise RuntimeError(f"{argv} did not start")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def measure_crr(lab: TwoPodLab, loadgen: Path, seconds: float, procs: int = 2) -> float:
+    server = _start(ns_exec(lab.server.netns, str(loadgen), "crr-server", str(HOT_TCP_PORT), str(procs)))
+    try:
+        out = subprocess.run(ns_exec(lab.client.netns, str(loadgen), "crr-client", lab.server.ip,
+                                     str(HOT_TCP_PORT), str(seconds), str(procs)),
+                             capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    finally:
+        _stop(server)
+    count, elapsed = out.split()
+    return int(count) / float(elapsed)
+
+
+def measure_udp(lab: TwoPodLab, loadgen: Path, seconds: float, size: int = 64) -> float:
+    sink = _start(ns_exec(lab.server.netns, str(loadgen), "udp-sink", str(HOT_UDP_PORT), str(seconds)))
+    try:
+        subprocess.run(ns_exec(lab.client.netns, str(loadgen), "udp-blast", lab.server.ip, str(HOT_UDP_PORT),
+                               str(seconds + 1), str(size)),
+                       capture_output=True, text=True, check=True, timeout=seconds + 60)
+        out, _ = sink.communicate(timeout=seconds + 30)
+    finally:
+        _stop(sink)
+    count, elapsed = out.split()
+    return int(count) / float(elapsed) if float(elapsed) > 0 else 0.0
+
+
+# -- the run ---------------------------------------------------------------------
+
+def _timed(fn: Any, *args: Any) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+class _TimingKernel:
+    """Wraps a kernel to time each transaction that reaches it."""
+
+    def __init__(self, inner: LibNftables) -> None:
+        self.inner = inner
+        self.runs: list[tuple[float, int]] = []  # (seconds, commands)
+
+    def run(self, commands: list[Command], check: bool = False) -> None:
+        start = time.perf_counter()
+        self.inner.run(commands, check)
+        self.runs.append((time.perf_counter() - start, len(commands)))
+
+    def list_table(self, family: str, name: str) -> list[dict[str, Any]] | None:
+        return self.inner.list_table(family, name)
+
+    def list_tables(self) -> list[tuple[str, str]]:
+        return self.inner.list_tables()
+
+
+def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: int, seconds: float,
+        apply_repeats: int, changes: int, log: Any = print) -> dict[str, Any]:
+    """Build the lab, measure everything, tear the lab down. Returns raw samples."""
+    server_ep = cluster.endpoint(cluster.server)
+    client_ep = cluster.endpoint(cluster.client)
+    server_ip = next(ip for ip in server_ep["ips"] if ":" not in ip)
+    client_ip = next(ip for ip in client_ep["ips"] if ":" not in ip)
+    loadgen = build_loadgen()
+    results: dict[str, Any] = {"seconds_per_sample": seconds, "rounds": rounds}
+    with two_pod_lab(server_ip, client_ip) as lab:
+        # The inventory's interfaces for the two lab pods are the lab's veths.
+        for ep in inventory.endpoints:
+            if f"{ep.namespace}/{ep.name}" == cluster.server:
+                ep.interface = lab.server.host_if
+            elif f"{ep.namespace}/{ep.name}" == cluster.client:
+                ep.interface = lab.client.host_if
+        ruleset = Compiler(policies, inventory).compile(cluster.node)
+        kernel = LibNftables(netns=lab.node)
+        try:
+            full = list(replace_table(ruleset).commands)
+            linear, linear_rules = linear_commands(ruleset, lab.server.host_if, client_ip)
+            server_rules = next(e for e in ruleset.endpoints if e.interface == lab.server.host_if).ingress[0].rules
+            results["table"] = {
+                "address_sets": len(ruleset.address_sets),
+                "set_elements": sum(len(s.elements) for s in ruleset.address_sets),
+                "endpoints_with_chains": len(ruleset.endpoints),
+                "server_ingress_rules": len(server_rules),
+                "server_ingress_policies": len({o for r in server_rules for o in r.origins}),
+                "server_peer_elements": sum(len(ruleset.address_set(r.peer_set).elements)
+                                            for r in server_rules if r.peer_set and r.l4
+                                            and r.l4.protocol == "tcp"),
+                "server_peer_addresses": sum(hi - lo + 1 for r in server_rules if r.peer_set and r.l4
+                                             and r.l4.protocol == "tcp"
+                                             for lo, hi in map(parse_element,
+                                                               ruleset.address_set(r.peer_set).elements)),
+                "linear_server_rules": linear_rules,
+                "commands_full": len(full),
+                "commands_linear": len(linear),
+            }
+            log(f"  table: {results['table']}")
+            delete = [{"add": {"table": {"family": FAMILY, "name": TABLE}}},
+                      {"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
+            # "empty": callgate's table enforcing nothing (the forward chain's
+            # conntrack rule and dispatch maps only). Without any table the
+            # namespace does not even track connections, so this separates the
+            # cost of conntrack from the cost of the policy itself.
+            empty = list(replace_table(RuleSet(node=cluster.node)).commands)
+            configs = {"none": delete, "empty": empty, "callgate": full, "linear": linear}
+            samples: dict[str, dict[str, list[float]]] = {c: {"crr": [], "udp": [], "load_s": []} for c in configs}
+            names = list(configs)
+            for r in range(rounds):
+                order = names[r % len(names):] + names[:r % len(names)]  # rotate: spread drift evenly
+                for name in order:
+                    samples[name]["load_s"].append(_timed(kernel.run, configs[name]))
+                    samples[name]["crr"].append(measure_crr(lab, loadgen, seconds))
+                    samples[name]["udp"].append(measure_udp(lab, loadgen, seconds))
+                    log(f"  round {r + 1}/{rounds} {name}: {samples[name]['crr'][-1]:,.0f} conn/s, "
+                        f"{samples[name]['udp'][-1]:,.0f} pps (load avg {os.getloadavg()[0]:.2f})")
+            results["datapath"] = samples
+
+            # Apply: the full transaction into an empty namespace table, timed
+            # as plan (IR -> JSON commands) and kernel (libnftables + commit).
+            plan_s, kernel_s = [], []
+            for _ in range(apply_repeats):
+                kernel.run(delete)
+                start = time.perf_counter()
+                commands = list(replace_table(ruleset).commands)
+                plan_s.append(time.perf_counter() - start)
+                kernel_s.append(_timed(kernel.run, commands))
+            results["apply_full"] = {"plan_s": plan_s, "kernel_s": kernel_s,
+                                     "total_s": [a + b for a, b in zip(plan_s, kernel_s, strict=True)]}
+            log(f"  full apply: kernel {min(kernel_s):.3f}-{max(kernel_s):.3f} s")
+            results["incremental"] = _incremental(cluster, inventory, policies, kernel, changes, log)
+        finally:
+            kernel.close()
+    shutil.rmtree(loadgen.parent, ignore_errors=True)
+    return results
+
+
+def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, kernel: LibNftables,
+                 changes: int, log: Any) -> dict[str, Any]:
+    """One pod added / one label changed, alternately: compile, then the
+    enforcer's apply (incremental planner when it is there), timed per stage."""
+    timing = _TimingKernel(kernel)
+    enforcer = NftablesEnforcer(timing)
+    base = Compiler(policies, inventory).compile(cluster.node)
+    enforcer.apply(base)  # the starting point; its cost is the full apply above
+    by_ns: dict[str, Endpoint] = {}
+    for ep in inventory.endpoints:
+        by_ns.setdefault(ep.namespace, ep)
+    even_ns = sorted(ns for ns in by_ns if int(ns[3:]) % 2 == 0)  # the hot peers' namespaces
+    current = inventory
+    samples: dict[str, list[Any]] = {"kind": [], "compile_s": [], "apply_s": [], "kernel_s": [],
+                                     "commands": [], "incremental": []}
+    free = V4_BASE + len(inventory.endpoints) + 1
+    for k in range(changes):
+        if k % 2 == 0:
+            ns = even_ns[k % len(even_ns)]
+            template = by_ns[ns]
+            new = dataclasses.replace(template, name=f"bench-added-{k}", node="node-1", interface=None,
+                                      ips=(ipaddress.IPv4Address(free + 2 * k),), labels=dict(template.labels))
+            current = Inventory(current.namespaces, [*current.endpoints, new])
+            kind = "pod added"
+        else:
+            # Toggle bench-caller=yes on one remote pod of an odd namespace (not a
+            # hot peer otherwise): it joins or leaves the server's peer set.
+            endpoints = list(current.endpoints)
+            i = next(j for j, ep in enumerate(endpoints) if ep.node != cluster.node and int(ep.namespace[3:]) % 2)
+            old: Endpoint = endpoints[i]
+            labels = dict(old.labels)
+            if labels.pop(LABEL_CALLER, None) is None:
+                labels[LABEL_CALLER] = "yes"
+            endpoints[i] = dataclasses.replace(old, labels=labels)
+            current = Inventory(current.namespaces, endpoints)
+            kind = "label changed"
+        # The engine has seen the change: from here to the kernel.
+        start = time.perf_counter()
+        ruleset = Compiler(policies, current).compile(cluster.node)
+        compiled = time.perf_counter()
+        timing.runs.clear()
+        result = enforcer.apply(ruleset)
+        done = time.perf_counter()
+        samples["kind"].append(kind)
+        samples["compile_s"].append(compiled - start)
+        samples["apply_s"].append(done - compiled)
+        samples["kernel_s"].append(sum(s for s, _ in timing.runs))
+        samples["commands"].append(len(result.transaction.commands))
+        samples["incremental"].append(not result.transaction.replaces_table)
+        log(f"  change {k + 1}/{changes} ({kind}): compile {compiled - start:.3f} s, apply {done - compiled:.3f} s "
+            f"(kernel {samples['kernel_s'][-1] * 1000:.1f} ms, {samples['commands'][-1]} commands, "
+            f"{'incremental' if samples['incremental'][-1] else 'full replace'})")
+    return samples
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}

@@ -1,0 +1,52 @@
+"""The benchmark command runs end to end at tiny sizes (``python -m bench --quick``).
+
+No timing is asserted: benchmarks measure, tests check. This only proves that
+the suite, its generator, its lab (when the machine allows: root, network
+namespaces, nftables, gcc) and its report writer work, so the full run does
+not fail after half an hour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.__main__ import datapath_possible
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)]
+    if datapath_possible() is not None:
+        argv += ["--skip", "datapath"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Targets" in report and "Quick mode" in report
+    results = json.loads((tmp_path / "results.json").read_text())
+    for part in ("target", "pods_curve", "policies_curve", "load", "antrea", "analysis"):
+        assert part in results, part
+    assert results["target"]["compile_s"] and results["target"]["digest"]
+    assert (tmp_path / "plots" / "compile_pods.svg").exists()
+    if datapath_possible() is None:
+        lab = results["lab"]
+        assert set(lab["datapath"]) == {"none", "empty", "callgate", "linear"}
+        assert all(lab["incremental"]["incremental"]), "pod churn should reach the kernel as an incremental update"
+        assert (tmp_path / "plots" / "datapath.svg").exists()
+    # The lab cleans up after itself.
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "cgb-bench-" not in names
+
+
+def test_generator_is_deterministic() -> None:
+    from bench.synth import Spec, generate
+
+    spec = Spec(pods=300, namespaces=12, policies=40, hot=8)
+    a, b = generate(spec), generate(spec)
+    assert a.inventory == b.inventory and a.policies == b.policies
+    assert a.server != a.client
