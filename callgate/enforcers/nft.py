@@ -257,6 +257,9 @@ class NftTransaction:
     commands: tuple[Command, ...]
     digest: str
     replaces_table: bool
+    # What each set and chain stands for, shown as '#' lines in text() (the
+    # kernel keeps no comments on sets or chains, so these never round-trip).
+    notes: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"nftables": list(self.commands)}
@@ -264,7 +267,7 @@ class NftTransaction:
     def text(self) -> str:
         """The table this transaction leaves behind, in nft syntax."""
         adds = [cmd["add"] for cmd in self.commands if "add" in cmd]
-        return objects_text(adds)
+        return objects_text(adds, dict(self.notes))
 
 
 def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> NftTransaction:
@@ -274,8 +277,17 @@ def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> Nf
     objects = table_objects(ruleset, fail_closed)
     # "add table" first makes the "delete" valid even when no table exists yet.
     commands = [{"add": table}, {"delete": table}, *objects]
-    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed), replaces_table=True)
+    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed), replaces_table=True,
+                          notes=readable_notes(ruleset))
 
+
+def readable_notes(ruleset: RuleSet) -> tuple[tuple[str, str], ...]:
+    """What each set and chain stands for, for people reading the text form."""
+    notes = [(s.name, s.comment) for s in (*ruleset.address_sets, *ruleset.port_sets) if s.comment]
+    for ep in ruleset.endpoints:
+        notes.extend((c.name, f"ingress of {ep.endpoint} ({ep.interface})") for c in ep.ingress)
+        notes.extend((c.name, f"egress of {ep.endpoint} ({ep.interface})") for c in ep.egress)
+    return tuple(notes)
 
 
 # -- text: the same objects, as nft prints them --------------------------------
@@ -327,7 +339,12 @@ def _elem_key(elem: Any) -> str:
     return json.dumps(elem, sort_keys=True)
 
 
-def objects_text(objects: list[dict[str, Any]]) -> str:
+def _note(name: str, notes: dict[str, str]) -> list[str]:
+    text = notes.get(name)
+    return [] if not text else ["\t# " + text.replace("\n", " ")]
+
+
+def objects_text(objects: list[dict[str, Any]], notes: dict[str, str] | None = None) -> str:
     """Render table objects (from our commands or from the kernel) as nft text.
 
     Counter values, handles and element order are left out, so two listings of
@@ -343,7 +360,7 @@ def objects_text(objects: list[dict[str, Any]]) -> str:
             typ = " . ".join(typ) if isinstance(typ, list) else typ
             if kind == "map":
                 typ += f" : {body['map']}"
-            lines = [f"\t{kind} {body['name']} {{", f"\t\ttype {typ}"]
+            lines = [*_note(body["name"], notes or {}), f"\t{kind} {body['name']} {{", f"\t\ttype {typ}"]
             if body.get("flags"):
                 lines.append(f"\t\tflags {','.join(body['flags'])}")
             elems = sorted(body.get("elem") or [], key=_elem_key)
@@ -364,7 +381,7 @@ def objects_text(objects: list[dict[str, Any]]) -> str:
     blocks = list(sets)
     for name, rules in chains.items():
         head = [headers[name]] if name in headers else []
-        blocks.append("\n".join([f"\tchain {name} {{", *head, *rules, "\t}"]))
+        blocks.append("\n".join([*_note(name, notes or {}), f"\tchain {name} {{", *head, *rules, "\t}"]))
     return f"table {FAMILY} {TABLE} {{\n" + "\n\n".join(blocks) + "\n}\n"
 
 
