@@ -283,7 +283,8 @@ def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> Nf
 
 def readable_notes(ruleset: RuleSet) -> tuple[tuple[str, str], ...]:
     """What each set and chain stands for, for people reading the text form."""
-    notes = [(s.name, s.comment) for s in (*ruleset.address_sets, *ruleset.port_sets) if s.comment]
+    notes = [(s.name, s.comment) for s in ruleset.address_sets if s.comment]
+    notes.extend((s.name, s.comment) for s in ruleset.port_sets if s.comment)
     for ep in ruleset.endpoints:
         notes.extend((c.name, f"ingress of {ep.endpoint} ({ep.interface})") for c in ep.ingress)
         notes.extend((c.name, f"egress of {ep.endpoint} ({ep.interface})") for c in ep.egress)
