@@ -25,13 +25,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from callgate.cli import analysis, engine, lab
+    # Each command module imports its heavy dependencies (kubernetes client,
+    # prometheus, libnftables) inside the commands, so `callgate --help` and
+    # the analysis commands start fast and work without them.
+    from callgate.cli import agent, analysis, engine, k8s, lab
 
     engine.register(app)
     analysis.register(app)
     app.add_typer(lab.lab_app, name="lab")
-    __import__("callgate.cli.agent", fromlist=["register"]).register(app)
-    __import__("callgate.cli.k8s", fromlist=["register"]).register(app)
+    agent.register(app)
+    k8s.register(app)
 
 
 _register()
