@@ -345,6 +345,8 @@ def _exact_redundancy(linter: Linter, items: list[Item]) -> set[tuple[int, Direc
                         if pol in conn.isolating(c, pol.policy_types[0])] for conn in conns]
         if not any(targets_per):
             continue  # selects nothing: CG101
+        if not any(pol.rules(d) for d in pol.policy_types):
+            continue  # a pure deny policy: belt and braces by design, even when others isolate too
         if all(_policy_noop(conn, pol, targets) for conn, targets in zip(conns, targets_per, strict=True)):
             done.add((id(item), None, 0))
             linter.report("CG108", "removing this policy would not change any verdict over the inventory",

@@ -213,7 +213,7 @@ def _app_dict(pol: Policy, apps: dict[tuple[str, LabelSelector], Policy]) -> dic
         assert peer.ip_block is not None
         dest: dict[str, Any] = _block_dict(peer.ip_block)
         if ports is not None:
-            dest["ports"] = sorted(ports, key=lambda p: (p["protocol"], p.get("port", 0), p.get("endPort", 0)))
+            dest["ports"] = sorted(ports, key=lambda p: (p["protocol"], str(p.get("port", "")), p.get("endPort", 0)))
         egress_list.append(dest)
     spec_out: dict[str, Any] = {"selector": selector_dict(pol.pod_selector)}
     if served:
@@ -251,6 +251,16 @@ def to_apps(policies: list[Policy]) -> Conversion:
         failed: dict[str, str] = {
             k: "another policy in the namespace has the same podSelector (Apps need distinct selectors to be "
                "named as callers)" for k in clash}
+        # An App isolates both directions. A policy without Egress (Ingress) becomes an
+        # App that allows all egress (ingress) — the same as not isolating, but only
+        # while no other policy isolates those pods in that direction (then the App's
+        # allow-all would open what the other policy closes).
+        for p in candidates:
+            for d in (Direction.INGRESS, Direction.EGRESS):
+                others = [o for o in policies if o is not p and o.namespace == p.namespace and d in o.policy_types]
+                if d not in p.policy_types and others and p.key not in failed:
+                    failed[p.key] = (f"it does not isolate {d.value.lower()}, but {others[0].key} does in the same "
+                                     f"namespace; as an App it would allow all {d.value.lower()} to pods both select")
         docs: dict[str, dict[str, Any]] = {}
         for p in candidates:
             if p.key in failed:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from callgate.analysis.connectivity import (
     Connectivity,
     Partition,
@@ -84,24 +86,17 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
     for part in parts:
         a, b = Connectivity(part, old), Connectivity(part, new)
         for seg in part.segments():
-            rows_a, rows_b = a.rows(seg.protocol, seg.lo), b.rows(seg.protocol, seg.lo)
-            for s in range(part.size):
-                delta = rows_a[s] ^ rows_b[s]
-                d = 0
-                while delta:
-                    if delta & 1:
-                        gained = bool(rows_b[s] >> d & 1)
-                        for x in part.members[s]:
-                            for y in part.members[d]:
-                                if x.key == y.key:
-                                    continue  # a pod always reaches itself
-                                key = (group_key(x, group_by), group_key(y, group_by), gained)
-                                entry = raw.setdefault(key, {"ports": set(), "pairs": set(), "families": set()})
-                                entry["ports"].add(seg)
-                                entry["pairs"].add((x.key, y.key))
-                                entry["families"].add(part.family)
-                    delta >>= 1
-                    d += 1
+            ma, mb = a.matrix(seg.protocol, seg.lo), b.matrix(seg.protocol, seg.lo)
+            for s, d in np.argwhere(ma ^ mb):
+                gained = bool(mb[s, d])
+                for x in part.members[s]:
+                    for y in part.members[d]:
+                        if x.key == y.key:
+                            continue  # a pod always reaches itself
+                        key = (group_key(x, group_by), group_key(y, group_by), gained)
+                        entry = raw.setdefault(key, {"ports": {}, "pairs": {}})
+                        entry["ports"].setdefault(part.family, set()).add(seg)
+                        entry["pairs"].setdefault(part.family, set()).add((x.key, y.key))
             done += 1
             if progress:
                 progress(done, steps)
@@ -112,8 +107,13 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
     changes = []
     for (src, dst, gained), entry in raw.items():
         total = sizes[src] * sizes[dst] - (sizes[src] if src == dst else 0)
-        changes.append(Change(src, dst, gained, merge_ranges(entry["ports"]), entry["pairs"],
-                              entry["families"], total))
+        per_family = {f: (merge_ranges(entry["ports"][f]), entry["pairs"][f]) for f in sorted(entry["ports"])}
+        if len({(tuple(r), frozenset(p)) for r, p in per_family.values()}) == 1:
+            # The same change in both families (the usual case): one line.
+            ranges, pairs = next(iter(per_family.values()))
+            changes.append(Change(src, dst, gained, ranges, set(pairs), set(per_family), total))
+        else:
+            changes.extend(Change(src, dst, gained, r, set(p), {f}, total) for f, (r, p) in per_family.items())
     changes.sort(key=lambda c: (not c.gained, c.dst, c.src))
     return DiffResult(changes, old_label, new_label, len(inventory.endpoints))
 

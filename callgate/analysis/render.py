@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
+import numpy as np
+
 from callgate.analysis.connectivity import GroupMatrix
 
 ANY = "(any pod)"
@@ -86,15 +88,16 @@ def call_edges(gm: GroupMatrix) -> list[Edge]:
     edge from :data:`ANY` instead of one per source: in a cluster without
     default-deny that is most of them, and the picture would be a hairball."""
     edges: list[Edge] = []
-    for h in gm.groups:
+    reach = np.asarray(gm.allowed > 0)  # (ports, src, dst)
+    anything = np.asarray(reach.any(axis=0))
+    for j, h in enumerate(gm.groups):
         incoming: dict[str, str] = {}
-        for g in gm.groups:
+        for i in np.flatnonzero(anything[:, j]):
+            g = gm.groups[i]
             if g == h:
                 continue
-            per = gm.cells.get((g, h), {})
-            allowed = [p for p in gm.ports if per.get(p, (0, 0))[0] > 0]
-            if allowed:
-                incoming[g] = "all ports shown" if len(allowed) == len(gm.ports) > 1 else ", ".join(allowed)
+            allowed = [p for k, p in enumerate(gm.ports) if reach[k, i, j]]
+            incoming[g] = "all ports shown" if len(allowed) == len(gm.ports) > 1 else ", ".join(allowed)
         others = [g for g in gm.groups if g != h]
         if len(others) > 2 and len(incoming) == len(others) and len(set(incoming.values())) == 1:
             edges.append(Edge(ANY, h, next(iter(incoming.values()))))

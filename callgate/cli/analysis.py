@@ -251,7 +251,7 @@ def compute_groups(inventory: list[str], policies: list[str], port: list[str] | 
 
 
 def _cell(gm: GroupMatrix, g: str, h: str, port: str) -> tuple[int, int]:
-    return gm.cells.get((g, h), {}).get(port, (0, 0))
+    return gm.cell(g, h, port)
 
 
 def _verdict(allowed: int, total: int, same: bool) -> bool | float:

@@ -1,0 +1,205 @@
+"""lint: every rule has a positive and a negative example; formats, config, suppression, exit codes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema
+import pytest
+from typer.testing import CliRunner
+
+from callgate.analysis.lint import LintConfig, lint
+from callgate.analysis.rules import RULES, rules_markdown
+from callgate.cli.main import app
+from callgate.errors import InputError
+from tests.golden_util import check_golden
+from tests.helpers import ROOT, STANDARD_INVENTORY, standard, write
+
+HEAD = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+DENY = {ns: HEAD + f"metadata: {{name: default-deny, namespace: {ns}}}\nspec: {{podSelector: {{}}, policyTypes: [Ingress]}}\n"
+        for ns in "xyz"}
+
+
+def np_(name: str, ns: str, spec: str) -> str:
+    return HEAD + f"metadata: {{name: {name}, namespace: {ns}}}\nspec:\n" + textwrap.indent(textwrap.dedent(spec).strip(), "  ") + "\n"
+
+
+def app_(name: str, ns: str, spec: str) -> str:
+    return (f"apiVersion: callgate/v1\nkind: App\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n"
+            + textwrap.indent(textwrap.dedent(spec).strip(), "  ") + "\n")
+
+
+# rule -> (bad documents, good documents). Every case is linted with the standard
+# inventory and a default-deny in each namespace (so CG110 stays quiet unless tested).
+CASES: dict[str, tuple[list[str], list[str]]] = {
+    "CG001": ([np_("a", "x", "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0}}]")],
+              [np_("a", "x", "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 10.0.0.0/8}}]")]),
+    "CG002": (["apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: a}\n"],
+              [np_("a", "x", "podSelector: {}")]),
+    "CG003": ([np_("a", "x", "podSelector: {matchLabels: {pod: a}}"), np_("a", "x", "podSelector: {matchLabels: {pod: b}}")],
+              [np_("a", "x", "podSelector: {matchLabels: {pod: a}}"), np_("b", "x", "podSelector: {matchLabels: {pod: b}}")]),
+    "CG004": ([np_("a", "x", "podSelector: {}\negress:\n- ports: [{port: http, endPort: 90}]")],
+              [np_("a", "x", "podSelector: {}\negress:\n- ports: [{port: 80, endPort: 90, protocol: TCP}]")]),
+    "CG005": ([app_("web", "x", "selector: {matchLabels: {pod: a}}\ncallers: [{app: nosuch}]")],
+              [app_("web", "x", "selector: {matchLabels: {pod: a}}\ncallers: [{app: cli}]"),
+               app_("cli", "x", "selector: {matchLabels: {pod: b}}")]),
+    "CG101": ([np_("a", "x", "podSelector: {matchExpressions: [{key: pod, operator: In, values: [q]}]}")],
+              [np_("a", "x", "podSelector: {matchExpressions: [{key: pod, operator: In, values: [a]}]}")]),
+    "CG102": ([np_("a", "x", "podSelector: {}\ningress:\n- from: [{podSelector: {matchLabels: {pod: zz}}}]")],
+              [np_("a", "x", "podSelector: {}\ningress:\n- from: [{podSelector: {matchLabels: {pod: a}}}]")]),
+    "CG103": ([np_("a", "x", "podSelector: {}\ningress:\n- from: [{namespaceSelector: {matchLabels: {name: y}}}]")],
+              [np_("a", "x", "podSelector: {}\ningress:\n- from: [{namespaceSelector: {matchLabels: {ns: y}}}]")]),
+    "CG104": ([np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: serve-80-tcp, protocol: UDP}]")],
+              [np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: serve-80-udp, protocol: UDP}]")]),
+    "CG105": ([np_("a", "x", "podSelector: {}\npolicyTypes: [Egress]\ningress:\n- {}\negress:\n- {}")],
+              [np_("a", "x", "podSelector: {}\npolicyTypes: [Ingress, Egress]\ningress:\n- {}\negress:\n- {}")]),
+    "CG106": ([np_("a", "x", "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: '::/0'}}]")],
+              [np_("a", "x", "podSelector: {}\ningress:\n- from: [{ipBlock: {cidr: 'fd00::/64'}}]")]),
+    "CG107": ([np_("a", "x", "podSelector: {}\ningress:\n- from: [{podSelector: {}}]\n- from: [{podSelector: {matchLabels: {pod: a}}}]")],
+              [np_("a", "x", "podSelector: {}\ningress:\n- from: [{podSelector: {matchLabels: {pod: b}}}]\n"
+                   "- from: [{podSelector: {matchLabels: {pod: a}}}]")]),
+    "CG108": ([np_("a", "y", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- {}")],
+              [np_("a", "y", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- to: [{podSelector: {}}]")]),
+    "CG109": ([np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: 80}]")],
+              [np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: 80, protocol: TCP}]")]),
+    "CG110": ([], []),  # built below: it is about the absence of a default-deny
+}
+
+
+def run(tmp: Path, docs: list[str], deny: str = "xyz", **kw: object) -> list[str]:
+    text = "---\n".join(docs + [DENY[ns] for ns in deny])
+    path = write(tmp, "p.yaml", text)
+    return [f.rule for f in lint([path], standard(), inventory_paths=[str(STANDARD_INVENTORY)], **kw).findings]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rule", [r.id for r in RULES if r.id != "CG110"])
+def test_rule_positive_and_negative(tmp_path: Path, rule: str) -> None:
+    bad, good = CASES[rule]
+    assert rule in run(tmp_path, bad), f"{rule} not reported for its bad example"
+    assert run(tmp_path, good) == [], f"good example of {rule} is not clean"
+
+
+def test_default_deny_rule(tmp_path: Path) -> None:
+    assert run(tmp_path, [], deny="xy") == ["CG110"]  # z has pods and no default-deny
+    assert run(tmp_path, [], deny="xyz") == []
+
+
+def test_every_rule_has_a_case_and_docs() -> None:
+    docs = (ROOT / "docs" / "lint-rules.md").read_text()
+    assert docs == rules_markdown(), "docs/lint-rules.md is generated: callgate lint --explain all > docs/lint-rules.md"
+    assert set(CASES) == {r.id for r in RULES}
+
+
+def test_subtle_semantics(tmp_path: Path) -> None:
+    """{} selects all; a podSelector peer means the policy's namespace; named ports per destination."""
+    docs = [np_("a", "x", """
+        podSelector: {}
+        ingress:
+        - from: [{podSelector: {}}]                       # all pods of x: fine
+        - from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: c}}}]   # c anywhere: fine
+        egress:
+        - to: [{namespaceSelector: {matchLabels: {ns: y}}}]
+          ports: [{port: serve-81-udp, protocol: UDP}]    # resolves on y's pods
+        """)]
+    assert run(tmp_path, docs) == []
+    wrong = write(tmp_path, "w.yaml", np_("w", "x", "podSelector: {}\ningress:\n- from: [{podSelector: {matchLabels: {nope: q}}}]"))
+    found = [f for f in lint([wrong], standard()).findings if f.rule != "CG110"]
+    assert found[0].rule == "CG102" and found[0].line == 7 and found[0].field == "spec.ingress[0].from[0]"
+
+
+def test_without_inventory_only_document_checks(tmp_path: Path) -> None:
+    bad, _ = CASES["CG102"]
+    path = write(tmp_path, "p.yaml", bad[0])
+    assert [f.rule for f in lint([path]).findings] == []
+
+
+def test_suppressions(tmp_path: Path) -> None:
+    body = np_("a", "x", "podSelector: {}\ningress:\n- ports:\n  # callgate: disable=port-without-protocol\n  - {port: 80}\n  - {port: 81}")
+    path = write(tmp_path, "p.yaml", body)
+    assert [f.line for f in lint([path]).findings] == [10]  # only the second port
+    path.write_text("# callgate: disable-file=CG109\n" + body)
+    assert lint([path]).findings == []
+    annotated = body.replace("metadata: {name: a, namespace: x}",
+                             "metadata: {name: a, namespace: x, annotations: {callgate.io/lint-disable: CG109}}")
+    path.write_text(annotated)
+    assert lint([path]).findings == []
+    path.write_text(body)
+    assert lint([path], config=LintConfig(disable={"CG109"})).findings == []
+
+
+def test_config_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "p.yaml", np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: 80}]"))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["lint", str(path), "--fail-on", "info"]).exit_code == 1
+    (tmp_path / "pyproject.toml").write_text('[tool.callgate.lint]\ndisable = ["port-without-protocol"]\n')
+    assert runner.invoke(app, ["lint", str(path), "--fail-on", "info"]).exit_code == 0
+    (tmp_path / ".callgate.yaml").write_text("lint:\n  severity: {CG109: error}\n")
+    assert runner.invoke(app, ["lint", str(path)]).exit_code == 1
+    (tmp_path / ".callgate.yaml").write_text("lint:\n  disable: [CG999]\n")
+    bad = runner.invoke(app, ["lint", str(path)])  # main() turns InputError into exit 1 + message
+    assert isinstance(bad.exception, InputError)
+    assert "unknown lint rule 'CG999'" in str(bad.exception) and ".callgate.yaml" in str(bad.exception)
+
+
+BAD = ROOT / "examples" / "lint" / "bad.yaml"
+GOOD = ROOT / "examples" / "lint" / "good.yaml"
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["lint", "-i", "examples/standard/inventory.yaml", *args])
+    return result.exit_code, result.stdout
+
+
+def test_formats_golden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    for fmt, suffix in (("text", "txt"), ("json", "json"), ("sarif", "sarif"), ("junit", "xml")):
+        code, out = cli("examples/lint/bad.yaml", "--format", fmt)
+        assert code == 1
+        check_golden(f"lint-bad.{suffix}", out)
+    assert cli("examples/lint/good.yaml") == (0, "0 error(s), 0 warning(s), 0 info in 1 file\n")
+
+
+def test_sarif_matches_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    schema = json.loads((ROOT / "tests" / "schemas" / "sarif-schema-2.1.0.json").read_text())
+    _, out = cli("examples/lint/bad.yaml", "--format", "sarif")
+    doc = json.loads(out)
+    jsonschema.validate(doc, schema)
+    results = doc["runs"][0]["results"]
+    assert {r["ruleId"] for r in results} >= {"CG001", "CG004", "CG102", "CG103", "CG104", "CG105", "CG106", "CG109"}
+    first = results[0]["locations"][0]["physicalLocation"]
+    assert first["artifactLocation"]["uri"] == "examples/lint/bad.yaml" and first["region"]["startLine"] > 0
+
+
+def test_junit_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    _, out = cli("examples/lint/bad.yaml", "examples/lint/good.yaml", "--format", "junit", "--fail-on", "warning")
+    root = ET.fromstring(out)
+    suite = root.find("testsuite")
+    assert suite is not None
+    cases = suite.findall("testcase")
+    failures = [c for c in cases if c.find("failure") is not None]
+    assert int(suite.get("tests", "0")) == len(cases) and int(suite.get("failures", "0")) == len(failures)
+    assert any(c.get("classname") == "examples/lint/good.yaml" and c.find("failure") is None for c in cases)
+    assert {f.find("failure").get("type") for f in failures} == {"error", "warning"}  # type: ignore[union-attr]
+
+
+def test_explain_and_usage_errors() -> None:
+    runner = CliRunner()
+    out = runner.invoke(app, ["lint", "--explain", "unresolved-named-port"])
+    assert out.exit_code == 0 and out.stdout.startswith("## CG104 `unresolved-named-port` (warning)")
+    assert runner.invoke(app, ["lint", "--explain", "nope"]).exit_code == 1
+    assert runner.invoke(app, ["lint", "x.yaml", "--format", "xml"]).exit_code == 1
+    missing = runner.invoke(app, ["lint", "does/not/exist.yaml"])
+    assert isinstance(missing.exception, InputError) and "no such file" in str(missing.exception)
+
+
+def test_yaml_syntax_error_is_a_finding(tmp_path: Path) -> None:
+    broken = write(tmp_path, "broken.yaml", "kind: [\n")
+    good = write(tmp_path, "ok.yaml", np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: 80}]"))
+    rules = [(Path(f.file or "").name, f.rule) for f in lint([broken, good]).findings]
+    assert rules == [("broken.yaml", "CG001"), ("ok.yaml", "CG109")]  # still checks the file that parsed
