@@ -209,7 +209,24 @@ def materialise(rev: str, paths: Sequence[str], into: Path) -> list[Path]:
             continue
         data = _git(["archive", "--format=tar", rev, "--", rel], root)
         target = into / rev.replace("/", "_")
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            tar.extractall(target, filter="data")
+        _extract(data, target)
         out.append(target / rel)
     return out
+
+
+def _extract(data: bytes, target: Path) -> None:
+    """Extract regular files and directories of a git archive, refusing anything that
+    would land outside ``target`` (tarfile's ``filter="data"`` is not in every 3.11)."""
+    root = target.resolve()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            dest = (root / member.name).resolve()
+            if root not in dest.parents and dest != root:
+                raise InputError.single(f"git archive entry {member.name!r} points outside the target")
+            if member.isdir():
+                dest.mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                if source is not None:
+                    dest.write_bytes(source.read())

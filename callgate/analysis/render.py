@@ -41,14 +41,14 @@ def heatmap_svg(gm: GroupMatrix, title: str, port: str | None = None) -> str:
     longest = max((len(g) for g in gm.groups), default=4)
     margin = 7.0 * min(longest, 40) + 20 if labels else 20.0
     left, top = margin, margin + 40
-    width = left + n * cell + 40
+    width = max(left + n * cell + 40, 8.0 * len(title) + 20, 420.0)  # room for the title
     height = top + n * cell + 70
     out = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0f}' height='{height:.0f}' "
         f"viewBox='0 0 {width:.0f} {height:.0f}' {_FONT} font-size='11'>",
         f"<rect width='{width:.0f}' height='{height:.0f}' fill='white'/>",
         f"<text x='10' y='20' font-size='14' font-weight='bold'>{escape(title)}</text>",
-        "<text x='10' y='36' fill='#555'>row reaches column? colour = share of pod pairs allowed</text>",
+        "<text x='10' y='36' fill='#555'>row reaches column? colour = share of (pod pair, port) allowed</text>",
     ]
     for i, g in enumerate(gm.groups):
         y = top + i * cell
@@ -155,7 +155,7 @@ def graph_svg(gm: GroupMatrix, title: str) -> str:
     tallest = max((len(g) for _, g in columns), default=1)
     if has_any:
         pos[ANY] = (40.0, top + 30 + (tallest - 1) * row_h / 2)
-    width = x0 + len(columns) * col_w + 20
+    width = max(x0 + len(columns) * col_w + 20, 8.0 * len(title) + 40)  # room for the title
     height = top + 50 + tallest * row_h
     out = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0f}' height='{height:.0f}' "

@@ -1,0 +1,117 @@
+"""callgate diff: two paths, two git revisions, and --live against a real kernel table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from callgate.cli.main import app
+from tests.golden_util import check_golden
+from tests.helpers import ROOT, STANDARD_INVENTORY, write
+
+OLD = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
+    ports: [{port: 80, protocol: TCP}]
+"""
+NEW = OLD.replace("ns: y", "ns: z").replace("port: 80, protocol: TCP", "port: 80, endPort: 81, protocol: TCP")
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["diff", "-i", str(STANDARD_INVENTORY), *args])
+    return result.exit_code, result.stdout
+
+
+def test_paths_text_json_markdown(tmp_path: Path) -> None:
+    old, new = write(tmp_path, "old.yaml", OLD), write(tmp_path, "new.yaml", NEW)
+    code, text = invoke(str(old), str(new))
+    assert code == 1
+    check_golden("diff.txt", text.replace(str(tmp_path) + "/", ""))
+    # By hand: z pods gain 80-81/TCP to x/a, y pods lose 80/TCP.
+    assert "+ z/a -> x/a  80-81/TCP" in text and "- y/a -> x/a  80/TCP" in text
+    code, out = invoke(str(old), str(new), "--format", "json")
+    data = json.loads(out)
+    assert code == 1 and data["changed"] is True
+    check_golden("diff.json", out.replace(str(tmp_path) + "/", ""))
+    code, md = invoke(str(old), str(new), "--format", "markdown", "-g", "namespace")
+    check_golden("diff.md", md.replace(str(tmp_path) + "/", ""))
+    assert "| ➕ gained | `z` | `x` | 80-81/TCP | 3 of 9 pod pairs |" in md
+    assert invoke(str(old), str(old)) == (0, f"no change in access between {old} and {old} (9 endpoints)\n")
+
+
+def test_git_revisions(tmp_path: Path) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = tmp_path / "repo"
+    pol = repo / "policies"
+    pol.mkdir(parents=True)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=repo,
+                       check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    (pol / "p.yaml").write_text(OLD)
+    git("add", ".")
+    git("commit", "-q", "-m", "old")
+    (pol / "p.yaml").write_text(NEW)
+    git("commit", "-q", "-am", "new")
+    code, text = invoke("--git", "HEAD~1..HEAD", str(pol))
+    assert code == 1 and "from HEAD~1 to HEAD" in text and "+ z/a -> x/a  80-81/TCP" in text
+    assert invoke("--git", "HEAD", str(pol))[0] == 0  # working tree equals HEAD
+    (pol / "p.yaml").write_text(OLD)
+    code, text = invoke("--git", "HEAD", str(pol))
+    assert code == 1 and "working tree" in text
+    bad = CliRunner().invoke(app, ["diff", "-i", str(STANDARD_INVENTORY), "--git", "nosuchrev..HEAD", str(pol)])
+    assert bad.exit_code == 1 and "nosuchrev" in str(bad.exception)
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    assert CliRunner().invoke(app, ["diff", str(tmp_path)]).exit_code == 1  # no inventory
+    assert invoke(str(tmp_path))[0] == 1  # one path only
+    assert invoke("a", "b", "--format", "html")[0] == 1
+
+
+def _netns_ok() -> bool:
+    try:
+        import nftables  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which("ip") is not None and subprocess.run(["ip", "netns", "list"], capture_output=True).returncode == 0
+
+
+@pytest.mark.kernel
+def test_live_diff_in_own_netns(tmp_path: Path) -> None:
+    if not _netns_ok():
+        pytest.skip("needs root, iproute2 and python3-nftables")
+    ns = "cga-andiff"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        policy = write(tmp_path, "p.yaml", OLD)
+        args = ["--live", "--node", "node-1", "-p", str(policy), "--netns", ns]
+        code, out = invoke(*args)
+        assert code == 1 and "+table inet callgate {" in out  # nothing live yet
+        applied = CliRunner().invoke(app, ["apply", "-i", str(STANDARD_INVENTORY), "-p", str(policy),
+                                           "--node", "node-1", "--netns", ns])
+        assert applied.exit_code == 0, applied.output
+        assert invoke(*args) == (0, "in sync: the live ruleset on node-1 (nft) is the desired one\n")
+        changed = write(tmp_path, "p2.yaml", NEW)
+        code, out = invoke("--live", "--node", "node-1", "-p", str(changed), "--netns", ns)
+        assert code == 1 and any(line.startswith("+") and "81" in line for line in out.splitlines())
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def test_examples_exist() -> None:
+    assert (ROOT / "examples" / "lint" / "bad.yaml").exists()
