@@ -220,11 +220,11 @@ def test_label_edit_is_incremental_and_reaches_the_kernel(world: World) -> None:
 def test_bad_file_keeps_enforcement(world: World) -> None:
     agent = world.agents["node-1"]
     digest = agent.enforcer.live_digest()
-    problems = agent.reactor.metrics.source_problems._value.get()
+    problems = agent.reactor.metrics.source_errors._value.get()
     world.write(world.policies / "web.yaml", ALLOW_A_FROM_B.replace("podSelector: {matchLabels: {pod: a}}",
                                                                     "podSelector: {matchLabels: {pod: [a]}}"))
     wait(lambda: agent.reactor.source_problem is not None, what="the source problem")
-    assert agent.reactor.metrics.source_problems._value.get() > problems
+    assert agent.reactor.metrics.source_errors._value.get() > problems
     assert not agent.reactor.ready()[0] and "source problem" in agent.reactor.ready()[1]
     assert agent.enforcer.live_digest() == digest  # nothing flushed, nothing changed
     assert reach(world, "x/b", "198.18.1.10")

@@ -105,8 +105,12 @@ class AgentMetrics:
         self.drift_repairs = Counter("callgate_drift_repairs", "Times the live table differed and was repaired",
                                      registry=r)
         self.source_up = Gauge("callgate_source_up", "1 when the last source report was a valid snapshot", registry=r)
-        self.source_problems = Counter("callgate_source_problems", "Source problems reported (rules kept)",
-                                       registry=r)
+        self.source_errors = Counter("callgate_source_errors",
+                                     "Source problems reported: source lost or input invalid (rules kept)",
+                                     registry=r)
+        self.skipped_objects = Gauge("callgate_source_problems",
+                                     "Invalid objects the source skipped in its latest snapshot (the rest applies)",
+                                     registry=r)
         self.rules = Gauge("callgate_rules", "Rules in the applied ruleset (all chains)", registry=r)
         self.chains = Gauge("callgate_chains", "Per-endpoint chains in the applied ruleset", registry=r)
         self.sets = Gauge("callgate_sets", "Named peer sets in the applied ruleset", registry=r)

@@ -22,6 +22,13 @@ One worker thread does all kernel work, so transactions never interleave:
 * **Adoption.** On start, a table whose digest and content equal the desired
   ones is adopted as is (no transaction); anything else is replaced in one
   transaction, so a restart never opens a window.
+* **Skipped objects.** A snapshot may list objects the source skipped as
+  invalid (``Snapshot.problems``; the rest applies). Each distinct problem is
+  logged once, when it first appears (not on every resync), and the gauge
+  ``callgate_source_problems`` says how many there are now.
+* **Backends.** The reactor needs a :class:`~callgate.enforcers.base.NodeEnforcer`:
+  nft (incremental transactions) or iptables (every apply is planned against
+  the live sets and chains; its mode is reported as "full").
 * **Interfaces.** Local endpoints without an interface in the inventory are
   resolved from the node's routes; unresolved ones are retried every
   ``retry`` seconds and stay unprogrammed (dropped, in fail-closed mode).
@@ -40,7 +47,7 @@ from callgate.agent.failclosed import Programmed
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import Compiler, RuleSet
-from callgate.enforcers.nft import NftablesEnforcer
+from callgate.enforcers.base import ApplyOutcome, NodeEnforcer
 from callgate.errors import KernelError
 from callgate.policy.model import Inventory
 from callgate.watchers.base import Snapshot, SourceProblem
@@ -72,7 +79,7 @@ class Applied:
 
 
 class Reactor:
-    def __init__(self, config: ReactorConfig, enforcer: NftablesEnforcer, resolver: InterfaceResolver,
+    def __init__(self, config: ReactorConfig, enforcer: NodeEnforcer, resolver: InterfaceResolver,
                  metrics: AgentMetrics | None = None) -> None:
         self.config = config
         self.enforcer = enforcer
@@ -93,6 +100,7 @@ class Reactor:
         self.syncs = 0  # completed syncs (tests wait on this)
         self._last_check = 0.0  # monotonic time the worker last looked at the kernel
         self.repairs = 0
+        self.skipped: set[str] = set()  # the source's skipped-object problems already logged
 
     # -- the source side ---------------------------------------------------
 
@@ -180,6 +188,7 @@ class Reactor:
                     self.snapshot = event
                     self.source_problem = None
                     self.metrics.source_up.set(1)
+                    self._skipped_objects(event)
                     self._sync(event, first)
             except Exception as exc:  # keep the worker alive; the rules stay as they are
                 self.apply_error = f"{type(exc).__name__}: {exc}"
@@ -195,10 +204,22 @@ class Reactor:
     def _source_problem(self, problem: SourceProblem) -> None:
         self.source_problem = problem.message
         self.metrics.source_up.set(0)
-        self.metrics.source_problems.inc()
+        self.metrics.source_errors.inc()
         _log(logging.WARNING, "source problem; keeping the last applied rules", node=self.config.node,
              problem=problem.message, details=[str(p) for p in problem.problems][:20],
              digest=self.enforcer.applied.digest if self.enforcer.applied else None)
+
+    def _skipped_objects(self, snapshot: Snapshot) -> None:
+        """Log each invalid object the source skipped once, when it first appears."""
+        now = {str(p) for p in snapshot.problems}
+        self.metrics.skipped_objects.set(len(now))
+        for problem in sorted(now - self.skipped):
+            _log(logging.WARNING, "the source skipped an invalid object; the rest applies",
+                 node=self.config.node, problem=problem)
+        if self.skipped - now:
+            _log(logging.INFO, "skipped objects resolved", node=self.config.node,
+                 resolved=sorted(self.skipped - now)[:20])
+        self.skipped = now
 
     def _resync(self) -> None:
         """Repair drift, re-resolve interfaces, retry failures."""
@@ -240,14 +261,14 @@ class Reactor:
                  node=self.config.node, error=str(exc))
             result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=False)
         seconds = time.monotonic() - started
-        if result.drift and not full:
+        if _drift(result) and not full:
             # Found while applying a change rather than by the resync check:
             # the full replacement just repaired it; count it all the same.
             self.repairs += 1
             self.metrics.drift_repairs.inc()
             _log(logging.WARNING, "drift: the live table was not what was applied; replaced it",
                  node=self.config.node)
-        mode = "noop" if not result.changed else ("full" if result.transaction.replaces_table else "incremental")
+        mode = _mode(result)
         self.metrics.sync_seconds.labels(mode).observe(seconds)
         if result.changed:
             self.metrics.applies.labels(mode).inc()
@@ -279,6 +300,11 @@ class Reactor:
         m.endpoints.labels("enforced").set(len(ruleset.endpoints))
         m.endpoints.labels("unresolved").set(len(unresolved))
 
+    @property
+    def mode_counts(self) -> dict[str, float]:
+        """Committed transactions by mode (tests and the bench)."""
+        return {mode: self.metrics.applies.labels(mode)._value.get() for mode in ("incremental", "full")}
+
     # -- for tests and the CLI ----------------------------------------------
 
     def wait_for(self, predicate: Any, timeout: float) -> bool:
@@ -291,3 +317,17 @@ class Reactor:
                     return False
                 self._cond.wait(left)
         return True
+
+
+def _mode(result: ApplyOutcome) -> str:
+    """noop, incremental or full. A backend whose transactions do not say
+    (iptables: planned against the live state, chains always redeclared) is full."""
+    if not result.changed:
+        return "noop"
+    return "full" if getattr(result.transaction, "replaces_table", True) else "incremental"
+
+
+def _drift(result: ApplyOutcome) -> bool:
+    """The apply found the live state moved since the last one (nft reports it;
+    for other backends the resync's ``in_sync`` check is what finds drift)."""
+    return bool(getattr(result, "drift", False))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from callgate.cli.common import fail
+
+if TYPE_CHECKING:
+    from callgate.enforcers.base import NodeEnforcer
 
 
 def agent(
@@ -23,7 +27,8 @@ def agent(
     kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="kubernetes source: kubeconfig file.")] = None,
     netns: Annotated[str | None, typer.Option(
         "--netns", help="Enforce in this named network namespace (default: the current one).")] = None,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="Kernel backend (nft).")] = "nft",
+    backend: Annotated[str, typer.Option(
+        "--backend", "-b", help="Kernel backend: nft, iptables, or auto (nft when libnftables works here).")] = "nft",
     resync: Annotated[float, typer.Option(
         "--resync", help="Seconds between drift checks (live table vs applied; repaired when different).")] = 30.0,
     fail_closed_prefix: Annotated[str | None, typer.Option(
@@ -50,12 +55,11 @@ def agent(
     from callgate.agent.interfaces import InterfaceResolver
     from callgate.agent.metrics import AgentMetrics, StatusServer, parse_address
     from callgate.agent.reactor import Reactor, ReactorConfig
-    from callgate.enforcers.kernel import LibNftables
-    from callgate.enforcers.nft import NftablesEnforcer, check_fail_closed_prefix
+    from callgate.enforcers.nft import check_fail_closed_prefix
 
     # Validate everything before touching the kernel or opening a port.
-    if backend != "nft":
-        fail(f"the agent supports --backend nft only (got {backend!r})")
+    if backend not in ("nft", "iptables", "auto"):
+        fail(f"--backend {backend!r}: use nft, iptables or auto")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level {log_level!r}: use debug, info, warning or error")
     if not resync > 0:
@@ -73,21 +77,17 @@ def agent(
     src = _source(source, inventory or [], policies or [], server, kubeconfig)
 
     log = agent_logging.setup(log_level)
-    kernel = LibNftables(netns)
-    try:
-        kernel.list_tables()  # fail now, clearly, if there is no such netns or no permission
-    except Exception as exc:
-        kernel.close()
-        fail(f"cannot reach nftables{' in netns ' + netns if netns else ''}: {exc}")
-    enforcer = NftablesEnforcer(kernel, fail_closed_prefix=fail_closed_prefix)
+    enforcer, close = _enforcer(backend, netns, fail_closed_prefix)
     metrics = AgentMetrics()
-    metrics.watch_kernel(enforcer.live_objects)
+    live_objects = getattr(enforcer, "live_objects", None)
+    if live_objects is not None:  # per-policy rule counters: nft only (iptables-save shows no comments per set)
+        metrics.watch_kernel(live_objects)
     reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000),
                       enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics)
     try:
         http = StatusServer(metrics_address, metrics, reactor)
     except OSError as exc:
-        kernel.close()
+        close()
         fail(f"cannot listen on {metrics_address}: {exc}")
 
     stop = threading.Event()
@@ -99,7 +99,7 @@ def agent(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent_logging.log(log, 20, "agent starting", node=node, source=src.origin, netns=netns,
+    agent_logging.log(log, 20, "agent starting", node=node, source=src.origin, netns=netns, backend=enforcer.name,
                       fail_closed_prefix=fail_closed_prefix, http=http.address, resync=resync)
     http.start()
     reactor.start()
@@ -113,8 +113,35 @@ def agent(
         src.stop()
         reactor.stop()
         http.stop()
-        kernel.close()
+        close()
         agent_logging.log(log, 20, "agent stopped; rules stay in the kernel", node=node)
+
+
+def _enforcer(backend: str, netns: str | None, prefix: str | None) -> tuple[NodeEnforcer, Callable[[], None]]:
+    """The node's enforcer and how to release it; exits with a clear message when
+    the backend cannot reach the kernel (no such netns, no permission, no tools)."""
+    from callgate.enforcers.iptables import IptablesEnforcer, nft_available
+    from callgate.enforcers.kernel import LibNftables
+    from callgate.enforcers.nft import NftablesEnforcer
+    from callgate.errors import KernelError
+
+    where = f" in netns {netns}" if netns else ""
+    if backend == "auto":
+        backend = "nft" if nft_available(netns) else "iptables"
+    if backend == "iptables":
+        enforcer = IptablesEnforcer(netns=netns, fail_closed_prefix=prefix)
+        try:
+            enforcer.live()  # fail now, clearly
+        except (KernelError, OSError, ValueError) as exc:
+            fail(f"cannot reach iptables/ipset{where}: {exc}")
+        return enforcer, lambda: None
+    kernel = LibNftables(netns)
+    try:
+        kernel.list_tables()  # fail now, clearly, if there is no such netns or no permission
+    except Exception as exc:
+        kernel.close()
+        fail(f"cannot reach nftables{where}: {exc}")
+    return NftablesEnforcer(kernel, fail_closed_prefix=prefix), kernel.close
 
 
 def _netns_ok(name: str) -> bool:

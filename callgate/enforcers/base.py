@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from callgate.compiler.ir import RuleSet
@@ -50,3 +51,27 @@ class Enforcer(Protocol):
 
     def remove(self) -> bool:
         """Delete everything callgate owns; True if there was something."""
+
+
+class AppliedState(Protocol):
+    @property
+    def digest(self) -> str: ...
+
+
+class NodeEnforcer(Enforcer, Protocol):
+    """What the agent needs beyond :class:`Enforcer` (both nft and iptables offer it):
+    apply with the node's programmed interfaces (fail-closed), incrementally when
+    the backend can, and a check of the live state against what was applied."""
+
+    @property
+    def applied(self) -> AppliedState | None:
+        """What this enforcer last put into the kernel (None: nothing yet)."""
+
+    def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Sequence[str] = (),
+              incremental: bool = True) -> ApplyOutcome: ...
+
+    def in_sync(self, ruleset: RuleSet, known_interfaces: Sequence[str] = ()) -> bool:
+        """Whether the live state equals the desired one for ``ruleset`` (drift check)."""
+
+    def live_digest(self) -> str | None:
+        """The digest the live state says it holds, or None."""

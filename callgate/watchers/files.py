@@ -14,6 +14,11 @@ parent directory (and a change anywhere in that directory triggers a reload);
 a directory input is watched recursively. Reloads whose content hash equals
 the last published one publish nothing, so unrelated files cost a hash, not a
 sync.
+
+Edits made between the first load and the moment the watch is in place (and
+any inotify event lost to an overflow) would go unseen, so whenever the watch
+has been quiet for a second the source re-hashes its inputs (bytes only, no
+parsing) and reloads if they differ from what it last published.
 """
 
 from __future__ import annotations
@@ -60,16 +65,20 @@ class FilesSource:
 
     # -- loading -------------------------------------------------------------
 
+    def version(self) -> str:
+        """A hash of every input file's name and bytes (OSError/InputError if unreadable)."""
+        digest = hashlib.sha256()
+        for path in files_under([*self.inventory, *self.policies]):
+            digest.update(str(path).encode() + b"\x00")
+            digest.update(path.read_bytes())
+            digest.update(b"\x00")
+        return digest.hexdigest()[:16]
+
     def load(self) -> Snapshot | SourceProblem:
         """Read every input now. Never raises for bad input."""
         self.loads += 1
         try:
-            digest = hashlib.sha256()
-            for path in files_under([*self.inventory, *self.policies]):
-                digest.update(str(path).encode() + b"\x00")
-                digest.update(path.read_bytes())
-                digest.update(b"\x00")
-            version = digest.hexdigest()[:16]
+            version = self.version()
             inventory = load_inventory(self.inventory)
             policies = load_policies(self.policies) if self.policies else load_policies([])
         except InputError as err:
@@ -138,13 +147,24 @@ class FilesSource:
                         return
                     if _changes:
                         self._publish(self.load())
-                    elif self._last_version is None:
-                        # After a problem, look again now and then: a fix may come
-                        # by a path the watch cannot see (a directory recreated).
-                        self._publish(self.load())
+                    else:
+                        # Quiet for a second: make sure nothing was missed (an edit
+                        # before the watch was in place, a lost event) and, after a
+                        # problem, look again: a fix may come by a path the watch
+                        # cannot see (a directory recreated).
+                        self._recheck()
             except Exception as exc:  # the watch itself broke (directory removed, inotify limits)
                 self._publish(SourceProblem(f"watching {', '.join(map(str, roots))} failed: {exc}"))
                 self._stop.wait(1.0)
+
+    def _recheck(self) -> None:
+        """Reload when the inputs' bytes differ from the last published ones."""
+        try:
+            unchanged = self._last_version is not None and self.version() == self._last_version
+        except (OSError, InputError):
+            unchanged = False
+        if not unchanged:
+            self._publish(self.load())
 
     def start(self, handler: SnapshotHandler) -> None:
         self._handler = handler

@@ -1,0 +1,244 @@
+"""The agent's reactor without a kernel: FakeNftKernel (and FakeIptables) and a
+hand-driven source. Every wait is on a condition with a timeout.
+
+What must hold: a burst of events is one transaction carrying the newest
+snapshot; a SourceProblem changes nothing in the kernel and flips readiness;
+drift is found by resync and repaired with one full replacement; pod churn and
+relabels go in as incremental transactions, a first apply or a repair as a full
+one, an unchanged ruleset as none; skipped objects are logged once and counted
+in a gauge; the reactor drives the iptables backend through the same protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from callgate.agent.interfaces import InterfaceResolver
+from callgate.agent.metrics import AgentMetrics
+from callgate.agent.reactor import Reactor, ReactorConfig
+from callgate.enforcers.base import NodeEnforcer
+from callgate.enforcers.ipt_fake import FakeIptables
+from callgate.enforcers.iptables import IptablesEnforcer
+from callgate.enforcers.kernel import FakeNftKernel
+from callgate.enforcers.nft import NftablesEnforcer
+from callgate.errors import Problem
+from callgate.policy.documents import Document
+from callgate.policy.inventory import inventory_from_dict
+from callgate.policy.model import PolicySet
+from callgate.policy.networkpolicy import parse_network_policy
+from callgate.watchers.base import Snapshot, SourceProblem
+
+pytestmark = pytest.mark.timeout(30)
+
+NODE = "node-1"
+WAIT = 10.0
+
+
+def inventory(b_labels: dict[str, str] | None = None, extra: int = 0) -> Any:
+    endpoints = [
+        {"name": "a", "namespace": "x", "labels": {"pod": "a"}, "node": NODE, "interface": "cga0",
+         "ips": ["198.18.1.10"], "ports": [{"name": "http", "port": 80}]},
+        {"name": "c", "namespace": "x", "labels": {"pod": "c"}, "node": NODE, "interface": "cgc0",
+         "ips": ["198.18.1.12"], "ports": [{"name": "http", "port": 80}]},
+        {"name": "b", "namespace": "x", "labels": b_labels or {"pod": "b"}, "node": "node-2",
+         "ips": ["198.18.1.11"], "ports": [{"name": "http", "port": 80}]},
+    ]
+    endpoints += [{"name": f"r{i}", "namespace": "x", "labels": {"pod": "b"}, "node": "node-2",
+                   "ips": [f"198.18.3.{i + 1}"]} for i in range(extra)]
+    return inventory_from_dict({"apiVersion": "callgate/v1", "kind": "Inventory",
+                                "namespaces": {"x": {"labels": {"ns": "x"}}}, "endpoints": endpoints})
+
+
+def policy(name: str, selected: str, peer: str) -> Any:
+    return parse_network_policy(Document("<test>", 0, {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "x"},
+        "spec": {"podSelector": {"matchLabels": {"pod": selected}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": peer}}}], "ports": [{"port": 80}]}]}}))
+
+
+A_FROM_B = policy("a-from-b", "a", "b")
+C_FROM_B = policy("c-from-b", "c", "b")
+_versions = iter(range(1_000_000))
+
+
+def snap(inv: Any = None, policies: tuple[Any, ...] = (A_FROM_B,), problems: tuple[Problem, ...] = ()) -> Snapshot:
+    return Snapshot(inv if inv is not None else inventory(), PolicySet(list(policies)), f"v{next(_versions)}",
+                    "test", list(problems))
+
+
+def no_routes(_argv: Any) -> str:
+    return "[]"
+
+
+class Harness:
+    def __init__(self, enforcer: NodeEnforcer, resync: float = 3600.0) -> None:
+        self.enforcer = enforcer
+        self.reactor = Reactor(ReactorConfig(node=NODE, resync=resync, coalesce=0.01, max_delay=1.0, retry=0.05),
+                               enforcer, InterfaceResolver(runner=no_routes), AgentMetrics())
+        self.reactor.start()
+
+    def send(self, *events: Snapshot | SourceProblem) -> None:
+        """Emit events as one burst and wait until the reactor has dealt with it.
+        Holding the reactor's lock while emitting makes the burst atomic: the
+        worker cannot take an event before the last one is in."""
+        r = self.reactor
+        with r._cond:
+            before = r.syncs
+            for event in events:
+                r.on_event(event)
+        assert r.wait_for(lambda: r.syncs > before and r._event is None, WAIT), "the reactor did not sync"
+        last = events[-1]
+        if isinstance(last, Snapshot):
+            assert r.wait_for(lambda: r.applied is not None and r.applied.snapshot is last, WAIT)
+
+    def counts(self) -> dict[str, float]:
+        return self.reactor.mode_counts
+
+
+@pytest.fixture
+def kernel() -> FakeNftKernel:
+    return FakeNftKernel()
+
+
+@pytest.fixture
+def h(kernel: FakeNftKernel) -> Iterator[Harness]:
+    harness = Harness(NftablesEnforcer(kernel, fail_closed_prefix="cg"))
+    yield harness
+    harness.reactor.stop()
+
+
+def test_first_apply_is_full_then_ready(h: Harness, kernel: FakeNftKernel) -> None:
+    assert not h.reactor.ready()[0]
+    h.send(snap())
+    assert h.counts() == {"incremental": 0, "full": 1}
+    assert kernel.transactions == 1
+    ok, why = h.reactor.ready()
+    assert ok and why.startswith("ok: enforcing digest")
+    assert h.reactor.programmed.snapshot() == {"x/a": "cga0", "x/c": "cgc0"}
+
+
+def test_a_burst_is_one_transaction_with_the_newest_snapshot(h: Harness, kernel: FakeNftKernel) -> None:
+    h.send(snap())
+    before = kernel.transactions
+    # 30 snapshots, each different from the one before (a growing peer set):
+    # applied one by one they would be 30 transactions.
+    burst = [snap(inventory(extra=i)) for i in range(1, 31)]
+    h.send(*burst)
+    assert kernel.transactions == before + 1
+    assert h.reactor.applied is not None and h.reactor.applied.snapshot is burst[-1]
+    assert h.enforcer.in_sync(h.reactor.applied.ruleset, h.reactor.applied.known)
+    peers = [s for s in kernel.tables[("inet", "callgate")]["sets"].values() if "198.18.3.30" in str(s["elem"])]
+    assert peers, "the newest snapshot's last pod is in a peer set"
+
+
+def test_pod_churn_and_relabel_are_incremental_a_policy_too(h: Harness, kernel: FakeNftKernel) -> None:
+    h.send(snap())
+    assert h.counts() == {"incremental": 0, "full": 1}
+    h.send(snap(inventory(extra=1)))  # a remote pod joins the peer set
+    assert h.counts() == {"incremental": 1, "full": 1}
+    h.send(snap(inventory(b_labels={"pod": "z"}, extra=1)))  # a remote pod leaves it by relabel
+    assert h.counts() == {"incremental": 2, "full": 1}
+    h.send(snap(inventory(b_labels={"pod": "z"}, extra=1), (A_FROM_B, C_FROM_B)))  # new chains
+    assert h.counts() == {"incremental": 3, "full": 1}
+    assert h.enforcer.in_sync(h.reactor.applied.ruleset, h.reactor.applied.known)  # type: ignore[union-attr]
+    # Same content under a new version: compiled, compared, nothing committed.
+    transactions = kernel.transactions
+    h.send(snap(inventory(b_labels={"pod": "z"}, extra=1), (A_FROM_B, C_FROM_B)))
+    assert kernel.transactions == transactions
+    assert h.counts() == {"incremental": 3, "full": 1}
+    assert h.reactor.metrics.sync_seconds.labels("noop")._sum.get() > 0
+
+
+def test_a_refused_incremental_transaction_is_retried_in_full(h: Harness, kernel: FakeNftKernel) -> None:
+    h.send(snap())
+    kernel.fail_next = "Operation not supported"
+    h.send(snap(inventory(extra=2)))
+    assert h.counts() == {"incremental": 0, "full": 2}
+    assert h.reactor.apply_error is None and h.reactor.ready()[0]
+
+
+def test_source_problem_keeps_the_rules_and_flips_readiness(h: Harness, kernel: FakeNftKernel) -> None:
+    h.send(snap())
+    digest, transactions = h.enforcer.live_digest(), kernel.transactions
+    h.send(SourceProblem("kubernetes API unavailable: connection refused", [Problem("connection refused")]))
+    ok, why = h.reactor.ready()
+    assert not ok and "source problem" in why and "connection refused" in why
+    assert h.reactor.healthy()[0]
+    assert kernel.transactions == transactions and h.enforcer.live_digest() == digest
+    m = h.reactor.metrics
+    assert m.source_up._value.get() == 0 and m.source_errors._value.get() == 1
+    good = snap()
+    h.send(good)
+    assert h.reactor.ready()[0] and m.source_up._value.get() == 1
+    assert kernel.transactions == transactions  # same content: no transaction on recovery
+
+
+@pytest.mark.parametrize("tamper", [
+    [{"delete": {"table": {"family": "inet", "name": "callgate"}}}],
+    [{"add": {"rule": {"family": "inet", "table": "callgate", "chain": "forward", "expr": [{"accept": None}]}}}],
+], ids=["table-deleted", "rule-added"])
+def test_drift_is_repaired_on_resync(kernel: FakeNftKernel, tamper: list[dict[str, Any]]) -> None:
+    h = Harness(NftablesEnforcer(kernel, fail_closed_prefix="cg"), resync=0.05)
+    try:
+        h.send(snap())
+        applied = h.reactor.applied
+        assert applied is not None
+        kernel.run(tamper)
+        assert not h.enforcer.in_sync(applied.ruleset, applied.known)
+        assert h.reactor.wait_for(lambda: h.reactor.repairs >= 1, WAIT), "drift was not repaired"
+        assert h.reactor.wait_for(lambda: h.enforcer.in_sync(applied.ruleset, applied.known), WAIT)
+        assert h.reactor.metrics.drift_repairs._value.get() >= 1
+        assert h.counts()["full"] == 2 and h.counts()["incremental"] == 0  # the repair replaced the table
+        # Once repaired, resyncs find nothing: no further transactions.
+        transactions = kernel.transactions
+        syncs = h.reactor.syncs
+        assert h.reactor.wait_for(lambda: h.reactor.syncs >= syncs + 3, WAIT)
+        assert kernel.transactions == transactions and h.reactor.repairs == 1
+    finally:
+        h.reactor.stop()
+
+
+def test_skipped_objects_are_logged_once_and_counted(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    bad = Problem("spec.ingress[0].ports[0].port: must be 1-65535", file="kubernetes",
+                  object="NetworkPolicy x/broken")
+    caplog.set_level(logging.WARNING, logger="callgate.agent")
+
+    def logged() -> int:
+        return sum(1 for r in caplog.records if r.getMessage().startswith("the source skipped an invalid object"))
+
+    h.send(snap(problems=(bad,)))
+    assert h.reactor.metrics.skipped_objects._value.get() == 1 and logged() == 1
+    assert h.reactor.ready()[0]  # the rest applies: a skipped object does not make the node stale
+    h.send(snap(problems=(bad,)))  # the same problem again (another snapshot): not logged again
+    assert logged() == 1
+    other = Problem("malformed object", file="kubernetes", object="Pod x/odd")
+    h.send(snap(problems=(bad, other)))
+    assert h.reactor.metrics.skipped_objects._value.get() == 2 and logged() == 2
+    h.send(snap())
+    assert h.reactor.metrics.skipped_objects._value.get() == 0
+    h.send(snap(problems=(bad,)))  # back again after being fixed: news again
+    assert logged() == 3
+
+
+def test_the_reactor_drives_iptables_through_the_same_protocol() -> None:
+    fake = FakeIptables()
+    h = Harness(IptablesEnforcer(fake, fail_closed_prefix="cg"), resync=0.05)
+    try:
+        h.send(snap())
+        applied = h.reactor.applied
+        assert applied is not None and h.enforcer.in_sync(applied.ruleset, applied.known)
+        assert "-j CG-FORWARD" in fake.tables[4]["FORWARD"]
+        h.send(snap(inventory(extra=1)))
+        assert h.counts() == {"incremental": 0, "full": 2}  # iptables reports every change as full
+        # Drift: someone removes our jump from FORWARD; resync puts it back.
+        fake.tables[4]["FORWARD"].remove("-j CG-FORWARD")
+        assert h.reactor.wait_for(lambda: h.reactor.repairs >= 1, WAIT)
+        assert h.reactor.wait_for(lambda: "-j CG-FORWARD" in fake.tables[4]["FORWARD"], WAIT)
+        assert h.reactor.ready()[0]
+    finally:
+        h.reactor.stop()

@@ -1,0 +1,185 @@
+"""The files source on its own (no kernel): it publishes a snapshot at start,
+republishes after an edit (also one made by renaming a file into place), turns
+a bad file into a SourceProblem naming it and recovers from it, and publishes
+nothing when the content did not change. Waits are on conditions with timeouts.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from callgate.errors import InputError
+from callgate.watchers.base import Snapshot, SourceProblem
+from callgate.watchers.files import FilesSource
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 10.0
+
+INVENTORY = """
+apiVersion: callgate/v1
+kind: Inventory
+namespaces:
+  x: {labels: {ns: x}}
+endpoints:
+- {name: a, namespace: x, labels: {pod: a}, node: node-1, ips: [198.18.1.10], ports: [{port: 80}]}
+- {name: b, namespace: x, labels: {pod: b}, node: node-2, ips: [198.18.1.11]}
+"""
+
+POLICY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {pod: b}}}]
+"""
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.items: list[Snapshot | SourceProblem] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, item: Snapshot | SourceProblem) -> None:
+        with self.cond:
+            self.items.append(item)
+            self.cond.notify_all()
+
+    def count(self) -> int:
+        with self.cond:
+            return len(self.items)
+
+    def wait(self, predicate: Callable[[Snapshot | SourceProblem], bool], after: int) -> Snapshot | SourceProblem:
+        deadline = time.monotonic() + WAIT
+        with self.cond:
+            while True:
+                for item in self.items[after:]:
+                    if predicate(item):
+                        return item
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"nothing matching was published after #{after}: {self.items[after:]!r}")
+                self.cond.wait(left)
+
+
+def write(path: Path, text: str) -> None:
+    """Write-then-rename, as editors and ConfigMap mounts do."""
+    tmp = path.with_name(path.name + ".tmp~")
+    tmp.write_text(textwrap.dedent(text).lstrip())
+    tmp.replace(path)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    inv, pol = tmp_path / "inventory.yaml", tmp_path / "policies"
+    pol.mkdir()
+    write(inv, INVENTORY)
+    write(pol / "web.yaml", POLICY)
+    return inv, pol
+
+
+@pytest.fixture
+def started(files: tuple[Path, Path]) -> Iterator[tuple[FilesSource, Recorder, Path, Path]]:
+    inv, pol = files
+    source = FilesSource([inv], [pol], debounce_ms=50, step_ms=20)
+    recorder = Recorder()
+    source.start(recorder)
+    try:
+        yield source, recorder, inv, pol
+    finally:
+        source.stop()
+
+
+def is_snapshot(item: Snapshot | SourceProblem) -> bool:
+    return isinstance(item, Snapshot)
+
+
+def labels_of(item: Snapshot | SourceProblem, key: str) -> dict[str, str]:
+    assert isinstance(item, Snapshot)
+    return next(dict(ep.labels) for ep in item.inventory.endpoints if ep.key == key)
+
+
+def test_publishes_a_snapshot_at_start(started: tuple[FilesSource, Recorder, Path, Path]) -> None:
+    _, rec, inv, pol = started
+    first = rec.wait(is_snapshot, 0)
+    assert isinstance(first, Snapshot)
+    assert {ep.key for ep in first.inventory.endpoints} == {"x/a", "x/b"}
+    assert [p.key for p in first.policies.policies] == ["x/a-from-b"]
+    assert first.origin == f"files {inv} + {pol}" and first.problems == []
+    assert rec.count() == 1
+
+
+def test_republishes_on_edit(started: tuple[FilesSource, Recorder, Path, Path]) -> None:
+    _, rec, inv, pol = started
+    first = rec.wait(is_snapshot, 0)
+    assert isinstance(first, Snapshot)
+    write(inv, INVENTORY.replace("labels: {pod: b}", "labels: {pod: b, tier: web}"))
+    edited = rec.wait(is_snapshot, 1)
+    assert isinstance(edited, Snapshot) and edited.version != first.version
+    assert labels_of(edited, "x/b") == {"pod": "b", "tier": "web"}
+    # A new file in the policy directory is an edit too.
+    mark = rec.count()
+    write(pol / "more.yaml", POLICY.replace("a-from-b", "a-from-b-2"))
+    more = rec.wait(is_snapshot, mark)
+    assert isinstance(more, Snapshot)
+    assert sorted(p.key for p in more.policies.policies) == ["x/a-from-b", "x/a-from-b-2"]
+
+
+def test_bad_file_is_a_problem_then_recovers(started: tuple[FilesSource, Recorder, Path, Path]) -> None:
+    _, rec, _, pol = started
+    first = rec.wait(is_snapshot, 0)
+    assert isinstance(first, Snapshot)
+    mark = rec.count()
+    write(pol / "web.yaml", POLICY.replace("matchLabels: {pod: a}", "matchLabels: {pod: [a]}"))
+    problem = rec.wait(lambda i: isinstance(i, SourceProblem), mark)
+    assert isinstance(problem, SourceProblem)
+    assert problem.message.startswith("invalid input")
+    assert problem.problems and any(str(pol / "web.yaml") in str(p) for p in problem.problems)
+    # The fix brings the same content as before the problem: published all the same,
+    # so the consumer learns that the source is good again.
+    mark = rec.count()
+    write(pol / "web.yaml", POLICY)
+    again = rec.wait(is_snapshot, mark)
+    assert isinstance(again, Snapshot) and again.version == first.version
+
+
+def test_no_republish_when_content_is_unchanged(started: tuple[FilesSource, Recorder, Path, Path]) -> None:
+    source, rec, inv, pol = started
+    rec.wait(is_snapshot, 0)
+    # A first edit, published: from then on the watch is certainly in place
+    # (anything published after the first load comes from inside the watch loop).
+    write(inv, INVENTORY.replace("{pod: b}", "{pod: b, v: '2'}"))
+    rec.wait(is_snapshot, 1)
+    loads = source.loads
+    write(inv, INVENTORY.replace("{pod: b}", "{pod: b, v: '2'}"))  # same bytes, new inode: an inotify event
+    deadline = time.monotonic() + WAIT
+    while source.loads == loads:  # the source did notice and reload…
+        assert time.monotonic() < deadline, "the rewrite was never noticed"
+        time.sleep(0.01)
+    # …and then a real edit is the next thing published: nothing came in between.
+    write(pol / "web.yaml", POLICY.replace("{pod: b}", "{pod: c}"))
+    nxt = rec.wait(is_snapshot, 2)
+    assert rec.items[2] is nxt
+    assert rec.count() == 3
+
+
+def test_missing_path_at_start_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        FilesSource([tmp_path / "nope.yaml"], [])
+
+
+def test_load_reports_problem_without_raising(files: tuple[Path, Path]) -> None:
+    inv, pol = files
+    source = FilesSource([inv], [pol])
+    assert isinstance(source.load(), Snapshot)
+    inv.write_text("apiVersion: callgate/v1\nkind: Inventory\nendpoints: [{name: a}]\n")
+    result = source.load()
+    assert isinstance(result, SourceProblem) and str(inv) in str(result.problems[0])
