@@ -718,10 +718,14 @@ def test_lint_disable_annotation_and_min_severity(server: FakeAPIServer, start_c
     quiet = policy("nothing", "x", {"podSelector": {"matchLabels": {"pod": "zzz"}}})
     quiet["metadata"]["annotations"] = {"callgate.io/lint-disable": "CG101"}
     server.update(quiet)
+    # A port without a protocol is an info finding (CG109): Kubernetes means TCP.
+    server.create(policy("noproto", "x", {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}))
     ctl = start_controller(dry_run=True, min_severity=Severity.INFO)
     found = {(r.target.key, r.rule) for r in ctl.reports}
     assert ("x/nothing", "CG101") not in found
-    assert ("x/deny-all", "CG108") in found  # info: only with --min-severity info
+    assert ("x/noproto", "CG109") in found  # info: only with --min-severity info
+    default = start_controller(dry_run=True)
+    assert ("x/noproto", "CG109") not in {(r.target.key, r.rule) for r in default.reports}
     assert server.objects("Event") == [], "dry run posts nothing"
 
 
