@@ -155,7 +155,7 @@ def graph_svg(gm: GroupMatrix, title: str) -> str:
     tallest = max((len(g) for _, g in columns), default=1)
     if has_any:
         pos[ANY] = (40.0, top + 30 + (tallest - 1) * row_h / 2)
-    width = max(x0 + len(columns) * col_w + 20, 8.0 * len(title) + 40)  # room for the title
+    width = max(x0 + len(columns) * col_w + 20, 9.0 * len(title) + 40)  # room for the title
     height = top + 50 + tallest * row_h
     out = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0f}' height='{height:.0f}' "
