@@ -48,7 +48,9 @@ def lint(spec: Spec) -> dict[str, Any]:
         proc = subprocess.run(argv, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
     # lint exits non-zero when it has findings; a usage error (2) is a failure.
-    return {"available": True, "seconds": elapsed, "exit": proc.returncode, "argv": " ".join(argv[1:2]) + " ...",
+    shown = " ".join(a if a.startswith("-") or a == "lint" else Path(a).name for a in argv[1:])
+    return {"available": True, "seconds": elapsed, "exit": proc.returncode,
+            "what": f"`callgate {shown}` (CLI process, imports included)",
             "stderr": proc.stderr[-300:] if proc.returncode == 2 else ""}
 
 
