@@ -261,7 +261,11 @@ class Reactor:
                  node=self.config.node, error=str(exc))
             result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=False)
         seconds = time.monotonic() - started
-        if _drift(result) and not full:
+        # A change although nothing desired changed is a repair too: the live state
+        # moved after the resync's check (nft also says so itself, other backends not).
+        same = (self.applied is not None and known == self.applied.known
+                and ruleset.digest() == self.applied.ruleset.digest())
+        if (_drift(result) or (result.changed and same)) and not full:
             # Found while applying a change rather than by the resync check:
             # the full replacement just repaired it; count it all the same.
             self.repairs += 1
