@@ -122,6 +122,31 @@ def l4_first(commands: list[Command]) -> list[Command]:
     return out
 
 
+def small_sets(commands: list[Command], client_ip: str) -> list[Command]:
+    """The same table with every peer set cut down to one element (the
+    client's where the set holds it): same chains and rules, tiny sets. Against
+    the full table, this shows whether the per-packet cost depends on how many
+    addresses the sets hold."""
+    client = int(ipaddress.ip_address(client_ip))
+    out: list[Command] = []
+    for cmd in commands:
+        body = cmd.get("add", {}).get("set")
+        if body is not None and body.get("elem") and isinstance(body["type"], str):
+            texts = [_element_text(e) for e in body["elem"]]
+            keep = [e for e, t in zip(body["elem"], texts, strict=True) if _contains(t, client)] or body["elem"][:1]
+            cmd = {"add": {"set": {**body, "elem": keep}}}
+        out.append(cmd)
+    return out
+
+
+def _element_text(elem: Any) -> str:
+    if isinstance(elem, dict) and "prefix" in elem:
+        return f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
+    if isinstance(elem, dict) and "range" in elem:
+        return f"{elem['range'][0]}-{elem['range'][1]}"
+    return str(elem)
+
+
 def _contains(element: str, value: int) -> bool:
     if ":" in element:
         return False
@@ -251,7 +276,7 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
             # cost of conntrack from the cost of the policy itself.
             empty = list(replace_table(RuleSet(node=cluster.node)).commands)
             configs = {"none": delete, "empty": empty, "callgate": full, "callgate-l4first": l4_first(full),
-                       "linear": linear}
+                       "callgate-1elem": small_sets(full, client_ip), "linear": linear}
             samples: dict[str, dict[str, list[float]]] = {c: {"crr": [], "udp": [], "load_s": []} for c in configs}
             names = list(configs)
             for r in range(rounds):

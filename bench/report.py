@@ -88,8 +88,9 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
             f"of {lab['seconds_per_sample']:g} s per sample, the {len(lab['datapath'])} tables measured in rotating order in "
             f"every round. `none` = no table (no conntrack either); `empty` = callgate's table with no endpoints "
             f"(conntrack + dispatch only); `callgate` = the compiled table as applied today; `callgate-l4first` "
-            f"= the same with each rule's port match before its set look-up (an experiment, see "
-            f"docs/performance.md); `linear` = one rule per peer.")
+            f"= the same with each rule's port match before its set look-up, `callgate-1elem` = the same "
+            f"chains with every set cut to one element (experiments, see docs/performance.md); `linear` = one "
+            f"rule per peer.")
         sec("")
         sec("| table | new TCP connections/s (min / median / max) | 64-byte UDP packets/s (min / median / max) "
             "| % of `none` (median) | table load |")
@@ -129,6 +130,13 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
             sec(f"Experiment, port match before the set look-up: callgate-l4first/none "
                 f"{statistics.median(l4_crr):.0%} conn/s ({min(l4_crr):.0%}–{max(l4_crr):.0%}), "
                 f"{statistics.median(l4_udp):.0%} pps ({min(l4_udp):.0%}–{max(l4_udp):.0%}).")
+        if "callgate-1elem" in dp:
+            s_crr, s_udp = ratios("callgate", "callgate-1elem", "crr"), ratios("callgate", "callgate-1elem", "udp")
+            sec("")
+            sec(f"Experiment, set size: the full table relative to the same chains with one-element sets, "
+                f"callgate/callgate-1elem {statistics.median(s_crr):.0%} conn/s ({min(s_crr):.0%}–{max(s_crr):.0%}), "
+                f"{statistics.median(s_udp):.0%} pps ({min(s_udp):.0%}–{max(s_udp):.0%}): what "
+                f"{lab['table']['server_peer_elements']:,} elements cost per packet compared with one.")
         sec("")
         targets.append(("1. Datapath, new TCP connections/s with 10k policies", "≥ 95% of no ruleset",
                         f"{statistics.median(cg_crr):.0%} of `none`, {statistics.median(e_crr):.0%} of `empty` "

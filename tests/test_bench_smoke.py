@@ -35,7 +35,8 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
     assert (tmp_path / "plots" / "compile_pods.svg").exists()
     if datapath_possible() is None:
         lab = results["lab"]
-        assert set(lab["datapath"]) == {"none", "empty", "callgate", "callgate-l4first", "linear"}
+        assert set(lab["datapath"]) == {"none", "empty", "callgate", "callgate-l4first", "callgate-1elem",
+                                        "linear"}
         assert all(lab["incremental"]["incremental"]), "pod churn should reach the kernel as an incremental update"
         assert (tmp_path / "plots" / "datapath.svg").exists()
     # The lab cleans up after itself.
