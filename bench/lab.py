@@ -8,20 +8,29 @@ host-side veth owns (so the node answers ARP for it without proxy ARP); the
 node routes each pod's /32 to its veth and forwards, so traffic between the
 pods crosses the node's ``forward`` hook, where callgate's table sits.
 
-Every namespace is named with the ``cgb`` prefix and removed on exit, also
-when a run fails; stale ``cgb-bench-*`` namespaces of an earlier crashed run
-are removed first. Only the pods' own addresses (from 198.18.0.0/15) are used.
+Every namespace is named ``cgb-bench-<tag>-*`` and removed on exit, also when
+a run fails. The tag is the process id (or ``$CGB_LAB_TAG``), so that several
+runs at once (the full benchmark and someone's test suite running the smoke
+test) never tear down each other's lab; namespaces left by a crashed run whose
+process is gone are removed first. Only the pods' own addresses (from
+198.18.0.0/15) are used.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 PREFIX = "cgb-bench-"
 GATEWAY = "169.254.1.1"
+
+
+def lab_tag() -> str:
+    return os.environ.get("CGB_LAB_TAG") or str(os.getpid())
 
 
 def _run(argv: Sequence[str], check: bool = True) -> str:
@@ -40,10 +49,18 @@ def _ours() -> list[str]:
             if line.split() and line.split()[0].startswith(PREFIX)]
 
 
-def cleanup() -> None:
-    """Delete this lab's namespaces (only names starting with ``cgb-bench-``)."""
+def _stale(name: str) -> bool:
+    """A namespace of a numeric-tagged run whose process no longer exists."""
+    tag = name[len(PREFIX):].split("-", 1)[0]
+    return tag.isdigit() and not Path(f"/proc/{tag}").exists()
+
+
+def cleanup(tag: str | None = None) -> None:
+    """Delete this run's namespaces (``cgb-bench-<tag>-*``) and stale ones."""
+    mine = f"{PREFIX}{tag or lab_tag()}-"
     for name in _ours():
-        _run(["ip", "netns", "delete", name], check=False)
+        if name.startswith(mine) or _stale(name):
+            _run(["ip", "netns", "delete", name], check=False)
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,7 @@ def _sysctl(netns: str, **settings: str) -> None:
 
 
 def _pod(node: str, name: str, host_if: str, ip: str) -> Pod:
-    netns = PREFIX + name
+    netns = f"{PREFIX}{lab_tag()}-{name}"
     _run(["ip", "netns", "add", netns])
     _run(["ip", "link", "add", host_if, "netns", node, "type", "veth", "peer", "name", "eth0", "netns", netns])
     _run(ns_exec(netns, "ip", "link", "set", "lo", "up"))
@@ -89,7 +106,7 @@ def two_pod_lab(server_ip: str, client_ip: str, server_if: str = "cgbs0", client
         if not ip.startswith(("198.18.", "198.19.")):
             raise ValueError(f"lab addresses must be in 198.18.0.0/15, got {ip}")
     cleanup()
-    node = PREFIX + "node"
+    node = f"{PREFIX}{lab_tag()}-node"
     try:
         _run(["ip", "netns", "add", node])
         _run(ns_exec(node, "ip", "link", "set", "lo", "up"))

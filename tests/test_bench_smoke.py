@@ -23,7 +23,8 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)]
     if datapath_possible() is not None:
         argv += ["--skip", "datapath"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    tag = f"smoke{os.getpid()}"  # the lab's namespaces are cgb-bench-<tag>-*: ours only
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CGB_LAB_TAG": tag}
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (tmp_path / "BENCHMARKS.md").read_text()
@@ -41,7 +42,7 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
         assert (tmp_path / "plots" / "datapath.svg").exists()
     # The lab cleans up after itself.
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "cgb-bench-" not in names
+    assert f"cgb-bench-{tag}-" not in names
 
 
 def test_generator_is_deterministic() -> None:
