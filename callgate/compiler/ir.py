@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -66,7 +67,12 @@ class L4Match:
         return f"{self.protocol} dport {','.join(str(p) for p in self.ports)}"
 
 
-@dataclass(frozen=True, slots=True)
+# Sets and endpoints are not slotted: each caches its own digest in its
+# __dict__ (see RuleSet.digest), so a RuleSet that reuses them hashes only what
+# is new.
+
+
+@dataclass(frozen=True)
 class AddressSet:
     """Peer addresses of one family. Elements are canonical text, sorted by
     address and non-overlapping: a single address, a prefix, or a range "a-b"."""
@@ -76,8 +82,12 @@ class AddressSet:
     elements: tuple[str, ...]
     comment: str = ""  # the peer definitions this set stands for
 
+    @cached_property
+    def digest(self) -> str:
+        return _hash_lines([self.name, self.family, self.comment], self.elements)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True)
 class AddressPortSet:
     """(address, port) pairs of one family and protocol: egress named ports,
     resolved on each destination pod."""
@@ -87,6 +97,11 @@ class AddressPortSet:
     protocol: L4Protocol
     elements: tuple[tuple[str, int], ...]
     comment: str = ""
+
+    @cached_property
+    def digest(self) -> str:
+        return _hash_lines([self.name, self.family, self.protocol, self.comment],
+                           (f"{address} {port}" for address, port in self.elements))
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -126,7 +141,7 @@ class Chain:
     default: Verdict
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EndpointRules:
     """What one local endpoint enforces. An empty tier tuple: not isolated."""
 
@@ -135,6 +150,49 @@ class EndpointRules:
     ips: tuple[str, ...]
     ingress: tuple[Chain, ...] = ()
     egress: tuple[Chain, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "interface": self.interface, "ips": list(self.ips),
+                "ingress": [_chain_json(c) for c in self.ingress], "egress": [_chain_json(c) for c in self.egress]}
+
+    @cached_property
+    def digest(self) -> str:
+        return _hash_json(self.to_json())
+
+
+def _rule_json(r: Rule) -> dict[str, Any]:
+    out: dict[str, Any] = {"verdict": r.verdict.value}
+    if r.family:
+        out["family"] = r.family
+    if r.peer_set:
+        out["peer_set"] = r.peer_set
+    if r.peer_port_set:
+        out["peer_port_set"] = r.peer_port_set
+    if r.l4:
+        out["l4"] = {"protocol": r.l4.protocol, "ports": [str(p) for p in r.l4.ports]}
+    out["origins"] = [str(o) for o in r.origins]
+    return out
+
+
+def _chain_json(c: Chain) -> dict[str, Any]:
+    return {"name": c.name, "default": c.default.value, "rules": [_rule_json(r) for r in c.rules]}
+
+
+def _hash_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _hash_lines(header: list[str], lines: Iterable[str]) -> str:
+    """sha256 of a JSON header line, then one line per element: cheaper than
+    JSON for 25,000 elements. Unambiguous: JSON escapes newlines, and an
+    element holding a newline (never produced by the compiler) switches the
+    body to JSON, which is told apart by its leading "[" (no address has one)."""
+    items = list(lines)
+    body = "\n".join(items)
+    if body.count("\n") != max(len(items) - 1, 0) or body.startswith("["):
+        body = json.dumps(items)
+    text = json.dumps([*header, len(items)], separators=(",", ":")) + "\n" + body
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -160,23 +218,6 @@ class RuleSet:
 
     def to_json(self) -> dict[str, Any]:
         """A plain, stable JSON form (``callgate compile --format json``)."""
-
-        def rule(r: Rule) -> dict[str, Any]:
-            out: dict[str, Any] = {"verdict": r.verdict.value}
-            if r.family:
-                out["family"] = r.family
-            if r.peer_set:
-                out["peer_set"] = r.peer_set
-            if r.peer_port_set:
-                out["peer_port_set"] = r.peer_port_set
-            if r.l4:
-                out["l4"] = {"protocol": r.l4.protocol, "ports": [str(p) for p in r.l4.ports]}
-            out["origins"] = [str(o) for o in r.origins]
-            return out
-
-        def chain(c: Chain) -> dict[str, Any]:
-            return {"name": c.name, "default": c.default.value, "rules": [rule(r) for r in c.rules]}
-
         return {
             "node": self.node,
             "address_sets": [
@@ -188,22 +229,30 @@ class RuleSet:
                  "elements": [[a, p] for a, p in s.elements]}
                 for s in self.port_sets
             ],
-            "endpoints": [
-                {"endpoint": e.endpoint, "interface": e.interface, "ips": list(e.ips),
-                 "ingress": [chain(c) for c in e.ingress], "egress": [chain(c) for c in e.egress]}
-                for e in self.endpoints
-            ],
+            "endpoints": [e.to_json() for e in self.endpoints],
             "unbound": [{"endpoint": k, "reason": why} for k, why in self.unbound],
         }
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON form: equal digests, equal rulesets."""
+        """Equal digests, equal rulesets (sha256 throughout).
+
+        Compositional: each set and each endpoint caches its own digest, and
+        this one hashes those in order with the node and the unbound list. A
+        RuleSet that reuses 20 of its predecessor's 21 sets (the incremental
+        compiler's common case) hashes only the new one: hashing the whole IR
+        as one JSON text cost ~19 ms at 117,000 set elements.
+        """
         return self._digest
 
     @cached_property
     def _digest(self) -> str:
-        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _hash_json({
+            "node": self.node,
+            "address_sets": [s.digest for s in self.address_sets],
+            "port_sets": [s.digest for s in self.port_sets],
+            "endpoints": [e.digest for e in self.endpoints],
+            "unbound": [list(u) for u in self.unbound],
+        })
 
 
 def short_hash(*parts: str, length: int = 12) -> str:
