@@ -7,8 +7,9 @@ in the output is derived from content.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from callgate.compiler import addresses
@@ -167,7 +168,7 @@ class Compiler:
     # -- chains ------------------------------------------------------------
 
     def _chain(self, ep: Endpoint, direction: Direction, policies: list[Policy],
-               builder: _SetBuilder) -> Chain:
+               builder: SetBuilder) -> Chain:
         groups: dict[L4Match | None, _Group] = defaultdict(_Group)
         # egress named ports: protocol -> (peer key, port name) -> origins
         named: dict[L4Protocol, dict[tuple[PeerKey, str], set[Origin]]] = defaultdict(lambda: defaultdict(set))
@@ -184,37 +185,49 @@ class Compiler:
                     else:
                         group.peers.update(peers)
 
-        rules: list[Rule] = []
+        # Every rule this chain could hold, each with the set it needs non-empty
+        # (None: unconditional). Which rules are present then depends only on
+        # which sets are empty: the incremental compiler keeps these candidates
+        # and re-filters them when a pod change empties or fills a set.
+        candidates: list[Candidate] = []
         for l4, group in groups.items():
             origins = tuple(sorted(group.origins))
             if group.any_peer:
-                rules.append(Rule(Verdict.ALLOW, l4=l4, origins=origins))
+                candidates.append(Candidate(Rule(Verdict.ALLOW, l4=l4, origins=origins), None))
                 continue
             peer_key = frozenset(group.peers)
             unions = self._peer_intervals(peer_key)
             for family, version in FAMILIES:
-                if unions[version]:
-                    name = builder.address_set(family, version, peer_key, unions[version])
-                    rules.append(Rule(Verdict.ALLOW, family=family, peer_set=name, l4=l4, origins=origins))
+                name = builder.address_set(family, version, peer_key, unions[version])
+                candidates.append(Candidate(
+                    Rule(Verdict.ALLOW, family=family, peer_set=name, l4=l4, origins=origins), name))
         for protocol, entries in named.items():
+            origins = tuple(sorted(set().union(*entries.values())))
             for family, version in FAMILIES:
-                pairs: set[tuple[str, int]] = set()
-                for (peers, port_name), _ in entries.items():
-                    for target in self._named_port_targets(peers, port_name):
-                        numbers = target.resolve_port(port_name, protocol.upper())  # type: ignore[arg-type]
-                        for ip in target.ips:
-                            if ip.version == version and (
-                                peers is ANY_PEER or self._peer_admits(peers, target, ip)
-                            ):
-                                pairs.update((str(ip), n) for n in numbers)
-                if pairs:
-                    origins = tuple(sorted(set().union(*entries.values())))
-                    name = builder.port_set(family, protocol, entries.keys(), pairs)
-                    rules.append(Rule(Verdict.ALLOW, family=family, peer_port_set=name,
-                                      l4=L4Match(protocol), origins=origins))
-        rules.sort(key=_rule_order)
+                pairs = self._named_pairs(protocol, version, entries)
+                name = builder.port_set(family, protocol, entries.keys(), pairs)
+                candidates.append(Candidate(Rule(Verdict.ALLOW, family=family, peer_port_set=name,
+                                                 l4=L4Match(protocol), origins=origins), name))
+        # Sorting before filtering gives the same order as after: the sort is stable.
+        candidates.sort(key=lambda c: _rule_order(c.rule))
         prefix = "in" if direction is Direction.INGRESS else "out"
-        return Chain(f"{prefix}_{short_hash(ep.key)}", tuple(rules), Verdict.DENY)
+        chain = Chain(f"{prefix}_{short_hash(ep.key)}", present_rules(candidates, builder.non_empty), Verdict.DENY)
+        builder.chain_built(ep.key, direction, chain, candidates)
+        return chain
+
+    def _named_pairs(self, protocol: L4Protocol, version: int,
+                     entries: dict[tuple[PeerKey, str], set[Origin]]) -> set[tuple[str, int]]:
+        """(address, port) pairs of one protocol and IP version for a chain's named egress ports."""
+        pairs: set[tuple[str, int]] = set()
+        for (peers, port_name), _ in entries.items():
+            for target in self._named_port_targets(peers, port_name):
+                numbers = target.resolve_port(port_name, protocol.upper())  # type: ignore[arg-type]
+                for ip in target.ips:
+                    if ip.version == version and (
+                        peers is ANY_PEER or self._peer_admits(peers, target, ip)
+                    ):
+                        pairs.update((str(ip), n) for n in numbers)
+        return pairs
 
     def _peer_admits(self, peers: frozenset[Peer], target: Endpoint, ip: object) -> bool:
         """Does some peer admit this address of ``target``? (ipBlock peers admit
@@ -257,10 +270,12 @@ class Compiler:
 
     # -- entry point -------------------------------------------------------
 
-    def compile(self, node: str) -> RuleSet:
+    def compile(self, node: str, builder: SetBuilder | None = None) -> RuleSet:
+        """The node's RuleSet. ``builder`` (default: a fresh :class:`SetBuilder`)
+        collects its sets; the incremental compiler passes one that records more."""
+        builder = builder if builder is not None else SetBuilder()
         local = sorted((ep for ep in self.inventory.endpoints if ep.node == node), key=lambda e: e.key)
         selecting = self._selecting(local)
-        builder = _SetBuilder()
         endpoints: list[EndpointRules] = []
         unbound: list[tuple[str, str]] = []
         for ep in local:
@@ -290,35 +305,74 @@ def _rule_order(rule: Rule) -> tuple[str, str, str, str]:
     return (str(rule.l4 or ""), rule.family or "", rule.peer_set or "", rule.peer_port_set or "")
 
 
-class _SetBuilder:
-    """Deduplicates sets across the node; names come from the peer definitions."""
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A rule a chain holds when ``needs`` (a set name) is non-empty, or always (None)."""
+
+    rule: Rule
+    needs: str | None
+
+
+def present_rules(candidates: Iterable[Candidate], non_empty: Callable[[str], bool]) -> tuple[Rule, ...]:
+    return tuple(c.rule for c in candidates if c.needs is None or non_empty(c.needs))
+
+
+class SetBuilder:
+    """Deduplicates sets across the node; names come from the peer definitions.
+
+    Only non-empty sets are kept (a rule whose set is empty is left out). The
+    incremental compiler subclasses this to record every set a rule could use,
+    empty or not, and each chain's candidate rules.
+    """
 
     def __init__(self) -> None:
         self.address_sets: dict[str, AddressSet] = {}
         self.port_sets: dict[str, AddressPortSet] = {}
 
+    def non_empty(self, name: str) -> bool:
+        return name in self.address_sets or name in self.port_sets
+
+    def chain_built(self, endpoint: str, direction: Direction, chain: Chain, candidates: list[Candidate]) -> None:
+        """Hook: a chain is complete (nothing to do for a one-off compile)."""
+
     def address_set(self, family: Family, version: int, peers: frozenset[Peer],
                     intervals: list[addresses.Interval]) -> str:
-        definitions = sorted(p.canonical() for p in peers)
-        name = f"peers{version}_{short_hash(family, *definitions)}"
-        if name not in self.address_sets:
-            comment = "; ".join(definitions)
+        name = address_set_name(family, version, peers)
+        if intervals and name not in self.address_sets:
             self.address_sets[name] = AddressSet(
-                name, family, addresses.canonical_elements(intervals, version), comment)
+                name, family, addresses.canonical_elements(intervals, version), address_set_comment(peers))
         return name
 
     def port_set(self, family: Family, protocol: L4Protocol, keys: Iterable[tuple[PeerKey, str]],
                  pairs: set[tuple[str, int]]) -> str:
-        definitions = sorted(
-            f"{'any' if peers is None else ' | '.join(sorted(p.canonical() for p in peers))} port {name}"
-            for peers, name in keys)
-        name = f"named{4 if family == 'ip' else 6}_{protocol}_{short_hash(family, protocol, *definitions)}"
-        if name not in self.port_sets:
-            import ipaddress
-
-            elements = tuple(sorted(pairs, key=lambda ap: (int(ipaddress.ip_address(ap[0])), ap[1])))
-            self.port_sets[name] = AddressPortSet(name, family, protocol, elements, "; ".join(definitions))
+        definitions = port_set_definitions(keys)
+        name = port_set_name(family, protocol, definitions)
+        if pairs and name not in self.port_sets:
+            self.port_sets[name] = AddressPortSet(name, family, protocol, sort_pairs(pairs), "; ".join(definitions))
         return name
+
+
+def address_set_name(family: Family, version: int, peers: frozenset[Peer]) -> str:
+    return f"peers{version}_{short_hash(family, *sorted(p.canonical() for p in peers))}"
+
+
+def address_set_comment(peers: frozenset[Peer]) -> str:
+    return "; ".join(sorted(p.canonical() for p in peers))
+
+
+def port_set_definitions(keys: Iterable[tuple[PeerKey, str]]) -> list[str]:
+    return sorted(
+        f"{'any' if peers is None else ' | '.join(sorted(p.canonical() for p in peers))} port {name}"
+        for peers, name in keys)
+
+
+def port_set_name(family: Family, protocol: L4Protocol, definitions: list[str]) -> str:
+    return f"named{4 if family == 'ip' else 6}_{protocol}_{short_hash(family, protocol, *definitions)}"
+
+
+def sort_pairs(pairs: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    """(address, port) elements in address order, then port."""
+    return tuple(sorted(pairs, key=lambda ap: (int(ipaddress.ip_address(ap[0])), ap[1])))
 
 
 def compile_node(policies: PolicySet, inventory: Inventory, node: str) -> RuleSet:
