@@ -224,6 +224,9 @@ class _TimingKernel:
     def list_table(self, family: str, name: str) -> list[dict[str, Any]] | None:
         return self.inner.list_table(family, name)
 
+    def list_set(self, family: str, table: str, name: str) -> list[dict[str, Any]] | None:
+        return self.inner.list_set(family, table, name)
+
     def list_tables(self) -> list[tuple[str, str]]:
         return self.inner.list_tables()
 

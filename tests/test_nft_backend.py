@@ -13,8 +13,9 @@ import pytest
 
 from callgate.compiler import Compiler, RuleSet
 from callgate.compiler.ir import AddressSet
+from callgate.enforcers import nft as nft_mod
 from callgate.enforcers.kernel import FakeNftKernel, LibNftables
-from callgate.enforcers.nft import NftablesEnforcer, replace_table
+from callgate.enforcers.nft import NftablesEnforcer, is_hash_set, layout_digest, replace_table
 from callgate.errors import KernelError
 from callgate.policy import load_inventory, load_policies
 from tests.helpers import SHOP, STANDARD_INVENTORY, policies_from
@@ -56,7 +57,7 @@ def test_fake_kernel_failed_transaction_keeps_previous(shop_rulesets: dict[str, 
     with pytest.raises(KernelError):
         enforcer.apply(shop_rulesets["node-2"])
     assert enforcer.live_text() == before
-    assert enforcer.live_digest() == shop_rulesets["node-1"].digest()
+    assert enforcer.live_digest() == layout_digest(shop_rulesets["node-1"])
 
 
 def test_dry_run_commits_nothing_on_fake(shop_rulesets: dict[str, RuleSet]) -> None:
@@ -82,7 +83,7 @@ def test_kernel_round_trip_and_noop(netns: str, shop_rulesets: dict[str, RuleSet
     for node, ruleset in shop_rulesets.items():
         assert enforcer.apply(ruleset).changed, node
         assert enforcer.in_sync(ruleset)
-        assert enforcer.live_digest() == ruleset.digest()
+        assert enforcer.live_digest() == layout_digest(ruleset)
         handles_before = nft(netns, "-a", "list", "table", "inet", "callgate")
         assert not enforcer.apply(ruleset).changed
         assert nft(netns, "-a", "list", "table", "inet", "callgate") == handles_before
@@ -205,3 +206,53 @@ def test_sctp_rules_pass_the_kernel_check(netns: str, tmp_path: Path) -> None:
     enforcer.apply(ruleset)
     assert enforcer.in_sync(ruleset)
     assert "sctp dport { 80, 5000-5100 }" in nft(netns, "list", "table", "inet", "callgate")
+
+
+# -- hash or interval: the backend's choice per set ----------------------------
+
+def _set_body(s: AddressSet) -> dict[str, object]:
+    cmd = next(c for c in replace_table(RuleSet(node="n", address_sets=(s,))).commands
+               if c.get("add", {}).get("set", {}).get("name") == s.name)
+    return cmd["add"]["set"]  # type: ignore[no-any-return]
+
+
+def test_enumerable_sets_are_hash_sets_of_single_addresses() -> None:
+    body = _set_body(AddressSet("peers4_a", "ip", ("198.18.0.0/30", "198.18.1.5", "198.18.2.1-198.18.2.2")))
+    assert "flags" not in body
+    assert body["elem"] == ["198.18.0.0", "198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.1.5",
+                            "198.18.2.1", "198.18.2.2"]
+    v6 = _set_body(AddressSet("peers6_a", "ip6", ("fd00::/127", "fd00::10")))
+    assert "flags" not in v6 and v6["elem"] == ["fd00::", "fd00::1", "fd00::10"]
+
+
+@pytest.mark.parametrize(("elements", "hashed"), [
+    (("198.18.0.0/16",), True),  # exactly HASH_SET_MAX addresses
+    (("198.18.0.0/16", "198.20.0.1"), False),  # one more
+    (("10.0.0.0/8",), False),
+    (("fd00::/112",), True),
+    (("fd00::/111",), False),
+    ((), True),
+])
+def test_the_bound_between_hash_and_interval(elements: tuple[str, ...], hashed: bool) -> None:
+    family = "ip6" if elements and ":" in elements[0] else "ip"
+    s = AddressSet("peers_x", family, elements)  # type: ignore[arg-type]
+    assert is_hash_set(s) == hashed
+    if not hashed:
+        body = _set_body(s)
+        assert body["flags"] == ["interval"] and len(body["elem"]) == len(elements)  # type: ignore[arg-type]
+
+
+@kernel
+@pytest.mark.kernel
+def test_text_rendering_of_interval_sets_loads_too(shop_rulesets: dict[str, RuleSet],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nft_mod, "HASH_SET_MAX", 0)
+    ruleset = shop_rulesets["node-1"]
+    with scratch_netns("cgn") as a, scratch_netns("cgn") as b:
+        enforcer = NftablesEnforcer(LibNftables(a))
+        enforcer.apply(ruleset)
+        assert enforcer.in_sync(ruleset)
+        nft(b, "-f", "-", stdin=replace_table(ruleset).text())
+        listing = nft(a, "list", "table", "inet", "callgate")
+        assert "flags interval" in listing
+        assert listing == nft(b, "list", "table", "inet", "callgate")

@@ -16,9 +16,11 @@ import pytest
 import yaml
 
 from callgate.compiler import Compiler, RuleSet
-from callgate.enforcers.kernel import FakeNftKernel, LibNftables, NftKernel
-from callgate.enforcers.nft import NftablesEnforcer, check_fail_closed_prefix
-from callgate.enforcers.nft_update import NftUpdate
+from callgate.enforcers import nft as nft_mod
+from callgate.enforcers.kernel import Command, FakeNftKernel, LibNftables, NftKernel
+from callgate.enforcers.nft import DIGEST_SET, NftablesEnforcer, check_fail_closed_prefix, layout_digest
+from callgate.enforcers.nft_update import NftUpdate, plan_update
+from callgate.errors import KernelError
 from callgate.policy import load_policies
 from callgate.policy.inventory import inventory_from_dict
 from callgate.policy.model import PolicySet
@@ -105,24 +107,64 @@ def test_fake_kernel_walk_is_incremental_after_the_first_apply(prefix: str | Non
     assert all(tx is not None for _, tx in steps[1:]), [label for label, tx in steps if tx is None]
 
 
-def test_pod_added_elsewhere_is_element_commands_only() -> None:
+# Every incremental transaction swaps the digest element: one delete, one add.
+SWAP = {"delete element": 1, "add element": 1}
+
+
+def without_swap(tx: NftUpdate) -> list[Command]:
+    """The transaction's commands other than the digest swap."""
+    assert [next(iter(c.values()))["element"]["name"] for c in tx.commands[:2]] == [DIGEST_SET] * 2
+    return list(tx.commands[2:])
+
+
+@pytest.fixture
+def interval_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every peer set rendered as an interval set, as wide ipBlocks are."""
+    monkeypatch.setattr(nft_mod, "HASH_SET_MAX", 0)
+
+
+@pytest.mark.parametrize("form", ["hash", "interval"])
+def test_pod_added_elsewhere_is_element_commands_only(form: str, request: pytest.FixtureRequest) -> None:
+    if form == "interval":
+        request.getfixturevalue("interval_sets")
     kernel = FakeNftKernel()
     enforcer = NftablesEnforcer(kernel)
     enforcer.apply(compile_(STATES[0][1], S03))
     tx = enforcer.apply(compile_(STATES[1][1], S03)).transaction
     assert isinstance(tx, NftUpdate)
-    assert tx.counts() == {"add element": 1, "replace rule": 1}, tx.text()
+    assert tx.counts() == {"delete element": 1, "add element": 2}, tx.text()
     # The set that grew is the y peer set, on IPv4 only (d has no IPv6 address).
-    (cmd,) = [c for c in tx.commands if "add" in c]
+    (cmd,) = without_swap(tx)
     assert cmd["add"]["element"]["elem"] == ["198.18.2.40"]
 
 
-def test_growing_interval_replaces_the_element_in_one_transaction() -> None:
+def test_growing_interval_replaces_the_element_in_one_transaction(interval_sets: None) -> None:
     enforcer = NftablesEnforcer(FakeNftKernel())
     enforcer.apply(compile_(STATES[1][1], S03))
     tx = enforcer.apply(compile_(STATES[2][1], S03)).transaction
     assert isinstance(tx, NftUpdate)
-    assert set(tx.counts()) == {"add element", "delete element", "replace rule"}, tx.text()
+    (gone, came) = without_swap(tx)
+    assert gone["delete"]["element"]["elem"] == ["198.18.2.40"], tx.text()
+    assert came["add"]["element"]["elem"] == [{"prefix": {"addr": "198.18.2.40", "len": 31}}], tx.text()
+
+
+def test_adjacent_pod_in_a_hash_set_is_one_added_address() -> None:
+    """The IR merges .40 and .41 into .40/31; the hash set just gains .41."""
+    enforcer = NftablesEnforcer(FakeNftKernel())
+    enforcer.apply(compile_(STATES[1][1], S03))
+    new = compile_(STATES[2][1], S03)
+    tx = enforcer.apply(new).transaction
+    assert isinstance(tx, NftUpdate)
+    (came,) = without_swap(tx)
+    assert came["add"]["element"]["elem"] == ["198.18.2.41"], tx.text()
+    assert enforcer.in_sync(new)
+    # And back: the address leaves, the other stays.
+    old = compile_(STATES[1][1], S03)
+    tx = enforcer.apply(old).transaction
+    assert isinstance(tx, NftUpdate)
+    (gone,) = without_swap(tx)
+    assert gone["delete"]["element"]["elem"] == ["198.18.2.41"], tx.text()
+    assert enforcer.in_sync(old)
 
 
 def test_fail_closed_known_interface_is_an_element_update() -> None:
@@ -131,7 +173,7 @@ def test_fail_closed_known_interface_is_an_element_update() -> None:
     enforcer.apply(ruleset, known_interfaces=["cgxa0"])
     tx = enforcer.apply(ruleset, known_interfaces=["cgxa0", "cgzz9"]).transaction
     assert isinstance(tx, NftUpdate)
-    assert tx.counts() == {"add element": 1, "replace rule": 1}
+    assert tx.counts() == {"delete element": 1, "add element": 2}
     assert "cgzz9" in enforcer.live_text()  # type: ignore[operator]
 
 
@@ -196,7 +238,7 @@ def test_kernel_walk_stays_in_sync(netns: str, prefix: str | None) -> None:
         kernel.close()
     assert all(tx is not None for _, tx in steps[1:]), [label for label, tx in steps if tx is None]
     # And the kernel's own listing agrees with the digest after the last step.
-    assert "callgate sha256:" in nft(netns, "list", "table", "inet", "callgate")
+    assert "callgate sha256:" in nft(netns, "list", "set", "inet", "callgate", "digest")
 
 
 @pytest.mark.kernel
@@ -209,9 +251,213 @@ def test_kernel_pod_added_elsewhere_is_element_commands_only(netns: str) -> None
         new = compile_(STATES[1][1], S03)
         tx = enforcer.apply(new).transaction
         assert isinstance(tx, NftUpdate)
-        assert tx.counts() == {"add element": 1, "replace rule": 1}
+        assert tx.counts() == {"delete element": 1, "add element": 2}
         assert enforcer.in_sync(new)
-        assert enforcer.live_digest() == new.digest()
+        assert enforcer.live_digest() == layout_digest(new)
         assert "198.18.2.40" in nft(netns, "list", "table", "inet", "callgate")
+    finally:
+        kernel.close()
+
+
+# -- hash and interval forms, layout version, drift on the fast path ----------
+
+@pytest.mark.parametrize("prefix", [None, "cg"])
+def test_fake_kernel_walk_with_interval_sets(prefix: str | None, interval_sets: None) -> None:
+    steps = walk(FakeNftKernel(), prefix)
+    assert all(tx is not None for _, tx in steps[1:]), [label for label, tx in steps if tx is None]
+
+
+def test_a_set_switching_between_hash_and_interval_is_a_full_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same set name, other form: the planner refuses, the table is replaced."""
+    before, after = compile_(STATES[0][1], S03), compile_(STATES[1][1], S03)
+    grown = next(s for s in after.address_sets if "198.18.2.40" in s.elements)
+    # The bound sits exactly at the set's size before the pod came: hash before, interval after.
+    size = nft_mod.address_count(before.address_set(grown.name).elements)
+    monkeypatch.setattr(nft_mod, "HASH_SET_MAX", size)
+    assert nft_mod.is_hash_set(before.address_set(grown.name)) and not nft_mod.is_hash_set(grown)
+    assert plan_update(before, None, after, None) is None
+    enforcer = NftablesEnforcer(FakeNftKernel())
+    enforcer.apply(before)
+    result = enforcer.apply(after)
+    assert result.transaction.replaces_table and not result.drift
+    assert enforcer.in_sync(after)
+    assert "flags interval" in (enforcer.live_text() or "")
+    result = enforcer.apply(before)  # and back to hash
+    assert result.transaction.replaces_table
+    assert enforcer.in_sync(before)
+
+
+def _old_layout(ruleset: RuleSet) -> list[Command]:
+    """The table as the layout before version 2 wrote it: interval peer sets,
+    no digest set, the RuleSet's digest in the forward chain's first comment."""
+    out: list[Command] = []
+    for cmd in nft_mod.replace_table(ruleset).commands:
+        if "add" not in cmd:
+            out.append(cmd)
+            continue
+        body = cmd["add"]
+        if body.get("set", {}).get("name") == DIGEST_SET:
+            continue
+        if "set" in body and body["set"]["name"].startswith("peers"):
+            elements = ruleset.address_set(body["set"]["name"]).elements
+            body = {"set": {**body["set"], "flags": ["interval"], "elem": [nft_mod._element(e) for e in elements]}}
+        rule = body.get("rule")
+        if rule and rule["chain"] == "forward" and "ct" in str(rule["expr"]):
+            body = {"rule": {**rule, "comment": "callgate sha256:" + ruleset.digest()}}
+        out.append({"add": body})
+    return out
+
+
+def test_a_table_from_the_old_layout_is_not_adopted() -> None:
+    kernel = FakeNftKernel()
+    ruleset = compile_(STATES[0][1], S03)
+    kernel.run(_old_layout(ruleset))
+    enforcer = NftablesEnforcer(kernel)  # an agent just upgraded
+    assert enforcer.live_digest() is None
+    result = enforcer.apply(ruleset)
+    assert result.changed and result.transaction.replaces_table
+    assert enforcer.in_sync(ruleset) and enforcer.live_digest() == layout_digest(ruleset)
+
+
+def test_a_table_from_another_layout_version_is_not_adopted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest covers the layout version: an agent that renders the same
+    RuleSet differently never takes the older table for its own."""
+    kernel = FakeNftKernel()
+    ruleset = compile_(STATES[0][1], S03)
+    with monkeypatch.context() as m:
+        m.setattr(nft_mod, "LAYOUT_VERSION", 1)
+        NftablesEnforcer(kernel).apply(ruleset)
+        old = NftablesEnforcer(kernel).live_digest()
+    assert old is not None and old != layout_digest(ruleset)
+    result = NftablesEnforcer(kernel).apply(ruleset)
+    assert result.changed and result.transaction.replaces_table
+
+
+def test_digest_comment_is_checked_against_its_key() -> None:
+    kernel = FakeNftKernel()
+    enforcer = NftablesEnforcer(kernel)
+    ruleset = compile_(STATES[0][1], S03)
+    enforcer.apply(ruleset)
+    digest = layout_digest(ruleset)
+    forged = {"elem": {"val": "0" * nft_mod.DIGEST_KEY_LEN, "comment": "callgate sha256:" + digest}}
+    kernel.run([{"flush": {"set": {"family": "inet", "table": "callgate", "name": DIGEST_SET}}},
+                {"add": {"element": {"family": "inet", "table": "callgate", "name": DIGEST_SET, "elem": [forged]}}}])
+    assert enforcer.live_digest() is None
+
+
+class RacyKernel(FakeNftKernel):
+    """Another writer replaces the table right after the enforcer's look at
+    the digest set, before its transaction: only the swap inside the
+    transaction can notice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.race: list[Command] | None = None
+
+    def list_set(self, family: str, table: str, name: str) -> list[dict[str, Any]] | None:
+        out = super().list_set(family, table, name)
+        if self.race is not None:
+            commands, self.race = self.race, None
+            self.run(commands)
+        return out
+
+
+def test_drift_between_the_look_and_the_transaction_is_caught_by_the_swap() -> None:
+    kernel = RacyKernel()
+    enforcer = NftablesEnforcer(kernel)
+    enforcer.apply(compile_(STATES[0][1], S03))
+    kernel.race = list(nft_mod.replace_table(compile_(STATES[0][1], ALL)).commands)
+    new = compile_(STATES[1][1], S03)
+    result = enforcer.apply(new)
+    assert result.drift and result.transaction.replaces_table
+    assert enforcer.in_sync(new)
+
+
+def test_drift_before_an_incremental_apply_is_seen_from_the_digest_set_alone() -> None:
+    """The fast path reads the digest set, never the whole table; a different
+    digest there means drift and a full replacement."""
+    kernel = FakeNftKernel()
+    enforcer = NftablesEnforcer(kernel)
+    enforcer.apply(compile_(STATES[0][1], S03))
+    NftablesEnforcer(kernel).apply(compile_(STATES[0][1], ALL))  # another writer
+    new = compile_(STATES[1][1], S03)
+    result = enforcer.apply(new)
+    assert result.drift and result.transaction.replaces_table
+    # An incremental change after that reads no whole table at all: one
+    # listing, of the digest set (the fake's list_set goes through list_table).
+    original = kernel.list_table
+    calls: list[str] = []
+
+    def spy(family: str, name: str) -> list[dict[str, Any]] | None:
+        calls.append(name)
+        return original(family, name)
+
+    kernel.list_table = spy  # type: ignore[method-assign]
+    sets: list[str] = []
+    original_set = kernel.list_set
+
+    def spy_set(family: str, table: str, name: str) -> list[dict[str, Any]] | None:
+        sets.append(name)
+        return original_set(family, table, name)
+
+    kernel.list_set = spy_set  # type: ignore[method-assign]
+    result = enforcer.apply(compile_(STATES[2][1], S03))
+    assert isinstance(result.transaction, NftUpdate)
+    assert sets == [DIGEST_SET]
+    assert len(calls) == 1  # the digest set's listing, nothing else
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
+@pytest.mark.parametrize("form", ["hash", "interval"])
+def test_kernel_walk_in_both_forms(netns: str, form: str, request: pytest.FixtureRequest) -> None:
+    if form == "interval":
+        request.getfixturevalue("interval_sets")
+    kernel = LibNftables(netns)
+    try:
+        steps = walk(kernel, "cg")
+    finally:
+        kernel.close()
+    assert all(tx is not None for _, tx in steps[1:]), [label for label, tx in steps if tx is None]
+    # The last state has every scenario: a wide IPv6 ipBlock (always an
+    # interval set) and pod peers (hash sets unless forced to intervals).
+    listing = nft(netns, "list", "table", "inet", "callgate")
+    peer_sets, intervals = listing.count("\tset peers"), listing.count("flags interval")
+    assert intervals == (peer_sets if form == "interval" else 1), listing
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
+def test_kernel_refuses_an_update_planned_against_another_table(netns: str) -> None:
+    """The digest swap makes the kernel the judge: an update planned from A
+    does not apply to a table that holds B, and B stays untouched."""
+    kernel = LibNftables(netns)
+    try:
+        a, b = compile_(STATES[0][1], S03), compile_(STATES[0][1], ALL)
+        NftablesEnforcer(kernel).apply(b)
+        before = nft(netns, "list", "table", "inet", "callgate")
+        tx = plan_update(a, None, compile_(STATES[1][1], S03), None)
+        assert tx is not None
+        with pytest.raises(KernelError):
+            kernel.run(list(tx.commands))
+        assert nft(netns, "list", "table", "inet", "callgate") == before
+    finally:
+        kernel.close()
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
+def test_kernel_drift_of_the_digest_falls_back_to_full(netns: str) -> None:
+    kernel = LibNftables(netns)
+    try:
+        enforcer = NftablesEnforcer(kernel)
+        first = compile_(STATES[0][1], S03)
+        enforcer.apply(first)
+        key = layout_digest(first)[:nft_mod.DIGEST_KEY_LEN]
+        nft(netns, "delete", "element", "inet", "callgate", DIGEST_SET, "{", f'"{key}"', "}")
+        new = compile_(STATES[1][1], S03)
+        result = enforcer.apply(new)
+        assert result.drift and result.transaction.replaces_table
+        assert enforcer.in_sync(new)
     finally:
         kernel.close()

@@ -3,7 +3,8 @@
 Layout (everything lives in table ``inet callgate``; no other table is read or
 written)::
 
-    set peers4_<hash> / peers6_<hash>   peer addresses (interval sets)
+    set digest                           one element: what this table holds (see below)
+    set peers4_<hash> / peers6_<hash>   peer addresses (hash or interval sets, see below)
     set named4_<proto>_<hash> …         (address . port) pairs for egress named ports
     map from_endpoint                    iifname → jump out_<endpoint>  (egress)
     map to_endpoint                      oifname → jump in_<endpoint>   (ingress)
@@ -22,10 +23,23 @@ container whose veth appears before its policy is known is cut off, not open.
 The egress chain returns on allow instead of accepting, so the destination's
 ingress chain still runs for pod-to-pod traffic on the same node.
 
-The digest of the RuleSet rides in the comment of the forward chain's first
-rule (the kernel keeps rule comments, not table ones), so a re-apply of the
-same input is recognised and skipped. With fail-closed on, it is the digest of
-the RuleSet, the prefix and the known interfaces together (:func:`layout_digest`).
+Peer sets: a set whose addresses can be enumerated (at most
+:data:`HASH_SET_MAX` of them) is a plain hash set of single addresses, an O(1)
+look-up per packet; only sets that cannot (wide ipBlocks) keep ``flags
+interval``. Pod-selector peers are pod IPs, so nearly every set is a hash set.
+This is the backend's choice alone: the IR and its digest do not change.
+
+The digest of what the table holds (:func:`layout_digest`: the RuleSet's
+digest, the layout version, and the fail-closed settings when on) is the one
+element of ``set digest``: key = its first :data:`DIGEST_KEY_LEN` hex digits,
+comment = ``callgate sha256:<digest>``. A re-apply of the same input is
+recognised and skipped. Why a set element rather than a rule comment: an
+incremental transaction swaps it with ``delete element`` (old) + ``add
+element`` (new), which the kernel refuses as a whole when the old one is not
+there, so "the live table is still the one I applied" is checked atomically,
+inside the transaction; and listing or updating this one small set costs
+libnftables 1.0.6 ~0.1 ms, while listing or replacing a rule in the forward
+chain makes it read every element of every set first (~100 ms at 50k).
 
 :meth:`NftablesEnforcer.apply` remembers what it applied; when the live digest
 still equals that, the next apply is an incremental transaction
@@ -42,8 +56,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.compiler.addresses import address_text, parse_element
 from callgate.compiler.ir import AddressPortSet, AddressSet, Chain, Family, L4Match, Rule, RuleSet, Verdict
 from callgate.enforcers.kernel import Command, NftKernel
+from callgate.errors import KernelError
 
 FAMILY = "inet"
 TABLE = "callgate"
@@ -52,7 +68,26 @@ FROM_ENDPOINT = "from_endpoint"
 TO_ENDPOINT = "to_endpoint"
 KNOWN_ENDPOINT = "known_endpoint"
 FAIL_CLOSED_COMMENT = "callgate fail-closed"
+DIGEST_SET = "digest"
 DIGEST_PREFIX = "callgate sha256:"
+# The digest set's key is an ifname (the longest string type a set key can
+# have: 15 characters and a NUL). 60 bits of a sha256 make an accidental match
+# between the digest this agent applied and any other one negligible (2^-60);
+# the full digest rides in the element's comment.
+DIGEST_KEY_LEN = 15
+# Bumped whenever the same RuleSet is rendered into a different table, so that
+# an agent upgraded from an older layout never adopts the old table as in sync
+# (the RuleSet digest alone would still match). 2: hash peer sets, digest set.
+LAYOUT_VERSION = 2
+# A peer set whose intervals together hold at most this many addresses is
+# rendered as a hash set of single addresses. Why this bound: a hash-set
+# element costs the kernel ~64-100 bytes (rhashtable element with its extension
+# area, plus bucket pointers), so the largest such set is ~4-6 MiB of kernel
+# memory and ~65k strings in a transaction (~0.3 s for libnftables to parse);
+# an interval holds any number of addresses in ~2 elements. 65,536 covers a
+# /16 of pods (far more than any node's peers in practice, 50k pods included)
+# while a wide ipBlock (/8, /12, 0.0.0.0/0 except ...) stays one interval.
+HASH_SET_MAX = 65_536
 COMMENT_MAX = 128  # bytes the kernel keeps for a rule comment
 
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
@@ -134,39 +169,131 @@ def _family(family: Family | None) -> str:
     return family
 
 
+def _is_range(text: str) -> bool:
+    return "/" in text or "-" in text
+
+
+def address_count(elements: Iterable[str]) -> int:
+    """How many addresses the IR's elements (addresses, prefixes, ranges) hold."""
+    total = 0
+    for e in elements:
+        if _is_range(e):
+            lo, hi = parse_element(e)
+            total += hi - lo + 1
+        else:
+            total += 1
+    return total
+
+
+def is_hash_set(s: AddressSet) -> bool:
+    """Whether the backend renders ``s`` as a hash set of single addresses."""
+    return address_count(s.elements) <= HASH_SET_MAX
+
+
+def expand(elements: Iterable[str], family: Family) -> list[str]:
+    """Every address the elements hold, as nft lists them (single addresses
+    pass through as they are: the IR already prints them canonically)."""
+    version = 4 if family == "ip" else 6
+    out: list[str] = []
+    for e in elements:
+        if _is_range(e):
+            lo, hi = parse_element(e)
+            out.extend(address_text(v, version) for v in range(lo, hi + 1))
+        else:
+            out.append(e)
+    return out
+
+
+def address_set_elements(s: AddressSet, hashed: bool) -> list[Any]:
+    """The set's elements as libnftables JSON, for the hash or the interval form."""
+    return list(expand(s.elements, s.family)) if hashed else [_element(e) for e in s.elements]
+
+
+def address_set_body(s: AddressSet, hashed: bool) -> dict[str, Any]:
+    """The ``add set`` body without elements."""
+    body = _obj(name=s.name, type=_ADDR_TYPE[s.family])
+    if not hashed:
+        body["flags"] = ["interval"]
+    return body
+
+
 def _address_set(s: AddressSet) -> Command:
-    body = _obj(name=s.name, type=_ADDR_TYPE[s.family], flags=["interval"])
+    hashed = is_hash_set(s)
+    body = address_set_body(s, hashed)
     if s.elements:
-        body["elem"] = [_element(e) for e in s.elements]
+        body["elem"] = address_set_elements(s, hashed)
     return {"add": {"set": body}}
+
+
+def port_set_elements(s: AddressPortSet) -> list[Any]:
+    return [{"concat": [a, p]} for a, p in s.elements]
+
+
+def digest_element(digest: str) -> dict[str, Any]:
+    """The digest set's one element (see the module docstring)."""
+    return {"elem": {"val": digest[:DIGEST_KEY_LEN], "comment": DIGEST_PREFIX + digest}}
+
+
+def digest_swap(old: str, new: str) -> list[Command]:
+    """Compare-and-swap of the digest: the kernel refuses the whole transaction
+    when the live table does not hold ``old`` (``delete element`` of a missing
+    element is ENOENT)."""
+    return [{"delete": {"element": _obj(name=DIGEST_SET, elem=[old[:DIGEST_KEY_LEN]])}},
+            {"add": {"element": _obj(name=DIGEST_SET, elem=[digest_element(new)])}}]
+
+
+def port_set_body(s: AddressPortSet) -> dict[str, Any]:
+    return _obj(name=s.name, type=[_ADDR_TYPE[s.family], "inet_service"])
 
 
 def _port_set(s: AddressPortSet) -> Command:
-    body = _obj(name=s.name, type=[_ADDR_TYPE[s.family], "inet_service"])
+    body = port_set_body(s)
     if s.elements:
-        body["elem"] = [{"concat": [a, p]} for a, p in s.elements]
+        body["elem"] = port_set_elements(s)
     return {"add": {"set": body}}
+
+
+def chain_rules(chain: Chain, direction: str, next_tier: str | None) -> list[Command]:
+    """``add rule`` commands for one tier chain (its rules, then its default)."""
+    cmds: list[Command] = []
+    for rule in chain.rules:
+        body = _obj(chain=chain.name, expr=rule_exprs(rule, direction, next_tier))
+        if (comment := _comment(rule)) is not None:
+            body["comment"] = comment
+        cmds.append({"add": {"rule": body}})
+    default = [{"counter": None}, _verdict(chain.default, direction, next_tier)]
+    cmds.append({"add": {"rule": _obj(chain=chain.name, expr=default)}})
+    return cmds
+
+
+def tiers_with_next(tiers: tuple[Chain, ...]) -> list[tuple[Chain, str | None]]:
+    """Each tier with the name of the one after it (where PASS goes)."""
+    return [(chain, tiers[i + 1].name if i + 1 < len(tiers) else None) for i, chain in enumerate(tiers)]
 
 
 def _tier_commands(tiers: tuple[Chain, ...], direction: str) -> list[Command]:
     cmds: list[Command] = []
-    for i, chain in enumerate(tiers):
-        next_tier = tiers[i + 1].name if i + 1 < len(tiers) else None
+    for chain, next_tier in tiers_with_next(tiers):
         cmds.append({"add": {"chain": _obj(name=chain.name)}})
-        for rule in chain.rules:
-            body = _obj(chain=chain.name, expr=rule_exprs(rule, direction, next_tier))
-            if (comment := _comment(rule)) is not None:
-                body["comment"] = comment
-            cmds.append({"add": {"rule": body}})
-        default = [{"counter": None}, _verdict(chain.default, direction, next_tier)]
-        cmds.append({"add": {"rule": _obj(chain=chain.name, expr=default)}})
+        cmds.extend(chain_rules(chain, direction, next_tier))
     return cmds
+
+
+def dispatch_pairs(ruleset: RuleSet) -> tuple[dict[str, str], dict[str, str]]:
+    """(from_endpoint, to_endpoint): interface -> first egress / ingress tier."""
+    from_ep = {ep.interface: ep.egress[0].name for ep in ruleset.endpoints if ep.egress}
+    to_ep = {ep.interface: ep.ingress[0].name for ep in ruleset.endpoints if ep.ingress}
+    return from_ep, to_ep
+
+
+def dispatch_element(iface: str, chain: str) -> list[Any]:
+    return [iface, {"jump": {"target": chain}}]
 
 
 def _dispatch_map(name: str, pairs: list[tuple[str, str]]) -> Command:
     body = _obj(name=name, type="ifname", map="verdict")
     if pairs:
-        body["elem"] = [[iface, {"jump": {"target": chain}}] for iface, chain in sorted(pairs)]
+        body["elem"] = [dispatch_element(iface, chain) for iface, chain in sorted(pairs)]
     return {"add": {"map": body}}
 
 
@@ -197,12 +324,13 @@ class FailClosed:
 
 
 def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> str:
-    """What the digest comment holds: the RuleSet's digest, extended by the
-    fail-closed settings when they are on (so a change of either is seen)."""
-    if fail_closed is None:
-        return ruleset.digest()
-    text = "\x00".join([ruleset.digest(), fail_closed.prefix, *fail_closed.known])
-    return hashlib.sha256(text.encode()).hexdigest()
+    """What the digest set holds: the RuleSet's digest with the layout version,
+    extended by the fail-closed settings when they are on (so a change of any
+    of them is seen)."""
+    parts = [f"nft-layout-{LAYOUT_VERSION}", ruleset.digest()]
+    if fail_closed is not None:
+        parts.extend([fail_closed.prefix, *fail_closed.known])
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
 def _fail_closed_rules(fc: FailClosed) -> list[Command]:
@@ -219,6 +347,8 @@ def _fail_closed_rules(fc: FailClosed) -> list[Command]:
 def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> list[Command]:
     """``add`` commands that build the whole table, in dependency order."""
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    cmds.append({"add": {"set": _obj(name=DIGEST_SET, type="ifname",
+                                     elem=[digest_element(layout_digest(ruleset, fail_closed))])}})
     if fail_closed is not None:
         body = _obj(name=KNOWN_ENDPOINT, type="ifname")
         if fail_closed.known:
@@ -226,21 +356,15 @@ def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> li
         cmds.append({"add": {"set": body}})
     cmds.extend(_address_set(s) for s in ruleset.address_sets)
     cmds.extend(_port_set(s) for s in ruleset.port_sets)
-    to_ep: list[tuple[str, str]] = []
-    from_ep: list[tuple[str, str]] = []
     for ep in ruleset.endpoints:
         cmds.extend(_tier_commands(ep.ingress, "ingress"))
         cmds.extend(_tier_commands(ep.egress, "egress"))
-        if ep.ingress:
-            to_ep.append((ep.interface, ep.ingress[0].name))
-        if ep.egress:
-            from_ep.append((ep.interface, ep.egress[0].name))
-    cmds.append(_dispatch_map(FROM_ENDPOINT, from_ep))
-    cmds.append(_dispatch_map(TO_ENDPOINT, to_ep))
+    from_ep, to_ep = dispatch_pairs(ruleset)
+    cmds.append(_dispatch_map(FROM_ENDPOINT, list(from_ep.items())))
+    cmds.append(_dispatch_map(TO_ENDPOINT, list(to_ep.items())))
     cmds.append({"add": {"chain": _obj(name=FORWARD, type="filter", hook="forward", prio=0, policy="accept")}})
     established = _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
-    cmds.append({"add": {"rule": _obj(chain=FORWARD, expr=[established, {"accept": None}],
-                                      comment=DIGEST_PREFIX + layout_digest(ruleset, fail_closed))}})
+    cmds.append({"add": {"rule": _obj(chain=FORWARD, expr=[established, {"accept": None}])}})
     cmds.append({"add": {"rule": _obj(chain=FORWARD, expr=[
         {"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@" + FROM_ENDPOINT}}])}})
     cmds.append({"add": {"rule": _obj(chain=FORWARD, expr=[
@@ -333,6 +457,13 @@ def _elem_text(elem: Any) -> str:
     if isinstance(elem, list):  # map element: [key, verdict]
         key = f'"{elem[0]}"' if isinstance(elem[0], str) else _expr_text(elem[0])
         return f"{key} : {_expr_text(elem[1])}"
+    if isinstance(elem, dict) and "elem" in elem:  # an element with a comment: the digest
+        inner = elem["elem"]
+        # Quoted: a hex key such as "0123..." would otherwise be read back as a number.
+        text = f'"{inner["val"]}"' if isinstance(inner["val"], str) else _expr_text(inner["val"])
+        if inner.get("comment"):
+            text += f' comment "{inner["comment"]}"'
+        return text
     return _expr_text(elem)
 
 
@@ -464,8 +595,11 @@ class NftablesEnforcer:
         return self.kernel.list_table(FAMILY, TABLE)
 
     def live_digest(self, live: list[dict[str, Any]] | None = None) -> str | None:
-        rule = digest_rule(self.live_objects() if live is None else live)
-        return None if rule is None else str(rule["comment"])[len(DIGEST_PREFIX):]
+        """The digest the live table says it holds, from ``live`` when given,
+        else by listing only the digest set (cheap, whatever the table's size)."""
+        if live is None:
+            live = self.kernel.list_set(FAMILY, TABLE, DIGEST_SET)
+        return digest_of(live)
 
     def live_text(self, live: list[dict[str, Any]] | None = None) -> str | None:
         live = self.live_objects() if live is None else live
@@ -489,31 +623,63 @@ class NftablesEnforcer:
         """Make the kernel hold ``ruleset``. A no-op when it already does; with
         ``dry_run`` the kernel checks the transaction and nothing is committed.
 
-        When the live digest equals the digest this enforcer last applied, the
+        When the live digest equals the digest this enforcer last applied, a
         change goes in as an incremental transaction (set elements, changed
-        chains); otherwise (first apply, drift, ``incremental=False``) the table
-        is replaced in full. Either way it is one transaction."""
+        chains) that also swaps the digest element, so the kernel refuses it
+        if the table changed hands in between; only the digest set is read
+        for that. Otherwise (first apply, drift, same digest, ``incremental=False``)
+        the whole live table is read: unchanged and equal is a no-op, anything
+        else is replaced in full. Either way it is one transaction."""
         known = tuple(known_interfaces)
         fc = self.fail_closed(ruleset, known)
+        digest = layout_digest(ruleset, fc)
+        applied = self.applied
+        if incremental and applied is not None and applied.digest != digest:
+            update = self._incremental(applied, ruleset, fc, digest, dry_run)
+            if update is not None:
+                return update
         full = replace_table(ruleset, fc)
         live = self.live_objects()
         live_digest = self.live_digest(live) if live is not None else None
         if live_digest == full.digest and self.live_text(live) == self.desired_text(ruleset, known):
             self.applied = Applied(ruleset, fc, full.digest)
             return ApplyResult(False, full.digest, full, dry_run)
-        tx = full
-        if incremental and self.applied is not None and live is not None and live_digest == self.applied.digest:
-            from callgate.enforcers.nft_update import plan_update
-
-            tx = plan_update(self.applied.ruleset, self.applied.fail_closed, ruleset, fc, live) or full
         if dry_run:
-            self.check(tx)
+            self.check(full)
         else:
-            self.kernel.run(list(tx.commands))
-        drift = self.applied is not None and live_digest != self.applied.digest and not dry_run
+            self.kernel.run(list(full.commands))
+        drift = applied is not None and live_digest != applied.digest and not dry_run
         if not dry_run:
             self.applied = Applied(ruleset, fc, full.digest)
-        return ApplyResult(True, full.digest, tx, dry_run, drift=drift)
+        return ApplyResult(True, full.digest, full, dry_run, drift=drift)
+
+    def _incremental(self, applied: Applied, ruleset: RuleSet, fc: FailClosed | None, digest: str,
+                     dry_run: bool) -> ApplyResult | None:
+        """The incremental transaction from ``applied`` to ``ruleset``, run; None
+        when only a full replacement will do (the caller then does it)."""
+        from callgate.enforcers.nft_update import plan_update
+
+        if self.live_digest() != applied.digest:
+            return None  # drift: someone else changed or deleted the table
+        tx = plan_update(applied.ruleset, applied.fail_closed, ruleset, fc)
+        if tx is None:
+            return None
+        try:
+            if dry_run:
+                self.check(tx)
+            else:
+                self.kernel.run(list(tx.commands))
+        except KernelError:
+            # Refused as a whole. If the digest moved since the look above (the
+            # swap inside the transaction found it gone), that is drift: the full
+            # replacement repairs it. Otherwise the kernel refused our change
+            # itself: let the caller see it.
+            if self.live_digest() != applied.digest:
+                return None
+            raise
+        if not dry_run:
+            self.applied = Applied(ruleset, fc, digest)
+        return ApplyResult(True, digest, tx, dry_run)
 
     def remove(self) -> bool:
         """Delete callgate's table (only it). Returns whether there was one."""
@@ -524,10 +690,19 @@ class NftablesEnforcer:
         return True
 
 
-def digest_rule(live: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    """The forward chain's rule that carries the digest comment, as listed."""
+def digest_of(live: list[dict[str, Any]] | None) -> str | None:
+    """The digest in the listed digest set; None when there is none, or not
+    exactly one well-formed element (not a table this layout wrote)."""
     for obj in live or ():
-        rule = obj.get("rule")
-        if rule and rule.get("chain") == FORWARD and str(rule.get("comment", "")).startswith(DIGEST_PREFIX):
-            return rule  # type: ignore[no-any-return]
+        body = obj.get("set")
+        if not body or body.get("name") != DIGEST_SET:
+            continue
+        elems = body.get("elem") or []
+        if len(elems) != 1 or not isinstance(elems[0], dict) or not isinstance(elems[0].get("elem"), dict):
+            return None
+        key, comment = elems[0]["elem"].get("val"), str(elems[0]["elem"].get("comment", ""))
+        digest = comment.removeprefix(DIGEST_PREFIX)
+        if comment == digest or key != digest[:DIGEST_KEY_LEN]:
+            return None
+        return digest
     return None

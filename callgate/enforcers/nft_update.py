@@ -2,47 +2,64 @@
 
 The full replacement (:func:`callgate.enforcers.nft.replace_table`) rebuilds the
 whole table; at scale that is a lot of work for the kernel on every pod start.
-This planner compares the table the enforcer last applied with the table the
-new RuleSet wants — both as the very same ``add`` commands
-:func:`~callgate.enforcers.nft.table_objects` builds, so there is one source of
-truth for the layout — and emits only the difference:
+This planner compares the RuleSet the enforcer last applied with the new one
+directly, at the IR level — sets by name (element tuples compared as tuples
+first, as Python sets only when they differ), chains by dataclass equality —
+and renders commands only for what changed, through the same helpers
+:func:`~callgate.enforcers.nft.table_objects` uses, so there is one source of
+truth for the layout:
 
 * sets and maps: ``add``/``delete element`` for changed members (a changed map
   value is a delete plus an add of the key), ``add set`` for new ones,
   ``delete set`` for ones no rule uses any more;
 * chains: ``add chain`` + rules for new ones, ``flush`` + refill for changed
   ones, ``flush`` + ``delete`` for removed ones;
-* the digest: the forward chain's first rule carries it in its comment, so it
-  is swapped with ``replace rule`` by the handle read from the live listing.
+* the digest: ``delete element`` of the old one + ``add element`` of the new
+  one in the digest set. The kernel refuses the whole transaction when the old
+  one is not there, so the transaction applies only to the table it was
+  planned against (the enforcer also looks first, to report drift).
 
 Pod churn elsewhere in the cluster therefore becomes element commands only.
 
 The planner refuses (returns None, and the caller replaces the table in full)
-whenever it is not sure: the live digest is not the one last applied (drift),
-the digest rule cannot be found, a set changed its type, or the forward chain's
-structure changed (e.g. a different fail-closed prefix). Command order inside
-the transaction respects the kernel's references: sets and chains exist before
-rules and map elements use them, and nothing is deleted while still referenced.
+whenever it is not sure: a listing is given and its digest is not ``old``'s, a
+set changed its type (family, protocol, or hash ↔ interval form), or the
+forward chain's structure changed (fail-closed turned on or off, another
+prefix). Command order inside the transaction respects the kernel's
+references: sets and chains exist before rules and map elements use them, and
+nothing is deleted while still referenced.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from callgate.compiler.ir import RuleSet
+from callgate.compiler.ir import AddressPortSet, AddressSet, Chain, RuleSet
 from callgate.enforcers.kernel import Command
 from callgate.enforcers.nft import (
     FAMILY,
-    FORWARD,
+    FROM_ENDPOINT,
+    KNOWN_ENDPOINT,
     TABLE,
+    TO_ENDPOINT,
     FailClosed,
     NftTransaction,
-    digest_rule,
+    _element,
+    address_set_body,
+    address_set_elements,
+    chain_rules,
+    digest_of,
+    digest_swap,
+    dispatch_element,
+    dispatch_pairs,
+    expand,
+    is_hash_set,
     layout_digest,
-    table_objects,
+    port_set_body,
+    port_set_elements,
+    tiers_with_next,
 )
 
 
@@ -50,37 +67,8 @@ def _key(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-@dataclass
-class _Table:
-    """A table as our own ``add`` commands describe it, indexed for diffing."""
-
-    sets: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # name -> (kind, body sans elem)
-    elements: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {key: element}
-    chains: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> chain body
-    rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # chain -> rule bodies, in order
-
-    @classmethod
-    def of(cls, commands: Iterable[Command]) -> _Table:
-        table = cls()
-        for cmd in commands:
-            (kind, body), = cmd["add"].items()
-            if kind in ("set", "map"):
-                table.sets[body["name"]] = (kind, {k: v for k, v in body.items() if k != "elem"})
-                table.elements[body["name"]] = {_key(e): e for e in body.get("elem", ())}
-            elif kind == "chain":
-                table.chains[body["name"]] = body
-                table.rules.setdefault(body["name"], [])
-            elif kind == "rule":
-                table.rules.setdefault(body["chain"], []).append(body)
-        return table
-
-
 def _obj(**fields: Any) -> dict[str, Any]:
     return {"family": FAMILY, "table": TABLE, **fields}
-
-
-def _without_digest(rules: list[dict[str, Any]]) -> list[str]:
-    return [_key({k: v for k, v in r.items() if k != "comment"}) if i == 0 else _key(r) for i, r in enumerate(rules)]
 
 
 @dataclass(frozen=True)
@@ -111,58 +99,139 @@ class NftUpdate(NftTransaction):
         return out
 
 
-def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: FailClosed | None,
-                live: list[dict[str, Any]]) -> NftUpdate | None:
-    """One transaction taking the kernel from ``old`` (which ``live`` must
-    hold, as its digest says) to ``new``; None when only a full replacement is safe."""
-    old_digest, new_digest = layout_digest(old, old_fc), layout_digest(new, new_fc)
-    holder = digest_rule(live)
-    if holder is None or "handle" not in holder or holder.get("comment", "").removeprefix("callgate sha256:") != old_digest:
+# A tier chain as rendered: its rules depend on the Chain, the direction and
+# where PASS goes (the next tier), nothing else.
+_ChainKey = tuple[Chain, str, "str | None"]
+
+
+def _chains(ruleset: RuleSet) -> dict[str, _ChainKey]:
+    out: dict[str, _ChainKey] = {}
+    for ep in ruleset.endpoints:
+        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
+            for chain, next_tier in tiers_with_next(tiers):
+                out[chain.name] = (chain, direction, next_tier)
+    return out
+
+
+def _elements_diff(before: tuple[Any, ...], after: tuple[Any, ...]) -> tuple[list[Any], list[Any]]:
+    """(gone, came) between two element tuples: tuple equality first (the
+    common case for unchanged sets), sets only when they differ."""
+    if before == after:
+        return [], []
+    b, a = set(before), set(after)
+    return sorted(b - a), sorted(a - b)
+
+
+def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], list[Any]] | None:
+    """(elements to delete, elements to add) as libnftables JSON; None when the
+    set's form changed (family, hash ↔ interval): only a rebuild will do."""
+    if old.family != new.family:
         return None
-    a, b = _Table.of(table_objects(old, old_fc)), _Table.of(table_objects(new, new_fc))
-    if (b.chains.get(FORWARD) != a.chains.get(FORWARD)
-            or _without_digest(a.rules.get(FORWARD, [])) != _without_digest(b.rules.get(FORWARD, []))):
+    gone, came = _elements_diff(old.elements, new.elements)
+    if not gone and not came:
+        return [], []
+    hashed = is_hash_set(old)
+    if is_hash_set(new) != hashed:
+        return None
+    if not hashed:
+        return [_element(e) for e in gone], [_element(e) for e in came]
+    # The IR's intervals are disjoint within a set, so the addresses that left
+    # are those of the vanished intervals minus those of the new ones (an
+    # interval that grew is one of each), and the other way round.
+    out, into = set(expand(gone, old.family)), set(expand(came, new.family))
+    return sorted(out - into), sorted(into - out)
+
+
+def _map_change(before: dict[str, str], after: dict[str, str]) -> tuple[list[Any], list[Any]]:
+    gone = [dispatch_element(k, v) for k, v in sorted(before.items()) if after.get(k) != v]
+    came = [dispatch_element(k, v) for k, v in sorted(after.items()) if before.get(k) != v]
+    return gone, came
+
+
+def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: FailClosed | None,
+                live: list[dict[str, Any]] | None = None) -> NftUpdate | None:
+    """One transaction taking the kernel from ``old`` to ``new``; None when only
+    a full replacement is safe. ``live``, when given, is a listing that must
+    hold ``old``'s digest (the transaction checks it again in the kernel)."""
+    old_digest, new_digest = layout_digest(old, old_fc), layout_digest(new, new_fc)
+    if old_digest == new_digest:
+        return None  # nothing to change yet not in sync: drift the digest cannot see
+    if live is not None and digest_of(live) != old_digest:
+        return None
+    if (old_fc is None) != (new_fc is None) or (old_fc and new_fc and old_fc.prefix != new_fc.prefix):
         return None  # the dispatch structure itself changed
-    for name in a.sets.keys() & b.sets.keys():
-        if a.sets[name] != b.sets[name]:
-            return None  # same name, different type: rebuild
 
-    new_sets = [n for n in b.sets if n not in a.sets]
-    gone_sets = [n for n in a.sets if n not in b.sets]
-    chains = [n for n in b.chains if n != FORWARD]
-    new_chains = [n for n in chains if n not in a.chains]
-    changed_chains = [n for n in chains if n in a.chains and
-                      [_key(r) for r in a.rules[n]] != [_key(r) for r in b.rules[n]]]
-    gone_chains = [n for n in a.chains if n not in b.chains]
+    # -- sets: (kind, name) -> what to do ------------------------------------
+    new_sets: list[Command] = []
+    dels: list[Command] = []
+    adds: list[Command] = []
 
-    cmds: list[Command] = []
-    for name in new_sets:  # complete, with their elements
-        kind, body = b.sets[name]
-        full = dict(body)
-        if b.elements[name]:
-            full["elem"] = list(b.elements[name].values())
-        cmds.append({"add": {kind: full}})
+    def element_commands(name: str, gone: list[Any], came: list[Any]) -> None:
+        if gone:
+            dels.append({"delete": {"element": _obj(name=name, elem=gone)}})
+        if came:
+            adds.append({"add": {"element": _obj(name=name, elem=came)}})
+
+    a_addr = {s.name: s for s in old.address_sets}
+    b_addr = {s.name: s for s in new.address_sets}
+    a_port = {s.name: s for s in old.port_sets}
+    b_port = {s.name: s for s in new.port_sets}
+    if (a_addr.keys() & b_port.keys()) or (a_port.keys() & b_addr.keys()):
+        return None  # a name changed kind: rebuild
+    for name in sorted(b_addr.keys() | b_port.keys()):
+        if name in a_addr:
+            change = _address_set_change(a_addr[name], b_addr[name])
+            if change is None:
+                return None
+            element_commands(name, *change)
+        elif name in a_port:
+            before_p: AddressPortSet = a_port[name]
+            after_p: AddressPortSet = b_port[name]
+            if (before_p.family, before_p.protocol) != (after_p.family, after_p.protocol):
+                return None
+            gone, came = _elements_diff(before_p.elements, after_p.elements)
+            element_commands(name, [{"concat": [a, p]} for a, p in gone],
+                             [{"concat": [a, p]} for a, p in came])
+        elif name in b_addr:  # new: complete, with its elements
+            s = b_addr[name]
+            hashed = is_hash_set(s)
+            body = address_set_body(s, hashed)
+            if s.elements:
+                body["elem"] = address_set_elements(s, hashed)
+            new_sets.append({"add": {"set": body}})
+        else:
+            ps = b_port[name]
+            body = port_set_body(ps)
+            if ps.elements:
+                body["elem"] = port_set_elements(ps)
+            new_sets.append({"add": {"set": body}})
+    gone_sets = sorted((a_addr.keys() | a_port.keys()) - (b_addr.keys() | b_port.keys()))
+
+    if old_fc is not None and new_fc is not None:
+        element_commands(KNOWN_ENDPOINT, *_elements_diff(old_fc.known, new_fc.known))
+    (a_from, a_to), (b_from, b_to) = dispatch_pairs(old), dispatch_pairs(new)
+    element_commands(FROM_ENDPOINT, *_map_change(a_from, b_from))
+    element_commands(TO_ENDPOINT, *_map_change(a_to, b_to))
+
+    # -- chains -----------------------------------------------------------------
+    a_chains, b_chains = _chains(old), _chains(new)
+    new_chains = [n for n in b_chains if n not in a_chains]
+    changed_chains = [n for n in b_chains if n in a_chains and a_chains[n] != b_chains[n]]
+    gone_chains = [n for n in a_chains if n not in b_chains]
+
+    cmds: list[Command] = digest_swap(old_digest, new_digest)  # first: a refusal comes early
+    cmds.extend(new_sets)
     cmds.extend({"add": {"chain": _obj(name=n)}} for n in new_chains)  # empty first: gotos may point at them
     cmds.extend({"flush": {"chain": _obj(name=n)}} for n in changed_chains)
     for name in (*new_chains, *changed_chains):
-        cmds.extend({"add": {"rule": r}} for r in b.rules[name])
+        cmds.extend(chain_rules(*b_chains[name]))
     # Deletions before additions: a changed map value is "delete key, add key",
     # and an interval that grows replaces an overlapping one.
-    dels, adds = [], []
-    for name in b.sets.keys() & a.sets.keys():
-        before, after = a.elements[name], b.elements[name]
-        if gone := [before[k] for k in sorted(before.keys() - after.keys())]:
-            dels.append({"delete": {"element": _obj(name=name, elem=gone)}})
-        if came := [after[k] for k in sorted(after.keys() - before.keys())]:
-            adds.append({"add": {"element": _obj(name=name, elem=came)}})
-    cmds.extend(sorted(dels, key=_key))
-    cmds.extend(sorted(adds, key=_key))
+    cmds.extend(dels)
+    cmds.extend(adds)
     # Removed chains: nothing jumps to them any more (maps and changed chains
     # were updated above); flush all first so chains among them let go of each other.
     cmds.extend({"flush": {"chain": _obj(name=n)}} for n in gone_chains)
     cmds.extend({"delete": {"chain": _obj(name=n)}} for n in gone_chains)
-    cmds.extend({"delete": {a.sets[n][0]: _obj(name=n)}} for n in gone_sets)
-    if not cmds and old_digest == new_digest:
-        return None  # nothing to change yet not in sync: drift the digest cannot see
-    cmds.append({"replace": {"rule": {**b.rules[FORWARD][0], "handle": holder["handle"]}}})
+    cmds.extend({"delete": {"set": _obj(name=n)}} for n in gone_sets)
     return NftUpdate(tuple(cmds), new_digest, replaces_table=False)
