@@ -287,15 +287,21 @@ def _default_deny(linter: Linter, resolver: Resolver, items: list[Item]) -> None
     for item in items:
         assert item.policy is not None
         by_ns.setdefault(item.policy.namespace, []).append(item.policy)
-    for ns in sorted({e.namespace for e in inv.endpoints}):
+    # One pass over the endpoints, not one per namespace (400 x 10,000 at bench size).
+    eps_by_ns: dict[str, list[Endpoint]] = {}
+    for e in inv.endpoints:
+        eps_by_ns.setdefault(e.namespace, []).append(e)
+    where: _NamespacePositions | None = None
+    for ns in sorted(eps_by_ns):
         pols = [p for p in by_ns.get(ns, []) if Direction.INGRESS in p.policy_types]
         if any(p.pod_selector.is_empty for p in pols):
             continue
-        open_eps = [e.key for e in inv.endpoints
-                    if e.namespace == ns and not any(p.pod_selector.matches(e.labels) for p in pols)]
+        open_eps = [e.key for e in eps_by_ns[ns] if not any(p.pod_selector.matches(e.labels) for p in pols)]
         if not open_eps:
             continue
-        file, line, column = _namespace_position(linter, ns)
+        if where is None:
+            where = _NamespacePositions(linter)
+        file, line, column = where.find(ns)
         shown = ", ".join(open_eps[:5]) + (f" and {len(open_eps) - 5} more" if len(open_eps) > 5 else "")
         linter.report("CG110", f"namespace {ns} has no default-deny policy; {len(open_eps)} pod(s) accept "
                       f"traffic from anywhere: {shown}", file=file, line=line, column=column,
@@ -303,24 +309,50 @@ def _default_deny(linter: Linter, resolver: Resolver, items: list[Item]) -> None
                       hint="add a NetworkPolicy with podSelector: {} and policyTypes: [Ingress] in " + ns)
 
 
-def _namespace_position(linter: Linter, ns: str) -> tuple[str | None, int | None, int | None]:
-    """Where the namespace is declared in the inventory files, if anywhere."""
-    from callgate.policy.documents import files_under, read_documents
+class _NamespacePositions:
+    """Where each namespace is declared in the inventory files, if anywhere.
 
-    try:
-        files = files_under(linter.inventory_paths)
-        for path in files:
-            for doc in read_documents(path):
-                data = _dict(doc.data)
-                if data.get("kind") == "Inventory" and ns in _dict(data.get("namespaces")):
-                    line, col = linter.positions(doc.file, doc.index, (*doc.path, "namespaces", ns))
-                    return doc.file, line, col
-                if data.get("kind") == "Namespace" and _dict(data.get("metadata")).get("name") == ns:
-                    line, col = linter.positions(doc.file, doc.index, doc.path)
-                    return doc.file, line, col
-        return (str(files[0]) if files else None), None, None
-    except Exception:
-        return None, None, None
+    The files are read once for all namespaces (reading them per namespace was
+    35 s of a 44 s lint at 400 namespaces). Same answers as a scan per namespace
+    that stops at the first declaration: files and documents in order, the first
+    declaration wins; a file that cannot be read ends the scan, and namespaces not
+    found before it get no position at all (the per-namespace scan would have
+    failed on that file too)."""
+
+    def __init__(self, linter: Linter) -> None:
+        from callgate.policy.documents import files_under, read_documents
+
+        self.linter = linter
+        self.first_file: str | None = None
+        self.failed = False
+        self.found: dict[str, tuple[Any, tuple[str | int, ...]]] = {}  # ns -> (document, path)
+        try:
+            files = files_under(linter.inventory_paths)
+            self.first_file = str(files[0]) if files else None
+            for path in files:
+                for doc in read_documents(path):
+                    data = _dict(doc.data)
+                    if data.get("kind") == "Inventory":
+                        for ns in _dict(data.get("namespaces")):
+                            if isinstance(ns, str):
+                                self.found.setdefault(ns, (doc, (*doc.path, "namespaces", ns)))
+                    if data.get("kind") == "Namespace":
+                        name = _dict(data.get("metadata")).get("name")
+                        if isinstance(name, str):
+                            self.found.setdefault(name, (doc, doc.path))
+        except Exception:
+            self.failed = True
+
+    def find(self, ns: str) -> tuple[str | None, int | None, int | None]:
+        hit = self.found.get(ns)
+        if hit is None:
+            return (None, None, None) if self.failed else (self.first_file, None, None)
+        doc, path = hit
+        try:
+            line, col = self.linter.positions(doc.file, doc.index, path)
+        except Exception:
+            return None, None, None
+        return doc.file, line, col
 
 
 def _exact_redundancy(linter: Linter, items: list[Item]) -> set[tuple[int, Direction | None, int]]:
