@@ -128,8 +128,8 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
                 merged[(fam, m)] = merge_ranges(segments[k] for k in range(len(segments)) if m >> k & 1)
     sizes: dict[str, int] = {}
     for ep in inventory.endpoints:
-        k = group_key(ep, group_by)
-        sizes[k] = sizes.get(k, 0) + 1
+        name = group_key(ep, group_by)
+        sizes[name] = sizes.get(name, 0) + 1
     changes = []
     for (src, dst, gained), entry in raw.items():
         total = sizes[src] * sizes[dst] - (sizes[src] if src == dst else 0)
