@@ -1,0 +1,337 @@
+"""The incremental compiler equals a fresh full compile after every change.
+
+Random policy sets and inventories (tests/strategies.py) and random sequences
+of endpoint changes on and off the node: adds, removes, relabels, new ports,
+new or shared addresses, moves between nodes. After each change the
+incremental RuleSet must be ``==`` to ``Compiler(...).compile(node)`` of the
+same inventory and have the same digest. Then explicit cases for what the
+random search may reach only rarely: named ports on egress, ipBlocks covering
+pods, IPv6-only pods, sets becoming empty and non-empty, object reuse, and
+each fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Any
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from callgate.compiler.compile import Compiler
+from callgate.compiler.incremental import IncrementalCompiler
+from callgate.compiler.ir import AddressSet, RuleSet
+from callgate.policy.model import (
+    Direction,
+    Endpoint,
+    Inventory,
+    IPBlock,
+    LabelSelector,
+    NamedPort,
+    Namespace,
+    Peer,
+    Policy,
+    PolicySet,
+    PortSpec,
+    Rule,
+)
+from tests.strategies import NAMESPACES, PORT_NAMES, PORTS, inventories, labels_st, policy_sets, rules
+
+NODES = ("n1", "n2", "n3")
+
+
+def full(policies: PolicySet, endpoints: list[Endpoint], namespaces: dict[str, Namespace], node: str) -> RuleSet:
+    return Compiler(policies, Inventory(namespaces, list(endpoints))).compile(node)
+
+
+def assert_same(got: RuleSet, want: RuleSet) -> None:
+    assert got.to_json() == want.to_json()
+    assert got == want
+    assert got.digest() == want.digest()
+
+
+# -- random change sequences ---------------------------------------------------
+
+# Addresses from a small pool, consecutive (so runs merge and split) and inside
+# the strategies' ipBlocks (198.18.0.0/24, /28 except .12/30, fd00::/120 ...),
+# shared between pods on purpose.
+V4_POOL = [ipaddress.ip_address(f"198.18.0.{i}") for i in range(8, 22)]
+V6_POOL = [ipaddress.ip_address(f"fd00::{i:x}") for i in range(8, 22)]
+
+
+@st.composite
+def addresses(draw: Any) -> tuple[Any, ...]:
+    kind = draw(st.sampled_from(["v4", "v6", "both", "none"]))
+    v4 = (draw(st.sampled_from(V4_POOL)),) if kind in ("v4", "both") else ()
+    v6 = (draw(st.sampled_from(V6_POOL)),) if kind in ("v6", "both") else ()
+    return v4 + v6
+
+
+@st.composite
+def ports(draw: Any) -> tuple[NamedPort, ...]:
+    out = []
+    for name in PORT_NAMES:
+        if draw(st.booleans()):
+            out.append(NamedPort(name, draw(st.sampled_from(PORTS)), draw(st.sampled_from(["TCP", "UDP"]))))
+    return tuple(out)
+
+
+def change(draw: Any, endpoints: list[Endpoint], serial: int) -> tuple[Endpoint | None, Endpoint | None]:
+    """One random change against the current endpoints: (old, new)."""
+    kinds = ["add"] + (["remove", "relabel", "ports", "ips", "move"] if endpoints else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "add":
+        return None, Endpoint(
+            name=f"q{serial}", namespace=draw(st.sampled_from(NAMESPACES)), labels=draw(labels_st),
+            node=draw(st.sampled_from(NODES)), ips=draw(addresses()), interface=f"cgq{serial}", ports=draw(ports()))
+    old = draw(st.sampled_from(endpoints))
+    if kind == "remove":
+        return old, None
+    if kind == "relabel":
+        new = dataclasses.replace(old, labels=draw(labels_st))
+    elif kind == "ports":
+        new = dataclasses.replace(old, ports=draw(ports()))
+    elif kind == "ips":
+        new = dataclasses.replace(old, ips=draw(addresses()))
+    else:
+        new = dataclasses.replace(old, node=draw(st.sampled_from(NODES)))
+    return old, new
+
+
+@st.composite
+def broad_policy_sets(draw: Any) -> PolicySet:
+    """policy_sets() plus policies selecting every pod of a namespace, with
+    random peers and ports: random selectors alone often select no local pod,
+    and then no change has a set to touch."""
+    extra = []
+    for i, ns in enumerate(draw(st.lists(st.sampled_from(NAMESPACES), min_size=1, max_size=3))):
+        extra.append(Policy(
+            namespace=ns, name=f"broad{i}", pod_selector=LabelSelector(),
+            policy_types=draw(st.sampled_from([(Direction.INGRESS,), (Direction.EGRESS,),
+                                               (Direction.INGRESS, Direction.EGRESS)])),
+            ingress=tuple(draw(st.lists(rules(ns), min_size=1, max_size=3))),
+            egress=tuple(draw(st.lists(rules(ns), min_size=1, max_size=3)))))
+    return PolicySet([*draw(policy_sets()).policies, *extra])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories(), broad_policy_sets(), st.sampled_from(["n1", "n2"]), st.data())
+def test_every_change_equals_a_full_compile(inventory: Inventory, policies: PolicySet, node: str,
+                                            data: st.DataObject) -> None:
+    inc = IncrementalCompiler(policies, inventory, node)
+    endpoints = list(inventory.endpoints)
+    assert_same(inc.ruleset, full(policies, endpoints, inventory.namespaces, node))
+    for serial in range(data.draw(st.integers(1, 12), label="changes")):
+        old, new = change(data.draw, endpoints, serial)
+        got = inc.update(old, new)
+        if old is not None:
+            endpoints.remove(old)
+        if new is not None:
+            endpoints.append(new)
+        assert_same(got, full(policies, endpoints, inventory.namespaces, node))
+        event(inc.last_path.split(":")[0])
+        remote = all(ep is None or ep.node != node for ep in (old, new))
+        assert (inc.last_path in ("incremental", "unchanged")) == remote, inc.last_path
+
+
+# -- explicit cases --------------------------------------------------------------
+
+NODE = "n1"
+NS = {name: Namespace(name, {"kubernetes.io/metadata.name": name, "env": "prod"}) for name in ("x", "y")}
+
+
+def ep(name: str, labels: dict[str, str], ips: tuple[str, ...], node: str = "n2", ns: str = "x",
+       ports: tuple[NamedPort, ...] = ()) -> Endpoint:
+    return Endpoint(name=name, namespace=ns, labels=labels, node=node,
+                    ips=tuple(ipaddress.ip_address(i) for i in ips),
+                    interface=f"cg{name}" if node == NODE else None, ports=ports)
+
+
+def selector(**labels: str) -> LabelSelector:
+    return LabelSelector(tuple(sorted(labels.items())))
+
+
+SERVER = ep("server", {"app": "server"}, ("198.18.1.1", "fd00::1:1"), node=NODE,
+            ports=(NamedPort("http", 80),))
+
+
+def ingress_from(*peers: Peer, name: str = "in", ports: tuple[PortSpec, ...] = (PortSpec("TCP", 80),)) -> Policy:
+    return Policy("x", name, selector(app="server"), (Direction.INGRESS,), ingress=(Rule(peers, ports),))
+
+
+def egress_to(*peers: Peer, port: str = "http") -> Policy:
+    return Policy("x", "out", selector(app="server"), (Direction.EGRESS,),
+                  egress=(Rule(peers, (PortSpec("TCP", port),)),))
+
+
+def check(inc: IncrementalCompiler, policies: PolicySet, endpoints: list[Endpoint], path: str = "not full",
+          ) -> RuleSet:
+    """Equal to a full compile, made by ``path``: "incremental", "unchanged",
+    "not full" (either) or "full"."""
+    want = full(policies, endpoints, NS, NODE)
+    assert_same(inc.ruleset, want)
+    allowed = {"not full": ("incremental", "unchanged")}.get(path, (path,))
+    assert inc.last_path in allowed or (path == "full" and inc.last_path.startswith("full:")), inc.last_path
+    return inc.ruleset
+
+
+def test_pod_joining_and_leaving_a_peer_set_reuses_everything_else() -> None:
+    web = Peer(pod_selector=selector(app="web"), namespace="x")
+    db = Peer(pod_selector=selector(app="db"), namespace="x")
+    policies = PolicySet([ingress_from(web), ingress_from(db, name="db", ports=(PortSpec("TCP", 5432),))])
+    pods = [SERVER, ep("w1", {"app": "web"}, ("198.18.1.10",)), ep("d1", {"app": "db"}, ("198.18.1.20",))]
+    inc = IncrementalCompiler(policies, Inventory(NS, list(pods)), NODE)
+    before = inc.ruleset
+    w2 = ep("w2", {"app": "web"}, ("198.18.1.11",))
+    inc.update(None, w2)
+    after = check(inc, policies, [*pods, w2])
+    web_set = next(s for s in after.address_sets if "app=web" in s.comment)
+    assert web_set.elements == ("198.18.1.10/31",)  # adjacent addresses merge
+    # The db set and the chains are the very same objects: only the web set is new.
+    unchanged = [s for s in after.address_sets if s is not web_set]
+    assert all(any(s is b for b in before.address_sets) for s in unchanged)
+    assert after.endpoints is before.endpoints
+    # w1 relabelled away: it leaves the set, the range splits back to one address.
+    w1_db = dataclasses.replace(pods[1], labels={"app": "db"})
+    inc.update(pods[1], w1_db)
+    check(inc, policies, [SERVER, w1_db, pods[2], w2])
+    # A label nobody selects on: nothing changes, not even the RuleSet object.
+    same = inc.ruleset
+    inc.update(w2, dataclasses.replace(w2, labels={"app": "web", "team": "t"}))
+    assert inc.ruleset is same and inc.last_path == "unchanged"
+
+
+def test_a_set_becoming_empty_and_non_empty_refilters_the_chain() -> None:
+    web = Peer(pod_selector=selector(app="web"), namespace="x")
+    policies = PolicySet([ingress_from(web)])
+    inc = IncrementalCompiler(policies, Inventory(NS, [SERVER]), NODE)
+    assert inc.ruleset.address_sets == () and inc.ruleset.endpoints[0].ingress[0].rules == ()
+    w1 = ep("w1", {"app": "web"}, ("198.18.1.10",))
+    inc.update(None, w1)  # the v4 set appears, and the rule that uses it; no v6 set
+    rs = check(inc, policies, [SERVER, w1])
+    assert [r.family for r in rs.endpoints[0].ingress[0].rules] == ["ip"]
+    w1v6 = dataclasses.replace(w1, ips=(ipaddress.ip_address("fd00::1:10"),))
+    inc.update(w1, w1v6)  # now IPv6 only: the v4 set goes, the v6 one comes
+    rs = check(inc, policies, [SERVER, w1v6])
+    assert [s.family for s in rs.address_sets] == ["ip6"]
+    inc.update(w1v6, None)  # the last member leaves: no set, no rule
+    rs = check(inc, policies, [SERVER])
+    assert rs.address_sets == () and rs.endpoints[0].ingress[0].rules == ()
+
+
+def test_ip_blocks_cover_pods_that_come_and_go() -> None:
+    block = Peer(ip_block=IPBlock(ipaddress.ip_network("198.18.1.0/28"), (ipaddress.ip_network("198.18.1.8/30"),)))
+    web = Peer(pod_selector=selector(app="web"), namespace="x")
+    policies = PolicySet([ingress_from(block, web)])
+    pods = [SERVER, ep("w1", {"app": "web"}, ("198.18.1.5",))]  # inside the block
+    inc = IncrementalCompiler(policies, Inventory(NS, list(pods)), NODE)
+    inc.update(pods[1], None)  # still covered by the block: unchanged
+    assert inc.last_path == "unchanged"
+    check(inc, policies, [SERVER], path="unchanged")
+    edge = [ep("e1", {"app": "web"}, ("198.18.1.9",)), ep("e2", {"app": "web"}, ("198.18.1.16",)),
+            ep("e3", {"app": "web"}, ("198.18.1.10",)), ep("e4", {"app": "web"}, ("198.18.1.11",))]
+    current = [SERVER]
+    for pod in edge:  # into the except hole and just past the block: joins on both sides
+        inc.update(None, pod)
+        current.append(pod)
+        check(inc, policies, current)
+    assert inc.ruleset.address_sets[0].elements == ("198.18.1.0/29", "198.18.1.9-198.18.1.16")  # .8 is still out
+    for pod in (edge[2], edge[0], edge[3]):  # out of the hole again: splits
+        inc.update(pod, None)
+        current.remove(pod)
+        check(inc, policies, current)
+
+
+def test_two_pods_sharing_an_address() -> None:
+    web = Peer(pod_selector=selector(app="web"), namespace="x")
+    policies = PolicySet([ingress_from(web)])
+    a, b = ep("a", {"app": "web"}, ("198.18.1.10",)), ep("b", {"app": "web"}, ("198.18.1.10",))
+    inc = IncrementalCompiler(policies, Inventory(NS, [SERVER, a, b]), NODE)
+    inc.update(a, None)  # b still holds the address
+    check(inc, policies, [SERVER, b], path="unchanged")
+    inc.update(b, None)
+    check(inc, policies, [SERVER])
+
+
+def test_named_ports_on_egress_resolve_on_each_destination() -> None:
+    web = Peer(pod_selector=selector(app="web"), namespace_selector=selector(env="prod"))
+    policies = PolicySet([egress_to(web), egress_to(Peer(ip_block=IPBlock(ipaddress.ip_network("198.18.2.0/24"))))])
+    policies.policies[1] = dataclasses.replace(policies.policies[1], name="out-block")
+    inc = IncrementalCompiler(policies, Inventory(NS, [SERVER]), NODE)
+    current = [SERVER]
+    steps = [
+        (None, ep("w1", {"app": "web"}, ("198.18.1.10", "fd00::1:10"), ns="y", ports=(NamedPort("http", 8080),))),
+        (None, ep("o1", {"app": "other"}, ("198.18.2.7",), ports=(NamedPort("http", 81), NamedPort("http", 82)))),
+        (None, ep("u1", {"app": "web"}, ("198.18.1.11",), ports=(NamedPort("http", 80, "UDP"),))),  # wrong protocol
+    ]
+    for old, new in steps:
+        inc.update(old, new)
+        current.append(new)
+        check(inc, policies, current)
+    assert {s.name[:9] for s in inc.ruleset.port_sets} == {"named4_tc", "named6_tc"}
+    w1 = current[1]
+    w1b = dataclasses.replace(w1, ports=(NamedPort("http", 9090),))  # the port number changes
+    inc.update(w1, w1b)
+    current[1] = w1b
+    check(inc, policies, current)
+    o1 = current[2]
+    o1b = dataclasses.replace(o1, ips=(ipaddress.ip_address("198.18.3.7"),))  # leaves the block
+    inc.update(o1, o1b)
+    current[2] = o1b
+    check(inc, policies, current)
+    inc.update(w1b, None)  # the last v6 pair goes: the v6 set and its rule with it
+    current.remove(w1b)
+    rs = check(inc, policies, current)
+    assert [s.family for s in rs.port_sets] == [] and rs.endpoints[0].egress[0].rules == ()
+
+
+def test_fallbacks_compile_in_full() -> None:
+    web = Peer(pod_selector=selector(app="web"), namespace="x")
+    policies = PolicySet([ingress_from(web)])
+    w1 = ep("w1", {"app": "web"}, ("198.18.1.10",))
+    inc = IncrementalCompiler(policies, Inventory(NS, [SERVER, w1]), NODE)
+    assert inc.full_compiles == 1
+    # A local endpoint: its chains may change.
+    s2 = ep("server2", {"app": "server"}, ("198.18.1.2",), node=NODE)
+    inc.update(None, s2)
+    check(inc, policies, [SERVER, w1, s2], path="full")
+    # A remote pod moving onto the node.
+    w1_local = dataclasses.replace(w1, node=NODE, interface="cgw1")
+    inc.update(w1, w1_local)
+    check(inc, policies, [SERVER, s2, w1_local], path="full")
+    # An unknown endpoint removed, an existing key added again.
+    ghost = ep("ghost", {"app": "web"}, ("198.18.1.99",))
+    inc.update(ghost, None)
+    check(inc, policies, [SERVER, s2, w1_local], path="full")
+    again = ep("server2", {"app": "web"}, ("198.18.1.3",))
+    inc.update(None, again)
+    check(inc, policies, [SERVER, w1_local, again], path="full")
+    # New policies: rebase.
+    more = PolicySet([*policies.policies, ingress_from(Peer(pod_selector=None, namespace="y"), name="from-y")])
+    inc.rebase(more, Inventory(NS, [SERVER, w1_local, again]))
+    check(inc, more, [SERVER, w1_local, again], path="full")
+    assert inc.full_compiles == 6
+    # Then the incremental path again.
+    y1 = ep("y1", {}, ("198.18.1.50",), ns="y")
+    inc.update(None, y1)
+    check(inc, more, [SERVER, w1_local, again, y1])
+
+
+def test_duplicate_keys_always_compile_in_full() -> None:
+    web = Peer(pod_selector=selector(app="web"), namespace="x")
+    policies = PolicySet([ingress_from(web)])
+    a, a2 = ep("a", {"app": "web"}, ("198.18.1.10",)), ep("a", {"app": "web"}, ("198.18.1.11",))
+    inc = IncrementalCompiler(policies, Inventory(NS, [SERVER, a, a2]), NODE)
+    b = ep("b", {"app": "web"}, ("198.18.1.12",))
+    inc.update(None, b)
+    check(inc, policies, [SERVER, a, a2, b], path="full")
+
+
+def test_digest_is_per_set_and_tells_sets_apart() -> None:
+    one = AddressSet("s", "ip", ("198.18.0.1",))
+    assert one.digest == AddressSet("s", "ip", ("198.18.0.1",)).digest
+    assert one.digest != AddressSet("s", "ip", ("198.18.0.1", "198.18.0.3")).digest
+    assert AddressSet("s", "ip", ()).digest != AddressSet("s", "ip", ("",)).digest
+    assert AddressSet("s", "ip", ("a\nb",)).digest != AddressSet("s", "ip", ("a", "b")).digest
+    assert RuleSet("n", (one,)).digest() != RuleSet("n", (AddressSet("t", "ip", ("198.18.0.1",)),)).digest()
