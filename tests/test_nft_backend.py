@@ -256,3 +256,13 @@ def test_text_rendering_of_interval_sets_loads_too(shop_rulesets: dict[str, Rule
         listing = nft(a, "list", "table", "inet", "callgate")
         assert "flags interval" in listing
         assert listing == nft(b, "list", "table", "inet", "callgate")
+
+
+def test_fast_address_arithmetic_agrees_with_parse_element() -> None:
+    from callgate.compiler.addresses import parse_element
+
+    samples = ["198.18.0.1", "198.18.0.0/31", "198.18.4.0/22", "0.0.0.0/0", "198.18.0.3-198.18.0.9",
+               "fd00::1", "fd00::/127", "fd00:18:2::/47", "::/0", "fd00::5-fd00::9", "::ffff:198.18.0.1"]
+    for text in samples:
+        assert nft_mod._interval(text) == parse_element(text), text
+    assert nft_mod.address_count(samples[:5]) == sum(hi - lo + 1 for lo, hi in map(parse_element, samples[:5]))

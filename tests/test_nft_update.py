@@ -461,3 +461,20 @@ def test_kernel_drift_of_the_digest_falls_back_to_full(netns: str) -> None:
         assert enforcer.in_sync(new)
     finally:
         kernel.close()
+
+
+def test_element_diff_agrees_with_set_difference() -> None:
+    """Head/tail trimming is an optimisation only: random unique tuples, any
+    order, the same answer as plain set difference."""
+    import random
+
+    from callgate.enforcers.nft_update import _elements_diff
+
+    rng = random.Random(7)
+    for _ in range(500):
+        universe = [f"e{i}" for i in range(rng.randrange(0, 30))]
+        before = tuple(rng.sample(universe, rng.randrange(0, len(universe) + 1)))
+        after = tuple(rng.sample(universe, rng.randrange(0, len(universe) + 1)))
+        if rng.random() < 0.5:
+            before, after = tuple(sorted(before)), tuple(sorted(after))
+        assert _elements_diff(before, after) == (sorted(set(before) - set(after)), sorted(set(after) - set(before)))

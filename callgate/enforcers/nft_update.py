@@ -47,6 +47,7 @@ from callgate.enforcers.nft import (
     FailClosed,
     NftTransaction,
     _element,
+    address_count,
     address_set_body,
     address_set_elements,
     chain_rules,
@@ -59,6 +60,7 @@ from callgate.enforcers.nft import (
     layout_digest,
     port_set_body,
     port_set_elements,
+    remember_count,
     tiers_with_next,
 )
 
@@ -113,12 +115,24 @@ def _chains(ruleset: RuleSet) -> dict[str, _ChainKey]:
     return out
 
 
+def _first_difference(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # stops at the shorter
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
 def _elements_diff(before: tuple[Any, ...], after: tuple[Any, ...]) -> tuple[list[Any], list[Any]]:
     """(gone, came) between two element tuples: tuple equality first (the
-    common case for unchanged sets), sets only when they differ."""
+    common case for unchanged sets), sets only when they differ, and then only
+    of the part between the common head and tail (a pod coming or going
+    changes one spot of a sorted set). Sound for any order: elements are
+    unique within a tuple, so one in a common head or tail is in both."""
     if before == after:
         return [], []
-    b, a = set(before), set(after)
+    head = _first_difference(before, after)
+    tail = _first_difference(before[head:][::-1], after[head:][::-1])
+    b, a = set(before[head:len(before) - tail]), set(after[head:len(after) - tail])
     return sorted(b - a), sorted(a - b)
 
 
@@ -131,6 +145,9 @@ def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], li
     if not gone and not came:
         return [], []
     hashed = is_hash_set(old)
+    # The IR's intervals are disjoint, so counts add up: no need to count the
+    # whole new set (remembered for the next plan, where it is the old one).
+    remember_count(new.elements, address_count(old.elements) - address_count(gone) + address_count(came))
     if is_hash_set(new) != hashed:
         return None
     if not hashed:
