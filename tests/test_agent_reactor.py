@@ -242,3 +242,24 @@ def test_the_reactor_drives_iptables_through_the_same_protocol() -> None:
         assert h.reactor.ready()[0]
     finally:
         h.reactor.stop()
+
+
+def test_remote_pod_changes_compile_incrementally_to_the_same_ruleset(h: Harness) -> None:
+    from callgate.compiler import Compiler
+
+    def full(s: Snapshot) -> Any:
+        return Compiler(s.policies, s.inventory).compile(NODE)
+
+    h.send(snap())
+    compiler = h.reactor.compiler
+    assert compiler is not None and compiler.full_compiles == 1
+    for s in (snap(inventory(extra=1)), snap(inventory(extra=3)), snap(inventory(b_labels={"pod": "z"}, extra=3))):
+        h.send(s)  # remote pods join, then one leaves by relabel
+        assert compiler.last_path == "incremental"
+        assert h.reactor.applied is not None
+        assert h.reactor.applied.ruleset == full(s) and h.reactor.applied.ruleset.digest() == full(s).digest()
+    assert h.reactor.compiler is compiler and compiler.full_compiles == 1
+    s = snap(inventory(b_labels={"pod": "z"}, extra=3), (A_FROM_B, C_FROM_B))  # a policy change: in full
+    h.send(s)
+    assert compiler.last_path == "full: rebase" and compiler.full_compiles == 2
+    assert h.reactor.applied is not None and h.reactor.applied.ruleset == full(s)

@@ -135,6 +135,25 @@ def test_every_change_equals_a_full_compile(inventory: Inventory, policies: Poli
         assert (inc.last_path in ("incremental", "unchanged")) == remote, inc.last_path
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories(), broad_policy_sets(), st.sampled_from(["n1", "n2"]), st.data())
+def test_sync_of_whole_snapshots_equals_a_full_compile(inventory: Inventory, policies: PolicySet, node: str,
+                                                       data: st.DataObject) -> None:
+    """The agent's path: whole inventories, diffed by key, several changes per snapshot."""
+    inc = IncrementalCompiler(policies, inventory, node)
+    endpoints = list(inventory.endpoints)
+    for batch in range(data.draw(st.integers(1, 4), label="snapshots")):
+        for serial in range(data.draw(st.integers(0, 4), label="changes")):
+            old, new = change(data.draw, endpoints, 100 * batch + serial)
+            if old is not None:
+                endpoints.remove(old)
+            if new is not None:
+                endpoints.append(new)
+        got = inc.sync(policies, Inventory(inventory.namespaces, list(endpoints)))
+        assert_same(got, full(policies, endpoints, inventory.namespaces, node))
+        event(inc.last_path.split(":")[0])
+
+
 # -- explicit cases --------------------------------------------------------------
 
 NODE = "n1"

@@ -46,7 +46,8 @@ from typing import Any
 from callgate.agent.failclosed import Programmed
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
-from callgate.compiler import Compiler, RuleSet
+from callgate.compiler import RuleSet
+from callgate.compiler.incremental import IncrementalCompiler
 from callgate.enforcers.base import ApplyOutcome, NodeEnforcer
 from callgate.errors import KernelError
 from callgate.policy.model import Inventory
@@ -101,6 +102,10 @@ class Reactor:
         self._last_check = 0.0  # monotonic time the worker last looked at the kernel
         self.repairs = 0
         self.skipped: set[str] = set()  # the source's skipped-object problems already logged
+        # Kept across syncs: a snapshot that differs from the last only in
+        # remote endpoints patches the affected sets instead of recompiling
+        # the node (milliseconds instead of ~0.4 s at 50,000 pods).
+        self.compiler: IncrementalCompiler | None = None
 
     # -- the source side ---------------------------------------------------
 
@@ -250,7 +255,7 @@ class Reactor:
     def _sync(self, snapshot: Snapshot, first_event: float | None, full: bool = False) -> None:
         started = time.monotonic()
         inventory, found, unresolved = self._bind(snapshot.inventory)
-        ruleset = Compiler(snapshot.policies, inventory).compile(self.config.node)
+        ruleset = self._compile(snapshot, inventory)
         known = tuple(sorted(set(found.values())))
         try:
             result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=not full)
@@ -292,6 +297,18 @@ class Reactor:
                  seconds=round(seconds, 6), digest=result.digest[:12], origin=snapshot.origin,
                  version=snapshot.version, endpoints=len(ruleset.endpoints), programmed=len(found),
                  unresolved=len(unresolved))
+
+    def _compile(self, snapshot: Snapshot, inventory: Inventory) -> RuleSet:
+        """The node's RuleSet, incrementally when only remote endpoints changed."""
+        if self.compiler is None:
+            self.compiler = IncrementalCompiler(snapshot.policies, inventory, self.config.node)
+            return self.compiler.ruleset
+        try:
+            return self.compiler.sync(snapshot.policies, inventory)
+        except Exception:  # a bug in the incremental path must not stop enforcement: start over
+            log.exception("incremental compile failed; compiling in full", extra={"fields": {"node": self.config.node}})
+            self.compiler = IncrementalCompiler(snapshot.policies, inventory, self.config.node)
+            return self.compiler.ruleset
 
     def _record(self, ruleset: RuleSet, unresolved: dict[str, str]) -> None:
         m = self.metrics

@@ -358,6 +358,51 @@ class IncrementalCompiler:
         self.last_path = "full: rebase"
         return self.ruleset
 
+    def sync(self, policies: PolicySet, inventory: Inventory, max_changes: int = 256) -> RuleSet:
+        """The RuleSet for a whole new snapshot (the agent's path).
+
+        Same policies and namespaces (equal, not necessarily the same objects)
+        and only remote endpoints differing (diffed by key and ``==``): one
+        :meth:`update` per changed endpoint. Anything else, or more than
+        ``max_changes`` changes (a resync after a long gap): :meth:`rebase`.
+        """
+        changes = None
+        if self._duplicates is None and policies == self.policies and inventory.namespaces == self.namespaces:
+            changes = self._diff(inventory.endpoints, max_changes)
+        if changes is None:
+            return self.rebase(policies, inventory)
+        self.policies, self.namespaces = policies, inventory.namespaces  # equal; keep the newest objects
+        paths = set()
+        for old, new in changes:
+            self.update(old, new)
+            paths.add(self.last_path)
+        self.last_path = "incremental" if "incremental" in paths else "unchanged"
+        return self.ruleset
+
+    def _diff(self, endpoints: list[Endpoint], limit: int) -> list[tuple[Endpoint | None, Endpoint | None]] | None:
+        """(old, new) per changed endpoint key; None when a full compile is the
+        better answer (a local endpoint changed, duplicate keys, too many)."""
+        held = self._endpoints
+        seen: set[str] = set()
+        out: list[tuple[Endpoint | None, Endpoint | None]] = []
+        for ep in endpoints:
+            key = ep.key
+            if key in seen:
+                return None
+            seen.add(key)
+            before = held.get(key)
+            if before is ep or before == ep:
+                continue
+            if (before is not None and before.node == self.node) or ep.node == self.node or len(out) >= limit:
+                return None
+            out.append((before, ep))
+        for key, before in held.items():
+            if key not in seen:
+                if before.node == self.node or len(out) >= limit:
+                    return None
+                out.append((before, None))
+        return out
+
     def update(self, old: Endpoint | None, new: Endpoint | None) -> RuleSet:
         """Apply one endpoint change and return the new RuleSet.
 
