@@ -354,3 +354,24 @@ def test_digest_is_per_set_and_tells_sets_apart() -> None:
     assert AddressSet("s", "ip", ()).digest != AddressSet("s", "ip", ("",)).digest
     assert AddressSet("s", "ip", ("a\nb",)).digest != AddressSet("s", "ip", ("a", "b")).digest
     assert RuleSet("n", (one,)).digest() != RuleSet("n", (AddressSet("t", "ip", ("198.18.0.1",)),)).digest()
+
+
+def test_sync_diffs_by_identity_then_key_and_falls_back_when_unsure() -> None:
+    web = Peer(pod_selector=selector(app="web"), namespace="x")
+    policies = PolicySet([ingress_from(web)])
+    a, b = ep("a", {"app": "web"}, ("198.18.1.10",)), ep("b", {"app": "web"}, ("198.18.1.20",))
+    inc = IncrementalCompiler(policies, Inventory(NS, [SERVER, a, b]), NODE)
+    copy_of_a = dataclasses.replace(a)  # equal, not identical: no change
+    inc.sync(policies, Inventory(NS, [SERVER, copy_of_a, b]))
+    check(inc, policies, [SERVER, a, b], path="unchanged")
+    inc.sync(policies, Inventory(NS, [SERVER, copy_of_a, copy_of_a]))  # the same object twice: b is gone
+    check(inc, policies, [SERVER, a, a], path="full")
+    inc.sync(policies, Inventory(NS, [SERVER, a]))
+    check(inc, policies, [SERVER, a], path="full")  # from duplicate keys back to unique ones: in full
+    inc.sync(policies, Inventory(NS, [SERVER, a, dataclasses.replace(a, ips=(ipaddress.ip_address("198.18.1.30"),))]))
+    assert inc.last_path.startswith("full:")  # a key twice
+    inc.sync(policies, Inventory(NS, [SERVER, b]))
+    inc.sync(policies, Inventory(NS, [b, SERVER, a]))  # reordered, a added
+    check(inc, policies, [SERVER, a, b], path="incremental")
+    inc.sync(policies, Inventory(NS, [dataclasses.replace(SERVER, labels={"app": "other"}), a, b]))
+    check(inc, policies, [dataclasses.replace(SERVER, labels={"app": "other"}), a, b], path="full")  # local

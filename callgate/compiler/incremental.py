@@ -381,26 +381,42 @@ class IncrementalCompiler:
 
     def _diff(self, endpoints: list[Endpoint], limit: int) -> list[tuple[Endpoint | None, Endpoint | None]] | None:
         """(old, new) per changed endpoint key; None when a full compile is the
-        better answer (a local endpoint changed, duplicate keys, too many)."""
-        held = self._endpoints
-        seen: set[str] = set()
+        better answer (a local endpoint changed, duplicate keys, too many).
+
+        Snapshots mostly carry the very endpoint objects of the last one, so
+        identity (``id()``: this compiler holds every endpoint it knows, ids
+        stay unique) settles most of them in C-level set operations; keying
+        50,000 endpoints one by one cost ~18 ms.
+        """
+        held, held_ids = self._endpoints, self._held_ids
+        by_id = {id(ep): ep for ep in endpoints}
+        if len(by_id) < len(endpoints):
+            return None  # the same object twice: a duplicate key
+        ids = by_id.keys()
+        fresh = ids - held_ids
+        kept = len(ids) - len(fresh)  # held endpoints still there, as the same object
         out: list[tuple[Endpoint | None, Endpoint | None]] = []
-        for ep in endpoints:
+        fresh_keys: set[str] = set()
+        # Sorted by key: changes are applied in a deterministic order.
+        for ep in sorted((by_id[i] for i in fresh), key=lambda e: e.key):
             key = ep.key
-            if key in seen:
-                return None
-            seen.add(key)
             before = held.get(key)
-            if before is ep or before == ep:
-                continue
+            if key in fresh_keys or (before is not None and id(before) in ids):
+                return None  # a duplicate key
+            fresh_keys.add(key)
+            if before is not None:
+                kept += 1
+                if before == ep:
+                    continue
             if (before is not None and before.node == self.node) or ep.node == self.node or len(out) >= limit:
                 return None
             out.append((before, ep))
-        for key, before in held.items():
-            if key not in seen:
-                if before.node == self.node or len(out) >= limit:
-                    return None
-                out.append((before, None))
+        if kept < len(held):  # some held endpoints are gone
+            for key, before in held.items():
+                if id(before) not in ids and key not in fresh_keys:
+                    if before.node == self.node or len(out) >= limit:
+                        return None
+                    out.append((before, None))
         return out
 
     def update(self, old: Endpoint | None, new: Endpoint | None) -> RuleSet:
@@ -452,9 +468,12 @@ class IncrementalCompiler:
                 self._duplicates.append(new)
             return
         if old is not None:
-            self._endpoints.pop(old.key, None)
+            gone = self._endpoints.pop(old.key, None)
+            if gone is not None:
+                self._held_ids.discard(id(gone))
         if new is not None:
             self._endpoints[new.key] = new
+            self._held_ids.add(id(new))
 
     # -- the full compile, recorded ----------------------------------------------
 
@@ -465,6 +484,7 @@ class IncrementalCompiler:
         # Keys must identify endpoints for updates by key; otherwise keep the
         # list and compile in full on every change.
         self._duplicates: list[Endpoint] | None = list(endpoints) if len(self._endpoints) < len(endpoints) else None
+        self._held_ids = {id(ep) for ep in self._endpoints.values()}
         inventory = Inventory(self.namespaces, list(endpoints))
         compiler = Compiler(self.policies, inventory)
         builder = _RecordingBuilder()
