@@ -9,9 +9,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from callgate.analysis.lint import LintConfig, lint
+from callgate.analysis.lint import LintConfig, Positions, lint
 from callgate.analysis.rules import RULES, rules_markdown
 from callgate.cli.main import app
 from callgate.errors import InputError
@@ -203,3 +206,27 @@ def test_yaml_syntax_error_is_a_finding(tmp_path: Path) -> None:
     good = write(tmp_path, "ok.yaml", np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: 80}]"))
     rules = [(Path(f.file or "").name, f.rule) for f in lint([broken, good]).findings]
     assert rules == [("broken.yaml", "CG001"), ("ok.yaml", "CG109")]  # still checks the file that parsed
+
+
+_scalars = st.one_of(st.integers(-5, 5), st.sampled_from(["a", "b", "0", "x y", ""]), st.booleans(), st.none())
+_trees = st.recursive(_scalars, lambda kids: st.one_of(
+    st.lists(kids, max_size=3), st.dictionaries(st.sampled_from(["a", "b", "c", "0", "1"]), kids, max_size=3)),
+    max_leaves=12)
+_steps = st.lists(st.one_of(st.sampled_from(["a", "b", "c", "0", "zz"]), st.integers(0, 3)), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_trees, min_size=1, max_size=3), st.sampled_from(["json", "json-indent", "block", "flow"]),
+       st.integers(0, 3), st.lists(_steps, min_size=1, max_size=5))
+def test_positions_many_equals_one_by_one(tmp_path_factory: pytest.TempPathFactory, docs: list[object], style: str,
+                                          index: int, paths: list[list[str | int]]) -> None:
+    """The event walk (one pass for many paths, used for CG110 positions in big inventories)
+    gives exactly the marks of composing the file and walking the nodes."""
+    if style.startswith("json"):
+        text = json.dumps(docs[0], indent=2 if style == "json-indent" else None)
+    else:
+        text = yaml.safe_dump_all(docs, default_flow_style=style == "flow")
+    path = tmp_path_factory.mktemp("pos") / ("f.json" if style.startswith("json") else "f.yaml")
+    path.write_text(text)
+    want = {tuple(p): Positions()(str(path), index, p) for p in paths}
+    assert Positions().many(str(path), index, paths) == want

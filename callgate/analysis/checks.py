@@ -328,6 +328,7 @@ class _NamespacePositions:
         self.first_file: str | None = None
         self.failed = False
         self.found: dict[str, tuple[Any, tuple[str | int, ...]]] = {}  # ns -> (document, path)
+        self.marks: dict[tuple[str, int], dict[tuple[str | int, ...], tuple[int | None, int | None]]] = {}
         try:
             files = files_under(linter.inventory_paths)
             self.first_file = str(files[0]) if files else None
@@ -350,11 +351,18 @@ class _NamespacePositions:
         if hit is None:
             return (None, None, None) if self.failed else (self.first_file, None, None)
         doc, path = hit
-        try:
-            line, col = self.linter.positions(doc.file, doc.index, path)
-        except Exception:
+        where = (doc.file, doc.index)
+        if where not in self.marks:
+            # Every namespace declared in that document at once: one pass over the file.
+            paths = [p for d, p in self.found.values() if (d.file, d.index) == where]
+            try:
+                self.marks[where] = self.linter.positions.many(doc.file, doc.index, paths)
+            except Exception:
+                self.marks[where] = {}
+        line_col = self.marks[where].get(path)
+        if line_col is None:
             return None, None, None
-        return doc.file, line, col
+        return doc.file, line_col[0], line_col[1]
 
 
 def _exact_redundancy(linter: Linter, items: list[Item]) -> set[tuple[int, Direction | None, int]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -187,6 +187,114 @@ class Positions:
                 break
             node = nxt
         return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+    def many(self, file: str, index: int, paths: Sequence[Sequence[str | int]]
+             ) -> dict[tuple[str | int, ...], tuple[int | None, int | None]]:
+        """:meth:`__call__` for many paths of one document, from one pass over the parser's
+        events instead of composing the file: composing a 3 MB inventory was 1.3 s
+        (node objects), its events 0.2 s. The events carry the same marks the nodes
+        would; whatever the walk cannot vouch for (anchors, aliases, a parse error,
+        a file already composed) goes the composing way."""
+        wanted = [tuple(p) for p in paths]
+        if file not in self._nodes:
+            try:
+                found = _event_marks(Path(file).read_text(encoding="utf-8"), index, wanted)
+            except Exception:
+                found = None
+            if found is not None:
+                return found
+        return {p: self(file, index, p) for p in wanted}
+
+
+class _Unsure(Exception):
+    """The event walk met something only the composer answers exactly."""
+
+
+def _event_marks(text: str, index: int, paths: list[tuple[str | int, ...]]
+                 ) -> dict[tuple[str | int, ...], tuple[int | None, int | None]]:
+    trie: dict[Any, Any] = {}
+    for path in paths:
+        node = trie
+        for step in path:
+            node = node.setdefault(step, {})
+    marks: dict[tuple[str | int, ...], tuple[int, int]] = {}
+    events = iter(yaml.parse(text, Loader=_Loader))
+    doc = -1
+    for ev in events:  # the whole stream, so a later syntax error surfaces as it would when composing
+        if isinstance(ev, (yaml.AliasEvent, yaml.NodeEvent)) and ev.anchor is not None:
+            raise _Unsure
+        if isinstance(ev, yaml.DocumentStartEvent):
+            doc += 1
+            if doc == index:
+                _walk(events, next(events), trie, (), marks)
+    out: dict[tuple[str | int, ...], tuple[int | None, int | None]] = {}
+    for path in paths:
+        if () not in marks:
+            out[path] = (None, None)  # no such document
+            continue
+        depth = len(path)
+        while path[:depth] not in marks:
+            depth -= 1
+        out[path] = marks[path[:depth]]
+    return out
+
+
+def _walk(events: Iterator[Any], ev: Any, trie: dict[Any, Any], prefix: tuple[str | int, ...],
+          marks: dict[tuple[str | int, ...], tuple[int, int]]) -> None:
+    """Record the (line, column) of the node starting with ``ev`` and of the nodes the
+    trie asks for under it, consuming its events (a mapping key matches its first
+    scalar key of that value, as in :meth:`Positions.__call__`)."""
+    if isinstance(ev, yaml.AliasEvent) or (isinstance(ev, yaml.NodeEvent) and ev.anchor is not None):
+        raise _Unsure
+    marks[prefix] = (ev.start_mark.line + 1, ev.start_mark.column + 1)
+    if isinstance(ev, yaml.MappingStartEvent):
+        seen: set[str] = set()
+        while True:
+            key = next(events)
+            if isinstance(key, yaml.MappingEndEvent):
+                return
+            if isinstance(key, yaml.NodeEvent) and key.anchor is not None:
+                raise _Unsure
+            name = key.value if isinstance(key, yaml.ScalarEvent) else None
+            if name is None:
+                _skip(events, key)
+            value = next(events)
+            if name is not None and name not in seen and name in trie:
+                seen.add(name)
+                _walk(events, value, trie[name], (*prefix, name), marks)
+            else:
+                if name is not None:
+                    seen.add(name)
+                _skip(events, value)
+    elif isinstance(ev, yaml.SequenceStartEvent):
+        i = 0
+        while True:
+            item = next(events)
+            if isinstance(item, yaml.SequenceEndEvent):
+                return
+            if i in trie:
+                _walk(events, item, trie[i], (*prefix, i), marks)
+            else:
+                _skip(events, item)
+            i += 1
+
+
+def _skip(events: Iterator[Any], ev: Any) -> None:
+    """Consume the rest of the node starting with ``ev``."""
+    if isinstance(ev, yaml.AliasEvent) or (isinstance(ev, yaml.NodeEvent) and ev.anchor is not None):
+        raise _Unsure
+    if not isinstance(ev, yaml.CollectionStartEvent):
+        return
+    depth = 1
+    while depth:
+        nxt = next(events)
+        if isinstance(nxt, yaml.CollectionStartEvent):
+            depth += 1
+        elif isinstance(nxt, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(nxt, yaml.AliasEvent) or (isinstance(nxt, yaml.NodeEvent) and nxt.anchor is not None):
+            raise _Unsure
 
 
 @dataclass
