@@ -120,6 +120,25 @@ def _segments(inventory: Inventory, policy_sets: Iterable[PolicySet]) -> dict[Pr
     return {p: sorted(e for e in edges[p] if e <= 65535) for p in PROTOCOLS}
 
 
+@dataclass
+class _Cache:
+    """What depends only on the partition, not on a policy set: shared by every
+    :class:`Connectivity` over it (diff's old and new resolve each peer once, and new
+    reuses old's side bits wherever the same policies isolate a class).
+
+    Rules and policies are keyed by ``id`` (hashing them hashes every selector inside,
+    a third of the time); ``pinned`` holds each one so an id is never reused while
+    its entries live."""
+
+    resolver: Resolver
+    peer_bits: dict[Peer, int] = field(default_factory=dict)
+    rule_peers: dict[int, int] = field(default_factory=dict)  # id(rule) -> OR of its peers' classes
+    side: dict[tuple[object, ...], int] = field(default_factory=dict)
+    named: dict[tuple[str, Protocol, int], int] = field(default_factory=dict)
+    declared: dict[tuple[str, Protocol, int], list[int]] | None = None
+    pinned: dict[int, object] = field(default_factory=dict)
+
+
 class Partition:
     """Endpoints of one IP family in classes, and the port space in segments.
 
@@ -152,6 +171,7 @@ class Partition:
             self.class_of[ep.key] = c
         self.starts = _segments(inventory, policy_sets)
         self.block_bits = {b: self.bits(cs) for b, cs in zip(blocks, block_classes, strict=True)}
+        self.cache = _Cache(Resolver(inventory))
 
     def _block_membership(self, blocks: list[IPBlock]) -> np.ndarray:
         """``m[e, b]``: does block ``b`` contain endpoint ``e``'s address (``IPBlock.contains``)?
@@ -220,15 +240,12 @@ class Connectivity:
     resolver: Resolver = field(init=False)
 
     def __post_init__(self) -> None:
-        self.resolver = Resolver(self.partition.inventory)
+        self._cache = self.partition.cache
+        self.resolver = self._cache.resolver
         self.all = (1 << self.partition.size) - 1
-        self._peer_bits: dict[Peer, int] = {}
-        self._named: dict[tuple[str, Protocol, int], int] = {}
-        self._declared: dict[tuple[str, Protocol, int], list[int]] | None = None
-        self._rule_peers: dict[int, int] = {}
-        self._keep: list[Rule] = []
-        self._side: dict[tuple[object, ...], int] = {}
         self._isolating: dict[tuple[int, Direction], list[Policy]] = {}
+        # (class, direction) -> (isolating policies, their ids, has an ingress named port)
+        self._side_keys: dict[tuple[int, Direction], tuple[list[Policy], tuple[int, ...], bool]] = {}
         self._matrices: dict[tuple[Protocol, int], np.ndarray] = {}
         self._by_ns: dict[str, list[Policy]] = {}
         for pol in self.policies.policies:
@@ -249,7 +266,7 @@ class Connectivity:
 
     def peer_bits(self, peer: Peer) -> int:
         """Classes a peer stands for (ipBlock: classes whose address it contains)."""
-        bits = self._peer_bits.get(peer)
+        bits = self._cache.peer_bits.get(peer)
         if bits is None:
             part = self.partition
             if peer.ip_block is not None:
@@ -267,29 +284,31 @@ class Connectivity:
                 # The resolver's label index finds the endpoints; classes follow.
                 cls = part.class_of
                 bits = part.bits(cls[e.key] for e in self.resolver.peer_endpoints(peer) if e.key in cls)
-            self._peer_bits[peer] = bits
+            self._cache.peer_bits[peer] = bits
         return bits
 
     def named_bits(self, name: str, protocol: Protocol, port: int) -> int:
         """Classes on which the named port ``name``/``protocol`` resolves to ``port``."""
-        if self._declared is None:
+        cache = self._cache
+        if cache.declared is None:
             # One pass over the classes' declared ports instead of one per (name, port).
             declared: dict[tuple[str, Protocol, int], list[int]] = {}
             for c in range(self.partition.size):
                 for p in set(self.partition.rep(c).ports):
                     if p.name is not None:
                         declared.setdefault((p.name, p.protocol, p.port), []).append(c)
-            self._declared = declared
+            cache.declared = declared
         key = (name, protocol, port)
-        bits = self._named.get(key)
+        bits = cache.named.get(key)
         if bits is None:
-            bits = self._named[key] = self.partition.bits(self._declared.get(key, ()))
+            bits = cache.named[key] = self.partition.bits(cache.declared.get(key, ()))
         return bits
 
     def _peers_of(self, rule: Rule) -> int:
         """OR of a rule's peer classes (all classes when it has no peers), per rule object:
         hashing Peers (selectors inside) on every call was a third of rule_bits."""
-        bits = self._rule_peers.get(id(rule))
+        cache = self._cache
+        bits = cache.rule_peers.get(id(rule))
         if bits is None:
             if rule.peers:
                 bits = 0
@@ -297,8 +316,8 @@ class Connectivity:
                     bits |= self.peer_bits(p)
             else:
                 bits = self.all
-            self._rule_peers[id(rule)] = bits
-            self._keep.append(rule)  # ids stay unique while the rule is alive
+            cache.rule_peers[id(rule)] = bits
+            cache.pinned[id(rule)] = rule
         return bits
 
     def rule_bits(self, policy: Policy, direction: Direction, index: int, target: int,
@@ -323,22 +342,39 @@ class Connectivity:
                 break
         return peers & ok
 
+    def _side_key(self, c: int, direction: Direction) -> tuple[list[Policy], tuple[int, ...], bool]:
+        key = (c, direction)
+        found = self._side_keys.get(key)
+        if found is None:
+            policies = self.isolating(c, direction)
+            found = self._side_keys[key] = (policies, *self._memo_key(policies, direction))
+        return found
+
+    def _memo_key(self, policies: list[Policy], direction: Direction) -> tuple[tuple[int, ...], bool]:
+        for p in policies:
+            self._cache.pinned[id(p)] = p
+        named = direction is Direction.INGRESS and any(
+            isinstance(s.port, str) for p in policies for r in p.rules(direction) for s in r.ports)
+        return tuple(map(id, policies)), named
+
     def side_bits(self, c: int, direction: Direction, protocol: Protocol, port: int,
                   without: Policy | None = None) -> int:
         """Peer classes that class ``c``'s ``direction`` side allows (all when not isolated).
 
         ``without`` leaves one policy out (lint uses it to ask "does this policy
         change anything?")."""
-        policies = [p for p in self.isolating(c, direction) if p is not without]
+        if without is None:
+            policies, ids, named = self._side_key(c, direction)
+        else:
+            policies = [p for p in self.isolating(c, direction) if p is not without]
+            ids, named = self._memo_key(policies, direction)
         if not policies:
             return self.all
         # Classes isolated by the same policies get the same bits, except that an
         # ingress named port resolves on the class itself: memoise on that.
-        named = direction is Direction.INGRESS and any(
-            isinstance(s.port, str) for p in policies for r in p.rules(direction) for s in r.ports)
-        memo = (tuple(map(id, policies)), direction, protocol, port,
-                self.partition.rep(c).ports if named else None)
-        bits = self._side.get(memo)
+        memo = (ids, direction, protocol, port, self.partition.rep(c).ports if named else None)
+        side = self._cache.side
+        bits = side.get(memo)
         if bits is not None:
             return bits
         bits = 0
@@ -349,7 +385,7 @@ class Connectivity:
                     break
             if bits == self.all:
                 break
-        self._side[memo] = bits
+        side[memo] = bits
         return bits
 
     # -- the matrix ------------------------------------------------------
@@ -373,7 +409,8 @@ class Connectivity:
         width = (n + 7) // 8
         buf = b"".join(r.to_bytes(width, "little") for r in rows)
         packed = np.frombuffer(buf, dtype=np.uint8).reshape(len(rows), width)
-        return np.unpackbits(packed, axis=1, count=n, bitorder="little").astype(bool)
+        # 0/1 bytes viewed as bool: no copy.
+        return np.unpackbits(packed, axis=1, count=n, bitorder="little").view(bool)
 
     def class_allowed(self, s: int, d: int, protocol: Protocol, port: int) -> bool:
         return bool(self.matrix(protocol, port)[s, d])
