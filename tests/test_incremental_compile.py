@@ -145,10 +145,16 @@ def test_sync_of_whole_snapshots_equals_a_full_compile(inventory: Inventory, pol
     for batch in range(data.draw(st.integers(1, 4), label="snapshots")):
         for serial in range(data.draw(st.integers(0, 4), label="changes")):
             old, new = change(data.draw, endpoints, 100 * batch + serial)
-            if old is not None:
+            if old is not None and new is not None:
+                endpoints[endpoints.index(old)] = new  # in place: sync's positional diff
+            elif old is not None:
                 endpoints.remove(old)
-            if new is not None:
-                endpoints.append(new)
+            elif new is not None:
+                endpoints.insert(data.draw(st.integers(0, len(endpoints)), label="at"), new)
+        if data.draw(st.booleans(), label="shuffle"):
+            endpoints = list(data.draw(st.permutations(endpoints), label="order"))
+        if endpoints and data.draw(st.integers(0, 9), label="duplicate") == 0:
+            endpoints.append(data.draw(st.sampled_from(endpoints)))  # the same object twice
         got = inc.sync(policies, Inventory(inventory.namespaces, list(endpoints)))
         assert_same(got, full(policies, endpoints, inventory.namespaces, node))
         event(inc.last_path.split(":")[0])
@@ -375,3 +381,17 @@ def test_sync_diffs_by_identity_then_key_and_falls_back_when_unsure() -> None:
     check(inc, policies, [SERVER, a, b], path="incremental")
     inc.sync(policies, Inventory(NS, [dataclasses.replace(SERVER, labels={"app": "other"}), a, b]))
     check(inc, policies, [dataclasses.replace(SERVER, labels={"app": "other"}), a, b], path="full")  # local
+    # After a sync, positions are compared with its list: same-position replacements,
+    # appends and drops at the end are diffed there; anything odd goes to full.
+    server = SERVER
+    inc.sync(policies, Inventory(NS, [server, a, b]))
+    c, c2 = ep("c", {"app": "web"}, ("198.18.1.40",)), ep("c", {"app": "web"}, ("198.18.1.41",))
+    inc.sync(policies, Inventory(NS, [server, a, b, c, c2]))  # one new key twice
+    assert inc.last_path.startswith("full:")
+    inc.sync(policies, Inventory(NS, [server, a, b]))
+    a_as_b = dataclasses.replace(b, ips=(ipaddress.ip_address("198.18.1.50"),))
+    inc.sync(policies, Inventory(NS, [server, a_as_b, b]))  # a replaced by a second "b"
+    assert inc.last_path.startswith("full:")
+    inc.sync(policies, Inventory(NS, [server, a, b]))
+    inc.sync(policies, Inventory(NS, [server, dataclasses.replace(a, labels={}), b, c]))
+    check(inc, policies, [server, dataclasses.replace(a, labels={}), b, c], path="incremental")

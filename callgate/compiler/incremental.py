@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -67,6 +68,7 @@ from callgate.compiler.ir import (
 from callgate.policy.model import Direction, Endpoint, Inventory, IPAddress, Peer, PolicySet
 
 Pair = tuple[str, int]  # (address text, port)
+Change = tuple[Endpoint | None, Endpoint | None]  # (old, new) of one endpoint
 PortKeys = tuple[tuple[PeerKey, str], ...]  # a port set's (peers, port name) entries
 
 
@@ -128,6 +130,11 @@ def _member_counts(compiler: Compiler, peers: frozenset[Peer]) -> dict[int, dict
             value = int(ip)
             found[value] = found.get(value, 0) + 1
     return counts
+
+
+def _change_key(change: Change) -> str:
+    old, new = change
+    return (new or old).key  # type: ignore[union-attr]
 
 
 def _values(ep: Endpoint | None, version: int) -> list[int]:
@@ -337,6 +344,7 @@ class IncrementalCompiler:
         self.full_compiles = 0
         self.incremental_updates = 0
         self.last_path = "full: first compile"
+        self._last_list: list[Endpoint] | None = None
         self._prime(inventory.endpoints)
 
     @property
@@ -368,18 +376,68 @@ class IncrementalCompiler:
         """
         changes = None
         if self._duplicates is None and policies == self.policies and inventory.namespaces == self.namespaces:
-            changes = self._diff(inventory.endpoints, max_changes)
+            sure, changes = self._diff_by_position(inventory.endpoints, max_changes)
+            if not sure:
+                changes = self._diff(inventory.endpoints, max_changes)
         if changes is None:
             return self.rebase(policies, inventory)
         self.policies, self.namespaces = policies, inventory.namespaces  # equal; keep the newest objects
         paths = set()
         for old, new in changes:
+            if old is not None and new is not None and old == new:
+                self._store(old, new)  # an equal copy: hold the snapshot's object (the next diff is by identity)
+                continue
             self.update(old, new)
             paths.add(self.last_path)
         self.last_path = "incremental" if "incremental" in paths else "unchanged"
+        self._last_list = list(inventory.endpoints)
         return self.ruleset
 
-    def _diff(self, endpoints: list[Endpoint], limit: int) -> list[tuple[Endpoint | None, Endpoint | None]] | None:
+    def _diff_by_position(self, endpoints: list[Endpoint], limit: int) -> tuple[bool, list[Change] | None]:
+        """The fast diff, against the previous snapshot's list, position by
+        position and by identity (C-level ``map(operator.is_, ...)``, ~1 ms at
+        50,000): a source that replaces, appends or drops at the end leaves
+        everything else where it was. (False, None) when that is not what
+        happened (an object moved, many changes): then :meth:`_diff` decides.
+        """
+        prev = self._last_list
+        if prev is None:
+            return False, None
+        same = list(map(operator.is_, prev, endpoints))
+        misses = same.count(False)
+        n = len(same)
+        if misses + abs(len(prev) - len(endpoints)) > limit:
+            return False, None
+        at: list[int] = []
+        for _ in range(misses):
+            at.append(same.index(False, at[-1] + 1 if at else 0))
+        gone = [prev[i] for i in at] + prev[n:]  # held objects no longer there
+        incoming = [endpoints[i] for i in at] + endpoints[n:]
+        held_ids = self._held_ids
+        if any(id(ep) in held_ids for ep in incoming) or len({id(ep) for ep in incoming}) < len(incoming):
+            return False, None  # moved or repeated objects
+        gone_by_key = {ep.key: ep for ep in gone}
+        out: list[Change] = []
+        fresh_keys: set[str] = set()
+        for ep in incoming:
+            key = ep.key
+            if key in fresh_keys:
+                return True, None  # one new key twice
+            fresh_keys.add(key)
+            before = self._endpoints.get(key)
+            if before is not None and gone_by_key.pop(key, None) is not before:
+                return True, None  # the key of an endpoint still there, or twice: duplicate keys
+            if not (before is not None and before == ep) and (
+                    (before is not None and before.node == self.node) or ep.node == self.node):
+                return True, None
+            out.append((before, ep))  # equal copies too: sync holds the new object
+        for before in gone_by_key.values():
+            if before.node == self.node:
+                return True, None
+            out.append((before, None))
+        return True, sorted(out, key=_change_key)
+
+    def _diff(self, endpoints: list[Endpoint], limit: int) -> list[Change] | None:
         """(old, new) per changed endpoint key; None when a full compile is the
         better answer (a local endpoint changed, duplicate keys, too many).
 
@@ -395,7 +453,8 @@ class IncrementalCompiler:
         ids = by_id.keys()
         fresh = ids - held_ids
         kept = len(ids) - len(fresh)  # held endpoints still there, as the same object
-        out: list[tuple[Endpoint | None, Endpoint | None]] = []
+        out: list[Change] = []
+        real = 0  # changes that are not equal copies
         fresh_keys: set[str] = set()
         # Sorted by key: changes are applied in a deterministic order.
         for ep in sorted((by_id[i] for i in fresh), key=lambda e: e.key):
@@ -407,16 +466,19 @@ class IncrementalCompiler:
             if before is not None:
                 kept += 1
                 if before == ep:
+                    out.append((before, ep))  # an equal copy: sync holds the new object
                     continue
-            if (before is not None and before.node == self.node) or ep.node == self.node or len(out) >= limit:
+            if (before is not None and before.node == self.node) or ep.node == self.node or real >= limit:
                 return None
             out.append((before, ep))
+            real += 1
         if kept < len(held):  # some held endpoints are gone
             for key, before in held.items():
                 if id(before) not in ids and key not in fresh_keys:
-                    if before.node == self.node or len(out) >= limit:
+                    if before.node == self.node or real >= limit:
                         return None
                     out.append((before, None))
+                    real += 1
         return out
 
     def update(self, old: Endpoint | None, new: Endpoint | None) -> RuleSet:
@@ -431,6 +493,7 @@ class IncrementalCompiler:
         if old is None and new is None:
             self.last_path = "unchanged"
             return self.ruleset
+        self._last_list = None  # sync() sets it again after its updates
         why = self._needs_full(old, new)
         if why is not None:
             self._store(old, new)
@@ -485,6 +548,9 @@ class IncrementalCompiler:
         # list and compile in full on every change.
         self._duplicates: list[Endpoint] | None = list(endpoints) if len(self._endpoints) < len(endpoints) else None
         self._held_ids = {id(ep) for ep in self._endpoints.values()}
+        # The endpoint list as last seen whole (sync's fast diff compares
+        # positions with it); None after a single update().
+        self._last_list = list(endpoints) if self._duplicates is None else None
         inventory = Inventory(self.namespaces, list(endpoints))
         compiler = Compiler(self.policies, inventory)
         builder = _RecordingBuilder()
