@@ -395,3 +395,49 @@ def test_sync_diffs_by_identity_then_key_and_falls_back_when_unsure() -> None:
     inc.sync(policies, Inventory(NS, [server, a, b]))
     inc.sync(policies, Inventory(NS, [server, dataclasses.replace(a, labels={}), b, c]))
     check(inc, policies, [server, dataclasses.replace(a, labels={}), b, c], path="incremental")
+
+
+def test_random_changes_on_a_synthetic_cluster() -> None:
+    """Realistic selectors (namespace selectors, matchExpressions, egress named
+    ports on many pods, ipBlocks) from bench/synth.py, 60 seeded random changes."""
+    import random
+
+    from bench.synth import Spec, generate, to_model
+
+    cluster = generate(Spec(pods=800, namespaces=20, policies=200, hot=30, v6_every=2, seed=7))
+    inventory, policies = to_model(cluster)
+    rng = random.Random(7)
+    inc = IncrementalCompiler(policies, inventory, cluster.node)
+    endpoints = list(inventory.endpoints)
+    paths: dict[str, int] = {}
+    for k in range(60):
+        old = rng.choice(endpoints)
+        what = rng.choice(["add", "remove", "relabel", "ips", "ports", "caller"])
+        new: Endpoint | None
+        if what == "add":
+            old, new = None, dataclasses.replace(old, name=f"added-{k}", node=f"node-{rng.randrange(1, 8)}",
+                                                 interface=None, labels=dict(old.labels),
+                                                 ips=(ipaddress.ip_address(int(old.ips[0]) + 60000 + k),))
+        elif what == "remove":
+            new = None
+        elif what == "relabel":
+            new = dataclasses.replace(old, labels={**old.labels, "tier": rng.choice(["web", "api", "db", "cache"])})
+        elif what == "ips":
+            new = dataclasses.replace(old, ips=old.ips[:1] if len(old.ips) > 1 else
+                                      (*old.ips, ipaddress.ip_address(f"fd00:cb::{rng.randrange(1, 900):x}")))
+        elif what == "ports":
+            new = dataclasses.replace(old, ports=(NamedPort("http", rng.choice([80, 8080, 81])),
+                                                  NamedPort("dns", 53, "UDP")))
+        else:
+            labels = dict(old.labels)
+            if labels.pop("bench-caller", None) is None:
+                labels["bench-caller"] = "yes"
+            new = dataclasses.replace(old, labels=labels)
+        got = inc.update(old, new)
+        if old is not None:
+            endpoints.remove(old)
+        if new is not None:
+            endpoints.append(new)
+        assert_same(got, Compiler(policies, Inventory(inventory.namespaces, list(endpoints))).compile(cluster.node))
+        paths[inc.last_path.split(":")[0]] = paths.get(inc.last_path.split(":")[0], 0) + 1
+    assert paths.get("incremental", 0) >= 20, paths
