@@ -84,6 +84,7 @@ def run(count: int, check_every: int, log: Any) -> dict[str, Any]:
         f"{len(full.address_sets)} address sets, {sum(len(s.elements) for s in full.address_sets)} elements")
     compile_s: list[float] = []
     digest_s: list[float] = []
+    kinds: list[str] = []
     paths: dict[str, int] = {}
     checked = 0
     plan = changes(inventory, node, count)
@@ -95,6 +96,7 @@ def run(count: int, check_every: int, log: Any) -> dict[str, Any]:
         done = time.perf_counter()
         compile_s.append(compiled - start)
         digest_s.append(done - compiled)
+        kinds.append(kind)
         paths[inc.last_path] = paths.get(inc.last_path, 0) + 1
         if check_every and (k % check_every == check_every - 1 or k == len(plan) - 1):
             fresh = Compiler(policies, inc.inventory).compile(node)
@@ -103,15 +105,21 @@ def run(count: int, check_every: int, log: Any) -> dict[str, Any]:
             checked += 1
     sync_s = _sync_path(inc, policies, node, min(count, 100))
     total = [c + d for c, d in zip(compile_s, digest_s, strict=True)]
-    result = {"spec": dataclasses.asdict(TARGET), "changes": count, "prime_s": prime_s, "full_compile_s": full_s,
+    result: dict[str, Any] = {"spec": dataclasses.asdict(TARGET), "changes": count, "prime_s": prime_s, "full_compile_s": full_s,
               "compile_ms": {k: v * 1000 if k != "n" else v for k, v in percentiles(compile_s).items()},
               "digest_ms": {k: v * 1000 if k != "n" else v for k, v in percentiles(digest_s).items()},
               "compile_and_digest_ms": {k: v * 1000 if k != "n" else v for k, v in percentiles(total).items()},
               "sync_ms": {k: v * 1000 if k != "n" else v for k, v in percentiles(sync_s).items()},
+              "by_kind_compile_and_digest_ms": {
+                  kind: {k: v * 1000 if k != "n" else v for k, v in percentiles(
+                      [t for t, k2 in zip(total, kinds, strict=True) if k2 == kind]).items()}
+                  for kind in sorted(set(kinds))},
               "paths": paths, "checked_against_full_compile": checked}
-    for label in ("compile_ms", "digest_ms", "compile_and_digest_ms", "sync_ms"):
+    for label in ("compile_ms", "digest_ms", "compile_and_digest_ms", "sync_ms"):  # milliseconds
         r = result[label]
         log(f"{label:>22}: p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}  (n={r['n']})")
+    for kind, r in result["by_kind_compile_and_digest_ms"].items():
+        log(f"{kind:>22}: p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}  (compile and digest)")
     log(f"paths: {paths}; {checked} results equal to a fresh full compile (== and digest)")
     return result
 
