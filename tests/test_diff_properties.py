@@ -7,12 +7,17 @@ ipBlocks that cut through pod addresses, matchExpressions, both families.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from callgate.analysis.connectivity import Connectivity, Partition, group_matrix
 from callgate.analysis.diff import connectivity_diff
 from callgate.policy import Evaluator
 from callgate.policy.model import Inventory, PolicySet
+from tests.helpers import policies_from, standard
 from tests.strategies import inventories, policy_sets
 
 PROBES = [(53, "UDP"), (53, "TCP"), (79, "TCP"), (80, "TCP"), (80, "UDP"), (81, "TCP"), (82, "TCP"),
@@ -83,3 +88,110 @@ def test_diff_equals_evaluator(inv: Inventory, old: PolicySet, new: PolicySet) -
         before = truths[family][0][(a, b, port, proto)]
         after = truths[family][1][(a, b, port, proto)]
         assert (before, after) == (not gained, gained), (a, b, port, proto, family)
+
+
+# -- ipBlocks present in one policy set only, or in one family only ------------------------------
+#
+# Regression tests for a KeyError on an IPBlock reported from connectivity_diff when
+# old and new differ in their ipBlocks. Old and new share one Partition per family,
+# built from both sets' blocks; a block of the other family contains no pod of this
+# one. Endpoints here may have one family only, which the strategies above never draw.
+
+
+def _mixed_truth(inv: Inventory, ps: PolicySet, family: int) -> dict[tuple[str, str, int, str], bool]:
+    ev = Evaluator(ps, inv)
+    eps = [(e.key, next((i for i in e.ips if i.version == family), None)) for e in inv.endpoints]
+    return {(a, b, port, proto): ev.allowed(ia, ib, port, proto)  # type: ignore[arg-type]
+            for a, ia in eps if ia is not None for b, ib in eps if ib is not None for port, proto in PROBES}
+
+
+def _check_diff(inv: Inventory, old: PolicySet, new: PolicySet) -> None:
+    result = connectivity_diff(inv, old, new, group_by="endpoint")
+    claimed: dict[tuple[str, str, int, str, int], bool] = {}
+    for change in result.changes:
+        for fam in change.families:
+            for a, b in change.pairs:
+                for port, proto in PROBES:
+                    if any(r.protocol == proto and r.lo <= port <= r.hi for r in change.ports):
+                        claimed[(a, b, port, proto, fam)] = change.gained
+    for family in (4, 6):
+        t_old, t_new = _mixed_truth(inv, old, family), _mixed_truth(inv, new, family)
+        for key, before in t_old.items():
+            k = (*key, family)
+            if before != t_new[key]:
+                assert claimed.get(k) == t_new[key], (k, before)
+            else:
+                assert k not in claimed, k
+
+
+def _one_family(inv: Inventory, v4_only: int, v6_only: int) -> Inventory:
+    for i, ep in enumerate(inv.endpoints):
+        if i == v4_only:
+            ep.ips = tuple(ip for ip in ep.ips if ip.version == 4)
+        elif i == v6_only:
+            ep.ips = tuple(ip for ip in ep.ips if ip.version == 6)
+    return inv
+
+
+def test_diff_ipblock_only_in_new_and_only_one_family(tmp_path: Path) -> None:
+    inv = _one_family(standard(), v4_only=1, v6_only=2)
+    old = policies_from(tmp_path, """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: a, namespace: x}
+        spec:
+          podSelector: {matchLabels: {pod: a}}
+          policyTypes: [Ingress, Egress]
+          ingress:
+          - from: [{podSelector: {}}]
+          egress:
+          - to: [{namespaceSelector: {}}]
+        """, "old.yaml")
+    new = policies_from(tmp_path, """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: a, namespace: x}
+        spec:
+          podSelector: {matchLabels: {pod: a}}
+          policyTypes: [Ingress, Egress]
+          ingress:
+          - from: [{ipBlock: {cidr: 'fd00:18:1::/120', except: ['fd00:18:1::11/128']}}]
+          egress:
+          - to: [{ipBlock: {cidr: 198.18.0.0/16, except: [198.18.1.12/32]}}]
+            ports: [{port: 80, protocol: TCP}]
+        """, "new.yaml")
+    empty = PolicySet([])
+    for a, b in ((old, new), (new, old), (empty, new), (new, empty)):
+        _check_diff(inv, a, b)
+
+
+@SETTINGS
+@given(inventories(), policy_sets(), policy_sets(), st.integers(0, 6), st.integers(0, 6))
+def test_diff_equals_evaluator_with_single_family_pods(inv: Inventory, old: PolicySet, new: PolicySet,
+                                                       v4_only: int, v6_only: int) -> None:
+    _check_diff(_one_family(inv, v4_only, v6_only), old, new)
+
+
+def test_connectivity_refuses_blocks_its_partition_was_not_built_from(tmp_path: Path) -> None:
+    """Answering "no pod" for a same-family block the partition never saw would be a
+    silently wrong verdict (its classes may straddle the block): say so instead."""
+    inv = standard()
+    new = policies_from(tmp_path, """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: a, namespace: x}
+        spec:
+          podSelector: {}
+          policyTypes: [Ingress]
+          ingress:
+          - from: [{ipBlock: {cidr: 198.18.1.0/24}}]
+        """)
+    part = Partition(inv, [PolicySet([])], 4)
+    with pytest.raises(ValueError, match="not in the partition"):
+        Connectivity(part, new).matrix("TCP", 80)
+    # A block of the other family contains no pod of this one: no error, and over IPv6
+    # nothing reaches the pods of x (isolated, allowed from IPv4 addresses only).
+    conn6 = Connectivity(Partition(inv, [PolicySet([])], 6), new)
+    eps = {e.key: e for e in inv.endpoints}
+    assert not any(conn6.allowed(eps[s], eps[d], 80, "TCP") for s in eps for d in eps
+                   if d.startswith("x/") and s != d)

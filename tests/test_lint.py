@@ -113,6 +113,36 @@ def test_subtle_semantics(tmp_path: Path) -> None:
     assert found[0].rule == "CG102" and found[0].line == 7 and found[0].field == "spec.ingress[0].from[0]"
 
 
+def test_redundancy_with_ipblocks_of_one_family_and_single_family_pods(tmp_path: Path) -> None:
+    """The exact redundancy checks build one partition per family from every policy's
+    ipBlocks; blocks of one family only, and pods with one family only, must neither
+    break them nor make an ipBlock rule look redundant (it reaches outside addresses)."""
+    inv = standard()
+    for ep in inv.endpoints:
+        if ep.key == "x/b":
+            ep.ips = tuple(ip for ip in ep.ips if ip.version == 4)
+        elif ep.key == "y/a":
+            ep.ips = tuple(ip for ip in ep.ips if ip.version == 6)
+    docs = [np_("a", "x", """
+        podSelector: {matchLabels: {pod: a}}
+        policyTypes: [Ingress]
+        ingress:
+        - from: [{ipBlock: {cidr: 'fd00:18:1::/120', except: ['fd00:18:1::11/128']}}]
+        - from: [{podSelector: {}}]
+        - from: [{podSelector: {matchLabels: {pod: b}}}]
+        """), np_("b", "x", """
+        podSelector: {matchLabels: {pod: a}}
+        policyTypes: [Ingress]
+        ingress:
+        - from: [{ipBlock: {cidr: 198.18.0.0/16}}]
+        """)]
+    path = write(tmp_path, "p.yaml", "---\n".join(docs + [DENY[ns] for ns in "xyz"]))
+    found = [(f.rule, f.object, f.field) for f in lint([path], inv).findings if f.rule in ("CG107", "CG108")]
+    # Rule 1 (all pods of x) is covered by the two blocks in both families; rule 2 allows
+    # nothing over IPv6 (x/b has no IPv6 address), so it is not redundant there.
+    assert found == [("CG107", "NetworkPolicy x/a", "spec.ingress[1]")]
+
+
 def test_without_inventory_only_document_checks(tmp_path: Path) -> None:
     bad, _ = CASES["CG102"]
     path = write(tmp_path, "p.yaml", bad[0])
