@@ -42,7 +42,15 @@ from callgate.compiler.addresses import parse_element
 from callgate.compiler.compile import Compiler
 from callgate.compiler.ir import RuleSet
 from callgate.enforcers.kernel import Command, LibNftables
-from callgate.enforcers.nft import FAMILY, TABLE, NftablesEnforcer, replace_table, rule_exprs
+from callgate.enforcers.nft import (
+    FAMILY,
+    TABLE,
+    NftablesEnforcer,
+    address_set_body,
+    address_set_elements,
+    replace_table,
+    rule_exprs,
+)
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 
 HERE = Path(__file__).resolve().parent
@@ -135,6 +143,25 @@ def small_sets(commands: list[Command], client_ip: str) -> list[Command]:
             texts = [_element_text(e) for e in body["elem"]]
             keep = [e for e, t in zip(body["elem"], texts, strict=True) if _contains(t, client)] or body["elem"][:1]
             cmd = {"add": {"set": {**body, "elem": keep}}}
+        out.append(cmd)
+    return out
+
+
+def interval_sets(commands: list[Command], ruleset: RuleSet) -> list[Command]:
+    """The same table with every peer set in interval form (``flags
+    interval``, the IR's prefixes and ranges as they are), as callgate
+    rendered all of them before enumerable sets became hash sets: measured in
+    the same rounds, this is the per-packet effect of that change alone."""
+    by_name = {s.name: s for s in ruleset.address_sets}
+    out: list[Command] = []
+    for cmd in commands:
+        body = cmd.get("add", {}).get("set")
+        if body is not None and body["name"] in by_name:
+            s = by_name[body["name"]]
+            new = address_set_body(s, hashed=False)
+            if s.elements:
+                new["elem"] = address_set_elements(s, hashed=False)
+            cmd = {"add": {"set": new}}
         out.append(cmd)
     return out
 
@@ -279,7 +306,8 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
             # cost of conntrack from the cost of the policy itself.
             empty = list(replace_table(RuleSet(node=cluster.node)).commands)
             configs = {"none": delete, "empty": empty, "callgate": full, "callgate-l4first": l4_first(full),
-                       "callgate-1elem": small_sets(full, client_ip), "linear": linear}
+                       "callgate-1elem": small_sets(full, client_ip),
+                       "callgate-interval": interval_sets(full, ruleset), "linear": linear}
             samples: dict[str, dict[str, list[float]]] = {c: {"crr": [], "udp": [], "load_s": []} for c in configs}
             names = list(configs)
             for r in range(rounds):

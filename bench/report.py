@@ -89,8 +89,9 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
             f"every round. `none` = no table (no conntrack either); `empty` = callgate's table with no endpoints "
             f"(conntrack + dispatch only); `callgate` = the compiled table as applied today; `callgate-l4first` "
             f"= the same with each rule's port match before its set look-up, `callgate-1elem` = the same "
-            f"chains with every set cut to one element (experiments, see docs/performance.md); `linear` = one "
-            f"rule per peer.")
+            f"chains with every set cut to one element, `callgate-interval` = the same table with every peer set "
+            f"an interval set, as before enumerable sets became hash sets (experiments, see docs/performance.md); "
+            f"`linear` = one rule per peer.")
         sec("")
         sec("| table | new TCP connections/s (min / median / max) | 64-byte UDP packets/s (min / median / max) "
             "| % of `none` (median) | table load |")
@@ -137,6 +138,13 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
                 f"callgate/callgate-1elem {statistics.median(s_crr):.0%} conn/s ({min(s_crr):.0%}–{max(s_crr):.0%}), "
                 f"{statistics.median(s_udp):.0%} pps ({min(s_udp):.0%}–{max(s_udp):.0%}): what "
                 f"{lab['table']['server_peer_elements']:,} elements cost per packet compared with one.")
+        if "callgate-interval" in dp:
+            h_crr, h_udp = ratios("callgate", "callgate-interval", "crr"), ratios("callgate", "callgate-interval", "udp")
+            sec("")
+            sec(f"Experiment, set form: the table as applied (hash sets wherever the addresses can be "
+                f"enumerated) relative to the same table with interval sets only, callgate/callgate-interval "
+                f"{statistics.median(h_crr):.0%} conn/s ({min(h_crr):.0%}–{max(h_crr):.0%}), "
+                f"{statistics.median(h_udp):.0%} pps ({min(h_udp):.0%}–{max(h_udp):.0%}).")
         sec("")
         targets.append(("1. Datapath, new TCP connections/s with 10k policies", "≥ 95% of no ruleset",
                         f"{statistics.median(cg_crr):.0%} of `none`, {statistics.median(e_crr):.0%} of `empty` "

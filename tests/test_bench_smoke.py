@@ -37,7 +37,7 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
     if datapath_possible() is None:
         lab = results["lab"]
         assert set(lab["datapath"]) == {"none", "empty", "callgate", "callgate-l4first", "callgate-1elem",
-                                        "linear"}
+                                        "callgate-interval", "linear"}
         assert all(lab["incremental"]["incremental"]), "pod churn should reach the kernel as an incremental update"
         assert (tmp_path / "plots" / "datapath.svg").exists()
     # The lab cleans up after itself.
