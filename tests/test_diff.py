@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from callgate.cli.main import app
 from tests.golden_util import check_golden
-from tests.helpers import ROOT, STANDARD_INVENTORY, write
+from tests.helpers import ROOT, STANDARD_INVENTORY, standard, write
 
 OLD = """
 apiVersion: networking.k8s.io/v1
@@ -115,3 +116,35 @@ def test_live_diff_in_own_netns(tmp_path: Path) -> None:
 
 def test_examples_exist() -> None:
     assert (ROOT / "examples" / "lint" / "bad.yaml").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_quiet_in_ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long operations report (done, total) up to total; the CLI draws a bar only for a
+    person at a terminal, never in CI or when piped."""
+    from callgate.analysis.diff import connectivity_diff
+    from callgate.cli import analysis as cli
+    from callgate.policy import load_policies
+
+    old, new = write(tmp_path, "old.yaml", OLD), write(tmp_path, "new.yaml", NEW)
+    seen: list[tuple[int, int]] = []
+    connectivity_diff(standard(), load_policies(old), load_policies(new), progress=lambda d, t: seen.append((d, t)))
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][0] == seen[-1][1]
+
+    terminal = _Terminal()
+    monkeypatch.setattr(cli.sys, "stderr", terminal)
+    monkeypatch.delenv("CI", raising=False)
+    with cli.progress_bar("comparing") as bar:
+        assert bar is not None
+        bar(1, 2)
+    monkeypatch.setenv("CI", "true")
+    with cli.progress_bar("comparing") as bar:
+        assert bar is None
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(cli.sys, "stderr", io.StringIO())  # piped
+    with cli.progress_bar("comparing") as bar:
+        assert bar is None

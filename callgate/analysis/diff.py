@@ -82,7 +82,8 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
     families = [f for f in (4, 6) if any(family_ip(e, f) for e in inventory.endpoints)]
     steps = done = 0
     parts = [Partition(inventory, [old, new], f) for f in families]
-    steps = sum(len(p.segments()) for p in parts)
+    # One step per segment and family, and one per family for expanding pod pairs.
+    steps = sum(len(p.segments()) + 1 for p in parts)
     merged: dict[tuple[int, int], list[PortRange]] = {}  # (family, segment mask) -> port ranges
     for part in parts:
         a, b = Connectivity(part, old), Connectivity(part, new)
@@ -122,6 +123,9 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
                     entry = raw.setdefault((gx, gy, gained), {"ports": {}, "pairs": {}})
                     entry["ports"][fam] = entry["ports"].get(fam, 0) | mask
                     entry["pairs"].setdefault(fam, set()).update(pairs)
+        done += 1
+        if progress:
+            progress(done, steps)
         for entry in raw.values():
             m = entry["ports"].get(fam)
             if m is not None and (fam, m) not in merged:
