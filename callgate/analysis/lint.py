@@ -218,13 +218,13 @@ def _event_marks(text: str, index: int, paths: list[tuple[str | int, ...]]
         node = trie
         for step in path:
             node = node.setdefault(step, {})
+    if "&" in text or "*" in text:
+        raise _Unsure  # maybe anchors or aliases: the composer resolves those
     marks: dict[tuple[str | int, ...], tuple[int, int]] = {}
     events = iter(yaml.parse(text, Loader=_Loader))
     doc = -1
     for ev in events:  # the whole stream, so a later syntax error surfaces as it would when composing
-        if isinstance(ev, (yaml.AliasEvent, yaml.NodeEvent)) and ev.anchor is not None:
-            raise _Unsure
-        if isinstance(ev, yaml.DocumentStartEvent):
+        if type(ev) is yaml.DocumentStartEvent:
             doc += 1
             if doc == index:
                 _walk(events, next(events), trie, (), marks)
@@ -280,21 +280,16 @@ def _walk(events: Iterator[Any], ev: Any, trie: dict[Any, Any], prefix: tuple[st
             i += 1
 
 
+_DEPTH = {yaml.MappingStartEvent: 1, yaml.SequenceStartEvent: 1, yaml.MappingEndEvent: -1,
+          yaml.SequenceEndEvent: -1}
+
+
 def _skip(events: Iterator[Any], ev: Any) -> None:
-    """Consume the rest of the node starting with ``ev``."""
-    if isinstance(ev, yaml.AliasEvent) or (isinstance(ev, yaml.NodeEvent) and ev.anchor is not None):
-        raise _Unsure
-    if not isinstance(ev, yaml.CollectionStartEvent):
-        return
-    depth = 1
-    while depth:
-        nxt = next(events)
-        if isinstance(nxt, yaml.CollectionStartEvent):
-            depth += 1
-        elif isinstance(nxt, yaml.CollectionEndEvent):
-            depth -= 1
-        elif isinstance(nxt, yaml.AliasEvent) or (isinstance(nxt, yaml.NodeEvent) and nxt.anchor is not None):
-            raise _Unsure
+    """Consume the rest of the node starting with ``ev`` (most of a big file goes through
+    here: a type look-up per event, nothing more)."""
+    depth = _DEPTH.get(type(ev), 0)
+    while depth > 0:
+        depth += _DEPTH.get(type(next(events)), 0)
 
 
 @dataclass
