@@ -53,6 +53,7 @@ import hashlib
 import json
 import re
 import socket
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,12 +83,13 @@ DIGEST_KEY_LEN = 15
 LAYOUT_VERSION = 2
 # A peer set whose intervals together hold at most this many addresses is
 # rendered as a hash set of single addresses. Why this bound: a hash-set
-# element costs the kernel ~64-100 bytes (rhashtable element with its extension
-# area, plus bucket pointers), so the largest such set is ~4-6 MiB of kernel
-# memory and ~65k strings in a transaction (~0.3 s for libnftables to parse);
-# an interval holds any number of addresses in ~2 elements. 65,536 covers a
-# /16 of pods (far more than any node's peers in practice, 50k pods included)
-# while a wide ipBlock (/8, /12, 0.0.0.0/0 except ...) stays one interval.
+# element costs the kernel ~95 bytes (measured: slab + vmalloc growth when
+# loading 65,536 IPv4 or IPv6 elements, kernel 6.18), so the largest such set
+# is ~6 MiB of kernel memory and ~65k strings in a transaction (~0.45 s for
+# libnftables 1.0.6 to load); an interval holds any number of addresses in two
+# rbtree elements (~160 bytes). 65,536 covers a /16 of pods (more than any
+# node's peer union in practice, 50k-pod clusters included) while a wide
+# ipBlock (/8, /12, 0.0.0.0/0 except ...) stays a handful of intervals.
 HASH_SET_MAX = 65_536
 COMMENT_MAX = 128  # bytes the kernel keeps for a rule comment
 
@@ -199,6 +201,7 @@ def _interval(text: str) -> tuple[int, int]:
 # ~15 ms. Entries hold their tuple, so an id() is never mistaken for another
 # object's; a few dozen entries cover the applied RuleSet and the next one.
 _COUNTS: dict[int, tuple[tuple[str, ...], int]] = {}
+_COUNTS_LOCK = threading.Lock()  # the agent's reactor and a CLI/metrics thread may both render
 _COUNTS_MAX = 64
 _COUNTS_MIN_LEN = 1024  # smaller sets are cheaper to count than to remember
 
@@ -206,9 +209,10 @@ _COUNTS_MIN_LEN = 1024  # smaller sets are cheaper to count than to remember
 def remember_count(elements: tuple[str, ...], count: int) -> None:
     if len(elements) < _COUNTS_MIN_LEN:
         return
-    while len(_COUNTS) >= _COUNTS_MAX:
-        _COUNTS.pop(next(iter(_COUNTS)), None)
-    _COUNTS[id(elements)] = (elements, count)
+    with _COUNTS_LOCK:
+        while len(_COUNTS) >= _COUNTS_MAX:
+            _COUNTS.pop(next(iter(_COUNTS)))  # the oldest: dicts keep insertion order
+        _COUNTS[id(elements)] = (elements, count)
 
 
 def address_count(elements: Sequence[str]) -> int:
