@@ -131,8 +131,12 @@ def test_every_change_equals_a_full_compile(inventory: Inventory, policies: Poli
             endpoints.append(new)
         assert_same(got, full(policies, endpoints, inventory.namespaces, node))
         event(inc.last_path.split(":")[0])
-        remote = all(ep is None or ep.node != node for ep in (old, new))
-        assert (inc.last_path in ("incremental", "unchanged")) == remote, inc.last_path
+        # Only an endpoint that may have chains here (local, selected by a
+        # policy of its namespace) needs the full compile; any other is a peer.
+        peer_only = all(ep is None or ep.node != node or not any(
+            p.namespace == ep.namespace and p.pod_selector.matches(ep.labels) for p in policies.policies)
+            for ep in (old, new))
+        assert (inc.last_path in ("incremental", "unchanged")) == peer_only, inc.last_path
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -321,9 +325,15 @@ def test_fallbacks_compile_in_full() -> None:
     s2 = ep("server2", {"app": "server"}, ("198.18.1.2",), node=NODE)
     inc.update(None, s2)
     check(inc, policies, [SERVER, w1, s2], path="full")
-    # A remote pod moving onto the node.
+    # A remote pod moving onto the node, selected by no policy: no chains, only a peer.
     w1_local = dataclasses.replace(w1, node=NODE, interface="cgw1")
     inc.update(w1, w1_local)
+    check(inc, policies, [SERVER, s2, w1_local], path="not full")
+    # The same local pod now selected by a policy: chains.
+    w1_server = dataclasses.replace(w1_local, labels={"app": "server"})
+    inc.update(w1_local, w1_server)
+    check(inc, policies, [SERVER, s2, w1_server], path="full")
+    inc.update(w1_server, w1_local)
     check(inc, policies, [SERVER, s2, w1_local], path="full")
     # An unknown endpoint removed, an existing key added again.
     ghost = ep("ghost", {"app": "web"}, ("198.18.1.99",))
@@ -336,7 +346,7 @@ def test_fallbacks_compile_in_full() -> None:
     more = PolicySet([*policies.policies, ingress_from(Peer(pod_selector=None, namespace="y"), name="from-y")])
     inc.rebase(more, Inventory(NS, [SERVER, w1_local, again]))
     check(inc, more, [SERVER, w1_local, again], path="full")
-    assert inc.full_compiles == 6
+    assert inc.full_compiles == 7
     # Then the incremental path again.
     y1 = ep("y1", {}, ("198.18.1.50",), ns="y")
     inc.update(None, y1)

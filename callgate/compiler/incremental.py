@@ -25,9 +25,11 @@ that use it). :class:`IncrementalCompiler` therefore
   the compositional :meth:`RuleSet.digest` hashes only those.
 
 Everything it is not sure about falls back to a full compile of the current
-inventory, which also re-primes the state: an endpoint on this node (its
-chains, interface and named ports depend on it), an unknown or duplicate
-endpoint key, an inventory with duplicate keys. Policy and namespace changes
+inventory, which also re-primes the state: an endpoint on this node that a
+policy of its namespace selects (its chains, interface and named ports depend
+on it; a local endpoint no policy selects has no chains and counts only as a
+peer, like a remote one), an unknown or duplicate endpoint key, an inventory
+with duplicate keys. Policy and namespace changes
 are not endpoint changes: call :meth:`IncrementalCompiler.rebase`.
 
 The result is always equal (``==`` and digest) to ``Compiler(policies,
@@ -65,7 +67,7 @@ from callgate.compiler.ir import (
     RuleSet,
     Verdict,
 )
-from callgate.policy.model import Direction, Endpoint, Inventory, IPAddress, Peer, PolicySet
+from callgate.policy.model import Direction, Endpoint, Inventory, IPAddress, Peer, Policy, PolicySet
 
 Pair = tuple[str, int]  # (address text, port)
 Change = tuple[Endpoint | None, Endpoint | None]  # (old, new) of one endpoint
@@ -428,11 +430,11 @@ class IncrementalCompiler:
             if before is not None and gone_by_key.pop(key, None) is not before:
                 return True, None  # the key of an endpoint still there, or twice: duplicate keys
             if not (before is not None and before == ep) and (
-                    (before is not None and before.node == self.node) or ep.node == self.node):
+                    (before is not None and self._enforced_here(before)) or self._enforced_here(ep)):
                 return True, None
             out.append((before, ep))  # equal copies too: sync holds the new object
         for before in gone_by_key.values():
-            if before.node == self.node:
+            if self._enforced_here(before):
                 return True, None
             out.append((before, None))
         return True, sorted(out, key=_change_key)
@@ -468,14 +470,14 @@ class IncrementalCompiler:
                 if before == ep:
                     out.append((before, ep))  # an equal copy: sync holds the new object
                     continue
-            if (before is not None and before.node == self.node) or ep.node == self.node or real >= limit:
+            if (before is not None and self._enforced_here(before)) or self._enforced_here(ep) or real >= limit:
                 return None
             out.append((before, ep))
             real += 1
         if kept < len(held):  # some held endpoints are gone
             for key, before in held.items():
                 if id(before) not in ids and key not in fresh_keys:
-                    if before.node == self.node or real >= limit:
+                    if self._enforced_here(before) or real >= limit:
                         return None
                     out.append((before, None))
                     real += 1
@@ -517,9 +519,17 @@ class IncrementalCompiler:
         if new is not None and new.key in self._endpoints and (old is None or old.key != new.key):
             return f"endpoint {new.key} already exists"
         held = self._endpoints[old.key] if old is not None else None
-        if (held is not None and held.node == self.node) or (new is not None and new.node == self.node):
-            return "endpoint on this node (its chains may change)"
+        if (held is not None and self._enforced_here(held)) or (new is not None and self._enforced_here(new)):
+            return "endpoint on this node selected by a policy (its chains may change)"
         return None
+
+    def _enforced_here(self, ep: Endpoint) -> bool:
+        """Could ``ep`` have chains on this node? Only a local endpoint that a
+        policy of its namespace selects has any (or is listed as unbound); any
+        other endpoint, local ones included, matters only as a peer, like a
+        remote one. (Conservative: policy types are not looked at.)"""
+        return ep.node == self.node and any(
+            p.pod_selector.matches(ep.labels) for p in self._policies_by_ns.get(ep.namespace, ()))
 
     def _store(self, old: Endpoint | None, new: Endpoint | None) -> None:
         if self._duplicates is not None:
@@ -551,6 +561,9 @@ class IncrementalCompiler:
         # The endpoint list as last seen whole (sync's fast diff compares
         # positions with it); None after a single update().
         self._last_list = list(endpoints) if self._duplicates is None else None
+        self._policies_by_ns: dict[str, list[Policy]] = {}
+        for policy in self.policies.policies:
+            self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
         inventory = Inventory(self.namespaces, list(endpoints))
         compiler = Compiler(self.policies, inventory)
         builder = _RecordingBuilder()
