@@ -9,9 +9,10 @@ One worker thread does all kernel work, so transactions never interleave:
   events is one compile and one transaction.
 * **Compile only what changed.** An :class:`~callgate.compiler.incremental.IncrementalCompiler`
   is kept across syncs: a snapshot whose policies and namespaces are equal to
-  the last one's and whose only changes are remote endpoints patches the
-  address sets those endpoints can be in (milliseconds at 50,000 pods);
-  anything else, or an error on that path, compiles the node in full.
+  the last one's and whose only changes are endpoints without chains here
+  (remote ones, or local ones no policy selects) patches the address sets
+  those endpoints can be in (milliseconds at 50,000 pods); anything else, or
+  an error on that path, compiles the node in full.
 * **Apply only what changed.** The enforcer remembers what it applied; while
   the live digest still says so, changes go in as incremental transactions
   (set elements for pod churn and relabels; chains only when rules change).
@@ -108,7 +109,7 @@ class Reactor:
         self.repairs = 0
         self.skipped: set[str] = set()  # the source's skipped-object problems already logged
         # Kept across syncs: a snapshot that differs from the last only in
-        # remote endpoints patches the affected sets instead of recompiling
+        # endpoints without chains here patches the affected sets instead of recompiling
         # the node (milliseconds instead of ~0.4 s at 50,000 pods).
         self.compiler: IncrementalCompiler | None = None
 
@@ -304,7 +305,7 @@ class Reactor:
                  unresolved=len(unresolved))
 
     def _compile(self, snapshot: Snapshot, inventory: Inventory) -> RuleSet:
-        """The node's RuleSet, incrementally when only remote endpoints changed."""
+        """The node's RuleSet, incrementally when only endpoints without chains here changed."""
         if self.compiler is None:
             self.compiler = IncrementalCompiler(snapshot.policies, inventory, self.config.node)
             return self.compiler.ruleset

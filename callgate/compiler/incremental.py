@@ -372,7 +372,8 @@ class IncrementalCompiler:
         """The RuleSet for a whole new snapshot (the agent's path).
 
         Same policies and namespaces (equal, not necessarily the same objects)
-        and only remote endpoints differing (diffed by key and ``==``): one
+        and only endpoints without chains here differing (remote ones, or local
+        ones no policy selects; diffed by identity, key and ``==``): one
         :meth:`update` per changed endpoint. Anything else, or more than
         ``max_changes`` changes (a resync after a long gap): :meth:`rebase`.
         """
