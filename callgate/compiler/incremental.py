@@ -392,7 +392,8 @@ class IncrementalCompiler:
                 continue
             self.update(old, new)
             paths.add(self.last_path)
-        self.last_path = "incremental" if "incremental" in paths else "unchanged"
+        fulls = sorted(p for p in paths if p.startswith("full"))  # not expected after the diff's checks
+        self.last_path = fulls[0] if fulls else "incremental" if "incremental" in paths else "unchanged"
         self._last_list = list(inventory.endpoints)
         return self.ruleset
 
@@ -490,8 +491,10 @@ class IncrementalCompiler:
         ``old`` None: ``new`` was added. ``new`` None: ``old`` was removed.
         Both: ``old`` became ``new`` (labels, addresses, ports, node...). Only
         ``old.key`` is used: the endpoint this compiler holds under that key
-        is what is taken out. Endpoint objects are not modified (nor may the
-        caller modify them afterwards: they are kept).
+        is what is taken out. Adding a key that is already held replaces that
+        endpoint (compiled in full); removing an unknown key only recompiles.
+        Endpoint objects are not modified (nor may the caller modify them
+        afterwards: they are kept).
         """
         if old is None and new is None:
             self.last_path = "unchanged"
