@@ -404,13 +404,7 @@ class Connectivity:
         return found
 
     def _unpack(self, rows: list[int]) -> np.ndarray:
-        """Bitset rows -> a boolean matrix (bit c of row r -> m[r, c])."""
-        n = self.partition.size
-        width = (n + 7) // 8
-        buf = b"".join(r.to_bytes(width, "little") for r in rows)
-        packed = np.frombuffer(buf, dtype=np.uint8).reshape(len(rows), width)
-        # 0/1 bytes viewed as bool: no copy.
-        return np.unpackbits(packed, axis=1, count=n, bitorder="little").view(bool)
+        return unpack_rows(rows, self.partition.size)
 
     def class_allowed(self, s: int, d: int, protocol: Protocol, port: int) -> bool:
         return bool(self.matrix(protocol, port)[s, d])
@@ -421,6 +415,15 @@ class Connectivity:
             return True
         cls = self.partition.class_of
         return self.class_allowed(cls[src.key], cls[dst.key], protocol, port)
+
+
+def unpack_rows(rows: list[int], n: int) -> np.ndarray:
+    """Bitset rows -> a boolean matrix (bit c of row r -> m[r, c]), ``n`` columns."""
+    width = (n + 7) // 8
+    buf = b"".join(r.to_bytes(width, "little") for r in rows)
+    packed = np.frombuffer(buf, dtype=np.uint8).reshape(len(rows), width)
+    # 0/1 bytes viewed as bool: no copy.
+    return np.unpackbits(packed, axis=1, count=n, bitorder="little").view(bool)
 
 
 def group_key(ep: Endpoint, group_by: str) -> str:
