@@ -478,3 +478,21 @@ def test_element_diff_agrees_with_set_difference() -> None:
         if rng.random() < 0.5:
             before, after = tuple(sorted(before)), tuple(sorted(after))
         assert _elements_diff(before, after) == (sorted(set(before) - set(after)), sorted(set(after) - set(before)))
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
+def test_kernel_table_deleted_before_a_change_is_drift(netns: str) -> None:
+    """Listing the digest set of a table that is gone is "no digest", not an error."""
+    kernel = LibNftables(netns)
+    try:
+        enforcer = NftablesEnforcer(kernel)
+        enforcer.apply(compile_(STATES[0][1], S03))
+        nft(netns, "delete", "table", "inet", "callgate")
+        assert enforcer.live_digest() is None
+        new = compile_(STATES[1][1], S03)
+        result = enforcer.apply(new)
+        assert result.drift and result.transaction.replaces_table
+        assert enforcer.in_sync(new) and enforcer.live_digest() == layout_digest(new)
+    finally:
+        kernel.close()
