@@ -266,3 +266,20 @@ def test_fast_address_arithmetic_agrees_with_parse_element() -> None:
     for text in samples:
         assert nft_mod._interval(text) == parse_element(text), text
     assert nft_mod.address_count(samples[:5]) == sum(hi - lo + 1 for lo, hi in map(parse_element, samples[:5]))
+
+
+def test_expand_agrees_with_the_ir_arithmetic() -> None:
+    import random
+
+    from callgate.compiler.addresses import address_text, canonical_elements, parse_element
+
+    rng = random.Random(3)
+    for version, family, base in ((4, "ip", 0xC6120000), (6, "ip6", 0xFD00 << 112)):
+        intervals = []
+        for _ in range(200):
+            lo = base + rng.randrange(0, 1 << 16)
+            intervals.append((lo, lo + rng.choice([0, 0, 1, 3, 7, rng.randrange(0, 40)])))
+        elements = canonical_elements(intervals, version)
+        want = [address_text(v, version) for e in elements for v in range(parse_element(e)[0], parse_element(e)[1] + 1)]
+        assert nft_mod.expand(elements, family) == want  # type: ignore[arg-type]
+        assert nft_mod.address_count(elements) == len(want)

@@ -224,8 +224,12 @@ def address_count(elements: Sequence[str]) -> int:
     ranged = [e for e in elements if "/" in e or "-" in e]  # most elements are single pod IPs
     total = len(elements) - len(ranged)
     for e in ranged:
-        lo, hi = _interval(e)
-        total += hi - lo + 1
+        if "/" in e:  # the IR's prefixes are aligned: the size is in the length alone
+            addr, length = e.split("/")
+            total += 1 << ((128 if ":" in addr else 32) - int(length))
+        else:
+            lo, hi = _interval(e)
+            total += hi - lo + 1
     if isinstance(elements, tuple):
         remember_count(elements, total)
     return total
@@ -240,10 +244,17 @@ def is_hash_set(s: AddressSet) -> bool:
 def expand(elements: Iterable[str], family: Family) -> list[str]:
     """Every address the elements hold, as nft lists them (single addresses
     pass through as they are: the IR already prints them canonically)."""
-    version = 4 if family == "ip" else 6
+    version, bits = (4, 32) if family == "ip" else (6, 128)
     out: list[str] = []
     for e in elements:
-        if "/" in e or "-" in e:
+        if "/" in e:
+            # The prefix's own address is already printed as address_text
+            # prints it (the IR uses the same function): only the rest is made.
+            addr, length = e.split("/")
+            lo = _address_int(addr)
+            out.append(addr)
+            out.extend(address_text(v, version) for v in range(lo + 1, lo + (1 << (bits - int(length)))))
+        elif "-" in e:
             lo, hi = _interval(e)
             out.extend(address_text(v, version) for v in range(lo, hi + 1))
         else:
