@@ -215,6 +215,15 @@ def remember_count(elements: tuple[str, ...], count: int) -> None:
         _COUNTS[id(elements)] = (elements, count)
 
 
+def carry_count(old: tuple[str, ...], new: tuple[str, ...]) -> None:
+    """``new`` holds the same elements as ``old`` (a fresh compile builds new
+    tuples for unchanged sets): let it inherit the remembered count, so that
+    when it changes later its form is known without counting it."""
+    hit = _COUNTS.get(id(old))
+    if hit is not None and hit[0] is old and new is not old:
+        remember_count(new, hit[1])
+
+
 def address_count(elements: Sequence[str]) -> int:
     """How many addresses the IR's elements (addresses, prefixes, ranges) hold."""
     if isinstance(elements, tuple):

@@ -50,6 +50,7 @@ from callgate.enforcers.nft import (
     address_count,
     address_set_body,
     address_set_elements,
+    carry_count,
     chain_rules,
     digest_of,
     digest_swap,
@@ -143,6 +144,7 @@ def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], li
         return None
     gone, came = _elements_diff(old.elements, new.elements)
     if not gone and not came:
+        carry_count(old.elements, new.elements)
         return [], []
     hashed = is_hash_set(old)
     # The IR's intervals are disjoint, so counts add up: no need to count the
