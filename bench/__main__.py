@@ -59,7 +59,7 @@ FULL = Plan(
     antrea_repeats=3,
     analysis=Spec(pods=10000, namespaces=400, policies=1000, hot=100),
     analysis_timeout=300,
-    rounds=5, seconds=5.0, apply_repeats=5, changes=20,
+    rounds=5, seconds=5.0, apply_repeats=5, changes=200,
 )
 QUICK = Plan(
     repeats=1,

@@ -40,6 +40,7 @@ from bench.lab import TwoPodLab, ns_exec, two_pod_lab
 from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT, LABEL_CALLER, V4_BASE, Cluster
 from callgate.compiler.addresses import parse_element
 from callgate.compiler.compile import Compiler
+from callgate.compiler.incremental import IncrementalCompiler
 from callgate.compiler.ir import RuleSet
 from callgate.enforcers.kernel import Command, LibNftables
 from callgate.enforcers.nft import (
@@ -305,7 +306,17 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
             # namespace does not even track connections, so this separates the
             # cost of conntrack from the cost of the policy itself.
             empty = list(replace_table(RuleSet(node=cluster.node)).commands)
-            configs = {"none": delete, "empty": empty, "callgate": full, "callgate-l4first": l4_first(full),
+            # "conntrack": nothing but a forward chain with the conntrack rule,
+            # so that the floor any conntrack-based (stateful) enforcer pays is
+            # measured apart from callgate's dispatch maps.
+            table = {"family": FAMILY, "name": TABLE}
+            established = {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                                     "right": ["established", "related"]}}
+            conntrack = [*delete, {"add": {"table": table}},
+                         {"add": {"chain": {**_in_table(), "name": "forward", "type": "filter", "hook": "forward",
+                                            "prio": 0, "policy": "accept"}}},
+                         {"add": {"rule": {**_in_table(), "chain": "forward", "expr": [established, {"accept": None}]}}}]
+            configs = {"none": delete, "conntrack": conntrack, "empty": empty, "callgate": full, "callgate-l4first": l4_first(full),
                        "callgate-1elem": small_sets(full, client_ip),
                        "callgate-interval": interval_sets(full, ruleset), "linear": linear}
             samples: dict[str, dict[str, list[float]]] = {c: {"crr": [], "udp": [], "load_s": []} for c in configs}
@@ -339,13 +350,24 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
     return results
 
 
+def _in_table() -> dict[str, str]:
+    return {"family": FAMILY, "table": TABLE}
+
+
 def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, kernel: LibNftables,
                  changes: int, log: Any) -> dict[str, Any]:
     """One pod added / one label changed, alternately: compile, then the
-    enforcer's apply (incremental planner when it is there), timed per stage."""
+    enforcer's apply, timed per stage.
+
+    The compile goes the agent's way: an :class:`IncrementalCompiler` given the
+    whole new inventory (``sync``), which diffs it against the previous one and
+    patches only the sets the changed pod can be in; the apply is the agent's
+    ``NftablesEnforcer.apply`` (incremental planner). The last RuleSet is checked
+    against a fresh full compile, so a fast wrong answer cannot pass as a figure."""
     timing = _TimingKernel(kernel)
     enforcer = NftablesEnforcer(timing)
-    base = Compiler(policies, inventory).compile(cluster.node)
+    compiler = IncrementalCompiler(policies, inventory, cluster.node)
+    base = compiler.ruleset
     enforcer.apply(base)  # the starting point; its cost is the full apply above
     by_ns: dict[str, Endpoint] = {}
     for ep in inventory.endpoints:
@@ -377,7 +399,8 @@ def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, ke
             kind = "label changed"
         # The engine has seen the change: from here to the kernel.
         start = time.perf_counter()
-        ruleset = Compiler(policies, current).compile(cluster.node)
+        ruleset = compiler.sync(policies, current)
+        ruleset.digest()  # part of compiling: the enforcer needs it, and it is cached on the RuleSet
         compiled = time.perf_counter()
         timing.runs.clear()
         result = enforcer.apply(ruleset)
@@ -388,9 +411,14 @@ def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, ke
         samples["kernel_s"].append(sum(s for s, _ in timing.runs))
         samples["commands"].append(len(result.transaction.commands))
         samples["incremental"].append(not result.transaction.replaces_table)
+        samples.setdefault("compile_path", []).append(compiler.last_path)
         log(f"  change {k + 1}/{changes} ({kind}): compile {compiled - start:.3f} s, apply {done - compiled:.3f} s "
             f"(kernel {samples['kernel_s'][-1] * 1000:.1f} ms, {samples['commands'][-1]} commands, "
-            f"{'incremental' if samples['incremental'][-1] else 'full replace'})")
+            f"{'incremental' if samples['incremental'][-1] else 'full replace'}; compile path {compiler.last_path})")
+    full = Compiler(policies, current).compile(cluster.node)
+    samples["equals_full_compile"] = full == compiler.ruleset and full.digest() == compiler.ruleset.digest()
+    if not samples["equals_full_compile"]:
+        raise RuntimeError("incremental compile differs from a full compile: the incremental figures are void")
     return samples
 
 

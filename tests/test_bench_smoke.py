@@ -36,7 +36,7 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
     assert (tmp_path / "plots" / "compile_pods.svg").exists()
     if datapath_possible() is None:
         lab = results["lab"]
-        assert set(lab["datapath"]) == {"none", "empty", "callgate", "callgate-l4first", "callgate-1elem",
+        assert set(lab["datapath"]) == {"none", "conntrack", "empty", "callgate", "callgate-l4first", "callgate-1elem",
                                         "callgate-interval", "linear"}
         assert all(lab["incremental"]["incremental"]), "pod churn should reach the kernel as an incremental update"
         assert (tmp_path / "plots" / "datapath.svg").exists()
