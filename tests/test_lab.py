@@ -105,6 +105,37 @@ def test_a_dropped_path_is_observed_as_blocked(standard_lab: tuple[Lab, Inventor
     assert all(probe_matrix(lab, inventory, ports=[(81, "TCP")]).values())
 
 
+STATEFUL_ALLOW = """
+table inet cgltest {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        ct state established,related accept
+    }
+}
+"""
+
+
+@needs_kernel
+@pytest.mark.kernel
+def test_probes_start_from_an_empty_connection_table(standard_lab: tuple[Lab, Inventory]) -> None:
+    """Flows tracked under an earlier ruleset must not make a later probe pass:
+    each probe round flushes conntrack on the lab's nodes first."""
+    lab, inventory = standard_lab
+    src = next(ep for ep in inventory.endpoints if ep.key == "x/a")
+    node = lab.node_netns(src.node)
+    exec_in(node, ["nft", "-f", "-"], input=STATEFUL_ALLOW)
+    try:
+        assert all(probe_matrix(lab, inventory, pairs=[("x/a", "y/b")], families=(4,),
+                                ports=[(80, "UDP")]).values())
+        # The UDP probe's flow is tracked (and would be for 30 s) ...
+        assert "dport=80" in exec_in(node, ["conntrack", "-L", "-p", "udp"], check=False)
+        # ... until the next probe round, which starts from an empty table.
+        probe_matrix(lab, inventory, pairs=[("x/a", "y/b")], families=(4,), ports=[(80, "TCP")])
+        assert "dport=80" not in exec_in(node, ["conntrack", "-L", "-p", "udp"], check=False)
+    finally:
+        exec_in(node, ["nft", "delete", "table", "inet", "cgltest"])
+
+
 @needs_kernel
 @pytest.mark.kernel
 def test_probe_matrix_narrows_to_pairs_families_and_ports(standard_lab: tuple[Lab, Inventory]) -> None:

@@ -245,6 +245,24 @@ def _probe_round(lab: Lab, plan: dict[str, list[Target]], timeout: float) -> dic
     return found
 
 
+def forget_connections(lab: Lab, inventory: Inventory) -> None:
+    """Empty the connection-tracking table of every node namespace of the lab.
+
+    A probe asks "does the policy let a *new* connection through?". A UDP probe
+    whose source port happens to equal one used under an earlier ruleset within
+    conntrack's timeout would instead match that old flow and pass as
+    ``ct state established`` — true of every stateful enforcer, and not what a
+    probe measures. Flushing first makes each probe round start from nothing.
+    """
+    from callgate.lab.netns import exec_in, netns_exists
+
+    for node in sorted(inventory.nodes()):
+        ns = lab.node_netns(node)
+        if netns_exists(ns):
+            # Exit status 0 also when there was nothing to delete.
+            exec_in(ns, ["conntrack", "--flush"])
+
+
 def probe_details(lab: Lab, inventory: Inventory, pairs: Iterable[tuple[str, str]] | None = None,
                   families: Iterable[int] = (4, 6), ports: Iterable[tuple[int, str]] | None = None,
                   timeout: float = DEFAULT_TIMEOUT, retries: int = 1) -> dict[MatrixKey, ProbeResult]:
@@ -259,6 +277,7 @@ def probe_details(lab: Lab, inventory: Inventory, pairs: Iterable[tuple[str, str
                            "with this inventory?")
     if not plan:
         return {}
+    forget_connections(lab, inventory)
     found = _probe_round(lab, plan, timeout)
     for _ in range(retries):
         # Only silence is worth asking again: on a loaded host a probe can miss its
