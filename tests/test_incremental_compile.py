@@ -363,6 +363,19 @@ def test_duplicate_keys_always_compile_in_full() -> None:
     check(inc, policies, [SERVER, a, a2, b], path="full")
 
 
+def test_duplicate_keys_with_a_named_port_egress_set() -> None:
+    """Found by the sync property test: two different endpoints under one key
+    that an egress named-port set reaches. The per-set bookkeeping is keyed by
+    endpoint, so priming it raised; with duplicate keys there is none to prime."""
+    policies = PolicySet([egress_to(Peer(pod_selector=selector(app="web"), namespace="x"))])
+    a = ep("a", {"app": "web"}, ("198.18.1.10", "fd00::1:10"), ports=(NamedPort("http", 80),))
+    a2 = dataclasses.replace(a, ips=(ipaddress.ip_address("198.18.1.8"),))
+    inc = IncrementalCompiler(policies, Inventory(NS, [SERVER, a, a2]), NODE)
+    check(inc, policies, [SERVER, a, a2], path="full")
+    inc.sync(policies, Inventory(NS, [SERVER, a2, a, a2]))
+    check(inc, policies, [SERVER, a2, a, a2], path="full")
+
+
 def test_digest_is_per_set_and_tells_sets_apart() -> None:
     one = AddressSet("s", "ip", ("198.18.0.1",))
     assert one.digest == AddressSet("s", "ip", ("198.18.0.1",)).digest

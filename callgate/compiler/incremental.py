@@ -573,6 +573,12 @@ class IncrementalCompiler:
         builder = _RecordingBuilder()
         ruleset = compiler.compile(self.node, builder)
         self.full_compiles += 1
+        if self._duplicates is not None:
+            # Keys do not identify endpoints, so every change compiles in full
+            # (_needs_full) and the per-set bookkeeping, which is keyed by
+            # endpoint, would be wrong as well as unused: keep only the result.
+            self._state = _State(ruleset, {}, {}, {}, {}, {}, {}, {})
+            return
         namespaces_of: dict[Peer, frozenset[str] | None] = {}
 
         def admitted(peer: Peer) -> frozenset[str] | None:
