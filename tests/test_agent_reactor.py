@@ -20,6 +20,7 @@ import pytest
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.agent.reactor import Reactor, ReactorConfig
+from callgate.compiler.compile import Compiler
 from callgate.enforcers.base import NodeEnforcer
 from callgate.enforcers.ipt_fake import FakeIptables
 from callgate.enforcers.iptables import IptablesEnforcer
@@ -152,6 +153,22 @@ def test_pod_churn_and_relabel_are_incremental_a_policy_too(h: Harness, kernel: 
     assert kernel.transactions == transactions
     assert h.counts() == {"incremental": 3, "full": 1}
     assert h.reactor.metrics.sync_seconds.labels("noop")._sum.get() > 0
+
+
+def test_a_failing_incremental_compiler_falls_back_to_the_plain_compiler(
+        h: Harness, kernel: FakeNftKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    h.send(snap())
+
+    def broken(*_: object, **__: object) -> None:
+        raise AssertionError("a bug in the incremental path")
+
+    monkeypatch.setattr("callgate.compiler.incremental.IncrementalCompiler.sync", broken)
+    monkeypatch.setattr("callgate.compiler.incremental.IncrementalCompiler.__init__", broken)
+    h.send(snap(inventory(extra=1)))  # a remote pod joins: applied all the same
+    want = Compiler(snap(inventory(extra=1)).policies, inventory(extra=1)).compile(NODE)
+    assert h.reactor.applied is not None and h.reactor.applied.ruleset.digest() == want.digest()
+    assert h.enforcer.in_sync(h.reactor.applied.ruleset, h.reactor.applied.known)
+    assert h.reactor.apply_error is None
 
 
 def test_a_refused_incremental_transaction_is_retried_in_full(h: Harness, kernel: FakeNftKernel) -> None:

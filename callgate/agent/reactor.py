@@ -53,6 +53,7 @@ from callgate.agent.failclosed import Programmed
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import RuleSet
+from callgate.compiler.compile import Compiler
 from callgate.compiler.incremental import IncrementalCompiler
 from callgate.enforcers.base import ApplyOutcome, NodeEnforcer
 from callgate.errors import KernelError
@@ -306,15 +307,18 @@ class Reactor:
 
     def _compile(self, snapshot: Snapshot, inventory: Inventory) -> RuleSet:
         """The node's RuleSet, incrementally when only endpoints without chains here changed."""
-        if self.compiler is None:
-            self.compiler = IncrementalCompiler(snapshot.policies, inventory, self.config.node)
-            return self.compiler.ruleset
         try:
+            if self.compiler is None:
+                self.compiler = IncrementalCompiler(snapshot.policies, inventory, self.config.node)
+                return self.compiler.ruleset
             return self.compiler.sync(snapshot.policies, inventory)
-        except Exception:  # a bug in the incremental path must not stop enforcement: start over
+        except Exception:
+            # A bug in the incremental compiler must not stop enforcement: the
+            # plain compiler (the reference the incremental one is tested
+            # against) answers this time, and the next snapshot primes anew.
             log.exception("incremental compile failed; compiling in full", extra={"fields": {"node": self.config.node}})
-            self.compiler = IncrementalCompiler(snapshot.policies, inventory, self.config.node)
-            return self.compiler.ruleset
+            self.compiler = None
+            return Compiler(snapshot.policies, inventory).compile(self.config.node)
 
     def _record(self, ruleset: RuleSet, unresolved: dict[str, str]) -> None:
         m = self.metrics
