@@ -47,8 +47,7 @@ from callgate.enforcers.nft import (
     FAMILY,
     TABLE,
     NftablesEnforcer,
-    address_set_body,
-    address_set_elements,
+    address_set_command,
     replace_table,
     rule_exprs,
 )
@@ -158,11 +157,7 @@ def interval_sets(commands: list[Command], ruleset: RuleSet) -> list[Command]:
     for cmd in commands:
         body = cmd.get("add", {}).get("set")
         if body is not None and body["name"] in by_name:
-            s = by_name[body["name"]]
-            new = address_set_body(s, hashed=False)
-            if s.elements:
-                new["elem"] = address_set_elements(s, hashed=False)
-            cmd = {"add": {"set": new}}
+            cmd = address_set_command(by_name[body["name"]], hashed=False)
         out.append(cmd)
     return out
 

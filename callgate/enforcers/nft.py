@@ -271,29 +271,22 @@ def expand(elements: Iterable[str], family: Family) -> list[str]:
     return out
 
 
-def address_set_elements(s: AddressSet, hashed: bool) -> list[Any]:
-    """The set's elements as libnftables JSON, for the hash or the interval form."""
-    return list(expand(s.elements, s.family)) if hashed else [_element(e) for e in s.elements]
-
-
-def address_set_body(s: AddressSet, hashed: bool) -> dict[str, Any]:
-    """The ``add set`` body without elements."""
+def address_set_command(s: AddressSet, hashed: bool | None = None) -> Command:
+    """``add set`` with its elements, in the hash or the interval form
+    (``hashed`` None: the form :func:`is_hash_set` chooses)."""
+    if hashed is None:
+        hashed = is_hash_set(s)
     body = _obj(name=s.name, type=_ADDR_TYPE[s.family])
     if not hashed:
         body["flags"] = ["interval"]
-    return body
-
-
-def _address_set(s: AddressSet) -> Command:
-    hashed = is_hash_set(s)
-    body = address_set_body(s, hashed)
     if s.elements:
-        body["elem"] = address_set_elements(s, hashed)
+        body["elem"] = expand(s.elements, s.family) if hashed else [_element(e) for e in s.elements]
     return {"add": {"set": body}}
 
 
-def port_set_elements(s: AddressPortSet) -> list[Any]:
-    return [{"concat": [a, p]} for a, p in s.elements]
+def port_elements(pairs: Iterable[tuple[str, int]]) -> list[Any]:
+    """(address, port) pairs as libnftables JSON elements."""
+    return [{"concat": [a, p]} for a, p in pairs]
 
 
 def digest_element(digest: str) -> dict[str, Any]:
@@ -309,14 +302,11 @@ def digest_swap(old: str, new: str) -> list[Command]:
             {"add": {"element": _obj(name=DIGEST_SET, elem=[digest_element(new)])}}]
 
 
-def port_set_body(s: AddressPortSet) -> dict[str, Any]:
-    return _obj(name=s.name, type=[_ADDR_TYPE[s.family], "inet_service"])
-
-
-def _port_set(s: AddressPortSet) -> Command:
-    body = port_set_body(s)
+def port_set_command(s: AddressPortSet) -> Command:
+    """``add set`` of (address, port) pairs, with its elements."""
+    body = _obj(name=s.name, type=[_ADDR_TYPE[s.family], "inet_service"])
     if s.elements:
-        body["elem"] = port_set_elements(s)
+        body["elem"] = port_elements(s.elements)
     return {"add": {"set": body}}
 
 
@@ -421,8 +411,8 @@ def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> li
         if fail_closed.known:
             body["elem"] = list(fail_closed.known)
         cmds.append({"add": {"set": body}})
-    cmds.extend(_address_set(s) for s in ruleset.address_sets)
-    cmds.extend(_port_set(s) for s in ruleset.port_sets)
+    cmds.extend(address_set_command(s) for s in ruleset.address_sets)
+    cmds.extend(port_set_command(s) for s in ruleset.port_sets)
     for ep in ruleset.endpoints:
         cmds.extend(_tier_commands(ep.ingress, "ingress"))
         cmds.extend(_tier_commands(ep.egress, "egress"))

@@ -48,8 +48,7 @@ from callgate.enforcers.nft import (
     NftTransaction,
     _element,
     address_count,
-    address_set_body,
-    address_set_elements,
+    address_set_command,
     carry_count,
     chain_rules,
     digest_of,
@@ -59,8 +58,8 @@ from callgate.enforcers.nft import (
     expand,
     is_hash_set,
     layout_digest,
-    port_set_body,
-    port_set_elements,
+    port_elements,
+    port_set_command,
     remember_count,
     tiers_with_next,
 )
@@ -87,8 +86,6 @@ class NftUpdate(NftTransaction):
             detail = ""
             if kind == "element":
                 detail = " { " + ", ".join(_key(e) for e in obj["elem"]) + " }"
-            elif kind == "rule" and verb == "replace":
-                detail = f" handle {obj['handle']}"
             lines.append(f"{verb} {kind} {FAMILY} {TABLE} {name}{detail}")
         return "\n".join(lines) + "\n"
 
@@ -209,21 +206,11 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: F
             if (before_p.family, before_p.protocol) != (after_p.family, after_p.protocol):
                 return None
             gone, came = _elements_diff(before_p.elements, after_p.elements)
-            element_commands(name, [{"concat": [a, p]} for a, p in gone],
-                             [{"concat": [a, p]} for a, p in came])
+            element_commands(name, port_elements(gone), port_elements(came))
         elif name in b_addr:  # new: complete, with its elements
-            s = b_addr[name]
-            hashed = is_hash_set(s)
-            body = address_set_body(s, hashed)
-            if s.elements:
-                body["elem"] = address_set_elements(s, hashed)
-            new_sets.append({"add": {"set": body}})
+            new_sets.append(address_set_command(b_addr[name]))
         else:
-            ps = b_port[name]
-            body = port_set_body(ps)
-            if ps.elements:
-                body["elem"] = port_set_elements(ps)
-            new_sets.append({"add": {"set": body}})
+            new_sets.append(port_set_command(b_port[name]))
     gone_sets = sorted((a_addr.keys() | a_port.keys()) - (b_addr.keys() | b_port.keys()))
 
     if old_fc is not None and new_fc is not None:
