@@ -52,9 +52,7 @@ from typing import Any
 from callgate.agent.failclosed import Programmed
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
-from callgate.compiler import RuleSet
-from callgate.compiler.compile import Compiler
-from callgate.compiler.incremental import IncrementalCompiler
+from callgate.compiler import Compiler, IncrementalCompiler, RuleSet
 from callgate.enforcers.base import ApplyOutcome, NodeEnforcer
 from callgate.errors import KernelError
 from callgate.policy.model import Inventory

@@ -370,9 +370,15 @@ def port_set_name(family: Family, protocol: L4Protocol, definitions: list[str]) 
     return f"named{4 if family == 'ip' else 6}_{protocol}_{short_hash(family, protocol, *definitions)}"
 
 
+def pair_order(pair: tuple[str, int]) -> tuple[int, int]:
+    """Sort key of an (address, port) element: address order, then port (the
+    incremental compiler keeps its sets in this order by bisection)."""
+    return int(ipaddress.ip_address(pair[0])), pair[1]
+
+
 def sort_pairs(pairs: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
     """(address, port) elements in address order, then port."""
-    return tuple(sorted(pairs, key=lambda ap: (int(ipaddress.ip_address(ap[0])), ap[1])))
+    return tuple(sorted(pairs, key=pair_order))
 
 
 def compile_node(policies: PolicySet, inventory: Inventory, node: str) -> RuleSet:

@@ -40,7 +40,6 @@ checks that on random inputs and change sequences.
 from __future__ import annotations
 
 import bisect
-import ipaddress
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -54,6 +53,7 @@ from callgate.compiler.compile import (
     SetBuilder,
     address_set_comment,
     address_set_name,
+    pair_order,
     port_set_definitions,
     present_rules,
 )
@@ -228,10 +228,6 @@ class _AddressState:
         return True
 
 
-def _pair_key(pair: Pair) -> tuple[int, int]:
-    return int(ipaddress.ip_address(pair[0])), pair[1]
-
-
 @dataclass
 class _PortState:
     """One (address, port) set: each endpoint's pairs, counted, in order."""
@@ -261,14 +257,14 @@ class _PortState:
                 self.counts[pair] = left
                 continue
             del self.counts[pair]
-            i = bisect.bisect_left(self.order, _pair_key(pair))
+            i = bisect.bisect_left(self.order, pair_order(pair))
             del self.order[i], self.elements[i]
             changed = True
         for pair in new_pairs - old_pairs:
             had = self.counts.get(pair, 0)
             self.counts[pair] = had + 1
             if had == 0:
-                key = _pair_key(pair)
+                key = pair_order(pair)
                 i = bisect.bisect_left(self.order, key)
                 self.order.insert(i, key)
                 self.elements.insert(i, pair)
@@ -642,7 +638,7 @@ class IncrementalCompiler:
         elements = list(current.elements) if current is not None else []
         state = _PortState(name, family, protocol, 4 if family == "ip" else 6, keys,
                            "; ".join(port_set_definitions(keys)), {}, {},
-                           [_pair_key(p) for p in elements], elements, current)
+                           [pair_order(p) for p in elements], elements, current)
         targets: dict[str, Endpoint] = {}
         for peers, port_name in keys:
             # The compiler's own candidate search (fast at scale); each
