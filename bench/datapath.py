@@ -45,6 +45,7 @@ from callgate.compiler.ir import RuleSet
 from callgate.enforcers.kernel import Command, LibNftables
 from callgate.enforcers.nft import (
     FAMILY,
+    FORWARD,
     TABLE,
     NftablesEnforcer,
     address_set_command,
@@ -144,6 +145,24 @@ def small_sets(commands: list[Command], client_ip: str) -> list[Command]:
             keep = [e for e, t in zip(body["elem"], texts, strict=True) if _contains(t, client)] or body["elem"][:1]
             cmd = {"add": {"set": {**body, "elem": keep}}}
         out.append(cmd)
+    return out
+
+
+def conntrack_only(commands: list[Command]) -> list[Command]:
+    """A table's transaction cut down to the table and the forward chain's
+    first rule (``ct state established,related accept``): the floor any
+    conntrack-based (stateful) enforcer pays, measured apart from callgate's
+    dispatch maps."""
+    out: list[Command] = []
+    have_rule = False
+    for cmd in commands:
+        (_verb, body), = cmd.items()
+        (kind, obj), = body.items()
+        if kind == "rule" and obj["chain"] == FORWARD and not have_rule:
+            out.append(cmd)
+            have_rule = True
+        elif kind == "table" or (kind == "chain" and obj["name"] == FORWARD):
+            out.append(cmd)
     return out
 
 
@@ -301,17 +320,8 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
             # namespace does not even track connections, so this separates the
             # cost of conntrack from the cost of the policy itself.
             empty = list(replace_table(RuleSet(node=cluster.node)).commands)
-            # "conntrack": nothing but a forward chain with the conntrack rule,
-            # so that the floor any conntrack-based (stateful) enforcer pays is
-            # measured apart from callgate's dispatch maps.
-            table = {"family": FAMILY, "name": TABLE}
-            established = {"match": {"op": "in", "left": {"ct": {"key": "state"}},
-                                     "right": ["established", "related"]}}
-            conntrack = [*delete, {"add": {"table": table}},
-                         {"add": {"chain": {**_in_table(), "name": "forward", "type": "filter", "hook": "forward",
-                                            "prio": 0, "policy": "accept"}}},
-                         {"add": {"rule": {**_in_table(), "chain": "forward", "expr": [established, {"accept": None}]}}}]
-            configs = {"none": delete, "conntrack": conntrack, "empty": empty, "callgate": full, "callgate-l4first": l4_first(full),
+            configs = {"none": delete, "conntrack": conntrack_only(empty), "empty": empty, "callgate": full,
+                       "callgate-l4first": l4_first(full),
                        "callgate-1elem": small_sets(full, client_ip),
                        "callgate-interval": interval_sets(full, ruleset), "linear": linear}
             samples: dict[str, dict[str, list[float]]] = {c: {"crr": [], "udp": [], "load_s": []} for c in configs}
@@ -343,10 +353,6 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
             kernel.close()
     shutil.rmtree(loadgen.parent, ignore_errors=True)
     return results
-
-
-def _in_table() -> dict[str, str]:
-    return {"family": FAMILY, "table": TABLE}
 
 
 def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, kernel: LibNftables,
