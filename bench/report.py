@@ -119,42 +119,41 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
                    "% of no table", groups, series)  # type: ignore[arg-type]
         sec(f"![datapath]({rel}/datapath.svg)")
         sec("")
+        def spread(cfg: str, base: str) -> str:
+            """"M% conn/s (min–max), M% pps (min–max)" of the per-round ratios cfg/base."""
+            parts = []
+            for metric, unit in (("crr", "conn/s"), ("udp", "pps")):
+                r = ratios(cfg, base, metric)
+                parts.append(f"{statistics.median(r):.0%} {unit} ({min(r):.0%}–{max(r):.0%})")
+            return ", ".join(parts)
+
         cg_crr, cg_udp = ratios("callgate", "none", "crr"), ratios("callgate", "none", "udp")
         e_crr, e_udp = ratios("callgate", "empty", "crr"), ratios("callgate", "empty", "udp")
         li_crr, li_udp = ratios("linear", "none", "crr"), ratios("linear", "none", "udp")
-        sec(f"Per-round ratios (median, min–max): callgate/none {statistics.median(cg_crr):.0%} conn/s "
-            f"({min(cg_crr):.0%}–{max(cg_crr):.0%}), {statistics.median(cg_udp):.0%} pps "
-            f"({min(cg_udp):.0%}–{max(cg_udp):.0%}); callgate/empty {statistics.median(e_crr):.0%} conn/s, "
+        sec(f"Per-round ratios (median, min–max): callgate/none {spread('callgate', 'none')}; "
+            f"callgate/empty {statistics.median(e_crr):.0%} conn/s, "
             f"{statistics.median(e_udp):.0%} pps; linear/none {statistics.median(li_crr):.1%} conn/s, "
             f"{statistics.median(li_udp):.1%} pps.")
         if "conntrack" in dp:
-            f_crr, f_udp = ratios("conntrack", "none", "crr"), ratios("conntrack", "none", "udp")
             fe_crr, fe_udp = ratios("empty", "none", "crr"), ratios("empty", "none", "udp")
             sec("")
-            sec(f"The floor: conntrack alone / none {statistics.median(f_crr):.0%} conn/s "
-                f"({min(f_crr):.0%}–{max(f_crr):.0%}), {statistics.median(f_udp):.0%} pps "
-                f"({min(f_udp):.0%}–{max(f_udp):.0%}); conntrack + callgate's dispatch maps (`empty`) / none "
-                f"{statistics.median(fe_crr):.0%} conn/s, {statistics.median(fe_udp):.0%} pps.")
+            sec(f"The floor: conntrack alone / none {spread('conntrack', 'none')}; conntrack + callgate's "
+                f"dispatch maps (`empty`) / none {statistics.median(fe_crr):.0%} conn/s, "
+                f"{statistics.median(fe_udp):.0%} pps.")
         if "callgate-l4first" in dp:
-            l4_crr, l4_udp = ratios("callgate-l4first", "none", "crr"), ratios("callgate-l4first", "none", "udp")
             sec("")
             sec(f"Experiment, port match before the set look-up: callgate-l4first/none "
-                f"{statistics.median(l4_crr):.0%} conn/s ({min(l4_crr):.0%}–{max(l4_crr):.0%}), "
-                f"{statistics.median(l4_udp):.0%} pps ({min(l4_udp):.0%}–{max(l4_udp):.0%}).")
+                f"{spread('callgate-l4first', 'none')}.")
         if "callgate-1elem" in dp:
-            s_crr, s_udp = ratios("callgate", "callgate-1elem", "crr"), ratios("callgate", "callgate-1elem", "udp")
             sec("")
             sec(f"Experiment, set size: the full table relative to the same chains with one-element sets, "
-                f"callgate/callgate-1elem {statistics.median(s_crr):.0%} conn/s ({min(s_crr):.0%}–{max(s_crr):.0%}), "
-                f"{statistics.median(s_udp):.0%} pps ({min(s_udp):.0%}–{max(s_udp):.0%}): what "
+                f"callgate/callgate-1elem {spread('callgate', 'callgate-1elem')}: what "
                 f"{lab['table']['server_peer_elements']:,} elements cost per packet compared with one.")
         if "callgate-interval" in dp:
-            h_crr, h_udp = ratios("callgate", "callgate-interval", "crr"), ratios("callgate", "callgate-interval", "udp")
             sec("")
             sec(f"Experiment, set form: the table as applied (hash sets wherever the addresses can be "
                 f"enumerated) relative to the same table with interval sets only, callgate/callgate-interval "
-                f"{statistics.median(h_crr):.0%} conn/s ({min(h_crr):.0%}–{max(h_crr):.0%}), "
-                f"{statistics.median(h_udp):.0%} pps ({min(h_udp):.0%}–{max(h_udp):.0%}).")
+                f"{spread('callgate', 'callgate-interval')}.")
         sec("")
         targets.append(("1. Datapath, new TCP connections/s with 10k policies", "≥ 95% of no ruleset",
                         f"{statistics.median(cg_crr):.0%} of `none`, {statistics.median(e_crr):.0%} of `empty` "
