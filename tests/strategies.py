@@ -23,10 +23,10 @@ from callgate.policy.model import (
     Namespace,
     Peer,
     Policy,
+    PolicyRule,
     PolicySet,
     PortSpec,
     Requirement,
-    Rule,
 )
 
 NAMESPACES = ("x", "y", "z")
@@ -105,8 +105,8 @@ def port_specs(draw: Any) -> PortSpec:
 
 
 @st.composite
-def rules(draw: Any, namespace: str) -> Rule:
-    return Rule(tuple(draw(st.lists(peers(namespace), max_size=2))), tuple(draw(st.lists(port_specs(), max_size=2))))
+def rules(draw: Any, namespace: str) -> PolicyRule:
+    return PolicyRule(tuple(draw(st.lists(peers(namespace), max_size=2))), tuple(draw(st.lists(port_specs(), max_size=2))))
 
 
 @st.composite

@@ -32,9 +32,9 @@ from callgate.policy.model import (
     Namespace,
     Peer,
     Policy,
+    PolicyRule,
     PolicySet,
     PortSpec,
-    Rule,
 )
 from tests.strategies import NAMESPACES, PORT_NAMES, PORTS, inventories, labels_st, policy_sets, rules
 
@@ -186,12 +186,12 @@ SERVER = ep("server", {"app": "server"}, ("198.18.1.1", "fd00::1:1"), node=NODE,
 
 
 def ingress_from(*peers: Peer, name: str = "in", ports: tuple[PortSpec, ...] = (PortSpec("TCP", 80),)) -> Policy:
-    return Policy("x", name, selector(app="server"), (Direction.INGRESS,), ingress=(Rule(peers, ports),))
+    return Policy("x", name, selector(app="server"), (Direction.INGRESS,), ingress=(PolicyRule(peers, ports),))
 
 
 def egress_to(*peers: Peer, port: str = "http") -> Policy:
     return Policy("x", "out", selector(app="server"), (Direction.EGRESS,),
-                  egress=(Rule(peers, (PortSpec("TCP", port),)),))
+                  egress=(PolicyRule(peers, (PortSpec("TCP", port),)),))
 
 
 def check(inc: IncrementalCompiler, policies: PolicySet, endpoints: list[Endpoint], path: str = "not full",

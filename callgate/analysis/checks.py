@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
-from callgate.analysis.connectivity import Connectivity, Partition, PortRange, family_ip
+from callgate.analysis.connectivity import Connectivity, Partition, ProtocolPortRange, family_ip
 from callgate.analysis.lint import Item, Linter
 from callgate.analysis.rules import Severity
-from callgate.policy.model import Direction, Endpoint, Peer, Policy, PolicySet, Rule
+from callgate.policy.model import Direction, Endpoint, Peer, Policy, PolicyRule, PolicySet
 from callgate.policy.resolve import Resolver
 
 _DIR_KEYS = {Direction.INGRESS: ("ingress", "from"), Direction.EGRESS: ("egress", "to")}
@@ -118,7 +118,7 @@ def raw_app(linter: Linter, item: Item) -> None:
 # -- redundancy without an inventory ---------------------------------------------
 
 
-def subsumes(a: Rule, b: Rule) -> bool:
+def subsumes(a: PolicyRule, b: PolicyRule) -> bool:
     """Does rule ``a`` allow everything rule ``b`` allows (syntactically)?"""
     peers = not a.peers or (bool(b.peers) and set(b.peers) <= set(a.peers))
     ports = not a.ports or (bool(b.ports) and set(b.ports) <= set(a.ports))
@@ -149,7 +149,7 @@ def syntactic_redundancy(linter: Linter, items: list[Item], done: set[tuple[int,
                                   hint="delete it, or change it to say what was meant")
 
 
-def _covering(group: list[Item], me: Item, direction: Direction, index: int, rule: Rule) -> str | None:
+def _covering(group: list[Item], me: Item, direction: Direction, index: int, rule: PolicyRule) -> str | None:
     for other in group:
         pol = other.policy
         assert pol is not None
@@ -467,7 +467,7 @@ def _redundancy(conn: Connectivity) -> _FamilyRedundancy:
 
 
 def _segment(conn: Connectivity, out: _FamilyRedundancy, iso: list[Policy], checked: list[list[RuleKey | None]],
-             direction: Direction, c: int, seg: PortRange) -> None:
+             direction: Direction, c: int, seg: ProtocolPortRange) -> None:
     rows = [[conn.rule_bits(p, direction, i, c, seg.protocol, seg.lo) for i in range(len(p.rules(direction)))]
             for p in iso]
     per_policy = [_or(row) for row in rows]
@@ -511,5 +511,5 @@ def _exclusive_ors(values: list[int]) -> tuple[list[int], list[int]]:
     return before, after
 
 
-def _allows_all(rule: Rule) -> bool:
+def _allows_all(rule: PolicyRule) -> bool:
     return not rule.peers and not rule.ports

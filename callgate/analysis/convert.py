@@ -30,8 +30,8 @@ from callgate.policy.model import (
     LabelSelector,
     Peer,
     Policy,
+    PolicyRule,
     PortSpec,
-    Rule,
 )
 from callgate.policy.native import apps_to_policies, parse_app
 
@@ -133,7 +133,7 @@ def atoms(pol: Policy, direction: Direction) -> frozenset[Atom]:
     """A direction's rules as a set of (peer, port) atoms. A direction that is not
     isolated is 'everything' (every v4 and v6 address, all ports); a rule without
     peers is every address. Exact: a rule allows iff some peer and some port match."""
-    rules = pol.rules(direction) if direction in pol.policy_types else (Rule(),)
+    rules = pol.rules(direction) if direction in pol.policy_types else (PolicyRule(),)
     out: set[Atom] = set()
     for rule in rules:
         peers = [_norm_peer(p) for p in rule.peers] or [Peer(ip_block=_ALL_V4), Peer(ip_block=_ALL_V6)]

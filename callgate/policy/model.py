@@ -17,8 +17,8 @@ from typing import Literal
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-Protocol = Literal["TCP", "UDP", "SCTP"]
-PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
+PortProtocol = Literal["TCP", "UDP", "SCTP"]
+PROTOCOLS: tuple[PortProtocol, ...] = ("TCP", "UDP", "SCTP")
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
@@ -123,7 +123,7 @@ class Peer:
 class PortSpec:
     """A rule's port: a number (optionally up to end_port) or a named port."""
 
-    protocol: Protocol = "TCP"
+    protocol: PortProtocol = "TCP"
     port: int | str | None = None  # None: all ports of the protocol
     end_port: int | None = None
 
@@ -136,7 +136,7 @@ class PortSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
+class PolicyRule:
     """One ingress or egress rule. Empty ``peers`` means all peers; empty
     ``ports`` means all ports and protocols."""
 
@@ -145,7 +145,7 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
-class Source:
+class SourceLocation:
     """Where an object came from, for messages and explanations."""
 
     file: str | None = None
@@ -161,10 +161,10 @@ class Policy:
     name: str
     pod_selector: LabelSelector
     policy_types: tuple[Direction, ...]
-    ingress: tuple[Rule, ...] = ()
-    egress: tuple[Rule, ...] = ()
+    ingress: tuple[PolicyRule, ...] = ()
+    egress: tuple[PolicyRule, ...] = ()
     kind: str = "NetworkPolicy"  # or "App" when derived from the native model
-    origin: Source = field(default_factory=Source, compare=False)
+    origin: SourceLocation = field(default_factory=SourceLocation, compare=False)
 
     @property
     def key(self) -> str:
@@ -174,7 +174,7 @@ class Policy:
     def display(self) -> str:
         return f"{self.kind} {self.key}"
 
-    def rules(self, direction: Direction) -> tuple[Rule, ...]:
+    def rules(self, direction: Direction) -> tuple[PolicyRule, ...]:
         return self.ingress if direction is Direction.INGRESS else self.egress
 
 
@@ -182,7 +182,7 @@ class Policy:
 class NamedPort:
     name: str | None
     port: int
-    protocol: Protocol = "TCP"
+    protocol: PortProtocol = "TCP"
 
 
 @dataclass(slots=True)
@@ -207,7 +207,7 @@ class Endpoint:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def resolve_port(self, name: str, protocol: Protocol) -> list[int]:
+    def resolve_port(self, name: str, protocol: PortProtocol) -> list[int]:
         """Numbers a named port stands for on this endpoint (usually one or none)."""
         return sorted({p.port for p in self.ports if p.name == name and p.protocol == protocol})
 

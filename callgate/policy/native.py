@@ -27,9 +27,9 @@ from callgate.policy.model import (
     LabelSelector,
     Peer,
     Policy,
+    PolicyRule,
     PortSpec,
-    Rule,
-    Source,
+    SourceLocation,
 )
 from callgate.policy.networkpolicy import (
     IPBlockModel,
@@ -172,8 +172,8 @@ def apps_to_policies(apps: list[ParsedApp]) -> list[Policy]:
                                             field="metadata.name", field_path=("metadata", "name")))
         by_key[app.key] = app
 
-    ingress: dict[str, list[Rule]] = {key: [] for key in by_key}
-    egress: dict[str, list[Rule]] = {key: [] for key in by_key}
+    ingress: dict[str, list[PolicyRule]] = {key: [] for key in by_key}
+    egress: dict[str, list[PolicyRule]] = {key: [] for key in by_key}
     for app in by_key.values():
         for i, caller in enumerate(app.model.spec.callers):
             ports = _callee_ports(app, caller, i)
@@ -181,7 +181,7 @@ def apps_to_policies(apps: list[ParsedApp]) -> list[Policy]:
                 problems.append(ports)
                 continue
             if caller.cidr is not None:
-                ingress[app.key].append(Rule((Peer(ip_block=_block(caller.cidr, caller.except_)),), ports))
+                ingress[app.key].append(PolicyRule((Peer(ip_block=_block(caller.cidr, caller.except_)),), ports))
                 continue
             caller_key = f"{caller.namespace or app.namespace}/{caller.app}"
             other = by_key.get(caller_key)
@@ -190,10 +190,10 @@ def apps_to_policies(apps: list[ParsedApp]) -> list[Policy]:
                     f"caller {caller_key} is not a known App", obj=f"App {app.key}",
                     field=f"spec.callers[{i}].app", field_path=("spec", "callers", i, "app")))
                 continue
-            ingress[app.key].append(Rule((_app_peer(other),), ports))
-            egress[other.key].append(Rule((_app_peer(app),), ports))
+            ingress[app.key].append(PolicyRule((_app_peer(other),), ports))
+            egress[other.key].append(PolicyRule((_app_peer(app),), ports))
         for dest in app.model.spec.egress:
-            egress[app.key].append(Rule((Peer(ip_block=_block(dest.cidr, dest.except_)),),
+            egress[app.key].append(PolicyRule((Peer(ip_block=_block(dest.cidr, dest.except_)),),
                                         tuple(p.to_model() for p in dest.ports or ())))
     if problems:
         raise InputError(problems)
@@ -206,7 +206,7 @@ def apps_to_policies(apps: list[ParsedApp]) -> list[Policy]:
             ingress=tuple(ingress[app.key]),
             egress=tuple(egress[app.key]),
             kind="App",
-            origin=Source(app.doc.file, app.doc.index, app.doc.path),
+            origin=SourceLocation(app.doc.file, app.doc.index, app.doc.path),
         )
         for app in by_key.values()
     ]

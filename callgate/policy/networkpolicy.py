@@ -20,10 +20,10 @@ from callgate.policy.model import (
     LabelSelector,
     Peer,
     Policy,
+    PolicyRule,
     PortSpec,
     Requirement,
-    Rule,
-    Source,
+    SourceLocation,
 )
 
 
@@ -205,10 +205,10 @@ def parse_network_policy(doc: Document) -> Policy:
         model = NetworkPolicyModel.model_validate(doc.data)
     except ValidationError as exc:
         raise InputError(problems_from(exc, doc, obj)) from None
-    return to_policy(model, Source(doc.file, doc.index, doc.path))
+    return to_policy(model, SourceLocation(doc.file, doc.index, doc.path))
 
 
-def to_policy(model: NetworkPolicyModel, origin: Source) -> Policy:
+def to_policy(model: NetworkPolicyModel, origin: SourceLocation) -> Policy:
     spec, ns = model.spec, model.metadata.namespace
     if spec.policy_types is not None:
         types = tuple(Direction(t) for t in spec.policy_types)
@@ -216,8 +216,8 @@ def to_policy(model: NetworkPolicyModel, origin: Source) -> Policy:
         # Kubernetes default: Ingress always, Egress when egress rules are present.
         types = (Direction.INGRESS,) + ((Direction.EGRESS,) if spec.egress else ())
 
-    def rule(peers: list[PeerModel] | None, ports: list[PortModel] | None) -> Rule:
-        return Rule(tuple(p.to_model(ns) for p in peers or ()), tuple(p.to_model() for p in ports or ()))
+    def rule(peers: list[PeerModel] | None, ports: list[PortModel] | None) -> PolicyRule:
+        return PolicyRule(tuple(p.to_model(ns) for p in peers or ()), tuple(p.to_model() for p in ports or ()))
 
     return Policy(
         namespace=ns,
