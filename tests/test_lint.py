@@ -14,10 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from callgate.analysis.lint import LintConfig, Positions, lint
-from callgate.analysis.rules import RULES, rules_markdown
+from callgate.analysis.lint.config import LintConfig
+from callgate.analysis.lint.rules import RULES, rules_markdown
+from callgate.analysis.lint.run import lint
 from callgate.cli.main import app
 from callgate.errors import InputError
+from callgate.policy.positions import Positions
 from tests.golden_util import check_golden
 from tests.helpers import ROOT, STANDARD_INVENTORY, standard, write
 

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from callgate.analysis import convert as conv
 from callgate.analysis import diff as diffmod
-from callgate.analysis import render, report
+from callgate.analysis import render
 from callgate.analysis.connectivity import (
     Connectivity,
     GroupMatrix,
@@ -33,8 +33,10 @@ from callgate.analysis.connectivity import (
     declared_ports,
     group_matrix,
 )
-from callgate.analysis.lint import find_config, lint
-from callgate.analysis.rules import RULES, Severity, lookup, rules_markdown
+from callgate.analysis.lint import report
+from callgate.analysis.lint.config import find_config
+from callgate.analysis.lint.rules import RULES, Severity, lookup, rules_markdown
+from callgate.analysis.lint.run import lint
 from callgate.cli.common import EXIT_OK, EXIT_USER, InventoryOpt, PoliciesOpt, fail
 from callgate.cli.engine import BackendOpt, compile_for, load, parse_port, parse_target
 from callgate.policy import Evaluator, load_inventory, load_policies
