@@ -91,7 +91,7 @@ class Linter:
     def problem(self, p: Problem, doc: Document | None = None) -> None:
         """A loader problem (schema / API-server validation) as a finding: the rule its
         code names, else invalid-object (CG001)."""
-        rule = p.code or "CG001"
+        rule = p.code.value if p.code is not None else "CG001"
         hint = p.hint or (_INVALID_OBJECT_HINT if p.code is None else None)
         doc_key = (doc.file, doc.index, doc.path) if doc is not None else None
         self.findings.append(Finding(rule, BY_ID[rule].severity, p.message, p.file, p.line, p.column, p.object,
