@@ -51,23 +51,24 @@ def selectors(draw: Any) -> LabelSelector:
 
 @st.composite
 def inventories(draw: Any) -> Inventory:
-    inv = Inventory()
+    namespaces = {}
     for ns in NAMESPACES:
         labels = draw(labels_st)
         labels[NAMESPACE_NAME_LABEL] = ns
-        inv.namespaces[ns] = Namespace(ns, labels)
+        namespaces[ns] = Namespace(ns, labels)
+    endpoints = []
     count = draw(st.integers(2, 7))
     for i in range(count):
         ports = []
         for name in PORT_NAMES:
             if draw(st.booleans()):
                 ports.append(NamedPort(name, draw(st.sampled_from(PORTS)), draw(st.sampled_from(["TCP", "UDP"]))))
-        inv.endpoints.append(Endpoint(
+        endpoints.append(Endpoint(
             name=f"p{i}", namespace=draw(st.sampled_from(NAMESPACES)), labels=draw(labels_st),
             node=draw(st.sampled_from(["n1", "n2"])),
             ips=(ipaddress.ip_address(f"198.18.0.{10 + i}"), ipaddress.ip_address(f"fd00::{10 + i:x}")),
             interface=f"cgp{i}", ports=tuple(ports)))
-    return inv
+    return Inventory(namespaces, tuple(endpoints))
 
 
 ip_blocks = st.sampled_from([

@@ -285,8 +285,8 @@ def test_two_pods_sharing_an_address() -> None:
 
 def test_named_ports_on_egress_resolve_on_each_destination() -> None:
     web = Peer(pod_selector=selector(app="web"), namespace_selector=selector(env="prod"))
-    policies = PolicySet([egress_to(web), egress_to(Peer(ip_block=IPBlock(ipaddress.ip_network("198.18.2.0/24"))))])
-    policies.policies[1] = dataclasses.replace(policies.policies[1], name="out-block")
+    block = Peer(ip_block=IPBlock(ipaddress.ip_network("198.18.2.0/24")))
+    policies = PolicySet((egress_to(web), dataclasses.replace(egress_to(block), name="out-block")))
     inc = IncrementalCompiler(policies, Inventory(NS, [SERVER]), NODE)
     current = [SERVER]
     steps = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 import xml.etree.ElementTree as ET
@@ -16,6 +17,7 @@ from callgate.analysis.lint.rules import BY_ID, RULES, Severity, rules_markdown
 from callgate.analysis.lint.run import lint
 from callgate.cli.main import app
 from callgate.errors import InputError, ProblemCode
+from callgate.policy.model import Endpoint, Inventory
 from tests.golden_util import check_golden
 from tests.helpers import ROOT, STANDARD_INVENTORY, standard, write
 
@@ -115,12 +117,12 @@ def test_redundancy_with_ipblocks_of_one_family_and_single_family_pods(tmp_path:
     """The exact redundancy checks build one partition per family from every policy's
     ipBlocks; blocks of one family only, and pods with one family only, must neither
     break them nor make an ipBlock rule look redundant (it reaches outside addresses)."""
+    def only(ep: Endpoint, version: int) -> Endpoint:
+        return dataclasses.replace(ep, ips=tuple(ip for ip in ep.ips if ip.version == version))
+
     inv = standard()
-    for ep in inv.endpoints:
-        if ep.key == "x/b":
-            ep.ips = tuple(ip for ip in ep.ips if ip.version == 4)
-        elif ep.key == "y/a":
-            ep.ips = tuple(ip for ip in ep.ips if ip.version == 6)
+    inv = Inventory(inv.namespaces, tuple(
+        only(ep, 4) if ep.key == "x/b" else only(ep, 6) if ep.key == "y/a" else ep for ep in inv.endpoints))
     docs = [np_("a", "x", """
         podSelector: {matchLabels: {pod: a}}
         policyTypes: [Ingress]

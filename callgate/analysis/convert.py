@@ -17,6 +17,7 @@ that the result has the same connectivity matrix as the input.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,7 +230,7 @@ def _app_dict(pol: Policy, apps: dict[tuple[str, LabelSelector], Policy]) -> dic
             "spec": spec_out}
 
 
-def to_apps(policies: list[Policy]) -> Conversion:
+def to_apps(policies: Sequence[Policy]) -> Conversion:
     """Convert what can be converted exactly; the rest stays NetworkPolicy, with reasons.
 
     Iterates to a fixed point: a policy that cannot convert may take others down

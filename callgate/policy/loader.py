@@ -64,4 +64,4 @@ def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
     problems.extend(problem for _, problem in compiled.problems)
     if problems:
         raise InputError(problems)
-    return PolicySet([*policies, *compiled.policies])
+    return PolicySet((*policies, *compiled.policies))

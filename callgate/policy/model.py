@@ -1,18 +1,31 @@
 """The normalised policy model every source compiles to.
 
 These are plain frozen dataclasses: cheap to build by the hundred thousand,
-hashable (so selectors can be cached and deduplicated), and free of any notion
-of where they came from except the provenance they carry for explanations.
-Validation happens at the boundary (``kubernetes.py``, ``native.py``,
-``inventory.py``); anything that reaches this module is already well formed.
+and free of any notion of where they came from except the provenance they
+carry for explanations. Validation happens at the boundary (``kubernetes.py``,
+``native.py``, ``inventory.py``); anything that reaches this module is
+already well formed.
+
+Nothing here changes after it is built, and the compilers depend on it: the
+incremental compiler keeps sets and chains computed from endpoints and
+policies, and keys its caches by ``id()``. A change is a new object
+(``dataclasses.replace``) in a new :class:`Inventory` or :class:`PolicySet`.
+So collections are tuples and read-only mappings, taken over from what the
+caller passed (a list or a dict is copied, never shared).
+
+Policies and their parts are hashable (selectors are cached and deduplicated).
+Endpoints and namespaces are not, since their labels are a mapping: look them
+up by key, or by ``id()`` where identity is what is meant.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, TypeVar
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -21,6 +34,15 @@ PortProtocol = Literal["TCP", "UDP", "SCTP"]
 PROTOCOLS: tuple[PortProtocol, ...] = ("TCP", "UDP", "SCTP")
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def read_only(mapping: Mapping[K, V]) -> Mapping[K, V]:
+    """A read-only copy of ``mapping``; one that is already read-only is kept as is
+    (``dataclasses.replace`` hands an object's own labels back)."""
+    return mapping if type(mapping) is MappingProxyType else MappingProxyType(dict(mapping))
 
 
 class Direction(StrEnum):
@@ -36,7 +58,7 @@ class Requirement:
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: frozenset[str] = frozenset()
 
-    def matches(self, labels: dict[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str]) -> bool:
         if self.operator == "Exists":
             return self.key in labels
         if self.operator == "DoesNotExist":
@@ -58,7 +80,7 @@ class LabelSelector:
     def is_empty(self) -> bool:
         return not self.match_labels and not self.match_expressions
 
-    def matches(self, labels: dict[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str]) -> bool:
         for key, value in self.match_labels:
             if labels.get(key) != value:
                 return False
@@ -185,23 +207,33 @@ class NamedPort:
     protocol: PortProtocol = "TCP"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Namespace:
     name: str
-    labels: dict[str, str]
+    labels: Mapping[str, str]
+
+    __hash__ = None  # type: ignore[assignment]  # labels are a mapping: see the module docstring
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", read_only(self.labels))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A pod (or container) with its own network stack."""
 
     name: str
     namespace: str
-    labels: dict[str, str]
+    labels: Mapping[str, str]
     node: str | None
     ips: tuple[IPAddress, ...]
     interface: str | None = None
     ports: tuple[NamedPort, ...] = ()
+
+    __hash__ = None  # type: ignore[assignment]  # labels are a mapping: see the module docstring
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", read_only(self.labels))
 
     @property
     def key(self) -> str:
@@ -212,12 +244,18 @@ class Endpoint:
         return sorted({p.port for p in self.ports if p.name == name and p.protocol == protocol})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inventory:
     """Who runs where: namespaces with labels, endpoints with labels and IPs."""
 
-    namespaces: dict[str, Namespace] = field(default_factory=dict)
-    endpoints: list[Endpoint] = field(default_factory=list)
+    namespaces: Mapping[str, Namespace] = field(default_factory=dict)
+    endpoints: tuple[Endpoint, ...] = ()
+
+    __hash__ = None  # type: ignore[assignment]  # namespaces are a mapping: see the module docstring
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "namespaces", read_only(self.namespaces))
+        object.__setattr__(self, "endpoints", tuple(self.endpoints))
 
     def endpoint(self, key: str) -> Endpoint | None:
         for ep in self.endpoints:
@@ -232,9 +270,12 @@ class Inventory:
         return sorted({ep.node for ep in self.endpoints if ep.node})
 
 
-@dataclass
+@dataclass(frozen=True)
 class PolicySet:
-    policies: list[Policy] = field(default_factory=list)
+    policies: tuple[Policy, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policies", tuple(self.policies))
 
     def in_namespace(self, namespace: str) -> list[Policy]:
         return [p for p in self.policies if p.namespace == namespace]

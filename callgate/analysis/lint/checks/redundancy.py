@@ -86,7 +86,7 @@ def exact(linter: Linter, items: list[Item]) -> Reported:
     they are never called redundant here (the syntactic check still looks at them)."""
     inv = linter.inventory
     assert inv is not None
-    policies = PolicySet([i.policy for i in items if i.policy is not None])
+    policies = PolicySet(tuple(i.policy for i in items if i.policy is not None))
     families = []
     for family in (4, 6):
         if any(family_ip(e, family) for e in inv.endpoints):
