@@ -31,7 +31,7 @@ def subsumes(a: PolicyRule, b: PolicyRule) -> bool:
     return peers and ports
 
 
-def syntactic(linter: Linter, items: list[Item], done: Reported) -> None:
+def syntactic(linter: Linter, items: list[Item], reported: Reported) -> None:
     """Rules subsumed by another rule of the same policy, or of a policy in the same
     namespace with the same podSelector (which applies to exactly the same pods)."""
     groups: dict[tuple[str, Any], list[Item]] = {}
@@ -41,12 +41,12 @@ def syntactic(linter: Linter, items: list[Item], done: Reported) -> None:
     for item in items:
         pol = item.policy
         assert pol is not None
-        if (id(item), None, 0) in done:
+        if (id(item), None, 0) in reported:
             continue  # the whole policy changes nothing; reported once
         for direction in pol.policy_types:
             mine = pol.rules(direction)
             for i, rule in enumerate(mine):
-                if (id(item), direction, i) in done:
+                if (id(item), direction, i) in reported:
                     continue
                 why = _covering(groups[(pol.namespace, pol.pod_selector)], item, direction, i, rule)
                 if why is not None:
@@ -92,7 +92,7 @@ def exact(linter: Linter, items: list[Item]) -> Reported:
         if any(family_ip(e, family) for e in inv.endpoints):
             part = Partition(inv, [policies], family)
             families.append(_redundancy(Connectivity(part, policies)))
-    done: Reported = set()
+    reported: Reported = set()
     for item in items:
         pol = item.policy
         assert pol is not None
@@ -101,7 +101,7 @@ def exact(linter: Linter, items: list[Item]) -> Reported:
         if not any(pol.rules(d) for d in pol.policy_types):
             continue  # a pure deny policy: belt and braces by design, even when others isolate too
         if all(f.noop(pol) for f in families):
-            done.add((id(item), None, 0))
+            reported.add((id(item), None, 0))
             linter.report("CG108", "removing this policy would not change any verdict over the inventory",
                           item, ("metadata", "name"),
                           hint="its pods are isolated and its rules allowed by other policies already, or it "
@@ -112,11 +112,11 @@ def exact(linter: Linter, items: list[Item]) -> Reported:
                 if not rule.peers or any(p.ip_block is not None for p in rule.peers):
                     continue
                 if all(f.rule_redundant(pol, direction, i) for f in families):
-                    done.add((id(item), direction, i))
+                    reported.add((id(item), direction, i))
                     linter.report("CG107", f"{direction.value.lower()} rule {i} allows nothing over the inventory "
                                   "that other rules do not already allow to the same pods", item,
                                   item.rule_path(direction, i), hint="delete it, or change it to say what was meant")
-    return done
+    return reported
 
 
 RuleKey = tuple[int, Direction, int]  # (id(policy), direction, rule index)
