@@ -1,9 +1,10 @@
 """Before/after for the compiler optimisations: ``python -m bench.compare [REPEATS]``.
 
-Compiles the same clusters with the frozen pre-optimisation compiler
-(bench/reference) and with the current one, alternately, in one process, and
-prints min/median/max of each and whether the digests agree. The figures in
-docs/performance.md come from this command.
+Compiles the same clusters with the frozen pre-optimisation compiler and with
+the current one, alternately, in one process, and prints min/median/max of each
+and whether the digests agree. The figures in docs/performance.md come from
+this command. The frozen compiler lives in tests/reference: it is first the
+oracle of tests/test_compile_equivalence.py, and this comparison borrows it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import statistics
 import sys
 import time
 
-from bench.reference.compile import Compiler as Reference
 from bench.synth import Spec, generate, to_model
 from callgate.compiler.compile import Compiler
+from tests.reference.compile import Compiler as Reference
 
 CASES = {
     "50k pods / 2k ns / 10k policies (3k on one pod)": Spec(pods=50000, namespaces=2000, policies=10000, hot=3000,

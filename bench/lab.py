@@ -2,7 +2,7 @@
 
 Why not :mod:`callgate.lab`: it builds one namespace per inventory endpoint;
 the benchmark needs 50,000 endpoints in the *policy* but only two that send
-packets. The topology follows the same routed design (DESIGN.md, "Test lab"):
+packets. The topology follows the same routed design (docs/design.md, "The test lab"):
 each pod has a /32 on ``eth0`` and a default route via 169.254.1.1, which the
 host-side veth owns (so the node answers ARP for it without proxy ARP); the
 node routes each pod's /32 to its veth and forwards, so traffic between the

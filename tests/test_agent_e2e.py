@@ -28,10 +28,9 @@ from callgate.lab.netns import ip
 from callgate.policy import load_inventory
 from callgate.watchers.base import Snapshot
 from callgate.watchers.files import FilesSource
-from tests.netns_fixture import have_root_and_netns, nft
+from tests.netns import nft
 
-pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")]
+pytestmark = pytest.mark.kernel
 
 PREFIX = "cg"  # container interfaces in the lab are cg*
 NODES = ("node-1", "node-2")

@@ -42,10 +42,9 @@ from callgate.watchers.base import Snapshot
 from callgate.watchers.k8s_reflector import WatchOptions
 from callgate.watchers.kubernetes import KubernetesSource
 from tests.fake_apiserver import FakeAPIServer
-from tests.netns_fixture import have_root_and_netns, nft
+from tests.netns import nft
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120),
-              pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")]
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
 LAB = "cgw"
 PREFIX = "cg"

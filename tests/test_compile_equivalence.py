@@ -7,7 +7,7 @@ Two guards:
   generated input so that a change to the generator is told apart from a
   change to the compiler;
 * the optimised compiler against a frozen copy of the original
-  (``bench/reference``), on the same clusters for every node and on random
+  (``tests/reference``), on the same clusters for every node and on random
   hypothesis inputs (selectors of every operator, named ports, ipBlocks).
 """
 
@@ -19,16 +19,16 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from bench.reference.compile import Compiler as ReferenceCompiler
 from bench.synth import Spec, generate, to_model
 from callgate.compiler.compile import Compiler
 from callgate.compiler.ir import RuleSet
 from callgate.policy.model import Inventory, PolicySet
+from tests.reference.compile import Compiler as ReferenceCompiler
 from tests.strategies import inventories, policy_sets
 
 # spec, sha256 of the generated documents, {node: sha256 of the RuleSet's canonical
 # JSON}. First pinned with be56ea6's compiler; re-pinned after generator changes
-# with bench.reference (the same code). That sha256 was RuleSet.digest() until
+# with tests.reference (the same code). That sha256 was RuleSet.digest() until
 # the digest became compositional (per-set digests, for the incremental
 # compiler); the pins keep the old whole-JSON hash (_json_digest) so they still
 # hold the very bytes be56ea6 emitted.
@@ -63,7 +63,7 @@ def _fingerprint(spec: Spec) -> str:
 def test_pinned_digests(spec: Spec, inputs: str, digests: dict[str, str]) -> None:
     assert _fingerprint(spec) == inputs, (
         "bench/synth.py now generates different input for this spec: re-pin the digests, computing "
-        "them with bench.reference.compile.Compiler (the pre-optimisation compiler), not the current one")
+        "them with tests.reference.compile.Compiler (the pre-optimisation compiler), not the current one")
     inventory, policies = to_model(generate(spec))
     compiler = Compiler(policies, inventory)
     assert {node: _json_digest(compiler.compile(node)) for node in digests} == digests

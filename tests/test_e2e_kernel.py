@@ -20,12 +20,8 @@ from callgate.enforcers import get_enforcer
 from callgate.lab import Lab, probe_matrix
 from callgate.policy import Evaluator, Inventory, PolicySet, load_policies
 from tests.helpers import ROOT, STANDARD_INVENTORY, standard, write
-from tests.netns_fixture import have_root_and_netns
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces"),
-]
+pytestmark = pytest.mark.kernel
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.yaml"))
 BACKENDS = ("nft", "iptables")

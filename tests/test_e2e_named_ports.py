@@ -18,12 +18,8 @@ from callgate.enforcers import get_enforcer
 from callgate.lab import Lab, probe_matrix
 from callgate.policy import Evaluator, Inventory, load_inventory, load_policies
 from tests.helpers import write
-from tests.netns_fixture import have_root_and_netns
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces"),
-]
+pytestmark = pytest.mark.kernel
 
 INVENTORY = """
 apiVersion: callgate/v1

@@ -25,7 +25,6 @@ from callgate.enforcers.iptables import IptablesEnforcer
 from callgate.errors import InputError, KernelError
 from callgate.policy import Evaluator, Inventory, PolicySet, load_policies
 from tests.helpers import standard, write
-from tests.netns_fixture import have_root_and_netns
 
 POLICIES = """
 apiVersion: networking.k8s.io/v1
@@ -283,13 +282,10 @@ def test_registry_and_variants(monkeypatch: pytest.MonkeyPatch) -> None:
 # =========================================================================== kernel
 
 VARIANTS = [v for v in ("legacy", "nft") if shutil.which(f"iptables-{v}-restore") and shutil.which(f"ip6tables-{v}-restore")]
-kernel = pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
 
 
 @pytest.fixture(scope="module")
 def lab(inv: Inventory) -> Iterator[object]:
-    if not have_root_and_netns():
-        pytest.skip("needs root and network namespaces")
     from callgate.lab.topology import Lab
 
     lab = Lab("cgi")
@@ -330,7 +326,6 @@ def expected(policies: PolicySet, inv: Inventory, keys: object) -> dict[tuple[st
     return out
 
 
-@kernel
 @pytest.mark.kernel
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_kernel_packets_match_evaluator(variant: str, lab: object, clean: None, inv: Inventory,
@@ -350,7 +345,6 @@ def test_kernel_packets_match_evaluator(variant: str, lab: object, clean: None, 
     assert 0 < sum(seen.values()) < len(seen)  # the policies really cut something, not everything
 
 
-@kernel
 @pytest.mark.kernel
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_kernel_update_tamper_and_foreign_rules(variant: str, lab: object, clean: None, inv: Inventory,
@@ -415,7 +409,6 @@ class FailingRunner:
         return self.real.run(argv, stdin)
 
 
-@kernel
 @pytest.mark.kernel
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_kernel_failed_apply_leaves_previous_state(variant: str, lab: object, clean: None, inv: Inventory,
@@ -446,7 +439,6 @@ def test_kernel_failed_apply_leaves_previous_state(variant: str, lab: object, cl
     assert probe_matrix(lab, inv, pairs=pairs, timeout=0.5) == probes_before  # type: ignore[arg-type]
 
 
-@kernel
 @pytest.mark.kernel
 def test_kernel_auto_prefers_nft(lab: object) -> None:
     enforcer = get_enforcer("auto", netns=lab.node_netns(NODE))  # type: ignore[attr-defined]
@@ -474,7 +466,6 @@ def test_fail_closed_layout(rulesets: dict[str, RuleSet]) -> None:
         enforcer.plan(rs, known_interfaces=["cg+"])
 
 
-@kernel
 @pytest.mark.kernel
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_kernel_fail_closed_cuts_off_unknown_interfaces(variant: str, lab: object, clean: None, inv: Inventory,
@@ -493,7 +484,6 @@ def test_kernel_fail_closed_cuts_off_unknown_interfaces(variant: str, lab: objec
     assert any(v for k, v in seen.items() if "x/a" in k[:2])  # known, non-isolated pods still talk
 
 
-@kernel
 @pytest.mark.kernel
 @pytest.mark.skipif(len(VARIANTS) < 2, reason="needs both iptables-legacy and iptables-nft")
 def test_kernel_switching_variant_moves_the_chains(lab: object, clean: None, rulesets: dict[str, RuleSet]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import re
 import subprocess
 import sys
@@ -31,12 +30,6 @@ from tests.helpers import STANDARD_INVENTORY, standard
 
 PREFIX = "cgl"
 LAB_NAME = re.compile(rf"{PREFIX}-(fabric|n-[a-z0-9-]{{1,20}}|p-[0-9a-f]{{10}})")
-
-needs_kernel = pytest.mark.skipif(
-    os.geteuid() != 0 or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0,
-    reason="needs root and network namespaces",
-)
-
 
 def leftovers() -> list[str]:
     return list_netns(f"{PREFIX}-")
@@ -63,7 +56,6 @@ def standard_lab(lab: Lab) -> Iterator[tuple[Lab, Inventory]]:
 # --------------------------------------------------------------------------- reachability
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_every_pod_reaches_every_pod_without_rules(standard_lab: tuple[Lab, Inventory]) -> None:
     lab, inventory = standard_lab
@@ -84,7 +76,6 @@ table inet cgltest {
 """
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_a_dropped_path_is_observed_as_blocked(standard_lab: tuple[Lab, Inventory]) -> None:
     lab, inventory = standard_lab
@@ -116,7 +107,6 @@ table inet cgltest {
 """
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_probes_start_from_an_empty_connection_table(standard_lab: tuple[Lab, Inventory]) -> None:
     """Flows tracked under an earlier ruleset must not make a later probe pass:
@@ -137,7 +127,6 @@ def test_probes_start_from_an_empty_connection_table(standard_lab: tuple[Lab, In
         exec_in(node, ["nft", "delete", "table", "inet", "cgltest"])
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_probe_matrix_narrows_to_pairs_families_and_ports(standard_lab: tuple[Lab, Inventory]) -> None:
     lab, inventory = standard_lab
@@ -149,7 +138,6 @@ def test_probe_matrix_narrows_to_pairs_families_and_ports(standard_lab: tuple[La
 # --------------------------------------------------------------------------- teardown
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_down_removes_namespaces_and_servers_and_is_idempotent(lab: Lab) -> None:
     state = lab.up(standard())
@@ -167,7 +155,6 @@ def test_down_removes_namespaces_and_servers_and_is_idempotent(lab: Lab) -> None
     assert lab.down() == []  # again: nothing to do, no error
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_down_works_from_another_process(lab: Lab) -> None:
     state = lab.up(standard())
@@ -178,7 +165,6 @@ def test_down_works_from_another_process(lab: Lab) -> None:
     assert all(pod.pid is not None and not in_netns(pod.pid, pod.netns) for pod in state.pods)
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_running_tears_down_on_error(lab: Lab) -> None:
     with pytest.raises(RuntimeError, match="boom"), lab.running(standard()):
@@ -187,7 +173,6 @@ def test_running_tears_down_on_error(lab: Lab) -> None:
     assert leftovers() == []
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_failed_up_cleans_up_after_itself(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(state: Any) -> None:
@@ -199,7 +184,6 @@ def test_failed_up_cleans_up_after_itself(lab: Lab, monkeypatch: pytest.MonkeyPa
     assert leftovers() == []
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_up_refuses_a_lab_that_exists(standard_lab: tuple[Lab, Inventory]) -> None:
     _, inventory = standard_lab
@@ -230,7 +214,6 @@ def awkward_inventory() -> Inventory:
     })
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_awkward_inventory_builds_and_connects(lab: Lab) -> None:
     inventory = awkward_inventory()
@@ -298,7 +281,6 @@ def cli() -> typer.Typer:
     return app
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_cli_up_status_netns_probe_down(lab: Lab, tmp_path: Path) -> None:
     runner, app = CliRunner(), cli()
@@ -338,7 +320,6 @@ def test_cli_up_status_netns_probe_down(lab: Lab, tmp_path: Path) -> None:
     assert leftovers() == []
 
 
-@needs_kernel
 @pytest.mark.kernel
 def test_cli_probe_without_a_lab_fails_cleanly(lab: Lab, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli(), ["lab", "probe", "-i", str(STANDARD_INVENTORY), "-p", str(tmp_path),

@@ -6,7 +6,7 @@ Fake-kernel tests run everywhere; kernel tests use a scratch network namespace.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from callgate.enforcers.nft import NftablesEnforcer, is_hash_set, layout_digest,
 from callgate.errors import KernelError
 from callgate.policy import load_inventory, load_policies
 from tests.helpers import SHOP, STANDARD_INVENTORY, policies_from
-from tests.netns_fixture import have_root_and_netns, nft, scratch_netns
+from tests.netns import nft
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +67,6 @@ def test_dry_run_commits_nothing_on_fake(shop_rulesets: dict[str, RuleSet]) -> N
     assert kernel.tables == {}
 
 
-kernel = pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    with scratch_netns("cgn") as name:
-        yield name
-
-
-@kernel
 @pytest.mark.kernel
 def test_kernel_round_trip_and_noop(netns: str, shop_rulesets: dict[str, RuleSet]) -> None:
     enforcer = NftablesEnforcer(LibNftables(netns))
@@ -89,7 +79,6 @@ def test_kernel_round_trip_and_noop(netns: str, shop_rulesets: dict[str, RuleSet
         assert nft(netns, "-a", "list", "table", "inet", "callgate") == handles_before
 
 
-@kernel
 @pytest.mark.kernel
 def test_kernel_other_tables_survive(netns: str, shop_rulesets: dict[str, RuleSet]) -> None:
     nft(netns, "-f", "-", stdin="""
@@ -113,7 +102,6 @@ table inet docker {
     assert "callgate" not in nft(netns, "list", "tables")
 
 
-@kernel
 @pytest.mark.kernel
 def test_kernel_rejected_transaction_leaves_previous_ruleset(netns: str, shop_rulesets: dict[str, RuleSet]) -> None:
     enforcer = NftablesEnforcer(LibNftables(netns))
@@ -131,7 +119,6 @@ def test_kernel_rejected_transaction_leaves_previous_ruleset(netns: str, shop_ru
     assert nft(netns, "list", "table", "inet", "callgate") == before
 
 
-@kernel
 @pytest.mark.kernel
 def test_kernel_dry_run_checks_but_commits_nothing(netns: str, shop_rulesets: dict[str, RuleSet]) -> None:
     enforcer = NftablesEnforcer(LibNftables(netns))
@@ -140,19 +127,18 @@ def test_kernel_dry_run_checks_but_commits_nothing(netns: str, shop_rulesets: di
     assert "callgate" not in nft(netns, "list", "tables")
 
 
-@kernel
 @pytest.mark.kernel
-def test_text_rendering_loads_into_the_same_table(shop_rulesets: dict[str, RuleSet]) -> None:
+def test_text_rendering_loads_into_the_same_table(shop_rulesets: dict[str, RuleSet],
+                                                  make_netns: Callable[[], str]) -> None:
     """`callgate compile --format nft` output, fed to `nft -f`, gives the same
     table as the JSON transaction: the text form is not a lookalike."""
     ruleset = shop_rulesets["node-1"]
-    with scratch_netns("cgn") as a, scratch_netns("cgn") as b:
-        NftablesEnforcer(LibNftables(a)).apply(ruleset)
-        nft(b, "-f", "-", stdin=replace_table(ruleset).text())
-        assert nft(a, "list", "table", "inet", "callgate") == nft(b, "list", "table", "inet", "callgate")
+    a, b = make_netns(), make_netns()
+    NftablesEnforcer(LibNftables(a)).apply(ruleset)
+    nft(b, "-f", "-", stdin=replace_table(ruleset).text())
+    assert nft(a, "list", "table", "inet", "callgate") == nft(b, "list", "table", "inet", "callgate")
 
 
-@kernel
 @pytest.mark.kernel
 def test_drift_is_visible_in_diff(netns: str, shop_rulesets: dict[str, RuleSet]) -> None:
     ruleset = shop_rulesets["node-1"]
@@ -197,7 +183,6 @@ def test_sctp_compiles(tmp_path: Path) -> None:
     assert "meta l4proto sctp counter return" in text
 
 
-@kernel
 @pytest.mark.kernel
 def test_sctp_rules_pass_the_kernel_check(netns: str, tmp_path: Path) -> None:
     inv = load_inventory(STANDARD_INVENTORY)
@@ -242,20 +227,20 @@ def test_the_bound_between_hash_and_interval(elements: tuple[str, ...], hashed: 
         assert body["flags"] == ["interval"] and len(body["elem"]) == len(elements)  # type: ignore[arg-type]
 
 
-@kernel
 @pytest.mark.kernel
 def test_text_rendering_of_interval_sets_loads_too(shop_rulesets: dict[str, RuleSet],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   make_netns: Callable[[], str]) -> None:
     monkeypatch.setattr(nft_mod, "HASH_SET_MAX", 0)
     ruleset = shop_rulesets["node-1"]
-    with scratch_netns("cgn") as a, scratch_netns("cgn") as b:
-        enforcer = NftablesEnforcer(LibNftables(a))
-        enforcer.apply(ruleset)
-        assert enforcer.in_sync(ruleset)
-        nft(b, "-f", "-", stdin=replace_table(ruleset).text())
-        listing = nft(a, "list", "table", "inet", "callgate")
-        assert "flags interval" in listing
-        assert listing == nft(b, "list", "table", "inet", "callgate")
+    a, b = make_netns(), make_netns()
+    enforcer = NftablesEnforcer(LibNftables(a))
+    enforcer.apply(ruleset)
+    assert enforcer.in_sync(ruleset)
+    nft(b, "-f", "-", stdin=replace_table(ruleset).text())
+    listing = nft(a, "list", "table", "inet", "callgate")
+    assert "flags interval" in listing
+    assert listing == nft(b, "list", "table", "inet", "callgate")
 
 
 def test_fast_address_arithmetic_agrees_with_parse_element() -> None:

@@ -8,7 +8,7 @@ scratch namespace, where the kernel itself checks references and intervals.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from callgate.policy import load_policies
 from callgate.policy.inventory import inventory_from_dict
 from callgate.policy.model import PolicySet
 from tests.helpers import STANDARD_INVENTORY
-from tests.netns_fixture import have_root_and_netns, nft, scratch_netns
+from tests.netns import nft
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 BASE: dict[str, Any] = yaml.safe_load(STANDARD_INVENTORY.read_text())
@@ -221,15 +221,8 @@ def test_fail_closed_prefix_is_validated(bad: str) -> None:
 
 # -- the real kernel -----------------------------------------------------------
 
-@pytest.fixture
-def netns() -> Iterator[str]:
-    with scratch_netns("cgg") as name:
-        yield name
-
-
 @pytest.mark.parametrize("prefix", [None, "cg"])
 @pytest.mark.kernel
-@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
 def test_kernel_walk_stays_in_sync(netns: str, prefix: str | None) -> None:
     kernel = LibNftables(netns)
     try:
@@ -242,7 +235,6 @@ def test_kernel_walk_stays_in_sync(netns: str, prefix: str | None) -> None:
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
 def test_kernel_pod_added_elsewhere_is_element_commands_only(netns: str) -> None:
     kernel = LibNftables(netns)
     try:
@@ -408,7 +400,6 @@ def test_drift_before_an_incremental_apply_is_seen_from_the_digest_set_alone() -
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
 @pytest.mark.parametrize("form", ["hash", "interval"])
 def test_kernel_walk_in_both_forms(netns: str, form: str, request: pytest.FixtureRequest) -> None:
     if form == "interval":
@@ -427,7 +418,6 @@ def test_kernel_walk_in_both_forms(netns: str, form: str, request: pytest.Fixtur
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
 def test_kernel_refuses_an_update_planned_against_another_table(netns: str) -> None:
     """The digest swap makes the kernel the judge: an update planned from A
     does not apply to a table that holds B, and B stays untouched."""
@@ -446,7 +436,6 @@ def test_kernel_refuses_an_update_planned_against_another_table(netns: str) -> N
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
 def test_kernel_drift_of_the_digest_falls_back_to_full(netns: str) -> None:
     kernel = LibNftables(netns)
     try:
@@ -481,7 +470,6 @@ def test_element_diff_agrees_with_set_difference() -> None:
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(not have_root_and_netns(), reason="needs root and network namespaces")
 def test_kernel_table_deleted_before_a_change_is_drift(netns: str) -> None:
     """Listing the digest set of a table that is gone is "no digest", not an error."""
     kernel = LibNftables(netns)

@@ -1,6 +1,6 @@
 """``callgate lab``: build the test lab, look at it, probe it, take it down.
 
-The lab (see DESIGN.md, "Test lab") turns an inventory into network namespaces:
+The lab (see docs/design.md, "The test lab") turns an inventory into network namespaces:
 one per node, one per pod, joined by a fabric bridge, with a small server in
 every pod. ``probe`` then sends real packets and compares what got through with
 what the reference evaluator says should.

@@ -1,6 +1,6 @@
 """The test lab: nodes and pods in network namespaces, with real packets.
 
-``Lab(prefix).running(inventory)`` builds the topology of DESIGN.md ("Test lab")
+``Lab(prefix).running(inventory)`` builds the topology of docs/design.md ("The test lab")
 and tears it down again; :func:`probe_matrix` tells who really reaches whom.
 
 The names below are imported lazily: ``python -m callgate.lab.server`` and

@@ -1,6 +1,6 @@
 """Build and tear down a lab of nodes and pods in network namespaces.
 
-Layout (see DESIGN.md, "Test lab")::
+Layout (see docs/design.md, "The test lab")::
 
     <prefix>-fabric          bridge br0, one port per node
       │  veth "uplink"       198.19.255.<n>/24, fd00:ff::<n>/64; default route over it
@@ -64,7 +64,7 @@ POD_GATEWAY_V4 = "169.254.1.1"
 POD_GATEWAY_V6 = "fe80::1"
 MAX_NODES = 250  # uplink host numbers 1..250 of UPLINK_V4
 
-# Pod addresses must come from the ranges DESIGN.md reserves for tests, and must
+# Pod addresses must come from the ranges docs/design.md reserves for tests, and must
 # not collide with the lab's own plumbing.
 POD_RANGES = (ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("fd00::/8"))
 RESERVED = (UPLINK_V4, UPLINK_V6)

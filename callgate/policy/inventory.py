@@ -1,7 +1,7 @@
 """Inventory: who runs where.
 
 Two formats are accepted: callgate's own ``callgate/v1 Inventory`` (see
-DESIGN.md) and Kubernetes ``Pod``/``Namespace`` objects as ``kubectl get -o
+README.md, "The inventory") and Kubernetes ``Pod``/``Namespace`` objects as ``kubectl get -o
 yaml`` prints them (a ``List`` or several documents). Both may be mixed.
 """
 

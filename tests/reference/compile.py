@@ -11,8 +11,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from bench.reference import addresses
-from bench.reference.resolve import Resolver
 from callgate.compiler.ir import (
     AddressPortSet,
     AddressSet,
@@ -37,6 +35,8 @@ from callgate.policy.model import (
     PolicySet,
     PortSpec,
 )
+from tests.reference import addresses
+from tests.reference.resolve import Resolver
 
 FAMILIES: tuple[tuple[Family, int], ...] = (("ip", 4), ("ip6", 6))
 ANY_PEER = None  # a rule without from/to: every peer
