@@ -284,11 +284,9 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
     results: dict[str, Any] = {"seconds_per_sample": seconds, "rounds": rounds}
     with two_pod_lab(server_ip, client_ip) as lab:
         # The inventory's interfaces for the two lab pods are the lab's veths.
-        for ep in inventory.endpoints:
-            if f"{ep.namespace}/{ep.name}" == cluster.server:
-                ep.interface = lab.server.host_if
-            elif f"{ep.namespace}/{ep.name}" == cluster.client:
-                ep.interface = lab.client.host_if
+        veths = {cluster.server: lab.server.host_if, cluster.client: lab.client.host_if}
+        inventory = Inventory(inventory.namespaces, tuple(
+            dataclasses.replace(ep, interface=veths[ep.key]) if ep.key in veths else ep for ep in inventory.endpoints))
         ruleset = Compiler(policies, inventory).compile(cluster.node)
         kernel = LibNftables(netns=lab.node)
         try:

@@ -33,9 +33,10 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from callgate.analysis import checks
-from callgate.analysis.lint import Item, LintConfig, Linter
-from callgate.analysis.rules import Severity
+from callgate.analysis.lint.config import LintConfig
+from callgate.analysis.lint.linter import Item, Linter
+from callgate.analysis.lint.rules import Severity
+from callgate.analysis.lint.run import run_checks
 from callgate.policy.documents import Document
 from callgate.watchers.base import SourceProblem
 from callgate.watchers.k8s_convert import ClusterState, ObjectRef, clip
@@ -112,8 +113,7 @@ def lint_state(state: ClusterState, config: LintConfig | None = None,
         else:
             for problem in state.problems_by_object.get(ref, ()):
                 linter.problem(problem, doc)
-    checks.run_all(linter)
-    linter.apply_suppressions(config or LintConfig())
+    run_checks(linter, config or LintConfig())
     reports = []
     for finding in linter.findings:
         if finding.severity < min_severity:

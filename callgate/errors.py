@@ -8,6 +8,19 @@ without a traceback and exits 1; nothing reaches the kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class ProblemCode(StrEnum):
+    """The ``callgate lint`` rule a kind of problem is reported as (``lint --explain ID``).
+
+    Set where the problem is found, which is the only place that knows what kind
+    it is; a problem without a code is an invalid object (CG001)."""
+
+    UNKNOWN_KIND = "CG002"
+    DUPLICATE_NAME = "CG003"
+    ENDPORT_MISUSE = "CG004"
+    UNKNOWN_CALLER = "CG005"
 
 
 @dataclass
@@ -20,6 +33,8 @@ class Problem:
     field: str | None = None  # dotted path, e.g. "spec.ingress[0].ports[1].endPort"
     line: int | None = None  # 1-based, when known
     column: int | None = None  # 1-based, when known
+    code: ProblemCode | None = None
+    hint: str | None = None  # how to fix it, when the code that found it knows (lint shows it)
 
     def __str__(self) -> str:
         where = self.file or "<input>"

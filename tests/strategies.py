@@ -23,10 +23,10 @@ from callgate.policy.model import (
     Namespace,
     Peer,
     Policy,
+    PolicyRule,
     PolicySet,
     PortSpec,
     Requirement,
-    Rule,
 )
 
 NAMESPACES = ("x", "y", "z")
@@ -51,23 +51,24 @@ def selectors(draw: Any) -> LabelSelector:
 
 @st.composite
 def inventories(draw: Any) -> Inventory:
-    inv = Inventory()
+    namespaces = {}
     for ns in NAMESPACES:
         labels = draw(labels_st)
         labels[NAMESPACE_NAME_LABEL] = ns
-        inv.namespaces[ns] = Namespace(ns, labels)
+        namespaces[ns] = Namespace(ns, labels)
+    endpoints = []
     count = draw(st.integers(2, 7))
     for i in range(count):
         ports = []
         for name in PORT_NAMES:
             if draw(st.booleans()):
                 ports.append(NamedPort(name, draw(st.sampled_from(PORTS)), draw(st.sampled_from(["TCP", "UDP"]))))
-        inv.endpoints.append(Endpoint(
+        endpoints.append(Endpoint(
             name=f"p{i}", namespace=draw(st.sampled_from(NAMESPACES)), labels=draw(labels_st),
             node=draw(st.sampled_from(["n1", "n2"])),
             ips=(ipaddress.ip_address(f"198.18.0.{10 + i}"), ipaddress.ip_address(f"fd00::{10 + i:x}")),
             interface=f"cgp{i}", ports=tuple(ports)))
-    return inv
+    return Inventory(namespaces, tuple(endpoints))
 
 
 ip_blocks = st.sampled_from([
@@ -105,8 +106,8 @@ def port_specs(draw: Any) -> PortSpec:
 
 
 @st.composite
-def rules(draw: Any, namespace: str) -> Rule:
-    return Rule(tuple(draw(st.lists(peers(namespace), max_size=2))), tuple(draw(st.lists(port_specs(), max_size=2))))
+def rules(draw: Any, namespace: str) -> PolicyRule:
+    return PolicyRule(tuple(draw(st.lists(peers(namespace), max_size=2))), tuple(draw(st.lists(port_specs(), max_size=2))))
 
 
 @st.composite

@@ -7,6 +7,7 @@ ipBlocks that cut through pod addresses, matchExpressions, both families.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from callgate.analysis.connectivity import Connectivity, Partition, group_matrix
 from callgate.analysis.diff import connectivity_diff
 from callgate.policy import Evaluator
-from callgate.policy.model import Inventory, PolicySet
+from callgate.policy.model import Endpoint, Inventory, PolicySet
 from tests.helpers import policies_from, standard
 from tests.strategies import inventories, policy_sets
 
@@ -125,12 +126,11 @@ def _check_diff(inv: Inventory, old: PolicySet, new: PolicySet) -> None:
 
 
 def _one_family(inv: Inventory, v4_only: int, v6_only: int) -> Inventory:
-    for i, ep in enumerate(inv.endpoints):
-        if i == v4_only:
-            ep.ips = tuple(ip for ip in ep.ips if ip.version == 4)
-        elif i == v6_only:
-            ep.ips = tuple(ip for ip in ep.ips if ip.version == 6)
-    return inv
+    def only(ep: Endpoint, version: int) -> Endpoint:
+        return dataclasses.replace(ep, ips=tuple(ip for ip in ep.ips if ip.version == version))
+
+    return Inventory(inv.namespaces, tuple(
+        only(ep, 4) if i == v4_only else only(ep, 6) if i == v6_only else ep for i, ep in enumerate(inv.endpoints)))
 
 
 def test_diff_ipblock_only_in_new_and_only_one_family(tmp_path: Path) -> None:

@@ -32,9 +32,9 @@ from callgate.policy.model import (
     Namespace,
     Peer,
     Policy,
+    PolicyRule,
     PolicySet,
     PortSpec,
-    Rule,
 )
 from tests.strategies import NAMESPACES, PORT_NAMES, PORTS, inventories, labels_st, policy_sets, rules
 
@@ -186,12 +186,12 @@ SERVER = ep("server", {"app": "server"}, ("198.18.1.1", "fd00::1:1"), node=NODE,
 
 
 def ingress_from(*peers: Peer, name: str = "in", ports: tuple[PortSpec, ...] = (PortSpec("TCP", 80),)) -> Policy:
-    return Policy("x", name, selector(app="server"), (Direction.INGRESS,), ingress=(Rule(peers, ports),))
+    return Policy("x", name, selector(app="server"), (Direction.INGRESS,), ingress=(PolicyRule(peers, ports),))
 
 
 def egress_to(*peers: Peer, port: str = "http") -> Policy:
     return Policy("x", "out", selector(app="server"), (Direction.EGRESS,),
-                  egress=(Rule(peers, (PortSpec("TCP", port),)),))
+                  egress=(PolicyRule(peers, (PortSpec("TCP", port),)),))
 
 
 def check(inc: IncrementalCompiler, policies: PolicySet, endpoints: list[Endpoint], path: str = "not full",
@@ -285,8 +285,8 @@ def test_two_pods_sharing_an_address() -> None:
 
 def test_named_ports_on_egress_resolve_on_each_destination() -> None:
     web = Peer(pod_selector=selector(app="web"), namespace_selector=selector(env="prod"))
-    policies = PolicySet([egress_to(web), egress_to(Peer(ip_block=IPBlock(ipaddress.ip_network("198.18.2.0/24"))))])
-    policies.policies[1] = dataclasses.replace(policies.policies[1], name="out-block")
+    block = Peer(ip_block=IPBlock(ipaddress.ip_network("198.18.2.0/24")))
+    policies = PolicySet((egress_to(web), dataclasses.replace(egress_to(block), name="out-block")))
     inc = IncrementalCompiler(policies, Inventory(NS, [SERVER]), NODE)
     current = [SERVER]
     steps = [

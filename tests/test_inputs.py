@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from callgate.errors import InputError
+from callgate.errors import InputError, ProblemCode
 from callgate.policy import load_inventory, load_policies
+from callgate.policy.documents import read_documents
 from callgate.policy.model import NAMESPACE_NAME_LABEL, Direction
+from callgate.policy.native import compile_apps, parse_app
+from callgate.policy.positions import Positions
 from tests.helpers import SHOP, STANDARD_INVENTORY, write
+
+_NP = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\n"
+_APP = ("apiVersion: callgate/v1\nkind: App\nmetadata: {name: api, namespace: x}\nspec:\n"
+        "  selector: {matchLabels: {app: api}}\n  ports: [{name: http, port: 80}]\n")
 
 
 def errors(exc: pytest.ExceptionInfo[InputError]) -> list[str]:
@@ -170,6 +181,46 @@ def test_app_caller_must_exist_and_ports_must_be_served(tmp_path: Path) -> None:
     assert "spec.callers[1].ports[0]: port 'grpc' is not one of the ports api serves (http)" in text
 
 
+@pytest.mark.parametrize(("text", "code"), [
+    (_NP + "spec:\n  podSelector: {}\n  egress: [{ports: [{port: 90, endPort: 80}]}]\n", ProblemCode.ENDPORT_MISUSE),
+    (_NP + "spec:\n  podSelector: {}\n  egress: [{ports: [{port: 90, endPort: many}]}]\n", ProblemCode.ENDPORT_MISUSE),
+    (_NP + "spec:\n  podSelector: {}\n  egress: [{ports: [{port: http, endPort: 90}]}]\n", ProblemCode.ENDPORT_MISUSE),
+    (_NP + "spec:\n  podSelector: {}\n  ingres: []\n", None),
+    (_NP + "spec:\n  podSelector: {matchLabels: {app: 'endPort-'}}\n", None),  # the word is no clue
+    (_NP + "spec: {podSelector: {}}\n---\n" + _NP + "spec: {podSelector: {}}\n", ProblemCode.DUPLICATE_NAME),
+    ("apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: a}\n", ProblemCode.UNKNOWN_KIND),
+    (_APP + "  callers: [{app: ghost}]\n", ProblemCode.UNKNOWN_CALLER),
+    (_APP + "  callers: [{app: api, ports: [grpc]}]\n", None),
+    (_APP + "---\n" + _APP, ProblemCode.DUPLICATE_NAME),
+])
+def test_problems_carry_the_code_of_their_kind(tmp_path: Path, text: str, code: ProblemCode | None) -> None:
+    """The parser that finds a problem says which kind it is, with a hint how to fix it."""
+    with pytest.raises(InputError) as exc:
+        load_policies(write(tmp_path, "p.yaml", text))
+    [problem] = exc.value.problems
+    assert problem.code == code
+    assert problem.hint or code is None  # the generic invalid-object advice is lint's
+
+
+def test_compile_apps_leaves_out_only_the_callers_that_fail(tmp_path: Path) -> None:
+    """Callers are independent: the ones that compile make rules, each traced to its caller."""
+    path = write(tmp_path, "apps.yaml", _APP + """  callers:
+    - {app: ghost}
+    - {cidr: 198.18.0.0/24}
+    - {app: api, ports: [grpc]}
+    - {app: api, ports: [http]}
+    """)
+    apps = [parse_app(doc) for doc in read_documents(path)]
+    compiled = compile_apps(apps)
+    assert [p.field for _, p in compiled.problems] == ["spec.callers[0].app", "spec.callers[2].ports[0]"]
+    assert [app.key for app, _ in compiled.problems] == ["x/api", "x/api"]
+    [api] = compiled.policies
+    assert compiled.caller_index == {"x/api": (1, 3)}
+    assert [r.peers[0].canonical() for r in api.ingress] == [
+        "ipBlock 198.18.0.0/24", "nsSelector kubernetes.io/metadata.name=x pods app=api"]
+    assert len(api.egress) == 1  # it calls itself on http
+
+
 def test_inventory_native_and_kubectl_formats(tmp_path: Path) -> None:
     inv = load_inventory(STANDARD_INVENTORY)
     assert len(inv.endpoints) == 9 and inv.nodes() == ["node-1", "node-2"]
@@ -240,3 +291,27 @@ def test_inventory_rejects_duplicate_ips(tmp_path: Path) -> None:
     with pytest.raises(InputError) as exc:
         load_inventory(path)
     assert "already used by endpoint x/a" in str(exc.value)
+
+
+_scalars = st.one_of(st.integers(-5, 5), st.sampled_from(["a", "b", "0", "x y", ""]), st.booleans(), st.none())
+_trees = st.recursive(_scalars, lambda kids: st.one_of(
+    st.lists(kids, max_size=3), st.dictionaries(st.sampled_from(["a", "b", "c", "0", "1"]), kids, max_size=3)),
+    max_leaves=12)
+_steps = st.lists(st.one_of(st.sampled_from(["a", "b", "c", "0", "zz"]), st.integers(0, 3)), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_trees, min_size=1, max_size=3), st.sampled_from(["json", "json-indent", "block", "flow"]),
+       st.integers(0, 3), st.lists(_steps, min_size=1, max_size=5))
+def test_positions_many_equals_one_by_one(tmp_path_factory: pytest.TempPathFactory, docs: list[object], style: str,
+                                          index: int, paths: list[list[str | int]]) -> None:
+    """The event walk (one pass for many paths, used for CG110 positions in big inventories)
+    gives exactly the marks of composing the file and walking the nodes."""
+    if style.startswith("json"):
+        text = json.dumps(docs[0], indent=2 if style == "json-indent" else None)
+    else:
+        text = yaml.safe_dump_all(docs, default_flow_style=style == "flow")
+    path = tmp_path_factory.mktemp("pos") / ("f.json" if style.startswith("json") else "f.yaml")
+    path.write_text(text)
+    want = {tuple(p): Positions()(str(path), index, p) for p in paths}
+    assert Positions().many(str(path), index, paths) == want

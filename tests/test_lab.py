@@ -7,6 +7,7 @@ namespace behind. Planning tests (names, validation) need no kernel.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import subprocess
@@ -245,7 +246,7 @@ def test_bad_lab_names_are_refused(prefix: str) -> None:
 def one_pod(ips: list[str], interface: str | None = None) -> Inventory:
     """Built as model objects, past the loader's validation: the lab must not trust its input."""
     addresses = tuple(ipaddress.ip_address(i) for i in ips)
-    return Inventory(endpoints=[Endpoint("a", "x", {}, "n1", addresses, interface)])
+    return Inventory(endpoints=(Endpoint("a", "x", {}, "n1", addresses, interface),))
 
 
 @pytest.mark.parametrize(("ips", "interface", "message"), [
@@ -264,7 +265,9 @@ def test_plan_refuses_what_the_lab_cannot_build(ips: list[str], interface: str |
 
 def test_plan_refuses_duplicate_interfaces_on_a_node() -> None:
     inventory = standard()
-    inventory.endpoints[2].interface = inventory.endpoints[0].interface  # x/a and x/c share node-1
+    x_a, x_b, x_c, *rest = inventory.endpoints
+    x_c = dataclasses.replace(x_c, interface=x_a.interface)  # x/a and x/c share node-1
+    inventory = Inventory(inventory.namespaces, (x_a, x_b, x_c, *rest))
     with pytest.raises(LabError, match="more than one endpoint"):
         Lab(PREFIX).plan(inventory)
 

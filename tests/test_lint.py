@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 import xml.etree.ElementTree as ET
@@ -9,15 +10,14 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from callgate.analysis.lint import LintConfig, Positions, lint
-from callgate.analysis.rules import RULES, rules_markdown
+from callgate.analysis.lint.config import LintConfig
+from callgate.analysis.lint.rules import BY_ID, RULES, Severity, rules_markdown
+from callgate.analysis.lint.run import lint
 from callgate.cli.main import app
-from callgate.errors import InputError
+from callgate.errors import InputError, ProblemCode
+from callgate.policy.model import Endpoint, Inventory
 from tests.golden_util import check_golden
 from tests.helpers import ROOT, STANDARD_INVENTORY, standard, write
 
@@ -117,12 +117,12 @@ def test_redundancy_with_ipblocks_of_one_family_and_single_family_pods(tmp_path:
     """The exact redundancy checks build one partition per family from every policy's
     ipBlocks; blocks of one family only, and pods with one family only, must neither
     break them nor make an ipBlock rule look redundant (it reaches outside addresses)."""
+    def only(ep: Endpoint, version: int) -> Endpoint:
+        return dataclasses.replace(ep, ips=tuple(ip for ip in ep.ips if ip.version == version))
+
     inv = standard()
-    for ep in inv.endpoints:
-        if ep.key == "x/b":
-            ep.ips = tuple(ip for ip in ep.ips if ip.version == 4)
-        elif ep.key == "y/a":
-            ep.ips = tuple(ip for ip in ep.ips if ip.version == 6)
+    inv = Inventory(inv.namespaces, tuple(
+        only(ep, 4) if ep.key == "x/b" else only(ep, 6) if ep.key == "y/a" else ep for ep in inv.endpoints))
     docs = [np_("a", "x", """
         podSelector: {matchLabels: {pod: a}}
         policyTypes: [Ingress]
@@ -147,6 +147,59 @@ def test_without_inventory_only_document_checks(tmp_path: Path) -> None:
     bad, _ = CASES["CG102"]
     path = write(tmp_path, "p.yaml", bad[0])
     assert [f.rule for f in lint([path]).findings] == []
+
+
+def test_failing_callers_are_reported_once_where_they_are_written(tmp_path: Path) -> None:
+    """Callers that cannot compile are each reported once, at their own field, and nothing
+    else is: leaving caller 0 out must not shift which caller index 2 names (it used to,
+    so a good caller got a phantom error and the broken one a second report)."""
+    path = write(tmp_path, "apps.yaml", app_("web", "x", """
+        selector: {matchLabels: {pod: a}}
+        ports: [{name: http, port: 80, protocol: TCP}]
+        callers:
+        - {app: nosuch-0}
+        - {cidr: 198.18.0.0/24, ports: [http]}
+        - {app: nosuch-2}
+        - {cidr: 198.18.1.0/24, ports: [http]}
+        """))
+    found = [(f.rule, f.field, f.line) for f in lint([path]).findings]
+    assert found == [("CG005", "spec.callers[0].app", 8), ("CG005", "spec.callers[2].app", 10)]
+
+
+def test_apps_keep_their_semantic_checks_however_many_callers_fail(tmp_path: Path) -> None:
+    """An App with broken callers is still checked with the callers that compile, and a
+    finding on a compiled rule points at the caller it came from. (Lint used to retry
+    compiling three times and, when every try failed, silently check no App at all.)"""
+    path = write(tmp_path, "apps.yaml", app_("web", "x", """
+        selector: {matchLabels: {pod: a}}
+        ports: [{name: http, port: 80, protocol: TCP}]
+        callers:
+        - {app: nosuch-0}
+        - {cidr: 198.18.0.0/24, ports: [http]}
+        - {app: nosuch-2}
+        - {app: nosuch-3}
+        - {app: nosuch-4}
+        - {app: nosuch-5}
+        - {app: nosuch-6}
+        - {cidr: 198.18.0.0/24, ports: [http]}
+        """))
+    found = [(f.rule, f.field) for f in lint([path]).findings]
+    assert found == [("CG005", f"spec.callers[{i}].app") for i in (0, 2, 3, 4, 5, 6)] + [
+        ("CG107", "spec.callers[7]")]  # the second cidr caller repeats the first
+
+
+def test_problems_map_to_rules_by_code_not_by_message(tmp_path: Path) -> None:
+    """A problem's rule comes from the parser that found it: a label value that happens
+    to spell 'endPort' is an invalid object (CG001), not an endPort misuse (CG004)."""
+    path = write(tmp_path, "p.yaml", np_("a", "x", "podSelector: {matchLabels: {pod: 'endPort-'}}"))
+    assert [(f.rule, f.field) for f in lint([path]).findings] == [("CG001", "spec.podSelector.matchLabels")]
+
+
+def test_problem_codes_are_rules_of_the_table() -> None:
+    """Every code a parser can give a problem is a documented rule about input objects."""
+    for code in ProblemCode:
+        rule = BY_ID[code.value]
+        assert rule.severity is Severity.ERROR and not rule.needs_inventory, rule
 
 
 def test_suppressions(tmp_path: Path) -> None:
@@ -236,27 +289,3 @@ def test_yaml_syntax_error_is_a_finding(tmp_path: Path) -> None:
     good = write(tmp_path, "ok.yaml", np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: 80}]"))
     rules = [(Path(f.file or "").name, f.rule) for f in lint([broken, good]).findings]
     assert rules == [("broken.yaml", "CG001"), ("ok.yaml", "CG109")]  # still checks the file that parsed
-
-
-_scalars = st.one_of(st.integers(-5, 5), st.sampled_from(["a", "b", "0", "x y", ""]), st.booleans(), st.none())
-_trees = st.recursive(_scalars, lambda kids: st.one_of(
-    st.lists(kids, max_size=3), st.dictionaries(st.sampled_from(["a", "b", "c", "0", "1"]), kids, max_size=3)),
-    max_leaves=12)
-_steps = st.lists(st.one_of(st.sampled_from(["a", "b", "c", "0", "zz"]), st.integers(0, 3)), max_size=4)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(_trees, min_size=1, max_size=3), st.sampled_from(["json", "json-indent", "block", "flow"]),
-       st.integers(0, 3), st.lists(_steps, min_size=1, max_size=5))
-def test_positions_many_equals_one_by_one(tmp_path_factory: pytest.TempPathFactory, docs: list[object], style: str,
-                                          index: int, paths: list[list[str | int]]) -> None:
-    """The event walk (one pass for many paths, used for CG110 positions in big inventories)
-    gives exactly the marks of composing the file and walking the nodes."""
-    if style.startswith("json"):
-        text = json.dumps(docs[0], indent=2 if style == "json-indent" else None)
-    else:
-        text = yaml.safe_dump_all(docs, default_flow_style=style == "flow")
-    path = tmp_path_factory.mktemp("pos") / ("f.json" if style.startswith("json") else "f.yaml")
-    path.write_text(text)
-    want = {tuple(p): Positions()(str(path), index, p) for p in paths}
-    assert Positions().many(str(path), index, paths) == want

@@ -712,7 +712,7 @@ def test_persisting_findings_are_refreshed_and_failed_posts_retried(server: Fake
 
 
 def test_lint_disable_annotation_and_min_severity(server: FakeAPIServer, start_controller: Any) -> None:
-    from callgate.analysis.rules import Severity
+    from callgate.analysis.lint.rules import Severity
 
     lint_cluster(server)
     quiet = policy("nothing", "x", {"podSelector": {"matchLabels": {"pod": "zzz"}}})

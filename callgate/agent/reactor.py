@@ -253,8 +253,8 @@ class Reactor:
                       + (", ".join(str(i) for i in ep.ips) or "it (no IP)") for ep in local if ep.key not in found}
         if all(ep.interface == found.get(ep.key) for ep in local):
             return inventory, found, unresolved
-        endpoints = [dataclasses.replace(ep, interface=found[ep.key]) if ep.node == self.config.node
-                     and not ep.interface and ep.key in found else ep for ep in inventory.endpoints]
+        endpoints = tuple(dataclasses.replace(ep, interface=found[ep.key]) if ep.node == self.config.node
+                          and not ep.interface and ep.key in found else ep for ep in inventory.endpoints)
         return Inventory(namespaces=inventory.namespaces, endpoints=endpoints), found, unresolved
 
     def _sync(self, snapshot: Snapshot, first_event: float | None, full: bool = False) -> None:

@@ -45,9 +45,9 @@ from callgate.policy.model import (
     IPNetwork,
     Peer,
     Policy,
+    PolicyRule,
     PolicySet,
-    Protocol,
-    Rule,
+    PortProtocol,
 )
 from callgate.policy.resolve import Resolver
 
@@ -58,10 +58,10 @@ Progress = Callable[[int, int], None]  # (done, total)
 
 
 @dataclass(frozen=True, order=True)
-class PortRange:
+class ProtocolPortRange:
     """A protocol and an inclusive port range; one segment or a merge of several."""
 
-    protocol: Protocol
+    protocol: PortProtocol
     lo: int
     hi: int
 
@@ -73,13 +73,13 @@ class PortRange:
         return f"{self.lo}-{self.hi}/{self.protocol}"
 
 
-def merge_ranges(ranges: Iterable[PortRange]) -> list[PortRange]:
+def merge_ranges(ranges: Iterable[ProtocolPortRange]) -> list[ProtocolPortRange]:
     """Join adjacent or overlapping ranges of the same protocol."""
-    out: list[PortRange] = []
+    out: list[ProtocolPortRange] = []
     for r in sorted(ranges):
         if out and out[-1].protocol == r.protocol and r.lo <= out[-1].hi + 1:
             last = out[-1]
-            out[-1] = PortRange(r.protocol, last.lo, max(last.hi, r.hi))
+            out[-1] = ProtocolPortRange(r.protocol, last.lo, max(last.hi, r.hi))
         else:
             out.append(r)
     return out
@@ -104,9 +104,9 @@ def _blocks(policy_sets: Iterable[PolicySet]) -> list[IPBlock]:
     return list(seen)
 
 
-def _segments(inventory: Inventory, policy_sets: Iterable[PolicySet]) -> dict[Protocol, list[int]]:
+def _segments(inventory: Inventory, policy_sets: Iterable[PolicySet]) -> dict[PortProtocol, list[int]]:
     """Per protocol, the sorted segment start ports (each segment runs to the next start - 1)."""
-    edges: dict[Protocol, set[int]] = {p: {1} for p in PROTOCOLS}
+    edges: dict[PortProtocol, set[int]] = {p: {1} for p in PROTOCOLS}
     for ep in inventory.endpoints:
         for declared in ep.ports:
             edges[declared.protocol].update((declared.port, declared.port + 1))
@@ -134,8 +134,8 @@ class _Cache:
     peer_bits: dict[Peer, int] = field(default_factory=dict)
     rule_peers: dict[int, int] = field(default_factory=dict)  # id(rule) -> OR of its peers' classes
     side: dict[tuple[object, ...], int] = field(default_factory=dict)
-    named: dict[tuple[str, Protocol, int], int] = field(default_factory=dict)
-    declared: dict[tuple[str, Protocol, int], list[int]] | None = None
+    named: dict[tuple[str, PortProtocol, int], int] = field(default_factory=dict)
+    declared: dict[tuple[str, PortProtocol, int], list[int]] | None = None
     pinned: dict[int, object] = field(default_factory=dict)
 
 
@@ -215,20 +215,20 @@ class Partition:
     def rep(self, c: int) -> Endpoint:
         return self.members[c][0]
 
-    def segments(self) -> list[PortRange]:
+    def segments(self) -> list[ProtocolPortRange]:
         out = []
         for proto in PROTOCOLS:
             starts = self.starts[proto]
             for i, lo in enumerate(starts):
                 hi = starts[i + 1] - 1 if i + 1 < len(starts) else 65535
-                out.append(PortRange(proto, lo, hi))
+                out.append(ProtocolPortRange(proto, lo, hi))
         return out
 
-    def segment_of(self, port: int, protocol: Protocol) -> PortRange:
+    def segment_of(self, port: int, protocol: PortProtocol) -> ProtocolPortRange:
         starts = self.starts[protocol]
         i = bisect.bisect_right(starts, port) - 1
         hi = starts[i + 1] - 1 if i + 1 < len(starts) else 65535
-        return PortRange(protocol, starts[i], hi)
+        return ProtocolPortRange(protocol, starts[i], hi)
 
 
 @dataclass
@@ -246,7 +246,7 @@ class Connectivity:
         self._isolating: dict[tuple[int, Direction], list[Policy]] = {}
         # (class, direction) -> (isolating policies, their ids, has an ingress named port)
         self._side_keys: dict[tuple[int, Direction], tuple[list[Policy], tuple[int, ...], bool]] = {}
-        self._matrices: dict[tuple[Protocol, int], np.ndarray] = {}
+        self._matrices: dict[tuple[PortProtocol, int], np.ndarray] = {}
         self._by_ns: dict[str, list[Policy]] = {}
         for pol in self.policies.policies:
             self._by_ns.setdefault(pol.namespace, []).append(pol)
@@ -287,12 +287,12 @@ class Connectivity:
             self._cache.peer_bits[peer] = bits
         return bits
 
-    def named_bits(self, name: str, protocol: Protocol, port: int) -> int:
+    def named_bits(self, name: str, protocol: PortProtocol, port: int) -> int:
         """Classes on which the named port ``name``/``protocol`` resolves to ``port``."""
         cache = self._cache
         if cache.declared is None:
             # One pass over the classes' declared ports instead of one per (name, port).
-            declared: dict[tuple[str, Protocol, int], list[int]] = {}
+            declared: dict[tuple[str, PortProtocol, int], list[int]] = {}
             for c in range(self.partition.size):
                 for p in set(self.partition.rep(c).ports):
                     if p.name is not None:
@@ -304,7 +304,7 @@ class Connectivity:
             bits = cache.named[key] = self.partition.bits(cache.declared.get(key, ()))
         return bits
 
-    def _peers_of(self, rule: Rule) -> int:
+    def _peers_of(self, rule: PolicyRule) -> int:
         """OR of a rule's peer classes (all classes when it has no peers), per rule object:
         hashing Peers (selectors inside) on every call was a third of rule_bits."""
         cache = self._cache
@@ -321,7 +321,7 @@ class Connectivity:
         return bits
 
     def rule_bits(self, policy: Policy, direction: Direction, index: int, target: int,
-                  protocol: Protocol, port: int) -> int:
+                  protocol: PortProtocol, port: int) -> int:
         """Peer classes that rule ``index`` of ``policy`` allows for class ``target``."""
         rule = policy.rules(direction)[index]
         peers = self._peers_of(rule)
@@ -357,7 +357,7 @@ class Connectivity:
             isinstance(s.port, str) for p in policies for r in p.rules(direction) for s in r.ports)
         return tuple(map(id, policies)), named
 
-    def side_bits(self, c: int, direction: Direction, protocol: Protocol, port: int,
+    def side_bits(self, c: int, direction: Direction, protocol: PortProtocol, port: int,
                   without: Policy | None = None) -> int:
         """Peer classes that class ``c``'s ``direction`` side allows (all when not isolated).
 
@@ -390,7 +390,7 @@ class Connectivity:
 
     # -- the matrix ------------------------------------------------------
 
-    def matrix(self, protocol: Protocol, port: int) -> np.ndarray:
+    def matrix(self, protocol: PortProtocol, port: int) -> np.ndarray:
         """``m[s, d]``: does class ``s`` reach class ``d`` on port/protocol (distinct pods)?"""
         seg = self.partition.segment_of(port, protocol)
         key = (protocol, seg.lo)
@@ -406,10 +406,10 @@ class Connectivity:
     def _unpack(self, rows: list[int]) -> np.ndarray:
         return unpack_rows(rows, self.partition.size)
 
-    def class_allowed(self, s: int, d: int, protocol: Protocol, port: int) -> bool:
+    def class_allowed(self, s: int, d: int, protocol: PortProtocol, port: int) -> bool:
         return bool(self.matrix(protocol, port)[s, d])
 
-    def allowed(self, src: Endpoint, dst: Endpoint, port: int, protocol: Protocol) -> bool:
+    def allowed(self, src: Endpoint, dst: Endpoint, port: int, protocol: PortProtocol) -> bool:
         """The verdict for two endpoints of the inventory (a pod always reaches itself)."""
         if src.key == dst.key:
             return True
@@ -474,7 +474,7 @@ class GroupMatrix:
         return float(allowed) / total
 
 
-def group_matrix(conn: Connectivity, ports: Sequence[tuple[int, Protocol]], group_by: str,
+def group_matrix(conn: Connectivity, ports: Sequence[tuple[int, PortProtocol]], group_by: str,
                  progress: Progress | None = None) -> GroupMatrix:
     """Aggregate the class matrix into groups with numpy; cost is classes², not pods².
 
@@ -519,6 +519,6 @@ def group_matrix(conn: Connectivity, ports: Sequence[tuple[int, Protocol]], grou
     return GroupMatrix(groups, members, labels, out, totals)
 
 
-def declared_ports(inventory: Inventory) -> list[tuple[int, Protocol]]:
+def declared_ports(inventory: Inventory) -> list[tuple[int, PortProtocol]]:
     """Every (port, protocol) some endpoint declares: the default ports of a matrix."""
     return sorted({(p.port, p.protocol) for ep in inventory.endpoints for p in ep.ports})

@@ -17,6 +17,7 @@ that the result has the same connectivity matrix as the input.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +31,8 @@ from callgate.policy.model import (
     LabelSelector,
     Peer,
     Policy,
+    PolicyRule,
     PortSpec,
-    Rule,
 )
 from callgate.policy.native import apps_to_policies, parse_app
 
@@ -133,7 +134,7 @@ def atoms(pol: Policy, direction: Direction) -> frozenset[Atom]:
     """A direction's rules as a set of (peer, port) atoms. A direction that is not
     isolated is 'everything' (every v4 and v6 address, all ports); a rule without
     peers is every address. Exact: a rule allows iff some peer and some port match."""
-    rules = pol.rules(direction) if direction in pol.policy_types else (Rule(),)
+    rules = pol.rules(direction) if direction in pol.policy_types else (PolicyRule(),)
     out: set[Atom] = set()
     for rule in rules:
         peers = [_norm_peer(p) for p in rule.peers] or [Peer(ip_block=_ALL_V4), Peer(ip_block=_ALL_V6)]
@@ -229,7 +230,7 @@ def _app_dict(pol: Policy, apps: dict[tuple[str, LabelSelector], Policy]) -> dic
             "spec": spec_out}
 
 
-def to_apps(policies: list[Policy]) -> Conversion:
+def to_apps(policies: Sequence[Policy]) -> Conversion:
     """Convert what can be converted exactly; the rest stays NetworkPolicy, with reasons.
 
     Iterates to a fixed point: a policy that cannot convert may take others down

@@ -26,8 +26,8 @@ import numpy as np
 from callgate.analysis.connectivity import (
     Connectivity,
     Partition,
-    PortRange,
     Progress,
+    ProtocolPortRange,
     family_ip,
     group_key,
     merge_ranges,
@@ -44,7 +44,7 @@ class Change:
     src: str
     dst: str
     gained: bool
-    ports: list[PortRange]
+    ports: list[ProtocolPortRange]
     pairs: set[tuple[str, str]] = field(default_factory=set)  # (src pod, dst pod)
     families: set[int] = field(default_factory=set)
     total_pairs: int = 0  # pod pairs between the two groups
@@ -85,7 +85,7 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
     parts = [Partition(inventory, [old, new], f) for f in families]
     # One step per segment and family, and one per family for expanding pod pairs.
     steps = sum(len(p.segments()) + 1 for p in parts)
-    merged: dict[tuple[int, int], list[PortRange]] = {}  # (family, segment mask) -> port ranges
+    merged: dict[tuple[int, int], list[ProtocolPortRange]] = {}  # (family, segment mask) -> port ranges
     for part in parts:
         a, b = Connectivity(part, old), Connectivity(part, new)
         segments = part.segments()
@@ -147,7 +147,7 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
     return DiffResult(changes, old_label, new_label, len(inventory.endpoints))
 
 
-def _changed_cells(a: Connectivity, b: Connectivity, seg: PortRange) -> np.ndarray:
+def _changed_cells(a: Connectivity, b: Connectivity, seg: ProtocolPortRange) -> np.ndarray:
     """The cells of one segment's class matrix that differ between ``a`` and ``b``, as
     ``(source * n + destination) * 2 + gained``.
 

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from callgate.analysis import convert as conv
 from callgate.analysis import diff as diffmod
-from callgate.analysis import render, report
+from callgate.analysis import render
 from callgate.analysis.connectivity import (
     Connectivity,
     GroupMatrix,
@@ -33,13 +33,15 @@ from callgate.analysis.connectivity import (
     declared_ports,
     group_matrix,
 )
-from callgate.analysis.lint import find_config, lint
-from callgate.analysis.rules import RULES, Severity, lookup, rules_markdown
+from callgate.analysis.lint import report
+from callgate.analysis.lint.config import find_config
+from callgate.analysis.lint.rules import RULES, Severity, lookup, rules_markdown
+from callgate.analysis.lint.run import lint
 from callgate.cli.common import EXIT_OK, EXIT_USER, InventoryOpt, PoliciesOpt, fail
 from callgate.cli.engine import BackendOpt, compile_for, load, parse_port, parse_target
 from callgate.policy import Evaluator, load_inventory, load_policies
-from callgate.policy.evaluator import SideVerdict, Verdict
-from callgate.policy.model import Protocol
+from callgate.policy.evaluator import Decision, SideDecision
+from callgate.policy.model import PortProtocol
 
 FamilyOpt = Annotated[int, typer.Option("--family", help="IP family of the addresses used: 4 or 6.")]
 GroupOpt = Annotated[str, typer.Option(
@@ -157,7 +159,7 @@ def lint_cmd(
 # -- explain -----------------------------------------------------------------------
 
 
-def _side_json(side: SideVerdict) -> dict[str, Any]:
+def _side_json(side: SideDecision) -> dict[str, Any]:
     return {
         "endpoint": side.endpoint.key if side.endpoint else None,
         "isolated": side.isolated,
@@ -169,11 +171,12 @@ def _side_json(side: SideVerdict) -> dict[str, Any]:
     }
 
 
-def verdict_json(v: Verdict, src: str, dst: str) -> dict[str, Any]:
+def decision_json(decision: Decision, src: str, dst: str) -> dict[str, Any]:
     return {
-        "source": {"name": src, "ip": str(v.src)}, "destination": {"name": dst, "ip": str(v.dst)},
-        "port": v.port, "protocol": v.protocol, "allowed": v.allowed, "self": v.self_traffic,
-        "egress": _side_json(v.egress), "ingress": _side_json(v.ingress), "reasons": v.reasons(),
+        "source": {"name": src, "ip": str(decision.src)}, "destination": {"name": dst, "ip": str(decision.dst)},
+        "port": decision.port, "protocol": decision.protocol, "allowed": decision.allowed,
+        "self": decision.self_traffic, "egress": _side_json(decision.egress),
+        "ingress": _side_json(decision.ingress), "reasons": decision.reasons(),
     }
 
 
@@ -201,17 +204,17 @@ def explain(
     if src_ip.version != dst_ip.version:
         fail(f"{src_ip} and {dst_ip} are of different IP families")
     number, proto = parse_port(port)
-    verdict = Evaluator(pols, inv).evaluate(src_ip, dst_ip, number, proto)
+    decision = Evaluator(pols, inv).evaluate(src_ip, dst_ip, number, proto)
     if fmt == "json":
-        typer.echo(json.dumps(verdict_json(verdict, src, dst), indent=2))
+        typer.echo(json.dumps(decision_json(decision, src, dst), indent=2))
         return
     out = _stdout()
-    word = "[green]ALLOWED[/]" if verdict.allowed else "[red]DENIED[/]"
+    word = "[green]ALLOWED[/]" if decision.allowed else "[red]DENIED[/]"
     out.print(f"{src} ({src_ip}) -> {dst} ({dst_ip}) {number}/{proto}: {word}")
-    if verdict.self_traffic:
+    if decision.self_traffic:
         out.print("  - a pod always reaches itself", markup=False)
         return
-    for title, side in (("egress (source side)", verdict.egress), ("ingress (destination side)", verdict.ingress)):
+    for title, side in (("egress (source side)", decision.egress), ("ingress (destination side)", decision.ingress)):
         state = "[green]allows[/]" if side.allowed else "[red]denies[/]"
         out.print(f"  {title}: {state}")
         for reason in side.reasons():
@@ -225,7 +228,7 @@ def explain(
 # -- matrix ----------------------------------------------------------------------------
 
 
-def _ports(inv: Any, port: list[str] | None) -> list[tuple[int, Protocol]]:
+def _ports(inv: Any, port: list[str] | None) -> list[tuple[int, PortProtocol]]:
     ports = [parse_port(p) for p in port] if port else declared_ports(inv)
     if not ports:
         fail("the inventory declares no ports; name some with --port 80/TCP")

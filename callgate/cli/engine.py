@@ -13,7 +13,7 @@ from callgate.cli.common import InventoryOpt, PoliciesOpt, fail
 from callgate.compiler import Compiler, RuleSet
 from callgate.enforcers import BACKENDS, get_enforcer
 from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
-from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, Protocol
+from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, PortProtocol
 
 NodeOpt = Annotated[str, typer.Option("--node", "-n", help="The node to compile for (its local endpoints get chains).")]
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help=(
@@ -127,7 +127,7 @@ def parse_target(text: str, inv: Inventory, family: int | None) -> tuple[IPAddre
     return ip, inv.by_ip().get(ip)
 
 
-def parse_port(text: str) -> tuple[int, Protocol]:
+def parse_port(text: str) -> tuple[int, PortProtocol]:
     port_text, _, proto = text.partition("/")
     proto = (proto or "TCP").upper()
     if proto not in PROTOCOLS:

@@ -50,8 +50,8 @@ def controller(
 
     Example: callgate controller --kubeconfig ~/.kube/config --once --dry-run
     """
-    from callgate.analysis.lint import LintConfig, find_config
-    from callgate.analysis.rules import Severity
+    from callgate.analysis.lint.config import LintConfig, find_config
+    from callgate.analysis.lint.rules import Severity
     from callgate.controller import Controller, HealthServer, Report
     from callgate.watchers.k8s_client import make_api_client
 

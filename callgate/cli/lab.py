@@ -25,7 +25,7 @@ from callgate.lab.netns import LabError, in_netns, netns_exists
 from callgate.lab.probe import MatrixKey, ProbeResult, address_of, probe_details
 from callgate.lab.topology import STATE_DIR, Lab, LabState, in_lab
 from callgate.policy import Evaluator, Inventory, load_inventory, load_policies
-from callgate.policy.model import Endpoint, Protocol
+from callgate.policy.model import Endpoint, PortProtocol
 
 lab_app = typer.Typer(
     help=(
@@ -192,7 +192,7 @@ def expected_matrix(ev: Evaluator, inventory: Inventory, keys: list[MatrixKey]) 
         src, dst, family, port, protocol = key
         src_ip, dst_ip = address_of(eps[src], family), address_of(eps[dst], family)
         assert src_ip is not None and dst_ip is not None  # probes exist only for addresses that do
-        found[key] = ev.allowed(src_ip, dst_ip, port, cast(Protocol, protocol))
+        found[key] = ev.allowed(src_ip, dst_ip, port, cast(PortProtocol, protocol))
     return found
 
 

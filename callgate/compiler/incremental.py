@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import bisect
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from callgate.compiler import addresses
@@ -353,8 +353,8 @@ class IncrementalCompiler:
     def inventory(self) -> Inventory:
         """The current inventory (endpoints in insertion order)."""
         if self._duplicates is not None:
-            return Inventory(self.namespaces, list(self._duplicates))
-        return Inventory(self.namespaces, list(self._endpoints.values()))
+            return Inventory(self.namespaces, tuple(self._duplicates))
+        return Inventory(self.namespaces, tuple(self._endpoints.values()))
 
     def rebase(self, policies: PolicySet, inventory: Inventory) -> RuleSet:
         """Anything but an endpoint change (policies, namespaces): compile in full."""
@@ -393,7 +393,7 @@ class IncrementalCompiler:
         self._last_list = list(inventory.endpoints)
         return self.ruleset
 
-    def _diff_by_position(self, endpoints: list[Endpoint], limit: int) -> tuple[bool, list[Change] | None]:
+    def _diff_by_position(self, endpoints: Sequence[Endpoint], limit: int) -> tuple[bool, list[Change] | None]:
         """The fast diff, against the previous snapshot's list, position by
         position and by identity (C-level ``map(operator.is_, ...)``, ~1 ms at
         50,000): a source that replaces, appends or drops at the end leaves
@@ -412,7 +412,7 @@ class IncrementalCompiler:
         for _ in range(misses):
             at.append(same.index(False, at[-1] + 1 if at else 0))
         gone = [prev[i] for i in at] + prev[n:]  # held objects no longer there
-        incoming = [endpoints[i] for i in at] + endpoints[n:]
+        incoming = [endpoints[i] for i in at] + list(endpoints[n:])
         held_ids = self._held_ids
         if any(id(ep) in held_ids for ep in incoming) or len({id(ep) for ep in incoming}) < len(incoming):
             return False, None  # moved or repeated objects
@@ -437,7 +437,7 @@ class IncrementalCompiler:
             out.append((before, None))
         return True, sorted(out, key=_change_key)
 
-    def _diff(self, endpoints: list[Endpoint], limit: int) -> list[Change] | None:
+    def _diff(self, endpoints: Sequence[Endpoint], limit: int) -> list[Change] | None:
         """(old, new) per changed endpoint key; None when a full compile is the
         better answer (a local endpoint changed, duplicate keys, too many).
 
@@ -550,7 +550,7 @@ class IncrementalCompiler:
 
     # -- the full compile, recorded ----------------------------------------------
 
-    def _prime(self, endpoints: list[Endpoint]) -> None:
+    def _prime(self, endpoints: Sequence[Endpoint]) -> None:
         self._endpoints: dict[str, Endpoint] = {}
         for ep in endpoints:
             self._endpoints.setdefault(ep.key, ep)
@@ -564,7 +564,7 @@ class IncrementalCompiler:
         self._policies_by_ns: dict[str, list[Policy]] = {}
         for policy in self.policies.policies:
             self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
-        inventory = Inventory(self.namespaces, list(endpoints))
+        inventory = Inventory(self.namespaces, tuple(endpoints))
         compiler = Compiler(self.policies, inventory)
         builder = _RecordingBuilder()
         ruleset = compiler.compile(self.node, builder)

@@ -1,8 +1,8 @@
 """Reading policy and inventory files into documents, with positions on demand.
 
 Parsing uses PyYAML's C loader, which is fast but forgets where things were.
-When a document turns out to be wrong we parse that one file again with the
-node composer and walk to the offending field, so error messages can say
+When a document turns out to be wrong, :mod:`callgate.policy.positions` finds
+the offending field in the file again, so error messages can say
 ``file:line:column`` without slowing down the common, correct case.
 """
 
@@ -16,12 +16,8 @@ from typing import Any
 
 import yaml
 
-from callgate.errors import InputError, Problem
-
-try:  # pragma: no cover - depends on how PyYAML was built
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover
-    _Loader = yaml.SafeLoader
+from callgate.errors import InputError, Problem, ProblemCode
+from callgate.policy.positions import SAFE_LOADER, locate
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -36,9 +32,11 @@ class Document:
     path: tuple[str | int, ...] = ()  # e.g. ("items", 3) for the 4th item of a List
 
     def problem(self, message: str, field: str | None = None, obj: str | None = None,
-                field_path: tuple[str | int, ...] = ()) -> Problem:
+                field_path: tuple[str | int, ...] = (), code: ProblemCode | None = None,
+                hint: str | None = None) -> Problem:
         line, column = locate(self.file, self.index, self.path + field_path)
-        return Problem(message, file=self.file, object=obj, field=field, line=line, column=column)
+        return Problem(message, file=self.file, object=obj, field=field, line=line, column=column,
+                       code=code, hint=hint)
 
 
 def files_under(paths: Iterable[str | Path]) -> list[Path]:
@@ -66,7 +64,7 @@ def read_documents(path: Path) -> Iterator[Document]:
         if path.suffix == ".json":
             docs: list[Any] = [json.loads(text)]
         else:
-            docs = list(yaml.load_all(text, Loader=_Loader))
+            docs = list(yaml.load_all(text, Loader=SAFE_LOADER))
     except json.JSONDecodeError as exc:
         raise InputError.single(f"invalid JSON: {exc.msg}", file=name, line=exc.lineno,
                                 column=exc.colno) from None
@@ -89,32 +87,6 @@ def read_documents(path: Path) -> Iterator[Document]:
                 yield Document(name, index, item, ("items", i))
         else:
             yield Document(name, index, data)
-
-
-def locate(file: str, index: int, path: tuple[str | int, ...]) -> tuple[int | None, int | None]:
-    """Best-effort (line, column) of ``path`` inside document ``index`` of ``file``.
-
-    Walks as deep as the path exists, so a missing field points at its parent.
-    """
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-        nodes = list(yaml.compose_all(text, Loader=_Loader))
-        node: Any = nodes[index]
-    except Exception:
-        return None, None
-    for step in path:
-        nxt = None
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if key.value == step:
-                    nxt = value
-                    break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
-            nxt = node.value[step]
-        if nxt is None:
-            break
-        node = nxt
-    return node.start_mark.line + 1, node.start_mark.column + 1
 
 
 def format_path(path: Iterable[str | int]) -> str:

@@ -18,10 +18,10 @@ from callgate.policy.model import (
     IPAddress,
     Peer,
     Policy,
+    PolicyRule,
     PolicySet,
+    PortProtocol,
     PortSpec,
-    Protocol,
-    Rule,
 )
 from callgate.policy.resolve import Resolver
 
@@ -39,7 +39,7 @@ class RuleRef:
 
 
 @dataclass
-class SideVerdict:
+class SideDecision:
     """One side of a connection: the source's egress or the destination's ingress."""
 
     direction: Direction
@@ -68,13 +68,15 @@ class SideVerdict:
 
 
 @dataclass
-class Verdict:
+class Decision:
+    """The evaluator's answer for one connection: allowed or not, and why, side by side."""
+
     src: IPAddress
     dst: IPAddress
     port: int
-    protocol: Protocol
-    egress: SideVerdict
-    ingress: SideVerdict
+    protocol: PortProtocol
+    egress: SideDecision
+    ingress: SideDecision
     self_traffic: bool = False
 
     @property
@@ -87,7 +89,7 @@ class Verdict:
         return self.egress.reasons() + self.ingress.reasons()
 
 
-def port_matches(spec: PortSpec, port: int, protocol: Protocol, dst: Endpoint | None) -> bool:
+def port_matches(spec: PortSpec, port: int, protocol: PortProtocol, dst: Endpoint | None) -> bool:
     if spec.protocol != protocol:
         return False
     if spec.port is None:
@@ -125,15 +127,15 @@ class Evaluator:
             return peer.ip_block.contains(ip)
         return self.resolver.peer_matches(peer, endpoint)
 
-    def rule_matches(self, rule: Rule, peer_ip: IPAddress, peer_ep: Endpoint | None,
-                     port: int, protocol: Protocol, dst: Endpoint | None) -> bool:
+    def rule_matches(self, rule: PolicyRule, peer_ip: IPAddress, peer_ep: Endpoint | None,
+                     port: int, protocol: PortProtocol, dst: Endpoint | None) -> bool:
         if rule.peers and not any(self.peer_matches(p, peer_ip, peer_ep) for p in rule.peers):
             return False
         return not rule.ports or any(port_matches(s, port, protocol, dst) for s in rule.ports)
 
     def _side(self, direction: Direction, local: Endpoint | None, peer_ip: IPAddress,
-              peer_ep: Endpoint | None, port: int, protocol: Protocol, dst: Endpoint | None) -> SideVerdict:
-        side = SideVerdict(direction, local)
+              peer_ep: Endpoint | None, port: int, protocol: PortProtocol, dst: Endpoint | None) -> SideDecision:
+        side = SideDecision(direction, local)
         if local is None:
             return side
         side.isolating = self.isolating(local, direction)
@@ -144,13 +146,13 @@ class Evaluator:
         return side
 
     def evaluate(self, src: IPAddress | str, dst: IPAddress | str, port: int,
-                 protocol: Protocol = "TCP") -> Verdict:
+                 protocol: PortProtocol = "TCP") -> Decision:
         src_ip, dst_ip = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         src_ep, dst_ep = self._by_ip.get(src_ip), self._by_ip.get(dst_ip)
         egress = self._side(Direction.EGRESS, src_ep, dst_ip, dst_ep, port, protocol, dst_ep)
         ingress = self._side(Direction.INGRESS, dst_ep, src_ip, src_ep, port, protocol, dst_ep)
         same = src_ep is not None and src_ep is dst_ep
-        return Verdict(src_ip, dst_ip, port, protocol, egress, ingress, self_traffic=same)
+        return Decision(src_ip, dst_ip, port, protocol, egress, ingress, self_traffic=same)
 
-    def allowed(self, src: IPAddress | str, dst: IPAddress | str, port: int, protocol: Protocol = "TCP") -> bool:
+    def allowed(self, src: IPAddress | str, dst: IPAddress | str, port: int, protocol: PortProtocol = "TCP") -> bool:
         return self.evaluate(src, dst, port, protocol).allowed

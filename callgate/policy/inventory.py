@@ -8,7 +8,7 @@ yaml`` prints them (a ``List`` or several documents). Both may be mixed.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,20 +77,21 @@ class InventoryModel(BaseModel):
         return namespaces
 
 
-class _Builder:
+class InventoryBuilder:
     """Accumulates namespaces and endpoints from any number of documents."""
 
     def __init__(self) -> None:
-        self.inventory = Inventory()
+        self.namespaces: dict[str, Namespace] = {}
+        self.endpoints: list[Endpoint] = []
         self.problems: list[Problem] = []
         self.seen_ips: dict[IPAddress, str] = {}
         self.seen_keys: set[str] = set()
 
-    def namespace(self, name: str, labels: dict[str, str]) -> None:
+    def namespace(self, name: str, labels: Mapping[str, str]) -> None:
         labels = dict(labels)
         # The API server guarantees this label; inventories may leave it out.
         labels.setdefault(NAMESPACE_NAME_LABEL, name)
-        self.inventory.namespaces[name] = Namespace(name, labels)
+        self.namespaces[name] = Namespace(name, labels)
 
     def endpoint(self, ep: Endpoint, doc: Document, obj: str, field_path: tuple[str | int, ...]) -> None:
         if ep.key in self.seen_keys:
@@ -105,7 +106,7 @@ class _Builder:
                 return
             self.seen_ips[ip] = ep.key
         self.seen_keys.add(ep.key)
-        self.inventory.endpoints.append(ep)
+        self.endpoints.append(ep)
 
     def add_native(self, doc: Document) -> None:
         try:
@@ -117,7 +118,7 @@ class _Builder:
             self.namespace(name, ns.labels if ns else {})
         for i, e in enumerate(model.endpoints):
             ep = Endpoint(
-                name=e.name, namespace=e.namespace, labels=dict(e.labels), node=e.node,
+                name=e.name, namespace=e.namespace, labels=e.labels, node=e.node,
                 ips=tuple(ipaddress.ip_address(ip) for ip in e.ips), interface=e.interface,
                 ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
             )
@@ -165,7 +166,7 @@ class _Builder:
                     for e in exc.errors())
             self.problems.append(doc.problem(message, obj=obj))
             return
-        ep = Endpoint(name=model.name, namespace=model.namespace, labels=dict(model.labels),
+        ep = Endpoint(name=model.name, namespace=model.namespace, labels=model.labels,
                       node=model.node, ips=tuple(ipaddress.ip_address(i) for i in model.ips),
                       interface=model.interface,
                       ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in model.ports))
@@ -176,17 +177,17 @@ class _Builder:
             raise InputError(self.problems)
         # Namespaces that endpoints use but nobody declared still exist, with only
         # the label the API server would give them.
-        for ep in self.inventory.endpoints:
-            if ep.namespace not in self.inventory.namespaces:
+        for ep in self.endpoints:
+            if ep.namespace not in self.namespaces:
                 self.namespace(ep.namespace, {})
-        return self.inventory
+        return Inventory(self.namespaces, tuple(self.endpoints))
 
 
 def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
     """Load an inventory from files (or directories) in either accepted format."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    builder = _Builder()
+    builder = InventoryBuilder()
     for path in files_under(paths):
         for doc in read_documents(path):
             data = doc.data
@@ -207,6 +208,6 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
 
 def inventory_from_dict(data: dict[str, Any], name: str = "<inventory>") -> Inventory:
     """Build an inventory from an in-memory callgate/v1 document (tests, generators)."""
-    builder = _Builder()
+    builder = InventoryBuilder()
     builder.add_native(Document(name, 0, data))
     return builder.finish()

@@ -5,14 +5,34 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from callgate.errors import InputError, Problem
-from callgate.policy.documents import files_under, read_documents
-from callgate.policy.model import PolicySet
-from callgate.policy.native import ParsedApp, apps_to_policies, parse_app
+from callgate.errors import InputError, Problem, ProblemCode
+from callgate.policy.documents import Document, files_under, read_documents
+from callgate.policy.model import Policy, PolicySet
+from callgate.policy.native import ParsedApp, compile_apps, parse_app
 from callgate.policy.networkpolicy import parse_network_policy
 
 # Documents that describe who runs where, not who may call whom.
 INVENTORY_KINDS = {("callgate/v1", "Inventory"), ("v1", "Pod"), ("v1", "Namespace")}
+
+
+def parse_policy_document(doc: Document) -> Policy | ParsedApp | None:
+    """One document of a policy path: a NetworkPolicy, an App (compiled later, with
+    the others), or None for an inventory object, which may live beside policies
+    (load_inventory reads those). Anything else raises :class:`InputError`."""
+    data = doc.data
+    if not isinstance(data, dict):
+        raise InputError([doc.problem("expected a mapping with apiVersion and kind")])
+    api, kind = data.get("apiVersion"), data.get("kind")
+    if api == "networking.k8s.io/v1" and kind == "NetworkPolicy":
+        return parse_network_policy(doc)
+    if api == "callgate/v1" and kind == "App":
+        return parse_app(doc)
+    if (api, kind) in INVENTORY_KINDS:
+        return None
+    raise InputError([doc.problem(
+        f"expected networking.k8s.io/v1 NetworkPolicy or callgate/v1 App, got {api}/{kind}",
+        obj=str(kind), field="kind", field_path=("kind",), code=ProblemCode.UNKNOWN_KIND,
+        hint="use apiVersion networking.k8s.io/v1 kind NetworkPolicy, or callgate/v1 App")])
 
 
 def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
@@ -25,35 +45,23 @@ def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
     seen: dict[str, str] = {}
     for path in files_under(paths):
         for doc in read_documents(path):
-            data = doc.data
-            if not isinstance(data, dict):
-                problems.append(doc.problem("expected a mapping with apiVersion and kind"))
-                continue
-            api, kind = data.get("apiVersion"), data.get("kind")
             try:
-                if api == "networking.k8s.io/v1" and kind == "NetworkPolicy":
-                    policy = parse_network_policy(doc)
-                    where = f"{doc.file} (document {doc.index + 1})"
-                    if policy.key in seen:
-                        problems.append(doc.problem(
-                            f"NetworkPolicy {policy.key} is also defined in {seen[policy.key]}",
-                            obj=policy.display, field="metadata.name", field_path=("metadata", "name")))
-                    seen[policy.key] = where
-                    policies.append(policy)
-                elif api == "callgate/v1" and kind == "App":
-                    apps.append(parse_app(doc))
-                elif (api, kind) in INVENTORY_KINDS:
-                    continue  # inventories may live beside policies; load_inventory reads them
-                else:
-                    problems.append(doc.problem(
-                        f"expected networking.k8s.io/v1 NetworkPolicy or callgate/v1 App, got {api}/{kind}",
-                        obj=str(kind), field="kind", field_path=("kind",)))
+                parsed = parse_policy_document(doc)
             except InputError as err:
                 problems.extend(err.problems)
-    try:
-        policies.extend(apps_to_policies(apps))
-    except InputError as err:
-        problems.extend(err.problems)
+                continue
+            if isinstance(parsed, ParsedApp):
+                apps.append(parsed)
+            elif parsed is not None:
+                if parsed.key in seen:
+                    problems.append(doc.problem(
+                        f"NetworkPolicy {parsed.key} is also defined in {seen[parsed.key]}",
+                        obj=parsed.display, field="metadata.name", field_path=("metadata", "name"),
+                        code=ProblemCode.DUPLICATE_NAME, hint="rename one of them or merge their rules"))
+                seen[parsed.key] = f"{doc.file} (document {doc.index + 1})"
+                policies.append(parsed)
+    compiled = compile_apps(apps)
+    problems.extend(problem for _, problem in compiled.problems)
     if problems:
         raise InputError(problems)
-    return PolicySet(policies)
+    return PolicySet((*policies, *compiled.policies))

@@ -1,26 +1,48 @@
 """The normalised policy model every source compiles to.
 
 These are plain frozen dataclasses: cheap to build by the hundred thousand,
-hashable (so selectors can be cached and deduplicated), and free of any notion
-of where they came from except the provenance they carry for explanations.
-Validation happens at the boundary (``kubernetes.py``, ``native.py``,
-``inventory.py``); anything that reaches this module is already well formed.
+and free of any notion of where they came from except the provenance they
+carry for explanations. Validation happens at the boundary (``kubernetes.py``,
+``native.py``, ``inventory.py``); anything that reaches this module is
+already well formed.
+
+Nothing here changes after it is built, and the compilers depend on it: the
+incremental compiler keeps sets and chains computed from endpoints and
+policies, and keys its caches by ``id()``. A change is a new object
+(``dataclasses.replace``) in a new :class:`Inventory` or :class:`PolicySet`.
+So collections are tuples and read-only mappings, taken over from what the
+caller passed (a list or a dict is copied, never shared).
+
+Policies and their parts are hashable (selectors are cached and deduplicated).
+Endpoints and namespaces are not, since their labels are a mapping: look them
+up by key, or by ``id()`` where identity is what is meant.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, TypeVar
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-Protocol = Literal["TCP", "UDP", "SCTP"]
-PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
+PortProtocol = Literal["TCP", "UDP", "SCTP"]
+PROTOCOLS: tuple[PortProtocol, ...] = ("TCP", "UDP", "SCTP")
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def read_only(mapping: Mapping[K, V]) -> Mapping[K, V]:
+    """A read-only copy of ``mapping``; one that is already read-only is kept as is
+    (``dataclasses.replace`` hands an object's own labels back)."""
+    return mapping if type(mapping) is MappingProxyType else MappingProxyType(dict(mapping))
 
 
 class Direction(StrEnum):
@@ -36,7 +58,7 @@ class Requirement:
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: frozenset[str] = frozenset()
 
-    def matches(self, labels: dict[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str]) -> bool:
         if self.operator == "Exists":
             return self.key in labels
         if self.operator == "DoesNotExist":
@@ -58,7 +80,7 @@ class LabelSelector:
     def is_empty(self) -> bool:
         return not self.match_labels and not self.match_expressions
 
-    def matches(self, labels: dict[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str]) -> bool:
         for key, value in self.match_labels:
             if labels.get(key) != value:
                 return False
@@ -123,7 +145,7 @@ class Peer:
 class PortSpec:
     """A rule's port: a number (optionally up to end_port) or a named port."""
 
-    protocol: Protocol = "TCP"
+    protocol: PortProtocol = "TCP"
     port: int | str | None = None  # None: all ports of the protocol
     end_port: int | None = None
 
@@ -136,7 +158,7 @@ class PortSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
+class PolicyRule:
     """One ingress or egress rule. Empty ``peers`` means all peers; empty
     ``ports`` means all ports and protocols."""
 
@@ -145,7 +167,7 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
-class Source:
+class SourceLocation:
     """Where an object came from, for messages and explanations."""
 
     file: str | None = None
@@ -161,10 +183,10 @@ class Policy:
     name: str
     pod_selector: LabelSelector
     policy_types: tuple[Direction, ...]
-    ingress: tuple[Rule, ...] = ()
-    egress: tuple[Rule, ...] = ()
+    ingress: tuple[PolicyRule, ...] = ()
+    egress: tuple[PolicyRule, ...] = ()
     kind: str = "NetworkPolicy"  # or "App" when derived from the native model
-    origin: Source = field(default_factory=Source, compare=False)
+    origin: SourceLocation = field(default_factory=SourceLocation, compare=False)
 
     @property
     def key(self) -> str:
@@ -174,7 +196,7 @@ class Policy:
     def display(self) -> str:
         return f"{self.kind} {self.key}"
 
-    def rules(self, direction: Direction) -> tuple[Rule, ...]:
+    def rules(self, direction: Direction) -> tuple[PolicyRule, ...]:
         return self.ingress if direction is Direction.INGRESS else self.egress
 
 
@@ -182,42 +204,58 @@ class Policy:
 class NamedPort:
     name: str | None
     port: int
-    protocol: Protocol = "TCP"
+    protocol: PortProtocol = "TCP"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Namespace:
     name: str
-    labels: dict[str, str]
+    labels: Mapping[str, str]
+
+    __hash__ = None  # type: ignore[assignment]  # labels are a mapping: see the module docstring
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", read_only(self.labels))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A pod (or container) with its own network stack."""
 
     name: str
     namespace: str
-    labels: dict[str, str]
+    labels: Mapping[str, str]
     node: str | None
     ips: tuple[IPAddress, ...]
     interface: str | None = None
     ports: tuple[NamedPort, ...] = ()
 
+    __hash__ = None  # type: ignore[assignment]  # labels are a mapping: see the module docstring
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", read_only(self.labels))
+
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def resolve_port(self, name: str, protocol: Protocol) -> list[int]:
+    def resolve_port(self, name: str, protocol: PortProtocol) -> list[int]:
         """Numbers a named port stands for on this endpoint (usually one or none)."""
         return sorted({p.port for p in self.ports if p.name == name and p.protocol == protocol})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inventory:
     """Who runs where: namespaces with labels, endpoints with labels and IPs."""
 
-    namespaces: dict[str, Namespace] = field(default_factory=dict)
-    endpoints: list[Endpoint] = field(default_factory=list)
+    namespaces: Mapping[str, Namespace] = field(default_factory=dict)
+    endpoints: tuple[Endpoint, ...] = ()
+
+    __hash__ = None  # type: ignore[assignment]  # namespaces are a mapping: see the module docstring
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "namespaces", read_only(self.namespaces))
+        object.__setattr__(self, "endpoints", tuple(self.endpoints))
 
     def endpoint(self, key: str) -> Endpoint | None:
         for ep in self.endpoints:
@@ -232,9 +270,12 @@ class Inventory:
         return sorted({ep.node for ep in self.endpoints if ep.node})
 
 
-@dataclass
+@dataclass(frozen=True)
 class PolicySet:
-    policies: list[Policy] = field(default_factory=list)
+    policies: tuple[Policy, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policies", tuple(self.policies))
 
     def in_namespace(self, namespace: str) -> list[Policy]:
         return [p for p in self.policies if p.namespace == namespace]

@@ -12,12 +12,12 @@ See ``examples/shop/apps.yaml`` and README "Native App model".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from callgate.errors import InputError, Problem
+from callgate.errors import InputError, Problem, ProblemCode
 from callgate.policy import validation as v
 from callgate.policy.documents import Document
 from callgate.policy.model import (
@@ -27,9 +27,9 @@ from callgate.policy.model import (
     LabelSelector,
     Peer,
     Policy,
+    PolicyRule,
     PortSpec,
-    Rule,
-    Source,
+    SourceLocation,
 )
 from callgate.policy.networkpolicy import (
     IPBlockModel,
@@ -162,42 +162,63 @@ def _block(cidr: str, excepts: list[str] | None) -> IPBlock:
     return IPBlockModel(cidr=cidr, except_=excepts).to_model()
 
 
-def apps_to_policies(apps: list[ParsedApp]) -> list[Policy]:
+@dataclass(frozen=True)
+class CompiledApps:
+    """Apps compiled together, as far as they compile.
+
+    A caller that cannot compile (a port its callee does not serve, an App that
+    does not exist) is left out with a problem, and everything else compiles:
+    callers do not depend on each other, so leaving one out changes no other
+    rule. That is what lets ``callgate lint`` report every problem and still
+    check the rest, in one pass."""
+
+    policies: list[Policy]
+    problems: list[tuple[ParsedApp, Problem]]  # each with the App it is about
+    # App key -> for each of its ingress rules, the index in spec.callers it came from.
+    caller_index: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def compile_apps(apps: list[ParsedApp]) -> CompiledApps:
     """Compile all Apps together: a caller relationship touches two Apps."""
-    problems: list[Problem] = []
+    problems: list[tuple[ParsedApp, Problem]] = []
     by_key: dict[str, ParsedApp] = {}
     for app in apps:
         if app.key in by_key:
-            problems.append(app.doc.problem(f"App {app.key} is defined twice", obj=f"App {app.key}",
-                                            field="metadata.name", field_path=("metadata", "name")))
+            problems.append((app, app.doc.problem(
+                f"App {app.key} is defined twice", obj=f"App {app.key}", field="metadata.name",
+                field_path=("metadata", "name"), code=ProblemCode.DUPLICATE_NAME,
+                hint="rename one of them or merge their rules")))
         by_key[app.key] = app
 
-    ingress: dict[str, list[Rule]] = {key: [] for key in by_key}
-    egress: dict[str, list[Rule]] = {key: [] for key in by_key}
+    ingress: dict[str, list[PolicyRule]] = {key: [] for key in by_key}
+    egress: dict[str, list[PolicyRule]] = {key: [] for key in by_key}
+    caller_index: dict[str, list[int]] = {key: [] for key in by_key}
     for app in by_key.values():
         for i, caller in enumerate(app.model.spec.callers):
             ports = _callee_ports(app, caller, i)
             if isinstance(ports, Problem):
-                problems.append(ports)
+                problems.append((app, ports))
                 continue
             if caller.cidr is not None:
-                ingress[app.key].append(Rule((Peer(ip_block=_block(caller.cidr, caller.except_)),), ports))
+                ingress[app.key].append(PolicyRule((Peer(ip_block=_block(caller.cidr, caller.except_)),), ports))
+                caller_index[app.key].append(i)
                 continue
             caller_key = f"{caller.namespace or app.namespace}/{caller.app}"
             other = by_key.get(caller_key)
             if other is None:
-                problems.append(app.doc.problem(
+                problems.append((app, app.doc.problem(
                     f"caller {caller_key} is not a known App", obj=f"App {app.key}",
-                    field=f"spec.callers[{i}].app", field_path=("spec", "callers", i, "app")))
+                    field=f"spec.callers[{i}].app", field_path=("spec", "callers", i, "app"),
+                    code=ProblemCode.UNKNOWN_CALLER,
+                    hint="check the caller's name and namespace (it defaults to the callee's namespace)")))
                 continue
-            ingress[app.key].append(Rule((_app_peer(other),), ports))
-            egress[other.key].append(Rule((_app_peer(app),), ports))
+            ingress[app.key].append(PolicyRule((_app_peer(other),), ports))
+            caller_index[app.key].append(i)
+            egress[other.key].append(PolicyRule((_app_peer(app),), ports))
         for dest in app.model.spec.egress:
-            egress[app.key].append(Rule((Peer(ip_block=_block(dest.cidr, dest.except_)),),
-                                        tuple(p.to_model() for p in dest.ports or ())))
-    if problems:
-        raise InputError(problems)
-    return [
+            egress[app.key].append(PolicyRule((Peer(ip_block=_block(dest.cidr, dest.except_)),),
+                                              tuple(p.to_model() for p in dest.ports or ())))
+    policies = [
         Policy(
             namespace=app.namespace,
             name=app.name,
@@ -206,7 +227,16 @@ def apps_to_policies(apps: list[ParsedApp]) -> list[Policy]:
             ingress=tuple(ingress[app.key]),
             egress=tuple(egress[app.key]),
             kind="App",
-            origin=Source(app.doc.file, app.doc.index, app.doc.path),
+            origin=SourceLocation(app.doc.file, app.doc.index, app.doc.path),
         )
         for app in by_key.values()
     ]
+    return CompiledApps(policies, problems, {key: tuple(found) for key, found in caller_index.items()})
+
+
+def apps_to_policies(apps: list[ParsedApp]) -> list[Policy]:
+    """Compile all Apps together; every problem is raised at once."""
+    compiled = compile_apps(apps)
+    if compiled.problems:
+        raise InputError([problem for _, problem in compiled.problems])
+    return compiled.policies

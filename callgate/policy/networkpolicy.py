@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from callgate.errors import InputError, Problem
+from callgate.errors import InputError, Problem, ProblemCode
 from callgate.policy import validation as v
 from callgate.policy.documents import Document, format_path
 from callgate.policy.model import (
@@ -20,11 +20,15 @@ from callgate.policy.model import (
     LabelSelector,
     Peer,
     Policy,
+    PolicyRule,
     PortSpec,
     Requirement,
-    Rule,
-    Source,
+    SourceLocation,
 )
+
+
+class EndPortError(ValueError):
+    """endPort where it means nothing: told apart so the problem carries its own lint rule."""
 
 
 class StrictModel(BaseModel):
@@ -124,11 +128,11 @@ class PortModel(StrictModel):
             raise ValueError(f"port {self.port} must be between 1 and 65535")
         if self.end_port is not None:
             if not isinstance(self.port, int):
-                raise ValueError("endPort needs a numeric port (it cannot follow a named port or stand alone)")
+                raise EndPortError("endPort needs a numeric port (it cannot follow a named port or stand alone)")
             if not 1 <= self.end_port <= 65535:
-                raise ValueError(f"endPort {self.end_port} must be between 1 and 65535")
+                raise EndPortError(f"endPort {self.end_port} must be between 1 and 65535")
             if self.end_port < self.port:
-                raise ValueError(f"endPort {self.end_port} must not be less than port {self.port}")
+                raise EndPortError(f"endPort {self.end_port} must not be less than port {self.port}")
         return self
 
     def to_model(self) -> PortSpec:
@@ -189,13 +193,19 @@ def problems_from(exc: ValidationError, doc: Document, obj: str) -> list[Problem
     for err in exc.errors():
         loc = tuple(err["loc"])
         message = err["msg"].removeprefix("Value error, ")
+        code, hint = None, None
+        if (loc and loc[-1] == "endPort") or isinstance(err.get("ctx", {}).get("error"), EndPortError):
+            code, hint = ProblemCode.ENDPORT_MISUSE, "endPort needs a numeric port and must be >= port"
         if err["type"] == "extra_forbidden":
             message = "unknown field"
+            hint = hint or "remove the field or fix its spelling (names are camelCase, e.g. podSelector, endPort)"
         elif err["type"] == "missing":
             message = "required field is missing"
+            hint = hint or "add the field"
         elif err["type"] == "literal_error":
             message = f"got {err.get('input')!r}; expected " + message.removeprefix("Input should be ")
-        problems.append(doc.problem(message, field=format_path(loc) or None, obj=obj, field_path=loc))
+        problems.append(doc.problem(message, field=format_path(loc) or None, obj=obj, field_path=loc,
+                                    code=code, hint=hint))
     return problems
 
 
@@ -205,10 +215,10 @@ def parse_network_policy(doc: Document) -> Policy:
         model = NetworkPolicyModel.model_validate(doc.data)
     except ValidationError as exc:
         raise InputError(problems_from(exc, doc, obj)) from None
-    return to_policy(model, Source(doc.file, doc.index, doc.path))
+    return to_policy(model, SourceLocation(doc.file, doc.index, doc.path))
 
 
-def to_policy(model: NetworkPolicyModel, origin: Source) -> Policy:
+def to_policy(model: NetworkPolicyModel, origin: SourceLocation) -> Policy:
     spec, ns = model.spec, model.metadata.namespace
     if spec.policy_types is not None:
         types = tuple(Direction(t) for t in spec.policy_types)
@@ -216,8 +226,8 @@ def to_policy(model: NetworkPolicyModel, origin: Source) -> Policy:
         # Kubernetes default: Ingress always, Egress when egress rules are present.
         types = (Direction.INGRESS,) + ((Direction.EGRESS,) if spec.egress else ())
 
-    def rule(peers: list[PeerModel] | None, ports: list[PortModel] | None) -> Rule:
-        return Rule(tuple(p.to_model(ns) for p in peers or ()), tuple(p.to_model() for p in ports or ()))
+    def rule(peers: list[PeerModel] | None, ports: list[PortModel] | None) -> PolicyRule:
+        return PolicyRule(tuple(p.to_model(ns) for p in peers or ()), tuple(p.to_model() for p in ports or ()))
 
     return Policy(
         namespace=ns,

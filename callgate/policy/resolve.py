@@ -92,7 +92,7 @@ class Resolver:
 
     def peer_endpoint_ids(self, peer: Peer) -> frozenset[int]:
         """``id()`` of each endpoint of :meth:`peer_endpoints`: a cheap membership
-        test (endpoints are mutable dataclasses, hence unhashable)."""
+        test (endpoints hold a labels mapping, hence are unhashable)."""
         found = self._peer_ids.get(peer)
         if found is None:
             found = frozenset(id(ep) for ep in self.peer_endpoints(peer))

@@ -1,7 +1,7 @@
 """Turn raw API objects (dicts, hostile until proven otherwise) into the policy model.
 
 The rules are the file loaders' rules, reused rather than copied: a Pod or
-Namespace goes through ``inventory._Builder`` and a NetworkPolicy through
+Namespace goes through ``InventoryBuilder`` and a NetworkPolicy through
 ``parse_network_policy``, on a :class:`Document` built from the dict. So a pod
 from the API and the same pod from ``kubectl get -o yaml`` become the same
 endpoint, and a policy callgate would reject in a file is rejected here too.
@@ -23,7 +23,7 @@ from typing import Any
 
 from callgate.errors import InputError, Problem
 from callgate.policy.documents import Document
-from callgate.policy.inventory import _Builder
+from callgate.policy.inventory import InventoryBuilder
 from callgate.policy.model import Endpoint, Inventory, Namespace, Policy, PolicySet
 from callgate.policy.networkpolicy import object_name, parse_network_policy
 
@@ -118,7 +118,7 @@ def convert_pod(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
         # Host-network pods share the node's IPs and NetworkPolicy does not apply to
         # them; as endpoints they would collide with each other on the node address.
         return Converted(ref, None, (), _digest("hostNetwork"))
-    builder = _Builder()
+    builder = InventoryBuilder()
     try:
         builder.add_pod(Document(_UNREADABLE, 0, _typed(PODS, obj)))
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
@@ -126,16 +126,16 @@ def convert_pod(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
     if builder.problems:
         problems = _relabel(builder.problems)
         return Converted(ref, None, problems, _digest([p.message for p in problems]))
-    if not builder.inventory.endpoints:
+    if not builder.endpoints:
         return Converted(ref, None, (), _digest("finished"))  # Succeeded/Failed: holds no IP policy applies to
-    ep = builder.inventory.endpoints[0]
-    digest = _digest(ep.namespace, ep.name, ep.labels, ep.node, [str(ip) for ip in ep.ips], ep.interface,
+    ep = builder.endpoints[0]
+    digest = _digest(ep.namespace, ep.name, dict(ep.labels), ep.node, [str(ip) for ip in ep.ips], ep.interface,
                      [(p.name, p.port, p.protocol) for p in ep.ports])
     return Converted(ref, ep, (), digest)
 
 
 def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
-    builder = _Builder()
+    builder = InventoryBuilder()
     try:
         builder.add_k8s_namespace(Document(_UNREADABLE, 0, _typed(NAMESPACES, obj)))
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
@@ -143,8 +143,8 @@ def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
     if builder.problems:
         problems = _relabel(builder.problems)
         return Converted(ref, None, problems, _digest([p.message for p in problems]))
-    ns = next(iter(builder.inventory.namespaces.values()))
-    return Converted(ref, ns, (), _digest(ns.name, ns.labels))
+    ns = next(iter(builder.namespaces.values()))
+    return Converted(ref, ns, (), _digest(ns.name, dict(ns.labels)))
 
 
 def convert_policy(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
@@ -197,7 +197,7 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
     Entries are visited in (namespace, name) order so that a conflict between two
     objects (two pods claiming one IP) is resolved the same way every time.
     """
-    builder = _Builder()
+    builder = InventoryBuilder()
     problems_by_object: dict[ObjectRef, tuple[Problem, ...]] = {}
     hasher = hashlib.sha256()
     for kind in KINDS:
@@ -207,7 +207,7 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
                 problems_by_object[entry.ref] = entry.problems
     for _, entry in sorted(entries.get(NAMESPACES, {}).items()):
         if isinstance(entry.value, Namespace):
-            builder.inventory.namespaces[entry.value.name] = entry.value
+            builder.namespaces[entry.value.name] = entry.value
     for _, entry in sorted(entries.get(PODS, {}).items()):
         if isinstance(entry.value, Endpoint):
             before = len(builder.problems)
@@ -217,7 +217,7 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
                 problems_by_object[entry.ref] = _relabel(builder.problems[before:])
     builder.problems.clear()  # reported per object above; finish() only adds implied namespaces
     inventory = builder.finish()
-    policies = [e.value for _, e in sorted(entries.get(POLICIES, {}).items()) if isinstance(e.value, Policy)]
+    policies = tuple(e.value for _, e in sorted(entries.get(POLICIES, {}).items()) if isinstance(e.value, Policy))
     refs = {e.display: e.ref for kind in (POLICIES, NAMESPACES) for e in entries.get(kind, {}).values()}
     raw = {e.ref.key: (e.ref, e.raw) for e in entries.get(POLICIES, {}).values() if isinstance(e.raw, dict)}
     problems = tuple(p for _, ps in sorted(problems_by_object.items(), key=lambda kv: (kv[0].kind, kv[0].key))

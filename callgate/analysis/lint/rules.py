@@ -219,7 +219,7 @@ def rule_markdown(rule: LintRule) -> str:
 def rules_markdown() -> str:
     head = (
         "# callgate lint rules\n\n"
-        "Generated from `callgate/analysis/rules.py` (`callgate lint --explain all`). Disable a rule by id or\n"
+        "Generated from `callgate/analysis/lint/rules.py` (`callgate lint --explain all`). Disable a rule by id or\n"
         "name: `[tool.callgate.lint] disable = [\"CG109\"]` in pyproject.toml, `lint: {disable: [CG109]}` in\n"
         "`.callgate.yaml`, the annotation `callgate.io/lint-disable: \"CG109,broad-ipblock\"` on an object, or a\n"
         "YAML comment `# callgate: disable=CG109` on the line of the finding or the line above it\n"

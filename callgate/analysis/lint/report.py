@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from callgate import __version__
-from callgate.analysis.lint import Finding, LintResult
-from callgate.analysis.rules import BY_ID, RULES, Severity
+from callgate.analysis.lint.findings import Finding, LintResult
+from callgate.analysis.lint.rules import RULES, Severity, lookup, rule_markdown
 
 _COLOURS = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _SARIF_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
@@ -140,10 +140,5 @@ def junit(result: LintResult, fail_on: Severity) -> str:
 
 def explain(ref: str) -> str | None:
     """The documentation of one rule (by id or name), as markdown text."""
-    from callgate.analysis.rules import lookup, rule_markdown
-
     rule = lookup(ref)
     return None if rule is None else rule_markdown(rule)
-
-
-__all__ = ["BY_ID", "explain", "junit", "sarif", "summary", "text", "to_json"]

@@ -1,0 +1,151 @@
+"""The linter's state: documents read into items, and the findings reported on them.
+
+Reading never stops at a problem: a document that does not parse becomes
+findings and the others go on to the semantic checks. Apps are compiled
+together (a caller touches two Apps); a caller that cannot compile is reported
+and left out, and the rest of its App is still checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from callgate.analysis.lint.findings import Finding
+from callgate.analysis.lint.rules import BY_ID, Severity
+from callgate.errors import InputError, Problem
+from callgate.policy.documents import Document, files_under, format_path, read_documents
+from callgate.policy.loader import parse_policy_document
+from callgate.policy.model import Direction, Inventory, Policy
+from callgate.policy.native import ParsedApp, compile_apps
+from callgate.policy.positions import FieldPath, Positions
+
+# Where each direction's rules and their peers are written in a NetworkPolicy.
+DIRECTION_KEYS = {Direction.INGRESS: ("ingress", "from"), Direction.EGRESS: ("egress", "to")}
+_INVALID_OBJECT_HINT = "fix the field as the message says; `kubectl apply --dry-run=server` would refuse it too"
+
+
+@dataclass
+class Item:
+    """One parsed policy object with its document."""
+
+    doc: Document
+    kind: str  # "NetworkPolicy" or "App"
+    obj: str  # display name, e.g. "NetworkPolicy x/web"
+    policy: Policy | None = None  # the compiled policy (Apps: set after compiling all Apps)
+    app: ParsedApp | None = None
+    # Apps: compiled ingress rule i came from spec.callers[caller_index[i]].
+    caller_index: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What the API server keeps one of: kind, namespace and name."""
+        parsed = self.policy if self.policy is not None else self.app
+        assert parsed is not None, "an item is a parsed NetworkPolicy or App"
+        return self.kind, parsed.key
+
+    def rule_path(self, direction: Direction, index: int) -> FieldPath:
+        """Where compiled rule ``index`` is written in the document."""
+        if self.kind == "NetworkPolicy":
+            return ("spec", DIRECTION_KEYS[direction][0], index)
+        if direction is Direction.INGRESS and index < len(self.caller_index):
+            return ("spec", "callers", self.caller_index[index])
+        return ("metadata", "name")  # an App's egress comes from other Apps' callers
+
+    def peer_path(self, direction: Direction, index: int, peer: int) -> FieldPath:
+        if self.kind == "NetworkPolicy":
+            key, peers = DIRECTION_KEYS[direction]
+            return ("spec", key, index, peers, peer)
+        return self.rule_path(direction, index)
+
+    def selector_path(self) -> FieldPath:
+        return ("spec", "podSelector") if self.kind == "NetworkPolicy" else ("spec", "selector")
+
+
+class Linter:
+    """Reads documents into items; collects findings (checks call :meth:`report`)."""
+
+    def __init__(self, inventory: Inventory | None = None, inventory_paths: Sequence[str] = ()) -> None:
+        self.inventory = inventory
+        self.inventory_paths = list(inventory_paths)
+        self.findings: list[Finding] = []
+        self.items: list[Item] = []
+        self.files: list[str] = []
+        self.positions = Positions()
+
+    def report(self, rule: str, message: str, item: Item | None = None, path: Sequence[str | int] = (),
+               hint: str | None = None, severity: Severity | None = None, file: str | None = None,
+               obj: str | None = None, line: int | None = None, column: int | None = None) -> None:
+        doc_key = None
+        if item is not None:
+            doc = item.doc
+            file = doc.file
+            line, column = self.positions(doc.file, doc.index, doc.path + tuple(path))
+            obj = obj or item.obj
+            doc_key = (doc.file, doc.index, doc.path)
+        self.findings.append(Finding(
+            rule, severity or BY_ID[rule].severity, message, file, line, column, obj,
+            format_path(path) or None, hint or None, doc_key))
+
+    def problem(self, p: Problem, doc: Document | None = None) -> None:
+        """A loader problem (schema / API-server validation) as a finding: the rule its
+        code names, else invalid-object (CG001)."""
+        rule = p.code.value if p.code is not None else "CG001"
+        hint = p.hint or (_INVALID_OBJECT_HINT if p.code is None else None)
+        doc_key = (doc.file, doc.index, doc.path) if doc is not None else None
+        self.findings.append(Finding(rule, BY_ID[rule].severity, p.message, p.file, p.line, p.column, p.object,
+                                     p.field, hint, doc_key))
+
+    # -- reading -----------------------------------------------------------
+
+    def read(self, paths: Iterable[str | Path]) -> None:
+        for path in files_under(paths):
+            self.files.append(str(path))
+            try:
+                docs = list(read_documents(path))
+            except InputError as err:
+                for p in err.problems:
+                    self.problem(p)
+                continue
+            for doc in docs:
+                self._read_doc(doc)
+
+    def _read_doc(self, doc: Document) -> None:
+        try:
+            parsed = parse_policy_document(doc)
+        except InputError as err:
+            for p in err.problems:
+                self.problem(p, doc)
+            return
+        if isinstance(parsed, Policy):
+            self.items.append(Item(doc, "NetworkPolicy", parsed.display, policy=parsed))
+        elif isinstance(parsed, ParsedApp):
+            self.items.append(Item(doc, "App", f"App {parsed.key}", app=parsed))
+
+    def drop_duplicates(self) -> None:
+        """Report and leave out every object whose kind, namespace and name came before."""
+        seen: dict[tuple[str, str], Item] = {}
+        kept: list[Item] = []
+        for item in self.items:
+            first = seen.get(item.key)
+            if first is not None:
+                self.report("CG003", f"{item.obj} is also defined in {first.doc.file} "
+                            f"(document {first.doc.index + 1}); the later one would replace it",
+                            item, ("metadata", "name"), hint="rename one of them or merge their rules")
+                continue
+            seen[item.key] = item
+            kept.append(item)
+        self.items = kept
+
+    def compile_apps(self) -> None:
+        """Compile Apps together; callers that cannot compile are reported and left out,
+        so the rest can still be checked. Run after :meth:`drop_duplicates`."""
+        items = {i.app.key: i for i in self.items if i.app is not None}
+        compiled = compile_apps([i.app for i in items.values() if i.app is not None])
+        for app, p in compiled.problems:
+            self.problem(p, app.doc)
+        for pol in compiled.policies:
+            item = items[pol.key]
+            item.policy = pol
+            item.caller_index = compiled.caller_index[pol.key]

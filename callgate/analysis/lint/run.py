@@ -1,0 +1,38 @@
+"""Running lint: over files (``callgate lint``), or over items someone else read (the controller)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from callgate.analysis.lint.checks import document, inventory, redundancy
+from callgate.analysis.lint.config import LintConfig, apply_suppressions
+from callgate.analysis.lint.findings import Finding, LintResult
+from callgate.analysis.lint.linter import Linter
+from callgate.policy.model import Inventory
+
+
+def lint(paths: Iterable[str | Path], inventory: Inventory | None = None, config: LintConfig | None = None,
+         inventory_paths: Sequence[str] = ()) -> LintResult:
+    """Lint policy files and directories; never raises for problems *in* the files
+    (only for paths that do not exist)."""
+    linter = Linter(inventory, inventory_paths)
+    linter.read(paths)
+    linter.drop_duplicates()
+    linter.compile_apps()
+    run_checks(linter, config or LintConfig())
+    return LintResult(sorted(linter.findings, key=Finding.sort_key), linter.files)
+
+
+def run_checks(linter: Linter, config: LintConfig) -> None:
+    """Every semantic check on the linter's items, then the suppressions of ``config``
+    and of the items' documents."""
+    for item in linter.items:
+        document.check(linter, item)
+    compiled = [i for i in linter.items if i.policy is not None]
+    reported: redundancy.Reported = set()
+    if linter.inventory is not None:
+        inventory.check(linter, compiled)
+        reported = redundancy.exact(linter, compiled)
+    redundancy.syntactic(linter, compiled, reported)
+    linter.findings = apply_suppressions(linter.findings, (i.doc for i in linter.items), config)
