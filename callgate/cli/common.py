@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Annotated, NoReturn
 
 import typer
@@ -30,14 +31,15 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_USER)
 
 
-def run_app(app: typer.Typer) -> None:
-    """Run the typer app, turning user errors into messages and exit code 1.
+def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> None:
+    """Run the typer app on ``args`` (default: the command line), turning user errors
+    into messages and exit code 1.
 
     Typer's standalone mode already maps usage errors to exit 2 and
     ``typer.Exit`` to its code; what reaches us here are our own errors.
     """
     try:
-        app()
+        app(None if args is None else list(args))
     except InputError as err:
         for problem in err.problems:
             typer.secho(f"error: {problem}", err=True, fg="red")

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from callgate.errors import InputError, Problem
+from callgate.errors import InputError, Problem, shown
 from callgate.policy import validation as v
-from callgate.policy.documents import Document, files_under, read_documents
+from callgate.policy.documents import Document, files_under, format_path, read_documents, shown_kind
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
     Endpoint,
@@ -26,6 +26,7 @@ from callgate.policy.model import (
     Namespace,
 )
 from callgate.policy.networkpolicy import object_name, problems_from
+from callgate.policy.positions import FieldPath
 
 
 class PortModel(BaseModel):
@@ -42,18 +43,74 @@ class EndpointModel(BaseModel):
     labels: v.Labels = Field(default_factory=dict)
     node: str | None = None
     interface: v.InterfaceName | None = None
-    ips: list[str] = Field(default_factory=list)
+    ips: list[v.IPAddressText] = Field(default_factory=list)
     ports: list[PortModel] = Field(default_factory=list)
 
-    @field_validator("ips")
+
+# Kubernetes objects as `kubectl get -o yaml` prints them: only the fields callgate
+# reads are modelled, with the API server's rules; everything else is ignored.
+
+
+class K8sObjectModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ContainerPortModel(K8sObjectModel):
+    name: v.PortName | None = None
+    containerPort: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class ContainerModel(K8sObjectModel):
+    ports: list[ContainerPortModel] | None = None
+
+
+class PodSpecModel(K8sObjectModel):
+    nodeName: str | None = None
+    containers: list[ContainerModel] | None = None
+
+
+class PodIPModel(K8sObjectModel):
+    ip: v.IPAddressText
+
+
+class PodStatusModel(K8sObjectModel):
+    phase: str | None = None
+    podIP: v.IPAddressText | None = None
+    podIPs: list[PodIPModel] | None = None
+
+
+INTERFACE_ANNOTATION = "callgate.io/interface"
+
+
+class PodMetadataModel(K8sObjectModel):
+    name: v.DnsSubdomain
+    namespace: v.DnsLabel = "default"
+    labels: v.Labels | None = None
+    annotations: dict[str, str] | None = None
+
+    @field_validator("annotations")
     @classmethod
-    def _ips(cls, ips: list[str]) -> list[str]:
-        for ip in ips:
-            try:
-                ipaddress.ip_address(ip)
-            except ValueError:
-                raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
-        return ips
+    def _interface(cls, annotations: dict[str, str] | None) -> dict[str, str] | None:
+        iface = (annotations or {}).get(INTERFACE_ANNOTATION)
+        if iface is not None and (err := v.interface_name(iface)):
+            raise ValueError(f"{INTERFACE_ANNOTATION}: {err}")
+        return annotations
+
+
+class PodModel(K8sObjectModel):
+    metadata: PodMetadataModel
+    spec: PodSpecModel | None = None
+    status: PodStatusModel | None = None
+
+
+class K8sNamespaceMetadataModel(K8sObjectModel):
+    name: v.DnsLabel
+    labels: v.Labels | None = None
+
+
+class K8sNamespaceModel(K8sObjectModel):
+    metadata: K8sNamespaceMetadataModel
 
 
 class NamespaceModel(BaseModel):
@@ -73,7 +130,7 @@ class InventoryModel(BaseModel):
     def _ns_names(cls, namespaces: dict[str, Any]) -> dict[str, Any]:
         for name in namespaces:
             if err := v.dns_label(name):
-                raise ValueError(f"namespace {name!r}: {err}")
+                raise ValueError(f"namespace {shown(name)}: {err}")
         return namespaces
 
 
@@ -93,16 +150,18 @@ class InventoryBuilder:
         labels.setdefault(NAMESPACE_NAME_LABEL, name)
         self.namespaces[name] = Namespace(name, labels)
 
-    def endpoint(self, ep: Endpoint, doc: Document, obj: str, field_path: tuple[str | int, ...]) -> None:
+    def endpoint(self, ep: Endpoint, doc: Document, obj: str, name_path: FieldPath, ips_path: FieldPath) -> None:
+        """Add ``ep`` unless its key or an address is taken; ``name_path`` and ``ips_path``
+        say where the document writes its name and addresses."""
         if ep.key in self.seen_keys:
             self.problems.append(doc.problem(f"endpoint {ep.key} is defined twice", obj=obj,
-                                             field="name", field_path=field_path))
+                                             field=format_path(name_path), field_path=name_path))
             return
         for ip in ep.ips:
             if ip in self.seen_ips:
                 self.problems.append(doc.problem(
                     f"IP {ip} is already used by endpoint {self.seen_ips[ip]}", obj=obj,
-                    field="ips", field_path=field_path))
+                    field=format_path(ips_path), field_path=ips_path))
                 return
             self.seen_ips[ip] = ep.key
         self.seen_keys.add(ep.key)
@@ -122,55 +181,34 @@ class InventoryBuilder:
                 ips=tuple(ipaddress.ip_address(ip) for ip in e.ips), interface=e.interface,
                 ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
             )
-            self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i))
+            self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i, "name"), ("endpoints", i, "ips"))
 
     def add_k8s_namespace(self, doc: Document) -> None:
-        meta = doc.data.get("metadata") or {}
-        name = meta.get("name")
-        if not isinstance(name, str) or v.dns_label(name):
-            self.problems.append(doc.problem("Namespace needs metadata.name, a DNS-1123 label",
-                                             obj="Namespace", field="metadata.name",
-                                             field_path=("metadata", "name")))
-            return
-        labels = meta.get("labels") or {}
         try:
-            v.check_labels({str(k): str(val) for k, val in labels.items()})
-        except ValueError as exc:
-            self.problems.append(doc.problem(str(exc), obj=f"Namespace {name}", field="metadata.labels",
-                                             field_path=("metadata", "labels")))
+            model = K8sNamespaceModel.model_validate(doc.data)
+        except ValidationError as exc:
+            self.problems.extend(problems_from(exc, doc, object_name(doc.data, "Namespace")))
             return
-        self.namespace(name, {str(k): str(val) for k, val in labels.items()})
+        self.namespace(model.metadata.name, model.metadata.labels or {})
 
     def add_pod(self, doc: Document) -> None:
-        data = doc.data
-        obj = object_name(data, "Pod")
-        meta, spec, status = (data.get(k) or {} for k in ("metadata", "spec", "status"))
-        if status.get("phase") in ("Succeeded", "Failed"):
-            return  # finished pods hold no IP that policy applies to
+        status = doc.data.get("status")
+        if isinstance(status, dict) and status.get("phase") in ("Succeeded", "Failed"):
+            return  # finished pods hold no IP that policy applies to, whatever else they say
+        obj = object_name(doc.data, "Pod")
         try:
-            ips = [p["ip"] for p in status.get("podIPs") or []] or (
-                [status["podIP"]] if status.get("podIP") else [])
-            ports = [
-                PortModel(name=p.get("name"), port=p["containerPort"], protocol=p.get("protocol", "TCP"))
-                for c in (spec.get("containers") or []) for p in (c.get("ports") or [])
-            ]
-            iface = (meta.get("annotations") or {}).get("callgate.io/interface")
-            model = EndpointModel(name=meta.get("name", ""), namespace=meta.get("namespace", "default"),
-                                  labels=meta.get("labels") or {}, node=spec.get("nodeName"),
-                                  ips=ips, ports=ports, interface=iface)
-        except (ValidationError, KeyError, TypeError, AttributeError) as exc:
-            message = str(exc).splitlines()[-1] if isinstance(exc, ValidationError) else f"malformed Pod: {exc}"
-            if isinstance(exc, ValidationError):
-                message = "; ".join(
-                    f"{'.'.join(str(x) for x in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                    for e in exc.errors())
-            self.problems.append(doc.problem(message, obj=obj))
+            pod = PodModel.model_validate(doc.data)
+        except ValidationError as exc:
+            self.problems.extend(problems_from(exc, doc, obj))
             return
-        ep = Endpoint(name=model.name, namespace=model.namespace, labels=model.labels,
-                      node=model.node, ips=tuple(ipaddress.ip_address(i) for i in model.ips),
-                      interface=model.interface,
-                      ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in model.ports))
-        self.endpoint(ep, doc, obj, ())
+        meta, spec, state = pod.metadata, pod.spec or PodSpecModel(), pod.status or PodStatusModel()
+        ips = [p.ip for p in state.podIPs or []] or ([state.podIP] if state.podIP else [])
+        ep = Endpoint(name=meta.name, namespace=meta.namespace, labels=meta.labels or {}, node=spec.nodeName,
+                      ips=tuple(ipaddress.ip_address(ip) for ip in ips),
+                      interface=(meta.annotations or {}).get(INTERFACE_ANNOTATION),
+                      ports=tuple(NamedPort(p.name, p.containerPort, p.protocol)
+                                  for c in spec.containers or () for p in c.ports or ()))
+        self.endpoint(ep, doc, obj, ("metadata", "name"), ("status", "podIPs" if state.podIPs else "podIP"))
 
     def finish(self) -> Inventory:
         if self.problems:
@@ -201,8 +239,8 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
                 builder.add_pod(doc)
             else:
                 builder.problems.append(doc.problem(
-                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {api}/{kind}",
-                    obj=str(kind), field="kind", field_path=("kind",)))
+                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {shown_kind(api, kind)}",
+                    obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",)))
     return builder.finish()
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from callgate.errors import InputError, Problem, ProblemCode
-from callgate.policy.documents import Document, files_under, read_documents
+from callgate.policy.documents import Document, files_under, read_documents, shown_kind
 from callgate.policy.model import Policy, PolicySet
 from callgate.policy.native import ParsedApp, compile_apps, parse_app
 from callgate.policy.networkpolicy import parse_network_policy
@@ -27,11 +27,13 @@ def parse_policy_document(doc: Document) -> Policy | ParsedApp | None:
         return parse_network_policy(doc)
     if api == "callgate/v1" and kind == "App":
         return parse_app(doc)
-    if (api, kind) in INVENTORY_KINDS:
+    # Both may be anything a document holds: a mapping or a list is not hashable.
+    if isinstance(api, str) and isinstance(kind, str) and (api, kind) in INVENTORY_KINDS:
         return None
     raise InputError([doc.problem(
-        f"expected networking.k8s.io/v1 NetworkPolicy or callgate/v1 App, got {api}/{kind}",
-        obj=str(kind), field="kind", field_path=("kind",), code=ProblemCode.UNKNOWN_KIND,
+        f"expected networking.k8s.io/v1 NetworkPolicy or callgate/v1 App, got {shown_kind(api, kind)}",
+        obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",),
+        code=ProblemCode.UNKNOWN_KIND,
         hint="use apiVersion networking.k8s.io/v1 kind NetworkPolicy, or callgate/v1 App")])
 
 
