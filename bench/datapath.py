@@ -38,9 +38,8 @@ from typing import Any
 
 from bench.lab import TwoPodLab, ns_exec, two_pod_lab
 from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT, LABEL_CALLER, V4_BASE, Cluster
+from callgate.compiler import Compiler, IncrementalCompiler
 from callgate.compiler.addresses import parse_element
-from callgate.compiler.compile import Compiler
-from callgate.compiler.incremental import IncrementalCompiler
 from callgate.compiler.ir import RuleSet
 from callgate.enforcers.kernel import Command, LibNftables
 from callgate.enforcers.nft import (

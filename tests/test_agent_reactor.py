@@ -162,8 +162,8 @@ def test_a_failing_incremental_compiler_falls_back_to_the_plain_compiler(
     def broken(*_: object, **__: object) -> None:
         raise AssertionError("a bug in the incremental path")
 
-    monkeypatch.setattr("callgate.compiler.incremental.IncrementalCompiler.sync", broken)
-    monkeypatch.setattr("callgate.compiler.incremental.IncrementalCompiler.__init__", broken)
+    monkeypatch.setattr("callgate.compiler.incremental.compiler.IncrementalCompiler.sync", broken)
+    monkeypatch.setattr("callgate.compiler.incremental.compiler.IncrementalCompiler.__init__", broken)
     h.send(snap(inventory(extra=1)))  # a remote pod joins: applied all the same
     want = Compiler(snap(inventory(extra=1)).policies, inventory(extra=1)).compile(NODE)
     assert h.reactor.applied is not None and h.reactor.applied.ruleset.digest() == want.digest()
