@@ -9,8 +9,8 @@ from prometheus_client import generate_latest
 
 from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import Compiler
-from callgate.enforcers.kernel import FakeNftKernel
-from callgate.enforcers.nft import NftablesEnforcer
+from callgate.enforcers.nft.enforcer import NftablesEnforcer
+from callgate.enforcers.nft.fake import FakeNftKernel
 from tests.helpers import policies_from, standard
 
 # The longest a NetworkPolicy name may be is 253 characters (a DNS subdomain).
@@ -64,7 +64,7 @@ def test_policy_counters_survive_a_policy_name_longer_than_a_rule_comment(tmp_pa
     enforcer = NftablesEnforcer(CountingKernel())
     enforcer.apply(ruleset)
     metrics = AgentMetrics()
-    metrics.watch_kernel(enforcer.live_objects)
+    metrics.watch_enforcer(enforcer)
     series = scrape(metrics)
     # node-1 runs x/a and x/c: each has an ingress rule per family (IPv4, IPv6)
     # from the long-named policy, and an egress rule per family from "short".
