@@ -10,6 +10,7 @@ through :meth:`~callgate.compiler.ir.RuleSet.rule_origins` whoever wrote them.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -118,6 +119,11 @@ def comment_rule_id(comment: str) -> str | None:
     """The rule id a comment written by :func:`rule_comment` starts with."""
     rule_id, _, _ = comment.partition(" ")
     return rule_id or None
+
+
+def text_diff(live: str | None, desired: str) -> list[str]:
+    """Unified diff from the live state's normal text (None: nothing) to the desired one; empty when equal."""
+    return list(difflib.unified_diff((live or "").splitlines(), desired.splitlines(), "live", "desired", lineterm=""))
 
 
 class Enforcer(Protocol):

@@ -28,12 +28,11 @@ back, restores the IPv4 chains if they had been committed and removes what step
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterable
 
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.base import Applied, ApplyResult, FailClosed, RuleCounters, check_fail_closed_prefix
+from callgate.enforcers.base import Applied, ApplyResult, FailClosed, RuleCounters, check_fail_closed_prefix, text_diff
 from callgate.enforcers.iptables.kernel import Runner, SubprocessRunner, Tools
 from callgate.enforcers.iptables.layout import TMP_PREFIX, VERSIONS, Version, tmp_name
 from callgate.enforcers.iptables.live import LiveState, LiveTable, read_live
@@ -140,9 +139,7 @@ class IptablesEnforcer:
 
     def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
         """Unified diff from the live state to the desired one; empty when equal."""
-        live = self.live_text() or ""
-        return list(difflib.unified_diff(live.splitlines(), self.desired_text(ruleset, known_interfaces).splitlines(),
-                                         "live", "desired", lineterm=""))
+        return text_diff(self.live_text(), self.desired_text(ruleset, known_interfaces))
 
     def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
         return self.live_text() == self.desired_text(ruleset, known_interfaces)

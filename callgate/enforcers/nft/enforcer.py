@@ -8,7 +8,6 @@ still equals that, the next apply is an incremental transaction
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +19,7 @@ from callgate.enforcers.base import (
     RuleCounters,
     check_fail_closed_prefix,
     comment_rule_id,
+    text_diff,
 )
 from callgate.enforcers.nft.kernel import NftKernel
 from callgate.enforcers.nft.layout import DIGEST_SET, FAIL_CLOSED_COMMENT, FAMILY, TABLE, digest_of, layout_digest
@@ -75,9 +75,7 @@ class NftablesEnforcer:
 
     def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
         """Unified diff from the live table to the desired one; empty when equal."""
-        live = self.live_text() or ""
-        return list(difflib.unified_diff(live.splitlines(), self.desired_text(ruleset, known_interfaces).splitlines(),
-                                         "live", "desired", lineterm=""))
+        return text_diff(self.live_text(), self.desired_text(ruleset, known_interfaces))
 
     def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
         return self.live_text() == self.desired_text(ruleset, known_interfaces)
