@@ -95,6 +95,26 @@ def test_kernel_round_trip_and_noop(netns: str, shop_rulesets: dict[str, RuleSet
 
 @kernel
 @pytest.mark.kernel
+def test_kernel_keeps_the_rule_id_of_a_long_policy_name(netns: str, tmp_path: Path) -> None:
+    """A 240-character policy name: the comment is cut after the id, at the
+    length the kernel keeps, so the table reads back as applied (in sync, a
+    re-apply is a no-op) and every counted rule id maps back to its policy."""
+    from tests.test_agent_metrics import LONG, POLICIES
+
+    ruleset = Compiler(policies_from(tmp_path, POLICIES), load_inventory(STANDARD_INVENTORY)).compile("node-1")
+    enforcer = NftablesEnforcer(LibNftables(netns))
+    enforcer.apply(ruleset)
+    assert enforcer.in_sync(ruleset) and not enforcer.apply(ruleset).changed
+    counters = enforcer.rule_counters()
+    origins = ruleset.rule_origins()
+    assert counters.by_rule and set(counters.by_rule) == set(origins)
+    assert {o[0].policy for o in origins.values()} == {f"NetworkPolicy x/{LONG}", "NetworkPolicy x/short"}
+    comments = [line for line in nft(netns, "list", "table", "inet", "callgate").splitlines() if LONG[:20] in line]
+    assert comments and all(len(line.split('comment "')[1].rstrip('"').encode()) == 127 for line in comments)
+
+
+@kernel
+@pytest.mark.kernel
 def test_kernel_other_tables_survive(netns: str, shop_rulesets: dict[str, RuleSet]) -> None:
     nft(netns, "-f", "-", stdin="""
 table ip filter {

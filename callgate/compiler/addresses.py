@@ -83,7 +83,8 @@ def canonical_elements(intervals: Iterable[Interval], version: int) -> tuple[str
     return tuple(interval_text(lo, hi, version) for lo, hi in merge(intervals))
 
 
-def _address_int(text: str) -> int:
+def address_int(text: str) -> int:
+    """An address as printed in the IR, as an integer."""
     # Through ipaddress objects this cost ~25 us a prefix, which made counting
     # a 50k-element set take 0.2 s. The IR's text is canonical, so plain
     # arithmetic (IPv4) or inet_pton (IPv6) is enough.
@@ -100,12 +101,12 @@ def parse_element(text: str) -> Interval:
         addr, length = text.split("/")
         bits = 128 if ":" in addr else 32
         size = 1 << (bits - int(length))
-        lo = _address_int(addr) & ~(size - 1)
+        lo = address_int(addr) & ~(size - 1)
         return lo, lo + size - 1
     if "-" in text:
         lo_text, hi_text = text.split("-", 1)
-        return _address_int(lo_text), _address_int(hi_text)
-    value = _address_int(text)
+        return address_int(lo_text), address_int(hi_text)
+    value = address_int(text)
     return value, value
 
 

@@ -97,15 +97,16 @@ def rule_exprs(rule: Rule, direction: str, next_tier: str | None) -> list[dict[s
 def expand(elements: Iterable[str], family: Family) -> list[str]:
     """Every address the elements hold, as nft lists them (single addresses
     pass through as they are: the IR already prints them canonically)."""
-    version = 4 if family == "ip" else 6
+    version, bits = (4, 32) if family == "ip" else (6, 128)
     out: list[str] = []
     for e in elements:
         if "/" in e:
             # The prefix's own address is already printed as address_text
             # prints it (the IR uses the same function): only the rest is made.
-            lo, hi = addresses.parse_element(e)
-            out.append(e.split("/")[0])
-            out.extend(addresses.address_text(v, version) for v in range(lo + 1, hi + 1))
+            addr, length = e.split("/")
+            lo = addresses.address_int(addr)
+            out.append(addr)
+            out.extend(addresses.address_text(v, version) for v in range(lo + 1, lo + (1 << (bits - int(length)))))
         elif "-" in e:
             lo, hi = addresses.parse_element(e)
             out.extend(addresses.address_text(v, version) for v in range(lo, hi + 1))
