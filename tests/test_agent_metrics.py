@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import generate_latest
 
 from callgate.agent.metrics import AgentMetrics
-from callgate.compiler import Compiler
+from callgate.compiler import Compiler, RuleSet
+from callgate.enforcers.iptables.enforcer import IptablesEnforcer
+from callgate.enforcers.iptables.fake import FakeIptables
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
 from tests.helpers import policies_from, standard
@@ -73,3 +76,24 @@ def test_policy_counters_survive_a_policy_name_longer_than_a_rule_comment(tmp_pa
     assert series[("callgate_policy_packets_total", "NetworkPolicy x/short", "egress")] == 2 * 2 * 3
     assert len(series) == 4
     assert b"callgate_fail_closed_dropped_packets_total 0.0" in generate_latest(metrics.registry)
+
+
+def test_a_backend_without_counters_exports_no_policy_series(tmp_path: Path) -> None:
+    ruleset = Compiler(policies_from(tmp_path, POLICIES), standard()).compile("node-1")
+    enforcer = IptablesEnforcer(FakeIptables())
+    enforcer.apply(ruleset)
+    metrics = AgentMetrics()
+    metrics.watch_enforcer(enforcer)
+    assert scrape(metrics) == {}
+    assert b"callgate_fail_closed_dropped_packets" not in generate_latest(metrics.registry)
+
+
+def test_rule_ids_from_another_ruleset_are_not_counted(tmp_path: Path) -> None:
+    """Live rules the applied RuleSet does not know (applied by someone else,
+    or before the mapping the agent holds) are left out, not mislabelled."""
+    enforcer = NftablesEnforcer(CountingKernel())
+    enforcer.apply(Compiler(policies_from(tmp_path, POLICIES), standard()).compile("node-1"))
+    metrics = AgentMetrics()
+    metrics.watch_enforcer(enforcer)
+    enforcer.applied = dataclasses.replace(enforcer.applied, ruleset=RuleSet(node="node-1"))  # type: ignore[arg-type]
+    assert scrape(metrics) == {}
