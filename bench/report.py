@@ -245,7 +245,7 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
         sec(f"Incremental changes ({n}, alternating one pod added to a hot peer namespace / one label toggled on "
             f"a remote pod so that it joins or leaves the server's peer set), from the moment the engine has "
             f"the new inventory to the kernel's commit, through `NftablesEnforcer.apply` (which uses the "
-            f"incremental planner in `callgate/enforcers/nft_update.py` when the live table is the one it last "
+            f"incremental planner in `callgate/enforcers/nft/update.py` when the live table is the one it last "
             f"applied):")
         sec("")
         sec("| stage | min / median / max | p99 |")
