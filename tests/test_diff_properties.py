@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callgate.analysis.connectivity import Connectivity, Partition, group_matrix
+from callgate.analysis.connectivity import Connectivity, Partition
+from callgate.analysis.groups import group_matrix
 from callgate.analysis.diff import connectivity_diff
 from callgate.policy import Evaluator
 from callgate.policy.model import Endpoint, Inventory, PolicySet
@@ -51,15 +52,23 @@ def test_class_matrix_equals_evaluator(inv: Inventory, ps: PolicySet) -> None:
 @SETTINGS
 @given(inventories(), policy_sets())
 def test_group_counts_equal_evaluator(inv: Inventory, ps: PolicySet) -> None:
+    """Pairs of different pods counted per group and port, over all pairs and over the pairs
+    whose destination serves the port; with every group shown, and with the smallest merged."""
     conn = Connectivity(Partition(inv, [ps], 4), ps)
-    gm = group_matrix(conn, [(80, "TCP"), (53, "UDP")], "namespace")
     t = truth(inv, ps, 4)
-    for g in gm.groups:
-        for h in gm.groups:
-            for port, proto in ((80, "TCP"), (53, "UDP")):
-                pairs = [(a.key, b.key) for a in gm.members[g] for b in gm.members[h] if a.key != b.key]
-                allowed = sum(t[(a, b, port, proto)] for a, b in pairs)
-                assert gm.cell(g, h, f"{port}/{proto}") == (allowed, len(pairs))
+    ports = ((80, "TCP"), (53, "UDP"))
+    for group_by, max_groups in (("namespace", 0), ("endpoint", 0), ("endpoint", 3)):
+        gm = group_matrix(conn, ports, group_by, max_groups=max_groups)
+        for g in gm.groups:
+            for h in gm.groups:
+                for k, (port, proto) in enumerate(ports):
+                    pairs = [(a, b) for a in gm.members[g] for b in gm.members[h] if a.key != b.key]
+                    allowed = sum(t[(a.key, b.key, port, proto)] for a, b in pairs)
+                    assert gm.cell(g, h, f"{port}/{proto}") == (allowed, len(pairs))
+                    served = [(a, b) for a, b in pairs if any(p.port == port and p.protocol == proto for p in b.ports)]
+                    i, j = gm.index[g], gm.index[h]
+                    assert gm.served_pairs(k, i, j) == len(served)
+                    assert gm.served_allowed[k, i, j] == sum(t[(a.key, b.key, port, proto)] for a, b in served)
 
 
 @SETTINGS

@@ -29,11 +29,11 @@ from callgate.analysis.connectivity import (
     Progress,
     ProtocolPortRange,
     family_ip,
-    group_key,
     merge_ranges,
     unpack_rows,
 )
-from callgate.errors import InputError
+from callgate.analysis.groups import group_key
+from callgate.errors import InputError, Problem
 from callgate.policy.model import Direction, Inventory, PolicySet
 
 
@@ -289,11 +289,41 @@ def parse_revisions(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def materialise(rev: str, paths: Sequence[str], into: Path) -> list[Path]:
+@dataclass(frozen=True)
+class Revisions:
+    """The policy paths as they are at two revisions (or one and the working tree)."""
+
+    old_label: str
+    new_label: str
+    old_paths: list[Path]
+    new_paths: list[Path]
+
+
+def at_revisions(spec: str, paths: Sequence[str], into: Path) -> Revisions:
+    """Materialise ``paths`` at the revisions of ``spec`` (``A..B`` or ``A``: A against
+    the working tree) under ``into``. A path absent at one side is an empty policy
+    set there (a directory added or removed); a path absent at both is a mistake,
+    reported, as is a revision that does not exist."""
+    old_rev, new_rev = parse_revisions(spec)
+    old = materialise(old_rev, paths, into / "old")
+    if new_rev is not None:
+        new = materialise(new_rev, paths, into / "new")
+    else:
+        new = {raw: Path(raw) if Path(raw).exists() else None for raw in paths}
+    new_label = new_rev or "working tree"
+    missing = [raw for raw in paths if old[raw] is None and new[raw] is None]
+    if missing:
+        raise InputError([Problem(f"no such path at {old_rev}, nor {'at ' if new_rev else 'in the '}{new_label}",
+                                  file=raw) for raw in missing])
+    return Revisions(old_rev, new_label, [p for p in old.values() if p is not None],
+                     [p for p in new.values() if p is not None])
+
+
+def materialise(rev: str, paths: Sequence[str], into: Path) -> dict[str, Path | None]:
     """Extract ``paths`` as they are at ``rev`` into ``into`` (git archive, argv lists,
-    no shell); returns the extracted paths. A path absent at ``rev`` yields nothing
-    there, i.e. an empty policy set: every policy is new."""
-    out: list[Path] = []
+    no shell): each given path -> its extracted copy, or None when ``rev`` does not
+    have it."""
+    out: dict[str, Path | None] = {}
     for raw in paths:
         path = Path(raw).resolve()
         anchor = path if path.is_dir() else path.parent
@@ -301,14 +331,17 @@ def materialise(rev: str, paths: Sequence[str], into: Path) -> list[Path]:
             anchor = anchor.parent
         root = Path(_git(["rev-parse", "--show-toplevel"], anchor).decode().strip())
         rel = path.relative_to(root).as_posix()
-        _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], root)
+        if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root,
+                          capture_output=True, check=False).returncode != 0:
+            raise InputError.single(f"--git: {rev!r} is not a commit (branch, tag or revision) of the "
+                                    f"repository at {root}")
         listed = _git(["ls-tree", "-r", "--name-only", rev, "--", rel], root).decode().split("\n")
         if not any(listed):
+            out[raw] = None
             continue
         data = _git(["archive", "--format=tar", rev, "--", rel], root)
-        target = into / rev.replace("/", "_")
-        _extract(data, target)
-        out.append(target / rel)
+        _extract(data, into)
+        out[raw] = into / rel
     return out
 
 

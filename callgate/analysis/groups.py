@@ -1,0 +1,227 @@
+"""Connectivity between groups of endpoints (apps, namespaces...): what matrix and graph print.
+
+The class matrix of :mod:`callgate.analysis.connectivity` is aggregated into
+groups without ever holding a classes × classes matrix: per port, blocks of
+source classes are unpacked from the side bitsets (``egress[s] has d and
+ingress[d] has s``), summed into destination groups, then into source groups.
+Memory is O(block × classes + groups²) per port, so 10,000 classes cost tens of
+MiB, not the gigabytes of 10,000² integers.
+
+What is printed is bounded too: at most ``max_groups`` groups, the largest ones,
+and the rest merged into one ``(other: N …)`` group. A 400 × 400 table is no
+answer to "who reaches whom", and 10,000 × 10,000 would not fit in memory.
+
+Counting rules, the same for every view:
+
+* a cell counts ordered pairs of *different* pods; a pod and itself are no
+  pair (it always reaches itself), so a one-pod group has no pairs with itself;
+* per port, ``allowed`` is the policy's verdict over all pairs; ``served_allowed``
+  counts only pairs whose destination pod declares (serves) that port, which is
+  what a summary over ports (the heatmap, the call graph) is about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from callgate.analysis.connectivity import Connectivity, Progress
+from callgate.policy.model import Direction, Endpoint, Inventory, PortProtocol
+
+# Labels that name an application, most specific first; used to group endpoints.
+APP_LABELS = ("app.kubernetes.io/name", "app", "k8s-app")
+
+DEFAULT_MAX_GROUPS = 40  # groups a table, a heatmap or a call graph shows before merging the rest
+AUTO_ENDPOINTS = 30  # 'auto' shows endpoints one by one up to this many
+BLOCK = 512  # source classes unpacked at a time (a multiple of 8: blocks start on a byte)
+MAX_CELLS = 4_000_000  # ports × groups²: 2 × 8 bytes each, ~64 MiB
+
+
+def group_key(ep: Endpoint, group_by: str) -> str:
+    """Name of the group an endpoint is drawn in.
+
+    ``app``: namespace/app-label (falling back to the pod name);
+    ``namespace``: the namespace; ``endpoint``: each endpoint alone; anything
+    else is a label key: namespace/value of that label.
+    """
+    if group_by == "endpoint":
+        return ep.key
+    if group_by == "namespace":
+        return ep.namespace
+    keys = APP_LABELS if group_by == "app" else (group_by,)
+    for key in keys:
+        if key in ep.labels:
+            return f"{ep.namespace}/{ep.labels[key]}"
+    return ep.key
+
+
+def choose_grouping(endpoints: Sequence[Endpoint], group_by: str, max_groups: int) -> str:
+    """``auto``: endpoints one by one for a small inventory, else apps, else (when
+    there are more apps than fit) namespaces."""
+    if group_by != "auto":
+        return group_by
+    if len(endpoints) <= AUTO_ENDPOINTS:
+        return "endpoint"
+    if not max_groups or len({group_key(e, "app") for e in endpoints}) <= max_groups:
+        return "app"
+    return "namespace"
+
+
+def declared_ports(inventory: Inventory) -> list[tuple[int, PortProtocol]]:
+    """Every (port, protocol) some endpoint declares: the default ports of a matrix."""
+    return sorted({(p.port, p.protocol) for ep in inventory.endpoints for p in ep.ports})
+
+
+@dataclass
+class GroupMatrix:
+    """Connectivity between groups, per port (see the module docstring for what is counted)."""
+
+    group_by: str
+    groups: list[str]
+    members: dict[str, list[Endpoint]]
+    ports: list[str]
+    allowed: np.ndarray  # (ports, groups, groups): pairs of different pods allowed
+    served_allowed: np.ndarray  # (ports, groups, groups): of those, pairs whose destination serves the port
+    serving: np.ndarray  # (ports, groups): pods of the group that serve the port
+    merged: int = 0  # groups merged into the last one ("(other: ...)"), 0 if none
+
+    def __post_init__(self) -> None:
+        self.index = {g: i for i, g in enumerate(self.groups)}
+        self.sizes = np.array([len(self.members[g]) for g in self.groups], dtype=np.int64)
+
+    def pairs(self, i: int, j: int) -> int:
+        """Ordered pairs of different pods from group i to group j."""
+        return int(self.sizes[i] * self.sizes[j] - (self.sizes[i] if i == j else 0))
+
+    def served_pairs(self, k: int, i: int, j: int) -> int:
+        """Of those, the pairs whose destination pod serves port k."""
+        return int(self.sizes[i] * self.serving[k, j] - (self.serving[k, i] if i == j else 0))
+
+    def cell(self, g: str, h: str, port: str) -> tuple[int, int]:
+        """(allowed pairs, pairs) from group g to group h on ``port``, by the policies alone."""
+        i, j = self.index[g], self.index[h]
+        return int(self.allowed[self.ports.index(port), i, j]), self.pairs(i, j)
+
+    def verdict(self, g: str, h: str, port: str) -> bool | float | None:
+        """True (every pair allowed), False (none), the share allowed, or None (no pairs:
+        a one-pod group and itself)."""
+        allowed, total = self.cell(g, h, port)
+        if total == 0:
+            return None
+        return True if allowed == total else False if allowed == 0 else round(allowed / total, 4)
+
+    def served_fraction(self, g: str, h: str) -> float | None:
+        """Share of (pod pair, port the destination serves) allowed, over all ports; None
+        when there is no such combination (nobody in h serves any of the ports, or no pairs)."""
+        i, j = self.index[g], self.index[h]
+        total = sum(self.served_pairs(k, i, j) for k in range(len(self.ports)))
+        if total == 0:
+            return None
+        return float(self.served_allowed[:, i, j].sum()) / total
+
+    def served_ports(self, g: str, h: str) -> list[str]:
+        """Ports on which some pod of g may call a pod of h that serves it."""
+        i, j = self.index[g], self.index[h]
+        return [p for k, p in enumerate(self.ports) if self.served_allowed[k, i, j] > 0]
+
+
+def _groups(endpoints: Sequence[Endpoint], group_by: str, max_groups: int
+            ) -> tuple[list[str], dict[str, list[Endpoint]], dict[str, int], int]:
+    """Group names (largest kept, the rest merged into one), members, key -> group index,
+    and how many groups were merged."""
+    by_key: dict[str, list[Endpoint]] = {}
+    for ep in endpoints:
+        by_key.setdefault(group_key(ep, group_by), []).append(ep)
+    keys = sorted(by_key)
+    if not max_groups or len(keys) <= max_groups:
+        return keys, by_key, {k: i for i, k in enumerate(keys)}, 0
+    kept = sorted(sorted(keys, key=lambda k: (-len(by_key[k]), k))[:max_groups - 1])
+    rest = [k for k in keys if k not in set(kept)]
+    other = f"(other: {len(rest)} {'endpoints' if group_by == 'endpoint' else group_by + ' groups'})"
+    members = {k: by_key[k] for k in kept}
+    members[other] = [ep for k in rest for ep in by_key[k]]
+    names = [*kept, other]
+    index = {k: i for i, k in enumerate(kept)} | {k: len(kept) for k in rest}
+    return names, members, index, len(rest)
+
+
+def _packed(rows: list[int], n: int) -> np.ndarray:
+    """Bitset rows -> (rows, ceil(n/8)) bytes, bit c of row r at byte c//8, bit c%8."""
+    width = (n + 7) // 8
+    return np.frombuffer(b"".join(r.to_bytes(width, "little") for r in rows), dtype=np.uint8).reshape(len(rows),
+                                                                                                       width)
+
+
+def _unpack(packed: np.ndarray, start_bit: int, count: int) -> np.ndarray:
+    """Bits ``start_bit .. start_bit+count`` of every packed row, as booleans."""
+    lo = start_bit >> 3
+    bits = np.unpackbits(packed[:, lo:(start_bit + count + 7) >> 3], axis=1, bitorder="little")
+    return bits[:, start_bit - (lo << 3):start_bit - (lo << 3) + count].view(bool)
+
+
+def group_matrix(conn: Connectivity, ports: Sequence[tuple[int, PortProtocol]], group_by: str,
+                 progress: Progress | None = None, max_groups: int = DEFAULT_MAX_GROUPS) -> GroupMatrix:
+    """Aggregate the class matrix into groups, port by port, in blocks of source classes.
+
+    ``entries`` are (class, group, pod count) triples, sorted by group: a class's pods
+    share namespace and labels, so they share an app or namespace group; only
+    ``endpoint`` grouping (or a label some of them lack) splits one class over groups."""
+    part = conn.partition
+    names, members, index, merged = _groups(part.endpoints, group_by, max_groups)
+    n_groups, n_classes = len(names), part.size
+    if len(ports) * n_groups * n_groups > MAX_CELLS:
+        raise ValueError(f"{n_groups} groups × {len(ports)} ports is too large a table; group coarser "
+                         f"(--group-by namespace) or keep fewer groups (--max-groups)")
+    counts: dict[tuple[int, int], int] = {}
+    for ep in part.endpoints:
+        key = (part.class_of[ep.key], index[group_key(ep, group_by)])
+        counts[key] = counts.get(key, 0) + 1
+    entries = sorted(counts.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    ent_c = np.array([c for (c, _), _ in entries], dtype=np.intp)
+    ent_g = np.array([g for (_, g), _ in entries], dtype=np.intp)
+    ent_n = np.array([n for _, n in entries], dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, ent_g[1:] != ent_g[:-1]])
+    col_groups = ent_g[starts]  # the group of each reduceat segment (every group has members)
+    by_class = np.argsort(ent_c, kind="stable")  # entries in class order, to find a block's rows
+
+    labels = [f"{n}/{p}" for n, p in ports]
+    shape = (len(ports), n_groups, n_groups)
+    allowed, served_allowed = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    serving = np.zeros((len(ports), n_groups), dtype=np.int64)
+    for k, (number, proto) in enumerate(ports):
+        serves = np.array([any(p.port == number and p.protocol == proto for p in part.rep(c).ports)
+                           for c in range(n_classes)], dtype=bool)
+        np.add.at(serving[k], ent_g, ent_n * serves[ent_c])
+        seg = part.segment_of(number, proto)
+        egress = [conn.side_bits(c, Direction.EGRESS, proto, seg.lo) for c in range(n_classes)]
+        ingress = [conn.side_bits(c, Direction.INGRESS, proto, seg.lo) for c in range(n_classes)]
+        e_packed, i_packed = _packed(egress, n_classes), _packed(ingress, n_classes)
+        weights = (ent_n, ent_n * serves[ent_c])
+        for lo in range(0, n_classes, BLOCK):
+            hi = min(n_classes, lo + BLOCK)
+            # m[s, d] for s in the block: egress[s] has d, and ingress[d] has s.
+            m = _unpack(e_packed[lo:hi], 0, n_classes) & _unpack(i_packed, lo, hi - lo).T
+            rows = by_class[(ent_c[by_class] >= lo) & (ent_c[by_class] < hi)]
+            for out, w in zip((allowed[k], served_allowed[k]), weights, strict=True):
+                # Per source class: allowed destination pods in each group; then per source group.
+                per_class = np.add.reduceat(m[:, ent_c] * w, starts, axis=1)
+                contrib = per_class[ent_c[rows] - lo] * ent_n[rows, None]
+                np.add.at(out, (ent_g[rows][:, None], col_groups[None, :]), contrib)
+        # A pod paired with itself is not a pair: take those back off the diagonal.
+        self_ok = np.array([(egress[c] >> c) & (ingress[c] >> c) & 1 for c in ent_c.tolist()], dtype=np.int64)
+        np.subtract.at(allowed[k], (ent_g, ent_g), ent_n * self_ok)
+        np.subtract.at(served_allowed[k], (ent_g, ent_g), ent_n * self_ok * serves[ent_c])
+        if progress:
+            progress(k + 1, len(ports))
+    return GroupMatrix(group_by, names, members, labels, allowed, served_allowed, serving, merged)
+
+
+def group_sizes(endpoints: Iterable[Endpoint], group_by: str) -> dict[str, int]:
+    """Pods per group (for totals that need no matrix)."""
+    sizes: dict[str, int] = {}
+    for ep in endpoints:
+        name = group_key(ep, group_by)
+        sizes[name] = sizes.get(name, 0) + 1
+    return sizes
