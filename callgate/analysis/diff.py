@@ -12,7 +12,9 @@ gained 5432/TCP" instead of a list of pod pairs. JSON keeps the pod pairs.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import json
 import subprocess
 import tarfile
@@ -30,11 +32,15 @@ from callgate.analysis.connectivity import (
     ProtocolPortRange,
     family_ip,
     merge_ranges,
-    unpack_rows,
 )
-from callgate.analysis.groups import group_key
+from callgate.analysis.groups import BLOCK, group_key, group_sizes, packed_rows, unpack_bits
 from callgate.errors import InputError, Problem
 from callgate.policy.model import Direction, Inventory, PolicySet
+
+# Pod pairs listed per change in JSON; beyond, they are counted (a default-deny removed
+# at 10,000 pods changes millions of pairs, which no reviewer reads and no memory holds).
+MAX_PAIRS = 100
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass
@@ -45,22 +51,24 @@ class Change:
     dst: str
     gained: bool
     ports: list[ProtocolPortRange]
-    pairs: set[tuple[str, str]] = field(default_factory=set)  # (src pod, dst pod)
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (src pod, dst pod): the first MAX_PAIRS
     families: set[int] = field(default_factory=set)
     total_pairs: int = 0  # pod pairs between the two groups
+    pair_count: int = 0  # pod pairs that changed
 
     def ports_text(self) -> str:
         return ", ".join(p.text() for p in self.ports)
 
     def scope(self) -> str:
         """'' when every pod pair of the groups changed, else 'k of n pod pairs'."""
-        return "" if len(self.pairs) == self.total_pairs else f"{len(self.pairs)} of {self.total_pairs} pod pairs"
+        return "" if self.pair_count == self.total_pairs else f"{self.pair_count} of {self.total_pairs} pod pairs"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "from": self.src, "to": self.dst, "change": "gained" if self.gained else "lost",
             "ports": [p.text() for p in self.ports], "families": sorted(self.families),
-            "pairs": [list(p) for p in sorted(self.pairs)], "total_pairs": self.total_pairs,
+            "pairs": [list(p) for p in self.pairs], "pair_count": self.pair_count,
+            "total_pairs": self.total_pairs,
         }
 
 
@@ -70,22 +78,51 @@ class DiffResult:
     old_label: str
     new_label: str
     endpoints: int
+    group_by: str = "app"
 
     @property
     def changed(self) -> bool:
         return bool(self.changes)
 
 
+@dataclass
+class _Pairs:
+    """The pod pairs of one (source group, destination group, direction) in one family,
+    without holding them: a count, an order-independent fingerprint (to tell whether
+    both families changed the same pairs) and the first MAX_PAIRS."""
+
+    ports: int = 0  # segment mask
+    count: int = 0
+    fingerprint: int = 0
+    sample: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Hashes:
+    """Two 64-bit hashes per pod: a pair (x, y) is fingerprinted as a(x)·b(y), so a cross
+    product of pods sums to (Σa)·(Σb) without listing its pairs."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, key: str) -> tuple[int, int]:
+        found = self._cache.get(key)
+        if found is None:
+            digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+            found = self._cache[key] = (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little"))
+        return found
+
+
 def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, group_by: str = "app",
                       old_label: str = "old", new_label: str = "new",
                       progress: Progress | None = None) -> DiffResult:
-    raw: dict[tuple[str, str, bool], dict[str, Any]] = {}
+    raw: dict[tuple[str, str, bool], dict[int, _Pairs]] = {}
     families = [f for f in (4, 6) if any(family_ip(e, f) for e in inventory.endpoints)]
-    steps = done = 0
+    done = 0
     parts = [Partition(inventory, [old, new], f) for f in families]
     # One step per segment and family, and one per family for expanding pod pairs.
     steps = sum(len(p.segments()) + 1 for p in parts)
     merged: dict[tuple[int, int], list[ProtocolPortRange]] = {}  # (family, segment mask) -> port ranges
+    hashes = _Hashes()
     for part in parts:
         a, b = Connectivity(part, old), Connectivity(part, new)
         segments = part.segments()
@@ -94,57 +131,63 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
         # bit mask per pair); only then pod pairs, once per (class pair, direction).
         # Expanding pod pairs segment by segment repeated the same pairs for every
         # segment they changed on (19 segments at bench size: 50 s instead of 4).
-        flat_parts, seg_parts = [], []
+        masks_so_far = _SegmentMasks(len(segments))
         for k, seg in enumerate(segments):
-            flat = _changed_cells(a, b, seg)
-            flat_parts.append(flat)
-            seg_parts.append(np.full(len(flat), k, dtype=np.int64))
+            masks_so_far.add(k, _changed_cells(a, b, seg))
             done += 1
             if progress:
                 progress(done, steps)
-        keys, masks = _segment_masks(np.concatenate(flat_parts or [np.empty(0, np.int64)]),
-                                     np.concatenate(seg_parts or [np.empty(0, np.int64)]))
+        keys, masks = masks_so_far.result()
         sources, rest = np.divmod(keys, 2 * n)
         dests, gains = np.divmod(rest, 2)
-        groups = _class_groups(part, group_by, set(sources.tolist()) | set(dests.tolist()))
+        groups = _class_groups(part, group_by, set(sources.tolist()) | set(dests.tolist()), hashes)
         fam = part.family
         for s, d, g, mask in zip(sources.tolist(), dests.tolist(), gains.tolist(), masks, strict=True):
-            gained = bool(g)
-            for gx, xs in groups[s]:
-                for gy, ys in groups[d]:
-                    if s == d:
+            for gx, xs, (xa, _, xab) in groups[s]:
+                for gy, ys, (_, yb, _) in groups[d]:
+                    count, fingerprint = len(xs) * len(ys), xa * yb
+                    if s == d and gx == gy:
                         # A pod always reaches itself: leave out (x, x).
-                        pairs = [(x, y) for x in xs for y in ys if x != y]
-                        if not pairs:
-                            continue
-                    else:
-                        pairs = [(x, y) for x in xs for y in ys]
-                    entry = raw.setdefault((gx, gy, gained), {"ports": {}, "pairs": {}})
-                    entry["ports"][fam] = entry["ports"].get(fam, 0) | mask
-                    entry["pairs"].setdefault(fam, set()).update(pairs)
+                        count -= len(xs)
+                        fingerprint -= xab
+                    if count == 0:
+                        continue
+                    entry = raw.setdefault((gx, gy, bool(g)), {}).setdefault(fam, _Pairs())
+                    entry.ports |= mask
+                    entry.count += count
+                    entry.fingerprint = (entry.fingerprint + fingerprint) & _MASK64
+                    if len(entry.sample) < MAX_PAIRS:
+                        wanted = MAX_PAIRS - len(entry.sample)
+                        entry.sample.extend(itertools.islice(
+                            ((x, y) for x in xs for y in ys if x != y), wanted))
         done += 1
         if progress:
             progress(done, steps)
-        for entry in raw.values():
-            m = entry["ports"].get(fam)
-            if m is not None and (fam, m) not in merged:
-                merged[(fam, m)] = merge_ranges(segments[k] for k in range(len(segments)) if m >> k & 1)
-    sizes: dict[str, int] = {}
-    for ep in inventory.endpoints:
-        name = group_key(ep, group_by)
-        sizes[name] = sizes.get(name, 0) + 1
+        for per_family in raw.values():
+            found = per_family.get(fam)
+            if found is not None and (fam, found.ports) not in merged:
+                merged[(fam, found.ports)] = merge_ranges(segments[k] for k in range(len(segments))
+                                                          if found.ports >> k & 1)
+    sizes = group_sizes(inventory.endpoints, group_by)
     changes = []
-    for (src, dst, gained), entry in raw.items():
+    for (src, dst, gained), per_family in raw.items():
         total = sizes[src] * sizes[dst] - (sizes[src] if src == dst else 0)
-        per_family = {f: (merged[(f, entry["ports"][f])], entry["pairs"][f]) for f in sorted(entry["ports"])}
-        if len({(tuple(r), frozenset(p)) for r, p in per_family.values()}) == 1:
+        ranges = {f: merged[(f, e.ports)] for f, e in per_family.items()}
+        if len({(tuple(ranges[f]), e.count, e.fingerprint) for f, e in per_family.items()}) == 1:
             # The same change in both families (the usual case): one line.
-            ranges, pairs = next(iter(per_family.values()))
-            changes.append(Change(src, dst, gained, ranges, set(pairs), set(per_family), total))
+            entry = next(iter(per_family.values()))
+            changes.append(Change(src, dst, gained, next(iter(ranges.values())), sorted(entry.sample),
+                                  set(per_family), total, entry.count))
         else:
-            changes.extend(Change(src, dst, gained, r, set(p), {f}, total) for f, (r, p) in per_family.items())
+            changes.extend(Change(src, dst, gained, ranges[f], sorted(e.sample), {f}, total, e.count)
+                           for f, e in sorted(per_family.items()))
     changes.sort(key=lambda c: (not c.gained, c.dst, c.src))
-    return DiffResult(changes, old_label, new_label, len(inventory.endpoints))
+    return DiffResult(changes, old_label, new_label, len(inventory.endpoints), group_by)
+
+
+def _columns(packed: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Bits ``columns`` of every packed row: (rows, len(columns)) booleans, no full unpack."""
+    return ((packed[:, columns >> 3] >> (columns & 7).astype(np.uint8)) & 1).view(bool)
 
 
 def _changed_cells(a: Connectivity, b: Connectivity, seg: ProtocolPortRange) -> np.ndarray:
@@ -153,31 +196,34 @@ def _changed_cells(a: Connectivity, b: Connectivity, seg: ProtocolPortRange) -> 
 
     ``m[s, d] = egress[s] has d and ingress[d] has s``. A cell can only change where
     the source's egress bits or the destination's ingress bits differ, so only those
-    rows and columns are compared: no full matrices, and no transposed AND of n x n
-    booleans per segment (the cost that grew with classes² once the rest was fast)."""
+    rows and columns are compared, :data:`BLOCK` of them at a time from the packed
+    bits: memory grows with the classes, not with their square."""
     n = a.partition.size
     sides = [[conn.side_bits(c, direction, seg.protocol, seg.lo) for c in range(n)]
              for conn in (a, b) for direction in (Direction.EGRESS, Direction.INGRESS)]
     ea, ia, eb, ib = sides
-    rows = [s for s in range(n) if ea[s] != eb[s]]
-    cols = [d for d in range(n) if ia[d] != ib[d]]
+    rows = np.array([s for s in range(n) if ea[s] != eb[s]], dtype=np.int64)
+    cols = np.array([d for d in range(n) if ia[d] != ib[d]], dtype=np.int64)
     out = []
-    if rows:
-        r = np.array(rows, dtype=np.int64)
-        # Rows whose egress changed, every column: ingress[d] has s is column s of ingress.
-        new = unpack_rows([eb[s] for s in rows], n) & unpack_rows(ib, n)[:, r].T
-        old = unpack_rows([ea[s] for s in rows], n) & unpack_rows(ia, n)[:, r].T
+    if len(rows) or len(cols):
+        packed = {name: packed_rows(bits, n) for name, bits in (("ea", ea), ("ia", ia), ("eb", eb), ("ib", ib))}
+    for lo in range(0, len(rows), BLOCK):
+        r = rows[lo:lo + BLOCK]
+        # Rows whose egress changed, every column: ingress[d] has s is bit s of ingress row d.
+        new = unpack_bits(packed["eb"][r], 0, n) & _columns(packed["ib"], r).T
+        old = unpack_bits(packed["ea"][r], 0, n) & _columns(packed["ia"], r).T
         ri, d = np.nonzero(old ^ new)
         out.append((r[ri] * n + d) * 2 + new[ri, d])
-    if cols:
-        c = np.array(cols, dtype=np.int64)
-        # Columns whose ingress changed, the rows not done above: egress[s] has d is
-        # column d of egress.
-        new = unpack_rows(eb, n)[:, c] & unpack_rows([ib[d] for d in cols], n).T
-        old = unpack_rows(ea, n)[:, c] & unpack_rows([ia[d] for d in cols], n).T
+    row_set = np.zeros(n, dtype=bool)
+    row_set[rows] = True
+    for lo in range(0, len(cols), BLOCK):
+        c = cols[lo:lo + BLOCK]
+        # Columns whose ingress changed, the rows not done above: egress[s] has d is bit d
+        # of egress row s.
+        new = _columns(packed["eb"], c) & unpack_bits(packed["ib"][c], 0, n).T
+        old = _columns(packed["ea"], c) & unpack_bits(packed["ia"][c], 0, n).T
         changed = old ^ new
-        if rows:
-            changed[rows, :] = False
+        changed[row_set, :] = False
         s, cj = np.nonzero(changed)
         out.append((s * n + c[cj]) * 2 + new[s, cj])
     if not out:
@@ -185,38 +231,65 @@ def _changed_cells(a: Connectivity, b: Connectivity, seg: ProtocolPortRange) -> 
     return np.concatenate(out).astype(np.int64)
 
 
-def _segment_masks(keys: np.ndarray, segs: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Group (key, segment) records by key: the distinct keys, sorted, and for each the
-    segments it occurs on as a bit mask (a Python int: any number of segments). Done
-    in numpy in 62-segment words, as there are ~10^6 records at bench size."""
-    if len(keys) == 0:
-        return keys, []
-    order = np.argsort(keys, kind="stable")
-    keys, segs = keys[order], segs[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    masks = [0] * len(starts)
-    for word in range(int(segs.max()) // 62 + 1):
-        lo = word * 62
-        inside = (segs >= lo) & (segs < lo + 62)
-        bits = np.where(inside, np.left_shift(np.int64(1), np.clip(segs - lo, 0, 61)), 0)
-        for i, w in enumerate(np.bitwise_or.reduceat(bits, starts).tolist()):
-            if w:
-                masks[i] |= w << lo
-    return keys[starts], masks
+class _SegmentMasks:
+    """For each changed cell, the segments it changed on, as a bit mask: merged one
+    segment at a time into sorted distinct cells with a 62-bit word per 62 segments
+    (16 bytes a cell), instead of sorting (cell, segment) records of every segment at
+    once (10 million of them, 800 MiB at 10,000 classes)."""
+
+    def __init__(self, segments: int) -> None:
+        self.words = segments // 62 + 1
+        self.keys = np.empty(0, dtype=np.int64)
+        self.masks = np.zeros((self.words, 0), dtype=np.int64)
+
+    def add(self, segment: int, cells: np.ndarray) -> None:
+        """``cells``: distinct cells that changed on ``segment``. (Sorting and comparing
+        neighbours, not np.unique: its hashing path is ten times slower here.)"""
+        if not len(cells):
+            return
+        cells = np.sort(cells)
+        keys = np.sort(np.concatenate([self.keys, cells]), kind="stable")  # two sorted runs: linear
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
+        masks = np.zeros((self.words, len(keys)), dtype=np.int64)
+        masks[:, np.searchsorted(keys, self.keys)] = self.masks
+        masks[segment // 62, np.searchsorted(keys, cells)] |= np.int64(1) << np.int64(segment % 62)
+        self.keys, self.masks = keys, masks
+
+    def result(self) -> tuple[np.ndarray, list[int]]:
+        """The distinct cells, sorted, and each one's mask (a Python int: any number of segments)."""
+        masks = [0] * len(self.keys)
+        for word in range(self.words):
+            for i, w in enumerate(self.masks[word].tolist()):
+                if w:
+                    masks[i] |= w << (62 * word)
+        return self.keys, masks
 
 
-def _class_groups(part: Partition, group_by: str, classes: set[int]) -> dict[int, list[tuple[str, list[str]]]]:
-    """Per class: its members' keys by group, groups in order of first member."""
-    out: dict[int, list[tuple[str, list[str]]]] = {}
+def _class_groups(part: Partition, group_by: str, classes: set[int], hashes: _Hashes
+                  ) -> dict[int, list[tuple[str, list[str], tuple[int, int, int]]]]:
+    """Per class: its members' keys by group, groups in order of first member, with the
+    sums over the members of their two hashes and of the hashes' product (the pairs of
+    a pod with itself, left out)."""
+    out: dict[int, list[tuple[str, list[str], tuple[int, int, int]]]] = {}
     for c in classes:
         by_group: dict[str, list[str]] = {}
         for ep in part.members[c]:
             by_group.setdefault(group_key(ep, group_by), []).append(ep.key)
-        out[c] = list(by_group.items())
+        out[c] = []
+        for g, keys in by_group.items():
+            ab = [hashes(k) for k in keys]
+            out[c].append((g, keys, (sum(a for a, _ in ab), sum(b for _, b in ab), sum(a * b for a, b in ab))))
     return out
 
 
 # -- output ------------------------------------------------------------------------
+
+
+# Changes alike (same direction, ports and destination, or same source) from this many
+# groups on are one line: at 10,000 pods a removed default-deny is thousands of changes
+# that say one thing. JSON keeps every change.
+COLLAPSE = 4
+NAMED = 3  # groups named on a collapsed line; the rest are counted
 
 
 def _family_note(c: Change, families: int) -> str:
@@ -225,38 +298,94 @@ def _family_note(c: Change, families: int) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class _Line:
+    """One line of the report: a change, or changes alike collapsed into one."""
+
+    gained: bool
+    src: str
+    dst: str
+    ports: str  # ports text with the family note
+    pairs: int
+    total: int
+    many: tuple[str, ...] = ()  # the groups a collapsed side stands for
+    many_side: str = ""  # "from" or "to"
+
+    def scope(self) -> str:
+        return "" if self.pairs == self.total else f"{self.pairs} of {self.total} pod pairs"
+
+    def many_text(self, quote: str = "") -> str:
+        named = ", ".join(f"{quote}{g}{quote}" for g in self.many[:NAMED])
+        more = f" and {len(self.many) - NAMED} more" if len(self.many) > NAMED else ""
+        return f"{self.many_side} {named}{more}"
+
+
+def _lines(result: DiffResult) -> list[_Line]:
+    fams = len({f for c in result.changes for f in c.families})
+    plural = {"endpoint": "endpoints", "app": "apps", "namespace": "namespaces"}.get(result.group_by, "groups")
+
+    def ports(c: Change) -> str:
+        return c.ports_text() + _family_note(c, fams)
+
+    out: list[_Line] = []
+    by_dst: dict[tuple[bool, str, str], list[Change]] = {}
+    for c in result.changes:
+        by_dst.setdefault((c.gained, c.dst, ports(c)), []).append(c)
+    rest: list[Change] = []
+    for (gained, dst, text_), alike in by_dst.items():
+        if len(alike) >= COLLAPSE:
+            out.append(_Line(gained, f"{len(alike)} {plural}", dst, text_, sum(c.pair_count for c in alike),
+                             sum(c.total_pairs for c in alike), tuple(c.src for c in alike), "from"))
+        else:
+            rest.extend(alike)
+    by_src: dict[tuple[bool, str, str], list[Change]] = {}
+    for c in rest:
+        by_src.setdefault((c.gained, c.src, ports(c)), []).append(c)
+    for (gained, src, text_), alike in by_src.items():
+        if len(alike) >= COLLAPSE:
+            out.append(_Line(gained, src, f"{len(alike)} {plural}", text_, sum(c.pair_count for c in alike),
+                             sum(c.total_pairs for c in alike), tuple(c.dst for c in alike), "to"))
+        else:
+            out.extend(_Line(c.gained, c.src, c.dst, text_, c.pair_count, c.total_pairs) for c in alike)
+    out.sort(key=lambda line: (not line.gained, line.dst, line.src))
+    return out
+
+
 def text(result: DiffResult) -> str:
     if not result.changed:
         return f"no change in access between {result.old_label} and {result.new_label} " \
                f"({result.endpoints} endpoints)\n"
-    fams = len({f for c in result.changes for f in c.families})
     lines = [f"access changes from {result.old_label} to {result.new_label} ({result.endpoints} endpoints):"]
+    every = _lines(result)
     for gained in (True, False):
-        group = [c for c in result.changes if c.gained is gained]
+        count = sum(1 for c in result.changes if c.gained is gained)
+        group = [line for line in every if line.gained is gained]
         if not group:
             continue
         lines.append("")
-        lines.append(("GAINED" if gained else "LOST") + f" ({len(group)}):")
-        width = max(len(c.src) for c in group)
-        for c in group:
-            scope = c.scope()
-            lines.append(f"  {'+' if gained else '-'} {c.src:<{width}} -> {c.dst}  {c.ports_text()}"
-                         f"{_family_note(c, fams)}{'  [' + scope + ']' if scope else ''}")
+        lines.append(("GAINED" if gained else "LOST") + f" ({count}):")
+        width = max(len(line.src) for line in group)
+        for line in group:
+            scope = line.scope()
+            lines.append(f"  {'+' if gained else '-'} {line.src:<{width}} -> {line.dst}  {line.ports}"
+                         f"{'  [' + scope + ']' if scope else ''}")
+            if line.many:
+                lines.append(f"      {line.many_text()}")
     return "\n".join(lines) + "\n"
 
 
 def markdown(result: DiffResult) -> str:
     if not result.changed:
         return f"**No change in access** between `{result.old_label}` and `{result.new_label}`.\n"
-    fams = len({f for c in result.changes for f in c.families})
     gained = sum(c.gained for c in result.changes)
     out = [f"### Access changes: `{result.old_label}` → `{result.new_label}`", "",
            f"{gained} gained, {len(result.changes) - gained} lost ({result.endpoints} endpoints).", "",
            "| | from | to | ports | scope |", "|---|---|---|---|---|"]
-    for c in result.changes:
-        scope = c.scope() or "all pod pairs"
-        out.append(f"| {'➕ gained' if c.gained else '➖ lost'} | `{c.src}` | `{c.dst}` | "
-                   f"{c.ports_text()}{_family_note(c, fams)} | {scope} |")
+    for line in _lines(result):
+        scope = line.scope() or "all pod pairs"
+        src = f"{line.src}: {line.many_text('`')}" if line.many_side == "from" else f"`{line.src}`"
+        dst = f"{line.dst}: {line.many_text('`')}" if line.many_side == "to" else f"`{line.dst}`"
+        out.append(f"| {'➕ gained' if line.gained else '➖ lost'} | {src} | {dst} | {line.ports} | {scope} |")
     return "\n".join(out) + "\n"
 
 

@@ -139,7 +139,8 @@ def _groups(endpoints: Sequence[Endpoint], group_by: str, max_groups: int
         return keys, by_key, {k: i for i, k in enumerate(keys)}, 0
     kept = sorted(sorted(keys, key=lambda k: (-len(by_key[k]), k))[:max_groups - 1])
     rest = [k for k in keys if k not in set(kept)]
-    other = f"(other: {len(rest)} {'endpoints' if group_by == 'endpoint' else group_by + ' groups'})"
+    plural = {"endpoint": "endpoints", "app": "apps", "namespace": "namespaces"}.get(group_by, f"{group_by} groups")
+    other = f"(other: {len(rest)} {plural})"
     members = {k: by_key[k] for k in kept}
     members[other] = [ep for k in rest for ep in by_key[k]]
     names = [*kept, other]
@@ -147,72 +148,104 @@ def _groups(endpoints: Sequence[Endpoint], group_by: str, max_groups: int
     return names, members, index, len(rest)
 
 
-def _packed(rows: list[int], n: int) -> np.ndarray:
+def packed_rows(rows: list[int], n: int) -> np.ndarray:
     """Bitset rows -> (rows, ceil(n/8)) bytes, bit c of row r at byte c//8, bit c%8."""
     width = (n + 7) // 8
     return np.frombuffer(b"".join(r.to_bytes(width, "little") for r in rows), dtype=np.uint8).reshape(len(rows),
                                                                                                        width)
 
 
-def _unpack(packed: np.ndarray, start_bit: int, count: int) -> np.ndarray:
+def unpack_bits(packed: np.ndarray, start_bit: int, count: int) -> np.ndarray:
     """Bits ``start_bit .. start_bit+count`` of every packed row, as booleans."""
     lo = start_bit >> 3
     bits = np.unpackbits(packed[:, lo:(start_bit + count + 7) >> 3], axis=1, bitorder="little")
     return bits[:, start_bit - (lo << 3):start_bit - (lo << 3) + count].view(bool)
 
 
+def _distinct(rows: list[int]) -> tuple[list[int], np.ndarray]:
+    """The distinct bitsets among ``rows`` and, per row, the index of its own."""
+    ids: dict[int, int] = {}
+    index = np.array([ids.setdefault(r, len(ids)) for r in rows], dtype=np.intp)
+    return list(ids), index
+
+
+def _factored(egress: list[int], ingress: list[int], w_src: np.ndarray, w_dst: np.ndarray, n: int) -> np.ndarray:
+    """``Σ_s Σ_d w_src[s, g] · w_dst[d, h] · E[s][d] · I[d][s]`` through the distinct rows.
+
+    Classes isolated by the same policies have the same side bits, so a port has few
+    distinct egress rows E_a and ingress rows I_b (tens to hundreds, at 10,000 classes).
+    With a(s), b(d) the row of each class, the sum is Σ_{a,b} X[a,b,g] · Y[a,b,h] where
+    X[a,b,g] = Σ_{s: a(s)=a} w_src[s,g] · I_b[s] and Y[a,b,h] = Σ_{d: b(d)=b} w_dst[d,h] · E_a[d]:
+    O((A + B) · classes · groups) instead of O(classes² · groups)."""
+    e_rows, a_of = _distinct(egress)
+    i_rows, b_of = _distinct(ingress)
+    e_bits = unpack_bits(packed_rows(e_rows, n), 0, n).astype(np.float32)  # (A, classes)
+    i_bits = unpack_bits(packed_rows(i_rows, n), 0, n).astype(np.float32)  # (B, classes)
+    x = np.zeros((len(e_rows), len(i_rows), w_src.shape[1]), dtype=np.float64)
+    y = np.zeros((len(e_rows), len(i_rows), w_dst.shape[1]), dtype=np.float64)
+    for a in range(len(e_rows)):
+        sources = np.flatnonzero(a_of == a)
+        x[a] = i_bits[:, sources] @ w_src[sources]
+    for b in range(len(i_rows)):
+        dests = np.flatnonzero(b_of == b)
+        y[:, b] = e_bits[:, dests] @ w_dst[dests]
+    flat = len(e_rows) * len(i_rows)
+    return np.asarray(x.reshape(flat, -1).T @ y.reshape(flat, -1))
+
+
+def _blocked(egress: list[int], ingress: list[int], w_src: np.ndarray, w_dst: np.ndarray, n: int) -> np.ndarray:
+    """The same sum for classes that share no rows: the class matrix a block of rows at
+    a time (``egress[s] has d and ingress[d] has s``), multiplied and dropped."""
+    e_packed, i_packed = packed_rows(egress, n), packed_rows(ingress, n)
+    acc = np.zeros((w_src.shape[1], w_dst.shape[1]), dtype=np.float64)
+    for lo in range(0, n, BLOCK):
+        hi = min(n, lo + BLOCK)
+        m = unpack_bits(e_packed[lo:hi], 0, n) & unpack_bits(i_packed, lo, hi - lo).T
+        acc += w_src[lo:hi].T.astype(np.float64) @ (m.astype(np.float32) @ w_dst).astype(np.float64)
+    return acc
+
+
 def group_matrix(conn: Connectivity, ports: Sequence[tuple[int, PortProtocol]], group_by: str,
                  progress: Progress | None = None, max_groups: int = DEFAULT_MAX_GROUPS) -> GroupMatrix:
-    """Aggregate the class matrix into groups, port by port, in blocks of source classes.
+    """Aggregate the class matrix into groups, port by port, never holding it whole.
 
-    ``entries`` are (class, group, pod count) triples, sorted by group: a class's pods
-    share namespace and labels, so they share an app or namespace group; only
-    ``endpoint`` grouping (or a label some of them lack) splits one class over groups."""
+    With ``W[c, g]`` = pods of class c in group g, the pairs allowed from group g to
+    group h are ``(Wᵀ · M · W)[g, h]``, M the class matrix (computed by
+    :func:`_factored`, or :func:`_blocked` when the classes share few rows; float32
+    products are exact for counts below 2²⁴ pods). Pods paired with themselves are
+    then taken off the diagonal."""
     part = conn.partition
     names, members, index, merged = _groups(part.endpoints, group_by, max_groups)
     n_groups, n_classes = len(names), part.size
-    if len(ports) * n_groups * n_groups > MAX_CELLS:
+    if len(ports) * n_groups * n_groups > MAX_CELLS or n_classes * n_groups > MAX_CELLS * 4:
         raise ValueError(f"{n_groups} groups × {len(ports)} ports is too large a table; group coarser "
                          f"(--group-by namespace) or keep fewer groups (--max-groups)")
-    counts: dict[tuple[int, int], int] = {}
-    for ep in part.endpoints:
-        key = (part.class_of[ep.key], index[group_key(ep, group_by)])
-        counts[key] = counts.get(key, 0) + 1
-    entries = sorted(counts.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    ent_c = np.array([c for (c, _), _ in entries], dtype=np.intp)
-    ent_g = np.array([g for (_, g), _ in entries], dtype=np.intp)
-    ent_n = np.array([n for _, n in entries], dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, ent_g[1:] != ent_g[:-1]])
-    col_groups = ent_g[starts]  # the group of each reduceat segment (every group has members)
-    by_class = np.argsort(ent_c, kind="stable")  # entries in class order, to find a block's rows
-
+    weights = np.zeros((n_classes, n_groups), dtype=np.float32)  # W
+    cls = np.array([part.class_of[ep.key] for ep in part.endpoints], dtype=np.intp)
+    grp = np.array([index[group_key(ep, group_by)] for ep in part.endpoints], dtype=np.intp)
+    np.add.at(weights, (cls, grp), 1)
     labels = [f"{n}/{p}" for n, p in ports]
     shape = (len(ports), n_groups, n_groups)
     allowed, served_allowed = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
     serving = np.zeros((len(ports), n_groups), dtype=np.int64)
     for k, (number, proto) in enumerate(ports):
         serves = np.array([any(p.port == number and p.protocol == proto for p in part.rep(c).ports)
-                           for c in range(n_classes)], dtype=bool)
-        np.add.at(serving[k], ent_g, ent_n * serves[ent_c])
+                           for c in range(n_classes)], dtype=np.float32)
+        both = np.concatenate([weights, weights * serves[:, None]], axis=1)  # all pairs | served pairs
+        serving[k] = np.rint(serves @ weights).astype(np.int64)
         seg = part.segment_of(number, proto)
         egress = [conn.side_bits(c, Direction.EGRESS, proto, seg.lo) for c in range(n_classes)]
         ingress = [conn.side_bits(c, Direction.INGRESS, proto, seg.lo) for c in range(n_classes)]
-        e_packed, i_packed = _packed(egress, n_classes), _packed(ingress, n_classes)
-        weights = (ent_n, ent_n * serves[ent_c])
-        for lo in range(0, n_classes, BLOCK):
-            hi = min(n_classes, lo + BLOCK)
-            # m[s, d] for s in the block: egress[s] has d, and ingress[d] has s.
-            m = _unpack(e_packed[lo:hi], 0, n_classes) & _unpack(i_packed, lo, hi - lo).T
-            rows = by_class[(ent_c[by_class] >= lo) & (ent_c[by_class] < hi)]
-            for out, w in zip((allowed[k], served_allowed[k]), weights, strict=True):
-                # Per source class: allowed destination pods in each group; then per source group.
-                per_class = np.add.reduceat(m[:, ent_c] * w, starts, axis=1)
-                contrib = per_class[ent_c[rows] - lo] * ent_n[rows, None]
-                np.add.at(out, (ent_g[rows][:, None], col_groups[None, :]), contrib)
+        rows = len(set(egress)) * len(set(ingress))
+        if rows * 3 * n_groups <= MAX_CELLS * 4 and rows < n_classes * n_classes // 4:
+            acc = _factored(egress, ingress, weights, both, n_classes)
+        else:
+            acc = _blocked(egress, ingress, weights, both, n_classes)
+        counts = np.rint(acc).astype(np.int64)
         # A pod paired with itself is not a pair: take those back off the diagonal.
-        self_ok = np.array([(egress[c] >> c) & (ingress[c] >> c) & 1 for c in ent_c.tolist()], dtype=np.int64)
-        np.subtract.at(allowed[k], (ent_g, ent_g), ent_n * self_ok)
-        np.subtract.at(served_allowed[k], (ent_g, ent_g), ent_n * self_ok * serves[ent_c])
+        self_ok = np.array([(egress[c] >> c) & (ingress[c] >> c) & 1 for c in range(n_classes)], dtype=np.float32)
+        allowed[k] = counts[:, :n_groups] - np.diag(np.rint(self_ok @ weights).astype(np.int64))
+        served_allowed[k] = counts[:, n_groups:] - np.diag(np.rint((self_ok * serves) @ weights).astype(np.int64))
         if progress:
             progress(k + 1, len(ports))
     return GroupMatrix(group_by, names, members, labels, allowed, served_allowed, serving, merged)
