@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callgate.analysis.connectivity import Connectivity, Partition
-from callgate.analysis.groups import group_matrix
 from callgate.analysis.diff import connectivity_diff
+from callgate.analysis.groups import group_matrix
 from callgate.policy import Evaluator
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 from tests.helpers import policies_from, standard

@@ -18,13 +18,14 @@ comparison (bad input included) exits 2.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperOption
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from callgate.errors import InputError, KernelError, Problem
 from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
@@ -100,6 +101,21 @@ def report_input_error(err: InputError) -> None:
         typer.secho(f"error: {problem}", err=True, fg="red")
 
 
+def _first_sentence(help_text: str | None) -> str:
+    """The first sentence of a help text, whole: the command list wraps it rather than
+    cutting it off with '...'."""
+    first = " ".join((help_text or "").strip().split("\n\n", 1)[0].split())
+    end = first.find(". ")
+    return first if end < 0 else first[:end + 1]
+
+
+class TidyGroup(TyperGroup):
+    """A command group whose short help is its first sentence, whole."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return self.short_help or _first_sentence(self.help)
+
+
 class TidyCommand(TyperCommand):
     """Help without type tags (``<bool>``, ``<list[str]>``): options show a metavar
     (their own, or the option's name), flags show nothing, arguments their name."""
@@ -109,6 +125,9 @@ class TidyCommand(TyperCommand):
         for param in self.params:
             if param.metavar is None and param.name and not getattr(param, "is_flag", False):
                 param.metavar = param.name.upper()
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return self.short_help or _first_sentence(self.help)
 
     # ctx and formatter are click's (typer may carry its own copy of click).
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
@@ -135,29 +154,41 @@ class TidyCommand(TyperCommand):
 
 
 def tidy(app: typer.Typer) -> None:
-    """Every command of ``app`` and of its sub-apps gets the tidy help layout."""
+    """Every command of ``app`` and of its sub-apps gets the tidy help layout, and
+    reports bad input as messages (exit 1), however it is invoked."""
     for info in app.registered_commands:
         if info.cls in (None, TyperCommand):
             info.cls = TidyCommand
+        if info.callback is not None:
+            info.callback = handled(info.callback)
     for group in app.registered_groups:
         if group.typer_instance is not None:
+            group.typer_instance.info.cls = TidyGroup
             tidy(group.typer_instance)
 
 
-def run_app(app: typer.Typer) -> None:
-    """Run the typer app, turning user errors into messages and exit code 1.
-
-    Click's standalone mode already maps usage errors to exit 2 and
-    ``typer.Exit`` to its code; what reaches us here are our own errors.
-    """
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Errors in the user's input (or the kernel's refusal) as messages and exit 1: one
+    line per problem on stderr, never a traceback."""
     try:
-        app()
+        yield
     except InputError as err:
         report_input_error(err)
-        sys.exit(EXIT_USER)
+        raise typer.Exit(EXIT_USER) from None
     except KernelError as err:
         typer.secho(f"error: the kernel rejected the transaction; nothing was changed:\n{err}", err=True, fg="red")
-        sys.exit(EXIT_USER)
+        raise typer.Exit(EXIT_USER) from None
     except PermissionError as exc:
         typer.secho(f"error: {exc} (callgate needs root for this command)", err=True, fg="red")
-        sys.exit(EXIT_USER)
+        raise typer.Exit(EXIT_USER) from None
+
+
+def handled(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with :func:`user_errors` around it (the signature typer reads is kept)."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with user_errors():
+            return command(*args, **kwargs)
+
+    return run

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from callgate import __version__
-from callgate.cli.common import CONTEXT_SETTINGS, run_app, tidy
+from callgate.cli.common import CONTEXT_SETTINGS, tidy
 
 app = typer.Typer(
     name="callgate",
@@ -64,4 +64,4 @@ _register()
 
 
 def main() -> None:
-    run_app(app)
+    app()

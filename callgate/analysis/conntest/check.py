@@ -20,6 +20,7 @@ no oracle to test it against but this comparison.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -42,19 +43,30 @@ class Case:
     decision: Decision
     expected: bool
     got: bool
-    family: int
+    families: tuple[int, ...]
     pairs: int  # pod pairs this case stands for
+
+    def same(self, other: Case) -> bool:
+        """The same connection gone the same way (in another IP family)."""
+        d, e = self.decision, other.decision
+        return (self.src_name, self.dst_name, d.port, d.protocol, self.got) == \
+            (other.src_name, other.dst_name, e.port, e.protocol, other.got)
 
 
 @dataclass
 class Outcome:
     expectation: Expectation
     checked: int = 0  # (pod pair, port segment) combinations checked, counted per pair
-    pairs: int = 0  # distinct pod (or address) pairs checked
+    families: dict[int, int] = field(default_factory=dict)  # IP family -> pod (or address) pairs checked
     failures: list[Case] = field(default_factory=list)
     failed_pairs: int = 0
     problem: str | None = None  # the expectation could not be checked (e.g. selects nothing)
     skipped: str | None = None  # nothing of it is on the node (--live)
+
+    @property
+    def pairs(self) -> int:
+        """Pairs checked, the most of any family (a pair is checked once per family both have)."""
+        return max(self.families.values(), default=0)
 
     @property
     def passed(self) -> bool:
@@ -174,15 +186,20 @@ class Checker:
             if found is None:
                 continue
             src, dst, count = found
-            outcome.pairs += count
+            outcome.families[family] = outcome.families.get(family, 0) + count
             for seg in _ports(part, exp.ports, dst, expected):
                 outcome.checked += count
                 decision = self.evaluator.evaluate(src.ip, dst.ip, seg.lo, seg.protocol)
                 got = decision.allowed if self.live is None else self._live(decision, src, dst)
                 if got != expected:
                     outcome.failed_pairs += count
-                    if len(outcome.failures) < MAX_SHOWN:
-                        outcome.failures.append(Case(src.key, dst.key, decision, expected, got, family, count))
+                    case = Case(src.key, dst.key, decision, expected, got, (family,), count)
+                    alike = next((i for i, c in enumerate(outcome.failures) if c.same(case)), None)
+                    if alike is not None:  # shown once, for both families
+                        c = outcome.failures[alike]
+                        outcome.failures[alike] = dataclasses.replace(c, families=(*c.families, family))
+                    elif len(outcome.failures) < MAX_SHOWN:
+                        outcome.failures.append(case)
 
     def _live(self, decision: Decision, src: _Member, dst: _Member) -> bool:
         """The node's table for the sides it enforces; the evaluator for the others."""

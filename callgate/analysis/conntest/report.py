@@ -21,8 +21,10 @@ def case_lines(case: Case, explainer: Explainer, live: str | None) -> list[str]:
     """A failing connection, and why the policies decide it so (the explain trace)."""
     d = case.decision
     where = f" on {live}'s table" if live else ""
-    more = f" (and {case.pairs - 1} more pod pairs like it)" if case.pairs > 1 else ""
-    head = (f"{case.src_name} -> {case.dst_name} {d.port}/{d.protocol} (IPv{case.family}): "
+    others = case.pairs - 1
+    more = f" (and {others} more pod pair{'s' if others > 1 else ''} like it)" if others else ""
+    families = ", ".join(f"IPv{f}" for f in case.families)
+    head = (f"{case.src_name} -> {case.dst_name} {d.port}/{d.protocol} ({families}): "
             f"{_verdict(case.got)}{where}, expected {'allow' if case.expected else 'deny'}{more}")
     return [head, *(line for line in text_lines(explainer.explain(d)))]
 
@@ -33,7 +35,7 @@ def failure_text(outcome: Outcome, explainer: Explainer, live: str | None) -> li
     lines: list[str] = []
     for case in outcome.failures:
         lines.extend(case_lines(case, explainer, live))
-    shown = sum(c.pairs for c in outcome.failures)
+    shown = sum(c.pairs * len(c.families) for c in outcome.failures)
     if outcome.failed_pairs > shown:
         lines.append(f"... {outcome.failed_pairs - shown} more failing (pod pair, port) combinations")
     return lines
@@ -46,7 +48,8 @@ def text(outcomes: list[Outcome], explainer: Explainer, live: str | None) -> lis
         if o.skipped:
             out.append(f"{e.where}: skip  {e.text}  ({o.skipped})")
         elif o.passed:
-            out.append(f"{e.where}: ok    {e.text}  ({o.pairs} pair{'s' if o.pairs != 1 else ''})")
+            families = ", ".join(f"IPv{f}" for f in sorted(o.families) if o.families[f])
+            out.append(f"{e.where}: ok    {e.text}  ({o.pairs} pair{'s' if o.pairs != 1 else ''}, {families})")
         else:
             out.append(f"{e.where}: FAIL  {e.text}")
             out.extend("    " + line for line in failure_text(o, explainer, live))

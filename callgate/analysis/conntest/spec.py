@@ -14,9 +14,11 @@ One expectation per line; ``#`` starts a comment::
 Selectors (no spaces inside):
 
 * ``*``: every endpoint of the inventory;
-* ``ns/name``: one endpoint; ``ns/*``: every endpoint of a namespace;
+* ``ns/name``: the app ``name`` of namespace ``ns`` (its app label, as matrix,
+  graph and diff name groups) and the endpoint ``ns/name``; ``ns/*``: every
+  endpoint of a namespace; ``name``: the app ``name`` in every namespace;
 * ``key=value,key2!=v,key3,!key4``: a label selector over all namespaces, and
-  ``ns/key=value...`` within one (``app=cart`` selects by app);
+  ``ns/key=value...`` within one;
 * an IP address, also outside the inventory.
 
 Ports: ``80``, ``80/UDP``, ``8000-8100/TCP``, comma-separated. Left out,
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from callgate.analysis.connectivity import ProtocolPortRange
+from callgate.analysis.groups import APP_LABELS
 from callgate.errors import InputError, Problem
 from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, LabelSelector, PortProtocol, Requirement
 
@@ -46,6 +49,7 @@ _LINE = re.compile(
     r"^(?P<src>\S+)\s+->\s+(?P<dst>\S+?)(?:\s+(?P<ports>[^:]*?))?\s*:\s+(?P<verdict>\S+)"
     r"(?:\s+except\s+(?P<except>.+))?$")
 _KEY = re.compile(r"^([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?/)?[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?$")
+_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _PORT = re.compile(r"^(?P<lo>\d+)(?:-(?P<hi>\d+))?(?:/(?P<proto>[A-Za-z]+))?$")
 
 
@@ -55,7 +59,7 @@ class Selector:
 
     text: str
     namespace: str | None = None  # None: every namespace
-    name: str | None = None  # one endpoint
+    name: str | None = None  # an app, or an endpoint's name
     labels: LabelSelector | None = None
     ip: IPAddress | None = None
 
@@ -64,9 +68,14 @@ class Selector:
             return self.ip in ep.ips
         if self.namespace is not None and ep.namespace != self.namespace:
             return False
-        if self.name is not None and ep.name != self.name:
+        if self.name is not None and self.name != app_of(ep) and (self.namespace is None or ep.name != self.name):
             return False
         return self.labels is None or self.labels.matches(ep.labels)
+
+
+def app_of(ep: Endpoint) -> str | None:
+    """The endpoint's app: its first app label (as groups are named)."""
+    return next((ep.labels[k] for k in APP_LABELS if k in ep.labels), None)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ def _labels(text: str) -> LabelSelector:
     pairs: list[tuple[str, str]] = []
     reqs: list[Requirement] = []
     for term in text.split(","):
+        value = ""
         if "!=" in term:
             key, value = term.split("!=", 1)
             reqs.append(Requirement(key, "NotIn", frozenset({value})))
@@ -110,6 +120,8 @@ def _labels(text: str) -> LabelSelector:
             reqs.append(Requirement(key, "Exists"))
         if not _KEY.match(key):
             raise ValueError(f"{key!r} is not a label key")
+        if not _VALUE.match(value):
+            raise ValueError(f"{value!r} is not a label value")
     return LabelSelector(tuple(sorted(pairs)), tuple(reqs))
 
 
@@ -126,9 +138,6 @@ def parse_selector(text: str) -> Selector:
     if not rest:
         raise ValueError(f"{text!r}: expected *, ns/name, ns/*, labels such as app=cart, or an IP address")
     is_labels = "=" in rest or rest.startswith("!")
-    if not slash and not is_labels:
-        raise ValueError(f"{text!r}: expected *, ns/name, ns/*, labels such as app=cart, or an IP address "
-                         "(a namespace alone is written ns/*)")
     ns = namespace or None
     if rest == "*":
         return Selector(text, namespace=ns)
