@@ -245,6 +245,7 @@ class Connectivity:
         # (class, direction) -> (isolating policies, their ids, has an ingress named port)
         self._side_keys: dict[tuple[int, Direction], tuple[list[Policy], tuple[int, ...], bool]] = {}
         self._matrices: dict[tuple[PortProtocol, int], np.ndarray] = {}
+        self._row_kinds: dict[Direction, tuple[list[int], np.ndarray]] = {}  # see side_rows
         self._by_ns: dict[str, list[Policy]] = {}
         for pol in self.policies.policies:
             self._by_ns.setdefault(pol.namespace, []).append(pol)
@@ -385,6 +386,32 @@ class Connectivity:
                 break
         side[memo] = bits
         return bits
+
+    def side_rows(self, direction: Direction, protocol: PortProtocol, port: int) -> tuple[list[int], np.ndarray]:
+        """Every class's :meth:`side_bits`, as the bitsets of its few kinds of class and,
+        per class, the index of its own: classes isolated by the same policies share their
+        bits, so a port has tens to hundreds of rows, not one per class (10,000 calls of
+        side_bits cost more than everything done with the rows)."""
+        found = self._row_kinds.get(direction)
+        if found is None:
+            kinds: dict[object, int] = {}
+            reps: list[int] = []
+            of_class = []
+            for c in range(self.partition.size):
+                policies, ids, named = self._side_key(c, direction)
+                kind = (ids, self.partition.rep(c).ports if named else None) if policies else None
+                k = kinds.get(kind)
+                if k is None:
+                    k = kinds[kind] = len(reps)
+                    reps.append(c)
+                of_class.append(k)
+            found = self._row_kinds[direction] = (reps, np.array(of_class, dtype=np.intp))
+        reps, kind_of = found
+        # Kinds of class may still have equal bits on this port: one row each.
+        distinct: dict[int, int] = {}
+        row_of_kind = np.array([distinct.setdefault(self.side_bits(c, direction, protocol, port), len(distinct))
+                                for c in reps], dtype=np.intp)
+        return list(distinct), row_of_kind[kind_of]
 
     # -- the matrix ------------------------------------------------------
 

@@ -199,14 +199,15 @@ def _changed_cells(a: Connectivity, b: Connectivity, seg: ProtocolPortRange) -> 
     rows and columns are compared, :data:`BLOCK` of them at a time from the packed
     bits: memory grows with the classes, not with their square."""
     n = a.partition.size
-    sides = [[conn.side_bits(c, direction, seg.protocol, seg.lo) for c in range(n)]
-             for conn in (a, b) for direction in (Direction.EGRESS, Direction.INGRESS)]
-    ea, ia, eb, ib = sides
-    rows = np.array([s for s in range(n) if ea[s] != eb[s]], dtype=np.int64)
-    cols = np.array([d for d in range(n) if ia[d] != ib[d]], dtype=np.int64)
+    # e/i: egress/ingress; a/b: old/new.
+    sides = {f"{side}{name}": conn.side_rows(direction, seg.protocol, seg.lo)
+             for name, conn in (("a", a), ("b", b))
+             for side, direction in (("e", Direction.EGRESS), ("i", Direction.INGRESS))}
+    rows = _differ(sides["ea"], sides["eb"])
+    cols = _differ(sides["ia"], sides["ib"])
     out = []
     if len(rows) or len(cols):
-        packed = {name: packed_rows(bits, n) for name, bits in (("ea", ea), ("ia", ia), ("eb", eb), ("ib", ib))}
+        packed = {key: packed_rows(bits, n)[index] for key, (bits, index) in sides.items()}
     for lo in range(0, len(rows), BLOCK):
         r = rows[lo:lo + BLOCK]
         # Rows whose egress changed, every column: ingress[d] has s is bit s of ingress row d.
@@ -229,6 +230,15 @@ def _changed_cells(a: Connectivity, b: Connectivity, seg: ProtocolPortRange) -> 
     if not out:
         return np.empty(0, dtype=np.int64)
     return np.concatenate(out).astype(np.int64)
+
+
+def _differ(old: tuple[list[int], np.ndarray], new: tuple[list[int], np.ndarray]) -> np.ndarray:
+    """Classes whose bits differ between two :meth:`Connectivity.side_rows`, comparing
+    each (old row, new row) combination once."""
+    combos = old[1] * len(new[0]) + new[1]
+    kinds, which = np.unique(combos, return_inverse=True)
+    differs = np.array([old[0][k // len(new[0])] != new[0][k % len(new[0])] for k in kinds.tolist()], dtype=bool)
+    return np.flatnonzero(differs[which]).astype(np.int64)
 
 
 class _SegmentMasks:

@@ -162,14 +162,12 @@ def unpack_bits(packed: np.ndarray, start_bit: int, count: int) -> np.ndarray:
     return bits[:, start_bit - (lo << 3):start_bit - (lo << 3) + count].view(bool)
 
 
-def _distinct(rows: list[int]) -> tuple[list[int], np.ndarray]:
-    """The distinct bitsets among ``rows`` and, per row, the index of its own."""
-    ids: dict[int, int] = {}
-    index = np.array([ids.setdefault(r, len(ids)) for r in rows], dtype=np.intp)
-    return list(ids), index
+# A side of every class: a few distinct bitsets, and per class the index of its own
+# (:meth:`Connectivity.side_rows`).
+Rows = tuple[list[int], np.ndarray]
 
 
-def _factored(egress: list[int], ingress: list[int], w_src: np.ndarray, w_dst: np.ndarray, n: int) -> np.ndarray:
+def _factored(egress: Rows, ingress: Rows, w_src: np.ndarray, w_dst: np.ndarray, n: int) -> np.ndarray:
     """``Σ_s Σ_d w_src[s, g] · w_dst[d, h] · E[s][d] · I[d][s]`` through the distinct rows.
 
     Classes isolated by the same policies have the same side bits, so a port has few
@@ -177,8 +175,8 @@ def _factored(egress: list[int], ingress: list[int], w_src: np.ndarray, w_dst: n
     With a(s), b(d) the row of each class, the sum is Σ_{a,b} X[a,b,g] · Y[a,b,h] where
     X[a,b,g] = Σ_{s: a(s)=a} w_src[s,g] · I_b[s] and Y[a,b,h] = Σ_{d: b(d)=b} w_dst[d,h] · E_a[d]:
     O((A + B) · classes · groups) instead of O(classes² · groups)."""
-    e_rows, a_of = _distinct(egress)
-    i_rows, b_of = _distinct(ingress)
+    e_rows, a_of = egress
+    i_rows, b_of = ingress
     e_bits = unpack_bits(packed_rows(e_rows, n), 0, n).astype(np.float32)  # (A, classes)
     i_bits = unpack_bits(packed_rows(i_rows, n), 0, n).astype(np.float32)  # (B, classes)
     x = np.zeros((len(e_rows), len(i_rows), w_src.shape[1]), dtype=np.float64)
@@ -193,10 +191,10 @@ def _factored(egress: list[int], ingress: list[int], w_src: np.ndarray, w_dst: n
     return np.asarray(x.reshape(flat, -1).T @ y.reshape(flat, -1))
 
 
-def _blocked(egress: list[int], ingress: list[int], w_src: np.ndarray, w_dst: np.ndarray, n: int) -> np.ndarray:
+def _blocked(egress: Rows, ingress: Rows, w_src: np.ndarray, w_dst: np.ndarray, n: int) -> np.ndarray:
     """The same sum for classes that share no rows: the class matrix a block of rows at
     a time (``egress[s] has d and ingress[d] has s``), multiplied and dropped."""
-    e_packed, i_packed = packed_rows(egress, n), packed_rows(ingress, n)
+    e_packed, i_packed = packed_rows(egress[0], n)[egress[1]], packed_rows(ingress[0], n)[ingress[1]]
     acc = np.zeros((w_src.shape[1], w_dst.shape[1]), dtype=np.float64)
     for lo in range(0, n, BLOCK):
         hi = min(n, lo + BLOCK)
@@ -234,16 +232,19 @@ def group_matrix(conn: Connectivity, ports: Sequence[tuple[int, PortProtocol]], 
         both = np.concatenate([weights, weights * serves[:, None]], axis=1)  # all pairs | served pairs
         serving[k] = np.rint(serves @ weights).astype(np.int64)
         seg = part.segment_of(number, proto)
-        egress = [conn.side_bits(c, Direction.EGRESS, proto, seg.lo) for c in range(n_classes)]
-        ingress = [conn.side_bits(c, Direction.INGRESS, proto, seg.lo) for c in range(n_classes)]
-        rows = len(set(egress)) * len(set(ingress))
+        egress = conn.side_rows(Direction.EGRESS, proto, seg.lo)
+        ingress = conn.side_rows(Direction.INGRESS, proto, seg.lo)
+        rows = len(egress[0]) * len(ingress[0])
         if rows * 3 * n_groups <= MAX_CELLS * 4 and rows < n_classes * n_classes // 4:
             acc = _factored(egress, ingress, weights, both, n_classes)
         else:
             acc = _blocked(egress, ingress, weights, both, n_classes)
         counts = np.rint(acc).astype(np.int64)
         # A pod paired with itself is not a pair: take those back off the diagonal.
-        self_ok = np.array([(egress[c] >> c) & (ingress[c] >> c) & 1 for c in range(n_classes)], dtype=np.float32)
+        (e_rows, e_of), (i_rows, i_of) = egress, ingress
+        self_ok = np.array([(e_rows[e] >> c) & (i_rows[i] >> c) & 1
+                            for c, e, i in zip(range(n_classes), e_of.tolist(), i_of.tolist(), strict=True)],
+                           dtype=np.float32)
         allowed[k] = counts[:, :n_groups] - np.diag(np.rint(self_ok @ weights).astype(np.int64))
         served_allowed[k] = counts[:, n_groups:] - np.diag(np.rint((self_ok * serves) @ weights).astype(np.int64))
         if progress:
