@@ -83,6 +83,11 @@ USAGE_MISTAKES = [
     ["test", *SHOP_ARGS],  # no FILE
     ["test", *SHOP_ARGS, "--live", "examples/shop/connectivity.cgtest"],  # --live without --node
     ["frobnicate"],
+    ["agent", "--node", "node-1", "-i", STD, "--log-level", "loud"],
+    ["agent", "--node", "node-1", "--source", "nfs"],
+    ["agent", "--node", "node-1", "-i", "examples/shop/inventori.yaml"],
+    ["controller", "--min-severity", "fatal", "--once"],
+    ["lab", "probe", "-i", STD, "-p", STD, "--port", "80/SCTP"],
 ]
 
 

@@ -133,3 +133,26 @@ def test_skipped_blocks_say_why() -> None:
         if t.mark == "skip":
             before = (ROOT / t.file).read_text().splitlines()[t.line - 3]
             assert re.search(r"skip \(.+\)", before), f"{t.id}: say why the block cannot run"
+
+
+def test_readme_names_the_packages_setup_installs() -> None:
+    """README's apt list is scripts/setup.sh's, package for package."""
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    installed = re.search(r"^for pkg in (.+); do$", setup, re.M)
+    assert installed, "setup.sh's package loop moved: update this test"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    listed = re.search(r"apt packages `([^`]+)`", readme)
+    assert listed and listed.group(1).split() == installed.group(1).split()
+
+
+def test_agent_doc_shows_only_agent_options() -> None:
+    """Every `--option` docs/agent.md writes is an option of `callgate agent`, unless its
+    line says whose it is (the benchmark's, the CNI plugin's, nft's...)."""
+    agent_help = subprocess.run([CALLGATE, "agent", "-h"], capture_output=True, text=True,
+                                env={**os.environ, "COLUMNS": "200"}).stdout
+    known = set(re.findall(r"--[a-z][a-z0-9-]+", agent_help))
+    for n, line in enumerate((ROOT / "docs" / "agent.md").read_text().splitlines(), start=1):
+        if re.search(r"bench|pytest|kubectl|curl|nft |ip netns|CNI|callgate (apply|compile|lab)", line):
+            continue
+        for option in re.findall(r"`[^`]*?(--[a-z][a-z0-9-]+)", line):
+            assert option in known, f"docs/agent.md:{n}: {option} is not an option of callgate agent"

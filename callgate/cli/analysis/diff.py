@@ -22,7 +22,7 @@ from callgate.cli.analysis.output import progress_bar, stdout
 from callgate.cli.common import EXIT_OK, EXIT_USAGE, EXIT_USER, report_input_error, require_paths, usage_error
 from callgate.cli.engine import BackendOpt, compile_for
 from callgate.errors import InputError, KernelError, Problem
-from callgate.policy import PolicySet, load_inventory, load_policies
+from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
 
 
 class DiffFormat(StrEnum):
@@ -110,8 +110,7 @@ def diff(
             require_paths("'PATH'", paths)
             old_paths, new_paths = [Path(paths[0])], [Path(paths[1])]
             labels = (paths[0], paths[1])
-        inv = load_inventory(inventory)
-        old, new = _load_both(old_paths, new_paths)
+        inv, old, new = _load_all(inventory, old_paths, new_paths)
         with progress_bar("comparing") as progress:
             result = diffmod.connectivity_diff(inv, old, new, group_by, labels[0], labels[1], progress)
     if fmt is DiffFormat.JSON:
@@ -123,18 +122,24 @@ def diff(
     raise typer.Exit(EXIT_USER if result.changed else EXIT_OK)
 
 
-def _load_both(old_paths: list[Path], new_paths: list[Path]) -> tuple[PolicySet, PolicySet]:
-    """Both sides, every problem of both reported together."""
+def _load_all(inventory: list[str], old_paths: list[Path], new_paths: list[Path]
+              ) -> tuple[Inventory, PolicySet, PolicySet]:
+    """The inventory and both sides, every problem of the three reported together."""
     problems: list[Problem] = []
+    inv: Inventory | None = None
     loaded: list[PolicySet] = []
+    try:
+        inv = load_inventory(inventory)
+    except InputError as err:
+        problems.extend(err.problems)
     for paths in (old_paths, new_paths):
         try:
             loaded.append(load_policies(paths))
         except InputError as err:
             problems.extend(err.problems)
-    if problems:
+    if problems or inv is None:
         raise InputError(problems)
-    return loaded[0], loaded[1]
+    return inv, loaded[0], loaded[1]
 
 
 def _diff_live(inventory: list[str], policies: list[str], node: str | None, backend: str,
