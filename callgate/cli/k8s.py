@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from callgate.cli.common import fail, usage_error
+from callgate.cli.common import fail, require_paths, usage_error
 
 ServerOpt = Annotated[str | None, typer.Option(
     "--server", help="API server URL, e.g. http://127.0.0.1:8001 behind `kubectl proxy` "
@@ -72,6 +72,12 @@ def controller(
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             usage_error(f"--health-address {health_address!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
         health = (host.strip("[]"), int(port))
+    if server is not None and not server.startswith(("http://", "https://")):
+        usage_error(f"--server {server!r} must be an http:// or https:// URL")
+    if kubeconfig is not None:
+        require_paths("'--kubeconfig'", [kubeconfig])
+    if lint_config is not None:
+        require_paths("'--lint-config'", [lint_config])
     config = find_config(Path.cwd(), lint_config) if lint_config else LintConfig()
     api_client, origin = make_api_client(server=server, kubeconfig=kubeconfig, context=context)
 
