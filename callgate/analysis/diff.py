@@ -18,7 +18,7 @@ import itertools
 import json
 import subprocess
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,6 @@ from callgate.policy.model import Direction, Inventory, PolicySet
 # Pod pairs listed per change in JSON; beyond, they are counted (a default-deny removed
 # at 10,000 pods changes millions of pairs, which no reviewer reads and no memory holds).
 MAX_PAIRS = 100
-_MASK64 = (1 << 64) - 1
 
 
 @dataclass
@@ -51,10 +50,16 @@ class Change:
     dst: str
     gained: bool
     ports: list[ProtocolPortRange]
-    pairs: list[tuple[str, str]] = field(default_factory=list)  # (src pod, dst pod): the first MAX_PAIRS
     families: set[int] = field(default_factory=set)
     total_pairs: int = 0  # pod pairs between the two groups
     pair_count: int = 0  # pod pairs that changed
+    # Lists the pairs when asked: only JSON wants them, and listing costs.
+    listing: Callable[[], list[tuple[str, str]]] = field(default=list, repr=False, compare=False)
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """(source pod, destination pod) of the first MAX_PAIRS pairs that changed, sorted."""
+        return sorted(self.listing())
 
     def ports_text(self) -> str:
         return ", ".join(p.text() for p in self.ports)
@@ -85,102 +90,172 @@ class DiffResult:
         return bool(self.changes)
 
 
-@dataclass
-class _Pairs:
-    """The pod pairs of one (source group, destination group, direction) in one family,
-    without holding them: a count, an order-independent fingerprint (to tell whether
-    both families changed the same pairs) and the first MAX_PAIRS."""
+@dataclass(frozen=True)
+class _Pieces:
+    """The classes of one family split by group: a piece is the members of one class in one
+    group (one piece per class, since a class's members share namespace and labels, except
+    with endpoint grouping, which puts every member in a group of its own).
 
-    ports: int = 0  # segment mask
-    count: int = 0
-    fingerprint: int = 0
-    sample: list[tuple[str, str]] = field(default_factory=list)
+    A pair (x, y) is fingerprinted as a(x)·b(y) mod 2⁶⁴, a and b two hashes of the pod, so
+    the pairs of two pieces sum to (Σa)·(Σb) without listing them: two families that
+    changed the same pairs have the same count and fingerprint."""
+
+    group: np.ndarray  # per piece: the group's index in ``names``
+    count: np.ndarray  # pods
+    a: np.ndarray  # Σ a(x), uint64
+    b: np.ndarray  # Σ b(x), uint64
+    ab: np.ndarray  # Σ a(x)·b(x): the pairs of a pod with itself
+    members: list[list[str]]
+    first: np.ndarray  # per class: its first piece
+    pieces: np.ndarray  # per class: how many pieces it has
 
 
-class _Hashes:
-    """Two 64-bit hashes per pod: a pair (x, y) is fingerprinted as a(x)·b(y), so a cross
-    product of pods sums to (Σa)·(Σb) without listing its pairs."""
+def _hash(key: str) -> tuple[int, int]:
+    digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
 
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[int, int]] = {}
 
-    def __call__(self, key: str) -> tuple[int, int]:
-        found = self._cache.get(key)
-        if found is None:
-            digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
-            found = self._cache[key] = (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little"))
-        return found
+def _pieces(part: Partition, group_by: str, index: dict[str, int]) -> _Pieces:
+    group: list[int] = []
+    count: list[int] = []
+    a: list[int] = []
+    b: list[int] = []
+    ab: list[int] = []
+    members: list[list[str]] = []
+    first: list[int] = []
+    pieces: list[int] = []
+    mask = (1 << 64) - 1
+    for c in range(part.size):
+        by_group: dict[str, list[str]] = {}
+        for ep in part.members[c]:
+            by_group.setdefault(group_key(ep, group_by), []).append(ep.key)
+        first.append(len(group))
+        pieces.append(len(by_group))
+        for g, keys in by_group.items():
+            hashes = [_hash(k) for k in keys]
+            group.append(index.setdefault(g, len(index)))
+            count.append(len(keys))
+            a.append(sum(x for x, _ in hashes) & mask)
+            b.append(sum(y for _, y in hashes) & mask)
+            ab.append(sum(x * y for x, y in hashes) & mask)
+            members.append(keys)
+    return _Pieces(np.array(group, dtype=np.int64), np.array(count, dtype=np.int64),
+                   np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64), np.array(ab, dtype=np.uint64),
+                   members, np.array(first, dtype=np.int64), np.array(pieces, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One family's change from one group to another, in one direction."""
+
+    masks: tuple[int, ...]  # segment mask words
+    count: int
+    fingerprint: int
+    listing: Callable[[], list[tuple[str, str]]]
+
+
+def _entries(cells: np.ndarray, masks: np.ndarray, n: int, pieces: _Pieces, names: list[str]
+             ) -> dict[tuple[int, int, bool], _Entry]:
+    """Changed cells (class pairs with their segment masks) summed per (source group,
+    destination group, gained), in numpy: a cell is a class pair, split into its pieces'
+    pairs; pairs of a pod with itself are left out (it always reaches itself)."""
+    sources, rest = np.divmod(cells, 2 * n)
+    dests, gains = np.divmod(rest, 2)
+    fan = pieces.pieces[sources] * pieces.pieces[dests]  # piece pairs per cell (1, but for endpoint grouping)
+    cell = np.repeat(np.arange(len(cells)), fan)
+    within = np.arange(len(cell)) - np.repeat(np.cumsum(fan) - fan, fan)
+    per_dest = pieces.pieces[dests][cell]
+    ps = pieces.first[sources][cell] + within // per_dest
+    pd = pieces.first[dests][cell] + within % per_dest
+    same = ps == pd
+    count = pieces.count[ps] * pieces.count[pd] - np.where(same, pieces.count[ps], 0)
+    fingerprint = pieces.a[ps] * pieces.b[pd] - np.where(same, pieces.ab[ps], np.uint64(0))
+    key = (pieces.group[ps] * len(names) + pieces.group[pd]) * 2 + gains[cell]
+    keep = count > 0
+    ps, pd, cell, count, fingerprint, key = ps[keep], pd[keep], cell[keep], count[keep], fingerprint[keep], key[keep]
+    if not len(key):
+        return {}
+    order = np.argsort(key, kind="stable")
+    key, ps, pd, cell, count, fingerprint = key[order], ps[order], pd[order], cell[order], count[order], fingerprint[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], len(key)]
+    counts = np.add.reduceat(count, starts)
+    prints = np.add.reduceat(fingerprint, starts)
+    words = np.stack([np.bitwise_or.reduceat(masks[w][cell], starts) for w in range(len(masks))])
+
+    def listing(lo: int, hi: int) -> Callable[[], list[tuple[str, str]]]:
+        def pairs() -> list[tuple[str, str]]:
+            found: list[tuple[str, str]] = []
+            for x_piece, y_piece in zip(ps[lo:hi].tolist(), pd[lo:hi].tolist(), strict=True):
+                found.extend(itertools.islice(((x, y) for x in pieces.members[x_piece]
+                                               for y in pieces.members[y_piece] if x != y), MAX_PAIRS - len(found)))
+                if len(found) >= MAX_PAIRS:
+                    break
+            return found
+
+        return pairs
+
+    out: dict[tuple[int, int, bool], _Entry] = {}
+    for i, (k, lo, hi) in enumerate(zip(key[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)):
+        pair, gained = divmod(k, 2)
+        out[(pair // len(names), pair % len(names), bool(gained))] = _Entry(
+            tuple(int(w) for w in words[:, i].tolist()), int(counts[i]), int(prints[i]), listing(lo, hi))
+    return out
 
 
 def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, group_by: str = "app",
                       old_label: str = "old", new_label: str = "new",
                       progress: Progress | None = None) -> DiffResult:
-    raw: dict[tuple[str, str, bool], dict[int, _Pairs]] = {}
     families = [f for f in (4, 6) if any(family_ip(e, f) for e in inventory.endpoints)]
     done = 0
     parts = [Partition(inventory, [old, new], f) for f in families]
-    # One step per segment and family, and one per family for expanding pod pairs.
+    # One step per segment and family, and one per family for counting pod pairs.
     steps = sum(len(p.segments()) + 1 for p in parts)
-    merged: dict[tuple[int, int], list[ProtocolPortRange]] = {}  # (family, segment mask) -> port ranges
-    hashes = _Hashes()
+    index: dict[str, int] = {}  # group name -> number, across families
+    per_family: dict[int, tuple[dict[tuple[int, int, bool], _Entry], list[ProtocolPortRange]]] = {}
     for part in parts:
         a, b = Connectivity(part, old), Connectivity(part, new)
         segments = part.segments()
-        n = part.size
-        # First which class pairs changed, in which direction and on which segments (as a
-        # bit mask per pair); only then pod pairs, once per (class pair, direction).
-        # Expanding pod pairs segment by segment repeated the same pairs for every
-        # segment they changed on (19 segments at bench size: 50 s instead of 4).
-        masks_so_far = _SegmentMasks(len(segments))
+        # First which class pairs changed, in which direction and on which segments (a
+        # mask per pair); only then pod pairs, once per (class pair, direction):
+        # expanding pod pairs segment by segment repeated them for every segment.
+        masks = _SegmentMasks(len(segments))
         for k, seg in enumerate(segments):
-            masks_so_far.add(k, _changed_cells(a, b, seg))
+            masks.add(k, _changed_cells(a, b, seg))
             done += 1
             if progress:
                 progress(done, steps)
-        keys, masks = masks_so_far.result()
-        sources, rest = np.divmod(keys, 2 * n)
-        dests, gains = np.divmod(rest, 2)
-        groups = _class_groups(part, group_by, set(sources.tolist()) | set(dests.tolist()), hashes)
-        fam = part.family
-        for s, d, g, mask in zip(sources.tolist(), dests.tolist(), gains.tolist(), masks, strict=True):
-            for gx, xs, (xa, _, xab) in groups[s]:
-                for gy, ys, (_, yb, _) in groups[d]:
-                    count, fingerprint = len(xs) * len(ys), xa * yb
-                    if s == d and gx == gy:
-                        # A pod always reaches itself: leave out (x, x).
-                        count -= len(xs)
-                        fingerprint -= xab
-                    if count == 0:
-                        continue
-                    entry = raw.setdefault((gx, gy, bool(g)), {}).setdefault(fam, _Pairs())
-                    entry.ports |= mask
-                    entry.count += count
-                    entry.fingerprint = (entry.fingerprint + fingerprint) & _MASK64
-                    if len(entry.sample) < MAX_PAIRS:
-                        wanted = MAX_PAIRS - len(entry.sample)
-                        entry.sample.extend(itertools.islice(
-                            ((x, y) for x in xs for y in ys if x != y), wanted))
+        pieces = _pieces(part, group_by, index)
+        names = list(index)
+        per_family[part.family] = (_entries(masks.keys, masks.masks, part.size, pieces, names), segments)
         done += 1
         if progress:
             progress(done, steps)
-        for per_family in raw.values():
-            found = per_family.get(fam)
-            if found is not None and (fam, found.ports) not in merged:
-                merged[(fam, found.ports)] = merge_ranges(segments[k] for k in range(len(segments))
-                                                          if found.ports >> k & 1)
+    names = list(index)
     sizes = group_sizes(inventory.endpoints, group_by)
+    ranges: dict[tuple[int, tuple[int, ...]], list[ProtocolPortRange]] = {}
+
+    def ports(family: int, entry: _Entry) -> list[ProtocolPortRange]:
+        found = ranges.get((family, entry.masks))
+        if found is None:
+            segments = per_family[family][1]
+            found = ranges[(family, entry.masks)] = merge_ranges(
+                seg for k, seg in enumerate(segments) if entry.masks[k // 62] >> (k % 62) & 1)
+        return found
+
+    keys = sorted({k for entries, _ in per_family.values() for k in entries})
     changes = []
-    for (src, dst, gained), per_family in raw.items():
+    for g, h, gained in keys:
+        src, dst = names[g], names[h]
         total = sizes[src] * sizes[dst] - (sizes[src] if src == dst else 0)
-        ranges = {f: merged[(f, e.ports)] for f, e in per_family.items()}
-        if len({(tuple(ranges[f]), e.count, e.fingerprint) for f, e in per_family.items()}) == 1:
+        found = {f: entries[(g, h, gained)] for f, (entries, _) in per_family.items() if (g, h, gained) in entries}
+        if len({(tuple(ports(f, e)), e.count, e.fingerprint) for f, e in found.items()}) == 1:
             # The same change in both families (the usual case): one line.
-            entry = next(iter(per_family.values()))
-            changes.append(Change(src, dst, gained, next(iter(ranges.values())), sorted(entry.sample),
-                                  set(per_family), total, entry.count))
+            f, e = next(iter(found.items()))
+            changes.append(Change(src, dst, gained, ports(f, e), set(found), total, e.count, e.listing))
         else:
-            changes.extend(Change(src, dst, gained, ranges[f], sorted(e.sample), {f}, total, e.count)
-                           for f, e in sorted(per_family.items()))
+            changes.extend(Change(src, dst, gained, ports(f, e), {f}, total, e.count, e.listing)
+                           for f, e in sorted(found.items()))
     changes.sort(key=lambda c: (not c.gained, c.dst, c.src))
     return DiffResult(changes, old_label, new_label, len(inventory.endpoints), group_by)
 
@@ -253,43 +328,21 @@ class _SegmentMasks:
         self.masks = np.zeros((self.words, 0), dtype=np.int64)
 
     def add(self, segment: int, cells: np.ndarray) -> None:
-        """``cells``: distinct cells that changed on ``segment``. (Sorting and comparing
-        neighbours, not np.unique: its hashing path is ten times slower here.)"""
+        """``cells``: distinct cells that changed on ``segment``. (One stable sort of the
+        kept cells and the new ones, then a scatter: np.unique's hashing path is ten
+        times slower here, and searchsorted twice as slow.)"""
         if not len(cells):
             return
-        cells = np.sort(cells)
-        keys = np.sort(np.concatenate([self.keys, cells]), kind="stable")  # two sorted runs: linear
-        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
-        masks = np.zeros((self.words, len(keys)), dtype=np.int64)
-        masks[:, np.searchsorted(keys, self.keys)] = self.masks
-        masks[segment // 62, np.searchsorted(keys, cells)] |= np.int64(1) << np.int64(segment % 62)
-        self.keys, self.masks = keys, masks
-
-    def result(self) -> tuple[np.ndarray, list[int]]:
-        """The distinct cells, sorted, and each one's mask (a Python int: any number of segments)."""
-        masks = [0] * len(self.keys)
-        for word in range(self.words):
-            for i, w in enumerate(self.masks[word].tolist()):
-                if w:
-                    masks[i] |= w << (62 * word)
-        return self.keys, masks
-
-
-def _class_groups(part: Partition, group_by: str, classes: set[int], hashes: _Hashes
-                  ) -> dict[int, list[tuple[str, list[str], tuple[int, int, int]]]]:
-    """Per class: its members' keys by group, groups in order of first member, with the
-    sums over the members of their two hashes and of the hashes' product (the pairs of
-    a pod with itself, left out)."""
-    out: dict[int, list[tuple[str, list[str], tuple[int, int, int]]]] = {}
-    for c in classes:
-        by_group: dict[str, list[str]] = {}
-        for ep in part.members[c]:
-            by_group.setdefault(group_key(ep, group_by), []).append(ep.key)
-        out[c] = []
-        for g, keys in by_group.items():
-            ab = [hashes(k) for k in keys]
-            out[c].append((g, keys, (sum(a for a, _ in ab), sum(b for _, b in ab), sum(a * b for a, b in ab))))
-    return out
+        everything = np.concatenate([self.keys, cells])
+        order = np.argsort(everything, kind="stable")  # the kept cells are one sorted run already
+        ordered = everything[order]
+        first = np.r_[True, ordered[1:] != ordered[:-1]]
+        where = np.empty(len(everything), dtype=np.intp)
+        where[order] = np.cumsum(first) - 1  # each cell's place among the distinct ones
+        masks = np.zeros((self.words, int(first.sum())), dtype=np.int64)
+        masks[:, where[:len(self.keys)]] = self.masks
+        masks[segment // 62, where[len(self.keys):]] |= np.int64(1) << np.int64(segment % 62)
+        self.keys, self.masks = ordered[first], masks
 
 
 # -- output ------------------------------------------------------------------------
