@@ -17,7 +17,7 @@ unreplied UDP for packets per second (every such packet is conntrack NEW and
 walks the chains; established TCP would leave at the first rule).
 
 The same lab times the apply of the full transaction and of incremental
-changes through :class:`~callgate.enforcers.nft.NftablesEnforcer`.
+changes through :class:`~callgate.enforcers.nft.enforcer.NftablesEnforcer`.
 """
 
 from __future__ import annotations
@@ -38,20 +38,14 @@ from typing import Any
 
 from bench.lab import TwoPodLab, ns_exec, two_pod_lab
 from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT, LABEL_CALLER, V4_BASE, Cluster
+from callgate.compiler import Compiler, IncrementalCompiler
 from callgate.compiler.addresses import parse_element
-from callgate.compiler.compile import Compiler
-from callgate.compiler.incremental import IncrementalCompiler
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.kernel import Command, LibNftables
-from callgate.enforcers.nft import (
-    FAMILY,
-    FORWARD,
-    TABLE,
-    NftablesEnforcer,
-    address_set_command,
-    replace_table,
-    rule_exprs,
-)
+from callgate.enforcers.nft.commands import address_set_command, rule_exprs
+from callgate.enforcers.nft.enforcer import NftablesEnforcer
+from callgate.enforcers.nft.kernel import Command, LibNftables
+from callgate.enforcers.nft.layout import FAMILY, FORWARD, TABLE
+from callgate.enforcers.nft.transaction import replace_table
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 
 HERE = Path(__file__).resolve().parent
@@ -272,6 +266,9 @@ class _TimingKernel:
     def list_tables(self) -> list[tuple[str, str]]:
         return self.inner.list_tables()
 
+    def close(self) -> None:
+        pass  # the inner kernel belongs to the caller
+
 
 def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: int, seconds: float,
         apply_repeats: int, changes: int, log: Any = print) -> dict[str, Any]:
@@ -409,7 +406,7 @@ def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, ke
         samples["apply_s"].append(done - compiled)
         samples["kernel_s"].append(sum(s for s, _ in timing.runs))
         samples["commands"].append(len(result.transaction.commands))
-        samples["incremental"].append(not result.transaction.replaces_table)
+        samples["incremental"].append(result.mode == "incremental")
         samples.setdefault("compile_path", []).append(compiler.last_path)
         log(f"  change {k + 1}/{changes} ({kind}): compile {compiled - start:.3f} s, apply {done - compiled:.3f} s "
             f"(kernel {samples['kernel_s'][-1] * 1000:.1f} ms, {samples['commands'][-1]} commands, "

@@ -28,8 +28,7 @@ import time
 from typing import Any
 
 from bench.synth import LABEL_CALLER, V4_BASE, Spec, generate, to_model
-from callgate.compiler.compile import Compiler
-from callgate.compiler.incremental import IncrementalCompiler
+from callgate.compiler import Compiler, IncrementalCompiler
 from callgate.policy.model import Endpoint, Inventory
 
 TARGET = Spec(pods=50000, namespaces=2000, policies=10000, hot=3000, v6_every=1)  # = bench.__main__.FULL.target

@@ -10,7 +10,7 @@ plus a ``replace rule`` by handle (how the digest was updated before), and the
 same plus a delete/add of one element of the small set (how the digest is
 swapped now). Then the kernel memory one element costs (slab + vmalloc growth
 when loading 65,536 of them). These figures chose the layout in
-``callgate/enforcers/nft.py``: hash sets where possible, the digest in a small
+``callgate/enforcers/nft/layout.py``: hash sets where possible, the digest in a small
 set.
 """
 
@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from callgate.enforcers.kernel import Command, LibNftables
+from callgate.enforcers.nft.kernel import Command, LibNftables
 
 TABLE = "t"
 

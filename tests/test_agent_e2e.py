@@ -22,8 +22,8 @@ import pytest
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics, StatusServer
 from callgate.agent.reactor import Reactor, ReactorConfig
-from callgate.enforcers.kernel import LibNftables
-from callgate.enforcers.nft import NftablesEnforcer
+from callgate.enforcers.nft.enforcer import NftablesEnforcer
+from callgate.enforcers.nft.kernel import LibNftables
 from callgate.lab.netns import ip
 from callgate.policy import load_inventory
 from callgate.watchers.base import Snapshot
@@ -128,7 +128,7 @@ def reach(world: World, src: str, dst_ip: str, port: int = 80, timeout: float = 
 
 
 def applied_version(agent: Agent) -> str | None:
-    applied = agent.reactor.applied
+    applied = agent.reactor.last_sync
     return applied.snapshot.version if applied else None
 
 
@@ -160,7 +160,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 kernel = LibNftables(ns)
                 enforcer = NftablesEnforcer(kernel, fail_closed_prefix=PREFIX)
                 metrics = AgentMetrics()
-                metrics.watch_kernel(enforcer.live_objects)
+                metrics.watch_enforcer(enforcer)
                 reactor = Reactor(ReactorConfig(node=node, resync=0.3, coalesce=0.02, retry=0.2),
                                   enforcer, InterfaceResolver(ns, prefix=PREFIX), metrics)
                 http = StatusServer("127.0.0.1:0", metrics, reactor)
@@ -188,7 +188,7 @@ def test_initial_policy_is_enforced_and_local_interface_resolved(world: World) -
     programmed = agent.reactor.programmed.snapshot()
     # x/c has no interface in the inventory: found from the node's /32 route.
     assert programmed["x/c"].startswith(PREFIX) and programmed["x/c"] != "cgxa0"
-    assert agent.enforcer.in_sync(agent.reactor.applied.ruleset, agent.reactor.applied.known)  # type: ignore[union-attr]
+    assert agent.enforcer.in_sync(agent.reactor.last_sync.ruleset, agent.reactor.last_sync.known)  # type: ignore[union-attr]
 
 
 def test_policy_edit_reaches_the_kernel(world: World) -> None:
@@ -204,13 +204,13 @@ def test_policy_edit_reaches_the_kernel(world: World) -> None:
 
 def test_label_edit_is_incremental_and_reaches_the_kernel(world: World) -> None:
     agent = world.agents["node-1"]
-    applies_before = agent.reactor.metrics.applies.labels("incremental")._value.get()
+    applies_before = agent.reactor.metrics.value("callgate_applies_total", mode="incremental")
     # y/a relabelled pod=b: it is now selected by "from pod=b"? No: that peer is
     # namespace x only. Relabel x/c to pod=b instead: a local peer joins the set.
     world.write(world.inventory, INVENTORY.replace("labels: {pod: c}", "labels: {pod: b}"))
     settle(world)
     assert reach(world, "x/c", "198.18.1.10")
-    assert agent.reactor.metrics.applies.labels("incremental")._value.get() > applies_before
+    assert agent.reactor.metrics.value("callgate_applies_total", mode="incremental") > applies_before
     world.write(world.inventory, INVENTORY)
     settle(world)
     assert not reach(world, "x/c", "198.18.1.10")
@@ -219,11 +219,11 @@ def test_label_edit_is_incremental_and_reaches_the_kernel(world: World) -> None:
 def test_bad_file_keeps_enforcement(world: World) -> None:
     agent = world.agents["node-1"]
     digest = agent.enforcer.live_digest()
-    problems = agent.reactor.metrics.source_errors._value.get()
+    problems = agent.reactor.metrics.value("callgate_source_errors_total")
     world.write(world.policies / "web.yaml", ALLOW_A_FROM_B.replace("podSelector: {matchLabels: {pod: a}}",
                                                                     "podSelector: {matchLabels: {pod: [a]}}"))
     wait(lambda: agent.reactor.source_problem is not None, what="the source problem")
-    assert agent.reactor.metrics.source_errors._value.get() > problems
+    assert agent.reactor.metrics.value("callgate_source_errors_total") > problems
     assert not agent.reactor.ready()[0] and "source problem" in agent.reactor.ready()[1]
     assert agent.enforcer.live_digest() == digest  # nothing flushed, nothing changed
     assert reach(world, "x/b", "198.18.1.10")
@@ -242,9 +242,9 @@ def test_tampering_is_repaired(world: World, tamper: list[str]) -> None:
     repairs = agent.reactor.repairs
     nft(agent.netns, *tamper)
     wait(lambda: agent.reactor.repairs > repairs, what="drift repair")
-    wait(lambda: agent.enforcer.in_sync(agent.reactor.applied.ruleset, agent.reactor.applied.known),  # type: ignore[union-attr]
+    wait(lambda: agent.enforcer.in_sync(agent.reactor.last_sync.ruleset, agent.reactor.last_sync.known),  # type: ignore[union-attr]
          what="the table to be back")
-    assert agent.reactor.metrics.drift_repairs._value.get() >= 1
+    assert agent.reactor.metrics.value("callgate_drift_repairs_total") >= 1
     assert not reach(world, "y/a", "198.18.1.10")
 
 

@@ -34,8 +34,8 @@ import pytest
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics, StatusServer
 from callgate.agent.reactor import Reactor, ReactorConfig
-from callgate.enforcers.kernel import LibNftables
-from callgate.enforcers.nft import NftablesEnforcer
+from callgate.enforcers.nft.enforcer import NftablesEnforcer
+from callgate.enforcers.nft.kernel import LibNftables
 from callgate.policy.evaluator import Evaluator
 from callgate.policy.inventory import inventory_from_dict
 from callgate.watchers.base import Snapshot
@@ -139,7 +139,7 @@ def start_agent(lab: Any, api: FakeAPIServer, node: str) -> Agent:
     kernel = LibNftables(ns)
     enforcer = NftablesEnforcer(kernel, fail_closed_prefix=PREFIX)
     metrics = AgentMetrics()
-    metrics.watch_kernel(enforcer.live_objects)
+    metrics.watch_enforcer(enforcer)
     reactor = Reactor(ReactorConfig(node=node, resync=0.3, coalesce=0.02, retry=0.2), enforcer,
                       InterfaceResolver(ns, prefix=PREFIX), metrics)
     http = StatusServer("127.0.0.1:0", metrics, reactor)
@@ -190,7 +190,7 @@ def settle(world: World, predicate: Callable[[Snapshot], bool], agents: tuple[st
         agent = world.agents[node]
 
         def done(a: Agent = agent) -> bool:
-            applied = a.reactor.applied
+            applied = a.reactor.last_sync
             return (applied is not None and predicate(applied.snapshot) and a.reactor.apply_error is None
                     and a.enforcer.in_sync(applied.ruleset, applied.known))
         wait(done, f"{node} to apply the change")
@@ -220,7 +220,7 @@ def check(world: World, expected: dict[tuple[str, str], bool]) -> None:
     with the Evaluator on the snapshot the agents applied (for pods it knows)."""
     observed = observe(world, list(expected))
     assert observed == expected, {p: (observed[p], e) for p, e in expected.items() if observed[p] != e}
-    applied = world.agents["node-1"].reactor.applied
+    applied = world.agents["node-1"].reactor.last_sync
     assert applied is not None
     snap = applied.snapshot
     ev = Evaluator(snap.policies, snap.inventory)
@@ -253,7 +253,7 @@ def test_changes_through_the_api_reach_the_kernel(world: World) -> None:
     api.create(BROKEN)
     settle(world, lambda s: "y/c-from-blue" in policies(s) and len(s.problems) >= 1)
     for agent in world.agents.values():
-        assert agent.reactor.metrics.skipped_objects._value.get() == 1
+        assert agent.reactor.metrics.value("callgate_source_problems") == 1
         code, text = http_get(agent, "/metrics")
         assert code == 200 and "\ncallgate_source_problems 1.0\n" in text
         assert agent.reactor.ready()[0]
@@ -275,7 +275,7 @@ def test_changes_through_the_api_reach_the_kernel(world: World) -> None:
     api.delete("NetworkPolicy", "a-from-b", "x")
     api.delete("NetworkPolicy", "broken", "x")
     settle(world, lambda s: "x/a-from-b" not in policies(s) and not s.problems)
-    assert world.agents["node-1"].reactor.metrics.skipped_objects._value.get() == 0
+    assert world.agents["node-1"].reactor.metrics.value("callgate_source_problems") == 0
     check(world, {("x/b", "x/a"): True, ("y/c", "x/a"): True, ("x/a", "y/c"): False})
 
     # 5. Relabel namespace x team=blue: its pods may now call c.
@@ -299,7 +299,7 @@ def test_api_outage_keeps_enforcement_and_a_change_made_meanwhile_arrives(world:
             code, text = http_get(agent, "/readyz")
             assert code == 503 and "source problem" in text and "unavailable" in text, text
             assert http_get(agent, "/healthz")[0] == 200
-            assert agent.reactor.metrics.source_up._value.get() == 0
+            assert agent.reactor.metrics.value("callgate_source_up") == 0
         # Meanwhile (while nobody can watch) namespace x loses team=blue.
         api.update(namespace("x"))
         # Enforcement continues: same rules, same verdicts, resync still running.
@@ -324,7 +324,7 @@ def test_deleted_table_is_repaired(world: World) -> None:
     nft(agent.netns, "delete", "table", "inet", "callgate")
     wait(lambda: agent.reactor.repairs > repairs, "the drift repair")
     settle(world, lambda s: True, agents=("node-1",))
-    assert agent.reactor.metrics.drift_repairs._value.get() >= 1
+    assert agent.reactor.metrics.value("callgate_drift_repairs_total") >= 1
     check(world, {("x/a", "y/c"): False, ("x/b", "y/c"): False, ("x/b", "x/a"): True})
 
 

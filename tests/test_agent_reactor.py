@@ -21,11 +21,11 @@ from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.compiler.compile import Compiler
-from callgate.enforcers.base import NodeEnforcer
-from callgate.enforcers.ipt_fake import FakeIptables
-from callgate.enforcers.iptables import IptablesEnforcer
-from callgate.enforcers.kernel import FakeNftKernel
-from callgate.enforcers.nft import NftablesEnforcer
+from callgate.enforcers.base import Enforcer
+from callgate.enforcers.iptables.enforcer import IptablesEnforcer
+from callgate.enforcers.iptables.fake import FakeIptables
+from callgate.enforcers.nft.enforcer import NftablesEnforcer
+from callgate.enforcers.nft.fake import FakeNftKernel
 from callgate.errors import Problem
 from callgate.policy.documents import Document
 from callgate.policy.inventory import inventory_from_dict
@@ -77,7 +77,7 @@ def no_routes(_argv: Any) -> str:
 
 
 class Harness:
-    def __init__(self, enforcer: NodeEnforcer, resync: float = 3600.0) -> None:
+    def __init__(self, enforcer: Enforcer, resync: float = 3600.0) -> None:
         self.enforcer = enforcer
         self.reactor = Reactor(ReactorConfig(node=NODE, resync=resync, coalesce=0.01, max_delay=1.0, retry=0.05),
                                enforcer, InterfaceResolver(runner=no_routes), AgentMetrics())
@@ -95,7 +95,7 @@ class Harness:
         assert r.wait_for(lambda: r.syncs > before and r._event is None, WAIT), "the reactor did not sync"
         last = events[-1]
         if isinstance(last, Snapshot):
-            assert r.wait_for(lambda: r.applied is not None and r.applied.snapshot is last, WAIT)
+            assert r.wait_for(lambda: r.last_sync is not None and r.last_sync.snapshot is last, WAIT)
 
     def counts(self) -> dict[str, float]:
         return self.reactor.mode_counts
@@ -131,8 +131,8 @@ def test_a_burst_is_one_transaction_with_the_newest_snapshot(h: Harness, kernel:
     burst = [snap(inventory(extra=i)) for i in range(1, 31)]
     h.send(*burst)
     assert kernel.transactions == before + 1
-    assert h.reactor.applied is not None and h.reactor.applied.snapshot is burst[-1]
-    assert h.enforcer.in_sync(h.reactor.applied.ruleset, h.reactor.applied.known)
+    assert h.reactor.last_sync is not None and h.reactor.last_sync.snapshot is burst[-1]
+    assert h.enforcer.in_sync(h.reactor.last_sync.ruleset, h.reactor.last_sync.known)
     peers = [s for s in kernel.tables[("inet", "callgate")]["sets"].values() if "198.18.3.30" in str(s["elem"])]
     assert peers, "the newest snapshot's last pod is in a peer set"
 
@@ -146,7 +146,7 @@ def test_pod_churn_and_relabel_are_incremental_a_policy_too(h: Harness, kernel: 
     assert h.counts() == {"incremental": 2, "full": 1}
     h.send(snap(inventory(b_labels={"pod": "z"}, extra=1), (A_FROM_B, C_FROM_B)))  # new chains
     assert h.counts() == {"incremental": 3, "full": 1}
-    assert h.enforcer.in_sync(h.reactor.applied.ruleset, h.reactor.applied.known)  # type: ignore[union-attr]
+    assert h.enforcer.in_sync(h.reactor.last_sync.ruleset, h.reactor.last_sync.known)  # type: ignore[union-attr]
     # Same content under a new version: compiled, compared, nothing committed.
     transactions = kernel.transactions
     h.send(snap(inventory(b_labels={"pod": "z"}, extra=1), (A_FROM_B, C_FROM_B)))
@@ -162,12 +162,12 @@ def test_a_failing_incremental_compiler_falls_back_to_the_plain_compiler(
     def broken(*_: object, **__: object) -> None:
         raise AssertionError("a bug in the incremental path")
 
-    monkeypatch.setattr("callgate.compiler.incremental.IncrementalCompiler.sync", broken)
-    monkeypatch.setattr("callgate.compiler.incremental.IncrementalCompiler.__init__", broken)
+    monkeypatch.setattr("callgate.compiler.incremental.compiler.IncrementalCompiler.sync", broken)
+    monkeypatch.setattr("callgate.compiler.incremental.compiler.IncrementalCompiler.__init__", broken)
     h.send(snap(inventory(extra=1)))  # a remote pod joins: applied all the same
     want = Compiler(snap(inventory(extra=1)).policies, inventory(extra=1)).compile(NODE)
-    assert h.reactor.applied is not None and h.reactor.applied.ruleset.digest() == want.digest()
-    assert h.enforcer.in_sync(h.reactor.applied.ruleset, h.reactor.applied.known)
+    assert h.reactor.last_sync is not None and h.reactor.last_sync.ruleset.digest() == want.digest()
+    assert h.enforcer.in_sync(h.reactor.last_sync.ruleset, h.reactor.last_sync.known)
     assert h.reactor.apply_error is None
 
 
@@ -188,10 +188,10 @@ def test_source_problem_keeps_the_rules_and_flips_readiness(h: Harness, kernel: 
     assert h.reactor.healthy()[0]
     assert kernel.transactions == transactions and h.enforcer.live_digest() == digest
     m = h.reactor.metrics
-    assert m.source_up._value.get() == 0 and m.source_errors._value.get() == 1
+    assert m.value("callgate_source_up") == 0 and m.value("callgate_source_errors_total") == 1
     good = snap()
     h.send(good)
-    assert h.reactor.ready()[0] and m.source_up._value.get() == 1
+    assert h.reactor.ready()[0] and m.value("callgate_source_up") == 1
     assert kernel.transactions == transactions  # same content: no transaction on recovery
 
 
@@ -203,13 +203,13 @@ def test_drift_is_repaired_on_resync(kernel: FakeNftKernel, tamper: list[dict[st
     h = Harness(NftablesEnforcer(kernel, fail_closed_prefix="cg"), resync=0.05)
     try:
         h.send(snap())
-        applied = h.reactor.applied
+        applied = h.reactor.last_sync
         assert applied is not None
         kernel.run(tamper)
         assert not h.enforcer.in_sync(applied.ruleset, applied.known)
         assert h.reactor.wait_for(lambda: h.reactor.repairs >= 1, WAIT), "drift was not repaired"
         assert h.reactor.wait_for(lambda: h.enforcer.in_sync(applied.ruleset, applied.known), WAIT)
-        assert h.reactor.metrics.drift_repairs._value.get() >= 1
+        assert h.reactor.metrics.value("callgate_drift_repairs_total") >= 1
         assert h.counts()["full"] == 2 and h.counts()["incremental"] == 0  # the repair replaced the table
         # Once repaired, resyncs find nothing: no further transactions.
         transactions = kernel.transactions
@@ -229,15 +229,15 @@ def test_skipped_objects_are_logged_once_and_counted(h: Harness, caplog: pytest.
         return sum(1 for r in caplog.records if r.getMessage().startswith("the source skipped an invalid object"))
 
     h.send(snap(problems=(bad,)))
-    assert h.reactor.metrics.skipped_objects._value.get() == 1 and logged() == 1
+    assert h.reactor.metrics.value("callgate_source_problems") == 1 and logged() == 1
     assert h.reactor.ready()[0]  # the rest applies: a skipped object does not make the node stale
     h.send(snap(problems=(bad,)))  # the same problem again (another snapshot): not logged again
     assert logged() == 1
     other = Problem("malformed object", file="kubernetes", object="Pod x/odd")
     h.send(snap(problems=(bad, other)))
-    assert h.reactor.metrics.skipped_objects._value.get() == 2 and logged() == 2
+    assert h.reactor.metrics.value("callgate_source_problems") == 2 and logged() == 2
     h.send(snap())
-    assert h.reactor.metrics.skipped_objects._value.get() == 0
+    assert h.reactor.metrics.value("callgate_source_problems") == 0
     h.send(snap(problems=(bad,)))  # back again after being fixed: news again
     assert logged() == 3
 
@@ -247,7 +247,7 @@ def test_the_reactor_drives_iptables_through_the_same_protocol() -> None:
     h = Harness(IptablesEnforcer(fake, fail_closed_prefix="cg"), resync=0.05)
     try:
         h.send(snap())
-        applied = h.reactor.applied
+        applied = h.reactor.last_sync
         assert applied is not None and h.enforcer.in_sync(applied.ruleset, applied.known)
         assert "-j CG-FORWARD" in fake.tables[4]["FORWARD"]
         h.send(snap(inventory(extra=1)))
@@ -273,10 +273,10 @@ def test_remote_pod_changes_compile_incrementally_to_the_same_ruleset(h: Harness
     for s in (snap(inventory(extra=1)), snap(inventory(extra=3)), snap(inventory(b_labels={"pod": "z"}, extra=3))):
         h.send(s)  # remote pods join, then one leaves by relabel
         assert compiler.last_path == "incremental"
-        assert h.reactor.applied is not None
-        assert h.reactor.applied.ruleset == full(s) and h.reactor.applied.ruleset.digest() == full(s).digest()
+        assert h.reactor.last_sync is not None
+        assert h.reactor.last_sync.ruleset == full(s) and h.reactor.last_sync.ruleset.digest() == full(s).digest()
     assert h.reactor.compiler is compiler and compiler.full_compiles == 1
     s = snap(inventory(b_labels={"pod": "z"}, extra=3), (A_FROM_B, C_FROM_B))  # a policy change: in full
     h.send(s)
     assert compiler.last_path == "full: rebase" and compiler.full_compiles == 2
-    assert h.reactor.applied is not None and h.reactor.applied.ruleset == full(s)
+    assert h.reactor.last_sync is not None and h.reactor.last_sync.ruleset == full(s)

@@ -13,16 +13,14 @@ as a diff of these files.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from callgate.cli.engine import CompileFormat, render
 from callgate.cli.main import app
 from callgate.compiler import Compiler, RuleSet
-from callgate.enforcers import get_enforcer
-from callgate.enforcers.nft import replace_table
 from callgate.policy import load_inventory, load_policies
 from tests.golden_util import GOLDEN, golden_mismatch
 from tests.helpers import SHOP, STANDARD_INVENTORY
@@ -34,23 +32,22 @@ CASES: dict[str, tuple[Path, Path]] = {
     **{path.stem: (STANDARD_INVENTORY, path) for path in sorted(SCENARIOS.glob("*.yaml"))},
     "shop": (SHOP / "inventory.yaml", SHOP),
 }
-FORMS = ("ir.json", "nft", "nft.json", "iptables")
 
 
-def render(form: str, ruleset: RuleSet) -> str:
-    """The bytes `callgate compile` prints for ``form`` (callgate/cli/engine.py):
-    ``--format json`` (the IR), ``--format nft`` and ``--format nft-json``
-    (nft backend), and the iptables backend's text (``--backend iptables``).
-    The only place here that knows how a backend renders."""
-    if form == "ir.json":
-        return json.dumps(ruleset.to_json(), indent=2) + "\n"
-    if form == "nft":
-        return replace_table(ruleset).text()
-    if form == "nft.json":
-        return json.dumps(replace_table(ruleset).to_json(), indent=2) + "\n"
-    if form == "iptables":
-        return get_enforcer("iptables").plan(ruleset).text()  # plans without a kernel
-    raise ValueError(f"unknown output form {form!r}")
+# form (the golden file's suffix) -> (backend, --format) of `callgate compile`
+FORMS: dict[str, tuple[str, CompileFormat]] = {
+    "ir.json": ("nft", CompileFormat.IR),
+    "nft": ("nft", CompileFormat.TEXT),
+    "nft.json": ("nft", CompileFormat.JSON),
+    "iptables": ("iptables", CompileFormat.TEXT),
+    "iptables.json": ("iptables", CompileFormat.JSON),
+}
+
+
+def render_form(form: str, ruleset: RuleSet) -> str:
+    """The bytes `callgate compile --backend B --format F` prints (the CLI's own render)."""
+    backend, fmt = FORMS[form]
+    return render(ruleset, backend, fmt)
 
 
 def rulesets(case: str) -> dict[str, RuleSet]:
@@ -65,7 +62,7 @@ def test_compile_output_matches_golden(case: str) -> None:
     problems = [problem
                 for node, ruleset in rulesets(case).items()
                 for form in FORMS
-                if (problem := golden_mismatch(f"compile/{case}/{node}.{form}", render(form, ruleset))) is not None]
+                if (problem := golden_mismatch(f"compile/{case}/{node}.{form}", render_form(form, ruleset))) is not None]
     assert not problems, "\n\n".join(problems)
 
 
@@ -77,7 +74,7 @@ def test_no_golden_file_without_a_case() -> None:
 
 
 def test_cli_prints_what_the_golden_file_holds() -> None:
-    """The render() above is what the CLI prints: checked for the default form."""
+    """render() is what the CLI prints: checked for the default form."""
     inventory, policies = CASES["shop"]
     result = CliRunner().invoke(app, ["compile", "-i", str(inventory), "-p", str(policies), "--node", "node-1"])
     assert result.exit_code == 0, result.output

@@ -45,3 +45,28 @@ def test_compile_is_deterministic(inventory: Inventory, policies: PolicySet) -> 
         second = Compiler(reversed_policies, inventory).compile(node)
         assert first.digest() == second.digest()
         assert first.to_json() == second.to_json()
+
+
+def test_element_arithmetic_agrees_with_ipaddress() -> None:
+    """The IR's element parser (plain arithmetic, for speed) and address count."""
+    import ipaddress
+
+    from callgate.compiler.addresses import elements_size, parse_element
+    from callgate.compiler.ir import AddressSet
+
+    def reference(text: str) -> tuple[int, int]:
+        if "-" in text:
+            lo, hi = text.split("-")
+            return int(ipaddress.ip_address(lo)), int(ipaddress.ip_address(hi))
+        net = ipaddress.ip_network(text, strict=False)
+        return int(net.network_address), int(net.broadcast_address)
+
+    samples = ["198.18.0.1", "198.18.0.0/31", "198.18.4.0/22", "0.0.0.0/0", "198.18.0.3-198.18.0.9",
+               "198.18.0.7/30", "fd00::1", "fd00::/127", "fd00:18:2::/47", "::/0", "fd00::5-fd00::9",
+               "::ffff:198.18.0.1"]
+    for text in samples:
+        assert parse_element(text) == reference(text), text
+    v4 = samples[:5]
+    want = sum(hi - lo + 1 for lo, hi in map(reference, v4))
+    assert elements_size(v4) == want
+    assert AddressSet("s", "ip", tuple(v4)).address_count == want  # counted when the builder did not say

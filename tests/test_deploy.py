@@ -176,7 +176,7 @@ def test_agent_settings_come_from_the_configmap() -> None:
     # Every $(VAR) in the args is defined in env (Kubernetes leaves unknown ones verbatim).
     used = {m for arg in c["args"] for m in re.findall(r"\$\((\w+)\)", arg)}
     assert used <= {e["name"] for e in c["env"]}
-    from callgate.enforcers.nft import check_fail_closed_prefix
+    from callgate.enforcers.base import check_fail_closed_prefix
 
     check_fail_closed_prefix(data["FAIL_CLOSED_PREFIX"])
     assert float(data["RESYNC_SECONDS"]) > 0 and 0 <= int(data["COALESCE_MS"]) <= 60_000

@@ -155,7 +155,7 @@ def test_a_malformed_pod_names_its_field(tmp_path: Path, change: tuple[str, str]
     """A kubectl Pod whose status is a string was an AttributeError traceback; other
     malformed Pods were one 'malformed Pod' message without a field."""
     path = write(tmp_path, "pods.yaml", POD.replace(*change))
-    result = run_cli(["compile", "-i", str(path), "-p", str(tmp_path / "none"), "--node", "node-1"])
+    result = run_cli(["compile", "-i", str(path), "-p", str(path), "--node", "node-1"])
     assert result.exception is None and result.exit_code == 1, result
     assert f"{path}:" in result.stderr and f": Pod x/a: {field}: {message}" in result.stderr, result.stderr
 
@@ -163,7 +163,7 @@ def test_a_malformed_pod_names_its_field(tmp_path: Path, change: tuple[str, str]
 @pytest.mark.parametrize("metadata", ["[x]", "{name: x, labels: [a]}", "{name: X}"])
 def test_a_malformed_namespace_names_its_field(tmp_path: Path, metadata: str) -> None:
     path = write(tmp_path, "ns.yaml", f"apiVersion: v1\nkind: Namespace\nmetadata: {metadata}\n")
-    result = run_cli(["matrix", "-i", str(path), "-p", str(tmp_path / "none")])
+    result = run_cli(["matrix", "-i", str(path), "-p", str(path)])
     assert result.exception is None and result.exit_code == 1, result
     assert f"{path}:3:" in result.stderr and ": metadata" in result.stderr, result.stderr
 

@@ -19,9 +19,10 @@ import pytest
 from callgate.compiler import Compiler, RuleSet
 from callgate.compiler.ir import AddressSet, Chain, EndpointRules, L4Match, Origin, PortRange, Rule, Verdict
 from callgate.enforcers import BACKENDS, get_enforcer
-from callgate.enforcers.ipt_fake import FakeIptables
-from callgate.enforcers.ipt_render import CHAIN_MAX, SET_MAX, chain_name, plan, set_name
-from callgate.enforcers.iptables import IptablesEnforcer
+from callgate.enforcers.iptables.enforcer import IptablesEnforcer
+from callgate.enforcers.iptables.fake import FakeIptables
+from callgate.enforcers.iptables.layout import CHAIN_MAX, SET_MAX, chain_name, set_name
+from callgate.enforcers.iptables.transaction import plan
 from callgate.errors import InputError, KernelError
 from callgate.policy import Evaluator, Inventory, PolicySet, load_policies
 from tests.helpers import standard, write
@@ -398,7 +399,7 @@ class FailingRunner:
     """The real tools, except one step that is refused (once)."""
 
     def __init__(self, netns: str, step: str) -> None:
-        from callgate.enforcers.ipt_kernel import SubprocessRunner
+        from callgate.enforcers.iptables.kernel import SubprocessRunner
 
         self.real = SubprocessRunner(netns)
         self.fail = failing(step)

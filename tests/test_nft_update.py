@@ -16,10 +16,15 @@ import pytest
 import yaml
 
 from callgate.compiler import Compiler, RuleSet
-from callgate.enforcers import nft as nft_mod
-from callgate.enforcers.kernel import Command, FakeNftKernel, LibNftables, NftKernel
-from callgate.enforcers.nft import DIGEST_SET, NftablesEnforcer, check_fail_closed_prefix, layout_digest
-from callgate.enforcers.nft_update import NftUpdate, plan_update
+from callgate.enforcers.base import check_fail_closed_prefix
+from callgate.enforcers.nft import layout
+from callgate.enforcers.nft.commands import element
+from callgate.enforcers.nft.enforcer import NftablesEnforcer
+from callgate.enforcers.nft.fake import FakeNftKernel
+from callgate.enforcers.nft.kernel import Command, LibNftables, NftKernel
+from callgate.enforcers.nft.layout import DIGEST_KEY_LEN, DIGEST_SET, is_hash_set, layout_digest
+from callgate.enforcers.nft.transaction import replace_table
+from callgate.enforcers.nft.update import NftUpdate, plan_update
 from callgate.errors import KernelError
 from callgate.policy import load_policies
 from callgate.policy.inventory import inventory_from_dict
@@ -120,7 +125,7 @@ def without_swap(tx: NftUpdate) -> list[Command]:
 @pytest.fixture
 def interval_sets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every peer set rendered as an interval set, as wide ipBlocks are."""
-    monkeypatch.setattr(nft_mod, "HASH_SET_MAX", 0)
+    monkeypatch.setattr(layout, "HASH_SET_MAX", 0)
 
 
 @pytest.mark.parametrize("form", ["hash", "interval"])
@@ -184,7 +189,7 @@ def test_drift_falls_back_to_full_replacement() -> None:
     kernel.run([{"delete": {"table": {"family": "inet", "name": "callgate"}}}])  # someone deleted it
     new = compile_(STATES[1][1], S03)
     result = enforcer.apply(new)
-    assert result.transaction.replaces_table
+    assert result.mode == "full"
     assert enforcer.in_sync(new)
 
 
@@ -195,7 +200,7 @@ def test_digest_mismatch_falls_back_to_full_replacement() -> None:
     enforcer.apply(compile_(STATES[0][1], S03))
     other.apply(compile_(STATES[0][1], ALL))  # another writer changed the table
     result = enforcer.apply(compile_(STATES[1][1], S03))
-    assert result.transaction.replaces_table
+    assert result.mode == "full"
 
 
 def test_same_digest_but_tampered_content_is_replaced() -> None:
@@ -207,7 +212,7 @@ def test_same_digest_but_tampered_content_is_replaced() -> None:
     kernel.run([{"flush": {"set": {"family": "inet", "table": "callgate", "name": name}}}])
     assert not enforcer.in_sync(ruleset)
     result = enforcer.apply(ruleset)
-    assert result.changed and result.transaction.replaces_table
+    assert result.changed and result.mode == "full"
     assert enforcer.in_sync(ruleset)
 
 
@@ -264,18 +269,18 @@ def test_a_set_switching_between_hash_and_interval_is_a_full_replacement(monkeyp
     before, after = compile_(STATES[0][1], S03), compile_(STATES[1][1], S03)
     grown = next(s for s in after.address_sets if "198.18.2.40" in s.elements)
     # The bound sits exactly at the set's size before the pod came: hash before, interval after.
-    size = nft_mod.address_count(before.address_set(grown.name).elements)
-    monkeypatch.setattr(nft_mod, "HASH_SET_MAX", size)
-    assert nft_mod.is_hash_set(before.address_set(grown.name)) and not nft_mod.is_hash_set(grown)
+    size = before.address_set(grown.name).address_count
+    monkeypatch.setattr(layout, "HASH_SET_MAX", size)
+    assert is_hash_set(before.address_set(grown.name)) and not is_hash_set(grown)
     assert plan_update(before, None, after, None) is None
     enforcer = NftablesEnforcer(FakeNftKernel())
     enforcer.apply(before)
     result = enforcer.apply(after)
-    assert result.transaction.replaces_table and not result.drift
+    assert result.mode == "full" and not result.drift
     assert enforcer.in_sync(after)
     assert "flags interval" in (enforcer.live_text() or "")
     result = enforcer.apply(before)  # and back to hash
-    assert result.transaction.replaces_table
+    assert result.mode == "full"
     assert enforcer.in_sync(before)
 
 
@@ -283,7 +288,7 @@ def _old_layout(ruleset: RuleSet) -> list[Command]:
     """The table as the layout before version 2 wrote it: interval peer sets,
     no digest set, the RuleSet's digest in the forward chain's first comment."""
     out: list[Command] = []
-    for cmd in nft_mod.replace_table(ruleset).commands:
+    for cmd in replace_table(ruleset).commands:
         if "add" not in cmd:
             out.append(cmd)
             continue
@@ -292,7 +297,7 @@ def _old_layout(ruleset: RuleSet) -> list[Command]:
             continue
         if "set" in body and body["set"]["name"].startswith("peers"):
             elements = ruleset.address_set(body["set"]["name"]).elements
-            body = {"set": {**body["set"], "flags": ["interval"], "elem": [nft_mod._element(e) for e in elements]}}
+            body = {"set": {**body["set"], "flags": ["interval"], "elem": [element(e) for e in elements]}}
         rule = body.get("rule")
         if rule and rule["chain"] == "forward" and "ct" in str(rule["expr"]):
             body = {"rule": {**rule, "comment": "callgate sha256:" + ruleset.digest()}}
@@ -307,7 +312,7 @@ def test_a_table_from_the_old_layout_is_not_adopted() -> None:
     enforcer = NftablesEnforcer(kernel)  # an agent just upgraded
     assert enforcer.live_digest() is None
     result = enforcer.apply(ruleset)
-    assert result.changed and result.transaction.replaces_table
+    assert result.changed and result.mode == "full"
     assert enforcer.in_sync(ruleset) and enforcer.live_digest() == layout_digest(ruleset)
 
 
@@ -317,12 +322,12 @@ def test_a_table_from_another_layout_version_is_not_adopted(monkeypatch: pytest.
     kernel = FakeNftKernel()
     ruleset = compile_(STATES[0][1], S03)
     with monkeypatch.context() as m:
-        m.setattr(nft_mod, "LAYOUT_VERSION", 1)
+        m.setattr(layout, "LAYOUT_VERSION", 1)
         NftablesEnforcer(kernel).apply(ruleset)
         old = NftablesEnforcer(kernel).live_digest()
     assert old is not None and old != layout_digest(ruleset)
     result = NftablesEnforcer(kernel).apply(ruleset)
-    assert result.changed and result.transaction.replaces_table
+    assert result.changed and result.mode == "full"
 
 
 def test_digest_comment_is_checked_against_its_key() -> None:
@@ -331,7 +336,7 @@ def test_digest_comment_is_checked_against_its_key() -> None:
     ruleset = compile_(STATES[0][1], S03)
     enforcer.apply(ruleset)
     digest = layout_digest(ruleset)
-    forged = {"elem": {"val": "0" * nft_mod.DIGEST_KEY_LEN, "comment": "callgate sha256:" + digest}}
+    forged = {"elem": {"val": "0" * DIGEST_KEY_LEN, "comment": "callgate sha256:" + digest}}
     kernel.run([{"flush": {"set": {"family": "inet", "table": "callgate", "name": DIGEST_SET}}},
                 {"add": {"element": {"family": "inet", "table": "callgate", "name": DIGEST_SET, "elem": [forged]}}}])
     assert enforcer.live_digest() is None
@@ -358,10 +363,10 @@ def test_drift_between_the_look_and_the_transaction_is_caught_by_the_swap() -> N
     kernel = RacyKernel()
     enforcer = NftablesEnforcer(kernel)
     enforcer.apply(compile_(STATES[0][1], S03))
-    kernel.race = list(nft_mod.replace_table(compile_(STATES[0][1], ALL)).commands)
+    kernel.race = list(replace_table(compile_(STATES[0][1], ALL)).commands)
     new = compile_(STATES[1][1], S03)
     result = enforcer.apply(new)
-    assert result.drift and result.transaction.replaces_table
+    assert result.drift and result.mode == "full"
     assert enforcer.in_sync(new)
 
 
@@ -374,7 +379,7 @@ def test_drift_before_an_incremental_apply_is_seen_from_the_digest_set_alone() -
     NftablesEnforcer(kernel).apply(compile_(STATES[0][1], ALL))  # another writer
     new = compile_(STATES[1][1], S03)
     result = enforcer.apply(new)
-    assert result.drift and result.transaction.replaces_table
+    assert result.drift and result.mode == "full"
     # An incremental change after that reads no whole table at all: one
     # listing, of the digest set (the fake's list_set goes through list_table).
     original = kernel.list_table
@@ -442,11 +447,11 @@ def test_kernel_drift_of_the_digest_falls_back_to_full(netns: str) -> None:
         enforcer = NftablesEnforcer(kernel)
         first = compile_(STATES[0][1], S03)
         enforcer.apply(first)
-        key = layout_digest(first)[:nft_mod.DIGEST_KEY_LEN]
+        key = layout_digest(first)[:DIGEST_KEY_LEN]
         nft(netns, "delete", "element", "inet", "callgate", DIGEST_SET, "{", f'"{key}"', "}")
         new = compile_(STATES[1][1], S03)
         result = enforcer.apply(new)
-        assert result.drift and result.transaction.replaces_table
+        assert result.drift and result.mode == "full"
         assert enforcer.in_sync(new)
     finally:
         kernel.close()
@@ -457,7 +462,7 @@ def test_element_diff_agrees_with_set_difference() -> None:
     order, the same answer as plain set difference."""
     import random
 
-    from callgate.enforcers.nft_update import _elements_diff
+    from callgate.enforcers.nft.update import _elements_diff
 
     rng = random.Random(7)
     for _ in range(500):
@@ -480,7 +485,7 @@ def test_kernel_table_deleted_before_a_change_is_drift(netns: str) -> None:
         assert enforcer.live_digest() is None
         new = compile_(STATES[1][1], S03)
         result = enforcer.apply(new)
-        assert result.drift and result.transaction.replaces_table
+        assert result.drift and result.mode == "full"
         assert enforcer.in_sync(new) and enforcer.live_digest() == layout_digest(new)
     finally:
         kernel.close()

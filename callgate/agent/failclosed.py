@@ -1,7 +1,8 @@
 """Fail-closed bookkeeping: which local pods the kernel enforces right now.
 
-The nft side of fail-closed lives in the backend (``known_endpoint`` set and
-the two drop rules, see :mod:`callgate.enforcers.nft`). The agent's side is
+The kernel side of fail-closed lives in the backends (for nft the
+``known_endpoint`` set and two drop rules, see :mod:`callgate.enforcers.nft.layout`;
+:class:`callgate.enforcers.base.FailClosed` is the contract). The agent's side is
 knowing, after every successful apply, which local endpoints are programmed
 and on which interface — the set it hands the backend as ``known_interfaces``
 and the answer it gives the CNI plugin, which holds a pod's start until its
@@ -12,10 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-
-from callgate.enforcers.nft import check_fail_closed_prefix
-
-__all__ = ["Programmed", "check_fail_closed_prefix"]
 
 
 class Programmed:

@@ -15,9 +15,10 @@ Endpoints (all on ``--metrics-address``, default 127.0.0.1:9464):
   400 for a malformed query.
 
 Per-policy packet/byte counters are read from the kernel at scrape time: every
-compiled rule carries its policy in its comment (the first one, when rules of
-several policies were merged into one), and the fail-closed drop rules carry
-their own comment.
+compiled rule carries its rule id in its comment, which the RuleSet the
+enforcer applied maps back to the rule's origins (counted for the first one,
+when rules of several policies were merged into one); the fail-closed drop
+rules are counted on their own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -35,21 +36,31 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from callgate.enforcers.nft import FAIL_CLOSED_COMMENT
+from callgate.enforcers.base import Enforcer, RuleCounters
 from callgate.policy.validation import dns_label, dns_subdomain, interface_name
 
-# "NetworkPolicy x/allow-web ingress[0] (+2 more)" -> policy, direction
-_ORIGIN = re.compile(r"^(?P<policy>.+) (?P<direction>ingress|egress)\[\d+\]")
 _SYNC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class PolicyCounters(Collector):
-    """Packet and byte counters per policy, summed from the live rule counters."""
+    """Packet and byte counters per policy, summed from the live rule counters.
 
-    def __init__(self, live_objects: Callable[[], list[dict[str, Any]] | None]) -> None:
-        self.live_objects = live_objects
+    The kernel's rules carry rule ids; the RuleSet the enforcer last applied
+    says which policy each id stands for. A backend that cannot read its
+    counters (iptables) gives no series at all."""
+
+    def __init__(self, enforcer: Enforcer) -> None:
+        self.enforcer = enforcer
 
     def collect(self) -> Iterator[CounterMetricFamily]:
+        try:
+            counters = self.enforcer.rule_counters()
+        except Exception:  # a scrape must not fail because the kernel said no
+            counters = RuleCounters({})
+        if counters is None:
+            return
+        applied = self.enforcer.applied
+        origins = applied.ruleset.rule_origins() if applied is not None else {}
         packets = CounterMetricFamily("callgate_policy_packets", "Packets matched by rules of each policy",
                                       labels=["policy", "direction"])
         octets = CounterMetricFamily("callgate_policy_bytes", "Bytes matched by rules of each policy",
@@ -57,29 +68,17 @@ class PolicyCounters(Collector):
         dropped = CounterMetricFamily("callgate_fail_closed_dropped_packets",
                                       "Packets dropped on container interfaces the agent has not programmed yet")
         sums: dict[tuple[str, str], list[int]] = {}
-        fail_closed = 0
-        try:
-            live = self.live_objects() or []
-        except Exception:  # a scrape must not fail because the kernel said no
-            live = []
-        for obj in live:
-            rule = obj.get("rule")
-            if not rule:
+        for rule_id, (p, b) in counters.by_rule.items():
+            found = origins.get(rule_id)
+            if not found:  # a rule applied before the mapping we hold (or not callgate's)
                 continue
-            counter = next((e["counter"] for e in rule.get("expr", []) if isinstance(e, dict) and "counter" in e), None)
-            if not isinstance(counter, dict):
-                continue
-            comment = str(rule.get("comment", ""))
-            if comment == FAIL_CLOSED_COMMENT:
-                fail_closed += int(counter.get("packets", 0))
-            elif m := _ORIGIN.match(comment):
-                acc = sums.setdefault((m["policy"], m["direction"]), [0, 0])
-                acc[0] += int(counter.get("packets", 0))
-                acc[1] += int(counter.get("bytes", 0))
+            acc = sums.setdefault((found[0].policy, found[0].direction), [0, 0])
+            acc[0] += p
+            acc[1] += b
         for (policy, direction), (p, b) in sorted(sums.items()):
             packets.add_metric([policy, direction], p)
             octets.add_metric([policy, direction], b)
-        dropped.add_metric([], fail_closed)
+        dropped.add_metric([], counters.fail_closed_dropped)
         yield packets
         yield octets
         yield dropped
@@ -117,8 +116,14 @@ class AgentMetrics:
         self.set_elements = Gauge("callgate_set_elements", "Elements in all peer sets", registry=r)
         self.endpoints = Gauge("callgate_endpoints", "Local endpoints, by state", ["state"], registry=r)
 
-    def watch_kernel(self, live_objects: Callable[[], list[dict[str, Any]] | None]) -> None:
-        self.registry.register(PolicyCounters(live_objects))
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value by its exported name (0 when it has none
+        yet), read through the registry's public interface."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def watch_enforcer(self, enforcer: Enforcer) -> None:
+        """Export per-policy counters read from ``enforcer``'s live rules at scrape time."""
+        self.registry.register(PolicyCounters(enforcer))
 
 
 class Status(Protocol):

@@ -7,7 +7,7 @@ One worker thread does all kernel work, so transactions never interleave:
   events have been quiet for ``coalesce`` seconds (at most ``max_delay`` after
   the first), then works on the newest snapshot only: a burst of 200 pod
   events is one compile and one transaction.
-* **Compile only what changed.** An :class:`~callgate.compiler.incremental.IncrementalCompiler`
+* **Compile only what changed.** An :class:`~callgate.compiler.incremental.compiler.IncrementalCompiler`
   is kept across syncs: a snapshot whose policies and namespaces are equal to
   the last one's and whose only changes are endpoints without chains here
   (remote ones, or local ones no policy selects) patches the address sets
@@ -32,7 +32,7 @@ One worker thread does all kernel work, so transactions never interleave:
   invalid (``Snapshot.problems``; the rest applies). Each distinct problem is
   logged once, when it first appears (not on every resync), and the gauge
   ``callgate_source_problems`` says how many there are now.
-* **Backends.** The reactor needs a :class:`~callgate.enforcers.base.NodeEnforcer`:
+* **Backends.** The reactor works with any :class:`~callgate.enforcers.base.Enforcer`:
   nft (incremental transactions) or iptables (every apply is planned against
   the live sets and chains; its mode is reported as "full").
 * **Interfaces.** Local endpoints without an interface in the inventory are
@@ -46,6 +46,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,7 @@ from callgate.agent.failclosed import Programmed
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import Compiler, IncrementalCompiler, RuleSet
-from callgate.enforcers.base import ApplyOutcome, NodeEnforcer
+from callgate.enforcers.base import Enforcer
 from callgate.errors import KernelError
 from callgate.policy.model import Inventory
 from callgate.watchers.base import Snapshot, SourceProblem
@@ -75,8 +76,10 @@ class ReactorConfig:
 
 
 @dataclass(frozen=True)
-class Applied:
-    """What the last successful sync put into the kernel."""
+class LastSync:
+    """The last successful sync: the snapshot, the RuleSet it became and the
+    interfaces it was applied with (the enforcer's ``applied`` says what the
+    kernel holds)."""
 
     snapshot: Snapshot
     ruleset: RuleSet
@@ -85,7 +88,7 @@ class Applied:
 
 
 class Reactor:
-    def __init__(self, config: ReactorConfig, enforcer: NodeEnforcer, resolver: InterfaceResolver,
+    def __init__(self, config: ReactorConfig, enforcer: Enforcer, resolver: InterfaceResolver,
                  metrics: AgentMetrics | None = None) -> None:
         self.config = config
         self.enforcer = enforcer
@@ -98,7 +101,7 @@ class Reactor:
         self._last_event_at = 0.0
         self._stop = False
         self._thread: threading.Thread | None = None
-        self.applied: Applied | None = None
+        self.last_sync: LastSync | None = None
         self.snapshot: Snapshot | None = None  # newest valid snapshot
         self.source_problem: str | None = None
         self.apply_error: str | None = None
@@ -106,6 +109,7 @@ class Reactor:
         self.syncs = 0  # completed syncs (tests wait on this)
         self._last_check = 0.0  # monotonic time the worker last looked at the kernel
         self.repairs = 0
+        self.transactions: Counter[str] = Counter()  # committed transactions by mode ("incremental", "full")
         self.skipped: set[str] = set()  # the source's skipped-object problems already logged
         # Kept across syncs: a snapshot that differs from the last only in
         # endpoints without chains here patches the affected sets instead of recompiling
@@ -146,7 +150,7 @@ class Reactor:
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
-        if self.applied is None:
+        if self.last_sync is None:
             return False, self.apply_error or self.source_problem or "no ruleset applied yet"
         if self.apply_error:
             return False, f"last apply failed (previous rules still enforced): {self.apply_error}"
@@ -235,8 +239,8 @@ class Reactor:
         """Repair drift, re-resolve interfaces, retry failures."""
         assert self.snapshot is not None
         drift = False
-        if self.applied is not None:
-            drift = not self.enforcer.in_sync(self.applied.ruleset, self.applied.known)
+        if self.last_sync is not None:
+            drift = not self.enforcer.in_sync(self.last_sync.ruleset, self.last_sync.known)
             if drift:
                 self.repairs += 1
                 self.metrics.drift_repairs.inc()
@@ -273,24 +277,25 @@ class Reactor:
         seconds = time.monotonic() - started
         # A change although nothing desired changed is a repair too: the live state
         # moved after the resync's check (nft also says so itself, other backends not).
-        same = (self.applied is not None and known == self.applied.known
-                and ruleset.digest() == self.applied.ruleset.digest())
-        if (_drift(result) or (result.changed and same)) and not full:
+        same = (self.last_sync is not None and known == self.last_sync.known
+                and ruleset.digest() == self.last_sync.ruleset.digest())
+        if (result.drift or (result.changed and same)) and not full:
             # Found while applying a change rather than by the resync check:
             # the full replacement just repaired it; count it all the same.
             self.repairs += 1
             self.metrics.drift_repairs.inc()
             _log(logging.WARNING, "drift: the live table was not what was applied; replaced it",
                  node=self.config.node)
-        mode = _mode(result)
+        mode = result.mode
         self.metrics.sync_seconds.labels(mode).observe(seconds)
         if result.changed:
             self.metrics.applies.labels(mode).inc()
+            self.transactions[mode] += 1
         if first_event is not None:
             self.metrics.event_to_live_seconds.observe(time.monotonic() - first_event)
         self.metrics.last_success.set(time.time())
         self._record(ruleset, unresolved)
-        self.applied = Applied(snapshot, ruleset, known, time.monotonic())
+        self.last_sync = LastSync(snapshot, ruleset, known, time.monotonic())
         self.apply_error = None
         if unresolved != self.unresolved:
             for key, why in sorted(unresolved.items()):
@@ -330,9 +335,9 @@ class Reactor:
         m.endpoints.labels("unresolved").set(len(unresolved))
 
     @property
-    def mode_counts(self) -> dict[str, float]:
+    def mode_counts(self) -> dict[str, int]:
         """Committed transactions by mode (tests and the bench)."""
-        return {mode: self.metrics.applies.labels(mode)._value.get() for mode in ("incremental", "full")}
+        return {mode: self.transactions[mode] for mode in ("incremental", "full")}
 
     # -- for tests and the CLI ----------------------------------------------
 
@@ -347,16 +352,3 @@ class Reactor:
                 self._cond.wait(left)
         return True
 
-
-def _mode(result: ApplyOutcome) -> str:
-    """noop, incremental or full. A backend whose transactions do not say
-    (iptables: planned against the live state, chains always redeclared) is full."""
-    if not result.changed:
-        return "noop"
-    return "full" if getattr(result.transaction, "replaces_table", True) else "incremental"
-
-
-def _drift(result: ApplyOutcome) -> bool:
-    """The apply found the live state moved since the last one (nft reports it;
-    for other backends the resync's ``in_sync`` check is what finds drift)."""
-    return bool(getattr(result, "drift", False))

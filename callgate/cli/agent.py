@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from callgate.cli.common import fail
+from callgate.cli.common import fail, require_paths, usage_error
 
 if TYPE_CHECKING:
-    from callgate.enforcers.base import NodeEnforcer
+    from callgate.enforcers.base import Enforcer
 
 
 def agent(
@@ -55,17 +54,19 @@ def agent(
     from callgate.agent.interfaces import InterfaceResolver
     from callgate.agent.metrics import AgentMetrics, StatusServer, parse_address
     from callgate.agent.reactor import Reactor, ReactorConfig
-    from callgate.enforcers.nft import check_fail_closed_prefix
+    from callgate.enforcers import BACKENDS
+    from callgate.enforcers.base import check_fail_closed_prefix
 
     # Validate everything before touching the kernel or opening a port.
-    if backend not in ("nft", "iptables", "auto"):
-        fail(f"--backend {backend!r}: use nft, iptables or auto")
+    if backend not in BACKENDS:
+        *most, last = BACKENDS
+        usage_error(f"--backend {backend!r}: use {', '.join(most)} or {last}")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
-        fail(f"--log-level {log_level!r}: use debug, info, warning or error")
+        usage_error(f"--log-level {log_level!r}: use debug, info, warning or error")
     if not resync > 0:
-        fail("--resync must be a positive number of seconds")
+        usage_error("--resync must be a positive number of seconds")
     if not 0 <= coalesce_ms <= 60_000:
-        fail("--coalesce-ms must be between 0 and 60000")
+        usage_error("--coalesce-ms must be between 0 and 60000")
     try:
         parse_address(metrics_address)
         if fail_closed_prefix is not None:
@@ -73,21 +74,19 @@ def agent(
     except ValueError as exc:
         fail(str(exc))
     if netns is not None and not _netns_ok(netns):
-        fail(f"--netns {netns!r} is not a valid network namespace name")
+        usage_error(f"--netns {netns!r} is not a valid network namespace name")
     src = _source(source, inventory or [], policies or [], server, kubeconfig)
 
     log = agent_logging.setup(log_level)
-    enforcer, close = _enforcer(backend, netns, fail_closed_prefix)
+    enforcer = _enforcer(backend, netns, fail_closed_prefix)
     metrics = AgentMetrics()
-    live_objects = getattr(enforcer, "live_objects", None)
-    if live_objects is not None:  # per-policy rule counters: nft only (iptables-save shows no comments per set)
-        metrics.watch_kernel(live_objects)
+    metrics.watch_enforcer(enforcer)  # per-policy rule counters (nft; iptables has none)
     reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000),
                       enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics)
     try:
         http = StatusServer(metrics_address, metrics, reactor)
     except OSError as exc:
-        close()
+        enforcer.close()
         fail(f"cannot listen on {metrics_address}: {exc}")
 
     stop = threading.Event()
@@ -113,35 +112,29 @@ def agent(
         src.stop()
         reactor.stop()
         http.stop()
-        close()
+        enforcer.close()
         agent_logging.log(log, 20, "agent stopped; rules stay in the kernel", node=node)
 
 
-def _enforcer(backend: str, netns: str | None, prefix: str | None) -> tuple[NodeEnforcer, Callable[[], None]]:
-    """The node's enforcer and how to release it; exits with a clear message when
-    the backend cannot reach the kernel (no such netns, no permission, no tools)."""
-    from callgate.enforcers.iptables import IptablesEnforcer, nft_available
-    from callgate.enforcers.kernel import LibNftables
-    from callgate.enforcers.nft import NftablesEnforcer
-    from callgate.errors import KernelError
+def _enforcer(backend: str, netns: str | None, prefix: str | None) -> Enforcer:
+    """The node's enforcer; exits with a clear message when the backend cannot
+    reach the kernel (no such netns, no permission, no tools)."""
+    from callgate.enforcers import get_enforcer
 
-    where = f" in netns {netns}" if netns else ""
-    if backend == "auto":
-        backend = "nft" if nft_available(netns) else "iptables"
-    if backend == "iptables":
-        enforcer = IptablesEnforcer(netns=netns, fail_closed_prefix=prefix)
-        try:
-            enforcer.live()  # fail now, clearly
-        except (KernelError, OSError, ValueError) as exc:
-            fail(f"cannot reach iptables/ipset{where}: {exc}")
-        return enforcer, lambda: None
-    kernel = LibNftables(netns)
     try:
-        kernel.list_tables()  # fail now, clearly, if there is no such netns or no permission
-    except Exception as exc:
-        kernel.close()
-        fail(f"cannot reach nftables{where}: {exc}")
-    return NftablesEnforcer(kernel, fail_closed_prefix=prefix), kernel.close
+        enforcer = get_enforcer(backend, netns, prefix)
+    except ValueError as exc:  # e.g. an iptables variant in $CALLGATE_IPTABLES that does not exist
+        fail(str(exc))
+    try:
+        enforcer.live_digest()  # fail now, clearly
+    except Exception as exc:  # no such netns, no permission, tools or bindings missing: all say "cannot reach"
+        enforcer.close()
+        where = f" in netns {netns}" if netns else ""
+        fail(f"cannot reach {_KERNEL_PARTS[enforcer.name]}{where}: {exc}")
+    return enforcer
+
+
+_KERNEL_PARTS = {"nft": "nftables", "iptables": "iptables/ipset"}
 
 
 def _netns_ok(name: str) -> bool:
@@ -154,19 +147,22 @@ def _source(kind: str, inventory: list[str], policies: list[str], server: str | 
             kubeconfig: str | None) -> Any:
     if kind == "files":
         if not inventory:
-            fail("--source files needs --inventory (and usually --policies)")
+            usage_error("--source files needs --inventory (and usually --policies)")
         from callgate.watchers.files import FilesSource
 
-        return FilesSource(inventory, policies)  # InputError for a missing path: exit 1, clear message
+        # At start a missing path is a typo on the command line (exit 2), not an outage.
+        require_paths("'--inventory' / '-i'", inventory)
+        require_paths("'--policies' / '-p'", policies)
+        return FilesSource(inventory, policies)
     if kind == "kubernetes":
         if inventory or policies:
-            fail("--inventory/--policies belong to --source files")
+            usage_error("--inventory/--policies belong to --source files")
         try:
             from callgate.watchers.kubernetes import KubernetesSource
         except ImportError as exc:
             fail(f"the kubernetes source is not available: {exc}")
         return KubernetesSource.connect(server=server, kubeconfig=kubeconfig)
-    fail(f"--source {kind!r}: use files or kubernetes")
+    usage_error(f"--source {kind!r}: use files or kubernetes")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,33 +4,36 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from callgate.cli.common import InventoryOpt, PoliciesOpt, fail
+from callgate.cli.common import InventoryOpt, PoliciesOpt, fail, load_inputs
 from callgate.compiler import Compiler, RuleSet
 from callgate.enforcers import BACKENDS, get_enforcer
-from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
+from callgate.policy import Inventory
 from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, PortProtocol
 
 NodeOpt = Annotated[str, typer.Option("--node", "-n", help="The node to compile for (its local endpoints get chains).")]
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help=(
+
+
+def _known_backend(value: str) -> str:
+    if value not in BACKENDS:
+        raise typer.BadParameter(f"{value!r} is not a backend; choose {', '.join(BACKENDS)}")
+    return value
+
+
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", callback=_known_backend, help=(
     f"Kernel backend: {', '.join(BACKENDS)} (auto: nft where libnftables works, else iptables; "
     "iptables variant from $CALLGATE_IPTABLES=system|nft|legacy)."))]
 
 out = Console()
 
 
-def load(inventory: list[str], policies: list[str]) -> tuple[Inventory, PolicySet]:
-    if not inventory:
-        fail("--inventory is required")
-    return load_inventory(inventory), load_policies(policies)
-
-
 def compile_for(inventory: list[str], policies: list[str], node: str) -> RuleSet:
-    inv, pols = load(inventory, policies)
+    inv, pols = load_inputs(inventory, policies)
     if node not in inv.nodes():
         known = ", ".join(inv.nodes()) or "none"
         fail(f"node {node!r} runs no endpoint in the inventory (nodes: {known})")
@@ -63,7 +66,10 @@ def apply(
         enforcer = get_enforcer(backend, netns)
     except ValueError as exc:  # unknown backend or iptables variant: a usage mistake, not a crash
         fail(str(exc))
-    result = enforcer.apply(ruleset, dry_run=dry_run)
+    try:
+        result = enforcer.apply(ruleset, dry_run=dry_run)
+    finally:
+        enforcer.close()
     summary = (f"{len(ruleset.endpoints)} endpoints, {len(ruleset.address_sets) + len(ruleset.port_sets)} sets, "
                f"digest {result.digest[:12]}")
     if dry_run:
@@ -76,40 +82,60 @@ def apply(
         typer.echo(f"unchanged ({enforcer.name}) on {node}: {summary}", err=True)
 
 
+class CompileFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    IR = "ir"
+
+
+# Backends compile can render for: every one but "auto", which means "probe the kernel".
+OFFLINE_BACKENDS = tuple(b for b in BACKENDS if b != "auto")
+
+
+def _offline_backend(value: str) -> str:
+    if value == "auto":
+        raise typer.BadParameter(
+            "auto chooses by probing this host's kernel, and compile never touches a kernel: "
+            f"name the backend to render for ({' or '.join(OFFLINE_BACKENDS)})")
+    if value not in OFFLINE_BACKENDS:
+        raise typer.BadParameter(f"{value!r} is not a backend; choose {' or '.join(OFFLINE_BACKENDS)}")
+    return value
+
+
 def compile_cmd(
     inventory: InventoryOpt,
     policies: PoliciesOpt,
     node: NodeOpt,
-    fmt: Annotated[str, typer.Option(
-        "--format", "-f", help="nft: the table in nft syntax; nft-json: the libnftables transaction; json: the RuleSet IR.")] = "nft",
-    backend: BackendOpt = "nft",
+    fmt: Annotated[CompileFormat, typer.Option(
+        "--format", "-f", help=(
+            "text: the backend's own syntax (nft: the table as `nft -f` loads it; iptables: ipset and "
+            "iptables-restore input); json: the backend's machine form (nft: the libnftables transaction; "
+            "iptables: the ipsets and restore lines as JSON); ir: the backend-independent RuleSet IR as JSON."))
+    ] = CompileFormat.TEXT,
+    backend: Annotated[str, typer.Option(
+        "--backend", "-b", callback=_offline_backend,
+        help=f"Backend to render for: {', '.join(OFFLINE_BACKENDS)} (not auto: compile never probes a kernel).")] = "nft",
 ) -> None:
-    """Print NODE's ruleset without touching any kernel."""
-    ruleset = compile_for(inventory, policies, node)
-    if fmt == "json":
-        typer.echo(json.dumps(ruleset.to_json(), indent=2))
-    elif fmt == "nft-json" and backend == "nft":
-        from callgate.enforcers.nft import replace_table
+    """Print NODE's ruleset without touching any kernel.
 
-        typer.echo(json.dumps(replace_table(ruleset).to_json(), indent=2))
-    elif fmt == "nft" or fmt == backend:
-        from callgate.enforcers import BACKENDS as _b
-
-        if backend not in _b:
-            fail(f"unknown backend {backend!r}")
-        typer.echo(_plan_text(ruleset, backend), nl=False)
-    else:
-        fail(f"unknown format {fmt!r}: use nft, nft-json or json")
+    Example: callgate compile -i inventory.yaml -p policies/ --node node-1 --backend iptables
+    """
+    typer.echo(render(compile_for(inventory, policies, node), backend, fmt), nl=False)
 
 
-def _plan_text(ruleset: RuleSet, backend: str) -> str:
-    if backend == "nft":
-        from callgate.enforcers.nft import replace_table
-
-        return replace_table(ruleset).text()
-    # Other backends plan without a kernel too; the factory is lazy and only
-    # opens the kernel when a transaction is run.
-    return get_enforcer(backend).plan(ruleset).text()
+def render(ruleset: RuleSet, backend: str, fmt: CompileFormat) -> str:
+    """What ``callgate compile`` prints for ``ruleset`` (the golden tests pin it per backend and format)."""
+    if fmt is CompileFormat.IR:
+        return json.dumps(ruleset.to_json(), indent=2) + "\n"
+    # Planning is pure: the enforcer opens nothing until a transaction runs.
+    enforcer = get_enforcer(backend)
+    try:
+        tx = enforcer.plan(ruleset)
+    finally:
+        enforcer.close()
+    if fmt is CompileFormat.JSON:
+        return json.dumps(tx.to_json(), indent=2) + "\n"
+    return tx.text()
 
 
 def parse_target(text: str, inv: Inventory, family: int | None) -> tuple[IPAddress, Endpoint | None]:
@@ -130,10 +156,11 @@ def parse_target(text: str, inv: Inventory, family: int | None) -> tuple[IPAddre
 def parse_port(text: str) -> tuple[int, PortProtocol]:
     port_text, _, proto = text.partition("/")
     proto = (proto or "TCP").upper()
+    # A port is written on the command line: a bad one is a usage mistake (exit 2).
     if proto not in PROTOCOLS:
-        fail(f"protocol {proto!r} must be one of {', '.join(PROTOCOLS)}")
+        raise typer.BadParameter(f"{text!r}: protocol {proto!r} must be one of {', '.join(PROTOCOLS)}")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        fail(f"port {port_text!r} must be a number from 1 to 65535 (as in 80 or 80/UDP)")
+        raise typer.BadParameter(f"{text!r}: the port must be a number from 1 to 65535 (as in 80 or 80/UDP)")
     return int(port_text), proto  # type: ignore[return-value]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from callgate.policy.model import IPAddress, IPBlock, IPNetwork
 
@@ -83,15 +83,42 @@ def canonical_elements(intervals: Iterable[Interval], version: int) -> tuple[str
     return tuple(interval_text(lo, hi, version) for lo, hi in merge(intervals))
 
 
+def address_int(text: str) -> int:
+    """An address as printed in the IR, as an integer."""
+    # Through ipaddress objects this cost ~25 us a prefix, which made counting
+    # a 50k-element set take 0.2 s. The IR's text is canonical, so plain
+    # arithmetic (IPv4) or inet_pton (IPv6) is enough.
+    if ":" in text:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    a, b, c, d = text.split(".")
+    return (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
+
+
 def parse_element(text: str) -> Interval:
-    """Inverse of :func:`interval_text` (used by the IR interpreter and read-back)."""
+    """Inverse of :func:`interval_text`: an IR element (address, prefix or
+    range "a-b") as inclusive bounds. Host bits of a prefix are ignored."""
     if "/" in text:
-        return network_interval(ipaddress.ip_network(text, strict=False))
+        addr, length = text.split("/")
+        bits = 128 if ":" in addr else 32
+        size = 1 << (bits - int(length))
+        lo = address_int(addr) & ~(size - 1)
+        return lo, lo + size - 1
     if "-" in text:
-        lo, hi = text.split("-", 1)
-        return int(ipaddress.ip_address(lo)), int(ipaddress.ip_address(hi))
-    value = int(ipaddress.ip_address(text))
+        lo_text, hi_text = text.split("-", 1)
+        return address_int(lo_text), address_int(hi_text)
+    value = address_int(text)
     return value, value
+
+
+def intervals_size(intervals: Iterable[Interval]) -> int:
+    """How many addresses disjoint intervals hold."""
+    return sum(hi - lo + 1 for lo, hi in intervals)
+
+
+def elements_size(elements: Sequence[str]) -> int:
+    """How many addresses an IR set's elements (disjoint by construction) hold."""
+    ranged = [e for e in elements if "/" in e or "-" in e]  # most elements are single pod IPs
+    return len(elements) - len(ranged) + intervals_size(map(parse_element, ranged))
 
 
 def address_interval(ip: IPAddress) -> Interval:

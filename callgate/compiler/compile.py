@@ -32,6 +32,7 @@ from callgate.policy.model import (
     Direction,
     Endpoint,
     Inventory,
+    IPAddress,
     Peer,
     Policy,
     PolicySet,
@@ -43,6 +44,10 @@ FAMILIES: tuple[tuple[Family, int], ...] = (("ip", 4), ("ip6", 6))
 ANY_PEER = None  # a rule without from/to: every peer
 
 PeerKey = frozenset[Peer] | None
+Pair = tuple[str, int]  # (address text, port): an element of an AddressPortSet
+# Whether a selector peer selects an endpoint (the compiler asks its resolver;
+# the incremental compiler its own index of the namespaces each peer admits).
+Selects = Callable[[Peer, Endpoint], bool]
 
 
 @dataclass
@@ -98,7 +103,7 @@ class Compiler:
 
     # -- peers -------------------------------------------------------------
 
-    def _peer_intervals(self, peers: frozenset[Peer]) -> dict[int, list[addresses.Interval]]:
+    def peer_intervals(self, peers: frozenset[Peer]) -> dict[int, list[addresses.Interval]]:
         cached = self._union_cache.get(peers)
         if cached is not None:
             return cached
@@ -140,7 +145,7 @@ class Compiler:
             self._ids_by_port_name[name] = found
         return found
 
-    def _named_port_targets(self, peers: PeerKey, name: str) -> list[Endpoint]:
+    def named_port_targets(self, peers: PeerKey, name: str) -> list[Endpoint]:
         """Endpoints a named-port egress rule can reach: the peers that declare it."""
         candidates = self._endpoints_with_port(name)
         if peers is ANY_PEER:
@@ -196,7 +201,7 @@ class Compiler:
                 candidates.append(Candidate(Rule(Verdict.ALLOW, l4=l4, origins=origins), None))
                 continue
             peer_key = frozenset(group.peers)
-            unions = self._peer_intervals(peer_key)
+            unions = self.peer_intervals(peer_key)
             for family, version in FAMILIES:
                 name = builder.address_set(family, version, peer_key, unions[version])
                 candidates.append(Candidate(
@@ -216,29 +221,14 @@ class Compiler:
         return chain
 
     def _named_pairs(self, protocol: L4Protocol, version: int,
-                     entries: dict[tuple[PeerKey, str], set[Origin]]) -> set[tuple[str, int]]:
+                     entries: dict[tuple[PeerKey, str], set[Origin]]) -> set[Pair]:
         """(address, port) pairs of one protocol and IP version for a chain's named egress ports."""
-        pairs: set[tuple[str, int]] = set()
-        for (peers, port_name), _ in entries.items():
-            for target in self._named_port_targets(peers, port_name):
-                numbers = target.resolve_port(port_name, protocol.upper())  # type: ignore[arg-type]
-                for ip in target.ips:
-                    if ip.version == version and (
-                        peers is ANY_PEER or self._peer_admits(peers, target, ip)
-                    ):
-                        pairs.update((str(ip), n) for n in numbers)
+        pairs: set[Pair] = set()
+        for peers, port_name in entries:
+            for target in self.named_port_targets(peers, port_name):
+                pairs.update(named_port_pairs(target, peers, port_name, protocol, version,
+                                              self.resolver.peer_matches))
         return pairs
-
-    def _peer_admits(self, peers: frozenset[Peer], target: Endpoint, ip: object) -> bool:
-        """Does some peer admit this address of ``target``? (ipBlock peers admit
-        only the addresses inside the block, selector peers all of them.)"""
-        for peer in peers:
-            if peer.ip_block is not None:
-                if peer.ip_block.contains(ip):  # type: ignore[arg-type]
-                    return True
-            elif self.resolver.peer_matches(peer, target):
-                return True
-        return False
 
     @staticmethod
     def _l4_matches(ep: Endpoint, direction: Direction, ports: tuple[PortSpec, ...], peers: PeerKey,
@@ -301,6 +291,33 @@ class Compiler:
         )
 
 
+# -- peers admitting addresses, named ports (shared with the incremental compiler) --
+
+def peer_admits(peers: frozenset[Peer], target: Endpoint, ip: IPAddress, selects: Selects) -> bool:
+    """Does some peer admit this address of ``target``? (ipBlock peers admit
+    only the addresses inside the block, selector peers all of them.)"""
+    for peer in peers:
+        if peer.ip_block is not None:
+            if peer.ip_block.contains(ip):
+                return True
+        elif selects(peer, target):
+            return True
+    return False
+
+
+def named_port_pairs(target: Endpoint, peers: PeerKey, port_name: str, protocol: L4Protocol, version: int,
+                     selects: Selects) -> list[Pair]:
+    """The (address, port) pairs ``target`` puts into a named-port set for one
+    (peers, port name) entry: its addresses of ``version`` that the peers
+    admit, with every number it declares for the port name and protocol."""
+    numbers = target.resolve_port(port_name, protocol.upper())  # type: ignore[arg-type]
+    if not numbers:
+        return []
+    return [(str(ip), n) for ip in target.ips
+            if ip.version == version and (peers is ANY_PEER or peer_admits(peers, target, ip, selects))
+            for n in numbers]
+
+
 def _rule_order(rule: Rule) -> tuple[str, str, str, str]:
     return (str(rule.l4 or ""), rule.family or "", rule.peer_set or "", rule.peer_port_set or "")
 
@@ -339,12 +356,14 @@ class SetBuilder:
                     intervals: list[addresses.Interval]) -> str:
         name = address_set_name(family, version, peers)
         if intervals and name not in self.address_sets:
+            merged = addresses.merge(intervals)
             self.address_sets[name] = AddressSet(
-                name, family, addresses.canonical_elements(intervals, version), address_set_comment(peers))
+                name, family, addresses.canonical_elements(merged, version), address_set_comment(peers),
+                size=addresses.intervals_size(merged))
         return name
 
     def port_set(self, family: Family, protocol: L4Protocol, keys: Iterable[tuple[PeerKey, str]],
-                 pairs: set[tuple[str, int]]) -> str:
+                 pairs: set[Pair]) -> str:
         definitions = port_set_definitions(keys)
         name = port_set_name(family, protocol, definitions)
         if pairs and name not in self.port_sets:
@@ -370,13 +389,13 @@ def port_set_name(family: Family, protocol: L4Protocol, definitions: list[str]) 
     return f"named{4 if family == 'ip' else 6}_{protocol}_{short_hash(family, protocol, *definitions)}"
 
 
-def pair_order(pair: tuple[str, int]) -> tuple[int, int]:
+def pair_order(pair: Pair) -> tuple[int, int]:
     """Sort key of an (address, port) element: address order, then port (the
     incremental compiler keeps its sets in this order by bisection)."""
     return int(ipaddress.ip_address(pair[0])), pair[1]
 
 
-def sort_pairs(pairs: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+def sort_pairs(pairs: Iterable[Pair]) -> tuple[Pair, ...]:
     """(address, port) elements in address order, then port."""
     return tuple(sorted(pairs, key=pair_order))
 

@@ -19,7 +19,10 @@ Shape, and why:
   its distinct port specifications, not by the number of policies or pods.
 * Named ports on egress resolve per destination pod into (address, port) pairs.
 * Every rule carries **provenance** (policy, direction, rule index) so counters
-  and explanations point back to the YAML a person wrote.
+  and explanations point back to the YAML a person wrote. What the kernel
+  carries is the rule's compact :attr:`Rule.id` (a hash of its origins, never
+  cut short by a comment or log-prefix limit); :meth:`RuleSet.rule_origins`
+  maps it back.
 
 Everything is frozen and sorted: the same input always yields the same IR and
 the same :meth:`RuleSet.digest`.
@@ -29,11 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import InitVar, dataclass
 from enum import StrEnum
 from functools import cached_property
 from typing import Any, Literal
+
+from callgate.compiler import addresses
 
 Family = Literal["ip", "ip6"]  # nftables' names for IPv4 and IPv6 payloads
 L4Protocol = Literal["tcp", "udp", "sctp"]
@@ -81,6 +86,21 @@ class AddressSet:
     family: Family
     elements: tuple[str, ...]
     comment: str = ""  # the peer definitions this set stands for
+    # How many addresses the elements hold, when the builder knows it (the
+    # compiler has the intervals it printed; the incremental compiler keeps
+    # the count as it patches a set). Left out, it is counted from the
+    # elements on first use (~15 ms for a 50k-element set with prefixes).
+    # Derived from ``elements``, so neither compared nor part of the digest.
+    size: InitVar[int | None] = None
+
+    def __post_init__(self, size: int | None) -> None:
+        if size is not None:
+            self.__dict__["address_count"] = size  # what the cached property below would compute
+
+    @cached_property
+    def address_count(self) -> int:
+        """How many addresses the set holds (a backend may choose a set's form by it)."""
+        return addresses.elements_size(self.elements)
 
     @cached_property
     def digest(self) -> str:
@@ -132,6 +152,25 @@ class Rule:
     peer_port_set: str | None = None
     l4: L4Match | None = None
     origins: tuple[Origin, ...] = ()
+
+    @property
+    def id(self) -> str:
+        """The rule's provenance in :data:`RULE_ID_LEN` characters: what the
+        backends write first in a rule's comment (and flow logs in a log
+        prefix), mapped back by :meth:`RuleSet.rule_origins`."""
+        return rule_id(self.origins)
+
+
+# Long enough that two different provenances of one node collide with
+# negligible chance (48 bits, as the chain and set names), short enough for
+# any kernel label: rule comments (nft 127 bytes, xt_comment 255), nft log
+# prefixes (127) and NFLOG prefixes (63) keep the whole id and room to spare.
+RULE_ID_LEN = 12
+
+
+def rule_id(origins: tuple[Origin, ...]) -> str:
+    """A stable id of a provenance: same origins, same id, in every compile."""
+    return short_hash("rule", *(str(o) for o in origins), length=RULE_ID_LEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +255,18 @@ class RuleSet:
         by_name.update((s.name, s) for s in self.port_sets)
         return by_name
 
+    def rule_origins(self) -> Mapping[str, tuple[Origin, ...]]:
+        """Rule id -> the origins of the rules carrying it: how the agent reads
+        kernel counters (and logs) back as policies."""
+        return self._rule_origins
+
+    @cached_property
+    def _rule_origins(self) -> dict[str, tuple[Origin, ...]]:
+        return {rule.id: rule.origins for ep in self.endpoints for chain in (*ep.ingress, *ep.egress)
+                for rule in chain.rules}
+
     def to_json(self) -> dict[str, Any]:
-        """A plain, stable JSON form (``callgate compile --format json``)."""
+        """A plain, stable JSON form (``callgate compile --format ir``)."""
         return {
             "node": self.node,
             "address_sets": [

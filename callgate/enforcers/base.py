@@ -1,77 +1,193 @@
-"""What every backend offers. A backend walks the RuleSet IR and nothing else."""
+"""The backend contract: what every enforcer offers, takes and returns.
+
+A backend walks the RuleSet IR and nothing else. Its transactions are values
+(build one, print it, check it, run it); :meth:`Enforcer.apply` answers with
+one :class:`ApplyResult` whatever the backend; fail-closed mode is the same
+:class:`FailClosed` everywhere; and every backend labels a kernel rule the
+same way (:func:`rule_comment`), so counters and logs map back to policies
+through :meth:`~callgate.compiler.ir.RuleSet.rule_origins` whoever wrote them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
-from callgate.compiler.ir import RuleSet
+from callgate.compiler.ir import Rule, RuleSet
+
+# noop: the kernel already held it; incremental: only what changed went in;
+# full: everything callgate owns was rewritten (or, for a dry run, would be).
+ApplyMode = Literal["noop", "incremental", "full"]
 
 
 class Transaction(Protocol):
     @property
     def digest(self) -> str:
-        """Digest of the RuleSet this transaction installs."""
+        """Digest of what the transaction leaves in the kernel."""
 
     def text(self) -> str:
-        """Human-readable form of what the transaction leaves in the kernel."""
+        """Human-readable form: the backend's own syntax (``compile --format text``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form (``compile --format json``)."""
 
 
-class ApplyOutcome(Protocol):
-    @property
-    def changed(self) -> bool: ...
-    @property
-    def digest(self) -> str: ...
-    @property
-    def dry_run(self) -> bool: ...
-    @property
-    def transaction(self) -> Any: ...
+@dataclass(frozen=True)
+class ApplyResult:
+    changed: bool
+    digest: str
+    transaction: Transaction
+    mode: ApplyMode
+    dry_run: bool = False
+    # The live state was not what this enforcer last applied: someone else
+    # changed or deleted it (the agent counts these as drift repairs). A
+    # backend that cannot tell reports False; the agent's resync finds it.
+    drift: bool = False
+    # Applied, but something around it did not go as planned (logged as well).
+    warnings: tuple[str, ...] = ()
+
+
+# A prefix becomes an interface wildcard ("cg*" in nft, "cg+" in iptables):
+# letters, digits, '_', '.', '-' only, so nothing in it can be read as another
+# wildcard or an escape; 14 characters leave room for one more in an ifname.
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,14}")
+
+
+def check_fail_closed_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a safe interface-name prefix; ValueError otherwise."""
+    if not _PREFIX.fullmatch(prefix):
+        raise ValueError(f"fail-closed prefix {prefix!r} must be 1-14 characters of letters, digits, '_', '.' or '-'")
+    return prefix
+
+
+@dataclass(frozen=True)
+class FailClosed:
+    """Drop forwarded traffic on ``prefix*`` interfaces not in ``known``: a
+    container whose veth appears before its policy is programmed is cut off,
+    not open."""
+
+    prefix: str
+    known: tuple[str, ...]  # sorted, unique interface names
+
+    @classmethod
+    def build(cls, prefix: str, ruleset: RuleSet, known: Iterable[str] = ()) -> FailClosed:
+        # Endpoints with chains are always known; the caller adds the others
+        # (non-isolated endpoints are not in the RuleSet).
+        return cls(check_fail_closed_prefix(prefix), tuple(sorted({*known, *(e.interface for e in ruleset.endpoints)})))
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an enforcer last put into the kernel."""
+
+    ruleset: RuleSet
+    digest: str
+    fail_closed: FailClosed | None = None
+
+
+@dataclass(frozen=True)
+class RuleCounters:
+    """The live rules' counters, as callgate labelled them."""
+
+    by_rule: Mapping[str, tuple[int, int]]  # rule id -> (packets, bytes), summed over the rules carrying it
+    fail_closed_dropped: int = 0  # packets the fail-closed rules dropped
+
+
+_UNSAFE_COMMENT = re.compile(r"[^\x20-\x7e]|[\"'\\]")
+
+
+def rule_comment(rule: Rule, limit: int) -> str | None:
+    """A rule's comment in the kernel, at most ``limit`` bytes: its id, which
+    is never cut (counters and logs are mapped back to policies by it), then
+    whom it came from for people reading the rules, cut where the limit falls.
+
+    Printable ASCII without quotes or backslashes: names are validated
+    upstream, and this is belt and braces so that no input can break out of
+    a quoted token in a restore file or nft text."""
+    if not rule.origins:
+        return None
+    text = f"{rule.id} {rule.origins[0]}"
+    if len(rule.origins) > 1:
+        text += f" (+{len(rule.origins) - 1} more)"
+    return _UNSAFE_COMMENT.sub("?", text)[:limit]
+
+
+def comment_rule_id(comment: str) -> str | None:
+    """The rule id a comment written by :func:`rule_comment` starts with."""
+    rule_id, _, _ = comment.partition(" ")
+    return rule_id or None
+
+
+def text_diff(live: str | None, desired: str) -> list[str]:
+    """Unified diff from the live state's normal text (None: nothing) to the desired one; empty when equal."""
+    return list(difflib.unified_diff((live or "").splitlines(), desired.splitlines(), "live", "desired", lineterm=""))
+
+
+class ComparesNormalText:
+    """Drift check and diff of a backend whose live and desired states have one
+    normal text form (both backends): the two methods every enforcer would
+    otherwise write the same way."""
+
+    def live_text(self) -> str | None:
+        raise NotImplementedError
+
+    def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
+        raise NotImplementedError
+
+    def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
+        """Unified diff from the live state to the desired one; empty when equal."""
+        return text_diff(self.live_text(), self.desired_text(ruleset, known_interfaces))
+
+    def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
+        return self.live_text() == self.desired_text(ruleset, known_interfaces)
 
 
 class Enforcer(Protocol):
+    """One backend in one network namespace. ``known_interfaces`` only matters
+    with a fail-closed prefix: the local endpoints' interfaces beyond those
+    that have chains, i.e. the non-isolated ones that must not be dropped."""
+
     name: str
 
-    def plan(self, ruleset: RuleSet) -> Transaction:
-        """Build the transaction that makes the kernel hold ``ruleset`` (no kernel writes)."""
+    @property
+    def applied(self) -> Applied | None:
+        """What this enforcer last put into the kernel (None: nothing yet)."""
+
+    def plan(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> Transaction:
+        """Build the transaction that makes the kernel hold ``ruleset`` (no kernel access)."""
 
     def check(self, tx: Any) -> None:
-        """Have the kernel (or tool) validate ``tx`` without committing it."""
+        """Have the kernel (or tool) validate ``tx``, one of this backend's
+        transactions, without committing it."""
 
-    def apply(self, ruleset: RuleSet, dry_run: bool = False) -> ApplyOutcome:
-        """Apply atomically; a no-op when the kernel already holds ``ruleset``."""
+    def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Iterable[str] = (),
+              incremental: bool = True) -> ApplyResult:
+        """Apply atomically; a no-op when the kernel already holds ``ruleset``;
+        incrementally when the backend can and ``incremental`` allows it."""
 
-    def diff(self, ruleset: RuleSet) -> list[str]:
+    def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
         """Unified diff live → desired; empty when in sync."""
+
+    def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
+        """Whether the live state equals the desired one for ``ruleset`` (drift check)."""
 
     def live_text(self) -> str | None:
         """What callgate owns in the kernel now, normalised, or None."""
 
-    def desired_text(self, ruleset: RuleSet) -> str:
+    def live_digest(self) -> str | None:
+        """The digest the live state says it holds, or None."""
+
+    def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
         """What it would own after applying ``ruleset``, normalised the same way."""
+
+    def rule_counters(self) -> RuleCounters | None:
+        """Counters of the live rules by rule id; None when this backend cannot read them."""
 
     def remove(self) -> bool:
         """Delete everything callgate owns; True if there was something."""
 
-
-class AppliedState(Protocol):
-    @property
-    def digest(self) -> str: ...
-
-
-class NodeEnforcer(Enforcer, Protocol):
-    """What the agent needs beyond :class:`Enforcer` (both nft and iptables offer it):
-    apply with the node's programmed interfaces (fail-closed), incrementally when
-    the backend can, and a check of the live state against what was applied."""
-
-    @property
-    def applied(self) -> AppliedState | None:
-        """What this enforcer last put into the kernel (None: nothing yet)."""
-
-    def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Sequence[str] = (),
-              incremental: bool = True) -> ApplyOutcome: ...
-
-    def in_sync(self, ruleset: RuleSet, known_interfaces: Sequence[str] = ()) -> bool:
-        """Whether the live state equals the desired one for ``ruleset`` (drift check)."""
-
-    def live_digest(self) -> str | None:
-        """The digest the live state says it holds, or None."""
+    def close(self) -> None:
+        """Release what talks to the kernel (threads, handles)."""

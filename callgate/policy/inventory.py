@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from callgate.errors import InputError, Problem, shown
 from callgate.policy import validation as v
-from callgate.policy.documents import Document, files_under, format_path, read_documents, shown_kind
+from callgate.policy.documents import POLICY_KINDS, Document, format_path, is_kind, read_all, shown_kind
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
     Endpoint,
@@ -226,21 +226,21 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     builder = InventoryBuilder()
-    for path in files_under(paths):
-        for doc in read_documents(path):
-            data = doc.data
-            kind = data.get("kind") if isinstance(data, dict) else None
-            api = data.get("apiVersion") if isinstance(data, dict) else None
-            if kind == "Inventory":
-                builder.add_native(doc)
-            elif kind == "Namespace" and api == "v1":
-                builder.add_k8s_namespace(doc)
-            elif kind == "Pod" and api == "v1":
-                builder.add_pod(doc)
-            else:
-                builder.problems.append(doc.problem(
-                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {shown_kind(api, kind)}",
-                    obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",)))
+    docs, builder.problems = read_all(paths)
+    for doc in docs:
+        data = doc.data
+        kind = data.get("kind") if isinstance(data, dict) else None
+        api = data.get("apiVersion") if isinstance(data, dict) else None
+        if kind == "Inventory":
+            builder.add_native(doc)
+        elif kind == "Namespace" and api == "v1":
+            builder.add_k8s_namespace(doc)
+        elif kind == "Pod" and api == "v1":
+            builder.add_pod(doc)
+        elif not is_kind(api, kind, POLICY_KINDS):  # policies may sit beside the inventory
+            builder.problems.append(doc.problem(
+                f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {shown_kind(api, kind)}",
+                obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",)))
     return builder.finish()
 
 

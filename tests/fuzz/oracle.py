@@ -18,7 +18,6 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from callgate.cli.common import run_app
 from callgate.cli.main import app
 from callgate.errors import MAX_MESSAGE, MAX_PATH, Problem
 
@@ -29,7 +28,7 @@ class CliResult:
     exit_code: int
     stdout: str
     stderr: str
-    exception: BaseException | None  # escaped run_app: a traceback for the user
+    exception: BaseException | None  # escaped the command: a traceback for the user
 
     def __repr__(self) -> str:
         return (f"CliResult(callgate {' '.join(self.args)} -> exit {self.exit_code}, exception {self.exception!r}, "
@@ -37,19 +36,10 @@ class CliResult:
 
 
 def run_cli(args: Sequence[str]) -> CliResult:
-    runner = CliRunner()
-    exception: BaseException | None = None
-    code = 0
-    with runner.isolation() as (out, err, _):
-        try:
-            run_app(app, args)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except Exception as exc:  # what would reach the user as a traceback
-            exception, code = exc, -1
-        stdout = out.getvalue().decode("utf-8", "replace")
-        stderr = err.getvalue().decode("utf-8", "replace")
-    return CliResult(list(args), code, stdout, stderr, exception)
+    result = CliRunner().invoke(app, list(args))
+    # SystemExit is how click ends every command; anything else would reach the user as a traceback.
+    exception = None if isinstance(result.exception, SystemExit) else result.exception
+    return CliResult(list(args), result.exit_code, result.stdout, result.stderr, exception)
 
 
 def check_cli(result: CliResult, error_expected_on_1: bool = True) -> None:

@@ -1,12 +1,12 @@
 """Incremental nftables updates: change only what differs, still in ONE transaction.
 
-The full replacement (:func:`callgate.enforcers.nft.replace_table`) rebuilds the
+The full replacement (:func:`~callgate.enforcers.nft.transaction.replace_table`) rebuilds the
 whole table; at scale that is a lot of work for the kernel on every pod start.
 This planner compares the RuleSet the enforcer last applied with the new one
 directly, at the IR level — sets by name (element tuples compared as tuples
 first, as Python sets only when they differ), chains by dataclass equality —
 and renders commands only for what changed, through the same helpers
-:func:`~callgate.enforcers.nft.table_objects` uses, so there is one source of
+:func:`~callgate.enforcers.nft.commands.table_objects` uses, so there is one source of
 truth for the layout:
 
 * sets and maps: ``add``/``delete element`` for changed members (a changed map
@@ -22,55 +22,45 @@ truth for the layout:
 Pod churn elsewhere in the cluster therefore becomes element commands only.
 
 The planner refuses (returns None, and the caller replaces the table in full)
-whenever it is not sure: a listing is given and its digest is not ``old``'s, a
-set changed its type (family, protocol, or hash ↔ interval form), or the
-forward chain's structure changed (fail-closed turned on or off, another
-prefix). Command order inside the transaction respects the kernel's
+whenever it is not sure: a set changed its type (family, protocol, or hash ↔
+interval form), or the forward chain's structure changed (fail-closed turned
+on or off, another prefix). Command order inside the transaction respects the kernel's
 references: sets and chains exist before rules and map elements use them, and
 nothing is deleted while still referenced.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from callgate.compiler.ir import AddressPortSet, AddressSet, Chain, RuleSet
-from callgate.enforcers.kernel import Command
-from callgate.enforcers.nft import (
+from callgate.enforcers.base import FailClosed
+from callgate.enforcers.nft.commands import (
+    address_set_command,
+    chain_rules,
+    dispatch_element,
+    dispatch_pairs,
+    element,
+    expand,
+    port_elements,
+    port_set_command,
+    tiers_with_next,
+)
+from callgate.enforcers.nft.kernel import Command
+from callgate.enforcers.nft.layout import (
     FAMILY,
     FROM_ENDPOINT,
     KNOWN_ENDPOINT,
     TABLE,
     TO_ENDPOINT,
-    FailClosed,
-    NftTransaction,
-    _element,
-    address_count,
-    address_set_command,
-    carry_count,
-    chain_rules,
-    digest_of,
     digest_swap,
-    dispatch_element,
-    dispatch_pairs,
-    expand,
     is_hash_set,
     layout_digest,
-    port_elements,
-    port_set_command,
-    remember_count,
-    tiers_with_next,
+    obj,
 )
-
-
-def _key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _obj(**fields: Any) -> dict[str, Any]:
-    return {"family": FAMILY, "table": TABLE, **fields}
+from callgate.enforcers.nft.text import json_key
+from callgate.enforcers.nft.transaction import NftTransaction
 
 
 @dataclass(frozen=True)
@@ -81,11 +71,11 @@ class NftUpdate(NftTransaction):
         lines = []
         for cmd in self.commands:
             (verb, body), = cmd.items()
-            (kind, obj), = body.items()
-            name = obj.get("name") or obj.get("chain", "")
+            (kind, item), = body.items()
+            name = item.get("name") or item.get("chain", "")
             detail = ""
             if kind == "element":
-                detail = " { " + ", ".join(_key(e) for e in obj["elem"]) + " }"
+                detail = " { " + ", ".join(json_key(e) for e in item["elem"]) + " }"
             lines.append(f"{verb} {kind} {FAMILY} {TABLE} {name}{detail}")
         return "\n".join(lines) + "\n"
 
@@ -141,16 +131,12 @@ def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], li
         return None
     gone, came = _elements_diff(old.elements, new.elements)
     if not gone and not came:
-        carry_count(old.elements, new.elements)
         return [], []
     hashed = is_hash_set(old)
-    # The IR's intervals are disjoint, so counts add up: no need to count the
-    # whole new set (remembered for the next plan, where it is the old one).
-    remember_count(new.elements, address_count(old.elements) - address_count(gone) + address_count(came))
     if is_hash_set(new) != hashed:
         return None
     if not hashed:
-        return [_element(e) for e in gone], [_element(e) for e in came]
+        return [element(e) for e in gone], [element(e) for e in came]
     # The IR's intervals are disjoint within a set, so the addresses that left
     # are those of the vanished intervals minus those of the new ones (an
     # interval that grew is one of each), and the other way round.
@@ -165,15 +151,13 @@ def _map_change(before: dict[str, str], after: dict[str, str]) -> tuple[list[Any
 
 
 def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: FailClosed | None,
-                live: list[dict[str, Any]] | None = None) -> NftUpdate | None:
+                ) -> NftUpdate | None:
     """One transaction taking the kernel from ``old`` to ``new``; None when only
-    a full replacement is safe. ``live``, when given, is a listing that must
-    hold ``old``'s digest (the transaction checks it again in the kernel)."""
+    a full replacement is safe. The transaction itself checks, in the kernel,
+    that the live table holds ``old``'s digest."""
     old_digest, new_digest = layout_digest(old, old_fc), layout_digest(new, new_fc)
     if old_digest == new_digest:
         return None  # nothing to change yet not in sync: drift the digest cannot see
-    if live is not None and digest_of(live) != old_digest:
-        return None
     if (old_fc is None) != (new_fc is None) or (old_fc and new_fc and old_fc.prefix != new_fc.prefix):
         return None  # the dispatch structure itself changed
 
@@ -184,9 +168,9 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: F
 
     def element_commands(name: str, gone: list[Any], came: list[Any]) -> None:
         if gone:
-            dels.append({"delete": {"element": _obj(name=name, elem=gone)}})
+            dels.append({"delete": {"element": obj(name=name, elem=gone)}})
         if came:
-            adds.append({"add": {"element": _obj(name=name, elem=came)}})
+            adds.append({"add": {"element": obj(name=name, elem=came)}})
 
     a_addr = {s.name: s for s in old.address_sets}
     b_addr = {s.name: s for s in new.address_sets}
@@ -227,8 +211,8 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: F
 
     cmds: list[Command] = digest_swap(old_digest, new_digest)  # first: a refusal comes early
     cmds.extend(new_sets)
-    cmds.extend({"add": {"chain": _obj(name=n)}} for n in new_chains)  # empty first: gotos may point at them
-    cmds.extend({"flush": {"chain": _obj(name=n)}} for n in changed_chains)
+    cmds.extend({"add": {"chain": obj(name=n)}} for n in new_chains)  # empty first: gotos may point at them
+    cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_chains)
     for name in (*new_chains, *changed_chains):
         cmds.extend(chain_rules(*b_chains[name]))
     # Deletions before additions: a changed map value is "delete key, add key",
@@ -237,7 +221,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: F
     cmds.extend(adds)
     # Removed chains: nothing jumps to them any more (maps and changed chains
     # were updated above); flush all first so chains among them let go of each other.
-    cmds.extend({"flush": {"chain": _obj(name=n)}} for n in gone_chains)
-    cmds.extend({"delete": {"chain": _obj(name=n)}} for n in gone_chains)
-    cmds.extend({"delete": {"set": _obj(name=n)}} for n in gone_sets)
-    return NftUpdate(tuple(cmds), new_digest, replaces_table=False)
+    cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_chains)
+    cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_chains)
+    cmds.extend({"delete": {"set": obj(name=n)}} for n in gone_sets)
+    return NftUpdate(tuple(cmds), new_digest)

@@ -1,9 +1,8 @@
-"""iptables backend: the RuleSet IR as ipsets plus iptables/ip6tables chains.
+"""The iptables enforcer: move the kernel from its live state to the planned one.
 
-The layout is described in :mod:`callgate.enforcers.ipt_render`; this module
-moves the kernel from its live state to the planned one, touching only what
-callgate owns: ``cg-*`` sets, ``CG-*`` chains and the single ``-j CG-FORWARD``
-rule in FORWARD.
+The layout is described in :mod:`callgate.enforcers.iptables.layout`; this
+module touches only what callgate owns: ``cg-*`` sets, ``CG-*`` chains and the
+single ``-j CG-FORWARD`` rule in FORWARD.
 
 iptables has no single transaction spanning ipset, IPv4 and IPv6, so an apply
 is a sequence of steps that are each atomic, ordered so that nothing live
@@ -29,118 +28,29 @@ back, restores the IPv4 chains if they had been committed and removes what step
 
 from __future__ import annotations
 
-import difflib
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.ipt_kernel import LiveState, LiveTable, Runner, SubprocessRunner, Tools, read_live
-from callgate.enforcers.ipt_render import (
-    FORWARD_CHAIN,
-    TMP_PREFIX,
-    VERSIONS,
+from callgate.enforcers.base import (
+    Applied,
+    ApplyResult,
+    ComparesNormalText,
     FailClosed,
-    IptTransaction,
-    Table,
-    Version,
-    plan,
-    render_state,
-    tmp_name,
+    RuleCounters,
+    check_fail_closed_prefix,
 )
+from callgate.enforcers.iptables.kernel import Runner, SubprocessRunner, Tools
+from callgate.enforcers.iptables.layout import TMP_PREFIX, VERSIONS, Version, tmp_name
+from callgate.enforcers.iptables.live import LiveState, LiveTable, read_live
+from callgate.enforcers.iptables.steps import Steps, build_steps, empty_table, restore_text
+from callgate.enforcers.iptables.transaction import IptTransaction, plan, render_state
 from callgate.errors import KernelError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Applied:
-    """What this enforcer last put into the kernel."""
-
-    ruleset: RuleSet
-    digest: str
-
-
-@dataclass
-class ApplyResult:
-    changed: bool
-    digest: str
-    transaction: IptTransaction
-    dry_run: bool = False
-    warnings: list[str] = field(default_factory=list)
-
-
-def restore_text(desired: Table, live: LiveTable | None, rename: dict[str, str] | None = None) -> str:
-    """An ``iptables-restore --noflush`` file that turns ``live`` into ``desired``.
-
-    Each of our chains is declared (``:CHAIN - [0:0]`` creates it or flushes
-    it) and refilled; chains we own that are no longer wanted are flushed and
-    deleted; the FORWARD jump is inserted only when missing. Nothing else in
-    the table is named, so nothing else changes. ``rename`` maps set names
-    (used by ``check`` to point rules at staging sets)."""
-    stale = [c for c in (live.chains if live else {}) if c not in desired.chains]
-    lines = ["*filter", *(f":{c} - [0:0]" for c in (*desired.chains, *stale))]
-    for rule in desired.rules:
-        for old, new in (rename or {}).items():
-            rule = rule.replace(f" --match-set {old} ", f" --match-set {new} ")
-        lines.append(rule)
-    jumps = live.jumps if live else 0
-    if desired.jump and not jumps:
-        lines.append(f"-I FORWARD 1 -j {FORWARD_CHAIN}")
-    if not desired.jump:
-        lines.extend(f"-D FORWARD -j {FORWARD_CHAIN}" for _ in range(jumps))
-    lines.extend(f"-X {c}" for c in stale)
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
-
-
-def _empty_table(version: Version) -> Table:
-    return Table(version, (), (), jump=False)
-
-
-@dataclass
-class Steps:
-    """The concrete, live-dependent batches of one apply (see the module doc)."""
-
-    stage: list[str]  # ipset restore lines: create+fill new sets and staging copies
-    created: list[str]  # names step 1 creates (removed again on failure)
-    swaps: list[str]  # ipset restore lines: swap staging <-> live
-    tables: dict[Version, str]  # restore files
-    cleanup: list[str]  # ipset restore lines: destroy staging copies and stale sets
-
-
-def build_steps(tx: IptTransaction, live: LiveState) -> Steps:
-    stage: list[str] = []
-    created: list[str] = []
-    swaps: list[str] = []
-    cleanup: list[str] = []
-    wanted = {s.name for s in tx.sets}
-    for name in sorted(live.sets):
-        if name.startswith(TMP_PREFIX):  # left over from an interrupted apply
-            cleanup.append(f"destroy {name}")
-    for s in tx.sets:
-        current = live.sets.get(s.name)
-        if current is None:
-            stage += [s.create_line(), *s.add_lines()]
-            created.append(s.name)
-        elif current.header != s.header:
-            # Names encode family and type, so this is someone else's set.
-            raise KernelError(f"ipset {s.name} exists as {current.type} family {current.family}; callgate "
-                              f"needs {s.type} family {s.family} (remove it, or run `callgate remove`)")
-        elif current != s:
-            tmp = tmp_name(s.name)
-            if tmp in live.sets:
-                stage.append(f"destroy {tmp}")
-            stage += [s.create_line(tmp), *s.add_lines(tmp)]
-            created.append(tmp)
-            swaps.append(f"swap {tmp} {s.name}")
-            cleanup.append(f"destroy {tmp}")
-    cleanup += [f"destroy {n}" for n in sorted(live.sets) if not n.startswith(TMP_PREFIX) and n not in wanted]
-    tables = {v: restore_text(tx.table(v), live.tables.get(v)) for v in VERSIONS}
-    return Steps(stage, created, swaps, tables, cleanup)
-
-
-class IptablesEnforcer:
+class IptablesEnforcer(ComparesNormalText):
     """Applies RuleSets with ipset + iptables/ip6tables in one network namespace."""
 
     name = "iptables"
@@ -149,9 +59,8 @@ class IptablesEnforcer:
                  fail_closed_prefix: str | None = None) -> None:
         self.runner: Runner = runner or SubprocessRunner(netns)
         self.tools = Tools.choose(variant)
-        self.fail_closed_prefix = fail_closed_prefix
-        if fail_closed_prefix is not None:  # validate now, not at the first apply
-            FailClosed.build(fail_closed_prefix, RuleSet(node=""))
+        # Validated now, not at the first apply.
+        self.fail_closed_prefix = None if fail_closed_prefix is None else check_fail_closed_prefix(fail_closed_prefix)
         self.applied: Applied | None = None
         self._other: tuple[Tools | None] | None = None
 
@@ -235,38 +144,33 @@ class IptablesEnforcer:
     def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
         return self.plan(ruleset, known_interfaces).text()
 
-    def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
-        """Unified diff from the live state to the desired one; empty when equal."""
-        live = self.live_text() or ""
-        return list(difflib.unified_diff(live.splitlines(), self.desired_text(ruleset, known_interfaces).splitlines(),
-                                         "live", "desired", lineterm=""))
-
-    def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
-        return self.live_text() == self.desired_text(ruleset, known_interfaces)
-
-    def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Sequence[str] = (),
+    def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Iterable[str] = (),
               incremental: bool = True) -> ApplyResult:
         """Make the kernel hold ``ruleset``; a no-op when it already does. With
         ``dry_run`` the kernel validates everything and nothing is enforced.
 
         Every apply is computed against the live state (sets whose content is
         unchanged are left alone, changed ones are swapped), so
-        ``incremental`` is accepted for interface parity with nft and ignored."""
+        ``incremental`` is accepted for interface parity with nft and ignored;
+        the mode of a change is always "full" (every chain is redeclared).
+        Drift is not reported here: the agent's resync finds it."""
         del incremental
-        tx = self.plan(ruleset, known_interfaces)
+        fc = self.fail_closed(ruleset, known_interfaces)
+        tx = plan(ruleset, fc)
         live = self.live()
         if self._live_text(live) == tx.text():
-            self.applied = Applied(ruleset, tx.digest)
-            return ApplyResult(False, tx.digest, tx, dry_run)
+            self.applied = Applied(ruleset, tx.digest, fc)
+            return ApplyResult(False, tx.digest, tx, "noop", dry_run)
         if dry_run:
             self.check(tx)
-            return ApplyResult(True, tx.digest, tx, dry_run)
-        result = self._execute(tx, live, build_steps(tx, live))
-        self.applied = Applied(ruleset, tx.digest)
-        return result
+            return ApplyResult(True, tx.digest, tx, "full", dry_run)
+        warnings = self._execute(tx, live, build_steps(tx, live))
+        self.applied = Applied(ruleset, tx.digest, fc)
+        return ApplyResult(True, tx.digest, tx, "full", warnings=tuple(warnings))
 
-    def _execute(self, tx: IptTransaction, live: LiveState, steps: Steps) -> ApplyResult:
-        result = ApplyResult(True, tx.digest, tx)
+    def _execute(self, tx: IptTransaction, live: LiveState, steps: Steps) -> list[str]:
+        """Run the steps (see the module doc); the warnings of a successful run."""
+        warnings: list[str] = []
         try:
             self._ipset(steps.stage)
             for v in VERSIONS:
@@ -283,14 +187,14 @@ class IptablesEnforcer:
         except KernelError:
             self._undo(live, committed, steps)
             raise
-        self._remove_foreign(live, result.warnings)
+        self._remove_foreign(live, warnings)
         try:
             self._ipset(steps.cleanup)
         except KernelError as exc:
             # The new rules are live; a leftover unreferenced set is untidy, not wrong.
-            result.warnings.append(f"could not remove unused ipsets (retried on the next apply): {exc}")
-            log.warning("%s", result.warnings[-1])
-        return result
+            warnings.append(f"could not remove unused ipsets (retried on the next apply): {exc}")
+            log.warning("%s", warnings[-1])
+        return warnings
 
     def _undo(self, live: LiveState, committed: list[Version], steps: Steps) -> None:
         """Put back the chains of ``committed`` versions and the swapped sets."""
@@ -298,7 +202,7 @@ class IptablesEnforcer:
             for v in committed:
                 now = self.live().tables[v]
                 before = live.tables.get(v) or LiveTable(v)
-                self._restore(v, restore_text(before.table() if not before.empty else _empty_table(v), now))
+                self._restore(v, restore_text(before.table() if not before.empty else empty_table(v), now))
             self._ipset(steps.swaps)  # swapping again restores the old content
         except KernelError as exc:
             log.error("could not undo a failed apply: %s", exc)
@@ -313,7 +217,7 @@ class IptablesEnforcer:
             if other is None:
                 break
             try:
-                self.runner.run([other.restore(v), "--noflush", "-w"], stdin=restore_text(_empty_table(v), table))
+                self.runner.run([other.restore(v), "--noflush", "-w"], stdin=restore_text(empty_table(v), table))
             except KernelError as exc:
                 warnings.append(f"could not remove callgate's chains from {other.restore(v)}: {exc}")
                 log.warning("%s", warnings[-1])
@@ -326,7 +230,7 @@ class IptablesEnforcer:
             return False
         for v in VERSIONS:
             if not live.tables[v].empty:
-                self._restore(v, restore_text(_empty_table(v), live.tables[v]))
+                self._restore(v, restore_text(empty_table(v), live.tables[v]))
         warnings: list[str] = []
         self._remove_foreign(live, warnings)
         if warnings:
@@ -335,18 +239,9 @@ class IptablesEnforcer:
         self.applied = None
         return True
 
+    def rule_counters(self) -> RuleCounters | None:
+        """Not read for iptables: None (no per-policy counters)."""
+        return None
 
-def nft_available(netns: str | None = None) -> bool:
-    """Can libnftables talk to the kernel here? (Decides ``--backend auto``.)"""
-    try:
-        from callgate.enforcers.kernel import LibNftables
-
-        kernel = LibNftables(netns)
-        try:
-            kernel.list_tables()
-        finally:
-            kernel.close()
-    except Exception as exc:  # missing bindings, no nf_tables, no permission: all mean "no"
-        log.debug("nftables not usable, choosing iptables: %s", exc)
-        return False
-    return True
+    def close(self) -> None:
+        pass  # every command is its own process: nothing is held open

@@ -1,0 +1,201 @@
+"""The incremental compiler: decides per change between patching sets and a full compile.
+
+See :mod:`callgate.compiler.incremental` for the design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from callgate.compiler.incremental.priming import State, prime
+from callgate.compiler.incremental.setstate import address_values, port_pairs
+from callgate.compiler.incremental.snapshot import Held, diff_by_identity, diff_by_position
+from callgate.compiler.ir import RuleSet
+from callgate.policy.model import Endpoint, Inventory, Peer, Policy, PolicySet
+
+
+class IncrementalCompiler:
+    """The RuleSet of ``node``, kept up to date one endpoint change at a time.
+
+    ``ruleset`` is always what ``Compiler(policies, inventory).compile(node)``
+    returns for the current inventory. ``last_path`` says how the latest
+    update was made: "incremental", "unchanged" or "full: <why>".
+    """
+
+    def __init__(self, policies: PolicySet, inventory: Inventory, node: str) -> None:
+        self.node = node
+        self.policies = policies
+        self.namespaces = inventory.namespaces
+        self.full_compiles = 0
+        self.incremental_updates = 0
+        self.last_path = "full: first compile"
+        self._last_list: list[Endpoint] | None = None
+        self._prime(inventory.endpoints)
+
+    @property
+    def ruleset(self) -> RuleSet:
+        return self._state.ruleset
+
+    @property
+    def inventory(self) -> Inventory:
+        """The current inventory (endpoints in insertion order)."""
+        if self._duplicates is not None:
+            return Inventory(self.namespaces, tuple(self._duplicates))
+        return Inventory(self.namespaces, tuple(self._endpoints.values()))
+
+    def rebase(self, policies: PolicySet, inventory: Inventory) -> RuleSet:
+        """Anything but an endpoint change (policies, namespaces): compile in full."""
+        self.policies = policies
+        self.namespaces = inventory.namespaces
+        self._prime(inventory.endpoints)
+        self.last_path = "full: rebase"
+        return self.ruleset
+
+    def sync(self, policies: PolicySet, inventory: Inventory, max_changes: int = 256) -> RuleSet:
+        """The RuleSet for a whole new snapshot (the agent's path).
+
+        Same policies and namespaces (equal, not necessarily the same objects)
+        and only endpoints without chains here differing (remote ones, or local
+        ones no policy selects; diffed by identity, key and ``==``): one
+        :meth:`update` per changed endpoint. Anything else, or more than
+        ``max_changes`` changes (a resync after a long gap): :meth:`rebase`.
+        """
+        changes = None
+        if self._duplicates is None and policies == self.policies and inventory.namespaces == self.namespaces:
+            held = Held(self._endpoints, self._held_ids, self._enforced_here)
+            sure, changes = diff_by_position(held, self._last_list, inventory.endpoints, max_changes)
+            if not sure:
+                changes = diff_by_identity(held, inventory.endpoints, max_changes)
+        if changes is None:
+            return self.rebase(policies, inventory)
+        self.policies, self.namespaces = policies, inventory.namespaces  # equal; keep the newest objects
+        paths = set()
+        for old, new in changes:
+            if old is not None and new is not None and old == new:
+                self._store(old, new)  # an equal copy: hold the snapshot's object (the next diff is by identity)
+                continue
+            self.update(old, new)
+            paths.add(self.last_path)
+        fulls = sorted(p for p in paths if p.startswith("full"))  # not expected after the diff's checks
+        self.last_path = fulls[0] if fulls else "incremental" if "incremental" in paths else "unchanged"
+        self._last_list = list(inventory.endpoints)
+        return self.ruleset
+
+    def update(self, old: Endpoint | None, new: Endpoint | None) -> RuleSet:
+        """Apply one endpoint change and return the new RuleSet.
+
+        ``old`` None: ``new`` was added. ``new`` None: ``old`` was removed.
+        Both: ``old`` became ``new`` (labels, addresses, ports, node...). Only
+        ``old.key`` is used: the endpoint this compiler holds under that key
+        is what is taken out. Adding a key that is already held replaces that
+        endpoint (compiled in full); removing an unknown key only recompiles.
+        Endpoint objects are not modified (nor may the caller modify them
+        afterwards: they are kept).
+        """
+        if old is None and new is None:
+            self.last_path = "unchanged"
+            return self.ruleset
+        self._last_list = None  # sync() sets it again after its updates
+        why = self._needs_full(old, new)
+        if why is not None:
+            self._store(old, new)
+            self._prime(self.inventory.endpoints)
+            self.last_path = f"full: {why}"
+            return self.ruleset
+        held = self._endpoints[old.key] if old is not None else None
+        changed = self._patch(held, new)
+        self._store(old, new)
+        self.incremental_updates += 1
+        self.last_path = "incremental" if changed else "unchanged"
+        return self.ruleset
+
+    # -- when to compile in full ------------------------------------------------
+
+    def _needs_full(self, old: Endpoint | None, new: Endpoint | None) -> str | None:
+        if self._duplicates is not None:
+            return "the inventory has duplicate endpoint keys"
+        if old is not None and old.key not in self._endpoints:
+            return f"unknown endpoint {old.key}"
+        if new is not None and new.key in self._endpoints and (old is None or old.key != new.key):
+            return f"endpoint {new.key} already exists"
+        held = self._endpoints[old.key] if old is not None else None
+        if (held is not None and self._enforced_here(held)) or (new is not None and self._enforced_here(new)):
+            return "endpoint on this node selected by a policy (its chains may change)"
+        return None
+
+    def _enforced_here(self, ep: Endpoint) -> bool:
+        """Could ``ep`` have chains on this node? Only a local endpoint that a
+        policy of its namespace selects has any (or is listed as unbound); any
+        other endpoint, local ones included, matters only as a peer, like a
+        remote one. (Conservative: policy types are not looked at.)"""
+        return ep.node == self.node and any(
+            p.pod_selector.matches(ep.labels) for p in self._policies_by_ns.get(ep.namespace, ()))
+
+    def _store(self, old: Endpoint | None, new: Endpoint | None) -> None:
+        if self._duplicates is not None:
+            if old is not None:
+                at = next((i for i, ep in enumerate(self._duplicates) if ep.key == old.key), None)
+                if at is not None:
+                    del self._duplicates[at]
+            if new is not None:
+                self._duplicates.append(new)
+            return
+        if old is not None:
+            gone = self._endpoints.pop(old.key, None)
+            if gone is not None:
+                self._held_ids.discard(id(gone))
+        if new is not None:
+            self._endpoints[new.key] = new
+            self._held_ids.add(id(new))
+
+    # -- the full compile, recorded ----------------------------------------------
+
+    def _prime(self, endpoints: Sequence[Endpoint]) -> None:
+        self._endpoints: dict[str, Endpoint] = {}
+        for ep in endpoints:
+            self._endpoints.setdefault(ep.key, ep)
+        # Keys must identify endpoints for updates by key; otherwise keep the
+        # list and compile in full on every change.
+        self._duplicates: list[Endpoint] | None = list(endpoints) if len(self._endpoints) < len(endpoints) else None
+        self._held_ids = {id(ep) for ep in self._endpoints.values()}
+        # The endpoint list as last seen whole (sync's fast diff compares
+        # positions with it); None after a single update().
+        self._last_list = list(endpoints) if self._duplicates is None else None
+        self._policies_by_ns: dict[str, list[Policy]] = {}
+        for policy in self.policies.policies:
+            self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
+        # With duplicate keys every change compiles in full (_needs_full):
+        # only the result is kept.
+        self._state: State = prime(self.policies, Inventory(self.namespaces, tuple(endpoints)), self.node,
+                                   track=self._duplicates is None)
+        self.full_compiles += 1
+
+    # -- the incremental path ----------------------------------------------------
+
+    def _selected_by(self, ep: Endpoint | None) -> set[Peer]:
+        """The address sets' selector peers that select ``ep``."""
+        if ep is None:
+            return set()
+        return {p for p in self._state.peers_by_ns.get(ep.namespace, ())
+                if p.pod_selector is None or p.pod_selector.matches(ep.labels)}
+
+    def _patch(self, old: Endpoint | None, new: Endpoint | None) -> bool:
+        """Patch the sets ``old`` leaves and ``new`` joins; True if the RuleSet changed."""
+        st = self._state
+        in_old, in_new = self._selected_by(old), self._selected_by(new)
+        affected = sorted({name for p in in_old | in_new for name in st.sets_of_peer[p]})
+        changed: list[str] = []
+        for name in affected:
+            state = st.address[name]
+            removed = address_values(old, state.version) if not in_old.isdisjoint(state.peers) else []
+            added = address_values(new, state.version) if not in_new.isdisjoint(state.peers) else []
+            if state.update(removed, added):
+                changed.append(name)
+        for name, port in st.ports.items():
+            pairs = port_pairs(new, port, st.namespaces_of)
+            if port.update(old.key if old is not None else None, new.key if new is not None else None, pairs):
+                changed.append(name)
+        if not changed:
+            return False
+        st.rebuild(changed)
+        return True

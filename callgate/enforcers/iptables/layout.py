@@ -1,0 +1,93 @@
+"""What callgate owns in iptables, ip6tables and ipset: names and the digest.
+
+Layout in the kernel (filter table of iptables AND of ip6tables; nothing else)::
+
+    FORWARD      -j CG-FORWARD                      # our single jump, inserted at 1 if missing
+    CG-FORWARD   -m conntrack --ctstate RELATED,ESTABLISHED  (digest comment) -j ACCEPT
+                 -i IFACE -j CG-out_<hash>           # every egress dispatch first ...
+                 -o IFACE -j CG-in_<hash>            # ... then every ingress dispatch
+    CG-<tier>    one chain per IR tier: allow = RETURN (egress) / ACCEPT (ingress),
+                 deny = DROP, pass = goto next tier; a final rule holds the default
+
+    ipset  cg-peers4_<hash>   hash:net     family inet|inet6   (peer addresses)
+           cg-named4_tcp_<h>  hash:ip,port family inet|inet6   (egress named ports)
+
+All egress dispatch rules come before all ingress ones: a pod-to-pod packet on
+one node must run the source's egress chain (which RETURNs on allow) before the
+destination's ingress chain decides.
+
+Every rule compiled from a policy carries a comment that starts with the
+rule's id (:attr:`~callgate.compiler.ir.Rule.id`), followed by its origin as
+far as :data:`COMMENT_MAX` allows (:func:`~callgate.enforcers.base.rule_comment`).
+
+Everything is rendered exactly as ``iptables-save`` / ``ipset save`` print it
+back (option order, quoting, CIDR spelling), so that the live state read back
+from the kernel compares equal to the desired one and a re-apply is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from callgate.compiler.ir import Family, RuleSet, short_hash
+from callgate.enforcers.base import FailClosed
+
+CHAIN_PREFIX = "CG-"
+FORWARD_CHAIN = "CG-FORWARD"
+SET_PREFIX = "cg-"  # live sets
+TMP_PREFIX = "cg+"  # staging sets, swapped into place; same length as SET_PREFIX
+CHAIN_MAX = 28  # iptables: XT_EXTENSION_MAXNAMELEN (29) minus the NUL
+SET_MAX = 31  # ipset: IPSET_MAXNAMELEN (32) minus the NUL
+COMMENT_MAX = 255  # xt_comment keeps 256 bytes including the NUL
+MULTIPORT_MAX = 15  # xt_multiport: ports per rule, a range counts twice
+DEFAULT_MAXELEM = 65536
+DIGEST_PREFIX = "callgate sha256:"
+FC_IIF, FC_OIF = "CG-FC-IIF", "CG-FC-OIF"  # fail-closed checks, see rules.fail_closed_lines
+FAIL_CLOSED_COMMENT = "callgate fail-closed"
+
+Version = int  # 4 or 6
+VERSIONS: tuple[Version, ...] = (4, 6)
+FAMILY_VERSION: dict[Family, Version] = {"ip": 4, "ip6": 6}
+IPSET_FAMILY = {4: "inet", 6: "inet6"}
+_NO_QUOTE = re.compile(r"[_\-0-9A-Za-z]+")
+
+
+def chain_name(ir_name: str) -> str:
+    """``CG-<ir name>``, or a hash of it when that would exceed the kernel's limit.
+
+    IR chain names are short hashes already; the fallback keeps later, longer IR
+    names (admin tiers, say) valid without anyone having to think about it."""
+    name = CHAIN_PREFIX + ir_name
+    if len(name) <= CHAIN_MAX and re.fullmatch(r"[A-Za-z0-9_.-]+", ir_name):
+        return name
+    return CHAIN_PREFIX + "h" + short_hash("chain", ir_name, length=CHAIN_MAX - len(CHAIN_PREFIX) - 1)
+
+
+def set_name(ir_name: str, prefix: str = SET_PREFIX) -> str:
+    """The ipset name of an IR set (<= 31 characters by construction)."""
+    name = prefix + ir_name
+    if len(name) <= SET_MAX and re.fullmatch(r"[A-Za-z0-9_.-]+", ir_name):
+        return name
+    return prefix + "h" + short_hash("set", ir_name, length=SET_MAX - len(prefix) - 1)
+
+
+def tmp_name(live: str) -> str:
+    """The staging name of a live set: same length, other prefix."""
+    assert live.startswith(SET_PREFIX)
+    return TMP_PREFIX + live[len(SET_PREFIX):]
+
+
+def quote(value: str) -> str:
+    """Quote like ``xtables_save_string``: bare when only [_-0-9A-Za-z], else
+    double quotes. The callers never pass quote or backslash characters."""
+    return value if _NO_QUOTE.fullmatch(value) else f'"{value}"'
+
+
+def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> str:
+    """The digest CG-FORWARD's first rule carries: the RuleSet's, extended by
+    the fail-closed settings when they are on (so a change of any is seen)."""
+    if fail_closed is None:
+        return ruleset.digest()
+    text = "\x00".join([ruleset.digest(), fail_closed.prefix, *fail_closed.known])
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,159 @@
+"""IR chains as iptables-restore lines, one IP version at a time (pure, no kernel)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from callgate.compiler.ir import Chain, L4Match, Rule, RuleSet, Verdict
+from callgate.enforcers.base import FailClosed, rule_comment
+from callgate.enforcers.iptables.layout import (
+    COMMENT_MAX,
+    DIGEST_PREFIX,
+    FAIL_CLOSED_COMMENT,
+    FAMILY_VERSION,
+    FC_IIF,
+    FC_OIF,
+    FORWARD_CHAIN,
+    MULTIPORT_MAX,
+    Version,
+    chain_name,
+    layout_digest,
+    quote,
+    set_name,
+)
+from callgate.errors import InputError, Problem
+
+
+def _target(verdict: Verdict, direction: str, next_tier: str | None) -> str:
+    if verdict is Verdict.PASS:
+        return f"-g {chain_name(next_tier)}" if next_tier else _target(Verdict.ALLOW, direction, None)
+    if verdict is Verdict.DENY:
+        return "-j DROP"
+    return "-j RETURN" if direction == "egress" else "-j ACCEPT"
+
+
+def _port_chunks(l4: L4Match) -> list[str]:
+    """``--dports`` values, split so that no rule exceeds multiport's 15 slots."""
+    chunks: list[str] = []
+    current: list[str] = []
+    used = 0
+    for p in l4.ports:
+        cost = 1 if p.first == p.last else 2
+        if used + cost > MULTIPORT_MAX:
+            chunks.append(",".join(current))
+            current, used = [], 0
+        current.append(str(p.first) if p.first == p.last else f"{p.first}:{p.last}")
+        used += cost
+    if current:
+        chunks.append(",".join(current))
+    return chunks
+
+
+def rule_lines(chain: str, rule: Rule, direction: str, next_tier: str | None, version: Version) -> list[str]:
+    """One IR rule as ``-A`` lines for one IP version (none if it is for the other)."""
+    if rule.family is not None and FAMILY_VERSION[rule.family] != version:
+        return []
+    where = "src" if direction == "ingress" else "dst"
+    proto = f" -p {rule.l4.protocol}" if rule.l4 is not None else ""
+    match = ""
+    if rule.peer_set is not None:
+        match += f" -m set --match-set {set_name(rule.peer_set)} {where}"
+    if rule.peer_port_set is not None:
+        # (peer address, destination port): egress only, so both are "dst".
+        match += f" -m set --match-set {set_name(rule.peer_port_set)} dst,dst"
+    comment = rule_comment(rule, COMMENT_MAX)
+    tail = (f" -m comment --comment {quote(comment)}" if comment else "") + " " + _target(rule.verdict, direction, next_tier)
+    if rule.l4 is not None and rule.l4.ports and rule.peer_port_set is None:
+        return [f"-A {chain}{proto}{match} -m multiport --dports {ports}{tail}" for ports in _port_chunks(rule.l4)]
+    return [f"-A {chain}{proto}{match}{tail}"]
+
+
+def _tier_lines(tiers: tuple[Chain, ...], direction: str, version: Version) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for i, tier in enumerate(tiers):
+        next_tier = tiers[i + 1].name if i + 1 < len(tiers) else None
+        name = chain_name(tier.name)
+        lines: list[str] = []
+        for rule in tier.rules:
+            lines.extend(rule_lines(name, rule, direction, next_tier, version))
+        lines.append(f"-A {name} {_target(tier.default, direction, next_tier)}")
+        out[name] = lines
+    return out
+
+
+def fail_closed_lines(fc: FailClosed) -> dict[str, list[str]]:
+    """Fail-closed mode in iptables: after the dispatch rules, ``-i prefix+ -j
+    CG-FC-IIF`` and ``-o prefix+ -j CG-FC-OIF``; those chains RETURN for each
+    known interface and DROP the rest."""
+    drop = f"-m comment --comment {quote(FAIL_CLOSED_COMMENT)} -j DROP"
+    return {
+        FC_IIF: [*(f"-A {FC_IIF} -i {i} -j RETURN" for i in fc.known), f"-A {FC_IIF} {drop}"],
+        FC_OIF: [*(f"-A {FC_OIF} -o {i} -j RETURN" for i in fc.known), f"-A {FC_OIF} {drop}"],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """callgate's part of one filter table: its chains (CG-FORWARD first) and
+    rules, plus whether FORWARD jumps to CG-FORWARD."""
+
+    version: Version
+    chains: tuple[str, ...]
+    rules: tuple[str, ...]  # "-A CHAIN ..." lines, grouped by chain in ``chains`` order
+    jump: bool = True
+
+    def text(self) -> str:
+        lines = ["*filter", *(f":{c} - [0:0]" for c in self.chains)]
+        if self.jump:
+            lines.append(f"-A FORWARD -j {FORWARD_CHAIN}")
+        lines.extend(self.rules)
+        lines.append("COMMIT")
+        return "\n".join(lines)
+
+
+def ruleset_table(ruleset: RuleSet, version: Version, fail_closed: FailClosed | None = None) -> Table:
+    chains: dict[str, list[str]] = {}
+    digest = layout_digest(ruleset, fail_closed)
+    established = (f"-A {FORWARD_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED "
+                   f"-m comment --comment {quote(DIGEST_PREFIX + digest)} -j ACCEPT")
+    forward = [established]
+    ingress: list[str] = []
+    for ep in sorted(ruleset.endpoints, key=lambda e: e.interface):
+        if ep.egress:
+            forward.append(f"-A {FORWARD_CHAIN} -i {ep.interface} -j {chain_name(ep.egress[0].name)}")
+        if ep.ingress:
+            ingress.append(f"-A {FORWARD_CHAIN} -o {ep.interface} -j {chain_name(ep.ingress[0].name)}")
+        chains.update(_tier_lines(ep.ingress, "ingress", version))
+        chains.update(_tier_lines(ep.egress, "egress", version))
+    forward.extend(ingress)
+    if fail_closed is not None:
+        forward.append(f"-A {FORWARD_CHAIN} -i {fail_closed.prefix}+ -j {FC_IIF}")
+        forward.append(f"-A {FORWARD_CHAIN} -o {fail_closed.prefix}+ -j {FC_OIF}")
+        chains.update(fail_closed_lines(fail_closed))
+    order = [FORWARD_CHAIN, *sorted(chains)]
+    chains[FORWARD_CHAIN] = forward
+    return Table(version, tuple(order), tuple(line for c in order for line in chains[c]))
+
+
+def _iface_problem(iface: str) -> str | None:
+    # iptables reads a trailing "+" as a wildcard: "eth+" would match eth0, eth1 ...
+    if iface.endswith("+") or not re.fullmatch(r"[A-Za-z0-9_.:@+-]{1,15}", iface):
+        return (f"interface {iface!r} cannot be matched exactly by iptables (it must be 1-15 of "
+                "letters, digits and '_.:@+-', not ending in '+', which iptables reads as a wildcard); "
+                "use the nft backend or rename the interface")
+    return None
+
+
+def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
+    """What iptables cannot express although the IR allows it: report it before
+    anything is applied. (Names and sizes are valid by construction.)"""
+    problems = []
+    for ep in ruleset.endpoints:
+        if why := _iface_problem(ep.interface):
+            problems.append(Problem(why, object=f"endpoint {ep.endpoint}", field="interface"))
+    for iface in fail_closed.known if fail_closed else ():
+        if why := _iface_problem(iface):
+            problems.append(Problem(why, object="known interfaces"))
+    if problems:
+        raise InputError(problems)

@@ -1,0 +1,226 @@
+"""The RuleSet IR as libnftables JSON commands, in the layout of :mod:`.layout`.
+
+The full replacement (:func:`table_objects`) and the incremental planner
+(:mod:`.update`) build their commands from these same functions, so there is
+one source of truth for what each object looks like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from callgate.compiler import addresses
+from callgate.compiler.ir import AddressPortSet, AddressSet, Chain, Family, L4Match, Rule, RuleSet, Verdict
+from callgate.enforcers.base import FailClosed, rule_comment
+from callgate.enforcers.nft.kernel import Command
+from callgate.enforcers.nft.layout import (
+    COMMENT_MAX,
+    DIGEST_SET,
+    FAIL_CLOSED_COMMENT,
+    FAMILY,
+    FORWARD,
+    FROM_ENDPOINT,
+    KNOWN_ENDPOINT,
+    TABLE,
+    TO_ENDPOINT,
+    digest_element,
+    is_hash_set,
+    layout_digest,
+    obj,
+)
+
+_ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
+_NFPROTO = {"ip": "ipv4", "ip6": "ipv6"}
+
+
+def element(text: str) -> Any:
+    """An IR element (address, prefix or range) as a libnftables set element."""
+    if "/" in text:
+        addr, length = text.split("/")
+        return {"prefix": {"addr": addr, "len": int(length)}}
+    if "-" in text:
+        lo, hi = text.split("-", 1)
+        return {"range": [lo, hi]}
+    return text
+
+
+def _payload(protocol: str, field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _ports(l4: L4Match) -> Any:
+    items: list[Any] = [p.first if p.first == p.last else {"range": [p.first, p.last]} for p in l4.ports]
+    return items[0] if len(items) == 1 else {"set": items}
+
+
+def _verdict(verdict: Verdict, direction: str, next_tier: str | None) -> dict[str, Any]:
+    if verdict is Verdict.PASS:
+        return {"goto": {"target": next_tier}} if next_tier else _verdict(Verdict.ALLOW, direction, None)
+    if verdict is Verdict.DENY:
+        return {"drop": None}
+    return {"return": None} if direction == "egress" else {"accept": None}
+
+
+def _family(family: Family | None) -> str:
+    assert family is not None, "a peer set always has a family"
+    return family
+
+
+def rule_exprs(rule: Rule, direction: str, next_tier: str | None) -> list[dict[str, Any]]:
+    field = "saddr" if direction == "ingress" else "daddr"
+    exprs: list[dict[str, Any]] = []
+    if rule.peer_set is not None:
+        exprs.append(_match(_payload(_family(rule.family), field), "@" + rule.peer_set))
+    elif rule.family is not None and rule.peer_port_set is None:
+        exprs.append(_match({"meta": {"key": "nfproto"}}, _NFPROTO[rule.family]))
+    if rule.peer_port_set is not None:
+        assert rule.l4 is not None
+        left = {"concat": [_payload(_family(rule.family), field), _payload(rule.l4.protocol, "dport")]}
+        exprs.append(_match(left, "@" + rule.peer_port_set))
+    elif rule.l4 is not None:
+        if rule.l4.ports:
+            # "tcp dport" carries its own l4proto dependency; writing it this way
+            # is also how the kernel lists it back, so read-back compares equal.
+            exprs.append(_match(_payload(rule.l4.protocol, "dport"), _ports(rule.l4)))
+        else:
+            exprs.append(_match({"meta": {"key": "l4proto"}}, rule.l4.protocol))
+    exprs.append({"counter": None})
+    exprs.append(_verdict(rule.verdict, direction, next_tier))
+    return exprs
+
+
+def expand(elements: Iterable[str], family: Family) -> list[str]:
+    """Every address the elements hold, as nft lists them (single addresses
+    pass through as they are: the IR already prints them canonically)."""
+    version, bits = (4, 32) if family == "ip" else (6, 128)
+    out: list[str] = []
+    for e in elements:
+        if "/" in e:
+            # The prefix's own address is already printed as address_text
+            # prints it (the IR uses the same function): only the rest is made.
+            addr, length = e.split("/")
+            lo = addresses.address_int(addr)
+            out.append(addr)
+            out.extend(addresses.address_text(v, version) for v in range(lo + 1, lo + (1 << (bits - int(length)))))
+        elif "-" in e:
+            lo, hi = addresses.parse_element(e)
+            out.extend(addresses.address_text(v, version) for v in range(lo, hi + 1))
+        else:
+            out.append(e)
+    return out
+
+
+def address_set_command(s: AddressSet, hashed: bool | None = None) -> Command:
+    """``add set`` with its elements, in the hash or the interval form
+    (``hashed`` None: the form :func:`~.layout.is_hash_set` chooses)."""
+    if hashed is None:
+        hashed = is_hash_set(s)
+    body = obj(name=s.name, type=_ADDR_TYPE[s.family])
+    if not hashed:
+        body["flags"] = ["interval"]
+    if s.elements:
+        body["elem"] = expand(s.elements, s.family) if hashed else [element(e) for e in s.elements]
+    return {"add": {"set": body}}
+
+
+def port_elements(pairs: Iterable[tuple[str, int]]) -> list[Any]:
+    """(address, port) pairs as libnftables JSON elements."""
+    return [{"concat": [a, p]} for a, p in pairs]
+
+
+def port_set_command(s: AddressPortSet) -> Command:
+    """``add set`` of (address, port) pairs, with its elements."""
+    body = obj(name=s.name, type=[_ADDR_TYPE[s.family], "inet_service"])
+    if s.elements:
+        body["elem"] = port_elements(s.elements)
+    return {"add": {"set": body}}
+
+
+def chain_rules(chain: Chain, direction: str, next_tier: str | None) -> list[Command]:
+    """``add rule`` commands for one tier chain (its rules, then its default)."""
+    cmds: list[Command] = []
+    for rule in chain.rules:
+        body = obj(chain=chain.name, expr=rule_exprs(rule, direction, next_tier))
+        if (comment := rule_comment(rule, COMMENT_MAX)) is not None:
+            body["comment"] = comment
+        cmds.append({"add": {"rule": body}})
+    default = [{"counter": None}, _verdict(chain.default, direction, next_tier)]
+    cmds.append({"add": {"rule": obj(chain=chain.name, expr=default)}})
+    return cmds
+
+
+def tiers_with_next(tiers: tuple[Chain, ...]) -> list[tuple[Chain, str | None]]:
+    """Each tier with the name of the one after it (where PASS goes)."""
+    return [(chain, tiers[i + 1].name if i + 1 < len(tiers) else None) for i, chain in enumerate(tiers)]
+
+
+def _tier_commands(tiers: tuple[Chain, ...], direction: str) -> list[Command]:
+    cmds: list[Command] = []
+    for chain, next_tier in tiers_with_next(tiers):
+        cmds.append({"add": {"chain": obj(name=chain.name)}})
+        cmds.extend(chain_rules(chain, direction, next_tier))
+    return cmds
+
+
+def dispatch_pairs(ruleset: RuleSet) -> tuple[dict[str, str], dict[str, str]]:
+    """(from_endpoint, to_endpoint): interface -> first egress / ingress tier."""
+    from_ep = {ep.interface: ep.egress[0].name for ep in ruleset.endpoints if ep.egress}
+    to_ep = {ep.interface: ep.ingress[0].name for ep in ruleset.endpoints if ep.ingress}
+    return from_ep, to_ep
+
+
+def dispatch_element(iface: str, chain: str) -> list[Any]:
+    return [iface, {"jump": {"target": chain}}]
+
+
+def _dispatch_map(name: str, pairs: list[tuple[str, str]]) -> Command:
+    body = obj(name=name, type="ifname", map="verdict")
+    if pairs:
+        body["elem"] = [dispatch_element(iface, chain) for iface, chain in sorted(pairs)]
+    return {"add": {"map": body}}
+
+
+def _fail_closed_rules(fc: FailClosed) -> list[Command]:
+    rules = []
+    for key in ("iifname", "oifname"):
+        meta = {"meta": {"key": key}}
+        # The prefix goes in as JSON data, never as nft text.
+        expr = [_match(meta, fc.prefix + "*"), _match(meta, "@" + KNOWN_ENDPOINT, op="!="),
+                {"counter": None}, {"drop": None}]
+        rules.append({"add": {"rule": obj(chain=FORWARD, expr=expr, comment=FAIL_CLOSED_COMMENT)}})
+    return rules
+
+
+def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> list[Command]:
+    """``add`` commands that build the whole table, in dependency order."""
+    cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname",
+                                    elem=[digest_element(layout_digest(ruleset, fail_closed))])}})
+    if fail_closed is not None:
+        body = obj(name=KNOWN_ENDPOINT, type="ifname")
+        if fail_closed.known:
+            body["elem"] = list(fail_closed.known)
+        cmds.append({"add": {"set": body}})
+    cmds.extend(address_set_command(s) for s in ruleset.address_sets)
+    cmds.extend(port_set_command(s) for s in ruleset.port_sets)
+    for ep in ruleset.endpoints:
+        cmds.extend(_tier_commands(ep.ingress, "ingress"))
+        cmds.extend(_tier_commands(ep.egress, "egress"))
+    from_ep, to_ep = dispatch_pairs(ruleset)
+    cmds.append(_dispatch_map(FROM_ENDPOINT, list(from_ep.items())))
+    cmds.append(_dispatch_map(TO_ENDPOINT, list(to_ep.items())))
+    cmds.append({"add": {"chain": obj(name=FORWARD, type="filter", hook="forward", prio=0, policy="accept")}})
+    established = _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
+    cmds.append({"add": {"rule": obj(chain=FORWARD, expr=[established, {"accept": None}])}})
+    cmds.append({"add": {"rule": obj(chain=FORWARD, expr=[
+        {"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@" + FROM_ENDPOINT}}])}})
+    cmds.append({"add": {"rule": obj(chain=FORWARD, expr=[
+        {"vmap": {"key": {"meta": {"key": "oifname"}}, "data": "@" + TO_ENDPOINT}}])}})
+    if fail_closed is not None:
+        cmds.extend(_fail_closed_rules(fail_closed))
+    return cmds

@@ -1,0 +1,167 @@
+"""The nftables enforcer: apply a RuleSet to one network namespace's nftables.
+
+:meth:`NftablesEnforcer.apply` remembers what it applied; when the live digest
+still equals that, the next apply is an incremental transaction
+(:mod:`callgate.enforcers.nft.update`) instead of a full replacement
+(:func:`~callgate.enforcers.nft.transaction.replace_table`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from callgate.compiler.ir import RuleSet
+from callgate.enforcers.base import (
+    Applied,
+    ApplyResult,
+    ComparesNormalText,
+    FailClosed,
+    RuleCounters,
+    check_fail_closed_prefix,
+    comment_rule_id,
+)
+from callgate.enforcers.nft.kernel import NftKernel
+from callgate.enforcers.nft.layout import DIGEST_SET, FAIL_CLOSED_COMMENT, FAMILY, TABLE, digest_of, layout_digest
+from callgate.enforcers.nft.text import normal_text
+from callgate.enforcers.nft.transaction import NftTransaction, replace_table
+from callgate.enforcers.nft.update import plan_update
+from callgate.errors import KernelError
+
+
+class NftablesEnforcer(ComparesNormalText):
+    """Applies RuleSets to one network namespace's nftables.
+
+    ``known_interfaces`` (plan/apply/desired_text/in_sync/diff) only matters with
+    a fail-closed prefix: the local endpoints' interfaces beyond those that
+    have chains, i.e. the non-isolated ones that must not be dropped.
+    """
+
+    name = "nft"
+
+    def __init__(self, kernel: NftKernel, fail_closed_prefix: str | None = None) -> None:
+        self.kernel = kernel
+        self.fail_closed_prefix = None if fail_closed_prefix is None else check_fail_closed_prefix(fail_closed_prefix)
+        self.applied: Applied | None = None  # set by apply(); None = unknown, replace in full
+
+    def fail_closed(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> FailClosed | None:
+        if self.fail_closed_prefix is None:
+            return None
+        return FailClosed.build(self.fail_closed_prefix, ruleset, known_interfaces)
+
+    def plan(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> NftTransaction:
+        return replace_table(ruleset, self.fail_closed(ruleset, known_interfaces))
+
+    def check(self, tx: NftTransaction) -> None:
+        """Let the kernel validate the transaction without committing it."""
+        self.kernel.run(list(tx.commands), check=True)
+
+    def live_objects(self) -> list[dict[str, Any]] | None:
+        return self.kernel.list_table(FAMILY, TABLE)
+
+    def live_digest(self, live: list[dict[str, Any]] | None = None) -> str | None:
+        """The digest the live table says it holds, from ``live`` when given,
+        else by listing only the digest set (cheap, whatever the table's size)."""
+        if live is None:
+            live = self.kernel.list_set(FAMILY, TABLE, DIGEST_SET)
+        return digest_of(live)
+
+    def live_text(self, live: list[dict[str, Any]] | None = None) -> str | None:
+        live = self.live_objects() if live is None else live
+        return None if live is None else normal_text(live)
+
+    def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
+        return normal_text([cmd["add"] for cmd in self.plan(ruleset, known_interfaces).commands if "add" in cmd])
+
+    def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Iterable[str] = (),
+              incremental: bool = True) -> ApplyResult:
+        """Make the kernel hold ``ruleset``. A no-op when it already does; with
+        ``dry_run`` the kernel checks the transaction and nothing is committed.
+
+        When the live digest equals the digest this enforcer last applied, a
+        change goes in as an incremental transaction (set elements, changed
+        chains) that also swaps the digest element, so the kernel refuses it
+        if the table changed hands in between; only the digest set is read
+        for that. Otherwise (first apply, drift, same digest, ``incremental=False``)
+        the whole live table is read: unchanged and equal is a no-op, anything
+        else is replaced in full. Either way it is one transaction."""
+        known = tuple(known_interfaces)
+        fc = self.fail_closed(ruleset, known)
+        digest = layout_digest(ruleset, fc)
+        applied = self.applied
+        if incremental and applied is not None and applied.digest != digest:
+            update = self._incremental(applied, ruleset, fc, digest, dry_run)
+            if update is not None:
+                return update
+        full = replace_table(ruleset, fc)
+        live = self.live_objects()
+        live_digest = self.live_digest(live) if live is not None else None
+        if live_digest == full.digest and self.live_text(live) == self.desired_text(ruleset, known):
+            self.applied = Applied(ruleset, full.digest, fc)
+            return ApplyResult(False, full.digest, full, "noop", dry_run)
+        if dry_run:
+            self.check(full)
+        else:
+            self.kernel.run(list(full.commands))
+        drift = applied is not None and live_digest != applied.digest and not dry_run
+        if not dry_run:
+            self.applied = Applied(ruleset, full.digest, fc)
+        return ApplyResult(True, full.digest, full, "full", dry_run, drift=drift)
+
+    def _incremental(self, applied: Applied, ruleset: RuleSet, fc: FailClosed | None, digest: str,
+                     dry_run: bool) -> ApplyResult | None:
+        """The incremental transaction from ``applied`` to ``ruleset``, run; None
+        when only a full replacement will do (the caller then does it)."""
+        if self.live_digest() != applied.digest:
+            return None  # drift: someone else changed or deleted the table
+        tx = plan_update(applied.ruleset, applied.fail_closed, ruleset, fc)
+        if tx is None:
+            return None
+        try:
+            if dry_run:
+                self.check(tx)
+            else:
+                self.kernel.run(list(tx.commands))
+        except KernelError:
+            # Refused as a whole. If the digest moved since the look above (the
+            # swap inside the transaction found it gone), that is drift: the full
+            # replacement repairs it. Otherwise the kernel refused our change
+            # itself: let the caller see it.
+            if self.live_digest() != applied.digest:
+                return None
+            raise
+        if not dry_run:
+            self.applied = Applied(ruleset, digest, fc)
+        return ApplyResult(True, digest, tx, "incremental", dry_run)
+
+    def rule_counters(self) -> RuleCounters:
+        """Packets and bytes of the live rules, by the rule id their comment
+        starts with; the fail-closed drops on their own. (Reads the whole table.)"""
+        by_rule: dict[str, tuple[int, int]] = {}
+        dropped = 0
+        for item in self.live_objects() or []:
+            rule = item.get("rule")
+            if not rule:
+                continue
+            counter = next((e["counter"] for e in rule.get("expr", []) if isinstance(e, dict) and "counter" in e), None)
+            if not isinstance(counter, dict):
+                continue
+            packets, octets = int(counter.get("packets", 0)), int(counter.get("bytes", 0))
+            comment = str(rule.get("comment", ""))
+            if comment == FAIL_CLOSED_COMMENT:
+                dropped += packets
+            elif (rule_id := comment_rule_id(comment)) is not None:
+                before = by_rule.get(rule_id, (0, 0))
+                by_rule[rule_id] = (before[0] + packets, before[1] + octets)
+        return RuleCounters(by_rule, dropped)
+
+    def remove(self) -> bool:
+        """Delete callgate's table (only it). Returns whether there was one."""
+        if self.live_objects() is None:
+            return False
+        self.kernel.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+        self.applied = None
+        return True
+
+    def close(self) -> None:
+        self.kernel.close()
