@@ -35,13 +35,20 @@ class ProblemCode(StrEnum):
 MAX_MESSAGE, MAX_NAME, MAX_PATH = 1000, 300, 4096
 
 
-def clip(text: str, limit: int) -> str:
-    """``text`` as one printable line of at most ``limit`` characters: characters that
-    are not printable (newlines, NUL, terminal escapes, bidirectional overrides) are
-    written as escapes, as ``repr`` would."""
-    if text.isprintable() and len(text) <= limit:
+def printable(text: str) -> str:
+    """``text`` as one printable line: characters that are not printable (newlines,
+    NUL, terminal escapes, bidirectional overrides) are written as escapes, as
+    ``repr`` would."""
+    if text.isprintable():
         return text  # the common case, at no cost
-    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[: limit + 1])
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def clip(text: str, limit: int) -> str:
+    """:func:`printable` ``text`` of at most ``limit`` characters."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    text = printable(text[: limit + 1])
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

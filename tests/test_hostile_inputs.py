@@ -214,3 +214,12 @@ def test_dry_run_prints_a_big_transaction_quickly(tmp_path: Path) -> None:
     assert result.exit_code == 0, result
     assert result.stdout.count("\n") > 65_000 and "198.18.4.255," in result.stdout and "198.18.5.1," not in result.stdout
     assert seconds < 5, f"{seconds:.1f} s"
+
+
+@pytest.mark.parametrize("items", ["-1", "{a: 1}", "text"])
+def test_a_list_whose_items_are_not_a_list(tmp_path: Path, items: str) -> None:
+    """`kind: List` with `items: -1` was a TypeError traceback (enumerate(-1))."""
+    path = write(tmp_path, "pods.yaml", f"apiVersion: v1\nkind: List\nitems: {items}\n")
+    result = run_cli(["matrix", "-i", str(path), "-p", str(path)])
+    assert result.exception is None and result.exit_code == 1, result
+    assert f"error: {path}:3:8: List: items: expected a list of objects" in result.stderr, result.stderr

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from callgate.compiler.ir import Rule, RuleSet
+from callgate.errors import InputError, Problem
 
 # noop: the kernel already held it; incremental: only what changed went in;
 # full: everything callgate owns was rewritten (or, for a dry run, would be).
@@ -77,6 +78,19 @@ class FailClosed:
         # Endpoints with chains are always known; the caller adds the others
         # (non-isolated endpoints are not in the RuleSet).
         return cls(check_fail_closed_prefix(prefix), tuple(sorted({*known, *(e.interface for e in ruleset.endpoints)})))
+
+
+def refuse_interfaces(ruleset: RuleSet, fail_closed: FailClosed | None, problem: Callable[[str], str | None]) -> None:
+    """Raise InputError naming every interface of ``ruleset`` (and of fail-closed's known
+    ones) that a backend cannot write, ``problem`` saying why, before anything reaches
+    the kernel. Interface names are validated upstream for all backends; each backend
+    has a name or two its own syntax reads as something else."""
+    problems = [Problem(why, object=f"endpoint {ep.endpoint}", field="interface")
+                for ep in ruleset.endpoints if (why := problem(ep.interface))]
+    problems += [Problem(why, object="known interfaces")
+                 for iface in (fail_closed.known if fail_closed else ()) if (why := problem(iface))]
+    if problems:
+        raise InputError(problems)
 
 
 @dataclass(frozen=True)

@@ -126,11 +126,13 @@ def read_documents(path: Path) -> Iterator[Document]:
     for index, data in enumerate(docs):
         if data is None:
             continue  # an empty document, e.g. a trailing '---'
-        if (isinstance(data, dict) and data.get("kind") == "List") or (
-            isinstance(data, dict) and str(data.get("kind", "")).endswith("List")
-            and isinstance(data.get("items"), list)
-        ):
-            for i, item in enumerate(data.get("items") or []):
+        kind = data.get("kind") if isinstance(data, dict) else None
+        items = data.get("items") if isinstance(data, dict) else None
+        if kind == "List" or (isinstance(kind, str) and kind.endswith("List") and isinstance(items, list)):
+            if items is not None and not isinstance(items, list):
+                raise InputError([Document(name, index, data, (), positions).problem(
+                    "expected a list of objects", obj="List", field="items", field_path=("items",))])
+            for i, item in enumerate(items or []):
                 yield Document(name, index, item, ("items", i), positions)
         else:
             yield Document(name, index, data, (), positions)

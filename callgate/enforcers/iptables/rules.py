@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from callgate.compiler.ir import Chain, L4Match, Rule, RuleSet, Verdict
-from callgate.enforcers.base import FailClosed, rule_comment
+from callgate.enforcers.base import FailClosed, refuse_interfaces, rule_comment
 from callgate.enforcers.iptables.layout import (
     COMMENT_MAX,
     DIGEST_PREFIX,
@@ -22,7 +22,6 @@ from callgate.enforcers.iptables.layout import (
     quote,
     set_name,
 )
-from callgate.errors import InputError, Problem
 
 
 def _target(verdict: Verdict, direction: str, next_tier: str | None) -> str:
@@ -148,12 +147,4 @@ def _iface_problem(iface: str) -> str | None:
 def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
     """What iptables cannot express although the IR allows it: report it before
     anything is applied. (Names and sizes are valid by construction.)"""
-    problems = []
-    for ep in ruleset.endpoints:
-        if why := _iface_problem(ep.interface):
-            problems.append(Problem(why, object=f"endpoint {ep.endpoint}", field="interface"))
-    for iface in fail_closed.known if fail_closed else ():
-        if why := _iface_problem(iface):
-            problems.append(Problem(why, object="known interfaces"))
-    if problems:
-        raise InputError(problems)
+    refuse_interfaces(ruleset, fail_closed, _iface_problem)

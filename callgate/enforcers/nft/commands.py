@@ -12,7 +12,7 @@ from typing import Any
 
 from callgate.compiler import addresses
 from callgate.compiler.ir import AddressPortSet, AddressSet, Chain, Family, L4Match, Rule, RuleSet, Verdict
-from callgate.enforcers.base import FailClosed, rule_comment
+from callgate.enforcers.base import FailClosed, refuse_interfaces, rule_comment
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
     COMMENT_MAX,
@@ -29,6 +29,7 @@ from callgate.enforcers.nft.layout import (
     layout_digest,
     obj,
 )
+from callgate.errors import shown
 
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
 _NFPROTO = {"ip": "ipv4", "ip6": "ipv6"}
@@ -196,8 +197,25 @@ def _fail_closed_rules(fc: FailClosed) -> list[Command]:
     return rules
 
 
+def interface_problem(iface: str) -> str | None:
+    """Why nftables cannot be given ``iface``, or None. libnftables' JSON reads a string
+    that starts with '@' as a reference to a set (the kernel then refuses the whole
+    transaction); Linux and callgate's validation allow such a name."""
+    if iface.startswith("@"):
+        return (f"interface {shown(iface)} cannot be written for nftables (libnftables reads a name starting with "
+                "'@' as a set); rename the interface")
+    return None
+
+
+def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
+    """Refuse what nftables cannot be given, before anything reaches the kernel."""
+    refuse_interfaces(ruleset, fail_closed, interface_problem)
+
+
 def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> list[Command]:
-    """``add`` commands that build the whole table, in dependency order."""
+    """``add`` commands that build the whole table, in dependency order (InputError
+    for what nftables cannot be given)."""
+    validate(ruleset, fail_closed)
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname",
                                     elem=[digest_element(layout_digest(ruleset, fail_closed))])}})

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from callgate.enforcers.nft.layout import FAMILY, TABLE
+from callgate.errors import printable
 
 
 def _expr_text(value: Any) -> str:
@@ -49,18 +50,20 @@ def _expr_text(value: Any) -> str:
     return json.dumps(value)  # not something we generate; show it rather than hide it
 
 
-def _elem_text(elem: Any) -> str:
+def _elem_text(elem: Any, strings: bool) -> str:
+    """One element; ``strings``: the set's type is a string (ifname), whose elements are
+    quoted: an interface may be called "-x" or "+", which bare are nft syntax, and the
+    digest's hex key would be read back as a number."""
     if isinstance(elem, list):  # map element: [key, verdict]
         key = f'"{elem[0]}"' if isinstance(elem[0], str) else _expr_text(elem[0])
         return f"{key} : {_expr_text(elem[1])}"
     if isinstance(elem, dict) and "elem" in elem:  # an element with a comment: the digest
         inner = elem["elem"]
-        # Quoted: a hex key such as "0123..." would otherwise be read back as a number.
         text = f'"{inner["val"]}"' if isinstance(inner["val"], str) else _expr_text(inner["val"])
         if inner.get("comment"):
             text += f' comment "{inner["comment"]}"'
         return text
-    return _expr_text(elem)
+    return f'"{elem}"' if strings and isinstance(elem, str) else _expr_text(elem)
 
 
 def json_key(value: Any) -> str:
@@ -69,8 +72,12 @@ def json_key(value: Any) -> str:
 
 
 def _note(name: str, notes: dict[str, str]) -> list[str]:
+    """A '#' line saying what ``name`` stands for. Notes name endpoints and selectors,
+    which may hold any character: what is not printable is written as an escape, so
+    a note stays one comment line (a NUL or a newline would end it) and no escape
+    sequence reaches a terminal."""
     text = notes.get(name)
-    return [] if not text else ["\t# " + text.replace("\n", " ")]
+    return [] if not text else ["\t# " + printable(text)]
 
 
 def objects_text(objects: list[dict[str, Any]], notes: dict[str, str] | None = None) -> str:
@@ -94,7 +101,8 @@ def objects_text(objects: list[dict[str, Any]], notes: dict[str, str] | None = N
                 lines.append(f"\t\tflags {','.join(body['flags'])}")
             elems = sorted(body.get("elem") or [], key=json_key)
             if elems:
-                lines.append("\t\telements = { " + ",\n\t\t\t     ".join(_elem_text(e) for e in elems) + " }")
+                strings = body["type"] == "ifname"
+                lines.append("\t\telements = { " + ",\n\t\t\t     ".join(_elem_text(e, strings) for e in elems) + " }")
             lines.append("\t}")
             sets.append("\n".join(lines))
         elif kind == "chain":
