@@ -13,20 +13,18 @@ fast unit tests.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from callgate.enforcers.netns import enter_netns
 from callgate.errors import KernelError
 
 log = logging.getLogger(__name__)
 
 Command = dict[str, Any]
-_CLONE_NEWNET = 0x40000000
 
 
 class NftKernel(Protocol):
@@ -46,16 +44,18 @@ class NftKernel(Protocol):
         """Release threads and handles (a closed door is not used again)."""
 
 
-def _enter_netns(name: str) -> None:
-    """Move the calling thread (only) into network namespace ``name``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin() -> bool:
+    """Whether the calling thread holds CAP_NET_ADMIN. Without it libnftables prints
+    "Operation not permitted (you must be root)" straight to stderr and every command
+    fails; asking first turns that into one PermissionError with the reason."""
+    with open("/proc/thread-self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return True  # no capability line: not Linux as we know it, let libnftables say
 
 
 class LibNftables:
@@ -68,7 +68,7 @@ class LibNftables:
         if netns is not None:
             # One thread lives in the namespace; the netlink sockets libnftables
             # opens there belong to that namespace.
-            self._pool = ThreadPoolExecutor(max_workers=1, initializer=_enter_netns, initargs=(netns,))
+            self._pool = ThreadPoolExecutor(max_workers=1, initializer=enter_netns, initargs=(netns,))
 
     def _nft(self, bulk: bool = False) -> Any:
         """This thread's libnftables context; ``bulk`` for whole-table work.
@@ -81,6 +81,8 @@ class LibNftables:
         attr = "bulk" if bulk else "nft"
         nft = getattr(self._local, attr, None)
         if nft is None:
+            if not has_net_admin():
+                raise PermissionError("nftables needs CAP_NET_ADMIN, which this process does not have")
             import nftables  # Debian's python3-nftables, linked into the venv
 
             nft = nftables.Nftables()
