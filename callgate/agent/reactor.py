@@ -219,7 +219,13 @@ class Reactor:
                 self.metrics.apply_errors.inc()
                 log.exception("sync failed; previous rules stay", extra={"fields": {"node": self.config.node}})
             finally:
-                self._last_check = time.monotonic()
+                # The drift check is due `resync` seconds after the last one, however
+                # many event syncs came between: an event's incremental transaction
+                # looks only at what it changes, so under steady churn (a change more
+                # often than --resync) a tampered table would otherwise stay tampered.
+                # A failed apply is retried `retry` seconds after the failure.
+                if kind == "resync" or self.apply_error:
+                    self._last_check = time.monotonic()
                 with self._cond:
                     self.syncs += 1
                     self._cond.notify_all()
