@@ -1,8 +1,9 @@
 """What one input file may cost: limits that turn hostile input into a clear refusal.
 
 Input files are read whole and parsed into Python objects, so memory follows
-their size (about 12 bytes of memory per byte of YAML through compile, measured
-in docs/reliability.md). Three things could make it follow something else:
+their size (through compile, 24 to 50 bytes of memory per byte of YAML depending
+on its shape, many small strings costing most; measured in docs/reliability.md).
+Three things could make it follow something else:
 
 * **Size.** A file larger than :data:`MAX_FILE_BYTES` is refused before it is
   read. Real inputs are far below it: 100,000 NetworkPolicies are 43 MB of YAML,
