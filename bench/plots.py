@@ -129,7 +129,12 @@ def timeline(path: Path, title: str, xlabel: str, ylabel: str,
         return H - BOTTOM - (v - y0) / (y1 - y0) * (H - TOP - BOTTOM)
 
     out = _frame(title, xlabel, ylabel)
-    ticks = [10 ** e for e in range(int(y0), int(y1) + 1)] if log_y else [y1 / 1.1 * i / 4 for i in range(5)]
+    if log_y:
+        ticks = [10 ** e for e in range(int(y0), int(y1) + 1)]
+    else:  # round steps: 1, 2 or 5 times a power of ten, four or more of them
+        step = 10 ** math.floor(math.log10(y1 / 4))
+        step *= next(m for m in (1, 2, 5, 10) if y1 / (step * m) <= 8)
+        ticks = [step * i for i in range(int(y1 / step) + 1)]
     for tick in ticks:
         out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#eee"/>')
         out.append(_text(LEFT - 6, py(tick) + 4, f"{tick:g}", 11, "end"))

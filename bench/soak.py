@@ -710,6 +710,19 @@ def rss_by_incarnation(rec: Record, cfg: Config) -> dict[int, dict[str, Any]]:
     return out
 
 
+def load_samples(out: Path) -> tuple[Config, Record]:
+    """The configuration and record of a finished run, from its samples.json."""
+    data = json.loads((out / "samples.json").read_text())
+    defaults = Config()
+    cfg = Config(**{f.name: (type(getattr(defaults, f.name))(data["config"][f.name])
+                             if f.name != "rss_check" else data["config"][f.name] == "True")
+                    for f in dataclasses.fields(Config)})
+    raw = data["record"]
+    rec = Record(**{**raw, "windows": [Window(**w) for w in raw["windows"]],
+                    "probes": [tuple(p) for p in raw["probes"]], "markers": [tuple(m) for m in raw["markers"]]})
+    return cfg, rec
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Config()
@@ -719,7 +732,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
                         default=getattr(defaults, f.name))
     ap.add_argument("--no-rss-check", dest="rss_check", action="store_false")
+    ap.add_argument("--report-from", type=Path, metavar="DIR",
+                    help="only write report.md and the plots again from DIR/samples.json")
     args = ap.parse_args(argv)
+    if args.report_from:
+        cfg, rec = load_samples(args.report_from)
+        write_report(args.report_from, cfg, rec, judge(rec, cfg))
+        print((args.report_from / "report.md").read_text())
+        return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces, nftables)", file=sys.stderr)
         return 1
