@@ -40,261 +40,47 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import json
 import os
 import random
-import resource
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.soak_report import write_report
+from bench.soak_agent import AgentProcess, rss_kib
+from bench.soak_model import (
+    CHURN_APPS,
+    CHURN_POLICIES,
+    EXPECTED,
+    EXTRA_PODS,
+    LAB,
+    LAB_INVENTORY,
+    LAB_PODS,
+    MARKER_ANCHOR_IP,
+    MARKERS,
+    NODE,
+    PREFIX,
+    Config,
+    Record,
+    Window,
+    churn_policy,
+    marker_ip,
+    marker_pod,
+    seed_cluster,
+    set_addresses,
+    synthetic_pod,
+)
+from bench.soak_report import judge, load_samples, write_report
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.compiler import Compiler
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import LibNftables
-from callgate.policy.inventory import inventory_from_dict
 from callgate.watchers.k8s_convert import KIND_NAMES, KINDS, assemble, convert
 from tests.fake_apiserver import FakeAPIServer
-
-ROOT = Path(__file__).resolve().parent.parent
-
-LAB = "cgk"
-PREFIX = "cgk"
-NODE = "node-1"
-CHURN_APPS = 10
-CHURN_POLICIES = 20
-MARKERS = 10
-EXTRA_PODS = 500  # the pool deletions and re-creations draw from
-LAB_PODS: dict[str, dict[str, Any]] = {
-    "x/a": {"node": NODE, "iface": "cgka0", "ip": "198.18.1.10", "labels": {"pod": "a"}},
-    "x/b": {"node": "node-2", "iface": "cgkb0", "ip": "198.18.1.11", "labels": {"pod": "b"}},
-    "y/c": {"node": "node-2", "iface": "cgkc0", "ip": "198.18.2.10", "labels": {"pod": "c"}},
-}
-EXPECTED = {("x/b", "x/a"): True, ("y/c", "x/a"): False, ("x/a", "y/c"): True}
-MARKER_ANCHOR_IP = "198.19.250.1"
-
-
-@dataclass
-class Config:
-    duration: float = 1800.0
-    pods: int = 10_000
-    pod_rate: float = 50.0
-    policy_rate: float = 1.0
-    drop_every: float = 120.0
-    drop_for: float = 10.0
-    kill_every: float = 300.0
-    tamper_every: float = 180.0
-    resync: float = 5.0
-    marker_every: float = 2.0
-    sample_every: float = 5.0
-    warmup: float = 60.0
-    agent_mem: int = 3 << 30
-    rss_check: bool = True
-    seed: int = 17
-    out: Path = Path("soak-out")
-
-
-# ---- the cluster as API objects --------------------------------------------------------
-
-def pod_object(name: str, ns: str, labels: dict[str, str], node: str, ip: str,
-               iface: str | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels}
-    if iface:
-        meta["annotations"] = {"callgate.io/interface": iface}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "x", "ports": [
-                {"name": "http", "containerPort": 80, "protocol": "TCP"}]}]},
-            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
-
-
-def synthetic_ip(i: int) -> str:
-    return str(ipaddress.IPv4Address("198.19.0.1") + i)
-
-
-def synthetic_pod(i: int, app: str) -> dict[str, Any]:
-    return pod_object(f"s{i}", f"ns{i % 10}", {"app": app}, f"node-{3 + i % 20}", synthetic_ip(i))
-
-
-def marker_ip(k: int) -> str:
-    return f"198.19.250.{10 + 2 * k}"  # never adjacent: each stays one element of its set
-
-
-def marker_pod(k: int, on: bool) -> dict[str, Any]:
-    return pod_object(f"mark-{k}", "ns0", {"app": "mark" if on else "idle"}, "node-3", marker_ip(k))
-
-
-def allow_a(name: str, peer_app: str | None, port: int) -> dict[str, Any]:
-    peer: dict[str, Any] = ({"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": peer_app}}}
-                            if peer_app else {"podSelector": {"matchLabels": {"pod": "b"}}})
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": "x"},
-            "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
-                     "ingress": [{"from": [peer], "ports": [{"port": port}]}]}}
-
-
-def churn_policy(k: int) -> dict[str, Any]:
-    return allow_a(f"churn-{k}", f"churn-{k % CHURN_APPS}", 8000 + k)
-
-
-def seed_cluster(api: FakeAPIServer, cfg: Config) -> None:
-    for ns in ["x", "y", *(f"ns{n}" for n in range(10))]:
-        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"ns": ns}}})
-    for key, p in LAB_PODS.items():
-        ns, name = key.split("/")
-        api.create(pod_object(name, ns, p["labels"], p["node"], p["ip"], p["iface"]))
-    for i in range(cfg.pods):
-        api.create(synthetic_pod(i, f"churn-{i % CHURN_APPS}"))
-    api.create(pod_object("mark-anchor", "ns0", {"app": "mark"}, "node-3", MARKER_ANCHOR_IP))
-    for k in range(MARKERS):
-        api.create(marker_pod(k, False))
-    api.create(allow_a("a-from-b", None, 80))
-    api.create(allow_a("marker", "mark", 9000))
-    for k in range(0, CHURN_POLICIES, 2):
-        api.create(churn_policy(k))
-
-
-LAB_INVENTORY = inventory_from_dict({
-    "apiVersion": "callgate/v1", "kind": "Inventory",
-    "namespaces": {"x": {"labels": {}}, "y": {"labels": {}}},
-    "endpoints": [{"name": k.split("/")[1], "namespace": k.split("/")[0], "labels": p["labels"], "node": p["node"],
-                   "interface": p["iface"], "ips": [p["ip"]], "ports": [{"port": 80}]} for k, p in LAB_PODS.items()],
-})
-
-
-# ---- what is recorded --------------------------------------------------------------------
-
-@dataclass
-class Window:
-    kind: str  # drop, kill, tamper
-    start: float
-    end: float | None = None
-    detail: str = ""
-    recovered: float | None = None  # seconds until the agent was ready / the table repaired
-
-
-@dataclass
-class Record:
-    started: float = field(default_factory=time.monotonic)
-    windows: list[Window] = field(default_factory=list)
-    probes: list[tuple[float, float, dict[str, bool]]] = field(default_factory=list)
-    markers: list[tuple[float, float | None]] = field(default_factory=list)  # (sent, seconds or None)
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    incarnations: list[dict[str, Any]] = field(default_factory=list)
-    changes: dict[str, int] = field(default_factory=lambda: {"pod": 0, "policy": 0, "compactions": 0})
-    unexpected_exits: list[str] = field(default_factory=list)
-    final: dict[str, Any] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    def t(self, when: float | None = None) -> float:
-        return round((time.monotonic() if when is None else when) - self.started, 3)
-
-
-# ---- the agent process --------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class AgentProcess:
-    """The CLI agent, restarted as often as the soak kills it; its log is kept per incarnation."""
-
-    def __init__(self, cfg: Config, netns: str, api_url: str) -> None:
-        self.cfg, self.netns, self.api_url = cfg, netns, api_url
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started = 0.0
-        self.count = 0
-
-    def start(self) -> None:
-        self.count += 1
-        log = open(self.cfg.out / f"agent-{self.count}.log", "wb")  # noqa: SIM115 - handed to the child
-        limit = self.cfg.agent_mem
-
-        def bounded() -> None:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callgate", "agent", "--node", NODE, "--netns", self.netns,
-             "--source", "kubernetes", "--server", self.api_url, "--resync", str(self.cfg.resync),
-             "--fail-closed-prefix", PREFIX, "--metrics-address", f"127.0.0.1:{self.port}", "--coalesce-ms", "50"],
-            stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, preexec_fn=bounded, env=env)
-        log.close()
-        self.started = time.monotonic()
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-        except OSError as err:
-            return 0, str(err)
-
-    def ready(self) -> bool:
-        return self.get("/readyz")[0] == 200
-
-    def metrics(self) -> dict[str, float]:
-        """The agent's counters that matter here, from /metrics ({} when it cannot answer)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        code, text = self.get("/metrics")
-        if code != 200:
-            return {}
-        wanted = {"callgate_drift_repairs_total", "callgate_apply_errors_total", "callgate_applies_total",
-                  "callgate_source_errors_total", "callgate_event_to_live_seconds_count",
-                  "callgate_event_to_live_seconds_sum", "callgate_set_elements"}
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name in wanted:
-                    key = s.name + ("{" + s.labels["mode"] + "}" if "mode" in s.labels else "")
-                    out[key] = s.value
-        return out
-
-
-def rss_kib(pid: int | None) -> int | None:
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
 
 # ---- the soak ---------------------------------------------------------------------------
 
@@ -607,120 +393,6 @@ class Soak:
             self.rec.problems.append("the final table differs from a fresh compile of the API server's objects")
             (self.cfg.out / "final-live.nft").write_text(live or "")
             (self.cfg.out / "final-desired.nft").write_text(desired)
-
-
-def set_addresses(listed: list[dict[str, Any]]) -> set[str]:
-    """Every single address in listed sets (elements may be addresses, prefixes or ranges)."""
-    out: set[str] = set()
-    for obj in listed:
-        for _, body in obj.items():
-            for elem in body.get("elem", []) if isinstance(body, dict) else []:
-                if isinstance(elem, str):
-                    out.add(elem)
-                elif isinstance(elem, dict) and "prefix" in elem:
-                    net = ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}")
-                    if net.num_addresses <= 256:
-                        out.update(str(a) for a in net)
-                elif isinstance(elem, dict) and "range" in elem:
-                    lo, hi = (ipaddress.ip_address(a) for a in elem["range"])
-                    if int(hi) - int(lo) < 256:
-                        out.update(str(ipaddress.ip_address(n)) for n in range(int(lo), int(hi) + 1))
-    return out
-
-
-# ---- verdicts -------------------------------------------------------------------------
-
-def judge(rec: Record, cfg: Config) -> dict[str, Any]:
-    """Figures and pass/fail, from the record."""
-    def in_window(t0: float, t1: float, kinds: tuple[str, ...]) -> bool:
-        return any(w.kind in kinds and t0 <= (w.end if w.end is not None else 1e18) and t1 >= w.start
-                   for w in rec.windows)
-
-    wrong_outside: list[str] = []
-    rounds_in = {"drop": 0, "kill": 0, "tamper": 0}
-    wrong_tamper = {"count": 0}
-    for t0, t1, result in rec.probes:
-        for kind in ("drop", "kill", "tamper"):
-            if in_window(t0, t1, (kind,)):
-                rounds_in[kind] += 1
-        bad = [pair for pair, ok in result.items() if ok != EXPECTED[tuple(pair.split(">"))]]  # type: ignore[index]
-        if not bad:
-            continue
-        if in_window(t0, t1, ("tamper",)):
-            wrong_tamper["count"] += 1
-        else:
-            wrong_outside.append(f"t={t0}: {', '.join(bad)}")
-    latencies = sorted(s for _, s in rec.markers if s is not None)
-    in_restart = sorted(s for t, s in rec.markers if s is not None and in_window(t, t + s, ("kill", "drop")))
-    quiet = sorted(s for t, s in rec.markers if s is not None and not in_window(t, t + s, ("kill", "drop", "tamper")))
-    rss = rss_by_incarnation(rec, cfg)
-    problems = list(rec.problems) + rec.unexpected_exits
-    problems += [f"probe wrong outside a tamper window: {w}" for w in wrong_outside]
-    if cfg.rss_check:
-        problems += [f"agent {n}: RSS grew {r['growth_pct']}% after warm-up" for n, r in rss.items()
-                     if r["growth_pct"] is not None and r["growth_pct"] > 10]
-    if not rec.final.get("equal"):
-        problems.append("final table not equal to a fresh compile")
-    totals: dict[str, float] = {}
-    for inc in rec.incarnations:
-        for k, v in inc.get("metrics", {}).items():
-            totals[k] = totals.get(k, 0) + v
-    loads = sorted(s["load1"] for s in rec.samples)
-    return {
-        "load_median": round(statistics.median(loads), 2) if loads else None, "load_max": loads[-1] if loads else None,
-        "probe_rounds": len(rec.probes), "probe_rounds_in": rounds_in, "wrong_in_tamper_windows": wrong_tamper["count"],
-        "wrong_outside_tamper_windows": len(wrong_outside),
-        "latency_ms": percentiles(latencies), "latency_quiet_ms": percentiles(quiet),
-        "latency_across_restart_or_drop_ms": percentiles(in_restart),
-        "markers": len(rec.markers), "markers_lost": sum(1 for _, s in rec.markers if s is None),
-        "rss": rss, "agent_totals": totals, "changes": rec.changes,
-        "faults": {k: [dataclasses.asdict(w) for w in rec.windows if w.kind == k] for k in ("drop", "kill", "tamper")},
-        "final": rec.final, "problems": problems, "ok": not problems,
-    }
-
-
-def percentiles(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"n": 0}
-
-    def q(p: float) -> float:
-        return round(values[min(len(values) - 1, round(p * (len(values) - 1)))] * 1000, 1)
-
-    return {"n": len(values), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": round(values[-1] * 1000, 1),
-            "mean": round(statistics.fmean(values) * 1000, 1)}
-
-
-def rss_by_incarnation(rec: Record, cfg: Config) -> dict[int, dict[str, Any]]:
-    """Per agent process: RSS at the end of warm-up, its maximum and last value after,
-    and the growth from the first to the last (None when it lived too briefly)."""
-    out: dict[int, dict[str, Any]] = {}
-    starts = {inc["n"]: inc["started"] for inc in rec.incarnations}
-    for n, started in starts.items():
-        mine = [(s["t"], s["agent_rss_kib"]) for s in rec.samples
-                if s["incarnation"] == n and s["agent_rss_kib"] is not None]
-        after = [kib for t, kib in mine if t >= started + cfg.warmup]
-        if len(after) < 3:
-            out[n] = {"samples": len(mine), "growth_pct": None,
-                      "max_mib": round(max((k for _, k in mine), default=0) / 1024, 1)}
-            continue
-        warm = statistics.median(after[:3])
-        late = statistics.median(after[-3:])
-        out[n] = {"samples": len(mine), "warm_mib": round(warm / 1024, 1), "last_mib": round(late / 1024, 1),
-                  "max_mib": round(max(after) / 1024, 1), "growth_pct": round(100 * (late - warm) / warm, 1)}
-    return out
-
-
-def load_samples(out: Path) -> tuple[Config, Record]:
-    """The configuration and record of a finished run, from its samples.json."""
-    data = json.loads((out / "samples.json").read_text())
-    defaults = Config()
-    cfg = Config(**{f.name: (type(getattr(defaults, f.name))(data["config"][f.name])
-                             if f.name != "rss_check" else data["config"][f.name] == "True")
-                    for f in dataclasses.fields(Config)})
-    raw = data["record"]
-    rec = Record(**{**raw, "windows": [Window(**w) for w in raw["windows"]],
-                    "probes": [tuple(p) for p in raw["probes"]], "markers": [tuple(m) for m in raw["markers"]]})
-    return cfg, rec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,114 @@
-"""The soak's report: a Markdown summary and two SVG plots (bench/soak.py)."""
+"""The soak's verdict and report: figures and pass/fail from a run's record, a
+Markdown summary and two SVG plots (bench/soak.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
 from bench.plots import timeline
+from bench.soak_model import EXPECTED, Config, Record, Window
 
 
-def write_report(out: Path, cfg: Any, rec: Any, verdict: dict[str, Any]) -> None:
+def judge(rec: Record, cfg: Config) -> dict[str, Any]:
+    """Figures and pass/fail, from the record."""
+    def in_window(t0: float, t1: float, kinds: tuple[str, ...]) -> bool:
+        return any(w.kind in kinds and t0 <= (w.end if w.end is not None else 1e18) and t1 >= w.start
+                   for w in rec.windows)
+
+    wrong_outside: list[str] = []
+    rounds_in = {"drop": 0, "kill": 0, "tamper": 0}
+    wrong_tamper = {"count": 0}
+    for t0, t1, result in rec.probes:
+        for kind in ("drop", "kill", "tamper"):
+            if in_window(t0, t1, (kind,)):
+                rounds_in[kind] += 1
+        bad = [pair for pair, ok in result.items() if ok != EXPECTED[tuple(pair.split(">"))]]  # type: ignore[index]
+        if not bad:
+            continue
+        if in_window(t0, t1, ("tamper",)):
+            wrong_tamper["count"] += 1
+        else:
+            wrong_outside.append(f"t={t0}: {', '.join(bad)}")
+    latencies = sorted(s for _, s in rec.markers if s is not None)
+    in_restart = sorted(s for t, s in rec.markers if s is not None and in_window(t, t + s, ("kill", "drop")))
+    quiet = sorted(s for t, s in rec.markers if s is not None and not in_window(t, t + s, ("kill", "drop", "tamper")))
+    rss = rss_by_incarnation(rec, cfg)
+    problems = list(rec.problems) + rec.unexpected_exits
+    problems += [f"probe wrong outside a tamper window: {w}" for w in wrong_outside]
+    if cfg.rss_check:
+        problems += [f"agent {n}: RSS grew {r['growth_pct']}% after warm-up" for n, r in rss.items()
+                     if r["growth_pct"] is not None and r["growth_pct"] > 10]
+    if not rec.final.get("equal"):
+        problems.append("final table not equal to a fresh compile")
+    totals: dict[str, float] = {}
+    for inc in rec.incarnations:
+        for k, v in inc.get("metrics", {}).items():
+            totals[k] = totals.get(k, 0) + v
+    loads = sorted(s["load1"] for s in rec.samples)
+    return {
+        "load_median": round(statistics.median(loads), 2) if loads else None, "load_max": loads[-1] if loads else None,
+        "probe_rounds": len(rec.probes), "probe_rounds_in": rounds_in, "wrong_in_tamper_windows": wrong_tamper["count"],
+        "wrong_outside_tamper_windows": len(wrong_outside),
+        "latency_ms": percentiles(latencies), "latency_quiet_ms": percentiles(quiet),
+        "latency_across_restart_or_drop_ms": percentiles(in_restart),
+        "markers": len(rec.markers), "markers_lost": sum(1 for _, s in rec.markers if s is None),
+        "rss": rss, "agent_totals": totals, "changes": rec.changes,
+        "faults": {k: [dataclasses.asdict(w) for w in rec.windows if w.kind == k] for k in ("drop", "kill", "tamper")},
+        "final": rec.final, "problems": problems, "ok": not problems,
+    }
+
+
+def percentiles(values: list[float]) -> dict[str, float | int]:
+    if not values:
+        return {"n": 0}
+
+    def q(p: float) -> float:
+        return round(values[min(len(values) - 1, round(p * (len(values) - 1)))] * 1000, 1)
+
+    return {"n": len(values), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": round(values[-1] * 1000, 1),
+            "mean": round(statistics.fmean(values) * 1000, 1)}
+
+
+def rss_by_incarnation(rec: Record, cfg: Config) -> dict[int, dict[str, Any]]:
+    """Per agent process: RSS at the end of warm-up, its maximum and last value after,
+    and the growth from the first to the last (None when it lived too briefly)."""
+    out: dict[int, dict[str, Any]] = {}
+    starts = {inc["n"]: inc["started"] for inc in rec.incarnations}
+    for n, started in starts.items():
+        mine = [(s["t"], s["agent_rss_kib"]) for s in rec.samples
+                if s["incarnation"] == n and s["agent_rss_kib"] is not None]
+        after = [kib for t, kib in mine if t >= started + cfg.warmup]
+        if len(after) < 3:
+            out[n] = {"samples": len(mine), "growth_pct": None,
+                      "max_mib": round(max((k for _, k in mine), default=0) / 1024, 1)}
+            continue
+        warm = statistics.median(after[:3])
+        late = statistics.median(after[-3:])
+        out[n] = {"samples": len(mine), "warm_mib": round(warm / 1024, 1), "last_mib": round(late / 1024, 1),
+                  "max_mib": round(max(after) / 1024, 1), "growth_pct": round(100 * (late - warm) / warm, 1)}
+    return out
+
+
+def load_samples(out: Path) -> tuple[Config, Record]:
+    """The configuration and record of a finished run, from its samples.json."""
+    data = json.loads((out / "samples.json").read_text())
+    defaults = Config()
+    cfg = Config(**{f.name: (type(getattr(defaults, f.name))(data["config"][f.name])
+                             if f.name != "rss_check" else data["config"][f.name] == "True")
+                    for f in dataclasses.fields(Config)})
+    raw = data["record"]
+    rec = Record(**{**raw, "windows": [Window(**w) for w in raw["windows"]],
+                    "probes": [tuple(p) for p in raw["probes"]], "markers": [tuple(m) for m in raw["markers"]]})
+    return cfg, rec
+
+
+def write_report(out: Path, cfg: Config, rec: Record, verdict: dict[str, Any]) -> None:
     marks = [(w.start, w.kind[0].upper()) for w in rec.windows]  # D(rop), K(ill), T(amper)
     samples = [s for s in rec.samples if s["agent_rss_kib"] is not None]
     timeline(out / "soak-rss.svg", f"Agent RSS, {cfg.pods} pods, {cfg.pod_rate:g} pod changes/s",
@@ -31,7 +129,7 @@ def _pct(p: dict[str, Any]) -> str:
     return f"| {p['p50']} | {p['p90']} | {p['p99']} | {p['max']} | {p['n']} |"
 
 
-def markdown(cfg: Any, v: dict[str, Any]) -> str:
+def markdown(cfg: Config, v: dict[str, Any]) -> str:
     uname = platform.uname()
     lines = [f"# Soak: {'PASS' if v['ok'] else 'FAIL'}", "",
              f"Machine: {uname.node}, {os.cpu_count()} CPUs, kernel {uname.release}; load (1 min) "

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import Config, Soak, judge
+from bench.soak import Soak
+from bench.soak_model import Config
+from bench.soak_report import judge
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(600)]
 
