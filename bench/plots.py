@@ -106,6 +106,12 @@ def bars(path: Path, title: str, ylabel: str, groups: Sequence[str],
     path.write_text("\n".join(out) + "\n")
 
 
+def _round_step(span: float) -> float:
+    """A tick step of 1, 2 or 5 times a power of ten giving four to eight ticks over ``span``."""
+    step = 10 ** math.floor(math.log10(span / 4))
+    return float(step * next(m for m in (1, 2, 5, 10) if span / (step * m) <= 8))
+
+
 def timeline(path: Path, title: str, xlabel: str, ylabel: str,
              series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
              marks: Sequence[tuple[float, str]] = (), log_y: bool = False) -> None:
@@ -131,16 +137,16 @@ def timeline(path: Path, title: str, xlabel: str, ylabel: str,
     out = _frame(title, xlabel, ylabel)
     if log_y:
         ticks = [10 ** e for e in range(int(y0), int(y1) + 1)]
-    else:  # round steps: 1, 2 or 5 times a power of ten, four or more of them
-        step = 10 ** math.floor(math.log10(y1 / 4))
-        step *= next(m for m in (1, 2, 5, 10) if y1 / (step * m) <= 8)
+    else:
+        step = _round_step(y1)
         ticks = [step * i for i in range(int(y1 / step) + 1)]
     for tick in ticks:
         out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#eee"/>')
         out.append(_text(LEFT - 6, py(tick) + 4, f"{tick:g}", 11, "end"))
-    for i in range(6):
-        x = x0 + (x1 - x0) * i / 5
-        out.append(_text(px(x), H - BOTTOM + 16, f"{x:.0f}", 11))
+    xstep = _round_step(x1 - x0)
+    for i in range(int(x0 // xstep), int(x1 // xstep) + 1):
+        if x0 <= i * xstep <= x1:
+            out.append(_text(px(i * xstep), H - BOTTOM + 16, f"{i * xstep:g}", 11))
     for x, label in marks:
         out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{H - BOTTOM}" stroke="#bbb" '
                    'stroke-dasharray="3,3"/>')
