@@ -40,7 +40,7 @@ from callgate.analysis.lint.run import lint
 from callgate.cli.common import EXIT_OK, EXIT_USER, InventoryOpt, PoliciesOpt, fail
 from callgate.cli.engine import BackendOpt, compile_for, load, parse_port, parse_target
 from callgate.policy import Evaluator, load_inventory, load_policies
-from callgate.policy.evaluator import Decision, SideDecision
+from callgate.policy.evaluator import ClusterRuleRef, Decision, RuleRef, SideDecision, TierMatch
 from callgate.policy.model import PortProtocol
 
 FamilyOpt = Annotated[int, typer.Option("--family", help="IP family of the addresses used: 4 or 6.")]
@@ -159,14 +159,26 @@ def lint_cmd(
 # -- explain -----------------------------------------------------------------------
 
 
+def _tier_json(match: TierMatch | None) -> dict[str, Any] | None:
+    if match is None:
+        return None
+    ref = match.rule
+    return {"tier": match.tier.value, "action": match.action.value, "policy": ref.policy.display,
+            "priority": ref.policy.priority, "direction": ref.direction.value, "rule": ref.index,
+            "rule_name": ref.rule.name, "fail_closed": match.fail_closed, "file": ref.policy.origin.file}
+
+
 def _side_json(side: SideDecision) -> dict[str, Any]:
     return {
         "endpoint": side.endpoint.key if side.endpoint else None,
         "isolated": side.isolated,
         "allowed": side.allowed,
+        "decided_by": side.decided_by,
+        "admin": _tier_json(side.admin),
         "isolating_policies": [p.display for p in side.isolating],
         "allowed_by": [{"policy": r.policy.display, "direction": r.direction.value, "rule": r.index,
                         "file": r.policy.origin.file} for r in side.allowed_by],
+        "baseline": _tier_json(side.baseline),
         "reasons": side.reasons(),
     }
 
@@ -190,8 +202,9 @@ def explain(
     fmt: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
 ) -> None:
     """Say whether SRC may reach DST on PORT, and why, for both the source's
-    egress and the destination's ingress (which policies isolate each side,
-    which rule allows it).
+    egress and the destination's ingress: which tier decided (Admin,
+    NetworkPolicy, Baseline), which ClusterNetworkPolicy rule (with its
+    priority and name) or which isolating policies and allowing rule.
 
     Example: callgate explain -i inv.yaml -p policies/ x/a y/b 80/TCP
     """
@@ -219,7 +232,8 @@ def explain(
         out.print(f"  {title}: {state}")
         for reason in side.reasons():
             out.print(f"    - {reason}", markup=False)
-        for ref in side.allowed_by:
+        refs: list[RuleRef | ClusterRuleRef] = [m.rule for m in (side.admin, side.baseline) if m is not None]
+        for ref in [*refs, *side.allowed_by]:
             if ref.policy.origin.file:
                 out.print(f"      ({ref} is in {ref.policy.origin.file}, document {ref.policy.origin.document + 1})",
                           markup=False)

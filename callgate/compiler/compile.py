@@ -362,6 +362,16 @@ def chain_name(endpoint: str, direction: Direction, tier: Tier | None = None) ->
     return f"{prefix}{TIER_SUFFIX[tier] if tier is not None else ''}_{short_hash(endpoint)}"
 
 
+def chain_tier(name: str) -> Tier | None:
+    """The cluster tier a chain named by :func:`chain_name` belongs to (None: the
+    NetworkPolicy tier, or a name of another kind)."""
+    head = name.partition("_")[0]
+    for tier, suffix in TIER_SUFFIX.items():
+        if head in ("in" + suffix, "out" + suffix):
+            return tier
+    return None
+
+
 # -- peers admitting addresses, named ports (shared with the incremental compiler) --
 
 def peer_admits(peers: frozenset[Peer], target: Endpoint, ip: IPAddress, selects: Selects) -> bool:

@@ -147,7 +147,7 @@ class Origin:
     def __str__(self) -> str:
         if not self.tier:
             return f"{self.policy} {self.direction}[{self.index}]"
-        name = f" {json.dumps(self.rule)}" if self.rule else ""
+        name = f" {self.rule}" if self.rule else ""
         return f"{self.policy} ({self.tier} {self.priority}) {self.direction}[{self.index}]{name}"
 
 
