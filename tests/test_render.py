@@ -84,3 +84,19 @@ def test_ten_thousand_pods_in_seconds() -> None:
     assert n == 10000 and gm.totals.sum() == n * (n - 1)  # every ordered pair of distinct pods counted once
     assert 0 < gm.allowed.sum() < gm.totals.sum()
     assert took < 20, f"took {took:.1f}s"
+
+
+def test_explain_names_the_deciding_tier_policy_priority_and_rule() -> None:
+    std = ["-i", "examples/standard/inventory.yaml", "-p", "tests/scenarios/08-admin-tier.yaml"]
+    text = run("explain", *std, "z/a", "x/b", "80/TCP")
+    assert "DENIED" in text
+    assert ("ingress of destination: Admin tier: denied by ClusterNetworkPolicy tenant-x (Admin tier, priority 10) "
+            "ingress[1] 'no-z'") in text
+    assert "is in tests/scenarios/08-admin-tier.yaml, document 2" in text
+    data = json.loads(run("explain", *std, "y/b", "x/a", "80/TCP", "--format", "json"))
+    side = data["ingress"]
+    assert data["allowed"] is True and side["decided_by"] == "NetworkPolicy"
+    assert side["admin"] == {"tier": "Admin", "action": "Pass", "policy": "ClusterNetworkPolicy tenant-x",
+                             "priority": 10, "direction": "Ingress", "rule": 2, "rule_name": "y-decides",
+                             "fail_closed": False, "file": "tests/scenarios/08-admin-tier.yaml"}
+    assert side["allowed_by"][0]["policy"] == "NetworkPolicy x/web-from-anywhere"

@@ -383,8 +383,9 @@ def test_dropped_watches_resume_from_the_last_version(server: FakeAPIServer, sta
     seed(server)
     src, rec = start_source()
     rec.snapshot()
-    assert server.wait_for(lambda: server.open_watches() == len(WATCHED))
     for round_ in range(3):
+        # Every kind watching again before the next cut (each resumes on its own thread).
+        assert server.wait_for(lambda: server.open_watches() == len(WATCHED))
         before = len(server.requests_for("pods", watch=True))
         resume_at = src.watcher.cache.resource_version("pods")
         assert server.drop_watches() == len(WATCHED)
