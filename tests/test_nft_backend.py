@@ -330,3 +330,15 @@ def test_kernel_takes_tiers_in_json_and_text(tiered_rulesets: dict[str, RuleSet]
     listed = nft(a, "list", "table", "inet", "callgate")
     assert listed == nft(b, "list", "table", "inet", "callgate")
     assert "goto in_" in listed and "drop comment" in listed
+
+
+def test_rule_ids_of_cluster_rules_name_kind_policy_tier_priority_and_rule(
+        tiered_rulesets: dict[str, RuleSet]) -> None:
+    ruleset = tiered_rulesets["node-1"]
+    admin = next(c for ep in ruleset.endpoints for c in ep.ingress if c.name.startswith("ina_"))
+    deny = next(r for r in admin.rules if any(o.rule == "no-z" for o in r.origins))
+    (origin,) = ruleset.rule_origins()[deny.id]
+    assert (origin.policy, origin.tier, origin.priority, origin.direction, origin.index, origin.rule) == (
+        "ClusterNetworkPolicy tenant-x", "Admin", 10, "ingress", 1, "no-z")
+    text = replace_table(ruleset).text()
+    assert f'drop comment "{deny.id} ClusterNetworkPolicy tenant-x (Admin 10) ingress[1] no-z"' in text

@@ -112,7 +112,7 @@ def lint_cmd(
     explain_rule: Annotated[str | None, typer.Option(
         "--explain", help="Print the documentation of a rule (id or name, or 'all') and exit.")] = None,
 ) -> None:
-    """Check NetworkPolicy and callgate/v1 App files for mistakes, for people and CI.
+    """Check NetworkPolicy, callgate/v1 App and ClusterNetworkPolicy files for mistakes, for people and CI.
 
     Schema and API-server validation, then semantic checks (with --inventory:
     selectors that select nothing, unresolved named ports, redundant rules,
