@@ -307,8 +307,16 @@ class Connectivity:
         found = self._subjects.get(key)
         if found is None:
             rep = self.partition.rep(c)
-            found = self._subjects[key] = [p for p in self._tiers[tier] if self.resolver.peer_matches(p.subject, rep)]
+            # Namespaces first (resolved once per selector): thousands of classes
+            # times a thousand cluster policies would otherwise match every label.
+            found = self._subjects[key] = [p for p in self._tiers[tier] if self._subject_holds(p, rep)]
         return found
+
+    def _subject_holds(self, policy: ClusterPolicy, ep: Endpoint) -> bool:
+        selector = policy.subject.namespace_selector
+        assert selector is not None, "a subject always has a namespace selector"
+        pods = policy.subject.pod_selector
+        return ep.namespace in self.resolver.namespaces(selector) and (pods is None or pods.matches(ep.labels))
 
     def peer_bits(self, peer: Peer) -> int:
         """Classes a peer stands for (ipBlock: classes whose address it contains)."""
