@@ -170,30 +170,31 @@ def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
     return Converted(ref, ns, (), _digest(ns.name, dict(ns.labels)))
 
 
-def convert_policy(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
-    typed = _typed(POLICIES, obj)
+def _parse_policy(ref: ObjectRef, obj: dict[str, Any], kind: str,
+                  parse: Callable[[Document], Policy | ClusterPolicy]) -> Converted:
+    """One policy object through its parser, kept raw for lint: the policy, or the
+    Converted that reports why it could not be read."""
+    typed = _typed(kind, obj)
     # The digest covers what lint reads too (annotations may disable lint rules).
     digest = _digest(ref.namespace, ref.name, obj.get("spec"), (obj.get("metadata") or {}).get("annotations"))
     try:
-        policy = parse_network_policy(Document(_UNREADABLE, 0, typed))
+        policy = parse(Document(_UNREADABLE, 0, typed))
     except InputError as err:
-        problems = _relabel(err.problems)
-        return Converted(ref, None, problems, digest, raw=typed)
+        return Converted(ref, None, _relabel(err.problems), digest, raw=typed)
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
         return dataclasses.replace(_malformed(ref, obj, exc), raw=typed)
     policy = dataclasses.replace(policy, origin=dataclasses.replace(policy.origin, file=ORIGIN))
     return Converted(ref, policy, (), digest, raw=typed)
 
 
+def convert_policy(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
+    return _parse_policy(ref, obj, POLICIES, parse_network_policy)
+
+
 def convert_node(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
-    builder = InventoryBuilder()
-    try:
-        builder.add_k8s_node(Document(_UNREADABLE, 0, _typed(NODES, obj)))
-    except (TypeError, AttributeError, ValueError, KeyError) as exc:
-        return _malformed(ref, obj, exc)
-    if builder.problems:
-        problems = _relabel(builder.problems)
-        return Converted(ref, None, problems, _digest([p.message for p in problems]))
+    builder = _build(ref, obj, NODES, InventoryBuilder.add_k8s_node)
+    if isinstance(builder, Converted):
+        return builder
     node = next(iter(builder.nodes.values()))
     # Only labels and addresses: node status heartbeats do not wake anyone.
     return Converted(ref, node, (), _digest(node.name, dict(node.labels), [str(a) for a in node.addresses]))
@@ -210,16 +211,9 @@ def _cluster_converter(kind: str) -> Callable[[ObjectRef, dict[str, Any]], Conve
     parse = _CLUSTER_PARSERS[kind]
 
     def convert_cluster_policy(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
-        typed = _typed(kind, obj)
-        digest = _digest(kind, ref.name, obj.get("spec"), (obj.get("metadata") or {}).get("annotations"))
-        try:
-            policy = parse(Document(_UNREADABLE, 0, typed), True)  # unknown peers fail closed
-        except InputError as err:
-            return Converted(ref, None, _relabel(err.problems), digest, raw=typed)
-        except (TypeError, AttributeError, ValueError, KeyError) as exc:
-            return dataclasses.replace(_malformed(ref, obj, exc), raw=typed)
-        policy = dataclasses.replace(policy, origin=dataclasses.replace(policy.origin, file=ORIGIN))
-        return Converted(ref, policy, (), digest, raw=typed)
+        # The API server validated the object against its CRD: a peer whose only
+        # field callgate does not know fails closed instead of failing the policy.
+        return _parse_policy(ref, obj, kind, lambda doc: parse(doc, True))
 
     return convert_cluster_policy
 
