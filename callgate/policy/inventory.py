@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from callgate.errors import InputError, Problem
 from callgate.policy import validation as v
-from callgate.policy.documents import Document, files_under, read_documents
+from callgate.policy.documents import POLICY_KINDS, Document, read_all
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
     Endpoint,
@@ -255,23 +255,23 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     builder = InventoryBuilder()
-    for path in files_under(paths):
-        for doc in read_documents(path):
-            data = doc.data
-            kind = data.get("kind") if isinstance(data, dict) else None
-            api = data.get("apiVersion") if isinstance(data, dict) else None
-            if kind == "Inventory":
-                builder.add_native(doc)
-            elif kind == "Namespace" and api == "v1":
-                builder.add_k8s_namespace(doc)
-            elif kind == "Pod" and api == "v1":
-                builder.add_pod(doc)
-            elif kind == "Node" and api == "v1":
-                builder.add_k8s_node(doc)
-            else:
-                builder.problems.append(doc.problem(
-                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {api}/{kind}",
-                    obj=str(kind), field="kind", field_path=("kind",)))
+    docs, builder.problems = read_all(paths)
+    for doc in docs:
+        data = doc.data
+        kind = data.get("kind") if isinstance(data, dict) else None
+        api = data.get("apiVersion") if isinstance(data, dict) else None
+        if kind == "Inventory":
+            builder.add_native(doc)
+        elif kind == "Namespace" and api == "v1":
+            builder.add_k8s_namespace(doc)
+        elif kind == "Pod" and api == "v1":
+            builder.add_pod(doc)
+        elif kind == "Node" and api == "v1":
+            builder.add_k8s_node(doc)
+        elif (api, kind) not in POLICY_KINDS:  # policies may sit beside the inventory
+            builder.problems.append(doc.problem(
+                f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {api}/{kind}",
+                obj=str(kind), field="kind", field_path=("kind",)))
     return builder.finish()
 
 

@@ -7,17 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from callgate.errors import InputError, Problem, ProblemCode
+from callgate.errors import InputError, ProblemCode
 from callgate.policy import adminnetworkpolicy as anp
 from callgate.policy import clusternetworkpolicy as cnp
-from callgate.policy.documents import Document, files_under, read_documents
+from callgate.policy.documents import INVENTORY_KINDS, Document, read_all
 from callgate.policy.model import ClusterPolicy, Policy, PolicySet
 from callgate.policy.native import ParsedApp, compile_apps, parse_app
 from callgate.policy.networkpolicy import parse_network_policy
-
-# Documents that describe who runs where, not who may call whom.
-INVENTORY_KINDS = {("callgate/v1", "Inventory"), ("v1", "Pod"), ("v1", "Namespace"), ("v1", "Node")}
-
 
 EXPECTED_KINDS = ("networking.k8s.io/v1 NetworkPolicy, callgate/v1 App, "
                   f"{cnp.API_VERSION} {cnp.KIND} or {anp.API_VERSION} {anp.ADMIN_KIND}/{anp.BASELINE_KIND}")
@@ -55,32 +51,31 @@ def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
     """Read every policy document under ``paths``; all problems are reported at once."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    problems: list[Problem] = []
+    docs, problems = read_all(paths)
     policies: list[Policy] = []
     cluster: list[ClusterPolicy] = []
     apps: list[ParsedApp] = []
     seen: dict[str, str] = {}
-    for path in files_under(paths):
-        for doc in read_documents(path):
-            try:
-                parsed = parse_policy_document(doc)
-            except InputError as err:
-                problems.extend(err.problems)
-                continue
-            if isinstance(parsed, ParsedApp):
-                apps.append(parsed)
-            elif parsed is not None:
-                # NetworkPolicy keys are "ns/name", cluster policy keys "Kind/name": never equal.
-                if parsed.key in seen:
-                    problems.append(doc.problem(
-                        f"{parsed.display} is also defined in {seen[parsed.key]}",
-                        obj=parsed.display, field="metadata.name", field_path=("metadata", "name"),
-                        code=ProblemCode.DUPLICATE_NAME, hint="rename one of them or merge their rules"))
-                seen[parsed.key] = f"{doc.file} (document {doc.index + 1})"
-                if isinstance(parsed, ClusterPolicy):
-                    cluster.append(parsed)
-                else:
-                    policies.append(parsed)
+    for doc in docs:
+        try:
+            parsed = parse_policy_document(doc)
+        except InputError as err:
+            problems.extend(err.problems)
+            continue
+        if isinstance(parsed, ParsedApp):
+            apps.append(parsed)
+        elif parsed is not None:
+            # NetworkPolicy keys are "ns/name", cluster policy keys "Kind/name": never equal.
+            if parsed.key in seen:
+                problems.append(doc.problem(
+                    f"{parsed.display} is also defined in {seen[parsed.key]}",
+                    obj=parsed.display, field="metadata.name", field_path=("metadata", "name"),
+                    code=ProblemCode.DUPLICATE_NAME, hint="rename one of them or merge their rules"))
+            seen[parsed.key] = f"{doc.file} (document {doc.index + 1})"
+            if isinstance(parsed, ClusterPolicy):
+                cluster.append(parsed)
+            else:
+                policies.append(parsed)
     compiled = compile_apps(apps)
     problems.extend(problem for _, problem in compiled.problems)
     if problems:

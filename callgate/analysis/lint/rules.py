@@ -87,13 +87,13 @@ of them, or merge their rules.""",
        "metadata: {name: web, namespace: x}   # in a.yaml\nmetadata: {name: web, namespace: x}   # in b.yaml",
        "metadata: {name: web-ingress, namespace: x}\nmetadata: {name: web-egress, namespace: x}"),
     _r("CG004", "endport-misuse", E, False,
-       "endPort used where it means nothing: without a numeric port, below port, or equal to it.",
+       "endPort without a numeric port or below port (an error), or equal to port (info).",
        """
 endPort turns `port` into a range `port..endPort`. It needs a numeric `port`
-(not a named port, not missing), must not be below `port` (the API server
-refuses both), and equal to `port` it is a one-port range that only adds noise
-(reported as info).""",
-       "ports:\n- {port: http, endPort: 8090}",
+(not a named port, not missing) and must not be below `port`: the API server
+refuses both, and so does callgate (error). Equal to `port` it is valid, a
+one-port range that only adds noise: reported as info.""",
+       "ports:\n- {port: http, endPort: 8090}\n- {port: 8080, endPort: 8080, protocol: TCP}   # info",
        "ports:\n- {port: 8080, endPort: 8090, protocol: TCP}"),
     _r("CG005", "unknown-caller", E, False,
        "An App's caller names an App that is not defined.",
@@ -199,8 +199,19 @@ written a policy for yet. Add a default-deny:
        "# namespace x: only a policy for app=web; app=db accepts anything",
        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: x}\n"
        "spec: {podSelector: {}, policyTypes: [Ingress]}"),
+    _r("CG111", "app-without-callers", W, False,
+       "An App serves ports but lists no callers, so nothing may call it.",
+       """
+Every App is isolated in both directions, and only its `callers` open a way in.
+An App that declares the ports it serves but no caller can be reached on none of
+them: usually the callers were forgotten (or written on the calling App, where
+they mean nothing). An App that is called by nobody on purpose (a batch job, a
+client) need not list ports; or say so with `# callgate: disable=CG111`.""",
+       "kind: App\nspec:\n  selector: {matchLabels: {app: ledger}}\n  ports: [{name: grpc, port: 9090}]",
+       "kind: App\nspec:\n  selector: {matchLabels: {app: ledger}}\n  ports: [{name: grpc, port: 9090}]\n"
+       "  callers: [{app: cart, ports: [grpc]}]"),
     # ClusterNetworkPolicy tiers (Admin, Baseline) around NetworkPolicy.
-    _r("CG111", "same-priority-overlap", W, True,
+    _r("CG112", "same-priority-overlap", W, True,
        "Two cluster policies of one tier at one priority decide one connection differently.",
        """
 Within a tier, a lower priority number goes first; for two policies at the same
@@ -213,7 +224,7 @@ them different priorities.""",
        "# two Admin policies, both priority 10, both selecting namespace x:\n"
        "# one Denies from namespace y, the other Accepts from pods of y",
        "# the same with priorities 10 and 11: the order is part of the policy"),
-    _r("CG112", "shadowed-cluster-rule", W, False,
+    _r("CG113", "shadowed-cluster-rule", W, False,
        "A cluster policy rule that can never match: an earlier catch-all in the same tier takes all its traffic.",
        """
 Rules are tried in order: by priority, then as written. A rule that matches every
@@ -227,7 +238,7 @@ the order is wrong.""",
        "- {action: Accept, to: [{namespaces: {}}]}      # never reached",
        "egress:\n- {action: Accept, to: [{namespaces: {}}]}\n"
        "- {action: Deny, to: [{networks: [0.0.0.0/0, '::/0']}]}"),
-    _r("CG113", "networks-cover-pods", W, False,
+    _r("CG114", "networks-cover-pods", W, False,
        "A cluster policy's `networks` peer also holds pod addresses.",
        """
 `networks` is meant for destinations outside the cluster, but it matches any
@@ -237,7 +248,7 @@ pod traffic before it. With an inventory, the pods inside the CIDRs are counted;
 without one, `/0` networks are reported.""",
        "egress:\n- {action: Deny, to: [{networks: [0.0.0.0/0]}]}   # also denies every pod",
        "egress:\n- {action: Pass, to: [{namespaces: {}}]}\n- {action: Deny, to: [{networks: [0.0.0.0/0]}]}"),
-    _r("CG114", "baseline-pass", W, False,
+    _r("CG115", "baseline-pass", W, False,
        "A Pass rule in the Baseline tier: after the Baseline there is only the default, which allows.",
        """
 Pass skips the rest of the tier and hands the connection to the next tier. For
@@ -246,7 +257,7 @@ an Accept that stops later Baseline rules from applying, which is rarely what
 was meant. Write Accept if that is the intent, or Deny.""",
        "tier: Baseline\negress:\n- {action: Pass, to: [{namespaces: {}}]}",
        "tier: Baseline\negress:\n- {action: Accept, to: [{namespaces: {}}]}"),
-    _r("CG115", "unresolvable-peer", W, False,
+    _r("CG116", "unresolvable-peer", W, False,
        "A cluster policy peer callgate cannot enforce (domainNames, or a peer kind it does not know) fails closed.",
        """
 callgate filters packets by address in the kernel and cannot resolve domain

@@ -1,11 +1,11 @@
 """Checks of ClusterNetworkPolicies (and the v1alpha1 kinds read as them).
 
-Without an inventory: rules shadowed by an earlier catch-all (CG112), ``/0``
-networks (CG113), Pass in the Baseline tier (CG114), peers callgate cannot
-enforce and that therefore fail closed (CG115). With one: subjects and peers
-that select nothing (CG101, CG102), networks that hold pod addresses (CG113,
+Without an inventory: rules shadowed by an earlier catch-all (CG113), ``/0``
+networks (CG114), Pass in the Baseline tier (CG115), peers callgate cannot
+enforce and that therefore fail closed (CG116). With one: subjects and peers
+that select nothing (CG101, CG102), networks that hold pod addresses (CG114,
 counted), and two policies of one tier and priority that decide a connection
-differently (CG111), exactly over endpoint classes and port segments.
+differently (CG112), exactly over endpoint classes and port segments.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def check(linter: Linter, items: list[Item]) -> None:
         for direction, key, peers_key in DIRECTIONS:
             for i, rule in enumerate(pol.rules(direction)):
                 if pol.tier is Tier.BASELINE and rule.action is Action.PASS:
-                    linter.report("CG114", f"{_rule_label(rule, i, direction)} passes in the Baseline tier: after "
+                    linter.report("CG115", f"{_rule_label(rule, i, direction)} passes in the Baseline tier: after "
                                   "it there is only the default, so this allows the traffic (and skips the "
                                   "Baseline rules after it)", item, ("spec", key, i, "action"),
                                   hint="write Accept if allowing is meant, or Deny")
@@ -68,14 +68,14 @@ def _unresolvable(linter: Linter, item: Item, rule: ClusterRule, at: tuple[int, 
     else:
         effect = f"this {rule.action.value} rule becomes \"deny all\" (every peer, on its ports)"
     i, j = at
-    linter.report("CG115", f"{_rule_label(rule, i, direction)}: callgate cannot enforce {what} (it filters by "
+    linter.report("CG116", f"{_rule_label(rule, i, direction)}: callgate cannot enforce {what} (it filters by "
                   f"address in the kernel), so the peer fails closed: {effect}", item,
                   ("spec", key, i, peers_key, j),
                   hint="use networks with the addresses meant" if peer.domain_names
                   else "upgrade callgate, or rewrite the peer with namespaces, pods or networks")
 
 
-# -- CG113: networks over pod addresses ----------------------------------------------------
+# -- CG114: networks over pod addresses ----------------------------------------------------
 
 
 def _pods_decided_before(pol: ClusterPolicy, direction: Direction, index: int) -> bool:
@@ -97,7 +97,7 @@ def _broad_networks(linter: Linter, item: Item, pol: ClusterPolicy, direction: D
     for j, peer in _network_peers(pol, direction, index):
         wide = [str(b.cidr) for b in peer.networks if b.cidr.prefixlen == 0]
         if wide:
-            linter.report("CG113", f"{_rule_label(rule, index, direction)}: networks {', '.join(wide)} hold "
+            linter.report("CG114", f"{_rule_label(rule, index, direction)}: networks {', '.join(wide)} hold "
                           f"every pod's address, so this {rule.action.value} applies to pod traffic too", item,
                           ("spec", "egress", index, "to", j, "networks"),
                           hint="put a rule for pods (e.g. Pass to namespaces: {}) before it if pods are not meant")
@@ -112,7 +112,7 @@ def _counted_networks(linter: Linter, item: Item, pol: ClusterPolicy) -> None:
                                                                    for ip in ep.ips))
             if inside:
                 example = ", ".join(inside[:3]) + (", ..." if len(inside) > 3 else "")
-                linter.report("CG113", f"{_rule_label(rule, index, Direction.EGRESS)}: networks "
+                linter.report("CG114", f"{_rule_label(rule, index, Direction.EGRESS)}: networks "
                               f"{', '.join(str(b.cidr) for b in peer.networks)} hold the addresses of "
                               f"{len(inside)} pod(s) ({example}), so this {rule.action.value} applies to them too",
                               item, ("spec", "egress", index, "to", j, "networks"),
@@ -120,7 +120,7 @@ def _counted_networks(linter: Linter, item: Item, pol: ClusterPolicy) -> None:
                               "not meant")
 
 
-# -- CG112: shadowed rules -------------------------------------------------------------------
+# -- CG113: shadowed rules -------------------------------------------------------------------
 
 
 def _everything(selector_peer: Peer) -> bool:
@@ -187,10 +187,10 @@ def _shadowed(linter: Linter, items: list[Item]) -> None:
         for direction, key, _ in DIRECTIONS:
             for i, rule in enumerate(pol.rules(direction)):
                 if rule.action is Action.ACCEPT and not any(p.resolvable for p in rule.peers):
-                    continue  # matches nothing at all: CG115 says why
+                    continue  # matches nothing at all: CG116 says why
                 why = _shadowing(pol, direction, i, rule, earlier_policies)
                 if why is not None:
-                    linter.report("CG112", f"{_rule_label(rule, i, direction)} can never match: {why} takes all "
+                    linter.report("CG113", f"{_rule_label(rule, i, direction)} can never match: {why} takes all "
                                   "of its traffic first", item, ("spec", key, i),
                                   hint="delete the rule, or move it before the catch-all")
 
@@ -287,7 +287,7 @@ def _overlaps(linter: Linter, items: list[Item]) -> None:
                 example = _first_conflict(conns, _cluster(first), _cluster(later))
                 if example is not None:
                     a = _cluster(first)
-                    linter.report("CG111", f"{a.display} and this policy are both {a.tier.value} tier priority "
+                    linter.report("CG112", f"{a.display} and this policy are both {a.tier.value} tier priority "
                                   f"{a.priority} and decide some connections differently (e.g. {example}); "
                                   f"callgate applies {a.display} first, another implementation may not", later,
                                   ("spec", "priority"), hint="give the two policies different priorities")
