@@ -168,6 +168,17 @@ def test_a_malformed_namespace_names_its_field(tmp_path: Path, metadata: str) ->
     assert f"{path}:3:" in result.stderr and ": metadata" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("node", ["metadata: [x]", "metadata: {name: n}\nstatus: Ready",
+                                  "metadata: {name: n}\nstatus: {addresses: [{address: [1]}]}"])
+def test_a_malformed_node_names_its_field(tmp_path: Path, node: str) -> None:
+    """Nodes (for ClusterNetworkPolicy node peers) were read with dict.get chains:
+    `metadata: [x]` or `status: Ready` was an AttributeError traceback."""
+    path = write(tmp_path, "node.yaml", f"apiVersion: v1\nkind: Node\n{node}\n")
+    result = run_cli(["matrix", "-i", str(path), "-p", str(path)])
+    assert result.exception is None and result.exit_code == 1, result
+    assert f"{path}:" in result.stderr and ": Node" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 def test_an_empty_key_is_still_a_named_field(tmp_path: Path) -> None:
     """An empty key printed as nothing: 'spec.: unknown field', or no field at all at the top."""
     path = write(tmp_path, "p.yaml", POLICY_HEAD + 'spec: {podSelector: {}, "": 1}\n')

@@ -32,7 +32,7 @@ from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import LibNftables
 from tests.fuzz.settings import example_time_limit, fuzz_settings
 from tests.netns import SCRATCH_PREFIX
-from tests.strategies import inventories, policy_sets, rename, renamings
+from tests.strategies import inventories_with_nodes, policy_sets, rename, renamings, tiered_policy_sets
 
 pytestmark = pytest.mark.kernel
 
@@ -51,7 +51,8 @@ def scratch() -> Iterator[str]:
 
 @st.composite
 def rulesets(draw: Any) -> RuleSet:
-    inventory, policies = rename(draw(inventories()), draw(policy_sets()), draw(renamings()))
+    inventory, policies = rename(draw(inventories_with_nodes()), draw(st.one_of(policy_sets(), tiered_policy_sets())),
+                                 draw(renamings()))
     return Compiler(policies, inventory).compile("n1")
 
 

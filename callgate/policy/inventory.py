@@ -1,8 +1,9 @@
 """Inventory: who runs where.
 
 Two formats are accepted: callgate's own ``callgate/v1 Inventory`` (see
-README.md, "The inventory") and Kubernetes ``Pod``/``Namespace`` objects as ``kubectl get -o
-yaml`` prints them (a ``List`` or several documents). Both may be mixed.
+README.md, "The inventory") and Kubernetes ``Pod``/``Namespace``/``Node`` objects as
+``kubectl get -o yaml`` prints them (a ``List`` or several documents). Both may be
+mixed. Nodes are optional: only ClusterNetworkPolicy ``nodes`` peers need them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from callgate.policy.model import (
     IPAddress,
     NamedPort,
     Namespace,
+    Node,
 )
 from callgate.policy.networkpolicy import object_name, problems_from
 from callgate.policy.positions import FieldPath
@@ -113,9 +115,35 @@ class K8sNamespaceModel(K8sObjectModel):
     metadata: K8sNamespaceMetadataModel
 
 
+class K8sNodeMetadataModel(K8sObjectModel):
+    name: v.DnsSubdomain
+    labels: v.Labels | None = None
+
+
+class NodeAddressModel(K8sObjectModel):
+    address: str | None = None
+
+
+class NodeStatusModel(K8sObjectModel):
+    addresses: list[NodeAddressModel] | None = None
+
+
+class K8sNodeModel(K8sObjectModel):
+    metadata: K8sNodeMetadataModel
+    status: NodeStatusModel | None = None
+
+
 class NamespaceModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: v.Labels = Field(default_factory=dict)
+
+
+class NodeModel(BaseModel):
+    """A node: its labels and addresses (what ClusterNetworkPolicy ``nodes`` peers select)."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: v.Labels = Field(default_factory=dict)
+    addresses: list[v.IPAddressText] = Field(default_factory=list)
 
 
 class InventoryModel(BaseModel):
@@ -124,6 +152,7 @@ class InventoryModel(BaseModel):
     kind: Literal["Inventory"]
     namespaces: dict[str, NamespaceModel | None] = Field(default_factory=dict)
     endpoints: list[EndpointModel] = Field(default_factory=list)
+    nodes: dict[str, NodeModel | None] = Field(default_factory=dict)
 
     @field_validator("namespaces")
     @classmethod
@@ -133,6 +162,14 @@ class InventoryModel(BaseModel):
                 raise ValueError(f"namespace {shown(name)}: {err}")
         return namespaces
 
+    @field_validator("nodes")
+    @classmethod
+    def _node_names(cls, nodes: dict[str, Any]) -> dict[str, Any]:
+        for name in nodes:
+            if err := v.dns_subdomain(name):
+                raise ValueError(f"node {shown(name)}: {err}")
+        return nodes
+
 
 class InventoryBuilder:
     """Accumulates namespaces and endpoints from any number of documents."""
@@ -140,6 +177,7 @@ class InventoryBuilder:
     def __init__(self) -> None:
         self.namespaces: dict[str, Namespace] = {}
         self.endpoints: list[Endpoint] = []
+        self.nodes: dict[str, Node] = {}
         self.problems: list[Problem] = []
         self.seen_ips: dict[IPAddress, str] = {}
         self.seen_keys: set[str] = set()
@@ -149,6 +187,13 @@ class InventoryBuilder:
         # The API server guarantees this label; inventories may leave it out.
         labels.setdefault(NAMESPACE_NAME_LABEL, name)
         self.namespaces[name] = Namespace(name, labels)
+
+    def node(self, node: Node, doc: Document, obj: str, field_path: FieldPath) -> None:
+        if node.name in self.nodes:
+            self.problems.append(doc.problem(f"node {node.name} is defined twice", obj=obj,
+                                             field=format_path(field_path), field_path=field_path))
+            return
+        self.nodes[node.name] = node
 
     def endpoint(self, ep: Endpoint, doc: Document, obj: str, name_path: FieldPath, ips_path: FieldPath) -> None:
         """Add ``ep`` unless its key or an address is taken; ``name_path`` and ``ips_path``
@@ -175,6 +220,10 @@ class InventoryBuilder:
             return
         for name, ns in model.namespaces.items():
             self.namespace(name, ns.labels if ns else {})
+        for name, node in model.nodes.items():
+            spec = node or NodeModel()
+            self.node(Node(name, spec.labels, tuple(ipaddress.ip_address(a) for a in spec.addresses)), doc,
+                      f"node {name}", ("nodes", name))
         for i, e in enumerate(model.endpoints):
             ep = Endpoint(
                 name=e.name, namespace=e.namespace, labels=e.labels, node=e.node,
@@ -190,6 +239,26 @@ class InventoryBuilder:
             self.problems.extend(problems_from(exc, doc, object_name(doc.data, "Namespace")))
             return
         self.namespace(model.metadata.name, model.metadata.labels or {})
+
+    def add_k8s_node(self, doc: Document) -> None:
+        """A v1 Node: its name, labels and the IP addresses in ``status.addresses``
+        (entries that are no IP, such as Hostname, are skipped)."""
+        try:
+            model = K8sNodeModel.model_validate(doc.data)
+        except ValidationError as exc:
+            self.problems.extend(problems_from(exc, doc, object_name(doc.data, "Node")))
+            return
+        addresses: list[IPAddress] = []
+        for entry in (model.status.addresses if model.status else None) or []:
+            try:
+                ip = ipaddress.ip_address(entry.address) if entry.address is not None else None
+            except ValueError:
+                ip = None  # a Hostname or InternalDNS entry
+            if ip is not None and ip not in addresses:
+                addresses.append(ip)
+        name = model.metadata.name
+        self.node(Node(name, model.metadata.labels or {}, tuple(addresses)), doc, f"Node {name}",
+                  ("metadata", "name"))
 
     def add_pod(self, doc: Document) -> None:
         status = doc.data.get("status")
@@ -218,7 +287,7 @@ class InventoryBuilder:
         for ep in self.endpoints:
             if ep.namespace not in self.namespaces:
                 self.namespace(ep.namespace, {})
-        return Inventory(self.namespaces, tuple(self.endpoints))
+        return Inventory(self.namespaces, tuple(self.endpoints), self.nodes)
 
 
 def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
@@ -237,9 +306,11 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
             builder.add_k8s_namespace(doc)
         elif kind == "Pod" and api == "v1":
             builder.add_pod(doc)
+        elif kind == "Node" and api == "v1":
+            builder.add_k8s_node(doc)
         elif not is_kind(api, kind, POLICY_KINDS):  # policies may sit beside the inventory
             builder.problems.append(doc.problem(
-                f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {shown_kind(api, kind)}",
+                f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {shown_kind(api, kind)}",
                 obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",)))
     return builder.finish()
 

@@ -109,16 +109,23 @@ def _namespace(name: str) -> dict[str, Any]:
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
 
 
+def _node(name: str, ip: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "zone": "a"}},
+            "spec": {"podCIDR": "198.18.64.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]}}
+
+
 KUBECTL_LIST = {
     "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
-    "items": [_namespace("x"), _namespace("y"),
+    "items": [_namespace("x"), _namespace("y"), _node("node-1", "198.18.255.1"),
               _pod("a", "x", "a", "198.18.0.10", "node-1", "cgxa0"),
               _pod("b", "y", "b", "198.18.0.11", "node-2", None),
               {**_pod("done", "y", "b", "198.18.0.99", "node-1", None), "status": {"phase": "Succeeded"}}],
 }
 
 CLUSTER_NETWORK_POLICY = {
-    # policy.networking.k8s.io/v1alpha2 (network-policy-api v0.2.0); issue #15 teaches callgate to read it.
+    # policy.networking.k8s.io/v1alpha2 (network-policy-api v0.2.0).
     "apiVersion": "policy.networking.k8s.io/v1alpha2",
     "kind": "ClusterNetworkPolicy",
     "metadata": {"name": "tenant-isolation"},
@@ -134,11 +141,24 @@ CLUSTER_NETWORK_POLICY = {
     },
 }
 
+ADMIN_NETWORK_POLICIES = [  # the v1alpha1 kinds, read as v1alpha2
+    {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy", "metadata": {"name": "old"},
+     "spec": {"priority": 3, "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "a"}}}},
+              "ingress": [{"name": "in", "action": "Allow", "from": [{"namespaces": {}}],
+                           "ports": [{"portNumber": {"port": 80}}, {"namedPort": "web"},
+                                     {"portRange": {"protocol": "UDP", "start": 10, "end": 20}}]}],
+              "egress": [{"action": "Pass", "to": [{"networks": ["198.18.0.0/16"]}]}]}},
+    {"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+     "metadata": {"name": "default"},
+     "spec": {"subject": {"namespaces": {}}, "egress": [{"action": "Deny", "to": [{"nodes": {}}]}]}},
+]
+
 SEEDS = (
     Seed("networkpolicy", "policy", [NETWORK_POLICY]),
     Seed("apps", "policy", APPS),
     Seed("policies-and-inventory", "policy", [NETWORK_POLICY, NATIVE_INVENTORY]),
     Seed("clusternetworkpolicy", "policy", [CLUSTER_NETWORK_POLICY]),
+    Seed("adminnetworkpolicies", "policy", ADMIN_NETWORK_POLICIES),
     Seed("inventory", "inventory", [NATIVE_INVENTORY]),
     Seed("kubectl-list", "inventory", [KUBECTL_LIST]),
     Seed("kubectl-documents", "inventory", list(KUBECTL_LIST["items"])),
