@@ -43,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from callgate.agent.interfaces import InterfaceResolver
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.compiler import Compiler
 from callgate.enforcers.nft.enforcer import NftablesEnforcer

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from callgate.agent.interfaces import InterfaceResolver
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics, StatusServer
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.enforcers.nft.enforcer import NftablesEnforcer

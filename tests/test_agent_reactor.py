@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from callgate.agent.interfaces import InterfaceResolver
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.compiler.compile import Compiler
