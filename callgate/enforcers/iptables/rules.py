@@ -129,9 +129,11 @@ def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
     """What iptables cannot express although the IR allows it: report it before
     anything is applied. (Names and sizes are valid by construction.)"""
     problems = []
-    for le in ruleset.local:
-        if le.interface is not None and (why := _iface_problem(le.interface)):
-            problems.append(Problem(why, object=f"endpoint {le.endpoint}", field="interface"))
+    interfaces = {le.endpoint: le.interface for le in ruleset.local if le.interface is not None}
+    interfaces.update((ep.endpoint, ep.interface) for ep in ruleset.endpoints if ep.interface is not None)
+    for endpoint, iface in sorted(interfaces.items()):
+        if why := _iface_problem(iface):
+            problems.append(Problem(why, object=f"endpoint {endpoint}", field="interface"))
     for iface in fail_closed.known if fail_closed else ():
         if why := _iface_problem(iface):
             problems.append(Problem(why, object="known interfaces"))
