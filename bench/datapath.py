@@ -154,9 +154,7 @@ def conntrack_only(commands: list[Command]) -> list[Command]:
         if obj.get("family") != FAMILY:
             continue
         established = kind == "rule" and any("ct" in e.get("match", {}).get("left", {}) for e in obj["expr"])
-        if established and obj["chain"] == FORWARD:
-            out.append(cmd)
-        elif kind == "table" or (kind == "chain" and obj["name"] == FORWARD):
+        if (established and obj["chain"] == FORWARD) or kind == "table" or (kind == "chain" and obj["name"] == FORWARD):
             out.append(cmd)
     return out
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from callgate.enforcers.routes import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.compiler.compile import Compiler
@@ -26,6 +25,7 @@ from callgate.enforcers.iptables.enforcer import IptablesEnforcer
 from callgate.enforcers.iptables.fake import FakeIptables
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.errors import Problem
 from callgate.policy.documents import Document
 from callgate.policy.inventory import inventory_from_dict

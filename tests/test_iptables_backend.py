@@ -479,11 +479,12 @@ def test_kernel_fail_closed_cuts_off_unknown_interfaces(variant: str, lab: objec
                                                         policies: PolicySet, rulesets: dict[str, RuleSet]) -> None:
     from callgate.lab.probe import probe_matrix
 
-    unknown = "x/c"  # on node-1, not isolated: only the known-interface list lets it through
+    unknown = "x/c"  # on node-1, not isolated; its interface not known yet (as before the agent resolves it)
+    unresolved = Inventory(inv.namespaces, tuple(dataclasses.replace(ep, interface=None) if ep.key == unknown else ep
+                                                 for ep in inv.endpoints))
     for node, e in _enforcers(lab, inv, variant).items():
         fc = IptablesEnforcer(variant=variant, netns=e.runner.netns, fail_closed_prefix="cg")  # type: ignore[attr-defined]
-        known = [ep.interface for ep in inv.endpoints if ep.node == node and ep.key != unknown and ep.interface]
-        fc.apply(rulesets[node], known_interfaces=known)
+        fc.apply(compile_all(policies, unresolved)[node])
     seen = probe_matrix(lab, inv, timeout=0.7)  # type: ignore[arg-type]
     want = {k: v and unknown not in k[:2] for k, v in expected(policies, inv, seen).items()}
     wrong = sorted(k for k in seen if seen[k] != want[k])
