@@ -28,9 +28,9 @@ placements.
         [fail-closed: iifname "<prefix>*" not in @known_endpoint: drop]
         iifname @endpoint_iface jump endpoint_source }
     chain endpoint_source {     # a bridge port may send, from its own addresses only:
+        ether type != { ip, arp, ip6 } counter drop   # no VLAN tags: br_netfilter passes tagged IP by the inet hooks
         IPv4, IPv6, ARP (sender address); from :: or fe80::/10 only neighbour
-        discovery and MLD; nothing else (no VLAN tags, which br_netfilter
-        would pass by the inet hooks unfiltered) }
+        discovery and MLD; nothing else }
     [chain postrouting: fail-closed for frames to "<prefix>*" ports]
 
 Why by address: on a Linux bridge, br_netfilter hands bridged IPv4/IPv6 to
@@ -104,6 +104,7 @@ _PROTOCOL = {4: "ip", 6: "ip6"}
 ND_TYPES = ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect"]
 MLD_TYPES = ["mld-listener-query", "mld-listener-report", "mld-listener-done", "mld2-listener-report"]
 LINK_SOURCES = ["::", {"prefix": {"addr": "fe80::", "len": 10}}]
+ETHER_TYPES = ("ip", "arp", "ip6")  # what a bridge port may send (in the kernel's order)
 
 
 def _in(family: str, **fields: Any) -> dict[str, Any]:
@@ -252,6 +253,13 @@ def _node_inet(fc: FailClosed | None) -> list[Command]:
 
 def _node_bridge(fc: FailClosed | None) -> list[Command]:
     cmds = [{"add": {"chain": _in(BRIDGE_FAMILY, name=SOURCE_CHAIN)}}]
+    # First the frame's own type, read from the link-layer header (a VLAN tag,
+    # even one the kernel took off into metadata, shows as 8021q there): in the
+    # bridge family "ip saddr" only asks the skb's protocol, which a tagged frame
+    # carries as its inner one, and br_netfilter hands tagged IP to no inet hook.
+    cmds.append(_rule(BRIDGE_FAMILY, SOURCE_CHAIN, _match(_payload("ether", "type"), {"set": list(ETHER_TYPES)},
+                                                          op="!="), {"counter": None}, {"drop": None},
+                      comment=ANTI_SPOOFING_COMMENT))
     for v in (4, 6):
         own = _match({"concat": [_meta("iifname"), _payload(_PROTOCOL[v], "saddr")]}, "@" + ENDPOINT_SOURCE[v])
         cmds.append(_rule(BRIDGE_FAMILY, SOURCE_CHAIN, own, {"return": None}))
