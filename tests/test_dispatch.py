@@ -60,11 +60,15 @@ def test_node_dispatch_is_by_address_and_every_local_endpoint_is_held_to_its_own
         assert {"concat": ["cgyb0", "198.18.2.11"]} in elements[(family, "endpoint_source4")]
         assert {"concat": ["cgyb0", "fd00:18:2::11"]} in elements[(family, "endpoint_source6")]
     text = replace_table(rs).text()
-    assert "ip daddr vmap @to_endpoint4" in text and "iifname @endpoint_iface jump endpoint_source" in text
+    assert "ip daddr vmap @to_endpoint4" in text
+    assert "iifname . ip saddr != @endpoint_source4 iifname @endpoint_iface counter drop" in text
     assert "table bridge callgate {" in text and "iifname . arp saddr ip @endpoint_source4 return" in text
-    # Anti-spoofing comes before the shortcut for established flows.
+    assert "ether type != { ip, arp, ip6 } counter drop" in text  # a bridge port sends no VLAN-tagged frames
+    # Established flows still leave at the first rule; dispatch comes after the source check.
     forward = text[text.index("chain forward {"):]
-    assert forward.index("jump endpoint_source") < forward.index("ct state established,related accept")
+    rules = [line.strip() for line in forward.splitlines()[2:] if line.strip() and line.strip() != "}"]
+    assert rules[0] == "ct state established,related accept"
+    assert forward.index("@endpoint_source4") < forward.index("vmap @from_endpoint4")
 
 
 def test_netns_placement_owns_only_its_namespace_input_and_output() -> None:

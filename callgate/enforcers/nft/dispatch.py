@@ -13,15 +13,19 @@ placements.
     set endpoint_iface   { type ifname }              every local endpoint's host-side interface
     set endpoint_source4 { type ifname . ipv4_addr }  (interface, own address) pairs (…6: IPv6)
     chain forward { type filter hook forward priority 0; policy accept;
-        iifname @endpoint_iface jump endpoint_source   # a routed veth sends from its own addresses only
-        ct state established,related accept
-        icmpv6 type { nd-… } ip6 hoplimit 255 accept   # neighbour discovery and MLD on a bridge
-        icmpv6 type { mld-… } ip6 hoplimit 1 accept     #   (link-local control, not policy traffic)
-        ip saddr vmap @from_endpoint4  ip6 saddr vmap @from_endpoint6   # egress: allow = return
-        ip daddr vmap @to_endpoint4    ip6 daddr vmap @to_endpoint6     # ingress: allow = accept
+        meta nfproto vmap { ipv4 : jump forward4, ipv6 : jump forward6 }
         [fail-closed: iifname/oifname "<prefix>*" not in @known_endpoint: drop]
     }
-    chain endpoint_source { iifname . ip saddr @endpoint_source4 return; … ip6 …; counter drop }
+    chain forward4 {
+        iifname . ip saddr != @endpoint_source4 iifname @endpoint_iface counter drop   # anti-spoofing
+        ct state established,related accept
+        ip saddr vmap @from_endpoint4          # egress: allow = return, deny = drop
+        ip daddr vmap @to_endpoint4            # ingress: allow = accept, deny = drop
+    }
+    chain forward6 { the same for IPv6, and after the established rule:
+        icmpv6 type { nd-… } ip6 hoplimit 255 accept   # neighbour discovery and MLD on a bridge
+        icmpv6 type { mld-… } ip6 hoplimit 1 accept     #   (link-local control, not policy traffic)
+    }
 
     table bridge callgate: the same endpoint_iface and endpoint_source sets, and
     chain prerouting { type filter hook prerouting priority -200;   # sees bridge ports
@@ -215,6 +219,14 @@ def _link_control(verdict: dict[str, Any], from_link_local: bool = False) -> lis
             for types, limit in ((ND_TYPES, 255), (MLD_TYPES, 1))]
 
 
+def _link_control_one(verdict: dict[str, Any]) -> list[dict[str, Any]]:
+    """Neighbour discovery and MLD with their hop limits in one look-up (a
+    packet of another kind leaves at the first compare)."""
+    # In the order nft lists them back (by value: the hop limit, then the type).
+    pairs = [{"concat": [t, 1]} for t in MLD_TYPES] + [{"concat": [t, 255]} for t in ND_TYPES]
+    return [_match({"concat": [_payload("icmpv6", "type"), _payload("ip6", "hoplimit")]}, {"set": pairs}), verdict]
+
+
 def _established() -> dict[str, Any]:
     return _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
 
@@ -223,6 +235,9 @@ def _dispatch(family_key: str) -> list[list[dict[str, Any]]]:
     """``ip saddr vmap @from_endpoint4`` and the IPv6 twin (``daddr``/``to_endpoint`` likewise)."""
     names = FROM_ENDPOINT if family_key == "saddr" else TO_ENDPOINT
     return [[{"vmap": {"key": _payload(_PROTOCOL[v], family_key), "data": "@" + names[v]}}] for v in (4, 6)]
+
+
+
 
 
 def _fail_closed(family: str, chain: str, key: str, fc: FailClosed) -> Command:
@@ -236,15 +251,19 @@ def _drop_spoofed(family: str) -> Command:
 
 
 def _node_inet(fc: FailClosed | None) -> list[Command]:
-    cmds = [{"add": {"chain": _in(FAMILY, name=SOURCE_CHAIN)}}]
-    for v in (4, 6):
-        own = _match({"concat": [_meta("iifname"), _payload(_PROTOCOL[v], "saddr")]}, "@" + ENDPOINT_SOURCE[v])
-        cmds.append(_rule(FAMILY, SOURCE_CHAIN, own, {"return": None}))
-    cmds.append(_drop_spoofed(FAMILY))
-    cmds.append(_base_chain(FAMILY, FORWARD, "forward", 0))
-    cmds.append(_rule(FAMILY, FORWARD, _match(_meta("iifname"), "@" + ENDPOINT_IFACE), {"jump": {"target": SOURCE_CHAIN}}))
+    cmds = [_base_chain(FAMILY, FORWARD, "forward", 0)]
+    # Established flows leave at the first rule, as before dispatch by address:
+    # a forwarded packet of a flow conntrack already holds costs one compare.
     cmds.append(_rule(FAMILY, FORWARD, _established(), {"accept": None}))
-    cmds.extend(_rule(FAMILY, FORWARD, *expr) for expr in _link_control({"accept": None}))
+    for v in (4, 6):
+        # From an endpoint's interface, not one of its own (interface, address)
+        # pairs: drop. The pair look-up first, so a pod's own packets leave the
+        # rule after one look-up (and other families' after a compare).
+        own = _match({"concat": [_meta("iifname"), _payload(_PROTOCOL[v], "saddr")]}, "@" + ENDPOINT_SOURCE[v],
+                     op="!=")
+        cmds.append(_rule(FAMILY, FORWARD, own, _match(_meta("iifname"), "@" + ENDPOINT_IFACE), {"counter": None},
+                          {"drop": None}, comment=ANTI_SPOOFING_COMMENT))
+    cmds.append(_rule(FAMILY, FORWARD, *_link_control_one({"accept": None})))
     cmds.extend(_rule(FAMILY, FORWARD, *expr) for expr in (*_dispatch("saddr"), *_dispatch("daddr")))
     if fc is not None:
         cmds.extend(_fail_closed(FAMILY, FORWARD, key, fc) for key in ("iifname", "oifname"))

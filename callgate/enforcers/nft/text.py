@@ -37,8 +37,9 @@ def _expr_text(value: Any) -> str:
         return f"ct {body['key']}"
     if key == "concat":
         return " . ".join(_expr_text(v) for v in body)
-    if key == "set":
-        return "{ " + ", ".join(_expr_text(v) for v in body) + " }"
+    if key == "set":  # an anonymous set, or map: its elements are [key, value] pairs
+        return "{ " + ", ".join(f"{_expr_text(v[0])} : {_expr_text(v[1])}" if isinstance(v, list) else _expr_text(v)
+                                for v in body) + " }"
     if key == "range":
         return f"{_expr_text(body[0])}-{_expr_text(body[1])}"
     if key == "prefix":
