@@ -187,9 +187,14 @@ def take_anti_spoofing_away(lab: Running, backend: str, *keys: str) -> None:
         ep = lab.inventory.endpoint(key)
         assert ep is not None and ep.node is not None
         netns = lab.pod_ns(key) if lab.topology == "macvlan" else lab.node_ns(ep.node)
-        if backend == "nft":
-            for family in ("inet",) if lab.topology == "macvlan" else ("inet", "bridge"):
-                sh(netns, "nft", "flush", "chain", family, "callgate", "endpoint_source")
+        if backend == "nft" and lab.topology == "macvlan":
+            sh(netns, "nft", "flush", "chain", "inet", "callgate", "endpoint_source")
+        elif backend == "nft":  # the node: the forward chain's source checks, and the bridge ports'
+            listing = json.loads(sh(netns, "nft", "-j", "-a", "list", "chain", "inet", "callgate", "forward").stdout)
+            for rule in (o["rule"] for o in listing["nftables"] if "rule" in o):
+                if rule.get("comment") == "callgate anti-spoofing":
+                    sh(netns, "nft", "delete", "rule", "inet", "callgate", "forward", "handle", str(rule["handle"]))
+            sh(netns, "nft", "flush", "chain", "bridge", "callgate", "endpoint_source")
         else:
             for tool in ("iptables", "ip6tables"):
                 sh(netns, tool, "-F", source_chain(key))
