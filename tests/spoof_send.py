@@ -15,6 +15,7 @@ Run as ``python tests/spoof_send.py MODE ...`` inside the pod's namespace:
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import sys
@@ -68,7 +69,9 @@ def tcp6_link_local(dst: str, port: int) -> str:
 
 
 def vlan0(dst_mac: str, src: str, dst: str, port: int) -> str:
-    sport = SPORT + 1
+    # A port of its own each time: a SYN-ACK the receiver still retransmits for an
+    # earlier attempt (which nobody completes) must not pass for an answer to this one.
+    sport = random.randint(41000, 60999)
     tcp = struct.pack("!HHIIBBHHH", sport, port, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
     tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
