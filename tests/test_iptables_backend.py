@@ -128,13 +128,14 @@ def test_plan_structure(rulesets: dict[str, RuleSet]) -> None:
         table = tx.table(version)
         assert table.chains[0] == "CG-FORWARD"
         forward = [r for r in table.rules if r.startswith("-A CG-FORWARD ")]
-        # link control (IPv6) and anti-spoofing, then the conntrack shortcut, carrying the digest
-        established = next(i for i, r in enumerate(forward) if "--ctstate RELATED,ESTABLISHED" in r)
-        assert tx.digest in forward[established]
-        assert all(("icmp6" in r and r.endswith("-j ACCEPT")) or " -j CG-src_" in r for r in forward[:established])
-        assert any(" -i " in r for r in forward[:established]) and any("--physdev-in" in r for r in forward)
+        # the conntrack shortcut first, carrying the digest; then link control (IPv6) and anti-spoofing
+        assert forward[0].startswith("-A CG-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED")
+        assert tx.digest in forward[0]
+        checks = [i for i, r in enumerate(forward) if ("icmp6" in r and r.endswith("-j ACCEPT")) or " -j CG-src_" in r]
+        assert checks == list(range(1, len(checks) + 1))
+        assert any(" -i " in forward[i] for i in checks) and any("--physdev-in" in forward[i] for i in checks)
         # every egress dispatch (by source address) before every ingress dispatch (by destination)
-        kinds = ["s" if " -s " in r else "d" for r in forward[established + 1:]]
+        kinds = ["s" if " -s " in r else "d" for r in forward[len(checks) + 1:]]
         assert kinds == sorted(kinds, key=lambda k: k != "s") and "s" in kinds and "d" in kinds
         family = "inet" if version == 4 else "inet6"
         for rule in table.rules:

@@ -6,10 +6,10 @@ with iptables' own means; the per-endpoint tier chains come from
 
 **Node** (``-A FORWARD -j CG-FORWARD``)::
 
-    CG-FORWARD  [IPv6] -p ipv6-icmp --icmpv6-type <ND> -m hl --hl-eq 255 -j ACCEPT  (and MLD, hl 1)
+    CG-FORWARD  -m conntrack --ctstate RELATED,ESTABLISHED (digest comment) -j ACCEPT
+                [IPv6] -p ipv6-icmp --icmpv6-type <ND> -m hl --hl-eq 255 -j ACCEPT  (and MLD, hl 1)
                 -i IFACE -j CG-src_<endpoint>                        # routed veth: own addresses only
                 -m physdev --physdev-in IFACE -j CG-src_<endpoint>   # bridge port (bridged or routed on)
-                -m conntrack --ctstate RELATED,ESTABLISHED (digest comment) -j ACCEPT
                 -s ADDRESS -j CG-out_<endpoint>                      # every egress dispatch first ...
                 -d ADDRESS -j CG-in_<endpoint>                       # ... then every ingress dispatch
                 [fail-closed: -i/-o PREFIX+ and physdev in/out PREFIX+ to CG-FC-* chains]
@@ -20,13 +20,13 @@ with iptables' own means; the per-endpoint tier chains come from
 
     CG-INPUT    -i lo -j ACCEPT; established (digest comment) -j ACCEPT; [IPv6: ND, MLD];
                 -d ADDRESS -j CG-in_<endpoint>
-    CG-OUTPUT   -o lo -j ACCEPT; [IPv6: ND, MLD]; -j CG-src_<endpoint>; established -j ACCEPT;
+    CG-OUTPUT   -o lo -j ACCEPT; established -j ACCEPT; [IPv6: ND, MLD]; -j CG-src_<endpoint>;
                 -s ADDRESS -j CG-out_<endpoint>
 
-Neighbour discovery and MLD are accepted before the source check: on a
-bridge they come from link-local addresses, and they are link-local control
-traffic that NetworkPolicy does not govern (the hop limits keep them on one
-link). What iptables cannot see, and the nft backend checks in its bridge
+Established flows leave first; neighbour discovery and MLD are accepted
+before the source check: on a bridge they come from link-local addresses, and
+they are link-local control traffic that NetworkPolicy does not govern (the
+hop limits keep them on one link). What iptables cannot see, and the nft backend checks in its bridge
 table: ARP, and frames that are not plain IPv4/IPv6 (VLAN-tagged IP skips
 br_netfilter unless ``bridge-nf-filter-vlan-tagged`` is on, which the guard
 sees to; see docs/topologies.md).
@@ -148,17 +148,19 @@ def dispatch_chains(ruleset: RuleSet, version: Version, digest: str, placement: 
         chains[INPUT_CHAIN] = [f"-A {INPUT_CHAIN} -i lo -j ACCEPT", _established(INPUT_CHAIN, digest),
                                *_link_control(INPUT_CHAIN, version),
                                *_dispatch(INPUT_CHAIN, ruleset, version, ("ingress",))]
-        chains[OUTPUT_CHAIN] = [f"-A {OUTPUT_CHAIN} -o lo -j ACCEPT", *_link_control(OUTPUT_CHAIN, version),
-                                *source, f"-A {OUTPUT_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        chains[OUTPUT_CHAIN] = [f"-A {OUTPUT_CHAIN} -o lo -j ACCEPT",
+                                f"-A {OUTPUT_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                                *_link_control(OUTPUT_CHAIN, version), *source,
                                 *_dispatch(OUTPUT_CHAIN, ruleset, version, ("egress",))]
         return chains
     attached = sorted((le for le in ruleset.local if le.interface is not None), key=lambda e: e.interface or "")
     chains = _source_chains(attached, version)
-    forward = _link_control(FORWARD_CHAIN, version)
+    # Established flows first, as in the nft backend: the source checks are two
+    # rules per local endpoint, which an established packet should not walk.
+    forward = [_established(FORWARD_CHAIN, digest), *_link_control(FORWARD_CHAIN, version)]
     for le in attached:
         forward.append(f"-A {FORWARD_CHAIN} -i {le.interface} -j {source_chain(le.endpoint)}")
         forward.append(f"-A {FORWARD_CHAIN} -m physdev --physdev-in {le.interface} -j {source_chain(le.endpoint)}")
-    forward.append(_established(FORWARD_CHAIN, digest))
     forward.extend(_dispatch(FORWARD_CHAIN, ruleset, version, ("egress", "ingress")))
     if fail_closed is not None:
         rules, fc_chains = _fail_closed(fail_closed)

@@ -58,8 +58,9 @@ interface: macvlan, ipvlan)::
     set endpoint_address4 { type ipv4_addr }      its own addresses (…6: IPv6)
     chain output { type filter hook output priority 0; policy accept;
         oifname "lo" accept                        # a pod always reaches itself
+        ct state established,related accept        # (this namespace tracks only the pod's own flows)
         jump endpoint_source                       # only from its own addresses (raw sockets too)
-        ct state established,related accept; neighbour discovery and MLD accept
+        neighbour discovery and MLD accept
         ip saddr vmap @from_endpoint4; ip6 saddr vmap @from_endpoint6 }
     chain input { type filter hook input priority 0; policy accept;
         iifname "lo" accept; ct state established,related accept; ND and MLD accept
@@ -310,9 +311,11 @@ def _netns() -> list[Command]:
     for chain, hook, lo, key in ((OUTPUT, "output", "oifname", "saddr"), (INPUT, "input", "iifname", "daddr")):
         cmds.append(_base_chain(FAMILY, chain, hook, 0))
         cmds.append(_rule(FAMILY, chain, _match(_meta(lo), "lo"), {"accept": None}))
+        # Established first: in an endpoint's own namespace conntrack holds only its
+        # own flows, which a packet from another source address cannot match.
+        cmds.append(_rule(FAMILY, chain, _established(), {"accept": None}))
         if chain == OUTPUT:
             cmds.append(_rule(FAMILY, chain, {"jump": {"target": SOURCE_CHAIN}}))
-        cmds.append(_rule(FAMILY, chain, _established(), {"accept": None}))
         cmds.extend(_rule(FAMILY, chain, *expr) for expr in _link_control({"accept": None}))
         cmds.extend(_rule(FAMILY, chain, *expr) for expr in _dispatch(key))
     return cmds
