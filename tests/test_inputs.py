@@ -15,10 +15,10 @@ from callgate.errors import InputError, ProblemCode
 from callgate.policy import load_inventory, load_policies
 from callgate.policy.documents import read_documents
 from callgate.policy.inventory import inventory_document
-from callgate.policy.model import NAMESPACE_NAME_LABEL, Direction, Inventory
+from callgate.policy.model import NAMESPACE_NAME_LABEL, Direction
 from callgate.policy.native import compile_apps, parse_app
 from callgate.policy.positions import Positions
-from tests.helpers import SHOP, STANDARD_INVENTORY, write
+from tests.helpers import ROOT, SHOP, STANDARD_INVENTORY, write
 
 _NP = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\n"
 _APP = ("apiVersion: callgate/v1\nkind: App\nmetadata: {name: api, namespace: x}\nspec:\n"
@@ -343,12 +343,18 @@ def test_pod_annotations_name_interface_or_namespace(tmp_path: Path) -> None:
     assert ep.netns == "/run/netns/cni-1234" and ep.interface is None
 
 
-def test_inventory_document_reads_back_as_the_same_inventory(tmp_path: Path) -> None:
-    inv = load_inventory(SHOP / "inventory.yaml")
-    moved = Inventory(inv.namespaces, tuple(dataclasses.replace(ep, interface=None, netns=f"/run/netns/p{i}")
-                                            if i % 2 else ep for i, ep in enumerate(inv.endpoints)))
+@pytest.mark.parametrize("source", [SHOP / "inventory.yaml", ROOT / "examples" / "conformance" / "inventory.yaml"])
+def test_inventory_document_reads_back_as_the_same_inventory(tmp_path: Path, source: Path) -> None:
+    """Endpoints (some moved into namespaces of their own) and the nodes' labels and
+    addresses, which ClusterNetworkPolicy nodes peers select, survive the round trip."""
+    inv = load_inventory(source)
+    moved = dataclasses.replace(inv, endpoints=tuple(dataclasses.replace(ep, interface=None, netns=f"/run/netns/p{i}")
+                                                     if i % 2 else ep for i, ep in enumerate(inv.endpoints)))
     again = load_inventory(write(tmp_path, "inv.yaml", yaml.safe_dump(inventory_document(moved))))
     assert again.endpoints == moved.endpoints
+    assert {name: (dict(n.labels), n.addresses) for name, n in again.node_info.items()} == {
+        name: (dict(n.labels), n.addresses) for name, n in moved.node_info.items()}
+    assert bool(moved.node_info) == ("conformance" in str(source))
     assert {k: dict(v.labels) for k, v in again.namespaces.items()} == {k: dict(v.labels)
                                                                         for k, v in moved.namespaces.items()}
 

@@ -24,10 +24,10 @@ from typer.testing import CliRunner
 from callgate.cli.lab import lab_app
 from callgate.lab import Lab, LabError, probe_details, probe_matrix
 from callgate.lab.netns import exec_in, in_netns, list_netns
-from callgate.lab.topology import safe
+from callgate.lab.topology import LabState, NodePlan, PodPlan, safe
 from callgate.policy import Endpoint, Inventory, load_inventory
 from callgate.policy.inventory import inventory_from_dict
-from tests.helpers import STANDARD_INVENTORY, standard
+from tests.helpers import ROOT, STANDARD_INVENTORY, standard
 
 PREFIX = "cgl"
 LAB_NAME = re.compile(rf"{PREFIX}-(fabric|n-[a-z0-9-]{{1,20}}|p-[0-9a-f]{{10}})")
@@ -362,4 +362,18 @@ def test_cli_other_topologies_and_the_labs_inventory(lab: Lab, tmp_path: Path, t
     probed = runner.invoke(app, ["lab", "probe", "-i", str(tmp_path / "lab.yaml"), "-p", str(empty), "--name", PREFIX,
                                  "--port", "80/UDP"])
     assert probed.exit_code == 0 and "144 probes" in probed.output and "all match" in probed.output
-    assert runner.invoke(app, ["lab", "up", "-i", inv, "--name", "cgl2", "--topology", "mesh"]).exit_code == 1
+    assert runner.invoke(app, ["lab", "up", "-i", inv, "--name", "cgl2", "--topology", "mesh"]).exit_code == 2
+
+
+def test_the_labs_inventory_keeps_the_nodes() -> None:
+    """The inventory as a lab built it (interfaces or netns filled in) still names the
+    nodes' labels and addresses, which ClusterNetworkPolicy nodes peers select."""
+    inv = load_inventory(ROOT / "examples" / "conformance" / "inventory.yaml")
+    ep = inv.endpoints[0]
+    assert ep.node is not None and inv.node_info
+    pod = PodPlan(ep.key, ep.node, "cgl-p-x", None, [str(ip) for ip in ep.ips], [80], [])
+    state = LabState("cgl", "cgl-fabric", [NodePlan(ep.node, "cgl-n-x", "cgl-f-x", "198.19.255.1", "fd00:ff::1",
+                                                    [pod])], topology="macvlan")
+    built = state.inventory(inv)
+    assert built.node_info == inv.node_info
+    assert built.endpoint(ep.key) == dataclasses.replace(ep, interface=None, netns="/run/netns/cgl-p-x")

@@ -277,7 +277,7 @@ class Reactor:
             return inventory, placed, unresolved
         endpoints = tuple(dataclasses.replace(ep, interface=found[ep.key]) if ep.node == self.config.node
                           and not ep.interface and ep.key in found else ep for ep in inventory.endpoints)
-        return Inventory(namespaces=inventory.namespaces, endpoints=endpoints), placed, unresolved
+        return dataclasses.replace(inventory, endpoints=endpoints), placed, unresolved
 
     def _guarded(self, ruleset: RuleSet, recheck: bool) -> tuple[RuleSet, dict[str, str]]:
         """``ruleset`` as the node can enforce it, and the endpoints it cannot

@@ -15,20 +15,31 @@ cheap without changing the semantics:
 
 Per class and segment, each side is a bitset (a Python int) of peer classes:
 ``egress[s]`` = destinations s's egress allows, ``ingress[d]`` = sources d's
-ingress allows. The class matrix is their AND after transposing ingress; that
-step and the aggregation into groups are O(classes²) bit operations, done with
-numpy (10,000 pods of a realistic cluster still make thousands of classes,
-since ipBlocks over pod ranges split them).
+ingress allows. The class matrix is their AND after transposing ingress;
+:mod:`callgate.analysis.groups` aggregates it into groups block by block and
+:mod:`callgate.analysis.diff` compares only the rows and columns that changed,
+so neither ever holds all classes × classes (10,000 pods can make 10,000
+classes: pods with their own labels, ipBlocks over pod ranges).
 ``tests/test_diff_properties.py`` checks all of this against the Evaluator.
 
 One exception to "same class, same verdict": a pod always reaches itself. Two
 *different* pods of one class get the class verdict; a pod and itself are
 always allowed. :meth:`Connectivity.allowed` handles that.
+
+ClusterNetworkPolicies make a side's bits a composition of tiers: the Admin
+tier's rules, in precedence order, split the peer classes into accepted,
+denied and undecided (Pass, or no match); the undecided ones get the
+NetworkPolicy tier's bits when that isolates the class, else the Baseline
+tier's verdict (split the same way; undecided: allowed). A CNP selects by
+namespace labels and pod labels, which classes already keep apart; its
+networks and the addresses of its nodes peers are blocks of the partition,
+like ipBlocks.
 """
 
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +48,9 @@ import numpy as np
 from callgate.policy.evaluator import port_matches
 from callgate.policy.model import (
     PROTOCOLS,
+    Action,
+    ClusterPolicy,
+    ClusterRule,
     Direction,
     Endpoint,
     Inventory,
@@ -48,11 +62,10 @@ from callgate.policy.model import (
     PolicyRule,
     PolicySet,
     PortProtocol,
+    PortSpec,
+    Tier,
 )
 from callgate.policy.resolve import Resolver
-
-# Labels that name an application, most specific first; used to group endpoints.
-APP_LABELS = ("app.kubernetes.io/name", "app", "k8s-app")
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -93,7 +106,7 @@ def family_ip(ep: Endpoint, family: int) -> IPAddress | None:
     return None
 
 
-def _blocks(policy_sets: Iterable[PolicySet]) -> list[IPBlock]:
+def _blocks(policy_sets: Iterable[PolicySet], inventory: Inventory) -> list[IPBlock]:
     seen: dict[IPBlock, None] = {}
     for ps in policy_sets:
         for pol in ps.policies:
@@ -101,7 +114,30 @@ def _blocks(policy_sets: Iterable[PolicySet]) -> list[IPBlock]:
                 for peer in rule.peers:
                     if peer.ip_block is not None:
                         seen[peer.ip_block] = None
+        for cnp in ps.cluster:
+            for crule in (*cnp.ingress, *cnp.egress):
+                seen.update((block, None) for block in cluster_rule_blocks(crule, inventory))
     return list(seen)
+
+
+def cluster_rule_blocks(rule: ClusterRule, inventory: Inventory) -> list[IPBlock]:
+    """The address blocks a cluster rule's peers hold: its networks, and its
+    nodes peers' node addresses (one block per address)."""
+    out = [block for peer in rule.peers for block in peer.networks]
+    for peer in rule.peers:
+        if peer.nodes is not None:
+            out.extend(IPBlock(ipaddress.ip_network(ip)) for ip in inventory.node_addresses(peer.nodes))
+    return out
+
+
+def _port_specs(policy_sets: Iterable[PolicySet]) -> Iterable[PortSpec]:
+    for ps in policy_sets:
+        for pol in ps.policies:
+            for rule in (*pol.ingress, *pol.egress):
+                yield from rule.ports
+        for cnp in ps.cluster:
+            for crule in (*cnp.ingress, *cnp.egress):
+                yield from crule.ports
 
 
 def _segments(inventory: Inventory, policy_sets: Iterable[PolicySet]) -> dict[PortProtocol, list[int]]:
@@ -110,13 +146,10 @@ def _segments(inventory: Inventory, policy_sets: Iterable[PolicySet]) -> dict[Po
     for ep in inventory.endpoints:
         for declared in ep.ports:
             edges[declared.protocol].update((declared.port, declared.port + 1))
-    for ps in policy_sets:
-        for pol in ps.policies:
-            for rule in (*pol.ingress, *pol.egress):
-                for spec in rule.ports:
-                    if isinstance(spec.port, int):
-                        end = spec.end_port if spec.end_port is not None else spec.port
-                        edges[spec.protocol].update((spec.port, end + 1))
+    for spec in _port_specs(policy_sets):
+        if isinstance(spec.port, int):
+            end = spec.end_port if spec.end_port is not None else spec.port
+            edges[spec.protocol].update((spec.port, end + 1))
     return {p: sorted(e for e in edges[p] if e <= 65535) for p in PROTOCOLS}
 
 
@@ -152,7 +185,7 @@ class Partition:
         self.endpoints = sorted((e for e in inventory.endpoints if family_ip(e, family) is not None),
                                 key=lambda e: e.key)
         self.ip: dict[str, IPAddress] = {e.key: family_ip(e, family) for e in self.endpoints}  # type: ignore[misc]
-        blocks = [b for b in _blocks(policy_sets) if b.cidr.version == family]
+        blocks = [b for b in _blocks(policy_sets, inventory) if b.cidr.version == family]
         inside = self._block_membership(blocks)
         block_classes: list[list[int]] = [[] for _ in blocks]
         index: dict[tuple[object, ...], int] = {}
@@ -247,9 +280,12 @@ class Connectivity:
         # (class, direction) -> (isolating policies, their ids, has an ingress named port)
         self._side_keys: dict[tuple[int, Direction], tuple[list[Policy], tuple[int, ...], bool]] = {}
         self._matrices: dict[tuple[PortProtocol, int], np.ndarray] = {}
+        self._row_kinds: dict[Direction, tuple[list[int], np.ndarray]] = {}  # see side_rows
         self._by_ns: dict[str, list[Policy]] = {}
         for pol in self.policies.policies:
             self._by_ns.setdefault(pol.namespace, []).append(pol)
+        self._tiers = {tier: self.policies.tier(tier) for tier in Tier}
+        self._subjects: dict[tuple[int, Tier], list[ClusterPolicy]] = {}
 
     # -- building blocks -------------------------------------------------
 
@@ -263,6 +299,23 @@ class Connectivity:
                      if direction in p.policy_types and p.pod_selector.matches(rep.labels)]
             self._isolating[key] = found
         return found
+
+    def cluster_subjects(self, c: int, tier: Tier) -> list[ClusterPolicy]:
+        """Cluster policies of ``tier`` whose subject holds class ``c``, in precedence order."""
+        key = (c, tier)
+        found = self._subjects.get(key)
+        if found is None:
+            rep = self.partition.rep(c)
+            # Namespaces first (resolved once per selector): thousands of classes
+            # times a thousand cluster policies would otherwise match every label.
+            found = self._subjects[key] = [p for p in self._tiers[tier] if self._subject_holds(p, rep)]
+        return found
+
+    def _subject_holds(self, policy: ClusterPolicy, ep: Endpoint) -> bool:
+        selector = policy.subject.namespace_selector
+        assert selector is not None, "a subject always has a namespace selector"
+        pods = policy.subject.pod_selector
+        return ep.namespace in self.resolver.namespaces(selector) and (pods is None or pods.matches(ep.labels))
 
     def peer_bits(self, peer: Peer) -> int:
         """Classes a peer stands for (ipBlock: classes whose address it contains)."""
@@ -327,66 +380,158 @@ class Connectivity:
         peers = self._peers_of(rule)
         if not rule.ports:
             return peers
+        return peers & self._port_bits(rule.ports, direction, target, protocol, port)
+
+    def _port_bits(self, ports: tuple[PortSpec, ...], direction: Direction, target: int,
+                   protocol: PortProtocol, port: int) -> int:
+        """Peer classes for which one of ``ports`` matches (named ports resolve on
+        the destination: ``target`` on ingress, each peer class on egress)."""
         if direction is Direction.INGRESS:
             dst = self.partition.rep(target)
-            return peers if any(port_matches(s, port, protocol, dst) for s in rule.ports) else 0
-        # Egress: a named port resolves on each *destination* class separately.
+            return self.all if any(port_matches(s, port, protocol, dst) for s in ports) else 0
         ok = 0
-        for spec in rule.ports:
+        for spec in ports:
             if spec.protocol != protocol:
                 continue
             if isinstance(spec.port, str):
                 ok |= self.named_bits(spec.port, protocol, port)
             elif port_matches(spec, port, protocol, None):
-                ok = self.all
-                break
-        return peers & ok
+                return self.all
+        return ok
+
+    def cluster_rule_bits(self, rule: ClusterRule, direction: Direction, target: int, protocol: PortProtocol,
+                          port: int) -> tuple[Action, int]:
+        """What a cluster rule does for class ``target``: its action and the peer
+        classes it matches. A peer callgate cannot resolve fails closed: an
+        Accept rule matches nothing through it, a Deny or Pass rule denies every
+        peer (on its ports)."""
+        ports = self._port_bits(rule.ports, direction, target, protocol, port) if rule.ports else self.all
+        if rule.action is not Action.ACCEPT and any(not p.resolvable for p in rule.peers):
+            return Action.DENY, ports
+        cache = self._cache
+        peers = cache.rule_peers.get(id(rule))
+        if peers is None:
+            peers = 0
+            for p in rule.peers:
+                if p.selector is not None:
+                    peers |= self.peer_bits(p.selector)
+            for block in cluster_rule_blocks(rule, self.partition.inventory):
+                peers |= self.peer_bits(Peer(ip_block=block))
+            cache.rule_peers[id(rule)] = peers
+            cache.pinned[id(rule)] = rule
+        return rule.action, peers & ports
+
+    def tier_bits(self, c: int, direction: Direction, tier: Tier, protocol: PortProtocol,
+                  port: int) -> tuple[int, int]:
+        """(accepted, denied) peer classes of one cluster tier for class ``c``: the
+        first matching rule decides each peer class; Pass and no match leave it to
+        the next tier."""
+        accepted = denied = 0
+        remaining = self.all
+        for policy in self.cluster_subjects(c, tier):
+            for rule in policy.rules(direction):
+                action, bits = self.cluster_rule_bits(rule, direction, c, protocol, port)
+                bits &= remaining
+                if action is Action.ACCEPT:
+                    accepted |= bits
+                elif action is Action.DENY:
+                    denied |= bits
+                remaining &= ~bits
+                if not remaining:
+                    return accepted, denied
+        return accepted, denied
 
     def _side_key(self, c: int, direction: Direction) -> tuple[list[Policy], tuple[int, ...], bool]:
         key = (c, direction)
         found = self._side_keys.get(key)
         if found is None:
             policies = self.isolating(c, direction)
-            found = self._side_keys[key] = (policies, *self._memo_key(policies, direction))
+            found = self._side_keys[key] = (policies, *self._memo_key(policies, direction, c))
         return found
 
-    def _memo_key(self, policies: list[Policy], direction: Direction) -> tuple[tuple[int, ...], bool]:
-        for p in policies:
-            self._cache.pinned[id(p)] = p
-        named = direction is Direction.INGRESS and any(
-            isinstance(s.port, str) for p in policies for r in p.rules(direction) for s in r.ports)
-        return tuple(map(id, policies)), named
+    def _memo_key(self, policies: list[Policy], direction: Direction, c: int) -> tuple[tuple[int, ...], bool]:
+        """What a side's bits depend on besides the port: the isolating policies and
+        the cluster policies of both tiers (by id), and whether an ingress named
+        port resolves on the class itself."""
+        cluster = [*self.cluster_subjects(c, Tier.ADMIN), None, *self.cluster_subjects(c, Tier.BASELINE)]
+        for p in (*policies, *cluster):
+            if p is not None:
+                self._cache.pinned[id(p)] = p
+        named = direction is Direction.INGRESS and (
+            any(isinstance(s.port, str) for p in policies for r in p.rules(direction) for s in r.ports)
+            or any(isinstance(s.port, str) for cp in cluster if cp is not None
+                   for cr in cp.rules(direction) for s in cr.ports))
+        return (*map(id, policies), -1, *(id(p) if p is not None else -1 for p in cluster)), named
 
     def side_bits(self, c: int, direction: Direction, protocol: PortProtocol, port: int,
                   without: Policy | None = None) -> int:
-        """Peer classes that class ``c``'s ``direction`` side allows (all when not isolated).
+        """Peer classes that class ``c``'s ``direction`` side allows, through all tiers.
 
-        ``without`` leaves one policy out (lint uses it to ask "does this policy
-        change anything?")."""
+        ``without`` leaves one NetworkPolicy-tier policy out (lint uses it to ask
+        "does this policy change anything?")."""
         if without is None:
             policies, ids, named = self._side_key(c, direction)
         else:
             policies = [p for p in self.isolating(c, direction) if p is not without]
-            ids, named = self._memo_key(policies, direction)
-        if not policies:
-            return self.all
-        # Classes isolated by the same policies get the same bits, except that an
-        # ingress named port resolves on the class itself: memoise on that.
+            ids, named = self._memo_key(policies, direction, c)
         memo = (ids, direction, protocol, port, self.partition.rep(c).ports if named else None)
         side = self._cache.side
         bits = side.get(memo)
-        if bits is not None:
-            return bits
+        if bits is None:
+            bits = side[memo] = self._tiered_bits(c, direction, protocol, port, policies)
+        return bits
+
+    def _tiered_bits(self, c: int, direction: Direction, protocol: PortProtocol, port: int,
+                     policies: list[Policy]) -> int:
+        if not self._tiers[Tier.ADMIN] and not self._tiers[Tier.BASELINE]:
+            return self._policy_bits(c, direction, protocol, port, policies)
+        accepted, denied = self.tier_bits(c, direction, Tier.ADMIN, protocol, port)
+        undecided = self.all & ~(accepted | denied)
+        if policies:
+            return accepted | (undecided & self._policy_bits(c, direction, protocol, port, policies))
+        _, baseline_denied = self.tier_bits(c, direction, Tier.BASELINE, protocol, port)
+        return accepted | (undecided & ~baseline_denied)
+
+    def _policy_bits(self, c: int, direction: Direction, protocol: PortProtocol, port: int,
+                     policies: list[Policy]) -> int:
+        """The NetworkPolicy tier's bits: all when no policy isolates the class."""
+        if not policies:
+            return self.all
         bits = 0
         for pol in policies:
             for i in range(len(pol.rules(direction))):
                 bits |= self.rule_bits(pol, direction, i, c, protocol, port)
                 if bits == self.all:
-                    break
-            if bits == self.all:
-                break
-        side[memo] = bits
+                    return bits
         return bits
+
+    def side_rows(self, direction: Direction, protocol: PortProtocol, port: int) -> tuple[list[int], np.ndarray]:
+        """Every class's :meth:`side_bits`, as the bitsets of its few kinds of class and,
+        per class, the index of its own: classes isolated by the same policies share their
+        bits, so a port has tens to hundreds of rows, not one per class (10,000 calls of
+        side_bits cost more than everything done with the rows)."""
+        found = self._row_kinds.get(direction)
+        if found is None:
+            kinds: dict[object, int] = {}
+            reps: list[int] = []
+            of_class = []
+            for c in range(self.partition.size):
+                # ids name the isolating policies and the cluster policies of both tiers
+                # (none of either: one kind for all such classes).
+                _, ids, named = self._side_key(c, direction)
+                kind = (ids, self.partition.rep(c).ports if named else None)
+                k = kinds.get(kind)
+                if k is None:
+                    k = kinds[kind] = len(reps)
+                    reps.append(c)
+                of_class.append(k)
+            found = self._row_kinds[direction] = (reps, np.array(of_class, dtype=np.intp))
+        reps, kind_of = found
+        # Kinds of class may still have equal bits on this port: one row each.
+        distinct: dict[int, int] = {}
+        row_of_kind = np.array([distinct.setdefault(self.side_bits(c, direction, protocol, port), len(distinct))
+                                for c in reps], dtype=np.intp)
+        return list(distinct), row_of_kind[kind_of]
 
     # -- the matrix ------------------------------------------------------
 
@@ -424,101 +569,3 @@ def unpack_rows(rows: list[int], n: int) -> np.ndarray:
     packed = np.frombuffer(buf, dtype=np.uint8).reshape(len(rows), width)
     # 0/1 bytes viewed as bool: no copy.
     return np.unpackbits(packed, axis=1, count=n, bitorder="little").view(bool)
-
-
-def group_key(ep: Endpoint, group_by: str) -> str:
-    """Name of the group an endpoint is drawn in.
-
-    ``app``: namespace/app-label (falling back to the pod name);
-    ``namespace``: the namespace; ``endpoint``: each endpoint alone; anything
-    else is a label key: namespace/value of that label.
-    """
-    if group_by == "endpoint":
-        return ep.key
-    if group_by == "namespace":
-        return ep.namespace
-    keys = APP_LABELS if group_by == "app" else (group_by,)
-    for key in keys:
-        if key in ep.labels:
-            return f"{ep.namespace}/{ep.labels[key]}"
-    return ep.key
-
-
-@dataclass
-class GroupMatrix:
-    """Connectivity between groups of endpoints, for tables and pictures.
-
-    ``allowed[k, i, j]`` counts ordered pairs of *different* endpoints from group
-    i to group j allowed on port k; ``totals[i, j]`` counts all such pairs (a pod
-    and itself are left out: always allowed, never interesting)."""
-
-    groups: list[str]
-    members: dict[str, list[Endpoint]]
-    ports: list[str]
-    allowed: np.ndarray  # (ports, groups, groups)
-    totals: np.ndarray  # (groups, groups)
-
-    def __post_init__(self) -> None:
-        self.index = {g: i for i, g in enumerate(self.groups)}
-
-    def cell(self, g: str, h: str, port: str) -> tuple[int, int]:
-        i, j = self.index[g], self.index[h]
-        return int(self.allowed[self.ports.index(port), i, j]), int(self.totals[i, j])
-
-    def fraction(self, g: str, h: str, port: str | None = None) -> float | None:
-        i, j = self.index[g], self.index[h]
-        total = int(self.totals[i, j]) * (1 if port is not None else len(self.ports))
-        if total == 0:
-            return None
-        allowed = self.allowed[self.ports.index(port), i, j] if port is not None else self.allowed[:, i, j].sum()
-        return float(allowed) / total
-
-
-def group_matrix(conn: Connectivity, ports: Sequence[tuple[int, PortProtocol]], group_by: str,
-                 progress: Progress | None = None) -> GroupMatrix:
-    """Aggregate the class matrix into groups with numpy; cost is classes², not pods².
-
-    With W[g, c] = number of endpoints of class c in group g, allowed pairs are
-    W · M · Wᵀ, minus the pairs of an endpoint with itself on the diagonal (a
-    class's verdict is for *distinct* members)."""
-    part = conn.partition
-    members: dict[str, list[Endpoint]] = {}
-    for ep in part.endpoints:
-        members.setdefault(group_key(ep, group_by), []).append(ep)
-    groups = sorted(members)
-    gi = {g: i for i, g in enumerate(groups)}
-    # (class, group) -> endpoint count, as arrays sorted by group for np.add.reduceat.
-    counts: dict[tuple[int, int], int] = {}
-    for g, eps in members.items():
-        for ep in eps:
-            key = (part.class_of[ep.key], gi[g])
-            counts[key] = counts.get(key, 0) + 1
-    entries = sorted(counts.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    ent_c = np.array([c for (c, _), _ in entries], dtype=np.intp)
-    ent_g = np.array([g for (_, g), _ in entries], dtype=np.intp)
-    ent_n = np.array([n for _, n in entries], dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, ent_g[1:] != ent_g[:-1]])
-    sizes = np.bincount(ent_g, weights=ent_n, minlength=len(groups)).astype(np.int64)
-    totals = np.outer(sizes, sizes) - np.diag(sizes)
-    labels = [f"{n}/{p}" for n, p in ports]
-    out = np.zeros((len(ports), len(groups), len(groups)), dtype=np.int64)
-    for k, (number, proto) in enumerate(ports):
-        m = conn.matrix(proto, number)
-        # Columns: per source class, allowed destination endpoints in each group (row blocks
-        # keep the intermediate small); then rows: per group pair.
-        per_class = np.empty((part.size, len(groups)), dtype=np.int64)
-        for lo in range(0, part.size, 512):
-            block = m[lo:lo + 512][:, ent_c] * ent_n
-            per_class[lo:lo + 512] = np.add.reduceat(block, starts, axis=1)
-        allowed = np.add.reduceat(per_class[ent_c] * ent_n[:, None], starts, axis=0)
-        # An endpoint paired with itself is not a pair: take those back off the diagonal.
-        np.subtract.at(allowed, (ent_g, ent_g), ent_n * m[ent_c, ent_c])
-        out[k] = allowed
-        if progress:
-            progress(k + 1, len(ports))
-    return GroupMatrix(groups, members, labels, out, totals)
-
-
-def declared_ports(inventory: Inventory) -> list[tuple[int, PortProtocol]]:
-    """Every (port, protocol) some endpoint declares: the default ports of a matrix."""
-    return sorted({(p.port, p.protocol) for ep in inventory.endpoints for p in ep.ports})

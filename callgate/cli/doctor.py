@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from callgate.cli.common import InventoryOpt, fail
-from callgate.cli.engine import BackendOpt, NodeOpt, load
+from callgate.cli.common import InventoryOpt, fail, require_paths, usage_error
+from callgate.cli.engine import BackendOpt, NodeOpt
 from callgate.compiler import Compiler
 from callgate.enforcers import get_enforcer, guard
 from callgate.errors import KernelError
-from callgate.policy import PolicySet
+from callgate.policy import PolicySet, load_inventory
 
 
 def doctor(
@@ -31,7 +31,9 @@ def doctor(
 
     Example: callgate doctor --node node-1 -i inventory.yaml
     """
-    inv, _ = load(inventory, [])
+    if not inventory:
+        usage_error("--inventory / -i is required")
+    inv = load_inventory(require_paths("'--inventory' / '-i'", inventory))
     if node not in inv.nodes():
         fail(f"node {node!r} runs no endpoint in the inventory (nodes: {', '.join(inv.nodes()) or 'none'})")
     ruleset = Compiler(PolicySet(), inv).compile(node)

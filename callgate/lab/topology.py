@@ -172,7 +172,7 @@ class LabState:
                 netns = f"{NETNS_DIR}/{pod.netns}" if pod.interface is None else None
                 ep = dataclasses.replace(ep, interface=pod.interface, netns=netns)
             endpoints.append(ep)
-        return Inventory(inventory.namespaces, tuple(endpoints))
+        return dataclasses.replace(inventory, endpoints=tuple(endpoints))
 
     def netns(self) -> list[str]:
         return [self.fabric, *(n.netns for n in self.nodes), *(p.netns for p in self.pods)]

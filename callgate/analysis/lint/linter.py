@@ -15,9 +15,9 @@ from pathlib import Path
 from callgate.analysis.lint.findings import Finding
 from callgate.analysis.lint.rules import BY_ID, Severity
 from callgate.errors import InputError, Problem
-from callgate.policy.documents import Document, files_under, format_path, read_documents
+from callgate.policy.documents import INVENTORY_KINDS, POLICY_KINDS, Document, files_under, format_path, read_documents
 from callgate.policy.loader import parse_policy_document
-from callgate.policy.model import Direction, Inventory, Policy
+from callgate.policy.model import ClusterPolicy, Direction, Inventory, Policy
 from callgate.policy.native import ParsedApp, compile_apps
 from callgate.policy.positions import FieldPath, Positions
 
@@ -31,47 +31,78 @@ class Item:
     """One parsed policy object with its document."""
 
     doc: Document
-    kind: str  # "NetworkPolicy" or "App"
+    kind: str  # "NetworkPolicy", "App", or a cluster policy's kind ("ClusterNetworkPolicy", ...)
     obj: str  # display name, e.g. "NetworkPolicy x/web"
     policy: Policy | None = None  # the compiled policy (Apps: set after compiling all Apps)
     app: ParsedApp | None = None
     # Apps: compiled ingress rule i came from spec.callers[caller_index[i]].
     caller_index: tuple[int, ...] = ()
+    cluster: ClusterPolicy | None = None  # a ClusterNetworkPolicy (or a v1alpha1 kind read as one)
 
     @property
     def key(self) -> tuple[str, str]:
         """What the API server keeps one of: kind, namespace and name."""
-        parsed = self.policy if self.policy is not None else self.app
-        assert parsed is not None, "an item is a parsed NetworkPolicy or App"
+        parsed = self.policy if self.policy is not None else self.app if self.app is not None else self.cluster
+        assert parsed is not None, "an item is a parsed NetworkPolicy, App or cluster policy"
         return self.kind, parsed.key
 
     def rule_path(self, direction: Direction, index: int) -> FieldPath:
         """Where compiled rule ``index`` is written in the document."""
-        if self.kind == "NetworkPolicy":
+        if self.kind == "NetworkPolicy" or self.cluster is not None:
             return ("spec", DIRECTION_KEYS[direction][0], index)
         if direction is Direction.INGRESS and index < len(self.caller_index):
             return ("spec", "callers", self.caller_index[index])
         return ("metadata", "name")  # an App's egress comes from other Apps' callers
 
     def peer_path(self, direction: Direction, index: int, peer: int) -> FieldPath:
-        if self.kind == "NetworkPolicy":
+        if self.kind == "NetworkPolicy" or self.cluster is not None:
             key, peers = DIRECTION_KEYS[direction]
             return ("spec", key, index, peers, peer)
         return self.rule_path(direction, index)
 
     def selector_path(self) -> FieldPath:
+        if self.cluster is not None:
+            return ("spec", "subject")
         return ("spec", "podSelector") if self.kind == "NetworkPolicy" else ("spec", "selector")
+
+
+def other_kind(data: object) -> bool:
+    """A document that is neither a policy nor an inventory object, nor a near miss
+    of one: a CI workflow, Helm values, a Deployment. Near misses (kind NetworkPolicy
+    or App under another apiVersion, any kind of the callgate API group) are still
+    linted, so a typo in apiVersion is reported (CG002) rather than skipped."""
+    if not isinstance(data, dict):
+        return True
+    api, kind = data.get("apiVersion"), data.get("kind")
+    if (api, kind) in POLICY_KINDS or (api, kind) in INVENTORY_KINDS:
+        return False
+    near = kind in ("NetworkPolicy", "App") or (isinstance(api, str) and api.split("/")[0] == "callgate")
+    return not near
+
+
+def _mentions_policies(path: Path) -> bool:
+    """Whether a file that does not parse is probably meant as a policy file."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    return "NetworkPolicy" in text or "callgate/" in text
 
 
 class Linter:
     """Reads documents into items; collects findings (checks call :meth:`report`)."""
 
-    def __init__(self, inventory: Inventory | None = None, inventory_paths: Sequence[str] = ()) -> None:
+    def __init__(self, inventory: Inventory | None = None, inventory_paths: Sequence[str] = (),
+                 skip_other_kinds: bool = False) -> None:
         self.inventory = inventory
         self.inventory_paths = list(inventory_paths)
+        # Lint every YAML/JSON file of a repository (the pre-commit hook): documents
+        # of other tools and other Kubernetes kinds are not policies, not mistakes.
+        self.skip_other_kinds = skip_other_kinds
         self.findings: list[Finding] = []
         self.items: list[Item] = []
         self.files: list[str] = []
+        self.skipped: list[str] = []  # files without a policy or inventory document (skip_other_kinds)
         self.positions = Positions()
 
     def report(self, rule: str, message: str, item: Item | None = None, path: Sequence[str | int] = (),
@@ -101,13 +132,22 @@ class Linter:
 
     def read(self, paths: Iterable[str | Path]) -> None:
         for path in files_under(paths):
-            self.files.append(str(path))
             try:
                 docs = list(read_documents(path))
             except InputError as err:
+                if self.skip_other_kinds and not _mentions_policies(path):
+                    self.skipped.append(str(path))  # e.g. a tsconfig.json with comments: not ours
+                    continue
+                self.files.append(str(path))
                 for p in err.problems:
                     self.problem(p)
                 continue
+            if self.skip_other_kinds:
+                docs = [d for d in docs if not other_kind(d.data)]
+                if not docs:
+                    self.skipped.append(str(path))
+                    continue
+            self.files.append(str(path))
             for doc in docs:
                 self._read_doc(doc)
 
@@ -122,6 +162,8 @@ class Linter:
             self.items.append(Item(doc, "NetworkPolicy", parsed.display, policy=parsed))
         elif isinstance(parsed, ParsedApp):
             self.items.append(Item(doc, "App", f"App {parsed.key}", app=parsed))
+        elif isinstance(parsed, ClusterPolicy):
+            self.items.append(Item(doc, parsed.kind, parsed.display, cluster=parsed))
 
     def drop_duplicates(self) -> None:
         """Report and leave out every object whose kind, namespace and name came before."""

@@ -5,23 +5,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from callgate.analysis.lint.checks import document, inventory, redundancy
+from callgate.analysis.lint.checks import document, inventory, redundancy, tiers
 from callgate.analysis.lint.config import LintConfig, apply_suppressions
 from callgate.analysis.lint.findings import Finding, LintResult
 from callgate.analysis.lint.linter import Linter
+from callgate.policy.documents import files_under
 from callgate.policy.model import Inventory
 
 
 def lint(paths: Iterable[str | Path], inventory: Inventory | None = None, config: LintConfig | None = None,
-         inventory_paths: Sequence[str] = ()) -> LintResult:
+         inventory_paths: Sequence[str] = (), skip_other_kinds: bool = False) -> LintResult:
     """Lint policy files and directories; never raises for problems *in* the files
-    (only for paths that do not exist)."""
-    linter = Linter(inventory, inventory_paths)
+    (only for paths that do not exist). ``skip_other_kinds``: see :func:`other_kind`."""
+    linter = Linter(inventory, inventory_paths, skip_other_kinds)
     linter.read(paths)
     linter.drop_duplicates()
     linter.compile_apps()
     run_checks(linter, config or LintConfig())
-    return LintResult(sorted(linter.findings, key=Finding.sort_key), linter.files)
+    inventory_files = [str(p) for p in files_under(inventory_paths)] if inventory_paths else []
+    return LintResult(sorted(linter.findings, key=Finding.sort_key), linter.files, inventory_files, linter.skipped)
 
 
 def run_checks(linter: Linter, config: LintConfig) -> None:
@@ -30,9 +32,13 @@ def run_checks(linter: Linter, config: LintConfig) -> None:
     for item in linter.items:
         document.check(linter, item)
     compiled = [i for i in linter.items if i.policy is not None]
+    cluster = [i for i in linter.items if i.cluster is not None]
+    cluster_policies = tuple(i.cluster for i in cluster if i.cluster is not None)
     reported: redundancy.Reported = set()
+    tiers.check(linter, cluster)
     if linter.inventory is not None:
-        inventory.check(linter, compiled)
-        reported = redundancy.exact(linter, compiled)
+        inventory.check(linter, compiled, cluster_policies)
+        tiers.check_inventory(linter, cluster)
+        reported = redundancy.exact(linter, compiled, cluster_policies)
     redundancy.syntactic(linter, compiled, reported)
     linter.findings = apply_suppressions(linter.findings, (i.doc for i in linter.items), config)
