@@ -75,10 +75,10 @@ from bench.soak_model import (
     synthetic_pod,
 )
 from bench.soak_report import judge, load_samples, write_report
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.compiler import Compiler
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import LibNftables
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.watchers.k8s_convert import KIND_NAMES, KINDS, assemble, convert
 from tests.fake_apiserver import FakeAPIServer
 

@@ -19,6 +19,7 @@ says so in one clear log line (or, for a command, one error message).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -33,7 +34,6 @@ from typing import Any
 
 import pytest
 
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.lock import AgentLock, LockError
 from callgate.agent.metrics import AgentMetrics
 from callgate.agent.reactor import Reactor, ReactorConfig
@@ -44,6 +44,7 @@ from callgate.enforcers.iptables.fake import FakeIptables
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
 from callgate.enforcers.nft.kernel import Command, LibNftables
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.errors import KernelError
 from tests.helpers import write
 from tests.test_agent_reactor import A_FROM_B, C_FROM_B, NODE, WAIT, inventory, snap
@@ -127,8 +128,7 @@ def test_an_interface_the_backend_cannot_write_is_one_clear_line(caplog: pytest.
         send(r, snap())
         bad = inventory()
         bad = type(bad)(bad.namespaces, tuple(
-            e if e.key != "x/a" else type(e)(e.name, e.namespace, e.labels, e.node, e.ips, "@cga0", e.ports)
-            for e in bad.endpoints))
+            e if e.key != "x/a" else dataclasses.replace(e, interface="@cga0") for e in bad.endpoints))
         with caplog.at_level(logging.INFO, logger="callgate"):
             send(r, snap(inv=bad))
         errors = agent_records(caplog, logging.WARNING)
@@ -310,8 +310,7 @@ def test_a_veth_gone_between_compile_and_apply(make_netns: Callable[[], str], tm
     subprocess.run([*sh, "route", "add", "198.18.1.10/32", "dev", "cgv0"], check=True)
     inv = inventory()
     inv = type(inv)(inv.namespaces, tuple(
-        type(e)(e.name, e.namespace, e.labels, e.node, e.ips, None if e.key == "x/a" else e.interface, e.ports)
-        for e in inv.endpoints))
+        dataclasses.replace(e, interface=None) if e.key == "x/a" else e for e in inv.endpoints))
     enforcer = NftablesEnforcer(LibNftables(node))
     real_apply = enforcer.apply
     gone = [False]

@@ -218,7 +218,10 @@ def test_dry_run_prints_a_big_transaction_quickly(tmp_path: Path) -> None:
     path = write(tmp_path, "p.yaml", POLICY_HEAD + (
         "spec:\n  podSelector: {matchLabels: {pod: a}}\n"
         "  ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/16, except: [198.18.5.0/24]}}]}]\n"))
-    with mock.patch("callgate.cli.engine.get_enforcer", lambda *_a, **_k: NftablesEnforcer(FakeNftKernel())):
+    # The in-memory kernel, and no look at this host's interfaces (the guard would
+    # refuse the standard model's endpoints, which have no veths here).
+    with mock.patch("callgate.cli.engine.get_enforcer", lambda *_a, **_k: NftablesEnforcer(FakeNftKernel())), \
+            mock.patch("callgate.cli.engine.prepare", lambda *_a, **_k: None):
         start = time.perf_counter()
         result = run_cli(["apply", "-i", str(STANDARD_INVENTORY), "-p", str(path), "--node", "node-1", "--dry-run"])
         seconds = time.perf_counter() - start

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 from dataclasses import dataclass
 
-from callgate.enforcers.netns import enter_netns
+from callgate.enforcers.netns import run_in
 
 NAME = "callgate-agent"
 
@@ -43,28 +42,14 @@ class AgentLock:
 
     @classmethod
     def acquire(cls, netns: str | None) -> AgentLock:
-        result: list[socket.socket | LockError] = []
-
-        def bind() -> None:
-            # A socket belongs to the network namespace of the thread that creates it,
-            # so it is made on a thread of its own that enters the namespace first.
-            try:
-                if netns is not None:
-                    enter_netns(netns)
-                result.append(_bind())
-            except OSError as exc:
-                where = f"network namespace {netns}" if netns else "this network namespace"
-                result.append(LockError(f"cannot take the agent lock in {where}: {exc.strerror}"))
-            except LockError as exc:
-                result.append(exc)
-
-        thread = threading.Thread(target=bind, name="callgate-agent-lock")
-        thread.start()
-        thread.join()
-        outcome = result[0]
-        if isinstance(outcome, LockError):
-            raise outcome
-        return cls(outcome)
+        """Take the lock of ``netns`` (None: this process's network namespace).
+        A socket belongs to the namespace of the thread that creates it, so it is
+        made on a thread inside ``netns``."""
+        try:
+            return cls(run_in(netns, _bind))
+        except OSError as exc:
+            where = f"network namespace {netns}" if netns else "this network namespace"
+            raise LockError(f"cannot take the agent lock in {where}: {exc.strerror}") from None
 
     def release(self) -> None:
         if self.sock is not None:

@@ -91,15 +91,17 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
          fail_closed_prefix: str | None, metrics_address: str, coalesce_ms: int) -> None:
     """The agent proper, once its options are valid and it holds the lock."""
     from callgate.agent import logging as agent_logging
-    from callgate.agent.interfaces import InterfaceResolver
     from callgate.agent.metrics import AgentMetrics, StatusServer
     from callgate.agent.reactor import Reactor, ReactorConfig
+    from callgate.enforcers import guard
+    from callgate.enforcers.routes import InterfaceResolver
 
     enforcer = _enforcer(backend, netns, fail_closed_prefix)
     metrics = AgentMetrics()
     metrics.watch_enforcer(enforcer)  # per-policy rule counters (nft; iptables has none)
     reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000),
-                      enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics)
+                      enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics,
+                      guard=lambda ruleset: guard.check(ruleset, netns, enforcer.name))
     try:
         http = StatusServer(metrics_address, metrics, reactor)
     except OSError as exc:

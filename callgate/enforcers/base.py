@@ -23,6 +23,13 @@ from callgate.errors import InputError, Problem
 # full: everything callgate owns was rewritten (or, for a dry run, would be).
 ApplyMode = Literal["noop", "incremental", "full"]
 
+# Where a backend enforces. "node": in the node's network namespace, on the
+# forward hook, for every local endpoint with a host-side interface (routed
+# veths and bridge ports alike, dispatched by address). "netns": inside one
+# endpoint's own network namespace, on the input and output hooks (macvlan,
+# ipvlan: no host-side interface, no host hook on the path).
+Placement = Literal["node", "netns"]
+
 
 class Transaction(Protocol):
     @property
@@ -75,9 +82,10 @@ class FailClosed:
 
     @classmethod
     def build(cls, prefix: str, ruleset: RuleSet, known: Iterable[str] = ()) -> FailClosed:
-        # Endpoints with chains are always known; the caller adds the others
-        # (non-isolated endpoints are not in the RuleSet).
-        return cls(check_fail_closed_prefix(prefix), tuple(sorted({*known, *(e.interface for e in ruleset.endpoints)})))
+        # The RuleSet's local endpoints are always known; the caller may add
+        # more interfaces (the agent: every interface it resolved).
+        local = (le.interface for le in ruleset.local if le.interface is not None)
+        return cls(check_fail_closed_prefix(prefix), tuple(sorted({*known, *local})))
 
 
 def refuse_interfaces(ruleset: RuleSet, fail_closed: FailClosed | None, problem: Callable[[str], str | None]) -> None:
@@ -85,8 +93,10 @@ def refuse_interfaces(ruleset: RuleSet, fail_closed: FailClosed | None, problem:
     ones) that a backend cannot write, ``problem`` saying why, before anything reaches
     the kernel. Interface names are validated upstream for all backends; each backend
     has a name or two its own syntax reads as something else."""
-    problems = [Problem(why, object=f"endpoint {ep.endpoint}", field="interface")
-                for ep in ruleset.endpoints if (why := problem(ep.interface))]
+    interfaces = {le.endpoint: le.interface for le in ruleset.local if le.interface is not None}
+    interfaces.update((ep.endpoint, ep.interface) for ep in ruleset.endpoints if ep.interface is not None)
+    problems = [Problem(why, object=f"endpoint {endpoint}", field="interface")
+                for endpoint, iface in sorted(interfaces.items()) if (why := problem(iface))]
     problems += [Problem(why, object="known interfaces")
                  for iface in (fail_closed.known if fail_closed else ()) if (why := problem(iface))]
     if problems:
@@ -108,6 +118,7 @@ class RuleCounters:
 
     by_rule: Mapping[str, tuple[int, int]]  # rule id -> (packets, bytes), summed over the rules carrying it
     fail_closed_dropped: int = 0  # packets the fail-closed rules dropped
+    spoofed_dropped: int = 0  # packets anti-spoofing dropped (sent from an address not the endpoint's own)
 
 
 _UNSAFE_COMMENT = re.compile(r"[^\x20-\x7e]|[\"'\\]")

@@ -30,6 +30,10 @@ from callgate.policy.model import (
 from callgate.policy.networkpolicy import object_name, problems_from
 from callgate.policy.positions import FieldPath
 
+# Pod annotations that say where a pod's traffic can be seen on its node.
+INTERFACE_ANNOTATION = "callgate.io/interface"  # the host-side interface (veth)
+NETNS_ANNOTATION = "callgate.io/netns"  # the pod's network namespace file (macvlan, ipvlan)
+
 
 class PortModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -45,6 +49,7 @@ class EndpointModel(BaseModel):
     labels: v.Labels = Field(default_factory=dict)
     node: str | None = None
     interface: v.InterfaceName | None = None
+    netns: v.NetnsPath | None = None
     ips: list[v.IPAddressText] = Field(default_factory=list)
     ports: list[PortModel] = Field(default_factory=list)
 
@@ -82,9 +87,6 @@ class PodStatusModel(K8sObjectModel):
     podIPs: list[PodIPModel] | None = None
 
 
-INTERFACE_ANNOTATION = "callgate.io/interface"
-
-
 class PodMetadataModel(K8sObjectModel):
     name: v.DnsSubdomain
     namespace: v.DnsLabel = "default"
@@ -93,10 +95,15 @@ class PodMetadataModel(K8sObjectModel):
 
     @field_validator("annotations")
     @classmethod
-    def _interface(cls, annotations: dict[str, str] | None) -> dict[str, str] | None:
+    def _placement(cls, annotations: dict[str, str] | None) -> dict[str, str] | None:
+        """The annotations that say where the pod's traffic is seen are checked as the
+        inventory's own fields are."""
         iface = (annotations or {}).get(INTERFACE_ANNOTATION)
         if iface is not None and (err := v.interface_name(iface)):
             raise ValueError(f"{INTERFACE_ANNOTATION}: {err}")
+        netns = (annotations or {}).get(NETNS_ANNOTATION)
+        if netns is not None and (err := v.netns_path(netns)):
+            raise ValueError(f"{NETNS_ANNOTATION}: {err}")
         return annotations
 
 
@@ -227,7 +234,7 @@ class InventoryBuilder:
         for i, e in enumerate(model.endpoints):
             ep = Endpoint(
                 name=e.name, namespace=e.namespace, labels=e.labels, node=e.node,
-                ips=tuple(ipaddress.ip_address(ip) for ip in e.ips), interface=e.interface,
+                ips=tuple(ipaddress.ip_address(ip) for ip in e.ips), interface=e.interface, netns=e.netns,
                 ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
             )
             self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i, "name"), ("endpoints", i, "ips"))
@@ -275,6 +282,7 @@ class InventoryBuilder:
         ep = Endpoint(name=meta.name, namespace=meta.namespace, labels=meta.labels or {}, node=spec.nodeName,
                       ips=tuple(ipaddress.ip_address(ip) for ip in ips),
                       interface=(meta.annotations or {}).get(INTERFACE_ANNOTATION),
+                      netns=(meta.annotations or {}).get(NETNS_ANNOTATION),
                       ports=tuple(NamedPort(p.name, p.containerPort, p.protocol)
                                   for c in spec.containers or () for p in c.ports or ()))
         self.endpoint(ep, doc, obj, ("metadata", "name"), ("status", "podIPs" if state.podIPs else "podIP"))
@@ -313,6 +321,31 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
                 f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {shown_kind(api, kind)}",
                 obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",)))
     return builder.finish()
+
+
+def inventory_document(inventory: Inventory) -> dict[str, Any]:
+    """``inventory`` as a callgate/v1 Inventory document (what load_inventory reads back)."""
+    def endpoint(ep: Endpoint) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": ep.name, "namespace": ep.namespace, "labels": dict(ep.labels)}
+        if ep.node is not None:
+            doc["node"] = ep.node
+        if ep.interface is not None:
+            doc["interface"] = ep.interface
+        if ep.netns is not None:
+            doc["netns"] = ep.netns
+        doc["ips"] = [str(ip) for ip in ep.ips]
+        doc["ports"] = [{**({"name": p.name} if p.name else {}), "port": p.port, "protocol": p.protocol}
+                        for p in ep.ports]
+        return doc
+
+    doc: dict[str, Any] = {
+        "apiVersion": "callgate/v1", "kind": "Inventory",
+        "namespaces": {name: {"labels": dict(ns.labels)} for name, ns in sorted(inventory.namespaces.items())},
+        "endpoints": [endpoint(ep) for ep in inventory.endpoints]}
+    if inventory.node_info:  # ClusterNetworkPolicy nodes peers select through them
+        doc["nodes"] = {name: {"labels": dict(node.labels), "addresses": [str(a) for a in node.addresses]}
+                        for name, node in sorted(inventory.node_info.items())}
+    return doc
 
 
 def inventory_from_dict(data: dict[str, Any], name: str = "<inventory>") -> Inventory:
