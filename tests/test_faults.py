@@ -206,6 +206,12 @@ def big_rulesets(tmp_path: Path, pods: int) -> tuple[Path, Path, Path]:
     return inv, pol("old", "0", 80), pol("new", "1", 81)
 
 
+def host_veth(netns: str, name: str = "cga0") -> None:
+    """The local endpoint's host-side veth, which apply's guard looks for in the node's
+    namespace (both ends stay in it: nothing needs to flow)."""
+    subprocess.run(["ip", "-n", netns, "link", "add", name, "type", "veth", "peer", "name", f"{name}p"], check=True)
+
+
 @pytest.mark.kernel
 def test_apply_killed_mid_transaction_leaves_old_or_new(netns: str, tmp_path: Path) -> None:
     """SIGKILL at random moments of `callgate apply` (a 30,000-element table each way):
@@ -213,6 +219,7 @@ def test_apply_killed_mid_transaction_leaves_old_or_new(netns: str, tmp_path: Pa
     from callgate.policy import load_inventory, load_policies
 
     inv, old, new = big_rulesets(tmp_path, 30_000)
+    host_veth(netns)
     inventory = load_inventory(inv)
     rulesets = {p: Compiler(load_policies(p), inventory).compile(NODE) for p in (old, new)}
     enforcer = NftablesEnforcer(LibNftables(netns))
@@ -246,6 +253,7 @@ def test_apply_killed_mid_transaction_leaves_old_or_new(netns: str, tmp_path: Pa
 def test_without_net_admin_apply_is_refused_and_changes_nothing(netns: str, tmp_path: Path) -> None:
     """EPERM from the kernel: the message says so and what callgate needs; the table stays."""
     inv, old, new = big_rulesets(tmp_path, 10)
+    host_veth(netns)
     assert subprocess.run([CALLGATE, "apply", "-i", str(inv), "-p", str(old), "--node", NODE, "--netns", netns],
                           capture_output=True).returncode == 0
     enforcer = NftablesEnforcer(LibNftables(netns))
@@ -361,6 +369,7 @@ def test_the_lock_is_one_per_network_namespace(make_netns: Callable[[], str]) ->
 @pytest.mark.kernel
 def test_a_second_agent_exits_and_changes_nothing(netns: str, tmp_path: Path) -> None:
     inv, old, new = big_rulesets(tmp_path, 10)
+    host_veth(netns)
     base = [CALLGATE, "agent", "--node", NODE, "-i", str(inv), "--netns", netns, "--resync", "1"]
     first = subprocess.Popen([*base, "-p", str(old), "--metrics-address", "127.0.0.1:0"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
