@@ -38,6 +38,13 @@ One worker thread does all kernel work, so transactions never interleave:
 * **Interfaces.** Local endpoints without an interface in the inventory are
   resolved from the node's routes; unresolved ones are retried every
   ``retry`` seconds and stay unprogrammed (dropped, in fail-closed mode).
+* **CNI attachments.** What CNI ADD reports (pod, sandbox, host interface,
+  addresses; :mod:`callgate.agent.attachments`) is laid over the source's
+  inventory, and an ADD or DEL syncs at once, like a source event: the pod is
+  programmed before kubelet writes its address to the API.
+* **Kernel checks.** :meth:`Reactor.verify` (CNI CHECK, the ADD answer,
+  ``/programmed``) has the worker compare the live table with what it applied,
+  now, and repair a difference at once rather than at the next resync.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.agent.attachments import Attachment, Attachments
 from callgate.agent.failclosed import Programmed
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
@@ -76,6 +84,22 @@ class ReactorConfig:
 
 
 @dataclass(frozen=True)
+class KernelCheck:
+    """One look at the live table: did it hold what was applied, and if not,
+    was it replaced."""
+
+    live_ok: bool
+    repaired: bool
+    reason: str
+
+
+class _CheckTicket:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result = KernelCheck(False, False, "the agent stopped before checking the kernel")
+
+
+@dataclass(frozen=True)
 class LastSync:
     """The last successful sync: the snapshot, the RuleSet it became and the
     interfaces it was applied with (the enforcer's ``applied`` says what the
@@ -95,6 +119,9 @@ class Reactor:
         self.resolver = resolver
         self.metrics = metrics or AgentMetrics()
         self.programmed = Programmed()
+        self.attachments = Attachments()
+        self._attachments_changed = False
+        self._checks: list[_CheckTicket] = []
         self._cond = threading.Condition()
         self._event: Snapshot | SourceProblem | None = None
         self._first_event_at: float | None = None
@@ -128,6 +155,25 @@ class Reactor:
             self._last_event_at = now
             self._cond.notify_all()
 
+    def attach(self, attachment: Attachment) -> None:
+        """CNI ADD: lay ``attachment`` over the inventory and sync soon (coalesced like events)."""
+        self.attachments.add(attachment)
+        self._attachments_moved()
+
+    def detach(self, pod: str, container_id: str) -> None:
+        """CNI DEL of a sandbox."""
+        if self.attachments.remove(pod, container_id):
+            self._attachments_moved()
+
+    def _attachments_moved(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self._attachments_changed = True
+            if self._first_event_at is None:
+                self._first_event_at = now
+            self._last_event_at = now
+            self._cond.notify_all()
+
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
@@ -141,6 +187,10 @@ class Reactor:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._cond:
+            for ticket in self._checks:
+                ticket.done.set()
+            self._checks.clear()
 
     # -- status (HTTP) -------------------------------------------------------
 
@@ -159,8 +209,46 @@ class Reactor:
         digest = self.enforcer.applied.digest[:12] if self.enforcer.applied else "?"
         return True, f"ok: enforcing digest {digest}"
 
+    def verify(self, timeout: float = 30.0) -> KernelCheck:
+        """Have the worker compare the live table with what it applied, now, and
+        repair it at once if it differs. Concurrent callers share one check."""
+        ticket = _CheckTicket()
+        with self._cond:
+            if self._stop:
+                return ticket.result
+            self._checks.append(ticket)
+            self._cond.notify_all()
+        if not ticket.done.wait(timeout):
+            return KernelCheck(False, False, f"the agent did not get to check the kernel within {timeout:g}s")
+        return ticket.result
+
     def wait_programmed(self, pod: str, interface: str | None, timeout: float) -> tuple[bool, str]:
-        return self.programmed.wait(pod, interface, timeout)
+        """Wait until ``pod`` is programmed, then confirm it with the live table
+        (repaired first if it had drifted: then the pod is programmed again)."""
+        deadline = time.monotonic() + timeout
+        ok, why = self.programmed.wait(pod, interface, timeout)
+        if not ok:
+            return ok, why
+        check = self.verify(max(deadline - time.monotonic(), 5.0))
+        if not (check.live_ok or check.repaired):
+            return False, f"{why}, but {check.reason}"
+        return self._still_programmed(pod, interface, why, check)
+
+    def check_programmed(self, pod: str, interface: str | None) -> tuple[bool, str]:
+        """CNI CHECK: programmed, and the live table held the rules when asked. A
+        drifted table is a failure even though it is repaired at once."""
+        ok, why = self.programmed.wait(pod, interface, 0.0)
+        if not ok:
+            return ok, why
+        check = self.verify()
+        if not check.live_ok:
+            return False, check.reason
+        return self._still_programmed(pod, interface, why, check)
+
+    def _still_programmed(self, pod: str, interface: str | None, why: str, check: KernelCheck) -> tuple[bool, str]:
+        # The check may have re-synced (a repair): ask the published state again.
+        ok, now = self.programmed.wait(pod, interface, 0.0)
+        return (True, f"{now}; {check.reason}") if ok else (False, now)
 
     # -- the worker ----------------------------------------------------------
 
@@ -172,15 +260,24 @@ class Reactor:
                 if self._stop:
                     return "stop", None, None
                 now = time.monotonic()
-                if self._event is not None:
+                attached = self._attachments_changed and self.snapshot is not None
+                if self._event is not None or attached:
                     first = self._first_event_at or now
                     # The burst ends when quiet long enough, or when it has gone on too long.
                     due = min(self._last_event_at + cfg.coalesce, first + cfg.max_delay)
                     if now >= due:
-                        event, self._event, self._first_event_at = self._event, None, None
+                        self._first_event_at = None
+                        if self._event is None:  # only attachments moved: the same snapshot again
+                            self._attachments_changed = False
+                            return "event", self.snapshot, first
+                        event, self._event = self._event, None
+                        if isinstance(event, Snapshot):
+                            self._attachments_changed = False
                         return "event", event, first
                     self._cond.wait(due - now)
                     continue
+                if self._checks:
+                    return "check", None, None
                 interval = cfg.retry if (self.unresolved or self.apply_error) else cfg.resync
                 due = self._last_check + interval
                 if now >= due and self.snapshot is not None:
@@ -193,6 +290,9 @@ class Reactor:
             kind, event, first = self._next()
             if kind == "stop":
                 break
+            if kind == "check":
+                self._kernel_check()
+                continue
             try:
                 if kind == "resync":
                     self._resync()
@@ -249,12 +349,52 @@ class Reactor:
                      applied_digest=self.enforcer.applied.digest if self.enforcer.applied else None)
         self._sync(self.snapshot, None, full=drift)
 
+    def _kernel_check(self) -> None:
+        """Answer every pending :meth:`verify` with one look at the live table."""
+        with self._cond:
+            tickets, self._checks = self._checks, []
+        try:
+            result = self._compare_and_repair()
+        except Exception as exc:  # the kernel said no: the waiters hear why, the worker lives on
+            log.exception("kernel check failed", extra={"fields": {"node": self.config.node}})
+            result = KernelCheck(False, False, f"cannot read the live table: {type(exc).__name__}: {exc}")
+        for ticket in tickets:
+            ticket.result = result
+            ticket.done.set()
+
+    def _compare_and_repair(self) -> KernelCheck:
+        last = self.last_sync
+        if last is None or self.snapshot is None:
+            return KernelCheck(False, False, self.apply_error or "no ruleset applied yet")
+        if self.enforcer.in_sync(last.ruleset, last.known):
+            digest = self.enforcer.applied.digest[:12] if self.enforcer.applied else "?"
+            return KernelCheck(True, False, f"the live table holds the applied rules (digest {digest})")
+        self.repairs += 1
+        self.metrics.drift_repairs.inc()
+        _log(logging.WARNING, "drift found by a kernel check: the live table differs from what was applied; repairing",
+             node=self.config.node, live_digest=self.enforcer.live_digest(),
+             applied_digest=self.enforcer.applied.digest if self.enforcer.applied else None)
+        reason = "the live table differed from what the agent applied (deleted or changed)"
+        try:
+            self._sync(self.snapshot, None, full=True)
+        except Exception as exc:
+            self.apply_error = f"{type(exc).__name__}: {exc}"
+            self.metrics.apply_errors.inc()
+            log.exception("repair failed; will retry", extra={"fields": {"node": self.config.node}})
+            return KernelCheck(False, False, f"{reason}; the repair failed: {self.apply_error}")
+        finally:
+            self._last_check = time.monotonic()
+        return KernelCheck(False, True, f"{reason}; replaced it")
+
     def _bind(self, inventory: Inventory) -> tuple[Inventory, dict[str, str], dict[str, str]]:
-        """The inventory with every resolvable local interface filled in."""
+        """The inventory with the CNI attachments laid over it and every
+        resolvable local interface filled in."""
+        inventory, waiting = self.attachments.overlay(inventory, self.config.node)
         local = [ep for ep in inventory.endpoints if ep.node == self.config.node]
         found = self.resolver.resolve(local)
         unresolved = {ep.key: "no interface in the inventory and no host route to "
                       + (", ".join(str(i) for i in ep.ips) or "it (no IP)") for ep in local if ep.key not in found}
+        unresolved.update(waiting)
         if all(ep.interface == found.get(ep.key) for ep in local):
             return inventory, found, unresolved
         endpoints = tuple(dataclasses.replace(ep, interface=found[ep.key]) if ep.node == self.config.node
