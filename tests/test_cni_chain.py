@@ -12,6 +12,7 @@ Policy: in namespace ``shop``, pods ``app=web`` accept TCP 80 only from
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -210,3 +211,28 @@ def test_without_the_agent_add_fails_fast_and_del_succeeds(node: Node, tmp_path:
 def test_plugin_binary_is_static(plugin: Path) -> None:
     out = subprocess.run(["file", str(plugin)], capture_output=True, text=True).stdout
     assert "statically linked" in out, out
+
+
+def test_a_fresh_install_puts_a_working_gate_in_place(node: Node, tmp_path: Path, plugin: Path) -> None:
+    """`callgate cni install` on a node whose network is ptp: the runtime then runs the gate."""
+    from typer.testing import CliRunner
+
+    from callgate.cli.main import app
+    from tests.libcni import ConfList, Runtime
+
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    conf_dir.mkdir()
+    primary = ptp_conflist("installed", "198.18.98.0/24", tmp_path / "ipam")
+    primary.plugins.pop()  # the node's own network: ptp only
+    (conf_dir / "10-ptp.conflist").write_text(json.dumps(
+        {"cniVersion": primary.cni_version, "name": primary.name, "plugins": primary.plugins}))
+    result = CliRunner().invoke(app, ["cni", "install", "--plugin", str(plugin), "--conf-dir", str(conf_dir),
+                                      "--bin-dir", str(bin_dir), "--timeout", "20"])
+    assert result.exit_code == 0, result.output
+    runtime = Runtime(ConfList.load(conf_dir / "10-ptp.conflist"), [bin_dir, node.bin], tmp_path / "cache",
+                      node.netns, env={"CALLGATE_CNI_SOCKET": str(node.socket)})
+    assert [p["type"] for p in runtime.conflist.plugins] == ["ptp", "callgate-cni"]
+    web, client, other = pods("i")
+    for pod in (client, other, web):
+        node.kubelet_add(runtime, pod, write_status=False)
+    assert node.reach(client, web) and not node.reach(other, web)
