@@ -29,9 +29,6 @@ def install(
         "several host interfaces (bridge: veth).")] = None,
     wait: Annotated[float, typer.Option(
         "--wait", help="Seconds to wait for the primary CNI to write its configuration.")] = 0.0,
-    keep: Annotated[float, typer.Option(
-        "--keep", help="Stay running and put the gate back every KEEP seconds if the primary CNI "
-        "rewrites its configuration (0: install once and exit).")] = 0.0,
 ) -> None:
     """Copy callgate-cni to --bin-dir and append it to the node's network chain.
 
@@ -48,8 +45,8 @@ def install(
 
     if not 0 <= timeout <= 300:
         usage_error("--timeout must be from 0 to 300 seconds")
-    if wait < 0 or keep < 0:
-        usage_error("--wait and --keep must not be negative")
+    if wait < 0:
+        usage_error("--wait must not be negative")
     try:
         if interface_prefix is not None:
             check_fail_closed_prefix(interface_prefix)
@@ -72,13 +69,6 @@ def install(
                 if time.monotonic() >= deadline or config_files(conf_dir):
                     raise  # waiting helps only while there is no configuration at all
                 time.sleep(1)
-        while keep:
-            time.sleep(keep)
-            try:
-                if (change := install_chain(conf_dir, timeout, interface_prefix)) is not None:
-                    typer.echo(f"{change.path}: {change.what} (the configuration had been rewritten)")
-            except InputError as err:  # the primary CNI may be mid-rewrite: try again next round
-                report_input_error(err)
     except InputError as err:
         report_input_error(err)
         raise typer.Exit(1) from None
