@@ -16,6 +16,7 @@ import typer
 import yaml
 
 from callgate.watchers.k8s_convert import API_VERSIONS, KINDS
+from tests.dockerfile import dockerfile_stages, image_packages
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -236,25 +237,6 @@ def test_container_args_are_options_the_cli_accepts(kind: str, name: str, which:
     concrete = [re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a) for a in args]
     ctx = command.make_context(command_name, concrete)
     assert ctx.params  # parsed without a usage error
-
-
-def dockerfile_stages() -> dict[str, str]:
-    """Stage name (the final one: "") -> its text."""
-    text = (ROOT / "Dockerfile").read_text()
-    parts = re.split(r"^(?=FROM )", text, flags=re.M)[1:]
-    named = {}
-    for part in parts:
-        m = re.match(r"FROM \S+(?: AS (\S+))?", part)
-        assert m is not None
-        named[m.group(1) or ""] = part
-    return named
-
-
-def image_packages() -> list[str]:
-    """The final image's apt packages (tests/test_image.py starts the agent with only these)."""
-    install = re.search(r"apt-get install((?:[^&]|\\\n)*)", dockerfile_stages()[""])
-    assert install is not None
-    return [w for w in install.group(1).replace("\\", " ").split() if not w.startswith("-")]
 
 
 def test_dockerfile_installs_nftables_and_runs_callgate() -> None:
