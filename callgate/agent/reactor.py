@@ -94,7 +94,8 @@ class KernelCheck:
 
 
 class _CheckTicket:
-    def __init__(self) -> None:
+    def __init__(self, thorough: bool) -> None:
+        self.thorough = thorough
         self.done = threading.Event()
         self.result = KernelCheck(False, False, "the agent stopped before checking the kernel")
 
@@ -209,10 +210,14 @@ class Reactor:
         digest = self.enforcer.applied.digest[:12] if self.enforcer.applied else "?"
         return True, f"ok: enforcing digest {digest}"
 
-    def verify(self, timeout: float = 30.0) -> KernelCheck:
+    def verify(self, thorough: bool, timeout: float = 30.0) -> KernelCheck:
         """Have the worker compare the live table with what it applied, now, and
-        repair it at once if it differs. Concurrent callers share one check."""
-        ticket = _CheckTicket()
+        repair it at once if it differs. Concurrent callers share one check.
+
+        ``thorough`` compares the whole normal form (CHECK: catches a rule slipped
+        in with the digest intact; ~0.2 s at 50,000 pods); otherwise the live
+        digest is compared (one element listed: a deleted or replaced table)."""
+        ticket = _CheckTicket(thorough)
         with self._cond:
             if self._stop:
                 return ticket.result
@@ -229,7 +234,7 @@ class Reactor:
         ok, why = self.programmed.wait(pod, interface, timeout)
         if not ok:
             return ok, why
-        check = self.verify(max(deadline - time.monotonic(), 5.0))
+        check = self.verify(thorough=False, timeout=max(deadline - time.monotonic(), 5.0))
         if not (check.live_ok or check.repaired):
             return False, f"{why}, but {check.reason}"
         return self._still_programmed(pod, interface, why, check)
@@ -240,7 +245,7 @@ class Reactor:
         ok, why = self.programmed.wait(pod, interface, 0.0)
         if not ok:
             return ok, why
-        check = self.verify()
+        check = self.verify(thorough=True)
         if not check.live_ok:
             return False, check.reason
         return self._still_programmed(pod, interface, why, check)
@@ -354,7 +359,7 @@ class Reactor:
         with self._cond:
             tickets, self._checks = self._checks, []
         try:
-            result = self._compare_and_repair()
+            result = self._compare_and_repair(any(t.thorough for t in tickets))
         except Exception as exc:  # the kernel said no: the waiters hear why, the worker lives on
             log.exception("kernel check failed", extra={"fields": {"node": self.config.node}})
             result = KernelCheck(False, False, f"cannot read the live table: {type(exc).__name__}: {exc}")
@@ -362,13 +367,17 @@ class Reactor:
             ticket.result = result
             ticket.done.set()
 
-    def _compare_and_repair(self) -> KernelCheck:
-        last = self.last_sync
-        if last is None or self.snapshot is None:
+    def _compare_and_repair(self, thorough: bool) -> KernelCheck:
+        last, applied = self.last_sync, self.enforcer.applied
+        if last is None or self.snapshot is None or applied is None:
             return KernelCheck(False, False, self.apply_error or "no ruleset applied yet")
-        if self.enforcer.in_sync(last.ruleset, last.known):
-            digest = self.enforcer.applied.digest[:12] if self.enforcer.applied else "?"
-            return KernelCheck(True, False, f"the live table holds the applied rules (digest {digest})")
+        if thorough:
+            live_ok = self.enforcer.in_sync(last.ruleset, last.known)
+        else:
+            live_ok = self.enforcer.live_digest() == applied.digest
+        if live_ok:
+            what = "rules" if thorough else "digest"
+            return KernelCheck(True, False, f"the live table holds the applied {what} ({applied.digest[:12]})")
         self.repairs += 1
         self.metrics.drift_repairs.inc()
         _log(logging.WARNING, "drift found by a kernel check: the live table differs from what was applied; repairing",
