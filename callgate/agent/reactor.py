@@ -215,7 +215,7 @@ class Reactor:
         repair it at once if it differs. Concurrent callers share one check.
 
         ``thorough`` compares the whole normal form (CHECK: catches a rule slipped
-        in with the digest intact; ~0.2 s at 50,000 pods); otherwise the live
+        in with the digest intact; a whole-table read); otherwise the live
         digest is compared (one element listed: a deleted or replaced table)."""
         ticket = _CheckTicket(thorough)
         with self._cond:
