@@ -239,3 +239,21 @@ def test_programmed_is_on_the_socket(served: tuple[FakeGate, CniSocket]) -> None
     assert get("pod=x/d") == (200, {"pod": "x/d", "programmed": True, "reason": "x/d is programmed on veth1234"})
     assert get("pod=x/e")[1]["programmed"] is False
     assert get("pod=bad")[0] == 400 and get("pod=x/d&interface=a%20b")[0] == 400 and get("pod=x/d&wait=x")[0] == 400
+
+
+def test_an_attachment_whose_pod_never_shows_up_expires() -> None:
+    """The Pod was deleted and its DEL never reached the agent: after the longest ADD wait the
+    attachment goes, and with it its claim on an address host-local will hand out again."""
+    from callgate.agent.attachments import STALE_AFTER
+
+    now = [1000.0]
+    atts = Attachments(clock=lambda: now[0])
+    atts.add(Attachment("x/gone", "c1", "veth1", (ip_address("198.18.1.13"),)))
+    inv = inventory_from_dict({"apiVersion": "callgate/v1", "kind": "Inventory", "endpoints": [
+        {"name": "other", "namespace": "x", "node": "n1", "ips": ["198.18.1.13"]}]})
+    _, waiting = atts.overlay(inv, "n1")
+    assert list(waiting) == ["x/gone"]  # an ADD may still be waiting for it
+    now[0] += STALE_AFTER + 1
+    out, waiting = atts.overlay(inv, "n1")
+    assert waiting == {} and atts.snapshot() == {}
+    assert [str(i) for i in out.endpoints[0].ips] == ["198.18.1.13"]

@@ -17,17 +17,26 @@ inventory on every sync:
 * an attachment whose Pod the source has not delivered yet is reported as
   waiting: labels come only from the API.
 
-An attachment ends with DEL of its sandbox, or when a newer sandbox of the
-same pod is added.
+An attachment ends with DEL of its sandbox, when a newer sandbox of the
+same pod is added, or when its Pod has been absent from the inventory for
+longer than any ADD can wait (the Pod was deleted and the DEL never reached
+the agent): otherwise a stale attachment would keep claiming an address
+host-local may hand out again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from callgate.cni.request import MAX_TIMEOUT
 from callgate.policy.model import Inventory, IPAddress
+
+# An attachment whose Pod the inventory lacks this long is stale (no ADD waits longer).
+STALE_AFTER = MAX_TIMEOUT + 60
 
 
 @dataclass(frozen=True)
@@ -36,18 +45,20 @@ class Attachment:
     container_id: str
     interface: str | None
     ips: tuple[IPAddress, ...]
+    added_at: float = field(default=0.0, compare=False)  # the clock of Attachments, set by add()
 
 
 class Attachments:
     """Thread-safe: the CNI socket's threads write, the reactor's worker reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._by_pod: dict[str, Attachment] = {}
+        self._clock = clock
 
     def add(self, attachment: Attachment) -> None:
         with self._lock:
-            self._by_pod[attachment.pod] = attachment
+            self._by_pod[attachment.pod] = dataclasses.replace(attachment, added_at=self._clock())
 
     def remove(self, pod: str, container_id: str) -> bool:
         """Forget the pod's attachment if it is this sandbox's (a late DEL of an
@@ -68,6 +79,12 @@ class Attachments:
         attached = self.snapshot()
         if not attached:
             return inventory, {}
+        present = {ep.key for ep in inventory.endpoints if ep.node == node}
+        stale = [a for a in attached.values() if a.pod not in present and self._clock() - a.added_at > STALE_AFTER]
+        if stale:
+            for a in stale:
+                self.remove(a.pod, a.container_id)
+                del attached[a.pod]
         claimed: dict[IPAddress, str] = {ip: a.pod for a in attached.values() for ip in a.ips}
         waiting = {pod: "CNI ADD seen; waiting for the Pod object from the API" for pod in attached}
         endpoints = []

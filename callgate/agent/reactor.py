@@ -371,10 +371,8 @@ class Reactor:
         last, applied = self.last_sync, self.enforcer.applied
         if last is None or self.snapshot is None or applied is None:
             return KernelCheck(False, False, self.apply_error or "no ruleset applied yet")
-        if thorough:
-            live_ok = self.enforcer.in_sync(last.ruleset, last.known)
-        else:
-            live_ok = self.enforcer.live_digest() == applied.digest
+        live_ok = (self.enforcer.in_sync(last.ruleset, last.known) if thorough
+                   else self.enforcer.live_digest() == applied.digest)
         if live_ok:
             what = "rules" if thorough else "digest"
             return KernelCheck(True, False, f"the live table holds the applied {what} ({applied.digest[:12]})")
