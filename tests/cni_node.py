@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from callgate.agent.cni_socket import CniSocket
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.agent.reactor import Reactor, ReactorConfig
+from callgate.enforcers import guard
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import LibNftables
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.lab.probe import Target, _run_source
 from callgate.watchers.k8s_reflector import WatchOptions
 from callgate.watchers.kubernetes import KubernetesSource
@@ -135,8 +136,10 @@ class Node:
         self.enforcer = NftablesEnforcer(self.kernel, fail_closed_prefix=PREFIX)
         self.metrics = AgentMetrics()
         # resync 60 s: a repair seen within a test came from CHECK or the ADD's own check.
+        # As `callgate agent` builds it, guard included (it turns a bridge's br_netfilter flag on).
         self.reactor = Reactor(ReactorConfig(node=NODE, resync=60, coalesce=0.02, retry=0.3), self.enforcer,
-                               InterfaceResolver(self.netns, prefix=PREFIX), self.metrics)
+                               InterfaceResolver(self.netns, prefix=PREFIX), self.metrics,
+                               guard=lambda ruleset: guard.check(ruleset, self.netns, self.enforcer.name))
         self.gate = CniSocket(str(self.socket), self.reactor)
         self.source = KubernetesSource.connect(server=self.api.url, options=FAST, debounce=0.02, max_delay=0.5)
         self.reactor.start()

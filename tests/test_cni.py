@@ -141,7 +141,8 @@ def test_not_json_on_stdin() -> None:
 # ---- attachments over the inventory ------------------------------------------------------
 
 def test_attachments_overlay_the_inventory() -> None:
-    inv = inventory_from_dict({"apiVersion": "callgate/v1", "kind": "Inventory", "endpoints": [
+    inv = inventory_from_dict({"apiVersion": "callgate/v1", "kind": "Inventory",
+                               "nodes": {"n1": {"labels": {"zone": "a"}, "addresses": ["198.18.9.1"]}}, "endpoints": [
         {"name": "new", "namespace": "x", "node": "n1", "ips": []},
         {"name": "old", "namespace": "x", "node": "n1", "ips": ["198.18.1.13"]},  # terminating, address reused
         {"name": "remote", "namespace": "x", "node": "n2", "ips": ["198.18.2.1"]}]})
@@ -153,6 +154,7 @@ def test_attachments_overlay_the_inventory() -> None:
     assert [str(i) for i in eps["x/new"].ips] == ["198.18.1.13"] and eps["x/new"].interface == "veth1"
     assert eps["x/old"].ips == () and [str(i) for i in eps["x/remote"].ips] == ["198.18.2.1"]
     assert list(waiting) == ["x/later"]
+    assert out.node_info == inv.node_info and out.namespaces == inv.namespaces  # ClusterNetworkPolicy node peers
     # A late DEL of an older sandbox does not end the newer one's attachment.
     assert not atts.remove("x/new", "c1") and atts.remove("x/new", "c2")
 

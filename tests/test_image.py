@@ -134,5 +134,6 @@ def test_the_agent_programs_a_pod_with_only_the_images_programs(backend: str, no
 def test_without_iproute2_the_pod_stays_unprogrammed(node: str, tmp_path: Path, packages: list[str]) -> None:
     path = package_programs([p for p in packages if p != "iproute2"], tmp_path / "bin")
     answer = run_agent(tmp_path, node, "nft", path, wait=3)
+    # Without `ip` the agent can neither find the veth from the route nor inspect the node
+    # for the guard: the pod is never programmed (which of the two it reports first varies).
     assert answer is not None and answer["programmed"] is False, answer
-    assert "no host route" in str(answer["reason"])

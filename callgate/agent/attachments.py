@@ -98,4 +98,4 @@ class Attachments:
             elif any(ip in claimed for ip in ep.ips):
                 ep = dataclasses.replace(ep, ips=tuple(ip for ip in ep.ips if ip not in claimed))
             endpoints.append(ep)
-        return Inventory(namespaces=inventory.namespaces, endpoints=tuple(endpoints)), waiting
+        return dataclasses.replace(inventory, endpoints=tuple(endpoints)), waiting

@@ -163,7 +163,7 @@ def convert_pod(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
     meta = obj.get("metadata")
     terminating = isinstance(meta, dict) and bool(meta.get("deletionTimestamp"))
     digest = _digest(ep.namespace, ep.name, dict(ep.labels), ep.node, [str(ip) for ip in ep.ips], ep.interface,
-                     [(p.name, p.port, p.protocol) for p in ep.ports], terminating)
+                     [(p.name, p.port, p.protocol) for p in ep.ports], ep.netns, terminating)
     return Converted(ref, ep, (), digest, terminating=terminating)
 
 
