@@ -4,6 +4,8 @@ plugins, the built ``callgate-cni``, and an agent on the Kubernetes source.
 * The node is a network namespace (``cgs-<hex>``); the runtime
   (:mod:`tests.libcni`) runs every plugin in it, and pod sandboxes are
   further namespaces (``/run/netns/cgs-<hex>``), all removed at the end.
+* Networks: ptp (routed veths) and bridge (veths as ports of a Linux bridge,
+  which the agent enforces since issue #11).
 * The plugins come from Debian's ``containernetworking-plugins``
   (``/usr/lib/cni``: ptp, bridge, host-local, …) and ``callgate-cni`` is built
   from ``cni-plugin/callgate-cni.c`` with gcc (``scripts/build-cni-plugin.sh``),
@@ -83,6 +85,15 @@ def ptp_conflist(name: str, subnet: str, data_dir: Path, range_start: str | None
         {"type": "ptp", "ipMasq": False,
          "ipam": {"type": "host-local", "ranges": [[ipam_range]], "dataDir": str(data_dir)}},
         {"type": "callgate-cni", "timeoutSeconds": timeout}])
+
+
+def bridge_conflist(name: str, bridge: str, subnet: str, data_dir: Path, timeout: float = 20) -> ConfList:
+    """The reference bridge plugin (+ host-local) → callgate-cni. The bridge's result lists
+    the bridge and the veth as host interfaces: interfacePrefix picks the veth."""
+    return ConfList(name, "1.0.0", [
+        {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": str(data_dir)}},
+        {"type": "callgate-cni", "timeoutSeconds": timeout, "interfacePrefix": PREFIX}])
 
 
 @dataclass

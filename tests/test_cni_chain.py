@@ -1,6 +1,6 @@
 """The CNI start gate on a node lab, in kubelet's order, over the real reference plugins.
 
-A conflist ``ptp`` (+ host-local) → ``callgate-cni`` (built from C) is run the
+A conflist ``ptp`` or ``bridge`` (+ host-local) → ``callgate-cni`` (built from C) is run the
 way libcni runs it (:mod:`tests.libcni`), against an agent on the Kubernetes
 source (:mod:`tests.cni_node`). The Pod objects exist without an address
 while ADD runs — kubelet writes ``status.podIP`` only after the chain has
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cni_node import Node, Pod, build_plugin, plugins_missing, ptp_conflist, wait
+from tests.cni_node import Node, Pod, bridge_conflist, build_plugin, plugins_missing, ptp_conflist, wait
 from tests.fake_apiserver import FakeAPIServer
 from tests.libcni import CniPluginError, Runtime
 
@@ -235,4 +235,38 @@ def test_a_fresh_install_puts_a_working_gate_in_place(node: Node, tmp_path: Path
     web, client, other = pods("i")
     for pod in (client, other, web):
         node.kubelet_add(runtime, pod, write_status=False)
+    assert node.reach(client, web) and not node.reach(other, web)
+
+
+def test_bridge_chain_in_kubelets_order(node: Node, tmp_path: Path) -> None:
+    """The bridge plugin: no per-pod route, random veth names, bridged traffic. The gate hands
+    the agent the veth (picked by interfacePrefix from the bridge's result) and the address."""
+    runtime = node.runtime(bridge_conflist("bridged", "cgbr0", "198.18.90.0/24", tmp_path / "ipam"))
+    web, client, other = pods("b")
+    for pod in (client, other, web):
+        node.kubelet_add(runtime, pod, write_status=False)
+    assert web.sandbox is not None
+    cached = runtime.cached_result(web.sandbox)
+    assert cached is not None and next(i["name"] for i in cached["interfaces"] if "sandbox" not in i) == "cgbr0"
+    assert node.reactor.programmed.snapshot()[web.key].startswith("veth")
+    assert node.reach(client, web) and not node.reach(other, web)  # bridged, same node
+    for pod in (client, other, web):
+        node.write_status(pod)
+    node.settle(client, other, web)
+    assert node.reach(client, web) and not node.reach(other, web)
+    # CHECK tells the truth here too, and the repair is at once.
+    runtime.check(web.sandbox)
+    node.nft("delete", "table", "inet", "callgate")
+    with pytest.raises(CniPluginError) as failed:
+        runtime.check(web.sandbox)
+    assert failed.value.code == 100
+    assert not node.reach(other, web) and node.reach(client, web)
+    # A recreated sandbox on the bridge gets a new address the API does not know yet.
+    old_ip = web.ip
+    runtime.delete(web.sandbox)
+    assert web.server is not None
+    web.server.kill()
+    node.drop_sandbox(web.sandbox)
+    node.kubelet_add(runtime, web, write_status=False)
+    assert web.ip != old_ip
     assert node.reach(client, web) and not node.reach(other, web)
