@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in nftables python3-nftables python3-venv iproute2 iptables ipset conntrack libcairo2; do
+for pkg in nftables python3-nftables python3-venv iproute2 iptables ipset conntrack libcairo2 containernetworking-plugins gcc libc6-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

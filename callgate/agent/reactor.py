@@ -39,6 +39,13 @@ One worker thread does all kernel work, so transactions never interleave:
   resolved from the node's routes (those with a ``netns`` of their own and no
   interface are enforced inside it); unresolved ones are retried every
   ``retry`` seconds and stay unprogrammed (dropped, in fail-closed mode).
+* **CNI attachments.** What CNI ADD reports (pod, sandbox, host interface,
+  addresses; :mod:`callgate.agent.attachments`) is laid over the source's
+  inventory, and an ADD or DEL syncs at once, like a source event: the pod is
+  programmed before kubelet writes its address to the API.
+* **Kernel checks.** :meth:`Reactor.verify` (CNI CHECK, the ADD answer,
+  ``/programmed``) has the worker compare the live table with what it applied,
+  now, and repair a difference at once rather than at the next resync.
 * **Never quietly nothing.** The guard checks that every local endpoint is
   where callgate looks (:mod:`callgate.enforcers.guard`): it fixes what it may
   (br_netfilter off for a bridge holding endpoints), logging it, and reports
@@ -56,6 +63,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.agent.attachments import Attachment, Attachments
 from callgate.agent.failclosed import Programmed
 from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import Compiler, IncrementalCompiler, RuleSet
@@ -85,6 +93,23 @@ class ReactorConfig:
 
 
 @dataclass(frozen=True)
+class KernelCheck:
+    """One look at the live table: did it hold what was applied, and if not,
+    was it replaced."""
+
+    live_ok: bool
+    repaired: bool
+    reason: str
+
+
+class _CheckTicket:
+    def __init__(self, thorough: bool) -> None:
+        self.thorough = thorough
+        self.done = threading.Event()
+        self.result = KernelCheck(False, False, "the agent stopped before checking the kernel")
+
+
+@dataclass(frozen=True)
 class LastSync:
     """The last successful sync: the snapshot, the RuleSet it became and the
     interfaces it was applied with (the enforcer's ``applied`` says what the
@@ -108,6 +133,9 @@ class Reactor:
         self._guarded_local: tuple[LocalEndpoint, ...] | None = None
         self.metrics = metrics or AgentMetrics()
         self.programmed = Programmed()
+        self.attachments = Attachments()
+        self._attachments_changed = False
+        self._checks: list[_CheckTicket] = []
         self._cond = threading.Condition()
         self._event: Snapshot | SourceProblem | None = None
         self._first_event_at: float | None = None
@@ -141,6 +169,25 @@ class Reactor:
             self._last_event_at = now
             self._cond.notify_all()
 
+    def attach(self, attachment: Attachment) -> None:
+        """CNI ADD: lay ``attachment`` over the inventory and sync soon (coalesced like events)."""
+        self.attachments.add(attachment)
+        self._attachments_moved()
+
+    def detach(self, pod: str, container_id: str) -> None:
+        """CNI DEL of a sandbox."""
+        if self.attachments.remove(pod, container_id):
+            self._attachments_moved()
+
+    def _attachments_moved(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self._attachments_changed = True
+            if self._first_event_at is None:
+                self._first_event_at = now
+            self._last_event_at = now
+            self._cond.notify_all()
+
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
@@ -154,6 +201,10 @@ class Reactor:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._cond:
+            for ticket in self._checks:
+                ticket.done.set()
+            self._checks.clear()
 
     # -- status (HTTP) -------------------------------------------------------
 
@@ -172,8 +223,50 @@ class Reactor:
         digest = self.enforcer.applied.digest[:12] if self.enforcer.applied else "?"
         return True, f"ok: enforcing digest {digest}"
 
+    def verify(self, thorough: bool, timeout: float = 30.0) -> KernelCheck:
+        """Have the worker compare the live table with what it applied, now, and
+        repair it at once if it differs. Concurrent callers share one check.
+
+        ``thorough`` compares the whole normal form (CHECK: catches a rule slipped
+        in with the digest intact; a whole-table read); otherwise the live
+        digest is compared (one element listed: a deleted or replaced table)."""
+        ticket = _CheckTicket(thorough)
+        with self._cond:
+            if self._stop:
+                return ticket.result
+            self._checks.append(ticket)
+            self._cond.notify_all()
+        if not ticket.done.wait(timeout):
+            return KernelCheck(False, False, f"the agent did not get to check the kernel within {timeout:g}s")
+        return ticket.result
+
     def wait_programmed(self, pod: str, interface: str | None, timeout: float) -> tuple[bool, str]:
-        return self.programmed.wait(pod, interface, timeout)
+        """Wait until ``pod`` is programmed, then confirm it with the live table
+        (repaired first if it had drifted: then the pod is programmed again)."""
+        deadline = time.monotonic() + timeout
+        ok, why = self.programmed.wait(pod, interface, timeout)
+        if not ok:
+            return ok, why
+        check = self.verify(thorough=False, timeout=max(deadline - time.monotonic(), 5.0))
+        if not (check.live_ok or check.repaired):
+            return False, f"{why}, but {check.reason}"
+        return self._still_programmed(pod, interface, why, check)
+
+    def check_programmed(self, pod: str, interface: str | None) -> tuple[bool, str]:
+        """CNI CHECK: programmed, and the live table held the rules when asked. A
+        drifted table is a failure even though it is repaired at once."""
+        ok, why = self.programmed.wait(pod, interface, 0.0)
+        if not ok:
+            return ok, why
+        check = self.verify(thorough=True)
+        if not check.live_ok:
+            return False, check.reason
+        return self._still_programmed(pod, interface, why, check)
+
+    def _still_programmed(self, pod: str, interface: str | None, why: str, check: KernelCheck) -> tuple[bool, str]:
+        # The check may have re-synced (a repair): ask the published state again.
+        ok, now = self.programmed.wait(pod, interface, 0.0)
+        return (True, f"{now}; {check.reason}") if ok else (False, now)
 
     # -- the worker ----------------------------------------------------------
 
@@ -185,15 +278,24 @@ class Reactor:
                 if self._stop:
                     return "stop", None, None
                 now = time.monotonic()
-                if self._event is not None:
+                attached = self._attachments_changed and self.snapshot is not None
+                if self._event is not None or attached:
                     first = self._first_event_at or now
                     # The burst ends when quiet long enough, or when it has gone on too long.
                     due = min(self._last_event_at + cfg.coalesce, first + cfg.max_delay)
                     if now >= due:
-                        event, self._event, self._first_event_at = self._event, None, None
+                        self._first_event_at = None
+                        if self._event is None:  # only attachments moved: the same snapshot again
+                            self._attachments_changed = False
+                            return "event", self.snapshot, first
+                        event, self._event = self._event, None
+                        if isinstance(event, Snapshot):
+                            self._attachments_changed = False
                         return "event", event, first
                     self._cond.wait(due - now)
                     continue
+                if self._checks:
+                    return "check", None, None
                 interval = cfg.retry if (self.unresolved or self.apply_error) else cfg.resync
                 due = self._last_check + interval
                 if now >= due and self.snapshot is not None:
@@ -206,6 +308,9 @@ class Reactor:
             kind, event, first = self._next()
             if kind == "stop":
                 break
+            if kind == "check":
+                self._kernel_check()
+                continue
             try:
                 if kind == "resync":
                     self._resync()
@@ -278,16 +383,58 @@ class Reactor:
                      applied_digest=self.enforcer.applied.digest if self.enforcer.applied else None)
         self._sync(self.snapshot, None, full=drift, recheck=True)
 
+    def _kernel_check(self) -> None:
+        """Answer every pending :meth:`verify` with one look at the live table."""
+        with self._cond:
+            tickets, self._checks = self._checks, []
+        try:
+            result = self._compare_and_repair(any(t.thorough for t in tickets))
+        except Exception as exc:  # the kernel said no: the waiters hear why, the worker lives on
+            log.exception("kernel check failed", extra={"fields": {"node": self.config.node}})
+            result = KernelCheck(False, False, f"cannot read the live table: {type(exc).__name__}: {exc}")
+        for ticket in tickets:
+            ticket.result = result
+            ticket.done.set()
+
+    def _compare_and_repair(self, thorough: bool) -> KernelCheck:
+        last, applied = self.last_sync, self.enforcer.applied
+        if last is None or self.snapshot is None or applied is None:
+            return KernelCheck(False, False, self.apply_error or "no ruleset applied yet")
+        live_ok = (self.enforcer.in_sync(last.ruleset, last.known) if thorough
+                   else self.enforcer.live_digest() == applied.digest)
+        if live_ok:
+            what = "rules" if thorough else "digest"
+            return KernelCheck(True, False, f"the live table holds the applied {what} ({applied.digest[:12]})")
+        self.repairs += 1
+        self.metrics.drift_repairs.inc()
+        _log(logging.WARNING, "drift found by a kernel check: the live table differs from what was applied; repairing",
+             node=self.config.node, live_digest=self.enforcer.live_digest(),
+             applied_digest=self.enforcer.applied.digest if self.enforcer.applied else None)
+        reason = "the live table differed from what the agent applied (deleted or changed)"
+        try:
+            self._sync(self.snapshot, None, full=True, recheck=True)
+        except Exception as exc:
+            self.apply_error = f"{type(exc).__name__}: {exc}"
+            self.metrics.apply_errors.inc()
+            log.exception("repair failed; will retry", extra={"fields": {"node": self.config.node}})
+            return KernelCheck(False, False, f"{reason}; the repair failed: {self.apply_error}")
+        finally:
+            self._last_check = time.monotonic()
+        return KernelCheck(False, True, f"{reason}; replaced it")
+
     def _bind(self, inventory: Inventory) -> tuple[Inventory, dict[str, str], dict[str, str]]:
-        """The inventory with every resolvable local interface filled in; and
-        where each local endpoint is (interface, or its own namespace when it
-        has none: macvlan, ipvlan), and why the others are not placed."""
+        """The inventory with the CNI attachments laid over it and every
+        resolvable local interface filled in; and where each local endpoint is
+        (interface, or its own namespace when it has none: macvlan, ipvlan),
+        and why the others are not placed."""
+        inventory, waiting = self.attachments.overlay(inventory, self.config.node)
         local = [ep for ep in inventory.endpoints if ep.node == self.config.node]
         in_namespace = {ep.key: ep.netns for ep in local if not ep.interface and ep.netns}
         found = self.resolver.resolve([ep for ep in local if ep.key not in in_namespace])
         unresolved = {ep.key: "no interface in the inventory and no host route to "
                       + (", ".join(str(i) for i in ep.ips) or "it (no IP)") for ep in local
                       if ep.key not in found and ep.key not in in_namespace}
+        unresolved.update(waiting)
         placed = {**found, **{k: v for k, v in in_namespace.items() if v}}
         if all(ep.interface == found.get(ep.key) for ep in local if ep.key not in in_namespace):
             return inventory, placed, unresolved

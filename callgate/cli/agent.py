@@ -34,7 +34,10 @@ def agent(
         "--fail-closed-prefix",
         help="Drop forwarded traffic on interfaces named PREFIX* that the agent has not programmed yet.")] = None,
     metrics_address: Annotated[str, typer.Option(
-        "--metrics-address", help="HOST:PORT for /metrics, /healthz, /readyz and /programmed.")] = "127.0.0.1:9464",
+        "--metrics-address", help="HOST:PORT for /metrics, /healthz and /readyz.")] = "127.0.0.1:9464",
+    cni_socket: Annotated[str | None, typer.Option(
+        "--cni-socket", help="Unix socket for the callgate-cni plugin and /programmed "
+                             "(e.g. /run/callgate/agent.sock; created 0600).")] = None,
     coalesce_ms: Annotated[int, typer.Option(
         "--coalesce-ms", help="Quiet time (ms) that ends a burst of source events.")] = 50,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
@@ -82,15 +85,17 @@ def agent(
     except LockError as exc:
         fail(str(exc))
     try:
-        _run(log, node, src, netns, backend, resync, fail_closed_prefix, metrics_address, coalesce_ms)
+        _run(log, node, src, netns, backend, resync, fail_closed_prefix, metrics_address, cni_socket, coalesce_ms)
     finally:
         lock.release()
 
 
 def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync: float,
-         fail_closed_prefix: str | None, metrics_address: str, coalesce_ms: int) -> None:
+         fail_closed_prefix: str | None, metrics_address: str, cni_socket: str | None,
+         coalesce_ms: int) -> None:
     """The agent proper, once its options are valid and it holds the lock."""
     from callgate.agent import logging as agent_logging
+    from callgate.agent.cni_socket import CniSocket
     from callgate.agent.metrics import AgentMetrics, StatusServer
     from callgate.agent.reactor import Reactor, ReactorConfig
     from callgate.enforcers import guard
@@ -107,6 +112,14 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
     except OSError as exc:
         enforcer.close()
         fail(f"cannot listen on {metrics_address}: {exc}")
+    gate: CniSocket | None = None
+    if cni_socket is not None:
+        try:
+            gate = CniSocket(cni_socket, reactor)
+        except OSError as exc:
+            http.stop()
+            enforcer.close()
+            fail(f"cannot listen on {cni_socket}: {exc}")
 
     stop = threading.Event()
 
@@ -118,16 +131,20 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent_logging.log(log, 20, "agent starting", node=node, source=src.origin, netns=netns, backend=enforcer.name,
-                      fail_closed_prefix=fail_closed_prefix, http=http.address, resync=resync)
+                      fail_closed_prefix=fail_closed_prefix, http=http.address, cni_socket=cni_socket, resync=resync)
     http.start()
     reactor.start()
     src.start(reactor.on_event)
+    if gate is not None:
+        gate.start()  # after the reactor: an ADD arriving now is served, or waits for the first sync
     try:
         while not stop.wait(0.5):
             if not reactor.healthy()[0]:
                 agent_logging.log(log, 40, "reactor died; exiting (rules stay in the kernel)")
                 raise typer.Exit(1)
     finally:
+        if gate is not None:
+            gate.stop()
         src.stop()
         reactor.stop()
         http.stop()

@@ -50,7 +50,7 @@ def _register() -> None:
     # Each command module imports its heavy dependencies (kubernetes client,
     # prometheus, libnftables) inside the commands, so `callgate --help` and
     # the analysis commands start fast and work without them.
-    from callgate.cli import agent, analysis, doctor, engine, k8s, lab
+    from callgate.cli import agent, analysis, cni, doctor, engine, k8s, lab
 
     engine.register(app)
     doctor.register(app)
@@ -58,6 +58,7 @@ def _register() -> None:
     app.add_typer(lab.lab_app, name="lab")
     agent.register(app)
     k8s.register(app)
+    cni.register(app)
     tidy(app)
 
 

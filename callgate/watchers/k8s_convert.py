@@ -82,6 +82,9 @@ class Converted:
     problems: tuple[Problem, ...]
     digest: str  # changes when what callgate uses from the object changes
     raw: Any = field(default=None, compare=False)  # kept for policies only (lint reads raw fields)
+    # A Pod with a deletionTimestamp: its sandbox may be gone and its address
+    # already handed to a new pod (host-local frees it at CNI DEL).
+    terminating: bool = False
 
     @property
     def display(self) -> str:
@@ -157,9 +160,11 @@ def convert_pod(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
     if not builder.endpoints:
         return Converted(ref, None, (), _digest("finished"))  # Succeeded/Failed: holds no IP policy applies to
     ep = builder.endpoints[0]
+    meta = obj.get("metadata")
+    terminating = isinstance(meta, dict) and bool(meta.get("deletionTimestamp"))
     digest = _digest(ep.namespace, ep.name, dict(ep.labels), ep.node, [str(ip) for ip in ep.ips], ep.interface,
-                     [(p.name, p.port, p.protocol) for p in ep.ports], ep.netns)
-    return Converted(ref, ep, (), digest)
+                     [(p.name, p.port, p.protocol) for p in ep.ports], ep.netns, terminating)
+    return Converted(ref, ep, (), digest, terminating=terminating)
 
 
 def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
@@ -254,7 +259,9 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
     """Build inventory, policies and problems from converted entries.
 
     Entries are visited in (namespace, name) order so that a conflict between two
-    objects (two pods claiming one IP) is resolved the same way every time.
+    objects (two pods claiming one IP) is resolved the same way every time;
+    terminating pods come after all others, so a pod that got a freed address
+    keeps it against the terminating pod the API still shows with it.
     """
     builder = InventoryBuilder()
     problems_by_object: dict[ObjectRef, tuple[Problem, ...]] = {}
@@ -267,7 +274,7 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
     for _, entry in sorted(entries.get(NAMESPACES, {}).items()):
         if isinstance(entry.value, Namespace):
             builder.namespaces[entry.value.name] = entry.value
-    for _, entry in sorted(entries.get(PODS, {}).items()):
+    for _, entry in sorted(entries.get(PODS, {}).items(), key=lambda kv: (kv[1].terminating, kv[0])):
         if isinstance(entry.value, Endpoint):
             before = len(builder.problems)
             builder.endpoint(entry.value, Document(_UNREADABLE, 0, {}), object_name(
