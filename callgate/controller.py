@@ -38,8 +38,8 @@ from callgate.analysis.lint.linter import Item, Linter
 from callgate.analysis.lint.rules import Severity
 from callgate.analysis.lint.run import run_checks
 from callgate.policy.documents import Document
-from callgate.watchers.base import SourceProblem
-from callgate.watchers.k8s_convert import ClusterState, ObjectRef, clip
+from callgate.watchers.base import SourceProblem, clip
+from callgate.watchers.k8s_convert import ClusterState, ObjectRef
 from callgate.watchers.kubernetes import ClusterWatcher
 
 log = logging.getLogger("callgate.controller")

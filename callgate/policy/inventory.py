@@ -206,6 +206,24 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
     return builder.finish()
 
 
+def inventory_document(inventory: Inventory) -> dict[str, Any]:
+    """``inventory`` as a callgate/v1 Inventory document (what load_inventory reads back)."""
+    def endpoint(ep: Endpoint) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": ep.name, "namespace": ep.namespace, "labels": dict(ep.labels)}
+        if ep.node is not None:
+            doc["node"] = ep.node
+        if ep.interface is not None:
+            doc["interface"] = ep.interface
+        doc["ips"] = [str(ip) for ip in ep.ips]
+        doc["ports"] = [{**({"name": p.name} if p.name else {}), "port": p.port, "protocol": p.protocol}
+                        for p in ep.ports]
+        return doc
+
+    return {"apiVersion": "callgate/v1", "kind": "Inventory",
+            "namespaces": {name: {"labels": dict(ns.labels)} for name, ns in sorted(inventory.namespaces.items())},
+            "endpoints": [endpoint(ep) for ep in inventory.endpoints]}
+
+
 def inventory_from_dict(data: dict[str, Any], name: str = "<inventory>") -> Inventory:
     """Build an inventory from an in-memory callgate/v1 document (tests, generators)."""
     builder = InventoryBuilder()

@@ -34,8 +34,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.watchers.base import clip
 from callgate.watchers.cache import ClusterCache
-from callgate.watchers.k8s_convert import NAMESPACES, PODS, POLICIES, clip
+from callgate.watchers.k8s_convert import NAMESPACES, PODS, POLICIES
 
 log = logging.getLogger("callgate.watchers.kubernetes")
 
