@@ -50,10 +50,21 @@ def make_client(host: str | None = None, timeout: float = 10.0) -> tuple[Any, st
     return client, where
 
 
+_ERRNO = re.compile(r"(?:\[Errno (\d+)\]|Error\((\d+), )")
+_ERRNO_TEXT = {2: "no such socket (is dockerd running, and is this its -H?)",
+               13: "permission denied (root, or the docker group, may use the socket)",
+               111: "connection refused (nothing listens there: is dockerd running?)"}
+
+
 def _reason(exc: BaseException) -> str:
-    """The useful end of docker-py's nested connection errors, on one line."""
+    """docker-py's nested connection errors as one short line: what the OS said
+    when it says something we know, else the message's useful end."""
     text = " ".join(str(exc).split())
-    for marker in ("Error while fetching server API version: ", "Connection aborted.', "):
+    if found := _ERRNO.search(text):
+        errno = int(found.group(1) or found.group(2))
+        if errno in _ERRNO_TEXT:
+            return _ERRNO_TEXT[errno]
+    for marker in ("Error while fetching server API version: ", "('Connection aborted.', "):
         text = text.split(marker, 1)[-1]
     return text[:300]
 
