@@ -264,3 +264,52 @@ def test_the_reactor_counts_and_logs_not_enforceable_workloads_once(caplog: pyte
         assert metrics.value("callgate_endpoints", state="not_enforceable") == 0
     finally:
         reactor.stop()
+
+
+# ---- the command line: usage mistakes (exit 2) and an engine that is not there (exit 1) ----------
+
+def invoke(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from callgate.cli.main import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--docker-host", "http://example"], "expected unix:///path/to/docker.sock or tcp://HOST:PORT"),
+    (["-i", "examples/shop/inventory.yaml"], "--inventory belongs to --source files"),
+    (["--policies", "no/such/dir"], "no such file or directory: no/such/dir"),
+])
+def test_agent_docker_usage_mistakes(args: list[str], message: str) -> None:
+    base = ["agent", "--node", "n", "--source", "docker", "--metrics-address", "127.0.0.1:0"]
+    if "--policies" not in args:
+        base += ["--policies", "examples/docker"]
+    code, err = invoke(*base, *args)
+    assert code == 2 and message in " ".join(err.split()), err
+
+
+def test_agent_docker_needs_policies_and_docker_host_needs_docker() -> None:
+    code, err = invoke("agent", "--node", "n", "--source", "docker")
+    assert code == 2 and "--source docker needs --policies" in err
+    code, err = invoke("agent", "--node", "n", "-i", "examples/shop/inventory.yaml", "--docker-host", "unix:///x")
+    assert code == 2 and "--docker-host belongs to --source docker" in err
+
+
+def test_an_engine_unreachable_at_start_is_exit_1_with_the_reason(tmp_path: Path) -> None:
+    missing = f"unix://{tmp_path}/docker.sock"
+    code, err = invoke("agent", "--node", "n", "--source", "docker", "--docker-host", missing,
+                       "--policies", "examples/docker", "--metrics-address", "127.0.0.1:0")
+    assert code == 1
+    assert err.strip() == (f"error: cannot reach the Docker engine at {missing}: "
+                           "no such socket (is dockerd running, and is this its -H?)")
+    code, err = invoke("inventory", "--from", "docker", "--docker-host", missing)
+    assert code == 1 and "cannot reach the Docker engine" in err and "Traceback" not in err
+
+
+def test_inventory_usage_mistakes() -> None:
+    assert invoke("inventory", "--from", "kubernetes")[0] == 2
+    assert invoke("inventory")[0] == 2  # --from is required
+    code, err = invoke("inventory", "--from", "docker", "--netns", "../etc")
+    assert code == 2 and "not a valid network namespace name" in err
