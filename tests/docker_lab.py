@@ -4,8 +4,9 @@ the Engine API (docker-py: no registry is reachable, and no docker CLI is
 needed), and TCP probes between containers.
 
 The image is ``/bin/busybox`` from busybox-static with links for the tools the
-tests use, imported with ``EXPOSE 80/tcp`` and ``httpd -f -p 80`` as its
-command, so every container serves TCP 80 unless told otherwise.
+tests use, imported twice: ``cgbox:latest`` with ``EXPOSE 80/tcp`` and ``httpd
+-f -p 80`` as its command (every container serves TCP 80 unless told
+otherwise), and ``cgbox:plain`` that exposes nothing.
 
 A probe runs busybox ``nc`` inside the source container's network namespace
 (``nsenter --net=/proc/PID/ns/net``): the packets are the container's own, from
@@ -25,7 +26,8 @@ from typing import Any
 
 from callgate.lab.dockerd import DockerdLab, unavailable
 
-IMAGE = "cgbox:latest"
+IMAGE = "cgbox:latest"  # EXPOSE 80/tcp, serves it
+PLAIN = "cgbox:plain"  # exposes nothing, sleeps: what a service image is before compose.yaml says more
 TOOLS = ("sh", "httpd", "sleep", "nc", "cat", "ip", "ls", "true")
 
 
@@ -67,8 +69,10 @@ def engine(prefix: str | None = None) -> Iterator[tuple[DockerdLab, Any]]:
     with lab:
         client = docker.APIClient(base_url=lab.host, version="auto", timeout=60)
         try:
-            client.import_image_from_data(busybox_image(), repository="cgbox", tag="latest",
+            rootfs = busybox_image()
+            client.import_image_from_data(rootfs, repository="cgbox", tag="latest",
                                           changes=["EXPOSE 80/tcp", 'CMD ["/bin/httpd", "-f", "-p", "80"]'])
+            client.import_image_from_data(rootfs, repository="cgbox", tag="plain", changes=['CMD ["/bin/sleep", "3600"]'])
             yield lab, client
         finally:
             # Containers first, through the API (quick); dockerd stopping them
@@ -80,7 +84,7 @@ def engine(prefix: str | None = None) -> Iterator[tuple[DockerdLab, Any]]:
 
 def run(client: Any, name: str, *, labels: dict[str, str] | None = None, network: str | None = None,
         command: list[str] | None = None, exposed: list[str] | None = None, ipv4: str | None = None,
-        ipv6: str | None = None) -> dict[str, Any]:
+        ipv6: str | None = None, image: str = IMAGE) -> dict[str, Any]:
     """Create and start a container; its inspect dict once running."""
     networking = None
     if network and (ipv4 or ipv6):
@@ -88,7 +92,7 @@ def run(client: Any, name: str, *, labels: dict[str, str] | None = None, network
             ipv4_address=ipv4, ipv6_address=ipv6)})
     ports = {p: {} for p in exposed} if exposed else None
     created = client.create_container(
-        IMAGE, command=command, name=name, labels=labels or {}, networking_config=networking, ports=ports,
+        image, command=command, name=name, labels=labels or {}, networking_config=networking, ports=ports,
         host_config=client.create_host_config(network_mode=network) if network else None)
     client.start(created["Id"])
     return dict(client.inspect_container(created["Id"]))

@@ -285,7 +285,7 @@ def invoke(*args: str) -> tuple[int, str]:
 def test_agent_docker_usage_mistakes(args: list[str], message: str) -> None:
     base = ["agent", "--node", "n", "--source", "docker", "--metrics-address", "127.0.0.1:0"]
     if "--policies" not in args:
-        base += ["--policies", "examples/docker"]
+        base += ["--policies", "examples/docker/policies"]
     code, err = invoke(*base, *args)
     assert code == 2 and message in " ".join(err.split()), err
 
@@ -300,7 +300,7 @@ def test_agent_docker_needs_policies_and_docker_host_needs_docker() -> None:
 def test_an_engine_unreachable_at_start_is_exit_1_with_the_reason(tmp_path: Path) -> None:
     missing = f"unix://{tmp_path}/docker.sock"
     code, err = invoke("agent", "--node", "n", "--source", "docker", "--docker-host", missing,
-                       "--policies", "examples/docker", "--metrics-address", "127.0.0.1:0")
+                       "--policies", "examples/docker/policies", "--metrics-address", "127.0.0.1:0")
     assert code == 1
     assert err.strip() == (f"error: cannot reach the Docker engine at {missing}: "
                            "no such socket (is dockerd running, and is this its -H?)")

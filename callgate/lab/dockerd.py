@@ -109,10 +109,18 @@ class DockerdLab:
             self._dir("daemon.json").write_text("{}\n")
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
             self.state_file.write_text(json.dumps({"netns": self.netns, "root": str(self.root)}))
-        self._start_daemon()
+        self.start_daemon()
         return self
 
-    def _start_daemon(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start_daemon(self) -> None:
+        """dockerd on the lab's directories (again, after :meth:`stop_daemon`); returns
+        once its socket is there. Nothing to do while it runs."""
+        if self.running:
+            return
         cfg, root = self.config, self._dir("")
         argv = ["nsenter", f"--net=/run/netns/{self.netns}", DOCKERD,
                 "--data-root", str(root / "data"), "--exec-root", str(root / "exec"), "-H", self.host,
@@ -154,7 +162,7 @@ class DockerdLab:
     def restart_daemon(self) -> None:
         """dockerd stopped and started again on the same directories (containers stop with it)."""
         self.stop_daemon()
-        self._start_daemon()
+        self.start_daemon()
 
     def stop(self) -> None:
         """Remove everything: dockerd, its leftovers, mounts, directory, namespace."""
