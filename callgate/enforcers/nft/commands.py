@@ -160,9 +160,9 @@ def tiers_with_next(tiers: tuple[Chain, ...]) -> list[tuple[Chain, str | None]]:
 
 
 def _tier_commands(tiers: tuple[Chain, ...], direction: str) -> list[Command]:
-    cmds: list[Command] = []
+    # Every tier's chain before any rule: a PASS rule's goto must find the next tier.
+    cmds: list[Command] = [{"add": {"chain": obj(name=chain.name)}} for chain in tiers]
     for chain, next_tier in tiers_with_next(tiers):
-        cmds.append({"add": {"chain": obj(name=chain.name)}})
         cmds.extend(chain_rules(chain, direction, next_tier))
     return cmds
 

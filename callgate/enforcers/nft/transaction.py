@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.compiler.compile import chain_tier
 from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import FailClosed
 from callgate.enforcers.nft.commands import table_objects
@@ -49,6 +50,11 @@ def _readable_notes(ruleset: RuleSet) -> tuple[tuple[str, str], ...]:
     notes = [(s.name, s.comment) for s in ruleset.address_sets if s.comment]
     notes.extend((s.name, s.comment) for s in ruleset.port_sets if s.comment)
     for ep in ruleset.endpoints:
-        notes.extend((c.name, f"ingress of {ep.endpoint} ({ep.interface})") for c in ep.ingress)
-        notes.extend((c.name, f"egress of {ep.endpoint} ({ep.interface})") for c in ep.egress)
+        notes.extend((c.name, f"ingress of {ep.endpoint} ({ep.interface}){_tier_note(c.name)}") for c in ep.ingress)
+        notes.extend((c.name, f"egress of {ep.endpoint} ({ep.interface}){_tier_note(c.name)}") for c in ep.egress)
     return tuple(notes)
+
+
+def _tier_note(chain: str) -> str:
+    tier = chain_tier(chain)
+    return f", {tier.value} tier" if tier is not None else ""
