@@ -416,6 +416,11 @@ def _docker_section(res: dict[str, Any], sec: Any, targets: list[tuple[str, str,
         "(a process entering the container's namespace), an incremental compile and one incremental "
         "transaction. Until the rules are live the container runs without them.")
     sec("")
-    targets.append(("6. Docker: container start to enforced", "≤ 500 ms p99",
-                    f"p50 {statistics.median(call):.0f} ms, p99 {_p99(call):.0f} ms from the start call "
-                    f"(callgate's part, start event → live: p99 {_p99(event):.0f} ms)", _met(_p99(call) <= 500)))
+    # Two readings of "start to enforced", each with its verdict: from the container's
+    # start (its process runs: the window it runs without its rules), and from the
+    # API call (what a user waits, the engine's own start included).
+    targets.append(("6. Docker: a container's start (the engine's start event) to its rules live", "≤ 500 ms p99",
+                    f"p50 {statistics.median(event):.0f} ms, p99 {_p99(event):.0f} ms", _met(_p99(event) <= 500)))
+    targets.append(("6. Docker: the `docker start` call to its rules live (the engine's own start included)",
+                    "≤ 500 ms p99", f"p50 {statistics.median(call):.0f} ms, p99 {_p99(call):.0f} ms (the engine "
+                    f"alone: p99 {_p99(engine):.0f} ms)", _met(_p99(call) <= 500)))
