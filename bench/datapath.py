@@ -138,7 +138,7 @@ def small_sets(commands: list[Command], client_ip: str) -> list[Command]:
     out: list[Command] = []
     for cmd in commands:
         body = cmd.get("add", {}).get("set")
-        if body is not None and body.get("elem") and isinstance(body["type"], str):
+        if body is not None and body.get("elem") and body["name"].startswith("peers"):
             texts = [_element_text(e) for e in body["elem"]]
             keep = [e for e, t in zip(body["elem"], texts, strict=True) if _contains(t, client)] or body["elem"][:1]
             cmd = {"add": {"set": {**body, "elem": keep}}}
@@ -147,19 +147,18 @@ def small_sets(commands: list[Command], client_ip: str) -> list[Command]:
 
 
 def conntrack_only(commands: list[Command]) -> list[Command]:
-    """A table's transaction cut down to the table and the forward chain's
-    first rule (``ct state established,related accept``): the floor any
+    """A table's transaction cut down to the inet table and the forward
+    chain's ``ct state established,related accept``: the floor any
     conntrack-based (stateful) enforcer pays, measured apart from callgate's
-    dispatch maps."""
+    dispatch maps and anti-spoofing."""
     out: list[Command] = []
-    have_rule = False
     for cmd in commands:
         (_verb, body), = cmd.items()
         (kind, obj), = body.items()
-        if kind == "rule" and obj["chain"] == FORWARD and not have_rule:
-            out.append(cmd)
-            have_rule = True
-        elif kind == "table" or (kind == "chain" and obj["name"] == FORWARD):
+        if obj.get("family") != FAMILY:
+            continue
+        established = kind == "rule" and any("ct" in e.get("match", {}).get("left", {}) for e in obj["expr"])
+        if (established and obj["chain"] == FORWARD) or kind == "table" or (kind == "chain" and obj["name"] == FORWARD):
             out.append(cmd)
     return out
 

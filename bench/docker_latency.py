@@ -55,10 +55,10 @@ def _labels(service: str, number: int) -> dict[str, str]:
 def measure(starts: int) -> dict[str, Any]:
     import docker as docker_py
 
-    from callgate.agent.interfaces import InterfaceResolver
     from callgate.agent.reactor import Reactor, ReactorConfig
     from callgate.enforcers.nft.enforcer import NftablesEnforcer
     from callgate.enforcers.nft.kernel import LibNftables
+    from callgate.enforcers.routes import InterfaceResolver
     from callgate.watchers.docker_client import make_client
     from callgate.watchers.docker_links import VethResolver
     from callgate.watchers.docker_source import DockerSource

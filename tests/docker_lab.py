@@ -17,15 +17,34 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import subprocess
 import tarfile
+import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from callgate.agent.metrics import AgentMetrics, StatusServer
+from callgate.agent.reactor import Reactor, ReactorConfig
+from callgate.enforcers import get_enforcer, guard
+from callgate.enforcers.placement import NodeEnforcer
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.lab.dockerd import DockerdLab, unavailable
+from callgate.watchers.docker_client import make_client
+from callgate.watchers.docker_links import VethResolver
+from callgate.watchers.docker_source import DockerSource
+from tests.helpers import ROOT
 
+EXAMPLE = ROOT / "examples" / "docker"
+POLICIES = EXAMPLE / "policies"
+NODE = "docker-1"
+WAIT = 20.0
 IMAGE = "cgbox:latest"  # EXPOSE 80/tcp, serves it
 PLAIN = "cgbox:plain"  # exposes nothing, sleeps: what a service image is before compose.yaml says more
 TOOLS = ("sh", "httpd", "sleep", "nc", "cat", "ip", "ls", "true")
@@ -119,3 +138,123 @@ def connects(client: Any, source: str, ip: str, port: int = 80, timeout: int = 1
             ip, str(port)]
     done = subprocess.run(argv, input="", capture_output=True, text=True, timeout=timeout + 5, check=False)
     return done.returncode == 0
+
+
+def wait(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)  # polling a condition, not synchronising by sleeping
+
+
+def compose(service: str, project: str = "notes", **extra: str) -> dict[str, str]:
+    """The labels Compose gives a service's container (some are no Kubernetes labels)."""
+    return {"com.docker.compose.project": project, "com.docker.compose.service": service,
+            "com.docker.compose.container-number": "1", "com.docker.compose.oneoff": "False",
+            "com.docker.compose.config-hash": "0" * 64,
+            "com.docker.compose.project.working_dir": f"/srv/{project}", **extra}
+
+
+@dataclass
+class Stack:
+    networks: dict[str, str]  # compose name -> engine network name
+    containers: list[str]
+
+
+def create_network(client: Any, name: str, v4: str, v6: str | None = None) -> str:
+    import docker as docker_py
+
+    pools = [docker_py.types.IPAMPool(subnet=v4)] + ([docker_py.types.IPAMPool(subnet=v6)] if v6 else [])
+    client.create_network(name, driver="bridge", enable_ipv6=bool(v6), ipam=docker_py.types.IPAMConfig(
+        pool_configs=pools), labels={"com.docker.compose.project": "notes"})
+    return name
+
+
+def start_stack(client: Any) -> Stack:
+    """examples/docker/compose.yaml, as Compose would run it (no compose here)."""
+    front = create_network(client, "notes_front", "198.18.225.0/24", "fd00:d0c:225::/64")
+    back = create_network(client, "notes_back", "198.18.226.0/24")
+    specs = [("web", front, "80/tcp", "http=80/TCP"), ("api", front, "8080/tcp", "http=8080/TCP"),
+             ("db", back, "5432/tcp", "postgres=5432/TCP"), ("worker", back, None, None)]
+    names = []
+    for service, network, port, named in specs:
+        name = f"notes-{service}-1"
+        command = ["/bin/httpd", "-f", "-p", port.split("/")[0]] if port else ["/bin/sleep", "3600"]
+        labels = compose(service, **({"callgate.io/ports": named} if named else {}))
+        run(client, name, labels=labels, network=network, command=command, exposed=[port] if port else None,
+            image=PLAIN)
+        names.append(name)
+    client.connect_container_to_network("notes-api-1", back)
+    return Stack({"front": front, "back": back}, names)
+
+
+def stop_stack(client: Any, stack: Stack) -> None:
+    remove(client, *stack.containers)
+    for network in stack.networks.values():
+        with contextlib.suppress(Exception):
+            client.remove_network(network)
+
+
+# ---- an agent following the engine, in this process ------------------------------------------------
+
+@dataclass
+class Agent:
+    reactor: Reactor
+    enforcer: NodeEnforcer
+    source: DockerSource
+    http: StatusServer
+    metrics: AgentMetrics
+
+    def stop(self) -> None:
+        self.source.stop()
+        self.reactor.stop()
+        self.http.stop()
+        self.enforcer.close()
+
+    def endpoints(self) -> dict[str, Any]:
+        last = self.reactor.last_sync
+        return {ep.key: ep for ep in last.snapshot.inventory.endpoints} if last else {}
+
+    def enforced(self) -> set[str]:
+        """Endpoints with rules in the tables the kernel holds now."""
+        applied = self.enforcer.applied
+        if applied is None or self.enforcer.live_digest() != applied.digest:
+            return set()
+        return {ep.endpoint for ep in applied.ruleset.endpoints}
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.http.address}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+
+def start_agent(lab: DockerdLab, policies: Path = POLICIES) -> Agent:
+    """What `callgate agent --source docker --netns LAB` runs, with short timers."""
+    enforcer = get_enforcer("nft", lab.netns)
+    metrics = AgentMetrics()
+    reactor = Reactor(ReactorConfig(node=NODE, resync=0.5, coalesce=0.02, retry=0.2), enforcer,
+                      InterfaceResolver(lab.netns), metrics,
+                      guard=lambda ruleset: guard.check(ruleset, lab.netns, enforcer.name))
+    http = StatusServer("127.0.0.1:0", metrics, reactor)
+    client, where = make_client(lab.host)
+    source = DockerSource(client, where, NODE, VethResolver(lab.netns), [policies], debounce=0.02, heartbeat=1.0,
+                          backoff=(0.1, 0.5))
+    http.start()
+    reactor.start()
+    source.start(reactor.on_event)
+    return Agent(reactor, enforcer, source, http, metrics)
+
+
+def iptables_save(lab: DockerdLab) -> list[str]:
+    """Docker's rules as iptables-save prints them, without counters."""
+    out = subprocess.run(["ip", "netns", "exec", lab.netns, "iptables-save"], capture_output=True, text=True,
+                         check=True).stdout
+    return [re.sub(r" \[\d+:\d+\]$", "", line) for line in out.splitlines() if not line.startswith("#")]
+
+
+def nft_table(lab: DockerdLab) -> str:
+    return subprocess.run(["ip", "netns", "exec", lab.netns, "nft", "list", "table", "inet", "callgate"],
+                          capture_output=True, text=True, check=True).stdout

@@ -17,39 +17,39 @@ tests/test_docker_enforce.py.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from callgate.agent.interfaces import InterfaceResolver
-from callgate.agent.metrics import AgentMetrics, StatusServer
-from callgate.agent.reactor import Reactor, ReactorConfig
-from callgate.enforcers.nft.enforcer import NftablesEnforcer
-from callgate.enforcers.nft.kernel import LibNftables
 from callgate.lab.dockerd import DockerdLab
 from callgate.policy import load_inventory
-from callgate.watchers.docker_client import make_client
-from callgate.watchers.docker_links import VethResolver
-from callgate.watchers.docker_source import DockerSource
-from tests.docker_lab import PLAIN, engine, remove, run, skip_reason
+from tests.docker_lab import (
+    EXAMPLE,
+    NODE,
+    PLAIN,
+    POLICIES,
+    compose,
+    engine,
+    iptables_save,
+    nft_table,
+    remove,
+    run,
+    skip_reason,
+    start_agent,
+    start_stack,
+    stop_stack,
+    wait,
+)
 from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
-EXAMPLE = ROOT / "examples" / "docker"
-POLICIES = EXAMPLE / "policies"
-NODE = "docker-1"
-WAIT = 20.0
 CALLGATE = [sys.executable, "-m", "callgate"]
 
 
@@ -60,62 +60,6 @@ def docker() -> Iterator[tuple[DockerdLab, Any]]:
         pytest.skip(f"needs a real Docker engine: {why}")
     with engine() as (lab, client):
         yield lab, client
-
-
-def wait(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)  # polling a condition, not synchronising by sleeping
-
-
-def compose(service: str, project: str = "notes", **extra: str) -> dict[str, str]:
-    """The labels Compose gives a service's container (some are no Kubernetes labels)."""
-    return {"com.docker.compose.project": project, "com.docker.compose.service": service,
-            "com.docker.compose.container-number": "1", "com.docker.compose.oneoff": "False",
-            "com.docker.compose.config-hash": "0" * 64,
-            "com.docker.compose.project.working_dir": f"/srv/{project}", **extra}
-
-
-@dataclass
-class Stack:
-    networks: dict[str, str]  # compose name -> engine network name
-    containers: list[str]
-
-
-def create_network(client: Any, name: str, v4: str, v6: str | None = None) -> str:
-    import docker as docker_py
-
-    pools = [docker_py.types.IPAMPool(subnet=v4)] + ([docker_py.types.IPAMPool(subnet=v6)] if v6 else [])
-    client.create_network(name, driver="bridge", enable_ipv6=bool(v6), ipam=docker_py.types.IPAMConfig(
-        pool_configs=pools), labels={"com.docker.compose.project": "notes"})
-    return name
-
-
-def start_stack(client: Any) -> Stack:
-    """examples/docker/compose.yaml, as Compose would run it (no compose here)."""
-    front = create_network(client, "notes_front", "198.18.225.0/24", "fd00:d0c:225::/64")
-    back = create_network(client, "notes_back", "198.18.226.0/24")
-    specs = [("web", front, "80/tcp", "http=80/TCP"), ("api", front, "8080/tcp", "http=8080/TCP"),
-             ("db", back, "5432/tcp", "postgres=5432/TCP"), ("worker", back, None, None)]
-    names = []
-    for service, network, port, named in specs:
-        name = f"notes-{service}-1"
-        command = ["/bin/httpd", "-f", "-p", port.split("/")[0]] if port else ["/bin/sleep", "3600"]
-        labels = compose(service, **({"callgate.io/ports": named} if named else {}))
-        run(client, name, labels=labels, network=network, command=command, exposed=[port] if port else None,
-            image=PLAIN)
-        names.append(name)
-    client.connect_container_to_network("notes-api-1", back)
-    return Stack({"front": front, "back": back}, names)
-
-
-def stop_stack(client: Any, stack: Stack) -> None:
-    remove(client, *stack.containers)
-    for network in stack.networks.values():
-        with contextlib.suppress(Exception):
-            client.remove_network(network)
 
 
 def cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
@@ -177,74 +121,22 @@ def test_inventory_from_a_real_engine_feeds_the_analysis_commands(docker: Any, t
         assert "notes/worker" in matrix
         cli("diff", *inv_args, str(POLICIES), str(POLICIES))
         cli("apply", *inv_args, "-p", str(POLICIES), "--node", NODE, "--netns", lab.netns, "--dry-run")
+
+        # doctor reads the same engine: every container is a port of its Docker bridge, and the
+        # host-network one is named as not enforceable, which makes the exit code 1.
+        doctor = cli("doctor", "--from", "docker", "--docker-host", lab.host, "--node", NODE, "--netns", lab.netns,
+                     check=1).stdout
+        web_bridge = "br-" + net_ids["notes_front"][:12]
+        assert f"notes/notes-web-1     bridge port: {web.interface} of bridge {web_bridge}  ok" in doctor, doctor
+        assert "default/odd-one       bridge port: " in doctor and "DEFEATED" not in doctor
+        assert "  container monitor  not enforceable: uses the host's network stack" in doctor
+        assert doctor.rstrip().endswith("1 workload(s) callgate cannot enforce")
     finally:
         remove(client, "monitor", "odd_one")
         stop_stack(client, stack)
 
 
 # ---- an agent following the engine ---------------------------------------------------------------
-
-@dataclass
-class Agent:
-    reactor: Reactor
-    enforcer: NftablesEnforcer
-    source: DockerSource
-    kernel: LibNftables
-    http: StatusServer
-    metrics: AgentMetrics
-
-    def stop(self) -> None:
-        self.source.stop()
-        self.reactor.stop()
-        self.http.stop()
-        self.kernel.close()
-
-    def endpoints(self) -> dict[str, Any]:
-        last = self.reactor.last_sync
-        return {ep.key: ep for ep in last.snapshot.inventory.endpoints} if last else {}
-
-    def enforced(self) -> set[str]:
-        """Endpoints with rules in the table the kernel holds now."""
-        applied = self.enforcer.applied
-        if applied is None or self.enforcer.live_digest() != applied.digest:
-            return set()
-        return {ep.endpoint for ep in applied.ruleset.endpoints}
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://{self.http.address}{path}", timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-
-
-def start_agent(lab: DockerdLab, policies: Path = POLICIES) -> Agent:
-    kernel = LibNftables(lab.netns)
-    enforcer = NftablesEnforcer(kernel)
-    metrics = AgentMetrics()
-    reactor = Reactor(ReactorConfig(node=NODE, resync=0.5, coalesce=0.02, retry=0.2), enforcer,
-                      InterfaceResolver(lab.netns), metrics)
-    http = StatusServer("127.0.0.1:0", metrics, reactor)
-    client, where = make_client(lab.host)
-    source = DockerSource(client, where, NODE, VethResolver(lab.netns), [policies], debounce=0.02, heartbeat=1.0,
-                          backoff=(0.1, 0.5))
-    http.start()
-    reactor.start()
-    source.start(reactor.on_event)
-    return Agent(reactor, enforcer, source, kernel, http, metrics)
-
-
-def iptables_save(lab: DockerdLab) -> list[str]:
-    """Docker's rules as iptables-save prints them, without counters."""
-    out = subprocess.run(["ip", "netns", "exec", lab.netns, "iptables-save"], capture_output=True, text=True,
-                         check=True).stdout
-    return [re.sub(r" \[\d+:\d+\]$", "", line) for line in out.splitlines() if not line.startswith("#")]
-
-
-def nft_table(lab: DockerdLab) -> str:
-    return subprocess.run(["ip", "netns", "exec", lab.netns, "nft", "list", "table", "inet", "callgate"],
-                          capture_output=True, text=True, check=True).stdout
-
 
 def test_the_agent_follows_the_engine(docker: Any) -> None:
     lab, client = docker
@@ -320,6 +212,29 @@ def test_engine_lost_keeps_the_rules_and_a_restarted_dockerd_leaves_them(docker:
         agent.stop()
         lab.start_daemon()  # whatever happened above, the next test gets an engine
         remove(client, "notes-web-2")
+        stop_stack(client, stack)
+
+
+def test_a_restarted_agent_adopts_the_table(docker: Any) -> None:
+    """The agent stopped (rules stay) and started again on the same engine: the live
+    tables are what it would write, so it adopts them without a transaction."""
+    lab, client = docker
+    stack = start_stack(client)
+    first = start_agent(lab)
+    try:
+        wait(lambda: "notes/notes-web-1" in first.enforced(), "the stack to be enforced")
+        assert first.reactor.transactions["full"] == 1
+    finally:
+        first.stop()
+    table = nft_table(lab)
+    second = start_agent(lab)
+    try:
+        wait(lambda: second.reactor.last_sync is not None, "the restarted agent's first sync")
+        assert "notes/notes-web-1" in second.enforced()
+        assert sum(second.reactor.transactions.values()) == 0  # adopted: nothing written
+        assert nft_table(lab) == table
+    finally:
+        second.stop()
         stop_stack(client, stack)
 
 

@@ -27,6 +27,8 @@ NETWORKS = {
     "net-front": Network("net-front", "frontend", "bridge"),
     "net-host": Network("net-host", "host", "host"),
     "net-ovl": Network("net-ovl", "mesh", "overlay"),
+    "net-mv": Network("net-mv", "lan", "macvlan"),
+    "net-ipv": Network("net-ipv", "l3", "ipvlan"),
 }
 
 
@@ -173,6 +175,53 @@ def test_addresses_from_every_bridge_network_interface_from_the_first() -> None:
     assert [str(i) for i in c.endpoint.ips] == ["198.18.202.2", "fd00:202::2", "198.18.201.2"]
     assert c.endpoint.interface == "vethback"  # "backend" sorts first
     assert any("on 2 bridge networks" in w for w in c.warnings)
+
+
+@pytest.mark.parametrize(("network", "network_id"), [("lan", "net-mv"), ("l3", "net-ipv")])
+def test_macvlan_and_ipvlan_containers_are_enforced_in_their_own_namespace(network: str, network_id: str) -> None:
+    interfaces = Interfaces({(77, "02:42:c6:12:c8:05"): "vethbridge"})
+    c = convert(container_info("db", "198.18.203.5", network=network, network_id=network_id, pid=77,
+                               ipv6="fd00:203::5"), interfaces)
+    assert c.endpoint is not None and not c.unresolved
+    assert (c.endpoint.netns, c.endpoint.interface) == ("/proc/77/ns/net", None)
+    assert [str(i) for i in c.endpoint.ips] == ["198.18.203.5", "fd00:203::5"]
+    assert interfaces.asked == []  # no host-side interface to look for
+    # Also on a bridge: the rules in its namespace cover both networks, and no veth is needed.
+    both = container_info("db", "198.18.200.5", pid=77)
+    both["NetworkSettings"]["Networks"][network] = {"NetworkID": network_id, "IPAddress": "198.18.203.5"}
+    c = convert(both, interfaces)
+    assert (c.endpoint.netns, c.endpoint.interface) == ("/proc/77/ns/net", None)
+    assert [str(i) for i in c.endpoint.ips] == ["198.18.200.5", "198.18.203.5"]
+    # A restarted container has a new process, so a new namespace path: the view changes.
+    moved = convert(container_info("db", "198.18.203.5", network=network, network_id=network_id, pid=78))
+    assert moved.endpoint.netns == "/proc/78/ns/net" and moved.digest != convert(
+        container_info("db", "198.18.203.5", network=network, network_id=network_id, pid=77)).digest
+
+
+@pytest.mark.parametrize(("host_config", "verdict"), [
+    ({}, "raw"),  # Docker's defaults: NET_RAW, no NET_ADMIN
+    ({"CapDrop": ["NET_RAW"]}, "ok"),
+    ({"CapDrop": ["ALL"]}, "ok"),
+    ({"CapDrop": ["cap_net_raw"]}, "ok"),
+    ({"CapAdd": ["NET_ADMIN"], "CapDrop": ["NET_RAW"]}, "untrusted"),
+    ({"CapAdd": ["CAP_NET_ADMIN"]}, "untrusted"),
+    ({"CapAdd": ["ALL"]}, "untrusted"),
+    ({"Privileged": True, "CapDrop": ["ALL"]}, "untrusted"),
+])
+def test_in_namespace_enforcement_needs_a_container_without_net_admin(host_config: dict[str, Any],
+                                                                       verdict: str) -> None:
+    info = container_info("db", "198.18.203.5", network="lan", network_id="net-mv", pid=77)
+    info["HostConfig"].update(host_config)
+    c = convert(info)
+    if verdict == "untrusted":
+        assert c.endpoint is None and "could remove the rules there" in c.not_enforceable
+        return
+    assert c.endpoint is not None and c.endpoint.netns == "/proc/77/ns/net"
+    assert any("CAP_NET_RAW" in w for w in c.warnings) == (verdict == "raw")
+    # On a bridge the rules are on the host: capabilities do not matter.
+    bridged = container_info("web", "198.18.200.5", pid=78)
+    bridged["HostConfig"].update(host_config)
+    assert not any("CAP_NET_RAW" in w for w in convert(bridged).warnings)
 
 
 @pytest.mark.parametrize(("name", "expected"), [

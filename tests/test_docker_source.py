@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.errors import Problem
 from callgate.watchers.base import Snapshot, SourceProblem
 from callgate.watchers.docker_engine import EngineView
@@ -281,6 +281,8 @@ def invoke(*args: str) -> tuple[int, str]:
     (["--docker-host", "http://example"], "expected unix:///path/to/docker.sock or tcp://HOST:PORT"),
     (["-i", "examples/shop/inventory.yaml"], "--inventory belongs to --source files"),
     (["--policies", "no/such/dir"], "no such file or directory: no/such/dir"),
+    (["--backend", "iptables"], "--source docker needs the nft backend: with iptables, callgate's ACCEPT would end "
+                                "FORWARD before Docker's own rules"),
 ])
 def test_agent_docker_usage_mistakes(args: list[str], message: str) -> None:
     base = ["agent", "--node", "n", "--source", "docker", "--metrics-address", "127.0.0.1:0"]
@@ -313,3 +315,21 @@ def test_inventory_usage_mistakes() -> None:
     assert invoke("inventory")[0] == 2  # --from is required
     code, err = invoke("inventory", "--from", "docker", "--netns", "../etc")
     assert code == 2 and "not a valid network namespace name" in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--from", "kubernetes"], "--from 'kubernetes': use docker"),
+    (["--from", "docker", "-i", "examples/shop/inventory.yaml"], "--inventory and --from docker: give one of them"),
+    (["-i", "examples/shop/inventory.yaml", "--docker-host", "unix:///x"], "--docker-host belongs to --from docker"),
+    (["--from", "docker", "--docker-host", "ftp://x"], "expected unix:///path/to/docker.sock or tcp://HOST:PORT"),
+    ([], "--inventory / -i (or --from docker) is required"),
+])
+def test_doctor_docker_usage_mistakes(args: list[str], message: str) -> None:
+    code, err = invoke("doctor", "--node", "n", *args)
+    assert code == 2 and message in " ".join(err.split()), err
+
+
+def test_doctor_with_an_unreachable_engine_is_exit_1(tmp_path: Path) -> None:
+    missing = f"unix://{tmp_path}/docker.sock"
+    code, err = invoke("doctor", "--node", "n", "--from", "docker", "--docker-host", missing)
+    assert code == 1 and "cannot reach the Docker engine" in err and "Traceback" not in err

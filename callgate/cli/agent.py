@@ -57,11 +57,11 @@ def agent(
     Example: callgate agent --node node-1 -i inventory.yaml -p policies/ --fail-closed-prefix cg
     """
     from callgate.agent import logging as agent_logging
-    from callgate.agent.interfaces import InterfaceResolver
     from callgate.agent.metrics import AgentMetrics, StatusServer, parse_address
     from callgate.agent.reactor import Reactor, ReactorConfig
-    from callgate.enforcers import BACKENDS
+    from callgate.enforcers import BACKENDS, guard
     from callgate.enforcers.base import check_fail_closed_prefix
+    from callgate.enforcers.routes import InterfaceResolver
 
     # Validate everything before touching the kernel or opening a port.
     if backend not in BACKENDS:
@@ -80,14 +80,20 @@ def agent(
     except ValueError as exc:
         fail(str(exc))
     check_netns_name(netns)
+    if source == "docker" and backend == "iptables":
+        usage_error(DOCKER_NEEDS_NFT)
     src = _source(source, inventory or [], policies or [], server, kubeconfig, docker_host, node, netns)
 
     log = agent_logging.setup(log_level)
     enforcer = _enforcer(backend, netns, fail_closed_prefix)
+    if source == "docker" and enforcer.name != "nft":  # --backend auto found no working libnftables
+        enforcer.close()
+        fail(DOCKER_NEEDS_NFT)
     metrics = AgentMetrics()
     metrics.watch_enforcer(enforcer)  # per-policy rule counters (nft; iptables has none)
     reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000),
-                      enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics)
+                      enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics,
+                      guard=lambda ruleset: guard.check(ruleset, netns, enforcer.name))
     try:
         http = StatusServer(metrics_address, metrics, reactor)
     except OSError as exc:
@@ -140,6 +146,13 @@ def _enforcer(backend: str, netns: str | None, prefix: str | None) -> Enforcer:
 
 
 _KERNEL_PARTS = {"nft": "nftables", "iptables": "iptables/ipset"}
+
+# Why not iptables on a Docker host: callgate's chains would sit in the same FORWARD chain
+# as Docker's, where an ACCEPT is final, so traffic callgate allows would skip DOCKER-USER
+# and Docker's isolation between networks (measured: a container on docker0 reached one on
+# a user-defined bridge). nft tables are separate: a packet must be accepted by both.
+DOCKER_NEEDS_NFT = ("--source docker needs the nft backend: with iptables, callgate's ACCEPT would end FORWARD "
+                    "before Docker's own rules (DOCKER-USER, its isolation between networks)")
 
 
 def _source(kind: str, inventory: list[str], policies: list[str], server: str | None,

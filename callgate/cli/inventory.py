@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from callgate.cli.common import check_netns_name, fail, usage_error
+
+if TYPE_CHECKING:
+    from callgate.watchers.docker_engine import EngineView
 
 DockerHostOpt = Annotated[str | None, typer.Option(
     "--docker-host", metavar="URL",
@@ -46,14 +49,32 @@ def inventory(
     import yaml
 
     from callgate.policy.inventory import inventory_document
+
+    if source != "docker":
+        usage_error(f"--from {source!r}: use docker")
+    check_netns_name(netns)
+    view, where, node = read_docker(docker_host, node, netns)
+    header = [f"# callgate inventory --from docker: engine {where}, node {node}, "
+              f"{len(view.inventory.endpoints)} endpoint(s)"]
+    for problem in view.not_enforceable:
+        typer.secho(f"warning: not enforceable: {problem}", err=True, fg="yellow")
+        header.append(f"# not enforceable (left out): {problem.object}: {problem.message}")
+    text = "\n".join(header) + "\n" + yaml.safe_dump(inventory_document(view.inventory), sort_keys=False)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
+def read_docker(docker_host: str | None, node: str | None, netns: str | None) -> tuple[EngineView, str, str]:
+    """The engine's containers as callgate sees them (its warnings printed on
+    stderr), where the engine is, and the node they run on (``node``, else the
+    engine's name). An engine that cannot be reached is exit 1."""
     from callgate.watchers.docker_client import EngineUnavailable, describe_error, make_client
     from callgate.watchers.docker_engine import read_engine
     from callgate.watchers.docker_links import VethResolver
 
-    if source != "docker":
-        usage_error(f"--from {source!r}: use docker")
     check_docker_host(docker_host)
-    check_netns_name(netns)
     try:
         client, where = make_client(docker_host)
     except EngineUnavailable as exc:
@@ -67,16 +88,7 @@ def inventory(
         client.close()
     for problem in view.warnings:
         typer.secho(f"warning: {problem}", err=True, fg="yellow")
-    header = [f"# callgate inventory --from docker: engine {where}, node {node}, "
-              f"{len(view.inventory.endpoints)} endpoint(s)"]
-    for problem in view.not_enforceable:
-        typer.secho(f"warning: not enforceable: {problem}", err=True, fg="yellow")
-        header.append(f"# not enforceable (left out): {problem.object}: {problem.message}")
-    text = "\n".join(header) + "\n" + yaml.safe_dump(inventory_document(view.inventory), sort_keys=False)
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        output.write_text(text)
+    return view, where, node
 
 
 def engine_name(client: object) -> str:

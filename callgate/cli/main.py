@@ -50,9 +50,10 @@ def _register() -> None:
     # Each command module imports its heavy dependencies (kubernetes client,
     # prometheus, libnftables) inside the commands, so `callgate --help` and
     # the analysis commands start fast and work without them.
-    from callgate.cli import agent, analysis, engine, inventory, k8s, lab
+    from callgate.cli import agent, analysis, doctor, engine, inventory, k8s, lab
 
     engine.register(app)
+    doctor.register(app)
     analysis.register(app)
     app.add_typer(lab.lab_app, name="lab")
     agent.register(app)

@@ -17,7 +17,10 @@ The mapping (README, "Docker hosts"):
 * **where**: on a bridge network, ``interface`` is the host side of the
   container's veth, found from the container's interface link index (see
   :mod:`callgate.watchers.docker_links`); the first bridge network by name
-  decides when there are several;
+  decides when there are several. On a macvlan or ipvlan network (no
+  host-side interface: callgate enforces inside the container's namespace),
+  ``netns`` is ``/proc/PID/ns/net`` and there is no ``interface``; the rules
+  there cover every network the container is on;
 * **ports**: the exposed ports, named by the label ``callgate.io/ports``
   (``http=8080/TCP,metrics=9100/TCP``), else ``<port>-<proto>``;
 * **host network**: a container that shares the host's network stack has no
@@ -53,6 +56,10 @@ DEFAULT_NAMESPACE = "default"
 BRIDGE_DRIVERS = frozenset({"bridge"})
 NAMESPACE_DRIVERS = frozenset({"macvlan", "ipvlan"})
 MANAGED_DRIVERS = BRIDGE_DRIVERS | NAMESPACE_DRIVERS
+
+# Docker's default capabilities that matter here (moby's oci/caps/defaults.go):
+# NET_RAW is granted by default, NET_ADMIN is not.
+DOCKER_DEFAULT_CAPABILITIES = frozenset({"NET_RAW"})
 
 _MAX_LISTED = 5  # skipped label keys named in one warning
 
@@ -96,7 +103,7 @@ class Container:
         fields: list[Any] = [self.id, self.name, self.not_enforceable, list(self.warnings)]
         if ep is not None:
             fields += [ep.name, ep.namespace, sorted(ep.labels.items()), ep.node, [str(i) for i in ep.ips],
-                       ep.interface, [(p.name, p.port, p.protocol) for p in ep.ports]]
+                       ep.interface, ep.netns, [(p.name, p.port, p.protocol) for p in ep.ports]]
         text = json.dumps(fields, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -251,11 +258,6 @@ def convert_container(info: Any, networks: Mapping[str, Network], node: str,
             "(callgate enforces on bridge, macvlan and ipvlan networks)"))
     if unmanaged:
         warnings.append(f"not enforced on network(s) {', '.join(unmanaged)}: only bridge, macvlan and ipvlan are")
-    if in_namespace:
-        return Container(cid, name, pid, None, not_enforceable=(
-            f"is on macvlan/ipvlan network(s) {', '.join(clip(n, 60) for n in in_namespace)}, whose containers "
-            "have no host-side interface; enforcing inside their network namespaces is not supported here"),
-            warnings=tuple(warnings))
     ep_name = endpoint_name(name)
     if ep_name is None:
         return Container(cid, name, pid, None, not_enforceable=(
@@ -263,17 +265,59 @@ def convert_container(info: Any, networks: Mapping[str, Network], node: str,
             warnings=tuple(warnings))
     if ep_name != name:
         warnings.append(f"endpoint named {ep_name!r}: the container name is not a DNS-1123 subdomain")
+    ports = _ports(labels_raw=_dict(config.get("Labels")), config=config, warnings=warnings)
+    if in_namespace:
+        # No host-side interface to filter on: the rules go into the container's own
+        # namespace (input and output hooks), which also covers its bridge networks.
+        # They hold only while the container cannot change that namespace's rules.
+        host_config = _dict(info.get("HostConfig"))
+        if untrusted := _namespace_admin(host_config):
+            return Container(cid, name, pid, None, not_enforceable=(
+                f"is on macvlan/ipvlan network(s) {', '.join(clip(n, 60) for n in in_namespace)}, where callgate "
+                f"enforces inside its network namespace, and {untrusted}: it could remove the rules there"),
+                warnings=tuple(warnings))
+        if _has_capability(host_config, "NET_RAW"):
+            warnings.append("on a macvlan/ipvlan network with CAP_NET_RAW (Docker's default): packet sockets "
+                            "skip the output hook, so its egress is not enforced (its ingress is); drop NET_RAW")
+        endpoint = Endpoint(name=ep_name, namespace=namespace, labels=labels, node=node, ips=tuple(ips),
+                            netns=f"/proc/{pid}/ns/net", ports=ports)
+        return Container(cid, name, pid, endpoint, warnings=tuple(warnings))
     net_name, mac = bridges[0]
     interface = host_interface(pid, mac) if mac else None
     if interface is not None and interface_name(interface):
         interface = None  # never pass on a name the kernel could not have given
     if len(bridges) > 1:
-        warnings.append(f"on {len(bridges)} bridge networks: its interface on {clip(net_name, 60)} is the one "
-                        "checked for spoofing (its addresses are filtered on every network)")
-    ports = _ports(labels_raw=_dict(config.get("Labels")), config=config, warnings=warnings)
+        warnings.append(f"on {len(bridges)} bridge networks: its addresses are in the rules on every one, but only "
+                        f"its interface on {clip(net_name, 60)} is checked for spoofing (on the others it could send "
+                        "from addresses not its own)")
     endpoint = Endpoint(name=ep_name, namespace=namespace, labels=labels, node=node, ips=tuple(ips),
                         interface=interface, ports=ports)
     return Container(cid, name, pid, endpoint, warnings=tuple(warnings), unresolved=interface is None)
+
+
+def _capabilities(values: Any) -> set[str]:
+    names = values if isinstance(values, list) else []
+    return {n.upper().removeprefix("CAP_") for n in names if isinstance(n, str)}
+
+
+def _has_capability(host_config: dict[str, Any], capability: str) -> bool:
+    """Whether the container runs with ``capability`` (Docker's default set has
+    NET_RAW, not NET_ADMIN; a privileged container has every one)."""
+    if host_config.get("Privileged") is True:
+        return True
+    added, dropped = _capabilities(host_config.get("CapAdd")), _capabilities(host_config.get("CapDrop"))
+    if capability in added or "ALL" in added:
+        return True
+    return capability in DOCKER_DEFAULT_CAPABILITIES and not ({capability, "ALL"} & dropped)
+
+
+def _namespace_admin(host_config: dict[str, Any]) -> str | None:
+    """Why the container may change its own namespace's netfilter rules, or None."""
+    if host_config.get("Privileged") is True:
+        return "it is privileged"
+    if _has_capability(host_config, "NET_ADMIN"):
+        return "it has CAP_NET_ADMIN"
+    return None
 
 
 def _ports(labels_raw: dict[str, Any], config: dict[str, Any], warnings: list[str]) -> tuple[NamedPort, ...]:

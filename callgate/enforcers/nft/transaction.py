@@ -7,17 +7,17 @@ from typing import Any
 
 from callgate.compiler.compile import chain_tier
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.base import FailClosed
+from callgate.enforcers.base import FailClosed, Placement
 from callgate.enforcers.nft.commands import table_objects
 from callgate.enforcers.nft.kernel import Command
-from callgate.enforcers.nft.layout import FAMILY, TABLE, layout_digest
+from callgate.enforcers.nft.layout import TABLE, families, layout_digest
 from callgate.enforcers.nft.text import objects_text
 
 
 @dataclass(frozen=True)
 class NftTransaction:
     """A transaction as a value: build it, look at it, check it, run it.
-    This one replaces the whole table (see :class:`~.update.NftUpdate` for
+    This one replaces the whole of callgate's tables (see :class:`~.update.NftUpdate` for
     the incremental kind)."""
 
     commands: tuple[Command, ...]
@@ -35,14 +35,18 @@ class NftTransaction:
         return objects_text(adds, dict(self.notes))
 
 
-def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> NftTransaction:
-    """One transaction that swaps in the new table: the kernel holds the old
+def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
+                  ) -> NftTransaction:
+    """One transaction that swaps in the new tables: the kernel holds the old
     ruleset or the new one, never a mix, and never an empty moment."""
-    table = {"table": {"family": FAMILY, "name": TABLE}}
-    objects = table_objects(ruleset, fail_closed)
-    # "add table" first makes the "delete" valid even when no table exists yet.
-    commands = [{"add": table}, {"delete": table}, *objects]
-    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed), notes=_readable_notes(ruleset))
+    commands: list[Command] = []
+    for family in families(placement):
+        table = {"table": {"family": family, "name": TABLE}}
+        # "add table" first makes the "delete" valid even when no table exists yet.
+        commands.extend([{"add": table}, {"delete": table}])
+    commands.extend(table_objects(ruleset, fail_closed, placement))
+    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed, placement),
+                          notes=_readable_notes(ruleset))
 
 
 def _readable_notes(ruleset: RuleSet) -> tuple[tuple[str, str], ...]:
@@ -50,8 +54,9 @@ def _readable_notes(ruleset: RuleSet) -> tuple[tuple[str, str], ...]:
     notes = [(s.name, s.comment) for s in ruleset.address_sets if s.comment]
     notes.extend((s.name, s.comment) for s in ruleset.port_sets if s.comment)
     for ep in ruleset.endpoints:
-        notes.extend((c.name, f"ingress of {ep.endpoint} ({ep.interface}){_tier_note(c.name)}") for c in ep.ingress)
-        notes.extend((c.name, f"egress of {ep.endpoint} ({ep.interface}){_tier_note(c.name)}") for c in ep.egress)
+        where = ep.interface or ep.netns
+        notes.extend((c.name, f"ingress of {ep.endpoint} ({where}){_tier_note(c.name)}") for c in ep.ingress)
+        notes.extend((c.name, f"egress of {ep.endpoint} ({where}){_tier_note(c.name)}") for c in ep.egress)
     return tuple(notes)
 
 
