@@ -2,8 +2,9 @@
 
 A real dockerd in a lab network namespace (callgate/lab/dockerd.py, the image
 of tests/docker_lab.py), the examples/docker stack running, and an in-process
-agent on it (DockerSource -> Reactor -> nftables in the lab namespace, coalesce
-50 ms, the source's debounce 50 ms: the CLI agent's defaults). Then, STARTS
+agent on it as `callgate agent --source docker` builds it (DockerSource ->
+Reactor with the guard -> nftables in the lab namespace, coalesce 50 ms, the
+source's debounce 50 ms: the CLI agent's defaults). Then, STARTS
 times: create a replica of the stack's `api` service, start it, and poll
 (every millisecond, through a second libnftables handle) until the table the
 kernel holds carries rules for it; the replica is removed again, untimed,
@@ -56,8 +57,7 @@ def measure(starts: int) -> dict[str, Any]:
     import docker as docker_py
 
     from callgate.agent.reactor import Reactor, ReactorConfig
-    from callgate.enforcers.nft.enforcer import NftablesEnforcer
-    from callgate.enforcers.nft.kernel import LibNftables
+    from callgate.enforcers import get_enforcer, guard
     from callgate.enforcers.routes import InterfaceResolver
     from callgate.watchers.docker_client import make_client
     from callgate.watchers.docker_links import VethResolver
@@ -71,9 +71,12 @@ def measure(starts: int) -> dict[str, Any]:
         for service, port in (("web", 80), ("api", 8080), ("db", 5432)):
             run(client, f"notes-{service}-1", labels=_labels(service, 1), network="notes_front", image=PLAIN,
                 command=["/bin/httpd", "-f", "-p", str(port)], exposed=[f"{port}/tcp"])
-        kernel, probe = LibNftables(lab.netns), LibNftables(lab.netns)
-        enforcer, watcher = NftablesEnforcer(kernel), NftablesEnforcer(probe)
-        reactor = Reactor(ReactorConfig(node=NODE, resync=3600), enforcer, InterfaceResolver(lab.netns))
+        # What `callgate agent --source docker` builds (the guard included: it looks at
+        # each new container's bridge port before its rules go in); a second enforcer,
+        # with its own libnftables handle, reads what the kernel holds.
+        enforcer, watcher = get_enforcer("nft", lab.netns), get_enforcer("nft", lab.netns)
+        reactor = Reactor(ReactorConfig(node=NODE, resync=3600), enforcer, InterfaceResolver(lab.netns),
+                          guard=lambda ruleset: guard.check(ruleset, lab.netns, enforcer.name))
         api, where = make_client(lab.host)
         source = DockerSource(api, where, NODE, VethResolver(lab.netns), [POLICIES])
         reactor.start()
@@ -127,8 +130,8 @@ def measure(starts: int) -> dict[str, Any]:
             after = dict(reactor.mode_counts)
             source.stop()
             reactor.stop()
-            kernel.close()
-            probe.close()
+            enforcer.close()
+            watcher.close()
             api.close()
         return {"available": True, "starts": starts, "event_to_enforced_ms": event_to_enforced,
                 "call_to_enforced_ms": call_to_enforced,
