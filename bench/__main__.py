@@ -173,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--only {args.only} needs the results of a full run in {results_path}")
         res: dict[str, Any] = json.loads(results_path.read_text())
         args.skip = [part for part in PARTS if part != args.only]
-        res[f"{args.only}_measured"] = {"started": stamp, "load": os.getloadavg()}
+        # The machine may not be the full run's: say which one measured this part.
+        res[f"{args.only}_measured"] = {"started": stamp, "load": os.getloadavg(), "machine": machine()}
     else:
         res = {"machine": machine(), "quick": args.quick,
                "command": "python -m bench" + (" --quick" if args.quick else ""),
                "started": stamp, "load_before": os.getloadavg()}
-    log(f"machine: {res['machine']}")
+    log(f"machine: {machine() if args.only else res['machine']}")
 
     if "compile" not in args.skip:
         for curve in ("pods_curve", "policies_curve"):
