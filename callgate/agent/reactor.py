@@ -67,7 +67,7 @@ from callgate.enforcers.base import Enforcer
 from callgate.enforcers.guard import Report
 from callgate.enforcers.placement import without
 from callgate.enforcers.routes import InterfaceResolver
-from callgate.errors import KernelError
+from callgate.errors import InputError, KernelError
 from callgate.policy.model import Inventory
 from callgate.watchers.base import Snapshot, SourceProblem
 
@@ -222,12 +222,28 @@ class Reactor:
                     self._skipped_objects(event)
                     self._not_enforceable(event)
                     self._sync(event, first)
-            except Exception as exc:  # keep the worker alive; the rules stay as they are
+            except (KernelError, InputError, OSError) as exc:
+                # What the kernel or the host can do to an apply (refused, EPERM, a tool
+                # missing, a namespace gone) or what a backend cannot express: one line
+                # saying so. The kernel still holds the previous rules (a transaction is
+                # all or nothing); the apply is retried every `retry` seconds.
+                self.apply_error = str(exc)
+                self.metrics.apply_errors.inc()
+                _log(logging.ERROR, "apply failed; the previous rules stay in the kernel", node=self.config.node,
+                     error=self.apply_error,
+                     digest=self.enforcer.applied.digest if self.enforcer.applied else None)
+            except Exception as exc:  # a bug: keep the worker alive, the rules stay as they are
                 self.apply_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.apply_errors.inc()
                 log.exception("sync failed; previous rules stay", extra={"fields": {"node": self.config.node}})
             finally:
-                self._last_check = time.monotonic()
+                # The drift check is due `resync` seconds after the last one, however
+                # many event syncs came between: an event's incremental transaction
+                # looks only at what it changes, so under steady churn (a change more
+                # often than --resync) a tampered table would otherwise stay tampered.
+                # A failed apply is retried `retry` seconds after the failure.
+                if kind == "resync" or self.apply_error:
+                    self._last_check = time.monotonic()
                 with self._cond:
                     self.syncs += 1
                     self._cond.notify_all()
@@ -331,9 +347,12 @@ class Reactor:
         except KernelError as exc:
             if full:
                 raise
-            _log(logging.WARNING, "incremental transaction refused; replacing the table instead",
+            try:
+                result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=False)
+            except KernelError as again:  # one failure to report, not two
+                raise KernelError(f"{again} (the incremental transaction before it was refused too: {exc})") from None
+            _log(logging.WARNING, "incremental transaction refused; replaced the table instead",
                  node=self.config.node, error=str(exc))
-            result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=False)
         seconds = time.monotonic() - started
         # A change although nothing desired changed is a repair too: the live state
         # moved after the resync's check (nft also says so itself, other backends not).

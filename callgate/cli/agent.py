@@ -57,11 +57,10 @@ def agent(
     Example: callgate agent --node node-1 -i inventory.yaml -p policies/ --fail-closed-prefix cg
     """
     from callgate.agent import logging as agent_logging
-    from callgate.agent.metrics import AgentMetrics, StatusServer, parse_address
-    from callgate.agent.reactor import Reactor, ReactorConfig
-    from callgate.enforcers import BACKENDS, guard
+    from callgate.agent.lock import AgentLock, LockError
+    from callgate.agent.metrics import parse_address
+    from callgate.enforcers import BACKENDS
     from callgate.enforcers.base import check_fail_closed_prefix
-    from callgate.enforcers.routes import InterfaceResolver
 
     # Validate everything before touching the kernel or opening a port.
     if backend not in BACKENDS:
@@ -85,8 +84,28 @@ def agent(
     src = _source(source, inventory or [], policies or [], server, kubeconfig, docker_host, node, netns)
 
     log = agent_logging.setup(log_level)
+    try:  # before the kernel is touched: a second agent must change nothing
+        lock = AgentLock.acquire(netns)
+    except LockError as exc:
+        fail(str(exc))
+    try:
+        _run(log, node, src, netns, backend, resync, fail_closed_prefix, metrics_address, coalesce_ms,
+             needs_nft=source == "docker")
+    finally:
+        lock.release()
+
+
+def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync: float,
+         fail_closed_prefix: str | None, metrics_address: str, coalesce_ms: int, needs_nft: bool) -> None:
+    """The agent proper, once its options are valid and it holds the lock."""
+    from callgate.agent import logging as agent_logging
+    from callgate.agent.metrics import AgentMetrics, StatusServer
+    from callgate.agent.reactor import Reactor, ReactorConfig
+    from callgate.enforcers import guard
+    from callgate.enforcers.routes import InterfaceResolver
+
     enforcer = _enforcer(backend, netns, fail_closed_prefix)
-    if source == "docker" and enforcer.name != "nft":  # --backend auto found no working libnftables
+    if needs_nft and enforcer.name != "nft":  # --backend auto found no working libnftables
         enforcer.close()
         fail(DOCKER_NEEDS_NFT)
     metrics = AgentMetrics()

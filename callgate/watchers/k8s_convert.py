@@ -265,7 +265,8 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
         if isinstance(entry.value, Endpoint):
             before = len(builder.problems)
             builder.endpoint(entry.value, Document(_UNREADABLE, 0, {}), object_name(
-                {"metadata": {"name": entry.ref.name, "namespace": entry.ref.namespace}}, "Pod"), ())
+                {"metadata": {"name": entry.ref.name, "namespace": entry.ref.namespace}}, "Pod"),
+                ("metadata", "name"), ("status", "podIPs"))
             if len(builder.problems) > before:
                 problems_by_object[entry.ref] = _relabel(builder.problems[before:])
     for _, entry in sorted(entries.get(NODES, {}).items()):

@@ -14,7 +14,7 @@ from typing import Any
 
 from callgate.compiler import addresses
 from callgate.compiler.ir import AddressPortSet, AddressSet, Chain, Family, L4Match, Rule, RuleSet, Verdict
-from callgate.enforcers.base import FailClosed, Placement, rule_comment
+from callgate.enforcers.base import FailClosed, Placement, refuse_interfaces, rule_comment
 from callgate.enforcers.nft.dispatch import dispatch_objects
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
@@ -27,6 +27,7 @@ from callgate.enforcers.nft.layout import (
     layout_digest,
     obj,
 )
+from callgate.errors import shown
 
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
 _NFPROTO = {"ip": "ipv4", "ip6": "ipv6"}
@@ -165,11 +166,28 @@ def _tier_commands(tiers: tuple[Chain, ...], direction: str) -> list[Command]:
     return cmds
 
 
+def interface_problem(iface: str) -> str | None:
+    """Why nftables cannot be given ``iface``, or None. libnftables' JSON reads a string
+    that starts with '@' as a reference to a set (the kernel then refuses the whole
+    transaction); Linux and callgate's validation allow such a name."""
+    if iface.startswith("@"):
+        return (f"interface {shown(iface)} cannot be written for nftables (libnftables reads a name starting with "
+                "'@' as a set); rename the interface")
+    return None
+
+
+def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
+    """Refuse what nftables cannot be given, before anything reaches the kernel."""
+    refuse_interfaces(ruleset, fail_closed, interface_problem)
+
+
 def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
                   ) -> list[Command]:
     """``add`` commands that build the whole table (and, on a node, the bridge
     table), in dependency order: the decision part from the IR here, then
-    the dispatch part (:mod:`.dispatch`), whose maps jump to its chains."""
+    the dispatch part (:mod:`.dispatch`), whose maps jump to its chains (InputError
+    for what nftables cannot be given)."""
+    validate(ruleset, fail_closed)
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname",
                                     elem=[digest_element(layout_digest(ruleset, fail_closed, placement))])}})

@@ -45,6 +45,7 @@ from callgate.enforcers.nft.commands import (
     port_elements,
     port_set_command,
     tiers_with_next,
+    validate,
 )
 from callgate.enforcers.nft.dispatch import dispatch_elements, structure
 from callgate.enforcers.nft.kernel import Command
@@ -153,6 +154,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: F
     """One transaction taking the kernel from ``old`` to ``new``; None when only
     a full replacement is safe. The transaction itself checks, in the kernel,
     that the live table holds ``old``'s digest."""
+    validate(new, new_fc)
     old_digest, new_digest = layout_digest(old, old_fc, placement), layout_digest(new, new_fc, placement)
     if old_digest == new_digest:
         return None  # nothing to change yet not in sync: drift the digest cannot see
