@@ -153,7 +153,8 @@ def assemble(containers: Any) -> EngineView:
         if container.endpoint is None:
             continue
         before = len(builder.problems)
-        builder.endpoint(container.endpoint, Document(_UNREADABLE, 0, {}), container.display, ())
+        builder.endpoint(container.endpoint, Document(_UNREADABLE, 0, {}), container.display, ("Name",),
+                         ("NetworkSettings", "Networks"))
         if len(builder.problems) > before:
             not_enforceable += [_problem(container, p.message) for p in builder.problems[before:]]
     builder.problems.clear()  # reported per container above; finish() only adds implied namespaces
