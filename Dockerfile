@@ -35,7 +35,7 @@ RUN python3 -m venv --system-site-packages /opt/callgate
 # Only what the package needs (not tests, benchmarks or a local .venv).
 COPY pyproject.toml README.md /src/
 COPY callgate /src/callgate
-RUN /opt/callgate/bin/pip install --no-cache-dir '/src[kubernetes]' \
+RUN /opt/callgate/bin/pip install --no-cache-dir '/src[kubernetes,docker]' \
  && rm -rf /src
 
 COPY --from=cni-plugin /out/callgate-cni /opt/callgate/cni/callgate-cni

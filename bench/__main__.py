@@ -5,7 +5,8 @@ BENCHMARKS.md, bench/results.json and the SVG plots in bench/plots/.
 
     --quick      tiny sizes, one repeat (the smoke test; no figure means anything)
     --out DIR    write the report, results and plots under DIR instead of the repo
-    --skip X     skip a part: compile, load, antrea, datapath, analysis (repeatable)
+    --skip X     skip a part: compile, load, antrea, datapath, analysis, docker (repeatable)
+    --only X     measure part X again on its own; the rest of the report keeps the last full run's figures
 
 Compile and analysis figures come from subprocesses (bench/compile_point.py,
 bench/analysis_point.py) so that each has its own memory figures and a slow
@@ -49,6 +50,7 @@ class Plan:
     seconds: float
     apply_repeats: int
     changes: int
+    docker_starts: int  # containers started on a real dockerd, each timed to its rules in the kernel
 
 
 FULL = Plan(
@@ -67,7 +69,7 @@ FULL = Plan(
         ("20 namespaces of 500 pods", Spec(pods=10000, namespaces=20, policies=1000, hot=100)),
     ),
     analysis_timeout=300,
-    rounds=5, seconds=5.0, apply_repeats=5, changes=200,
+    rounds=5, seconds=5.0, apply_repeats=5, changes=200, docker_starts=100,
 )
 QUICK = Plan(
     repeats=1,
@@ -83,8 +85,11 @@ QUICK = Plan(
         ("2 namespaces of 100 pods", Spec(pods=200, namespaces=2, policies=20, hot=4)),
     ),
     analysis_timeout=40,
-    rounds=1, seconds=0.3, apply_repeats=1, changes=2,
+    rounds=1, seconds=0.3, apply_repeats=1, changes=2, docker_starts=3,
 )
+
+
+PARTS = ["compile", "load", "antrea", "datapath", "analysis", "docker"]
 
 
 def log(msg: str) -> None:
@@ -151,19 +156,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--skip", action="append", default=[],
-                    choices=["compile", "load", "antrea", "datapath", "analysis"])
+    ap.add_argument("--skip", action="append", default=[], choices=PARTS)
+    ap.add_argument("--only", choices=PARTS, help=(
+        "measure this part again on its own; the other sections keep the figures of the last full run "
+        "(results.json), and the report says when each was measured"))
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out_dir: Path = args.out or ROOT
     plot_dir = (out_dir / "bench" / "plots") if args.out is None else out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
+    results_path = (out_dir / "bench" / "results.json") if args.out is None else out_dir / "results.json"
     started = time.time()
-    res: dict[str, Any] = {"machine": machine(), "quick": args.quick,
-                           "command": "python -m bench" + (" --quick" if args.quick else ""),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
-                           "load_before": os.getloadavg()}
-    log(f"machine: {res['machine']}")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
+    if args.only:
+        if not results_path.exists():
+            ap.error(f"--only {args.only} needs the results of a full run in {results_path}")
+        res: dict[str, Any] = json.loads(results_path.read_text())
+        args.skip = [part for part in PARTS if part != args.only]
+        # The machine may not be the full run's: say which one measured this part.
+        res[f"{args.only}_measured"] = {"started": stamp, "load": os.getloadavg(), "machine": machine()}
+    else:
+        res = {"machine": machine(), "quick": args.quick,
+               "command": "python -m bench" + (" --quick" if args.quick else ""),
+               "started": stamp, "load_before": os.getloadavg()}
+    log(f"machine: {machine() if args.only else res['machine']}")
 
     if "compile" not in args.skip:
         for curve in ("pods_curve", "policies_curve"):
@@ -207,16 +223,18 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"analysis {shape}: {task}")
                 res["analysis"][shape][task] = _sub("bench.analysis_point", task, spec_json(spec),
                                                     timeout=plan.analysis_timeout)
-    res["plan"] = {k: (str(v) if isinstance(v, (Spec, tuple)) else v) for k, v in dataclasses.asdict(plan).items()}
-    res["elapsed_s"] = time.time() - started
-    res["load_after"] = os.getloadavg()
-
-    results_path = (out_dir / "bench" / "results.json") if args.out is None else out_dir / "results.json"
+    if "docker" not in args.skip:
+        log(f"docker: {plan.docker_starts} container starts on a real dockerd")
+        res["docker"] = _sub("bench.docker_latency", str(plan.docker_starts), timeout=1800)
+    if not args.only:  # a part measured alone keeps the full run's plan, duration and load
+        res["plan"] = {k: (str(v) if isinstance(v, (Spec, tuple)) else v) for k, v in dataclasses.asdict(plan).items()}
+        res["elapsed_s"] = time.time() - started
+        res["load_after"] = os.getloadavg()
     results_path.write_text(json.dumps(res, indent=1, default=str) + "\n")
     from bench.report import write_report
 
     write_report(res, out_dir / "BENCHMARKS.md", plot_dir, ROOT if args.out is None else out_dir)
-    log(f"wrote {out_dir / 'BENCHMARKS.md'} in {res['elapsed_s']:.0f} s")
+    log(f"wrote {out_dir / 'BENCHMARKS.md'} in {time.time() - started:.0f} s")
     return 0
 
 

@@ -25,7 +25,7 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
         argv += ["--skip", "datapath"]
     tag = f"smoke{os.getpid()}"  # the lab's namespaces are cgb-bench-<tag>-*: ours only
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CGB_LAB_TAG": tag}
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Targets" in report and "Quick mode" in report
@@ -43,9 +43,17 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
         assert lab["tiers_table"]["server_ingress_chains"][0] > 0, "the server walks an Admin tier chain"
         assert all(lab["incremental"]["incremental"]), "pod churn should reach the kernel as an incremental update"
         assert (tmp_path / "plots" / "datapath.svg").exists()
+    from bench.docker_latency import possible as docker_possible
+
+    docker = results["docker"]
+    if docker_possible() is None:
+        assert docker["available"] and len(docker["call_to_enforced_ms"]) == 3, docker
+        assert "## 6. Docker hosts" in report
+    else:
+        assert docker == {"available": False, "why": docker_possible()}
     # The lab cleans up after itself.
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"cgb-bench-{tag}-" not in names
+    assert f"cgb-bench-{tag}-" not in names and f"cgb-docker-{tag}" not in names
 
 
 def test_generator_is_deterministic() -> None:

@@ -245,7 +245,9 @@ def test_dockerfile_installs_nftables_and_runs_callgate() -> None:
     assert re.match(r"FROM debian:12", final)
     for package in ("nftables", "libnftables1", "python3-nftables", "python3", "iproute2", "iptables", "ipset"):
         assert package in image_packages(), package
-    assert "[kubernetes]" in final, "the image needs the kubernetes extra"
+    extras = re.search(r"/src\[([a-z,]+)\]", final)
+    assert extras is not None and "kubernetes" in extras.group(1).split(","), "the image needs the kubernetes extra"
+    assert "docker" in extras.group(1).split(","), "the image runs the agent on Docker hosts too"
     assert re.search(r'^ENTRYPOINT \["callgate"\]', final, re.M)
     images = {c["image"] for kind, name in (("DaemonSet", "callgate-agent"), ("Deployment", "callgate-controller"))
               for c in [container(kind, name)[1]]}

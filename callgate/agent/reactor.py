@@ -32,6 +32,9 @@ One worker thread does all kernel work, so transactions never interleave:
   invalid (``Snapshot.problems``; the rest applies). Each distinct problem is
   logged once, when it first appears (not on every resync), and the gauge
   ``callgate_source_problems`` says how many there are now.
+* **Not enforceable.** Workloads the source sees but callgate cannot filter
+  (``Snapshot.not_enforceable``: a Docker container on the host's network)
+  are logged once each and counted in ``callgate_endpoints{state="not_enforceable"}``.
 * **Backends.** The reactor works with any :class:`~callgate.enforcers.base.Enforcer`:
   nft (incremental transactions) or iptables (every apply is planned against
   the live sets and chains; its mode is reported as "full").
@@ -152,6 +155,7 @@ class Reactor:
         self.repairs = 0
         self.transactions: Counter[str] = Counter()  # committed transactions by mode ("incremental", "full")
         self.skipped: set[str] = set()  # the source's skipped-object problems already logged
+        self.not_enforceable: set[str] = set()  # workloads the source says cannot be enforced, logged
         # Kept across syncs: a snapshot that differs from the last only in
         # endpoints without chains here patches the affected sets instead of recompiling
         # the node (milliseconds instead of ~0.4 s at 50,000 pods).
@@ -321,6 +325,7 @@ class Reactor:
                     self.source_problem = None
                     self.metrics.source_up.set(1)
                     self._skipped_objects(event)
+                    self._not_enforceable(event)
                     self._sync(event, first)
             except (KernelError, InputError, OSError) as exc:
                 # What the kernel or the host can do to an apply (refused, EPERM, a tool
@@ -368,6 +373,17 @@ class Reactor:
             _log(logging.INFO, "skipped objects resolved", node=self.config.node,
                  resolved=sorted(self.skipped - now)[:20])
         self.skipped = now
+
+    def _not_enforceable(self, snapshot: Snapshot) -> None:
+        """Workloads the source sees but callgate cannot enforce (host network):
+        each logged once when it appears, and counted, so none is mistaken for
+        enforced."""
+        now = {str(p) for p in snapshot.not_enforceable}
+        self.metrics.endpoints.labels("not_enforceable").set(len(now))
+        for problem in sorted(now - self.not_enforceable):
+            _log(logging.WARNING, "not enforceable: callgate cannot filter this workload's traffic",
+                 node=self.config.node, workload=problem)
+        self.not_enforceable = now
 
     def _resync(self) -> None:
         """Repair drift, re-resolve interfaces, retry failures."""

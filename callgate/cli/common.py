@@ -19,6 +19,7 @@ comparison (bad input included) exits 2.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +77,12 @@ def require_paths(option: str, paths: Iterable[str]) -> list[str]:
     if missing:
         raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint=option)
     return paths
+
+
+def check_netns_name(netns: str | None) -> None:
+    """A named network namespace (as ``ip netns`` lists them), or a usage mistake."""
+    if netns is not None and (not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", netns) or netns in (".", "..")):
+        usage_error(f"--netns {netns!r} is not a valid network namespace name")
 
 
 def load_inputs(inventory: Sequence[str], policies: Sequence[str]) -> tuple[Inventory, PolicySet]:

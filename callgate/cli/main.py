@@ -50,13 +50,14 @@ def _register() -> None:
     # Each command module imports its heavy dependencies (kubernetes client,
     # prometheus, libnftables) inside the commands, so `callgate --help` and
     # the analysis commands start fast and work without them.
-    from callgate.cli import agent, analysis, cni, doctor, engine, k8s, lab
+    from callgate.cli import agent, analysis, cni, doctor, engine, inventory, k8s, lab
 
     engine.register(app)
     doctor.register(app)
     analysis.register(app)
     app.add_typer(lab.lab_app, name="lab")
     agent.register(app)
+    inventory.register(app)
     k8s.register(app)
     cni.register(app)
     tidy(app)

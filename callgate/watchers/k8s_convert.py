@@ -32,6 +32,7 @@ from callgate.policy.documents import Document
 from callgate.policy.inventory import InventoryBuilder
 from callgate.policy.model import ClusterPolicy, Endpoint, Inventory, Namespace, Node, Policy, PolicySet
 from callgate.policy.networkpolicy import object_name, parse_network_policy
+from callgate.watchers.base import clip
 
 PODS, NAMESPACES, POLICIES, NODES = "pods", "namespaces", "networkpolicies", "nodes"
 CLUSTER_POLICIES = "clusternetworkpolicies"
@@ -55,7 +56,6 @@ ORIGIN = "kubernetes"
 # line numbers. A path below /dev/null can never be read, so no object from the API
 # can make us open a file on disk; problems are relabelled ORIGIN afterwards.
 _UNREADABLE = "/dev/null/kubernetes-api"
-_MAX_MESSAGE = 512  # API strings end up in messages; keep one hostile object from flooding logs
 
 
 @dataclass(frozen=True)
@@ -94,12 +94,6 @@ class Converted:
 def _digest(*parts: Any) -> str:
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def clip(text: str, limit: int = _MAX_MESSAGE) -> str:
-    """A single printable line of at most ``limit`` characters (API strings are hostile)."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _relabel(problems: Iterable[Problem]) -> tuple[Problem, ...]:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.watchers.base import clip
 from callgate.watchers.cache import ClusterCache
 from callgate.watchers.k8s_convert import (
     API_VERSIONS,
@@ -48,7 +49,6 @@ from callgate.watchers.k8s_convert import (
     OPTIONAL_KINDS,
     PODS,
     POLICIES,
-    clip,
 )
 
 log = logging.getLogger("callgate.watchers.kubernetes")
