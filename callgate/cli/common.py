@@ -23,13 +23,16 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from callgate.errors import InputError, KernelError, Problem
 from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
+
+if TYPE_CHECKING:
+    from callgate.enforcers.placement import NodeEnforcer
 
 EXIT_OK, EXIT_USER, EXIT_USAGE = 0, 1, 2
 
@@ -62,6 +65,27 @@ class UsageMistake(typer.BadParameter):
 
     def format_message(self) -> str:
         return self.message
+
+
+@contextmanager
+def opened_enforcer(backend: str, netns: str | None,
+                    refuse: Callable[[str], NoReturn] = fail) -> Iterator[NodeEnforcer]:
+    """The backend's enforcer for netns (None: ours), closed on leaving.
+
+    An unknown backend or iptables variant is a usage mistake, not a crash:
+    ``refuse`` gets its message. The import is lazy so that commands which
+    never reach the kernel do not load libnftables.
+    """
+    from callgate.enforcers import get_enforcer
+
+    try:
+        enforcer = get_enforcer(backend, netns)
+    except ValueError as exc:
+        refuse(str(exc))
+    try:
+        yield enforcer
+    finally:
+        enforcer.close()
 
 
 def usage_error(message: str) -> NoReturn:

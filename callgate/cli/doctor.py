@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
-from callgate.cli.common import check_netns_name, fail, require_paths, usage_error
+from callgate.cli.common import check_netns_name, fail, opened_enforcer, require_paths, usage_error
 from callgate.cli.engine import BackendOpt, NodeOpt
 from callgate.cli.inventory import DockerHostOpt, read_docker
 from callgate.compiler import Compiler
-from callgate.enforcers import get_enforcer, guard
+from callgate.enforcers import guard
 from callgate.errors import KernelError
 from callgate.policy import PolicySet, load_inventory
 
@@ -62,18 +62,13 @@ def doctor(
         if node not in inv.nodes():
             fail(f"node {node!r} runs no endpoint in the inventory (nodes: {', '.join(inv.nodes()) or 'none'})")
     ruleset = Compiler(PolicySet(), inv).compile(node)
-    try:
-        enforcer = get_enforcer(backend, netns)
-    except ValueError as exc:
-        fail(str(exc))
-    try:
-        report = guard.check(ruleset, netns, enforcer.name)
-        tables = {where: enforcer.part(where).live_digest() for where in
-                  (None, *sorted({le.netns for le in ruleset.local if le.interface is None and le.netns}))}
-    except KernelError as exc:
-        fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
-    finally:
-        enforcer.close()
+    with opened_enforcer(backend, netns) as enforcer:
+        try:
+            report = guard.check(ruleset, netns, enforcer.name)
+            tables = {where: enforcer.part(where).live_digest() for where in
+                      (None, *sorted({le.netns for le in ruleset.local if le.interface is None and le.netns}))}
+        except KernelError as exc:
+            fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
     typer.echo(f"node {node}{f' (network namespace {netns})' if netns else ''}, backend {enforcer.name}: "
                f"{len(report.placed)} local endpoint(s)")
     problems: dict[str, list[guard.Finding]] = {}

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from callgate.cli.common import InventoryOpt, PoliciesOpt, fail, load_inputs
+from callgate.cli.common import InventoryOpt, PoliciesOpt, fail, load_inputs, opened_enforcer
 from callgate.compiler import Compiler, RuleSet
 from callgate.enforcers import BACKENDS, get_enforcer, guard
 from callgate.errors import KernelError
@@ -59,15 +59,9 @@ def apply(
     Example: callgate apply -i inventory.yaml -p policies/ --node node-1
     """
     ruleset = compile_for(inventory, policies, node)
-    try:
-        enforcer = get_enforcer(backend, netns)
-    except ValueError as exc:  # unknown backend or iptables variant: a usage mistake, not a crash
-        fail(str(exc))
-    try:
+    with opened_enforcer(backend, netns) as enforcer:
         prepare(ruleset, netns, enforcer.name, dry_run)
         result = enforcer.apply(ruleset, dry_run=dry_run)
-    finally:
-        enforcer.close()
     summary = (f"{len(ruleset.endpoints)} endpoints, {len(ruleset.address_sets) + len(ruleset.port_sets)} sets, "
                f"digest {result.digest[:12]}")
     if dry_run:
