@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem
+from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem, hand_over
 from callgate.watchers.cache import ClusterCache
 from callgate.watchers.k8s_client import make_api_client
 from callgate.watchers.k8s_convert import KINDS, ClusterState
@@ -71,7 +71,6 @@ class ClusterWatcher:
         ]
         self._threads: list[threading.Thread] = []
         self._handler: StateHandler | None = None
-        self.published = 0
 
     def start(self, handler: StateHandler) -> None:
         if self._threads:
@@ -154,12 +153,7 @@ class ClusterWatcher:
                     self._emit(state)
 
     def _emit(self, item: ClusterState | SourceProblem) -> None:
-        assert self._handler is not None
-        self.published += 1
-        try:
-            self._handler(item)
-        except Exception:  # a consumer's bug must not stop the source
-            log.exception("snapshot handler failed")
+        hand_over(self._handler, item, "cluster state")
 
 
 def _summarise(failing: dict[str, str]) -> str:
