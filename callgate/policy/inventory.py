@@ -7,7 +7,6 @@ yaml`` prints them (a ``List`` or several documents). Both may be mixed.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from callgate.errors import InputError, Problem
 from callgate.policy import validation as v
-from callgate.policy.documents import Document, files_under, read_documents
+from callgate.policy.documents import Document, files_under, gc_paused, read_documents
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
     Endpoint,
@@ -50,7 +49,7 @@ class EndpointModel(BaseModel):
     def _ips(cls, ips: list[str]) -> list[str]:
         for ip in ips:
             try:
-                ipaddress.ip_address(ip)
+                v.parse_ip(ip)
             except ValueError:
                 raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
         return ips
@@ -119,7 +118,7 @@ class InventoryBuilder:
         for i, e in enumerate(model.endpoints):
             ep = Endpoint(
                 name=e.name, namespace=e.namespace, labels=e.labels, node=e.node,
-                ips=tuple(ipaddress.ip_address(ip) for ip in e.ips), interface=e.interface,
+                ips=tuple(v.parse_ip(ip) for ip in e.ips), interface=e.interface,
                 ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
             )
             self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i))
@@ -167,10 +166,26 @@ class InventoryBuilder:
             self.problems.append(doc.problem(message, obj=obj))
             return
         ep = Endpoint(name=model.name, namespace=model.namespace, labels=model.labels,
-                      node=model.node, ips=tuple(ipaddress.ip_address(i) for i in model.ips),
+                      node=model.node, ips=tuple(v.parse_ip(i) for i in model.ips),
                       interface=model.interface,
                       ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in model.ports))
         self.endpoint(ep, doc, obj, ())
+
+    def add_document(self, doc: Document) -> None:
+        """One document of an inventory file, in whichever accepted format it is."""
+        data = doc.data
+        kind = data.get("kind") if isinstance(data, dict) else None
+        api = data.get("apiVersion") if isinstance(data, dict) else None
+        if kind == "Inventory":
+            self.add_native(doc)
+        elif kind == "Namespace" and api == "v1":
+            self.add_k8s_namespace(doc)
+        elif kind == "Pod" and api == "v1":
+            self.add_pod(doc)
+        else:
+            self.problems.append(doc.problem(
+                f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {api}/{kind}",
+                obj=str(kind), field="kind", field_path=("kind",)))
 
     def finish(self) -> Inventory:
         if self.problems:
@@ -188,22 +203,11 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     builder = InventoryBuilder()
-    for path in files_under(paths):
-        for doc in read_documents(path):
-            data = doc.data
-            kind = data.get("kind") if isinstance(data, dict) else None
-            api = data.get("apiVersion") if isinstance(data, dict) else None
-            if kind == "Inventory":
-                builder.add_native(doc)
-            elif kind == "Namespace" and api == "v1":
-                builder.add_k8s_namespace(doc)
-            elif kind == "Pod" and api == "v1":
-                builder.add_pod(doc)
-            else:
-                builder.problems.append(doc.problem(
-                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {api}/{kind}",
-                    obj=str(kind), field="kind", field_path=("kind",)))
-    return builder.finish()
+    with gc_paused():
+        for path in files_under(paths):
+            for doc in read_documents(path):
+                builder.add_document(doc)
+        return builder.finish()
 
 
 def inventory_from_dict(data: dict[str, Any], name: str = "<inventory>") -> Inventory:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from callgate.errors import InputError, Problem, ProblemCode
-from callgate.policy.documents import Document, files_under, read_documents
+from callgate.policy.documents import Document, files_under, gc_paused, read_documents
 from callgate.policy.model import Policy, PolicySet
 from callgate.policy.native import ParsedApp, compile_apps, parse_app
 from callgate.policy.networkpolicy import parse_network_policy
@@ -39,6 +39,11 @@ def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
     """Read every policy document under ``paths``; all problems are reported at once."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    with gc_paused():
+        return _load_policies(paths)
+
+
+def _load_policies(paths: Iterable[str | Path]) -> PolicySet:
     problems: list[Problem] = []
     policies = []
     apps: list[ParsedApp] = []

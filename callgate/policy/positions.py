@@ -17,10 +17,7 @@ from typing import Any
 
 import yaml
 
-try:  # pragma: no cover - depends on how PyYAML was built
-    SAFE_LOADER: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover
-    SAFE_LOADER = yaml.SafeLoader
+from callgate.policy.yamlfast import SAFE_LOADER
 
 Position = tuple[int | None, int | None]  # 1-based (line, column); (None, None) when unknown
 FieldPath = tuple[str | int, ...]  # e.g. ("spec", "ingress", 0, "ports")
