@@ -153,3 +153,30 @@ ip_texts = st.one_of(
 @given(ip_texts)
 def test_parse_ip_equals_ipaddress(text: str) -> None:
     assert ip_outcome(parse_ip, text) == ip_outcome(ipaddress.ip_address, text)
+
+
+# -- positions of problems -------------------------------------------------------------
+
+def test_problems_in_a_big_inventory_name_the_positions_composing_finds(tmp_path: Any) -> None:
+    """Problems are positioned by walking events (not composing nodes): the
+    same line:column the composer gives, for problems deep in a file."""
+    from callgate.errors import InputError
+    from callgate.policy.inventory import load_inventory
+    from callgate.policy.positions import Positions
+
+    endpoints = [{"name": f"p{i}", "namespace": "x", "labels": {"app": f"a{i % 7}"},
+                  "ips": [f"198.18.{i // 250}.{i % 250 + 1}"], "ports": [{"name": "http", "port": 80}]}
+                 for i in range(300)]
+    endpoints[17]["ips"] = ["999.1.1.1"]
+    endpoints[150]["labels"] = {"app": "-bad-"}
+    endpoints[299]["ports"] = [{"name": "http", "port": 70000}]
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "callgate/v1", "kind": "Inventory", "endpoints": endpoints}))
+    with pytest.raises(InputError) as err:
+        load_inventory(path)
+    composed = Positions()  # the composing way, the oracle
+    expected = {("endpoints", 17, "ips"), ("endpoints", 150, "labels"), ("endpoints", 299, "ports", 0, "port")}
+    assert len(err.value.problems) == len(expected)
+    for problem, field_path in zip(err.value.problems, sorted(expected, key=lambda p: p[1]), strict=True):
+        assert (problem.line, problem.column) == composed(str(path), 0, field_path)
+        assert problem.line is not None and problem.line > 17

