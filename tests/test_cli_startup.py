@@ -46,3 +46,12 @@ def test_apply_and_compile_start_without_numpy_or_asyncio() -> None:
             "print(sorted(m for m in ('numpy', 'asyncio', 'callgate.analysis', 'kubernetes') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_module_with_one_command_still_takes_it_as_a_subcommand() -> None:
+    from typer.testing import CliRunner
+
+    for command in ("agent", "controller"):
+        result = CliRunner().invoke(build_app(command), [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert f" {command} [OPTIONS]" in result.output

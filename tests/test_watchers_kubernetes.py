@@ -121,7 +121,7 @@ def start_source(server: FakeAPIServer) -> Iterator[Callable[..., tuple[Kubernet
 
     def start(**options: Any) -> tuple[KubernetesSource, Recorder]:
         options.setdefault("options", FAST)
-        options.setdefault("debounce", 0.02)
+        options.setdefault("coalesce", 0.02)
         options.setdefault("max_delay", 0.5)
         src = KubernetesSource.connect(server=server.url, **options)
         recorder = Recorder()
@@ -300,7 +300,7 @@ def test_status_only_updates_do_not_republish(server: FakeAPIServer, start_sourc
 
 def test_a_burst_of_changes_is_coalesced(server: FakeAPIServer, start_source: Any) -> None:
     seed(server)
-    _src, rec = start_source(debounce=0.3, max_delay=5.0)
+    _src, rec = start_source(coalesce=0.3, max_delay=5.0)
     rec.snapshot()
     mark = rec.mark()
     for i in range(30):
@@ -450,7 +450,7 @@ def test_forbidden_is_reported(server: FakeAPIServer, start_source: Any) -> None
 
 def test_stop_is_prompt_and_closes_watches(server: FakeAPIServer) -> None:
     seed(server)
-    src = KubernetesSource.connect(server=server.url, debounce=0.02, options=FAST)
+    src = KubernetesSource.connect(server=server.url, coalesce=0.02, options=FAST)
     rec = Recorder()
     src.start(rec)
     rec.snapshot()
@@ -620,7 +620,7 @@ def start_controller(server: FakeAPIServer) -> Iterator[Callable[..., Any]]:
     def start(**options: Any) -> Controller:
         api_client, origin = make_api_client(server=server.url)
         options.setdefault("options", FAST)
-        options.setdefault("debounce", 0.02)
+        options.setdefault("coalesce", 0.02)
         options.setdefault("max_delay", 0.5)
         ctl = Controller(api_client, origin, **options)
         ctl.start()

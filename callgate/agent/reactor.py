@@ -3,10 +3,12 @@
 One worker thread does all kernel work, so transactions never interleave:
 
 * **Coalescing.** Sources call :meth:`Reactor.on_event` from their threads; it
-  only records the newest event and wakes the worker. The worker waits until
-  events have been quiet for ``coalesce`` seconds (at most ``max_delay`` after
-  the first), then works on the newest snapshot only: a burst of 200 pod
-  events is one compile and one transaction.
+  only records the newest event and wakes the worker, which always works on
+  the newest snapshot only. When it acts is adaptive
+  (:mod:`callgate.watchers.coalesce`): an event after a quiet spell is
+  synced at once; inside a burst, each sync waits ``coalesce`` seconds after
+  the previous one ended, growing fourfold per sync up to ``max_delay``, so a
+  burst of 1,000 pod events is a handful of compiles and transactions.
 * **Compile only what changed.** An :class:`~callgate.compiler.incremental.compiler.IncrementalCompiler`
   is kept across syncs: a snapshot whose policies and namespaces are equal to
   the last one's and whose only changes are endpoints without chains here
@@ -58,6 +60,7 @@ from callgate.enforcers.base import Enforcer
 from callgate.errors import KernelError
 from callgate.policy.model import Inventory
 from callgate.watchers.base import Snapshot, SourceProblem
+from callgate.watchers.coalesce import CoalescePolicy, Coalescer
 
 log = logging.getLogger("callgate.agent")
 
@@ -70,8 +73,8 @@ def _log(level: int, msg: str, **fields: Any) -> None:
 class ReactorConfig:
     node: str
     resync: float = 30.0  # seconds between drift checks
-    coalesce: float = 0.05  # quiet time that ends a burst
-    max_delay: float = 1.0  # a steady trickle of events still syncs this often
+    coalesce: float = 0.02  # the first wait between syncs inside a burst (after a quiet spell: none)
+    max_delay: float = 2.0  # the longest wait: a steady trickle of events still syncs this often
     retry: float = 1.0  # re-resolve interfaces / retry a failed apply this soon
 
 
@@ -97,8 +100,7 @@ class Reactor:
         self.programmed = Programmed()
         self._cond = threading.Condition()
         self._event: Snapshot | SourceProblem | None = None
-        self._first_event_at: float | None = None
-        self._last_event_at = 0.0
+        self._coalescer = Coalescer(CoalescePolicy(holdoff=config.coalesce, max_delay=config.max_delay))
         self._stop = False
         self._thread: threading.Thread | None = None
         self.last_sync: LastSync | None = None
@@ -120,12 +122,9 @@ class Reactor:
 
     def on_event(self, event: Snapshot | SourceProblem) -> None:
         """Called by the source from any thread; cheap, never blocks on the kernel."""
-        now = time.monotonic()
         with self._cond:
             self._event = event
-            if self._first_event_at is None:
-                self._first_event_at = now
-            self._last_event_at = now
+            self._coalescer.changed(time.monotonic())
             self._cond.notify_all()
 
     # -- lifecycle -----------------------------------------------------------
@@ -173,12 +172,11 @@ class Reactor:
                     return "stop", None, None
                 now = time.monotonic()
                 if self._event is not None:
-                    first = self._first_event_at or now
-                    # The burst ends when quiet long enough, or when it has gone on too long.
-                    due = min(self._last_event_at + cfg.coalesce, first + cfg.max_delay)
+                    due = self._coalescer.due()
+                    assert due is not None
                     if now >= due:
-                        event, self._event, self._first_event_at = self._event, None, None
-                        return "event", event, first
+                        event, self._event = self._event, None
+                        return "event", event, self._coalescer.start(now)
                     self._cond.wait(due - now)
                     continue
                 interval = cfg.retry if (self.unresolved or self.apply_error) else cfg.resync
@@ -211,6 +209,8 @@ class Reactor:
             finally:
                 self._last_check = time.monotonic()
                 with self._cond:
+                    if kind == "event":
+                        self._coalescer.done(self._last_check)
                     self.syncs += 1
                     self._cond.notify_all()
         _log(logging.INFO, "reactor stopped; rules stay in the kernel", node=self.config.node)

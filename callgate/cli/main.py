@@ -52,11 +52,18 @@ def build_app(command: str | None = None) -> typer.Typer:
     """The CLI with every command, or (``command`` known) with that command only."""
     app = typer.Typer(name="callgate", help=HELP, no_args_is_help=True, add_completion=False,
                       pretty_exceptions_enable=False)
+    # A callback keeps the app a group even when it holds one command (typer
+    # would otherwise make `callgate agent ...` the app itself).
+    app.callback()(_no_options)
     only = COMMAND_MODULES.get(command or "")
     for module in MODULES:
         if only is None or module == only:
             register(app, module)
     return app
+
+
+def _no_options() -> None:
+    pass
 
 
 def __getattr__(name: str) -> Any:
