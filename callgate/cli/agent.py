@@ -36,7 +36,9 @@ def agent(
     metrics_address: Annotated[str, typer.Option(
         "--metrics-address", help="HOST:PORT for /metrics, /healthz, /readyz and /programmed.")] = "127.0.0.1:9464",
     coalesce_ms: Annotated[int, typer.Option(
-        "--coalesce-ms", help="Quiet time (ms) that ends a burst of source events.")] = 50,
+        "--coalesce-ms", help=(
+            "Coalescing of bursts: a change after a quiet spell is applied at once; inside a burst the next "
+            "apply waits this long (ms) after the last one, four times longer each time, up to 2 s."))] = 20,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Keep NODE's kernel rules equal to the policy source, until SIGTERM.
