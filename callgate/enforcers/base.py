@@ -126,6 +126,25 @@ def text_diff(live: str | None, desired: str) -> list[str]:
     return list(difflib.unified_diff((live or "").splitlines(), desired.splitlines(), "live", "desired", lineterm=""))
 
 
+class ComparesNormalText:
+    """Drift check and diff of a backend whose live and desired states have one
+    normal text form (both backends): the two methods every enforcer would
+    otherwise write the same way."""
+
+    def live_text(self) -> str | None:
+        raise NotImplementedError
+
+    def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
+        raise NotImplementedError
+
+    def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
+        """Unified diff from the live state to the desired one; empty when equal."""
+        return text_diff(self.live_text(), self.desired_text(ruleset, known_interfaces))
+
+    def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
+        return self.live_text() == self.desired_text(ruleset, known_interfaces)
+
+
 class Enforcer(Protocol):
     """One backend in one network namespace. ``known_interfaces`` only matters
     with a fail-closed prefix: the local endpoints' interfaces beyond those

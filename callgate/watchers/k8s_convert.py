@@ -112,20 +112,30 @@ def _malformed(ref: ObjectRef, obj: dict[str, Any], exc: Exception) -> Converted
     return Converted(ref, None, _relabel([problem]), _digest("malformed", str(exc)))
 
 
+def _build(ref: ObjectRef, obj: dict[str, Any], kind: str,
+           add: Callable[[InventoryBuilder, Document], None]) -> InventoryBuilder | Converted:
+    """One object through the inventory parser: the builder holding it, or the
+    Converted that reports why it could not be read."""
+    builder = InventoryBuilder()
+    try:
+        add(builder, Document(_UNREADABLE, 0, _typed(kind, obj)))
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        return _malformed(ref, obj, exc)
+    if builder.problems:
+        problems = _relabel(builder.problems)
+        return Converted(ref, None, problems, _digest([p.message for p in problems]))
+    return builder
+
+
 def convert_pod(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
     spec = obj.get("spec")
     if isinstance(spec, dict) and spec.get("hostNetwork") is True:
         # Host-network pods share the node's IPs and NetworkPolicy does not apply to
         # them; as endpoints they would collide with each other on the node address.
         return Converted(ref, None, (), _digest("hostNetwork"))
-    builder = InventoryBuilder()
-    try:
-        builder.add_pod(Document(_UNREADABLE, 0, _typed(PODS, obj)))
-    except (TypeError, AttributeError, ValueError, KeyError) as exc:
-        return _malformed(ref, obj, exc)
-    if builder.problems:
-        problems = _relabel(builder.problems)
-        return Converted(ref, None, problems, _digest([p.message for p in problems]))
+    builder = _build(ref, obj, PODS, InventoryBuilder.add_pod)
+    if isinstance(builder, Converted):
+        return builder
     if not builder.endpoints:
         return Converted(ref, None, (), _digest("finished"))  # Succeeded/Failed: holds no IP policy applies to
     ep = builder.endpoints[0]
@@ -135,14 +145,9 @@ def convert_pod(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
 
 
 def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
-    builder = InventoryBuilder()
-    try:
-        builder.add_k8s_namespace(Document(_UNREADABLE, 0, _typed(NAMESPACES, obj)))
-    except (TypeError, AttributeError, ValueError, KeyError) as exc:
-        return _malformed(ref, obj, exc)
-    if builder.problems:
-        problems = _relabel(builder.problems)
-        return Converted(ref, None, problems, _digest([p.message for p in problems]))
+    builder = _build(ref, obj, NAMESPACES, InventoryBuilder.add_k8s_namespace)
+    if isinstance(builder, Converted):
+        return builder
     ns = next(iter(builder.namespaces.values()))
     return Converted(ref, ns, (), _digest(ns.name, dict(ns.labels)))
 

@@ -32,7 +32,14 @@ import logging
 from collections.abc import Iterable
 
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.base import Applied, ApplyResult, FailClosed, RuleCounters, check_fail_closed_prefix, text_diff
+from callgate.enforcers.base import (
+    Applied,
+    ApplyResult,
+    ComparesNormalText,
+    FailClosed,
+    RuleCounters,
+    check_fail_closed_prefix,
+)
 from callgate.enforcers.iptables.kernel import Runner, SubprocessRunner, Tools
 from callgate.enforcers.iptables.layout import TMP_PREFIX, VERSIONS, Version, tmp_name
 from callgate.enforcers.iptables.live import LiveState, LiveTable, read_live
@@ -43,7 +50,7 @@ from callgate.errors import KernelError
 log = logging.getLogger(__name__)
 
 
-class IptablesEnforcer:
+class IptablesEnforcer(ComparesNormalText):
     """Applies RuleSets with ipset + iptables/ip6tables in one network namespace."""
 
     name = "iptables"
@@ -136,13 +143,6 @@ class IptablesEnforcer:
 
     def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
         return self.plan(ruleset, known_interfaces).text()
-
-    def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
-        """Unified diff from the live state to the desired one; empty when equal."""
-        return text_diff(self.live_text(), self.desired_text(ruleset, known_interfaces))
-
-    def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
-        return self.live_text() == self.desired_text(ruleset, known_interfaces)
 
     def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Iterable[str] = (),
               incremental: bool = True) -> ApplyResult:

@@ -15,11 +15,11 @@ from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import (
     Applied,
     ApplyResult,
+    ComparesNormalText,
     FailClosed,
     RuleCounters,
     check_fail_closed_prefix,
     comment_rule_id,
-    text_diff,
 )
 from callgate.enforcers.nft.kernel import NftKernel
 from callgate.enforcers.nft.layout import DIGEST_SET, FAIL_CLOSED_COMMENT, FAMILY, TABLE, digest_of, layout_digest
@@ -29,7 +29,7 @@ from callgate.enforcers.nft.update import plan_update
 from callgate.errors import KernelError
 
 
-class NftablesEnforcer:
+class NftablesEnforcer(ComparesNormalText):
     """Applies RuleSets to one network namespace's nftables.
 
     ``known_interfaces`` (plan/apply/desired_text/in_sync/diff) only matters with
@@ -72,13 +72,6 @@ class NftablesEnforcer:
 
     def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
         return normal_text([cmd["add"] for cmd in self.plan(ruleset, known_interfaces).commands if "add" in cmd])
-
-    def diff(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> list[str]:
-        """Unified diff from the live table to the desired one; empty when equal."""
-        return text_diff(self.live_text(), self.desired_text(ruleset, known_interfaces))
-
-    def in_sync(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> bool:
-        return self.live_text() == self.desired_text(ruleset, known_interfaces)
 
     def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Iterable[str] = (),
               incremental: bool = True) -> ApplyResult:
