@@ -4,15 +4,15 @@ Layout (everything lives in table ``inet callgate``; no other table is read or
 written)::
 
     set digest                           one element: what this table holds (see below)
-    set peers4_<hash> / peers6_<hash>   peer addresses (hash or interval sets, see below)
-    set named4_<proto>_<hash> …         (address . port) pairs for egress named ports
     map from_endpoint                    iifname → jump out_<endpoint>  (egress)
     map to_endpoint                      oifname → jump in_<endpoint>   (ingress)
     chain forward  (hook forward, policy accept)
         ct state established,related accept   # replies leave at the first rule
         iifname vmap @from_endpoint           # egress: allow = return, deny = drop
         oifname vmap @to_endpoint             # ingress: allow = accept, deny = drop
-    chain out_<endpoint> / in_<endpoint>  one per tier; PASS = goto next tier
+    chain out_<endpoint> / in_<endpoint>  one verdict-map look-up, then the default
+    map dec4_<h> / any4_<h> …            the decisions (:mod:`.decisions`)
+    chain allow_in_<rule id> …            counter and verdict of the rule that decided
 
 With a fail-closed prefix (``NftablesEnforcer(kernel, fail_closed_prefix="cg")``)
 the table also holds ``set known_endpoint`` (ifname: every local endpoint the
@@ -23,15 +23,9 @@ container whose veth appears before its policy is known is cut off, not open.
 The egress chain returns on allow instead of accepting, so the destination's
 ingress chain still runs for pod-to-pod traffic on the same node.
 
-Every rule compiled from a policy carries a comment that starts with the
-rule's id (:attr:`~callgate.compiler.ir.Rule.id`), followed by its origin as
-far as :data:`COMMENT_MAX` allows (:func:`~callgate.enforcers.base.rule_comment`).
-
-Peer sets: a set whose addresses can be enumerated (at most
-:data:`HASH_SET_MAX` of them) is a plain hash set of single addresses, an O(1)
-look-up per packet; only sets that cannot (wide ipBlocks) keep ``flags
-interval``. Pod-selector peers are pod IPs, so nearly every set is a hash set.
-This is the backend's choice alone: the IR and its digest do not change.
+Every rule chain carries a comment that starts with the rule's id
+(:attr:`~callgate.compiler.ir.Rule.id`), followed by its origin as far as
+:data:`COMMENT_MAX` allows (:func:`~callgate.enforcers.base.rule_comment`).
 
 The digest of what the table holds (:func:`layout_digest`: the RuleSet's
 digest, the layout version, and the fail-closed settings when on) is the one
@@ -51,7 +45,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from callgate.compiler.ir import AddressSet, RuleSet
+from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import FailClosed
 from callgate.enforcers.nft.kernel import Command
 
@@ -72,32 +66,15 @@ DIGEST_KEY_LEN = 15
 # Bumped whenever the same RuleSet is rendered into a different table, so that
 # an agent upgraded from an older layout never adopts the old table as in sync
 # (the RuleSet digest alone would still match). 2: hash peer sets, digest set.
-# 3: rule comments start with the rule id.
-LAYOUT_VERSION = 3
-# A peer set whose intervals together hold at most this many addresses is
-# rendered as a hash set of single addresses. Why this bound: a hash-set
-# element costs the kernel ~95 bytes (measured: slab + vmalloc growth when
-# loading 65,536 IPv4 or IPv6 elements, kernel 6.18), so the largest such set
-# is ~6 MiB of kernel memory and ~65k strings in a transaction (~0.45 s for
-# libnftables 1.0.6 to load); an interval holds any number of addresses in two
-# rbtree elements (~160 bytes). 65,536 covers a /16 of pods (more than any
-# node's peer union in practice, 50k-pod clusters included) while a wide
-# ipBlock (/8, /12, 0.0.0.0/0 except ...) stays a handful of intervals.
-HASH_SET_MAX = 65_536
+# 3: rule comments start with the rule id. 4: one decision-map look-up per
+# packet instead of a walk over rules and peer sets.
+LAYOUT_VERSION = 4
 COMMENT_MAX = 127  # bytes of a rule comment: the kernel keeps 128 with the NUL
 
 
 def obj(**fields: Any) -> dict[str, Any]:
     """The body of a command on an object of callgate's table."""
     return {"family": FAMILY, "table": TABLE, **fields}
-
-
-def is_hash_set(s: AddressSet) -> bool:
-    """Whether the backend renders ``s`` as a hash set of single addresses."""
-    # Every element holds at least one address: a longer set never qualifies.
-    # The count comes with the set (the compiler knows it): counting a set of
-    # 50k elements with thousands of prefixes here cost ~15 ms a plan.
-    return len(s.elements) <= HASH_SET_MAX and s.address_count <= HASH_SET_MAX
 
 
 def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import FailClosed
 from callgate.enforcers.nft.commands import table_objects
+from callgate.enforcers.nft.decisions import Layout, build_layout
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import FAMILY, TABLE, layout_digest
 from callgate.enforcers.nft.text import objects_text
@@ -24,6 +25,9 @@ class NftTransaction:
     # What each set and chain stands for, shown as '#' lines in text() (the
     # kernel keeps no comments on sets or chains, so these never round-trip).
     notes: tuple[tuple[str, str], ...] = ()
+    # The decision part this transaction leaves behind: the enforcer keeps it
+    # to plan the next change incrementally.
+    layout: Layout | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"nftables": list(self.commands)}
@@ -38,17 +42,23 @@ def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> Nf
     """One transaction that swaps in the new table: the kernel holds the old
     ruleset or the new one, never a mix, and never an empty moment."""
     table = {"table": {"family": FAMILY, "name": TABLE}}
-    objects = table_objects(ruleset, fail_closed)
+    layout = build_layout(ruleset)
+    objects = table_objects(ruleset, fail_closed, layout)
     # "add table" first makes the "delete" valid even when no table exists yet.
     commands = [{"add": table}, {"delete": table}, *objects]
-    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed), notes=_readable_notes(ruleset))
+    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed), notes=_readable_notes(ruleset, layout),
+                          layout=layout)
 
 
-def _readable_notes(ruleset: RuleSet) -> tuple[tuple[str, str], ...]:
-    """What each set and chain stands for, for people reading the text form."""
-    notes = [(s.name, s.comment) for s in ruleset.address_sets if s.comment]
-    notes.extend((s.name, s.comment) for s in ruleset.port_sets if s.comment)
+def _readable_notes(ruleset: RuleSet, layout: Layout) -> tuple[tuple[str, str], ...]:
+    """What each map and chain stands for, for people reading the text form."""
+    notes: list[tuple[str, str]] = []
     for ep in ruleset.endpoints:
-        notes.extend((c.name, f"ingress of {ep.endpoint} ({ep.interface})") for c in ep.ingress)
-        notes.extend((c.name, f"egress of {ep.endpoint} ({ep.interface})") for c in ep.egress)
+        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
+            if tiers:
+                notes.append((tiers[0].name, f"{direction} of {ep.endpoint} ({ep.interface})"))
+    for name, m in sorted(layout.maps.items()):
+        kind = "address . protocol . port" if m.ported else "address, for rules without ports"
+        family = "IPv4" if m.family == "ip" else "IPv6"
+        notes.append((name, f"{m.direction} decisions by {kind}, {family}"))
     return tuple(notes)
