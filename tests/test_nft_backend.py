@@ -204,9 +204,10 @@ def test_sctp_compiles(tmp_path: Path) -> None:
     inv = load_inventory(STANDARD_INVENTORY)
     ruleset = Compiler(policies_from(tmp_path, SCTP_POLICY), inv).compile("node-1")
     text = replace_table(ruleset).text()
-    # Adjacent pods (x, y, z's .10-.12) are one interval cell, so the map is in interval form.
-    assert "198.18.1.10-198.18.1.12 . sctp . 80 : goto allow_in_" in text
-    assert "198.18.1.10-198.18.1.12 . sctp . 5000-5100 : goto allow_in_" in text
+    # Pods' cells are enumerable: one element per address and port (5000-5100 included).
+    assert "198.18.1.10 . sctp . 80 : goto allow_in_" in text
+    assert "198.18.1.12 . sctp . 5000 : goto allow_in_" in text and "198.18.1.12 . sctp . 5100 : goto" in text
+    assert " . sctp . 5101 " not in text and " . sctp . 4999 " not in text
     assert " . tcp . " not in text  # the named port is TCP only: nothing for SCTP
     assert "0.0.0.0/0 . sctp . 0-65535 : goto allow_out_" in text  # egress: any peer, every SCTP port
 
@@ -218,7 +219,7 @@ def test_sctp_rules_pass_the_kernel_check(netns: str, tmp_path: Path) -> None:
     enforcer = NftablesEnforcer(LibNftables(netns))
     enforcer.apply(ruleset)
     assert enforcer.in_sync(ruleset)
-    assert " . sctp . 5000-5100 : goto allow_in_" in nft(netns, "list", "table", "inet", "callgate")
+    assert " . sctp . 5000 : goto allow_in_" in nft(netns, "list", "table", "inet", "callgate")
 
 
 # -- hash or interval: the backend's choice per decision map -------------------------

@@ -24,7 +24,7 @@ from callgate.compiler import IncrementalCompiler
 from callgate.compiler.decision import PROTOCOL_NUMBERS, Sources, programs
 from callgate.compiler.ir import EndpointRules, RuleSet
 from callgate.enforcers.nft import decisions
-from callgate.enforcers.nft.decisions import DecisionMap, Layout, action, build_layout, map_name, target, update_layout
+from callgate.enforcers.nft.decisions import DecisionMap, Layout, action, build_layout, target, update_layout
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 from tests.strategies import inventories
 from tests.test_decision import BASE, hand_built, packets
@@ -49,13 +49,30 @@ def find(m: DecisionMap | None, address: int, protocol: str | None, port: int) -
 
 def chain_decision(layout: Layout, endpoint: EndpointRules, direction: str, family: str,
                    address: int, protocol: str | None, port: int) -> str:
-    program = programs(endpoint)[(direction, family)]  # type: ignore[index]
-    for kind in ("dec", "any"):
-        found = find(layout.maps.get(map_name(kind, direction, program)), address, protocol, port)
-        if found is not None:
-            return found
-    default = program.default
-    return "inline " + str(action(direction, default.verdict))
+    """Run the endpoint chain as rendered, rule by rule, for one packet of ``family``."""
+    chain = (endpoint.ingress if direction == "ingress" else endpoint.egress)[0].name
+    for exprs in layout.chains[chain]:
+        first = exprs[0]
+        if "vmap" in first:
+            key = first["vmap"]["key"]
+            if (key.get("concat", [key])[0]["payload"]["protocol"]) != family:
+                continue  # an IPv4 look-up does not see IPv6 packets
+            found = find(layout.maps[first["vmap"]["data"][1:]], address, protocol, port)
+            if found is not None:
+                return found
+        elif "match" in first:
+            left, right = first["match"]["left"], first["match"]["right"]
+            if "meta" in left:  # meta nfproto ipv4|ipv6: any address of the family
+                matched = right == {"ip": "ipv4", "ip6": "ipv6"}[family]
+            else:
+                s = layout.sets[right[1:]]
+                matched = left["payload"]["protocol"] == family and any(
+                    lo <= address <= hi for lo, hi in s.intervals)
+            if matched:
+                return str(exprs[1]["goto"]["target"])
+        else:  # counter, then the default's verdict
+            return "inline " + str(exprs[1])
+    raise AssertionError("the chain has no default")
 
 
 def expected(endpoint: EndpointRules, ruleset: RuleSet, direction: str, family: str, address: int,
@@ -81,6 +98,8 @@ def test_rendered_maps_decide_as_the_rule_walk(form: str, case: tuple[RuleSet, E
         if form == "interval" and m.elements:
             assert not m.hashed
         assert set(m.elements.values()) <= layout.verdicts.keys()  # every goto has its chain
+    walked = {e["goto"]["target"] for rules in layout.chains.values() for exprs in rules for e in exprs if "goto" in e}
+    assert walked <= layout.verdicts.keys()
     for family in ("ip", "ip6"):
         for address, protocol, port in packets(family):
             got = chain_decision(layout, endpoint, "ingress", family, address, protocol, port)
@@ -93,7 +112,7 @@ def test_rendered_maps_decide_as_the_rule_walk(form: str, case: tuple[RuleSet, E
 
 def layout_state(layout: Layout) -> Any:
     return ({n: (m.hashed, m.ported, m.classes, m.elements) for n, m in layout.maps.items()},
-            layout.chains, layout.verdicts)
+            layout.chains, layout.verdicts, {n: s.digest for n, s in layout.sets.items()})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -475,7 +475,7 @@ def test_element_diff_agrees_with_set_difference() -> None:
     order, the same answer as plain set difference."""
     import random
 
-    from callgate.enforcers.nft.update import _elements_diff
+    from callgate.enforcers.nft.decisions import elements_diff
 
     rng = random.Random(7)
     for _ in range(500):
@@ -484,7 +484,7 @@ def test_element_diff_agrees_with_set_difference() -> None:
         after = tuple(rng.sample(universe, rng.randrange(0, len(universe) + 1)))
         if rng.random() < 0.5:
             before, after = tuple(sorted(before)), tuple(sorted(after))
-        assert _elements_diff(before, after) == (sorted(set(before) - set(after)), sorted(set(after) - set(before)))
+        assert elements_diff(before, after) == (sorted(set(before) - set(after)), sorted(set(after) - set(before)))
 
 
 @pytest.mark.kernel

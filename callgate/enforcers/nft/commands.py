@@ -7,9 +7,11 @@ one source of truth for what each object looks like.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from callgate.compiler.ir import RuleSet
+from callgate.compiler import addresses
+from callgate.compiler.ir import AddressSet, Family, RuleSet
 from callgate.enforcers.base import FailClosed
 from callgate.enforcers.nft.decisions import Layout, build_layout
 from callgate.enforcers.nft.kernel import Command
@@ -23,9 +25,57 @@ from callgate.enforcers.nft.layout import (
     TABLE,
     TO_ENDPOINT,
     digest_element,
+    is_hash_set,
     layout_digest,
     obj,
 )
+
+_ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
+
+
+def element(text: str) -> Any:
+    """An IR element (address, prefix or range) as a libnftables set element."""
+    if "/" in text:
+        addr, length = text.split("/")
+        return {"prefix": {"addr": addr, "len": int(length)}}
+    if "-" in text:
+        lo, hi = text.split("-", 1)
+        return {"range": [lo, hi]}
+    return text
+
+
+def expand(elements: Iterable[str], family: Family) -> list[str]:
+    """Every address the elements hold, as nft lists them (single addresses
+    pass through as they are: the IR already prints them canonically)."""
+    version, bits = (4, 32) if family == "ip" else (6, 128)
+    out: list[str] = []
+    for e in elements:
+        if "/" in e:
+            # The prefix's own address is already printed as address_text
+            # prints it (the IR uses the same function): only the rest is made.
+            addr, length = e.split("/")
+            lo = addresses.address_int(addr)
+            out.append(addr)
+            out.extend(addresses.address_text(v, version) for v in range(lo + 1, lo + (1 << (bits - int(length)))))
+        elif "-" in e:
+            lo, hi = addresses.parse_element(e)
+            out.extend(addresses.address_text(v, version) for v in range(lo, hi + 1))
+        else:
+            out.append(e)
+    return out
+
+
+def address_set_command(s: AddressSet, hashed: bool | None = None) -> Command:
+    """``add set`` with its elements, in the hash or the interval form
+    (``hashed`` None: the form :func:`~.layout.is_hash_set` chooses)."""
+    if hashed is None:
+        hashed = is_hash_set(s)
+    body = obj(name=s.name, type=_ADDR_TYPE[s.family])
+    if not hashed:
+        body["flags"] = ["interval"]
+    if s.elements:
+        body["elem"] = expand(s.elements, s.family) if hashed else [element(e) for e in s.elements]
+    return {"add": {"set": body}}
 
 
 def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
@@ -33,10 +83,10 @@ def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
 
 
 def decision_objects(layout: Layout) -> list[Command]:
-    """``add`` commands for the decision part, in dependency order: verdict
-    chains (map elements jump to them), maps, then the endpoint chains that
-    look them up."""
-    cmds: list[Command] = []
+    """``add`` commands for the decision part, in dependency order: the peer
+    sets of the rule walks, verdict chains (map elements and walks jump to
+    them), maps, then the endpoint chains that look them up."""
+    cmds: list[Command] = [address_set_command(layout.sets[name]) for name in sorted(layout.sets)]
     for name, (exprs, comment) in sorted(layout.verdicts.items()):
         cmds.append({"add": {"chain": obj(name=name)}})
         cmds.append(_rule(name, exprs, comment))

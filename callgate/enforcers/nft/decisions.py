@@ -52,15 +52,16 @@ from callgate.compiler.decision import (
     lower,
     programs,
 )
-from callgate.compiler.ir import AddressPortSet, AddressSet, Family, Rule, RuleSet, Verdict, short_hash
+from callgate.compiler.ir import AddressPortSet, AddressSet, EndpointRules, Family, Rule, RuleSet, Verdict, short_hash
 from callgate.enforcers.base import rule_comment
 from callgate.enforcers.nft.layout import COMMENT_MAX, obj
 
 EXPAND_MAX = 131_072  # elements of one hash-form map (~95 bytes of kernel memory each)
-# A cell is enumerated only when it is small: pod selectors give single
-# addresses (and runs of a few), while a wide ipBlock or a port range stays one
-# interval element instead of thousands of hash elements.
-CELL_EXPAND_MAX = 256
+# And no single cell is enumerated into more elements than this (the bound of
+# the peer sets, HASH_SET_MAX): pod selectors give single addresses and runs
+# of them, ipBlocks of pods' size merge into runs too, but a wide ipBlock or
+# a protocol-wide rule stays an interval map instead of a huge hash map.
+CELL_EXPAND_MAX = 65_536
 _VERSION: dict[Family, int] = {"ip": 4, "ip6": 6}
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
 DEFAULT_DENY, DEFAULT_ALLOW = "default_deny", "default_allow_"
@@ -139,11 +140,13 @@ def _interval(lo: int, hi: int, version: int) -> Any:
 
 @dataclass
 class Layout:
-    """The decision part of the table: maps, endpoint chains, verdict chains."""
+    """The decision part of the table: maps, endpoint chains, verdict chains,
+    and the peer sets the rule walks look up."""
 
     maps: dict[str, DecisionMap]
     chains: dict[str, list[list[Expr]]]  # endpoint chain -> its rules' expressions
     verdicts: dict[str, tuple[list[Expr], str | None]]  # verdict chain -> (expressions, comment)
+    sets: dict[str, AddressSet] = field(default_factory=dict)  # peer sets of the rule walks
 
 
 def map_name(kind: str, direction: str, program: Program) -> str:
@@ -153,28 +156,53 @@ def map_name(kind: str, direction: str, program: Program) -> str:
 def build_layout(ruleset: RuleSet) -> Layout:
     """The whole decision part for ``ruleset``."""
     sources = Sources(ruleset)
-    maps: dict[str, DecisionMap] = {}
-    chains: dict[str, list[list[Expr]]] = {}
+    layout = Layout({}, {}, verdict_chains(ruleset))
     for ep in ruleset.endpoints:
         progs = programs(ep)
         for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
             if not tiers:
                 continue
             family_programs = [progs[(direction, family)] for family in ("ip", "ip6")]
-            chains[tiers[0].name] = chain_rules(direction, family_programs)
+            layout.chains[tiers[0].name] = _part(ep).chains[tiers[0].name]
             for program in family_programs:
-                for built in _maps(direction, program, sources):
-                    maps.setdefault(built.name, built)
-    return Layout(maps, chains, verdict_chains(ruleset))
+                layout.sets.update((name, ruleset.address_set(name)) for name in walk_sets(program))
+                if any(map_name(kind, direction, program) not in layout.maps for kind in _kinds(program)):
+                    layout.maps.update((m.name, m) for m in _maps(direction, program, sources))
+    return layout
+
+
+def _walks(program: Program) -> bool:
+    """Whether the program's rules without ports are answered by a walk over
+    shared peer sets (one tier: the walk's first match is the decision)
+    rather than by a map of their own (tiers with PASS between them)."""
+    return len(program.tiers) == 1
+
+
+def walk_sets(program: Program) -> list[str]:
+    """The peer sets a program's walk looks up."""
+    if not _walks(program):
+        return []
+    return [s.peers for s in program.steps if s.l4 is None and s.peers is not None]
+
+
+def _kinds(program: Program) -> list[str]:
+    """The maps a program's rules call for: "dec" (rules with ports), "any"
+    (rules without, when they are not walked)."""
+    kinds = []
+    if any(s.l4 is not None for s in program.steps):
+        kinds.append("dec")
+    if any(s.l4 is None for s in program.steps) and not _walks(program):
+        kinds.append("any")
+    return kinds
 
 
 def _maps(direction: str, program: Program, sources: Sources) -> list[DecisionMap]:
     """The maps of one program (those its rules call for), with their elements."""
-    ported = any(s.l4 is not None for s in program.steps)
-    rest = any(s.l4 is None for s in program.steps)
-    if not ported and not rest:
+    kinds = _kinds(program)
+    ported, rest = "dec" in kinds, "any" in kinds
+    if not kinds:
         return []
-    table = lower(program, sources)
+    table = lower(program, sources, rest_cells=rest)
     out = []
     if ported:
         classes = tuple(program.port_classes(sources))
@@ -209,12 +237,14 @@ def chain_rules(direction: str, family_programs: list[Program]) -> list[list[Exp
     """An endpoint direction's chain: a look-up per map, then the default."""
     field_name = "saddr" if direction == "ingress" else "daddr"
     rules: list[list[Expr]] = []
-    for kind in ("dec", "any"):
+    for kind in ("dec", "any", "walk"):
         for program in family_programs:
-            wanted = any((s.l4 is not None) == (kind == "dec") for s in program.steps)
-            if not wanted:
-                continue
             address = {"payload": {"protocol": program.family, "field": field_name}}
+            if kind == "walk":
+                rules.extend(_walk(direction, program, address))
+                continue
+            if kind not in _kinds(program):
+                continue
             key = address if kind == "any" else {"concat": [address, {"meta": {"key": "l4proto"}},
                                                             {"payload": {"protocol": "th", "field": "dport"}}]}
             rules.append([{"vmap": {"key": key, "data": "@" + map_name(kind, direction, program)}}])
@@ -223,15 +253,65 @@ def chain_rules(direction: str, family_programs: list[Program]) -> list[list[Exp
     return rules
 
 
+_NFPROTO = {"ip": "ipv4", "ip6": "ipv6"}
+
+
+def _walk(direction: str, program: Program, address: Expr) -> list[list[Expr]]:
+    """The rules without ports of a one-tier program, in order: the first whose
+    peer set holds the address decides (where the ported map had no cell, the
+    decision is theirs: the map holds cells only where it differs)."""
+    if not _walks(program):
+        return []
+    rules: list[list[Expr]] = []
+    for step in program.steps:
+        if step.l4 is not None:
+            continue
+        chain = {"goto": {"target": target(direction, program.decide(step.__eq__))}}
+        if step.peers is None:  # any address of this family: the walk ends here
+            rules.append([{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}},
+                                     "right": _NFPROTO[program.family]}}, chain])
+            break
+        rules.append([{"match": {"op": "==", "left": address, "right": "@" + step.peers}}, chain])
+    return rules
+
+
+@dataclass(frozen=True)
+class _EndpointPart:
+    """What one endpoint contributes apart from map elements: its chains' rules and its rule chains."""
+
+    chains: dict[str, list[list[Expr]]]
+    verdicts: dict[str, tuple[list[Expr], str | None]]
+
+
+# By endpoint object, as programs are (see decision.programs): unchanged
+# endpoints are the same objects from one RuleSet to the next.
+_PARTS: dict[int, tuple[EndpointRules, _EndpointPart]] = {}
+
+
+def _part(ep: EndpointRules) -> _EndpointPart:
+    hit = _PARTS.get(id(ep))
+    if hit is not None and hit[0] is ep:
+        return hit[1]
+    if len(_PARTS) >= 4096:
+        _PARTS.clear()
+    progs = programs(ep)
+    part = _EndpointPart({}, {})
+    for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
+        if tiers:
+            part.chains[tiers[0].name] = chain_rules(direction, [progs[(direction, f)] for f in ("ip", "ip6")])
+        for chain in tiers:
+            for rule in chain.rules:
+                if rule.verdict is not Verdict.PASS:
+                    part.verdicts.setdefault(target(direction, Decision(rule.verdict, rule.id)), _counted(direction, rule))
+    _PARTS[id(ep)] = (ep, part)
+    return part
+
+
 def verdict_chains(ruleset: RuleSet) -> dict[str, tuple[list[Expr], str | None]]:
     """A chain per deciding rule (and direction, for allow), plus the defaults a cell may name."""
     out: dict[str, tuple[list[Expr], str | None]] = {}
     for ep in ruleset.endpoints:
-        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
-            for chain in tiers:
-                for rule in chain.rules:
-                    if rule.verdict is not Verdict.PASS:
-                        out.setdefault(target(direction, Decision(rule.verdict, rule.id)), _counted(direction, rule))
+        out.update(_part(ep).verdicts)
     if ruleset.endpoints:
         out[DEFAULT_DENY] = ([{"counter": None}, {"drop": None}], None)
         for direction in ("ingress", "egress"):
@@ -266,9 +346,10 @@ def update_layout(old: Layout, old_rs: RuleSet, new_rs: RuleSet) -> tuple[Layout
             if not tiers:
                 continue
             family_programs = [progs[(direction, family)] for family in ("ip", "ip6")]
-            fresh.chains[tiers[0].name] = chain_rules(direction, family_programs)
+            fresh.chains[tiers[0].name] = _part(ep).chains[tiers[0].name]
             for program in family_programs:
-                names = [map_name(kind, direction, program) for kind in ("dec", "any")]
+                fresh.sets.update((name, new_rs.address_set(name)) for name in walk_sets(program))
+                names = [map_name(kind, direction, program) for kind in _kinds(program)]
                 if any(n not in old.maps and n not in fresh.maps for n in names):  # a new program: build it
                     fresh.maps.update((m.name, m) for m in _maps(direction, program, sources)
                                       if m.name not in old.maps)
@@ -390,16 +471,36 @@ def _moved_addresses(old: AnySet | None, new: AnySet | None) -> set[int]:
         a = set(old.elements) if isinstance(old, AddressPortSet) else set()
         b = set(new.elements) if isinstance(new, AddressPortSet) else set()
         return {addresses.address_int(address) for address, _port in a ^ b}
-    a_iv = set(old.intervals) if old is not None else set()
-    b_iv = set(new.intervals) if new is not None else set()
-    # Intervals in one version only (a pod joining a run of addresses replaces
-    # one interval by a longer one); within them, the addresses held by one
-    # version only.
+    # The elements in one version only (a pod joining a run of addresses
+    # replaces one element by a longer one); within them, the addresses held
+    # by one version only.
+    gone, came = elements_diff(old.elements if old is not None else (), new.elements if new is not None else ())
     out: set[int] = set()
-    held = _sweep_two(sorted(a_iv - b_iv), sorted(b_iv - a_iv))
+    held = _sweep_two(sorted(map(addresses.parse_element, gone)), sorted(map(addresses.parse_element, came)))
     for lo, hi in held:
         out.update(range(lo, hi + 1))
     return out
+
+
+def _first_difference(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # stops at the shorter
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def elements_diff(before: tuple[Any, ...], after: tuple[Any, ...]) -> tuple[list[Any], list[Any]]:
+    """(gone, came) between two element tuples: tuple equality first (the
+    common case), sets only when they differ, and then only of the part
+    between the common head and tail (a pod coming or going changes one spot
+    of a sorted set). Sound for any order: elements are unique within a
+    tuple, so one in a common head or tail is in both."""
+    if before == after:
+        return [], []
+    head = _first_difference(before, after)
+    tail = _first_difference(before[head:][::-1], after[head:][::-1])
+    b, a = set(before[head:len(before) - tail]), set(after[head:len(after) - tail])
+    return sorted(b - a), sorted(a - b)
 
 
 def _sweep_two(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:

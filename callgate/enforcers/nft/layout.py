@@ -12,6 +12,7 @@ written)::
         oifname vmap @to_endpoint             # ingress: allow = accept, deny = drop
     chain out_<endpoint> / in_<endpoint>  one verdict-map look-up, then the default
     map dec4_<h> / any4_<h> …            the decisions (:mod:`.decisions`)
+    set peers4_<hash> / peers6_<hash>    peer addresses of rules without ports (the walk, see .decisions)
     chain allow_in_<rule id> …            counter and verdict of the rule that decided
 
 With a fail-closed prefix (``NftablesEnforcer(kernel, fail_closed_prefix="cg")``)
@@ -45,7 +46,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from callgate.compiler.ir import RuleSet
+from callgate.compiler.ir import AddressSet, RuleSet
 from callgate.enforcers.base import FailClosed
 from callgate.enforcers.nft.kernel import Command
 
@@ -69,12 +70,28 @@ DIGEST_KEY_LEN = 15
 # 3: rule comments start with the rule id. 4: one decision-map look-up per
 # packet instead of a walk over rules and peer sets.
 LAYOUT_VERSION = 4
+# A peer set (looked up by the rules without ports, see .decisions) whose
+# intervals together hold at most this many addresses is rendered as a hash
+# set of single addresses: an O(1) look-up. Why this bound: a hash-set element
+# costs the kernel ~95 bytes (measured: slab + vmalloc growth when loading
+# 65,536 IPv4 or IPv6 elements, kernel 6.18), so the largest such set is
+# ~6 MiB of kernel memory; an interval holds any number of addresses in two
+# rbtree elements (~160 bytes). 65,536 covers a /16 of pods while a wide
+# ipBlock (/8, 0.0.0.0/0 except ...) stays a handful of intervals.
+HASH_SET_MAX = 65_536
 COMMENT_MAX = 127  # bytes of a rule comment: the kernel keeps 128 with the NUL
 
 
 def obj(**fields: Any) -> dict[str, Any]:
     """The body of a command on an object of callgate's table."""
     return {"family": FAMILY, "table": TABLE, **fields}
+
+
+def is_hash_set(s: AddressSet) -> bool:
+    """Whether the backend renders ``s`` as a hash set of single addresses."""
+    # Every element holds at least one address: a longer set never qualifies.
+    # The count comes with the set (the compiler knows it).
+    return len(s.elements) <= HASH_SET_MAX and s.address_count <= HASH_SET_MAX
 
 
 def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> str:

@@ -10,7 +10,8 @@ commands only for what changed, through the same helpers the full table uses:
 
 * decision maps: ``add``/``delete element`` for changed cells, ``add map``
   for new programs, ``delete map`` for ones no endpoint has any more; the
-  dispatch maps and the fail-closed set likewise;
+  peer sets of the rule walks, the dispatch maps and the fail-closed set
+  likewise;
 * chains (endpoint chains, rule chains): ``add chain`` + rules for new ones,
   ``flush`` + refill for changed ones, ``flush`` + ``delete`` for removed ones;
 * the digest: ``delete element`` of the old one + ``add element`` of the new
@@ -21,7 +22,7 @@ commands only for what changed, through the same helpers the full table uses:
 Pod churn elsewhere in the cluster therefore becomes element commands only.
 
 The planner refuses (returns None, and the caller replaces the table in full)
-whenever it is not sure: a map changes form (hash ↔ interval) or port classes,
+whenever it is not sure: a map or set changes form (hash ↔ interval), a map its port classes,
 or the forward chain's structure changed (fail-closed turned on or off,
 another prefix). Command order inside the transaction respects the kernel's
 references: chains and maps exist before rules and elements use them, and
@@ -33,15 +34,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from callgate.compiler.ir import RuleSet
+from callgate.compiler.ir import AddressSet, RuleSet
 from callgate.enforcers.base import FailClosed
 from callgate.enforcers.nft.commands import (
+    address_set_command,
     dispatch_element,
     dispatch_pairs,
+    element,
     endpoint_chain_commands,
+    expand,
     verdict_chain_command,
 )
-from callgate.enforcers.nft.decisions import Layout, update_layout
+from callgate.enforcers.nft.decisions import Layout, elements_diff, update_layout
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
     FAMILY,
@@ -50,6 +54,7 @@ from callgate.enforcers.nft.layout import (
     TABLE,
     TO_ENDPOINT,
     digest_swap,
+    is_hash_set,
     layout_digest,
     obj,
 )
@@ -83,24 +88,24 @@ class NftUpdate(NftTransaction):
         return out
 
 
-def _first_difference(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # stops at the shorter
-        if x != y:
-            return i
-    return min(len(a), len(b))
-
-
-def _elements_diff(before: tuple[Any, ...], after: tuple[Any, ...]) -> tuple[list[Any], list[Any]]:
-    """(gone, came) between two element tuples: tuple equality first (the
-    common case), sets only when they differ, and then only of the part
-    between the common head and tail. Sound for any order: elements are
-    unique within a tuple, so one in a common head or tail is in both."""
-    if before == after:
+def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], list[Any]] | None:
+    """(elements to delete, elements to add) as libnftables JSON; None when the
+    set's form changed (family, hash ↔ interval): only a rebuild will do."""
+    if old.family != new.family:
+        return None
+    gone, came = elements_diff(old.elements, new.elements)
+    if not gone and not came:
         return [], []
-    head = _first_difference(before, after)
-    tail = _first_difference(before[head:][::-1], after[head:][::-1])
-    b, a = set(before[head:len(before) - tail]), set(after[head:len(after) - tail])
-    return sorted(b - a), sorted(a - b)
+    hashed = is_hash_set(old)
+    if is_hash_set(new) != hashed:
+        return None
+    if not hashed:
+        return [element(e) for e in gone], [element(e) for e in came]
+    # The IR's intervals are disjoint within a set, so the addresses that left
+    # are those of the vanished intervals minus those of the new ones (an
+    # interval that grew is one of each), and the other way round.
+    out, into = set(expand(gone, old.family)), set(expand(came, new.family))
+    return sorted(out - into), sorted(into - out)
 
 
 def _map_change(before: dict[str, str], after: dict[str, str]) -> tuple[list[Any], list[Any]]:
@@ -134,6 +139,13 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
         if came:
             adds.append({"add": {"element": obj(name=name, elem=came)}})
 
+    for name in sorted(layout.sets.keys() & old_layout.sets.keys()):
+        set_change = _address_set_change(old_layout.sets[name], layout.sets[name])
+        if set_change is None:
+            return None
+        element_commands(name, *set_change)
+    new_sets = sorted(layout.sets.keys() - old_layout.sets.keys())
+    gone_sets = sorted(old_layout.sets.keys() - layout.sets.keys())
     for name, change in sorted(changes.items()):
         before, after = old_layout.maps[name], layout.maps[name]
         element_commands(name, before.element_json((k, before.elements[k]) for k in change.gone),
@@ -141,7 +153,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     new_maps = sorted(layout.maps.keys() - old_layout.maps.keys())
     gone_maps = sorted(old_layout.maps.keys() - layout.maps.keys())
     if old_fc is not None and new_fc is not None:
-        element_commands(KNOWN_ENDPOINT, *_elements_diff(old_fc.known, new_fc.known))
+        element_commands(KNOWN_ENDPOINT, *elements_diff(old_fc.known, new_fc.known))
     (a_from, a_to), (b_from, b_to) = dispatch_pairs(old), dispatch_pairs(new)
     element_commands(FROM_ENDPOINT, *_map_change(a_from, b_from))
     element_commands(TO_ENDPOINT, *_map_change(a_to, b_to))
@@ -155,6 +167,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     gone_chains = [n for n in old_layout.chains if n not in layout.chains]
 
     cmds: list[Command] = digest_swap(old_digest, new_digest)  # first: a refusal comes early
+    cmds.extend(address_set_command(layout.sets[n]) for n in new_sets)
     # Rule chains before the map elements that jump to them; maps before the chains that look them up.
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_verdicts)
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_verdicts)
@@ -172,6 +185,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_chains)
     cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_chains)
     cmds.extend({"delete": {"map": obj(name=n)}} for n in gone_maps)
+    cmds.extend({"delete": {"set": obj(name=n)}} for n in gone_sets)
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_verdicts)
     cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_verdicts)
     return NftUpdate(tuple(cmds), new_digest, layout=layout)
