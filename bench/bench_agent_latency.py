@@ -20,7 +20,7 @@ Two sources:
 Both the source and the reactor coalesce adaptively (callgate/watchers/coalesce.py:
 a change after a quiet spell goes at once, a burst waits longer and longer), so
 each measured change follows a quiet spell (``--gap-ms``, longer than the
-longest wait) as a lone change in a running cluster would.
+wait after one sync) as a lone change in a running cluster would.
 
 Each kind toggles only its own part of the state, and before every change the
 expected digest is checked to differ from the live one: only effective changes
@@ -159,8 +159,8 @@ def main() -> int:
     ap.add_argument("--local", type=int, default=40, help="pods on the measured node")
     ap.add_argument("--policies", type=int, default=30)
     ap.add_argument("--coalesce-ms", type=int, default=20, help="first wait inside a burst (the CLI default is 20)")
-    ap.add_argument("--gap-ms", type=int, default=2100,
-                    help="quiet spell before each measured change (longer than the longest wait, 2 s)")
+    ap.add_argument("--gap-ms", type=int, default=500,
+                    help="quiet spell before each measured change (longer than the wait after one sync)")
     ap.add_argument("--burst", type=int, default=1000, help="pods added back to back in the burst (0: none)")
     ap.add_argument("--source", choices=("files", "kubernetes", "both"), default="both")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -338,7 +338,7 @@ def run(args: argparse.Namespace, netns: str, source_kind: str) -> dict[str, Any
                 results[kind].append(until_live(digest, t0))
         after = reactor.mode_counts
         if args.burst:
-            time.sleep(args.gap_ms / 1000)
+            time.sleep(2.5)  # longer than the longest wait: the burst starts after a quiet spell
             burst = run_burst(args.burst, state, api, inv, reactor, until_live)
     finally:
         source.stop()

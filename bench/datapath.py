@@ -1,20 +1,27 @@
 """Datapath and apply benchmarks in a two-pod network-namespace lab.
 
-Three tables in the lab node's ``forward`` hook, measured round-robin in the
-same run so that machine load hits them alike:
+Tables in the lab node's ``forward`` hook, measured round-robin in the same
+run so that machine load hits them alike:
 
-* ``none``: no table at all (the baseline);
-* ``callgate``: the node's full compiled RuleSet, as ``replace_table`` emits it;
-* ``linear``: the same table, except that the server's ingress chain has one
-  rule per peer set element (``ip saddr 198.18.x.y tcp dport 80 accept`` ...),
-  what a set-less (iptables-style) enforcer does. The rules that admit the
-  client are placed last in their group, so the client's packets walk every
-  rule before them: the worst case, and the one that shows the gap.
+* ``none``: no table at all (the baseline; no connection tracking either);
+* ``conntrack``: a forward chain with only ``ct state established,related
+  accept``: the floor of any conntrack-based (stateful) enforcer;
+* ``empty``: callgate's table with no endpoints (conntrack + dispatch maps);
+* ``callgate``: the node's full compiled RuleSet, as ``replace_table`` emits it
+  (layout 4: one decision-map look-up per packet);
+* ``walk``: the same RuleSet as layout 3 rendered it (a rule per port
+  specification and family, each a peer-set look-up), for the before/after
+  comparison in the same rounds;
+* ``linear``: the walk with the server's peer sets unrolled into one rule per
+  element (``ip saddr 198.18.x.y tcp dport 80 accept`` ...), what a set-less
+  (iptables-style) enforcer does. The rules that admit the client are placed
+  last in their group, so the client's packets walk every rule before them:
+  the worst case, and the one that shows the gap.
 
 Load: ``bench/loadgen.c`` (compiled here with gcc): TCP connect/request/
 response/close (netperf's TCP_CRR) for new connections per second, and 64-byte
 unreplied UDP for packets per second (every such packet is conntrack NEW and
-walks the chains; established TCP would leave at the first rule).
+goes through the decision; established TCP would leave at the first rule).
 
 The same lab times the apply of the full transaction and of incremental
 changes through :class:`~callgate.enforcers.nft.enforcer.NftablesEnforcer`.
@@ -40,8 +47,8 @@ from bench.lab import TwoPodLab, ns_exec, two_pod_lab
 from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT, LABEL_CALLER, V4_BASE, Cluster
 from callgate.compiler import Compiler, IncrementalCompiler
 from callgate.compiler.addresses import parse_element
-from callgate.compiler.ir import RuleSet
-from callgate.enforcers.nft.commands import address_set_command, rule_exprs
+from callgate.compiler.ir import Rule, RuleSet, Verdict
+from callgate.enforcers.nft.commands import address_set_command
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import Command, LibNftables
 from callgate.enforcers.nft.layout import FAMILY, FORWARD, TABLE
@@ -60,7 +67,76 @@ def build_loadgen() -> Path:
     return out
 
 
-# -- the linear table ----------------------------------------------------------
+# -- the previous layout (a walk over rules), and the linear table ----------------
+
+def _payload(protocol: str, field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _match(left: Any, right: Any) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _walk_verdict(verdict: Verdict, direction: str, next_tier: str | None) -> dict[str, Any]:
+    if verdict is Verdict.PASS:
+        return {"goto": {"target": next_tier}} if next_tier else _walk_verdict(Verdict.ALLOW, direction, None)
+    if verdict is Verdict.DENY:
+        return {"drop": None}
+    return {"return": None} if direction == "egress" else {"accept": None}
+
+
+def walk_rule_exprs(rule: Rule, direction: str, next_tier: str | None) -> list[dict[str, Any]]:
+    """One IR rule as layout 3 (before decision maps) rendered it: the peer set
+    look-up, then the port match, then counter and verdict."""
+    field = "saddr" if direction == "ingress" else "daddr"
+    exprs: list[dict[str, Any]] = []
+    if rule.peer_set is not None:
+        exprs.append(_match(_payload(str(rule.family), field), "@" + rule.peer_set))
+    elif rule.family is not None and rule.peer_port_set is None:
+        exprs.append(_match({"meta": {"key": "nfproto"}}, {"ip": "ipv4", "ip6": "ipv6"}[rule.family]))
+    if rule.peer_port_set is not None:
+        assert rule.l4 is not None
+        left = {"concat": [_payload(str(rule.family), field), _payload(rule.l4.protocol, "dport")]}
+        exprs.append(_match(left, "@" + rule.peer_port_set))
+    elif rule.l4 is not None:
+        if rule.l4.ports:
+            items: list[Any] = [p.first if p.first == p.last else {"range": [p.first, p.last]} for p in rule.l4.ports]
+            exprs.append(_match(_payload(rule.l4.protocol, "dport"), items[0] if len(items) == 1 else {"set": items}))
+        else:
+            exprs.append(_match({"meta": {"key": "l4proto"}}, rule.l4.protocol))
+    exprs.append({"counter": None})
+    exprs.append(_walk_verdict(rule.verdict, direction, next_tier))
+    return exprs
+
+
+def walk_commands(ruleset: RuleSet) -> list[Command]:
+    """The table as layout 3 built it: every peer set (hash sets where the
+    addresses can be enumerated) and, per endpoint direction, a chain per tier
+    walking one rule per port specification and family. Measured in the same
+    rounds as the decision maps that replaced it."""
+    current = list(replace_table(ruleset).commands)
+    keep_until = next(i for i, c in enumerate(current) if c.get("add", {}).get("chain", {}).get("name") == FORWARD)
+    dispatch = [c for c in current[:keep_until] if c.get("add", {}).get("map", {}).get("name") in (
+        "from_endpoint", "to_endpoint")]
+    head = [c for c in current[:3] if "map" not in c.get("add", {})]  # add/delete table, digest set
+    out = [*head, *(address_set_command(s) for s in ruleset.address_sets)]
+    for s in ruleset.port_sets:
+        body = {"family": FAMILY, "table": TABLE, "name": s.name,
+                "type": [{"ip": "ipv4_addr", "ip6": "ipv6_addr"}[s.family], "inet_service"]}
+        if s.elements:
+            body["elem"] = [{"concat": [a, p]} for a, p in s.elements]
+        out.append({"add": {"set": body}})
+    for ep in ruleset.endpoints:
+        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
+            for i, chain in enumerate(tiers):
+                next_tier = tiers[i + 1].name if i + 1 < len(tiers) else None
+                out.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": chain.name}}})
+                out.extend(_rule_cmd(chain.name, walk_rule_exprs(r, direction, next_tier)) for r in chain.rules)
+                out.append(_rule_cmd(chain.name, [{"counter": None}, _walk_verdict(chain.default, direction, next_tier)]))
+    out.extend(dispatch)
+    out.extend(current[keep_until:])  # the forward chain and its rules
+    return out
+
 
 def _element_value(text: str) -> Any:
     if "/" in text:
@@ -73,18 +149,18 @@ def _element_value(text: str) -> Any:
 
 
 def linear_commands(ruleset: RuleSet, server_iface: str, client_ip: str) -> tuple[list[Command], int]:
-    """``replace_table`` for ``ruleset`` with the server's ingress peer sets
-    unrolled into one rule per element. Returns (commands, rules in that chain)."""
-    commands = list(replace_table(ruleset).commands)
+    """The walk layout with the server's ingress peer sets unrolled into one
+    rule per element. Returns (commands, rules in that chain)."""
+    commands = walk_commands(ruleset)
     server = next(e for e in ruleset.endpoints if e.interface == server_iface)
     chain = server.ingress[0]
     client = int(ipaddress.ip_address(client_ip))
     rules: list[Command] = []
     for rule in chain.rules:
         if rule.peer_set is None:
-            rules.append(_rule_cmd(chain.name, rule_exprs(rule, "ingress", None)))
+            rules.append(_rule_cmd(chain.name, walk_rule_exprs(rule, "ingress", None)))
             continue
-        template = rule_exprs(rule, "ingress", None)
+        template = walk_rule_exprs(rule, "ingress", None)
         elements = list(ruleset.address_set(rule.peer_set).elements)
         # The client's element last: its packets walk all the others first.
         elements.sort(key=lambda e: _contains(e, client))
@@ -104,44 +180,6 @@ def linear_commands(ruleset: RuleSet, server_iface: str, client_ip: str) -> tupl
     return out, len(rules)
 
 
-def l4_first(commands: list[Command]) -> list[Command]:
-    """The same table with each rule's port match moved before its peer-set
-    look-up: a packet of another protocol or port then leaves the rule after a
-    cheap compare instead of an interval-set look-up. (An experiment for a
-    proposed change to the nft backend; the IR is untouched.)"""
-    out: list[Command] = []
-    for cmd in commands:
-        rule = cmd.get("add", {}).get("rule")
-        if rule is not None and len(rule["expr"]) >= 2:
-            first, second = rule["expr"][0], rule["expr"][1]
-            is_set = "match" in first and str(first["match"].get("right", "")).startswith("@")
-            is_l4 = "match" in second and (
-                second["match"]["left"].get("payload", {}).get("field") == "dport"
-                or second["match"]["left"].get("meta", {}).get("key") == "l4proto")
-            if is_set and is_l4:
-                rule = {**rule, "expr": [second, first, *rule["expr"][2:]]}
-                cmd = {"add": {"rule": rule}}
-        out.append(cmd)
-    return out
-
-
-def small_sets(commands: list[Command], client_ip: str) -> list[Command]:
-    """The same table with every peer set cut down to one element (the
-    client's where the set holds it): same chains and rules, tiny sets. Against
-    the full table, this shows whether the per-packet cost depends on how many
-    addresses the sets hold."""
-    client = int(ipaddress.ip_address(client_ip))
-    out: list[Command] = []
-    for cmd in commands:
-        body = cmd.get("add", {}).get("set")
-        if body is not None and body.get("elem") and isinstance(body["type"], str):
-            texts = [_element_text(e) for e in body["elem"]]
-            keep = [e for e, t in zip(body["elem"], texts, strict=True) if _contains(t, client)] or body["elem"][:1]
-            cmd = {"add": {"set": {**body, "elem": keep}}}
-        out.append(cmd)
-    return out
-
-
 def conntrack_only(commands: list[Command]) -> list[Command]:
     """A table's transaction cut down to the table and the forward chain's
     first rule (``ct state established,related accept``): the floor any
@@ -158,29 +196,6 @@ def conntrack_only(commands: list[Command]) -> list[Command]:
         elif kind == "table" or (kind == "chain" and obj["name"] == FORWARD):
             out.append(cmd)
     return out
-
-
-def interval_sets(commands: list[Command], ruleset: RuleSet) -> list[Command]:
-    """The same table with every peer set in interval form (``flags
-    interval``, the IR's prefixes and ranges as they are), as callgate
-    rendered all of them before enumerable sets became hash sets: measured in
-    the same rounds, this is the per-packet effect of that change alone."""
-    by_name = {s.name: s for s in ruleset.address_sets}
-    out: list[Command] = []
-    for cmd in commands:
-        body = cmd.get("add", {}).get("set")
-        if body is not None and body["name"] in by_name:
-            cmd = address_set_command(by_name[body["name"]], hashed=False)
-        out.append(cmd)
-    return out
-
-
-def _element_text(elem: Any) -> str:
-    if isinstance(elem, dict) and "prefix" in elem:
-        return f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
-    if isinstance(elem, dict) and "range" in elem:
-        return f"{elem['range'][0]}-{elem['range'][1]}"
-    return str(elem)
 
 
 def _contains(element: str, value: int) -> bool:
@@ -287,7 +302,10 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
         ruleset = Compiler(policies, inventory).compile(cluster.node)
         kernel = LibNftables(netns=lab.node)
         try:
-            full = list(replace_table(ruleset).commands)
+            full_tx = replace_table(ruleset)
+            full = list(full_tx.commands)
+            assert full_tx.layout is not None
+            tx_layout = full_tx.layout
             linear, linear_rules = linear_commands(ruleset, lab.server.host_if, client_ip)
             server_rules = next(e for e in ruleset.endpoints if e.interface == lab.server.host_if).ingress[0].rules
             results["table"] = {
@@ -304,6 +322,8 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
                                              for lo, hi in map(parse_element,
                                                                ruleset.address_set(r.peer_set).elements)),
                 "linear_server_rules": linear_rules,
+                "decision_elements": sum(len(m.elements) for m in tx_layout.maps.values()),
+                "walk_set_elements": sum(len(s.elements) for s in tx_layout.sets.values()),
                 "commands_full": len(full),
                 "commands_linear": len(linear),
             }
@@ -316,9 +336,7 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
             # cost of conntrack from the cost of the policy itself.
             empty = list(replace_table(RuleSet(node=cluster.node)).commands)
             configs = {"none": delete, "conntrack": conntrack_only(empty), "empty": empty, "callgate": full,
-                       "callgate-l4first": l4_first(full),
-                       "callgate-1elem": small_sets(full, client_ip),
-                       "callgate-interval": interval_sets(full, ruleset), "linear": linear}
+                       "walk": walk_commands(ruleset), "linear": linear}
             samples: dict[str, dict[str, list[float]]] = {c: {"crr": [], "udp": [], "load_s": []} for c in configs}
             names = list(configs)
             for r in range(rounds):

@@ -58,6 +58,7 @@ from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import Compiler, IncrementalCompiler, RuleSet
 from callgate.enforcers.base import Enforcer
 from callgate.errors import KernelError
+from callgate.policy.documents import gc_paused
 from callgate.policy.model import Inventory
 from callgate.watchers.base import Snapshot, SourceProblem
 from callgate.watchers.coalesce import CoalescePolicy, Coalescer
@@ -262,6 +263,12 @@ class Reactor:
         return Inventory(namespaces=inventory.namespaces, endpoints=endpoints), found, unresolved
 
     def _sync(self, snapshot: Snapshot, first_event: float | None, full: bool = False) -> None:
+        # A full compile and table build at 50,000 pods allocate millions of
+        # objects that stay; the collector would traverse them again and again.
+        with gc_paused():
+            self._sync_now(snapshot, first_event, full)
+
+    def _sync_now(self, snapshot: Snapshot, first_event: float | None, full: bool) -> None:
         started = time.monotonic()
         inventory, found, unresolved = self._bind(snapshot.inventory)
         ruleset = self._compile(snapshot, inventory)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,11 @@ class Document:
                        code=code, hint=hint)
 
 
+_gc_lock = threading.Lock()
+_gc_holders = 0  # threads inside gc_paused()
+_gc_was_enabled = False
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Hold Python's cyclic garbage collector while a model is built.
@@ -51,14 +57,23 @@ def gc_paused() -> Iterator[None]:
     everything allocated so far, which tripled the time to load one (1.1 s
     of work, 3.2 s with the collector running). What is built here holds no
     reference cycles that must be freed early; anything cyclic left over is
-    collected at the next collection once this returns."""
-    was_enabled = gc.isenabled()
-    gc.disable()
+    collected at the next collection once this returns. Re-entrant and
+    shared between threads (the agent lists three kinds at once): the
+    collector runs again when the last holder leaves, if it ran before the
+    first one came."""
+    global _gc_holders, _gc_was_enabled
+    with _gc_lock:
+        if _gc_holders == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_holders += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _gc_lock:
+            _gc_holders -= 1
+            if _gc_holders == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def files_under(paths: Iterable[str | Path]) -> list[Path]:
