@@ -48,9 +48,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(url: str) -> tuple[int, str]:
+def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
@@ -141,7 +141,7 @@ def measure(spec: Spec, timeout: float = 300.0) -> dict[str, Any]:
         out["digest_ok"] = live == want
         if not out["digest_ok"]:
             raise RuntimeError(f"live digest {live} is not the expected {want}")
-        _, metrics = _get(f"http://127.0.0.1:{port}/metrics")
+        _, metrics = _get(f"http://127.0.0.1:{port}/metrics", timeout=60)  # reads the table's counters
         out["cold_applies"] = {m: _metric(metrics, "callgate_applies_total", f'mode="{m}"') for m in ("full", "incremental")}
         _stop(agent)
         # 2. restart with the table live: adopt it, no transaction
@@ -149,7 +149,7 @@ def measure(spec: Spec, timeout: float = 300.0) -> dict[str, Any]:
         agent = _start_agent(api.url, node, netns, port)
         out["restart_ready_s"] = _until_ready(agent, port, timeout)
         out["restart_peak_rss_mib"] = _peak_rss_mib(agent.pid)
-        _, metrics = _get(f"http://127.0.0.1:{port}/metrics")
+        _, metrics = _get(f"http://127.0.0.1:{port}/metrics", timeout=60)
         out["restart_applies"] = {m: _metric(metrics, "callgate_applies_total", f'mode="{m}"')
                                   for m in ("full", "incremental")}
         out["restart_noop_syncs"] = _metric(metrics, "callgate_sync_duration_seconds_count", 'mode="noop"')
