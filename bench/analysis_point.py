@@ -1,22 +1,25 @@
-"""Time one analysis task on a synthetic cluster, in a subprocess (so a slow or
-missing implementation is bounded by the caller's timeout):
+"""Time one analysis command on a synthetic cluster, in a subprocess (so a slow
+implementation is bounded by the caller's timeout):
 ``python -m bench.analysis_point TASK '<Spec JSON>'`` prints one JSON object.
 
-Tasks use ``callgate.analysis`` when it provides them, else what exists:
+Tasks are what a user runs, as processes (imports and YAML parsing included),
+with the peak RSS of that process:
 
-* ``lint``: the ``callgate lint`` command on YAML files, if the CLI has it;
-* ``diff``: ``callgate.analysis.diff.connectivity_diff`` between the policies
-  and a copy with 1% of them removed;
-* ``matrix``: ``callgate.analysis.connectivity`` (class matrix grouped by app),
-  if present;
-* ``matrix-evaluator``: the reference Evaluator (what ``callgate matrix``
-  runs today) on a sample of pairs, extrapolated to every pair: labelled as an
-  estimate in the report.
+* ``lint``: ``callgate lint -i inventory.json policies.yaml``;
+* ``diff``: ``callgate diff`` between the policies and a copy with 1% of them
+  removed (default-denies among them, so access changes);
+* ``matrix``, ``graph``, ``heatmap``: ``callgate matrix`` (text, every declared
+  port, default grouping), ``callgate graph --format dot``, ``callgate graph
+  --kind heatmap -o heatmap.svg``;
+* ``matrix-evaluator``: the reference Evaluator on a sample of pairs,
+  extrapolated to every pair of every declared port: labelled as an estimate in
+  the report (what a matrix without equivalence classes would cost).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,59 +30,46 @@ from typing import Any
 import yaml
 
 from bench.synth import Spec, generate, to_model
-from callgate.policy.model import PolicySet
+
+COMMANDS: dict[str, list[str]] = {
+    "lint": ["lint", "-i", "{inventory}", "{policies}"],
+    "diff": ["diff", "-i", "{inventory}", "{policies}", "{changed}"],
+    "matrix": ["matrix", "-i", "{inventory}", "-p", "{policies}"],
+    "graph": ["graph", "-i", "{inventory}", "-p", "{policies}", "--format", "dot"],
+    "heatmap": ["graph", "-i", "{inventory}", "-p", "{policies}", "--kind", "heatmap", "-o", "{dir}/heatmap.svg"],
+}
 
 
-def lint(spec: Spec) -> dict[str, Any]:
+def command(task: str, spec: Spec) -> dict[str, Any]:
     exe = str(Path(sys.executable).with_name("callgate"))
-    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
-    if " lint " not in help_text:
-        return {"available": False, "why": "`callgate lint` is not registered in the CLI yet"}
     cluster = generate(spec)
-    with tempfile.TemporaryDirectory(prefix="cgb-lint-") as tmp:
-        inv, pol = Path(tmp) / "inventory.json", Path(tmp) / "policies.yaml"
-        inv.write_text(json.dumps(cluster.inventory))
-        pol.write_text(yaml.dump_all(cluster.policies, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
-        lint_help = subprocess.run([exe, "lint", "--help"], capture_output=True, text=True).stdout
-        argv = [exe, "lint", "-i", str(inv), str(pol)]
-        if "--policies" in lint_help:
-            argv = [exe, "lint", "-i", str(inv), "-p", str(pol)]
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    with tempfile.TemporaryDirectory(prefix="cgb-analysis-") as tmp:
+        files = {"inventory": f"{tmp}/inventory.json", "policies": f"{tmp}/policies.yaml",
+                 "changed": f"{tmp}/changed.yaml", "dir": tmp}
+        Path(files["inventory"]).write_text(json.dumps(cluster.inventory))
+        Path(files["policies"]).write_text(yaml.dump_all(cluster.policies, Dumper=dumper))
+        Path(files["changed"]).write_text(
+            yaml.dump_all([p for i, p in enumerate(cluster.policies) if i % 100 != 7], Dumper=dumper))
+        argv = [exe, *(a.format(**files) for a in COMMANDS[task])]
         start = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "CI": "1"})
+        out, err = proc.communicate()
         elapsed = time.perf_counter() - start
-    # lint exits non-zero when it has findings; a usage error (2) is a failure.
-    shown = " ".join(a if a.startswith("-") or a == "lint" else Path(a).name for a in argv[1:])
-    return {"available": True, "seconds": elapsed, "exit": proc.returncode,
-            "what": f"`callgate {shown}` (CLI process, imports included)",
-            "stderr": proc.stderr[-300:] if proc.returncode == 2 else ""}
+        peak_kib = _children_peak_kib()  # the command is this process's only child
+    shown = " ".join(a if a.startswith("-") or not a.startswith(tmp) else Path(a).name for a in argv[1:])
+    # lint exits 1 on findings and diff on a change; 2 is a usage error, a traceback is a crash.
+    failed = proc.returncode == 2 or "Traceback" in err
+    return {"available": not failed, "seconds": elapsed, "exit": proc.returncode, "peak_rss_mib": peak_kib / 1024,
+            "output_bytes": len(out), "what": f"`callgate {shown}`",
+            **({"why": err.strip().splitlines()[-1][:300] if err.strip() else "failed"} if failed else {})}
 
 
-def diff(spec: Spec) -> dict[str, Any]:
-    try:
-        from callgate.analysis.diff import connectivity_diff
-    except ImportError as exc:
-        return {"available": False, "why": f"callgate.analysis.diff: {exc}"}
-    inventory, policies = to_model(generate(spec))
-    new = PolicySet([p for i, p in enumerate(policies.policies) if i % 100 != 7])
-    start = time.perf_counter()
-    connectivity_diff(inventory, policies, new)
-    return {"available": True, "seconds": time.perf_counter() - start,
-            "what": f"connectivity_diff, {len(policies.policies) - len(new.policies)} policies removed"}
+def _children_peak_kib() -> int:
+    import resource
 
-
-def matrix(spec: Spec) -> dict[str, Any]:
-    try:
-        from callgate.analysis.connectivity import Connectivity, Partition, declared_ports, group_matrix
-    except ImportError as exc:
-        return {"available": False, "why": f"callgate.analysis.connectivity: {exc}"}
-    inventory, policies = to_model(generate(spec))
-    start = time.perf_counter()
-    part = Partition(inventory, [policies], 4)
-    conn = Connectivity(part, policies)
-    group_matrix(conn, declared_ports(inventory), "app")
-    return {"available": True, "seconds": time.perf_counter() - start,
-            "what": f"Connectivity + group_matrix by app over {len(declared_ports(inventory))} declared ports, "
-                    f"{part.size} endpoint classes"}
+    return int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def matrix_evaluator(spec: Spec, sample: int = 20000) -> dict[str, Any]:
@@ -103,13 +93,13 @@ def matrix_evaluator(spec: Spec, sample: int = 20000) -> dict[str, Any]:
                     f"x {n}^2 pairs x {len(ports)} ports"}
 
 
-TASKS = {"lint": lint, "diff": diff, "matrix": matrix, "matrix-evaluator": matrix_evaluator}
+TASKS = [*COMMANDS, "matrix-evaluator"]
 
 
 def main() -> None:
     task, spec = sys.argv[1], Spec(**json.loads(sys.argv[2]))
     try:
-        result = TASKS[task](spec)
+        result = matrix_evaluator(spec) if task == "matrix-evaluator" else command(task, spec)
     except Exception as exc:  # an implementation in progress: report, don't crash the suite
         result = {"available": False, "why": f"{type(exc).__name__}: {exc}"[:300]}
     print(json.dumps(result))

@@ -58,6 +58,10 @@ class Spec:
     hot: int = 0  # policies that select the hot server pod (counted in ``policies``)
     v6_every: int = 4  # every n-th pod is dual-stack (0: none)
     seed: int = 1
+    # Every pod carries its own statefulset.kubernetes.io/pod-name label, as StatefulSet
+    # pods do: no two pods are alike, so every pod is an equivalence class of its own
+    # (the analysis commands' worst case: 10,000 pods, 10,000 classes).
+    pod_name_labels: bool = False
 
     @property
     def node_count(self) -> int:
@@ -124,7 +128,9 @@ def generate(spec: Spec) -> Cluster:
         endpoints.append({
             "name": f"app-{app}-{i // (n_ns * apps_per_ns)}-{i:06d}",
             "namespace": _ns_name(ns),
-            "labels": {"app": f"app-{app}", "tier": tier, "version": f"v{1 + (ns + 2 * app) % 3}"},
+            "labels": {"app": f"app-{app}", "tier": tier, "version": f"v{1 + (ns + 2 * app) % 3}",
+                       **({"statefulset.kubernetes.io/pod-name": f"app-{app}-{i:06d}"} if spec.pod_name_labels
+                          else {})},
             "node": f"node-{node}",
             "interface": f"cg{i:06x}" if node == 0 else None,
             "ips": ips,

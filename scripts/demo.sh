@@ -8,7 +8,8 @@
 #   4. send real TCP and UDP probes between all pods and print what got through
 #      beside what the policy says (exit 1 if they differ),
 #   5. explain one allowed and one denied connection,
-#   6. tear the lab down (also on failure or Ctrl-C).
+#   6. check the shop's connectivity expectations against each node's live table,
+#   7. tear the lab down (also on failure or Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -46,6 +47,12 @@ step "Probe with real packets: observed vs expected (IPv4 and IPv6)"
 step "Why storefront reaches cart, and why batch is cut off"
 "$CG" explain --inventory "$INV" --policies "$POL" edge/storefront shop/cart-2 8080/TCP
 "$CG" explain --inventory "$INV" --policies "$POL" shop/batch shop/ledger 9090/TCP
+
+step "The shop's connectivity expectations, against each node's live table"
+for node in node-1 node-2; do
+  "$CG" test --inventory "$INV" --policies "$POL" --live --node "$node" \
+    --netns "$("$CG" lab netns "$node" --name "$LAB")" examples/shop/connectivity.cgtest
+done
 
 step "Re-applying the same input changes nothing"
 "$CG" apply --inventory "$INV" --policies "$POL" --node node-1 --netns "$("$CG" lab netns node-1 --name "$LAB")"

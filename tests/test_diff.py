@@ -54,6 +54,18 @@ def test_paths_text_json_markdown(tmp_path: Path) -> None:
 def test_git_revisions(tmp_path: Path) -> None:
     if shutil.which("git") is None:
         pytest.skip("git not installed")
+    pol = _repo(tmp_path) / "policies"
+    code, text = invoke("--git", "HEAD~1..HEAD", str(pol))
+    assert code == 1 and "from HEAD~1 to HEAD" in text and "+ z/a -> x/a  80-81/TCP" in text
+    assert invoke("--git", "HEAD", str(pol))[0] == 0  # working tree equals HEAD
+    (pol / "p.yaml").write_text(OLD)
+    code, text = invoke("--git", "HEAD", str(pol))
+    assert code == 1 and "working tree" in text
+
+
+
+def _repo(tmp_path: Path) -> Path:
+    """A repository whose policies/p.yaml changed from OLD to NEW in its last commit."""
     repo = tmp_path / "repo"
     pol = repo / "policies"
     pol.mkdir(parents=True)
@@ -68,20 +80,42 @@ def test_git_revisions(tmp_path: Path) -> None:
     git("commit", "-q", "-m", "old")
     (pol / "p.yaml").write_text(NEW)
     git("commit", "-q", "-am", "new")
-    code, text = invoke("--git", "HEAD~1..HEAD", str(pol))
-    assert code == 1 and "from HEAD~1 to HEAD" in text and "+ z/a -> x/a  80-81/TCP" in text
-    assert invoke("--git", "HEAD", str(pol))[0] == 0  # working tree equals HEAD
-    (pol / "p.yaml").write_text(OLD)
-    code, text = invoke("--git", "HEAD", str(pol))
-    assert code == 1 and "working tree" in text
-    bad = CliRunner().invoke(app, ["diff", "-i", str(STANDARD_INVENTORY), "--git", "nosuchrev..HEAD", str(pol)])
-    assert bad.exit_code == 1 and "nosuchrev" in str(bad.exception)
+    return repo
+
+
+def test_git_typos_cannot_pass(tmp_path: Path) -> None:
+    """A misspelt path or a revision that does not exist is an error that names it (exit 2,
+    never 0 "no change" nor 1 "changed"); a path that exists at only one revision is fine."""
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = _repo(tmp_path)
+    runner = CliRunner()
+    base = ["diff", "-i", str(STANDARD_INVENTORY), "--git"]
+    typo = runner.invoke(app, [*base, "HEAD~1..HEAD", str(repo / "polices")])
+    assert typo.exit_code == 2 and "polices: no such path at HEAD~1, nor at HEAD" in typo.stderr
+    assert "no change" not in typo.stdout
+    typo = runner.invoke(app, [*base, "HEAD", str(repo / "polices")])
+    assert typo.exit_code == 2 and "nor in the working tree" in typo.stderr
+    bad = runner.invoke(app, [*base, "nosuchrev..HEAD", str(repo / "policies")])
+    assert bad.exit_code == 2
+    assert "--git: 'nosuchrev' is not a commit (branch, tag or revision) of the repository" in bad.stderr
+    (repo / "added").mkdir()
+    (repo / "added" / "q.yaml").write_text(OLD.replace("a-from-y", "q"))
+    added = runner.invoke(app, [*base, "HEAD", str(repo / "added")])  # absent at HEAD: every policy is new
+    assert added.exit_code == 1 and "LOST (" in added.stdout
 
 
 def test_usage_errors(tmp_path: Path) -> None:
-    assert CliRunner().invoke(app, ["diff", str(tmp_path)]).exit_code == 1  # no inventory
-    assert invoke(str(tmp_path))[0] == 1  # one path only
-    assert invoke("a", "b", "--format", "html")[0] == 1
+    """Usage mistakes exit 2, as everywhere; for diff, so does input that prevents comparing,
+    since 1 means "access changed"."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["diff", str(tmp_path)]).exit_code == 2  # no inventory
+    assert invoke(str(tmp_path))[0] == 2  # one path only
+    assert invoke("a", "b", "--format", "html")[0] == 2
+    assert invoke(str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml"))[0] == 2  # no such files
+    broken = write(tmp_path, "broken.yaml", "kind: [\n")
+    result = runner.invoke(app, ["diff", "-i", str(STANDARD_INVENTORY), str(broken), str(broken)])
+    assert result.exit_code == 2 and "invalid YAML" in result.stderr
 
 
 @pytest.mark.kernel
@@ -112,7 +146,7 @@ def test_progress_on_a_terminal_quiet_in_ci(tmp_path: Path, monkeypatch: pytest.
     """Long operations report (done, total) up to total; the CLI draws a bar only for a
     person at a terminal, never in CI or when piped."""
     from callgate.analysis.diff import connectivity_diff
-    from callgate.cli import analysis as cli
+    from callgate.cli.analysis import output as cli
     from callgate.policy import load_policies
 
     old, new = write(tmp_path, "old.yaml", OLD), write(tmp_path, "new.yaml", NEW)

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callgate.analysis.connectivity import Connectivity, Partition, group_matrix
+from callgate.analysis.connectivity import Connectivity, Partition
 from callgate.analysis.diff import connectivity_diff
+from callgate.analysis.groups import group_matrix
 from callgate.policy import Evaluator
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 from tests.helpers import policies_from, standard
@@ -51,15 +52,23 @@ def test_class_matrix_equals_evaluator(inv: Inventory, ps: PolicySet) -> None:
 @SETTINGS
 @given(inventories(), policy_sets())
 def test_group_counts_equal_evaluator(inv: Inventory, ps: PolicySet) -> None:
+    """Pairs of different pods counted per group and port, over all pairs and over the pairs
+    whose destination serves the port; with every group shown, and with the smallest merged."""
     conn = Connectivity(Partition(inv, [ps], 4), ps)
-    gm = group_matrix(conn, [(80, "TCP"), (53, "UDP")], "namespace")
     t = truth(inv, ps, 4)
-    for g in gm.groups:
-        for h in gm.groups:
-            for port, proto in ((80, "TCP"), (53, "UDP")):
-                pairs = [(a.key, b.key) for a in gm.members[g] for b in gm.members[h] if a.key != b.key]
-                allowed = sum(t[(a, b, port, proto)] for a, b in pairs)
-                assert gm.cell(g, h, f"{port}/{proto}") == (allowed, len(pairs))
+    ports = ((80, "TCP"), (53, "UDP"))
+    for group_by, max_groups in (("namespace", 0), ("endpoint", 0), ("endpoint", 3)):
+        gm = group_matrix(conn, ports, group_by, max_groups=max_groups)
+        for g in gm.groups:
+            for h in gm.groups:
+                for k, (port, proto) in enumerate(ports):
+                    pairs = [(a, b) for a in gm.members[g] for b in gm.members[h] if a.key != b.key]
+                    allowed = sum(t[(a.key, b.key, port, proto)] for a, b in pairs)
+                    assert gm.cell(g, h, f"{port}/{proto}") == (allowed, len(pairs))
+                    served = [(a, b) for a, b in pairs if any(p.port == port and p.protocol == proto for p in b.ports)]
+                    i, j = gm.index[g], gm.index[h]
+                    assert gm.served_pairs(k, i, j) == len(served)
+                    assert gm.served_allowed[k, i, j] == sum(t[(a.key, b.key, port, proto)] for a, b in served)
 
 
 @SETTINGS
@@ -195,3 +204,57 @@ def test_connectivity_refuses_blocks_its_partition_was_not_built_from(tmp_path: 
     eps = {e.key: e for e in inv.endpoints}
     assert not any(conn6.allowed(eps[s], eps[d], 80, "TCP") for s in eps for d in eps
                    if d.startswith("x/") and s != d)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.data())
+def test_both_ways_of_summing_the_class_matrix_agree(n: int, data: st.DataObject) -> None:
+    """groups._factored (through the distinct rows) and groups._blocked (row blocks of the
+    matrix) compute Σ w_src[s,g]·w_dst[d,h]·E[s][d]·I[d][s] exactly as the definition does."""
+    import numpy as np
+
+    from callgate.analysis.groups import _blocked, _factored
+
+    def rows() -> tuple[list[int], np.ndarray]:
+        kinds = data.draw(st.lists(st.integers(0, (1 << n) - 1), min_size=1, max_size=4))
+        index = np.array(data.draw(st.lists(st.integers(0, len(kinds) - 1), min_size=n, max_size=n)), dtype=np.intp)
+        return kinds, index
+
+    egress, ingress = rows(), rows()
+    w_src = np.array(data.draw(st.lists(st.lists(st.integers(0, 3), min_size=2, max_size=2), min_size=n,
+                                        max_size=n)), dtype=np.float32)
+    w_dst = np.array(data.draw(st.lists(st.lists(st.integers(0, 3), min_size=3, max_size=3), min_size=n,
+                                        max_size=n)), dtype=np.float32)
+    e = [egress[0][k] for k in egress[1]]
+    i = [ingress[0][k] for k in ingress[1]]
+    want = np.zeros((2, 3))
+    for s in range(n):
+        for d in range(n):
+            if (e[s] >> d) & (i[d] >> s) & 1:
+                want += np.outer(w_src[s], w_dst[d])
+    assert np.array_equal(_factored(egress, ingress, w_src, w_dst, n), want)
+    assert np.array_equal(_blocked(egress, ingress, w_src, w_dst, n), want)
+
+
+def test_blocked_sum_across_blocks() -> None:
+    """More classes than one block (and not a multiple of 8): every block's rows and the
+    ingress bits they need are read from the right bytes."""
+    import random
+
+    import numpy as np
+
+    from callgate.analysis.groups import BLOCK, _blocked, _factored
+
+    n = 2 * BLOCK + 77
+    rng = random.Random(7)
+    rows = [rng.getrandbits(n) for _ in range(n)]
+    cols = [rng.getrandbits(n) for _ in range(n)]
+    index = np.arange(n, dtype=np.intp)
+    w_src = np.array([[rng.randrange(3), rng.randrange(2)] for _ in range(n)], dtype=np.float32)
+    w_dst = np.array([[rng.randrange(2)] for _ in range(n)], dtype=np.float32)
+    e = np.array([[(r >> d) & 1 for d in range(n)] for r in rows], dtype=np.float64)
+    i = np.array([[(c >> s) & 1 for s in range(n)] for c in cols], dtype=np.float64)
+    want = w_src.T.astype(np.float64) @ (e * i.T) @ w_dst.astype(np.float64)
+    assert np.array_equal(_blocked((rows, index), (cols, index), w_src, w_dst, n), want)
+    assert np.array_equal(_factored((rows[:5], index % 5), (cols[:3], index % 3), w_src, w_dst, n),
+                          w_src.T.astype(np.float64) @ (e[index % 5] * i[index % 3].T) @ w_dst.astype(np.float64))

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from callgate.analysis.lint.config import LintConfig
 from callgate.analysis.lint.rules import BY_ID, RULES, Severity, rules_markdown
 from callgate.analysis.lint.run import lint
 from callgate.cli.main import app
-from callgate.errors import InputError, ProblemCode
+from callgate.errors import ProblemCode
 from callgate.policy.model import Endpoint, Inventory
 from tests.golden_util import check_golden
 from tests.helpers import ROOT, STANDARD_INVENTORY, standard, write
@@ -69,6 +70,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "CG109": ([np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: 80}]")],
               [np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: 80, protocol: TCP}]")]),
     "CG110": ([], []),  # built below: it is about the absence of a default-deny
+    "CG111": ([app_("web", "x", "selector: {matchLabels: {pod: a}}\nports: [{name: http, port: 80, protocol: TCP}]")],
+              [app_("web", "x", "selector: {matchLabels: {pod: a}}\nports: [{name: http, port: 80, protocol: TCP}]\n"
+                    "callers: [{app: cli}]"),
+               app_("cli", "x", "selector: {matchLabels: {pod: b}}")]),
 }
 
 
@@ -226,9 +231,8 @@ def test_config_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / ".callgate.yaml").write_text("lint:\n  severity: {CG109: error}\n")
     assert runner.invoke(app, ["lint", str(path)]).exit_code == 1
     (tmp_path / ".callgate.yaml").write_text("lint:\n  disable: [CG999]\n")
-    bad = runner.invoke(app, ["lint", str(path)])  # main() turns InputError into exit 1 + message
-    assert isinstance(bad.exception, InputError)
-    assert "unknown lint rule 'CG999'" in str(bad.exception) and ".callgate.yaml" in str(bad.exception)
+    bad = runner.invoke(app, ["lint", str(path)])
+    assert bad.exit_code == 1 and "unknown lint rule 'CG999'" in bad.stderr and ".callgate.yaml" in bad.stderr
 
 
 BAD = ROOT / "examples" / "lint" / "bad.yaml"
@@ -246,7 +250,8 @@ def test_formats_golden(monkeypatch: pytest.MonkeyPatch) -> None:
         code, out = cli("examples/lint/bad.yaml", "--format", fmt)
         assert code == 1
         check_golden(f"lint-bad.{suffix}", out)
-    assert cli("examples/lint/good.yaml") == (0, "0 error(s), 0 warning(s), 0 info in 1 file\n")
+    assert cli("examples/lint/good.yaml") == (0, "0 error(s), 0 warning(s), 0 info in 1 policy file and "
+                                                 "1 inventory file\n")
 
 
 def test_sarif_matches_schema(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,10 +283,11 @@ def test_explain_and_usage_errors() -> None:
     runner = CliRunner()
     out = runner.invoke(app, ["lint", "--explain", "unresolved-named-port"])
     assert out.exit_code == 0 and out.stdout.startswith("## CG104 `unresolved-named-port` (warning)")
-    assert runner.invoke(app, ["lint", "--explain", "nope"]).exit_code == 1
-    assert runner.invoke(app, ["lint", "x.yaml", "--format", "xml"]).exit_code == 1
-    missing = runner.invoke(app, ["lint", "does/not/exist.yaml"])
-    assert isinstance(missing.exception, InputError) and "no such file" in str(missing.exception)
+    assert runner.invoke(app, ["lint", "--explain", "nope"]).exit_code == 2
+    assert runner.invoke(app, ["lint", "examples/lint/bad.yaml", "--format", "xml"]).exit_code == 2
+    assert runner.invoke(app, ["lint", "examples/lint/bad.yaml", "--fail-on", "fatal"]).exit_code == 2
+    missing = runner.invoke(app, ["lint", "does/not/exist.yaml", "also/missing"])
+    assert missing.exit_code == 2 and "no such file or directory: does/not/exist.yaml, also/missing" in missing.stderr
 
 
 def test_yaml_syntax_error_is_a_finding(tmp_path: Path) -> None:
@@ -289,3 +295,88 @@ def test_yaml_syntax_error_is_a_finding(tmp_path: Path) -> None:
     good = write(tmp_path, "ok.yaml", np_("a", "x", "podSelector: {}\ningress:\n- ports: [{port: 80}]"))
     rules = [(Path(f.file or "").name, f.rule) for f in lint([broken, good]).findings]
     assert rules == [("broken.yaml", "CG001"), ("ok.yaml", "CG109")]  # still checks the file that parsed
+
+
+def test_an_app_without_ports_gets_no_phantom_caller_error(tmp_path: Path) -> None:
+    """The issue's case: an App that serves no ports, a good caller between two that fail.
+    Only the failing callers are reported, once each (before #10, compile_apps removed
+    entries from the list it iterated: the good caller got an error and the first broken
+    one a second report)."""
+    path = write(tmp_path, "apps.yaml", "---\n".join([
+        app_("web", "x", """
+            selector: {matchLabels: {pod: a}}
+            callers:
+            - {app: nosuch}
+            - {app: cli}
+            - {app: nosuch}
+            """),
+        app_("cli", "x", "selector: {matchLabels: {pod: b}}")]))
+    assert [(f.rule, f.field) for f in lint([path]).findings] == [("CG005", "spec.callers[0].app"),
+                                                                   ("CG005", "spec.callers[2].app")]
+
+
+def test_endport_equal_to_port_is_reported_as_documented(tmp_path: Path) -> None:
+    """CG004: endPort below port or after a named port is refused (error); equal to port
+    it is valid Kubernetes (the API server only requires endPort >= port) and reported as
+    info, in NetworkPolicies and in App egress alike."""
+    path = write(tmp_path, "p.yaml", "---\n".join([
+        np_("eq", "x", "podSelector: {}\negress:\n- ports: [{port: 8080, endPort: 8080, protocol: TCP}]"),
+        app_("a", "x", "selector: {matchLabels: {pod: a}}\n"
+                       "egress: [{cidr: 198.18.0.0/24, ports: [{port: 53, endPort: 53, protocol: UDP}]}]"),
+        np_("below", "x", "podSelector: {}\negress:\n- ports: [{port: 90, endPort: 80, protocol: TCP}]")]))
+    found = [(f.rule, f.severity.label, f.object, f.field) for f in lint([path]).findings if f.rule == "CG004"]
+    assert found == [
+        ("CG004", "info", "NetworkPolicy x/eq", "spec.egress[0].ports[0].endPort"),
+        ("CG004", "info", "App x/a", "spec.egress[0].ports[0].endPort"),
+        ("CG004", "error", "NetworkPolicy x/below", "spec.egress[0].ports[0]"),
+    ]
+    assert "equal to port (info)" in BY_ID["CG004"].summary
+
+
+def test_pre_commit_hook_skips_files_that_are_not_policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook gets every YAML/JSON file of a repository: CI workflows, Helm values,
+    other Kubernetes kinds and JSON with comments are skipped, not CG002 errors; a
+    NetworkPolicy under a wrong apiVersion is still reported."""
+    repo = tmp_path / "repo"
+    write(repo, ".github/workflows/ci.yml", "on: push\njobs:\n  test:\n    runs-on: ubuntu-latest\n")
+    write(repo, "chart/values.yaml", "replicaCount: 2\nimage: {repository: web}\n")
+    write(repo, "deploy/web.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n"
+          + np_("web", "x", "podSelector: {}\npolicyTypes: [Ingress]"))
+    write(repo, "tsconfig.json", '{ // comments are not JSON\n  "compilerOptions": {}\n}\n')
+    write(repo, "policies/typo.yaml", "apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\n"
+          "metadata: {name: a, namespace: x}\n")
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    entry = next(h for h in hooks if h["id"] == "callgate-lint")["entry"].split()
+    assert entry[:2] == ["callgate", "lint"]
+    monkeypatch.chdir(repo)
+    files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+    result = CliRunner().invoke(app, [*entry[1:], *files])
+    assert result.exit_code == 1, result.output  # the typo is an error
+    findings = [line.split(": ", 1)[0] + " " + line.split()[2] for line in result.stdout.splitlines()
+                if line.startswith(("policies", "deploy", "chart", ".github", "tsconfig"))]
+    assert findings == ["policies/typo.yaml:2:7 CG002"]
+    assert result.stdout.splitlines()[-1] == ("1 error(s), 0 warning(s), 0 info in 2 files; "
+                                              "3 files without policies skipped")
+    # Without the hook's flag, the same files are all reported: lint of a policy path is strict.
+    strict = CliRunner().invoke(app, ["lint", *files])
+    assert "ci.yml:1:1: error CG002" in strict.stdout and "tsconfig.json:1:3: error CG001" in strict.stdout
+
+
+def test_a_directory_without_policy_files_is_an_error(tmp_path: Path) -> None:
+    """lint of an empty (or misnamed-and-created) directory must not pass CI with rc 0."""
+    (tmp_path / "empty").mkdir()
+    write(tmp_path, "notes/readme.txt", "not a policy\n")
+    result = CliRunner().invoke(app, ["lint", str(tmp_path / "empty"), str(tmp_path / "notes")])
+    assert result.exit_code == 1
+    assert f"no policy files (*.yaml, *.yml, *.json) in {tmp_path / 'empty'}, {tmp_path / 'notes'}" in result.stderr
+
+
+def test_json_output_is_the_object_the_docs_describe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    _, out = cli("examples/lint/bad.yaml", "--format", "json")
+    data = json.loads(out)
+    assert isinstance(data, dict) and list(data) == ["findings", "files", "inventory_files", "skipped", "counts"]
+    docs = (ROOT / "docs" / "analysis.md").read_text()
+    assert "`--format json` an object:" in docs and "a plain list" not in docs
+    for key in data:
+        assert f"`{key}`" in docs, f"docs/analysis.md does not describe the JSON key {key!r}"

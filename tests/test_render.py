@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -72,15 +75,100 @@ def test_explain_json_golden() -> None:
 def test_ten_thousand_pods_in_seconds() -> None:
     """The issue's scale target: 10,000 pods / 1,000 policies, grouped matrix for one port."""
     from bench.synth import Spec, generate, to_model
-    from callgate.analysis.connectivity import Connectivity, Partition, group_matrix
+    from callgate.analysis.connectivity import Connectivity, Partition
+    from callgate.analysis.groups import group_matrix
 
     inv, ps = to_model(generate(Spec(pods=10000, policies=1000)))
     start = time.monotonic()
     part = Partition(inv, [ps], 4)
     conn = Connectivity(part, ps)
-    gm = group_matrix(conn, [(80, "TCP")], "app")
+    gm = group_matrix(conn, [(80, "TCP")], "app")  # the 39 largest apps and one for the rest
     took = time.monotonic() - start
     n = len(part.endpoints)
-    assert n == 10000 and gm.totals.sum() == n * (n - 1)  # every ordered pair of distinct pods counted once
-    assert 0 < gm.allowed.sum() < gm.totals.sum()
+    pairs = sum(gm.pairs(i, j) for i in range(len(gm.groups)) for j in range(len(gm.groups)))
+    assert n == 10000 and pairs == n * (n - 1)  # every ordered pair of distinct pods counted once
+    assert 0 < gm.allowed.sum() < pairs
     assert took < 20, f"took {took:.1f}s"
+
+
+# -- every view says the same thing --------------------------------------------------------------
+
+
+def test_self_cells_agree_in_every_view() -> None:
+    """A one-pod group has no pair with itself, and text, CSV, JSON and the heatmap all say
+    so; a two-pod group whose pods may not reach each other is denied in all of them."""
+    args = ["matrix", *SHOP, "-g", "app", "--port", "8080/TCP"]
+    text = run(*args).splitlines()
+    csv_rows = {(r.split(",")[0], r.split(",")[1]): r.split(",")[3:] for r in run(*args, "--format", "csv").splitlines()}
+    data = json.loads(run(*args, "--format", "json"))["matrix"]["8080/TCP"]
+    svg = run("graph", *SHOP, "--kind", "heatmap", "--format", "svg", "-g", "app", "--port", "8080/TCP")
+    assert text[2].split()[1:] == ["edge/storefront", "—", "✗", "✓", "✗"]
+    assert text[4].split()[1:] == ["shop/cart", "✗", "✗", "✗", "✗"]
+    assert csv_rows[("edge/storefront", "edge/storefront")] == ["none", "0", "0"]
+    assert csv_rows[("shop/cart", "shop/cart")] == ["false", "0", "2"]
+    assert data["edge/storefront"]["edge/storefront"] is None and data["shop/cart"]["shop/cart"] is False
+    assert "edge/storefront -&gt; edge/storefront: no pod pairs (one pod, which always reaches itself)" in svg
+    assert "shop/cart -&gt; shop/cart: 0% of (pod pair, served port) allowed" in svg
+
+
+def test_heatmap_counts_only_the_ports_a_destination_serves() -> None:
+    """storefront may call cart on every port cart serves: 100%, not 1 of 4 ports = 25%."""
+    svg = run("graph", *SHOP, "--kind", "heatmap", "--format", "svg", "-g", "app")
+    assert "edge/storefront -&gt; shop/cart: 100% of (pod pair, served port) allowed" in svg
+    assert "shop/cart -&gt; shop/ledger: 100% of (pod pair, served port) allowed" in svg
+    assert "shop/batch -&gt; shop/cart: 0% of (pod pair, served port) allowed" in svg
+
+
+MUTUAL = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: {name}, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: {dst}}}}}
+  policyTypes: [Ingress]
+  ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: {src}}}}}}}], ports: [{{port: {port}, protocol: TCP}}]}}]
+"""
+
+
+def _edges(tmp_path: Path, ports: tuple[int, int]) -> tuple[str, list[tuple[float, float, float]]]:
+    """The DOT graph and the label boxes (x, y, width) of the SVG for x/a <-> x/b on ``ports``."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("---".join([
+        MUTUAL.format(name="a-from-b", dst="a", src="b", port=ports[0]),
+        MUTUAL.format(name="b-from-a", dst="b", src="a", port=ports[1]),
+        MUTUAL.format(name="c", dst="c", src="nobody", port=80)]))
+    args = ["graph", "-i", "examples/standard/inventory.yaml", "-p", str(policy), "-g", "endpoint",
+            "--port", "80/TCP", "--port", "81/TCP"]
+    dot = run(*args, "--format", "dot")
+    svg = ET.fromstring(run(*args, "--format", "svg"))
+    boxes = []
+    for group in svg.iter("{http://www.w3.org/2000/svg}g"):
+        rect, text = group.find("{http://www.w3.org/2000/svg}rect"), group.find("{http://www.w3.org/2000/svg}text")
+        path = group.find("{http://www.w3.org/2000/svg}path")
+        if path is not None and rect is not None and text is not None and text.text in ("80/TCP", "81/TCP"):
+            boxes.append((float(rect.get("x", 0)), float(rect.get("y", 0)), float(rect.get("width", 0))))
+    return dot, boxes
+
+
+def test_call_graph_both_directions(tmp_path: Path) -> None:
+    """Two apps that call each other on the same ports are one two-headed arrow; on
+    different ports, two arrows whose labels do not cover each other."""
+    dot, boxes = _edges(tmp_path, (80, 80))
+    assert '"x/a" -> "x/b" [label="80/TCP", dir=both];' in dot and '"x/b" -> "x/a"' not in dot
+    dot, boxes = _edges(tmp_path, (80, 81))
+    assert '"x/b" -> "x/a" [label="80/TCP"];' in dot and '"x/a" -> "x/b" [label="81/TCP"];' in dot
+    (x1, y1, w1), (x2, y2, w2) = boxes
+    assert abs(y1 - y2) >= 14 or x1 + w1 <= x2 or x2 + w2 <= x1, "the two labels overlap"
+
+
+def test_piped_matrix_keeps_whole_names(tmp_path: Path) -> None:
+    """Through a pipe (80 columns or none), group names are printed whole, never 'shop/cart…'."""
+    long_ns = "a-namespace-with-a-rather-long-name"
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text((ROOT / "examples/shop/inventory.yaml").read_text().replace("shop", long_ns))
+    apps = tmp_path / "apps.yaml"
+    apps.write_text((ROOT / "examples/shop/apps.yaml").read_text().replace("shop", long_ns))
+    exe = str(Path(sys.executable).with_name("callgate"))
+    out = subprocess.run([exe, "matrix", "-i", str(inventory), "-p", str(apps), "-g", "app", "--port", "8080"],
+                         capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"}, check=True).stdout
+    assert f"{long_ns}/ledger" in out and f"{long_ns}/cart" in out and "…" not in out

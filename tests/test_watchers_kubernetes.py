@@ -786,19 +786,22 @@ def test_cli_controller_once(server: FakeAPIServer, monkeypatch: pytest.MonkeyPa
     assert event_findings(server) == EXPECTED_FINDINGS
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--health-address", "nope"], "expected HOST:PORT"),
-    (["--min-severity", "loud"], "unknown severity"),
-    (["--refresh", "0"], "--refresh must be a positive"),
-    (["--log-level", "chatty"], "--log-level"),
-    (["--server", "ftp://x"], "must be an http"),
-    (["--kubeconfig", "/nonexistent/kubeconfig"], "no such kubeconfig"),
-    (["--lint-config", "/nonexistent/lint.yaml"], "no such config file"),
+@pytest.mark.parametrize(("args", "message", "exit_code"), [
+    # The command line itself is wrong (a bad value, a path that does not exist): usage (2).
+    (["--health-address", "nope"], "expected HOST:PORT", 2),
+    (["--min-severity", "loud"], "unknown severity", 2),
+    (["--refresh", "0"], "--refresh must be a positive", 2),
+    (["--log-level", "chatty"], "--log-level", 2),
+    (["--server", "ftp://x"], "must be an http", 2),
+    (["--kubeconfig", "/nonexistent/kubeconfig"], "no such file or directory: /nonexistent/kubeconfig", 2),
+    (["--lint-config", "/nonexistent/lint.yaml"], "no such file or directory: /nonexistent/lint.yaml", 2),
+    # Found out while reading a file that exists: bad input (1).
+    (["--lint-config", ".pre-commit-hooks.yaml"], "expected a mapping with a 'lint' key", 1),
 ])
-def test_cli_controller_rejects_bad_options(args: list[str], message: str, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_controller_rejects_bad_options(args: list[str], message: str, exit_code: int,
+                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(["controller", "--once", *args], monkeypatch, capsys)
-    assert code == 1, (out, err)
+    assert code == exit_code, (out, err)
     assert message in err and "Traceback" not in err
 
 

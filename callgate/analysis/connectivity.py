@@ -15,10 +15,11 @@ cheap without changing the semantics:
 
 Per class and segment, each side is a bitset (a Python int) of peer classes:
 ``egress[s]`` = destinations s's egress allows, ``ingress[d]`` = sources d's
-ingress allows. The class matrix is their AND after transposing ingress; that
-step and the aggregation into groups are O(classes²) bit operations, done with
-numpy (10,000 pods of a realistic cluster still make thousands of classes,
-since ipBlocks over pod ranges split them).
+ingress allows. The class matrix is their AND after transposing ingress;
+:mod:`callgate.analysis.groups` aggregates it into groups block by block and
+:mod:`callgate.analysis.diff` compares only the rows and columns that changed,
+so neither ever holds all classes × classes (10,000 pods can make 10,000
+classes: pods with their own labels, ipBlocks over pod ranges).
 ``tests/test_diff_properties.py`` checks all of this against the Evaluator.
 
 One exception to "same class, same verdict": a pod always reaches itself. Two
@@ -50,9 +51,6 @@ from callgate.policy.model import (
     PortProtocol,
 )
 from callgate.policy.resolve import Resolver
-
-# Labels that name an application, most specific first; used to group endpoints.
-APP_LABELS = ("app.kubernetes.io/name", "app", "k8s-app")
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -247,6 +245,7 @@ class Connectivity:
         # (class, direction) -> (isolating policies, their ids, has an ingress named port)
         self._side_keys: dict[tuple[int, Direction], tuple[list[Policy], tuple[int, ...], bool]] = {}
         self._matrices: dict[tuple[PortProtocol, int], np.ndarray] = {}
+        self._row_kinds: dict[Direction, tuple[list[int], np.ndarray]] = {}  # see side_rows
         self._by_ns: dict[str, list[Policy]] = {}
         for pol in self.policies.policies:
             self._by_ns.setdefault(pol.namespace, []).append(pol)
@@ -388,6 +387,32 @@ class Connectivity:
         side[memo] = bits
         return bits
 
+    def side_rows(self, direction: Direction, protocol: PortProtocol, port: int) -> tuple[list[int], np.ndarray]:
+        """Every class's :meth:`side_bits`, as the bitsets of its few kinds of class and,
+        per class, the index of its own: classes isolated by the same policies share their
+        bits, so a port has tens to hundreds of rows, not one per class (10,000 calls of
+        side_bits cost more than everything done with the rows)."""
+        found = self._row_kinds.get(direction)
+        if found is None:
+            kinds: dict[object, int] = {}
+            reps: list[int] = []
+            of_class = []
+            for c in range(self.partition.size):
+                policies, ids, named = self._side_key(c, direction)
+                kind = (ids, self.partition.rep(c).ports if named else None) if policies else None
+                k = kinds.get(kind)
+                if k is None:
+                    k = kinds[kind] = len(reps)
+                    reps.append(c)
+                of_class.append(k)
+            found = self._row_kinds[direction] = (reps, np.array(of_class, dtype=np.intp))
+        reps, kind_of = found
+        # Kinds of class may still have equal bits on this port: one row each.
+        distinct: dict[int, int] = {}
+        row_of_kind = np.array([distinct.setdefault(self.side_bits(c, direction, protocol, port), len(distinct))
+                                for c in reps], dtype=np.intp)
+        return list(distinct), row_of_kind[kind_of]
+
     # -- the matrix ------------------------------------------------------
 
     def matrix(self, protocol: PortProtocol, port: int) -> np.ndarray:
@@ -424,101 +449,3 @@ def unpack_rows(rows: list[int], n: int) -> np.ndarray:
     packed = np.frombuffer(buf, dtype=np.uint8).reshape(len(rows), width)
     # 0/1 bytes viewed as bool: no copy.
     return np.unpackbits(packed, axis=1, count=n, bitorder="little").view(bool)
-
-
-def group_key(ep: Endpoint, group_by: str) -> str:
-    """Name of the group an endpoint is drawn in.
-
-    ``app``: namespace/app-label (falling back to the pod name);
-    ``namespace``: the namespace; ``endpoint``: each endpoint alone; anything
-    else is a label key: namespace/value of that label.
-    """
-    if group_by == "endpoint":
-        return ep.key
-    if group_by == "namespace":
-        return ep.namespace
-    keys = APP_LABELS if group_by == "app" else (group_by,)
-    for key in keys:
-        if key in ep.labels:
-            return f"{ep.namespace}/{ep.labels[key]}"
-    return ep.key
-
-
-@dataclass
-class GroupMatrix:
-    """Connectivity between groups of endpoints, for tables and pictures.
-
-    ``allowed[k, i, j]`` counts ordered pairs of *different* endpoints from group
-    i to group j allowed on port k; ``totals[i, j]`` counts all such pairs (a pod
-    and itself are left out: always allowed, never interesting)."""
-
-    groups: list[str]
-    members: dict[str, list[Endpoint]]
-    ports: list[str]
-    allowed: np.ndarray  # (ports, groups, groups)
-    totals: np.ndarray  # (groups, groups)
-
-    def __post_init__(self) -> None:
-        self.index = {g: i for i, g in enumerate(self.groups)}
-
-    def cell(self, g: str, h: str, port: str) -> tuple[int, int]:
-        i, j = self.index[g], self.index[h]
-        return int(self.allowed[self.ports.index(port), i, j]), int(self.totals[i, j])
-
-    def fraction(self, g: str, h: str, port: str | None = None) -> float | None:
-        i, j = self.index[g], self.index[h]
-        total = int(self.totals[i, j]) * (1 if port is not None else len(self.ports))
-        if total == 0:
-            return None
-        allowed = self.allowed[self.ports.index(port), i, j] if port is not None else self.allowed[:, i, j].sum()
-        return float(allowed) / total
-
-
-def group_matrix(conn: Connectivity, ports: Sequence[tuple[int, PortProtocol]], group_by: str,
-                 progress: Progress | None = None) -> GroupMatrix:
-    """Aggregate the class matrix into groups with numpy; cost is classes², not pods².
-
-    With W[g, c] = number of endpoints of class c in group g, allowed pairs are
-    W · M · Wᵀ, minus the pairs of an endpoint with itself on the diagonal (a
-    class's verdict is for *distinct* members)."""
-    part = conn.partition
-    members: dict[str, list[Endpoint]] = {}
-    for ep in part.endpoints:
-        members.setdefault(group_key(ep, group_by), []).append(ep)
-    groups = sorted(members)
-    gi = {g: i for i, g in enumerate(groups)}
-    # (class, group) -> endpoint count, as arrays sorted by group for np.add.reduceat.
-    counts: dict[tuple[int, int], int] = {}
-    for g, eps in members.items():
-        for ep in eps:
-            key = (part.class_of[ep.key], gi[g])
-            counts[key] = counts.get(key, 0) + 1
-    entries = sorted(counts.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    ent_c = np.array([c for (c, _), _ in entries], dtype=np.intp)
-    ent_g = np.array([g for (_, g), _ in entries], dtype=np.intp)
-    ent_n = np.array([n for _, n in entries], dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, ent_g[1:] != ent_g[:-1]])
-    sizes = np.bincount(ent_g, weights=ent_n, minlength=len(groups)).astype(np.int64)
-    totals = np.outer(sizes, sizes) - np.diag(sizes)
-    labels = [f"{n}/{p}" for n, p in ports]
-    out = np.zeros((len(ports), len(groups), len(groups)), dtype=np.int64)
-    for k, (number, proto) in enumerate(ports):
-        m = conn.matrix(proto, number)
-        # Columns: per source class, allowed destination endpoints in each group (row blocks
-        # keep the intermediate small); then rows: per group pair.
-        per_class = np.empty((part.size, len(groups)), dtype=np.int64)
-        for lo in range(0, part.size, 512):
-            block = m[lo:lo + 512][:, ent_c] * ent_n
-            per_class[lo:lo + 512] = np.add.reduceat(block, starts, axis=1)
-        allowed = np.add.reduceat(per_class[ent_c] * ent_n[:, None], starts, axis=0)
-        # An endpoint paired with itself is not a pair: take those back off the diagonal.
-        np.subtract.at(allowed, (ent_g, ent_g), ent_n * m[ent_c, ent_c])
-        out[k] = allowed
-        if progress:
-            progress(k + 1, len(ports))
-    return GroupMatrix(groups, members, labels, out, totals)
-
-
-def declared_ports(inventory: Inventory) -> list[tuple[int, PortProtocol]]:
-    """Every (port, protocol) some endpoint declares: the default ports of a matrix."""
-    return sorted({(p.port, p.protocol) for ep in inventory.endpoints for p in ep.ports})

@@ -12,11 +12,13 @@ gained 5432/TCP" instead of a list of pod pairs. JSON keeps the pod pairs.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import json
 import subprocess
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,15 @@ from callgate.analysis.connectivity import (
     Progress,
     ProtocolPortRange,
     family_ip,
-    group_key,
     merge_ranges,
-    unpack_rows,
 )
-from callgate.errors import InputError
+from callgate.analysis.groups import BLOCK, group_key, group_sizes, packed_rows, unpack_bits
+from callgate.errors import InputError, Problem
 from callgate.policy.model import Direction, Inventory, PolicySet
+
+# Pod pairs listed per change in JSON; beyond, they are counted (a default-deny removed
+# at 10,000 pods changes millions of pairs, which no reviewer reads and no memory holds).
+MAX_PAIRS = 100
 
 
 @dataclass
@@ -45,22 +50,30 @@ class Change:
     dst: str
     gained: bool
     ports: list[ProtocolPortRange]
-    pairs: set[tuple[str, str]] = field(default_factory=set)  # (src pod, dst pod)
     families: set[int] = field(default_factory=set)
     total_pairs: int = 0  # pod pairs between the two groups
+    pair_count: int = 0  # pod pairs that changed
+    # Lists the pairs when asked: only JSON wants them, and listing costs.
+    listing: Callable[[], list[tuple[str, str]]] = field(default=list, repr=False, compare=False)
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """(source pod, destination pod) of the first MAX_PAIRS pairs that changed, sorted."""
+        return sorted(self.listing())
 
     def ports_text(self) -> str:
         return ", ".join(p.text() for p in self.ports)
 
     def scope(self) -> str:
         """'' when every pod pair of the groups changed, else 'k of n pod pairs'."""
-        return "" if len(self.pairs) == self.total_pairs else f"{len(self.pairs)} of {self.total_pairs} pod pairs"
+        return "" if self.pair_count == self.total_pairs else f"{self.pair_count} of {self.total_pairs} pod pairs"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "from": self.src, "to": self.dst, "change": "gained" if self.gained else "lost",
             "ports": [p.text() for p in self.ports], "families": sorted(self.families),
-            "pairs": [list(p) for p in sorted(self.pairs)], "total_pairs": self.total_pairs,
+            "pairs": [list(p) for p in self.pairs], "pair_count": self.pair_count,
+            "total_pairs": self.total_pairs,
         }
 
 
@@ -70,81 +83,186 @@ class DiffResult:
     old_label: str
     new_label: str
     endpoints: int
+    group_by: str = "app"
 
     @property
     def changed(self) -> bool:
         return bool(self.changes)
 
 
+@dataclass(frozen=True)
+class _Pieces:
+    """The classes of one family split by group: a piece is the members of one class in one
+    group (one piece per class, since a class's members share namespace and labels, except
+    with endpoint grouping, which puts every member in a group of its own).
+
+    A pair (x, y) is fingerprinted as a(x)·b(y) mod 2⁶⁴, a and b two hashes of the pod, so
+    the pairs of two pieces sum to (Σa)·(Σb) without listing them: two families that
+    changed the same pairs have the same count and fingerprint."""
+
+    group: np.ndarray  # per piece: the group's index in ``names``
+    count: np.ndarray  # pods
+    a: np.ndarray  # Σ a(x), uint64
+    b: np.ndarray  # Σ b(x), uint64
+    ab: np.ndarray  # Σ a(x)·b(x): the pairs of a pod with itself
+    members: list[list[str]]
+    first: np.ndarray  # per class: its first piece
+    pieces: np.ndarray  # per class: how many pieces it has
+
+
+def _hash(key: str) -> tuple[int, int]:
+    digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+
+def _pieces(part: Partition, group_by: str, index: dict[str, int]) -> _Pieces:
+    group: list[int] = []
+    count: list[int] = []
+    a: list[int] = []
+    b: list[int] = []
+    ab: list[int] = []
+    members: list[list[str]] = []
+    first: list[int] = []
+    pieces: list[int] = []
+    mask = (1 << 64) - 1
+    for c in range(part.size):
+        by_group: dict[str, list[str]] = {}
+        for ep in part.members[c]:
+            by_group.setdefault(group_key(ep, group_by), []).append(ep.key)
+        first.append(len(group))
+        pieces.append(len(by_group))
+        for g, keys in by_group.items():
+            hashes = [_hash(k) for k in keys]
+            group.append(index.setdefault(g, len(index)))
+            count.append(len(keys))
+            a.append(sum(x for x, _ in hashes) & mask)
+            b.append(sum(y for _, y in hashes) & mask)
+            ab.append(sum(x * y for x, y in hashes) & mask)
+            members.append(keys)
+    return _Pieces(np.array(group, dtype=np.int64), np.array(count, dtype=np.int64),
+                   np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64), np.array(ab, dtype=np.uint64),
+                   members, np.array(first, dtype=np.int64), np.array(pieces, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One family's change from one group to another, in one direction."""
+
+    masks: tuple[int, ...]  # segment mask words
+    count: int
+    fingerprint: int
+    listing: Callable[[], list[tuple[str, str]]]
+
+
+def _entries(cells: np.ndarray, masks: np.ndarray, n: int, pieces: _Pieces, names: list[str]
+             ) -> dict[tuple[int, int, bool], _Entry]:
+    """Changed cells (class pairs with their segment masks) summed per (source group,
+    destination group, gained), in numpy: a cell is a class pair, split into its pieces'
+    pairs; pairs of a pod with itself are left out (it always reaches itself)."""
+    sources, rest = np.divmod(cells, 2 * n)
+    dests, gains = np.divmod(rest, 2)
+    fan = pieces.pieces[sources] * pieces.pieces[dests]  # piece pairs per cell (1, but for endpoint grouping)
+    cell = np.repeat(np.arange(len(cells)), fan)
+    within = np.arange(len(cell)) - np.repeat(np.cumsum(fan) - fan, fan)
+    per_dest = pieces.pieces[dests][cell]
+    ps = pieces.first[sources][cell] + within // per_dest
+    pd = pieces.first[dests][cell] + within % per_dest
+    same = ps == pd
+    count = pieces.count[ps] * pieces.count[pd] - np.where(same, pieces.count[ps], 0)
+    fingerprint = pieces.a[ps] * pieces.b[pd] - np.where(same, pieces.ab[ps], np.uint64(0))
+    key = (pieces.group[ps] * len(names) + pieces.group[pd]) * 2 + gains[cell]
+    keep = count > 0
+    ps, pd, cell, count, fingerprint, key = ps[keep], pd[keep], cell[keep], count[keep], fingerprint[keep], key[keep]
+    if not len(key):
+        return {}
+    order = np.argsort(key, kind="stable")
+    key, ps, pd, cell, count, fingerprint = key[order], ps[order], pd[order], cell[order], count[order], fingerprint[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], len(key)]
+    counts = np.add.reduceat(count, starts)
+    prints = np.add.reduceat(fingerprint, starts)
+    words = np.stack([np.bitwise_or.reduceat(masks[w][cell], starts) for w in range(len(masks))])
+
+    def listing(lo: int, hi: int) -> Callable[[], list[tuple[str, str]]]:
+        def pairs() -> list[tuple[str, str]]:
+            found: list[tuple[str, str]] = []
+            for x_piece, y_piece in zip(ps[lo:hi].tolist(), pd[lo:hi].tolist(), strict=True):
+                found.extend(itertools.islice(((x, y) for x in pieces.members[x_piece]
+                                               for y in pieces.members[y_piece] if x != y), MAX_PAIRS - len(found)))
+                if len(found) >= MAX_PAIRS:
+                    break
+            return found
+
+        return pairs
+
+    out: dict[tuple[int, int, bool], _Entry] = {}
+    for i, (k, lo, hi) in enumerate(zip(key[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)):
+        pair, gained = divmod(k, 2)
+        out[(pair // len(names), pair % len(names), bool(gained))] = _Entry(
+            tuple(int(w) for w in words[:, i].tolist()), int(counts[i]), int(prints[i]), listing(lo, hi))
+    return out
+
+
 def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, group_by: str = "app",
                       old_label: str = "old", new_label: str = "new",
                       progress: Progress | None = None) -> DiffResult:
-    raw: dict[tuple[str, str, bool], dict[str, Any]] = {}
     families = [f for f in (4, 6) if any(family_ip(e, f) for e in inventory.endpoints)]
-    steps = done = 0
+    done = 0
     parts = [Partition(inventory, [old, new], f) for f in families]
-    # One step per segment and family, and one per family for expanding pod pairs.
+    # One step per segment and family, and one per family for counting pod pairs.
     steps = sum(len(p.segments()) + 1 for p in parts)
-    merged: dict[tuple[int, int], list[ProtocolPortRange]] = {}  # (family, segment mask) -> port ranges
+    index: dict[str, int] = {}  # group name -> number, across families
+    per_family: dict[int, tuple[dict[tuple[int, int, bool], _Entry], list[ProtocolPortRange]]] = {}
     for part in parts:
         a, b = Connectivity(part, old), Connectivity(part, new)
         segments = part.segments()
-        n = part.size
-        # First which class pairs changed, in which direction and on which segments (as a
-        # bit mask per pair); only then pod pairs, once per (class pair, direction).
-        # Expanding pod pairs segment by segment repeated the same pairs for every
-        # segment they changed on (19 segments at bench size: 50 s instead of 4).
-        flat_parts, seg_parts = [], []
+        # First which class pairs changed, in which direction and on which segments (a
+        # mask per pair); only then pod pairs, once per (class pair, direction):
+        # expanding pod pairs segment by segment repeated them for every segment.
+        masks = _SegmentMasks(len(segments))
         for k, seg in enumerate(segments):
-            flat = _changed_cells(a, b, seg)
-            flat_parts.append(flat)
-            seg_parts.append(np.full(len(flat), k, dtype=np.int64))
+            masks.add(k, _changed_cells(a, b, seg))
             done += 1
             if progress:
                 progress(done, steps)
-        keys, masks = _segment_masks(np.concatenate(flat_parts or [np.empty(0, np.int64)]),
-                                     np.concatenate(seg_parts or [np.empty(0, np.int64)]))
-        sources, rest = np.divmod(keys, 2 * n)
-        dests, gains = np.divmod(rest, 2)
-        groups = _class_groups(part, group_by, set(sources.tolist()) | set(dests.tolist()))
-        fam = part.family
-        for s, d, g, mask in zip(sources.tolist(), dests.tolist(), gains.tolist(), masks, strict=True):
-            gained = bool(g)
-            for gx, xs in groups[s]:
-                for gy, ys in groups[d]:
-                    if s == d:
-                        # A pod always reaches itself: leave out (x, x).
-                        pairs = [(x, y) for x in xs for y in ys if x != y]
-                        if not pairs:
-                            continue
-                    else:
-                        pairs = [(x, y) for x in xs for y in ys]
-                    entry = raw.setdefault((gx, gy, gained), {"ports": {}, "pairs": {}})
-                    entry["ports"][fam] = entry["ports"].get(fam, 0) | mask
-                    entry["pairs"].setdefault(fam, set()).update(pairs)
+        pieces = _pieces(part, group_by, index)
+        names = list(index)
+        per_family[part.family] = (_entries(masks.keys, masks.masks, part.size, pieces, names), segments)
         done += 1
         if progress:
             progress(done, steps)
-        for entry in raw.values():
-            m = entry["ports"].get(fam)
-            if m is not None and (fam, m) not in merged:
-                merged[(fam, m)] = merge_ranges(segments[k] for k in range(len(segments)) if m >> k & 1)
-    sizes: dict[str, int] = {}
-    for ep in inventory.endpoints:
-        name = group_key(ep, group_by)
-        sizes[name] = sizes.get(name, 0) + 1
+    names = list(index)
+    sizes = group_sizes(inventory.endpoints, group_by)
+    ranges: dict[tuple[int, tuple[int, ...]], list[ProtocolPortRange]] = {}
+
+    def ports(family: int, entry: _Entry) -> list[ProtocolPortRange]:
+        found = ranges.get((family, entry.masks))
+        if found is None:
+            segments = per_family[family][1]
+            found = ranges[(family, entry.masks)] = merge_ranges(
+                seg for k, seg in enumerate(segments) if entry.masks[k // 62] >> (k % 62) & 1)
+        return found
+
+    keys = sorted({k for entries, _ in per_family.values() for k in entries})
     changes = []
-    for (src, dst, gained), entry in raw.items():
+    for g, h, gained in keys:
+        src, dst = names[g], names[h]
         total = sizes[src] * sizes[dst] - (sizes[src] if src == dst else 0)
-        per_family = {f: (merged[(f, entry["ports"][f])], entry["pairs"][f]) for f in sorted(entry["ports"])}
-        if len({(tuple(r), frozenset(p)) for r, p in per_family.values()}) == 1:
+        found = {f: entries[(g, h, gained)] for f, (entries, _) in per_family.items() if (g, h, gained) in entries}
+        if len({(tuple(ports(f, e)), e.count, e.fingerprint) for f, e in found.items()}) == 1:
             # The same change in both families (the usual case): one line.
-            ranges, pairs = next(iter(per_family.values()))
-            changes.append(Change(src, dst, gained, ranges, set(pairs), set(per_family), total))
+            f, e = next(iter(found.items()))
+            changes.append(Change(src, dst, gained, ports(f, e), set(found), total, e.count, e.listing))
         else:
-            changes.extend(Change(src, dst, gained, r, set(p), {f}, total) for f, (r, p) in per_family.items())
+            changes.extend(Change(src, dst, gained, ports(f, e), {f}, total, e.count, e.listing)
+                           for f, e in sorted(found.items()))
     changes.sort(key=lambda c: (not c.gained, c.dst, c.src))
-    return DiffResult(changes, old_label, new_label, len(inventory.endpoints))
+    return DiffResult(changes, old_label, new_label, len(inventory.endpoints), group_by)
+
+
+def _columns(packed: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Bits ``columns`` of every packed row: (rows, len(columns)) booleans, no full unpack."""
+    return ((packed[:, columns >> 3] >> (columns & 7).astype(np.uint8)) & 1).view(bool)
 
 
 def _changed_cells(a: Connectivity, b: Connectivity, seg: ProtocolPortRange) -> np.ndarray:
@@ -153,31 +271,35 @@ def _changed_cells(a: Connectivity, b: Connectivity, seg: ProtocolPortRange) -> 
 
     ``m[s, d] = egress[s] has d and ingress[d] has s``. A cell can only change where
     the source's egress bits or the destination's ingress bits differ, so only those
-    rows and columns are compared: no full matrices, and no transposed AND of n x n
-    booleans per segment (the cost that grew with classes² once the rest was fast)."""
+    rows and columns are compared, :data:`BLOCK` of them at a time from the packed
+    bits: memory grows with the classes, not with their square."""
     n = a.partition.size
-    sides = [[conn.side_bits(c, direction, seg.protocol, seg.lo) for c in range(n)]
-             for conn in (a, b) for direction in (Direction.EGRESS, Direction.INGRESS)]
-    ea, ia, eb, ib = sides
-    rows = [s for s in range(n) if ea[s] != eb[s]]
-    cols = [d for d in range(n) if ia[d] != ib[d]]
+    # e/i: egress/ingress; a/b: old/new.
+    sides = {f"{side}{name}": conn.side_rows(direction, seg.protocol, seg.lo)
+             for name, conn in (("a", a), ("b", b))
+             for side, direction in (("e", Direction.EGRESS), ("i", Direction.INGRESS))}
+    rows = _differ(sides["ea"], sides["eb"])
+    cols = _differ(sides["ia"], sides["ib"])
     out = []
-    if rows:
-        r = np.array(rows, dtype=np.int64)
-        # Rows whose egress changed, every column: ingress[d] has s is column s of ingress.
-        new = unpack_rows([eb[s] for s in rows], n) & unpack_rows(ib, n)[:, r].T
-        old = unpack_rows([ea[s] for s in rows], n) & unpack_rows(ia, n)[:, r].T
+    if len(rows) or len(cols):
+        packed = {key: packed_rows(bits, n)[index] for key, (bits, index) in sides.items()}
+    for lo in range(0, len(rows), BLOCK):
+        r = rows[lo:lo + BLOCK]
+        # Rows whose egress changed, every column: ingress[d] has s is bit s of ingress row d.
+        new = unpack_bits(packed["eb"][r], 0, n) & _columns(packed["ib"], r).T
+        old = unpack_bits(packed["ea"][r], 0, n) & _columns(packed["ia"], r).T
         ri, d = np.nonzero(old ^ new)
         out.append((r[ri] * n + d) * 2 + new[ri, d])
-    if cols:
-        c = np.array(cols, dtype=np.int64)
-        # Columns whose ingress changed, the rows not done above: egress[s] has d is
-        # column d of egress.
-        new = unpack_rows(eb, n)[:, c] & unpack_rows([ib[d] for d in cols], n).T
-        old = unpack_rows(ea, n)[:, c] & unpack_rows([ia[d] for d in cols], n).T
+    row_set = np.zeros(n, dtype=bool)
+    row_set[rows] = True
+    for lo in range(0, len(cols), BLOCK):
+        c = cols[lo:lo + BLOCK]
+        # Columns whose ingress changed, the rows not done above: egress[s] has d is bit d
+        # of egress row s.
+        new = _columns(packed["eb"], c) & unpack_bits(packed["ib"][c], 0, n).T
+        old = _columns(packed["ea"], c) & unpack_bits(packed["ia"][c], 0, n).T
         changed = old ^ new
-        if rows:
-            changed[rows, :] = False
+        changed[row_set, :] = False
         s, cj = np.nonzero(changed)
         out.append((s * n + c[cj]) * 2 + new[s, cj])
     if not out:
@@ -185,38 +307,52 @@ def _changed_cells(a: Connectivity, b: Connectivity, seg: ProtocolPortRange) -> 
     return np.concatenate(out).astype(np.int64)
 
 
-def _segment_masks(keys: np.ndarray, segs: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Group (key, segment) records by key: the distinct keys, sorted, and for each the
-    segments it occurs on as a bit mask (a Python int: any number of segments). Done
-    in numpy in 62-segment words, as there are ~10^6 records at bench size."""
-    if len(keys) == 0:
-        return keys, []
-    order = np.argsort(keys, kind="stable")
-    keys, segs = keys[order], segs[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    masks = [0] * len(starts)
-    for word in range(int(segs.max()) // 62 + 1):
-        lo = word * 62
-        inside = (segs >= lo) & (segs < lo + 62)
-        bits = np.where(inside, np.left_shift(np.int64(1), np.clip(segs - lo, 0, 61)), 0)
-        for i, w in enumerate(np.bitwise_or.reduceat(bits, starts).tolist()):
-            if w:
-                masks[i] |= w << lo
-    return keys[starts], masks
+def _differ(old: tuple[list[int], np.ndarray], new: tuple[list[int], np.ndarray]) -> np.ndarray:
+    """Classes whose bits differ between two :meth:`Connectivity.side_rows`, comparing
+    each (old row, new row) combination once."""
+    combos = old[1] * len(new[0]) + new[1]
+    kinds, which = np.unique(combos, return_inverse=True)
+    differs = np.array([old[0][k // len(new[0])] != new[0][k % len(new[0])] for k in kinds.tolist()], dtype=bool)
+    return np.flatnonzero(differs[which]).astype(np.int64)
 
 
-def _class_groups(part: Partition, group_by: str, classes: set[int]) -> dict[int, list[tuple[str, list[str]]]]:
-    """Per class: its members' keys by group, groups in order of first member."""
-    out: dict[int, list[tuple[str, list[str]]]] = {}
-    for c in classes:
-        by_group: dict[str, list[str]] = {}
-        for ep in part.members[c]:
-            by_group.setdefault(group_key(ep, group_by), []).append(ep.key)
-        out[c] = list(by_group.items())
-    return out
+class _SegmentMasks:
+    """For each changed cell, the segments it changed on, as a bit mask: merged one
+    segment at a time into sorted distinct cells with a 62-bit word per 62 segments
+    (16 bytes a cell), instead of sorting (cell, segment) records of every segment at
+    once (10 million of them, 800 MiB at 10,000 classes)."""
+
+    def __init__(self, segments: int) -> None:
+        self.words = segments // 62 + 1
+        self.keys = np.empty(0, dtype=np.int64)
+        self.masks = np.zeros((self.words, 0), dtype=np.int64)
+
+    def add(self, segment: int, cells: np.ndarray) -> None:
+        """``cells``: distinct cells that changed on ``segment``. (One stable sort of the
+        kept cells and the new ones, then a scatter: np.unique's hashing path is ten
+        times slower here, and searchsorted twice as slow.)"""
+        if not len(cells):
+            return
+        everything = np.concatenate([self.keys, cells])
+        order = np.argsort(everything, kind="stable")  # the kept cells are one sorted run already
+        ordered = everything[order]
+        first = np.r_[True, ordered[1:] != ordered[:-1]]
+        where = np.empty(len(everything), dtype=np.intp)
+        where[order] = np.cumsum(first) - 1  # each cell's place among the distinct ones
+        masks = np.zeros((self.words, int(first.sum())), dtype=np.int64)
+        masks[:, where[:len(self.keys)]] = self.masks
+        masks[segment // 62, where[len(self.keys):]] |= np.int64(1) << np.int64(segment % 62)
+        self.keys, self.masks = ordered[first], masks
 
 
 # -- output ------------------------------------------------------------------------
+
+
+# Changes alike (same direction, ports and destination, or same source) from this many
+# groups on are one line: at 10,000 pods a removed default-deny is thousands of changes
+# that say one thing. JSON keeps every change.
+COLLAPSE = 4
+NAMED = 3  # groups named on a collapsed line; the rest are counted
 
 
 def _family_note(c: Change, families: int) -> str:
@@ -225,38 +361,94 @@ def _family_note(c: Change, families: int) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class _Line:
+    """One line of the report: a change, or changes alike collapsed into one."""
+
+    gained: bool
+    src: str
+    dst: str
+    ports: str  # ports text with the family note
+    pairs: int
+    total: int
+    many: tuple[str, ...] = ()  # the groups a collapsed side stands for
+    many_side: str = ""  # "from" or "to"
+
+    def scope(self) -> str:
+        return "" if self.pairs == self.total else f"{self.pairs} of {self.total} pod pairs"
+
+    def many_text(self, quote: str = "") -> str:
+        named = ", ".join(f"{quote}{g}{quote}" for g in self.many[:NAMED])
+        more = f" and {len(self.many) - NAMED} more" if len(self.many) > NAMED else ""
+        return f"{self.many_side} {named}{more}"
+
+
+def _lines(result: DiffResult) -> list[_Line]:
+    fams = len({f for c in result.changes for f in c.families})
+    plural = {"endpoint": "endpoints", "app": "apps", "namespace": "namespaces"}.get(result.group_by, "groups")
+
+    def ports(c: Change) -> str:
+        return c.ports_text() + _family_note(c, fams)
+
+    out: list[_Line] = []
+    by_dst: dict[tuple[bool, str, str], list[Change]] = {}
+    for c in result.changes:
+        by_dst.setdefault((c.gained, c.dst, ports(c)), []).append(c)
+    rest: list[Change] = []
+    for (gained, dst, text_), alike in by_dst.items():
+        if len(alike) >= COLLAPSE:
+            out.append(_Line(gained, f"{len(alike)} {plural}", dst, text_, sum(c.pair_count for c in alike),
+                             sum(c.total_pairs for c in alike), tuple(c.src for c in alike), "from"))
+        else:
+            rest.extend(alike)
+    by_src: dict[tuple[bool, str, str], list[Change]] = {}
+    for c in rest:
+        by_src.setdefault((c.gained, c.src, ports(c)), []).append(c)
+    for (gained, src, text_), alike in by_src.items():
+        if len(alike) >= COLLAPSE:
+            out.append(_Line(gained, src, f"{len(alike)} {plural}", text_, sum(c.pair_count for c in alike),
+                             sum(c.total_pairs for c in alike), tuple(c.dst for c in alike), "to"))
+        else:
+            out.extend(_Line(c.gained, c.src, c.dst, text_, c.pair_count, c.total_pairs) for c in alike)
+    out.sort(key=lambda line: (not line.gained, line.dst, line.src))
+    return out
+
+
 def text(result: DiffResult) -> str:
     if not result.changed:
         return f"no change in access between {result.old_label} and {result.new_label} " \
                f"({result.endpoints} endpoints)\n"
-    fams = len({f for c in result.changes for f in c.families})
     lines = [f"access changes from {result.old_label} to {result.new_label} ({result.endpoints} endpoints):"]
+    every = _lines(result)
     for gained in (True, False):
-        group = [c for c in result.changes if c.gained is gained]
+        count = sum(1 for c in result.changes if c.gained is gained)
+        group = [line for line in every if line.gained is gained]
         if not group:
             continue
         lines.append("")
-        lines.append(("GAINED" if gained else "LOST") + f" ({len(group)}):")
-        width = max(len(c.src) for c in group)
-        for c in group:
-            scope = c.scope()
-            lines.append(f"  {'+' if gained else '-'} {c.src:<{width}} -> {c.dst}  {c.ports_text()}"
-                         f"{_family_note(c, fams)}{'  [' + scope + ']' if scope else ''}")
+        lines.append(("GAINED" if gained else "LOST") + f" ({count}):")
+        width = max(len(line.src) for line in group)
+        for line in group:
+            scope = line.scope()
+            lines.append(f"  {'+' if gained else '-'} {line.src:<{width}} -> {line.dst}  {line.ports}"
+                         f"{'  [' + scope + ']' if scope else ''}")
+            if line.many:
+                lines.append(f"      {line.many_text()}")
     return "\n".join(lines) + "\n"
 
 
 def markdown(result: DiffResult) -> str:
     if not result.changed:
         return f"**No change in access** between `{result.old_label}` and `{result.new_label}`.\n"
-    fams = len({f for c in result.changes for f in c.families})
     gained = sum(c.gained for c in result.changes)
     out = [f"### Access changes: `{result.old_label}` → `{result.new_label}`", "",
            f"{gained} gained, {len(result.changes) - gained} lost ({result.endpoints} endpoints).", "",
            "| | from | to | ports | scope |", "|---|---|---|---|---|"]
-    for c in result.changes:
-        scope = c.scope() or "all pod pairs"
-        out.append(f"| {'➕ gained' if c.gained else '➖ lost'} | `{c.src}` | `{c.dst}` | "
-                   f"{c.ports_text()}{_family_note(c, fams)} | {scope} |")
+    for line in _lines(result):
+        scope = line.scope() or "all pod pairs"
+        src = f"{line.src}: {line.many_text('`')}" if line.many_side == "from" else f"`{line.src}`"
+        dst = f"{line.dst}: {line.many_text('`')}" if line.many_side == "to" else f"`{line.dst}`"
+        out.append(f"| {'➕ gained' if line.gained else '➖ lost'} | {src} | {dst} | {line.ports} | {scope} |")
     return "\n".join(out) + "\n"
 
 
@@ -289,11 +481,41 @@ def parse_revisions(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def materialise(rev: str, paths: Sequence[str], into: Path) -> list[Path]:
+@dataclass(frozen=True)
+class Revisions:
+    """The policy paths as they are at two revisions (or one and the working tree)."""
+
+    old_label: str
+    new_label: str
+    old_paths: list[Path]
+    new_paths: list[Path]
+
+
+def at_revisions(spec: str, paths: Sequence[str], into: Path) -> Revisions:
+    """Materialise ``paths`` at the revisions of ``spec`` (``A..B`` or ``A``: A against
+    the working tree) under ``into``. A path absent at one side is an empty policy
+    set there (a directory added or removed); a path absent at both is a mistake,
+    reported, as is a revision that does not exist."""
+    old_rev, new_rev = parse_revisions(spec)
+    old = materialise(old_rev, paths, into / "old")
+    if new_rev is not None:
+        new = materialise(new_rev, paths, into / "new")
+    else:
+        new = {raw: Path(raw) if Path(raw).exists() else None for raw in paths}
+    new_label = new_rev or "working tree"
+    missing = [raw for raw in paths if old[raw] is None and new[raw] is None]
+    if missing:
+        raise InputError([Problem(f"no such path at {old_rev}, nor {'at ' if new_rev else 'in the '}{new_label}",
+                                  file=raw) for raw in missing])
+    return Revisions(old_rev, new_label, [p for p in old.values() if p is not None],
+                     [p for p in new.values() if p is not None])
+
+
+def materialise(rev: str, paths: Sequence[str], into: Path) -> dict[str, Path | None]:
     """Extract ``paths`` as they are at ``rev`` into ``into`` (git archive, argv lists,
-    no shell); returns the extracted paths. A path absent at ``rev`` yields nothing
-    there, i.e. an empty policy set: every policy is new."""
-    out: list[Path] = []
+    no shell): each given path -> its extracted copy, or None when ``rev`` does not
+    have it."""
+    out: dict[str, Path | None] = {}
     for raw in paths:
         path = Path(raw).resolve()
         anchor = path if path.is_dir() else path.parent
@@ -301,14 +523,17 @@ def materialise(rev: str, paths: Sequence[str], into: Path) -> list[Path]:
             anchor = anchor.parent
         root = Path(_git(["rev-parse", "--show-toplevel"], anchor).decode().strip())
         rel = path.relative_to(root).as_posix()
-        _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], root)
+        if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root,
+                          capture_output=True, check=False).returncode != 0:
+            raise InputError.single(f"--git: {rev!r} is not a commit (branch, tag or revision) of the "
+                                    f"repository at {root}")
         listed = _git(["ls-tree", "-r", "--name-only", rev, "--", rel], root).decode().split("\n")
         if not any(listed):
+            out[raw] = None
             continue
         data = _git(["archive", "--format=tar", rev, "--", rel], root)
-        target = into / rev.replace("/", "_")
-        _extract(data, target)
-        out.append(target / rel)
+        _extract(data, into)
+        out[raw] = into / rel
     return out
 
 

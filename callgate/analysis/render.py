@@ -3,8 +3,11 @@
 SVG is written by hand: deterministic output (golden-file tests), no system
 packages, and it is simple geometry. PNG is the same SVG rasterised by cairosvg.
 Endpoints are drawn in groups (apps or namespaces, see
-:func:`callgate.analysis.connectivity.group_key`) so large inventories stay
-readable: the picture grows with the number of apps, not pods.
+:func:`callgate.analysis.groups.group_key`) so large inventories stay
+readable: the picture grows with the number of apps, not pods, and at most
+``--max-groups`` of them are drawn. Both pictures count only the ports a
+destination serves: an app that may call another on everything it serves is
+fully green and its arrow names those ports, not every port of the cluster.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ import math
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-import numpy as np
-
-from callgate.analysis.connectivity import GroupMatrix
+from callgate.analysis.groups import GroupMatrix
 
 ANY = "(any pod)"
+LISTED_PORTS = 3  # an edge lists up to this many ports; beyond, it says how many
+
+
+def _label(ports: list[str], served: list[str]) -> str:
+    if len(ports) <= LISTED_PORTS:
+        return ", ".join(ports)
+    if ports == served:
+        return f"all {len(ports)} served ports"
+    return ", ".join(ports[:LISTED_PORTS - 1]) + f" and {len(ports) - LISTED_PORTS + 1} more"
 _FONT = "font-family='DejaVu Sans, Verdana, sans-serif'"
 
 
@@ -32,9 +42,18 @@ def _mix(fraction: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def heatmap_svg(gm: GroupMatrix, title: str, port: str | None = None) -> str:
+def _cell_tip(gm: GroupMatrix, g: str, h: str, frac: float | None) -> str:
+    if frac is not None:
+        return f"{g} -> {h}: {frac:.0%} of (pod pair, served port) allowed"
+    if gm.pairs(gm.index[g], gm.index[h]) == 0:
+        return f"{g} -> {h}: no pod pairs (one pod, which always reaches itself)"
+    return f"{g} -> {h}: no pod of {h} serves any of the ports"
+
+
+def heatmap_svg(gm: GroupMatrix, title: str) -> str:
     """Rows are sources, columns destinations; a cell's colour is the share of
-    (pod, pod, port) combinations allowed from the row group to the column group."""
+    (source pod, destination pod, port the destination serves) combinations
+    allowed from the row group to the column group."""
     n = len(gm.groups)
     cell = max(4.0, min(22.0, 900.0 / max(n, 1)))
     labels = cell >= 9
@@ -48,7 +67,8 @@ def heatmap_svg(gm: GroupMatrix, title: str, port: str | None = None) -> str:
         f"viewBox='0 0 {width:.0f} {height:.0f}' {_FONT} font-size='11'>",
         f"<rect width='{width:.0f}' height='{height:.0f}' fill='white'/>",
         f"<text x='10' y='20' font-size='14' font-weight='bold'>{escape(title)}</text>",
-        "<text x='10' y='36' fill='#555'>row reaches column? colour = share of (pod pair, port) allowed</text>",
+        "<text x='10' y='36' fill='#555'>row reaches column? colour = share of (pod pair, port the destination "
+        "serves) allowed</text>",
     ]
     for i, g in enumerate(gm.groups):
         y = top + i * cell
@@ -58,9 +78,9 @@ def heatmap_svg(gm: GroupMatrix, title: str, port: str | None = None) -> str:
             out.append(f"<text x='{cx:.1f}' y='{top - 4:.1f}' transform='rotate(-60 {cx:.1f} {top - 4:.1f})'>"
                        f"{escape(g)}</text>")
         for j, h in enumerate(gm.groups):
-            frac = gm.fraction(g, h, port)
+            frac = gm.served_fraction(g, h)
             fill = "#d9d9d9" if frac is None else _mix(frac)
-            tip = f"{g} -> {h}: " + ("no pod pairs" if frac is None else f"{frac:.0%} allowed")
+            tip = _cell_tip(gm, g, h, frac)
             out.append(f"<rect x='{left + j * cell:.1f}' y='{y:.1f}' width='{cell:.1f}' height='{cell:.1f}' "
                        f"fill='{fill}' stroke='white' stroke-width='0.5'><title>{escape(tip)}</title></rect>")
     ly = top + n * cell + 20
@@ -69,7 +89,7 @@ def heatmap_svg(gm: GroupMatrix, title: str, port: str | None = None) -> str:
     out.append(f"<text x='{left:.1f}' y='{ly + 24:.1f}'>denied</text>")
     out.append(f"<text x='{left + 154:.1f}' y='{ly + 24:.1f}' text-anchor='end'>allowed</text>")
     out.append(f"<rect x='{left + 170:.1f}' y='{ly:.1f}' width='14' height='10' fill='#d9d9d9'/>")
-    out.append(f"<text x='{left + 188:.1f}' y='{ly + 9:.1f}'>no pairs</text>")
+    out.append(f"<text x='{left + 188:.1f}' y='{ly + 9:.1f}'>no pairs, or nothing served</text>")
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -79,30 +99,39 @@ class Edge:
     src: str
     dst: str
     label: str
+    both: bool = False  # dst calls src on the same ports too: one line, an arrowhead at each end
+    opposed: bool = False  # dst calls src on other ports: that edge is drawn on the other side
 
 
 def call_edges(gm: GroupMatrix) -> list[Edge]:
-    """Edges between groups that allow at least one pod pair, labelled with the ports.
+    """Edges between groups on the ports the destination serves and the policies allow
+    for at least one pod pair, labelled with those ports.
 
     A destination that every other group reaches on the same ports gets one
     edge from :data:`ANY` instead of one per source: in a cluster without
-    default-deny that is most of them, and the picture would be a hairball."""
-    edges: list[Edge] = []
-    reach = np.asarray(gm.allowed > 0)  # (ports, src, dst)
-    anything = np.asarray(reach.any(axis=0))
-    for j, h in enumerate(gm.groups):
-        incoming: dict[str, str] = {}
-        for i in np.flatnonzero(anything[:, j]):
-            g = gm.groups[i]
-            if g == h:
-                continue
-            allowed = [p for k, p in enumerate(gm.ports) if reach[k, i, j]]
-            incoming[g] = "all ports shown" if len(allowed) == len(gm.ports) > 1 else ", ".join(allowed)
-        others = [g for g in gm.groups if g != h]
-        if len(others) > 2 and len(incoming) == len(others) and len(set(incoming.values())) == 1:
-            edges.append(Edge(ANY, h, next(iter(incoming.values()))))
+    default-deny that is most of them, and the picture would be a hairball.
+    Two groups that call each other on the same ports get one two-headed edge,
+    so neither direction hides the other."""
+    raw: list[Edge] = []
+    for h in gm.groups:
+        served = [p for k, p in enumerate(gm.ports) if gm.serving[k, gm.index[h]]]
+        incoming = {g: _label(ports, served) for g in gm.groups if g != h and (ports := gm.served_ports(g, h))}
+        others = len(gm.groups) - 1
+        if others > 2 and len(incoming) == others and len(set(incoming.values())) == 1:
+            raw.append(Edge(ANY, h, next(iter(incoming.values()))))
         else:
-            edges.extend(Edge(g, h, label) for g, label in sorted(incoming.items()))
+            raw.extend(Edge(g, h, label) for g, label in sorted(incoming.items()))
+    labels = {(e.src, e.dst): e.label for e in raw}
+    edges: list[Edge] = []
+    for e in raw:
+        back = labels.get((e.dst, e.src))
+        if back is None:
+            edges.append(e)
+        elif back == e.label:
+            if e.src < e.dst:  # one edge for the pair
+                edges.append(Edge(e.src, e.dst, e.label, both=True))
+        else:
+            edges.append(Edge(e.src, e.dst, e.label, opposed=True))
     return edges
 
 
@@ -129,7 +158,8 @@ def graph_dot(gm: GroupMatrix, title: str) -> str:
     if any(e.src == ANY for e in edges):
         lines.append(f"  {_dot(ANY)} [shape=ellipse, style=dashed];")
     for e in edges:
-        lines.append(f"  {_dot(e.src)} -> {_dot(e.dst)} [label={_dot(e.label)}];")
+        both = ", dir=both" if e.both else ""
+        lines.append(f"  {_dot(e.src)} -> {_dot(e.dst)} [label={_dot(e.label)}{both}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -173,7 +203,7 @@ def graph_svg(gm: GroupMatrix, title: str) -> str:
                    "fill='#fafafa' stroke='#999'/>")
         out.append(f"<text x='{x + 10:.1f}' y='{top + 16:.1f}' fill='#555'>namespace {escape(ns)}</text>")
     for e in edges:
-        out.append(_edge_svg(pos[e.src], pos[e.dst], e.label, node_w, node_h))
+        out.append(_edge_svg(pos[e.src], pos[e.dst], e, node_w, node_h))
     for g, (x, y) in pos.items():
         count = "" if g == ANY else f" ({len(gm.members[g])})"
         style = "fill='white' stroke='#777' stroke-dasharray='4 3'" if g == ANY else "fill='#e8f1fb' stroke='#2b6cb0'"
@@ -199,21 +229,24 @@ def _clip(cx: float, cy: float, dx: float, dy: float, w: float, h: float) -> tup
     return cx + dx * t, cy + dy * t
 
 
-def _edge_svg(a: tuple[float, float], b: tuple[float, float], label: str, w: float, h: float) -> str:
+def _edge_svg(a: tuple[float, float], b: tuple[float, float], edge: Edge, w: float, h: float) -> str:
     ax, ay = a[0] + w / 2, a[1] + h / 2
     bx, by = b[0] + w / 2, b[1] + h / 2
     dx, dy = bx - ax, by - ay
     dist = math.hypot(dx, dy) or 1.0
-    # Bend every edge to its left: A->B and B->A then take different arcs.
-    bend = min(60.0, 0.25 * dist)
+    # Bend every edge to its left: A->B and B->A then take different arcs, far enough
+    # apart that their labels do not cover each other even between neighbours.
+    bend = max(min(60.0, 0.25 * dist), 45.0 if edge.opposed else 0.0)
+    label = edge.label
     mx, my = (ax + bx) / 2 - dy / dist * bend, (ay + by) / 2 + dx / dist * bend
     sx, sy = _clip(ax, ay, mx - ax, my - ay, w, h)
     ex, ey = _clip(bx, by, mx - bx, my - by, w, h)
     lx, ly = 0.25 * sx + 0.5 * mx + 0.25 * ex, 0.25 * sy + 0.5 * my + 0.25 * ey
     text = _short(label, 40)
     tw = 6.2 * len(text) + 8
+    start = " marker-start='url(#arrow)'" if edge.both else ""
     return (f"<g><path d='M{sx:.1f},{sy:.1f} Q{mx:.1f},{my:.1f} {ex:.1f},{ey:.1f}' fill='none' stroke='#444' "
-            f"stroke-width='1.3' marker-end='url(#arrow)'/>"
+            f"stroke-width='1.3' marker-end='url(#arrow)'{start}/>"
             f"<rect x='{lx - tw / 2:.1f}' y='{ly - 9:.1f}' width='{tw:.1f}' height='14' rx='3' fill='white' "
             f"fill-opacity='0.85'/><text x='{lx:.1f}' y='{ly + 2:.1f}' text-anchor='middle' font-size='10' "
             f"fill='#222'>{escape(text)}<title>{escape(label)}</title></text></g>")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from callgate.cli.common import fail
+from callgate.cli.common import fail, require_paths, usage_error
 
 if TYPE_CHECKING:
     from callgate.enforcers.base import Enforcer
@@ -62,13 +62,13 @@ def agent(
     # Validate everything before touching the kernel or opening a port.
     if backend not in BACKENDS:
         *most, last = BACKENDS
-        fail(f"--backend {backend!r}: use {', '.join(most)} or {last}")
+        usage_error(f"--backend {backend!r}: use {', '.join(most)} or {last}")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
-        fail(f"--log-level {log_level!r}: use debug, info, warning or error")
+        usage_error(f"--log-level {log_level!r}: use debug, info, warning or error")
     if not resync > 0:
-        fail("--resync must be a positive number of seconds")
+        usage_error("--resync must be a positive number of seconds")
     if not 0 <= coalesce_ms <= 60_000:
-        fail("--coalesce-ms must be between 0 and 60000")
+        usage_error("--coalesce-ms must be between 0 and 60000")
     try:
         parse_address(metrics_address)
         if fail_closed_prefix is not None:
@@ -76,7 +76,7 @@ def agent(
     except ValueError as exc:
         fail(str(exc))
     if netns is not None and not _netns_ok(netns):
-        fail(f"--netns {netns!r} is not a valid network namespace name")
+        usage_error(f"--netns {netns!r} is not a valid network namespace name")
     src = _source(source, inventory or [], policies or [], server, kubeconfig)
 
     log = agent_logging.setup(log_level)
@@ -149,19 +149,22 @@ def _source(kind: str, inventory: list[str], policies: list[str], server: str | 
             kubeconfig: str | None) -> Any:
     if kind == "files":
         if not inventory:
-            fail("--source files needs --inventory (and usually --policies)")
+            usage_error("--source files needs --inventory (and usually --policies)")
         from callgate.watchers.files import FilesSource
 
-        return FilesSource(inventory, policies)  # InputError for a missing path: exit 1, clear message
+        # At start a missing path is a typo on the command line (exit 2), not an outage.
+        require_paths("'--inventory' / '-i'", inventory)
+        require_paths("'--policies' / '-p'", policies)
+        return FilesSource(inventory, policies)
     if kind == "kubernetes":
         if inventory or policies:
-            fail("--inventory/--policies belong to --source files")
+            usage_error("--inventory/--policies belong to --source files")
         try:
             from callgate.watchers.kubernetes import KubernetesSource
         except ImportError as exc:
             fail(f"the kubernetes source is not available: {exc}")
         return KubernetesSource.connect(server=server, kubeconfig=kubeconfig)
-    fail(f"--source {kind!r}: use files or kubernetes")
+    usage_error(f"--source {kind!r}: use files or kubernetes")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,29 +10,31 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from callgate.cli.common import InventoryOpt, PoliciesOpt, fail
+from callgate.cli.common import InventoryOpt, PoliciesOpt, fail, load_inputs
 from callgate.compiler import Compiler, RuleSet
 from callgate.enforcers import BACKENDS, get_enforcer
-from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
+from callgate.policy import Inventory
 from callgate.policy.documents import gc_paused
 from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, PortProtocol
 
 NodeOpt = Annotated[str, typer.Option("--node", "-n", help="The node to compile for (its local endpoints get chains).")]
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help=(
+
+
+def _known_backend(value: str) -> str:
+    if value not in BACKENDS:
+        raise typer.BadParameter(f"{value!r} is not a backend; choose {', '.join(BACKENDS)}")
+    return value
+
+
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", callback=_known_backend, help=(
     f"Kernel backend: {', '.join(BACKENDS)} (auto: nft where libnftables works, else iptables; "
     "iptables variant from $CALLGATE_IPTABLES=system|nft|legacy)."))]
 
 out = Console()
 
 
-def load(inventory: list[str], policies: list[str]) -> tuple[Inventory, PolicySet]:
-    if not inventory:
-        fail("--inventory is required")
-    return load_inventory(inventory), load_policies(policies)
-
-
 def compile_for(inventory: list[str], policies: list[str], node: str) -> RuleSet:
-    inv, pols = load(inventory, policies)
+    inv, pols = load_inputs(inventory, policies)
     if node not in inv.nodes():
         known = ", ".join(inv.nodes()) or "none"
         fail(f"node {node!r} runs no endpoint in the inventory (nodes: {known})")
@@ -156,10 +158,11 @@ def parse_target(text: str, inv: Inventory, family: int | None) -> tuple[IPAddre
 def parse_port(text: str) -> tuple[int, PortProtocol]:
     port_text, _, proto = text.partition("/")
     proto = (proto or "TCP").upper()
+    # A port is written on the command line: a bad one is a usage mistake (exit 2).
     if proto not in PROTOCOLS:
-        fail(f"protocol {proto!r} must be one of {', '.join(PROTOCOLS)}")
+        raise typer.BadParameter(f"{text!r}: protocol {proto!r} must be one of {', '.join(PROTOCOLS)}")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        fail(f"port {port_text!r} must be a number from 1 to 65535 (as in 80 or 80/UDP)")
+        raise typer.BadParameter(f"{text!r}: the port must be a number from 1 to 65535 (as in 80 or 80/UDP)")
     return int(port_text), proto  # type: ignore[return-value]
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from callgate.cli.common import fail
+from callgate.cli.common import fail, require_paths, usage_error
 
 ServerOpt = Annotated[str | None, typer.Option(
     "--server", help="API server URL, e.g. http://127.0.0.1:8001 behind `kubectl proxy` "
@@ -58,20 +58,26 @@ def controller(
     level = getattr(logging, log_level.upper(), None) if log_level.lower() in (
         "debug", "info", "warning", "error") else None
     if level is None:
-        fail(f"--log-level {log_level!r}: use debug, info, warning or error")
+        usage_error(f"--log-level {log_level!r}: use debug, info, warning or error")
     for name, value in (("--timeout", timeout), ("--refresh", refresh), ("--resync", resync)):
         if not value > 0:
-            fail(f"{name} must be a positive number of seconds")
+            usage_error(f"{name} must be a positive number of seconds")
     try:
         threshold = Severity.parse(min_severity)
     except ValueError as exc:
-        fail(f"--min-severity: {exc}")
+        usage_error(f"--min-severity: {exc}")
     health: tuple[str, int] | None = None
     if health_address is not None:
         host, _, port = health_address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            fail(f"--health-address {health_address!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
+            usage_error(f"--health-address {health_address!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
         health = (host.strip("[]"), int(port))
+    if server is not None and not server.startswith(("http://", "https://")):
+        usage_error(f"--server {server!r} must be an http:// or https:// URL")
+    if kubeconfig is not None:
+        require_paths("'--kubeconfig'", [kubeconfig])
+    if lint_config is not None:
+        require_paths("'--lint-config'", [lint_config])
     config = find_config(Path.cwd(), lint_config) if lint_config else LintConfig()
     api_client, origin = make_api_client(server=server, kubeconfig=kubeconfig, context=context)
 

@@ -20,11 +20,11 @@ from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
 
-from callgate.cli.common import InventoryOpt, PoliciesOpt, fail
+from callgate.cli.common import InventoryOpt, PoliciesOpt, fail, load_inputs, usage_error
 from callgate.lab.netns import LabError, in_netns, netns_exists
 from callgate.lab.probe import MatrixKey, ProbeResult, address_of, probe_details
 from callgate.lab.topology import STATE_DIR, Lab, LabState, in_lab
-from callgate.policy import Evaluator, Inventory, load_inventory, load_policies
+from callgate.policy import Evaluator, Inventory, load_inventory
 from callgate.policy.model import Endpoint, PortProtocol
 
 lab_app = typer.Typer(
@@ -143,9 +143,9 @@ def parse_port(text: str) -> tuple[int, str]:
     number, _, proto = text.partition("/")
     proto = (proto or "TCP").upper()
     if proto not in ("TCP", "UDP"):
-        fail(f"--port {text!r}: the lab probes TCP and UDP only")
+        usage_error(f"--port {text!r}: the lab probes TCP and UDP only")
     if not number.isdigit() or not 1 <= int(number) <= 65535:
-        fail(f"--port {text!r}: expected a port from 1 to 65535, as in 80 or 80/UDP")
+        usage_error(f"--port {text!r}: expected a port from 1 to 65535, as in 80 or 80/UDP")
     return int(number), proto
 
 
@@ -237,10 +237,9 @@ def probe(
     Example: callgate lab probe -i inv.yaml -p policies/ --port 80/TCP
     """
     if family not in (None, 4, 6):
-        fail("--family must be 4 or 6")
-    inv = _load_inventory(inventory)
-    pols = load_policies(policies)
+        usage_error("--family must be 4 or 6")
     ports = [parse_port(p) for p in port] if port else None
+    inv, pols = load_inputs(inventory, policies)  # every problem of both at once
     with lab_errors():
         observed = probe_details(Lab(name), inv, families=(family,) if family else (4, 6), ports=ports)
     if not observed:

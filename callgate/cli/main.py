@@ -1,24 +1,26 @@
 """The ``callgate`` command line.
 
-Each command group lives in its own module and is registered here. Exit codes:
-0 ok, 1 user error (a clear message on stderr, no traceback), 2 usage error.
+Each command group lives in its own module and is registered here. Exit codes
+are described once, in :mod:`callgate.cli.common`.
 """
 
 from __future__ import annotations
 
 import sys
 from importlib import import_module
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from callgate.cli.common import run_app
+from callgate import __version__
+from callgate.cli.common import CONTEXT_SETTINGS, tidy
 
 HELP = (
     "Network-policy enforcement for container platforms.\n\n"
     "callgate reads who runs where (an inventory) and who may call whom "
     "(Kubernetes NetworkPolicy or callgate/v1 App YAML), compiles that into "
-    "rules for one node, and applies them as one atomic nftables transaction."
+    "rules for one node, and applies them as one atomic nftables transaction. "
+    "Exit codes: 0 ok, 1 bad input or a negative answer (see each command), 2 usage mistake."
 )
 
 # The module (callgate.cli.<name>) that registers each top-level command. A
@@ -29,12 +31,25 @@ HELP = (
 COMMAND_MODULES: dict[str, str] = {
     "apply": "engine", "compile": "engine",
     "lint": "analysis", "diff": "analysis", "explain": "analysis", "matrix": "analysis", "graph": "analysis",
-    "convert": "analysis",
+    "convert": "analysis", "test": "analysis",
     "lab": "lab",
     "agent": "agent",
     "controller": "k8s",
 }
 MODULES = ("engine", "analysis", "lab", "agent", "k8s")  # the order commands are listed in --help
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"callgate {__version__}")
+        raise typer.Exit()
+
+
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", is_eager=True, callback=_show_version)] = False,
+) -> None:
+    """Options of callgate itself (the commands are registered below)."""
 
 
 def register(app: typer.Typer, module: str) -> None:
@@ -50,20 +65,26 @@ def register(app: typer.Typer, module: str) -> None:
 
 def build_app(command: str | None = None) -> typer.Typer:
     """The CLI with every command, or (``command`` known) with that command only."""
-    app = typer.Typer(name="callgate", help=HELP, no_args_is_help=True, add_completion=False,
-                      pretty_exceptions_enable=False)
-    # A callback keeps the app a group even when it holds one command (typer
+    app = typer.Typer(
+        name="callgate",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        # Plain click help: no boxes, no type tags, wrapped by click, the same in a
+        # terminal, a pipe and a CI log.
+        rich_markup_mode=None,
+        context_settings=CONTEXT_SETTINGS,
+    )
+    # The callback also keeps the app a group when it holds one command (typer
     # would otherwise make `callgate agent ...` the app itself).
-    app.callback()(_no_options)
+    app.callback()(_main)
     only = COMMAND_MODULES.get(command or "")
     for module in MODULES:
         if only is None or module == only:
             register(app, module)
+    tidy(app)
     return app
-
-
-def _no_options() -> None:
-    pass
 
 
 def __getattr__(name: str) -> Any:
@@ -76,4 +97,4 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
-    run_app(build_app(sys.argv[1] if len(sys.argv) > 1 else None))
+    build_app(sys.argv[1] if len(sys.argv) > 1 else None)()

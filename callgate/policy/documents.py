@@ -25,6 +25,12 @@ from callgate.policy.positions import locate
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
+# (apiVersion, kind) of the documents that say who runs where, and of those that
+# say who may call whom. Either loader skips the other's documents, so an
+# inventory may sit in the policy directory (`explain -i . -p .`).
+INVENTORY_KINDS = {("callgate/v1", "Inventory"), ("v1", "Pod"), ("v1", "Namespace")}
+POLICY_KINDS = {("networking.k8s.io/v1", "NetworkPolicy"), ("callgate/v1", "App")}
+
 
 @dataclass(frozen=True)
 class Document:
@@ -77,8 +83,10 @@ def gc_paused() -> Iterator[None]:
 
 
 def files_under(paths: Iterable[str | Path]) -> list[Path]:
-    """Policy files named by the user: files as given, directories recursively."""
+    """Policy files named by the user: files as given, directories recursively.
+    Every path that does not exist is reported, at once."""
     found: list[Path] = []
+    missing: list[Problem] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -86,8 +94,23 @@ def files_under(paths: Iterable[str | Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise InputError.single("no such file or directory", file=str(path))
+            missing.append(Problem("no such file or directory", file=str(path)))
+    if missing:
+        raise InputError(missing)
     return found
+
+
+def read_all(paths: Iterable[str | Path]) -> tuple[list[Document], list[Problem]]:
+    """Every document of every file under ``paths``, and the problems of the files
+    that could not be read or parsed: one broken file hides nothing of the others."""
+    docs: list[Document] = []
+    problems: list[Problem] = []
+    for path in files_under(paths):
+        try:
+            docs.extend(read_documents(path))
+        except InputError as err:
+            problems.extend(err.problems)
+    return docs, problems
 
 
 def read_documents(path: Path) -> Iterator[Document]:

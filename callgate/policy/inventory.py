@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from callgate.errors import InputError, Problem
 from callgate.policy import validation as v
-from callgate.policy.documents import Document, files_under, gc_paused, read_documents
+from callgate.policy.documents import POLICY_KINDS, Document, gc_paused, read_all
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
     Endpoint,
@@ -171,22 +171,6 @@ class InventoryBuilder:
                       ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in model.ports))
         self.endpoint(ep, doc, obj, ())
 
-    def add_document(self, doc: Document) -> None:
-        """One document of an inventory file, in whichever accepted format it is."""
-        data = doc.data
-        kind = data.get("kind") if isinstance(data, dict) else None
-        api = data.get("apiVersion") if isinstance(data, dict) else None
-        if kind == "Inventory":
-            self.add_native(doc)
-        elif kind == "Namespace" and api == "v1":
-            self.add_k8s_namespace(doc)
-        elif kind == "Pod" and api == "v1":
-            self.add_pod(doc)
-        else:
-            self.problems.append(doc.problem(
-                f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {api}/{kind}",
-                obj=str(kind), field="kind", field_path=("kind",)))
-
     def finish(self) -> Inventory:
         if self.problems:
             raise InputError(self.problems)
@@ -204,9 +188,21 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
         paths = [paths]
     builder = InventoryBuilder()
     with gc_paused():
-        for path in files_under(paths):
-            for doc in read_documents(path):
-                builder.add_document(doc)
+        docs, builder.problems = read_all(paths)
+        for doc in docs:
+            data = doc.data
+            kind = data.get("kind") if isinstance(data, dict) else None
+            api = data.get("apiVersion") if isinstance(data, dict) else None
+            if kind == "Inventory":
+                builder.add_native(doc)
+            elif kind == "Namespace" and api == "v1":
+                builder.add_k8s_namespace(doc)
+            elif kind == "Pod" and api == "v1":
+                builder.add_pod(doc)
+            elif (api, kind) not in POLICY_KINDS:  # policies may sit beside the inventory
+                builder.problems.append(doc.problem(
+                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {api}/{kind}",
+                    obj=str(kind), field="kind", field_path=("kind",)))
         return builder.finish()
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from callgate.errors import InputError, Problem, ProblemCode
-from callgate.policy.documents import Document, files_under, gc_paused, read_documents
+from callgate.errors import InputError, ProblemCode
+from callgate.policy.documents import INVENTORY_KINDS, Document, gc_paused, read_all
 from callgate.policy.model import Policy, PolicySet
 from callgate.policy.native import ParsedApp, compile_apps, parse_app
 from callgate.policy.networkpolicy import parse_network_policy
-
-# Documents that describe who runs where, not who may call whom.
-INVENTORY_KINDS = {("callgate/v1", "Inventory"), ("v1", "Pod"), ("v1", "Namespace")}
 
 
 def parse_policy_document(doc: Document) -> Policy | ParsedApp | None:
@@ -44,27 +41,26 @@ def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
 
 
 def _load_policies(paths: Iterable[str | Path]) -> PolicySet:
-    problems: list[Problem] = []
+    docs, problems = read_all(paths)
     policies = []
     apps: list[ParsedApp] = []
     seen: dict[str, str] = {}
-    for path in files_under(paths):
-        for doc in read_documents(path):
-            try:
-                parsed = parse_policy_document(doc)
-            except InputError as err:
-                problems.extend(err.problems)
-                continue
-            if isinstance(parsed, ParsedApp):
-                apps.append(parsed)
-            elif parsed is not None:
-                if parsed.key in seen:
-                    problems.append(doc.problem(
-                        f"NetworkPolicy {parsed.key} is also defined in {seen[parsed.key]}",
-                        obj=parsed.display, field="metadata.name", field_path=("metadata", "name"),
-                        code=ProblemCode.DUPLICATE_NAME, hint="rename one of them or merge their rules"))
-                seen[parsed.key] = f"{doc.file} (document {doc.index + 1})"
-                policies.append(parsed)
+    for doc in docs:
+        try:
+            parsed = parse_policy_document(doc)
+        except InputError as err:
+            problems.extend(err.problems)
+            continue
+        if isinstance(parsed, ParsedApp):
+            apps.append(parsed)
+        elif parsed is not None:
+            if parsed.key in seen:
+                problems.append(doc.problem(
+                    f"NetworkPolicy {parsed.key} is also defined in {seen[parsed.key]}",
+                    obj=parsed.display, field="metadata.name", field_path=("metadata", "name"),
+                    code=ProblemCode.DUPLICATE_NAME, hint="rename one of them or merge their rules"))
+            seen[parsed.key] = f"{doc.file} (document {doc.index + 1})"
+            policies.append(parsed)
     compiled = compile_apps(apps)
     problems.extend(problem for _, problem in compiled.problems)
     if problems:

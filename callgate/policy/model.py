@@ -158,21 +158,33 @@ class PortSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyRule:
-    """One ingress or egress rule. Empty ``peers`` means all peers; empty
-    ``ports`` means all ports and protocols."""
-
-    peers: tuple[Peer, ...] = ()
-    ports: tuple[PortSpec, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class SourceLocation:
     """Where an object came from, for messages and explanations."""
 
     file: str | None = None
     document: int = 0  # index of the YAML document in the file
     path: tuple[str | int, ...] = ()  # path of the object inside the document (for Lists)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSource:
+    """Where a rule was written, when that is not its policy's own rule list: an
+    App's egress rule comes from a ``callers`` entry of *another* App."""
+
+    object: str  # e.g. "App shop/cart"
+    field: str  # e.g. "spec.callers[0]"
+    location: SourceLocation  # file, document, and the path of that field in it
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """One ingress or egress rule. Empty ``peers`` means all peers; empty
+    ``ports`` means all ports and protocols."""
+
+    peers: tuple[Peer, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+    # Provenance for explanations only: not part of what the rule means.
+    source: RuleSource | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

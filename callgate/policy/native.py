@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from callgate.errors import InputError, Problem, ProblemCode
 from callgate.policy import validation as v
-from callgate.policy.documents import Document
+from callgate.policy.documents import Document, format_path
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
     Direction,
@@ -29,6 +29,7 @@ from callgate.policy.model import (
     Policy,
     PolicyRule,
     PortSpec,
+    RuleSource,
     SourceLocation,
 )
 from callgate.policy.networkpolicy import (
@@ -158,6 +159,11 @@ def _app_peer(app: ParsedApp) -> Peer:
     )
 
 
+def _source(app: ParsedApp, path: tuple[str | int, ...]) -> RuleSource:
+    return RuleSource(f"App {app.key}", format_path(path),
+                      SourceLocation(app.doc.file, app.doc.index, app.doc.path + path))
+
+
 def _block(cidr: str, excepts: list[str] | None) -> IPBlock:
     return IPBlockModel(cidr=cidr, except_=excepts).to_model()
 
@@ -199,8 +205,10 @@ def compile_apps(apps: list[ParsedApp]) -> CompiledApps:
             if isinstance(ports, Problem):
                 problems.append((app, ports))
                 continue
+            source = _source(app, ("spec", "callers", i))
             if caller.cidr is not None:
-                ingress[app.key].append(PolicyRule((Peer(ip_block=_block(caller.cidr, caller.except_)),), ports))
+                ingress[app.key].append(PolicyRule((Peer(ip_block=_block(caller.cidr, caller.except_)),), ports,
+                                                   source))
                 caller_index[app.key].append(i)
                 continue
             caller_key = f"{caller.namespace or app.namespace}/{caller.app}"
@@ -212,12 +220,14 @@ def compile_apps(apps: list[ParsedApp]) -> CompiledApps:
                     code=ProblemCode.UNKNOWN_CALLER,
                     hint="check the caller's name and namespace (it defaults to the callee's namespace)")))
                 continue
-            ingress[app.key].append(PolicyRule((_app_peer(other),), ports))
+            ingress[app.key].append(PolicyRule((_app_peer(other),), ports, source))
             caller_index[app.key].append(i)
-            egress[other.key].append(PolicyRule((_app_peer(app),), ports))
-        for dest in app.model.spec.egress:
+            # The caller's egress rule is written in the callee's document: say so.
+            egress[other.key].append(PolicyRule((_app_peer(app),), ports, source))
+        for j, dest in enumerate(app.model.spec.egress):
             egress[app.key].append(PolicyRule((Peer(ip_block=_block(dest.cidr, dest.except_)),),
-                                              tuple(p.to_model() for p in dest.ports or ())))
+                                              tuple(p.to_model() for p in dest.ports or ()),
+                                              _source(app, ("spec", "egress", j))))
     policies = [
         Policy(
             namespace=app.namespace,

@@ -53,7 +53,9 @@ class Finding:
 @dataclass
 class LintResult:
     findings: list[Finding]
-    files: list[str]
+    files: list[str]  # policy files read
+    inventory_files: list[str] = dc_field(default_factory=list)
+    skipped: list[str] = dc_field(default_factory=list)  # files without policies (--skip-other-kinds)
 
     def counts(self) -> dict[str, int]:
         out = {s.label: 0 for s in reversed(Severity)}

@@ -15,7 +15,7 @@ from pathlib import Path
 from callgate.analysis.lint.findings import Finding
 from callgate.analysis.lint.rules import BY_ID, Severity
 from callgate.errors import InputError, Problem
-from callgate.policy.documents import Document, files_under, format_path, read_documents
+from callgate.policy.documents import INVENTORY_KINDS, POLICY_KINDS, Document, files_under, format_path, read_documents
 from callgate.policy.loader import parse_policy_document
 from callgate.policy.model import Direction, Inventory, Policy
 from callgate.policy.native import ParsedApp, compile_apps
@@ -63,15 +63,43 @@ class Item:
         return ("spec", "podSelector") if self.kind == "NetworkPolicy" else ("spec", "selector")
 
 
+def other_kind(data: object) -> bool:
+    """A document that is neither a policy nor an inventory object, nor a near miss
+    of one: a CI workflow, Helm values, a Deployment. Near misses (kind NetworkPolicy
+    or App under another apiVersion, any kind of the callgate API group) are still
+    linted, so a typo in apiVersion is reported (CG002) rather than skipped."""
+    if not isinstance(data, dict):
+        return True
+    api, kind = data.get("apiVersion"), data.get("kind")
+    if (api, kind) in POLICY_KINDS or (api, kind) in INVENTORY_KINDS:
+        return False
+    near = kind in ("NetworkPolicy", "App") or (isinstance(api, str) and api.split("/")[0] == "callgate")
+    return not near
+
+
+def _mentions_policies(path: Path) -> bool:
+    """Whether a file that does not parse is probably meant as a policy file."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    return "NetworkPolicy" in text or "callgate/" in text
+
+
 class Linter:
     """Reads documents into items; collects findings (checks call :meth:`report`)."""
 
-    def __init__(self, inventory: Inventory | None = None, inventory_paths: Sequence[str] = ()) -> None:
+    def __init__(self, inventory: Inventory | None = None, inventory_paths: Sequence[str] = (),
+                 skip_other_kinds: bool = False) -> None:
         self.inventory = inventory
         self.inventory_paths = list(inventory_paths)
+        # Lint every YAML/JSON file of a repository (the pre-commit hook): documents
+        # of other tools and other Kubernetes kinds are not policies, not mistakes.
+        self.skip_other_kinds = skip_other_kinds
         self.findings: list[Finding] = []
         self.items: list[Item] = []
         self.files: list[str] = []
+        self.skipped: list[str] = []  # files without a policy or inventory document (skip_other_kinds)
         self.positions = Positions()
 
     def report(self, rule: str, message: str, item: Item | None = None, path: Sequence[str | int] = (),
@@ -101,13 +129,22 @@ class Linter:
 
     def read(self, paths: Iterable[str | Path]) -> None:
         for path in files_under(paths):
-            self.files.append(str(path))
             try:
                 docs = list(read_documents(path))
             except InputError as err:
+                if self.skip_other_kinds and not _mentions_policies(path):
+                    self.skipped.append(str(path))  # e.g. a tsconfig.json with comments: not ours
+                    continue
+                self.files.append(str(path))
                 for p in err.problems:
                     self.problem(p)
                 continue
+            if self.skip_other_kinds:
+                docs = [d for d in docs if not other_kind(d.data)]
+                if not docs:
+                    self.skipped.append(str(path))
+                    continue
+            self.files.append(str(path))
             for doc in docs:
                 self._read_doc(doc)
 

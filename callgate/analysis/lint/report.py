@@ -24,11 +24,17 @@ _COLOURS = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INF
 _SARIF_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
 
 
+def _files(n: int, what: str = "") -> str:
+    return f"{n} {what}file{'s' if n != 1 else ''}"
+
+
 def summary(result: LintResult) -> str:
     c = result.counts()
-    files = len(result.files)
-    return (f"{c['error']} error(s), {c['warning']} warning(s), {c['info']} info in "
-            f"{files} file{'s' if files != 1 else ''}")
+    files = _files(len(result.files), "policy " if result.inventory_files else "")
+    if result.inventory_files:
+        files += f" and {_files(len(result.inventory_files), 'inventory ')}"
+    skipped = f"; {_files(len(result.skipped))} without policies skipped" if result.skipped else ""
+    return f"{c['error']} error(s), {c['warning']} warning(s), {c['info']} info in {files}{skipped}"
 
 
 def text(result: LintResult, console: Console) -> None:
@@ -45,6 +51,7 @@ def text(result: LintResult, console: Console) -> None:
 
 def to_json(result: LintResult) -> str:
     return json.dumps({"findings": [f.to_json() for f in result.findings], "files": result.files,
+                       "inventory_files": result.inventory_files, "skipped": result.skipped,
                        "counts": result.counts()}, indent=2)
 
 

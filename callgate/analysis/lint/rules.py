@@ -84,13 +84,13 @@ of them, or merge their rules.""",
        "metadata: {name: web, namespace: x}   # in a.yaml\nmetadata: {name: web, namespace: x}   # in b.yaml",
        "metadata: {name: web-ingress, namespace: x}\nmetadata: {name: web-egress, namespace: x}"),
     _r("CG004", "endport-misuse", E, False,
-       "endPort used where it means nothing: without a numeric port, below port, or equal to it.",
+       "endPort without a numeric port or below port (an error), or equal to port (info).",
        """
 endPort turns `port` into a range `port..endPort`. It needs a numeric `port`
-(not a named port, not missing), must not be below `port` (the API server
-refuses both), and equal to `port` it is a one-port range that only adds noise
-(reported as info).""",
-       "ports:\n- {port: http, endPort: 8090}",
+(not a named port, not missing) and must not be below `port`: the API server
+refuses both, and so does callgate (error). Equal to `port` it is valid, a
+one-port range that only adds noise: reported as info.""",
+       "ports:\n- {port: http, endPort: 8090}\n- {port: 8080, endPort: 8080, protocol: TCP}   # info",
        "ports:\n- {port: 8080, endPort: 8090, protocol: TCP}"),
     _r("CG005", "unknown-caller", E, False,
        "An App's caller names an App that is not defined.",
@@ -196,6 +196,17 @@ written a policy for yet. Add a default-deny:
        "# namespace x: only a policy for app=web; app=db accepts anything",
        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny, namespace: x}\n"
        "spec: {podSelector: {}, policyTypes: [Ingress]}"),
+    _r("CG111", "app-without-callers", W, False,
+       "An App serves ports but lists no callers, so nothing may call it.",
+       """
+Every App is isolated in both directions, and only its `callers` open a way in.
+An App that declares the ports it serves but no caller can be reached on none of
+them: usually the callers were forgotten (or written on the calling App, where
+they mean nothing). An App that is called by nobody on purpose (a batch job, a
+client) need not list ports; or say so with `# callgate: disable=CG111`.""",
+       "kind: App\nspec:\n  selector: {matchLabels: {app: ledger}}\n  ports: [{name: grpc, port: 9090}]",
+       "kind: App\nspec:\n  selector: {matchLabels: {app: ledger}}\n  ports: [{name: grpc, port: 9090}]\n"
+       "  callers: [{app: cart, ports: [grpc]}]"),
 )
 
 BY_ID = {r.id: r for r in RULES}

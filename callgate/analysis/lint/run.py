@@ -9,19 +9,21 @@ from callgate.analysis.lint.checks import document, inventory, redundancy
 from callgate.analysis.lint.config import LintConfig, apply_suppressions
 from callgate.analysis.lint.findings import Finding, LintResult
 from callgate.analysis.lint.linter import Linter
+from callgate.policy.documents import files_under
 from callgate.policy.model import Inventory
 
 
 def lint(paths: Iterable[str | Path], inventory: Inventory | None = None, config: LintConfig | None = None,
-         inventory_paths: Sequence[str] = ()) -> LintResult:
+         inventory_paths: Sequence[str] = (), skip_other_kinds: bool = False) -> LintResult:
     """Lint policy files and directories; never raises for problems *in* the files
-    (only for paths that do not exist)."""
-    linter = Linter(inventory, inventory_paths)
+    (only for paths that do not exist). ``skip_other_kinds``: see :func:`other_kind`."""
+    linter = Linter(inventory, inventory_paths, skip_other_kinds)
     linter.read(paths)
     linter.drop_duplicates()
     linter.compile_apps()
     run_checks(linter, config or LintConfig())
-    return LintResult(sorted(linter.findings, key=Finding.sort_key), linter.files)
+    inventory_files = [str(p) for p in files_under(inventory_paths)] if inventory_paths else []
+    return LintResult(sorted(linter.findings, key=Finding.sort_key), linter.files, inventory_files, linter.skipped)
 
 
 def run_checks(linter: Linter, config: LintConfig) -> None:

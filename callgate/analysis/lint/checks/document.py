@@ -69,6 +69,13 @@ def network_policy(linter: Linter, item: Item) -> None:
 
 def app(linter: Linter, item: Item) -> None:
     spec = as_mapping(as_mapping(item.doc.data).get("spec"))
+    served = as_list(spec.get("ports"))
+    if served and not as_list(spec.get("callers")):
+        ports = ", ".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in map(as_mapping, served))
+        linter.report("CG111", f"{item.obj} serves {ports} but lists no callers, so nothing may call it",
+                      item, ("spec", "ports"),
+                      hint="list the Apps (or cidrs) that call it under callers; an App nobody calls on purpose "
+                           "need not declare ports")
     for i, caller in enumerate(as_list(spec.get("callers"))):
         _broad(linter, item, as_mapping(caller).get("cidr"), ("spec", "callers", i, "cidr"))
     for i, dest in enumerate(as_list(spec.get("egress"))):

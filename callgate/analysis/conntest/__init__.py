@@ -1,0 +1,1 @@
+"""``callgate test``: connectivity expectations kept beside the policies, checked in CI."""
