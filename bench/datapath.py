@@ -254,6 +254,85 @@ def measure_udp(lab: TwoPodLab, loadgen: Path, seconds: float, size: int = 64) -
 
 # -- the run ---------------------------------------------------------------------
 
+AMPLIFY = 32  # decisions per packet in the decision-cost measurement
+
+
+def amplified(commands: list[Command], chain: str) -> list[Command]:
+    """A table whose forward hook makes every new packet go through ``chain``
+    (the server's ingress decision) :data:`AMPLIFY` times: the same sets, maps
+    and chains, every accept or drop turned into a return so that the next
+    pass runs, and the forward chain cut to ``ct state`` + the jumps. The
+    decision then dominates a packet's cost, so its price shows through the
+    noise of a shared machine: ns per decision = (1/pps - 1/pps of an empty
+    probe) / AMPLIFY."""
+    out: list[Command] = []
+    for cmd in commands:
+        body = cmd.get("add", {})
+        if "rule" in body:
+            rule = body["rule"]
+            if rule["chain"] == FORWARD:
+                continue
+            exprs = [{"return": None} if ("accept" in e or "drop" in e) else e for e in rule["expr"]]
+            cmd = {"add": {"rule": {**rule, "expr": exprs}}}
+        elif "chain" in body and body["chain"]["name"] == FORWARD:
+            continue
+        out.append(cmd)
+    table = {"family": FAMILY, "table": TABLE}
+    out.append({"add": {"chain": {**table, "name": FORWARD, "type": "filter", "hook": "forward", "prio": 0,
+                                  "policy": "accept"}}})
+    established = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}
+    out.append(_rule_cmd(FORWARD, [established, {"accept": None}]))
+    out.extend(_rule_cmd(FORWARD, [{"jump": {"target": chain}}]) for _ in range(AMPLIFY))
+    return out
+
+
+def empty_probe() -> list[Command]:
+    """The amplified baseline: the same jumps into a chain that only returns."""
+    table = {"family": FAMILY, "name": TABLE}
+    cmds: list[Command] = [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}},
+                           {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": "probe"}}},
+                           _rule_cmd("probe", [{"return": None}])]
+    return amplified(cmds, "probe")
+
+
+def decision_cost(lab: TwoPodLab, loadgen: Path, tables: dict[str, list[Command]], kernel: LibNftables,
+                  rounds: int, seconds: float, log: Any) -> dict[str, list[float]]:
+    """UDP packets/s through each amplified table, rotating per round."""
+    samples: dict[str, list[float]] = {name: [] for name in tables}
+    names = list(tables)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            kernel.run(tables[name])
+            samples[name].append(measure_udp(lab, loadgen, seconds))
+        log(f"  decision cost round {r + 1}/{rounds}: " + ", ".join(f"{n} {samples[n][-1]:,.0f} pps" for n in names))
+    return samples
+
+
+def ported_client(cluster: Cluster, inventory: Inventory, policies: PolicySet) -> str:
+    """The IPv4 address of a pod on another node that only rules with ports
+    admit to the server (the hot policies' TCP 80 / UDP 5001 rules), the
+    highest such: the case this benchmark is about. A pod that a rule without
+    ports admits is decided by that rule, first in both layouts; one admitted
+    by the ported rules alone is where layout 3 walked a rule per port
+    specification and family (three set look-ups for UDP) and layout 4 looks
+    one cell up."""
+    ruleset = Compiler(policies, inventory).compile(cluster.node)
+    server = next(e for e in ruleset.endpoints if e.endpoint == cluster.server)
+    rules = [r for r in server.ingress[0].rules if r.family == "ip" and r.peer_set is not None]
+    anywhere = [ruleset.address_set(r.peer_set).intervals for r in rules if r.l4 is None and r.peer_set]
+    ported = [ruleset.address_set(r.peer_set).intervals for r in rules
+              if r.l4 is not None and r.l4.protocol == "udp" and r.peer_set]
+
+    def held(value: int, sets: list[list[tuple[int, int]]]) -> bool:
+        return any(lo <= value <= hi for ivs in sets for lo, hi in ivs)
+
+    for ep in reversed(inventory.endpoints):
+        v4 = [ip for ip in ep.ips if ip.version == 4]
+        if ep.node != cluster.node and v4 and held(int(v4[0]), ported) and not held(int(v4[0]), anywhere):
+            return str(v4[0])
+    raise RuntimeError("no pod is admitted to the server by its ported rules alone")
+
+
 def _timed(fn: Any, *args: Any) -> float:
     start = time.perf_counter()
     fn(*args)
@@ -289,14 +368,13 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
         apply_repeats: int, changes: int, log: Any = print) -> dict[str, Any]:
     """Build the lab, measure everything, tear the lab down. Returns raw samples."""
     server_ep = cluster.endpoint(cluster.server)
-    client_ep = cluster.endpoint(cluster.client)
     server_ip = next(ip for ip in server_ep["ips"] if ":" not in ip)
-    client_ip = next(ip for ip in client_ep["ips"] if ":" not in ip)
+    client_ip = ported_client(cluster, inventory, policies)
     loadgen = build_loadgen()
     results: dict[str, Any] = {"seconds_per_sample": seconds, "rounds": rounds}
     with two_pod_lab(server_ip, client_ip) as lab:
         # The inventory's interfaces for the two lab pods are the lab's veths.
-        veths = {cluster.server: lab.server.host_if, cluster.client: lab.client.host_if}
+        veths = {cluster.server: lab.server.host_if}  # the client is a remote pod: no chains of its own
         inventory = Inventory(inventory.namespaces, tuple(
             dataclasses.replace(ep, interface=veths[ep.key]) if ep.key in veths else ep for ep in inventory.endpoints))
         ruleset = Compiler(policies, inventory).compile(cluster.node)
@@ -348,6 +426,11 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
                     log(f"  round {r + 1}/{rounds} {name}: {samples[name]['crr'][-1]:,.0f} conn/s, "
                         f"{samples[name]['udp'][-1]:,.0f} pps (load avg {os.getloadavg()[0]:.2f})")
             results["datapath"] = samples
+            chain = next(e for e in ruleset.endpoints if e.interface == lab.server.host_if).ingress[0].name
+            results["decision_cost"] = decision_cost(lab, loadgen, {
+                "none": empty_probe(), "callgate": amplified(full, chain), "walk": amplified(configs["walk"], chain),
+            }, kernel, rounds, seconds, log)
+            results["amplify"] = AMPLIFY
 
             # Apply: the full transaction into an empty namespace table, timed
             # as plan (IR -> JSON commands) and kernel (libnftables + commit).

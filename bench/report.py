@@ -79,9 +79,11 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
             f"decision-map elements and {t.get('walk_set_elements', 0):,} elements of shared peer sets. The "
             f"measured server pod is selected by {t['server_ingress_policies']:,} policies whose peers are "
             f"{t['server_peer_addresses']:,} IPv4+IPv6 addresses ({t['server_peer_elements']:,} set elements); "
-            f"callgate answers each of its packets with one look-up in its decision map (the previous layout, "
-            f"`walk`, walked {t['server_ingress_rules']} rules for it, one per port spec and family; the linear "
-            f"table {t['linear_server_rules']:,}, one per element, the client's rule last in its group).")
+            f"the client is a pod on another node that only the hot policies' ported rules admit (TCP 80, UDP "
+            f"5001), so callgate answers each of its packets with one look-up in the server's decision map, where "
+            f"the previous layout, `walk`, went through {t['server_ingress_rules']} rules (one per port spec and "
+            f"family: three set look-ups for UDP); the linear table has {t['linear_server_rules']:,} rules, the "
+            f"client's last in its group.")
         sec("")
         sec(f"Two pods in network namespaces, routed through a node namespace whose `forward` hook holds the "
             f"table. Load: `bench/loadgen.c` — TCP connect/1-byte request/1-byte response/close like netperf "
@@ -144,6 +146,20 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
             sec("")
             sec(f"Before and after, same rounds: callgate/walk {spread('callgate', 'walk')}; walk/conntrack "
                 f"{spread('walk', 'conntrack')}.")
+        cost = lab.get("decision_cost")
+        if cost:
+            k = lab["amplify"]
+            sec("")
+            sec(f"Decision cost, isolated: a table whose forward hook sends every new packet through the server's "
+                f"ingress decision {k} times (accepts and drops turned into returns), UDP packets/s against the "
+                f"same jumps into an empty chain, rotating per round: ns per decision = (1/pps − 1/pps of the empty "
+                f"probe) / {k}. Robust to a busy machine where the plain ratios are not.")
+            sec("")
+            sec("| layout | ns per decision (median, min–max over rounds) |")
+            sec("|---|---|")
+            for name in ("callgate", "walk"):
+                ns = [(1 / a - 1 / b) / k * 1e9 for a, b in zip(cost[name], cost["none"], strict=True)]
+                sec(f"| `{name}` | {statistics.median(ns):.0f} ({min(ns):.0f}–{max(ns):.0f}) |")
         if "conntrack" in dp:
             ct_crr, ct_udp = ratios("callgate", "conntrack", "crr"), ratios("callgate", "conntrack", "udp")
             sec("")
