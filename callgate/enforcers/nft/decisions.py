@@ -315,7 +315,10 @@ def verdict_chains(ruleset: RuleSet) -> dict[str, tuple[list[Expr], str | None]]
     out: dict[str, tuple[list[Expr], str | None]] = {}
     for ep in ruleset.endpoints:
         out.update(_part(ep).verdicts)
-    if ruleset.endpoints:
+    # Only a PASS rule can leave a cell with a default other than the one the
+    # chain ends with (a tier's default after a pass): then cells name these.
+    if any(rule.verdict is Verdict.PASS for ep in ruleset.endpoints for chain in (*ep.ingress, *ep.egress)
+           for rule in chain.rules):
         out[DEFAULT_DENY] = ([{"counter": None}, {"drop": None}], None)
         for direction in ("ingress", "egress"):
             out[target(direction, Decision(Verdict.ALLOW))] = ([{"counter": None}, action(direction, Verdict.ALLOW)],
