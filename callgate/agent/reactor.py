@@ -45,6 +45,7 @@ One worker thread does all kernel work, so transactions never interleave:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -302,6 +303,12 @@ class Reactor:
             self.metrics.event_to_live_seconds.observe(time.monotonic() - first_event)
         self.metrics.last_success.set(time.time())
         self._record(ruleset, unresolved)
+        if self.last_sync is None:
+            # The model, caches and table layout built for the first sync stay
+            # for the agent's life: moved out of the collector's generations,
+            # later collections no longer traverse them (what the next
+            # snapshots replace is freed by reference counting all the same).
+            gc.freeze()
         self.last_sync = LastSync(snapshot, ruleset, known, time.monotonic())
         self.apply_error = None
         if unresolved != self.unresolved:

@@ -69,7 +69,8 @@ def apply(
     except ValueError as exc:  # unknown backend or iptables variant: a usage mistake, not a crash
         fail(str(exc))
     try:
-        result = enforcer.apply(ruleset, dry_run=dry_run)
+        with gc_paused():  # the table's objects and its transaction: hundreds of thousands that stay
+            result = enforcer.apply(ruleset, dry_run=dry_run)
     finally:
         enforcer.close()
     summary = (f"{len(ruleset.endpoints)} endpoints, {len(ruleset.address_sets) + len(ruleset.port_sets)} sets, "
@@ -122,7 +123,10 @@ def compile_cmd(
 
     Example: callgate compile -i inventory.yaml -p policies/ --node node-1 --backend iptables
     """
-    typer.echo(render(compile_for(inventory, policies, node), backend, fmt), nl=False)
+    ruleset = compile_for(inventory, policies, node)
+    with gc_paused():  # the rendering builds the whole table as objects first
+        text = render(ruleset, backend, fmt)
+    typer.echo(text, nl=False)
 
 
 def render(ruleset: RuleSet, backend: str, fmt: CompileFormat) -> str:
