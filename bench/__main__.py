@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -103,11 +104,21 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered) + 0.5) - 1 if len(ordered) > 1 else 0)]
 
 
+# Address-space bound of every benchmark process (and what it starts): a runaway
+# fails alone instead of pushing a shared machine into swap. The Antrea point's
+# model and compile stay under ~1 GiB resident; address space is larger.
+MEMORY_LIMIT = 8 << 30
+
+
+def _bounded() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def _sub(module: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         proc = subprocess.run([PY, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                              env=env, cwd=ROOT)
+                              env=env, cwd=ROOT, preexec_fn=_bounded)
     except subprocess.TimeoutExpired:
         return {"available": False, "timeout": timeout, "why": f"did not finish within {timeout:.0f} s"}
     if proc.returncode != 0:
@@ -120,7 +131,7 @@ def _sub_script(path: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         proc = subprocess.run([PY, str(ROOT / path), *args], capture_output=True, text=True, timeout=timeout,
-                              env=env, cwd=ROOT)
+                              env=env, cwd=ROOT, preexec_fn=_bounded)
     except subprocess.TimeoutExpired:
         return {"available": False, "why": f"did not finish within {timeout:.0f} s"}
     if proc.returncode != 0:
