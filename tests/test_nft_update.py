@@ -503,3 +503,20 @@ def test_kernel_table_deleted_before_a_change_is_drift(netns: str) -> None:
         assert enforcer.in_sync(new) and enforcer.live_digest() == layout_digest(new)
     finally:
         kernel.close()
+
+
+def test_a_restarted_agent_adopts_the_live_table_and_then_changes_it_incrementally() -> None:
+    """A new enforcer (an agent restarted) finds the table it would build: no
+    transaction at all, and the next change is already incremental (the
+    adopted table's decision layout is known without reading it back)."""
+    kernel = FakeNftKernel()
+    first = compile_(STATES[0][1], S03)
+    NftablesEnforcer(kernel).apply(first)
+    before = kernel.transactions
+    restarted = NftablesEnforcer(kernel)
+    result = restarted.apply(first)
+    assert result.mode == "noop" and not result.changed
+    assert kernel.transactions == before
+    change = restarted.apply(compile_(STATES[1][1], S03))
+    assert change.mode == "incremental"
+    assert restarted.in_sync(compile_(STATES[1][1], S03))
