@@ -245,6 +245,32 @@ def test_the_bound_between_hash_and_interval_maps(shop_rulesets: dict[str, RuleS
     assert "flags interval" in replace_table(ruleset).text()
 
 
+def ipblock_policy(cidr: str) -> str:
+    return f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: wide, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+    - from: [{{ipBlock: {{cidr: {cidr}}}}}]
+      ports: [{{port: 443}}]
+"""
+
+
+def test_a_wide_ipblock_makes_an_interval_map_a_narrow_one_a_hash_map(tmp_path: Path) -> None:
+    """A /16 enumerated into a hash map was 65,536 elements to render and load
+    for each program naming it: a policy change took seconds to reach the kernel."""
+    inv = load_inventory(STANDARD_INVENTORY)
+    forms = {}
+    for cidr in ("198.19.0.0/16", "198.19.0.0/24"):
+        ruleset = Compiler(policies_from(tmp_path, ipblock_policy(cidr)), inv).compile("node-1")
+        [m] = [m for m in decisions.build_layout(ruleset).maps.values() if m.family == "ip" and m.ported]
+        forms[cidr] = (m.hashed, len(m.elements))
+    assert forms["198.19.0.0/16"] == (False, 1)
+    assert forms["198.19.0.0/24"] == (True, 256)
+
+
 @pytest.mark.kernel
 def test_text_rendering_of_interval_sets_loads_too(shop_rulesets: dict[str, RuleSet],
                                                    monkeypatch: pytest.MonkeyPatch,
