@@ -37,7 +37,7 @@ def test_transaction_replaces_only_our_table(shop_rulesets: dict[str, RuleSet]) 
     tx = replace_table(shop_rulesets["node-1"])
     tables = {(c[verb][kind]["family"], c[verb][kind].get("table", c[verb][kind].get("name")))
               for c in tx.commands for verb in c for kind in c[verb]}
-    assert tables == {("inet", "callgate")}
+    assert tables == {("inet", "callgate"), ("bridge", "callgate")}
     assert list(tx.commands[1]) == ["delete"]  # the old table goes in the same transaction
     assert "ct state established,related accept" in tx.text()
 

@@ -67,6 +67,8 @@ class PolicyCounters(Collector):
                                      labels=["policy", "direction"])
         dropped = CounterMetricFamily("callgate_fail_closed_dropped_packets",
                                       "Packets dropped on container interfaces the agent has not programmed yet")
+        spoofed = CounterMetricFamily("callgate_spoofed_dropped_packets",
+                                      "Packets dropped because an endpoint sent them from an address not its own")
         sums: dict[tuple[str, str], list[int]] = {}
         for rule_id, (p, b) in counters.by_rule.items():
             found = origins.get(rule_id)
@@ -79,9 +81,11 @@ class PolicyCounters(Collector):
             packets.add_metric([policy, direction], p)
             octets.add_metric([policy, direction], b)
         dropped.add_metric([], counters.fail_closed_dropped)
+        spoofed.add_metric([], counters.spoofed_dropped)
         yield packets
         yield octets
         yield dropped
+        yield spoofed
 
 
 class AgentMetrics:

@@ -53,11 +53,11 @@ def agent(
     Example: callgate agent --node node-1 -i inventory.yaml -p policies/ --fail-closed-prefix cg
     """
     from callgate.agent import logging as agent_logging
-    from callgate.agent.interfaces import InterfaceResolver
     from callgate.agent.metrics import AgentMetrics, StatusServer, parse_address
     from callgate.agent.reactor import Reactor, ReactorConfig
-    from callgate.enforcers import BACKENDS
+    from callgate.enforcers import BACKENDS, guard
     from callgate.enforcers.base import check_fail_closed_prefix
+    from callgate.enforcers.routes import InterfaceResolver
 
     # Validate everything before touching the kernel or opening a port.
     if backend not in BACKENDS:
@@ -84,7 +84,8 @@ def agent(
     metrics = AgentMetrics()
     metrics.watch_enforcer(enforcer)  # per-policy rule counters (nft; iptables has none)
     reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000),
-                      enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics)
+                      enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics,
+                      guard=lambda ruleset: guard.check(ruleset, netns, enforcer.name))
     try:
         http = StatusServer(metrics_address, metrics, reactor)
     except OSError as exc:

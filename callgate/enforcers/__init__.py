@@ -9,41 +9,59 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from callgate.enforcers.base import Enforcer
+from callgate.enforcers.base import Enforcer, Placement, check_fail_closed_prefix
+from callgate.enforcers.placement import NodeEnforcer
+
+# (namespace, fail-closed prefix, placement) -> one backend enforcer
+Maker = Callable[[str | None, str | None, Placement], Enforcer]
 
 
-def _nft(netns: str | None, fail_closed_prefix: str | None) -> Enforcer:
+def _nft(netns: str | None, fail_closed_prefix: str | None, placement: Placement) -> Enforcer:
     from callgate.enforcers.nft.enforcer import NftablesEnforcer
     from callgate.enforcers.nft.kernel import LibNftables
 
-    return NftablesEnforcer(LibNftables(netns), fail_closed_prefix=fail_closed_prefix)
+    return NftablesEnforcer(LibNftables(netns), fail_closed_prefix=fail_closed_prefix, placement=placement)
 
 
-def _iptables(netns: str | None, fail_closed_prefix: str | None) -> Enforcer:
+def _iptables(netns: str | None, fail_closed_prefix: str | None, placement: Placement) -> Enforcer:
     from callgate.enforcers.iptables.enforcer import IptablesEnforcer
 
     # variant: $CALLGATE_IPTABLES (system, nft, legacy)
-    return IptablesEnforcer(netns=netns, fail_closed_prefix=fail_closed_prefix)
+    return IptablesEnforcer(netns=netns, fail_closed_prefix=fail_closed_prefix, placement=placement)
 
 
-def _auto(netns: str | None, fail_closed_prefix: str | None) -> Enforcer:
-    """nftables when libnftables works here, else iptables."""
+BACKENDS: dict[str, Maker | None] = {"nft": _nft, "iptables": _iptables, "auto": None}
+
+
+def resolve_backend(backend: str, netns: str | None = None) -> str:
+    """``backend`` itself, or for ``auto`` nft when libnftables works in
+    ``netns`` and iptables otherwise (this probes the kernel). ValueError for
+    an unknown backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    if backend != "auto":
+        return backend
     from callgate.enforcers.nft.kernel import nft_available
 
-    return (_nft if nft_available(netns) else _iptables)(netns, fail_closed_prefix)
+    return "nft" if nft_available(netns) else "iptables"
 
 
-BACKENDS: dict[str, Callable[[str | None, str | None], Enforcer]] = {"nft": _nft, "iptables": _iptables, "auto": _auto}
-
-
-def get_enforcer(backend: str = "nft", netns: str | None = None, fail_closed_prefix: str | None = None) -> Enforcer:
-    """The enforcer for ``backend`` in the current (or the named) network
-    namespace, with fail-closed mode for interfaces named ``fail_closed_prefix*``.
+def get_enforcer(backend: str = "nft", netns: str | None = None, fail_closed_prefix: str | None = None,
+                 ) -> NodeEnforcer:
+    """The enforcer of a node for ``backend`` in the current (or the named)
+    network namespace, with fail-closed mode for interfaces named
+    ``fail_closed_prefix*``; endpoints with only a namespace of their own are
+    enforced inside it with the same backend (see :mod:`.placement`).
     ``auto`` probes the kernel (nft when libnftables works here, else
     iptables); nothing else touches it before the first call. ValueError for
     an unknown backend, iptables variant or prefix."""
-    try:
-        factory = BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
-    return factory(netns, fail_closed_prefix)
+    chosen = resolve_backend(backend, netns)
+    maker = BACKENDS[chosen]
+    assert maker is not None
+    if fail_closed_prefix is not None:
+        check_fail_closed_prefix(fail_closed_prefix)
+
+    def factory(part: str | None, placement: Placement) -> Enforcer:
+        return maker(netns if part is None else part, fail_closed_prefix if part is None else None, placement)
+
+    return NodeEnforcer(factory, chosen)

@@ -37,6 +37,7 @@ from callgate.enforcers.base import (
     ApplyResult,
     ComparesNormalText,
     FailClosed,
+    Placement,
     RuleCounters,
     check_fail_closed_prefix,
 )
@@ -56,11 +57,14 @@ class IptablesEnforcer(ComparesNormalText):
     name = "iptables"
 
     def __init__(self, runner: Runner | None = None, variant: str | None = None, netns: str | None = None,
-                 fail_closed_prefix: str | None = None) -> None:
+                 fail_closed_prefix: str | None = None, placement: Placement = "node") -> None:
         self.runner: Runner = runner or SubprocessRunner(netns)
         self.tools = Tools.choose(variant)
         # Validated now, not at the first apply.
         self.fail_closed_prefix = None if fail_closed_prefix is None else check_fail_closed_prefix(fail_closed_prefix)
+        if placement == "netns" and fail_closed_prefix is not None:
+            raise ValueError("fail-closed mode needs host-side interfaces: not inside an endpoint's namespace")
+        self.placement: Placement = placement
         self.applied: Applied | None = None
         self._other: tuple[Tools | None] | None = None
 
@@ -94,7 +98,7 @@ class IptablesEnforcer(ComparesNormalText):
         """The desired state; pure (no kernel access). Raises InputError for
         what iptables cannot express, before anything is applied.
         ``known_interfaces`` matters only in fail-closed mode (as for nft)."""
-        return plan(ruleset, self.fail_closed(ruleset, known_interfaces))
+        return plan(ruleset, self.fail_closed(ruleset, known_interfaces), self.placement)
 
     def check(self, tx: IptTransaction) -> None:
         """Validate ``tx`` against the kernel without changing what is enforced.
@@ -138,7 +142,7 @@ class IptablesEnforcer(ComparesNormalText):
         return self._live_text(self.live())
 
     def live_digest(self) -> str | None:
-        """The digest recorded in the IPv4 CG-FORWARD chain, if any."""
+        """The digest recorded in the IPv4 entry chain, if any."""
         return self.live().tables[4].digest()
 
     def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
@@ -156,7 +160,7 @@ class IptablesEnforcer(ComparesNormalText):
         Drift is not reported here: the agent's resync finds it."""
         del incremental
         fc = self.fail_closed(ruleset, known_interfaces)
-        tx = plan(ruleset, fc)
+        tx = plan(ruleset, fc, self.placement)
         live = self.live()
         if self._live_text(live) == tx.text():
             self.applied = Applied(ruleset, tx.digest, fc)

@@ -13,20 +13,18 @@ fast unit tests.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from callgate.enforcers.netns import enter
 from callgate.errors import KernelError
 
 log = logging.getLogger(__name__)
 
 Command = dict[str, Any]
-_CLONE_NEWNET = 0x40000000
 
 
 class NftKernel(Protocol):
@@ -46,20 +44,9 @@ class NftKernel(Protocol):
         """Release threads and handles (a closed door is not used again)."""
 
 
-def _enter_netns(name: str) -> None:
-    """Move the calling thread (only) into network namespace ``name``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 class LibNftables:
-    """libnftables through Debian's python3-nftables bindings."""
+    """libnftables through Debian's python3-nftables bindings, in this network
+    namespace or in ``netns`` (a name under /run/netns, or a namespace file)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
@@ -68,7 +55,7 @@ class LibNftables:
         if netns is not None:
             # One thread lives in the namespace; the netlink sockets libnftables
             # opens there belong to that namespace.
-            self._pool = ThreadPoolExecutor(max_workers=1, initializer=_enter_netns, initargs=(netns,))
+            self._pool = ThreadPoolExecutor(max_workers=1, initializer=enter, initargs=(netns,))
 
     def _nft(self, bulk: bool = False) -> Any:
         """This thread's libnftables context; ``bulk`` for whole-table work.
