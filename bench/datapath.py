@@ -8,7 +8,7 @@ run so that machine load hits them alike:
   accept``: the floor of any conntrack-based (stateful) enforcer;
 * ``empty``: callgate's table with no endpoints (conntrack + dispatch maps);
 * ``callgate``: the node's full compiled RuleSet, as ``replace_table`` emits it
-  (layout 4: one decision-map look-up per packet);
+  (layout 5: one decision-map look-up per packet);
 * ``walk``: the same RuleSet as layout 3 rendered it (a rule per port
   specification and family, each a peer-set look-up), for the before/after
   comparison in the same rounds;
@@ -329,7 +329,7 @@ def ported_client(cluster: Cluster, inventory: Inventory, policies: PolicySet) -
     highest such: the case this benchmark is about. A pod that a rule without
     ports admits is decided by that rule, first in both layouts; one admitted
     by the ported rules alone is where layout 3 walked a rule per port
-    specification and family (three set look-ups for UDP) and layout 4 looks
+    specification and family (three set look-ups for UDP) and layout 5 looks
     one cell up."""
     ruleset = Compiler(policies, inventory).compile(cluster.node)
     server = next(e for e in ruleset.endpoints if e.endpoint == cluster.server)

@@ -131,11 +131,11 @@ def test_kernel_rejected_transaction_leaves_previous_ruleset(netns: str, shop_ru
     good = shop_rulesets["node-1"]
     enforcer.apply(good)
     before = nft(netns, "list", "table", "inet", "callgate")
-    # An interface name the kernel must refuse (longer than IFNAMSIZ); this can
-    # only be built by hand, validation never lets one through. The
-    # transaction fails as a whole.
-    bad_endpoint = dataclasses.replace(good.endpoints[0], interface="x" * 20)
-    bad = dataclasses.replace(good, endpoints=(bad_endpoint, *good.endpoints[1:]))
+    # An interface name the kernel must refuse (longer than IFNAMSIZ) in the
+    # anti-spoofing sets; this can only be built by hand, validation never lets
+    # one through. The transaction fails as a whole.
+    bad_local = dataclasses.replace(good.local[0], interface="x" * 20)
+    bad = dataclasses.replace(good, local=(bad_local, *good.local[1:]))
     with pytest.raises(KernelError):
         enforcer.apply(bad)
     with pytest.raises(KernelError):
