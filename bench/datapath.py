@@ -121,7 +121,7 @@ def walk_commands(ruleset: RuleSet) -> list[Command]:
     decision maps that replaced it."""
     current = list(replace_table(ruleset).commands)
     layout = build_layout(ruleset)
-    decision = {*layout.maps, *layout.chains, *layout.verdicts, *layout.sets}
+    decision = layout.names()
 
     def is_decision(cmd: Command) -> bool:
         (_verb, body), = cmd.items()

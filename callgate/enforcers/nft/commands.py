@@ -16,7 +16,7 @@ from typing import Any
 from callgate.compiler import addresses
 from callgate.compiler.ir import AddressSet, Family, RuleSet
 from callgate.enforcers.base import FailClosed, Placement
-from callgate.enforcers.nft.decisions import Layout, build_layout
+from callgate.enforcers.nft.decisions import Layout, build_layout, next_map_command
 from callgate.enforcers.nft.dispatch import dispatch_objects
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
@@ -79,15 +79,21 @@ def address_set_command(s: AddressSet, hashed: bool | None = None) -> Command:
 
 def decision_objects(layout: Layout) -> list[Command]:
     """``add`` commands for the decision part, in dependency order: the peer
-    sets of the rule walks, verdict chains (map elements and walks jump to
-    them), maps, then the endpoint chains that look them up."""
+    sets of the rule walks, verdict chains and (empty) pass chains (map
+    elements and walks jump to them), maps, the endpoint tier chains that look
+    them up, then the next maps (their elements name endpoint tier chains) and
+    the pass chains' rules that look those up."""
     cmds: list[Command] = [address_set_command(layout.sets[name]) for name in sorted(layout.sets)]
     for name, (exprs, comment) in sorted(layout.verdicts.items()):
         cmds.append({"add": {"chain": obj(name=name)}})
         cmds.append(_rule(name, exprs, comment))
+    cmds.extend({"add": {"chain": obj(name=name)}} for name in sorted(layout.passes))
     cmds.extend(m.command() for _name, m in sorted(layout.maps.items()))
     for name, rules in layout.chains.items():
         cmds.append({"add": {"chain": obj(name=name)}})
+        cmds.extend(_rule(name, exprs) for exprs in rules)
+    cmds.extend(next_map_command(name, elems) for name, elems in sorted(layout.continuations.items()))
+    for name, rules in sorted(layout.passes.items()):
         cmds.extend(_rule(name, exprs) for exprs in rules)
     return cmds
 
