@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from callgate.cli.common import fail, require_paths, usage_error
+from callgate.cli.common import check_netns_name, fail, require_paths, usage_error
+from callgate.cli.inventory import check_docker_host
 
 if TYPE_CHECKING:
     from callgate.enforcers.base import Enforcer
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
 
 def agent(
     node: Annotated[str, typer.Option("--node", "-n", help="This node's name: its local endpoints get rules.")],
-    source: Annotated[str, typer.Option("--source", help="Where policy comes from: files or kubernetes.")] = "files",
+    source: Annotated[str, typer.Option(
+        "--source", help="Where policy comes from: files, kubernetes, or docker (containers from the engine, "
+        "policies from --policies).")] = "files",
     inventory: Annotated[list[str] | None, typer.Option(
         "--inventory", "-i", help="files source: inventory file or directory (repeatable).")] = None,
     policies: Annotated[list[str] | None, typer.Option(
@@ -24,6 +27,9 @@ def agent(
     server: Annotated[str | None, typer.Option(
         "--server", help="kubernetes source: API server URL (default: kubeconfig or in-cluster).")] = None,
     kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="kubernetes source: kubeconfig file.")] = None,
+    docker_host: Annotated[str | None, typer.Option(
+        "--docker-host", metavar="URL", help="docker source: the engine, unix:///path/to/docker.sock or "
+        "tcp://HOST:PORT (default: $DOCKER_HOST, else unix:///var/run/docker.sock).")] = None,
     netns: Annotated[str | None, typer.Option(
         "--netns", help="Enforce in this named network namespace (default: the current one).")] = None,
     backend: Annotated[str, typer.Option(
@@ -34,7 +40,10 @@ def agent(
         "--fail-closed-prefix",
         help="Drop forwarded traffic on interfaces named PREFIX* that the agent has not programmed yet.")] = None,
     metrics_address: Annotated[str, typer.Option(
-        "--metrics-address", help="HOST:PORT for /metrics, /healthz, /readyz and /programmed.")] = "127.0.0.1:9464",
+        "--metrics-address", help="HOST:PORT for /metrics, /healthz and /readyz.")] = "127.0.0.1:9464",
+    cni_socket: Annotated[str | None, typer.Option(
+        "--cni-socket", help="Unix socket for the callgate-cni plugin and /programmed "
+                             "(e.g. /run/callgate/agent.sock; created 0600).")] = None,
     coalesce_ms: Annotated[int, typer.Option(
         "--coalesce-ms", help=(
             "Coalescing of bursts: a change after a quiet spell is applied at once; inside a burst the next "
@@ -53,11 +62,10 @@ def agent(
     Example: callgate agent --node node-1 -i inventory.yaml -p policies/ --fail-closed-prefix cg
     """
     from callgate.agent import logging as agent_logging
-    from callgate.agent.metrics import AgentMetrics, StatusServer, parse_address
-    from callgate.agent.reactor import Reactor, ReactorConfig
-    from callgate.enforcers import BACKENDS, guard
+    from callgate.agent.lock import AgentLock, LockError
+    from callgate.agent.metrics import parse_address
+    from callgate.enforcers import BACKENDS
     from callgate.enforcers.base import check_fail_closed_prefix
-    from callgate.enforcers.routes import InterfaceResolver
 
     # Validate everything before touching the kernel or opening a port.
     if backend not in BACKENDS:
@@ -75,12 +83,38 @@ def agent(
             check_fail_closed_prefix(fail_closed_prefix)
     except ValueError as exc:
         fail(str(exc))
-    if netns is not None and not _netns_ok(netns):
-        usage_error(f"--netns {netns!r} is not a valid network namespace name")
-    src = _source(source, inventory or [], policies or [], server, kubeconfig)
+    check_netns_name(netns)
+    if source == "docker" and backend == "iptables":
+        usage_error(DOCKER_NEEDS_NFT)
+    src = _source(source, inventory or [], policies or [], server, kubeconfig, docker_host, node, netns)
 
     log = agent_logging.setup(log_level)
+    try:  # before the kernel is touched: a second agent must change nothing
+        lock = AgentLock.acquire(netns)
+    except LockError as exc:
+        fail(str(exc))
+    try:
+        _run(log, node, src, netns, backend, resync, fail_closed_prefix, metrics_address, cni_socket, coalesce_ms,
+             needs_nft=source == "docker")
+    finally:
+        lock.release()
+
+
+def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync: float,
+         fail_closed_prefix: str | None, metrics_address: str, cni_socket: str | None,
+         coalesce_ms: int, needs_nft: bool) -> None:
+    """The agent proper, once its options are valid and it holds the lock."""
+    from callgate.agent import logging as agent_logging
+    from callgate.agent.cni_socket import CniSocket
+    from callgate.agent.metrics import AgentMetrics, StatusServer
+    from callgate.agent.reactor import Reactor, ReactorConfig
+    from callgate.enforcers import guard
+    from callgate.enforcers.routes import InterfaceResolver
+
     enforcer = _enforcer(backend, netns, fail_closed_prefix)
+    if needs_nft and enforcer.name != "nft":  # --backend auto found no working libnftables
+        enforcer.close()
+        fail(DOCKER_NEEDS_NFT)
     metrics = AgentMetrics()
     metrics.watch_enforcer(enforcer)  # per-policy rule counters (nft; iptables has none)
     reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000),
@@ -91,6 +125,14 @@ def agent(
     except OSError as exc:
         enforcer.close()
         fail(f"cannot listen on {metrics_address}: {exc}")
+    gate: CniSocket | None = None
+    if cni_socket is not None:
+        try:
+            gate = CniSocket(cni_socket, reactor)
+        except OSError as exc:
+            http.stop()
+            enforcer.close()
+            fail(f"cannot listen on {cni_socket}: {exc}")
 
     stop = threading.Event()
 
@@ -102,16 +144,20 @@ def agent(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent_logging.log(log, 20, "agent starting", node=node, source=src.origin, netns=netns, backend=enforcer.name,
-                      fail_closed_prefix=fail_closed_prefix, http=http.address, resync=resync)
+                      fail_closed_prefix=fail_closed_prefix, http=http.address, cni_socket=cni_socket, resync=resync)
     http.start()
     reactor.start()
     src.start(reactor.on_event)
+    if gate is not None:
+        gate.start()  # after the reactor: an ADD arriving now is served, or waits for the first sync
     try:
         while not stop.wait(0.5):
             if not reactor.healthy()[0]:
                 agent_logging.log(log, 40, "reactor died; exiting (rules stay in the kernel)")
                 raise typer.Exit(1)
     finally:
+        if gate is not None:
+            gate.stop()
         src.stop()
         reactor.stop()
         http.stop()
@@ -139,15 +185,20 @@ def _enforcer(backend: str, netns: str | None, prefix: str | None) -> Enforcer:
 
 _KERNEL_PARTS = {"nft": "nftables", "iptables": "iptables/ipset"}
 
-
-def _netns_ok(name: str) -> bool:
-    import re
-
-    return bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name)) and name not in (".", "..")
+# Why not iptables on a Docker host: callgate's chains would sit in the same FORWARD chain
+# as Docker's, where an ACCEPT is final, so traffic callgate allows would skip DOCKER-USER
+# and Docker's isolation between networks (measured: a container on docker0 reached one on
+# a user-defined bridge). nft tables are separate: a packet must be accepted by both.
+DOCKER_NEEDS_NFT = ("--source docker needs the nft backend: with iptables, callgate's ACCEPT would end FORWARD "
+                    "before Docker's own rules (DOCKER-USER, its isolation between networks)")
 
 
 def _source(kind: str, inventory: list[str], policies: list[str], server: str | None,
-            kubeconfig: str | None) -> Any:
+            kubeconfig: str | None, docker_host: str | None, node: str, netns: str | None) -> Any:
+    if docker_host is not None and kind != "docker":
+        usage_error("--docker-host belongs to --source docker")
+    if kind == "docker":
+        return _docker_source(inventory, policies, docker_host, node, netns)
     if kind == "files":
         if not inventory:
             usage_error("--source files needs --inventory (and usually --policies)")
@@ -165,7 +216,29 @@ def _source(kind: str, inventory: list[str], policies: list[str], server: str | 
         except ImportError as exc:
             fail(f"the kubernetes source is not available: {exc}")
         return KubernetesSource.connect(server=server, kubeconfig=kubeconfig)
-    usage_error(f"--source {kind!r}: use files or kubernetes")
+    usage_error(f"--source {kind!r}: use files, kubernetes or docker")
+
+
+def _docker_source(inventory: list[str], policies: list[str], docker_host: str | None, node: str,
+                   netns: str | None) -> Any:
+    """Containers from the engine, policies from files. An engine that cannot be
+    reached at start is an error (exit 1): there is nothing to enforce yet, and
+    an agent that starts anyway would look ready with an empty inventory."""
+    if inventory:
+        usage_error("--inventory belongs to --source files: with --source docker the engine says who runs where")
+    if not policies:
+        usage_error("--source docker needs --policies")
+    require_paths("'--policies' / '-p'", policies)
+    check_docker_host(docker_host)
+    from callgate.watchers.docker_client import EngineUnavailable, make_client
+    from callgate.watchers.docker_links import VethResolver
+    from callgate.watchers.docker_source import DockerSource
+
+    try:
+        client, where = make_client(docker_host)
+    except EngineUnavailable as exc:
+        fail(str(exc))
+    return DockerSource(client, where, node, VethResolver(netns), policies)
 
 
 def register(app: typer.Typer) -> None:

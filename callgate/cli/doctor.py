@@ -6,20 +6,27 @@ from typing import Annotated
 
 import typer
 
-from callgate.cli.common import InventoryOpt, fail, require_paths, usage_error
+from callgate.cli.common import check_netns_name, fail, opened_enforcer, require_paths, usage_error
 from callgate.cli.engine import BackendOpt, NodeOpt
+from callgate.cli.inventory import DockerHostOpt, read_docker
 from callgate.compiler import Compiler
-from callgate.enforcers import get_enforcer, guard
+from callgate.enforcers import guard
 from callgate.errors import KernelError
 from callgate.policy import PolicySet, load_inventory
 
 
 def doctor(
-    inventory: InventoryOpt,
     node: NodeOpt,
+    inventory: Annotated[list[str] | None, typer.Option(
+        "--inventory", "-i", metavar="PATH", help="Inventory file or directory (callgate/v1 Inventory, or kubectl "
+        "Pod/Namespace YAML). Repeatable. Required unless --from says where the endpoints come from.")] = None,
     netns: Annotated[str | None, typer.Option(
         "--netns", help="The node's named network namespace (default: the current one).")] = None,
     backend: BackendOpt = "nft",
+    source: Annotated[str | None, typer.Option(
+        "--from", metavar="SOURCE", help="Take the node's endpoints from a live source instead of --inventory: "
+        "docker (the engine's running containers; those it cannot enforce are listed too).")] = None,
+    docker_host: DockerHostOpt = None,
 ) -> None:
     """Report how each local endpoint of NODE is enforced, and anything that defeats it.
 
@@ -29,26 +36,39 @@ def doctor(
     callgate's tables are there. Changes nothing. Exit code 1 when something
     defeats enforcement (`callgate apply` fixes what it can and refuses the rest).
 
+    With --from docker the endpoints are the engine's running containers (as
+    `callgate inventory --from docker` prints them), and the containers callgate
+    cannot enforce (host network) are listed as such: they, too, make the exit
+    code 1.
+
     Example: callgate doctor --node node-1 -i inventory.yaml
     """
-    if not inventory:
-        usage_error("--inventory / -i is required")
-    inv = load_inventory(require_paths("'--inventory' / '-i'", inventory))
-    if node not in inv.nodes():
-        fail(f"node {node!r} runs no endpoint in the inventory (nodes: {', '.join(inv.nodes()) or 'none'})")
+    check_netns_name(netns)
+    unenforceable: list[tuple[str, str]] = []  # (workload, why): seen by the source, not enforceable
+    if source is not None:
+        if source != "docker":
+            usage_error(f"--from {source!r}: use docker")
+        if inventory:
+            usage_error("--inventory and --from docker: give one of them")
+        view, _, _ = read_docker(docker_host, node, netns)
+        inv = view.inventory
+        unenforceable = [(p.object or "?", p.message) for p in view.not_enforceable]
+    else:
+        if docker_host is not None:
+            usage_error("--docker-host belongs to --from docker")
+        if not inventory:
+            usage_error("--inventory / -i (or --from docker) is required")
+        inv = load_inventory(require_paths("'--inventory' / '-i'", inventory))
+        if node not in inv.nodes():
+            fail(f"node {node!r} runs no endpoint in the inventory (nodes: {', '.join(inv.nodes()) or 'none'})")
     ruleset = Compiler(PolicySet(), inv).compile(node)
-    try:
-        enforcer = get_enforcer(backend, netns)
-    except ValueError as exc:
-        fail(str(exc))
-    try:
-        report = guard.check(ruleset, netns, enforcer.name)
-        tables = {where: enforcer.part(where).live_digest() for where in
-                  (None, *sorted({le.netns for le in ruleset.local if le.interface is None and le.netns}))}
-    except KernelError as exc:
-        fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
-    finally:
-        enforcer.close()
+    with opened_enforcer(backend, netns) as enforcer:
+        try:
+            report = guard.check(ruleset, netns, enforcer.name)
+            tables = {where: enforcer.part(where).live_digest() for where in
+                      (None, *sorted({le.netns for le in ruleset.local if le.interface is None and le.netns}))}
+        except KernelError as exc:
+            fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
     typer.echo(f"node {node}{f' (network namespace {netns})' if netns else ''}, backend {enforcer.name}: "
                f"{len(report.placed)} local endpoint(s)")
     problems: dict[str, list[guard.Finding]] = {}
@@ -64,12 +84,17 @@ def doctor(
             typer.echo(f"      {f.problem}{remedy}")
     for unbound, why in ruleset.unbound:
         typer.echo(f"  {unbound}: {why}")
+    for workload, why in unenforceable:
+        typer.echo(f"  {workload}  not enforceable: {why}")
     for where, digest in tables.items():
         place = f"network namespace {where}" if where else "the node"
         state = f"present (digest {digest[:12]})" if digest else "absent: nothing is enforced there yet"
         typer.echo(f"callgate's {enforcer.name} rules in {place}: {state}")
-    if report.defeated:
-        typer.echo(f"{len({f.endpoint for f in report.findings})} endpoint(s) not enforced as the inventory says")
+    if report.defeated or unenforceable:
+        if report.defeated:
+            typer.echo(f"{len({f.endpoint for f in report.findings})} endpoint(s) not enforced as the inventory says")
+        if unenforceable:
+            typer.echo(f"{len(unenforceable)} workload(s) callgate cannot enforce")
         raise typer.Exit(1)
     typer.echo("every local endpoint is where callgate enforces")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from callgate.compiler.ir import Chain, L4Match, Rule, RuleSet, Verdict
-from callgate.enforcers.base import FailClosed, Placement, rule_comment
+from callgate.enforcers.base import FailClosed, Placement, refuse_interfaces, rule_comment
 from callgate.enforcers.iptables.dispatch import ENTRIES, dispatch_chains
 from callgate.enforcers.iptables.layout import (
     COMMENT_MAX,
@@ -20,7 +20,6 @@ from callgate.enforcers.iptables.layout import (
     quote,
     set_name,
 )
-from callgate.errors import InputError, Problem
 
 
 def _target(verdict: Verdict, direction: str, next_tier: str | None) -> str:
@@ -128,14 +127,4 @@ def _iface_problem(iface: str) -> str | None:
 def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
     """What iptables cannot express although the IR allows it: report it before
     anything is applied. (Names and sizes are valid by construction.)"""
-    problems = []
-    interfaces = {le.endpoint: le.interface for le in ruleset.local if le.interface is not None}
-    interfaces.update((ep.endpoint, ep.interface) for ep in ruleset.endpoints if ep.interface is not None)
-    for endpoint, iface in sorted(interfaces.items()):
-        if why := _iface_problem(iface):
-            problems.append(Problem(why, object=f"endpoint {endpoint}", field="interface"))
-    for iface in fail_closed.known if fail_closed else ():
-        if why := _iface_problem(iface):
-            problems.append(Problem(why, object="known interfaces"))
-    if problems:
-        raise InputError(problems)
+    refuse_interfaces(ruleset, fail_closed, _iface_problem)

@@ -15,7 +15,7 @@ from typing import Any
 
 from callgate.compiler import addresses
 from callgate.compiler.ir import AddressSet, Family, RuleSet
-from callgate.enforcers.base import FailClosed, Placement
+from callgate.enforcers.base import FailClosed, Placement, refuse_interfaces
 from callgate.enforcers.nft.decisions import Layout, build_layout, next_map_command
 from callgate.enforcers.nft.dispatch import dispatch_objects
 from callgate.enforcers.nft.kernel import Command
@@ -28,6 +28,7 @@ from callgate.enforcers.nft.layout import (
     layout_digest,
     obj,
 )
+from callgate.errors import shown
 
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
 
@@ -114,12 +115,29 @@ def verdict_chain_command(name: str, exprs: list[dict[str, Any]], comment: str |
     return _rule(name, exprs, comment)
 
 
+def interface_problem(iface: str) -> str | None:
+    """Why nftables cannot be given ``iface``, or None. libnftables' JSON reads a string
+    that starts with '@' as a reference to a set (the kernel then refuses the whole
+    transaction); Linux and callgate's validation allow such a name."""
+    if iface.startswith("@"):
+        return (f"interface {shown(iface)} cannot be written for nftables (libnftables reads a name starting with "
+                "'@' as a set); rename the interface")
+    return None
+
+
+def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
+    """Refuse what nftables cannot be given, before anything reaches the kernel."""
+    refuse_interfaces(ruleset, fail_closed, interface_problem)
+
+
 def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
                   layout: Layout | None = None) -> list[Command]:
     """``add`` commands that build the whole table (and, on a node, the bridge
     table), in dependency order: the decision part (``layout``, when the
     caller has built it already) here, then the dispatch part
-    (:mod:`.dispatch`), whose maps jump to its endpoint chains."""
+    (:mod:`.dispatch`), whose maps jump to its endpoint chains (InputError
+    for what nftables cannot be given)."""
+    validate(ruleset, fail_closed)
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname",
                                     elem=[digest_element(layout_digest(ruleset, fail_closed, placement))])}})

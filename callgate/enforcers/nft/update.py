@@ -42,6 +42,7 @@ from callgate.enforcers.nft.commands import (
     element,
     endpoint_chain_commands,
     expand,
+    validate,
     verdict_chain_command,
 )
 from callgate.enforcers.nft.decisions import Layout, elements_diff, next_map_command, update_layout
@@ -118,6 +119,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     ``old_layout``) to ``new``; None when only a full replacement is safe.
     The transaction itself checks, in the kernel, that the live table holds
     ``old``'s digest; it carries the new layout for the next change."""
+    validate(new, new_fc)
     old_digest, new_digest = layout_digest(old, old_fc, placement), layout_digest(new, new_fc, placement)
     if old_digest == new_digest:
         return None  # nothing to change yet not in sync: drift the digest cannot see
