@@ -1,10 +1,10 @@
-"""The agent soak, its two-minute version (bench/soak.py; docs/reliability.md has the
+"""The agent soak, its 70-second version (bench/soak.py; docs/reliability.md has the
 30-minute one): a CLI agent at 2,000 pods under 50 pod changes/s and one policy
 change/s, the API server dropped, the agent SIGKILLed and restarted, the table
 tampered with, probes throughout. Nothing allowed breaks and nothing denied
 passes outside the tamper windows, every fault is recovered from, and the final
 table equals a fresh compile. RSS flatness needs the long run (processes live
-50 s here) and is not judged."""
+under 40 s here) and is not judged."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from bench.soak_report import judge
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(600)]
 
 
-def test_the_agent_survives_two_minutes_of_churn_and_faults(tmp_path: Path) -> None:
-    cfg = Config(duration=120, pods=2000, drop_every=30, kill_every=50, tamper_every=40, warmup=10,
+def test_the_agent_survives_churn_and_faults(tmp_path: Path) -> None:
+    cfg = Config(duration=70, pods=2000, drop_every=20, kill_every=30, tamper_every=25, warmup=10,
                  rss_check=False, out=tmp_path)
     rec = Soak(cfg).run()
     verdict = judge(rec, cfg)
@@ -30,5 +30,5 @@ def test_the_agent_survives_two_minutes_of_churn_and_faults(tmp_path: Path) -> N
     assert all(w["recovered"] is not None for ws in faults.values() for w in ws), faults
     assert verdict["probe_rounds_in"]["kill"] >= 1 and verdict["probe_rounds_in"]["drop"] >= 1, "probes ran throughout"
     assert verdict["wrong_in_tamper_windows"] >= 1, "tampering shows in the probes (else they prove nothing)"
-    assert verdict["changes"]["pod"] >= 50 * 100 and verdict["latency_ms"]["n"] >= 20
+    assert verdict["changes"]["pod"] >= 50 * 50 and verdict["latency_ms"]["n"] >= 10
     assert verdict["final"]["equal"]
