@@ -97,8 +97,8 @@ class Soak:
         self.netns = self.lab.node_netns(NODE)
         self.agent: AgentProcess | None = None
         self.kernel: LibNftables | None = None
-        self.marker_set = ""
-        self.peer_set = ""  # a-from-b's allowed peers (b's address)
+        self.marker_set = ("set", "")
+        self.peer_set = ("set", "")  # a-from-b's allowed peers (b's address): a set, or a decision map
         self.present = set(range(cfg.pods))
         self.absent = set(range(cfg.pods, cfg.pods + EXTRA_PODS))
         self.policies_on = set(range(0, CHURN_POLICIES, 2))
@@ -198,7 +198,9 @@ class Soak:
     def _marker_live(self, ip: str) -> bool | None:
         assert self.kernel is not None
         try:
-            listed = self.kernel.list_set("inet", "callgate", self.marker_set)
+            kind, name = self.marker_set
+            listed = (self.kernel.list_set("inet", "callgate", name) if kind == "set" else
+                      [o for o in self.kernel.list_table("inet", "callgate") or [] if o.get("map", {}).get("name") == name])
         except Exception:
             return None  # the table deleted by a tamper, or being replaced
         if not listed:
@@ -273,7 +275,7 @@ class Soak:
         kind = ("delete the table", "flush a-from-b's peer set")[n % 2]
         w = Window("tamper", self.rec.t(), detail=kind)
         argv = (["delete", "table", "inet", "callgate"] if n % 2 == 0
-                else ["flush", "set", "inet", "callgate", self.peer_set])
+                else ["flush", self.peer_set[0], "inet", "callgate", self.peer_set[1]])
         subprocess.run(["ip", "netns", "exec", self.netns, "nft", *argv], check=True)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120 and not self.stop.is_set():
@@ -354,14 +356,15 @@ class Soak:
         rec.problems.extend(self.errors)
         self.final_check()
 
-    def _set_holding(self, ip: str) -> str:
+    def _set_holding(self, ip: str) -> tuple[str, str]:
+        """("set" or "map", name) of the one set or decision map holding ``ip``."""
         assert self.kernel is not None
         table = self.kernel.list_table("inet", "callgate") or []
-        names = [body["name"] for obj in table for kind, body in obj.items()
-                 if kind == "set" and ip in set_addresses([obj])]
-        if len(names) != 1:
-            raise SystemExit(f"expected one set holding {ip}, found {names}")
-        return names[0]
+        found = [(kind, body["name"]) for obj in table for kind, body in obj.items()
+                 if kind in ("set", "map") and ip in set_addresses([obj])]
+        if len(found) != 1:
+            raise SystemExit(f"expected one set or map holding {ip}, found {found}")
+        return found[0]
 
     def final_check(self) -> None:
         """Churn has stopped: the live table must become what a fresh compile of the

@@ -84,8 +84,8 @@ def _matches(match: dict[str, Any], family: str, address: int, protocol: str | N
         return bool(right == {"ip": "ipv4", "ip6": "ipv6"}[family])
     if left == {"meta": {"key": "l4proto"}}:
         return bool(right == protocol)
-    if left == {"payload": {"protocol": "th", "field": "dport"}}:
-        return any(port == p if isinstance(p, int) else p["range"][0] <= port <= p["range"][1]
+    if left.get("payload", {}).get("field") == "dport":  # <protocol> dport <ports>
+        return left["payload"]["protocol"] == protocol and any(port == p if isinstance(p, int) else p["range"][0] <= port <= p["range"][1]
                    for p in (right["set"] if isinstance(right, dict) and "set" in right else [right]))
     s = layout.sets[right[1:]]
     return bool(left["payload"]["protocol"] == family) and any(lo <= address <= hi for lo, hi in s.intervals)

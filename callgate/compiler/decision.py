@@ -8,17 +8,22 @@ every (peer address, protocol, destination port) of one address family, as
 disjoint cells, so that a backend can answer each packet with one look-up:
 
 * :class:`Program` — the rules of one endpoint direction and family as the
-  decision sees them (:func:`programs` builds them from the IR). Its
+  decision sees them (:func:`programs` builds them from the IR), or of one
+  tier of it (:func:`tier_programs`: each but the last decides PASS where the
+  tier passes on, and the next tier's program takes the packet; the nft
+  backend gives each tier a map of its own, so endpoints whose tiers are
+  equal share it whatever their other tiers hold). Its
   :attr:`~Program.name` hashes its structure (rules, set names, verdicts,
-  rule ids), not the sets' elements: pod churn changes cells, never names, and
-  endpoints whose programs are equal share one decision.
+  rule ids, position), not the sets' elements: pod churn changes cells, never
+  names, and endpoints whose programs are equal share one decision.
 * :func:`lower` — the program over the current set elements: ``rest``, the
   decision by address alone for packets that only rules without ports match
   (other protocols, ports no rule names), where it is not the program's
   default; and ``ported``, cells of (address interval, protocol, port range)
   where a ported rule makes the decision differ from ``rest`` (or the
   default). Every cell carries the :class:`Decision`: ALLOW or DENY and the
-  rule id that decided (None: a tier's default or the end of the tiers).
+  rule id that decided (None: a tier's default or the end of the tiers), or
+  PASS for a tier's program that passes on.
 * :func:`lookup` runs a lowered table for one packet (ported cell, else
   ``rest``, else the default) and :meth:`Program.decide` runs the program
   rule by rule: property tests hold the two equal, and the program equal to

@@ -337,13 +337,13 @@ _NFPROTO = {"ip": "ipv4", "ip6": "ipv6"}
 
 
 def _l4(l4: L4Match) -> list[Expr]:
-    """``meta l4proto <protocol>`` and, with ports, ``th dport <ports>``."""
-    out: list[Expr] = [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": l4.protocol}}]
+    """``<protocol> dport <ports>``, or ``meta l4proto <protocol>`` without
+    ports: the forms nft lists the rule back in (the drift check compares them)."""
     ports: list[Any] = [r.first if r.first == r.last else {"range": [r.first, r.last]} for r in l4.ports]
-    if ports:
-        out.append({"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}},
-                              "right": ports[0] if len(ports) == 1 else {"set": ports}}})
-    return out
+    if not ports:
+        return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": l4.protocol}}]
+    return [{"match": {"op": "==", "left": {"payload": {"protocol": l4.protocol, "field": "dport"}},
+                       "right": ports[0] if len(ports) == 1 else {"set": ports}}}]
 
 
 def _walk(direction: str, program: Program, address: Expr) -> list[list[Expr]]:
