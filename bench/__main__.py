@@ -5,7 +5,8 @@ BENCHMARKS.md, bench/results.json and the SVG plots in bench/plots/.
 
     --quick      tiny sizes, one repeat (the smoke test; no figure means anything)
     --out DIR    write the report, results and plots under DIR instead of the repo
-    --skip X     skip a part: compile, load, antrea, datapath, analysis, docker (repeatable)
+    --skip X     skip a part: compile, load, antrea, datapath, analysis, whole, agent, cold, docker
+                 (repeatable)
     --only X     measure part X again on its own; the rest of the report keeps the last full run's figures
 
 Compile and analysis figures come from subprocesses (bench/compile_point.py,
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,6 +52,9 @@ class Plan:
     seconds: float
     apply_repeats: int
     changes: int
+    command_timeout: float  # per CLI process of the whole-path part
+    agent_runs: int  # lone changes per kind and source (bench_agent_latency)
+    agent_burst: int  # pods in the burst
     docker_starts: int  # containers started on a real dockerd, each timed to its rules in the kernel
 
 
@@ -69,7 +74,8 @@ FULL = Plan(
         ("20 namespaces of 500 pods", Spec(pods=10000, namespaces=20, policies=1000, hot=100)),
     ),
     analysis_timeout=300,
-    rounds=5, seconds=5.0, apply_repeats=5, changes=200, docker_starts=100,
+    rounds=5, seconds=5.0, apply_repeats=5, changes=200,
+    command_timeout=120, agent_runs=20, agent_burst=1000, docker_starts=100,
 )
 QUICK = Plan(
     repeats=1,
@@ -85,11 +91,12 @@ QUICK = Plan(
         ("2 namespaces of 100 pods", Spec(pods=200, namespaces=2, policies=20, hot=4)),
     ),
     analysis_timeout=40,
-    rounds=1, seconds=0.3, apply_repeats=1, changes=2, docker_starts=3,
+    rounds=1, seconds=0.3, apply_repeats=1, changes=2,
+    command_timeout=60, agent_runs=1, agent_burst=20, docker_starts=3,
 )
 
 
-PARTS = ["compile", "load", "antrea", "datapath", "analysis", "docker"]
+PARTS = ["compile", "load", "antrea", "datapath", "analysis", "whole", "agent", "cold", "docker"]
 
 
 def log(msg: str) -> None:
@@ -105,16 +112,52 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered) + 0.5) - 1 if len(ordered) > 1 else 0)]
 
 
+# Address-space bound of every benchmark process (and what it starts): a runaway
+# fails alone instead of pushing a shared machine into swap. The Antrea point's
+# model and compile stay under ~1 GiB resident; address space is larger.
+MEMORY_LIMIT = 8 << 30
+
+
+def _bounded() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def _sub(module: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         proc = subprocess.run([PY, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                              env=env, cwd=ROOT)
+                              env=env, cwd=ROOT, preexec_fn=_bounded)
     except subprocess.TimeoutExpired:
         return {"available": False, "timeout": timeout, "why": f"did not finish within {timeout:.0f} s"}
     if proc.returncode != 0:
         return {"available": False, "why": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _sub_script(path: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
+    """A benchmark script (not a module) that prints one JSON object last."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.run([PY, str(ROOT / path), *args], capture_output=True, text=True, timeout=timeout,
+                              env=env, cwd=ROOT, preexec_fn=_bounded)
+    except subprocess.TimeoutExpired:
+        return {"available": False, "why": f"did not finish within {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"available": False, "why": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _with_netns(why_not: str | None, fn: Any) -> dict[str, Any]:
+    """Run ``fn(netns)`` with a scratch network namespace when root may make
+    one (else ``fn(None)``: no apply), and always remove it."""
+    if why_not is not None:
+        return fn(None)  # type: ignore[no-any-return]
+    name = f"cgb-whole-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        return fn(name)  # type: ignore[no-any-return]
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def spec_json(spec: Spec) -> str:
@@ -212,6 +255,29 @@ def main(argv: list[str] | None = None) -> int:
             res["lab"] = datapath.run(cluster, inventory, policies, rounds=plan.rounds, seconds=plan.seconds,
                                       apply_repeats=plan.apply_repeats, changes=plan.changes, log=log,
                                       tiered=tiered)
+    root_why = datapath_possible()  # the parts below need root and namespaces too
+    if "whole" not in args.skip:
+        res["whole"] = {}
+        for label, spec in (("target", plan.target), ("antrea", plan.antrea)):
+            log(f"whole path (files -> kernel) {label} {spec}")
+            only = None if label == "target" else "apply,compile"
+            res["whole"][label] = _with_netns(root_why, lambda ns, spec=spec, only=only: _sub(
+                "bench.whole_path", spec_json(spec), *(["--netns", ns] if ns else []),
+                "--timeout", str(plan.command_timeout), *(["--only", only] if only else []),
+                timeout=plan.command_timeout * 12 + 600))
+    if "agent" not in args.skip:
+        if root_why is not None:
+            res["agent"] = {"available": False, "why": root_why}
+        else:
+            log("agent latency: event -> kernel, both sources, and a burst")
+            res["agent"] = _sub_script("bench/bench_agent_latency.py", "--json", "--runs", str(plan.agent_runs),
+                                       "--burst", str(plan.agent_burst), timeout=3600)
+    if "cold" not in args.skip:
+        if root_why is not None:
+            res["cold"] = {"available": False, "why": root_why}
+        else:
+            log(f"cold start from the API {plan.target}")
+            res["cold"] = _sub("bench.cold_start", spec_json(plan.target), timeout=1800)
     if "analysis" not in args.skip:
         from bench.analysis_point import TASKS
 

@@ -13,16 +13,22 @@ libnftables handle):
 Two sources:
 
 * ``files``: the event is the new file renamed into place (inotify, watch step,
-  debounce, reload);
+  reload);
 * ``kubernetes``: the event is the object written to a FakeAPIServer (tests/fake_apiserver.py,
-  a real HTTP list/watch server on 127.0.0.1) -> watch stream -> KubernetesSource
-  (its debounce: --k8s-debounce-ms, the CLI's is 200) -> reactor.
+  a real HTTP list/watch server on 127.0.0.1) -> watch stream -> KubernetesSource -> reactor.
+
+Both the source and the reactor coalesce adaptively (callgate/watchers/coalesce.py:
+a change after a quiet spell goes at once, a burst waits longer and longer), so
+each measured change follows a quiet spell (``--gap-ms``, longer than the
+wait after one sync) as a lone change in a running cluster would.
 
 Each kind toggles only its own part of the state, and before every change the
 expected digest is checked to differ from the live one: only effective changes
 are measured (a change that compiles to the same rules is a correct no-op and
-would measure nothing). Prints p50/p99/max in milliseconds; the figures include
-the deliberate coalescing (--coalesce-ms, and the source's own debounce).
+would measure nothing). Then a burst: ``--burst`` pods added one after another
+(one file rename, or one API create, each) as fast as the source takes them;
+the figure is how many transactions the agent made for it and when the last
+pod was live. Prints p50/p99/max in milliseconds (``--json``: one JSON object).
 
     sudo .venv/bin/python bench/bench_agent_latency.py --runs 20 --source both
 """
@@ -30,6 +36,7 @@ the deliberate coalescing (--coalesce-ms, and the source's own debounce).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -119,12 +126,14 @@ class State:
     def __init__(self, args: argparse.Namespace, d: Path) -> None:
         self.args = args
         self.flags = {kind: False for kind in KINDS}
+        self.extra: list[str] = []  # the burst's pods, once it has run
         (d / "expected").mkdir()
         self.inv, self.pol = d / "expected" / "inventory.yaml", d / "expected" / "policies.yaml"
         self.render()
 
-    def inventory_text(self) -> str:
-        return inventory_text(self.args.pods, self.args.local, NEW_POD if self.flags[KINDS[0]] else [],
+    def inventory_text(self, extra: list[str] | None = None) -> str:
+        return inventory_text(self.args.pods, self.args.local,
+                              (NEW_POD if self.flags[KINDS[0]] else []) + (self.extra if extra is None else extra),
                               self.flags[KINDS[1]])
 
     def policy_text(self) -> str:
@@ -149,26 +158,62 @@ def main() -> int:
     ap.add_argument("--pods", type=int, default=300)
     ap.add_argument("--local", type=int, default=40, help="pods on the measured node")
     ap.add_argument("--policies", type=int, default=30)
-    ap.add_argument("--coalesce-ms", type=int, default=50)
+    ap.add_argument("--coalesce-ms", type=int, default=20, help="first wait inside a burst (the CLI default is 20)")
+    ap.add_argument("--gap-ms", type=int, default=500,
+                    help="quiet spell before each measured change (longer than the wait after one sync)")
+    ap.add_argument("--burst", type=int, default=1000, help="pods added back to back in the burst (0: none)")
     ap.add_argument("--source", choices=("files", "kubernetes", "both"), default="both")
-    ap.add_argument("--k8s-debounce-ms", type=int, default=200,
-                    help="KubernetesSource debounce (the CLI agent's default is 200)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces, nftables)", file=sys.stderr)
         return 1
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, kernel {platform.release()}, "
-          f"python {platform.python_version()}")
-    print(f"cluster: {args.pods} pods ({args.local} on the agent's node), {args.policies} policies; "
-          f"reactor coalesce {args.coalesce_ms} ms; {args.runs} changes per kind\n")
+    out: dict[str, Any] = {
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, kernel {platform.release()}, "
+                   f"python {platform.python_version()}",
+        "cluster": {"pods": args.pods, "local": args.local, "policies": args.policies},
+        "coalesce_ms": args.coalesce_ms, "gap_ms": args.gap_ms, "runs": args.runs, "sources": {}}
     for source in ("files", "kubernetes") if args.source == "both" else (args.source,):
         netns = f"cgw-bench-{uuid.uuid4().hex[:6]}"
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
-            run(args, netns, source)
+            out["sources"][source] = run(args, netns, source)
         finally:
             subprocess.run(["ip", "netns", "del", netns], check=False)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print_tables(out)
     return 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def print_tables(out: dict[str, Any]) -> None:
+    c = out["cluster"]
+    print(f"machine: {out['machine']}")
+    print(f"cluster: {c['pods']} pods ({c['local']} on the agent's node), {c['policies']} policies; "
+          f"coalesce {out['coalesce_ms']} ms; {out['runs']} changes per kind, each after {out['gap_ms']} ms quiet\n")
+    for source, res in out["sources"].items():
+        print(f"### source: {source}\n")
+        print(f"{res['detail']}; {res['measured']} effective changes measured ({res['noops']} no-op changes skipped); "
+              f"transactions during the runs: {res['incremental']} incremental, {res['full']} full\n")
+        print("| change | n | p50 ms | p99 ms | max ms |")
+        print("|---|---:|---:|---:|---:|")
+        for kind, values in res["latency_ms"].items():
+            if not values:
+                print(f"| {kind} | 0 | - | - | - |")
+                continue
+            print(f"| {kind} | {len(values)} | {statistics.median(values):.1f} | {percentile(values, 0.99):.1f} "
+                  f"| {max(values):.1f} |")
+        burst = res.get("burst")
+        if burst:
+            print(f"\nburst: {burst['events']} pods added in {burst['seconds']:.2f} s -> {burst['transactions']} "
+                  f"transactions; the last pod live {burst['last_live_ms']:.0f} ms after its event")
+        print()
 
 
 # ---- the Kubernetes source: the same state as API objects ------------------------------
@@ -223,7 +268,12 @@ class ApiState:
         return t0
 
 
-def run(args: argparse.Namespace, netns: str, source_kind: str) -> None:
+def burst_pod(i: int) -> str:
+    return (f"- {{name: burst-{i}, namespace: ns1, labels: {{app: app2}}, node: node-2, "
+            f"ips: [198.19.{100 + i // 250}.{i % 250 + 1}], ports: [{{name: http, port: 80}}]}}")
+
+
+def run(args: argparse.Namespace, netns: str, source_kind: str) -> dict[str, Any]:
     d = Path(tempfile.mkdtemp(prefix="cgw-bench-"))
     state = State(args, d)
     kernel, probe = LibNftables(netns), LibNftables(netns)
@@ -234,12 +284,13 @@ def run(args: argparse.Namespace, netns: str, source_kind: str) -> None:
     api: Any = None
     api_state: ApiState | None = None
     source: Any
+    inv, pol = d / "inventory.yaml", d / "policies.yaml"
     if source_kind == "files":
-        inv, pol = d / "inventory.yaml", d / "policies.yaml"
         inv.write_text(state.inventory_text())
         pol.write_text(state.policy_text())
         source = FilesSource([inv], [pol])
-        detail = "files source: inotify (watchfiles step 30 ms, debounce 500 ms max) -> reload"
+        detail = (f"files source: inotify (watchfiles step {source.step_ms} ms) -> reload -> reactor "
+                  f"(coalesce {args.coalesce_ms} ms)")
     else:
         from callgate.watchers.k8s_reflector import WatchOptions
         from callgate.watchers.kubernetes import KubernetesSource
@@ -247,29 +298,31 @@ def run(args: argparse.Namespace, netns: str, source_kind: str) -> None:
 
         api = FakeAPIServer().start()
         api_state = ApiState(state, api)
-        source = KubernetesSource.connect(server=api.url, debounce=args.k8s_debounce_ms / 1000, max_delay=2.0,
+        source = KubernetesSource.connect(server=api.url, coalesce=args.coalesce_ms / 1000,
                                           options=WatchOptions(watch_timeout=600))
         detail = (f"kubernetes source: FakeAPIServer on 127.0.0.1 -> watch -> KubernetesSource "
-                  f"(debounce {args.k8s_debounce_ms} ms)")
+                  f"(coalesce {args.coalesce_ms} ms) -> reactor")
     handler: SnapshotHandler = reactor.on_event
     reactor.start()
     source.start(handler)
 
     def until_live(digest: str, t0: float) -> float:
-        deadline = time.perf_counter() + 30
+        deadline = time.perf_counter() + 60
         while watcher.live_digest() != digest:
             if time.perf_counter() > deadline:
                 raise SystemExit(f"digest {digest[:12]} never went live")
-            time.sleep(0.001)
+            time.sleep(0.0005)
         return (time.perf_counter() - t0) * 1000
 
+    results: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    noops = 0
+    burst: dict[str, Any] = {}
     try:
         until_live(state.digest(), time.perf_counter())
         before = reactor.mode_counts
-        results: dict[str, list[float]] = {kind: [] for kind in KINDS}
-        noops = 0
         for _ in range(args.runs):
             for kind in KINDS:
+                time.sleep(args.gap_ms / 1000)  # a lone change: after a quiet spell
                 previous = state.digest()
                 if api_state is not None:
                     t0 = api_state.change(kind)
@@ -283,6 +336,10 @@ def run(args: argparse.Namespace, netns: str, source_kind: str) -> None:
                     noops += 1
                     continue
                 results[kind].append(until_live(digest, t0))
+        after = reactor.mode_counts
+        if args.burst:
+            time.sleep(2.5)  # longer than the longest wait: the burst starts after a quiet spell
+            burst = run_burst(args.burst, state, api, inv, reactor, until_live)
     finally:
         source.stop()
         reactor.stop()
@@ -290,23 +347,48 @@ def run(args: argparse.Namespace, netns: str, source_kind: str) -> None:
         probe.close()
         if api is not None:
             api.stop()
-    after = reactor.mode_counts
-    inc = after["incremental"] - before["incremental"]
-    full = after["full"] - before["full"]
-    measured = sum(len(v) for v in results.values())
-    print(f"### source: {source_kind}\n")
-    print(f"{detail}; {measured} effective changes measured ({noops} no-op changes skipped); "
-          f"transactions during the runs: {inc:.0f} incremental, {full:.0f} full\n")
-    print("| change | n | p50 ms | p99 ms | max ms |")
-    print("|---|---:|---:|---:|---:|")
-    for kind, values in results.items():
-        values.sort()
-        if not values:
-            print(f"| {kind} | 0 | - | - | - |")
-            continue
-        p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
-        print(f"| {kind} | {len(values)} | {statistics.median(values):.1f} | {p99:.1f} | {values[-1]:.1f} |")
-    print()
+    return {"detail": detail, "latency_ms": results, "noops": noops,
+            "measured": sum(len(v) for v in results.values()),
+            "incremental": after["incremental"] - before["incremental"], "full": after["full"] - before["full"],
+            "burst": burst}
+
+
+def run_burst(count: int, state: State, api: Any, inv: Path, reactor: Reactor, until_live: Any) -> dict[str, Any]:
+    """``count`` pods added one after another as fast as the source takes them
+    (an API create or a file rename each): how many transactions, and when the
+    last one is live."""
+    lines = [burst_pod(i) for i in range(count)]
+    state.extra = lines
+    state.render()
+    final = state.digest()
+    texts = []
+    if api is None:  # the files to rename into place, rendered before the clock starts
+        texts = [state.inventory_text(lines[:i + 1]) for i in range(count)]
+    else:
+        from callgate.policy.inventory import inventory_from_dict
+
+        inventory = inventory_from_dict(yaml_inventory(state.inventory_text(lines)))
+        by_key = {ep.key: ep for ep in inventory.endpoints}
+        pods = [pod_object(by_key[f"ns1/burst-{i}"]) for i in range(count)]
+    before = reactor.transactions.total()
+    start = time.perf_counter()
+    for k in range(count):
+        if api is None:
+            last = write(inv, texts[k])
+        else:
+            last = time.perf_counter()
+            api.create(pods[k])
+    seconds = time.perf_counter() - start
+    last_live_ms = until_live(final, last)
+    time.sleep(2.5)  # anything still coming (there should be nothing)
+    return {"events": count, "seconds": seconds, "transactions": reactor.transactions.total() - before,
+            "last_live_ms": last_live_ms}
+
+
+def yaml_inventory(text: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(text)  # type: ignore[no-any-return]
 
 
 if __name__ == "__main__":

@@ -1,24 +1,30 @@
 """Datapath and apply benchmarks in a two-pod network-namespace lab.
 
-Three tables in the lab node's ``forward`` hook, measured round-robin in the
-same run so that machine load hits them alike:
+Tables in the lab node's ``forward`` hook, measured round-robin in the same
+run so that machine load hits them alike:
 
-* ``none``: no table at all (the baseline);
-* ``callgate``: the node's full compiled RuleSet, as ``replace_table`` emits it;
-* ``linear``: the same table, except that the server's ingress chain has one
-  rule per peer set element (``ip saddr 198.18.x.y tcp dport 80 accept`` ...),
-  what a set-less (iptables-style) enforcer does. The rules that admit the
-  client are placed last in their group, so the client's packets walk every
-  rule before them: the worst case, and the one that shows the gap;
+* ``none``: no table at all (the baseline; no connection tracking either);
+* ``conntrack``: a forward chain with only ``ct state established,related
+  accept``: the floor of any conntrack-based (stateful) enforcer;
+* ``empty``: callgate's table with no endpoints (conntrack + dispatch maps);
+* ``callgate``: the node's full compiled RuleSet, as ``replace_table`` emits it
+  (layout 5: one decision-map look-up per packet);
+* ``walk``: the same RuleSet as layout 3 rendered it (a rule per port
+  specification and family, each a peer-set look-up), for the before/after
+  comparison in the same rounds;
+* ``linear``: the walk with the server's peer sets unrolled into one rule per
+  element (``ip saddr 198.18.x.y tcp dport 80 accept`` ...), what a set-less
+  (iptables-style) enforcer does. The rules that admit the client are placed
+  last in their group, so the client's packets walk every rule before them:
+  the worst case, and the one that shows the gap.
 * ``callgate-tiers``: the table of the same cluster with ClusterNetworkPolicies
-  beside its NetworkPolicies (when given): the client's egress and the server's
-  ingress start with an Admin tier chain, walked rule by rule before the
-  NetworkPolicy chain (until decision maps make the tiers one look-up).
+  beside its NetworkPolicies (when given): the tiers of the client's egress and
+  the server's ingress are composed into the same one decision-map look-up.
 
 Load: ``bench/loadgen.c`` (compiled here with gcc): TCP connect/request/
 response/close (netperf's TCP_CRR) for new connections per second, and 64-byte
 unreplied UDP for packets per second (every such packet is conntrack NEW and
-walks the chains; established TCP would leave at the first rule).
+goes through the decision; established TCP would leave at the first rule).
 
 The same lab times the apply of the full transaction and of incremental
 changes through :class:`~callgate.enforcers.nft.enforcer.NftablesEnforcer`.
@@ -44,11 +50,12 @@ from bench.lab import TwoPodLab, ns_exec, two_pod_lab
 from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT, LABEL_CALLER, V4_BASE, Cluster
 from callgate.compiler import Compiler, IncrementalCompiler
 from callgate.compiler.addresses import parse_element
-from callgate.compiler.ir import RuleSet
-from callgate.enforcers.nft.commands import address_set_command, rule_exprs
+from callgate.compiler.ir import Rule, RuleSet, Verdict
+from callgate.enforcers.nft.commands import address_set_command
+from callgate.enforcers.nft.decisions import build_layout
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import Command, LibNftables
-from callgate.enforcers.nft.layout import FAMILY, FORWARD, TABLE
+from callgate.enforcers.nft.layout import DIGEST_SET, FAMILY, FORWARD, TABLE
 from callgate.enforcers.nft.transaction import replace_table
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 
@@ -64,7 +71,83 @@ def build_loadgen() -> Path:
     return out
 
 
-# -- the linear table ----------------------------------------------------------
+# -- the previous layout (a walk over rules), and the linear table ----------------
+
+def _payload(protocol: str, field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _match(left: Any, right: Any) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _walk_verdict(verdict: Verdict, direction: str, next_tier: str | None) -> dict[str, Any]:
+    if verdict is Verdict.PASS:
+        return {"goto": {"target": next_tier}} if next_tier else _walk_verdict(Verdict.ALLOW, direction, None)
+    if verdict is Verdict.DENY:
+        return {"drop": None}
+    return {"return": None} if direction == "egress" else {"accept": None}
+
+
+def walk_rule_exprs(rule: Rule, direction: str, next_tier: str | None) -> list[dict[str, Any]]:
+    """One IR rule as layout 3 (before decision maps) rendered it: the peer set
+    look-up, then the port match, then counter and verdict."""
+    field = "saddr" if direction == "ingress" else "daddr"
+    exprs: list[dict[str, Any]] = []
+    if rule.peer_set is not None:
+        exprs.append(_match(_payload(str(rule.family), field), "@" + rule.peer_set))
+    elif rule.family is not None and rule.peer_port_set is None:
+        exprs.append(_match({"meta": {"key": "nfproto"}}, {"ip": "ipv4", "ip6": "ipv6"}[rule.family]))
+    if rule.peer_port_set is not None:
+        assert rule.l4 is not None
+        left = {"concat": [_payload(str(rule.family), field), _payload(rule.l4.protocol, "dport")]}
+        exprs.append(_match(left, "@" + rule.peer_port_set))
+    elif rule.l4 is not None:
+        if rule.l4.ports:
+            items: list[Any] = [p.first if p.first == p.last else {"range": [p.first, p.last]} for p in rule.l4.ports]
+            exprs.append(_match(_payload(rule.l4.protocol, "dport"), items[0] if len(items) == 1 else {"set": items}))
+        else:
+            exprs.append(_match({"meta": {"key": "l4proto"}}, rule.l4.protocol))
+    exprs.append({"counter": None})
+    exprs.append(_walk_verdict(rule.verdict, direction, next_tier))
+    return exprs
+
+
+def walk_commands(ruleset: RuleSet) -> list[Command]:
+    """The table as layout 3 built it behind today's dispatch: every peer set
+    (hash sets where the addresses can be enumerated) and, per endpoint
+    direction, a chain per tier walking one rule per port specification and
+    family, instead of the decision part. Measured in the same rounds as the
+    decision maps that replaced it."""
+    current = list(replace_table(ruleset).commands)
+    layout = build_layout(ruleset)
+    decision = layout.names()
+
+    def is_decision(cmd: Command) -> bool:
+        (_verb, body), = cmd.items()
+        (kind, obj), = body.items()
+        name = obj.get("chain") if kind == "rule" else obj.get("name")
+        return obj.get("family") == FAMILY and kind in ("map", "set", "chain", "rule") and name in decision
+
+    digest_at = next(i for i, c in enumerate(current) if c.get("add", {}).get("set", {}).get("name") == DIGEST_SET)
+    walk: list[Command] = [address_set_command(s) for s in ruleset.address_sets]
+    for s in ruleset.port_sets:
+        body = {"family": FAMILY, "table": TABLE, "name": s.name,
+                "type": [{"ip": "ipv4_addr", "ip6": "ipv6_addr"}[s.family], "inet_service"]}
+        if s.elements:
+            body["elem"] = [{"concat": [a, p]} for a, p in s.elements]
+        walk.append({"add": {"set": body}})
+    for ep in ruleset.endpoints:
+        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
+            walk.extend({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": c.name}}} for c in tiers)
+            for i, chain in enumerate(tiers):
+                next_tier = tiers[i + 1].name if i + 1 < len(tiers) else None
+                walk.extend(_rule_cmd(chain.name, walk_rule_exprs(r, direction, next_tier)) for r in chain.rules)
+                walk.append(_rule_cmd(chain.name, [{"counter": None},
+                                                   _walk_verdict(chain.default, direction, next_tier)]))
+    rest = [c for c in current[digest_at + 1:] if not is_decision(c)]  # the dispatch part
+    return [*current[:digest_at + 1], *walk, *rest]
+
 
 def _element_value(text: str) -> Any:
     if "/" in text:
@@ -77,18 +160,18 @@ def _element_value(text: str) -> Any:
 
 
 def linear_commands(ruleset: RuleSet, server_iface: str, client_ip: str) -> tuple[list[Command], int]:
-    """``replace_table`` for ``ruleset`` with the server's ingress peer sets
-    unrolled into one rule per element. Returns (commands, rules in that chain)."""
-    commands = list(replace_table(ruleset).commands)
+    """The walk layout with the server's ingress peer sets unrolled into one
+    rule per element. Returns (commands, rules in that chain)."""
+    commands = walk_commands(ruleset)
     server = next(e for e in ruleset.endpoints if e.interface == server_iface)
     chain = server.ingress[0]
     client = int(ipaddress.ip_address(client_ip))
     rules: list[Command] = []
     for rule in chain.rules:
         if rule.peer_set is None:
-            rules.append(_rule_cmd(chain.name, rule_exprs(rule, "ingress", None)))
+            rules.append(_rule_cmd(chain.name, walk_rule_exprs(rule, "ingress", None)))
             continue
-        template = rule_exprs(rule, "ingress", None)
+        template = walk_rule_exprs(rule, "ingress", None)
         elements = list(ruleset.address_set(rule.peer_set).elements)
         # The client's element last: its packets walk all the others first.
         elements.sort(key=lambda e: _contains(e, client))
@@ -108,82 +191,26 @@ def linear_commands(ruleset: RuleSet, server_iface: str, client_ip: str) -> tupl
     return out, len(rules)
 
 
-def l4_first(commands: list[Command]) -> list[Command]:
-    """The same table with each rule's port match moved before its peer-set
-    look-up: a packet of another protocol or port then leaves the rule after a
-    cheap compare instead of an interval-set look-up. (An experiment for a
-    proposed change to the nft backend; the IR is untouched.)"""
-    out: list[Command] = []
-    for cmd in commands:
-        rule = cmd.get("add", {}).get("rule")
-        if rule is not None and len(rule["expr"]) >= 2:
-            first, second = rule["expr"][0], rule["expr"][1]
-            is_set = "match" in first and str(first["match"].get("right", "")).startswith("@")
-            is_l4 = "match" in second and (
-                second["match"]["left"].get("payload", {}).get("field") == "dport"
-                or second["match"]["left"].get("meta", {}).get("key") == "l4proto")
-            if is_set and is_l4:
-                rule = {**rule, "expr": [second, first, *rule["expr"][2:]]}
-                cmd = {"add": {"rule": rule}}
-        out.append(cmd)
-    return out
-
-
-def small_sets(commands: list[Command], client_ip: str) -> list[Command]:
-    """The same table with every peer set cut down to one element (the
-    client's where the set holds it): same chains and rules, tiny sets. Against
-    the full table, this shows whether the per-packet cost depends on how many
-    addresses the sets hold."""
-    client = int(ipaddress.ip_address(client_ip))
-    out: list[Command] = []
-    for cmd in commands:
-        body = cmd.get("add", {}).get("set")
-        if body is not None and body.get("elem") and body["name"].startswith("peers"):
-            texts = [_element_text(e) for e in body["elem"]]
-            keep = [e for e, t in zip(body["elem"], texts, strict=True) if _contains(t, client)] or body["elem"][:1]
-            cmd = {"add": {"set": {**body, "elem": keep}}}
-        out.append(cmd)
-    return out
-
-
 def conntrack_only(commands: list[Command]) -> list[Command]:
-    """A table's transaction cut down to the inet table and the forward
-    chain's ``ct state established,related accept``: the floor any
+    """A table's transaction cut down to the inet table and, in its forward
+    hook, ``ct state established,related accept`` alone: the floor any
     conntrack-based (stateful) enforcer pays, measured apart from callgate's
-    dispatch maps and anti-spoofing."""
+    dispatch maps and anti-spoofing. (The rule sits in a per-family chain
+    behind the dispatch; here it goes into the base chain itself.)"""
     out: list[Command] = []
+    established: list[Any] | None = None
     for cmd in commands:
         (_verb, body), = cmd.items()
         (kind, obj), = body.items()
         if obj.get("family") != FAMILY:
             continue
-        established = kind == "rule" and any("ct" in e.get("match", {}).get("left", {}) for e in obj["expr"])
-        if (established and obj["chain"] == FORWARD) or kind == "table" or (kind == "chain" and obj["name"] == FORWARD):
+        if kind == "rule" and any("ct" in e.get("match", {}).get("left", {}) for e in obj["expr"]):
+            established = established or obj["expr"]
+        elif kind == "table" or (kind == "chain" and obj["name"] == FORWARD):
             out.append(cmd)
+    assert established is not None, "no ct state rule in the table"
+    out.append(_rule_cmd(FORWARD, established))
     return out
-
-
-def interval_sets(commands: list[Command], ruleset: RuleSet) -> list[Command]:
-    """The same table with every peer set in interval form (``flags
-    interval``, the IR's prefixes and ranges as they are), as callgate
-    rendered all of them before enumerable sets became hash sets: measured in
-    the same rounds, this is the per-packet effect of that change alone."""
-    by_name = {s.name: s for s in ruleset.address_sets}
-    out: list[Command] = []
-    for cmd in commands:
-        body = cmd.get("add", {}).get("set")
-        if body is not None and body["name"] in by_name:
-            cmd = address_set_command(by_name[body["name"]], hashed=False)
-        out.append(cmd)
-    return out
-
-
-def _element_text(elem: Any) -> str:
-    if isinstance(elem, dict) and "prefix" in elem:
-        return f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
-    if isinstance(elem, dict) and "range" in elem:
-        return f"{elem['range'][0]}-{elem['range'][1]}"
-    return str(elem)
 
 
 def _contains(element: str, value: int) -> bool:
@@ -242,6 +269,85 @@ def measure_udp(lab: TwoPodLab, loadgen: Path, seconds: float, size: int = 64) -
 
 # -- the run ---------------------------------------------------------------------
 
+AMPLIFY = 32  # decisions per packet in the decision-cost measurement
+
+
+def amplified(commands: list[Command], chain: str) -> list[Command]:
+    """A table whose forward hook makes every new packet go through ``chain``
+    (the server's ingress decision) :data:`AMPLIFY` times: the same sets, maps
+    and chains, every accept or drop turned into a return so that the next
+    pass runs, and the forward chain cut to ``ct state`` + the jumps. The
+    decision then dominates a packet's cost, so its price shows through the
+    noise of a shared machine: ns per decision = (1/pps - 1/pps of an empty
+    probe) / AMPLIFY."""
+    out: list[Command] = []
+    for cmd in commands:
+        body = cmd.get("add", {})
+        if "rule" in body:
+            rule = body["rule"]
+            if rule["chain"] == FORWARD:
+                continue
+            exprs = [{"return": None} if ("accept" in e or "drop" in e) else e for e in rule["expr"]]
+            cmd = {"add": {"rule": {**rule, "expr": exprs}}}
+        elif "chain" in body and body["chain"]["name"] == FORWARD:
+            continue
+        out.append(cmd)
+    table = {"family": FAMILY, "table": TABLE}
+    out.append({"add": {"chain": {**table, "name": FORWARD, "type": "filter", "hook": "forward", "prio": 0,
+                                  "policy": "accept"}}})
+    established = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}
+    out.append(_rule_cmd(FORWARD, [established, {"accept": None}]))
+    out.extend(_rule_cmd(FORWARD, [{"jump": {"target": chain}}]) for _ in range(AMPLIFY))
+    return out
+
+
+def empty_probe() -> list[Command]:
+    """The amplified baseline: the same jumps into a chain that only returns."""
+    table = {"family": FAMILY, "name": TABLE}
+    cmds: list[Command] = [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}},
+                           {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": "probe"}}},
+                           _rule_cmd("probe", [{"return": None}])]
+    return amplified(cmds, "probe")
+
+
+def decision_cost(lab: TwoPodLab, loadgen: Path, tables: dict[str, list[Command]], kernel: LibNftables,
+                  rounds: int, seconds: float, log: Any) -> dict[str, list[float]]:
+    """UDP packets/s through each amplified table, rotating per round."""
+    samples: dict[str, list[float]] = {name: [] for name in tables}
+    names = list(tables)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            kernel.run(tables[name])
+            samples[name].append(measure_udp(lab, loadgen, seconds))
+        log(f"  decision cost round {r + 1}/{rounds}: " + ", ".join(f"{n} {samples[n][-1]:,.0f} pps" for n in names))
+    return samples
+
+
+def ported_client(cluster: Cluster, inventory: Inventory, policies: PolicySet) -> str:
+    """The IPv4 address of a pod on another node that only rules with ports
+    admit to the server (the hot policies' TCP 80 / UDP 5001 rules), the
+    highest such: the case this benchmark is about. A pod that a rule without
+    ports admits is decided by that rule, first in both layouts; one admitted
+    by the ported rules alone is where layout 3 walked a rule per port
+    specification and family (three set look-ups for UDP) and layout 5 looks
+    one cell up."""
+    ruleset = Compiler(policies, inventory).compile(cluster.node)
+    server = next(e for e in ruleset.endpoints if e.endpoint == cluster.server)
+    rules = [r for r in server.ingress[0].rules if r.family == "ip" and r.peer_set is not None]
+    anywhere = [ruleset.address_set(r.peer_set).intervals for r in rules if r.l4 is None and r.peer_set]
+    ported = [ruleset.address_set(r.peer_set).intervals for r in rules
+              if r.l4 is not None and r.l4.protocol == "udp" and r.peer_set]
+
+    def held(value: int, sets: list[list[tuple[int, int]]]) -> bool:
+        return any(lo <= value <= hi for ivs in sets for lo, hi in ivs)
+
+    for ep in reversed(inventory.endpoints):
+        v4 = [ip for ip in ep.ips if ip.version == 4]
+        if ep.node != cluster.node and v4 and held(int(v4[0]), ported) and not held(int(v4[0]), anywhere):
+            return str(v4[0])
+    raise RuntimeError("no pod is admitted to the server by its ported rules alone")
+
+
 def _timed(fn: Any, *args: Any) -> float:
     start = time.perf_counter()
     fn(*args)
@@ -279,20 +385,22 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
     ``tiered``: the same cluster's policies with ClusterNetworkPolicies (the
     ``callgate-tiers`` table)."""
     server_ep = cluster.endpoint(cluster.server)
-    client_ep = cluster.endpoint(cluster.client)
     server_ip = next(ip for ip in server_ep["ips"] if ":" not in ip)
-    client_ip = next(ip for ip in client_ep["ips"] if ":" not in ip)
+    client_ip = ported_client(cluster, inventory, policies)
     loadgen = build_loadgen()
     results: dict[str, Any] = {"seconds_per_sample": seconds, "rounds": rounds}
     with two_pod_lab(server_ip, client_ip) as lab:
         # The inventory's interfaces for the two lab pods are the lab's veths.
-        veths = {cluster.server: lab.server.host_if, cluster.client: lab.client.host_if}
+        veths = {cluster.server: lab.server.host_if}  # the client is a remote pod: no chains of its own
         inventory = Inventory(inventory.namespaces, tuple(
             dataclasses.replace(ep, interface=veths[ep.key]) if ep.key in veths else ep for ep in inventory.endpoints))
         ruleset = Compiler(policies, inventory).compile(cluster.node)
         kernel = LibNftables(netns=lab.node)
         try:
-            full = list(replace_table(ruleset).commands)
+            full_tx = replace_table(ruleset)
+            full = list(full_tx.commands)
+            assert full_tx.layout is not None
+            tx_layout = full_tx.layout
             linear, linear_rules = linear_commands(ruleset, lab.server.host_if, client_ip)
             server_rules = next(e for e in ruleset.endpoints if e.interface == lab.server.host_if).ingress[0].rules
             results["table"] = {
@@ -309,6 +417,8 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
                                              for lo, hi in map(parse_element,
                                                                ruleset.address_set(r.peer_set).elements)),
                 "linear_server_rules": linear_rules,
+                "decision_elements": sum(len(m.elements) for m in tx_layout.maps.values()),
+                "walk_set_elements": sum(len(s.elements) for s in tx_layout.sets.values()),
                 "commands_full": len(full),
                 "commands_linear": len(linear),
             }
@@ -321,9 +431,7 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
             # cost of conntrack from the cost of the policy itself.
             empty = list(replace_table(RuleSet(node=cluster.node)).commands)
             configs = {"none": delete, "conntrack": conntrack_only(empty), "empty": empty, "callgate": full,
-                       "callgate-l4first": l4_first(full),
-                       "callgate-1elem": small_sets(full, client_ip),
-                       "callgate-interval": interval_sets(full, ruleset), "linear": linear}
+                       "walk": walk_commands(ruleset), "linear": linear}
             if tiered is not None:
                 tiers = Compiler(tiered, inventory).compile(cluster.node)
                 # Before `linear` in the rotation: the table loaded after `linear` also pays
@@ -344,6 +452,11 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
                     log(f"  round {r + 1}/{rounds} {name}: {samples[name]['crr'][-1]:,.0f} conn/s, "
                         f"{samples[name]['udp'][-1]:,.0f} pps (load avg {os.getloadavg()[0]:.2f})")
             results["datapath"] = samples
+            chain = next(e for e in ruleset.endpoints if e.interface == lab.server.host_if).ingress[0].name
+            results["decision_cost"] = decision_cost(lab, loadgen, {
+                "none": empty_probe(), "callgate": amplified(full, chain), "walk": amplified(configs["walk"], chain),
+            }, kernel, rounds, seconds, log)
+            results["amplify"] = AMPLIFY
 
             # Apply: the full transaction into an empty namespace table, timed
             # as plan (IR -> JSON commands) and kernel (libnftables + commit).
@@ -436,8 +549,11 @@ def _tiers_table(ruleset: RuleSet, server_if: str, client_if: str) -> dict[str, 
     """What the hot path walks in the tiered table: the chains and their rules."""
     server = next(e for e in ruleset.endpoints if e.interface == server_if)
     client = next((e for e in ruleset.endpoints if e.interface == client_if), None)
+    layout = build_layout(ruleset)
     return {
         "endpoints_with_chains": len(ruleset.endpoints),
+        "decision_maps": len(layout.maps),
+        "decision_elements": sum(len(m.elements) for m in layout.maps.values()),
         "address_sets": len(ruleset.address_sets),
         "set_elements": sum(len(s.elements) for s in ruleset.address_sets),
         "server_ingress_chains": [len(c.rules) for c in server.ingress],

@@ -97,8 +97,8 @@ class Soak:
         self.netns = self.lab.node_netns(NODE)
         self.agent: AgentProcess | None = None
         self.kernel: LibNftables | None = None
-        self.marker_set = ""
-        self.peer_set = ""  # a-from-b's allowed peers (b's address)
+        self.marker_set = ("set", "")
+        self.peer_set = ("set", "")  # a-from-b's allowed peers (b's address): a set, or a decision map
         self.present = set(range(cfg.pods))
         self.absent = set(range(cfg.pods, cfg.pods + EXTRA_PODS))
         self.policies_on = set(range(0, CHURN_POLICIES, 2))
@@ -198,7 +198,12 @@ class Soak:
     def _marker_live(self, ip: str) -> bool | None:
         assert self.kernel is not None
         try:
-            listed = self.kernel.list_set("inet", "callgate", self.marker_set)
+            kind, name = self.marker_set
+            if kind == "set":
+                listed = self.kernel.list_set("inet", "callgate", name)
+            else:  # a decision map is named by its tier's rules: churn renames it, look it up each time
+                listed = [o for o in self.kernel.list_table("inet", "callgate") or []
+                          if "map" in o and MARKER_ANCHOR_IP in set_addresses([o])]
         except Exception:
             return None  # the table deleted by a tamper, or being replaced
         if not listed:
@@ -272,8 +277,11 @@ class Soak:
         before = sum(v for k, v in self.agent.metrics().items() if k == "callgate_drift_repairs_total")
         kind = ("delete the table", "flush a-from-b's peer set")[n % 2]
         w = Window("tamper", self.rec.t(), detail=kind)
-        argv = (["delete", "table", "inet", "callgate"] if n % 2 == 0
-                else ["flush", "set", "inet", "callgate", self.peer_set])
+        if n % 2 == 0:
+            argv = ["delete", "table", "inet", "callgate"]
+        else:  # looked up now: a decision map's name follows its tier's rules, which churn changes
+            self.peer_set = self._set_holding(LAB_PODS["x/b"]["ip"])
+            argv = ["flush", self.peer_set[0], "inet", "callgate", self.peer_set[1]]
         subprocess.run(["ip", "netns", "exec", self.netns, "nft", *argv], check=True)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120 and not self.stop.is_set():
@@ -354,14 +362,15 @@ class Soak:
         rec.problems.extend(self.errors)
         self.final_check()
 
-    def _set_holding(self, ip: str) -> str:
+    def _set_holding(self, ip: str) -> tuple[str, str]:
+        """("set" or "map", name) of the one set or decision map holding ``ip``."""
         assert self.kernel is not None
         table = self.kernel.list_table("inet", "callgate") or []
-        names = [body["name"] for obj in table for kind, body in obj.items()
-                 if kind == "set" and ip in set_addresses([obj])]
-        if len(names) != 1:
-            raise SystemExit(f"expected one set holding {ip}, found {names}")
-        return names[0]
+        found = [(kind, body["name"]) for obj in table for kind, body in obj.items()
+                 if kind in ("set", "map") and ip in set_addresses([obj])]
+        if len(found) != 1:
+            raise SystemExit(f"expected one set or map holding {ip}, found {found}")
+        return found[0]
 
     def final_check(self) -> None:
         """Churn has stopped: the live table must become what a fresh compile of the

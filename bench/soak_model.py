@@ -144,11 +144,17 @@ class Record:
 
 
 def set_addresses(listed: list[dict[str, Any]]) -> set[str]:
-    """Every single address in listed sets (elements may be addresses, prefixes or ranges)."""
+    """Every single address in listed sets and maps (elements may be addresses, prefixes or
+    ranges; a map element's key may be a concatenation starting with one: layout 5's
+    decision maps are ``address . protocol . port``)."""
     out: set[str] = set()
     for obj in listed:
         for _, body in obj.items():
             for elem in body.get("elem", []) if isinstance(body, dict) else []:
+                if isinstance(elem, list):  # a map element: [key, value]
+                    elem = elem[0]
+                if isinstance(elem, dict) and "concat" in elem:
+                    elem = elem["concat"][0]
                 if isinstance(elem, str):
                     out.add(elem)
                 elif isinstance(elem, dict) and "prefix" in elem:

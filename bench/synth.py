@@ -380,3 +380,27 @@ def hot_peer_addresses(cluster: Cluster) -> int:
             else:
                 total += by_ns[peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]]
     return total
+
+
+def api_objects(cluster: Cluster) -> list[dict[str, Any]]:
+    """The cluster as Kubernetes API objects (Namespaces, Pods, NetworkPolicies),
+    as ``kubectl get -o json`` prints them: for the Kubernetes source and for
+    inventories given as a kubectl dump. The local pods' interfaces travel in
+    the ``callgate.io/interface`` annotation."""
+    out: list[dict[str, Any]] = []
+    for name, ns in cluster.inventory["namespaces"].items():
+        out.append({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": name, "labels": {**ns["labels"], "kubernetes.io/metadata.name": name}},
+                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+    for ep in cluster.inventory["endpoints"]:
+        meta: dict[str, Any] = {"name": ep["name"], "namespace": ep["namespace"], "labels": dict(ep["labels"])}
+        if "interface" in ep:
+            meta["annotations"] = {"callgate.io/interface": ep["interface"]}
+        out.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                    "spec": {"nodeName": ep["node"], "containers": [{
+                        "name": "main", "image": "registry.example/app:1",
+                        "ports": [{"name": p["name"], "containerPort": p["port"], "protocol": p["protocol"]}
+                                  for p in ep["ports"]]}]},
+                    "status": {"phase": "Running", "podIP": ep["ips"][0], "podIPs": [{"ip": i} for i in ep["ips"]]}})
+    out.extend(cluster.policies)
+    return out

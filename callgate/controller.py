@@ -252,7 +252,7 @@ class Controller:
                  refresh: float = 1800.0, resync: float = 60.0, dry_run: bool = False,
                  min_severity: Severity = Severity.WARNING, on_reports: Callable[[list[Report]], None] | None = None,
                  **watcher_options: Any) -> None:
-        watcher_options.setdefault("debounce", 1.0)  # lint is heavier than a snapshot: coalesce more
+        watcher_options.setdefault("coalesce", 1.0)  # lint is heavier than a snapshot: coalesce more
         watcher_options.setdefault("max_delay", 10.0)
         self.watcher = ClusterWatcher(api_client, origin, **watcher_options)
         self.poster = EventPoster(api_client, refresh=refresh)

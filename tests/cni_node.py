@@ -152,7 +152,7 @@ class Node:
                                InterfaceResolver(self.netns, prefix=PREFIX), self.metrics,
                                guard=lambda ruleset: guard.check(ruleset, self.netns, self.enforcer.name))
         self.gate = CniSocket(str(self.socket), self.reactor)
-        self.source = KubernetesSource.connect(server=self.api.url, options=FAST, debounce=0.02, max_delay=0.5)
+        self.source = KubernetesSource.connect(server=self.api.url, options=FAST, coalesce=0.02, max_delay=0.5)
         self.reactor.start()
         self.source.start(self.reactor.on_event)
         self.gate.start()

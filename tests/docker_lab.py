@@ -240,7 +240,7 @@ def start_agent(lab: DockerdLab, policies: Path = POLICIES) -> Agent:
                       guard=lambda ruleset: guard.check(ruleset, lab.netns, enforcer.name))
     http = StatusServer("127.0.0.1:0", metrics, reactor)
     client, where = make_client(lab.host)
-    source = DockerSource(client, where, NODE, VethResolver(lab.netns), [policies], debounce=0.02, heartbeat=1.0,
+    source = DockerSource(client, where, NODE, VethResolver(lab.netns), [policies], coalesce=0.02, heartbeat=1.0,
                           backoff=(0.1, 0.5))
     http.start()
     reactor.start()

@@ -143,7 +143,7 @@ def start_agent(lab: Any, api: FakeAPIServer, node: str) -> Agent:
     reactor = Reactor(ReactorConfig(node=node, resync=0.3, coalesce=0.02, retry=0.2), enforcer,
                       InterfaceResolver(ns, prefix=PREFIX), metrics)
     http = StatusServer("127.0.0.1:0", metrics, reactor)
-    source = KubernetesSource.connect(server=api.url, options=FAST, debounce=0.02, max_delay=0.5)
+    source = KubernetesSource.connect(server=api.url, options=FAST, coalesce=0.02, max_delay=0.5)
     agent = Agent(node, ns, reactor, enforcer, source, kernel, http)
     http.start()
     reactor.start()

@@ -286,6 +286,54 @@ def test_remote_pod_changes_compile_incrementally_to_the_same_ruleset(h: Harness
     assert h.reactor.last_sync is not None and h.reactor.last_sync.ruleset == full(s)
 
 
+def test_a_change_after_a_quiet_spell_is_synced_at_once(kernel: FakeNftKernel) -> None:
+    """No fixed debounce: with a 1 s first wait configured, a lone change
+    after a quiet spell still goes in at once (a debounce of 1 s would hold
+    each of them for a second)."""
+    import time
+
+    enforcer = NftablesEnforcer(kernel)
+    reactor = Reactor(ReactorConfig(node=NODE, resync=3600, coalesce=1.0, max_delay=4.0),
+                      enforcer, InterfaceResolver(runner=no_routes), AgentMetrics())
+    reactor.start()
+    try:
+        for extra in (0, 1, 2):  # the first snapshot, then lone changes after quiet spells
+            event = snap(inventory(extra=extra))
+            started = time.monotonic()
+            reactor.on_event(event)
+            assert reactor.wait_for(lambda e=event: reactor.last_sync is not None and reactor.last_sync.snapshot is e,
+                                    WAIT)
+            assert time.monotonic() - started < 0.5
+            time.sleep(1.1)  # quiet: longer than the first wait
+    finally:
+        reactor.stop()
+
+
+def test_a_burst_of_1000_events_over_a_second_is_at_most_five_transactions(kernel: FakeNftKernel) -> None:
+    import time
+
+    enforcer = NftablesEnforcer(kernel)
+    reactor = Reactor(ReactorConfig(node=NODE, resync=3600), enforcer, InterfaceResolver(runner=no_routes),
+                      AgentMetrics())
+    reactor.start()
+    try:
+        first = snap()
+        reactor.on_event(first)
+        assert reactor.wait_for(lambda: reactor.last_sync is not None, WAIT)
+        time.sleep(2.5)  # quiet: longer than the longest wait
+        before = kernel.transactions
+        snapshots = [snap(inventory(extra=1 + i % 40)) for i in range(1000)]
+        start = time.monotonic()
+        for k, event in enumerate(snapshots):  # one event per millisecond
+            time.sleep(max(0.0, start + k * 0.001 - time.monotonic()))
+            reactor.on_event(event)
+        assert reactor.wait_for(lambda: reactor.last_sync is not None and reactor.last_sync.snapshot is snapshots[-1],
+                                WAIT)
+        assert 1 < kernel.transactions - before <= 5
+    finally:
+        reactor.stop()
+
+
 # -- the guard: never enforce nothing quietly ------------------------------------
 
 

@@ -13,12 +13,12 @@ import pytest
 
 from callgate.compiler import Compiler, RuleSet
 from callgate.compiler.ir import AddressSet
-from callgate.enforcers.nft import layout
+from callgate.enforcers.nft import decisions
 from callgate.enforcers.nft.commands import expand
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
 from callgate.enforcers.nft.kernel import LibNftables
-from callgate.enforcers.nft.layout import is_hash_set, layout_digest
+from callgate.enforcers.nft.layout import layout_digest
 from callgate.enforcers.nft.transaction import replace_table
 from callgate.errors import KernelError
 from callgate.policy import load_inventory, load_policies
@@ -131,10 +131,11 @@ def test_kernel_rejected_transaction_leaves_previous_ruleset(netns: str, shop_ru
     good = shop_rulesets["node-1"]
     enforcer.apply(good)
     before = nft(netns, "list", "table", "inet", "callgate")
-    # A set the kernel must refuse (not an address); this can only be built by
-    # hand, the compiler never emits it. The transaction fails as a whole.
-    bad_set = dataclasses.replace(good.address_sets[0], elements=("198.18.0.300",))
-    bad = dataclasses.replace(good, address_sets=(bad_set, *good.address_sets[1:]))
+    # An interface name the kernel must refuse (longer than IFNAMSIZ) in the
+    # anti-spoofing sets; this can only be built by hand, validation never lets
+    # one through. The transaction fails as a whole.
+    bad_local = dataclasses.replace(good.local[0], interface="x" * 20)
+    bad = dataclasses.replace(good, local=(bad_local, *good.local[1:]))
     with pytest.raises(KernelError):
         enforcer.apply(bad)
     with pytest.raises(KernelError):
@@ -167,8 +168,10 @@ def test_drift_is_visible_in_diff(netns: str, shop_rulesets: dict[str, RuleSet])
     ruleset = shop_rulesets["node-1"]
     enforcer = NftablesEnforcer(LibNftables(netns))
     enforcer.apply(ruleset)
-    name = next(s.name for s in ruleset.address_sets if s.family == "ip")
-    nft(netns, "add", "element", "inet", "callgate", name, "{ 198.18.77.77 }")
+    assert enforcer.layout is not None
+    name, m = next((n, m) for n, m in sorted(enforcer.layout.maps.items()) if m.family == "ip")
+    chain = next(iter(m.elements.values()))
+    nft(netns, "add", "element", "inet", "callgate", name, f"{{ 198.18.77.77 . tcp . 80 : goto {chain} }}")
     diff = "\n".join(enforcer.diff(ruleset))
     assert "198.18.77.77" in diff
     assert enforcer.apply(ruleset).changed  # repaired
@@ -202,8 +205,12 @@ def test_sctp_compiles(tmp_path: Path) -> None:
     inv = load_inventory(STANDARD_INVENTORY)
     ruleset = Compiler(policies_from(tmp_path, SCTP_POLICY), inv).compile("node-1")
     text = replace_table(ruleset).text()
-    assert "sctp dport { 80, 5000-5100 } counter accept" in text
-    assert "meta l4proto sctp counter return" in text
+    # Pods' cells are enumerable: one element per address and port (5000-5100 included).
+    assert "198.18.1.10 . sctp . 80 : goto allow_in_" in text
+    assert "198.18.1.12 . sctp . 5000 : goto allow_in_" in text and "198.18.1.12 . sctp . 5100 : goto" in text
+    assert " . sctp . 5101 " not in text and " . sctp . 4999 " not in text
+    assert " . tcp . " not in text  # the named port is TCP only: nothing for SCTP
+    assert "0.0.0.0/0 . sctp . 0-65535 : goto allow_out_" in text  # egress: any peer, every SCTP port
 
 
 @pytest.mark.kernel
@@ -213,48 +220,63 @@ def test_sctp_rules_pass_the_kernel_check(netns: str, tmp_path: Path) -> None:
     enforcer = NftablesEnforcer(LibNftables(netns))
     enforcer.apply(ruleset)
     assert enforcer.in_sync(ruleset)
-    assert "sctp dport { 80, 5000-5100 }" in nft(netns, "list", "table", "inet", "callgate")
+    assert " . sctp . 5000 : goto allow_in_" in nft(netns, "list", "table", "inet", "callgate")
 
 
-# -- hash or interval: the backend's choice per set ----------------------------
+# -- hash or interval: the backend's choice per decision map -------------------------
 
-def _set_body(s: AddressSet) -> dict[str, object]:
-    cmd = next(c for c in replace_table(RuleSet(node="n", address_sets=(s,))).commands
-               if c.get("add", {}).get("set", {}).get("name") == s.name)
-    return cmd["add"]["set"]  # type: ignore[no-any-return]
-
-
-def test_enumerable_sets_are_hash_sets_of_single_addresses() -> None:
-    body = _set_body(AddressSet("peers4_a", "ip", ("198.18.0.0/30", "198.18.1.5", "198.18.2.1-198.18.2.2")))
-    assert "flags" not in body
-    assert body["elem"] == ["198.18.0.0", "198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.1.5",
-                            "198.18.2.1", "198.18.2.2"]
-    v6 = _set_body(AddressSet("peers6_a", "ip6", ("fd00::/127", "fd00::10")))
-    assert "flags" not in v6 and v6["elem"] == ["fd00::", "fd00::1", "fd00::10"]
+def test_enumerable_cells_make_hash_maps_of_single_keys(shop_rulesets: dict[str, RuleSet]) -> None:
+    layout_ = decisions.build_layout(shop_rulesets["node-1"])
+    hashed = [m for m in layout_.maps.values() if m.hashed]
+    assert hashed and all(isinstance(k, int) or (isinstance(k, tuple) and len(k) == 3) for m in hashed
+                          for k in m.elements)
 
 
-@pytest.mark.parametrize(("elements", "hashed"), [
-    (("198.18.0.0/16",), True),  # exactly HASH_SET_MAX addresses
-    (("198.18.0.0/16", "198.20.0.1"), False),  # one more
-    (("10.0.0.0/8",), False),
-    (("fd00::/112",), True),
-    (("fd00::/111",), False),
-    ((), True),
-])
-def test_the_bound_between_hash_and_interval(elements: tuple[str, ...], hashed: bool) -> None:
-    family = "ip6" if elements and ":" in elements[0] else "ip"
-    s = AddressSet("peers_x", family, elements)  # type: ignore[arg-type]
-    assert is_hash_set(s) == hashed
-    if not hashed:
-        body = _set_body(s)
-        assert body["flags"] == ["interval"] and len(body["elem"]) == len(elements)  # type: ignore[arg-type]
+def test_the_bound_between_hash_and_interval_maps(shop_rulesets: dict[str, RuleSet],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    ruleset = shop_rulesets["node-1"]
+    sizes = {n: len(m.elements) for n, m in decisions.build_layout(ruleset).maps.items() if m.hashed}
+    bound = max(sizes.values())
+    monkeypatch.setattr(decisions, "EXPAND_MAX", bound)
+    assert all(m.hashed for n, m in decisions.build_layout(ruleset).maps.items() if n in sizes)
+    monkeypatch.setattr(decisions, "EXPAND_MAX", bound - 1)
+    layout_ = decisions.build_layout(ruleset)
+    biggest = next(n for n, size in sizes.items() if size == bound)
+    assert not layout_.maps[biggest].hashed
+    assert "flags interval" in replace_table(ruleset).text()
+
+
+def ipblock_policy(cidr: str) -> str:
+    return f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: wide, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+    - from: [{{ipBlock: {{cidr: {cidr}}}}}]
+      ports: [{{port: 443}}]
+"""
+
+
+def test_a_wide_ipblock_makes_an_interval_map_a_narrow_one_a_hash_map(tmp_path: Path) -> None:
+    """A /16 enumerated into a hash map was 65,536 elements to render and load
+    for each program naming it: a policy change took seconds to reach the kernel."""
+    inv = load_inventory(STANDARD_INVENTORY)
+    forms = {}
+    for cidr in ("198.19.0.0/16", "198.19.0.0/24"):
+        ruleset = Compiler(policies_from(tmp_path, ipblock_policy(cidr)), inv).compile("node-1")
+        [m] = [m for m in decisions.build_layout(ruleset).maps.values() if m.family == "ip"]
+        forms[cidr] = (m.hashed, len(m.elements))
+    assert forms["198.19.0.0/16"] == (False, 1)
+    assert forms["198.19.0.0/24"] == (True, 256)
 
 
 @pytest.mark.kernel
 def test_text_rendering_of_interval_sets_loads_too(shop_rulesets: dict[str, RuleSet],
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    make_netns: Callable[[], str]) -> None:
-    monkeypatch.setattr(layout, "HASH_SET_MAX", 0)
+    monkeypatch.setattr(decisions, "EXPAND_MAX", 0)
     ruleset = shop_rulesets["node-1"]
     a, b = make_netns(), make_netns()
     enforcer = NftablesEnforcer(LibNftables(a))
@@ -329,7 +351,8 @@ def test_kernel_takes_tiers_in_json_and_text(tiered_rulesets: dict[str, RuleSet]
     nft(b, "-f", "-", stdin=replace_table(ruleset).text())
     listed = nft(a, "list", "table", "inet", "callgate")
     assert listed == nft(b, "list", "table", "inet", "callgate")
-    assert "goto in_" in listed and "drop comment" in listed
+    # Layout 4: the tiers are composed into the maps; an Admin Deny is a cell that goes to its rule's chain.
+    assert "vmap @dec4_" in listed and ": goto deny_" in listed and "drop comment" in listed
 
 
 def test_rule_ids_of_cluster_rules_name_kind_policy_tier_priority_and_rule(

@@ -17,12 +17,11 @@ import yaml
 
 from callgate.compiler import Compiler, RuleSet
 from callgate.enforcers.base import check_fail_closed_prefix
-from callgate.enforcers.nft import layout
-from callgate.enforcers.nft.commands import element
+from callgate.enforcers.nft import decisions, layout
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
 from callgate.enforcers.nft.kernel import Command, LibNftables, NftKernel
-from callgate.enforcers.nft.layout import DIGEST_KEY_LEN, DIGEST_SET, is_hash_set, layout_digest
+from callgate.enforcers.nft.layout import DIGEST_KEY_LEN, DIGEST_SET, layout_digest
 from callgate.enforcers.nft.transaction import replace_table
 from callgate.enforcers.nft.update import NftUpdate, plan_update
 from callgate.errors import KernelError
@@ -124,8 +123,18 @@ def without_swap(tx: NftUpdate) -> list[Command]:
 
 @pytest.fixture
 def interval_sets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every peer set rendered as an interval set, as wide ipBlocks are."""
-    monkeypatch.setattr(layout, "HASH_SET_MAX", 0)
+    """Every decision map rendered as an interval map, as wide ipBlocks make them."""
+    monkeypatch.setattr(decisions, "EXPAND_MAX", 0)
+
+
+def keys(cmd: Command) -> list[Any]:
+    """The keys of an element command's map elements."""
+    (body,) = cmd.values()
+    return [e[0] for e in body["element"]["elem"]]
+
+
+def added_keys(tx: NftUpdate) -> list[Any]:
+    return [k for c in without_swap(tx) if "add" in c for k in keys(c)]
 
 
 @pytest.mark.parametrize("form", ["hash", "interval"])
@@ -138,9 +147,11 @@ def test_pod_added_elsewhere_is_element_commands_only(form: str, request: pytest
     tx = enforcer.apply(compile_(STATES[1][1], S03)).transaction
     assert isinstance(tx, NftUpdate)
     assert tx.counts() == {"delete element": 1, "add element": 2}, tx.text()
-    # The set that grew is the y peer set, on IPv4 only (d has no IPv6 address).
-    (cmd,) = without_swap(tx)
-    assert cmd["add"]["element"]["elem"] == ["198.18.2.40"]
+    # d is a new y peer of x/a's ingress (TCP 80, UDP 81), on IPv4 only (it has no IPv6 address).
+    if form == "hash":
+        assert added_keys(tx) == [{"concat": ["198.18.2.40", "tcp", 80]}, {"concat": ["198.18.2.40", "udp", 81]}]
+    else:
+        assert added_keys(tx) == [{"concat": ["198.18.2.40", "tcp", 80]}, {"concat": ["198.18.2.40", "udp", 81]}]
 
 
 def test_growing_interval_replaces_the_element_in_one_transaction(interval_sets: None) -> None:
@@ -149,26 +160,26 @@ def test_growing_interval_replaces_the_element_in_one_transaction(interval_sets:
     tx = enforcer.apply(compile_(STATES[2][1], S03)).transaction
     assert isinstance(tx, NftUpdate)
     (gone, came) = without_swap(tx)
-    assert gone["delete"]["element"]["elem"] == ["198.18.2.40"], tx.text()
-    assert came["add"]["element"]["elem"] == [{"prefix": {"addr": "198.18.2.40", "len": 31}}], tx.text()
+    assert keys(gone) == [{"concat": ["198.18.2.40", "tcp", 80]}, {"concat": ["198.18.2.40", "udp", 81]}], tx.text()
+    grown = {"prefix": {"addr": "198.18.2.40", "len": 31}}
+    assert keys(came) == [{"concat": [grown, "tcp", 80]}, {"concat": [grown, "udp", 81]}], tx.text()
 
 
-def test_adjacent_pod_in_a_hash_set_is_one_added_address() -> None:
-    """The IR merges .40 and .41 into .40/31; the hash set just gains .41."""
+def test_adjacent_pod_in_a_hash_map_is_one_added_address() -> None:
+    """The IR merges .40 and .41 into .40/31; the hash map just gains .41's cells."""
     enforcer = NftablesEnforcer(FakeNftKernel())
     enforcer.apply(compile_(STATES[1][1], S03))
     new = compile_(STATES[2][1], S03)
     tx = enforcer.apply(new).transaction
     assert isinstance(tx, NftUpdate)
-    (came,) = without_swap(tx)
-    assert came["add"]["element"]["elem"] == ["198.18.2.41"], tx.text()
+    assert added_keys(tx) == [{"concat": ["198.18.2.41", "tcp", 80]}, {"concat": ["198.18.2.41", "udp", 81]}]
     assert enforcer.in_sync(new)
     # And back: the address leaves, the other stays.
     old = compile_(STATES[1][1], S03)
     tx = enforcer.apply(old).transaction
     assert isinstance(tx, NftUpdate)
     (gone,) = without_swap(tx)
-    assert gone["delete"]["element"]["elem"] == ["198.18.2.41"], tx.text()
+    assert keys(gone) == [{"concat": ["198.18.2.41", "tcp", 80]}, {"concat": ["198.18.2.41", "udp", 81]}], tx.text()
     assert enforcer.in_sync(old)
 
 
@@ -208,8 +219,9 @@ def test_same_digest_but_tampered_content_is_replaced() -> None:
     enforcer = NftablesEnforcer(kernel)
     ruleset = compile_(STATES[0][1], S03)
     enforcer.apply(ruleset)
-    name = ruleset.address_sets[0].name
-    kernel.run([{"flush": {"set": {"family": "inet", "table": "callgate", "name": name}}}])
+    assert enforcer.layout is not None
+    name = next(n for n, m in sorted(enforcer.layout.maps.items()) if m.elements)
+    kernel.run([{"flush": {"map": {"family": "inet", "table": "callgate", "name": name}}}])
     assert not enforcer.in_sync(ruleset)
     result = enforcer.apply(ruleset)
     assert result.changed and result.mode == "full"
@@ -264,15 +276,16 @@ def test_fake_kernel_walk_with_interval_sets(prefix: str | None, interval_sets: 
     assert all(tx is not None for _, tx in steps[1:]), [label for label, tx in steps if tx is None]
 
 
-def test_a_set_switching_between_hash_and_interval_is_a_full_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Same set name, other form: the planner refuses, the table is replaced."""
+def test_a_map_switching_between_hash_and_interval_is_a_full_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same map name, other form: the planner refuses, the table is replaced."""
     before, after = compile_(STATES[0][1], S03), compile_(STATES[1][1], S03)
-    grown = next(s for s in after.address_sets if "198.18.2.40" in s.elements)
-    # The bound sits exactly at the set's size before the pod came: hash before, interval after.
-    size = before.address_set(grown.name).address_count
-    monkeypatch.setattr(layout, "HASH_SET_MAX", size)
-    assert is_hash_set(before.address_set(grown.name)) and not is_hash_set(grown)
-    assert plan_update(before, None, after, None) is None
+    grown = decisions.build_layout(before)
+    size = max(len(m.elements) for m in grown.maps.values())
+    # The bound sits exactly at the biggest map's size before the pod came: hash before, interval after.
+    monkeypatch.setattr(decisions, "EXPAND_MAX", size)
+    old_layout = decisions.build_layout(before)
+    assert all(m.hashed for m in old_layout.maps.values())
+    assert plan_update(before, None, old_layout, after, None) is None
     enforcer = NftablesEnforcer(FakeNftKernel())
     enforcer.apply(before)
     result = enforcer.apply(after)
@@ -285,8 +298,8 @@ def test_a_set_switching_between_hash_and_interval_is_a_full_replacement(monkeyp
 
 
 def _old_layout(ruleset: RuleSet) -> list[Command]:
-    """The table as the layout before version 2 wrote it: interval peer sets,
-    no digest set, the RuleSet's digest in the forward chain's first comment."""
+    """The table as the layout before version 2 wrote it: no digest set, the
+    RuleSet's digest in the forward chain's first comment."""
     out: list[Command] = []
     for cmd in replace_table(ruleset).commands:
         if "add" not in cmd:
@@ -295,9 +308,6 @@ def _old_layout(ruleset: RuleSet) -> list[Command]:
         body = cmd["add"]
         if body.get("set", {}).get("name") == DIGEST_SET:
             continue
-        if "set" in body and body["set"]["name"].startswith("peers"):
-            elements = ruleset.address_set(body["set"]["name"]).elements
-            body = {"set": {**body["set"], "flags": ["interval"], "elem": [element(e) for e in elements]}}
         rule = body.get("rule")
         if rule and rule["chain"] == "forward" and "ct" in str(rule["expr"]):
             body = {"rule": {**rule, "comment": "callgate sha256:" + ruleset.digest()}}
@@ -415,11 +425,15 @@ def test_kernel_walk_in_both_forms(netns: str, form: str, request: pytest.Fixtur
     finally:
         kernel.close()
     assert all(tx is not None for _, tx in steps[1:]), [label for label, tx in steps if tx is None]
-    # The last state has every scenario: a wide IPv6 ipBlock (always an
-    # interval set) and pod peers (hash sets unless forced to intervals).
+    # The last state has every scenario: wide ipBlocks (never enumerated)
+    # and pod peers (hash maps unless forced to intervals).
     listing = nft(netns, "list", "table", "inet", "callgate")
-    peer_sets, intervals = listing.count("\tset peers"), listing.count("flags interval")
-    assert intervals == (peer_sets if form == "interval" else 1), listing
+    blocks = [b for b in listing.split("\n\n") if b.lstrip().startswith(("map dec", "map any"))]
+    maps, intervals = len(blocks), sum("flags interval" in b for b in blocks)
+    if form == "interval":
+        assert intervals == maps, listing
+    else:  # pod cells are hash maps; the wide ipBlock is an interval (a walk set, or a map cell)
+        assert intervals < maps and "flags interval" in listing, listing
 
 
 @pytest.mark.kernel
@@ -431,7 +445,7 @@ def test_kernel_refuses_an_update_planned_against_another_table(netns: str) -> N
         a, b = compile_(STATES[0][1], S03), compile_(STATES[0][1], ALL)
         NftablesEnforcer(kernel).apply(b)
         before = nft(netns, "list", "table", "inet", "callgate")
-        tx = plan_update(a, None, compile_(STATES[1][1], S03), None)
+        tx = plan_update(a, None, decisions.build_layout(a), compile_(STATES[1][1], S03), None)
         assert tx is not None
         with pytest.raises(KernelError):
             kernel.run(list(tx.commands))
@@ -462,7 +476,7 @@ def test_element_diff_agrees_with_set_difference() -> None:
     order, the same answer as plain set difference."""
     import random
 
-    from callgate.enforcers.nft.update import _elements_diff
+    from callgate.enforcers.nft.decisions import elements_diff
 
     rng = random.Random(7)
     for _ in range(500):
@@ -471,7 +485,7 @@ def test_element_diff_agrees_with_set_difference() -> None:
         after = tuple(rng.sample(universe, rng.randrange(0, len(universe) + 1)))
         if rng.random() < 0.5:
             before, after = tuple(sorted(before)), tuple(sorted(after))
-        assert _elements_diff(before, after) == (sorted(set(before) - set(after)), sorted(set(after) - set(before)))
+        assert elements_diff(before, after) == (sorted(set(before) - set(after)), sorted(set(after) - set(before)))
 
 
 @pytest.mark.kernel
@@ -489,3 +503,20 @@ def test_kernel_table_deleted_before_a_change_is_drift(netns: str) -> None:
         assert enforcer.in_sync(new) and enforcer.live_digest() == layout_digest(new)
     finally:
         kernel.close()
+
+
+def test_a_restarted_agent_adopts_the_live_table_and_then_changes_it_incrementally() -> None:
+    """A new enforcer (an agent restarted) finds the table it would build: no
+    transaction at all, and the next change is already incremental (the
+    adopted table's decision layout is known without reading it back)."""
+    kernel = FakeNftKernel()
+    first = compile_(STATES[0][1], S03)
+    NftablesEnforcer(kernel).apply(first)
+    before = kernel.transactions
+    restarted = NftablesEnforcer(kernel)
+    result = restarted.apply(first)
+    assert result.mode == "noop" and not result.changed
+    assert kernel.transactions == before
+    change = restarted.apply(compile_(STATES[1][1], S03))
+    assert change.mode == "incremental"
+    assert restarted.in_sync(compile_(STATES[1][1], S03))

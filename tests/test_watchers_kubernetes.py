@@ -123,7 +123,7 @@ def start_source(server: FakeAPIServer) -> Iterator[Callable[..., tuple[Kubernet
 
     def start(**options: Any) -> tuple[KubernetesSource, Recorder]:
         options.setdefault("options", FAST)
-        options.setdefault("debounce", 0.02)
+        options.setdefault("coalesce", 0.02)
         options.setdefault("max_delay", 0.5)
         src = KubernetesSource.connect(server=server.url, **options)
         recorder = Recorder()
@@ -306,7 +306,7 @@ def test_status_only_updates_do_not_republish(server: FakeAPIServer, start_sourc
 
 def test_a_burst_of_changes_is_coalesced(server: FakeAPIServer, start_source: Any) -> None:
     seed(server)
-    _src, rec = start_source(debounce=0.3, max_delay=5.0)
+    _src, rec = start_source(coalesce=0.3, max_delay=5.0)
     rec.snapshot()
     mark = rec.mark()
     for i in range(30):
@@ -457,7 +457,7 @@ def test_forbidden_is_reported(server: FakeAPIServer, start_source: Any) -> None
 
 def test_stop_is_prompt_and_closes_watches(server: FakeAPIServer) -> None:
     seed(server)
-    src = KubernetesSource.connect(server=server.url, debounce=0.02, options=FAST)
+    src = KubernetesSource.connect(server=server.url, coalesce=0.02, options=FAST)
     rec = Recorder()
     src.start(rec)
     rec.snapshot()
@@ -630,7 +630,7 @@ def start_controller(server: FakeAPIServer) -> Iterator[Callable[..., Any]]:
     def start(**options: Any) -> Controller:
         api_client, origin = make_api_client(server=server.url)
         options.setdefault("options", FAST)
-        options.setdefault("debounce", 0.02)
+        options.setdefault("coalesce", 0.02)
         options.setdefault("max_delay", 0.5)
         ctl = Controller(api_client, origin, **options)
         ctl.start()
@@ -878,7 +878,7 @@ def test_a_cluster_without_the_crds_works_and_says_so_once(caplog: pytest.LogCap
         options = WatchOptions(watch_timeout=30, connect_timeout=2, backoff_initial=0.02, backoff_max=0.2,
                                absent_recheck=0.2)
         with caplog.at_level("INFO", logger="callgate.watchers.kubernetes"):
-            src = KubernetesSource.connect(server=server.url, debounce=0.02, max_delay=0.5, options=options)
+            src = KubernetesSource.connect(server=server.url, coalesce=0.02, max_delay=0.5, options=options)
             rec = Recorder()
             src.start(rec)
             try:

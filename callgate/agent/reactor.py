@@ -3,10 +3,12 @@
 One worker thread does all kernel work, so transactions never interleave:
 
 * **Coalescing.** Sources call :meth:`Reactor.on_event` from their threads; it
-  only records the newest event and wakes the worker. The worker waits until
-  events have been quiet for ``coalesce`` seconds (at most ``max_delay`` after
-  the first), then works on the newest snapshot only: a burst of 200 pod
-  events is one compile and one transaction.
+  only records the newest event and wakes the worker, which always works on
+  the newest snapshot only. When it acts is adaptive
+  (:mod:`callgate.watchers.coalesce`): an event after a quiet spell is
+  synced at once; inside a burst, each sync waits ``coalesce`` seconds after
+  the previous one ended, growing fourfold per sync up to ``max_delay``, so a
+  burst of 1,000 pod events is a handful of compiles and transactions.
 * **Compile only what changed.** An :class:`~callgate.compiler.incremental.compiler.IncrementalCompiler`
   is kept across syncs: a snapshot whose policies and namespaces are equal to
   the last one's and whose only changes are endpoints without chains here
@@ -58,6 +60,7 @@ One worker thread does all kernel work, so transactions never interleave:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -76,8 +79,10 @@ from callgate.enforcers.guard import Report
 from callgate.enforcers.placement import without
 from callgate.enforcers.routes import InterfaceResolver
 from callgate.errors import InputError, KernelError
+from callgate.policy.documents import gc_paused
 from callgate.policy.model import Inventory
 from callgate.watchers.base import Snapshot, SourceProblem
+from callgate.watchers.coalesce import CoalescePolicy, Coalescer
 
 log = logging.getLogger("callgate.agent")
 
@@ -90,8 +95,8 @@ def _log(level: int, msg: str, **fields: Any) -> None:
 class ReactorConfig:
     node: str
     resync: float = 30.0  # seconds between drift checks
-    coalesce: float = 0.05  # quiet time that ends a burst
-    max_delay: float = 1.0  # a steady trickle of events still syncs this often
+    coalesce: float = 0.02  # the first wait between syncs inside a burst (after a quiet spell: none)
+    max_delay: float = 2.0  # the longest wait: a steady trickle of events still syncs this often
     retry: float = 1.0  # re-resolve interfaces / retry a failed apply this soon
 
 
@@ -141,8 +146,7 @@ class Reactor:
         self._checks: list[_CheckTicket] = []
         self._cond = threading.Condition()
         self._event: Snapshot | SourceProblem | None = None
-        self._first_event_at: float | None = None
-        self._last_event_at = 0.0
+        self._coalescer = Coalescer(CoalescePolicy(holdoff=config.coalesce, max_delay=config.max_delay))
         self._stop = False
         self._thread: threading.Thread | None = None
         self.last_sync: LastSync | None = None
@@ -165,12 +169,9 @@ class Reactor:
 
     def on_event(self, event: Snapshot | SourceProblem) -> None:
         """Called by the source from any thread; cheap, never blocks on the kernel."""
-        now = time.monotonic()
         with self._cond:
             self._event = event
-            if self._first_event_at is None:
-                self._first_event_at = now
-            self._last_event_at = now
+            self._coalescer.changed(time.monotonic())
             self._cond.notify_all()
 
     def attach(self, attachment: Attachment) -> None:
@@ -184,12 +185,10 @@ class Reactor:
             self._attachments_moved()
 
     def _attachments_moved(self) -> None:
-        now = time.monotonic()
+        # Coalesced like source events: after a quiet spell (a pod starting) at once.
         with self._cond:
             self._attachments_changed = True
-            if self._first_event_at is None:
-                self._first_event_at = now
-            self._last_event_at = now
+            self._coalescer.changed(time.monotonic())
             self._cond.notify_all()
 
     # -- lifecycle -----------------------------------------------------------
@@ -284,11 +283,9 @@ class Reactor:
                 now = time.monotonic()
                 attached = self._attachments_changed and self.snapshot is not None
                 if self._event is not None or attached:
-                    first = self._first_event_at or now
-                    # The burst ends when quiet long enough, or when it has gone on too long.
-                    due = min(self._last_event_at + cfg.coalesce, first + cfg.max_delay)
-                    if now >= due:
-                        self._first_event_at = None
+                    due = self._coalescer.due()
+                    if due is None or now >= due:  # (None: attachments moved before the first snapshot)
+                        first = self._coalescer.start(now)
                         if self._event is None:  # only attachments moved: the same snapshot again
                             self._attachments_changed = False
                             return "event", self.snapshot, first
@@ -350,6 +347,8 @@ class Reactor:
                 if kind == "resync" or self.apply_error:
                     self._last_check = time.monotonic()
                 with self._cond:
+                    if kind == "event":
+                        self._coalescer.done(time.monotonic())
                     self.syncs += 1
                     self._cond.notify_all()
         _log(logging.INFO, "reactor stopped; rules stay in the kernel", node=self.config.node)
@@ -482,6 +481,12 @@ class Reactor:
         return without(ruleset, excluded), refused
 
     def _sync(self, snapshot: Snapshot, first_event: float | None, full: bool = False, recheck: bool = False) -> None:
+        # A full compile and table build at 50,000 pods allocate millions of
+        # objects that stay; the collector would traverse them again and again.
+        with gc_paused():
+            self._sync_now(snapshot, first_event, full, recheck)
+
+    def _sync_now(self, snapshot: Snapshot, first_event: float | None, full: bool, recheck: bool) -> None:
         started = time.monotonic()
         inventory, found, unresolved = self._bind(snapshot.inventory)
         ruleset, refused = self._guarded(self._compile(snapshot, inventory), recheck)
@@ -521,6 +526,12 @@ class Reactor:
             self.metrics.event_to_live_seconds.observe(time.monotonic() - first_event)
         self.metrics.last_success.set(time.time())
         self._record(ruleset, unresolved)
+        if self.last_sync is None:
+            # The model, caches and table layout built for the first sync stay
+            # for the agent's life: moved out of the collector's generations,
+            # later collections no longer traverse them (what the next
+            # snapshots replace is freed by reference counting all the same).
+            gc.freeze()
         self.last_sync = LastSync(snapshot, ruleset, known, time.monotonic())
         self.apply_error = None
         if unresolved != self.unresolved:

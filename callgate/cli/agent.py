@@ -50,7 +50,9 @@ def agent(
         help="With --cni-socket: keep callgate-cni at the end of the node's network chain in DIR "
              "(e.g. /host/etc/cni/net.d), putting it back when the primary CNI rewrites its configuration.")] = None,
     coalesce_ms: Annotated[int, typer.Option(
-        "--coalesce-ms", help="Quiet time (ms) that ends a burst of source events.")] = 50,
+        "--coalesce-ms", help=(
+            "Coalescing of bursts: a change after a quiet spell is applied at once; inside a burst the next "
+            "apply waits this long (ms) after the last one, four times longer each time, up to 2 s."))] = 20,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Keep NODE's kernel rules equal to the policy source, until SIGTERM.

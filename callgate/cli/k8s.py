@@ -91,7 +91,7 @@ def controller(
             typer.echo(f"{r.target.kind} {r.target.key}: {r.text()}")
 
     ctl = Controller(api_client, origin, config=config, refresh=refresh, resync=resync, dry_run=dry_run,
-                     min_severity=threshold, on_reports=show, **({"debounce": 0.2} if once else {}))
+                     min_severity=threshold, on_reports=show, **({"coalesce": 0.2} if once else {}))
     http = None
     if health is not None:
         try:

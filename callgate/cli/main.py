@@ -6,30 +6,41 @@ are described once, in :mod:`callgate.cli.common`.
 
 from __future__ import annotations
 
-from typing import Annotated
+import gc
+import sys
+from importlib import import_module
+from typing import Annotated, Any
 
 import typer
 
 from callgate import __version__
 from callgate.cli.common import CONTEXT_SETTINGS, tidy
 
-app = typer.Typer(
-    name="callgate",
-    help=(
-        "Network-policy enforcement for container platforms.\n\n"
-        "callgate reads who runs where (an inventory) and who may call whom "
-        "(Kubernetes NetworkPolicy or callgate/v1 App YAML), compiles that into "
-        "rules for one node, and applies them as one atomic nftables transaction. "
-        "Exit codes: 0 ok, 1 bad input or a negative answer (see each command), 2 usage mistake."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # Plain click help: no boxes, no type tags, wrapped by click, the same in a
-    # terminal, a pipe and a CI log.
-    rich_markup_mode=None,
-    context_settings=CONTEXT_SETTINGS,
+HELP = (
+    "Network-policy enforcement for container platforms.\n\n"
+    "callgate reads who runs where (an inventory) and who may call whom "
+    "(Kubernetes NetworkPolicy or callgate/v1 App YAML), compiles that into "
+    "rules for one node, and applies them as one atomic nftables transaction. "
+    "Exit codes: 0 ok, 1 bad input or a negative answer (see each command), 2 usage mistake."
 )
+
+# The module (callgate.cli.<name>) that registers each top-level command. A
+# process started for one command imports only that module: the analysis
+# commands pull in numpy and the lint engine, the lab asyncio and urllib, and
+# importing all of them was a third of `callgate apply`'s start-up.
+# tests/test_cli_startup.py checks this table against what the modules register.
+COMMAND_MODULES: dict[str, str] = {
+    "apply": "engine", "compile": "engine",
+    "doctor": "doctor",
+    "lint": "analysis", "diff": "analysis", "explain": "analysis", "matrix": "analysis", "graph": "analysis",
+    "convert": "analysis", "test": "analysis",
+    "lab": "lab",
+    "agent": "agent",
+    "inventory": "inventory",
+    "controller": "k8s",
+    "cni": "cni",
+}
+MODULES = ("engine", "doctor", "analysis", "lab", "agent", "inventory", "k8s", "cni")  # the order commands are listed in --help
 
 
 def _show_version(value: bool) -> None:
@@ -38,7 +49,6 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _main(
     version: Annotated[bool, typer.Option(
         "--version", help="Print the version and exit.", is_eager=True, callback=_show_version)] = False,
@@ -46,25 +56,59 @@ def _main(
     """Options of callgate itself (the commands are registered below)."""
 
 
-def _register() -> None:
-    # Each command module imports its heavy dependencies (kubernetes client,
-    # prometheus, libnftables) inside the commands, so `callgate --help` and
-    # the analysis commands start fast and work without them.
-    from callgate.cli import agent, analysis, cni, doctor, engine, inventory, k8s, lab
+def register(app: typer.Typer, module: str) -> None:
+    """Add the commands of ``callgate.cli.<module>`` to ``app``. Each module
+    imports its heavy dependencies (kubernetes client, prometheus,
+    libnftables) inside the commands, so its own import stays light."""
+    mod = import_module(f"callgate.cli.{module}")
+    if module == "lab":
+        app.add_typer(mod.lab_app, name="lab")
+    else:
+        mod.register(app)
 
-    engine.register(app)
-    doctor.register(app)
-    analysis.register(app)
-    app.add_typer(lab.lab_app, name="lab")
-    agent.register(app)
-    inventory.register(app)
-    k8s.register(app)
-    cni.register(app)
+
+def build_app(command: str | None = None) -> typer.Typer:
+    """The CLI with every command, or (``command`` known) with that command only."""
+    app = typer.Typer(
+        name="callgate",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        # Plain click help: no boxes, no type tags, wrapped by click, the same in a
+        # terminal, a pipe and a CI log.
+        rich_markup_mode=None,
+        context_settings=CONTEXT_SETTINGS,
+    )
+    # The callback also keeps the app a group when it holds one command (typer
+    # would otherwise make `callgate agent ...` the app itself).
+    app.callback()(_main)
+    only = COMMAND_MODULES.get(command or "")
+    for module in MODULES:
+        if only is None or module == only:
+            register(app, module)
     tidy(app)
+    return app
 
 
-_register()
+def __getattr__(name: str) -> Any:
+    # `from callgate.cli.main import app` (tests, embedding) gets every command;
+    # built on first use so that main() need not build it.
+    if name == "app":
+        globals()["app"] = full = build_app()
+        return full
+    raise AttributeError(name)
+
+
+# One-shot commands that build a whole model and table and exit: Python's
+# cyclic collector would only traverse their millions of live objects again
+# and again (and, held with gc_paused, once more when it resumes: ~0.6 s for a
+# 50k-pod inventory). What they allocate is freed when the process ends.
+NO_GC_COMMANDS = frozenset({"apply", "compile"})
 
 
 def main() -> None:
-    app()
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command in NO_GC_COMMANDS:
+        gc.disable()
+    build_app(command)()

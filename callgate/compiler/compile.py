@@ -461,7 +461,7 @@ class SetBuilder:
             merged = addresses.merge(intervals)
             self.address_sets[name] = AddressSet(
                 name, family, addresses.canonical_elements(merged, version), address_set_comment(peers),
-                size=addresses.intervals_size(merged))
+                size=addresses.intervals_size(merged), bounds=merged)
         return name
 
     def port_set(self, family: Family, protocol: L4Protocol, keys: Iterable[tuple[PeerKey, str]],

@@ -8,8 +8,11 @@ the offending field in the file again, so error messages can say
 
 from __future__ import annotations
 
+import gc
 import json
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,9 @@ from typing import Any
 import yaml
 
 from callgate.errors import InputError, Problem, ProblemCode, shown
+from callgate.policy import yamlfast
 from callgate.policy.limits import MAX_FILE_BYTES, alias_problem, size_text
-from callgate.policy.positions import SAFE_LOADER, Positions
+from callgate.policy.positions import Positions
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -56,6 +60,39 @@ class Document:
         line, column = self.positions(self.file, self.index, self.path + field_path)
         return Problem(message, file=self.file, object=obj, field=field, line=line, column=column,
                        code=code, hint=hint)
+
+
+_gc_lock = threading.Lock()
+_gc_holders = 0  # threads inside gc_paused()
+_gc_was_enabled = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold Python's cyclic garbage collector while a model is built.
+
+    Loading a 50,000-pod inventory allocates millions of objects that all
+    stay alive; each allocation burst triggers collections that traverse
+    everything allocated so far, which tripled the time to load one (1.1 s
+    of work, 3.2 s with the collector running). What is built here holds no
+    reference cycles that must be freed early; anything cyclic left over is
+    collected at the next collection once this returns. Re-entrant and
+    shared between threads (the agent lists three kinds at once): the
+    collector runs again when the last holder leaves, if it ran before the
+    first one came."""
+    global _gc_holders, _gc_was_enabled
+    with _gc_lock:
+        if _gc_holders == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_holders += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holders -= 1
+            if _gc_holders == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def files_under(paths: Iterable[str | Path]) -> list[Path]:
@@ -107,7 +144,7 @@ def read_documents(path: Path) -> Iterator[Document]:
         if path.suffix == ".json":
             docs: list[Any] = [json.loads(text)]
         else:
-            docs = list(yaml.load_all(text, Loader=SAFE_LOADER))
+            docs = yamlfast.load_all(text)
     except RecursionError:
         raise InputError.single("invalid JSON: nested more deeply than callgate reads (about 1000 levels)",
                                 file=name) from None

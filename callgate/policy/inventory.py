@@ -8,7 +8,6 @@ mixed. Nodes are optional: only ClusterNetworkPolicy ``nodes`` peers need them.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from callgate.errors import InputError, Problem, shown
 from callgate.policy import validation as v
-from callgate.policy.documents import POLICY_KINDS, Document, format_path, is_kind, read_all, shown_kind
+from callgate.policy.documents import POLICY_KINDS, Document, format_path, gc_paused, is_kind, read_all, shown_kind
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
     Endpoint,
@@ -229,12 +228,12 @@ class InventoryBuilder:
             self.namespace(name, ns.labels if ns else {})
         for name, node in model.nodes.items():
             spec = node or NodeModel()
-            self.node(Node(name, spec.labels, tuple(ipaddress.ip_address(a) for a in spec.addresses)), doc,
+            self.node(Node(name, spec.labels, tuple(v.parse_ip(a) for a in spec.addresses)), doc,
                       f"node {name}", ("nodes", name))
         for i, e in enumerate(model.endpoints):
             ep = Endpoint(
                 name=e.name, namespace=e.namespace, labels=e.labels, node=e.node,
-                ips=tuple(ipaddress.ip_address(ip) for ip in e.ips), interface=e.interface, netns=e.netns,
+                ips=tuple(v.parse_ip(ip) for ip in e.ips), interface=e.interface, netns=e.netns,
                 ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
             )
             self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i, "name"), ("endpoints", i, "ips"))
@@ -258,7 +257,7 @@ class InventoryBuilder:
         addresses: list[IPAddress] = []
         for entry in (model.status.addresses if model.status else None) or []:
             try:
-                ip = ipaddress.ip_address(entry.address) if entry.address is not None else None
+                ip = v.parse_ip(entry.address) if entry.address is not None else None
             except ValueError:
                 ip = None  # a Hostname or InternalDNS entry
             if ip is not None and ip not in addresses:
@@ -280,7 +279,7 @@ class InventoryBuilder:
         meta, spec, state = pod.metadata, pod.spec or PodSpecModel(), pod.status or PodStatusModel()
         ips = [p.ip for p in state.podIPs or []] or ([state.podIP] if state.podIP else [])
         ep = Endpoint(name=meta.name, namespace=meta.namespace, labels=meta.labels or {}, node=spec.nodeName,
-                      ips=tuple(ipaddress.ip_address(ip) for ip in ips),
+                      ips=tuple(v.parse_ip(ip) for ip in ips),
                       interface=(meta.annotations or {}).get(INTERFACE_ANNOTATION),
                       netns=(meta.annotations or {}).get(NETNS_ANNOTATION),
                       ports=tuple(NamedPort(p.name, p.containerPort, p.protocol)
@@ -303,24 +302,25 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     builder = InventoryBuilder()
-    docs, builder.problems = read_all(paths)
-    for doc in docs:
-        data = doc.data
-        kind = data.get("kind") if isinstance(data, dict) else None
-        api = data.get("apiVersion") if isinstance(data, dict) else None
-        if kind == "Inventory":
-            builder.add_native(doc)
-        elif kind == "Namespace" and api == "v1":
-            builder.add_k8s_namespace(doc)
-        elif kind == "Pod" and api == "v1":
-            builder.add_pod(doc)
-        elif kind == "Node" and api == "v1":
-            builder.add_k8s_node(doc)
-        elif not is_kind(api, kind, POLICY_KINDS):  # policies may sit beside the inventory
-            builder.problems.append(doc.problem(
-                f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {shown_kind(api, kind)}",
-                obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",)))
-    return builder.finish()
+    with gc_paused():
+        docs, builder.problems = read_all(paths)
+        for doc in docs:
+            data = doc.data
+            kind = data.get("kind") if isinstance(data, dict) else None
+            api = data.get("apiVersion") if isinstance(data, dict) else None
+            if kind == "Inventory":
+                builder.add_native(doc)
+            elif kind == "Namespace" and api == "v1":
+                builder.add_k8s_namespace(doc)
+            elif kind == "Pod" and api == "v1":
+                builder.add_pod(doc)
+            elif kind == "Node" and api == "v1":
+                builder.add_k8s_node(doc)
+            elif not is_kind(api, kind, POLICY_KINDS):  # policies may sit beside the inventory
+                builder.problems.append(doc.problem(
+                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {shown_kind(api, kind)}",
+                    obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",)))
+        return builder.finish()
 
 
 def inventory_document(inventory: Inventory) -> dict[str, Any]:

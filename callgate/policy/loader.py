@@ -10,7 +10,7 @@ from pathlib import Path
 from callgate.errors import InputError, ProblemCode
 from callgate.policy import adminnetworkpolicy as anp
 from callgate.policy import clusternetworkpolicy as cnp
-from callgate.policy.documents import INVENTORY_KINDS, Document, is_kind, read_all, shown_kind
+from callgate.policy.documents import INVENTORY_KINDS, Document, gc_paused, is_kind, read_all, shown_kind
 from callgate.policy.model import ClusterPolicy, Policy, PolicySet
 from callgate.policy.native import ParsedApp, compile_apps, parse_app
 from callgate.policy.networkpolicy import parse_network_policy
@@ -52,6 +52,11 @@ def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
     """Read every policy document under ``paths``; all problems are reported at once."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    with gc_paused():
+        return _load_policies(paths)
+
+
+def _load_policies(paths: Iterable[str | Path]) -> PolicySet:
     docs, problems = read_all(paths)
     policies: list[Policy] = []
     cluster: list[ClusterPolicy] = []

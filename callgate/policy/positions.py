@@ -17,40 +17,7 @@ from typing import Any
 
 import yaml
 
-from callgate.errors import shown
-
-try:  # pragma: no cover - depends on how PyYAML was built
-    _BASE_LOADER: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover
-    _BASE_LOADER = yaml.SafeLoader
-
-
-class _Loader(_BASE_LOADER):  # type: ignore[misc,valid-type]
-    """The safe loader, with a checked constructor for every scalar tag whose PyYAML
-    constructor trusts its input.
-
-    PyYAML builds ints, floats, booleans and timestamps from text its implicit
-    resolver has already matched; an explicit tag skips that match, and ``!!float web``
-    or ``!!int ""`` then end in ValueError, IndexError, KeyError or AttributeError. Here they
-    are a ConstructorError with the node's position, like every other YAML mistake."""
-
-
-def _checked(kind: str, construct: Any) -> Any:
-    def construct_checked(loader: Any, node: yaml.Node) -> Any:
-        try:
-            return construct(loader, node)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
-            raise yaml.constructor.ConstructorError(
-                None, None, f"{shown(node.value)} is not a valid {kind}", node.start_mark) from None
-
-    return construct_checked
-
-
-for _kind in ("int", "float", "bool", "timestamp"):
-    _Loader.add_constructor(f"tag:yaml.org,2002:{_kind}",
-                            _checked(_kind, getattr(yaml.constructor.SafeConstructor, f"construct_yaml_{_kind}")))
-
-SAFE_LOADER: Any = _Loader
+from callgate.policy.yamlfast import SAFE_LOADER
 
 Position = tuple[int | None, int | None]  # 1-based (line, column); (None, None) when unknown
 FieldPath = tuple[str | int, ...]  # e.g. ("spec", "ingress", 0, "ports")

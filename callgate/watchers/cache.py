@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from callgate.policy.documents import gc_paused
 from callgate.watchers.k8s_convert import KINDS, ClusterState, Converted, assemble, convert, object_ref
 
 Key = tuple[str, str]  # (namespace or "", name)
@@ -144,4 +145,5 @@ class ClusterCache:
         with self._lock:
             # Entries are immutable, so a shallow copy of the dicts is a frozen picture.
             entries = {k: dict(v) for k, v in self._entries.items()}
-        return assemble(entries)
+        with gc_paused():
+            return assemble(entries)

@@ -11,10 +11,12 @@ sources:
 * **incremental.** An event (start, die, destroy, rename; network connect,
   disconnect, create, destroy) makes the worker inspect that one container
   again; other containers are not looked at.
-* **coalescing.** A view is published once changes have been quiet for
-  ``debounce`` seconds, or ``max_delay`` after the first change of a burst
-  (a Compose stack coming up is one snapshot, or a few), and only when its
-  content version changed; the first view after an outage always goes out.
+* **coalescing**, adaptive as the other sources' (:mod:`callgate.watchers.coalesce`):
+  a change after a quiet spell is published at once; inside a burst each view
+  waits ``coalesce`` seconds after the previous one, fourfold longer each time
+  up to ``max_delay`` (a Compose stack coming up is a few snapshots); a view
+  goes out only when its content version changed, and the first view after an
+  outage always does.
 * **engine lost.** When the stream breaks or ends, or the heartbeat ping
   (every ``heartbeat`` seconds while the stream is quiet) fails, a
   :class:`~callgate.watchers.base.SourceProblem` is published once per
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem, hand_over
+from callgate.watchers.coalesce import CoalescePolicy, Coalescer
 from callgate.watchers.docker_client import describe_error
 from callgate.watchers.docker_convert import HostInterface
 from callgate.watchers.docker_engine import EngineState, EngineView
@@ -62,15 +65,16 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 class DockerWatcher:
-    """List-then-follow one engine; publish debounced :class:`EngineView` s."""
+    """List-then-follow one engine; publish coalesced :class:`EngineView` s."""
 
     def __init__(self, client: Any, origin: str, node: str, host_interface: HostInterface, *,
-                 debounce: float = 0.05, max_delay: float = 1.0, heartbeat: float = 5.0, retry: float = 1.0,
+                 coalesce: float = 0.02, max_delay: float = 1.0, heartbeat: float = 5.0, retry: float = 1.0,
                  backoff: tuple[float, float] = (0.2, 5.0)) -> None:
         self.client = client
         self.origin = origin
         self.state = EngineState(client, node, host_interface)
-        self.debounce, self.max_delay, self.heartbeat, self.retry = debounce, max_delay, heartbeat, retry
+        self.heartbeat, self.retry = heartbeat, retry
+        self._coalescer = Coalescer(CoalescePolicy(holdoff=coalesce, max_delay=max_delay))
         self.backoff = backoff
         self._cond = threading.Condition()
         self._stopping = threading.Event()
@@ -171,13 +175,12 @@ class DockerWatcher:
             self._synced = False
             self._cond.notify_all()
 
-    # ---- the worker: look, debounce, publish --------------------------------
+    # ---- the worker: look, coalesce, publish --------------------------------
 
     def _work(self) -> None:
         last_version: str | None = None
         last_problem: str | None = None
-        dirty_since: float | None = None  # first unpublished change of the burst
-        last_change = 0.0
+        coalescer = self._coalescer
         last_heard = time.monotonic()
         retry_at: float | None = None
         while True:
@@ -185,8 +188,8 @@ class DockerWatcher:
                 while not self._stopping.is_set() and not self._queue and not self._networks_stale:
                     now = time.monotonic()
                     due = [last_heard + self.heartbeat]
-                    if dirty_since is not None:
-                        due.append(min(last_change + self.debounce, dirty_since + self.max_delay))
+                    if (publish_at := coalescer.due()) is not None:
+                        due.append(publish_at)
                     if retry_at is not None:
                         due.append(retry_at)
                     if self._failing != last_problem and self._failing is not None:
@@ -212,8 +215,7 @@ class DockerWatcher:
             if queue or networks_stale:
                 last_heard = now
             if changed:
-                last_change = now
-                dirty_since = dirty_since or now
+                coalescer.changed(now)
             view = self.state.view()
             retry_at = now + self.retry if view.unresolved else None
             with self._cond:
@@ -224,20 +226,23 @@ class DockerWatcher:
                     last_problem, last_version = failing, None
                     self._emit(SourceProblem(f"docker engine at {self.origin} unavailable "
                                              f"(keeping the last rules, retrying): {failing}"))
-                dirty_since = None
+                coalescer.start(now)  # what changed so far is moot: the relist after the outage publishes
                 continue
             if now - last_heard >= self.heartbeat and not queue:
                 last_heard = now
                 self._ping()
             if not synced:
-                dirty_since = None  # the relist to come publishes whatever changed
+                coalescer.start(now)  # the relist to come publishes whatever changed
                 continue
-            if dirty_since is not None and now < min(last_change + self.debounce, dirty_since + self.max_delay):
+            if (publish_at := coalescer.due()) is not None and now < publish_at:
                 continue
-            dirty_since = None
+            if publish_at is not None:
+                coalescer.start(now)
             if view.version != last_version:
                 last_problem, last_version = None, view.version
                 self._emit(view)
+            if publish_at is not None:
+                coalescer.done(time.monotonic())
 
     def _look(self, queue: Sequence[str], networks_stale: bool, retry_due: bool) -> bool:
         """Bring the state up to date with what the queue names; whether it changed."""

@@ -16,6 +16,12 @@ a directory input is watched recursively. Reloads whose content hash equals
 the last published one publish nothing, so unrelated files cost a hash, not a
 sync.
 
+Latency: a write is picked up once inotify has been quiet for ``step_ms``
+(5 ms: the events of one write or rename, not more) and at most
+``debounce_ms`` after the first event of a long stream of them; bursts are
+coalesced by the agent's reactor, which syncs the first change at once and
+waits longer the longer a burst goes on (:mod:`callgate.watchers.coalesce`).
+
 Edits made between the first load and the moment the watch is in place (and
 any inotify event lost to an overflow) would go unseen, so whenever the watch
 has been quiet for a second the source re-hashes its inputs (bytes only, no
@@ -42,7 +48,7 @@ class FilesSource:
     """A :class:`~callgate.watchers.base.Source` over inventory and policy paths."""
 
     def __init__(self, inventory: Sequence[str | Path], policies: Sequence[str | Path],
-                 debounce_ms: int = 500, step_ms: int = 30, force_polling: bool = False) -> None:
+                 debounce_ms: int = 500, step_ms: int = 5, force_polling: bool = False) -> None:
         for path in (*inventory, *policies):
             if not Path(path).exists():
                 # At start a missing path is a typo, not an outage: say so, watch nothing.

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.policy.documents import gc_paused
 from callgate.watchers.base import clip
 from callgate.watchers.cache import ClusterCache
 from callgate.watchers.k8s_convert import (
@@ -212,6 +213,10 @@ class Reflector:
 
     def _list_all(self) -> None:
         """One consistent list, page by page; an expired continue token restarts it."""
+        with gc_paused():  # tens of thousands of objects that all stay: see gc_paused
+            self._list_pages()
+
+    def _list_pages(self) -> None:
         items: list[Any] = []
         token: str | None = None
         while True:

@@ -10,9 +10,10 @@ publisher thread turns cache changes into published states:
   (a cluster policy kind whose CRD is not installed counts as listed and
   empty): pods without their policies would be a wrong picture, not a
   partial one;
-* bursts are coalesced: a state goes out once changes have been quiet for
-  ``debounce`` seconds, or ``max_delay`` after the first change of a burst
-  under constant churn;
+* changes are coalesced adaptively (:mod:`callgate.watchers.coalesce`): a
+  change after a quiet spell goes out at once; inside a burst each state
+  waits ``coalesce`` seconds after the previous one, fourfold longer each time
+  up to ``max_delay``, so a burst of 1,000 events is a handful of states;
 * a state is published only when its content version changed (pod status
   heartbeats do not wake the agent), except that the first state after an
   outage is always published, so the consumer knows the source is back;
@@ -38,6 +39,7 @@ from typing import Any
 
 from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem, hand_over
 from callgate.watchers.cache import ClusterCache
+from callgate.watchers.coalesce import CoalescePolicy, Coalescer
 from callgate.watchers.k8s_client import make_api_client
 from callgate.watchers.k8s_convert import KINDS, ClusterState
 from callgate.watchers.k8s_reflector import Reflector, WatchOptions
@@ -50,19 +52,16 @@ __all__ = ["ClusterState", "ClusterWatcher", "KubernetesSource", "WatchOptions"]
 
 
 class ClusterWatcher:
-    """List-then-watch every kind and publish consistent, debounced states."""
+    """List-then-watch every kind and publish consistent, coalesced states."""
 
-    def __init__(self, api_client: Any, origin: str, *, debounce: float = 0.2, max_delay: float = 2.0,
+    def __init__(self, api_client: Any, origin: str, *, coalesce: float = 0.02, max_delay: float = 2.0,
                  options: WatchOptions | None = None, kinds: tuple[str, ...] = KINDS) -> None:
         self.api_client = api_client
         self.origin = origin
-        self.debounce, self.max_delay = debounce, max_delay
         self.cache = ClusterCache(kinds)
         self._stopping = threading.Event()
         self._cond = threading.Condition()
-        self._dirty = False
-        self._last_change = 0.0
-        self._first_change: float | None = None
+        self._coalescer = Coalescer(CoalescePolicy(holdoff=coalesce, max_delay=max_delay))
         self._failing: dict[str, str] = {}
         self.reflectors = [
             Reflector(kind, api_client, self.cache, on_change=self._changed, on_health=self._health,
@@ -98,11 +97,7 @@ class ClusterWatcher:
     # ---- reflector callbacks -------------------------------------------------------
 
     def _mark(self) -> None:
-        now = time.monotonic()
-        self._dirty = True
-        self._last_change = now
-        if self._first_change is None:
-            self._first_change = now
+        self._coalescer.changed(time.monotonic())
         self._cond.notify_all()
 
     def _changed(self) -> None:
@@ -125,20 +120,15 @@ class ClusterWatcher:
         last_problem: str | None = None
         while True:
             with self._cond:
-                while not self._dirty and not self._stopping.is_set():
-                    self._cond.wait()
-                # Debounce: wait for a quiet spell, but never longer than max_delay.
                 while not self._stopping.is_set():
-                    assert self._first_change is not None
-                    due = min(self._last_change + self.debounce, self._first_change + self.max_delay)
-                    remaining = due - time.monotonic()
-                    if remaining <= 0:
+                    due = self._coalescer.due()
+                    remaining = None if due is None else due - time.monotonic()
+                    if remaining is not None and remaining <= 0:
                         break
                     self._cond.wait(remaining)
                 if self._stopping.is_set():
                     return
-                self._dirty = False
-                self._first_change = None
+                self._coalescer.start(time.monotonic())
                 failing = dict(self._failing)
             if failing:
                 message = _summarise(failing)
@@ -151,6 +141,8 @@ class ClusterWatcher:
                 if state.version != last_version:
                     last_problem, last_version = None, state.version
                     self._emit(state)
+            with self._cond:
+                self._coalescer.done(time.monotonic())
 
     def _emit(self, item: ClusterState | SourceProblem) -> None:
         hand_over(self._handler, item, "cluster state")

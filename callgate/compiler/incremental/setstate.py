@@ -74,8 +74,8 @@ class AddressState:
             elif before > 0 and after == 0:
                 changed |= self._remove_point(v)
         if changed:
-            self.current = (AddressSet(self.name, self.family, tuple(self.texts), self.comment, size=self.size)
-                            if self.texts else None)
+            self.current = (AddressSet(self.name, self.family, tuple(self.texts), self.comment, size=self.size,
+                                       bounds=list(zip(self.los, self.his, strict=True))) if self.texts else None)
         return changed
 
     def _text(self, i: int) -> str:

@@ -22,6 +22,7 @@ from callgate.enforcers.base import (
     check_fail_closed_prefix,
     comment_rule_id,
 )
+from callgate.enforcers.nft.decisions import Layout
 from callgate.enforcers.nft.kernel import NftKernel
 from callgate.enforcers.nft.layout import (
     ANTI_SPOOFING_COMMENT,
@@ -59,6 +60,9 @@ class NftablesEnforcer(ComparesNormalText):
             raise ValueError("fail-closed mode needs host-side interfaces: not inside an endpoint's namespace")
         self.placement: Placement = placement
         self.applied: Applied | None = None  # set by apply(); None = unknown, replace in full
+        # The decision part of what it applied (maps and their elements): the
+        # next change is planned against it (set together with `applied`).
+        self.layout: Layout | None = None
 
     def fail_closed(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> FailClosed | None:
         if self.fail_closed_prefix is None:
@@ -92,7 +96,7 @@ class NftablesEnforcer(ComparesNormalText):
         return None if live is None else normal_text(live)
 
     def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
-        return normal_text([cmd["add"] for cmd in self.plan(ruleset, known_interfaces).commands if "add" in cmd])
+        return _table_text(self.plan(ruleset, known_interfaces))
 
     def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Iterable[str] = (),
               incremental: bool = True) -> ApplyResult:
@@ -117,8 +121,8 @@ class NftablesEnforcer(ComparesNormalText):
         full = replace_table(ruleset, fc, self.placement)
         live = self.live_objects()
         live_digest = self.live_digest(live) if live is not None else None
-        if live_digest == full.digest and self.live_text(live) == self.desired_text(ruleset, known):
-            self.applied = Applied(ruleset, full.digest, fc)
+        if live_digest == full.digest and self.live_text(live) == _table_text(full):
+            self.applied, self.layout = Applied(ruleset, full.digest, fc), full.layout
             return ApplyResult(False, full.digest, full, "noop", dry_run)
         if dry_run:
             self.check(full)
@@ -126,16 +130,16 @@ class NftablesEnforcer(ComparesNormalText):
             self.kernel.run(list(full.commands))
         drift = applied is not None and live_digest != applied.digest and not dry_run
         if not dry_run:
-            self.applied = Applied(ruleset, full.digest, fc)
+            self.applied, self.layout = Applied(ruleset, full.digest, fc), full.layout
         return ApplyResult(True, full.digest, full, "full", dry_run, drift=drift)
 
     def _incremental(self, applied: Applied, ruleset: RuleSet, fc: FailClosed | None, digest: str,
                      dry_run: bool) -> ApplyResult | None:
         """The incremental transaction from ``applied`` to ``ruleset``, run; None
         when only a full replacement will do (the caller then does it)."""
-        if self.live_digest() != applied.digest:
+        if self.live_digest() != applied.digest or self.layout is None:
             return None  # drift: someone else changed or deleted the table
-        tx = plan_update(applied.ruleset, applied.fail_closed, ruleset, fc, self.placement)
+        tx = plan_update(applied.ruleset, applied.fail_closed, self.layout, ruleset, fc, self.placement)
         if tx is None:
             return None
         try:
@@ -152,7 +156,7 @@ class NftablesEnforcer(ComparesNormalText):
                 return None
             raise
         if not dry_run:
-            self.applied = Applied(ruleset, digest, fc)
+            self.applied, self.layout = Applied(ruleset, digest, fc), tx.layout
         return ApplyResult(True, digest, tx, "incremental", dry_run)
 
     def rule_counters(self) -> RuleCounters:
@@ -185,8 +189,13 @@ class NftablesEnforcer(ComparesNormalText):
         if not present:
             return False
         self.kernel.run([{"delete": {"table": {"family": f, "name": TABLE}}} for f in present])
-        self.applied = None
+        self.applied, self.layout = None, None
         return True
 
     def close(self) -> None:
         self.kernel.close()
+
+
+def _table_text(tx: NftTransaction) -> str:
+    """The normal text of the table a full transaction leaves behind."""
+    return normal_text([cmd["add"] for cmd in tx.commands if "add" in cmd])

@@ -10,24 +10,20 @@ which endpoint's chains, and who may send from which address) is built by
 
     table inet callgate
         set digest                           one element: what the tables hold (see below)
-        set peers4_<hash> / peers6_<hash>    peer addresses (hash or interval sets, see below)
-        set named4_<proto>_<hash> …          (address . port) pairs for egress named ports
         dispatch maps, anti-spoofing sets, base chains    see :mod:`.dispatch`
-        chain out_<endpoint> / in_<endpoint> one per tier; PASS = goto next tier
+        chain ina_/in_/inb_<endpoint> …      a chain per tier: one verdict-map look-up, the walk, the default
+        map dec4_<h> / dec6_<h>              one tier's decisions, shared by equal tiers (:mod:`.decisions`)
+        set peers4_<hash> / peers6_<hash>    peer addresses of rules without ports (the walk, see .decisions)
+        chain allow_in_<rule id> …           counter and verdict of the rule that decided
+        chain pass_in0 …, map next_in0_4 …   where a tier's pass goes on: the endpoint's next tier
     table bridge callgate                    (node only) anti-spoofing on bridge ports
 
 The egress chain returns on allow instead of accepting, so the destination's
 ingress chain still runs for pod-to-pod traffic on the same node.
 
-Every rule compiled from a policy carries a comment that starts with the
-rule's id (:attr:`~callgate.compiler.ir.Rule.id`), followed by its origin as
-far as :data:`COMMENT_MAX` allows (:func:`~callgate.enforcers.base.rule_comment`).
-
-Peer sets: a set whose addresses can be enumerated (at most
-:data:`HASH_SET_MAX` of them) is a plain hash set of single addresses, an O(1)
-look-up per packet; only sets that cannot (wide ipBlocks) keep ``flags
-interval``. Pod-selector peers are pod IPs, so nearly every set is a hash set.
-This is the backend's choice alone: the IR and its digest do not change.
+Every rule chain carries a comment that starts with the rule's id
+(:attr:`~callgate.compiler.ir.Rule.id`), followed by its origin as far as
+:data:`COMMENT_MAX` allows (:func:`~callgate.enforcers.base.rule_comment`).
 
 The digest of what the tables hold (:func:`layout_digest`: the RuleSet's
 digest, the layout version and placement, and the fail-closed settings when
@@ -70,16 +66,18 @@ DIGEST_KEY_LEN = 15
 # an agent upgraded from an older layout never adopts the old table as in sync
 # (the RuleSet digest alone would still match). 2: hash peer sets, digest set.
 # 3: rule comments start with the rule id. 4: dispatch by address, anti-spoofing
-# (and table bridge callgate), tables inside endpoints' own namespaces.
-LAYOUT_VERSION = 4
-# A peer set whose intervals together hold at most this many addresses is
-# rendered as a hash set of single addresses. Why this bound: a hash-set
-# element costs the kernel ~95 bytes (measured: slab + vmalloc growth when
-# loading 65,536 IPv4 or IPv6 elements, kernel 6.18), so the largest such set
-# is ~6 MiB of kernel memory and ~65k strings in a transaction (~0.45 s for
+# (and table bridge callgate), tables inside endpoints' own namespaces. 5: behind
+# that dispatch, one decision-map look-up per endpoint direction instead of a
+# walk over rules and peer sets.
+LAYOUT_VERSION = 5
+# A peer set (looked up by the rules without ports, see .decisions) whose
+# intervals together hold at most this many addresses is rendered as a hash
+# set of single addresses: an O(1) look-up. Why this bound: a hash-set element
+# costs the kernel ~95 bytes (measured: slab + vmalloc growth when loading
+# 65,536 IPv4 or IPv6 elements, kernel 6.18), so the largest such set is
+# ~6 MiB of kernel memory and ~65k strings in a transaction (~0.45 s for
 # libnftables 1.0.6 to load); an interval holds any number of addresses in two
-# rbtree elements (~160 bytes). 65,536 covers a /16 of pods (more than any
-# node's peer union in practice, 50k-pod clusters included) while a wide
+# rbtree elements (~160 bytes). 65,536 covers a /16 of pods while a wide
 # ipBlock (/8, /12, 0.0.0.0/0 except ...) stays a handful of intervals.
 HASH_SET_MAX = 65_536
 COMMENT_MAX = 127  # bytes of a rule comment: the kernel keeps 128 with the NUL
@@ -103,8 +101,7 @@ def families(placement: Placement) -> tuple[str, ...]:
 def is_hash_set(s: AddressSet) -> bool:
     """Whether the backend renders ``s`` as a hash set of single addresses."""
     # Every element holds at least one address: a longer set never qualifies.
-    # The count comes with the set (the compiler knows it): counting a set of
-    # 50k elements with thousands of prefixes here cost ~15 ms a plan.
+    # The count comes with the set (the compiler knows it).
     return len(s.elements) <= HASH_SET_MAX and s.address_count <= HASH_SET_MAX
 
 

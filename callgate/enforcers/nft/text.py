@@ -130,9 +130,11 @@ def _table_text(family: str, objects: list[dict[str, Any]], notes: dict[str, str
             lines = [*_note(body["name"], notes), f"\t{kind} {body['name']} {{", f"\t\ttype {typ}"]
             if body.get("flags"):
                 lines.append(f"\t\tflags {','.join(body['flags'])}")
-            elems = sorted(body.get("elem") or [], key=json_key)
+            # Sorted by their text (one rendering each; a JSON key per element cost
+            # ~0.5 s for the 180,000 elements of a 50k-pod node).
+            elems = sorted(_elem_text(e, types) for e in body.get("elem") or [])
             if elems:
-                lines.append("\t\telements = { " + ",\n\t\t\t     ".join(_elem_text(e, types) for e in elems) + " }")
+                lines.append("\t\telements = { " + ",\n\t\t\t     ".join(elems) + " }")
             lines.append("\t}")
             sets.append("\n".join(lines))
         elif kind == "chain":

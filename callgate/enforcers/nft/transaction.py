@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from callgate.compiler.compile import chain_tier
 from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import FailClosed, Placement
 from callgate.enforcers.nft.commands import table_objects
+from callgate.enforcers.nft.decisions import Layout, build_layout
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import TABLE, families, layout_digest
 from callgate.enforcers.nft.text import objects_text
@@ -25,6 +25,9 @@ class NftTransaction:
     # What each set and chain stands for, shown as '#' lines in text() (the
     # kernel keeps no comments on sets or chains, so these never round-trip).
     notes: tuple[tuple[str, str], ...] = ()
+    # The decision part this transaction leaves behind: the enforcer keeps it
+    # to plan the next change incrementally.
+    layout: Layout | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"nftables": list(self.commands)}
@@ -44,22 +47,24 @@ def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None, place
         table = {"table": {"family": family, "name": TABLE}}
         # "add table" first makes the "delete" valid even when no table exists yet.
         commands.extend([{"add": table}, {"delete": table}])
-    commands.extend(table_objects(ruleset, fail_closed, placement))
+    layout = build_layout(ruleset)
+    commands.extend(table_objects(ruleset, fail_closed, placement, layout))
     return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed, placement),
-                          notes=_readable_notes(ruleset))
+                          notes=_readable_notes(ruleset, layout), layout=layout)
 
 
-def _readable_notes(ruleset: RuleSet) -> tuple[tuple[str, str], ...]:
-    """What each set and chain stands for, for people reading the text form."""
-    notes = [(s.name, s.comment) for s in ruleset.address_sets if s.comment]
-    notes.extend((s.name, s.comment) for s in ruleset.port_sets if s.comment)
+def _readable_notes(ruleset: RuleSet, layout: Layout) -> tuple[tuple[str, str], ...]:
+    """What each map and chain stands for, for people reading the text form."""
+    notes: list[tuple[str, str]] = []
     for ep in ruleset.endpoints:
         where = ep.interface or ep.netns
-        notes.extend((c.name, f"ingress of {ep.endpoint} ({where}){_tier_note(c.name)}") for c in ep.ingress)
-        notes.extend((c.name, f"egress of {ep.endpoint} ({where}){_tier_note(c.name)}") for c in ep.egress)
+        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
+            for position, tier in enumerate(tiers):
+                after = f", tier {position + 1}" if len(tiers) > 1 else ""
+                notes.append((tier.name, f"{direction} of {ep.endpoint} ({where}){after}"))
+    for name, m in sorted(layout.maps.items()):
+        family = "IPv4" if m.family == "ip" else "IPv6"
+        notes.append((name, f"{m.direction} decisions of one tier by address . protocol . port, {family}"))
+    for name in sorted(layout.passes):
+        notes.append((name, "a pass goes on to the endpoint's next tier"))
     return tuple(notes)
-
-
-def _tier_note(chain: str) -> str:
-    tier = chain_tier(chain)
-    return f", {tier.value} tier" if tier is not None else ""

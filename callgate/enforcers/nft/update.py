@@ -2,18 +2,18 @@
 
 The full replacement (:func:`~callgate.enforcers.nft.transaction.replace_table`) rebuilds the
 whole table; at scale that is a lot of work for the kernel on every pod start.
-This planner compares the RuleSet the enforcer last applied with the new one
-directly, at the IR level — sets by name (element tuples compared as tuples
-first, as Python sets only when they differ), chains by dataclass equality —
-and renders commands only for what changed, through the same helpers
-:func:`~callgate.enforcers.nft.commands.table_objects` uses, so there is one source of
-truth for the layout:
+This planner takes the decision layout the enforcer last applied
+(:class:`~callgate.enforcers.nft.decisions.Layout`), patches it for the new
+RuleSet — re-deciding only the addresses whose set membership changed
+(:func:`~callgate.enforcers.nft.decisions.update_layout`) — and renders
+commands only for what changed, through the same helpers the full table uses:
 
-* sets and maps: ``add``/``delete element`` for changed members (a changed map
-  value is a delete plus an add of the key), ``add set`` for new ones,
-  ``delete set`` for ones no rule uses any more;
-* chains: ``add chain`` + rules for new ones, ``flush`` + refill for changed
-  ones, ``flush`` + ``delete`` for removed ones;
+* decision maps: ``add``/``delete element`` for changed cells, ``add map``
+  for new programs, ``delete map`` for ones no endpoint has any more; the
+  peer sets of the rule walks, the dispatch maps and the fail-closed set
+  likewise;
+* chains (endpoint chains, rule chains): ``add chain`` + rules for new ones,
+  ``flush`` + refill for changed ones, ``flush`` + ``delete`` for removed ones;
 * dispatch maps and anti-spoofing sets (:mod:`.dispatch`): element by element;
 * the digest: ``delete element`` of the old one + ``add element`` of the new
   one in the digest set. The kernel refuses the whole transaction when the old
@@ -23,10 +23,10 @@ truth for the layout:
 Pod churn elsewhere in the cluster therefore becomes element commands only.
 
 The planner refuses (returns None, and the caller replaces the table in full)
-whenever it is not sure: a set changed its type (family, protocol, or hash ↔
-interval form), or the base chains' structure changed (fail-closed turned
-on or off, another prefix, another placement). Command order inside the transaction respects the kernel's
-references: sets and chains exist before rules and map elements use them, and
+whenever it is not sure: a map or set changes form (hash ↔ interval), a map its port classes,
+or the base chains' structure changed (fail-closed turned on or off, another
+prefix, another placement). Command order inside the transaction respects the kernel's
+references: chains and maps exist before rules and elements use them, and
 nothing is deleted while still referenced.
 """
 
@@ -35,18 +35,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from callgate.compiler.ir import AddressPortSet, AddressSet, Chain, RuleSet
+from callgate.compiler.ir import AddressSet, RuleSet
 from callgate.enforcers.base import FailClosed, Placement
 from callgate.enforcers.nft.commands import (
     address_set_command,
-    chain_rules,
     element,
+    endpoint_chain_commands,
     expand,
-    port_elements,
-    port_set_command,
-    tiers_with_next,
     validate,
+    verdict_chain_command,
 )
+from callgate.enforcers.nft.decisions import Layout, elements_diff, next_map_command, update_layout
 from callgate.enforcers.nft.dispatch import dispatch_elements, structure
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
@@ -87,41 +86,6 @@ class NftUpdate(NftTransaction):
         return out
 
 
-# A tier chain as rendered: its rules depend on the Chain, the direction and
-# where PASS goes (the next tier), nothing else.
-_ChainKey = tuple[Chain, str, "str | None"]
-
-
-def _chains(ruleset: RuleSet) -> dict[str, _ChainKey]:
-    out: dict[str, _ChainKey] = {}
-    for ep in ruleset.endpoints:
-        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
-            for chain, next_tier in tiers_with_next(tiers):
-                out[chain.name] = (chain, direction, next_tier)
-    return out
-
-
-def _first_difference(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # stops at the shorter
-        if x != y:
-            return i
-    return min(len(a), len(b))
-
-
-def _elements_diff(before: tuple[Any, ...], after: tuple[Any, ...]) -> tuple[list[Any], list[Any]]:
-    """(gone, came) between two element tuples: tuple equality first (the
-    common case for unchanged sets), sets only when they differ, and then only
-    of the part between the common head and tail (a pod coming or going
-    changes one spot of a sorted set). Sound for any order: elements are
-    unique within a tuple, so one in a common head or tail is in both."""
-    if before == after:
-        return [], []
-    head = _first_difference(before, after)
-    tail = _first_difference(before[head:][::-1], after[head:][::-1])
-    b, a = set(before[head:len(before) - tail]), set(after[head:len(after) - tail])
-    return sorted(b - a), sorted(a - b)
-
-
 def _json_diff(before: list[Any], after: list[Any]) -> tuple[list[Any], list[Any]]:
     """(gone, came) between two lists of JSON elements, compared as JSON."""
     a = {json_key(e): e for e in before}
@@ -134,7 +98,7 @@ def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], li
     set's form changed (family, hash ↔ interval): only a rebuild will do."""
     if old.family != new.family:
         return None
-    gone, came = _elements_diff(old.elements, new.elements)
+    gone, came = elements_diff(old.elements, new.elements)
     if not gone and not came:
         return [], []
     hashed = is_hash_set(old)
@@ -149,20 +113,23 @@ def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], li
     return sorted(out - into), sorted(into - out)
 
 
-def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: FailClosed | None,
-                placement: Placement = "node") -> NftUpdate | None:
-    """One transaction taking the kernel from ``old`` to ``new``; None when only
-    a full replacement is safe. The transaction itself checks, in the kernel,
-    that the live table holds ``old``'s digest."""
+def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new: RuleSet,
+                new_fc: FailClosed | None, placement: Placement = "node") -> NftUpdate | None:
+    """One transaction taking the kernel from ``old`` (whose decision part is
+    ``old_layout``) to ``new``; None when only a full replacement is safe.
+    The transaction itself checks, in the kernel, that the live table holds
+    ``old``'s digest; it carries the new layout for the next change."""
     validate(new, new_fc)
     old_digest, new_digest = layout_digest(old, old_fc, placement), layout_digest(new, new_fc, placement)
     if old_digest == new_digest:
         return None  # nothing to change yet not in sync: drift the digest cannot see
     if structure(old_fc, placement) != structure(new_fc, placement):
         return None  # the dispatch structure itself changed
+    patched = update_layout(old_layout, old, new)
+    if patched is None:
+        return None
+    layout, changes = patched
 
-    # -- sets: (kind, name) -> what to do ------------------------------------
-    new_sets: list[Command] = []
     dels: list[Command] = []
     adds: list[Command] = []
 
@@ -172,58 +139,74 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, new: RuleSet, new_fc: F
         if came:
             adds.append({"add": {"element": {"family": family, "table": TABLE, "name": name, "elem": came}}})
 
-    a_addr = {s.name: s for s in old.address_sets}
-    b_addr = {s.name: s for s in new.address_sets}
-    a_port = {s.name: s for s in old.port_sets}
-    b_port = {s.name: s for s in new.port_sets}
-    if (a_addr.keys() & b_port.keys()) or (a_port.keys() & b_addr.keys()):
-        return None  # a name changed kind: rebuild
-    for name in sorted(b_addr.keys() | b_port.keys()):
-        if name in a_addr:
-            change = _address_set_change(a_addr[name], b_addr[name])
-            if change is None:
-                return None
-            element_commands(name, *change)
-        elif name in a_port:
-            before_p: AddressPortSet = a_port[name]
-            after_p: AddressPortSet = b_port[name]
-            if (before_p.family, before_p.protocol) != (after_p.family, after_p.protocol):
-                return None
-            gone, came = _elements_diff(before_p.elements, after_p.elements)
-            element_commands(name, port_elements(gone), port_elements(came))
-        elif name in b_addr:  # new: complete, with its elements
-            new_sets.append(address_set_command(b_addr[name]))
-        else:
-            new_sets.append(port_set_command(b_port[name]))
-    gone_sets = sorted((a_addr.keys() | a_port.keys()) - (b_addr.keys() | b_port.keys()))
+    for name in sorted(layout.sets.keys() & old_layout.sets.keys()):
+        set_change = _address_set_change(old_layout.sets[name], layout.sets[name])
+        if set_change is None:
+            return None
+        element_commands(name, *set_change)
+    new_sets = sorted(layout.sets.keys() - old_layout.sets.keys())
+    gone_sets = sorted(old_layout.sets.keys() - layout.sets.keys())
+    for name, change in sorted(changes.items()):
+        before, after = old_layout.maps[name], layout.maps[name]
+        element_commands(name, before.element_json((k, before.elements[k]) for k in change.gone),
+                         after.element_json(change.came))
+    new_maps = sorted(layout.maps.keys() - old_layout.maps.keys())
+    gone_maps = sorted(old_layout.maps.keys() - layout.maps.keys())
 
-    # Dispatch maps, anti-spoofing and fail-closed sets: element by element (a
+    # The next maps (which endpoint tier chain a pass goes on to), dispatch
+    # maps, anti-spoofing and fail-closed sets: element by element (a
     # map key whose chain changed is a delete and an add, deletions first).
+    new_passes = sorted(layout.passes.keys() - old_layout.passes.keys())
+    gone_passes = sorted(old_layout.passes.keys() - layout.passes.keys())
+    new_next = sorted(layout.continuations.keys() - old_layout.continuations.keys())
+    gone_next = sorted(old_layout.continuations.keys() - layout.continuations.keys())
+    for name, now in sorted(layout.continuations.items()):
+        if name in old_layout.continuations:
+            element_commands(name, *_json_diff(old_layout.continuations[name], now))
+    for name in gone_next:  # emptied before the endpoint chains they name go
+        element_commands(name, list(old_layout.continuations[name]), [])
     a_dispatch, b_dispatch = dispatch_elements(old, old_fc, placement), dispatch_elements(new, new_fc, placement)
-    for (family, name), after in b_dispatch.items():
-        before = a_dispatch.get((family, name), [])
-        gone, came = _json_diff(before, after)
+    for (family, name), now in b_dispatch.items():
+        gone, came = _json_diff(a_dispatch.get((family, name), []), now)
         element_commands(name, gone, came, family)
 
-    # -- chains -----------------------------------------------------------------
-    a_chains, b_chains = _chains(old), _chains(new)
-    new_chains = [n for n in b_chains if n not in a_chains]
-    changed_chains = [n for n in b_chains if n in a_chains and a_chains[n] != b_chains[n]]
-    gone_chains = [n for n in a_chains if n not in b_chains]
+    new_verdicts = [n for n in layout.verdicts if n not in old_layout.verdicts]
+    changed_verdicts = [n for n in layout.verdicts if n in old_layout.verdicts
+                        and old_layout.verdicts[n] != layout.verdicts[n]]
+    gone_verdicts = [n for n in old_layout.verdicts if n not in layout.verdicts]
+    new_chains = [n for n in layout.chains if n not in old_layout.chains]
+    changed_chains = [n for n in layout.chains if n in old_layout.chains and old_layout.chains[n] != layout.chains[n]]
+    gone_chains = [n for n in old_layout.chains if n not in layout.chains]
 
     cmds: list[Command] = digest_swap(old_digest, new_digest)  # first: a refusal comes early
-    cmds.extend(new_sets)
-    cmds.extend({"add": {"chain": obj(name=n)}} for n in new_chains)  # empty first: gotos may point at them
+    cmds.extend(address_set_command(layout.sets[n]) for n in new_sets)
+    # Rule chains before the map elements that jump to them; maps before the chains that look them up.
+    cmds.extend({"add": {"chain": obj(name=n)}} for n in new_verdicts)
+    cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_verdicts)
+    cmds.extend(verdict_chain_command(n, *layout.verdicts[n]) for n in (*new_verdicts, *changed_verdicts))
+    cmds.extend({"add": {"chain": obj(name=n)}} for n in new_passes)  # empty: map elements may name them
+    cmds.extend(layout.maps[n].command() for n in new_maps)
+    cmds.extend({"add": {"chain": obj(name=n)}} for n in new_chains)  # empty first: dispatch may point at them
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_chains)
     for name in (*new_chains, *changed_chains):
-        cmds.extend(chain_rules(*b_chains[name]))
-    # Deletions before additions: a changed map value is "delete key, add key",
-    # and an interval that grows replaces an overlapping one.
+        cmds.extend(endpoint_chain_commands(name, layout.chains[name]))
+    # Next maps name endpoint chains; pass chains look them up.
+    cmds.extend(next_map_command(n, layout.continuations[n]) for n in new_next)
+    for name in new_passes:
+        cmds.extend(endpoint_chain_commands(name, layout.passes[name]))
+    # Deletions before additions: a changed map value is "delete key, add key".
     cmds.extend(dels)
     cmds.extend(adds)
-    # Removed chains: nothing jumps to them any more (maps and changed chains
-    # were updated above); flush all first so chains among them let go of each other.
+    # What nothing refers to any more: endpoint chains (the dispatch maps let
+    # go above), then their maps, then rule chains (whose elements are gone).
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_chains)
     cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_chains)
+    cmds.extend({"delete": {"map": obj(name=n)}} for n in gone_maps)
+    # Pass chains last of the decision part: map elements and walks named them.
+    cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_passes)
+    cmds.extend({"delete": {"map": obj(name=n)}} for n in gone_next)
+    cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_passes)
     cmds.extend({"delete": {"set": obj(name=n)}} for n in gone_sets)
-    return NftUpdate(tuple(cmds), new_digest)
+    cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_verdicts)
+    cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_verdicts)
+    return NftUpdate(tuple(cmds), new_digest, layout=layout)
