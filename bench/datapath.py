@@ -18,8 +18,8 @@ run so that machine load hits them alike:
   last in their group, so the client's packets walk every rule before them:
   the worst case, and the one that shows the gap.
 * ``callgate-tiers``: the table of the same cluster with ClusterNetworkPolicies
-  beside its NetworkPolicies (when given): the tiers of the client's egress and
-  the server's ingress are composed into the same one decision-map look-up.
+  beside its NetworkPolicies (when given): each tier of the client's egress and
+  the server's ingress is one decision-map look-up, a Pass goes on to the next.
 
 Load: ``bench/loadgen.c`` (compiled here with gcc): TCP connect/request/
 response/close (netperf's TCP_CRR) for new connections per second, and 64-byte
