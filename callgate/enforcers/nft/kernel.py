@@ -13,20 +13,18 @@ fast unit tests.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from callgate.enforcers.netns import enter_netns
 from callgate.errors import KernelError
 
 log = logging.getLogger(__name__)
 
 Command = dict[str, Any]
-_CLONE_NEWNET = 0x40000000
 
 
 class NftKernel(Protocol):
@@ -46,18 +44,6 @@ class NftKernel(Protocol):
         """Release threads and handles (a closed door is not used again)."""
 
 
-def _enter_netns(name: str) -> None:
-    """Move the calling thread (only) into network namespace ``name``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 class LibNftables:
     """libnftables through Debian's python3-nftables bindings."""
 
@@ -68,7 +54,7 @@ class LibNftables:
         if netns is not None:
             # One thread lives in the namespace; the netlink sockets libnftables
             # opens there belong to that namespace.
-            self._pool = ThreadPoolExecutor(max_workers=1, initializer=_enter_netns, initargs=(netns,))
+            self._pool = ThreadPoolExecutor(max_workers=1, initializer=enter_netns, initargs=(netns,))
 
     def _nft(self, bulk: bool = False) -> Any:
         """This thread's libnftables context; ``bulk`` for whole-table work.
