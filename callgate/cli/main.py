@@ -34,10 +34,10 @@ COMMAND_MODULES: dict[str, str] = {
     "lint": "analysis", "diff": "analysis", "explain": "analysis", "matrix": "analysis", "graph": "analysis",
     "convert": "analysis", "test": "analysis",
     "lab": "lab",
-    "agent": "agent",
+    "agent": "agent", "flows": "flows",
     "controller": "k8s",
 }
-MODULES = ("engine", "analysis", "lab", "agent", "k8s")  # the order commands are listed in --help
+MODULES = ("engine", "analysis", "lab", "agent", "flows", "k8s")  # the order commands are listed in --help
 
 
 def _show_version(value: bool) -> None:
