@@ -30,6 +30,7 @@ the same :meth:`RuleSet.digest`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -195,17 +196,25 @@ class Chain:
 
 @dataclass(frozen=True)
 class EndpointRules:
-    """What one local endpoint enforces. An empty tier tuple: not isolated."""
+    """What one local endpoint enforces. An empty tier tuple: not isolated.
+
+    ``audit``: the endpoint's namespace (or the whole node) is in audit, so
+    what its tiers deny is logged as would-deny and let through; the tiers
+    are the same as when enforced, only the deny action differs."""
 
     endpoint: str  # namespace/name
     interface: str
     ips: tuple[str, ...]
     ingress: tuple[Chain, ...] = ()
     egress: tuple[Chain, ...] = ()
+    audit: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "interface": self.interface, "ips": list(self.ips),
-                "ingress": [_chain_json(c) for c in self.ingress], "egress": [_chain_json(c) for c in self.egress]}
+        out: dict[str, Any] = {"endpoint": self.endpoint, "interface": self.interface, "ips": list(self.ips),
+                               "ingress": [_chain_json(c) for c in self.ingress], "egress": [_chain_json(c) for c in self.egress]}
+        if self.audit:  # only then: an enforced endpoint's form (and digest) is what it always was
+            out["audit"] = True
+        return out
 
     @cached_property
     def digest(self) -> str:
@@ -267,6 +276,11 @@ class RuleSet:
         by_name: dict[str, AddressSet | AddressPortSet] = {s.name: s for s in self.address_sets}
         by_name.update((s.name, s) for s in self.port_sets)
         return by_name
+
+    def in_audit(self) -> RuleSet:
+        """This RuleSet with every endpoint in audit (``callgate agent --enforcement audit``)."""
+        return dataclasses.replace(self, endpoints=tuple(
+            ep if ep.audit else dataclasses.replace(ep, audit=True) for ep in self.endpoints))
 
     def rule_origins(self) -> Mapping[str, tuple[Origin, ...]]:
         """Rule id -> the origins of the rules carrying it: how the agent reads

@@ -17,6 +17,7 @@ from callgate.errors import InputError, Problem
 from callgate.policy import validation as v
 from callgate.policy.documents import POLICY_KINDS, Document, gc_paused, read_all
 from callgate.policy.model import (
+    ENFORCEMENT_KEY,
     NAMESPACE_NAME_LABEL,
     Endpoint,
     Inventory,
@@ -86,11 +87,11 @@ class InventoryBuilder:
         self.seen_ips: dict[IPAddress, str] = {}
         self.seen_keys: set[str] = set()
 
-    def namespace(self, name: str, labels: Mapping[str, str]) -> None:
+    def namespace(self, name: str, labels: Mapping[str, str], enforcement: str | None = None) -> None:
         labels = dict(labels)
         # The API server guarantees this label; inventories may leave it out.
         labels.setdefault(NAMESPACE_NAME_LABEL, name)
-        self.namespaces[name] = Namespace(name, labels)
+        self.namespaces[name] = Namespace(name, labels, labels.get(ENFORCEMENT_KEY, enforcement))
 
     def endpoint(self, ep: Endpoint, doc: Document, obj: str, field_path: tuple[str | int, ...]) -> None:
         if ep.key in self.seen_keys:
@@ -138,7 +139,10 @@ class InventoryBuilder:
             self.problems.append(doc.problem(str(exc), obj=f"Namespace {name}", field="metadata.labels",
                                              field_path=("metadata", "labels")))
             return
-        self.namespace(name, {str(k): str(val) for k, val in labels.items()})
+        annotations = meta.get("annotations")
+        enforcement = annotations.get(ENFORCEMENT_KEY) if isinstance(annotations, dict) else None
+        self.namespace(name, {str(k): str(val) for k, val in labels.items()},
+                       None if enforcement is None else str(enforcement))
 
     def add_pod(self, doc: Document) -> None:
         data = doc.data
