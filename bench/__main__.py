@@ -42,6 +42,7 @@ class Plan:
     pods_curve: tuple[Spec, ...]
     policies_curve: tuple[Spec, ...]
     target: Spec
+    tiers: Spec  # the target with ClusterNetworkPolicies beside its NetworkPolicies
     antrea: Spec
     antrea_repeats: int
     analysis: tuple[tuple[str, Spec], ...]  # (shape, cluster): the analysis commands at scale
@@ -60,6 +61,7 @@ FULL = Plan(
     pods_curve=tuple(Spec(pods=p, namespaces=p // 25, policies=1000, hot=100) for p in (1000, 10000, 50000)),
     policies_curve=tuple(Spec(pods=50000, namespaces=2000, policies=n, hot=n // 10) for n in (100, 1000, 10000)),
     target=Spec(pods=50000, namespaces=2000, policies=10000, hot=3000, v6_every=1),
+    tiers=Spec(pods=50000, namespaces=2000, policies=10000, hot=3000, v6_every=1, cluster_policies=1000),
     antrea=Spec(pods=102000, namespaces=25000, policies=75000, hot=3000),
     antrea_repeats=3,
     analysis=(
@@ -78,6 +80,7 @@ QUICK = Plan(
     pods_curve=tuple(Spec(pods=p, namespaces=p // 25, policies=40, hot=4) for p in (200, 600)),
     policies_curve=tuple(Spec(pods=600, namespaces=24, policies=n, hot=n // 10) for n in (20, 60)),
     target=Spec(pods=600, namespaces=24, policies=60, hot=20, v6_every=1),
+    tiers=Spec(pods=600, namespaces=24, policies=60, hot=20, v6_every=1, cluster_policies=12),
     antrea=Spec(pods=1020, namespaces=250, policies=750, hot=30),
     antrea_repeats=1,
     analysis=(
@@ -213,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                 res[curve].append(_sub("bench.compile_point", spec_json(spec), str(plan.repeats)))
         log(f"compile target {plan.target}")
         res["target"] = _sub("bench.compile_point", spec_json(plan.target), str(plan.repeats))
+        log(f"compile target with cluster tiers {plan.tiers}")
+        res["tiers"] = _sub("bench.compile_point", spec_json(plan.tiers), str(plan.repeats))
     if "load" not in args.skip:
         log("load YAML/JSON of the target cluster")
         res["load"] = _sub("bench.compile_point", spec_json(plan.target), "1", "--yaml")
@@ -229,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             log("datapath lab")
             cluster = generate(plan.target)
             inventory, policies = to_model(cluster)
+            # The same cluster with ClusterNetworkPolicies: a table of its own in the same rotation.
+            tiered = to_model(generate(plan.tiers))[1]
             res["lab"] = datapath.run(cluster, inventory, policies, rounds=plan.rounds, seconds=plan.seconds,
-                                      apply_repeats=plan.apply_repeats, changes=plan.changes, log=log)
+                                      apply_repeats=plan.apply_repeats, changes=plan.changes, log=log,
+                                      tiered=tiered)
     root_why = datapath_possible()  # the parts below need root and namespaces too
     if "whole" not in args.skip:
         res["whole"] = {}

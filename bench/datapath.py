@@ -17,6 +17,9 @@ run so that machine load hits them alike:
   (iptables-style) enforcer does. The rules that admit the client are placed
   last in their group, so the client's packets walk every rule before them:
   the worst case, and the one that shows the gap.
+* ``callgate-tiers``: the table of the same cluster with ClusterNetworkPolicies
+  beside its NetworkPolicies (when given): the tiers of the client's egress and
+  the server's ingress are composed into the same one decision-map look-up.
 
 Load: ``bench/loadgen.c`` (compiled here with gcc): TCP connect/request/
 response/close (netperf's TCP_CRR) for new connections per second, and 64-byte
@@ -365,8 +368,10 @@ class _TimingKernel:
 
 
 def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: int, seconds: float,
-        apply_repeats: int, changes: int, log: Any = print) -> dict[str, Any]:
-    """Build the lab, measure everything, tear the lab down. Returns raw samples."""
+        apply_repeats: int, changes: int, log: Any = print, tiered: PolicySet | None = None) -> dict[str, Any]:
+    """Build the lab, measure everything, tear the lab down. Returns raw samples.
+    ``tiered``: the same cluster's policies with ClusterNetworkPolicies (the
+    ``callgate-tiers`` table)."""
     server_ep = cluster.endpoint(cluster.server)
     server_ip = next(ip for ip in server_ep["ips"] if ":" not in ip)
     client_ip = ported_client(cluster, inventory, policies)
@@ -415,6 +420,15 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
             empty = list(replace_table(RuleSet(node=cluster.node)).commands)
             configs = {"none": delete, "conntrack": conntrack_only(empty), "empty": empty, "callgate": full,
                        "walk": walk_commands(ruleset), "linear": linear}
+            if tiered is not None:
+                tiers = Compiler(tiered, inventory).compile(cluster.node)
+                # Before `linear` in the rotation: the table loaded after `linear` also pays
+                # for removing its 133,000 rules in the same transaction.
+                linear_last = configs.pop("linear")
+                configs["callgate-tiers"] = list(replace_table(tiers).commands)
+                configs["linear"] = linear_last
+                results["tiers_table"] = _tiers_table(tiers, lab.server.host_if, lab.client.host_if)
+                log(f"  tiers table: {results['tiers_table']}")
             samples: dict[str, dict[str, list[float]]] = {c: {"crr": [], "udp": [], "load_s": []} for c in configs}
             names = list(configs)
             for r in range(rounds):
@@ -517,6 +531,21 @@ def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, ke
     if not samples["equals_full_compile"]:
         raise RuntimeError("incremental compile differs from a full compile: the incremental figures are void")
     return samples
+
+
+def _tiers_table(ruleset: RuleSet, server_if: str, client_if: str) -> dict[str, Any]:
+    """What the hot path walks in the tiered table: the chains and their rules."""
+    server = next(e for e in ruleset.endpoints if e.interface == server_if)
+    client = next((e for e in ruleset.endpoints if e.interface == client_if), None)
+    return {
+        "endpoints_with_chains": len(ruleset.endpoints),
+        "address_sets": len(ruleset.address_sets),
+        "set_elements": sum(len(s.elements) for s in ruleset.address_sets),
+        "server_ingress_chains": [len(c.rules) for c in server.ingress],
+        "client_egress_chains": [len(c.rules) for c in client.egress] if client is not None else [],
+        "cluster_policies_on_server": len({o.policy for c in server.ingress for r in c.rules for o in r.origins
+                                           if o.tier}),
+    }
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """A seeded generator of realistic synthetic clusters, for benchmarks and tests.
 
 The output is what a user would feed callgate: one ``callgate/v1 Inventory``
-document and a list of ``networking.k8s.io/v1 NetworkPolicy`` documents, as
+document and a list of ``networking.k8s.io/v1 NetworkPolicy`` documents
+(followed by ``ClusterNetworkPolicy`` documents when the spec asks for them), as
 plain dicts (so they can be written as YAML to time parsing, or parsed in
 memory to time compilation on its own).
 
@@ -17,7 +18,13 @@ What "realistic" means here, and why each piece is in:
   four operators, default-deny and egress policies;
 * ``hot`` policies all select ONE destination pod (the benchmark's server),
   each from a different peer group: the hard case where thousands of policies
-  must be merged into set look-ups rather than walked one by one.
+  must be merged into set look-ups rather than walked one by one;
+* ``cluster_policies`` ClusterNetworkPolicies of both tiers: a few cluster-wide
+  guardrails that select every pod (the benchmark's server and client
+  included), then tenant policies per team (Accept, Pass and Deny rules over
+  namespaces, pods, networks and named ports, random priorities). None denies
+  the load generator's ports between the client and the server, so the
+  datapath benchmark measures what walking the tiers costs, not a drop.
 
 Pod addresses come from 198.18.0.0/15 (131,072 addresses, enough for the
 102,000-pod Antrea scale point) and fd00::/8; ipBlocks too. Nothing is routed
@@ -33,8 +40,8 @@ from typing import Any
 
 from callgate.policy.documents import Document
 from callgate.policy.inventory import inventory_from_dict
-from callgate.policy.model import Inventory, PolicySet
-from callgate.policy.networkpolicy import parse_network_policy
+from callgate.policy.loader import parse_policy_document
+from callgate.policy.model import ClusterPolicy, Inventory, Policy, PolicySet
 
 V4_BASE = int(ipaddress.IPv4Address("198.18.0.0"))
 V4_SIZE = 1 << 17  # 198.18.0.0/15
@@ -62,6 +69,7 @@ class Spec:
     # pods do: no two pods are alike, so every pod is an equivalence class of its own
     # (the analysis commands' worst case: 10,000 pods, 10,000 classes).
     pod_name_labels: bool = False
+    cluster_policies: int = 0  # ClusterNetworkPolicies (Admin and Baseline), after the NetworkPolicies
 
     @property
     def node_count(self) -> int:
@@ -150,6 +158,8 @@ def generate(spec: Spec) -> Cluster:
     server["ports"] = [{"name": "http", "port": HOT_TCP_PORT, "protocol": "TCP"},
                        {"name": "bench-udp", "port": HOT_UDP_PORT, "protocol": "UDP"}]
     policies = _policies(spec, rng, namespaces, apps_per_ns, teams, server, client)
+    # A stream of its own: the same spec without cluster policies is the same cluster as before.
+    policies += _cluster_policies(spec.cluster_policies, random.Random(spec.seed + 1), teams, apps_per_ns)
     inventory = {"apiVersion": "callgate/v1", "kind": "Inventory", "namespaces": namespaces,
                  "endpoints": endpoints}
     return Cluster(spec, inventory, policies,
@@ -271,12 +281,86 @@ def _policies(spec: Spec, rng: random.Random, namespaces: dict[str, Any], apps_p
     return out
 
 
+CNP_API = "policy.networking.k8s.io/v1alpha2"
+
+
+def _cluster_policies(count: int, rng: random.Random, teams: int, apps_per_ns: int) -> list[dict[str, Any]]:
+    def cnp(name: str, tier: str, priority: int, subject: dict[str, Any], **rules: Any) -> dict[str, Any]:
+        return {"apiVersion": CNP_API, "kind": "ClusterNetworkPolicy", "metadata": {"name": name},
+                "spec": {"tier": tier, "priority": priority, "subject": subject, **rules}}
+
+    def tcp(*ports: int) -> list[dict[str, Any]]:
+        return [{"tcp": {"destinationPort": {"number": p}}} for p in ports]
+
+    everyone: dict[str, Any] = {"namespaces": {}}
+    all_pods = [{"namespaces": {}}]
+    # Cluster-wide guardrails first: they select every pod, the benchmark's two included.
+    guardrails = [
+        cnp("guard-dev-databases", "Admin", 10, everyone, ingress=[
+            {"name": "no-dev-to-databases", "action": "Deny", "from": [{"namespaces": _selector({"env": "dev"})}],
+             "protocols": tcp(5432, 3306)}]),
+        cnp("guard-monitoring", "Admin", 20, everyone, ingress=[
+            {"name": "scrape", "action": "Accept",
+             "from": [{"pods": {"namespaceSelector": _selector({"team": "team-0"}),
+                                "podSelector": _selector({"app": "app-0"})}}], "protocols": tcp(9090)}]),
+        cnp("guard-egress", "Admin", 30, everyone, egress=[
+            {"name": "pods-decide", "action": "Pass", "to": all_pods},
+            {"name": "no-smtp-out", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}],
+             "protocols": tcp(25)}]),
+        cnp("default", "Baseline", 1000, everyone, ingress=[
+            {"name": "no-ssh-from-dev", "action": "Deny", "from": [{"namespaces": _selector({"env": "dev"})}],
+             "protocols": tcp(22)}]),
+    ]
+    out = guardrails[:count]
+    kinds = ("tenant", "db-guard", "egress-allowlist", "baseline-team", "named-port")
+    weights = (40, 20, 20, 10, 10)
+    for k in range(len(out), count):
+        team = _selector({"team": f"team-{rng.randrange(teams)}"})
+        app = f"app-{rng.randrange(apps_per_ns)}"
+        kind = rng.choices(kinds, weights)[0]
+        name, priority = f"{kind}-{k:05d}", rng.randrange(1001)
+        if kind == "tenant":
+            out.append(cnp(name, "Admin", priority, {"namespaces": team}, ingress=[
+                {"name": "team-web", "action": "Accept", "from": [{"namespaces": team}], "protocols": tcp(8080)},
+                {"name": "team-decides", "action": "Pass", "from": [{"namespaces": team}]},
+                {"name": "no-ssh", "action": "Deny", "from": all_pods, "protocols": tcp(22, 2222)}]))
+        elif kind == "db-guard":
+            db = {"pods": {"namespaceSelector": team, "podSelector": _selector({"tier": "db"})}}
+            api = {"pods": {"namespaceSelector": team, "podSelector": _selector({"tier": "api"})}}
+            out.append(cnp(name, "Admin", priority, db, ingress=[
+                {"name": "api-to-db", "action": "Accept", "from": [api], "protocols": tcp(5432)},
+                {"name": "nobody-else", "action": "Deny", "from": all_pods, "protocols": tcp(5432)}]))
+        elif kind == "egress-allowlist":
+            subject = {"pods": {"namespaceSelector": team, "podSelector": _selector({"app": app})}}
+            out.append(cnp(name, "Admin", priority, subject, egress=[
+                {"name": "pods-decide", "action": "Pass", "to": all_pods},
+                {"name": "partner-api", "action": "Accept", "to": [{"networks": [_ip_block(rng)["ipBlock"]["cidr"]]}],
+                 "protocols": tcp(443)},
+                {"name": "no-other-https", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}],
+                 "protocols": tcp(443)}]))
+        elif kind == "baseline-team":
+            out.append(cnp(name, "Baseline", priority, {"namespaces": team}, ingress=[
+                {"name": "team-in", "action": "Accept", "from": [{"namespaces": team}]},
+                {"name": "no-metrics-from-others", "action": "Deny", "from": all_pods, "protocols": tcp(9090)}]))
+        else:
+            out.append(cnp(name, "Admin", priority, {"namespaces": team}, egress=[
+                {"name": "dns", "action": "Accept",
+                 "to": [{"pods": {"namespaceSelector": {}, "podSelector": _selector({"tier": "cache"})}}],
+                 "protocols": [{"destinationNamedPort": "dns"}]}]))
+    return out
+
+
 def to_model(cluster: Cluster) -> tuple[Inventory, PolicySet]:
     """Parse the documents in memory (validation included, YAML text excluded)."""
     inventory = inventory_from_dict(cluster.inventory, "<synthetic inventory>")
-    policies = [parse_network_policy(Document("<synthetic policies>", i, doc))
-                for i, doc in enumerate(cluster.policies)]
-    return inventory, PolicySet(policies)
+    policies, cluster_policies = [], []
+    for i, doc in enumerate(cluster.policies):
+        parsed = parse_policy_document(Document("<synthetic policies>", i, doc))
+        if isinstance(parsed, ClusterPolicy):
+            cluster_policies.append(parsed)
+        elif isinstance(parsed, Policy):
+            policies.append(parsed)
+    return inventory, PolicySet(policies, tuple(cluster_policies))
 
 
 def hot_peer_addresses(cluster: Cluster) -> int:
@@ -286,7 +370,7 @@ def hot_peer_addresses(cluster: Cluster) -> int:
         by_ns[ep["namespace"]] = by_ns.get(ep["namespace"], 0) + len(ep["ips"])
     total = 0
     for doc in cluster.policies:
-        if not doc["metadata"]["name"].startswith("hot-"):
+        if doc["kind"] != "NetworkPolicy" or not doc["metadata"]["name"].startswith("hot-"):
             continue
         for peer in doc["spec"]["ingress"][0]["from"]:
             if "ipBlock" in peer:

@@ -7,7 +7,10 @@ as YAML and as a JSON List — and runs each command as its own process
 (``python -m callgate ...``), as a user would: imports, parsing, validation,
 compile, rendering and (``apply``) the kernel transaction all count. Each run
 reports its wall time from the process start and the child's peak RSS
-(``wait4``). ``apply`` runs into the given network namespace (root), first into
+(``wait4``). The files are written by a separate process: a child's peak RSS
+starts at its parent's RSS when it is forked (Linux carries the forked copy's
+high-water mark across ``exec``), so the measuring process must stay small —
+generating the cluster in it put every command at >= 728 MiB. ``apply`` runs into the given network namespace (root), first into
 an empty one (the full transaction), then again (the no-op re-apply, which
 reads the table back and compares). ``diff`` compares the policies with the
 same policies less ten of them.
@@ -79,9 +82,11 @@ def run(argv: list[str], timeout: float) -> dict[str, Any]:
 
 def measure(spec: Spec, netns: str | None, timeout: float, only: set[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"spec": dataclasses.asdict(spec)}
-    node = generate(Spec(pods=1, namespaces=1, policies=0)).node  # the node benchmarks compile for
     with tempfile.TemporaryDirectory(prefix="cgb-files-") as tmp:
-        p = {k: str(v) for k, v in write_inputs(spec, Path(tmp)).items()}
+        written = subprocess.run([sys.executable, "-m", "bench.whole_path", json.dumps(dataclasses.asdict(spec)),
+                                  "--write-to", tmp], cwd=ROOT, capture_output=True, text=True, check=True)
+        p: dict[str, str] = json.loads(written.stdout)
+        node = p.pop("node")
         out["bytes"] = {k: os.path.getsize(v) for k, v in p.items()}
         commands: list[tuple[str, list[str]]] = [
             ("compile yaml", ["compile", "-i", p["inventory.yaml"], "-p", p["policies.yaml"], "-n", node]),
@@ -115,7 +120,12 @@ def main() -> None:
     ap.add_argument("--netns", default=None, help="apply into this network namespace (root); default: no apply")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--only", default=None, help="comma-separated commands to run (apply, compile, lint, diff)")
+    ap.add_argument("--write-to", default=None, help="only write the input files into this directory")
     args = ap.parse_args()
+    if args.write_to:
+        paths = {k: str(v) for k, v in write_inputs(Spec(**json.loads(args.spec)), Path(args.write_to)).items()}
+        print(json.dumps({**paths, "node": generate(Spec(pods=1, namespaces=1, policies=0)).node}))
+        return
     only = set(args.only.split(",")) if args.only else None
     print(json.dumps(measure(Spec(**json.loads(args.spec)), args.netns, args.timeout, only)))
 

@@ -1,12 +1,15 @@
-"""The cluster-wide controller: lint NetworkPolicies as they change, report as Events.
+"""The cluster-wide controller: lint policies as they change, report as Events.
 
-It watches the same three kinds as the agent (through :class:`ClusterWatcher`,
-so the same consistency rules hold), runs ``callgate lint``'s checks over the
-cluster's policies with the live pods and namespaces as inventory, and posts
-each finding as a Kubernetes Event on the object it is about, so that
-``kubectl describe networkpolicy`` (or ``describe namespace`` for
-namespace-wide findings) shows it. Policies the agent skips as invalid get a
-CG001 event saying why.
+It watches the same kinds as the agent (through :class:`ClusterWatcher`, so
+the same consistency rules hold), runs ``callgate lint``'s checks over the
+cluster's policies (NetworkPolicies, and ClusterNetworkPolicies with the
+v1alpha1 kinds where their CRDs are installed) with the live pods, namespaces
+and nodes as inventory, and posts each finding as a Kubernetes Event on the
+object it is about, so that ``kubectl describe networkpolicy`` (``describe
+clusternetworkpolicy``, or ``describe namespace`` for namespace-wide findings)
+shows it. Events about cluster-scoped policies go into the ``default``
+namespace, where Kubernetes keeps the events of cluster-scoped objects.
+Policies the agent skips as invalid get a CG001 event saying why.
 
 Events are deduplicated: each finding has a deterministic Event name (object
 uid + rule + field), so a resync, a pod churning or a controller restart does
@@ -16,7 +19,8 @@ lastTimestamp bumped (Events expire after an hour by default); a finding that
 disappears is forgotten and its Event ages out.
 
 The controller never changes policies or pods: it needs read access to pods,
-namespaces and networkpolicies, and create/patch/get on events.
+namespaces, nodes, networkpolicies and the cluster policy kinds, and
+create/patch/get on events.
 """
 
 from __future__ import annotations
@@ -39,7 +43,15 @@ from callgate.analysis.lint.rules import Severity
 from callgate.analysis.lint.run import run_checks
 from callgate.policy.documents import Document
 from callgate.watchers.base import SourceProblem
-from callgate.watchers.k8s_convert import ClusterState, ObjectRef, clip
+from callgate.watchers.k8s_convert import (
+    API_VERSIONS,
+    KIND_NAMES,
+    LINTED_KINDS,
+    NAMESPACES,
+    ClusterState,
+    ObjectRef,
+    clip,
+)
 from callgate.watchers.kubernetes import ClusterWatcher
 
 log = logging.getLogger("callgate.controller")
@@ -48,7 +60,8 @@ REASON = "CallgateLint"
 COMPONENT = "callgate-controller"
 _MAX_EVENT_MESSAGE = 1024  # the API server truncates Event messages around here anyway
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-_API_VERSIONS = {"NetworkPolicy": "networking.k8s.io/v1", "Namespace": "v1"}
+_API_VERSIONS = {KIND_NAMES[kind]: API_VERSIONS[kind] for kind in (*LINTED_KINDS, NAMESPACES)}
+CLUSTER_EVENTS_NAMESPACE = "default"  # where Kubernetes keeps events of cluster-scoped objects
 _LINT_FILE = "/dev/null/kubernetes-api"  # never readable: lint must not open files named by the API
 
 
@@ -68,8 +81,12 @@ class Report:
 
     @property
     def event_namespace(self) -> str:
-        # Namespace-wide findings go into that namespace, so `kubectl get events -n x` shows them.
-        return self.target.namespace or self.target.name
+        if self.target.namespace:
+            return self.target.namespace
+        if self.target.kind == KIND_NAMES[NAMESPACES]:
+            # Namespace-wide findings go into that namespace, so `kubectl get events -n x` shows them.
+            return self.target.name
+        return CLUSTER_EVENTS_NAMESPACE
 
     @property
     def event_name(self) -> str:
@@ -104,12 +121,16 @@ def lint_state(state: ClusterState, config: LintConfig | None = None,
     linter = Linter(state.inventory)
     by_doc: dict[tuple[str, int, tuple[str | int, ...]], ObjectRef] = {}
     parsed = {p.key: p for p in state.policies.policies}
+    cluster = {p.key: p for p in state.policies.cluster}
     for index, (key, (ref, raw)) in enumerate(sorted(state.raw_policies.items())):
         doc = Document(_LINT_FILE, 0, raw, ("items", index))
         by_doc[(doc.file, doc.index, doc.path)] = ref
         policy = parsed.get(key)
+        cluster_policy = cluster.get(key)
         if policy is not None:
             linter.items.append(Item(doc, "NetworkPolicy", policy.display, policy=policy))
+        elif cluster_policy is not None:
+            linter.items.append(Item(doc, cluster_policy.kind, cluster_policy.display, cluster=cluster_policy))
         else:
             for problem in state.problems_by_object.get(ref, ()):
                 linter.problem(problem, doc)

@@ -14,6 +14,11 @@ client (and callgate's watchers) to run against it unchanged:
   event carrying a ``Status`` with code 410, then the stream ends.
   ``timeoutSeconds`` ends the stream cleanly.
 * ``POST``/``PUT``/``PATCH``/``DELETE`` on objects (the controller posts Events).
+* Custom resources: ClusterNetworkPolicy (v1alpha2) and the v1alpha1
+  AdminNetworkPolicy and BaselineAdminNetworkPolicy, cluster-scoped, as a
+  server with their CRDs installed serves them. ``FakeAPIServer(crds=False)``
+  (or :meth:`uninstall_crds`) answers 404 for them, as a cluster without the
+  CRDs does; :meth:`install_crds` brings them (back).
 
 Tests drive it from Python: :meth:`create`, :meth:`update`, :meth:`delete`
 assign increasing resourceVersions like etcd does; :meth:`compact` forgets
@@ -54,9 +59,18 @@ class Resource:
 RESOURCES: dict[str, Resource] = {
     "pods": Resource("/api/v1", "Pod", "v1", True),
     "namespaces": Resource("/api/v1", "Namespace", "v1", False),
+    "nodes": Resource("/api/v1", "Node", "v1", False),
     "events": Resource("/api/v1", "Event", "v1", True),
     "networkpolicies": Resource("/apis/networking.k8s.io/v1", "NetworkPolicy", "networking.k8s.io/v1", True),
+    "clusternetworkpolicies": Resource("/apis/policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy",
+                                       "policy.networking.k8s.io/v1alpha2", False),
+    "adminnetworkpolicies": Resource("/apis/policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy",
+                                     "policy.networking.k8s.io/v1alpha1", False),
+    "baselineadminnetworkpolicies": Resource("/apis/policy.networking.k8s.io/v1alpha1",
+                                             "BaselineAdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1",
+                                             False),
 }
+CRD_RESOURCES = ("clusternetworkpolicies", "adminnetworkpolicies", "baselineadminnetworkpolicies")
 _BY_KIND = {r.kind: name for name, r in RESOURCES.items()}
 
 
@@ -113,8 +127,9 @@ def _merge_patch(target: Any, patch: Any) -> Any:
 class FakeAPIServer:
     """A threaded fake Kubernetes API server; see the module docstring."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, crds: bool = True) -> None:
         self.port = port
+        self.crds = crds  # are the policy CRDs installed (their resources served)?
         self.requests: list[Request] = []
         self._lock = threading.Condition()
         self._rv = 100  # like etcd, revisions start somewhere above zero
@@ -251,6 +266,23 @@ class FakeAPIServer:
         for w in victims:
             _shutdown(w.conn)
         return len(victims)
+
+    def uninstall_crds(self) -> None:
+        """Remove the policy CRDs: their objects go (as on a real server) and their
+        resources answer 404; open watches of them end."""
+        with self._lock:
+            self.crds = False
+            for resource in CRD_RESOURCES:
+                self._store[resource].clear()
+            for w in self._watches:
+                if w.resource in CRD_RESOURCES:
+                    w.closing = True
+            self._lock.notify_all()
+
+    def install_crds(self) -> None:
+        with self._lock:
+            self.crds = True
+            self._lock.notify_all()
 
     def fail(self, predicate: Callable[[Request], bool], code: int = 500, times: int = 1) -> None:
         """Answer the next ``times`` requests matching ``predicate`` with an error status."""
@@ -429,12 +461,15 @@ def _peer_closed(conn: socket.socket) -> bool:
 
 def _route(path: str) -> tuple[str | None, str | None, str | None]:
     """(resource, namespace, name) for an API path, or (None, None, None)."""
-    for prefix in ("/api/v1/", "/apis/networking.k8s.io/v1/"):
+    for prefix in sorted({r.prefix + "/" for r in RESOURCES.values()}, key=len, reverse=True):
         if path.startswith(prefix):
             parts = [p for p in path[len(prefix):].split("/") if p]
             break
     else:
         return None, None, None
+    resource = parts[2] if len(parts) >= 3 and parts[0] == "namespaces" else parts[0] if parts else None
+    if resource in RESOURCES and RESOURCES[resource].prefix + "/" != prefix:
+        return None, None, None  # a resource under another group's path
     if len(parts) >= 3 and parts[0] == "namespaces":
         ns = parts[1]
         resource = parts[2]
@@ -517,6 +552,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(injected, status(injected, "InternalError", "injected failure"))
             return
         resource, namespace, name = _route(split.path)
+        if resource in CRD_RESOURCES and not api.crds:
+            resource = None
         if resource is None:
             self._send_json(404, status(404, "NotFound", f"the server could not find the requested resource ({split.path})"))
             return

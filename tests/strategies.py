@@ -14,6 +14,10 @@ from hypothesis import strategies as st
 
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
+    Action,
+    ClusterPeer,
+    ClusterPolicy,
+    ClusterRule,
     Direction,
     Endpoint,
     Inventory,
@@ -21,12 +25,14 @@ from callgate.policy.model import (
     LabelSelector,
     NamedPort,
     Namespace,
+    Node,
     Peer,
     Policy,
     PolicyRule,
     PolicySet,
     PortSpec,
     Requirement,
+    Tier,
 )
 
 NAMESPACES = ("x", "y", "z")
@@ -121,3 +127,86 @@ def policy_sets(draw: Any) -> PolicySet:
             ingress=tuple(draw(st.lists(rules(ns), max_size=3))),
             egress=tuple(draw(st.lists(rules(ns), max_size=3)))))
     return PolicySet(policies)
+
+
+# -- the cluster tiers ----------------------------------------------------------------
+
+NODE_ADDRESSES = {"n1": ("198.18.0.1", "fd00::1"), "n2": ("198.18.0.2",)}
+
+
+@st.composite
+def inventories_with_nodes(draw: Any) -> Inventory:
+    """An inventory that also knows its nodes (labels and addresses), for ``nodes`` peers."""
+    inventory = draw(inventories())
+    nodes = {name: Node(name, draw(labels_st), tuple(ipaddress.ip_address(a) for a in addresses))
+             for name, addresses in NODE_ADDRESSES.items()}
+    return Inventory(inventory.namespaces, inventory.endpoints, nodes)
+
+
+networks = st.sampled_from([
+    (IPBlock(ipaddress.ip_network("198.18.0.0/24")),),
+    (IPBlock(ipaddress.ip_network("198.18.0.8/30")), IPBlock(ipaddress.ip_network("fd00::/120"))),
+    (IPBlock(ipaddress.ip_network("0.0.0.0/0")), IPBlock(ipaddress.ip_network("::/0"))),
+    (IPBlock(ipaddress.ip_network("198.18.0.11/32")),),
+    (IPBlock(ipaddress.ip_network("198.18.0.0/31")),),  # a node address, and no pod's
+])
+
+
+@st.composite
+def cluster_peers(draw: Any, egress: bool) -> ClusterPeer:
+    kinds = ["namespaces", "pods"] + (["networks", "nodes", "domainNames"] if egress else []) + ["unknown"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "namespaces":
+        return ClusterPeer(selector=Peer(namespace_selector=draw(selectors())))
+    if kind == "pods":
+        return ClusterPeer(selector=Peer(pod_selector=draw(selectors()), namespace_selector=draw(selectors())))
+    if kind == "networks":
+        return ClusterPeer(networks=draw(networks))
+    if kind == "nodes":
+        return ClusterPeer(nodes=draw(selectors()))
+    if kind == "domainNames":
+        return ClusterPeer(domain_names=("example.com",))
+    return ClusterPeer()  # a peer of a kind callgate does not know
+
+
+@st.composite
+def cluster_ports(draw: Any, named: bool) -> tuple[PortSpec, ...]:
+    kind = draw(st.sampled_from(["none", "number", "range", "named"] if named else ["none", "number", "range"]))
+    protocol = draw(st.sampled_from(["TCP", "UDP", "SCTP"]))
+    if kind == "none":
+        return ()
+    if kind == "number":
+        return (PortSpec(protocol, draw(st.sampled_from(PORTS))),)
+    if kind == "range":
+        return (PortSpec(protocol, 79, 81),)
+    return tuple(PortSpec(p, draw(st.sampled_from(PORT_NAMES))) for p in ("TCP", "UDP", "SCTP"))
+
+
+@st.composite
+def cluster_rules(draw: Any, egress: bool, tier: Tier) -> ClusterRule:
+    peers = tuple(draw(st.lists(cluster_peers(egress), min_size=1, max_size=2)))
+    # The API refuses named ports beside networks/nodes/domainNames peers.
+    named = not any(p.networks or p.nodes is not None or p.domain_names for p in peers)
+    action = draw(st.sampled_from([Action.ACCEPT, Action.DENY, Action.PASS]))
+    return ClusterRule(action, peers, draw(cluster_ports(named)), draw(st.sampled_from(["", "r"])))
+
+
+@st.composite
+def cluster_policies(draw: Any, index: int) -> ClusterPolicy:
+    tier = draw(st.sampled_from([Tier.ADMIN, Tier.BASELINE]))
+    if draw(st.booleans()):
+        subject = Peer(namespace_selector=draw(selectors()))
+    else:
+        subject = Peer(pod_selector=draw(selectors()), namespace_selector=draw(selectors()))
+    return ClusterPolicy(
+        name=f"cnp{index}", tier=tier, priority=draw(st.integers(0, 3)), subject=subject,
+        ingress=tuple(draw(st.lists(cluster_rules(False, tier), max_size=3))),
+        egress=tuple(draw(st.lists(cluster_rules(True, tier), max_size=3))))
+
+
+@st.composite
+def tiered_policy_sets(draw: Any) -> PolicySet:
+    """NetworkPolicies with ClusterNetworkPolicies of both tiers around them."""
+    base = draw(policy_sets())
+    cluster = [draw(cluster_policies(i)) for i in range(draw(st.integers(1, 4)))]
+    return PolicySet(base.policies, tuple(cluster))

@@ -328,3 +328,68 @@ def test_a_burst_of_1000_events_over_a_second_is_at_most_five_transactions(kerne
         assert 1 < kernel.transactions - before <= 5
     finally:
         reactor.stop()
+
+
+def test_with_cluster_policies_remote_pod_churn_stays_incremental(h: Harness, kernel: FakeNftKernel) -> None:
+    """An Admin tier ClusterNetworkPolicy on the node's pods: a remote pod joining or
+    leaving its peers is a set patch and an incremental transaction, equal to a full
+    compile; changing the cluster policy compiles in full."""
+    from callgate.policy.clusternetworkpolicy import parse_cluster_network_policy
+
+    def cnp(action: str) -> Any:
+        return parse_cluster_network_policy(Document("<test>", 0, {
+            "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "guard"},
+            "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                     "ingress": [{"name": "no-b", "action": action,
+                                  "from": [{"pods": {"podSelector": {"matchLabels": {"pod": "b"}}}}]}]}}))
+
+    def tiered(inv: Any, action: str = "Deny") -> Snapshot:
+        return Snapshot(inv, PolicySet([A_FROM_B], (cnp(action),)), f"v{next(_versions)}", "test", [])
+
+    first = tiered(inventory())
+    h.send(first)
+    ruleset = h.reactor.last_sync.ruleset  # type: ignore[union-attr]
+    assert [c.name[:4] for c in next(e for e in ruleset.endpoints if e.endpoint == "x/c").ingress] == ["ina_"]
+    for s in (tiered(inventory(extra=2)), tiered(inventory(b_labels={"pod": "z"}, extra=2))):
+        h.send(s)
+        assert h.reactor.compiler is not None and h.reactor.compiler.last_path == "incremental"
+        assert h.reactor.last_sync is not None and h.reactor.last_sync.ruleset == Compiler(
+            s.policies, s.inventory).compile(NODE)
+    assert h.counts() == {"incremental": 2, "full": 1}
+    changed = tiered(inventory(b_labels={"pod": "z"}, extra=2), "Pass")
+    h.send(changed)
+    assert h.reactor.compiler.last_path == "full: rebase"  # type: ignore[union-attr]
+    assert h.enforcer.in_sync(h.reactor.last_sync.ruleset, h.reactor.last_sync.known)  # type: ignore[union-attr]
+
+
+def test_interfaces_found_on_the_node_keep_the_inventorys_nodes(kernel: FakeNftKernel) -> None:
+    """Filling in a local pod's interface from the node's routes must not lose the
+    inventory's nodes: a ClusterNetworkPolicy nodes peer resolves through them."""
+    from callgate.policy.clusternetworkpolicy import parse_cluster_network_policy
+
+    def routes(argv: Any) -> str:
+        return '[{"dst": "198.18.1.10", "dev": "cga0", "scope": "link"}]' if "-4" in argv else "[]"
+
+    data = {"apiVersion": "callgate/v1", "kind": "Inventory", "namespaces": {"x": {}},
+            "nodes": {"node-2": {"labels": {"role": "gw"}, "addresses": ["198.19.255.2"]}},
+            "endpoints": [{"name": "a", "namespace": "x", "labels": {"pod": "a"}, "node": NODE,
+                           "ips": ["198.18.1.10"]}]}  # no interface: found through the routes
+    guard = parse_cluster_network_policy(Document("<test>", 0, {
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "no-gateways"},
+        "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                 "egress": [{"action": "Deny", "to": [{"nodes": {"matchLabels": {"role": "gw"}}}]}]}}))
+    reactor = Reactor(ReactorConfig(node=NODE, resync=3600.0, coalesce=0.01, max_delay=1.0, retry=0.05),
+                      NftablesEnforcer(kernel), InterfaceResolver(runner=routes), AgentMetrics())
+    reactor.start()
+    try:
+        snapshot = Snapshot(inventory_from_dict(data), PolicySet([], (guard,)), "v1", "test", [])
+        reactor.on_event(snapshot)
+        assert reactor.wait_for(lambda: reactor.last_sync is not None, WAIT)
+        ruleset = reactor.last_sync.ruleset  # type: ignore[union-attr]
+        (endpoint,) = ruleset.endpoints
+        assert endpoint.interface == "cga0"
+        assert any("198.19.255.2" in s.elements for s in ruleset.address_sets), "the node's address is denied"
+    finally:
+        reactor.stop()

@@ -30,13 +30,15 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
     report = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Targets" in report and "Quick mode" in report
     results = json.loads((tmp_path / "results.json").read_text())
-    for part in ("target", "pods_curve", "policies_curve", "load", "antrea", "analysis"):
+    for part in ("target", "tiers", "pods_curve", "policies_curve", "load", "antrea", "analysis"):
         assert part in results, part
     assert results["target"]["compile_s"] and results["target"]["digest"]
+    assert results["tiers"]["digest"] != results["target"]["digest"], "the cluster policies compiled into the node"
+    assert "ClusterNetworkPolicies" in report
     assert (tmp_path / "plots" / "compile_pods.svg").exists()
     if datapath_possible() is None:
         lab = results["lab"]
-        assert set(lab["datapath"]) == {"none", "conntrack", "empty", "callgate", "walk", "linear"}
+        assert set(lab["datapath"]) == {"none", "conntrack", "empty", "callgate", "walk", "linear", "callgate-tiers"}
         assert all(lab["incremental"]["incremental"]), "pod churn should reach the kernel as an incremental update"
         assert (tmp_path / "plots" / "datapath.svg").exists()
         # The user's whole path, the agent's latency and the cold start ran too.

@@ -12,7 +12,7 @@ from callgate.compiler import Compiler
 from callgate.compiler.interpret import Interpreter
 from callgate.policy import Evaluator
 from callgate.policy.model import Inventory, PolicySet
-from tests.strategies import PORTS, inventories, policy_sets
+from tests.strategies import PORTS, inventories, inventories_with_nodes, policy_sets, tiered_policy_sets
 
 EXTERNAL = ("198.18.0.200", "203.0.113.7", "fd00::ff", "2001:db8::1")
 
@@ -20,11 +20,15 @@ EXTERNAL = ("198.18.0.200", "203.0.113.7", "fd00::ff", "2001:db8::1")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), policy_sets())
 def test_ir_agrees_with_evaluator(inventory: Inventory, policies: PolicySet) -> None:
+    check_every_tuple(inventory, policies, EXTERNAL)
+
+
+def check_every_tuple(inventory: Inventory, policies: PolicySet, external: tuple[str, ...]) -> None:
     compiler = Compiler(policies, inventory)
     rulesets = [compiler.compile(node) for node in inventory.nodes()]
     ir = Interpreter(rulesets)
     ev = Evaluator(policies, inventory)
-    addresses = [str(ip) for ep in inventory.endpoints for ip in ep.ips] + list(EXTERNAL)
+    addresses = [str(ip) for ep in inventory.endpoints for ip in ep.ips] + list(external)
     for src in addresses:
         for dst in addresses:
             if src == dst or (":" in src) != (":" in dst):
@@ -70,3 +74,12 @@ def test_element_arithmetic_agrees_with_ipaddress() -> None:
     want = sum(hi - lo + 1 for lo, hi in map(reference, v4))
     assert elements_size(v4) == want
     assert AddressSet("s", "ip", tuple(v4)).address_count == want  # counted when the builder did not say
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories_with_nodes(), tiered_policy_sets())
+def test_tiered_ir_agrees_with_evaluator(inventory: Inventory, policies: PolicySet) -> None:
+    """The same with ClusterNetworkPolicies of both tiers in the mix: ordered
+    Accept/Deny/Pass rules, priorities, networks over pod addresses, node peers,
+    unresolvable peers failing closed, named ports."""
+    check_every_tuple(inventory, policies, (*EXTERNAL, "198.18.0.1", "198.18.0.2", "fd00::1"))

@@ -84,3 +84,25 @@ def test_round_trip_keeps_matrix(tmp_path_factory: object, inv: Inventory, ps: P
         same_matrix(inv, ps, mixed)
         back = reload(Path(tmp), dump_documents([network_policy_dict(p) for p in mixed.policies]))
         same_matrix(inv, ps, back)
+
+
+def test_cluster_policies_pass_through_and_the_tiers_keep_the_matrix(tmp_path: Path) -> None:
+    """ClusterNetworkPolicies are neither NetworkPolicy nor App: convert passes them
+    through (as v1alpha2), and keeps as NetworkPolicy what an App would change
+    because of them (an App isolates both directions, which keeps the Baseline tier
+    away from its pods)."""
+    from tests.helpers import standard
+
+    inv = standard()
+    scenarios = Path(__file__).parent / "scenarios"
+    for name in ("08-admin-tier", "09-baseline-tier", "10-apps-and-fail-closed"):
+        source = load_policies(scenarios / f"{name}.yaml")
+        for to in ("app", "networkpolicy"):
+            result = CliRunner().invoke(app, ["convert", "--to", to, str(scenarios / f"{name}.yaml")])
+            assert result.exit_code == 0, result.output
+            converted = reload(tmp_path, result.stdout)
+            assert sorted((p.tier, p.priority, p.subject, p.ingress, p.egress) for p in converted.cluster) == \
+                sorted((p.tier, p.priority, p.subject, p.ingress, p.egress) for p in source.cluster), (name, to)
+            same_matrix(inv, source, converted)
+    kept = CliRunner().invoke(app, ["convert", "--to", "app", str(scenarios / "09-baseline-tier.yaml")])
+    assert "has ingress rules in the Baseline tier" in kept.stderr

@@ -35,7 +35,7 @@ from callgate.compiler.ir import (
 )
 from callgate.policy import Evaluator
 from callgate.policy.model import Inventory, PolicySet
-from tests.strategies import PORTS, inventories, policy_sets
+from tests.strategies import PORTS, inventories, inventories_with_nodes, policy_sets, tiered_policy_sets
 
 V4 = int(ipaddress.IPv4Address("198.18.0.0"))
 V6 = int(ipaddress.IPv6Address("fd00::"))
@@ -205,6 +205,20 @@ EXTERNAL = ("198.18.0.200", "203.0.113.7", "fd00::ff", "2001:db8::1")
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), policy_sets())
 def test_lowered_network_policies_agree_with_the_evaluator(inventory: Inventory, policies: PolicySet) -> None:
+    check_against_the_evaluator(inventory, policies, EXTERNAL)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories_with_nodes(), tiered_policy_sets())
+def test_lowered_cluster_tiers_agree_with_the_evaluator(inventory: Inventory, policies: PolicySet) -> None:
+    """ClusterNetworkPolicies of both tiers around the NetworkPolicies (ordered
+    Accept/Deny/Pass rules, priorities, networks over pod addresses, node peers,
+    unresolvable peers failing closed, named ports): the lowered Admin,
+    NetworkPolicy and Baseline tiers decide every packet as the evaluator does."""
+    check_against_the_evaluator(inventory, policies, (*EXTERNAL, "198.18.0.1", "198.18.0.2", "fd00::1"))
+
+
+def check_against_the_evaluator(inventory: Inventory, policies: PolicySet, external: tuple[str, ...]) -> None:
     compiler = Compiler(policies, inventory)
     rulesets = [compiler.compile(node) for node in inventory.nodes()]
     tables = DecisionInterpreter(rulesets)
@@ -214,7 +228,7 @@ def test_lowered_network_policies_agree_with_the_evaluator(inventory: Inventory,
         for ep in rs.endpoints:
             for (_direction, family), program in programs(ep).items():
                 check_table(lower(program, sources), sources, family)
-    ips = [str(ip) for ep in inventory.endpoints for ip in ep.ips] + list(EXTERNAL)
+    ips = [str(ip) for ep in inventory.endpoints for ip in ep.ips] + list(external)
     for src in ips:
         for dst in ips:
             if src == dst or (":" in src) != (":" in dst):
@@ -222,7 +236,7 @@ def test_lowered_network_policies_agree_with_the_evaluator(inventory: Inventory,
             for port in (*PORTS, 79, 1000):
                 for proto in ("TCP", "UDP", "SCTP"):
                     assert tables.allowed(src, dst, port, proto) == ev.allowed(src, dst, port, proto), (
-                        src, dst, port, proto)
+                        src, dst, port, proto, ev.evaluate(src, dst, port, proto).reasons())
 
 
 def test_protocol_numbers_are_the_iana_ones() -> None:

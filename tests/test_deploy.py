@@ -15,6 +15,8 @@ import pytest
 import typer
 import yaml
 
+from callgate.watchers.k8s_convert import API_VERSIONS, KINDS
+
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,8 +102,15 @@ def grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     return out
 
 
-WATCHED = {(g, r, v) for g, r in (("", "pods"), ("", "namespaces"), ("networking.k8s.io", "networkpolicies"))
-           for v in READ}
+# What the watchers list and watch: taken from their own table of kinds, so a kind
+# added there without its RBAC (or RBAC left behind for a kind gone) fails here.
+WATCHED = {(API_VERSIONS[kind].rpartition("/")[0], kind, v) for kind in KINDS for v in READ}
+
+
+def test_the_watched_kinds_include_the_cluster_tiers() -> None:
+    assert {("", "nodes"), ("policy.networking.k8s.io", "clusternetworkpolicies"),
+            ("policy.networking.k8s.io", "adminnetworkpolicies"),
+            ("policy.networking.k8s.io", "baselineadminnetworkpolicies")} <= {(g, r) for g, r, _ in WATCHED}
 
 
 def test_agent_rbac_is_read_only_and_exactly_what_the_watchers_use() -> None:

@@ -20,7 +20,7 @@ from callgate.analysis.groups import group_matrix
 from callgate.policy import Evaluator
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 from tests.helpers import policies_from, standard
-from tests.strategies import inventories, policy_sets
+from tests.strategies import inventories, inventories_with_nodes, policy_sets, tiered_policy_sets
 
 PROBES = [(53, "UDP"), (53, "TCP"), (79, "TCP"), (80, "TCP"), (80, "UDP"), (81, "TCP"), (82, "TCP"),
           (81, "SCTP"), (1000, "UDP")]
@@ -47,6 +47,22 @@ def test_class_matrix_equals_evaluator(inv: Inventory, ps: PolicySet) -> None:
         eps = {e.key: e for e in inv.endpoints}
         for (a, b, port, proto), want in truth(inv, ps, family).items():
             assert conn.allowed(eps[a], eps[b], port, proto) == want, (a, b, port, proto, family)  # type: ignore[arg-type]
+
+
+@SETTINGS
+@given(inventories_with_nodes(), tiered_policy_sets())
+def test_class_matrix_with_cluster_tiers_equals_evaluator(inv: Inventory, ps: PolicySet) -> None:
+    """A pod a ClusterNetworkPolicy selects has verdicts NetworkPolicy alone does not
+    determine: Admin rules before it, Baseline rules after it (when nothing
+    isolates the pod), networks and node addresses as blocks."""
+    test_class_matrix_equals_evaluator.hypothesis.inner_test(inv, ps)  # type: ignore[attr-defined]
+
+
+@SETTINGS
+@given(inventories_with_nodes(), tiered_policy_sets())
+def test_group_counts_with_cluster_tiers_equal_evaluator(inv: Inventory, ps: PolicySet) -> None:
+    """Groups count per kind of class: cluster policies make kinds that NetworkPolicy alone does not."""
+    test_group_counts_equal_evaluator.hypothesis.inner_test(inv, ps)  # type: ignore[attr-defined]
 
 
 @SETTINGS
@@ -140,6 +156,12 @@ def _one_family(inv: Inventory, v4_only: int, v6_only: int) -> Inventory:
 
     return Inventory(inv.namespaces, tuple(
         only(ep, 4) if i == v4_only else only(ep, 6) if i == v6_only else ep for i, ep in enumerate(inv.endpoints)))
+
+
+@SETTINGS
+@given(inventories_with_nodes(), tiered_policy_sets(), tiered_policy_sets())
+def test_diff_with_cluster_tiers_equals_evaluator(inv: Inventory, old: PolicySet, new: PolicySet) -> None:
+    _check_diff(inv, old, new)
 
 
 def test_diff_ipblock_only_in_new_and_only_one_family(tmp_path: Path) -> None:

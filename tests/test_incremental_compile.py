@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Mapping
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from callgate.compiler import Compiler, IncrementalCompiler
 from callgate.compiler.addresses import elements_size
 from callgate.compiler.ir import AddressSet, RuleSet
+from callgate.policy import Evaluator
 from callgate.policy.model import (
     Direction,
     Endpoint,
@@ -30,19 +32,32 @@ from callgate.policy.model import (
     LabelSelector,
     NamedPort,
     Namespace,
+    Node,
     Peer,
     Policy,
     PolicyRule,
     PolicySet,
     PortSpec,
+    Tier,
 )
-from tests.strategies import NAMESPACES, PORT_NAMES, PORTS, inventories, labels_st, policy_sets, rules
+from tests.strategies import (
+    NAMESPACES,
+    PORT_NAMES,
+    PORTS,
+    cluster_policies,
+    inventories,
+    inventories_with_nodes,
+    labels_st,
+    policy_sets,
+    rules,
+)
 
 NODES = ("n1", "n2", "n3")
 
 
-def full(policies: PolicySet, endpoints: list[Endpoint], namespaces: dict[str, Namespace], node: str) -> RuleSet:
-    return Compiler(policies, Inventory(namespaces, list(endpoints))).compile(node)
+def full(policies: PolicySet, endpoints: list[Endpoint], namespaces: Mapping[str, Namespace], node: str,
+         nodes: Mapping[str, Node] | None = None) -> RuleSet:
+    return Compiler(policies, Inventory(namespaces, list(endpoints), nodes or {})).compile(node)
 
 
 def assert_same(got: RuleSet, want: RuleSet) -> None:
@@ -140,6 +155,41 @@ def test_every_change_equals_a_full_compile(inventory: Inventory, policies: Poli
         # policy of its namespace) needs the full compile; any other is a peer.
         peer_only = all(ep is None or ep.node != node or not any(
             p.namespace == ep.namespace and p.pod_selector.matches(ep.labels) for p in policies.policies)
+            for ep in (old, new))
+        assert (inc.last_path in ("incremental", "unchanged")) == peer_only, inc.last_path
+
+
+@st.composite
+def tiered_broad_policy_sets(draw: Any) -> PolicySet:
+    """broad_policy_sets() with cluster policies of both tiers around them."""
+    return PolicySet(draw(broad_policy_sets()).policies,
+                     tuple(draw(cluster_policies(i)) for i in range(draw(st.integers(1, 4)))))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories_with_nodes(), tiered_broad_policy_sets(), st.sampled_from(["n1", "n2"]), st.data())
+def test_every_change_with_cluster_tiers_equals_a_full_compile(inventory: Inventory, policies: PolicySet,
+                                                              node: str, data: st.DataObject) -> None:
+    """Pod churn that changes the peer sets of ClusterNetworkPolicy rules (ordered,
+    with Deny and Pass) patches sets like any other; a local pod a cluster
+    policy's subject holds is compiled in full."""
+    inc = IncrementalCompiler(policies, inventory, node)
+    endpoints = list(inventory.endpoints)
+    nodes = inventory.node_info
+    assert_same(inc.ruleset, full(policies, endpoints, inventory.namespaces, node, nodes))
+    for serial in range(data.draw(st.integers(1, 12), label="changes")):
+        old, new = change(data.draw, endpoints, serial)
+        got = inc.update(old, new)
+        if old is not None:
+            endpoints.remove(old)
+        if new is not None:
+            endpoints.append(new)
+        assert_same(got, full(policies, endpoints, inventory.namespaces, node, nodes))
+        event(inc.last_path.split(":")[0])
+        peer_only = all(ep is None or ep.node != node or not (
+            any(p.namespace == ep.namespace and p.pod_selector.matches(ep.labels) for p in policies.policies)
+            or any(Evaluator(policies, Inventory(inventory.namespaces, [ep])).cluster_subjects(ep, tier)
+                   for tier in Tier))
             for ep in (old, new))
         assert (inc.last_path in ("incremental", "unchanged")) == peer_only, inc.last_path
 

@@ -31,6 +31,15 @@ def np_(name: str, ns: str, spec: str) -> str:
     return HEAD + f"metadata: {{name: {name}, namespace: {ns}}}\nspec:\n" + textwrap.indent(textwrap.dedent(spec).strip(), "  ") + "\n"
 
 
+def cnp(name: str, spec: str, tier: str = "Admin", priority: int = 10) -> str:
+    return (f"apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  tier: {tier}\n  priority: {priority}\n"
+            + textwrap.indent(textwrap.dedent(spec).strip(), "  ") + "\n")
+
+
+X = "subject: {namespaces: {matchLabels: {ns: x}}}\n"
+
+
 def app_(name: str, ns: str, spec: str) -> str:
     return (f"apiVersion: callgate/v1\nkind: App\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n"
             + textwrap.indent(textwrap.dedent(spec).strip(), "  ") + "\n")
@@ -74,6 +83,24 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
               [app_("web", "x", "selector: {matchLabels: {pod: a}}\nports: [{name: http, port: 80, protocol: TCP}]\n"
                     "callers: [{app: cli}]"),
                app_("cli", "x", "selector: {matchLabels: {pod: b}}")]),
+    "CG112": ([cnp("a", X + "ingress:\n- {action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}"),
+               cnp("b", "subject: {pods: {podSelector: {matchLabels: {pod: a}}}}\n"
+                   "ingress:\n- {action: Accept, from: [{pods: {podSelector: {matchLabels: {pod: b}}}}]}")],
+              [cnp("a", X + "ingress:\n- {action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}"),
+               cnp("b", "subject: {pods: {podSelector: {matchLabels: {pod: a}}}}\n"
+                   "ingress:\n- {action: Accept, from: [{pods: {podSelector: {matchLabels: {pod: b}}}}]}",
+                   priority=11)]),
+    "CG113": ([cnp("a", X + "egress:\n- {action: Pass, to: [{namespaces: {}}]}\n"
+                   "- {action: Deny, to: [{namespaces: {matchLabels: {ns: y}}}]}")],
+              [cnp("a", X + "egress:\n- {action: Deny, to: [{namespaces: {matchLabels: {ns: y}}}]}\n"
+                   "- {action: Pass, to: [{namespaces: {}}]}")]),
+    "CG114": ([cnp("a", X + "egress:\n- {action: Deny, to: [{networks: [198.18.0.0/16]}]}")],
+              [cnp("a", X + "egress:\n- {action: Pass, to: [{namespaces: {}}]}\n"
+                   "- {action: Deny, to: [{networks: [198.18.0.0/16]}]}")]),
+    "CG115": ([cnp("a", X + "egress:\n- {action: Pass, to: [{namespaces: {}}]}", tier="Baseline")],
+              [cnp("a", X + "egress:\n- {action: Accept, to: [{namespaces: {}}]}", tier="Baseline")]),
+    "CG116": ([cnp("a", X + "egress:\n- {action: Accept, to: [{domainNames: [api.example.com]}]}")],
+              [cnp("a", X + "egress:\n- {action: Accept, to: [{networks: [203.0.113.10/32]}]}")]),
     "CG117": ([], []),  # built below: they are about the inventory's namespaces
     "CG118": ([], []),
 }
@@ -95,6 +122,20 @@ def test_rule_positive_and_negative(tmp_path: Path, rule: str) -> None:
 def test_default_deny_rule(tmp_path: Path) -> None:
     assert run(tmp_path, [], deny="xy") == ["CG110"]  # z has pods and no default-deny
     assert run(tmp_path, [], deny="xyz") == []
+
+
+def test_cluster_tiers_in_default_deny_and_changes_nothing(tmp_path: Path) -> None:
+    """CG110 and CG108 count the tiers: a Baseline Deny guards pods no NetworkPolicy
+    isolates; an isolating allow-everything policy is not dead weight when,
+    without it, a Baseline policy would decide."""
+    baseline = cnp("guard", "subject: {namespaces: {matchLabels: {ns: z}}}\n"
+                   "ingress:\n- {action: Deny, from: [{namespaces: {}}]}", tier="Baseline")
+    assert run(tmp_path, [baseline], deny="xy") == []
+    allow_all = np_("a", "y", "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- {}")
+    assert "CG108" in run(tmp_path, [allow_all])
+    baseline_egress = cnp("b", "subject: {namespaces: {matchLabels: {ns: y}}}\n"
+                          "egress:\n- {action: Deny, to: [{namespaces: {matchLabels: {ns: z}}}]}", tier="Baseline")
+    assert run(tmp_path, [allow_all, baseline_egress]) == []
 
 
 def test_enforcement_modes_of_namespaces(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from callgate.compiler import Compiler, RuleSet
 from callgate.compiler.ir import AddressSet
 from callgate.enforcers.nft import decisions
+from callgate.enforcers.nft.commands import expand
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
 from callgate.enforcers.nft.kernel import LibNftables
@@ -245,6 +246,32 @@ def test_the_bound_between_hash_and_interval_maps(shop_rulesets: dict[str, RuleS
     assert "flags interval" in replace_table(ruleset).text()
 
 
+def ipblock_policy(cidr: str) -> str:
+    return f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: wide, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+    - from: [{{ipBlock: {{cidr: {cidr}}}}}]
+      ports: [{{port: 443}}]
+"""
+
+
+def test_a_wide_ipblock_makes_an_interval_map_a_narrow_one_a_hash_map(tmp_path: Path) -> None:
+    """A /16 enumerated into a hash map was 65,536 elements to render and load
+    for each program naming it: a policy change took seconds to reach the kernel."""
+    inv = load_inventory(STANDARD_INVENTORY)
+    forms = {}
+    for cidr in ("198.19.0.0/16", "198.19.0.0/24"):
+        ruleset = Compiler(policies_from(tmp_path, ipblock_policy(cidr)), inv).compile("node-1")
+        [m] = [m for m in decisions.build_layout(ruleset).maps.values() if m.family == "ip" and m.ported]
+        forms[cidr] = (m.hashed, len(m.elements))
+    assert forms["198.19.0.0/16"] == (False, 1)
+    assert forms["198.19.0.0/24"] == (True, 256)
+
+
 @pytest.mark.kernel
 def test_text_rendering_of_interval_sets_loads_too(shop_rulesets: dict[str, RuleSet],
                                                    monkeypatch: pytest.MonkeyPatch,
@@ -259,3 +286,81 @@ def test_text_rendering_of_interval_sets_loads_too(shop_rulesets: dict[str, Rule
     listing = nft(a, "list", "table", "inet", "callgate")
     assert "flags interval" in listing
     assert listing == nft(b, "list", "table", "inet", "callgate")
+
+
+def test_expand_agrees_with_the_ir_arithmetic() -> None:
+    import random
+
+    from callgate.compiler.addresses import address_text, canonical_elements, parse_element
+
+    rng = random.Random(3)
+    for version, family, base in ((4, "ip", 0xC6120000), (6, "ip6", 0xFD00 << 112)):
+        intervals = []
+        for _ in range(200):
+            lo = base + rng.randrange(0, 1 << 16)
+            intervals.append((lo, lo + rng.choice([0, 0, 1, 3, 7, rng.randrange(0, 40)])))
+        elements = canonical_elements(intervals, version)
+        want = [address_text(v, version) for e in elements for v in range(parse_element(e)[0], parse_element(e)[1] + 1)]
+        assert expand(elements, family) == want  # type: ignore[arg-type]
+
+
+# -- tiers: ClusterNetworkPolicy chains around the NetworkPolicy chain -------------------------
+
+TIERED = Path(__file__).parent / "scenarios" / "08-admin-tier.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiered_rulesets() -> dict[str, RuleSet]:
+    inv = load_inventory(STANDARD_INVENTORY)
+    compiler = Compiler(load_policies(TIERED), inv)
+    return {node: compiler.compile(node) for node in inv.nodes()}
+
+
+def test_tier_chains_exist_before_a_pass_rule_names_them(tiered_rulesets: dict[str, RuleSet]) -> None:
+    """An Admin chain's Pass rules goto the NetworkPolicy chain: the kernel resolves
+    that when the rule is added, so the chain must be added first (the fake kernel
+    checks it the same way)."""
+    ruleset = tiered_rulesets["node-1"]
+    assert any(len(ep.ingress) == 2 for ep in ruleset.endpoints), "the scenario has two tiers somewhere"
+    enforcer = NftablesEnforcer(FakeNftKernel())
+    assert enforcer.apply(ruleset).changed
+    assert enforcer.diff(ruleset) == []
+
+
+def test_tiers_come_and_go_by_incremental_update(tiered_rulesets: dict[str, RuleSet]) -> None:
+    inv = load_inventory(STANDARD_INVENTORY)
+    plain = Compiler(load_policies(Path(__file__).parent / "scenarios" / "01-deny-all-ingress-x.yaml"),
+                     inv).compile("node-1")
+    kernel = FakeNftKernel()
+    enforcer = NftablesEnforcer(kernel)
+    enforcer.apply(plain)
+    assert enforcer.apply(tiered_rulesets["node-1"]).mode == "incremental"
+    assert enforcer.diff(tiered_rulesets["node-1"]) == []
+    assert enforcer.apply(plain).mode == "incremental"
+    assert enforcer.diff(plain) == []
+
+
+@pytest.mark.kernel
+def test_kernel_takes_tiers_in_json_and_text(tiered_rulesets: dict[str, RuleSet],
+                                             make_netns: Callable[[], str]) -> None:
+    ruleset = tiered_rulesets["node-1"]
+    a, b = make_netns(), make_netns()
+    enforcer = NftablesEnforcer(LibNftables(a))
+    assert enforcer.apply(ruleset).changed
+    assert not enforcer.apply(ruleset).changed
+    nft(b, "-f", "-", stdin=replace_table(ruleset).text())
+    listed = nft(a, "list", "table", "inet", "callgate")
+    assert listed == nft(b, "list", "table", "inet", "callgate")
+    assert "goto in_" in listed and "drop comment" in listed
+
+
+def test_rule_ids_of_cluster_rules_name_kind_policy_tier_priority_and_rule(
+        tiered_rulesets: dict[str, RuleSet]) -> None:
+    ruleset = tiered_rulesets["node-1"]
+    admin = next(c for ep in ruleset.endpoints for c in ep.ingress if c.name.startswith("ina_"))
+    deny = next(r for r in admin.rules if any(o.rule == "no-z" for o in r.origins))
+    (origin,) = ruleset.rule_origins()[deny.id]
+    assert (origin.policy, origin.tier, origin.priority, origin.direction, origin.index, origin.rule) == (
+        "ClusterNetworkPolicy tenant-x", "Admin", 10, "ingress", 1, "no-z")
+    text = replace_table(ruleset).text()
+    assert f'drop comment "{deny.id} ClusterNetworkPolicy tenant-x (Admin 10) ingress[1] no-z"' in text

@@ -172,3 +172,24 @@ def test_piped_matrix_keeps_whole_names(tmp_path: Path) -> None:
     out = subprocess.run([exe, "matrix", "-i", str(inventory), "-p", str(apps), "-g", "app", "--port", "8080"],
                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"}, check=True).stdout
     assert f"{long_ns}/ledger" in out and f"{long_ns}/cart" in out and "…" not in out
+
+
+def test_explain_names_the_deciding_tier_policy_priority_and_rule() -> None:
+    std = ["-i", "examples/standard/inventory.yaml", "-p", "tests/scenarios/08-admin-tier.yaml"]
+    text = run("explain", *std, "z/a", "x/b", "80/TCP")
+    assert "DENIED" in text
+    assert ("ingress of destination: Admin tier: denied by ClusterNetworkPolicy tenant-x (Admin tier, priority 10) "
+            "ingress[1] 'no-z'") in text
+    assert ("'no-z' is written at tests/scenarios/08-admin-tier.yaml:29:7 (ClusterNetworkPolicy tenant-x "
+            "spec.ingress[1])") in text
+    assert "nearest" not in text  # a cluster tier's denial is its rule, not NetworkPolicy's near misses
+    data = json.loads(run("explain", *std, "y/b", "x/a", "80/TCP", "--format", "json"))
+    side = data["ingress"]
+    assert data["allowed"] is True and side["decided_by"] == "NetworkPolicy"
+    assert side["admin"] == {"tier": "Admin", "action": "Pass", "policy": "ClusterNetworkPolicy tenant-x",
+                             "priority": 10, "direction": "Ingress", "rule": 2, "rule_name": "y-decides",
+                             "fail_closed": False, "file": "tests/scenarios/08-admin-tier.yaml",
+                             "where": {"object": "ClusterNetworkPolicy tenant-x", "field": "spec.ingress[2]",
+                                       "file": "tests/scenarios/08-admin-tier.yaml", "line": 32, "column": 7}}
+    assert side["baseline"] is None
+    assert side["allowed_by"][0]["policy"] == "NetworkPolicy x/web-from-anywhere"

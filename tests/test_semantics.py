@@ -1,8 +1,9 @@
 """The reference evaluator against hand-written Kubernetes expectations.
 
-Each case states what the Kubernetes NetworkPolicy documentation says must
-happen, written out by hand — not derived from the evaluator — for the
-scenarios in tests/scenarios/ over the standard model.
+Each case states what the Kubernetes NetworkPolicy documentation (and, for
+scenarios 08-10, the network-policy-api ClusterNetworkPolicy field
+documentation) says must happen, written out by hand — not derived from the
+evaluator — for the scenarios in tests/scenarios/ over the standard model.
 """
 
 from __future__ import annotations
@@ -67,6 +68,36 @@ CASES = [
     ("07-allow-all-and-both-sides.yaml", "z/b", "x/b", 80, "UDP", 4, True),
     ("07-allow-all-and-both-sides.yaml", "z/b", "y/b", 81, "UDP", 6, True),
     ("07-allow-all-and-both-sides.yaml", "z/b", "y/a", 81, "UDP", 4, False),
+    # Admin tier: first matching rule by priority, then written order; Pass hands over to NetworkPolicy.
+    ("08-admin-tier.yaml", "y/a", "x/b", 80, "TCP", 4, True),  # Accept
+    ("08-admin-tier.yaml", "y/a", "x/b", 81, "TCP", 4, False),  # Pass, then x's policy (TCP 80 only)
+    ("08-admin-tier.yaml", "y/b", "x/a", 80, "TCP", 6, True),  # Pass, then x's policy allows
+    ("08-admin-tier.yaml", "y/b", "x/a", 80, "UDP", 4, False),
+    ("08-admin-tier.yaml", "z/a", "x/b", 80, "TCP", 4, False),  # Deny beats x's own allow
+    ("08-admin-tier.yaml", "z/b", "x/c", 81, "UDP", 6, True),  # priority 5 Accept before priority 10 Deny
+    ("08-admin-tier.yaml", "x/a", "x/b", 80, "TCP", 4, True),  # no Admin rule matches
+    ("08-admin-tier.yaml", "x/a", "z/c", 81, "UDP", 4, False),  # egress Deny: networks hold pod addresses
+    ("08-admin-tier.yaml", "x/a", "z/c", 81, "UDP", 6, False),
+    ("08-admin-tier.yaml", "x/a", "z/c", 81, "TCP", 4, True),
+    ("08-admin-tier.yaml", "z/a", "y/a", 80, "TCP", 4, True),  # CNPs isolate nothing by themselves
+    # Baseline tier: only where no NetworkPolicy isolates the pod in that direction.
+    ("09-baseline-tier.yaml", "x/a", "y/b", 80, "TCP", 4, False),  # Baseline Deny
+    ("09-baseline-tier.yaml", "y/a", "x/b", 81, "UDP", 6, True),  # Baseline Accept from y
+    ("09-baseline-tier.yaml", "x/a", "x/b", 80, "TCP", 4, False),
+    ("09-baseline-tier.yaml", "x/a", "z/b", 80, "TCP", 4, True),  # z's own policy overrides the Baseline
+    ("09-baseline-tier.yaml", "x/a", "z/b", 81, "UDP", 4, False),  # the source's Baseline egress Deny
+    ("09-baseline-tier.yaml", "y/a", "z/b", 81, "UDP", 4, True),  # y/a's egress is isolated: no Baseline
+    ("09-baseline-tier.yaml", "y/c", "x/a", 80, "TCP", 4, True),
+    ("09-baseline-tier.yaml", "z/a", "z/b", 81, "UDP", 6, False),
+    # Apps are in the NetworkPolicy tier; unresolvable peers fail closed.
+    ("10-apps-and-fail-closed.yaml", "y/a", "x/a", 80, "TCP", 4, True),  # an App caller
+    ("10-apps-and-fail-closed.yaml", "z/a", "x/a", 80, "TCP", 4, False),  # an Admin Deny beats an App caller
+    ("10-apps-and-fail-closed.yaml", "y/a", "x/a", 81, "TCP", 4, False),
+    ("10-apps-and-fail-closed.yaml", "y/b", "x/b", 80, "TCP", 4, True),  # Pass for cluster pods
+    ("10-apps-and-fail-closed.yaml", "y/b", "x/a", 80, "TCP", 6, False),  # passed, then the App says no
+    ("10-apps-and-fail-closed.yaml", "z/c", "y/c", 81, "UDP", 4, False),  # Deny via domainNames: deny all
+    ("10-apps-and-fail-closed.yaml", "z/c", "y/c", 80, "UDP", 4, True),  # ... on its ports only
+    ("10-apps-and-fail-closed.yaml", "x/b", "z/b", 81, "TCP", 4, True),
 ]
 
 
@@ -84,6 +115,37 @@ def test_reasons_name_the_policy_and_rule() -> None:
     denied = ev.evaluate("198.18.1.11", "198.18.1.10", 80, "TCP")
     assert not denied.allowed
     assert any("isolated by NetworkPolicy x/a-from-y-and-zc; no rule matches" in r for r in denied.reasons())
+
+
+def test_cluster_tiers_reach_addresses_outside_the_inventory() -> None:
+    ev = Evaluator(load_policies(SCENARIOS / "10-apps-and-fail-closed.yaml"), INV)
+    # y/b's allow-list: the domainNames Accept matches nothing, cluster pods are
+    # passed on, anything else is denied by networks 0.0.0.0/0.
+    assert not ev.allowed("198.18.2.11", "203.0.113.7", 80)
+    assert ev.allowed("198.18.2.12", "203.0.113.7", 80)  # y/c is not the subject
+
+
+def test_reasons_name_the_deciding_tier_policy_priority_and_rule() -> None:
+    ev = Evaluator(load_policies(SCENARIOS / "08-admin-tier.yaml"), INV)
+    denied = ev.evaluate("198.18.3.10", "198.18.1.11", 80, "TCP")
+    assert not denied.allowed and denied.ingress.decided_by == "Admin"
+    assert denied.ingress.reasons() == [
+        "ingress of destination: Admin tier: denied by ClusterNetworkPolicy tenant-x (Admin tier, priority 10) "
+        "ingress[1] 'no-z'"]
+    passed = ev.evaluate("198.18.2.11", "198.18.1.10", 80, "TCP")
+    assert passed.allowed and passed.ingress.decided_by == "NetworkPolicy"
+    assert passed.ingress.reasons()[0].endswith("passed to the next tier by ClusterNetworkPolicy tenant-x "
+                                                "(Admin tier, priority 10) ingress[2] 'y-decides'")
+    assert "allowed by NetworkPolicy x/web-from-anywhere ingress[0]" in passed.ingress.reasons()[1]
+    baseline = Evaluator(load_policies(SCENARIOS / "09-baseline-tier.yaml"), INV)
+    side = baseline.evaluate("198.18.1.10", "198.18.3.11", 81, "UDP").egress
+    assert side.decided_by == "Baseline" and not side.allowed
+    assert side.reasons()[-1] == ("egress of source: Baseline tier: denied by BaselineAdminNetworkPolicy default "
+                                  "(Baseline tier, priority 1000) egress[0] 'no-81-udp-to-z'")
+    closed = Evaluator(load_policies(SCENARIOS / "10-apps-and-fail-closed.yaml"), INV)
+    side = closed.evaluate("198.18.3.12", "198.18.2.12", 81, "UDP").egress
+    assert side.baseline is not None and side.baseline.fail_closed
+    assert "a peer callgate cannot resolve fails closed" in side.reasons()[-1]
 
 
 def test_external_address_only_ipblock_matches() -> None:

@@ -24,10 +24,12 @@ from callgate.watchers.base import Snapshot, SourceProblem
 from callgate.watchers.k8s_client import make_api_client
 from callgate.watchers.k8s_reflector import Backoff, WatchOptions
 from callgate.watchers.kubernetes import KubernetesSource
-from tests.fake_apiserver import FakeAPIServer
+from tests.fake_apiserver import CRD_RESOURCES, FakeAPIServer
 
 pytestmark = pytest.mark.timeout(60)
 
+# Every resource the source lists and watches (the CRDs' too, where served).
+WATCHED = ("pods", "namespaces", "networkpolicies", "nodes", *CRD_RESOURCES)
 FAST = WatchOptions(watch_timeout=30, connect_timeout=2, backoff_initial=0.02, backoff_max=0.2, page_size=500)
 WAIT = 10.0
 
@@ -198,7 +200,7 @@ def test_initial_list_gives_the_same_inventory_as_kubectl_yaml(server: FakeAPISe
     assert snap.problems == []
     assert snap.origin == f"kubernetes {server.url}"
     # list-then-watch: one list per kind, then watches with bookmarks from the list's version.
-    for resource in ("pods", "namespaces", "networkpolicies"):
+    for resource in WATCHED:
         assert len(server.requests_for(resource, watch=False)) == 1
         def watching(r: str = resource) -> bool:
             return bool(server.requests_for(r, watch=True))
@@ -210,7 +212,7 @@ def test_initial_list_gives_the_same_inventory_as_kubectl_yaml(server: FakeAPISe
         assert int(req.query["timeoutSeconds"]) >= FAST.watch_timeout
 
 
-def test_nothing_is_published_until_all_three_kinds_are_listed(server: FakeAPIServer, start_source: Any) -> None:
+def test_nothing_is_published_until_all_kinds_are_listed(server: FakeAPIServer, start_source: Any) -> None:
     seed(server)
     server.fail(lambda r: r.path.endswith("/networkpolicies") and not r.watch, code=500, times=3)
     _src, rec = start_source()
@@ -276,7 +278,7 @@ def test_pod_namespace_and_policy_changes_are_reflected(server: FakeAPIServer, s
     # The version is a digest of the content: adding then deleting pod c is back to the start.
     assert versions[3] == versions[0]
     # No relists and no problems along the way: it was all watch events.
-    assert all(len(server.requests_for(r, watch=False)) == 1 for r in ("pods", "namespaces", "networkpolicies"))
+    assert all(len(server.requests_for(r, watch=False)) == 1 for r in WATCHED)
     assert not any(isinstance(i, SourceProblem) for i in rec.items)
 
 
@@ -356,7 +358,7 @@ def test_410_gone_while_down_relists_and_the_snapshot_is_right(server: FakeAPISe
     assert set(endpoints(snap)) == {"y/b", "y/e"}
     assert snap.inventory.namespaces["y"].labels["moved"] == "yes"
     assert policy_keys(snap) == set()
-    for resource in ("pods", "namespaces", "networkpolicies"):
+    for resource in WATCHED:
         assert len(server.requests_for(resource, watch=False)) == 2, f"{resource} relisted once after 410"
 
 
@@ -381,11 +383,12 @@ def test_dropped_watches_resume_from_the_last_version(server: FakeAPIServer, sta
     seed(server)
     src, rec = start_source()
     rec.snapshot()
-    assert server.wait_for(lambda: server.open_watches() == 3)
     for round_ in range(3):
+        # Every kind watching again before the next cut (each resumes on its own thread).
+        assert server.wait_for(lambda: server.open_watches() == len(WATCHED))
         before = len(server.requests_for("pods", watch=True))
         resume_at = src.watcher.cache.resource_version("pods")
-        assert server.drop_watches() == 3
+        assert server.drop_watches() == len(WATCHED)
         def rewatched(b: int = before) -> bool:
             return len(server.requests_for("pods", watch=True)) > b
 
@@ -394,7 +397,7 @@ def test_dropped_watches_resume_from_the_last_version(server: FakeAPIServer, sta
         mark = rec.mark()
         server.create(pod(f"g{round_}", "x", f"198.18.4.{round_ + 1}"))
         rec.snapshot(lambda s, r=round_: f"x/g{r}" in endpoints(s), after=mark)
-    assert all(len(server.requests_for(r, watch=False)) == 1 for r in ("pods", "namespaces", "networkpolicies"))
+    assert all(len(server.requests_for(r, watch=False)) == 1 for r in WATCHED)
     assert not any(isinstance(i, SourceProblem) for i in rec.items), "a dropped stream is not an outage"
 
 
@@ -415,7 +418,7 @@ def test_api_down_publishes_a_problem_and_back_resumes(server: FakeAPIServer, st
     assert "y/h" in endpoints(snap)
     assert snap.version != first.version
     # Not compacted: the watches resumed where they were, no relist needed.
-    assert all(len(server.requests_for(r, watch=False)) == 1 for r in ("pods", "namespaces", "networkpolicies"))
+    assert all(len(server.requests_for(r, watch=False)) == 1 for r in WATCHED)
 
 
 def test_recovery_republishes_even_when_nothing_changed(server: FakeAPIServer, start_source: Any) -> None:
@@ -454,7 +457,7 @@ def test_stop_is_prompt_and_closes_watches(server: FakeAPIServer) -> None:
     rec = Recorder()
     src.start(rec)
     rec.snapshot()
-    assert server.wait_for(lambda: server.open_watches() == 3)
+    assert server.wait_for(lambda: server.open_watches() == len(WATCHED))
     started = time.monotonic()
     src.stop()
     assert time.monotonic() - started < 3
@@ -811,3 +814,131 @@ def test_cli_controller_once_when_the_api_is_down(server: FakeAPIServer, monkeyp
     code, _out, err = run_cli(["controller", "--server", server.url, "--once", "--timeout", "1"], monkeypatch, capsys)
     assert code == 1
     assert "no consistent view of the cluster" in err and "cannot connect" in err
+
+
+# ---- the cluster tiers: ClusterNetworkPolicy CRDs, Nodes ------------------------------------
+
+def cnp(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name}, "spec": spec}
+
+
+ADMIN_DENY_Y = {"tier": "Admin", "priority": 10, "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+                "ingress": [{"name": "no-y", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]}]}
+
+
+def cluster_keys(snap: Snapshot) -> set[str]:
+    return {p.key for p in snap.policies.cluster}
+
+
+def test_cluster_policies_and_nodes_come_from_the_api(server: FakeAPIServer, start_source: Any) -> None:
+    seed(server)
+    server.create(cnp("admin-x", ADMIN_DENY_Y))
+    server.create({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                   "metadata": {"name": "old-admin"},
+                   "spec": {"priority": 3, "subject": {"namespaces": {}},
+                            "egress": [{"action": "Allow", "to": [{"networks": ["198.18.0.0/16"]}],
+                                        "ports": [{"portNumber": {"port": 80}}]}]}})
+    server.create({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+                   "metadata": {"name": "default"},
+                   "spec": {"subject": {"namespaces": {}},
+                            "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}})
+    server.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "a"}},
+                   "status": {"addresses": [{"type": "InternalIP", "address": "198.19.255.1"},
+                                            {"type": "Hostname", "address": "node-1"}],
+                              "conditions": [{"type": "Ready", "status": "True"}]}})
+    _src, rec = start_source()
+    snap = rec.snapshot()
+    assert cluster_keys(snap) == {"ClusterNetworkPolicy/admin-x", "AdminNetworkPolicy/old-admin",
+                                  "BaselineAdminNetworkPolicy/default"}
+    assert snap.problems == []
+    node = snap.inventory.node_info["node-1"]
+    assert node.addresses == (ipaddress.ip_address("198.19.255.1"),) and node.labels == {"zone": "a"}
+    # A node heartbeat (status conditions) changes nothing callgate uses: no new snapshot.
+    mark = rec.mark()
+    server.update({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"zone": "a"}},
+                   "status": {"addresses": [{"type": "InternalIP", "address": "198.19.255.1"}],
+                              "conditions": [{"type": "Ready", "status": "False"}]}})
+    server.create(policy("later", "x", DENY_ALL))
+    snap = rec.snapshot(after=mark)
+    assert "x/later" in policy_keys(snap) and snap.inventory.node_info["node-1"].labels == {"zone": "a"}
+
+
+def test_a_cluster_without_the_crds_works_and_says_so_once(caplog: pytest.LogCaptureFixture,
+                                                           start_source: Any) -> None:
+    with FakeAPIServer(crds=False) as server:
+        seed(server)
+        options = WatchOptions(watch_timeout=30, connect_timeout=2, backoff_initial=0.02, backoff_max=0.2,
+                               absent_recheck=0.2)
+        with caplog.at_level("INFO", logger="callgate.watchers.kubernetes"):
+            src = KubernetesSource.connect(server=server.url, coalesce=0.02, max_delay=0.5, options=options)
+            rec = Recorder()
+            src.start(rec)
+            try:
+                snap = rec.snapshot()
+                assert policy_keys(snap) == {"x/deny-all"} and cluster_keys(snap) == set()
+                # Looked again several times, said so once per kind.
+                assert server.wait_for(lambda: len(server.requests_for("clusternetworkpolicies")) >= 3)
+                said = [r.getMessage() for r in caplog.records if "not served" in r.getMessage()]
+                assert sorted(m.split(":")[0] for m in said) == sorted(CRD_RESOURCES), said
+                # The CRD is installed later: its policies are picked up.
+                server.install_crds()
+                mark = rec.mark()
+                server.create(cnp("admin-x", ADMIN_DENY_Y))
+                snap = rec.snapshot(lambda s: bool(cluster_keys(s)), after=mark)
+                assert cluster_keys(snap) == {"ClusterNetworkPolicy/admin-x"}
+                # ... and removed again: its policies go with it.
+                mark = rec.mark()
+                server.uninstall_crds()
+                snap = rec.snapshot(lambda s: not cluster_keys(s), after=mark)
+                assert policy_keys(snap) == {"x/deny-all"}
+                assert not any(isinstance(i, SourceProblem) for i in rec.items), "no CRD is not an outage"
+            finally:
+                src.stop()
+
+
+def test_an_unknown_peer_from_the_api_fails_closed(server: FakeAPIServer, start_source: Any) -> None:
+    """The API server validated the object against its (newer) CRD: a peer whose only
+    field callgate does not know becomes the unresolvable peer (Accept: matches
+    nothing; Deny, Pass: deny all), not an invalid policy. Anything else unknown is
+    still invalid, and reported."""
+    seed(server)
+    spec = dict(ADMIN_DENY_Y, ingress=[
+        {"name": "new-kind", "action": "Deny", "from": [{"serviceAccounts": {"name": "x"}}]},
+        {"name": "known", "action": "Accept", "from": [{"namespaces": {}}]}])
+    server.create(cnp("newer", spec))
+    server.create(cnp("typo", dict(ADMIN_DENY_Y, prioritee=3)))
+    _src, rec = start_source()
+    snap = rec.snapshot()
+    (newer,) = snap.policies.cluster
+    assert newer.name == "newer" and not newer.ingress[0].peers[0].resolvable
+    assert newer.ingress[1].peers[0].resolvable
+    assert [p.object for p in snap.problems] == ["ClusterNetworkPolicy typo"]
+    assert "spec.prioritee" in str(snap.problems[0]) and "unknown field" in str(snap.problems[0])
+
+
+def test_controller_reports_cluster_policy_findings_as_events(server: FakeAPIServer,
+                                                              start_controller: Any) -> None:
+    """Findings on a ClusterNetworkPolicy become Events on it, in the default namespace
+    (where Kubernetes keeps the events of cluster-scoped objects); an invalid one
+    gets CG001 with the reason."""
+    seed(server)
+    server.create(cnp("names", {"tier": "Admin", "priority": 5, "subject": {"namespaces": {}},
+                                "egress": [{"name": "by-name", "action": "Accept",
+                                            "to": [{"domainNames": ["api.example.com"]}]}]}))
+    server.create(cnp("broken", dict(ADMIN_DENY_Y, priority=1001)))
+    server.create(cnp("default-pass", {"tier": "Baseline", "priority": 1, "subject": {"namespaces": {}},
+                                       "egress": [{"action": "Pass", "to": [{"namespaces": {}}]}]}))
+    ctl = start_controller()
+    assert ctl.last_sync.failed == 0
+    found = event_findings(server)
+    assert {("ClusterNetworkPolicy", "names", "CG116"), ("ClusterNetworkPolicy", "broken", "CG001"),
+            ("ClusterNetworkPolicy", "default-pass", "CG115")} <= found
+    for ev in server.objects("Event"):
+        inv = ev["involvedObject"]
+        if inv["kind"] == "ClusterNetworkPolicy":
+            assert ev["metadata"]["namespace"] == "default"
+            assert inv["apiVersion"] == "policy.networking.k8s.io/v1alpha2" and "namespace" not in inv
+            assert inv["uid"] == server.get("ClusterNetworkPolicy", inv["name"])["metadata"]["uid"]
+    broken = next(ev for ev in server.objects("Event") if ev["involvedObject"]["name"] == "broken")
+    assert "priority" in broken["message"] and "1000" in broken["message"]

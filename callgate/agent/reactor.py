@@ -261,7 +261,7 @@ class Reactor:
             return inventory, found, unresolved
         endpoints = tuple(dataclasses.replace(ep, interface=found[ep.key]) if ep.node == self.config.node
                           and not ep.interface and ep.key in found else ep for ep in inventory.endpoints)
-        return Inventory(namespaces=inventory.namespaces, endpoints=endpoints), found, unresolved
+        return dataclasses.replace(inventory, endpoints=endpoints), found, unresolved
 
     def _sync(self, snapshot: Snapshot, first_event: float | None, full: bool = False) -> None:
         # A full compile and table build at 50,000 pods allocate millions of

@@ -25,11 +25,21 @@ classes: pods with their own labels, ipBlocks over pod ranges).
 One exception to "same class, same verdict": a pod always reaches itself. Two
 *different* pods of one class get the class verdict; a pod and itself are
 always allowed. :meth:`Connectivity.allowed` handles that.
+
+ClusterNetworkPolicies make a side's bits a composition of tiers: the Admin
+tier's rules, in precedence order, split the peer classes into accepted,
+denied and undecided (Pass, or no match); the undecided ones get the
+NetworkPolicy tier's bits when that isolates the class, else the Baseline
+tier's verdict (split the same way; undecided: allowed). A CNP selects by
+namespace labels and pod labels, which classes already keep apart; its
+networks and the addresses of its nodes peers are blocks of the partition,
+like ipBlocks.
 """
 
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +48,9 @@ import numpy as np
 from callgate.policy.evaluator import port_matches
 from callgate.policy.model import (
     PROTOCOLS,
+    Action,
+    ClusterPolicy,
+    ClusterRule,
     Direction,
     Endpoint,
     Inventory,
@@ -49,6 +62,8 @@ from callgate.policy.model import (
     PolicyRule,
     PolicySet,
     PortProtocol,
+    PortSpec,
+    Tier,
 )
 from callgate.policy.resolve import Resolver
 
@@ -91,7 +106,7 @@ def family_ip(ep: Endpoint, family: int) -> IPAddress | None:
     return None
 
 
-def _blocks(policy_sets: Iterable[PolicySet]) -> list[IPBlock]:
+def _blocks(policy_sets: Iterable[PolicySet], inventory: Inventory) -> list[IPBlock]:
     seen: dict[IPBlock, None] = {}
     for ps in policy_sets:
         for pol in ps.policies:
@@ -99,7 +114,30 @@ def _blocks(policy_sets: Iterable[PolicySet]) -> list[IPBlock]:
                 for peer in rule.peers:
                     if peer.ip_block is not None:
                         seen[peer.ip_block] = None
+        for cnp in ps.cluster:
+            for crule in (*cnp.ingress, *cnp.egress):
+                seen.update((block, None) for block in cluster_rule_blocks(crule, inventory))
     return list(seen)
+
+
+def cluster_rule_blocks(rule: ClusterRule, inventory: Inventory) -> list[IPBlock]:
+    """The address blocks a cluster rule's peers hold: its networks, and its
+    nodes peers' node addresses (one block per address)."""
+    out = [block for peer in rule.peers for block in peer.networks]
+    for peer in rule.peers:
+        if peer.nodes is not None:
+            out.extend(IPBlock(ipaddress.ip_network(ip)) for ip in inventory.node_addresses(peer.nodes))
+    return out
+
+
+def _port_specs(policy_sets: Iterable[PolicySet]) -> Iterable[PortSpec]:
+    for ps in policy_sets:
+        for pol in ps.policies:
+            for rule in (*pol.ingress, *pol.egress):
+                yield from rule.ports
+        for cnp in ps.cluster:
+            for crule in (*cnp.ingress, *cnp.egress):
+                yield from crule.ports
 
 
 def _segments(inventory: Inventory, policy_sets: Iterable[PolicySet]) -> dict[PortProtocol, list[int]]:
@@ -108,13 +146,10 @@ def _segments(inventory: Inventory, policy_sets: Iterable[PolicySet]) -> dict[Po
     for ep in inventory.endpoints:
         for declared in ep.ports:
             edges[declared.protocol].update((declared.port, declared.port + 1))
-    for ps in policy_sets:
-        for pol in ps.policies:
-            for rule in (*pol.ingress, *pol.egress):
-                for spec in rule.ports:
-                    if isinstance(spec.port, int):
-                        end = spec.end_port if spec.end_port is not None else spec.port
-                        edges[spec.protocol].update((spec.port, end + 1))
+    for spec in _port_specs(policy_sets):
+        if isinstance(spec.port, int):
+            end = spec.end_port if spec.end_port is not None else spec.port
+            edges[spec.protocol].update((spec.port, end + 1))
     return {p: sorted(e for e in edges[p] if e <= 65535) for p in PROTOCOLS}
 
 
@@ -150,7 +185,7 @@ class Partition:
         self.endpoints = sorted((e for e in inventory.endpoints if family_ip(e, family) is not None),
                                 key=lambda e: e.key)
         self.ip: dict[str, IPAddress] = {e.key: family_ip(e, family) for e in self.endpoints}  # type: ignore[misc]
-        blocks = [b for b in _blocks(policy_sets) if b.cidr.version == family]
+        blocks = [b for b in _blocks(policy_sets, inventory) if b.cidr.version == family]
         inside = self._block_membership(blocks)
         block_classes: list[list[int]] = [[] for _ in blocks]
         index: dict[tuple[object, ...], int] = {}
@@ -249,6 +284,8 @@ class Connectivity:
         self._by_ns: dict[str, list[Policy]] = {}
         for pol in self.policies.policies:
             self._by_ns.setdefault(pol.namespace, []).append(pol)
+        self._tiers = {tier: self.policies.tier(tier) for tier in Tier}
+        self._subjects: dict[tuple[int, Tier], list[ClusterPolicy]] = {}
 
     # -- building blocks -------------------------------------------------
 
@@ -262,6 +299,23 @@ class Connectivity:
                      if direction in p.policy_types and p.pod_selector.matches(rep.labels)]
             self._isolating[key] = found
         return found
+
+    def cluster_subjects(self, c: int, tier: Tier) -> list[ClusterPolicy]:
+        """Cluster policies of ``tier`` whose subject holds class ``c``, in precedence order."""
+        key = (c, tier)
+        found = self._subjects.get(key)
+        if found is None:
+            rep = self.partition.rep(c)
+            # Namespaces first (resolved once per selector): thousands of classes
+            # times a thousand cluster policies would otherwise match every label.
+            found = self._subjects[key] = [p for p in self._tiers[tier] if self._subject_holds(p, rep)]
+        return found
+
+    def _subject_holds(self, policy: ClusterPolicy, ep: Endpoint) -> bool:
+        selector = policy.subject.namespace_selector
+        assert selector is not None, "a subject always has a namespace selector"
+        pods = policy.subject.pod_selector
+        return ep.namespace in self.resolver.namespaces(selector) and (pods is None or pods.matches(ep.labels))
 
     def peer_bits(self, peer: Peer) -> int:
         """Classes a peer stands for (ipBlock: classes whose address it contains)."""
@@ -326,65 +380,129 @@ class Connectivity:
         peers = self._peers_of(rule)
         if not rule.ports:
             return peers
+        return peers & self._port_bits(rule.ports, direction, target, protocol, port)
+
+    def _port_bits(self, ports: tuple[PortSpec, ...], direction: Direction, target: int,
+                   protocol: PortProtocol, port: int) -> int:
+        """Peer classes for which one of ``ports`` matches (named ports resolve on
+        the destination: ``target`` on ingress, each peer class on egress)."""
         if direction is Direction.INGRESS:
             dst = self.partition.rep(target)
-            return peers if any(port_matches(s, port, protocol, dst) for s in rule.ports) else 0
-        # Egress: a named port resolves on each *destination* class separately.
+            return self.all if any(port_matches(s, port, protocol, dst) for s in ports) else 0
         ok = 0
-        for spec in rule.ports:
+        for spec in ports:
             if spec.protocol != protocol:
                 continue
             if isinstance(spec.port, str):
                 ok |= self.named_bits(spec.port, protocol, port)
             elif port_matches(spec, port, protocol, None):
-                ok = self.all
-                break
-        return peers & ok
+                return self.all
+        return ok
+
+    def cluster_rule_bits(self, rule: ClusterRule, direction: Direction, target: int, protocol: PortProtocol,
+                          port: int) -> tuple[Action, int]:
+        """What a cluster rule does for class ``target``: its action and the peer
+        classes it matches. A peer callgate cannot resolve fails closed: an
+        Accept rule matches nothing through it, a Deny or Pass rule denies every
+        peer (on its ports)."""
+        ports = self._port_bits(rule.ports, direction, target, protocol, port) if rule.ports else self.all
+        if rule.action is not Action.ACCEPT and any(not p.resolvable for p in rule.peers):
+            return Action.DENY, ports
+        cache = self._cache
+        peers = cache.rule_peers.get(id(rule))
+        if peers is None:
+            peers = 0
+            for p in rule.peers:
+                if p.selector is not None:
+                    peers |= self.peer_bits(p.selector)
+            for block in cluster_rule_blocks(rule, self.partition.inventory):
+                peers |= self.peer_bits(Peer(ip_block=block))
+            cache.rule_peers[id(rule)] = peers
+            cache.pinned[id(rule)] = rule
+        return rule.action, peers & ports
+
+    def tier_bits(self, c: int, direction: Direction, tier: Tier, protocol: PortProtocol,
+                  port: int) -> tuple[int, int]:
+        """(accepted, denied) peer classes of one cluster tier for class ``c``: the
+        first matching rule decides each peer class; Pass and no match leave it to
+        the next tier."""
+        accepted = denied = 0
+        remaining = self.all
+        for policy in self.cluster_subjects(c, tier):
+            for rule in policy.rules(direction):
+                action, bits = self.cluster_rule_bits(rule, direction, c, protocol, port)
+                bits &= remaining
+                if action is Action.ACCEPT:
+                    accepted |= bits
+                elif action is Action.DENY:
+                    denied |= bits
+                remaining &= ~bits
+                if not remaining:
+                    return accepted, denied
+        return accepted, denied
 
     def _side_key(self, c: int, direction: Direction) -> tuple[list[Policy], tuple[int, ...], bool]:
         key = (c, direction)
         found = self._side_keys.get(key)
         if found is None:
             policies = self.isolating(c, direction)
-            found = self._side_keys[key] = (policies, *self._memo_key(policies, direction))
+            found = self._side_keys[key] = (policies, *self._memo_key(policies, direction, c))
         return found
 
-    def _memo_key(self, policies: list[Policy], direction: Direction) -> tuple[tuple[int, ...], bool]:
-        for p in policies:
-            self._cache.pinned[id(p)] = p
-        named = direction is Direction.INGRESS and any(
-            isinstance(s.port, str) for p in policies for r in p.rules(direction) for s in r.ports)
-        return tuple(map(id, policies)), named
+    def _memo_key(self, policies: list[Policy], direction: Direction, c: int) -> tuple[tuple[int, ...], bool]:
+        """What a side's bits depend on besides the port: the isolating policies and
+        the cluster policies of both tiers (by id), and whether an ingress named
+        port resolves on the class itself."""
+        cluster = [*self.cluster_subjects(c, Tier.ADMIN), None, *self.cluster_subjects(c, Tier.BASELINE)]
+        for p in (*policies, *cluster):
+            if p is not None:
+                self._cache.pinned[id(p)] = p
+        named = direction is Direction.INGRESS and (
+            any(isinstance(s.port, str) for p in policies for r in p.rules(direction) for s in r.ports)
+            or any(isinstance(s.port, str) for cp in cluster if cp is not None
+                   for cr in cp.rules(direction) for s in cr.ports))
+        return (*map(id, policies), -1, *(id(p) if p is not None else -1 for p in cluster)), named
 
     def side_bits(self, c: int, direction: Direction, protocol: PortProtocol, port: int,
                   without: Policy | None = None) -> int:
-        """Peer classes that class ``c``'s ``direction`` side allows (all when not isolated).
+        """Peer classes that class ``c``'s ``direction`` side allows, through all tiers.
 
-        ``without`` leaves one policy out (lint uses it to ask "does this policy
-        change anything?")."""
+        ``without`` leaves one NetworkPolicy-tier policy out (lint uses it to ask
+        "does this policy change anything?")."""
         if without is None:
             policies, ids, named = self._side_key(c, direction)
         else:
             policies = [p for p in self.isolating(c, direction) if p is not without]
-            ids, named = self._memo_key(policies, direction)
-        if not policies:
-            return self.all
-        # Classes isolated by the same policies get the same bits, except that an
-        # ingress named port resolves on the class itself: memoise on that.
+            ids, named = self._memo_key(policies, direction, c)
         memo = (ids, direction, protocol, port, self.partition.rep(c).ports if named else None)
         side = self._cache.side
         bits = side.get(memo)
-        if bits is not None:
-            return bits
+        if bits is None:
+            bits = side[memo] = self._tiered_bits(c, direction, protocol, port, policies)
+        return bits
+
+    def _tiered_bits(self, c: int, direction: Direction, protocol: PortProtocol, port: int,
+                     policies: list[Policy]) -> int:
+        if not self._tiers[Tier.ADMIN] and not self._tiers[Tier.BASELINE]:
+            return self._policy_bits(c, direction, protocol, port, policies)
+        accepted, denied = self.tier_bits(c, direction, Tier.ADMIN, protocol, port)
+        undecided = self.all & ~(accepted | denied)
+        if policies:
+            return accepted | (undecided & self._policy_bits(c, direction, protocol, port, policies))
+        _, baseline_denied = self.tier_bits(c, direction, Tier.BASELINE, protocol, port)
+        return accepted | (undecided & ~baseline_denied)
+
+    def _policy_bits(self, c: int, direction: Direction, protocol: PortProtocol, port: int,
+                     policies: list[Policy]) -> int:
+        """The NetworkPolicy tier's bits: all when no policy isolates the class."""
+        if not policies:
+            return self.all
         bits = 0
         for pol in policies:
             for i in range(len(pol.rules(direction))):
                 bits |= self.rule_bits(pol, direction, i, c, protocol, port)
                 if bits == self.all:
-                    break
-            if bits == self.all:
-                break
-        side[memo] = bits
+                    return bits
         return bits
 
     def side_rows(self, direction: Direction, protocol: PortProtocol, port: int) -> tuple[list[int], np.ndarray]:
@@ -398,8 +516,10 @@ class Connectivity:
             reps: list[int] = []
             of_class = []
             for c in range(self.partition.size):
-                policies, ids, named = self._side_key(c, direction)
-                kind = (ids, self.partition.rep(c).ports if named else None) if policies else None
+                # ids name the isolating policies and the cluster policies of both tiers
+                # (none of either: one kind for all such classes).
+                _, ids, named = self._side_key(c, direction)
+                kind = (ids, self.partition.rep(c).ports if named else None)
                 k = kinds.get(kind)
                 if k is None:
                     k = kinds[kind] = len(reps)

@@ -26,6 +26,8 @@ import yaml
 from callgate.policy.documents import Document
 from callgate.policy.model import (
     NAMESPACE_NAME_LABEL,
+    ClusterPeer,
+    ClusterPolicy,
     Direction,
     IPBlock,
     LabelSelector,
@@ -33,6 +35,7 @@ from callgate.policy.model import (
     Policy,
     PolicyRule,
     PortSpec,
+    Tier,
 )
 from callgate.policy.native import apps_to_policies, parse_app
 
@@ -107,6 +110,57 @@ def network_policy_dict(pol: Policy) -> dict[str, Any]:
         if direction in pol.policy_types and pol.rules(direction):
             spec[direction.value.lower()] = rules(direction)
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta, "spec": spec}
+
+
+def cluster_policy_dict(pol: ClusterPolicy) -> dict[str, Any]:
+    """A v1alpha2 ClusterNetworkPolicy document equivalent to ``pol`` (convert passes
+    cluster policies through: they are neither NetworkPolicy nor App)."""
+    def peer(p: ClusterPeer) -> dict[str, Any]:
+        if p.selector is not None:
+            ns = selector_dict(p.selector.namespace_selector or LabelSelector())
+            if p.selector.pod_selector is None:
+                return {"namespaces": ns}
+            return {"pods": {"namespaceSelector": ns, "podSelector": selector_dict(p.selector.pod_selector)}}
+        if p.networks:
+            return {"networks": [str(b.cidr) for b in p.networks]}
+        if p.nodes is not None:
+            return {"nodes": selector_dict(p.nodes)}
+        return {"domainNames": list(p.domain_names)}
+
+    def protocols(ports: tuple[PortSpec, ...]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for spec in ports:
+            if isinstance(spec.port, str):
+                entry: dict[str, Any] = {"destinationNamedPort": spec.port}
+            else:
+                port = ({"range": {"start": spec.port, "end": spec.end_port}} if spec.end_port is not None
+                        else {"number": spec.port})
+                entry = {spec.protocol.lower(): {"destinationPort": port}}
+            if entry not in out:  # a named port stands for one spec per protocol
+                out.append(entry)
+        return out
+
+    def rules(direction: Direction) -> list[dict[str, Any]]:
+        key = "from" if direction is Direction.INGRESS else "to"
+        out = []
+        for rule in pol.rules(direction):
+            entry: dict[str, Any] = {"name": rule.name} if rule.name else {}
+            entry.update({"action": rule.action.value, key: [peer(p) for p in rule.peers]})
+            if rule.ports:
+                entry["protocols"] = protocols(rule.ports)
+            out.append(entry)
+        return out
+
+    subject = peer(ClusterPeer(selector=pol.subject))
+    spec: dict[str, Any] = {"tier": pol.tier.value, "priority": pol.priority, "subject": subject}
+    for direction in (Direction.INGRESS, Direction.EGRESS):
+        if pol.rules(direction):
+            spec[direction.value.lower()] = rules(direction)
+    meta: dict[str, Any] = {"name": pol.name}
+    if pol.kind != "ClusterNetworkPolicy":
+        meta["annotations"] = {CONVERTED_ANNOTATION: pol.display}
+    return {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": meta,
+            "spec": spec}
 
 
 def dump_documents(docs: list[dict[str, Any]], header: str = "") -> str:
@@ -230,11 +284,17 @@ def _app_dict(pol: Policy, apps: dict[tuple[str, LabelSelector], Policy]) -> dic
             "spec": spec_out}
 
 
-def to_apps(policies: Sequence[Policy]) -> Conversion:
+def to_apps(policies: Sequence[Policy], cluster: Sequence[ClusterPolicy] = ()) -> Conversion:
     """Convert what can be converted exactly; the rest stays NetworkPolicy, with reasons.
+
+    ``cluster``: the ClusterNetworkPolicies beside them. An App isolates both
+    directions, and isolating keeps the Baseline tier away from a pod: a policy
+    that does not isolate a direction for which a Baseline policy has rules stays
+    NetworkPolicy.
 
     Iterates to a fixed point: a policy that cannot convert may take others down
     with it (their callers or their egress referred to it)."""
+    baseline = {d: next((c for c in cluster if c.tier is Tier.BASELINE and c.rules(d)), None) for d in Direction}
     result = Conversion()
     candidates = [p for p in policies if p.kind == "NetworkPolicy"]
     result.kept = [p for p in policies if p.kind != "NetworkPolicy"]  # compiled Apps pass through as policies
@@ -262,6 +322,11 @@ def to_apps(policies: Sequence[Policy]) -> Conversion:
                 if d not in p.policy_types and others and p.key not in failed:
                     failed[p.key] = (f"it does not isolate {d.value.lower()}, but {others[0].key} does in the same "
                                      f"namespace; as an App it would allow all {d.value.lower()} to pods both select")
+                found = baseline[d]
+                if d not in p.policy_types and found is not None and p.key not in failed:
+                    failed[p.key] = (f"it does not isolate {d.value.lower()}, and {found.display} has "
+                                     f"{d.value.lower()} rules in the Baseline tier; as an App it would isolate "
+                                     f"{d.value.lower()}, which keeps the Baseline tier away from its pods")
         docs: dict[str, dict[str, Any]] = {}
         for p in candidates:
             if p.key in failed:

@@ -1,7 +1,8 @@
 """Why one connection is allowed or denied, pointing at the YAML a person wrote.
 
 The evaluator decides (:class:`callgate.policy.evaluator.Decision`); this says
-where each deciding rule is written (``file:line:column`` and the field, which
+which tier decided (a ClusterNetworkPolicy rule of the Admin or Baseline tier,
+or the NetworkPolicy tier), where each deciding rule is written (``file:line:column`` and the field, which
 for an App's egress rule is a ``callers`` entry of *another* App) and, for a
 side that denies, which policies isolate the endpoint and how near each of
 their rules came: a rule that admits the peer but not on this port, or this
@@ -15,8 +16,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from callgate.policy.documents import format_path
-from callgate.policy.evaluator import Decision, Evaluator, RuleRef, SideDecision, port_matches
-from callgate.policy.model import ENFORCEMENT_KEY, NAMESPACE_NAME_LABEL, Direction, Endpoint, IPAddress, Peer, Policy, PolicyRule
+from callgate.policy.evaluator import (
+    NETWORK_POLICY_TIER,
+    ClusterRuleRef,
+    Decision,
+    Evaluator,
+    RuleRef,
+    SideDecision,
+    TierMatch,
+    port_matches,
+)
+from callgate.policy.model import (
+    ENFORCEMENT_KEY,
+    NAMESPACE_NAME_LABEL,
+    Direction,
+    Endpoint,
+    IPAddress,
+    Peer,
+    Policy,
+    PolicyRule,
+)
 from callgate.policy.positions import Positions
 
 # Per isolating policy and side, at most this many rules that do not match are
@@ -71,8 +90,10 @@ class SideExplanation:
     side: SideDecision
     isolating: list[tuple[Policy, Where]]
     allowed_by: list[tuple[RuleRef, Where]]
-    misses: list[Miss]  # only for a side that denies
+    misses: list[Miss]  # only for a side the NetworkPolicy tier denies
     silent: list[tuple[Policy, Where]]  # isolating policies without a rule of this direction
+    # The cluster tiers' matching rules (Admin, then Baseline when asked), with where they are written.
+    tiers: list[tuple[TierMatch, Where]]
     audit: bool = False  # the endpoint's namespace is in audit: a denial here is logged, not enforced
 
 
@@ -121,6 +142,12 @@ class Explainer:
         line, column = self._locate(origin.file, origin.document, origin.path + path)
         return Where(ref.policy.display, format_path(path), origin.file, line, column)
 
+    def cluster_rule_where(self, ref: ClusterRuleRef) -> Where:
+        origin = ref.policy.origin
+        path = ("spec", _DIRECTION_KEYS[ref.direction], ref.index)
+        line, column = self._locate(origin.file, origin.document, origin.path + path)
+        return Where(ref.policy.display, format_path(path), origin.file, line, column)
+
     def _locate(self, file: str | None, document: int, path: tuple[str | int, ...]) -> tuple[int | None, int | None]:
         if file is None or file.startswith("<"):
             return None, None
@@ -132,7 +159,8 @@ class Explainer:
         allowed_by = [(ref, self.rule_where(ref)) for ref in side.allowed_by]
         misses: list[Miss] = []
         silent: list[tuple[Policy, Where]] = []
-        if not side.allowed:
+        tiers = [(m, self.cluster_rule_where(m.rule)) for m in (side.admin, side.baseline) if m is not None]
+        if not side.allowed and side.decided_by == NETWORK_POLICY_TIER:  # a cluster tier's denial has its rule
             for policy, where in isolating:
                 rules = policy.rules(side.direction)
                 if not rules:
@@ -143,7 +171,7 @@ class Explainer:
                 # Nearest first: half a match before none, then in written order.
                 found.sort(key=lambda m: not (m.peer_matches or m.port_matches))
                 misses.extend(found[:MAX_MISSES])
-        return SideExplanation(side, isolating, allowed_by, misses, silent)
+        return SideExplanation(side, isolating, allowed_by, misses, silent, tiers)
 
     def _miss(self, ref: RuleRef, rule: PolicyRule, peer_ip: IPAddress, peer_ep: Endpoint | None,
               decision: Decision, dst_ep: Endpoint | None) -> Miss:
@@ -195,9 +223,11 @@ def text_lines(explanation: Explanation) -> list[str]:
                          "what this side denies is logged as would-deny and passes")
         for reason in side.side.reasons():
             lines.append(f"    - {reason}")
+        for match, where in side.tiers:
+            lines.append(f"      {match.rule} is written at {where.text()}")
         for ref, where in side.allowed_by:
             lines.append(f"      {ref} is written at {where.text()}")
-        if side.side.allowed:
+        if side.side.allowed or side.side.decided_by != NETWORK_POLICY_TIER:
             continue
         direction = side.side.direction.value.lower()
         silent = {id(p) for p, _ in side.silent}
@@ -216,12 +246,26 @@ def text_lines(explanation: Explanation) -> list[str]:
 def to_json(explanation: Explanation, src: str, dst: str) -> dict[str, Any]:
     decision = explanation.decision
 
+    def tier(s: SideExplanation, which: TierMatch | None) -> dict[str, Any] | None:
+        found = next(((m, w) for m, w in s.tiers if m is which), None)
+        if found is None:
+            return None
+        match, where = found
+        ref = match.rule
+        return {"tier": match.tier.value, "action": match.action.value, "policy": ref.policy.display,
+                "priority": ref.policy.priority, "direction": ref.direction.value, "rule": ref.index,
+                "rule_name": ref.rule.name, "fail_closed": match.fail_closed, "file": ref.policy.origin.file,
+                "where": where.to_json()}
+
     def side(s: SideExplanation) -> dict[str, Any]:
         d = s.side
         return {
             "endpoint": d.endpoint.key if d.endpoint else None,
             "isolated": d.isolated,
             "allowed": d.allowed,
+            "decided_by": d.decided_by,
+            "admin": tier(s, d.admin),
+            "baseline": tier(s, d.baseline),
             "isolating_policies": [p.display for p, _ in s.isolating],
             "isolating_where": [w.to_json() for _, w in s.isolating],
             "allowed_by": [{"policy": r.policy.display, "direction": r.direction.value, "rule": r.index,

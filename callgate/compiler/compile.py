@@ -11,8 +11,10 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import groupby
 
 from callgate.compiler import addresses
+from callgate.compiler.clustertiers import TIER_SUFFIX, LoweredRule, lower_policy
 from callgate.compiler.ir import (
     AddressPortSet,
     AddressSet,
@@ -29,6 +31,7 @@ from callgate.compiler.ir import (
     short_hash,
 )
 from callgate.policy.model import (
+    ClusterPolicy,
     Direction,
     Endpoint,
     Inventory,
@@ -37,6 +40,7 @@ from callgate.policy.model import (
     Policy,
     PolicySet,
     PortSpec,
+    Tier,
 )
 from callgate.policy.resolve import Resolver
 
@@ -44,6 +48,8 @@ FAMILIES: tuple[tuple[Family, int], ...] = (("ip", 4), ("ip6", 6))
 ANY_PEER = None  # a rule without from/to: every peer
 
 PeerKey = frozenset[Peer] | None
+# One policy rule as a chain takes it: where it came from, its peers, its ports.
+Entry = tuple[Origin, PeerKey, tuple[PortSpec, ...]]
 Pair = tuple[str, int]  # (address text, port): an element of an AddressPortSet
 # Whether a selector peer selects an endpoint (the compiler asks its resolver;
 # the incremental compiler its own index of the namespaces each peer admits).
@@ -84,11 +90,35 @@ class Compiler:
         # Per selector peer: its addresses as intervals by IP version. A peer is
         # usually part of several peer unions (one per port spec and endpoint).
         self._peer_iv_cache: dict[Peer, dict[int, list[addresses.Interval]]] = {}
+        self._lowered_cache: dict[tuple[int, Direction], list[LoweredRule]] = {}
         self._policies_by_ns: dict[str, list[Policy]] = defaultdict(list)
         for p in sorted(policies.policies, key=lambda p: (p.namespace, p.name, p.kind)):
             self._policies_by_ns[p.namespace].append(p)
 
     # -- selection ---------------------------------------------------------
+
+    def _cluster_subjects(self, local: list[Endpoint]) -> dict[tuple[str, Tier], list[ClusterPolicy]]:
+        """For each local endpoint and cluster tier, the cluster policies whose subject
+        holds it, in precedence order."""
+        # Only the local endpoints matter: match them against each subject by
+        # namespace first. Resolving each subject over the whole cluster (a
+        # cluster-wide guardrail selects all 50,000 pods) cost a second per compile.
+        by_ns: dict[str, list[Endpoint]] = defaultdict(list)
+        for ep in local:
+            by_ns[ep.namespace].append(ep)
+        found: dict[tuple[str, Tier], list[ClusterPolicy]] = defaultdict(list)
+        for tier in Tier:
+            for policy in self.policies.tier(tier):
+                selector = policy.subject.namespace_selector
+                assert selector is not None, "a subject always has a namespace selector"
+                namespaces = self.resolver.namespaces(selector)
+                pods = policy.subject.pod_selector
+                for ns in (namespaces & by_ns.keys() if len(namespaces) < len(by_ns) else
+                           [n for n in by_ns if n in namespaces]):
+                    for ep in by_ns[ns]:
+                        if pods is None or pods.matches(ep.labels):
+                            found[(ep.key, tier)].append(policy)
+        return found
 
     def _selecting(self, local: list[Endpoint]) -> dict[str, list[Policy]]:
         """For each local endpoint, the policies (of its namespace) that select it."""
@@ -174,51 +204,88 @@ class Compiler:
 
     def _chain(self, ep: Endpoint, direction: Direction, policies: list[Policy],
                builder: SetBuilder) -> Chain:
+        """The NetworkPolicy tier: every rule of the isolating policies allows; the
+        default denies."""
+        label = direction.value.lower()
+        entries = [(Origin(policy.display, label, index), frozenset(rule.peers) if rule.peers else ANY_PEER,
+                    rule.ports)
+                   for policy in policies for index, rule in enumerate(policy.rules(direction))]
+        candidates = self._candidates(ep, direction, entries, Verdict.ALLOW, builder)
+        return self._finish_chain(ep, direction, chain_name(ep.key, direction), candidates, Verdict.DENY, builder)
+
+    def _cluster_chain(self, ep: Endpoint, direction: Direction, tier: Tier, policies: list[ClusterPolicy],
+                       builder: SetBuilder) -> Chain | None:
+        """A cluster tier: the policies' rules in precedence order (priority, then
+        written order), each with its own verdict; the default passes to the next
+        tier. None when no rule of theirs can match in this direction."""
+        lowered = [rule for policy in policies for rule in self._lowered(policy, direction)]
+        if not lowered:
+            return None
+        candidates: list[Candidate] = []
+        # A run of rules with one verdict can be merged: whichever of them matches
+        # first, the verdict is the same. A rule of another verdict ends the run.
+        for verdict, run in groupby(lowered, key=lambda r: r.verdict):
+            entries = [(r.origin, r.peers, r.ports) for r in run]
+            candidates.extend(self._candidates(ep, direction, entries, verdict, builder))
+        return self._finish_chain(ep, direction, chain_name(ep.key, direction, tier), candidates, Verdict.PASS,
+                                  builder)
+
+    def _lowered(self, policy: ClusterPolicy, direction: Direction) -> list[LoweredRule]:
+        key = (id(policy), direction)
+        found = self._lowered_cache.get(key)
+        if found is None:
+            found = self._lowered_cache[key] = lower_policy(policy, direction, self.inventory)
+        return found
+
+    @staticmethod
+    def _finish_chain(ep: Endpoint, direction: Direction, name: str, candidates: list[Candidate],
+                      default: Verdict, builder: SetBuilder) -> Chain:
+        chain = Chain(name, present_rules(candidates, builder.non_empty), default)
+        builder.chain_built(ep.key, direction, chain, candidates)
+        return chain
+
+    def _candidates(self, ep: Endpoint, direction: Direction, entries: Iterable[Entry], verdict: Verdict,
+                    builder: SetBuilder) -> list[Candidate]:
+        """Every rule that ``entries`` (policy rules of one verdict, whose order
+        does not matter) could give a chain, merged per L4 match, each with the
+        set it needs non-empty (None: unconditional). Which rules are present
+        then depends only on which sets are empty: the incremental compiler
+        keeps these candidates and re-filters them when a pod change empties or
+        fills a set."""
         groups: dict[L4Match | None, _Group] = defaultdict(_Group)
         # egress named ports: protocol -> (peer key, port name) -> origins
         named: dict[L4Protocol, dict[tuple[PeerKey, str], set[Origin]]] = defaultdict(lambda: defaultdict(set))
-        label = direction.value.lower()
-        for policy in policies:
-            for index, rule in enumerate(policy.rules(direction)):
-                origin = Origin(policy.display, label, index)
-                peers: PeerKey = frozenset(rule.peers) if rule.peers else ANY_PEER
-                for l4 in self._l4_matches(ep, direction, rule.ports, peers, origin, named):
-                    group = groups[l4]
-                    group.origins.add(origin)
-                    if peers is ANY_PEER:
-                        group.any_peer = True
-                    else:
-                        group.peers.update(peers)
+        for origin, peers, ports in entries:
+            for l4 in self._l4_matches(ep, direction, ports, peers, origin, named):
+                group = groups[l4]
+                group.origins.add(origin)
+                if peers is ANY_PEER:
+                    group.any_peer = True
+                else:
+                    group.peers.update(peers)
 
-        # Every rule this chain could hold, each with the set it needs non-empty
-        # (None: unconditional). Which rules are present then depends only on
-        # which sets are empty: the incremental compiler keeps these candidates
-        # and re-filters them when a pod change empties or fills a set.
         candidates: list[Candidate] = []
         for l4, group in groups.items():
             origins = tuple(sorted(group.origins))
             if group.any_peer:
-                candidates.append(Candidate(Rule(Verdict.ALLOW, l4=l4, origins=origins), None))
+                candidates.append(Candidate(Rule(verdict, l4=l4, origins=origins), None))
                 continue
             peer_key = frozenset(group.peers)
             unions = self.peer_intervals(peer_key)
             for family, version in FAMILIES:
                 name = builder.address_set(family, version, peer_key, unions[version])
                 candidates.append(Candidate(
-                    Rule(Verdict.ALLOW, family=family, peer_set=name, l4=l4, origins=origins), name))
-        for protocol, entries in named.items():
-            origins = tuple(sorted(set().union(*entries.values())))
+                    Rule(verdict, family=family, peer_set=name, l4=l4, origins=origins), name))
+        for protocol, named_entries in named.items():
+            origins = tuple(sorted(set().union(*named_entries.values())))
             for family, version in FAMILIES:
-                pairs = self._named_pairs(protocol, version, entries)
-                name = builder.port_set(family, protocol, entries.keys(), pairs)
-                candidates.append(Candidate(Rule(Verdict.ALLOW, family=family, peer_port_set=name,
+                pairs = self._named_pairs(protocol, version, named_entries)
+                name = builder.port_set(family, protocol, named_entries.keys(), pairs)
+                candidates.append(Candidate(Rule(verdict, family=family, peer_port_set=name,
                                                  l4=L4Match(protocol), origins=origins), name))
         # Sorting before filtering gives the same order as after: the sort is stable.
         candidates.sort(key=lambda c: _rule_order(c.rule))
-        prefix = "in" if direction is Direction.INGRESS else "out"
-        chain = Chain(f"{prefix}_{short_hash(ep.key)}", present_rules(candidates, builder.non_empty), Verdict.DENY)
-        builder.chain_built(ep.key, direction, chain, candidates)
-        return chain
+        return candidates
 
     def _named_pairs(self, protocol: L4Protocol, version: int,
                      entries: dict[tuple[PeerKey, str], set[Origin]]) -> set[Pair]:
@@ -266,6 +333,7 @@ class Compiler:
         builder = builder if builder is not None else SetBuilder()
         local = sorted((ep for ep in self.inventory.endpoints if ep.node == node), key=lambda e: e.key)
         selecting = self._selecting(local)
+        subjects = self._cluster_subjects(local)
         endpoints: list[EndpointRules] = []
         unbound: list[tuple[str, str]] = []
         for ep in local:
@@ -273,7 +341,14 @@ class Compiler:
             tiers: dict[Direction, tuple[Chain, ...]] = {}
             for direction in (Direction.INGRESS, Direction.EGRESS):
                 isolating = [p for p in policies if direction in p.policy_types]
-                tiers[direction] = (self._chain(ep, direction, isolating, builder),) if isolating else ()
+                chains = [self._cluster_chain(ep, direction, Tier.ADMIN, subjects.get((ep.key, Tier.ADMIN), []),
+                                              builder)]
+                if isolating:
+                    chains.append(self._chain(ep, direction, isolating, builder))
+                else:  # an isolated endpoint's NetworkPolicy tier decides every packet: no Baseline after it
+                    chains.append(self._cluster_chain(ep, direction, Tier.BASELINE,
+                                                      subjects.get((ep.key, Tier.BASELINE), []), builder))
+                tiers[direction] = tuple(c for c in chains if c is not None)
             if not tiers[Direction.INGRESS] and not tiers[Direction.EGRESS]:
                 continue
             if ep.interface is None:
@@ -291,6 +366,23 @@ class Compiler:
             endpoints=tuple(endpoints),
             unbound=tuple(unbound),
         )
+
+
+def chain_name(endpoint: str, direction: Direction, tier: Tier | None = None) -> str:
+    """``in_<hash>`` / ``out_<hash>`` for the NetworkPolicy tier; ``ina_``/``inb_``
+    (``outa_``/``outb_``) for the Admin and Baseline tiers."""
+    prefix = "in" if direction is Direction.INGRESS else "out"
+    return f"{prefix}{TIER_SUFFIX[tier] if tier is not None else ''}_{short_hash(endpoint)}"
+
+
+def chain_tier(name: str) -> Tier | None:
+    """The cluster tier a chain named by :func:`chain_name` belongs to (None: the
+    NetworkPolicy tier, or a name of another kind)."""
+    head = name.partition("_")[0]
+    for tier, suffix in TIER_SUFFIX.items():
+        if head in ("in" + suffix, "out" + suffix):
+            return tier
+    return None
 
 
 # -- peers admitting addresses, named ports (shared with the incremental compiler) --

@@ -12,11 +12,16 @@ Shape, and why:
 * Each endpoint direction is an ordered tuple of **tiers** (one chain each).
   A tier's rules are tried in order; the first match decides ALLOW or DENY,
   PASS hands the packet to the next tier, and so does falling off the end when
-  the chain's default is PASS. Kubernetes NetworkPolicy is a single tier whose
-  default is DENY; admin-policy tiers slot in before and after it.
-* Rules of a chain that share a port match are **merged** into one rule whose
-  peer set is the union, so the number of rules an endpoint walks is bounded by
-  its distinct port specifications, not by the number of policies or pods.
+  the chain's default is PASS; after the last tier, the packet is allowed.
+  The tiers are [ClusterNetworkPolicy Admin (default PASS), NetworkPolicy and
+  Apps (only when they isolate the endpoint; default DENY), ClusterNetworkPolicy
+  Baseline (default PASS; only when nothing isolates the endpoint, since the
+  NetworkPolicy tier decides every packet when it is there)].
+* Rules of a chain that share a port match and a verdict, with no rule of
+  another verdict between them, are **merged** into one rule whose peer set
+  is the union (among rules of one verdict, order does not matter). A
+  NetworkPolicy chain (all ALLOW) is as long as the endpoint's distinct port
+  specifications, whatever the number of policies or pods.
 * Named ports on egress resolve per destination pod into (address, port) pairs.
 * Every rule carries **provenance** (policy, direction, rule index) so counters
   and explanations point back to the YAML a person wrote. What the kernel
@@ -140,14 +145,24 @@ class AddressPortSet:
 
 @dataclass(frozen=True, slots=True, order=True)
 class Origin:
-    """Which policy rule a compiled rule came from."""
+    """Which policy rule a compiled rule came from.
 
-    policy: str  # e.g. "NetworkPolicy x/allow-web"
+    A cluster policy's rule also names its tier, its policy's priority and
+    its own name (when it has one); NetworkPolicy and App rules leave those
+    empty, and print (and hash into rule ids) as before."""
+
+    policy: str  # e.g. "NetworkPolicy x/allow-web", "ClusterNetworkPolicy deny-all"
     direction: str  # "ingress" | "egress"
     index: int
+    tier: str = ""  # "Admin" | "Baseline" for cluster policies
+    priority: int = 0
+    rule: str = ""  # the rule's name
 
     def __str__(self) -> str:
-        return f"{self.policy} {self.direction}[{self.index}]"
+        if not self.tier:
+            return f"{self.policy} {self.direction}[{self.index}]"
+        name = f" {self.rule}" if self.rule else ""
+        return f"{self.policy} ({self.tier} {self.priority}) {self.direction}[{self.index}]{name}"
 
 
 @dataclass(frozen=True, slots=True)

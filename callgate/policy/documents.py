@@ -28,8 +28,11 @@ SUFFIXES = (".yaml", ".yml", ".json")
 # (apiVersion, kind) of the documents that say who runs where, and of those that
 # say who may call whom. Either loader skips the other's documents, so an
 # inventory may sit in the policy directory (`explain -i . -p .`).
-INVENTORY_KINDS = {("callgate/v1", "Inventory"), ("v1", "Pod"), ("v1", "Namespace")}
-POLICY_KINDS = {("networking.k8s.io/v1", "NetworkPolicy"), ("callgate/v1", "App")}
+INVENTORY_KINDS = {("callgate/v1", "Inventory"), ("v1", "Pod"), ("v1", "Namespace"), ("v1", "Node")}
+POLICY_KINDS = {("networking.k8s.io/v1", "NetworkPolicy"), ("callgate/v1", "App"),
+                ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy"),
+                ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
+                ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy")}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Inventory: who runs where.
 
 Two formats are accepted: callgate's own ``callgate/v1 Inventory`` (see
-README.md, "The inventory") and Kubernetes ``Pod``/``Namespace`` objects as ``kubectl get -o
-yaml`` prints them (a ``List`` or several documents). Both may be mixed.
+README.md, "The inventory") and Kubernetes ``Pod``/``Namespace``/``Node`` objects as
+``kubectl get -o yaml`` prints them (a ``List`` or several documents). Both may be
+mixed. Nodes are optional: only ClusterNetworkPolicy ``nodes`` peers need them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from callgate.policy.model import (
     IPAddress,
     NamedPort,
     Namespace,
+    Node,
 )
 from callgate.policy.networkpolicy import object_name, problems_from
 
@@ -48,17 +50,34 @@ class EndpointModel(BaseModel):
     @field_validator("ips")
     @classmethod
     def _ips(cls, ips: list[str]) -> list[str]:
-        for ip in ips:
-            try:
-                v.parse_ip(ip)
-            except ValueError:
-                raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
-        return ips
+        return _ips(ips)
 
 
 class NamespaceModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: v.Labels = Field(default_factory=dict)
+
+
+def _ips(ips: list[str]) -> list[str]:
+    for ip in ips:
+        try:
+            v.parse_ip(ip)
+        except ValueError:
+            raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
+    return ips
+
+
+class NodeModel(BaseModel):
+    """A node: its labels and addresses (what ClusterNetworkPolicy ``nodes`` peers select)."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: v.Labels = Field(default_factory=dict)
+    addresses: list[str] = Field(default_factory=list)
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        return _ips(addresses)
 
 
 class InventoryModel(BaseModel):
@@ -67,6 +86,7 @@ class InventoryModel(BaseModel):
     kind: Literal["Inventory"]
     namespaces: dict[str, NamespaceModel | None] = Field(default_factory=dict)
     endpoints: list[EndpointModel] = Field(default_factory=list)
+    nodes: dict[str, NodeModel | None] = Field(default_factory=dict)
 
     @field_validator("namespaces")
     @classmethod
@@ -76,6 +96,14 @@ class InventoryModel(BaseModel):
                 raise ValueError(f"namespace {name!r}: {err}")
         return namespaces
 
+    @field_validator("nodes")
+    @classmethod
+    def _node_names(cls, nodes: dict[str, Any]) -> dict[str, Any]:
+        for name in nodes:
+            if err := v.dns_subdomain(name):
+                raise ValueError(f"node {name!r}: {err}")
+        return nodes
+
 
 class InventoryBuilder:
     """Accumulates namespaces and endpoints from any number of documents."""
@@ -83,6 +111,7 @@ class InventoryBuilder:
     def __init__(self) -> None:
         self.namespaces: dict[str, Namespace] = {}
         self.endpoints: list[Endpoint] = []
+        self.nodes: dict[str, Node] = {}
         self.problems: list[Problem] = []
         self.seen_ips: dict[IPAddress, str] = {}
         self.seen_keys: set[str] = set()
@@ -92,6 +121,13 @@ class InventoryBuilder:
         # The API server guarantees this label; inventories may leave it out.
         labels.setdefault(NAMESPACE_NAME_LABEL, name)
         self.namespaces[name] = Namespace(name, labels, labels.get(ENFORCEMENT_KEY, enforcement))
+
+    def node(self, node: Node, doc: Document, obj: str, field_path: tuple[str | int, ...]) -> None:
+        if node.name in self.nodes:
+            self.problems.append(doc.problem(f"node {node.name} is defined twice", obj=obj, field="name",
+                                             field_path=field_path))
+            return
+        self.nodes[node.name] = node
 
     def endpoint(self, ep: Endpoint, doc: Document, obj: str, field_path: tuple[str | int, ...]) -> None:
         if ep.key in self.seen_keys:
@@ -116,6 +152,10 @@ class InventoryBuilder:
             return
         for name, ns in model.namespaces.items():
             self.namespace(name, ns.labels if ns else {})
+        for name, node in model.nodes.items():
+            spec = node or NodeModel()
+            self.node(Node(name, spec.labels, tuple(v.parse_ip(a) for a in spec.addresses)), doc,
+                      f"node {name}", ("nodes", name))
         for i, e in enumerate(model.endpoints):
             ep = Endpoint(
                 name=e.name, namespace=e.namespace, labels=e.labels, node=e.node,
@@ -143,6 +183,33 @@ class InventoryBuilder:
         enforcement = annotations.get(ENFORCEMENT_KEY) if isinstance(annotations, dict) else None
         self.namespace(name, {str(k): str(val) for k, val in labels.items()},
                        None if enforcement is None else str(enforcement))
+
+    def add_k8s_node(self, doc: Document) -> None:
+        """A v1 Node: its name, labels and the IP addresses in ``status.addresses``
+        (entries that are no IP, such as Hostname, are skipped)."""
+        meta = doc.data.get("metadata") or {}
+        name = meta.get("name")
+        if not isinstance(name, str) or v.dns_subdomain(name):
+            self.problems.append(doc.problem("Node needs metadata.name, a DNS-1123 subdomain", obj="Node",
+                                             field="metadata.name", field_path=("metadata", "name")))
+            return
+        labels = {str(k): str(val) for k, val in (meta.get("labels") or {}).items()}
+        try:
+            v.check_labels(labels)
+        except ValueError as exc:
+            self.problems.append(doc.problem(str(exc), obj=f"Node {name}", field="metadata.labels",
+                                             field_path=("metadata", "labels")))
+            return
+        addresses: list[IPAddress] = []
+        for entry in (doc.data.get("status") or {}).get("addresses") or []:
+            text = entry.get("address") if isinstance(entry, dict) else None
+            try:
+                ip = v.parse_ip(text) if isinstance(text, str) else None
+            except ValueError:
+                ip = None  # a Hostname or InternalDNS entry
+            if ip is not None and ip not in addresses:
+                addresses.append(ip)
+        self.node(Node(name, labels, tuple(addresses)), doc, f"Node {name}", ())
 
     def add_pod(self, doc: Document) -> None:
         data = doc.data
@@ -183,7 +250,7 @@ class InventoryBuilder:
         for ep in self.endpoints:
             if ep.namespace not in self.namespaces:
                 self.namespace(ep.namespace, {})
-        return Inventory(self.namespaces, tuple(self.endpoints))
+        return Inventory(self.namespaces, tuple(self.endpoints), self.nodes)
 
 
 def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
@@ -203,9 +270,11 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
                 builder.add_k8s_namespace(doc)
             elif kind == "Pod" and api == "v1":
                 builder.add_pod(doc)
+            elif kind == "Node" and api == "v1":
+                builder.add_k8s_node(doc)
             elif (api, kind) not in POLICY_KINDS:  # policies may sit beside the inventory
                 builder.problems.append(doc.problem(
-                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace, got {api}/{kind}",
+                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {api}/{kind}",
                     obj=str(kind), field="kind", field_path=("kind",)))
         return builder.finish()
 

@@ -1,4 +1,6 @@
-"""Load policy files and directories, mixing NetworkPolicy and native Apps."""
+"""Load policy files and directories, mixing NetworkPolicy, native Apps and the
+cluster-wide tiers (ClusterNetworkPolicy, and the v1alpha1 AdminNetworkPolicy and
+BaselineAdminNetworkPolicy)."""
 
 from __future__ import annotations
 
@@ -6,16 +8,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from callgate.errors import InputError, ProblemCode
+from callgate.policy import adminnetworkpolicy as anp
+from callgate.policy import clusternetworkpolicy as cnp
 from callgate.policy.documents import INVENTORY_KINDS, Document, gc_paused, read_all
-from callgate.policy.model import Policy, PolicySet
+from callgate.policy.model import ClusterPolicy, Policy, PolicySet
 from callgate.policy.native import ParsedApp, compile_apps, parse_app
 from callgate.policy.networkpolicy import parse_network_policy
 
+EXPECTED_KINDS = ("networking.k8s.io/v1 NetworkPolicy, callgate/v1 App, "
+                  f"{cnp.API_VERSION} {cnp.KIND} or {anp.API_VERSION} {anp.ADMIN_KIND}/{anp.BASELINE_KIND}")
 
-def parse_policy_document(doc: Document) -> Policy | ParsedApp | None:
+
+def parse_policy_document(doc: Document) -> Policy | ParsedApp | ClusterPolicy | None:
     """One document of a policy path: a NetworkPolicy, an App (compiled later, with
-    the others), or None for an inventory object, which may live beside policies
-    (load_inventory reads those). Anything else raises :class:`InputError`."""
+    the others), a cluster-wide policy, or None for an inventory object, which may
+    live beside policies (load_inventory reads those). Anything else raises
+    :class:`InputError`."""
     data = doc.data
     if not isinstance(data, dict):
         raise InputError([doc.problem("expected a mapping with apiVersion and kind")])
@@ -24,12 +32,19 @@ def parse_policy_document(doc: Document) -> Policy | ParsedApp | None:
         return parse_network_policy(doc)
     if api == "callgate/v1" and kind == "App":
         return parse_app(doc)
+    if api == cnp.API_VERSION and kind == cnp.KIND:
+        return cnp.parse_cluster_network_policy(doc)
+    if api == anp.API_VERSION and kind == anp.ADMIN_KIND:
+        return anp.parse_admin_network_policy(doc)
+    if api == anp.API_VERSION and kind == anp.BASELINE_KIND:
+        return anp.parse_baseline_admin_network_policy(doc)
     if (api, kind) in INVENTORY_KINDS:
         return None
     raise InputError([doc.problem(
-        f"expected networking.k8s.io/v1 NetworkPolicy or callgate/v1 App, got {api}/{kind}",
+        f"expected {EXPECTED_KINDS}, got {api}/{kind}",
         obj=str(kind), field="kind", field_path=("kind",), code=ProblemCode.UNKNOWN_KIND,
-        hint="use apiVersion networking.k8s.io/v1 kind NetworkPolicy, or callgate/v1 App")])
+        hint="use apiVersion networking.k8s.io/v1 kind NetworkPolicy, callgate/v1 App, or "
+             f"{cnp.API_VERSION} {cnp.KIND}")])
 
 
 def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
@@ -42,7 +57,8 @@ def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
 
 def _load_policies(paths: Iterable[str | Path]) -> PolicySet:
     docs, problems = read_all(paths)
-    policies = []
+    policies: list[Policy] = []
+    cluster: list[ClusterPolicy] = []
     apps: list[ParsedApp] = []
     seen: dict[str, str] = {}
     for doc in docs:
@@ -54,15 +70,19 @@ def _load_policies(paths: Iterable[str | Path]) -> PolicySet:
         if isinstance(parsed, ParsedApp):
             apps.append(parsed)
         elif parsed is not None:
+            # NetworkPolicy keys are "ns/name", cluster policy keys "Kind/name": never equal.
             if parsed.key in seen:
                 problems.append(doc.problem(
-                    f"NetworkPolicy {parsed.key} is also defined in {seen[parsed.key]}",
+                    f"{parsed.display} is also defined in {seen[parsed.key]}",
                     obj=parsed.display, field="metadata.name", field_path=("metadata", "name"),
                     code=ProblemCode.DUPLICATE_NAME, hint="rename one of them or merge their rules"))
             seen[parsed.key] = f"{doc.file} (document {doc.index + 1})"
-            policies.append(parsed)
+            if isinstance(parsed, ClusterPolicy):
+                cluster.append(parsed)
+            else:
+                policies.append(parsed)
     compiled = compile_apps(apps)
     problems.extend(problem for _, problem in compiled.problems)
     if problems:
         raise InputError(problems)
-    return PolicySet((*policies, *compiled.policies))
+    return PolicySet((*policies, *compiled.policies), tuple(cluster))

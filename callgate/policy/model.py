@@ -56,6 +56,22 @@ class Direction(StrEnum):
     EGRESS = "Egress"
 
 
+class Tier(StrEnum):
+    """Where a ClusterNetworkPolicy sits: before (Admin) or after (Baseline) the
+    NetworkPolicy tier, which holds NetworkPolicies and callgate/v1 Apps."""
+
+    ADMIN = "Admin"
+    BASELINE = "Baseline"
+
+
+class Action(StrEnum):
+    """What a ClusterNetworkPolicy rule does with the traffic it matches."""
+
+    ACCEPT = "Accept"  # allowed for this direction; no later tier is asked
+    DENY = "Deny"  # denied; no later tier is asked
+    PASS = "Pass"  # the rest of this tier is skipped; the next tier decides
+
+
 @dataclass(frozen=True, slots=True)
 class Requirement:
     """One matchExpressions entry: key In/NotIn/Exists/DoesNotExist values."""
@@ -219,6 +235,91 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterPeer:
+    """One entry of a ClusterNetworkPolicy rule's from/to: exactly one kind is set.
+
+    ``selector``: a ``namespaces`` or ``pods`` peer as a NetworkPolicy-model
+    :class:`Peer` (its namespace selector always set, its pod selector None
+    for "every pod"); ``networks``: CIDRs, which match any address, pods'
+    included; ``nodes``: a node label selector, standing for the addresses of
+    the matching nodes. ``domain_names`` callgate cannot match in the
+    datapath, and a peer with none of these is one whose field callgate does
+    not know: both are *unresolvable* and fail closed (an Accept rule matches
+    nothing through them; a Deny or Pass rule denies every peer).
+    """
+
+    selector: Peer | None = None
+    networks: tuple[IPBlock, ...] = ()
+    nodes: LabelSelector | None = None
+    domain_names: tuple[str, ...] = ()
+
+    @property
+    def resolvable(self) -> bool:
+        return self.selector is not None or bool(self.networks) or self.nodes is not None
+
+    def canonical(self) -> str:
+        if self.selector is not None:
+            ns = self.selector.namespace_selector
+            assert ns is not None, "a cluster peer's selector always has a namespace selector"
+            if self.selector.pod_selector is None:
+                return f"namespaces {ns.canonical()}"
+            return f"pods nsSelector {ns.canonical()} podSelector {self.selector.pod_selector.canonical()}"
+        if self.networks:
+            return "networks " + ",".join(str(b.cidr) for b in self.networks)
+        if self.nodes is not None:
+            return f"nodes {self.nodes.canonical()}"
+        if self.domain_names:
+            return "domainNames " + ",".join(self.domain_names)
+        return "unknown peer"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRule:
+    """One ingress or egress rule of a ClusterNetworkPolicy, in written order.
+    ``peers`` is never empty; empty ``ports`` means all ports and protocols."""
+
+    action: Action
+    peers: tuple[ClusterPeer, ...]
+    ports: tuple[PortSpec, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPolicy:
+    """A ClusterNetworkPolicy (v1alpha1 AdminNetworkPolicy and
+    BaselineAdminNetworkPolicy are read as one): cluster-scoped, in a tier, at a
+    priority (lower first). It isolates nothing by itself; its first matching
+    rule decides, or passes to the next tier."""
+
+    name: str
+    tier: Tier
+    priority: int
+    subject: Peer  # the pods it applies to: namespace selector, and pod selector (None: all of them)
+    ingress: tuple[ClusterRule, ...] = ()
+    egress: tuple[ClusterRule, ...] = ()
+    kind: str = "ClusterNetworkPolicy"  # or the v1alpha1 kind it was read from
+    origin: SourceLocation = field(default_factory=SourceLocation, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def display(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    @property
+    def precedence(self) -> tuple[int, str, str]:
+        """Sort key within a tier: priority, then (for equal priorities, where the
+        API leaves the order to the implementation) kind and name, so callgate's
+        choice is at least always the same."""
+        return self.priority, self.kind, self.name
+
+    def rules(self, direction: Direction) -> tuple[ClusterRule, ...]:
+        return self.ingress if direction is Direction.INGRESS else self.egress
+
+
+@dataclass(frozen=True, slots=True)
 class NamedPort:
     name: str | None
     port: int
@@ -272,18 +373,42 @@ class Endpoint:
         return sorted({p.port for p in self.ports if p.name == name and p.protocol == protocol})
 
 
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node with its labels and addresses: what a ClusterNetworkPolicy ``nodes``
+    peer selects (endpoints name their node; this says what the node is)."""
+
+    name: str
+    labels: Mapping[str, str]
+    addresses: tuple[IPAddress, ...] = ()
+
+    __hash__ = None  # type: ignore[assignment]  # labels are a mapping: see the module docstring
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", read_only(self.labels))
+
+
 @dataclass(frozen=True)
 class Inventory:
-    """Who runs where: namespaces with labels, endpoints with labels and IPs."""
+    """Who runs where: namespaces with labels, endpoints with labels and IPs, and
+    (optionally) the nodes with their labels and addresses."""
 
     namespaces: Mapping[str, Namespace] = field(default_factory=dict)
     endpoints: tuple[Endpoint, ...] = ()
+    # By name. Not the same as nodes(): that lists the nodes endpoints run on.
+    node_info: Mapping[str, Node] = field(default_factory=dict)
 
     __hash__ = None  # type: ignore[assignment]  # namespaces are a mapping: see the module docstring
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "namespaces", read_only(self.namespaces))
         object.__setattr__(self, "endpoints", tuple(self.endpoints))
+        object.__setattr__(self, "node_info", read_only(self.node_info))
+
+    def node_addresses(self, selector: LabelSelector) -> tuple[IPAddress, ...]:
+        """Addresses of the nodes whose labels ``selector`` matches, in node-name order."""
+        return tuple(ip for name, node in sorted(self.node_info.items()) if selector.matches(node.labels)
+                     for ip in node.addresses)
 
     def endpoint(self, key: str) -> Endpoint | None:
         for ep in self.endpoints:
@@ -300,10 +425,19 @@ class Inventory:
 
 @dataclass(frozen=True)
 class PolicySet:
+    """NetworkPolicies and Apps (the NetworkPolicy tier), and the cluster-wide
+    policies of the Admin and Baseline tiers around them."""
+
     policies: tuple[Policy, ...] = ()
+    cluster: tuple[ClusterPolicy, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policies", tuple(self.policies))
+        object.__setattr__(self, "cluster", tuple(self.cluster))
+
+    def tier(self, tier: Tier) -> list[ClusterPolicy]:
+        """The cluster policies of one tier, in precedence order."""
+        return sorted((p for p in self.cluster if p.tier is tier), key=lambda p: p.precedence)
 
     def in_namespace(self, namespace: str) -> list[Policy]:
         return [p for p in self.policies if p.namespace == namespace]

@@ -83,6 +83,19 @@ class ClusterCache:
                 self._changes += 1
             return changed
 
+    def absent(self, kind: str) -> bool:
+        """The server does not serve ``kind`` (an optional kind without its CRD): it
+        counts as listed and empty, with nowhere to resume a watch. Returns whether
+        the content changed."""
+        with self._lock:
+            changed = kind not in self._synced or bool(self._entries[kind])
+            self._entries[kind] = {}
+            self._synced.add(kind)
+            self._versions.pop(kind, None)
+            if changed:
+                self._changes += 1
+            return changed
+
     def upsert(self, kind: str, obj: Any, resource_version: str | None) -> bool:
         """Apply an ADDED/MODIFIED event; returns whether the content changed."""
         entry = convert(kind, obj)

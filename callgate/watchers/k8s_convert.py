@@ -1,10 +1,14 @@
 """Turn raw API objects (dicts, hostile until proven otherwise) into the policy model.
 
-The rules are the file loaders' rules, reused rather than copied: a Pod or
-Namespace goes through ``InventoryBuilder`` and a NetworkPolicy through
-``parse_network_policy``, on a :class:`Document` built from the dict. So a pod
-from the API and the same pod from ``kubectl get -o yaml`` become the same
-endpoint, and a policy callgate would reject in a file is rejected here too.
+The rules are the file loaders' rules, reused rather than copied: a Pod,
+Namespace or Node goes through ``InventoryBuilder``, a NetworkPolicy through
+``parse_network_policy`` and a ClusterNetworkPolicy (or a v1alpha1
+AdminNetworkPolicy / BaselineAdminNetworkPolicy) through its parser, on a
+:class:`Document` built from the dict. So a pod from the API and the same pod
+from ``kubectl get -o yaml`` become the same endpoint, and a policy callgate
+would reject in a file is rejected here too, with one exception the API
+defines: a cluster policy peer whose only field callgate does not know (the
+API server validated it against a newer CRD) fails closed instead.
 
 Each object is converted once, when it arrives, into a :class:`Converted`
 entry that the cache keeps; a snapshot is assembled from entries, never from
@@ -22,15 +26,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from callgate.errors import InputError, Problem
+from callgate.policy import adminnetworkpolicy as anp
+from callgate.policy import clusternetworkpolicy as cnp
 from callgate.policy.documents import Document
 from callgate.policy.inventory import InventoryBuilder
-from callgate.policy.model import Endpoint, Inventory, Namespace, Policy, PolicySet
+from callgate.policy.model import ClusterPolicy, Endpoint, Inventory, Namespace, Node, Policy, PolicySet
 from callgate.policy.networkpolicy import object_name, parse_network_policy
 
-PODS, NAMESPACES, POLICIES = "pods", "namespaces", "networkpolicies"
-KINDS = (PODS, NAMESPACES, POLICIES)
-KIND_NAMES = {PODS: "Pod", NAMESPACES: "Namespace", POLICIES: "NetworkPolicy"}
-API_VERSIONS = {PODS: "v1", NAMESPACES: "v1", POLICIES: "networking.k8s.io/v1"}
+PODS, NAMESPACES, POLICIES, NODES = "pods", "namespaces", "networkpolicies", "nodes"
+CLUSTER_POLICIES = "clusternetworkpolicies"
+ADMIN_POLICIES, BASELINE_POLICIES = "adminnetworkpolicies", "baselineadminnetworkpolicies"
+# The cluster-wide kinds, served only where their CRDs are installed (v1alpha1 ones
+# on clusters that have not moved to v0.2.0 yet): a cluster without them works as
+# one without such policies.
+OPTIONAL_KINDS = (CLUSTER_POLICIES, ADMIN_POLICIES, BASELINE_POLICIES)
+KINDS = (PODS, NAMESPACES, POLICIES, NODES, *OPTIONAL_KINDS)
+KIND_NAMES = {PODS: "Pod", NAMESPACES: "Namespace", POLICIES: "NetworkPolicy", NODES: "Node",
+              CLUSTER_POLICIES: cnp.KIND, ADMIN_POLICIES: anp.ADMIN_KIND, BASELINE_POLICIES: anp.BASELINE_KIND}
+API_VERSIONS = {PODS: "v1", NAMESPACES: "v1", POLICIES: "networking.k8s.io/v1", NODES: "v1",
+                CLUSTER_POLICIES: cnp.API_VERSION, ADMIN_POLICIES: anp.API_VERSION,
+                BASELINE_POLICIES: anp.API_VERSION}
+# Kinds whose objects lint reads as the API served them.
+LINTED_KINDS = (POLICIES, *OPTIONAL_KINDS)
+CLUSTER_SCOPED = (NAMESPACES, NODES, *OPTIONAL_KINDS)
 
 ORIGIN = "kubernetes"
 # Documents need a file name, and Document.problem() tries to read that file to find
@@ -60,10 +78,10 @@ class Converted:
     """One API object as the cache keeps it."""
 
     ref: ObjectRef
-    value: Endpoint | Namespace | Policy | None  # None: skipped (invalid, finished, host network)
+    value: Endpoint | Namespace | Node | Policy | ClusterPolicy | None  # None: skipped (invalid, finished, ...)
     problems: tuple[Problem, ...]
     digest: str  # changes when what callgate uses from the object changes
-    raw: Any = field(default=None, compare=False)  # kept for NetworkPolicies only (lint reads raw fields)
+    raw: Any = field(default=None, compare=False)  # kept for policies only (lint reads raw fields)
 
     @property
     def display(self) -> str:
@@ -92,7 +110,7 @@ def object_ref(kind: str, obj: Any) -> ObjectRef | None:
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         return None
-    ns = meta.get("namespace") if kind != NAMESPACES else None
+    ns = meta.get("namespace") if kind not in CLUSTER_SCOPED else None
     if ns is not None and not isinstance(ns, str):
         return None
 
@@ -152,23 +170,57 @@ def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
     return Converted(ref, ns, (), _digest(ns.name, dict(ns.labels), ns.enforcement))
 
 
-def convert_policy(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
-    typed = _typed(POLICIES, obj)
+def _parse_policy(ref: ObjectRef, obj: dict[str, Any], kind: str,
+                  parse: Callable[[Document], Policy | ClusterPolicy]) -> Converted:
+    """One policy object through its parser, kept raw for lint: the policy, or the
+    Converted that reports why it could not be read."""
+    typed = _typed(kind, obj)
     # The digest covers what lint reads too (annotations may disable lint rules).
     digest = _digest(ref.namespace, ref.name, obj.get("spec"), (obj.get("metadata") or {}).get("annotations"))
     try:
-        policy = parse_network_policy(Document(_UNREADABLE, 0, typed))
+        policy = parse(Document(_UNREADABLE, 0, typed))
     except InputError as err:
-        problems = _relabel(err.problems)
-        return Converted(ref, None, problems, digest, raw=typed)
+        return Converted(ref, None, _relabel(err.problems), digest, raw=typed)
     except (TypeError, AttributeError, ValueError, KeyError) as exc:
         return dataclasses.replace(_malformed(ref, obj, exc), raw=typed)
     policy = dataclasses.replace(policy, origin=dataclasses.replace(policy.origin, file=ORIGIN))
     return Converted(ref, policy, (), digest, raw=typed)
 
 
+def convert_policy(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
+    return _parse_policy(ref, obj, POLICIES, parse_network_policy)
+
+
+def convert_node(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
+    builder = _build(ref, obj, NODES, InventoryBuilder.add_k8s_node)
+    if isinstance(builder, Converted):
+        return builder
+    node = next(iter(builder.nodes.values()))
+    # Only labels and addresses: node status heartbeats do not wake anyone.
+    return Converted(ref, node, (), _digest(node.name, dict(node.labels), [str(a) for a in node.addresses]))
+
+
+_CLUSTER_PARSERS: dict[str, Callable[[Document, bool], ClusterPolicy]] = {
+    CLUSTER_POLICIES: cnp.parse_cluster_network_policy,
+    ADMIN_POLICIES: anp.parse_admin_network_policy,
+    BASELINE_POLICIES: anp.parse_baseline_admin_network_policy,
+}
+
+
+def _cluster_converter(kind: str) -> Callable[[ObjectRef, dict[str, Any]], Converted]:
+    parse = _CLUSTER_PARSERS[kind]
+
+    def convert_cluster_policy(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
+        # The API server validated the object against its CRD: a peer whose only
+        # field callgate does not know fails closed instead of failing the policy.
+        return _parse_policy(ref, obj, kind, lambda doc: parse(doc, True))
+
+    return convert_cluster_policy
+
+
 CONVERTERS: dict[str, Callable[[ObjectRef, dict[str, Any]], Converted]] = {
-    PODS: convert_pod, NAMESPACES: convert_namespace, POLICIES: convert_policy,
+    PODS: convert_pod, NAMESPACES: convert_namespace, POLICIES: convert_policy, NODES: convert_node,
+    **{kind: _cluster_converter(kind) for kind in OPTIONAL_KINDS},
 }
 
 
@@ -189,10 +241,12 @@ class ClusterState:
     problems: tuple[Problem, ...]  # every skipped object, with why
     version: str  # a digest of the content: equal versions mean equal content
     problems_by_object: Mapping[ObjectRef, tuple[Problem, ...]]
-    # Every NetworkPolicy and Namespace object by display name ("NetworkPolicy x/p",
-    # "Namespace x"), valid or not: what the controller attaches Events to.
+    # Every policy and Namespace object by display name ("NetworkPolicy x/p",
+    # "ClusterNetworkPolicy p", "Namespace x"), valid or not: what the controller
+    # attaches Events to.
     refs: Mapping[str, ObjectRef]
-    # NetworkPolicies as the API served them (valid or not), by "ns/name", for lint.
+    # Policies as the API served them (valid or not), for lint: NetworkPolicies by
+    # "ns/name", cluster policies by "Kind/name" (their model keys).
     raw_policies: Mapping[str, tuple[ObjectRef, dict[str, Any]]]
 
 
@@ -220,12 +274,18 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
                 {"metadata": {"name": entry.ref.name, "namespace": entry.ref.namespace}}, "Pod"), ())
             if len(builder.problems) > before:
                 problems_by_object[entry.ref] = _relabel(builder.problems[before:])
+    for _, entry in sorted(entries.get(NODES, {}).items()):
+        if isinstance(entry.value, Node):
+            builder.nodes[entry.value.name] = entry.value
     builder.problems.clear()  # reported per object above; finish() only adds implied namespaces
     inventory = builder.finish()
     policies = tuple(e.value for _, e in sorted(entries.get(POLICIES, {}).items()) if isinstance(e.value, Policy))
-    refs = {e.display: e.ref for kind in (POLICIES, NAMESPACES) for e in entries.get(kind, {}).values()}
-    raw = {e.ref.key: (e.ref, e.raw) for e in entries.get(POLICIES, {}).values() if isinstance(e.raw, dict)}
+    cluster = tuple(e.value for kind in OPTIONAL_KINDS for _, e in sorted(entries.get(kind, {}).items())
+                    if isinstance(e.value, ClusterPolicy))
+    refs = {e.display: e.ref for kind in (*LINTED_KINDS, NAMESPACES) for e in entries.get(kind, {}).values()}
+    raw = {(e.ref.key if kind == POLICIES else f"{e.ref.kind}/{e.ref.name}"): (e.ref, e.raw)
+           for kind in LINTED_KINDS for e in entries.get(kind, {}).values() if isinstance(e.raw, dict)}
     problems = tuple(p for _, ps in sorted(problems_by_object.items(), key=lambda kv: (kv[0].kind, kv[0].key))
                      for p in ps)
-    return ClusterState(inventory, PolicySet(policies), problems, hasher.hexdigest()[:16],
+    return ClusterState(inventory, PolicySet(policies, cluster), problems, hasher.hexdigest()[:16],
                         problems_by_object, refs, raw)

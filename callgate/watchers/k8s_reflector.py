@@ -15,6 +15,11 @@ The protocol, as client-go implements it and as we do here:
    and list again.
 5. A failed request (connection refused, 5xx, 403 …) is reported and retried
    after an exponential backoff with jitter, reset once a request succeeds.
+6. An optional kind (the ClusterNetworkPolicy CRDs) that the server does not
+   serve (HTTP 404 on the list) counts as listed and empty: the cluster works
+   as one without such policies. That is logged once, and the list is tried
+   again every ``absent_recheck`` seconds, so installing the CRD later is
+   noticed; a CRD removed later empties the kind the same way.
 
 We stream with ``_preload_content=False`` and parse lines ourselves rather than
 use ``kubernetes.watch.Watch``: ``Watch`` deserialises into model classes (we
@@ -26,6 +31,7 @@ fields), retries a 410 by itself once from the same stale version, and with
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -36,7 +42,15 @@ from typing import Any
 
 from callgate.policy.documents import gc_paused
 from callgate.watchers.cache import ClusterCache
-from callgate.watchers.k8s_convert import NAMESPACES, PODS, POLICIES, clip
+from callgate.watchers.k8s_convert import (
+    API_VERSIONS,
+    NAMESPACES,
+    NODES,
+    OPTIONAL_KINDS,
+    PODS,
+    POLICIES,
+    clip,
+)
 
 log = logging.getLogger("callgate.watchers.kubernetes")
 
@@ -54,6 +68,7 @@ class WatchOptions:
     list_timeout: float = 60.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    absent_recheck: float = 300.0  # seconds between looks for an optional kind the server does not serve
 
 
 class Backoff:
@@ -81,6 +96,10 @@ class BadStream(Exception):
     """The stream said something we cannot trust; relist to stay consistent."""
 
 
+class NotServed(Exception):
+    """The server does not serve an optional kind (its CRD is not installed)."""
+
+
 def list_function(kind: str, api_client: Any) -> Callable[..., Any]:
     """The official client's cluster-wide list call for ``kind``."""
     from kubernetes import client
@@ -91,6 +110,12 @@ def list_function(kind: str, api_client: Any) -> Callable[..., Any]:
         return client.CoreV1Api(api_client).list_namespace  # type: ignore[no-any-return]
     if kind == POLICIES:
         return client.NetworkingV1Api(api_client).list_network_policy_for_all_namespaces  # type: ignore[no-any-return]
+    if kind == NODES:
+        return client.CoreV1Api(api_client).list_node  # type: ignore[no-any-return]
+    if kind in OPTIONAL_KINDS:
+        group, version = API_VERSIONS[kind].split("/")
+        return functools.partial(client.CustomObjectsApi(api_client).list_cluster_custom_object, group, version,
+                                 kind)
     raise ValueError(f"unknown kind {kind}")
 
 
@@ -136,6 +161,8 @@ class Reflector:
         self._stopping = stopping
         self._rng = rng or random.Random()
         self._backoff = Backoff(self.options.backoff_initial, self.options.backoff_max, self._rng)
+        self.optional = kind in OPTIONAL_KINDS
+        self.served: bool | None = None  # optional kinds: known after the first list
         self._resp_lock = threading.Lock()
         self._resp: Any = None
         self.lists = 0  # how many full lists (the first one plus every relist)
@@ -151,6 +178,15 @@ class Reflector:
             except Gone:
                 log.info("%s: resourceVersion expired (410 Gone); relisting", self.kind)
                 self.cache.forget_version(self.kind)
+            except NotServed:
+                if self.served is not False:
+                    log.info("%s: not served by this cluster (CRD not installed); going on without them, "
+                             "looking again every %gs", self.kind, self.options.absent_recheck)
+                self.served = False
+                if self.cache.absent(self.kind):
+                    self._on_change()
+                self._healthy()
+                self._stopping.wait(self.options.absent_recheck)
             except BadStream as exc:
                 log.warning("%s: %s; relisting", self.kind, exc)
                 self.cache.forget_version(self.kind)
@@ -190,6 +226,8 @@ class Reflector:
                 kwargs["_continue"] = token
             try:
                 body = self._request_json(**kwargs)
+            except NotServed:
+                raise
             except Gone:
                 if token is None:
                     raise
@@ -208,6 +246,9 @@ class Reflector:
                     raise BadStream("list response without metadata.resourceVersion")
                 break
         self.lists += 1
+        if self.optional and self.served is not True:
+            log.info("%s: served by this cluster; watching them", self.kind)
+        self.served = True
         changed = self.cache.replace(self.kind, items, version)
         log.debug("%s: listed %d objects at resourceVersion %s", self.kind, len(items), version)
         self._healthy()
@@ -222,6 +263,8 @@ class Reflector:
         except ApiException as exc:
             if exc.status == 410:
                 raise Gone() from None
+            if exc.status == 404 and self.optional:
+                raise NotServed() from None
             raise
         try:
             body = json.loads(resp.data)
@@ -247,6 +290,8 @@ class Reflector:
         except ApiException as exc:
             if exc.status == 410:
                 raise Gone() from None
+            if exc.status == 404 and self.optional:
+                raise NotServed() from None
             raise
         self._healthy()
         with self._resp_lock:

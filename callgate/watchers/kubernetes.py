@@ -1,11 +1,14 @@
-"""The Kubernetes source: Pods, Namespaces and NetworkPolicies from the API server.
+"""The Kubernetes source: Pods, Namespaces, Nodes, NetworkPolicies and the cluster
+tiers (ClusterNetworkPolicy; v1alpha1 AdminNetworkPolicy and BaselineAdminNetworkPolicy)
+from the API server.
 
-Three :class:`~callgate.watchers.k8s_reflector.Reflector` threads (one per kind)
-list-then-watch into one :class:`~callgate.watchers.cache.ClusterCache`. A
+One :class:`~callgate.watchers.k8s_reflector.Reflector` thread per kind
+list-then-watches into one :class:`~callgate.watchers.cache.ClusterCache`. A
 publisher thread turns cache changes into published states:
 
-* nothing is published until the first list of **all three** kinds has
-  completed: pods without their policies would be a wrong picture, not a
+* nothing is published until the first list of **every** kind has completed
+  (a cluster policy kind whose CRD is not installed counts as listed and
+  empty): pods without their policies would be a wrong picture, not a
   partial one;
 * changes are coalesced adaptively (:mod:`callgate.watchers.coalesce`): a
   change after a quiet spell goes out at once; inside a burst each state
@@ -49,7 +52,7 @@ __all__ = ["ClusterState", "ClusterWatcher", "KubernetesSource", "WatchOptions"]
 
 
 class ClusterWatcher:
-    """List-then-watch all three kinds and publish consistent, coalesced states."""
+    """List-then-watch every kind and publish consistent, coalesced states."""
 
     def __init__(self, api_client: Any, origin: str, *, coalesce: float = 0.02, max_delay: float = 2.0,
                  options: WatchOptions | None = None, kinds: tuple[str, ...] = KINDS) -> None:

@@ -17,7 +17,7 @@ from callgate.analysis.lint.rules import BY_ID, Severity
 from callgate.errors import InputError, Problem
 from callgate.policy.documents import INVENTORY_KINDS, POLICY_KINDS, Document, files_under, format_path, read_documents
 from callgate.policy.loader import parse_policy_document
-from callgate.policy.model import Direction, Inventory, Policy
+from callgate.policy.model import ClusterPolicy, Direction, Inventory, Policy
 from callgate.policy.native import ParsedApp, compile_apps
 from callgate.policy.positions import FieldPath, Positions
 
@@ -31,35 +31,38 @@ class Item:
     """One parsed policy object with its document."""
 
     doc: Document
-    kind: str  # "NetworkPolicy" or "App"
+    kind: str  # "NetworkPolicy", "App", or a cluster policy's kind ("ClusterNetworkPolicy", ...)
     obj: str  # display name, e.g. "NetworkPolicy x/web"
     policy: Policy | None = None  # the compiled policy (Apps: set after compiling all Apps)
     app: ParsedApp | None = None
     # Apps: compiled ingress rule i came from spec.callers[caller_index[i]].
     caller_index: tuple[int, ...] = ()
+    cluster: ClusterPolicy | None = None  # a ClusterNetworkPolicy (or a v1alpha1 kind read as one)
 
     @property
     def key(self) -> tuple[str, str]:
         """What the API server keeps one of: kind, namespace and name."""
-        parsed = self.policy if self.policy is not None else self.app
-        assert parsed is not None, "an item is a parsed NetworkPolicy or App"
+        parsed = self.policy if self.policy is not None else self.app if self.app is not None else self.cluster
+        assert parsed is not None, "an item is a parsed NetworkPolicy, App or cluster policy"
         return self.kind, parsed.key
 
     def rule_path(self, direction: Direction, index: int) -> FieldPath:
         """Where compiled rule ``index`` is written in the document."""
-        if self.kind == "NetworkPolicy":
+        if self.kind == "NetworkPolicy" or self.cluster is not None:
             return ("spec", DIRECTION_KEYS[direction][0], index)
         if direction is Direction.INGRESS and index < len(self.caller_index):
             return ("spec", "callers", self.caller_index[index])
         return ("metadata", "name")  # an App's egress comes from other Apps' callers
 
     def peer_path(self, direction: Direction, index: int, peer: int) -> FieldPath:
-        if self.kind == "NetworkPolicy":
+        if self.kind == "NetworkPolicy" or self.cluster is not None:
             key, peers = DIRECTION_KEYS[direction]
             return ("spec", key, index, peers, peer)
         return self.rule_path(direction, index)
 
     def selector_path(self) -> FieldPath:
+        if self.cluster is not None:
+            return ("spec", "subject")
         return ("spec", "podSelector") if self.kind == "NetworkPolicy" else ("spec", "selector")
 
 
@@ -159,6 +162,8 @@ class Linter:
             self.items.append(Item(doc, "NetworkPolicy", parsed.display, policy=parsed))
         elif isinstance(parsed, ParsedApp):
             self.items.append(Item(doc, "App", f"App {parsed.key}", app=parsed))
+        elif isinstance(parsed, ClusterPolicy):
+            self.items.append(Item(doc, parsed.kind, parsed.display, cluster=parsed))
 
     def drop_duplicates(self) -> None:
         """Report and leave out every object whose kind, namespace and name came before."""

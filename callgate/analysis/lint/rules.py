@@ -49,7 +49,8 @@ E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO  # noqa: E741 - short 
 
 RULES: tuple[LintRule, ...] = (
     _r("CG001", "invalid-object", E, False,
-       "The document is not a valid NetworkPolicy or callgate/v1 App (the API server would reject it).",
+       "The document is not a valid NetworkPolicy, callgate/v1 App or ClusterNetworkPolicy (the API server "
+       "would reject it).",
        """
 Schema and API-server validation: unknown fields, wrong types, bad label keys or
 values, invalid CIDRs, an ipBlock combined with selectors, a caller port the App
@@ -68,11 +69,13 @@ spec:
   - from:
     - ipBlock: {cidr: 10.0.0.0/8}"""),
     _r("CG002", "unknown-kind", E, False,
-       "A document that is neither a NetworkPolicy, a callgate/v1 App nor an inventory object.",
+       "A document that is neither a policy callgate reads nor an inventory object.",
        """
-Policy paths may hold NetworkPolicy (networking.k8s.io/v1), callgate/v1 App, and
-inventory objects (callgate/v1 Inventory, v1 Pod, v1 Namespace). Anything else
-is most likely a typo in apiVersion or kind, and would be refused by `apply`.""",
+Policy paths may hold NetworkPolicy (networking.k8s.io/v1), callgate/v1 App,
+ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2), AdminNetworkPolicy and
+BaselineAdminNetworkPolicy (v1alpha1), and inventory objects (callgate/v1
+Inventory, v1 Pod, v1 Namespace, v1 Node). Anything else is most likely a typo in
+apiVersion or kind, and would be refused by `apply`.""",
        "apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy",
        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy"),
     _r("CG003", "duplicate-name", E, False,
@@ -207,6 +210,63 @@ client) need not list ports; or say so with `# callgate: disable=CG111`.""",
        "kind: App\nspec:\n  selector: {matchLabels: {app: ledger}}\n  ports: [{name: grpc, port: 9090}]",
        "kind: App\nspec:\n  selector: {matchLabels: {app: ledger}}\n  ports: [{name: grpc, port: 9090}]\n"
        "  callers: [{app: cart, ports: [grpc]}]"),
+    # ClusterNetworkPolicy tiers (Admin, Baseline) around NetworkPolicy.
+    _r("CG112", "same-priority-overlap", W, True,
+       "Two cluster policies of one tier at one priority decide one connection differently.",
+       """
+Within a tier, a lower priority number goes first; for two policies at the same
+priority the API leaves the order to the implementation ("there is no way for
+the user to reliably determine which one it will choose"). callgate orders them
+by kind and name, but another implementation may not. Reported when, over the
+inventory, the two subjects share a pod and, for some peer and port, the first
+matching rules of the two policies act differently (Accept, Deny, Pass). Give
+them different priorities.""",
+       "# two Admin policies, both priority 10, both selecting namespace x:\n"
+       "# one Denies from namespace y, the other Accepts from pods of y",
+       "# the same with priorities 10 and 11: the order is part of the policy"),
+    _r("CG113", "shadowed-cluster-rule", W, False,
+       "A cluster policy rule that can never match: an earlier catch-all in the same tier takes all its traffic.",
+       """
+Rules are tried in order: by priority, then as written. A rule that matches every
+peer (every pod for ingress, `networks: [0.0.0.0/0, ::/0]` for egress, or a peer
+callgate cannot resolve in a Deny or Pass rule, which fails closed as "deny all")
+on all of a later rule's ports leaves nothing for the later rule, in the same
+policy or in a later policy of the same tier whose subject it covers (the same
+subject, or an earlier policy selecting every pod). The later rule is dead, or
+the order is wrong.""",
+       "egress:\n- {action: Deny, to: [{networks: [0.0.0.0/0, '::/0']}]}\n"
+       "- {action: Accept, to: [{namespaces: {}}]}      # never reached",
+       "egress:\n- {action: Accept, to: [{namespaces: {}}]}\n"
+       "- {action: Deny, to: [{networks: [0.0.0.0/0, '::/0']}]}"),
+    _r("CG114", "networks-cover-pods", W, False,
+       "A cluster policy's `networks` peer also holds pod addresses.",
+       """
+`networks` is meant for destinations outside the cluster, but it matches any
+address: an Accept or Deny of `0.0.0.0/0` accepts or denies pod-to-pod traffic
+as well. If pods are not meant, put a rule that passes (or otherwise decides)
+pod traffic before it. With an inventory, the pods inside the CIDRs are counted;
+without one, `/0` networks are reported.""",
+       "egress:\n- {action: Deny, to: [{networks: [0.0.0.0/0]}]}   # also denies every pod",
+       "egress:\n- {action: Pass, to: [{namespaces: {}}]}\n- {action: Deny, to: [{networks: [0.0.0.0/0]}]}"),
+    _r("CG115", "baseline-pass", W, False,
+       "A Pass rule in the Baseline tier: after the Baseline there is only the default, which allows.",
+       """
+Pass skips the rest of the tier and hands the connection to the next tier. For
+the Baseline tier, the next is the cluster default: allow. So a Baseline Pass is
+an Accept that stops later Baseline rules from applying, which is rarely what
+was meant. Write Accept if that is the intent, or Deny.""",
+       "tier: Baseline\negress:\n- {action: Pass, to: [{namespaces: {}}]}",
+       "tier: Baseline\negress:\n- {action: Accept, to: [{namespaces: {}}]}"),
+    _r("CG116", "unresolvable-peer", W, False,
+       "A cluster policy peer callgate cannot enforce (domainNames, or a peer kind it does not know) fails closed.",
+       """
+callgate filters packets by address in the kernel and cannot resolve domain
+names there; a peer whose only field callgate does not know (from a newer CRD)
+cannot be matched either. The API says such peers fail closed: an Accept rule
+matches nothing through them, and a Deny or Pass rule becomes "deny all" (every
+peer, on the rule's ports). Use `networks` with the addresses meant.""",
+       "egress:\n- {action: Accept, to: [{domainNames: [api.example.com]}]}",
+       "egress:\n- {action: Accept, to: [{networks: [203.0.113.10/32]}]}"),
     _r("CG117", "bad-enforcement-mode", E, True,
        "A namespace's callgate.io/enforcement label or annotation is neither enforce nor audit.",
        """

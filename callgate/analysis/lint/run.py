@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from callgate.analysis.lint.checks import document, inventory, redundancy
+from callgate.analysis.lint.checks import document, inventory, redundancy, tiers
 from callgate.analysis.lint.config import LintConfig, apply_suppressions
 from callgate.analysis.lint.findings import Finding, LintResult
 from callgate.analysis.lint.linter import Linter
@@ -32,9 +32,13 @@ def run_checks(linter: Linter, config: LintConfig) -> None:
     for item in linter.items:
         document.check(linter, item)
     compiled = [i for i in linter.items if i.policy is not None]
+    cluster = [i for i in linter.items if i.cluster is not None]
+    cluster_policies = tuple(i.cluster for i in cluster if i.cluster is not None)
     reported: redundancy.Reported = set()
+    tiers.check(linter, cluster)
     if linter.inventory is not None:
-        inventory.check(linter, compiled)
-        reported = redundancy.exact(linter, compiled)
+        inventory.check(linter, compiled, cluster_policies)
+        tiers.check_inventory(linter, cluster)
+        reported = redundancy.exact(linter, compiled, cluster_policies)
     redundancy.syntactic(linter, compiled, reported)
     linter.findings = apply_suppressions(linter.findings, (i.doc for i in linter.items), config)

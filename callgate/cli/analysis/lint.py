@@ -57,7 +57,7 @@ def lint_cmd(
         "--explain", metavar="RULE", help="Print the documentation of a rule (id or name, or 'all') and exit.")
     ] = None,
 ) -> None:
-    """Check NetworkPolicy and callgate/v1 App files for mistakes.
+    """Check NetworkPolicy, callgate/v1 App and ClusterNetworkPolicy files for mistakes.
 
     Schema and API-server validation, then semantic checks (with --inventory:
     selectors that select nothing, unresolved named ports, redundant rules,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from callgate.compiler.clustertiers import subject_selects
 from callgate.compiler.incremental.priming import State, prime
 from callgate.compiler.incremental.setstate import address_values, port_pairs
 from callgate.compiler.incremental.snapshot import Held, diff_by_identity, diff_by_position
@@ -26,6 +27,7 @@ class IncrementalCompiler:
         self.node = node
         self.policies = policies
         self.namespaces = inventory.namespaces
+        self.node_info = inventory.node_info
         self.full_compiles = 0
         self.incremental_updates = 0
         self.last_path = "full: first compile"
@@ -40,13 +42,14 @@ class IncrementalCompiler:
     def inventory(self) -> Inventory:
         """The current inventory (endpoints in insertion order)."""
         if self._duplicates is not None:
-            return Inventory(self.namespaces, tuple(self._duplicates))
-        return Inventory(self.namespaces, tuple(self._endpoints.values()))
+            return Inventory(self.namespaces, tuple(self._duplicates), self.node_info)
+        return Inventory(self.namespaces, tuple(self._endpoints.values()), self.node_info)
 
     def rebase(self, policies: PolicySet, inventory: Inventory) -> RuleSet:
-        """Anything but an endpoint change (policies, namespaces): compile in full."""
+        """Anything but an endpoint change (policies, namespaces, nodes): compile in full."""
         self.policies = policies
         self.namespaces = inventory.namespaces
+        self.node_info = inventory.node_info
         self._prime(inventory.endpoints)
         self.last_path = "full: rebase"
         return self.ruleset
@@ -61,14 +64,16 @@ class IncrementalCompiler:
         ``max_changes`` changes (a resync after a long gap): :meth:`rebase`.
         """
         changes = None
-        if self._duplicates is None and policies == self.policies and inventory.namespaces == self.namespaces:
+        if (self._duplicates is None and policies == self.policies and inventory.namespaces == self.namespaces
+                and inventory.node_info == self.node_info):
             held = Held(self._endpoints, self._held_ids, self._enforced_here)
             sure, changes = diff_by_position(held, self._last_list, inventory.endpoints, max_changes)
             if not sure:
                 changes = diff_by_identity(held, inventory.endpoints, max_changes)
         if changes is None:
             return self.rebase(policies, inventory)
-        self.policies, self.namespaces = policies, inventory.namespaces  # equal; keep the newest objects
+        # equal; keep the newest objects
+        self.policies, self.namespaces, self.node_info = policies, inventory.namespaces, inventory.node_info
         paths = set()
         for old, new in changes:
             if old is not None and new is not None and old == new:
@@ -125,11 +130,13 @@ class IncrementalCompiler:
 
     def _enforced_here(self, ep: Endpoint) -> bool:
         """Could ``ep`` have chains on this node? Only a local endpoint that a
-        policy of its namespace selects has any (or is listed as unbound); any
-        other endpoint, local ones included, matters only as a peer, like a
-        remote one. (Conservative: policy types are not looked at.)"""
-        return ep.node == self.node and any(
-            p.pod_selector.matches(ep.labels) for p in self._policies_by_ns.get(ep.namespace, ()))
+        policy of its namespace selects, or a cluster policy's subject holds, has
+        any (or is listed as unbound); any other endpoint, local ones included,
+        matters only as a peer, like a remote one. (Conservative: policy types
+        and rule directions are not looked at.)"""
+        return ep.node == self.node and (
+            any(p.pod_selector.matches(ep.labels) for p in self._policies_by_ns.get(ep.namespace, ()))
+            or any(subject_selects(p, ep, self.namespaces) for p in self.policies.cluster))
 
     def _store(self, old: Endpoint | None, new: Endpoint | None) -> None:
         if self._duplicates is not None:
@@ -166,8 +173,8 @@ class IncrementalCompiler:
             self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
         # With duplicate keys every change compiles in full (_needs_full):
         # only the result is kept.
-        self._state: State = prime(self.policies, Inventory(self.namespaces, tuple(endpoints)), self.node,
-                                   track=self._duplicates is None)
+        self._state: State = prime(self.policies, Inventory(self.namespaces, tuple(endpoints), self.node_info),
+                                   self.node, track=self._duplicates is None)
         self.full_compiles += 1
 
     # -- the incremental path ----------------------------------------------------

@@ -34,13 +34,15 @@ from callgate.compiler.incremental.setstate import (
     member_counts,
     port_pairs,
 )
-from callgate.compiler.ir import Chain, EndpointRules, Family, L4Protocol, RuleSet, Verdict
+from callgate.compiler.ir import Chain, EndpointRules, Family, L4Protocol, RuleSet
 from callgate.policy.model import Direction, Endpoint, Inventory, Peer, PolicySet
 
 
 @dataclass
 class ChainRecord:
-    name: str
+    """One tier chain as compiled: whose it is, and every rule it could hold."""
+
+    endpoint: str
     candidates: list[Candidate]
 
 
@@ -52,7 +54,7 @@ class RecordingBuilder(SetBuilder):
         super().__init__()
         self.address_refs: dict[str, tuple[Family, int, frozenset[Peer]]] = {}
         self.port_refs: dict[str, tuple[Family, L4Protocol, PortKeys]] = {}
-        self.chains: dict[tuple[str, Direction], ChainRecord] = {}
+        self.chains: dict[str, ChainRecord] = {}  # by chain name (one per endpoint, direction and tier)
 
     def address_set(self, family: Family, version: int, peers: frozenset[Peer],
                     intervals: list[addresses.Interval]) -> str:
@@ -74,7 +76,7 @@ class RecordingBuilder(SetBuilder):
         return name
 
     def chain_built(self, endpoint: str, direction: Direction, chain: Chain, candidates: list[Candidate]) -> None:
-        self.chains[(endpoint, direction)] = ChainRecord(chain.name, list(candidates))
+        self.chains[chain.name] = ChainRecord(endpoint, list(candidates))
 
 
 @dataclass
@@ -87,7 +89,7 @@ class State:
     peers_by_ns: dict[str, list[Peer]] = field(default_factory=dict)  # namespace -> selector peers (of address sets) admitting it
     sets_of_peer: dict[Peer, list[str]] = field(default_factory=dict)  # selector peer -> address sets it is part of
     namespaces_of: NamespacesOf = field(default_factory=dict)  # selector peer -> namespaces it admits
-    chains: dict[tuple[str, Direction], ChainRecord] = field(default_factory=dict)
+    chains: dict[str, ChainRecord] = field(default_factory=dict)  # by chain name
     users: dict[str, set[str]] = field(default_factory=dict)  # set name -> endpoints whose chains use it
 
     def non_empty(self, name: str) -> bool:
@@ -113,13 +115,16 @@ class State:
         )
 
     def _endpoint_rules(self, er: EndpointRules) -> EndpointRules:
-        def tiers(direction: Direction, current: tuple[Chain, ...]) -> tuple[Chain, ...]:
-            record = self.chains.get((er.endpoint, direction))
-            if not current or record is None:
-                return current
-            return (Chain(record.name, present_rules(record.candidates, self.non_empty), Verdict.DENY),)
+        def tiers(current: tuple[Chain, ...]) -> tuple[Chain, ...]:
+            return tuple(self._chain(chain) for chain in current)
 
-        return replace(er, ingress=tiers(Direction.INGRESS, er.ingress), egress=tiers(Direction.EGRESS, er.egress))
+        return replace(er, ingress=tiers(er.ingress), egress=tiers(er.egress))
+
+    def _chain(self, chain: Chain) -> Chain:
+        record = self.chains.get(chain.name)
+        if record is None:
+            return chain
+        return Chain(chain.name, present_rules(record.candidates, self.non_empty), chain.default)
 
 
 def prime(policies: PolicySet, inventory: Inventory, node: str, track: bool = True) -> State:
@@ -164,10 +169,10 @@ def prime(policies: PolicySet, inventory: Inventory, node: str, track: bool = Tr
                     admitted(peer)
         ports[name] = _port_state(compiler, name, family, protocol, keys, builder, namespaces_of)
     users: dict[str, set[str]] = {}
-    for (endpoint, _), record in builder.chains.items():
+    for record in builder.chains.values():
         for candidate in record.candidates:
             if candidate.needs is not None:
-                users.setdefault(candidate.needs, set()).add(endpoint)
+                users.setdefault(candidate.needs, set()).add(record.endpoint)
     return State(ruleset, address, ports, peers_by_ns, sets_of_peer, namespaces_of, builder.chains, users)
 
 

@@ -57,11 +57,12 @@ from callgate.enforcers.base import rule_comment
 from callgate.enforcers.nft.layout import COMMENT_MAX, obj
 
 EXPAND_MAX = 131_072  # elements of one hash-form map (~95 bytes of kernel memory each)
-# And no single cell is enumerated into more elements than this (the bound of
-# the peer sets, HASH_SET_MAX): pod selectors give single addresses and runs
-# of them, ipBlocks of pods' size merge into runs too, but a wide ipBlock or
-# a protocol-wide rule stays an interval map instead of a huge hash map.
-CELL_EXPAND_MAX = 65_536
+# And no single cell is enumerated into more elements than this: pod
+# selectors give single addresses and runs of them (the widest run at 50k pods
+# in bench/synth.py's cluster: 1,376), but a wide ipBlock or a protocol-wide
+# rule stays an interval map. (At 65,536, a policy adding a /16 ipBlock
+# rendered and loaded 65,536 elements per map naming it: 1-2.6 s to the kernel.)
+CELL_EXPAND_MAX = 4_096
 _VERSION: dict[Family, int] = {"ip": 4, "ip6": 6}
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
 DEFAULT_DENY, DEFAULT_ALLOW = "default_deny", "default_allow_"

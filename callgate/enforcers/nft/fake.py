@@ -86,6 +86,15 @@ class FakeNftKernel:
         elif kind == "rule" and verb == "add":
             if obj["chain"] not in table["chains"]:
                 raise KernelError(f"No such file or directory: chain {obj['chain']}")
+            # The kernel resolves a rule's jumps, gotos and sets when the rule is
+            # added, not at the end of the transaction: what it names must exist already.
+            text = json.dumps(obj)
+            for ref in _refs(text, '"target": "'):
+                if ref not in table["chains"]:
+                    raise KernelError(f"Could not process rule: No such file or directory: chain {ref}")
+            for ref in _refs(text, '"@'):
+                if ref not in table["sets"]:
+                    raise KernelError(f"Could not process rule: No such file or directory: set {ref}")
             table["rules"][obj["chain"]].append(obj)
         else:
             raise KernelError(f"fake kernel: unsupported command {verb} {kind}")

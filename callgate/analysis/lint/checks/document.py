@@ -27,7 +27,7 @@ def as_list(value: Any) -> list[Any]:
 def check(linter: Linter, item: Item) -> None:
     if item.kind == "NetworkPolicy":
         network_policy(linter, item)
-    else:
+    elif item.app is not None:
         app(linter, item)
 
 

@@ -8,18 +8,28 @@ named ports resolve on each destination pod, protocol defaults to TCP.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from callgate.analysis.lint.checks.document import as_mapping
 from callgate.analysis.lint.linter import Item, Linter
 from callgate.policy.documents import Document, files_under, read_documents
-from callgate.policy.model import ENFORCEMENT_KEY, ENFORCEMENT_MODES, Direction, Endpoint, Peer, Policy
+from callgate.policy.model import (
+    ENFORCEMENT_KEY,
+    ENFORCEMENT_MODES,
+    Action,
+    ClusterPolicy,
+    Direction,
+    Endpoint,
+    Peer,
+    Policy,
+)
 from callgate.policy.positions import FieldPath, Position
 from callgate.policy.resolve import Resolver
 
 
-def check(linter: Linter, items: list[Item]) -> None:
-    """Selector, named-port and default-deny checks of compiled ``items``."""
+def check(linter: Linter, items: list[Item], cluster: Sequence[ClusterPolicy] = ()) -> None:
+    """Selector, named-port and default-deny checks of compiled ``items`` (``cluster``:
+    the ClusterNetworkPolicies beside them, which may guard pods no policy isolates)."""
     inv = linter.inventory
     assert inv is not None
     resolver = Resolver(inv)
@@ -36,8 +46,14 @@ def check(linter: Linter, items: list[Item]) -> None:
         if item.kind == "NetworkPolicy":
             _peer_checks(linter, resolver, item)
             _named_ports(linter, resolver, item, targets)
-    _default_deny(linter, resolver, items)
+    _default_deny(linter, resolver, items, cluster)
     _enforcement(linter)
+
+
+def _guards_ingress(policy: ClusterPolicy) -> bool:
+    """Can the cluster policy deny ingress (a Deny rule, or a Pass rule failing closed)?"""
+    return any(r.action is Action.DENY or (r.action is Action.PASS and any(not p.resolvable for p in r.peers))
+               for r in policy.ingress)
 
 
 def _elsewhere(resolver: Resolver, pol: Policy) -> str:
@@ -124,8 +140,10 @@ def _named_ports(linter: Linter, resolver: Resolver, item: Item, targets: tuple[
                               hint=hint)
 
 
-def _default_deny(linter: Linter, resolver: Resolver, items: list[Item]) -> None:
+def _default_deny(linter: Linter, resolver: Resolver, items: list[Item], cluster: Sequence[ClusterPolicy]) -> None:
     inv = resolver.inventory
+    # Pods a cluster policy can deny ingress to do not "accept traffic from anywhere".
+    guarded = {id(ep) for p in cluster if _guards_ingress(p) for ep in resolver.peer_endpoints(p.subject)}
     by_ns: dict[str, list[Policy]] = {}
     for item in items:
         assert item.policy is not None
@@ -139,7 +157,8 @@ def _default_deny(linter: Linter, resolver: Resolver, items: list[Item]) -> None
         pols = [p for p in by_ns.get(ns, []) if Direction.INGRESS in p.policy_types]
         if any(p.pod_selector.is_empty for p in pols):
             continue
-        open_eps = [e.key for e in eps_by_ns[ns] if not any(p.pod_selector.matches(e.labels) for p in pols)]
+        open_eps = [e.key for e in eps_by_ns[ns]
+                    if id(e) not in guarded and not any(p.pod_selector.matches(e.labels) for p in pols)]
         if not open_eps:
             continue
         if where is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from callgate.analysis.connectivity import Connectivity, Partition, ProtocolPortRange, family_ip
 from callgate.analysis.lint.linter import Item, Linter
-from callgate.policy.model import Direction, Policy, PolicyRule, PolicySet
+from callgate.policy.model import ClusterPolicy, Direction, Policy, PolicyRule, PolicySet, Tier
 from callgate.policy.positions import FieldPath
 
 # What the exact check reported: (id(item), None, 0) for a whole policy,
@@ -78,15 +78,20 @@ def _order(item: Item) -> tuple[str, int, FieldPath]:
     return (item.doc.file, item.doc.index, tuple(str(p) for p in item.doc.path))
 
 
-def exact(linter: Linter, items: list[Item]) -> Reported:
+def exact(linter: Linter, items: list[Item], cluster: tuple[ClusterPolicy, ...] = ()) -> Reported:
     """CG108 (policy changes nothing) and CG107 (rule redundant) over the inventory.
 
     Uses endpoint classes and port segments (connectivity.py), per IP family. Rules
     with ipBlock peers or no peers also reach addresses outside the inventory, so
-    they are never called redundant here (the syntactic check still looks at them)."""
+    they are never called redundant here (the syntactic check still looks at them).
+
+    ``cluster``: the ClusterNetworkPolicies beside them. What the NetworkPolicy
+    tier decides is all these checks compare, and a change that leaves it the
+    same leaves every verdict the same, with one exception: the only policy
+    isolating a pod, removed, hands that pod's traffic to the Baseline tier."""
     inv = linter.inventory
     assert inv is not None
-    policies = PolicySet(tuple(i.policy for i in items if i.policy is not None))
+    policies = PolicySet(tuple(i.policy for i in items if i.policy is not None), cluster)
     families = []
     for family in (4, 6):
         if any(family_ip(e, family) for e in inv.endpoints):
@@ -161,8 +166,9 @@ def _redundancy(conn: Connectivity) -> _FamilyRedundancy:
                 continue
             out.selected.update(id(p) for p in iso)
             if len(iso) == 1:
-                if not any(_allows_all(r) for r in iso[0].rules(direction)):
-                    out.changes.add(id(iso[0]))
+                if not any(_allows_all(r) for r in iso[0].rules(direction)) or any(
+                        p.rules(direction) for p in conn.cluster_subjects(c, Tier.BASELINE)):
+                    out.changes.add(id(iso[0]))  # without it, the class is open (or the Baseline decides)
             else:
                 for p in iso:
                     if any(not r.peers or any(q.ip_block is not None for q in r.peers) for r in p.rules(direction)):
