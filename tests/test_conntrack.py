@@ -71,7 +71,7 @@ def test_revoke_deletes_only_what_the_rules_refuse(tmp_path: Path) -> None:
     assert (result.checked, result.deleted) == (len(allowed) + len(refused), len(refused))
     # An endpoint in audit never drops, so nothing of its side is revoked: x/a's flows stay.
     table = FakeTable(allowed + refused + unrelated)
-    assert revoke(table, Judge(ruleset, audit=lambda endpoint: endpoint == "x/a")).deleted == 0
+    assert revoke(table, Judge(ruleset.in_audit())).deleted == 0
 
 
 def test_judge_agrees_with_the_interpreter_on_every_pair(tmp_path: Path) -> None:

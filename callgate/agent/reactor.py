@@ -54,10 +54,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from callgate.agent.failclosed import Programmed
+from callgate.agent.flowlog.decode import FlowContext
+from callgate.agent.flowlog.service import FlowLogService
 from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import Compiler, IncrementalCompiler, RuleSet
 from callgate.enforcers.base import Enforcer
+from callgate.enforcers.conntrack import ConntrackTable, Judge, revoke
 from callgate.errors import KernelError
 from callgate.policy.documents import gc_paused
 from callgate.policy.model import Inventory
@@ -75,6 +78,8 @@ def _log(level: int, msg: str, **fields: Any) -> None:
 class ReactorConfig:
     node: str
     resync: float = 30.0  # seconds between drift checks
+    audit: bool = False  # --enforcement audit: every endpoint of the node in audit
+    revoke: bool = True  # cut tracked connections an update no longer allows (not --keep-established)
     coalesce: float = 0.02  # the first wait between syncs inside a burst (after a quiet spell: none)
     max_delay: float = 2.0  # the longest wait: a steady trickle of events still syncs this often
     retry: float = 1.0  # re-resolve interfaces / retry a failed apply this soon
@@ -94,11 +99,17 @@ class LastSync:
 
 class Reactor:
     def __init__(self, config: ReactorConfig, enforcer: Enforcer, resolver: InterfaceResolver,
-                 metrics: AgentMetrics | None = None) -> None:
+                 metrics: AgentMetrics | None = None, conntrack: ConntrackTable | None = None,
+                 flows: FlowLogService | None = None) -> None:
         self.config = config
         self.enforcer = enforcer
         self.resolver = resolver
         self.metrics = metrics or AgentMetrics()
+        # Revocation walks this table after every change (None: not at all);
+        # the flow log gets the context of every applied snapshot.
+        self.conntrack = conntrack if config.revoke else None
+        self.flows = flows
+        self.revoked = 0  # connections cut so far (tests)
         self.programmed = Programmed()
         self._cond = threading.Condition()
         self._event: Snapshot | SourceProblem | None = None
@@ -273,6 +284,8 @@ class Reactor:
         started = time.monotonic()
         inventory, found, unresolved = self._bind(snapshot.inventory)
         ruleset = self._compile(snapshot, inventory)
+        if self.config.audit:
+            ruleset = ruleset.in_audit()
         known = tuple(sorted(set(found.values())))
         try:
             result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=not full)
@@ -303,6 +316,10 @@ class Reactor:
             self.metrics.event_to_live_seconds.observe(time.monotonic() - first_event)
         self.metrics.last_success.set(time.time())
         self._record(ruleset, unresolved)
+        if self.flows is not None:
+            self.flows.update(FlowContext(self.config.node, ruleset, inventory, snapshot.policies))
+        if result.changed and self.conntrack is not None and not result.dry_run:
+            self._revoke(ruleset)
         if self.last_sync is None:
             # The model, caches and table layout built for the first sync stay
             # for the agent's life: moved out of the collector's generations,
@@ -321,6 +338,24 @@ class Reactor:
                  seconds=round(seconds, 6), digest=result.digest[:12], origin=snapshot.origin,
                  version=snapshot.version, endpoints=len(ruleset.endpoints), programmed=len(found),
                  unresolved=len(unresolved))
+
+    def _revoke(self, ruleset: RuleSet) -> None:
+        """Cut the tracked connections the rules just applied no longer allow
+        (a failure is logged and counted; the connections stay)."""
+        assert self.conntrack is not None
+        try:
+            with self.metrics.revocation_seconds.time():
+                result = revoke(self.conntrack, Judge(ruleset))
+        except Exception as exc:
+            self.metrics.revocation_errors.inc()
+            _log(logging.WARNING, "could not walk connection tracking; established connections kept",
+                 node=self.config.node, error=str(exc))
+            return
+        self.revoked += result.deleted
+        if result.deleted:
+            self.metrics.revoked.inc(result.deleted)
+            _log(logging.INFO, "revoked connections the new rules do not allow", node=self.config.node,
+                 deleted=result.deleted, checked=result.checked, seconds=round(result.seconds, 6))
 
     def _compile(self, snapshot: Snapshot, inventory: Inventory) -> RuleSet:
         """The node's RuleSet, incrementally when only endpoints without chains here changed."""

@@ -26,7 +26,7 @@ import errno
 import ipaddress
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -113,10 +113,10 @@ class Judge:
     ingress, each only when it is an isolated local endpoint not in audit
     (an audited side never drops, so it never revokes either)."""
 
-    def __init__(self, ruleset: RuleSet, audit: Callable[[str], bool] = lambda endpoint: False) -> None:
+    def __init__(self, ruleset: RuleSet) -> None:
         self._interpreter = Interpreter([ruleset])
         self._sides: dict[IPAddress, EndpointRules] = {
-            ipaddress.ip_address(ip): ep for ep in ruleset.endpoints if not audit(ep.endpoint) for ip in ep.ips}
+            ipaddress.ip_address(ip): ep for ep in ruleset.endpoints if not ep.audit for ip in ep.ips}
 
     def concerns(self, flow: TrackedFlow) -> bool:
         """Does the RuleSet decide anything about this connection here?"""

@@ -27,8 +27,12 @@ _DIRECTIONS = {"ingress": Direction.INGRESS, "egress": Direction.EGRESS}
 
 
 def origin_label(origin: Origin) -> str:
-    """How a record names the policy of a rule: "Kind namespace/name"."""
-    return origin.policy
+    """How a record names the policy of a rule: "Kind namespace/name"; a
+    cluster policy's rule with its tier, priority and rule name,
+    "ClusterNetworkPolicy deny-all (Admin 10) block-y"."""
+    if not origin.tier:
+        return origin.policy
+    return f"{origin.policy} ({origin.tier} {origin.priority})" + (f" {origin.rule}" if origin.rule else "")
 
 
 @dataclass

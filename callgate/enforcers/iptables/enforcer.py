@@ -37,6 +37,7 @@ from callgate.enforcers.base import (
     ApplyResult,
     ComparesNormalText,
     FailClosed,
+    FlowLogging,
     RuleCounters,
     check_fail_closed_prefix,
 )
@@ -56,11 +57,12 @@ class IptablesEnforcer(ComparesNormalText):
     name = "iptables"
 
     def __init__(self, runner: Runner | None = None, variant: str | None = None, netns: str | None = None,
-                 fail_closed_prefix: str | None = None) -> None:
+                 fail_closed_prefix: str | None = None, flow_logging: FlowLogging | None = None) -> None:
         self.runner: Runner = runner or SubprocessRunner(netns)
         self.tools = Tools.choose(variant)
         # Validated now, not at the first apply.
         self.fail_closed_prefix = None if fail_closed_prefix is None else check_fail_closed_prefix(fail_closed_prefix)
+        self.flow_logging = flow_logging  # NFLOG action chains (see .rules); None: no flow log
         self.applied: Applied | None = None
         self._other: tuple[Tools | None] | None = None
 
@@ -94,7 +96,7 @@ class IptablesEnforcer(ComparesNormalText):
         """The desired state; pure (no kernel access). Raises InputError for
         what iptables cannot express, before anything is applied.
         ``known_interfaces`` matters only in fail-closed mode (as for nft)."""
-        return plan(ruleset, self.fail_closed(ruleset, known_interfaces))
+        return plan(ruleset, self.fail_closed(ruleset, known_interfaces), self.flow_logging)
 
     def check(self, tx: IptTransaction) -> None:
         """Validate ``tx`` against the kernel without changing what is enforced.
@@ -156,7 +158,7 @@ class IptablesEnforcer(ComparesNormalText):
         Drift is not reported here: the agent's resync finds it."""
         del incremental
         fc = self.fail_closed(ruleset, known_interfaces)
-        tx = plan(ruleset, fc)
+        tx = plan(ruleset, fc, self.flow_logging)
         live = self.live()
         if self._live_text(live) == tx.text():
             self.applied = Applied(ruleset, tx.digest, fc)

@@ -31,7 +31,7 @@ import hashlib
 import re
 
 from callgate.compiler.ir import Family, RuleSet, short_hash
-from callgate.enforcers.base import FailClosed
+from callgate.enforcers.base import FailClosed, FlowLogging
 
 CHAIN_PREFIX = "CG-"
 FORWARD_CHAIN = "CG-FORWARD"
@@ -84,10 +84,15 @@ def quote(value: str) -> str:
     return value if _NO_QUOTE.fullmatch(value) else f'"{value}"'
 
 
-def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> str:
+def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, logging: FlowLogging | None = None) -> str:
     """The digest CG-FORWARD's first rule carries: the RuleSet's, extended by
-    the fail-closed settings when they are on (so a change of any is seen)."""
-    if fail_closed is None:
+    the fail-closed and flow-log settings when they are on (so a change of any is seen)."""
+    if fail_closed is None and logging is None:
         return ruleset.digest()
-    text = "\x00".join([ruleset.digest(), fail_closed.prefix, *fail_closed.known])
+    parts = [ruleset.digest()]
+    if fail_closed is not None:
+        parts.extend([fail_closed.prefix, *fail_closed.known])
+    if logging is not None:
+        parts.append(logging.key())
+    text = "\x00".join(parts)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -13,6 +13,7 @@ from typing import Any
 from callgate.compiler import addresses
 from callgate.compiler.ir import AddressSet, Family, RuleSet
 from callgate.enforcers.base import FailClosed
+from callgate.enforcers.nft.actions import ChainRules, limit_sets
 from callgate.enforcers.nft.decisions import Layout, build_layout
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
@@ -87,9 +88,9 @@ def decision_objects(layout: Layout) -> list[Command]:
     sets of the rule walks, verdict chains (map elements and walks jump to
     them), maps, then the endpoint chains that look them up."""
     cmds: list[Command] = [address_set_command(layout.sets[name]) for name in sorted(layout.sets)]
-    for name, (exprs, comment) in sorted(layout.verdicts.items()):
+    for name, verdict_rules in sorted(layout.verdicts.items()):
         cmds.append({"add": {"chain": obj(name=name)}})
-        cmds.append(_rule(name, exprs, comment))
+        cmds.extend(verdict_chain_commands(name, verdict_rules))
     cmds.extend(m.command() for _name, m in sorted(layout.maps.items()))
     for name, rules in layout.chains.items():
         cmds.append({"add": {"chain": obj(name=name)}})
@@ -109,8 +110,9 @@ def endpoint_chain_commands(name: str, rules: list[list[dict[str, Any]]]) -> lis
     return [_rule(name, exprs) for exprs in rules]
 
 
-def verdict_chain_command(name: str, exprs: list[dict[str, Any]], comment: str | None) -> Command:
-    return _rule(name, exprs, comment)
+def verdict_chain_commands(name: str, rules: ChainRules) -> list[Command]:
+    """The rules of one verdict chain (added to an existing, empty chain)."""
+    return [_rule(name, exprs, comment) for exprs, comment in rules]
 
 
 def dispatch_pairs(ruleset: RuleSet) -> tuple[dict[str, str], dict[str, str]]:
@@ -146,15 +148,17 @@ def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None,
                   layout: Layout | None = None) -> list[Command]:
     """``add`` commands that build the whole table, in dependency order
     (``layout``: the decision part, when the caller has built it already)."""
+    layout = layout if layout is not None else build_layout(ruleset)
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname",
-                                    elem=[digest_element(layout_digest(ruleset, fail_closed))])}})
+                                    elem=[digest_element(layout_digest(ruleset, fail_closed, layout.logging))])}})
     if fail_closed is not None:
         body = obj(name=KNOWN_ENDPOINT, type="ifname")
         if fail_closed.known:
             body["elem"] = list(fail_closed.known)
         cmds.append({"add": {"set": body}})
-    cmds.extend(decision_objects(layout if layout is not None else build_layout(ruleset)))
+    cmds.extend(limit_sets(layout.logging))
+    cmds.extend(decision_objects(layout))
     from_ep, to_ep = dispatch_pairs(ruleset)
     cmds.append(_dispatch_map(FROM_ENDPOINT, list(from_ep.items())))
     cmds.append(_dispatch_map(TO_ENDPOINT, list(to_ep.items())))

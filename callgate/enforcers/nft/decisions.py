@@ -53,7 +53,17 @@ from callgate.compiler.decision import (
     programs,
 )
 from callgate.compiler.ir import AddressPortSet, AddressSet, EndpointRules, Family, Rule, RuleSet, Verdict, short_hash
-from callgate.enforcers.base import rule_comment
+from callgate.enforcers.base import FlowLogging, rule_comment
+from callgate.enforcers.nft.actions import (
+    DEFAULT_DENY,
+    ENFORCED,
+    ChainRules,
+    Style,
+    decision_chain,
+    default_chains,
+    default_rule,
+    target,
+)
 from callgate.enforcers.nft.layout import COMMENT_MAX, obj
 
 EXPAND_MAX = 131_072  # elements of one hash-form map (~95 bytes of kernel memory each)
@@ -65,24 +75,8 @@ EXPAND_MAX = 131_072  # elements of one hash-form map (~95 bytes of kernel memor
 CELL_EXPAND_MAX = 4_096
 _VERSION: dict[Family, int] = {"ip": 4, "ip6": 6}
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
-DEFAULT_DENY, DEFAULT_ALLOW = "default_deny", "default_allow_"
-
 Expr = dict[str, Any]
 Key = Any  # hash form: (address, protocol, port) / address; interval form: cells as intervals
-
-
-def target(direction: str, decision: Decision) -> str:
-    """The chain a decision ``goto``s."""
-    side = "in" if direction == "ingress" else "out"
-    if decision.verdict is Verdict.DENY:
-        return f"deny_{decision.rule}" if decision.rule else DEFAULT_DENY
-    return f"allow_{side}_{decision.rule}" if decision.rule else DEFAULT_ALLOW + side
-
-
-def action(direction: str, verdict: Verdict) -> Expr:
-    if verdict is Verdict.DENY:
-        return {"drop": None}
-    return {"accept": None} if direction == "ingress" else {"return": None}
 
 
 @dataclass
@@ -96,6 +90,7 @@ class DecisionMap:
     hashed: bool
     classes: tuple[PortClass, ...]
     elements: dict[Key, str] = field(default_factory=dict)  # key -> target chain
+    style: Style = ENFORCED  # how its endpoints act on a decision: the chains its elements name
 
     @property
     def family(self) -> Family:
@@ -146,29 +141,37 @@ class Layout:
 
     maps: dict[str, DecisionMap]
     chains: dict[str, list[list[Expr]]]  # endpoint chain -> its rules' expressions
-    verdicts: dict[str, tuple[list[Expr], str | None]]  # verdict chain -> (expressions, comment)
+    verdicts: dict[str, ChainRules]  # verdict chain -> its rules (expressions, comment)
     sets: dict[str, AddressSet] = field(default_factory=dict)  # peer sets of the rule walks
+    logging: FlowLogging | None = None  # the table's flow log, if any (see .actions)
 
 
-def map_name(kind: str, direction: str, program: Program) -> str:
-    return f"{kind}{_VERSION[program.family]}_{short_hash(direction, program.name)}"
+def map_name(kind: str, direction: str, program: Program, style: Style = ENFORCED) -> str:
+    """Named by structure; an audited endpoint's maps name other chains, so other maps."""
+    extra = ("audit",) if style.audit else ()
+    return f"{kind}{_VERSION[program.family]}_{short_hash(direction, program.name, *extra)}"
 
 
-def build_layout(ruleset: RuleSet) -> Layout:
-    """The whole decision part for ``ruleset``."""
+def style_of(ep: EndpointRules, logging: FlowLogging | None) -> Style:
+    return Style(audit=ep.audit, logging=logging)
+
+
+def build_layout(ruleset: RuleSet, logging: FlowLogging | None = None) -> Layout:
+    """The whole decision part for ``ruleset`` (with the flow log ``logging``, if any)."""
     sources = Sources(ruleset)
-    layout = Layout({}, {}, verdict_chains(ruleset))
+    layout = Layout({}, {}, verdict_chains(ruleset, logging), logging=logging)
     for ep in ruleset.endpoints:
         progs = programs(ep)
+        style = style_of(ep, logging)
         for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
             if not tiers:
                 continue
             family_programs = [progs[(direction, family)] for family in ("ip", "ip6")]
-            layout.chains[tiers[0].name] = _part(ep).chains[tiers[0].name]
+            layout.chains[tiers[0].name] = _part(ep, style).chains[tiers[0].name]
             for program in family_programs:
                 layout.sets.update((name, ruleset.address_set(name)) for name in walk_sets(program))
-                if any(map_name(kind, direction, program) not in layout.maps for kind in _kinds(program)):
-                    layout.maps.update((m.name, m) for m in _maps(direction, program, sources))
+                if any(map_name(kind, direction, program, style) not in layout.maps for kind in _kinds(program)):
+                    layout.maps.update((m.name, m) for m in _maps(direction, program, sources, style))
     return layout
 
 
@@ -197,7 +200,7 @@ def _kinds(program: Program) -> list[str]:
     return kinds
 
 
-def _maps(direction: str, program: Program, sources: Sources) -> list[DecisionMap]:
+def _maps(direction: str, program: Program, sources: Sources, style: Style) -> list[DecisionMap]:
     """The maps of one program (those its rules call for), with their elements."""
     kinds = _kinds(program)
     ported, rest = "dec" in kinds, "any" in kinds
@@ -207,9 +210,10 @@ def _maps(direction: str, program: Program, sources: Sources) -> list[DecisionMa
     out = []
     if ported:
         classes = tuple(program.port_classes(sources))
-        cells = [(cls, lo, hi, target(direction, d)) for cls, lo, hi, d in table.ported]
+        cells = [(cls, lo, hi, target(direction, d, style)) for cls, lo, hi, d in table.ported]
         hashed = _enumerable([(hi - lo + 1) * (cls.last - cls.first + 1) for cls, lo, hi, _ in cells])
-        m = DecisionMap(map_name("dec", direction, program), direction, program, True, hashed, classes)
+        m = DecisionMap(map_name("dec", direction, program, style), direction, program, True, hashed, classes,
+                        style=style)
         for cls, lo, hi, chain in cells:
             if hashed:
                 m.elements.update(((a, cls.protocol, p), chain) for a in range(lo, hi + 1)
@@ -218,9 +222,10 @@ def _maps(direction: str, program: Program, sources: Sources) -> list[DecisionMa
                 m.elements[(lo, hi, cls.protocol, cls.first, cls.last)] = chain
         out.append(m)
     if rest:
-        cells_rest = [(lo, hi, target(direction, d)) for lo, hi, d in table.rest]
+        cells_rest = [(lo, hi, target(direction, d, style)) for lo, hi, d in table.rest]
         hashed = _enumerable([hi - lo + 1 for lo, hi, _ in cells_rest])
-        m = DecisionMap(map_name("any", direction, program), direction, program, False, hashed, ())
+        m = DecisionMap(map_name("any", direction, program, style), direction, program, False, hashed, (),
+                        style=style)
         for lo, hi, chain in cells_rest:
             if hashed:
                 m.elements.update((a, chain) for a in range(lo, hi + 1))
@@ -234,7 +239,7 @@ def _enumerable(cell_sizes: list[int]) -> bool:
     return all(n <= CELL_EXPAND_MAX for n in cell_sizes) and sum(cell_sizes) <= EXPAND_MAX
 
 
-def chain_rules(direction: str, family_programs: list[Program]) -> list[list[Expr]]:
+def chain_rules(direction: str, family_programs: list[Program], style: Style = ENFORCED) -> list[list[Expr]]:
     """An endpoint direction's chain: per family the map look-up, then the
     rules without ports (their walk, or their address map), then the default.
 
@@ -250,17 +255,17 @@ def chain_rules(direction: str, family_programs: list[Program]) -> list[list[Exp
         for kind in _kinds(program):
             key = address if kind == "any" else {"concat": [address, {"meta": {"key": "l4proto"}},
                                                             {"payload": {"protocol": "th", "field": "dport"}}]}
-            rules.append([{"vmap": {"key": key, "data": "@" + map_name(kind, direction, program)}}])
-        rules.extend(_walk(direction, program, address))
+            rules.append([{"vmap": {"key": key, "data": "@" + map_name(kind, direction, program, style)}}])
+        rules.extend(_walk(direction, program, address, style))
     default = family_programs[0].default  # the tiers' defaults do not depend on the family
-    rules.append([{"counter": None}, action(direction, default.verdict)])
+    rules.append(default_rule(direction, default.verdict, style))
     return rules
 
 
 _NFPROTO = {"ip": "ipv4", "ip6": "ipv6"}
 
 
-def _walk(direction: str, program: Program, address: Expr) -> list[list[Expr]]:
+def _walk(direction: str, program: Program, address: Expr, style: Style) -> list[list[Expr]]:
     """The rules without ports of a one-tier program, in order: the first whose
     peer set holds the address decides (where the ported map had no cell, the
     decision is theirs: the map holds cells only where it differs)."""
@@ -270,7 +275,7 @@ def _walk(direction: str, program: Program, address: Expr) -> list[list[Expr]]:
     for step in program.steps:
         if step.l4 is not None:
             continue
-        chain = {"goto": {"target": target(direction, program.decide(step.__eq__))}}
+        chain = {"goto": {"target": target(direction, program.decide(step.__eq__), style)}}
         if step.peers is None:  # any address of this family: the walk ends here
             rules.append([{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}},
                                      "right": _NFPROTO[program.family]}}, chain])
@@ -284,51 +289,58 @@ class _EndpointPart:
     """What one endpoint contributes apart from map elements: its chains' rules and its rule chains."""
 
     chains: dict[str, list[list[Expr]]]
-    verdicts: dict[str, tuple[list[Expr], str | None]]
+    verdicts: dict[str, ChainRules]
 
 
 # By endpoint object, as programs are (see decision.programs): unchanged
 # endpoints are the same objects from one RuleSet to the next.
-_PARTS: dict[int, tuple[EndpointRules, _EndpointPart]] = {}
+_PARTS: dict[int, tuple[EndpointRules, Style, _EndpointPart]] = {}
 
 
-def _part(ep: EndpointRules) -> _EndpointPart:
+def _part(ep: EndpointRules, style: Style) -> _EndpointPart:
     hit = _PARTS.get(id(ep))
-    if hit is not None and hit[0] is ep:
-        return hit[1]
+    if hit is not None and hit[0] is ep and hit[1] == style:
+        return hit[2]
     if len(_PARTS) >= 4096:
         _PARTS.clear()
     progs = programs(ep)
     part = _EndpointPart({}, {})
     for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
         if tiers:
-            part.chains[tiers[0].name] = chain_rules(direction, [progs[(direction, f)] for f in ("ip", "ip6")])
+            part.chains[tiers[0].name] = chain_rules(direction, [progs[(direction, f)] for f in ("ip", "ip6")], style)
+            part.verdicts.update(default_chains(direction, style))
         for chain in tiers:
             for rule in chain.rules:
                 if rule.verdict is not Verdict.PASS:
-                    part.verdicts.setdefault(target(direction, Decision(rule.verdict, rule.id)), _counted(direction, rule))
-    _PARTS[id(ep)] = (ep, part)
+                    decision = Decision(rule.verdict, rule.id)
+                    part.verdicts.setdefault(target(direction, decision, style),
+                                             decision_chain(direction, decision, style, _comment(rule)))
+    _PARTS[id(ep)] = (ep, style, part)
     return part
 
 
-def verdict_chains(ruleset: RuleSet) -> dict[str, tuple[list[Expr], str | None]]:
+def verdict_chains(ruleset: RuleSet, logging: FlowLogging | None = None) -> dict[str, ChainRules]:
     """A chain per deciding rule (and direction, for allow), plus the defaults a cell may name."""
-    out: dict[str, tuple[list[Expr], str | None]] = {}
+    out: dict[str, ChainRules] = {}
+    plain = False
     for ep in ruleset.endpoints:
-        out.update(_part(ep).verdicts)
+        style = style_of(ep, logging)
+        plain = plain or style.plain
+        out.update(_part(ep, style).verdicts)
     # Only a PASS rule can leave a cell with a default other than the one the
     # chain ends with (a tier's default after a pass): then cells name these.
-    if any(rule.verdict is Verdict.PASS for ep in ruleset.endpoints for chain in (*ep.ingress, *ep.egress)
-           for rule in chain.rules):
-        out[DEFAULT_DENY] = ([{"counter": None}, {"drop": None}], None)
+    # (Endpoints that are not plain have their defaults' chains anyway.)
+    if plain and any(rule.verdict is Verdict.PASS for ep in ruleset.endpoints for chain in (*ep.ingress, *ep.egress)
+                     for rule in chain.rules):
+        out[DEFAULT_DENY] = decision_chain("ingress", Decision(Verdict.DENY), ENFORCED)
         for direction in ("ingress", "egress"):
-            out[target(direction, Decision(Verdict.ALLOW))] = ([{"counter": None}, action(direction, Verdict.ALLOW)],
-                                                               None)
+            out[target(direction, Decision(Verdict.ALLOW), ENFORCED)] = decision_chain(
+                direction, Decision(Verdict.ALLOW), ENFORCED)
     return out
 
 
-def _counted(direction: str, rule: Rule) -> tuple[list[Expr], str | None]:
-    return [{"counter": None}, action(direction, rule.verdict)], rule_comment(rule, COMMENT_MAX)
+def _comment(rule: Rule) -> str | None:
+    return rule_comment(rule, COMMENT_MAX)
 
 
 # -- incremental ---------------------------------------------------------------------
@@ -342,23 +354,26 @@ class MapChange:
 def update_layout(old: Layout, old_rs: RuleSet, new_rs: RuleSet) -> tuple[Layout, dict[str, MapChange]] | None:
     """``old`` (the layout of ``old_rs``) patched for ``new_rs``, and the element
     changes of the maps both hold; None when a map must change form (hash ↔
-    interval) or its port classes, which only a rebuild gets right."""
+    interval) or its port classes, which only a rebuild gets right. The flow
+    log stays ``old``'s: it belongs to the table (a change replaces it in full)."""
     sources = Sources(new_rs)
-    fresh = Layout({}, {}, verdict_chains(new_rs))
+    logging = old.logging
+    fresh = Layout({}, {}, verdict_chains(new_rs, logging), logging=logging)
     changes: dict[str, MapChange] = {}
     changed_sets = _changed_sets(old_rs, new_rs)
     for ep in new_rs.endpoints:
         progs = programs(ep)
+        style = style_of(ep, logging)
         for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
             if not tiers:
                 continue
             family_programs = [progs[(direction, family)] for family in ("ip", "ip6")]
-            fresh.chains[tiers[0].name] = _part(ep).chains[tiers[0].name]
+            fresh.chains[tiers[0].name] = _part(ep, style).chains[tiers[0].name]
             for program in family_programs:
                 fresh.sets.update((name, new_rs.address_set(name)) for name in walk_sets(program))
-                names = [map_name(kind, direction, program) for kind in _kinds(program)]
+                names = [map_name(kind, direction, program, style) for kind in _kinds(program)]
                 if any(n not in old.maps and n not in fresh.maps for n in names):  # a new program: build it
-                    fresh.maps.update((m.name, m) for m in _maps(direction, program, sources)
+                    fresh.maps.update((m.name, m) for m in _maps(direction, program, sources, style)
                                       if m.name not in old.maps)
                 for name in names:
                     if name in fresh.maps or name not in old.maps:
@@ -397,7 +412,7 @@ def _patch(m: DecisionMap, changed_sets: dict[str, tuple[AnySet | None, AnySet |
     if not touched:
         return m, MapChange([], [])
     if not m.hashed:  # interval cells (few): rebuild the map and compare
-        rebuilt = next(x for x in _maps(m.direction, m.program, sources) if x.ported == m.ported)
+        rebuilt = next(x for x in _maps(m.direction, m.program, sources, m.style) if x.ported == m.ported)
         if rebuilt.hashed:
             return None
         gone = [k for k in m.elements if rebuilt.elements.get(k) != m.elements[k]]
@@ -423,13 +438,13 @@ def _patch_addresses(m: DecisionMap, moved: list[int], sources: Sources) -> tupl
             for cls, decision in zip(m.classes, per_class, strict=True):
                 ports = range(cls.first, cls.last + 1)
                 if decision != rest:
-                    wanted.update(((address, cls.protocol, p), target(m.direction, decision)) for p in ports)
+                    wanted.update(((address, cls.protocol, p), target(m.direction, decision, m.style)) for p in ports)
                 # A hash map holds a cell for all of its class's ports or none.
                 if decision != rest or (address, cls.protocol, cls.first) in elements:
                     have.update((address, cls.protocol, p) for p in ports)
         else:
             if rest != m.program.default:
-                wanted[address] = target(m.direction, rest)
+                wanted[address] = target(m.direction, rest, m.style)
             have.add(address)
         for key in sorted(have):
             before, after = elements.get(key), wanted.get(key)
@@ -443,7 +458,7 @@ def _patch_addresses(m: DecisionMap, moved: list[int], sources: Sources) -> tupl
                 elements[key] = after
     if len(elements) > EXPAND_MAX or any(_run(m, elements, key) > CELL_EXPAND_MAX for key, _ in change.came):
         return None  # a full render would make it an interval map
-    return DecisionMap(m.name, m.direction, m.program, m.ported, m.hashed, m.classes, elements), change
+    return DecisionMap(m.name, m.direction, m.program, m.ported, m.hashed, m.classes, elements, m.style), change
 
 
 def _run(m: DecisionMap, elements: dict[Key, str], key: Key) -> int:

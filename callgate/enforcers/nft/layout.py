@@ -47,7 +47,7 @@ import hashlib
 from typing import Any
 
 from callgate.compiler.ir import AddressSet, RuleSet
-from callgate.enforcers.base import FailClosed
+from callgate.enforcers.base import FailClosed, FlowLogging
 from callgate.enforcers.nft.kernel import Command
 
 FAMILY = "inet"
@@ -94,13 +94,15 @@ def is_hash_set(s: AddressSet) -> bool:
     return len(s.elements) <= HASH_SET_MAX and s.address_count <= HASH_SET_MAX
 
 
-def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> str:
+def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, logging: FlowLogging | None = None) -> str:
     """What the digest set holds: the RuleSet's digest with the layout version,
-    extended by the fail-closed settings when they are on (so a change of any
-    of them is seen)."""
+    extended by the fail-closed and flow-log settings when they are on (so a
+    change of any of them is seen)."""
     parts = [f"nft-layout-{LAYOUT_VERSION}", ruleset.digest()]
     if fail_closed is not None:
         parts.extend([fail_closed.prefix, *fail_closed.known])
+    if logging is not None:
+        parts.append(logging.key())
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.base import FailClosed
+from callgate.enforcers.base import FailClosed, FlowLogging
 from callgate.enforcers.nft.commands import table_objects
 from callgate.enforcers.nft.decisions import Layout, build_layout
 from callgate.enforcers.nft.kernel import Command
@@ -38,15 +38,16 @@ class NftTransaction:
         return objects_text(adds, dict(self.notes))
 
 
-def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> NftTransaction:
+def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None,
+                  logging: FlowLogging | None = None) -> NftTransaction:
     """One transaction that swaps in the new table: the kernel holds the old
     ruleset or the new one, never a mix, and never an empty moment."""
     table = {"table": {"family": FAMILY, "name": TABLE}}
-    layout = build_layout(ruleset)
+    layout = build_layout(ruleset, logging)
     objects = table_objects(ruleset, fail_closed, layout)
     # "add table" first makes the "delete" valid even when no table exists yet.
     commands = [{"add": table}, {"delete": table}, *objects]
-    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed), notes=_readable_notes(ruleset, layout),
+    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed, logging), notes=_readable_notes(ruleset, layout),
                           layout=layout)
 
 

@@ -43,7 +43,7 @@ from callgate.enforcers.nft.commands import (
     element,
     endpoint_chain_commands,
     expand,
-    verdict_chain_command,
+    verdict_chain_commands,
 )
 from callgate.enforcers.nft.decisions import Layout, elements_diff, update_layout
 from callgate.enforcers.nft.kernel import Command
@@ -120,7 +120,8 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     ``old_layout``) to ``new``; None when only a full replacement is safe.
     The transaction itself checks, in the kernel, that the live table holds
     ``old``'s digest; it carries the new layout for the next change."""
-    old_digest, new_digest = layout_digest(old, old_fc), layout_digest(new, new_fc)
+    logging = old_layout.logging  # the table's: a change of it is a full replacement (the enforcer keeps it)
+    old_digest, new_digest = layout_digest(old, old_fc, logging), layout_digest(new, new_fc, logging)
     if old_digest == new_digest:
         return None  # nothing to change yet not in sync: drift the digest cannot see
     if (old_fc is None) != (new_fc is None) or (old_fc and new_fc and old_fc.prefix != new_fc.prefix):
@@ -171,7 +172,8 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     # Rule chains before the map elements that jump to them; maps before the chains that look them up.
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_verdicts)
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_verdicts)
-    cmds.extend(verdict_chain_command(n, *layout.verdicts[n]) for n in (*new_verdicts, *changed_verdicts))
+    for n in (*new_verdicts, *changed_verdicts):
+        cmds.extend(verdict_chain_commands(n, layout.verdicts[n]))
     cmds.extend(layout.maps[n].command() for n in new_maps)
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_chains)  # empty first: dispatch may point at them
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_chains)
