@@ -139,3 +139,22 @@ def test_decode_skips_what_it_cannot_name(tmp_path: Path) -> None:
         assert decode(NflogPacket(socket.AF_INET, prefix, payload, None, 0, 0, 0), context) is None
     assert decode(NflogPacket(socket.AF_INET, "callgate deny ingress default", payload[:10], None, 0, 0, 0),
                   context) is None
+
+
+def test_agent_refuses_an_unwritable_flow_log_at_start(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from callgate.cli.main import build_app
+    from tests.helpers import STANDARD_INVENTORY
+
+    runner = CliRunner()
+    base = ["agent", "--node", "node-1", "-i", str(STANDARD_INVENTORY)]
+    result = runner.invoke(build_app("agent"), [*base, "--flow-log", str(tmp_path / "no" / "flows.jsonl")])
+    assert result.exit_code == 1
+    assert f"error: --flow-log {tmp_path}/no/flows.jsonl: cannot open for writing: No such file or directory" in (
+        result.stderr)
+    assert "Traceback" not in result.output
+    for extra, message in ((["--flow-log-allowed"], "need --flow-log"), (["--enforcement", "dry-run"],
+                                                                          "use enforce or audit")):
+        result = runner.invoke(build_app("agent"), [*base, *extra])
+        assert result.exit_code == 2 and message in result.stderr
