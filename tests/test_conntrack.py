@@ -141,3 +141,28 @@ table inet cgtest {
         table.close()
         for sock in (*clients, *servers, *listeners):
             sock.close()
+
+
+def test_only_changes_that_may_remove_access_walk_the_table(tmp_path: Path) -> None:
+    import dataclasses
+
+    from callgate.enforcers.conntrack import may_remove_access
+    from callgate.policy.inventory import inventory_from_dict
+    from tests.test_nft_update import add_pod, inv_doc
+
+    policies = policies_from(tmp_path, POLICIES)
+    base = compile_node(policies, inventory_from_dict(inv_doc()), "node-1")
+    assert may_remove_access(None, base)  # the first apply: whatever was there before
+    assert not may_remove_access(base, base)
+    # A pod of namespace y added elsewhere only joins peer sets: nothing to revoke.
+    joined = compile_node(policies, inventory_from_dict(inv_doc(add_pod("d", "y", "node-2", "198.18.2.40",
+                                                                        {"pod": "d"}))), "node-1")
+    assert joined.digest() != base.digest()
+    assert not may_remove_access(base, joined)
+    assert may_remove_access(joined, base)  # and it leaving may cut its connections
+    audited = base.in_audit()
+    assert may_remove_access(audited, base)  # out of audit: denials bite again
+    narrower = dataclasses.replace(base, endpoints=tuple(
+        dataclasses.replace(ep, ingress=ep.ingress[:0] + tuple(dataclasses.replace(c, rules=()) for c in ep.ingress))
+        for ep in base.endpoints))
+    assert may_remove_access(base, narrower)

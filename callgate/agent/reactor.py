@@ -60,7 +60,7 @@ from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import Compiler, IncrementalCompiler, RuleSet
 from callgate.enforcers.base import Enforcer
-from callgate.enforcers.conntrack import ConntrackTable, Judge, revoke
+from callgate.enforcers.conntrack import ConntrackTable, Judge, may_remove_access, revoke
 from callgate.errors import KernelError
 from callgate.policy.documents import gc_paused
 from callgate.policy.model import Inventory
@@ -318,7 +318,9 @@ class Reactor:
         self._record(ruleset, unresolved)
         if self.flows is not None:
             self.flows.update(FlowContext(self.config.node, ruleset, inventory, snapshot.policies))
-        if result.changed and self.conntrack is not None and not result.dry_run:
+        previous = self.last_sync.ruleset if self.last_sync is not None else None
+        if (result.changed and self.conntrack is not None and not result.dry_run
+                and may_remove_access(previous, ruleset)):
             self._revoke(ruleset)
         if self.last_sync is None:
             # The model, caches and table layout built for the first sync stay

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from callgate.compiler.interpret import Interpreter
-from callgate.compiler.ir import EndpointRules, RuleSet, Verdict
+from callgate.compiler.ir import AddressPortSet, AddressSet, EndpointRules, RuleSet, Verdict
 
 _PORT_PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", 132: "sctp"}
 
@@ -144,6 +144,29 @@ def _address(text: str) -> IPAddress | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+def may_remove_access(old: RuleSet | None, new: RuleSet) -> bool:
+    """Could ``new`` refuse a connection ``old`` admitted? False only when
+    certainly not — every isolated endpoint's rules unchanged and no set lost
+    an element (pod churn elsewhere that only adds peers) — so that a node
+    with a busy connection table does not walk it after every such change."""
+    if old is None:
+        return True
+    before = {ep.endpoint: ep for ep in old.endpoints}
+    for ep in new.endpoints:
+        was = before.get(ep.endpoint)
+        if was is None or (was is not ep and was.digest != ep.digest):
+            return True  # newly isolated, other rules, or out of audit
+    new_sets: list[AddressSet | AddressPortSet] = [*new.address_sets, *new.port_sets]
+    old_sets: list[AddressSet | AddressPortSet] = [*old.address_sets, *old.port_sets]
+    sets = {s.name: s for s in old_sets}
+    for now in new_sets:
+        was_set = sets.get(now.name)
+        if was_set is not None and was_set is not now and was_set.digest != now.digest and (
+                set(was_set.elements) - set(now.elements)):
+            return True  # a peer left a set (an interval that shrank or split counts too)
+    return False
 
 
 def revoke(table: ConntrackTable, judge: FlowJudge) -> Revocation:
