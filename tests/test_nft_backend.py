@@ -351,7 +351,8 @@ def test_kernel_takes_tiers_in_json_and_text(tiered_rulesets: dict[str, RuleSet]
     nft(b, "-f", "-", stdin=replace_table(ruleset).text())
     listed = nft(a, "list", "table", "inet", "callgate")
     assert listed == nft(b, "list", "table", "inet", "callgate")
-    assert "goto in_" in listed and "drop comment" in listed
+    # Layout 4: the tiers are composed into the maps; an Admin Deny is a cell that goes to its rule's chain.
+    assert "vmap @dec4_" in listed and ": goto deny_" in listed and "drop comment" in listed
 
 
 def test_rule_ids_of_cluster_rules_name_kind_policy_tier_priority_and_rule(
