@@ -158,3 +158,14 @@ def test_agent_refuses_an_unwritable_flow_log_at_start(tmp_path: Path) -> None:
                                                                           "use enforce or audit")):
         result = runner.invoke(build_app("agent"), [*base, *extra])
         assert result.exit_code == 2 and message in result.stderr
+
+
+def test_cluster_policy_rules_carry_tier_priority_and_rule_name() -> None:
+    from callgate.agent.flowlog.decode import origin_label
+    from callgate.compiler.ir import Origin
+
+    assert origin_label(Origin("NetworkPolicy x/web", "ingress", 0)) == "NetworkPolicy x/web"
+    assert origin_label(Origin("ClusterNetworkPolicy tenant-x", "ingress", 1, "Admin", 10, "no-z")) == (
+        "ClusterNetworkPolicy tenant-x (Admin 10) no-z")
+    assert origin_label(Origin("ClusterNetworkPolicy base", "egress", 0, "Baseline", 5)) == (
+        "ClusterNetworkPolicy base (Baseline 5)")
