@@ -5,7 +5,7 @@ BENCHMARKS.md, bench/results.json and the SVG plots in bench/plots/.
 
     --quick      tiny sizes, one repeat (the smoke test; no figure means anything)
     --out DIR    write the report, results and plots under DIR instead of the repo
-    --skip X     skip a part: compile, load, antrea, datapath, analysis, whole, agent, cold
+    --skip X     skip a part: compile, load, antrea, datapath, analysis, whole, agent, cold, flowlog
                  (repeatable)
 
 Compile and analysis figures come from subprocesses (bench/compile_point.py,
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--skip", action="append", default=[],
-                    choices=["compile", "load", "antrea", "datapath", "analysis", "whole", "agent", "cold"])
+                    choices=["compile", "load", "antrea", "datapath", "analysis", "whole", "agent", "cold", "flowlog"])
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out_dir: Path = args.out or ROOT
@@ -262,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"cold start from the API {plan.target}")
             res["cold"] = _sub("bench.cold_start", spec_json(plan.target), timeout=1800)
+    if "flowlog" not in args.skip:
+        if root_why is not None:
+            res["flowlog"] = {"available": False, "why": root_why}
+        else:
+            log("flow log under a storm of denied packets")
+            res["flowlog"] = _sub("bench.flowlog_storm", "--seconds", f"{plan.seconds:g}",
+                                  "--rounds", str(plan.rounds), timeout=1800)
     if "analysis" not in args.skip:
         from bench.analysis_point import TASKS
 

@@ -145,10 +145,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result = run(args.seconds, args.rounds)
-    text = json.dumps(result, indent=2)
     if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))  # one line: python -m bench reads the last line
 
 
 if __name__ == "__main__":
