@@ -50,12 +50,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.compiler import Compiler
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import LibNftables
 from callgate.enforcers.nft.layout import layout_digest
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.policy import load_inventory, load_policies
 from callgate.policy.model import Endpoint
 from callgate.watchers.base import SnapshotHandler

@@ -8,7 +8,7 @@ run so that machine load hits them alike:
   accept``: the floor of any conntrack-based (stateful) enforcer;
 * ``empty``: callgate's table with no endpoints (conntrack + dispatch maps);
 * ``callgate``: the node's full compiled RuleSet, as ``replace_table`` emits it
-  (layout 4: one decision-map look-up per packet);
+  (layout 5: one decision-map look-up per packet);
 * ``walk``: the same RuleSet as layout 3 rendered it (a rule per port
   specification and family, each a peer-set look-up), for the before/after
   comparison in the same rounds;
@@ -52,9 +52,10 @@ from callgate.compiler import Compiler, IncrementalCompiler
 from callgate.compiler.addresses import parse_element
 from callgate.compiler.ir import Rule, RuleSet, Verdict
 from callgate.enforcers.nft.commands import address_set_command
+from callgate.enforcers.nft.decisions import build_layout
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import Command, LibNftables
-from callgate.enforcers.nft.layout import FAMILY, FORWARD, TABLE
+from callgate.enforcers.nft.layout import DIGEST_SET, FAMILY, FORWARD, TABLE
 from callgate.enforcers.nft.transaction import replace_table
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 
@@ -113,32 +114,39 @@ def walk_rule_exprs(rule: Rule, direction: str, next_tier: str | None) -> list[d
 
 
 def walk_commands(ruleset: RuleSet) -> list[Command]:
-    """The table as layout 3 built it: every peer set (hash sets where the
-    addresses can be enumerated) and, per endpoint direction, a chain per tier
-    walking one rule per port specification and family. Measured in the same
-    rounds as the decision maps that replaced it."""
+    """The table as layout 3 built it behind today's dispatch: every peer set
+    (hash sets where the addresses can be enumerated) and, per endpoint
+    direction, a chain per tier walking one rule per port specification and
+    family, instead of the decision part. Measured in the same rounds as the
+    decision maps that replaced it."""
     current = list(replace_table(ruleset).commands)
-    keep_until = next(i for i, c in enumerate(current) if c.get("add", {}).get("chain", {}).get("name") == FORWARD)
-    dispatch = [c for c in current[:keep_until] if c.get("add", {}).get("map", {}).get("name") in (
-        "from_endpoint", "to_endpoint")]
-    head = [c for c in current[:3] if "map" not in c.get("add", {})]  # add/delete table, digest set
-    out = [*head, *(address_set_command(s) for s in ruleset.address_sets)]
+    layout = build_layout(ruleset)
+    decision = {*layout.maps, *layout.chains, *layout.verdicts, *layout.sets}
+
+    def is_decision(cmd: Command) -> bool:
+        (_verb, body), = cmd.items()
+        (kind, obj), = body.items()
+        name = obj.get("chain") if kind == "rule" else obj.get("name")
+        return obj.get("family") == FAMILY and kind in ("map", "set", "chain", "rule") and name in decision
+
+    digest_at = next(i for i, c in enumerate(current) if c.get("add", {}).get("set", {}).get("name") == DIGEST_SET)
+    walk: list[Command] = [address_set_command(s) for s in ruleset.address_sets]
     for s in ruleset.port_sets:
         body = {"family": FAMILY, "table": TABLE, "name": s.name,
                 "type": [{"ip": "ipv4_addr", "ip6": "ipv6_addr"}[s.family], "inet_service"]}
         if s.elements:
             body["elem"] = [{"concat": [a, p]} for a, p in s.elements]
-        out.append({"add": {"set": body}})
+        walk.append({"add": {"set": body}})
     for ep in ruleset.endpoints:
         for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
+            walk.extend({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": c.name}}} for c in tiers)
             for i, chain in enumerate(tiers):
                 next_tier = tiers[i + 1].name if i + 1 < len(tiers) else None
-                out.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": chain.name}}})
-                out.extend(_rule_cmd(chain.name, walk_rule_exprs(r, direction, next_tier)) for r in chain.rules)
-                out.append(_rule_cmd(chain.name, [{"counter": None}, _walk_verdict(chain.default, direction, next_tier)]))
-    out.extend(dispatch)
-    out.extend(current[keep_until:])  # the forward chain and its rules
-    return out
+                walk.extend(_rule_cmd(chain.name, walk_rule_exprs(r, direction, next_tier)) for r in chain.rules)
+                walk.append(_rule_cmd(chain.name, [{"counter": None},
+                                                   _walk_verdict(chain.default, direction, next_tier)]))
+    rest = [c for c in current[digest_at + 1:] if not is_decision(c)]  # the dispatch part
+    return [*current[:digest_at + 1], *walk, *rest]
 
 
 def _element_value(text: str) -> Any:
@@ -184,20 +192,24 @@ def linear_commands(ruleset: RuleSet, server_iface: str, client_ip: str) -> tupl
 
 
 def conntrack_only(commands: list[Command]) -> list[Command]:
-    """A table's transaction cut down to the table and the forward chain's
-    first rule (``ct state established,related accept``): the floor any
+    """A table's transaction cut down to the inet table and, in its forward
+    hook, ``ct state established,related accept`` alone: the floor any
     conntrack-based (stateful) enforcer pays, measured apart from callgate's
-    dispatch maps."""
+    dispatch maps and anti-spoofing. (The rule sits in a per-family chain
+    behind the dispatch; here it goes into the base chain itself.)"""
     out: list[Command] = []
-    have_rule = False
+    established: list[Any] | None = None
     for cmd in commands:
         (_verb, body), = cmd.items()
         (kind, obj), = body.items()
-        if kind == "rule" and obj["chain"] == FORWARD and not have_rule:
-            out.append(cmd)
-            have_rule = True
+        if obj.get("family") != FAMILY:
+            continue
+        if kind == "rule" and any("ct" in e.get("match", {}).get("left", {}) for e in obj["expr"]):
+            established = established or obj["expr"]
         elif kind == "table" or (kind == "chain" and obj["name"] == FORWARD):
             out.append(cmd)
+    assert established is not None, "no ct state rule in the table"
+    out.append(_rule_cmd(FORWARD, established))
     return out
 
 
@@ -317,7 +329,7 @@ def ported_client(cluster: Cluster, inventory: Inventory, policies: PolicySet) -
     highest such: the case this benchmark is about. A pod that a rule without
     ports admits is decided by that rule, first in both layouts; one admitted
     by the ported rules alone is where layout 3 walked a rule per port
-    specification and family (three set look-ups for UDP) and layout 4 looks
+    specification and family (three set look-ups for UDP) and layout 5 looks
     one cell up."""
     ruleset = Compiler(policies, inventory).compile(cluster.node)
     server = next(e for e in ruleset.endpoints if e.endpoint == cluster.server)

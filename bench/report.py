@@ -75,7 +75,7 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
         sec("")
         sec(f"Cluster: {_spec_text(res['target']['spec']) if 'target' in res else ''}. The node's RuleSet: "
             f"{t['endpoints_with_chains']} local endpoints with chains, {t['address_sets']} address sets, "
-            f"{t['set_elements']:,} set elements; its table (layout 4) holds {t.get('decision_elements', 0):,} "
+            f"{t['set_elements']:,} set elements; its table (layout 5) holds {t.get('decision_elements', 0):,} "
             f"decision-map elements and {t.get('walk_set_elements', 0):,} elements of shared peer sets. The "
             f"measured server pod is selected by {t['server_ingress_policies']:,} policies whose peers are "
             f"{t['server_peer_addresses']:,} IPv4+IPv6 addresses ({t['server_peer_elements']:,} set elements); "

@@ -8,6 +8,7 @@ their own namespaces.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -34,3 +35,13 @@ def nft(netns: str, *args: str, stdin: str | None = None) -> str:
     out = subprocess.run(["ip", "netns", "exec", netns, "nft", *args], input=stdin, capture_output=True,
                          text=True, check=True)
     return out.stdout
+
+
+def host_interfaces(netns: str, names: list[str]) -> None:
+    """Give ``netns`` a routed veth for each of ``names``, as a node holding
+    those endpoints has (so ``callgate apply`` finds them where the inventory
+    says). Each peer stays in the namespace, named after a hash of its end."""
+    for name in names:
+        peer = "cgq" + hashlib.sha256(name.encode()).hexdigest()[:10]
+        subprocess.run(["ip", "-n", netns, "link", "add", name, "type", "veth", "peer", "name", peer],
+                       check=True, capture_output=True)

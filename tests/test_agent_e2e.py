@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics, StatusServer
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import LibNftables
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.lab.netns import ip
 from callgate.policy import load_inventory
 from callgate.watchers.base import Snapshot

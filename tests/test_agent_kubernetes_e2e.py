@@ -31,11 +31,11 @@ from typing import Any
 
 import pytest
 
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics, StatusServer
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import LibNftables
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.policy.evaluator import Evaluator
 from callgate.policy.inventory import inventory_from_dict
 from callgate.watchers.base import Snapshot

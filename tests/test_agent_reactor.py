@@ -11,21 +11,25 @@ in a gauge; the reactor drives the iptables backend through the same protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.compiler.compile import Compiler
-from callgate.enforcers.base import Enforcer
+from callgate.compiler.ir import RuleSet
+from callgate.enforcers.base import Enforcer, Placement
+from callgate.enforcers.guard import Finding, Fix, Placed, Report
 from callgate.enforcers.iptables.enforcer import IptablesEnforcer
 from callgate.enforcers.iptables.fake import FakeIptables
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
+from callgate.enforcers.placement import NodeEnforcer
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.errors import Problem
 from callgate.policy.documents import Document
 from callgate.policy.inventory import inventory_from_dict
@@ -330,6 +334,109 @@ def test_a_burst_of_1000_events_over_a_second_is_at_most_five_transactions(kerne
         reactor.stop()
 
 
+# -- the guard: never enforce nothing quietly ------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedFix(Fix):
+    """A fix that only records that it was made."""
+
+    made: list[str] = dataclasses.field(default_factory=list, compare=False)
+
+    def apply(self) -> None:
+        self.made.append(self.target)
+
+
+class FakeGuard:
+    """Reports the findings it is given about the local endpoints (a fix, once
+    made, makes its finding go); counts its calls."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        self.findings = findings
+        self.calls = 0
+
+    def __call__(self, ruleset: RuleSet) -> Report:
+        self.calls += 1
+        found = tuple(f for f in self.findings if not (isinstance(f.fix, RecordedFix) and f.fix.made))
+        return Report(tuple(Placed(le.endpoint, "routed veth", le.interface or "") for le in ruleset.local), found,
+                      tuple(f.fix for f in found if f.fix is not None))
+
+
+def guarded(kernel: FakeNftKernel, guard: FakeGuard) -> Harness:
+    harness = Harness(NftablesEnforcer(kernel, fail_closed_prefix="cg"))
+    harness.reactor.guard = guard
+    return harness
+
+
+def test_the_guard_fixes_once_and_says_so(kernel: FakeNftKernel, caplog: pytest.LogCaptureFixture) -> None:
+    fix = RecordedFix("cgn", "br0", "nf_call_iptables", "bridged IPv4 on br0 did not reach callgate's rules")
+    guard = FakeGuard([Finding("x/a", "bridge-nf-call-iptables is off", fix)])
+    h = guarded(kernel, guard)
+    try:
+        with caplog.at_level(logging.WARNING, logger="callgate.agent"):
+            h.send(snap())
+        assert fix.made == ["br0"]
+        assert any(r.getMessage().startswith("fixed: turned on nf_call_iptables on bridge br0") for r in caplog.records)
+        assert h.reactor.programmed.snapshot() == {"x/a": "cga0", "x/c": "cgc0"} and h.reactor.unresolved == {}
+        calls = guard.calls
+        h.send(snap(inventory(extra=3)))  # churn elsewhere: the node is not looked at again
+        assert guard.calls == calls and fix.made == ["br0"]
+    finally:
+        h.reactor.stop()
+
+
+def test_refused_endpoints_are_unprogrammed_and_said_why(kernel: FakeNftKernel) -> None:
+    guard = FakeGuard([Finding("x/a", "address(es) 198.18.1.10 belong to the node itself (host networking)"),
+                       Finding("x/c", "interface cgc0 does not exist in network namespace cgn", keep=True)])
+    h = guarded(kernel, guard)
+    try:
+        h.send(snap(policies=(A_FROM_B, C_FROM_B)))
+        r = h.reactor
+        assert r.programmed.snapshot() == {}
+        assert set(r.unresolved) == {"x/a", "x/c"} and "host networking" in r.unresolved["x/a"]
+        ok, why = r.programmed.wait("x/a", None, 0)
+        assert not ok and "host networking" in why
+        applied = h.enforcer.applied.ruleset  # type: ignore[attr-defined]
+        # x/a (host network) is left out entirely; x/c keeps its rules (they match its addresses).
+        assert [ep.endpoint for ep in applied.endpoints] == ["x/c"]
+        assert [le.endpoint for le in applied.local] == ["x/c"]
+        # Fixed on the node: the next look (resync) programs it.
+        guard.findings = []
+        before = r.syncs
+        r.on_event(snap(policies=(A_FROM_B, C_FROM_B)))
+        assert r.wait_for(lambda: r.syncs > before and not r.unresolved, WAIT)
+        assert r.wait_for(lambda: r.programmed.snapshot() == {"x/a": "cga0", "x/c": "cgc0"}, WAIT)
+    finally:
+        h.reactor.stop()
+
+
+def test_an_endpoint_in_its_own_namespace_needs_no_interface(kernel: FakeNftKernel) -> None:
+    inv = inventory()
+    macvlan = dataclasses.replace(inv, endpoints=tuple(
+        dataclasses.replace(ep, interface=None, netns="/run/netns/cgt-a") if ep.key == "x/a" else ep
+        for ep in inv.endpoints))
+    parts: dict[str | None, FakeNftKernel] = {}
+
+    def factory(netns: str | None, placement: Placement) -> Enforcer:
+        parts[netns] = kernel if netns is None else FakeNftKernel()
+        return NftablesEnforcer(parts[netns], placement=placement)
+
+    h = Harness(NodeEnforcer(factory, "nft"))
+    try:
+        h.send(snap(macvlan))
+        assert h.reactor.programmed.snapshot() == {"x/a": "/run/netns/cgt-a", "x/c": "cgc0"}
+        assert h.reactor.unresolved == {}
+        assert h.reactor.last_sync is not None and h.reactor.last_sync.known == ("cgc0",)  # interfaces only
+        assert ("inet", "callgate") in parts["/run/netns/cgt-a"].tables
+        # Drift inside the pod's namespace is found by resync and repaired there.
+        parts["/run/netns/cgt-a"].tables.clear()
+        before = h.reactor.repairs
+        h.reactor._resync()
+        assert h.reactor.repairs == before + 1 and ("inet", "callgate") in parts["/run/netns/cgt-a"].tables
+    finally:
+        h.reactor.stop()
+
+
 def test_with_cluster_policies_remote_pod_churn_stays_incremental(h: Harness, kernel: FakeNftKernel) -> None:
     """An Admin tier ClusterNetworkPolicy on the node's pods: a remote pod joining or
     leaving its peers is a set patch and an incremental transaction, equal to a full
@@ -447,6 +554,8 @@ def test_enforcement_audit_puts_every_endpoint_in_audit(kernel: FakeNftKernel) -
         applied = reactor.enforcer.applied
         assert applied is not None and applied.ruleset.endpoints
         assert all(ep.audit for ep in applied.ruleset.endpoints)
-        assert "drop" not in reactor.enforcer.desired_text(applied.ruleset, ["cga0", "cgc0"])
+        text = reactor.enforcer.desired_text(applied.ruleset, ["cga0", "cgc0"])
+        # Audit concerns isolation: anti-spoofing (not a policy's decision) still drops.
+        assert [line for line in text.splitlines() if "drop" in line and "anti-spoofing" not in line] == []
     finally:
         reactor.stop()

@@ -88,6 +88,10 @@ USAGE_MISTAKES = [
     ["agent", "--node", "node-1", "-i", "examples/shop/inventori.yaml"],
     ["controller", "--min-severity", "fatal", "--once"],
     ["lab", "probe", "-i", STD, "-p", STD, "--port", "80/SCTP"],
+    ["lab", "up", "-i", STD, "--topology", "mesh"],
+    ["doctor", "--node", "node-1"],  # no --inventory
+    ["doctor", "--node", "node-1", "-i", "examples/shop/inventori.yaml"],
+    ["doctor", "--node", "node-1", "-i", STD, "--backend", "pf"],
 ]
 
 
@@ -105,6 +109,7 @@ BAD_INPUT = [
     ["matrix", "-i", STD, "-p", "examples/lint/bad.yaml"],
     ["explain", "-i", STD, "-p", "examples/lint/bad.yaml", "x/a", "x/b", "80"],
     ["convert", "examples/lint/bad.yaml", "--to", "app"],
+    ["doctor", "-i", STD, "--node", "node-9"],
 ]
 
 

@@ -54,7 +54,7 @@ def test_json_is_each_backends_machine_form() -> None:
         assert f"create {s['name']} {s['type']} family {s['family']}\n" in text
         assert all(f"add {s['name']} {e}\n" in text for e in s["elements"])
     for tool in ("iptables", "ip6tables"):
-        assert data[tool]["chains"][0] == "CG-FORWARD" and data[tool]["forward_jump"] is True
+        assert data[tool]["chains"][0] == "CG-FORWARD" and data[tool]["jumps"] == ["FORWARD -> CG-FORWARD"]
         assert all(line + "\n" in text for line in data[tool]["rules"])
     assert len(data["iptables"]["rules"]) > 5
 
@@ -62,7 +62,7 @@ def test_json_is_each_backends_machine_form() -> None:
 def test_ir_is_the_same_for_every_backend() -> None:
     ir = compile_("--format", "ir")
     assert ir.exit_code == 0, ir.output
-    assert set(json.loads(ir.stdout)) == {"node", "address_sets", "port_sets", "endpoints", "unbound"}
+    assert set(json.loads(ir.stdout)) == {"node", "address_sets", "port_sets", "endpoints", "unbound", "local"}
     assert compile_("--format", "ir", "--backend", "iptables").stdout == ir.stdout
 
 

@@ -17,9 +17,10 @@ from callgate.analysis.conntest.check import Checker
 from callgate.analysis.conntest.spec import load_expectations, parse_line, parse_selector
 from callgate.cli.main import app
 from callgate.errors import InputError
-from callgate.policy import Evaluator
+from callgate.policy import Evaluator, load_inventory
 from callgate.policy.model import Inventory, PolicySet
 from tests.helpers import ROOT, SHOP, STANDARD_INVENTORY, write
+from tests.netns import host_interfaces
 from tests.strategies import NAMESPACES, inventories, policy_sets
 
 SHOP_ARGS = ["-i", str(SHOP / "inventory.yaml"), "-p", str(SHOP / "apps.yaml")]
@@ -167,6 +168,8 @@ def test_checker_equals_every_pair(inv: Inventory, ps: PolicySet, text: str) -> 
 def test_live_table_in_sync_and_drifted(netns: str) -> None:
     """--live: the node's table must be what the policies compile to; then the expectations
     hold on it for the pairs the node enforces. A tampered table fails with its diff."""
+    host_interfaces(netns, [ep.interface for ep in load_inventory(SHOP / "inventory.yaml").endpoints
+                            if ep.node == "node-1" and ep.interface])  # the node's veths: apply refuses absent ones
     applied = CliRunner().invoke(app, ["apply", *SHOP_ARGS, "--node", "node-1", "--netns", netns])
     assert applied.exit_code == 0, applied.output
     live = [*SHOP_ARGS, "--live", "--node", "node-1", "--netns", netns]

@@ -13,7 +13,7 @@ import pytest
 from callgate.compiler import compile_node
 from callgate.compiler.interpret import Interpreter
 from callgate.enforcers.conntrack import Judge, KernelConntrack, TrackedFlow, revoke
-from callgate.enforcers.netns import call_in_netns
+from callgate.enforcers.netns import run_in
 from tests.helpers import policies_from, standard
 from tests.netns import nft
 
@@ -122,8 +122,8 @@ table inet cgtest {
   }
 }
 """)
-    listeners = [call_in_netns(netns, lambda p=p: socket.create_server(("127.0.0.1", p))) for p in (9000, 9001)]
-    clients = [call_in_netns(netns, lambda p=p: socket.create_connection(("127.0.0.1", p), timeout=1))
+    listeners = [run_in(netns, lambda p=p: socket.create_server(("127.0.0.1", p))) for p in (9000, 9001)]
+    clients = [run_in(netns, lambda p=p: socket.create_connection(("127.0.0.1", p), timeout=1))
                for p in (9000, 9001)]
     servers = [listener.accept()[0] for listener in listeners]
     nft(netns, "add", "rule", "inet", "cgtest", "out", "tcp", "dport", "9001", "drop")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from callgate.cli.main import app
 from tests.golden_util import check_golden
 from tests.helpers import ROOT, STANDARD_INVENTORY, standard, write
+from tests.netns import host_interfaces
 
 OLD = """
 apiVersion: networking.k8s.io/v1
@@ -124,6 +125,7 @@ def test_live_diff_in_own_netns(tmp_path: Path, netns: str) -> None:
     args = ["--live", "--node", "node-1", "-p", str(policy), "--netns", netns]
     code, out = invoke(*args)
     assert code == 1 and "+table inet callgate {" in out  # nothing live yet
+    host_interfaces(netns, [ep.interface for ep in standard().endpoints if ep.node == "node-1" and ep.interface])
     applied = CliRunner().invoke(app, ["apply", "-i", str(STANDARD_INVENTORY), "-p", str(policy),
                                        "--node", "node-1", "--netns", netns])
     assert applied.exit_code == 0, applied.output

@@ -15,6 +15,7 @@ that cannot run here:
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -26,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from callgate.policy import load_inventory
 from tests.helpers import ROOT
+from tests.netns import host_interfaces
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CALLGATE = str(Path(sys.executable).with_name("callgate"))
@@ -125,7 +128,23 @@ def test_documented_output(transcript: Transcript) -> None:
 @pytest.mark.parametrize("transcript", [t for t in ALL if t.mark == "kernel"], ids=lambda t: t.id)
 def test_documented_output_in_a_namespace(transcript: Transcript, netns: str) -> None:
     assert transcript.netns, f"{transcript.id}: a kernel block names the namespace it stands in for"
+    host_interfaces(netns, sorted(_local_interfaces(transcript)))
     run_transcript(transcript, lambda text: text.replace(transcript.netns or "", netns))
+
+
+def _local_interfaces(t: Transcript) -> set[str]:
+    """The host-side interfaces of the nodes the transcript's commands name: the
+    scratch namespace stands in for that node, so it needs them (apply refuses an
+    endpoint whose interface is not where the inventory says)."""
+    names: set[str] = set()
+    for command, _ in t.steps:
+        argv = shlex.split(command)
+        options = dict(itertools.pairwise(argv))
+        inventory, node = options.get("-i") or options.get("--inventory"), options.get("--node")
+        if inventory and node:
+            names.update(ep.interface for ep in load_inventory([str(ROOT / inventory)]).endpoints
+                         if ep.node == node and ep.interface)
+    return names
 
 
 def test_skipped_blocks_say_why() -> None:

@@ -23,14 +23,14 @@ import pytest
 
 from callgate.agent.flowlog.service import FlowLogService
 from callgate.agent.flowlog.writer import FlowLogWriter
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.enforcers import get_enforcer
 from callgate.enforcers.base import Enforcer, FlowLogging
 from callgate.enforcers.conntrack import KernelConntrack
-from callgate.enforcers.netns import call_in_netns
+from callgate.enforcers.netns import run_in
 from callgate.enforcers.nflog import NflogSocket
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.policy import load_inventory
 from callgate.watchers.base import Snapshot
 from callgate.watchers.files import FilesSource
@@ -150,7 +150,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def listen(world: World, pod: str, port: int) -> socket.socket:
-    listener = call_in_netns(world.lab.pod_netns(pod), lambda: socket.create_server((IPS[pod], port)))
+    listener = run_in(world.lab.pod_netns(pod), lambda: socket.create_server((IPS[pod], port)))
     listener.settimeout(2)
     return listener
 
@@ -162,7 +162,7 @@ def connect(world: World, src: str, dst: str, port: int, timeout: float = 1.0) -
             return socket.create_connection((IPS[dst], port), timeout=timeout)
         except OSError:
             return None
-    return call_in_netns(world.lab.pod_netns(src), open_)
+    return run_in(world.lab.pod_netns(src), open_)
 
 
 def talks(client: socket.socket, server: socket.socket) -> bool:

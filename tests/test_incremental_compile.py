@@ -286,6 +286,29 @@ def test_pod_joining_and_leaving_a_peer_set_reuses_everything_else() -> None:
     assert inc.ruleset is same and inc.last_path == "unchanged"
 
 
+def test_local_pods_no_policy_selects_patch_the_local_endpoints() -> None:
+    """A local pod no policy selects has no chains, but the node holds it to its
+    own addresses (RuleSet.local): coming, going, moving and changing
+    address patch that list, without a full compile."""
+    policies = PolicySet([ingress_from(Peer(pod_selector=selector(app="web"), namespace="x"))])
+    inc = IncrementalCompiler(policies, Inventory(NS, [SERVER]), NODE)
+    assert [le.endpoint for le in inc.ruleset.local] == ["x/server"]
+    local = ep("l1", {"app": "other"}, ("198.18.1.30", "fd00::1:30"), node=NODE)
+    inc.update(None, local)
+    rs = check(inc, policies, [SERVER, local], path="incremental")
+    assert [(le.endpoint, le.interface, le.ips) for le in rs.local] == [
+        ("x/l1", "cgl1", ("198.18.1.30", "fd00::1:30")), ("x/server", "cgserver", ("198.18.1.1", "fd00::1:1"))]
+    moved = dataclasses.replace(local, ips=(ipaddress.ip_address("198.18.1.31"),))
+    inc.update(local, moved)
+    check(inc, policies, [SERVER, moved], path="incremental")
+    in_netns = dataclasses.replace(moved, interface=None, netns="/run/netns/l1")  # macvlan: its own namespace
+    inc.update(moved, in_netns)
+    assert check(inc, policies, [SERVER, in_netns], path="incremental").local[0].netns == "/run/netns/l1"
+    away = dataclasses.replace(in_netns, node="n2")
+    inc.update(in_netns, away)
+    assert [le.endpoint for le in check(inc, policies, [SERVER, away], path="incremental").local] == ["x/server"]
+
+
 def test_a_set_becoming_empty_and_non_empty_refilters_the_chain() -> None:
     web = Peer(pod_selector=selector(app="web"), namespace="x")
     policies = PolicySet([ingress_from(web)])

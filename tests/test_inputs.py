@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,10 +14,11 @@ from hypothesis import strategies as st
 from callgate.errors import InputError, ProblemCode
 from callgate.policy import load_inventory, load_policies
 from callgate.policy.documents import read_documents
+from callgate.policy.inventory import inventory_document
 from callgate.policy.model import NAMESPACE_NAME_LABEL, Direction
 from callgate.policy.native import compile_apps, parse_app
 from callgate.policy.positions import Positions
-from tests.helpers import SHOP, STANDARD_INVENTORY, write
+from tests.helpers import ROOT, SHOP, STANDARD_INVENTORY, write
 
 _NP = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\n"
 _APP = ("apiVersion: callgate/v1\nkind: App\nmetadata: {name: api, namespace: x}\nspec:\n"
@@ -278,6 +280,83 @@ def test_inventory_rejects_bad_endpoints(tmp_path: Path, endpoint: str, message:
         load_inventory(path)
     assert message in str(exc.value)
     assert exc.value.problems[0].file == str(path)
+
+
+@pytest.mark.parametrize("netns", [
+    "/run/netns/../../etc/shadow", "/run/netns/..", "/run/netns/.", "/run/netns/", "/run/netns/a/b",
+    "/run/netns/a b", "/run/netns/a\nb", "run/netns/a", "/run/netns/" + "a" * 65, "/proc/self/ns/net",
+    "/proc/0/ns/net", "/proc/01/ns/net", "/proc/1/ns/net/../../mnt", "/proc/1/ns/mnt", "/proc/99999999/ns/net",
+    "/var/run/netns/a", "/etc/passwd", "", "a"])
+def test_inventory_netns_is_a_namespace_file_and_nothing_else(tmp_path: Path, netns: str) -> None:
+    """The path is opened as root: nothing but a /run/netns name or a process's net namespace."""
+    path = write(tmp_path, "inv.yaml", f"""
+        apiVersion: callgate/v1
+        kind: Inventory
+        endpoints:
+          - {{name: a, namespace: x, node: n1, ips: [198.18.0.1], netns: {json.dumps(netns)}}}
+    """)
+    with pytest.raises(InputError) as exc:
+        load_inventory(path)
+    assert "must be the path of a network namespace" in str(exc.value)
+    problem = exc.value.problems[0]
+    assert problem.file == str(path) and problem.line == 4 and "endpoints[0].netns" in str(problem)
+
+
+@pytest.mark.parametrize("netns", ["/run/netns/cgl-p-0123456789", "/run/netns/pod_1.a-b", "/proc/1/ns/net",
+                                   "/proc/4194304/ns/net"])
+def test_inventory_netns_accepts_namespace_files(tmp_path: Path, netns: str) -> None:
+    path = write(tmp_path, "inv.yaml", f"""
+        apiVersion: callgate/v1
+        kind: Inventory
+        endpoints:
+          - {{name: a, namespace: x, node: n1, ips: [198.18.0.1], netns: "{netns}"}}
+    """)
+    (ep,) = load_inventory(path).endpoints
+    assert ep.netns == netns and ep.interface is None
+
+
+def test_pod_annotations_name_interface_or_namespace(tmp_path: Path) -> None:
+    dump = write(tmp_path, "pods.yaml", """
+        apiVersion: v1
+        kind: Pod
+        metadata:
+          name: mv
+          namespace: prod
+          annotations: {callgate.io/netns: /run/netns/cni-1234}
+        spec: {nodeName: node-a, containers: []}
+        status: {podIPs: [{ip: 198.18.5.9}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata:
+          name: bad
+          namespace: prod
+          annotations: {callgate.io/netns: /run/netns/../x}
+        spec: {nodeName: node-a, containers: []}
+        status: {podIPs: [{ip: 198.18.5.10}]}
+    """)
+    with pytest.raises(InputError) as exc:
+        load_inventory(dump)
+    assert "Pod prod/bad" in str(exc.value) and "netns" in str(exc.value)
+    good = write(tmp_path, "good.yaml", dump.read_text().split("---")[0])
+    (ep,) = load_inventory(good).endpoints
+    assert ep.netns == "/run/netns/cni-1234" and ep.interface is None
+
+
+@pytest.mark.parametrize("source", [SHOP / "inventory.yaml", ROOT / "examples" / "conformance" / "inventory.yaml"])
+def test_inventory_document_reads_back_as_the_same_inventory(tmp_path: Path, source: Path) -> None:
+    """Endpoints (some moved into namespaces of their own) and the nodes' labels and
+    addresses, which ClusterNetworkPolicy nodes peers select, survive the round trip."""
+    inv = load_inventory(source)
+    moved = dataclasses.replace(inv, endpoints=tuple(dataclasses.replace(ep, interface=None, netns=f"/run/netns/p{i}")
+                                                     if i % 2 else ep for i, ep in enumerate(inv.endpoints)))
+    again = load_inventory(write(tmp_path, "inv.yaml", yaml.safe_dump(inventory_document(moved))))
+    assert again.endpoints == moved.endpoints
+    assert {name: (dict(n.labels), n.addresses) for name, n in again.node_info.items()} == {
+        name: (dict(n.labels), n.addresses) for name, n in moved.node_info.items()}
+    assert bool(moved.node_info) == ("conformance" in str(source))
+    assert {k: dict(v.labels) for k, v in again.namespaces.items()} == {k: dict(v.labels)
+                                                                        for k, v in moved.namespaces.items()}
 
 
 def test_inventory_rejects_duplicate_ips(tmp_path: Path) -> None:

@@ -128,12 +128,15 @@ def test_plan_structure(rulesets: dict[str, RuleSet]) -> None:
         table = tx.table(version)
         assert table.chains[0] == "CG-FORWARD"
         forward = [r for r in table.rules if r.startswith("-A CG-FORWARD ")]
-        # conntrack shortcut first, carrying the digest
+        # the conntrack shortcut first, carrying the digest; then link control (IPv6) and anti-spoofing
         assert forward[0].startswith("-A CG-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED")
         assert tx.digest in forward[0]
-        # every egress dispatch before every ingress dispatch
-        kinds = ["i" if " -i " in r else "o" for r in forward[1:]]
-        assert kinds == sorted(kinds) and "i" in kinds and "o" in kinds
+        checks = [i for i, r in enumerate(forward) if ("icmp6" in r and r.endswith("-j ACCEPT")) or " -j CG-src_" in r]
+        assert checks == list(range(1, len(checks) + 1))
+        assert any(" -i " in forward[i] for i in checks) and any("--physdev-in" in forward[i] for i in checks)
+        # every egress dispatch (by source address) before every ingress dispatch (by destination)
+        kinds = ["s" if " -s " in r else "d" for r in forward[len(checks) + 1:]]
+        assert kinds == sorted(kinds, key=lambda k: k != "s") and "s" in kinds and "d" in kinds
         family = "inet" if version == 4 else "inet6"
         for rule in table.rules:
             chain = rule.split()[1]
@@ -144,8 +147,10 @@ def test_plan_structure(rulesets: dict[str, RuleSet]) -> None:
                 assert defined[name].family == family, rule
         for chain in table.chains:
             assert len(chain) <= CHAIN_MAX
-            if chain != "CG-FORWARD":  # every tier ends with its default verdict
-                last = [r for r in table.rules if r.split()[1] == chain][-1]
+            last = [r for r in table.rules if r.split()[1] == chain][-1]
+            if chain.startswith("CG-src_"):  # anti-spoofing: anything not from the endpoint's own addresses
+                assert last == f'-A {chain} -m comment --comment "callgate anti-spoofing" -j DROP', last
+            elif chain != "CG-FORWARD":  # every tier ends with its default verdict
                 assert last == f"-A {chain} -j DROP", last
     assert all(len(s.name) <= SET_MAX for s in tx.sets)
     # 0.0.0.0/0 except one /24: hash:net cannot hold /0, so it is split
@@ -455,11 +460,13 @@ def test_fail_closed_layout(rulesets: dict[str, RuleSet]) -> None:
     rules = tx.table(4).rules
     assert "-A CG-FORWARD -i cg+ -j CG-FC-IIF" in rules and "-A CG-FORWARD -o cg+ -j CG-FC-OIF" in rules
     assert "-A CG-FC-IIF -i cgxa0 -j RETURN" in rules and "-A CG-FC-OIF -o cgyb0 -j RETURN" in rules
-    assert not any("cgxc0" in r for r in rules)  # neither isolated nor known: dropped
+    # every local endpoint of the RuleSet is known (isolated or not: x/c is not); others are dropped
+    assert "-A CG-FC-IIF -i cgxc0 -j RETURN" in rules and not any("cgzz9" in r for r in rules)
+    assert "-A CG-FC-PIN -m physdev --physdev-in cgxa0 -j RETURN" in rules  # bridge ports too
     assert tx.digest != plan(rs).digest  # the known set is part of what is compared
     enforcer.apply(rs, known_interfaces=["cgxa0"])
     assert not enforcer.apply(rs, known_interfaces=["cgxa0"]).changed
-    assert enforcer.apply(rs, known_interfaces=["cgxa0", "cgxc0"]).changed
+    assert enforcer.apply(rs, known_interfaces=["cgxa0", "cgzz9"]).changed
     assert enforcer.live_digest() == enforcer.applied.digest  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="fail-closed prefix"):
         IptablesEnforcer(fake, fail_closed_prefix="cg x")
@@ -473,11 +480,12 @@ def test_kernel_fail_closed_cuts_off_unknown_interfaces(variant: str, lab: objec
                                                         policies: PolicySet, rulesets: dict[str, RuleSet]) -> None:
     from callgate.lab.probe import probe_matrix
 
-    unknown = "x/c"  # on node-1, not isolated: only the known-interface list lets it through
+    unknown = "x/c"  # on node-1, not isolated; its interface not known yet (as before the agent resolves it)
+    unresolved = Inventory(inv.namespaces, tuple(dataclasses.replace(ep, interface=None) if ep.key == unknown else ep
+                                                 for ep in inv.endpoints))
     for node, e in _enforcers(lab, inv, variant).items():
         fc = IptablesEnforcer(variant=variant, netns=e.runner.netns, fail_closed_prefix="cg")  # type: ignore[attr-defined]
-        known = [ep.interface for ep in inv.endpoints if ep.node == node and ep.key != unknown and ep.interface]
-        fc.apply(rulesets[node], known_interfaces=known)
+        fc.apply(compile_all(policies, unresolved)[node])
     seen = probe_matrix(lab, inv, timeout=0.7)  # type: ignore[arg-type]
     want = {k: v and unknown not in k[:2] for k, v in expected(policies, inv, seen).items()}
     wrong = sorted(k for k in seen if seen[k] != want[k])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 import subprocess
 import sys
@@ -23,10 +24,10 @@ from typer.testing import CliRunner
 from callgate.cli.lab import lab_app
 from callgate.lab import Lab, LabError, probe_details, probe_matrix
 from callgate.lab.netns import exec_in, in_netns, list_netns
-from callgate.lab.topology import safe
-from callgate.policy import Endpoint, Inventory
+from callgate.lab.topology import LabState, NodePlan, PodPlan, safe
+from callgate.policy import Endpoint, Inventory, load_inventory
 from callgate.policy.inventory import inventory_from_dict
-from tests.helpers import STANDARD_INVENTORY, standard
+from tests.helpers import ROOT, STANDARD_INVENTORY, standard
 
 PREFIX = "cgl"
 LAB_NAME = re.compile(rf"{PREFIX}-(fabric|n-[a-z0-9-]{{1,20}}|p-[0-9a-f]{{10}})")
@@ -326,3 +327,53 @@ def test_cli_probe_without_a_lab_fails_cleanly(lab: Lab, tmp_path: Path) -> None
                                         "--name", PREFIX])
     assert result.exit_code == 1
     assert "is lab 'cgl' up" in result.output
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("topology", ["bridge", "macvlan"])
+def test_cli_other_topologies_and_the_labs_inventory(lab: Lab, tmp_path: Path, topology: str) -> None:
+    runner, app = CliRunner(), cli()
+    inv = str(STANDARD_INVENTORY)
+    result = runner.invoke(app, ["lab", "up", "-i", inv, "--name", PREFIX, "--topology", topology])
+    assert result.exit_code == 0, result.output
+    assert f"({topology})" in result.output and "9 pods" in result.output
+    assert ("callgate lab inventory" in result.output) == (topology == "macvlan")
+    printed = runner.invoke(app, ["lab", "inventory", "-i", inv, "--name", PREFIX])
+    assert printed.exit_code == 0, printed.output
+    (tmp_path / "lab.yaml").write_text(printed.output)
+    built = load_inventory(tmp_path / "lab.yaml")
+    a = built.endpoint("x/a")
+    assert a is not None
+    if topology == "macvlan":  # no host side: the pod's own namespace instead
+        assert a.interface is None and a.netns == f"/run/netns/{lab.pod_netns('x/a')}"
+        assert json.loads(exec_in(lab.node_netns("node-1"), ["ip", "-j", "link", "show"]))  # uplink and lo only
+        kinds = {json.loads(exec_in(lab.pod_netns("x/a"), ["ip", "-j", "-d", "link", "show", "eth0"]))[0]
+                 ["linkinfo"]["info_kind"]}
+        assert kinds == {"macvlan"}
+    else:  # the host sides are ports of the node's bridge
+        assert a.interface == "cgxa0" and a.netns is None
+        port = json.loads(exec_in(lab.node_netns("node-1"), ["ip", "-j", "link", "show", "cgxa0"]))[0]
+        assert port["master"] == "br0"
+    assert [ep.key for ep in built.endpoints] == [ep.key for ep in standard().endpoints]
+    status = runner.invoke(app, ["lab", "status", "--name", PREFIX])
+    assert status.exit_code == 0 and f"lab {PREFIX} ({topology})" in status.output
+    empty = tmp_path / "policies"
+    empty.mkdir()
+    probed = runner.invoke(app, ["lab", "probe", "-i", str(tmp_path / "lab.yaml"), "-p", str(empty), "--name", PREFIX,
+                                 "--port", "80/UDP"])
+    assert probed.exit_code == 0 and "144 probes" in probed.output and "all match" in probed.output
+    assert runner.invoke(app, ["lab", "up", "-i", inv, "--name", "cgl2", "--topology", "mesh"]).exit_code == 2
+
+
+def test_the_labs_inventory_keeps_the_nodes() -> None:
+    """The inventory as a lab built it (interfaces or netns filled in) still names the
+    nodes' labels and addresses, which ClusterNetworkPolicy nodes peers select."""
+    inv = load_inventory(ROOT / "examples" / "conformance" / "inventory.yaml")
+    ep = inv.endpoints[0]
+    assert ep.node is not None and inv.node_info
+    pod = PodPlan(ep.key, ep.node, "cgl-p-x", None, [str(ip) for ip in ep.ips], [80], [])
+    state = LabState("cgl", "cgl-fabric", [NodePlan(ep.node, "cgl-n-x", "cgl-f-x", "198.19.255.1", "fd00:ff::1",
+                                                    [pod])], topology="macvlan")
+    built = state.inventory(inv)
+    assert built.node_info == inv.node_info
+    assert built.endpoint(ep.key) == dataclasses.replace(ep, interface=None, netns="/run/netns/cgl-p-x")

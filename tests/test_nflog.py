@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from callgate.enforcers.netns import call_in_netns
+from callgate.enforcers.netns import run_in
 from callgate.enforcers.nflog import NflogPacket, NflogSocket, packet_headers, parse_messages
 from tests.netns import nft
 
@@ -75,7 +75,7 @@ def _send_udp(netns: str, family: int, address: str, port: int) -> None:
     def send() -> None:
         with socket.socket(family, socket.SOCK_DGRAM) as s:
             s.sendto(b"probe", (address, port))
-    call_in_netns(netns, send)
+    run_in(netns, send)
 
 
 def _receive(reader: NflogSocket, want: int, seconds: float = 5.0) -> list[NflogPacket]:

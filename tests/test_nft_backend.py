@@ -37,7 +37,7 @@ def test_transaction_replaces_only_our_table(shop_rulesets: dict[str, RuleSet]) 
     tx = replace_table(shop_rulesets["node-1"])
     tables = {(c[verb][kind]["family"], c[verb][kind].get("table", c[verb][kind].get("name")))
               for c in tx.commands for verb in c for kind in c[verb]}
-    assert tables == {("inet", "callgate")}
+    assert tables == {("inet", "callgate"), ("bridge", "callgate")}
     assert list(tx.commands[1]) == ["delete"]  # the old table goes in the same transaction
     assert "ct state established,related accept" in tx.text()
 
@@ -131,11 +131,11 @@ def test_kernel_rejected_transaction_leaves_previous_ruleset(netns: str, shop_ru
     good = shop_rulesets["node-1"]
     enforcer.apply(good)
     before = nft(netns, "list", "table", "inet", "callgate")
-    # An interface name the kernel must refuse (longer than IFNAMSIZ); this can
-    # only be built by hand, validation never lets one through. The
-    # transaction fails as a whole.
-    bad_endpoint = dataclasses.replace(good.endpoints[0], interface="x" * 20)
-    bad = dataclasses.replace(good, endpoints=(bad_endpoint, *good.endpoints[1:]))
+    # An interface name the kernel must refuse (longer than IFNAMSIZ) in the
+    # anti-spoofing sets; this can only be built by hand, validation never lets
+    # one through. The transaction fails as a whole.
+    bad_local = dataclasses.replace(good.local[0], interface="x" * 20)
+    bad = dataclasses.replace(good, local=(bad_local, *good.local[1:]))
     with pytest.raises(KernelError):
         enforcer.apply(bad)
     with pytest.raises(KernelError):

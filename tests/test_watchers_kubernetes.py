@@ -169,6 +169,9 @@ def test_initial_list_gives_the_same_inventory_as_kubectl_yaml(server: FakeAPISe
     dual["status"]["podIPs"].append({"ip": "fd00::13"})
     dual["metadata"]["annotations"] = {"callgate.io/interface": "cgxc0"}
     objects.append(dual)
+    macvlan = pod("d", "y", "198.18.0.14")  # no host-side interface: enforced in its own namespace
+    macvlan["metadata"]["annotations"] = {"callgate.io/netns": "/run/netns/cni-d"}
+    objects.append(macvlan)
     for obj in objects:
         server.create(obj)
     host_network = pod("kube-proxy", "x", "198.18.1.1")
@@ -190,9 +193,10 @@ def test_initial_list_gives_the_same_inventory_as_kubectl_yaml(server: FakeAPISe
     assert snap.inventory.namespaces == expected.namespaces
 
     eps = endpoints(snap)
-    assert set(eps) == {"x/a", "y/b", "y/c", "y/pending"}  # not the finished pod, not the host-network pod
+    assert set(eps) == {"x/a", "y/b", "y/c", "y/d", "y/pending"}  # not the finished pod, not the host-network pod
     assert eps["y/c"].ips == (ipaddress.ip_address("198.18.0.13"), ipaddress.ip_address("fd00::13"))
     assert eps["y/c"].interface == "cgxc0"
+    assert eps["y/d"].netns == "/run/netns/cni-d" and eps["y/d"].interface is None
     assert eps["y/b"].node == "node-2"
     assert [(p.name, p.port, p.protocol) for p in eps["x/a"].ports] == [("serve-80-tcp", 80, "TCP"), ("dns", 53, "UDP")]
     assert snap.inventory.namespaces["y"].labels == {"ns": "y", "team": "blue", "kubernetes.io/metadata.name": "y"}
@@ -501,6 +505,9 @@ def test_hostile_objects_are_skipped_with_a_problem(server: FakeAPIServer, start
         pod("long-label", "x", "198.18.5.2", labels={"pod": "v" * 5000 + "\x1b[31m"}),
         policy("spec-a-string", "x", "nope"),  # type: ignore[arg-type]
     ]
+    escape = pod("netns-escape", "x", "198.18.5.3")  # a path callgate would open as root
+    escape["metadata"]["annotations"] = {"callgate.io/netns": "/run/netns/../../proc/1/root/etc/shadow"}
+    weird.append(escape)
     for obj in weird:
         server.create(obj)
     _src, rec = start_source()
@@ -509,7 +516,7 @@ def test_hostile_objects_are_skipped_with_a_problem(server: FakeAPIServer, start
     assert policy_keys(snap) == {"x/deny-all"}
     named = {p.object for p in snap.problems}
     assert named == {"Pod x/labels-not-a-map", "Pod x/bad-ip", "Pod x/status-a-list", "Pod y/same-ip",
-                     "Pod x/long-label", "NetworkPolicy x/spec-a-string"}
+                     "Pod x/long-label", "NetworkPolicy x/spec-a-string", "Pod x/netns-escape"}
     for p in snap.problems:
         assert len(p.message) <= 512 and "\x1b" not in p.message, "API strings are clipped and made printable"
 

@@ -69,6 +69,8 @@ class PolicyCounters(Collector):
                                       "Packets dropped on container interfaces the agent has not programmed yet")
         limited = CounterMetricFamily("callgate_flow_log_limited_packets",
                                       "New connections the per-endpoint flow-log rate limit kept out of the log")
+        spoofed = CounterMetricFamily("callgate_spoofed_dropped_packets",
+                                      "Packets dropped because an endpoint sent them from an address not its own")
         sums: dict[tuple[str, str], list[int]] = {}
         for rule_id, (p, b) in counters.by_rule.items():
             found = origins.get(rule_id)
@@ -82,10 +84,12 @@ class PolicyCounters(Collector):
             octets.add_metric([policy, direction], b)
         dropped.add_metric([], counters.fail_closed_dropped)
         limited.add_metric([], counters.flow_log_limited)
+        spoofed.add_metric([], counters.spoofed_dropped)
         yield packets
         yield octets
         yield dropped
         yield limited
+        yield spoofed
 
 
 class AgentMetrics:

@@ -38,8 +38,13 @@ One worker thread does all kernel work, so transactions never interleave:
   nft (incremental transactions) or iptables (every apply is planned against
   the live sets and chains; its mode is reported as "full").
 * **Interfaces.** Local endpoints without an interface in the inventory are
-  resolved from the node's routes; unresolved ones are retried every
+  resolved from the node's routes (those with a ``netns`` of their own and no
+  interface are enforced inside it); unresolved ones are retried every
   ``retry`` seconds and stay unprogrammed (dropped, in fail-closed mode).
+* **Never quietly nothing.** The guard checks that every local endpoint is
+  where callgate looks (:mod:`callgate.enforcers.guard`): it fixes what it may
+  (br_netfilter off for a bridge holding endpoints), logging it, and reports
+  the rest as unprogrammed, retried like unresolved interfaces.
 """
 
 from __future__ import annotations
@@ -50,17 +55,21 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from callgate.agent.failclosed import Programmed
 from callgate.agent.flowlog.decode import FlowContext
 from callgate.agent.flowlog.service import FlowLogService
-from callgate.agent.interfaces import InterfaceResolver
 from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import Compiler, IncrementalCompiler, RuleSet
+from callgate.compiler.ir import LocalEndpoint
 from callgate.enforcers.base import Enforcer
 from callgate.enforcers.conntrack import ConntrackTable, Judge, may_remove_access, revoke
+from callgate.enforcers.guard import Report
+from callgate.enforcers.placement import without
+from callgate.enforcers.routes import InterfaceResolver
 from callgate.errors import KernelError
 from callgate.policy.documents import gc_paused
 from callgate.policy.model import Inventory
@@ -99,11 +108,15 @@ class LastSync:
 
 class Reactor:
     def __init__(self, config: ReactorConfig, enforcer: Enforcer, resolver: InterfaceResolver,
-                 metrics: AgentMetrics | None = None, conntrack: ConntrackTable | None = None,
-                 flows: FlowLogService | None = None) -> None:
+                 metrics: AgentMetrics | None = None, guard: Callable[[RuleSet], Report] | None = None,
+                 conntrack: ConntrackTable | None = None, flows: FlowLogService | None = None) -> None:
         self.config = config
         self.enforcer = enforcer
         self.resolver = resolver
+        # Places each local endpoint on the node (None: trust the inventory, as unit tests do).
+        self.guard = guard
+        self._guard_report: Report | None = None
+        self._guarded_local: tuple[LocalEndpoint, ...] | None = None
         self.metrics = metrics or AgentMetrics()
         # Revocation walks this table after every change (None: not at all);
         # the flow log gets the context of every applied snapshot.
@@ -260,33 +273,65 @@ class Reactor:
                 _log(logging.WARNING, "drift: the live table differs from what was applied; repairing",
                      node=self.config.node, live_digest=self.enforcer.live_digest(),
                      applied_digest=self.enforcer.applied.digest if self.enforcer.applied else None)
-        self._sync(self.snapshot, None, full=drift)
+        self._sync(self.snapshot, None, full=drift, recheck=True)
 
     def _bind(self, inventory: Inventory) -> tuple[Inventory, dict[str, str], dict[str, str]]:
-        """The inventory with every resolvable local interface filled in."""
+        """The inventory with every resolvable local interface filled in; and
+        where each local endpoint is (interface, or its own namespace when it
+        has none: macvlan, ipvlan), and why the others are not placed."""
         local = [ep for ep in inventory.endpoints if ep.node == self.config.node]
-        found = self.resolver.resolve(local)
+        in_namespace = {ep.key: ep.netns for ep in local if not ep.interface and ep.netns}
+        found = self.resolver.resolve([ep for ep in local if ep.key not in in_namespace])
         unresolved = {ep.key: "no interface in the inventory and no host route to "
-                      + (", ".join(str(i) for i in ep.ips) or "it (no IP)") for ep in local if ep.key not in found}
-        if all(ep.interface == found.get(ep.key) for ep in local):
-            return inventory, found, unresolved
+                      + (", ".join(str(i) for i in ep.ips) or "it (no IP)") for ep in local
+                      if ep.key not in found and ep.key not in in_namespace}
+        placed = {**found, **{k: v for k, v in in_namespace.items() if v}}
+        if all(ep.interface == found.get(ep.key) for ep in local if ep.key not in in_namespace):
+            return inventory, placed, unresolved
         endpoints = tuple(dataclasses.replace(ep, interface=found[ep.key]) if ep.node == self.config.node
                           and not ep.interface and ep.key in found else ep for ep in inventory.endpoints)
-        return dataclasses.replace(inventory, endpoints=endpoints), found, unresolved
+        return dataclasses.replace(inventory, endpoints=endpoints), placed, unresolved
 
-    def _sync(self, snapshot: Snapshot, first_event: float | None, full: bool = False) -> None:
+    def _guarded(self, ruleset: RuleSet, recheck: bool) -> tuple[RuleSet, dict[str, str]]:
+        """``ruleset`` as the node can enforce it, and the endpoints it cannot
+        (with why), from the guard (see :mod:`callgate.enforcers.guard`): what
+        it can fix it fixes, saying so; endpoints whose rules would land
+        somewhere wrong or nowhere (host networking, a namespace that is not
+        theirs or not there, a device that is not a container's) are left
+        out. An endpoint whose interface is missing keeps its rules (they
+        match its addresses wherever they show up) but is not programmed. The
+        node is looked at again when its local endpoints change and on
+        resync, not for churn elsewhere in the cluster."""
+        if self.guard is None:
+            return ruleset, {}
+        if recheck or self._guard_report is None or ruleset.local != self._guarded_local:
+            report = self.guard(ruleset)
+            for fix in report.fixes:
+                fix.apply()
+                _log(logging.WARNING, "fixed: " + fix.describe(), node=self.config.node)
+            self._guard_report = report if not report.fixes else self.guard(ruleset)
+            self._guarded_local = ruleset.local
+        refused = self._guard_report.refused()
+        excluded = {f.endpoint for f in self._guard_report.findings if f.fix is None and not f.keep}
+        return without(ruleset, excluded), refused
+
+    def _sync(self, snapshot: Snapshot, first_event: float | None, full: bool = False, recheck: bool = False) -> None:
         # A full compile and table build at 50,000 pods allocate millions of
         # objects that stay; the collector would traverse them again and again.
         with gc_paused():
-            self._sync_now(snapshot, first_event, full)
+            self._sync_now(snapshot, first_event, full, recheck)
 
-    def _sync_now(self, snapshot: Snapshot, first_event: float | None, full: bool) -> None:
+    def _sync_now(self, snapshot: Snapshot, first_event: float | None, full: bool, recheck: bool) -> None:
         started = time.monotonic()
         inventory, found, unresolved = self._bind(snapshot.inventory)
         ruleset = self._compile(snapshot, inventory)
         if self.config.audit:
             ruleset = ruleset.in_audit()
-        known = tuple(sorted(set(found.values())))
+        ruleset, refused = self._guarded(ruleset, recheck)
+        if refused:
+            unresolved = {**unresolved, **refused}
+            found = {k: v for k, v in found.items() if k not in refused}
+        known = tuple(sorted(v for v in set(found.values()) if not v.startswith("/")))  # interfaces, not namespaces
         try:
             result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=not full)
         except KernelError as exc:

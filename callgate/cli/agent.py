@@ -78,11 +78,11 @@ def agent(
     Example: callgate agent --node node-1 -i inventory.yaml -p policies/ --fail-closed-prefix cg
     """
     from callgate.agent import logging as agent_logging
-    from callgate.agent.interfaces import InterfaceResolver
     from callgate.agent.metrics import AgentMetrics, StatusServer, parse_address
     from callgate.agent.reactor import Reactor, ReactorConfig
-    from callgate.enforcers import BACKENDS
+    from callgate.enforcers import BACKENDS, guard
     from callgate.enforcers.base import FlowLogging, check_fail_closed_prefix
+    from callgate.enforcers.routes import InterfaceResolver
 
     # Validate everything before touching the kernel or opening a port.
     if backend not in BACKENDS:
@@ -120,6 +120,7 @@ def agent(
     reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000,
                                     audit=enforcement == "audit", revoke=not keep_established),
                       enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics,
+                      guard=lambda ruleset: guard.check(ruleset, netns, enforcer.name),
                       conntrack=conntrack, flows=flows)
     try:
         http = StatusServer(metrics_address, metrics, reactor)

@@ -12,7 +12,8 @@ from rich.console import Console
 
 from callgate.cli.common import InventoryOpt, PoliciesOpt, fail, load_inputs
 from callgate.compiler import Compiler, RuleSet
-from callgate.enforcers import BACKENDS, get_enforcer
+from callgate.enforcers import BACKENDS, get_enforcer, guard
+from callgate.errors import KernelError
 from callgate.policy import Inventory
 from callgate.policy.documents import gc_paused
 from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, PortProtocol
@@ -69,6 +70,7 @@ def apply(
     except ValueError as exc:  # unknown backend or iptables variant: a usage mistake, not a crash
         fail(str(exc))
     try:
+        prepare(ruleset, netns, enforcer.name, dry_run)
         with gc_paused():  # the table's objects and its transaction: hundreds of thousands that stay
             result = enforcer.apply(ruleset, dry_run=dry_run)
     finally:
@@ -83,6 +85,29 @@ def apply(
         typer.echo(f"applied ({enforcer.name}) on {node}: {summary}", err=True)
     else:
         typer.echo(f"unchanged ({enforcer.name}) on {node}: {summary}", err=True)
+
+
+def prepare(ruleset: RuleSet, netns: str | None, backend: str, dry_run: bool) -> None:
+    """Check that every local endpoint is where callgate will look (see
+    callgate/enforcers/guard.py). What defeats enforcement and cannot be fixed:
+    an error per endpoint, exit 1, nothing applied. What can be fixed (a
+    bridge's netfilter flag) is, and said (with --dry-run: what would be)."""
+    try:
+        report = guard.check(ruleset, netns, backend)
+    except KernelError as exc:
+        fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
+    refused = report.refused()
+    if refused:
+        for endpoint, why in refused.items():
+            typer.secho(f"error: endpoint {endpoint}: {why}", err=True, fg="red")
+        fail(f"nothing applied: {len(refused)} endpoint(s) cannot be enforced where the inventory places them "
+             "(`callgate doctor` shows how each endpoint is enforced)")
+    for fix in report.fixes:
+        if dry_run:
+            typer.echo(f"would fix: {fix.describe()}", err=True)
+        else:
+            fix.apply()
+            typer.echo(f"fixed: {fix.describe()}", err=True)
 
 
 class CompileFormat(StrEnum):

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Annotated, cast
 
 import typer
+import yaml
 from rich import box
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
@@ -23,8 +24,9 @@ from rich.table import Table
 from callgate.cli.common import InventoryOpt, PoliciesOpt, fail, load_inputs, usage_error
 from callgate.lab.netns import LabError, in_netns, netns_exists
 from callgate.lab.probe import MatrixKey, ProbeResult, address_of, probe_details
-from callgate.lab.topology import STATE_DIR, Lab, LabState, in_lab
+from callgate.lab.topology import STATE_DIR, TOPOLOGIES, Lab, LabState, in_lab
 from callgate.policy import Evaluator, Inventory, load_inventory
+from callgate.policy.inventory import inventory_document
 from callgate.policy.model import Endpoint, PortProtocol
 
 lab_app = typer.Typer(
@@ -59,21 +61,45 @@ def _load_inventory(paths: list[str]) -> Inventory:
 
 
 @lab_app.command()
-def up(inventory: InventoryOpt, name: NameOpt = DEFAULT_NAME) -> None:
+def up(inventory: InventoryOpt, name: NameOpt = DEFAULT_NAME,
+       topology: Annotated[str, typer.Option(
+           "--topology", help="How pods attach: routed (veths the node routes; the default), bridge (veths as "
+           "ports of one bridge spanning the nodes) or macvlan (no host-side interface).")] = "routed") -> None:
     """Build the lab for an inventory and start a server in every pod.
 
-    Example: callgate lab up -i examples/standard/inventory.yaml
+    Example: callgate lab up -i examples/standard/inventory.yaml --topology bridge
     """
+    if topology not in TOPOLOGIES:
+        usage_error(f"--topology {topology!r}: use {', '.join(TOPOLOGIES)}")
     inv = _load_inventory(inventory)
     with lab_errors():
         started = time.monotonic()
-        state = Lab(name).up(inv)
+        state = Lab(name).up(inv, topology)
         took = time.monotonic() - started
-    out.print(f"lab [bold]{name}[/] is up in {took:.1f}s: {len(state.nodes)} nodes, {len(state.pods)} pods")
+    out.print(f"lab [bold]{name}[/] ({topology}) is up in {took:.1f}s: {len(state.nodes)} nodes, "
+              f"{len(state.pods)} pods")
     for line in state.skipped:
         out.print(f"  skipped {line}", markup=False, highlight=False)
     out.print(f"  node namespaces: {', '.join(n.netns for n in state.nodes)}", highlight=False)
+    if topology == "macvlan":
+        out.print(f"  pods have no host-side interface: apply with the lab's inventory, which names each pod's "
+                  f"namespace: callgate lab inventory --name {name} -i ... > lab-inventory.yaml", highlight=False)
     out.print(f"  take it down with: callgate lab down --name {name}", highlight=False)
+
+
+@lab_app.command("inventory")
+def inventory_cmd(inventory: InventoryOpt, name: NameOpt = DEFAULT_NAME) -> None:
+    """Print the inventory as the running lab built it (callgate/v1 YAML): each
+    pod with its host-side interface, or, in a macvlan lab, its own namespace.
+
+    Example: callgate lab inventory -i examples/standard/inventory.yaml > lab.yaml
+    """
+    inv = _load_inventory(inventory)
+    with lab_errors(root=False):
+        state = Lab(name).load_state()
+    if state is None:
+        fail(f"lab {name!r} is not up")
+    typer.echo(yaml.safe_dump(inventory_document(state.inventory(inv)), sort_keys=False), nl=False)
 
 
 @lab_app.command()
@@ -89,7 +115,7 @@ def _server_alive(pid: int | None, netns: str) -> bool:
 
 
 def _status_table(state: LabState) -> Table:
-    table = Table(title=f"lab {state.prefix}", box=box.SIMPLE)
+    table = Table(title=f"lab {state.prefix} ({state.topology})", box=box.SIMPLE)
     for column in ("pod", "node", "netns", "host veth", "addresses", "ports", "server"):
         table.add_column(column)
     for node in state.nodes:
@@ -99,7 +125,7 @@ def _status_table(state: LabState) -> Table:
             ports = " ".join([*(f"{p}/TCP" for p in pod.tcp), *(f"{p}/UDP" for p in pod.udp)])
             alive = _server_alive(pod.pid, pod.netns)
             server = (f"[green]pid {pod.pid}[/]" if alive else "[red]down[/]") if ports else "-"
-            table.add_row(pod.key, node.name, pod.netns, pod.interface, " ".join(pod.ips), ports or "-", server)
+            table.add_row(pod.key, node.name, pod.netns, pod.interface or "-", " ".join(pod.ips), ports or "-", server)
     return table
 
 

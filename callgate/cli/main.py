@@ -31,13 +31,14 @@ HELP = (
 # tests/test_cli_startup.py checks this table against what the modules register.
 COMMAND_MODULES: dict[str, str] = {
     "apply": "engine", "compile": "engine",
+    "doctor": "doctor",
     "lint": "analysis", "diff": "analysis", "explain": "analysis", "matrix": "analysis", "graph": "analysis",
     "convert": "analysis", "test": "analysis",
     "lab": "lab",
     "agent": "agent", "flows": "flows",
     "controller": "k8s",
 }
-MODULES = ("engine", "analysis", "lab", "agent", "flows", "k8s")  # the order commands are listed in --help
+MODULES = ("engine", "doctor", "analysis", "lab", "agent", "flows", "k8s")  # the order commands are listed in --help
 
 
 def _show_version(value: bool) -> None:

@@ -23,6 +23,7 @@ from callgate.compiler.ir import (
     Family,
     L4Match,
     L4Protocol,
+    LocalEndpoint,
     Origin,
     PortRange,
     Rule,
@@ -351,13 +352,13 @@ class Compiler:
                 tiers[direction] = tuple(c for c in chains if c is not None)
             if not tiers[Direction.INGRESS] and not tiers[Direction.EGRESS]:
                 continue
-            if ep.interface is None:
+            if ep.interface is None and ep.netns is None:
                 unbound.append((ep.key, "no interface known for this endpoint; its policies are not enforced"))
                 continue
             namespace = self.inventory.namespaces.get(ep.namespace)
             endpoints.append(EndpointRules(
                 endpoint=ep.key, interface=ep.interface, ips=tuple(str(ip) for ip in ep.ips),
-                ingress=tiers[Direction.INGRESS], egress=tiers[Direction.EGRESS],
+                ingress=tiers[Direction.INGRESS], egress=tiers[Direction.EGRESS], netns=ep.netns,
                 audit=namespace is not None and namespace.audit))
         return RuleSet(
             node=node,
@@ -365,7 +366,16 @@ class Compiler:
             port_sets=tuple(sorted(builder.port_sets.values(), key=lambda s: s.name)),
             endpoints=tuple(endpoints),
             unbound=tuple(unbound),
+            local=tuple(le for ep in local if (le := local_endpoint(ep)) is not None),
         )
+
+
+def local_endpoint(ep: Endpoint) -> LocalEndpoint | None:
+    """Where a local endpoint is enforced and what it may send from; None
+    when the inventory gives no place (no interface, no namespace)."""
+    if ep.interface is None and ep.netns is None:
+        return None
+    return LocalEndpoint(ep.key, tuple(str(ip) for ip in ep.ips), ep.interface, ep.netns)
 
 
 def chain_name(endpoint: str, direction: Direction, tier: Tier | None = None) -> str:

@@ -213,20 +213,28 @@ class Chain:
 class EndpointRules:
     """What one local endpoint enforces. An empty tier tuple: not isolated.
 
+    Where: on the node, dispatched by the endpoint's addresses, when it has a
+    host-side ``interface``; inside its own network namespace ``netns`` when
+    it has none (macvlan, ipvlan).
+
     ``audit``: the endpoint's namespace (or the whole node) is in audit, so
     what its tiers deny is logged as would-deny and let through; the tiers
     are the same as when enforced, only the deny action differs."""
 
     endpoint: str  # namespace/name
-    interface: str
+    interface: str | None
     ips: tuple[str, ...]
     ingress: tuple[Chain, ...] = ()
     egress: tuple[Chain, ...] = ()
+    netns: str | None = None
     audit: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"endpoint": self.endpoint, "interface": self.interface, "ips": list(self.ips),
-                               "ingress": [_chain_json(c) for c in self.ingress], "egress": [_chain_json(c) for c in self.egress]}
+        out: dict[str, Any] = {"endpoint": self.endpoint, "interface": self.interface, "ips": list(self.ips)}
+        if self.netns is not None:
+            out["netns"] = self.netns
+        out["ingress"] = [_chain_json(c) for c in self.ingress]
+        out["egress"] = [_chain_json(c) for c in self.egress]
         if self.audit:  # only then: an enforced endpoint's form (and digest) is what it always was
             out["audit"] = True
         return out
@@ -234,6 +242,34 @@ class EndpointRules:
     @cached_property
     def digest(self) -> str:
         return _hash_json(self.to_json())
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    """A local endpoint, isolated or not, with where its traffic is seen and
+    the addresses it may send from: every endpoint of the node is held to its
+    own addresses (anti-spoofing), not only those that policies isolate.
+    ``interface``: the host-side interface (a routed veth or a bridge port);
+    ``netns``: its own network namespace, where callgate enforces when there
+    is no host-side interface. At least one of the two is set."""
+
+    endpoint: str  # namespace/name
+    ips: tuple[str, ...]
+    interface: str | None = None
+    netns: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"endpoint": self.endpoint, "ips": list(self.ips)}
+        if self.interface is not None:
+            out["interface"] = self.interface
+        if self.netns is not None:
+            out["netns"] = self.netns
+        return out
+
+    @property
+    def in_namespace(self) -> bool:
+        """Enforced inside its own namespace (no host-side interface)."""
+        return self.interface is None
 
 
 def _rule_json(r: Rule) -> dict[str, Any]:
@@ -279,6 +315,8 @@ class RuleSet:
     endpoints: tuple[EndpointRules, ...] = ()
     # Local endpoints that could not be enforced (no interface known), with why.
     unbound: tuple[tuple[str, str], ...] = ()
+    # Every local endpoint with a place to enforce (interface or netns), by key.
+    local: tuple[LocalEndpoint, ...] = ()
 
     def address_set(self, name: str) -> AddressSet:
         return self._sets_by_name[name]  # type: ignore[return-value]
@@ -322,6 +360,7 @@ class RuleSet:
             ],
             "endpoints": [e.to_json() for e in self.endpoints],
             "unbound": [{"endpoint": k, "reason": why} for k, why in self.unbound],
+            "local": [e.to_json() for e in self.local],
         }
 
     def digest(self) -> str:
@@ -343,6 +382,7 @@ class RuleSet:
             "port_sets": [s.digest for s in self.port_sets],
             "endpoints": [e.digest for e in self.endpoints],
             "unbound": [list(u) for u in self.unbound],
+            "local": [e.to_json() for e in self.local],
         })
 
 

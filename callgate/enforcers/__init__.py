@@ -9,44 +9,67 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from callgate.enforcers.base import Enforcer, FlowLogging
+from callgate.enforcers.base import Enforcer, FlowLogging, Placement, check_fail_closed_prefix
+from callgate.enforcers.placement import NodeEnforcer
+
+# (namespace, fail-closed prefix, placement, flow logging) -> one backend enforcer
+Maker = Callable[[str | None, str | None, Placement, FlowLogging | None], Enforcer]
 
 
-def _nft(netns: str | None, fail_closed_prefix: str | None, flow_logging: FlowLogging | None) -> Enforcer:
+def _nft(netns: str | None, fail_closed_prefix: str | None, placement: Placement,
+         flow_logging: FlowLogging | None) -> Enforcer:
     from callgate.enforcers.nft.enforcer import NftablesEnforcer
     from callgate.enforcers.nft.kernel import LibNftables
 
-    return NftablesEnforcer(LibNftables(netns), fail_closed_prefix=fail_closed_prefix, flow_logging=flow_logging)
+    return NftablesEnforcer(LibNftables(netns), fail_closed_prefix=fail_closed_prefix, placement=placement,
+                            flow_logging=flow_logging)
 
 
-def _iptables(netns: str | None, fail_closed_prefix: str | None, flow_logging: FlowLogging | None) -> Enforcer:
+def _iptables(netns: str | None, fail_closed_prefix: str | None, placement: Placement,
+              flow_logging: FlowLogging | None) -> Enforcer:
     from callgate.enforcers.iptables.enforcer import IptablesEnforcer
 
     # variant: $CALLGATE_IPTABLES (system, nft, legacy)
-    return IptablesEnforcer(netns=netns, fail_closed_prefix=fail_closed_prefix, flow_logging=flow_logging)
+    return IptablesEnforcer(netns=netns, fail_closed_prefix=fail_closed_prefix, placement=placement,
+                            flow_logging=flow_logging)
 
 
-def _auto(netns: str | None, fail_closed_prefix: str | None, flow_logging: FlowLogging | None) -> Enforcer:
-    """nftables when libnftables works here, else iptables."""
+BACKENDS: dict[str, Maker | None] = {"nft": _nft, "iptables": _iptables, "auto": None}
+
+
+def resolve_backend(backend: str, netns: str | None = None) -> str:
+    """``backend`` itself, or for ``auto`` nft when libnftables works in
+    ``netns`` and iptables otherwise (this probes the kernel). ValueError for
+    an unknown backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    if backend != "auto":
+        return backend
     from callgate.enforcers.nft.kernel import nft_available
 
-    return (_nft if nft_available(netns) else _iptables)(netns, fail_closed_prefix, flow_logging)
-
-
-BACKENDS: dict[str, Callable[[str | None, str | None, FlowLogging | None], Enforcer]] = {
-    "nft": _nft, "iptables": _iptables, "auto": _auto}
+    return "nft" if nft_available(netns) else "iptables"
 
 
 def get_enforcer(backend: str = "nft", netns: str | None = None, fail_closed_prefix: str | None = None,
-                 flow_logging: FlowLogging | None = None) -> Enforcer:
-    """The enforcer for ``backend`` in the current (or the named) network
-    namespace, with fail-closed mode for interfaces named ``fail_closed_prefix*``
-    and new connections logged to NFLOG as ``flow_logging`` says.
+                 flow_logging: FlowLogging | None = None) -> NodeEnforcer:
+    """The enforcer of a node for ``backend`` in the current (or the named)
+    network namespace, with fail-closed mode for interfaces named
+    ``fail_closed_prefix*`` and new connections logged to NFLOG as
+    ``flow_logging`` says; endpoints with only a namespace of their own are
+    enforced inside it with the same backend (see :mod:`.placement`), without
+    flow logging (the agent reads NFLOG in the node's namespace only).
     ``auto`` probes the kernel (nft when libnftables works here, else
     iptables); nothing else touches it before the first call. ValueError for
     an unknown backend, iptables variant or prefix."""
-    try:
-        factory = BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
-    return factory(netns, fail_closed_prefix, flow_logging)
+    chosen = resolve_backend(backend, netns)
+    maker = BACKENDS[chosen]
+    assert maker is not None
+    if fail_closed_prefix is not None:
+        check_fail_closed_prefix(fail_closed_prefix)
+
+    def factory(part: str | None, placement: Placement) -> Enforcer:
+        if part is None:
+            return maker(netns, fail_closed_prefix, placement, flow_logging)
+        return maker(part, None, placement, None)
+
+    return NodeEnforcer(factory, chosen)

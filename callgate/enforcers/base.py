@@ -22,6 +22,13 @@ from callgate.compiler.ir import Rule, RuleSet
 # full: everything callgate owns was rewritten (or, for a dry run, would be).
 ApplyMode = Literal["noop", "incremental", "full"]
 
+# Where a backend enforces. "node": in the node's network namespace, on the
+# forward hook, for every local endpoint with a host-side interface (routed
+# veths and bridge ports alike, dispatched by address). "netns": inside one
+# endpoint's own network namespace, on the input and output hooks (macvlan,
+# ipvlan: no host-side interface, no host hook on the path).
+Placement = Literal["node", "netns"]
+
 
 class Transaction(Protocol):
     @property
@@ -74,9 +81,10 @@ class FailClosed:
 
     @classmethod
     def build(cls, prefix: str, ruleset: RuleSet, known: Iterable[str] = ()) -> FailClosed:
-        # Endpoints with chains are always known; the caller adds the others
-        # (non-isolated endpoints are not in the RuleSet).
-        return cls(check_fail_closed_prefix(prefix), tuple(sorted({*known, *(e.interface for e in ruleset.endpoints)})))
+        # The RuleSet's local endpoints are always known; the caller may add
+        # more interfaces (the agent: every interface it resolved).
+        local = (le.interface for le in ruleset.local if le.interface is not None)
+        return cls(check_fail_closed_prefix(prefix), tuple(sorted({*known, *local})))
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class RuleCounters:
     by_rule: Mapping[str, tuple[int, int]]  # rule id -> (packets, bytes), summed over the rules carrying it
     fail_closed_dropped: int = 0  # packets the fail-closed rules dropped
     flow_log_limited: int = 0  # packets a flow-log rate limit kept out of the log
+    spoofed_dropped: int = 0  # packets anti-spoofing dropped (sent from an address not the endpoint's own)
 
 
 _UNSAFE_COMMENT = re.compile(r"[^\x20-\x7e]|[\"'\\]")

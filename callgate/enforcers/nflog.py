@@ -25,7 +25,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from callgate.enforcers.netns import call_in_netns
+from callgate.enforcers.netns import run_in
 
 NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_ULOG = 4
@@ -183,7 +183,7 @@ class NflogSocket:
         self.group = group
         self.overruns = 0  # times the kernel dropped packets because the buffer was full
         self._seq = 0
-        self._sock = call_in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+        self._sock = run_in(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
                                                                 NETLINK_NETFILTER))
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)

@@ -246,7 +246,8 @@ def _probe_round(lab: Lab, plan: dict[str, list[Target]], timeout: float) -> dic
 
 
 def forget_connections(lab: Lab, inventory: Inventory) -> None:
-    """Empty the connection-tracking table of every node namespace of the lab.
+    """Empty the connection-tracking table of every node namespace of the lab
+    (and, in a macvlan lab, of every pod's).
 
     A probe asks "does the policy let a *new* connection through?". A UDP probe
     whose source port happens to equal one used under an earlier ruleset within
@@ -256,8 +257,12 @@ def forget_connections(lab: Lab, inventory: Inventory) -> None:
     """
     from callgate.lab.netns import exec_in, netns_exists
 
-    for node in sorted(inventory.nodes()):
-        ns = lab.node_netns(node)
+    namespaces = [lab.node_netns(node) for node in sorted(inventory.nodes())]
+    state = lab.load_state()
+    if state is not None and state.topology == "macvlan":
+        # No host hook sees a macvlan pod's traffic: callgate tracks it inside the pod.
+        namespaces += [pod.netns for pod in state.pods]
+    for ns in namespaces:
         if netns_exists(ns):
             # Exit status 0 also when there was nothing to delete.
             exec_in(ns, ["conntrack", "--flush"])

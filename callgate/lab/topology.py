@@ -1,19 +1,31 @@
 """Build and tear down a lab of nodes and pods in network namespaces.
 
-Layout (see docs/design.md, "The test lab")::
+Three topologies, the ways platforms attach containers (see docs/design.md,
+"The test lab", and docs/topologies.md). Common to all::
 
-    <prefix>-fabric          bridge br0, one port per node
-      │  veth "uplink"       198.19.255.<n>/24, fd00:ff::<n>/64; default route over it
-    <prefix>-n-<node>        routes: own pods /32,/128 on their veths; other nodes'
-      │  veth <interface>    pods via that node's uplink address; forwarding on;
-      │  (fe80::1, proxy ARP) the veth carries the inventory's interface name, so
-    <prefix>-p-<hash>        callgate's rules (oifname/iifname) match it
-         eth0: pod IPs /32 /128; default via 169.254.1.1 (onlink) and fe80::1
+    <prefix>-fabric          bridge br0, one port per node: one L2 segment
+      │  veth "uplink"       node addresses 198.19.255.<n>/24, fd00:ff::<n>/64
+    <prefix>-n-<node>        forwarding on
+    <prefix>-p-<hash>        a pod: eth0 with the pod's IPs as /32 and /128
 
-Pods are routed, not bridged: the bridge family has no conntrack here, and
-routing puts every pod-to-pod packet through the node's ``forward`` hook, where
-callgate filters. Every veth is created inside the namespaces (the pod end
-directly in its pod namespace), so the root namespace never sees a lab name.
+* **routed** (the default; Calico-style): each pod on a veth whose host side
+  carries the inventory's interface name; the node routes: own pods /32,/128
+  on their veths, other nodes' pods via their uplink addresses; the pods'
+  gateway is 169.254.1.1 (proxy ARP) and fe80::1.
+* **bridge** (Docker's bridge, the CNI bridge plugin): the host sides are
+  ports of the node's ``br0``, and so is the uplink: one L2 segment over
+  every node; the node's address is on ``br0``. Pods of the first node reach
+  every pod on-link (bridged, across nodes too); pods of the other nodes reach
+  their own node's pods on-link and everything else through their node, which
+  routes it back into the bridge: same-node bridged, cross-node bridged,
+  routed out of and into a bridge all happen in one probe matrix.
+* **macvlan** (Docker's macvlan driver, Multus): each pod's eth0 is a macvlan
+  child (bridge mode) of its node's uplink; no host-side interface at all, so
+  the lab's inventory gives each pod its ``netns`` instead. Pods reach every
+  pod on-link.
+
+Every interface is created inside the namespaces (a pod's end directly in its
+pod namespace), so the root namespace never sees a lab name.
 
 What was built is recorded in ``/run/callgate/lab-<prefix>.json``; ``down()``
 reads it and also sweeps every namespace shaped like this lab's, so it works
@@ -23,6 +35,7 @@ from another process, after a crash, and twice in a row.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -40,6 +53,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from callgate.lab.netns import (
+    NETNS_DIR,
     LabError,
     cmdline,
     create_netns,
@@ -63,6 +77,7 @@ UPLINK_V6 = ipaddress.IPv6Network("fd00:ff::/64")
 POD_GATEWAY_V4 = "169.254.1.1"
 POD_GATEWAY_V6 = "fe80::1"
 MAX_NODES = 250  # uplink host numbers 1..250 of UPLINK_V4
+TOPOLOGIES = ("routed", "bridge", "macvlan")
 
 # Pod addresses must come from the ranges docs/design.md reserves for tests, and must
 # not collide with the lab's own plumbing.
@@ -112,7 +127,7 @@ class PodPlan:
     key: str
     node: str
     netns: str
-    interface: str
+    interface: str | None  # the host side; None when there is none (macvlan)
     ips: list[str]
     tcp: list[int]
     udp: list[int]
@@ -140,10 +155,24 @@ class LabState:
     fabric: str
     nodes: list[NodePlan] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # endpoints not in the lab, and why
+    topology: str = "routed"
 
     @property
     def pods(self) -> list[PodPlan]:
         return [p for n in self.nodes for p in n.pods]
+
+    def inventory(self, inventory: Inventory) -> Inventory:
+        """``inventory`` as this lab built it: each lab pod with its host-side
+        interface, or (macvlan) with its own namespace and no interface."""
+        pods = {p.key: p for p in self.pods}
+        endpoints = []
+        for ep in inventory.endpoints:
+            pod = pods.get(ep.key)
+            if pod is not None:
+                netns = f"{NETNS_DIR}/{pod.netns}" if pod.interface is None else None
+                ep = dataclasses.replace(ep, interface=pod.interface, netns=netns)
+            endpoints.append(ep)
+        return dataclasses.replace(inventory, endpoints=tuple(endpoints))
 
     def netns(self) -> list[str]:
         return [self.fabric, *(n.netns for n in self.nodes), *(p.netns for p in self.pods)]
@@ -154,7 +183,8 @@ class LabState:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabState:
         nodes = [NodePlan(**{**n, "pods": [PodPlan(**p) for p in n["pods"]]}) for n in data.get("nodes", [])]
-        return cls(prefix=data["prefix"], fabric=data["fabric"], nodes=nodes, skipped=data.get("skipped", []))
+        return cls(prefix=data["prefix"], fabric=data["fabric"], nodes=nodes, skipped=data.get("skipped", []),
+                   topology=data.get("topology", "routed"))
 
 
 class Lab:
@@ -187,9 +217,11 @@ class Lab:
 
     # ------------------------------------------------------------------ plan
 
-    def plan(self, inventory: Inventory) -> LabState:
+    def plan(self, inventory: Inventory, topology: str = "routed") -> LabState:
         """Names and addresses for ``inventory``, validated before anything is built."""
-        state = LabState(self.prefix, self.fabric_netns)
+        if topology not in TOPOLOGIES:
+            raise LabError(f"topology {topology!r} must be one of {', '.join(TOPOLOGIES)}")
+        state = LabState(self.prefix, self.fabric_netns, topology=topology)
         nodes: dict[str, NodePlan] = {}
         for index, node in enumerate(inventory.nodes(), start=1):
             if index > MAX_NODES:
@@ -201,19 +233,21 @@ class Lab:
                 state.skipped.append(f"{ep.key}: {'no IP address' if ep.node else 'no node'}")
                 continue
             node_plan = nodes[str(ep.node)]  # in_lab(): the node is set
-            node_plan.pods.append(self._pod_plan(ep, node_plan))
+            node_plan.pods.append(self._pod_plan(ep, node_plan, topology))
         state.nodes = list(nodes.values())
         self._check_unique(state)
         return state
 
-    def _pod_plan(self, ep: Endpoint, node: NodePlan) -> PodPlan:
+    def _pod_plan(self, ep: Endpoint, node: NodePlan, topology: str) -> PodPlan:
         for addr in ep.ips:
             if not any(addr in net for net in POD_RANGES) or any(addr in net for net in RESERVED):
                 raise LabError(f"endpoint {ep.key}: address {addr} is outside the lab's ranges "
                                f"(198.18.0.0/15 or fd00::/8, minus {UPLINK_V4} and {UPLINK_V6})")
-        iface = ep.interface if ep.interface is not None else f"cg{short_hash(ep.key, 11)}"
-        if not IFACE_RE.fullmatch(iface) or iface in (UPLINK, "lo"):
-            raise LabError(f"endpoint {ep.key}: interface {iface!r} cannot be used in the lab")
+        iface: str | None = None
+        if topology != "macvlan":  # a macvlan child has no host side
+            iface = ep.interface if ep.interface is not None else f"cg{short_hash(ep.key, 11)}"
+            if not IFACE_RE.fullmatch(iface) or iface in (UPLINK, BRIDGE, "lo"):
+                raise LabError(f"endpoint {ep.key}: interface {iface!r} cannot be used in the lab")
         return PodPlan(
             key=ep.key, node=node.name, netns=self.pod_netns(ep), interface=iface,
             ips=[str(a) for a in ep.ips],
@@ -229,19 +263,20 @@ class Lab:
                 raise LabError(f"two lab objects map to network namespace {name}; rename one")
             seen_ns.add(name)
         for node in state.nodes:
-            ifaces = [p.interface for p in node.pods]
+            ifaces = [p.interface for p in node.pods if p.interface is not None]
             if dupes := sorted({i for i in ifaces if ifaces.count(i) > 1}):
                 raise LabError(f"node {node.name}: interface(s) {', '.join(dupes)} used by more than one endpoint")
 
     # ------------------------------------------------------------------ up
 
-    def up(self, inventory: Inventory) -> LabState:
-        """Build the lab for ``inventory`` and start a server in every pod.
+    def up(self, inventory: Inventory, topology: str = "routed") -> LabState:
+        """Build the lab for ``inventory`` in ``topology`` (routed, bridge or
+        macvlan) and start a server in every pod.
 
         Returns once every server listens. On any failure the partial lab is
         taken down again before the error propagates.
         """
-        state = self.plan(inventory)
+        state = self.plan(inventory, topology)
         if existing := self.existing_netns():
             raise LabError(f"lab {self.prefix!r} already exists ({', '.join(existing[:3])}…); "
                            f"take it down first: callgate lab down --name {self.prefix}")
@@ -273,6 +308,13 @@ class Lab:
         }
         if netns in {n.netns for n in state.nodes}:
             settings |= {"net/ipv4/ip_forward": 1, "net/ipv6/conf/all/forwarding": 1}
+            if state.topology == "bridge":
+                # A node routing a pod's packet back into the bridge it came from
+                # would tell the pod to go direct; the lab wants that path routed.
+                settings |= {"net/ipv4/conf/all/send_redirects": 0, "net/ipv4/conf/default/send_redirects": 0}
+        elif netns in {p.netns for p in state.pods}:
+            settings |= {"net/ipv4/conf/all/accept_redirects": 0, "net/ipv4/conf/default/accept_redirects": 0,
+                         "net/ipv6/conf/all/accept_redirects": 0, "net/ipv6/conf/default/accept_redirects": 0}
         return settings
 
     def _build_fabric(self, state: LabState) -> None:
@@ -286,9 +328,17 @@ class Lab:
             ip("link", "set", "dev", node.fabric_port, "master", BRIDGE, "up", netns=fabric)
 
     def _build_node(self, node: NodePlan, state: LabState) -> None:
+        {"routed": self._build_routed_node, "bridge": self._build_bridge_node,
+         "macvlan": self._build_macvlan_node}[state.topology](node, state)
+
+    def _node_address(self, node: NodePlan, dev: str) -> None:
         ns = node.netns
-        ip("addr", "add", f"{node.ipv4}/{UPLINK_V4.prefixlen}", "dev", UPLINK, netns=ns)
-        ip("-6", "addr", "add", f"{node.ipv6}/{UPLINK_V6.prefixlen}", "dev", UPLINK, "nodad", netns=ns)
+        ip("addr", "add", f"{node.ipv4}/{UPLINK_V4.prefixlen}", "dev", dev, netns=ns)
+        ip("-6", "addr", "add", f"{node.ipv6}/{UPLINK_V6.prefixlen}", "dev", dev, "nodad", netns=ns)
+
+    def _build_routed_node(self, node: NodePlan, state: LabState) -> None:
+        ns = node.netns
+        self._node_address(node, UPLINK)
         ip("link", "set", "dev", UPLINK, "up", netns=ns)
         # Proxy ARP answers for the pods' gateway only if the node itself has a
         # route to it through another interface: a default route over the uplink.
@@ -309,6 +359,7 @@ class Lab:
 
     def _build_pod(self, node: NodePlan, pod: PodPlan) -> None:
         host, ns = node.netns, pod.netns
+        assert pod.interface is not None
         ip("link", "add", "name", pod.interface, "type", "veth", "peer", "name", POD_IFACE, "netns", ns, netns=host)
         # Host side: the pod's gateway for IPv6, and one host route per pod address.
         ip("-6", "addr", "add", f"{POD_GATEWAY_V6}/64", "dev", pod.interface, "nodad", netns=host)
@@ -317,16 +368,73 @@ class Lab:
             ip("route", "add", f"{addr}/32", "dev", pod.interface, netns=host)
         for addr in pod.ips_of(6):
             ip("-6", "route", "add", f"{addr}/128", "dev", pod.interface, netns=host)
-        # Pod side: host addresses only, everything else through the node.
+        self._pod_addresses(pod)
+        if pod.ips_of(4):
+            ip("route", "add", "default", "via", POD_GATEWAY_V4, "dev", POD_IFACE, "onlink", netns=ns)
+        if pod.ips_of(6):
+            ip("-6", "route", "add", "default", "via", POD_GATEWAY_V6, "dev", POD_IFACE, netns=ns)
+
+    @staticmethod
+    def _pod_addresses(pod: PodPlan) -> None:
+        """Pod side: host addresses only (routes are the topology's)."""
+        ns = pod.netns
         for addr in pod.ips_of(4):
             ip("addr", "add", f"{addr}/32", "dev", POD_IFACE, netns=ns)
         for addr in pod.ips_of(6):
             ip("-6", "addr", "add", f"{addr}/128", "dev", POD_IFACE, "nodad", netns=ns)
         ip("link", "set", "dev", POD_IFACE, "up", netns=ns)
+
+    @staticmethod
+    def _on_link(pod: PodPlan, v4: str, v6: str) -> None:
+        """Reach ``v4``/``v6`` (a range or one address) directly on eth0: one L2 segment."""
         if pod.ips_of(4):
-            ip("route", "add", "default", "via", POD_GATEWAY_V4, "dev", POD_IFACE, "onlink", netns=ns)
+            ip("route", "add", v4, "dev", POD_IFACE, netns=pod.netns)
         if pod.ips_of(6):
-            ip("-6", "route", "add", "default", "via", POD_GATEWAY_V6, "dev", POD_IFACE, netns=ns)
+            ip("-6", "route", "add", v6, "dev", POD_IFACE, netns=pod.netns)
+
+    def _build_bridge_node(self, node: NodePlan, state: LabState) -> None:
+        ns = node.netns
+        ip("link", "add", "name", BRIDGE, "type", "bridge", "mcast_snooping", "0", netns=ns)
+        ip("link", "set", "dev", UPLINK, "master", BRIDGE, "up", netns=ns)
+        self._node_address(node, BRIDGE)
+        ip("link", "set", "dev", BRIDGE, "up", netns=ns)
+        # The node reaches every pod on the segment directly (it routes for its
+        # pods that send to other nodes' pods).
+        ip("route", "add", str(POD_RANGES[0]), "dev", BRIDGE, netns=ns)
+        ip("-6", "route", "add", str(POD_RANGES[1]), "dev", BRIDGE, netns=ns)
+        first = node is state.nodes[0]
+        for pod in node.pods:
+            assert pod.interface is not None
+            ip("link", "add", "name", pod.interface, "type", "veth", "peer", "name", POD_IFACE, "netns", pod.netns,
+               netns=ns)
+            ip("link", "set", "dev", pod.interface, "master", BRIDGE, "up", netns=ns)
+            self._pod_addresses(pod)
+            if first:
+                self._on_link(pod, str(POD_RANGES[0]), str(POD_RANGES[1]))
+                continue
+            for peer in node.pods:
+                for addr in peer.ips_of(4):
+                    if pod.ips_of(4) and peer is not pod:
+                        ip("route", "add", f"{addr}/32", "dev", POD_IFACE, netns=pod.netns)
+                for addr in peer.ips_of(6):
+                    if pod.ips_of(6) and peer is not pod:
+                        ip("-6", "route", "add", f"{addr}/128", "dev", POD_IFACE, netns=pod.netns)
+            if pod.ips_of(4):
+                ip("route", "add", "default", "via", node.ipv4, "dev", POD_IFACE, "onlink", netns=pod.netns)
+            if pod.ips_of(6):
+                ip("-6", "route", "add", "default", "via", node.ipv6, "dev", POD_IFACE, "onlink", netns=pod.netns)
+
+    def _build_macvlan_node(self, node: NodePlan, state: LabState) -> None:
+        ns = node.netns
+        self._node_address(node, UPLINK)
+        ip("link", "set", "dev", UPLINK, "up", netns=ns)
+        for pod in node.pods:
+            # The child is made in the node's namespace on the uplink and moved
+            # into the pod's at once; it is named eth0 there.
+            ip("link", "add", "link", UPLINK, "name", POD_IFACE, "netns", pod.netns, "type", "macvlan",
+               "mode", "bridge", netns=ns)
+            self._pod_addresses(pod)
+            self._on_link(pod, str(POD_RANGES[0]), str(POD_RANGES[1]))
 
     # ------------------------------------------------------------------ servers
 
@@ -459,10 +567,10 @@ class Lab:
     # ------------------------------------------------------------------ context
 
     @contextlib.contextmanager
-    def running(self, inventory: Inventory) -> Iterator[Lab]:
+    def running(self, inventory: Inventory, topology: str = "routed") -> Iterator[Lab]:
         """``with Lab("cgl").running(inv) as lab:`` — always torn down on exit."""
         try:
-            self.up(inventory)
+            self.up(inventory, topology)
             yield self
         finally:
             self.down()

@@ -29,6 +29,10 @@ from callgate.policy.model import (
 )
 from callgate.policy.networkpolicy import object_name, problems_from
 
+# Pod annotations that say where a pod's traffic can be seen on its node.
+INTERFACE_ANNOTATION = "callgate.io/interface"  # the host-side interface (veth)
+NETNS_ANNOTATION = "callgate.io/netns"  # the pod's network namespace file (macvlan, ipvlan)
+
 
 class PortModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,6 +48,7 @@ class EndpointModel(BaseModel):
     labels: v.Labels = Field(default_factory=dict)
     node: str | None = None
     interface: v.InterfaceName | None = None
+    netns: v.NetnsPath | None = None
     ips: list[str] = Field(default_factory=list)
     ports: list[PortModel] = Field(default_factory=list)
 
@@ -159,7 +164,7 @@ class InventoryBuilder:
         for i, e in enumerate(model.endpoints):
             ep = Endpoint(
                 name=e.name, namespace=e.namespace, labels=e.labels, node=e.node,
-                ips=tuple(v.parse_ip(ip) for ip in e.ips), interface=e.interface,
+                ips=tuple(v.parse_ip(ip) for ip in e.ips), interface=e.interface, netns=e.netns,
                 ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
             )
             self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i))
@@ -224,10 +229,11 @@ class InventoryBuilder:
                 PortModel(name=p.get("name"), port=p["containerPort"], protocol=p.get("protocol", "TCP"))
                 for c in (spec.get("containers") or []) for p in (c.get("ports") or [])
             ]
-            iface = (meta.get("annotations") or {}).get("callgate.io/interface")
+            annotations = meta.get("annotations") or {}
             model = EndpointModel(name=meta.get("name", ""), namespace=meta.get("namespace", "default"),
                                   labels=meta.get("labels") or {}, node=spec.get("nodeName"),
-                                  ips=ips, ports=ports, interface=iface)
+                                  ips=ips, ports=ports, interface=annotations.get(INTERFACE_ANNOTATION),
+                                  netns=annotations.get(NETNS_ANNOTATION))
         except (ValidationError, KeyError, TypeError, AttributeError) as exc:
             message = str(exc).splitlines()[-1] if isinstance(exc, ValidationError) else f"malformed Pod: {exc}"
             if isinstance(exc, ValidationError):
@@ -238,7 +244,7 @@ class InventoryBuilder:
             return
         ep = Endpoint(name=model.name, namespace=model.namespace, labels=model.labels,
                       node=model.node, ips=tuple(v.parse_ip(i) for i in model.ips),
-                      interface=model.interface,
+                      interface=model.interface, netns=model.netns,
                       ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in model.ports))
         self.endpoint(ep, doc, obj, ())
 
@@ -277,6 +283,31 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
                     f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {api}/{kind}",
                     obj=str(kind), field="kind", field_path=("kind",)))
         return builder.finish()
+
+
+def inventory_document(inventory: Inventory) -> dict[str, Any]:
+    """``inventory`` as a callgate/v1 Inventory document (what load_inventory reads back)."""
+    def endpoint(ep: Endpoint) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": ep.name, "namespace": ep.namespace, "labels": dict(ep.labels)}
+        if ep.node is not None:
+            doc["node"] = ep.node
+        if ep.interface is not None:
+            doc["interface"] = ep.interface
+        if ep.netns is not None:
+            doc["netns"] = ep.netns
+        doc["ips"] = [str(ip) for ip in ep.ips]
+        doc["ports"] = [{**({"name": p.name} if p.name else {}), "port": p.port, "protocol": p.protocol}
+                        for p in ep.ports]
+        return doc
+
+    doc: dict[str, Any] = {
+        "apiVersion": "callgate/v1", "kind": "Inventory",
+        "namespaces": {name: {"labels": dict(ns.labels)} for name, ns in sorted(inventory.namespaces.items())},
+        "endpoints": [endpoint(ep) for ep in inventory.endpoints]}
+    if inventory.node_info:  # ClusterNetworkPolicy nodes peers select through them
+        doc["nodes"] = {name: {"labels": dict(node.labels), "addresses": [str(a) for a in node.addresses]}
+                        for name, node in sorted(inventory.node_info.items())}
+    return doc
 
 
 def inventory_from_dict(data: dict[str, Any], name: str = "<inventory>") -> Inventory:

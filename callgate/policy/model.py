@@ -358,6 +358,10 @@ class Endpoint:
     ips: tuple[IPAddress, ...]
     interface: str | None = None
     ports: tuple[NamedPort, ...] = ()
+    # The endpoint's own network namespace (a path: /run/netns/NAME or
+    # /proc/PID/ns/net). Without ``interface`` (macvlan, ipvlan: no host-side
+    # interface) callgate enforces inside it.
+    netns: str | None = None
 
     __hash__ = None  # type: ignore[assignment]  # labels are a mapping: see the module docstring
 

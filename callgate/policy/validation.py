@@ -96,6 +96,24 @@ def parse_ip(text: str) -> IPAddress:
         return ipaddress.ip_address(text)
 
 
+# A network namespace file: a name under /run/netns (as `ip netns` makes them) or
+# a process's namespace. Nothing else: the path is opened as root, so it must not
+# be able to name any other file, climb out with "..", or carry odd characters.
+_NETNS_NAMED = re.compile(r"^/run/netns/([A-Za-z0-9_.-]{1,64})$")
+_NETNS_PROC = re.compile(r"^/proc/([1-9][0-9]{0,9})/ns/net$")
+
+
+def netns_path(value: str) -> str | None:
+    named = _NETNS_NAMED.match(value)
+    if named and named.group(1) not in (".", ".."):
+        return None
+    proc = _NETNS_PROC.match(value)
+    if proc and int(proc.group(1)) <= 4_194_304:  # PID_MAX_LIMIT
+        return None
+    return (f"netns {value!r} must be the path of a network namespace: /run/netns/NAME (NAME: 1-64 letters, "
+            "digits, '_', '.' or '-') or /proc/PID/ns/net")
+
+
 def parse_cidr(value: str) -> IPNetwork:
     """Parse a CIDR as the API server does: host bits are tolerated and cleared."""
     if "/" not in value:
@@ -128,5 +146,6 @@ DnsLabel = Annotated[str, _checked(dns_label)]
 DnsSubdomain = Annotated[str, _checked(dns_subdomain)]
 PortName = Annotated[str, _checked(port_name)]
 InterfaceName = Annotated[str, _checked(interface_name)]
+NetnsPath = Annotated[str, _checked(netns_path)]
 LabelKey = Annotated[str, _checked(label_key)]
 Labels = Annotated[dict[str, str], AfterValidator(check_labels)]

@@ -158,7 +158,7 @@ def convert_pod(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
         return Converted(ref, None, (), _digest("finished"))  # Succeeded/Failed: holds no IP policy applies to
     ep = builder.endpoints[0]
     digest = _digest(ep.namespace, ep.name, dict(ep.labels), ep.node, [str(ip) for ip in ep.ips], ep.interface,
-                     [(p.name, p.port, p.protocol) for p in ep.ports])
+                     [(p.name, p.port, p.protocol) for p in ep.ports], ep.netns)
     return Converted(ref, ep, (), digest)
 
 

@@ -27,8 +27,8 @@ that use it). :class:`IncrementalCompiler` therefore
 Everything it is not sure about falls back to a full compile of the current
 inventory, which also re-primes the state: an endpoint on this node that a
 policy of its namespace selects (its chains, interface and named ports depend
-on it; a local endpoint no policy selects has no chains and counts only as a
-peer, like a remote one), an unknown or duplicate endpoint key, an inventory
+on it; a local endpoint no policy selects has no chains: it counts as a peer,
+like a remote one, and its entry in ``RuleSet.local`` is replaced), an unknown or duplicate endpoint key, an inventory
 with duplicate keys. Policy and namespace changes
 are not endpoint changes: call :meth:`IncrementalCompiler.rebase`.
 

@@ -202,7 +202,9 @@ class IncrementalCompiler:
             pairs = port_pairs(new, port, st.namespaces_of)
             if port.update(old.key if old is not None else None, new.key if new is not None else None, pairs):
                 changed.append(name)
-        if not changed:
+        # A local endpoint no policy selects has no chains, but it is held to its
+        # own addresses where it is attached (RuleSet.local).
+        if not st.update_local(old, new, self.node) and not changed:
             return False
         st.rebuild(changed)
         return True

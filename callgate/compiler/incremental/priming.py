@@ -22,6 +22,7 @@ from callgate.compiler.compile import (
     SetBuilder,
     address_set_comment,
     address_set_name,
+    local_endpoint,
     pair_order,
     port_set_definitions,
     present_rules,
@@ -34,7 +35,7 @@ from callgate.compiler.incremental.setstate import (
     member_counts,
     port_pairs,
 )
-from callgate.compiler.ir import Chain, EndpointRules, Family, L4Protocol, RuleSet
+from callgate.compiler.ir import Chain, EndpointRules, Family, L4Protocol, LocalEndpoint, RuleSet
 from callgate.policy.model import Direction, Endpoint, Inventory, Peer, PolicySet
 
 
@@ -91,6 +92,21 @@ class State:
     namespaces_of: NamespacesOf = field(default_factory=dict)  # selector peer -> namespaces it admits
     chains: dict[str, ChainRecord] = field(default_factory=dict)  # by chain name
     users: dict[str, set[str]] = field(default_factory=dict)  # set name -> endpoints whose chains use it
+    local: dict[str, LocalEndpoint] = field(default_factory=dict)  # the RuleSet's local endpoints, by key
+
+    def __post_init__(self) -> None:
+        if not self.local:
+            self.local = {le.endpoint: le for le in self.ruleset.local}
+
+    def update_local(self, old: Endpoint | None, new: Endpoint | None, node: str) -> bool:
+        """Take ``old`` out of the local endpoints and put ``new`` in (each
+        only when it is on ``node``); True if that changed them."""
+        before = dict(self.local)
+        if old is not None and old.node == node:
+            self.local.pop(old.key, None)
+        if new is not None and new.node == node and (le := local_endpoint(new)) is not None:
+            self.local[new.key] = le
+        return self.local != before
 
     def non_empty(self, name: str) -> bool:
         state = self.address.get(name) or self.ports.get(name)
@@ -98,7 +114,8 @@ class State:
 
     def rebuild(self, changed: list[str]) -> None:
         """The new RuleSet: changed sets are new objects, chains re-filtered
-        only for endpoints using a set that became empty or non-empty."""
+        only for endpoints using a set that became empty or non-empty, local
+        endpoints as :meth:`update_local` left them."""
         old = self.ruleset
         present = {s.name for s in old.address_sets} | {s.name for s in old.port_sets}
         flipped = [name for name in changed if (name in present) != self.non_empty(name)]
@@ -112,6 +129,7 @@ class State:
             port_sets=tuple(s.current for s in self.ports.values() if s.current is not None),
             endpoints=endpoints,
             unbound=old.unbound,
+            local=tuple(self.local[key] for key in sorted(self.local)),
         )
 
     def _endpoint_rules(self, er: EndpointRules) -> EndpointRules:

@@ -38,6 +38,7 @@ from callgate.enforcers.base import (
     ComparesNormalText,
     FailClosed,
     FlowLogging,
+    Placement,
     RuleCounters,
     check_fail_closed_prefix,
 )
@@ -57,11 +58,15 @@ class IptablesEnforcer(ComparesNormalText):
     name = "iptables"
 
     def __init__(self, runner: Runner | None = None, variant: str | None = None, netns: str | None = None,
-                 fail_closed_prefix: str | None = None, flow_logging: FlowLogging | None = None) -> None:
+                 fail_closed_prefix: str | None = None, placement: Placement = "node",
+                 flow_logging: FlowLogging | None = None) -> None:
         self.runner: Runner = runner or SubprocessRunner(netns)
         self.tools = Tools.choose(variant)
         # Validated now, not at the first apply.
         self.fail_closed_prefix = None if fail_closed_prefix is None else check_fail_closed_prefix(fail_closed_prefix)
+        if placement == "netns" and fail_closed_prefix is not None:
+            raise ValueError("fail-closed mode needs host-side interfaces: not inside an endpoint's namespace")
+        self.placement: Placement = placement
         self.flow_logging = flow_logging  # NFLOG action chains (see .rules); None: no flow log
         self.applied: Applied | None = None
         self._other: tuple[Tools | None] | None = None
@@ -96,7 +101,7 @@ class IptablesEnforcer(ComparesNormalText):
         """The desired state; pure (no kernel access). Raises InputError for
         what iptables cannot express, before anything is applied.
         ``known_interfaces`` matters only in fail-closed mode (as for nft)."""
-        return plan(ruleset, self.fail_closed(ruleset, known_interfaces), self.flow_logging)
+        return plan(ruleset, self.fail_closed(ruleset, known_interfaces), self.placement, self.flow_logging)
 
     def check(self, tx: IptTransaction) -> None:
         """Validate ``tx`` against the kernel without changing what is enforced.
@@ -140,7 +145,7 @@ class IptablesEnforcer(ComparesNormalText):
         return self._live_text(self.live())
 
     def live_digest(self) -> str | None:
-        """The digest recorded in the IPv4 CG-FORWARD chain, if any."""
+        """The digest recorded in the IPv4 entry chain, if any."""
         return self.live().tables[4].digest()
 
     def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
@@ -158,7 +163,7 @@ class IptablesEnforcer(ComparesNormalText):
         Drift is not reported here: the agent's resync finds it."""
         del incremental
         fc = self.fail_closed(ruleset, known_interfaces)
-        tx = plan(ruleset, fc, self.flow_logging)
+        tx = plan(ruleset, fc, self.placement, self.flow_logging)
         live = self.live()
         if self._live_text(live) == tx.text():
             self.applied = Applied(ruleset, tx.digest, fc)

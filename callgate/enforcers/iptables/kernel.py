@@ -1,9 +1,9 @@
 """The door to iptables/ip6tables/ipset: argv lists only, never a shell.
 
 Every command callgate runs for this backend goes through a :class:`Runner`:
-the real one (:class:`SubprocessRunner`) executes the tools, optionally inside a
-named network namespace via ``ip netns exec <name> <tool> ...``; tests plug in
-a fake. Input text (restore files) goes to the tool's stdin, never into argv.
+the real one (:class:`SubprocessRunner`) executes the tools, optionally inside
+another network namespace (``ip netns exec <name> <tool> ...``, or ``nsenter``
+for a namespace file); tests plug in a fake. Input text (restore files) goes to the tool's stdin, never into argv.
 
 Which iptables? ``variant`` (or the environment variable ``CALLGATE_IPTABLES``):
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from callgate.enforcers.iptables.layout import Version
+from callgate.enforcers.netns import exec_argv
 from callgate.errors import KernelError
 
 VARIANTS = ("system", "nft", "legacy")
@@ -38,13 +39,14 @@ class Runner(Protocol):
 
 
 class SubprocessRunner:
-    """Runs the real tools, in the current or a named network namespace."""
+    """Runs the real tools, in the current network namespace or in ``netns``
+    (a name: ``ip netns exec``; a namespace file: ``nsenter --net``)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
 
     def run(self, argv: Sequence[str], stdin: str | None = None) -> str:
-        full = ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
+        full = exec_argv(self.netns, list(argv))
         try:
             proc = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=TIMEOUT, check=False)
         except FileNotFoundError as exc:

@@ -3,18 +3,16 @@
 Layout in the kernel (filter table of iptables AND of ip6tables; nothing else)::
 
     FORWARD      -j CG-FORWARD                      # our single jump, inserted at 1 if missing
-    CG-FORWARD   -m conntrack --ctstate RELATED,ESTABLISHED  (digest comment) -j ACCEPT
-                 -i IFACE -j CG-out_<hash>           # every egress dispatch first ...
-                 -o IFACE -j CG-in_<hash>            # ... then every ingress dispatch
+    CG-FORWARD   anti-spoofing, established (digest comment) -j ACCEPT, dispatch by
+                 address (see :mod:`.dispatch`)
     CG-<tier>    one chain per IR tier: allow = RETURN (egress) / ACCEPT (ingress),
                  deny = DROP, pass = goto next tier; a final rule holds the default
 
     ipset  cg-peers4_<hash>   hash:net     family inet|inet6   (peer addresses)
            cg-named4_tcp_<h>  hash:ip,port family inet|inet6   (egress named ports)
 
-All egress dispatch rules come before all ingress ones: a pod-to-pod packet on
-one node must run the source's egress chain (which RETURNs on allow) before the
-destination's ingress chain decides.
+Inside an endpoint's own namespace (placement "netns") the jumps are from
+INPUT to CG-INPUT and from OUTPUT to CG-OUTPUT instead.
 
 Every rule compiled from a policy carries a comment that starts with the
 rule's id (:attr:`~callgate.compiler.ir.Rule.id`), followed by its origin as
@@ -31,10 +29,12 @@ import hashlib
 import re
 
 from callgate.compiler.ir import Family, RuleSet, short_hash
-from callgate.enforcers.base import FailClosed, FlowLogging
+from callgate.enforcers.base import FailClosed, FlowLogging, Placement
 
 CHAIN_PREFIX = "CG-"
 FORWARD_CHAIN = "CG-FORWARD"
+INPUT_CHAIN, OUTPUT_CHAIN = "CG-INPUT", "CG-OUTPUT"  # placement "netns"
+ENTRY_CHAINS = (FORWARD_CHAIN, INPUT_CHAIN, OUTPUT_CHAIN)  # the order they are listed in
 SET_PREFIX = "cg-"  # live sets
 TMP_PREFIX = "cg+"  # staging sets, swapped into place; same length as SET_PREFIX
 CHAIN_MAX = 28  # iptables: XT_EXTENSION_MAXNAMELEN (29) minus the NUL
@@ -43,8 +43,13 @@ COMMENT_MAX = 255  # xt_comment keeps 256 bytes including the NUL
 MULTIPORT_MAX = 15  # xt_multiport: ports per rule, a range counts twice
 DEFAULT_MAXELEM = 65536
 DIGEST_PREFIX = "callgate sha256:"
-FC_IIF, FC_OIF = "CG-FC-IIF", "CG-FC-OIF"  # fail-closed checks, see rules.fail_closed_lines
+FC_IIF, FC_OIF = "CG-FC-IIF", "CG-FC-OIF"  # fail-closed checks, see dispatch._fail_closed
+FC_PIN, FC_POUT = "CG-FC-PIN", "CG-FC-POUT"  # the same for bridge ports (physdev)
 FAIL_CLOSED_COMMENT = "callgate fail-closed"
+ANTI_SPOOFING_COMMENT = "callgate anti-spoofing"
+# Bumped whenever the same RuleSet is rendered into different chains (see the nft
+# backend's LAYOUT_VERSION). 2: dispatch by address and anti-spoofing.
+LAYOUT_VERSION = 2
 
 Version = int  # 4 or 6
 VERSIONS: tuple[Version, ...] = (4, 6)
@@ -84,15 +89,14 @@ def quote(value: str) -> str:
     return value if _NO_QUOTE.fullmatch(value) else f'"{value}"'
 
 
-def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, logging: FlowLogging | None = None) -> str:
-    """The digest CG-FORWARD's first rule carries: the RuleSet's, extended by
-    the fail-closed and flow-log settings when they are on (so a change of any is seen)."""
-    if fail_closed is None and logging is None:
-        return ruleset.digest()
-    parts = [ruleset.digest()]
+def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
+                  logging: FlowLogging | None = None) -> str:
+    """The digest the established rule carries: the RuleSet's with the layout
+    version and placement, extended by the fail-closed and flow-log settings
+    when they are on (so a change of any is seen)."""
+    parts = [f"iptables-layout-{LAYOUT_VERSION}-{placement}", ruleset.digest()]
     if fail_closed is not None:
         parts.extend([fail_closed.prefix, *fail_closed.known])
     if logging is not None:
         parts.append(logging.key())
-    text = "\x00".join(parts)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

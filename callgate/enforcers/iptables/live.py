@@ -10,17 +10,19 @@ from callgate.enforcers.iptables.kernel import Runner, Tools
 from callgate.enforcers.iptables.layout import (
     CHAIN_PREFIX,
     DIGEST_PREFIX,
-    FORWARD_CHAIN,
+    ENTRY_CHAINS,
     SET_PREFIX,
     TMP_PREFIX,
     VERSIONS,
     Version,
 )
-from callgate.enforcers.iptables.rules import Table
+from callgate.enforcers.iptables.rules import Table, chain_order
 from callgate.enforcers.iptables.sets import IpSet, canonical_element, net_elements, sort_port_elements
 from callgate.errors import KernelError
 
 _CREATE = re.compile(r"create (\S+) (\S+)(.*)")
+# A jump from a built-in chain into one of callgate's entry chains, as iptables-save prints it.
+_JUMP = re.compile(r"-A (FORWARD|INPUT|OUTPUT) -j (" + "|".join(ENTRY_CHAINS) + ")")
 
 
 def parse_ipset_save(text: str) -> dict[str, IpSet]:
@@ -62,18 +64,22 @@ class LiveTable:
 
     version: Version
     chains: dict[str, list[str]] = field(default_factory=dict)  # CG-* chain -> its -A lines
-    jumps: int = 0  # how many FORWARD rules jump to CG-FORWARD
+    # (built-in chain, entry chain) -> how many rules of the built-in jump there
+    jumps: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def digest(self) -> str | None:
-        for line in self.chains.get(FORWARD_CHAIN, [])[:1]:
-            m = re.search(r'--comment "' + re.escape(DIGEST_PREFIX) + r'([0-9a-f]+)"', line)
-            if m:
-                return m.group(1)
+        """The digest the entry chains' established rule carries."""
+        for chain in ENTRY_CHAINS:
+            for line in self.chains.get(chain, []):
+                m = re.search(r'--comment "' + re.escape(DIGEST_PREFIX) + r'([0-9a-f]+)"', line)
+                if m:
+                    return m.group(1)
         return None
 
     def table(self) -> Table:
-        order = sorted(self.chains, key=lambda c: (c != FORWARD_CHAIN, c))
-        return Table(self.version, tuple(order), tuple(r for c in order for r in self.chains[c]), self.jumps > 0)
+        order = chain_order(self.chains)
+        jumps = tuple(j for j in sorted(self.jumps, key=lambda j: ENTRY_CHAINS.index(j[1])) for _ in range(self.jumps[j]))
+        return Table(self.version, tuple(order), tuple(r for c in order for r in self.chains[c]), jumps)
 
     @property
     def empty(self) -> bool:
@@ -96,8 +102,9 @@ def parse_iptables_save(text: str, version: Version) -> LiveTable:
             chain = line.split(" ", 2)[1]
             if chain.startswith(CHAIN_PREFIX):
                 live.chains.setdefault(chain, []).append(line)
-            elif chain == "FORWARD" and line == f"-A FORWARD -j {FORWARD_CHAIN}":
-                live.jumps += 1
+            elif (jump := _JUMP.fullmatch(line)) is not None:
+                key = (jump.group(1), jump.group(2))
+                live.jumps[key] = live.jumps.get(key, 0) + 1
     return live
 
 

@@ -19,18 +19,16 @@ a denial acts as an allow (and is logged as would-deny with a flow log).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from callgate.compiler.ir import Chain, L4Match, Rule, RuleSet, Verdict, short_hash
-from callgate.enforcers.base import FLOW_LOG_LIMITED, FailClosed, FlowLogging, rule_comment
+from callgate.enforcers.base import FLOW_LOG_LIMITED, FailClosed, FlowLogging, Placement, rule_comment
+from callgate.enforcers.iptables.dispatch import ENTRIES, dispatch_chains
 from callgate.enforcers.iptables.layout import (
     COMMENT_MAX,
-    DIGEST_PREFIX,
-    FAIL_CLOSED_COMMENT,
+    ENTRY_CHAINS,
     FAMILY_VERSION,
-    FC_IIF,
-    FC_OIF,
-    FORWARD_CHAIN,
     MULTIPORT_MAX,
     Version,
     chain_name,
@@ -139,62 +137,43 @@ def _tier_lines(tiers: tuple[Chain, ...], direction: str, actions: Actions) -> d
     return out
 
 
-def fail_closed_lines(fc: FailClosed) -> dict[str, list[str]]:
-    """Fail-closed mode in iptables: after the dispatch rules, ``-i prefix+ -j
-    CG-FC-IIF`` and ``-o prefix+ -j CG-FC-OIF``; those chains RETURN for each
-    known interface and DROP the rest."""
-    drop = f"-m comment --comment {quote(FAIL_CLOSED_COMMENT)} -j DROP"
-    return {
-        FC_IIF: [*(f"-A {FC_IIF} -i {i} -j RETURN" for i in fc.known), f"-A {FC_IIF} {drop}"],
-        FC_OIF: [*(f"-A {FC_OIF} -o {i} -j RETURN" for i in fc.known), f"-A {FC_OIF} {drop}"],
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class Table:
-    """callgate's part of one filter table: its chains (CG-FORWARD first) and
-    rules, plus whether FORWARD jumps to CG-FORWARD."""
+    """callgate's part of one filter table: its chains (entry chains first)
+    and rules, plus the jumps from built-in chains into its entry chains."""
 
     version: Version
     chains: tuple[str, ...]
     rules: tuple[str, ...]  # "-A CHAIN ..." lines, grouped by chain in ``chains`` order
-    jump: bool = True
+    jumps: tuple[tuple[str, str], ...] = ENTRIES["node"]  # (built-in chain, callgate's entry chain)
 
     def text(self) -> str:
         lines = ["*filter", *(f":{c} - [0:0]" for c in self.chains)]
-        if self.jump:
-            lines.append(f"-A FORWARD -j {FORWARD_CHAIN}")
+        lines.extend(f"-A {builtin} -j {entry}" for builtin, entry in self.jumps)
         lines.extend(self.rules)
         lines.append("COMMIT")
         return "\n".join(lines)
 
 
+def chain_order(chains: Iterable[str]) -> list[str]:
+    """Entry chains first (in their fixed order), then the rest by name: how
+    both the plan and the live state list them."""
+    return sorted(chains, key=lambda c: (ENTRY_CHAINS.index(c) if c in ENTRY_CHAINS else len(ENTRY_CHAINS), c))
+
+
 def ruleset_table(ruleset: RuleSet, version: Version, fail_closed: FailClosed | None = None,
-                  logging: FlowLogging | None = None) -> Table:
+                  placement: Placement = "node", logging: FlowLogging | None = None) -> Table:
     chains: dict[str, list[str]] = {}
     action_chains: dict[str, list[str]] = {}
-    digest = layout_digest(ruleset, fail_closed, logging)
-    established = (f"-A {FORWARD_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED "
-                   f"-m comment --comment {quote(DIGEST_PREFIX + digest)} -j ACCEPT")
-    forward = [established]
-    ingress: list[str] = []
-    for ep in sorted(ruleset.endpoints, key=lambda e: e.interface):
-        if ep.egress:
-            forward.append(f"-A {FORWARD_CHAIN} -i {ep.interface} -j {chain_name(ep.egress[0].name)}")
-        if ep.ingress:
-            ingress.append(f"-A {FORWARD_CHAIN} -o {ep.interface} -j {chain_name(ep.ingress[0].name)}")
+    for ep in ruleset.endpoints:
         actions = Actions(version, logging, ep.audit, action_chains)
         chains.update(_tier_lines(ep.ingress, "ingress", actions))
         chains.update(_tier_lines(ep.egress, "egress", actions))
     chains.update(action_chains)
-    forward.extend(ingress)
-    if fail_closed is not None:
-        forward.append(f"-A {FORWARD_CHAIN} -i {fail_closed.prefix}+ -j {FC_IIF}")
-        forward.append(f"-A {FORWARD_CHAIN} -o {fail_closed.prefix}+ -j {FC_OIF}")
-        chains.update(fail_closed_lines(fail_closed))
-    order = [FORWARD_CHAIN, *sorted(chains)]
-    chains[FORWARD_CHAIN] = forward
-    return Table(version, tuple(order), tuple(line for c in order for line in chains[c]))
+    digest = layout_digest(ruleset, fail_closed, placement, logging)
+    chains.update(dispatch_chains(ruleset, version, digest, placement, fail_closed))
+    order = chain_order(chains)
+    return Table(version, tuple(order), tuple(line for c in order for line in chains[c]), ENTRIES[placement])
 
 
 def _iface_problem(iface: str) -> str | None:
@@ -210,9 +189,11 @@ def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
     """What iptables cannot express although the IR allows it: report it before
     anything is applied. (Names and sizes are valid by construction.)"""
     problems = []
-    for ep in ruleset.endpoints:
-        if why := _iface_problem(ep.interface):
-            problems.append(Problem(why, object=f"endpoint {ep.endpoint}", field="interface"))
+    interfaces = {le.endpoint: le.interface for le in ruleset.local if le.interface is not None}
+    interfaces.update((ep.endpoint, ep.interface) for ep in ruleset.endpoints if ep.interface is not None)
+    for endpoint, iface in sorted(interfaces.items()):
+        if why := _iface_problem(iface):
+            problems.append(Problem(why, object=f"endpoint {endpoint}", field="interface"))
     for iface in fail_closed.known if fail_closed else ():
         if why := _iface_problem(iface):
             problems.append(Problem(why, object="known interfaces"))

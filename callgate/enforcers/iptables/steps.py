@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from callgate.enforcers.iptables.layout import FORWARD_CHAIN, TMP_PREFIX, VERSIONS, Version, tmp_name
+from callgate.enforcers.iptables.layout import TMP_PREFIX, VERSIONS, Version, tmp_name
 from callgate.enforcers.iptables.live import LiveState, LiveTable
 from callgate.enforcers.iptables.rules import Table
 from callgate.enforcers.iptables.transaction import IptTransaction
@@ -18,27 +18,30 @@ def restore_text(desired: Table, live: LiveTable | None, rename: dict[str, str] 
 
     Each of our chains is declared (``:CHAIN - [0:0]`` creates it or flushes
     it) and refilled; chains we own that are no longer wanted are flushed and
-    deleted; the FORWARD jump is inserted only when missing. Nothing else in
-    the table is named, so nothing else changes. ``rename`` maps set names
-    (used by ``check`` to point rules at staging sets)."""
+    deleted; a jump from a built-in chain is inserted only when missing, and
+    jumps no longer wanted are deleted. Nothing else in the table is named,
+    so nothing else changes. ``rename`` maps set names (used by ``check`` to
+    point rules at staging sets)."""
     stale = [c for c in (live.chains if live else {}) if c not in desired.chains]
     lines = ["*filter", *(f":{c} - [0:0]" for c in (*desired.chains, *stale))]
     for rule in desired.rules:
         for old, new in (rename or {}).items():
             rule = rule.replace(f" --match-set {old} ", f" --match-set {new} ")
         lines.append(rule)
-    jumps = live.jumps if live else 0
-    if desired.jump and not jumps:
-        lines.append(f"-I FORWARD 1 -j {FORWARD_CHAIN}")
-    if not desired.jump:
-        lines.extend(f"-D FORWARD -j {FORWARD_CHAIN}" for _ in range(jumps))
+    jumps = live.jumps if live else {}
+    for builtin, entry in desired.jumps:
+        if not jumps.get((builtin, entry)):
+            lines.append(f"-I {builtin} 1 -j {entry}")
+    for (builtin, entry), count in sorted(jumps.items()):
+        if (builtin, entry) not in desired.jumps:
+            lines.extend(f"-D {builtin} -j {entry}" for _ in range(count))
     lines.extend(f"-X {c}" for c in stale)
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
 
 def empty_table(version: Version) -> Table:
-    return Table(version, (), (), jump=False)
+    return Table(version, (), (), jumps=())
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """The RuleSet IR as libnftables JSON commands, in the layout of :mod:`.layout`.
 
+The decision part (peer sets of the rule walks, decision maps, endpoint and
+rule chains: :mod:`.decisions`) is rendered here; the dispatch part around it
+(maps, anti-spoofing, base chains) by :mod:`.dispatch`.
 The full replacement (:func:`table_objects`) and the incremental planner
 (:mod:`.update`) build their commands from these same functions, so there is
 one source of truth for what each object looks like.
@@ -12,19 +15,15 @@ from typing import Any
 
 from callgate.compiler import addresses
 from callgate.compiler.ir import AddressSet, Family, RuleSet
-from callgate.enforcers.base import FailClosed
+from callgate.enforcers.base import FailClosed, Placement
 from callgate.enforcers.nft.actions import ChainRules, limit_sets
 from callgate.enforcers.nft.decisions import Layout, build_layout
+from callgate.enforcers.nft.dispatch import dispatch_objects
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
     DIGEST_SET,
-    FAIL_CLOSED_COMMENT,
     FAMILY,
-    FORWARD,
-    FROM_ENDPOINT,
-    KNOWN_ENDPOINT,
     TABLE,
-    TO_ENDPOINT,
     digest_element,
     is_hash_set,
     layout_digest,
@@ -79,10 +78,6 @@ def address_set_command(s: AddressSet, hashed: bool | None = None) -> Command:
     return {"add": {"set": body}}
 
 
-def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
-    return {"match": {"op": op, "left": left, "right": right}}
-
-
 def decision_objects(layout: Layout) -> list[Command]:
     """``add`` commands for the decision part, in dependency order: the peer
     sets of the rule walks, verdict chains (map elements and walks jump to
@@ -115,60 +110,17 @@ def verdict_chain_commands(name: str, rules: ChainRules) -> list[Command]:
     return [_rule(name, exprs, comment) for exprs, comment in rules]
 
 
-def dispatch_pairs(ruleset: RuleSet) -> tuple[dict[str, str], dict[str, str]]:
-    """(from_endpoint, to_endpoint): interface -> first egress / ingress tier."""
-    from_ep = {ep.interface: ep.egress[0].name for ep in ruleset.endpoints if ep.egress}
-    to_ep = {ep.interface: ep.ingress[0].name for ep in ruleset.endpoints if ep.ingress}
-    return from_ep, to_ep
-
-
-def dispatch_element(iface: str, chain: str) -> list[Any]:
-    return [iface, {"jump": {"target": chain}}]
-
-
-def _dispatch_map(name: str, pairs: list[tuple[str, str]]) -> Command:
-    body = obj(name=name, type="ifname", map="verdict")
-    if pairs:
-        body["elem"] = [dispatch_element(iface, chain) for iface, chain in sorted(pairs)]
-    return {"add": {"map": body}}
-
-
-def _fail_closed_rules(fc: FailClosed) -> list[Command]:
-    rules = []
-    for key in ("iifname", "oifname"):
-        meta = {"meta": {"key": key}}
-        # The prefix goes in as JSON data, never as nft text.
-        expr = [_match(meta, fc.prefix + "*"), _match(meta, "@" + KNOWN_ENDPOINT, op="!="),
-                {"counter": None}, {"drop": None}]
-        rules.append({"add": {"rule": obj(chain=FORWARD, expr=expr, comment=FAIL_CLOSED_COMMENT)}})
-    return rules
-
-
-def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None,
+def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
                   layout: Layout | None = None) -> list[Command]:
-    """``add`` commands that build the whole table, in dependency order
-    (``layout``: the decision part, when the caller has built it already)."""
+    """``add`` commands that build the whole table (and, on a node, the bridge
+    table), in dependency order: the flow-log limit sets and the decision part
+    (``layout``, when the caller has built it already) here, then the dispatch
+    part (:mod:`.dispatch`), whose maps jump to its endpoint chains."""
     layout = layout if layout is not None else build_layout(ruleset)
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-    cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname",
-                                    elem=[digest_element(layout_digest(ruleset, fail_closed, layout.logging))])}})
-    if fail_closed is not None:
-        body = obj(name=KNOWN_ENDPOINT, type="ifname")
-        if fail_closed.known:
-            body["elem"] = list(fail_closed.known)
-        cmds.append({"add": {"set": body}})
+    cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname", elem=[
+        digest_element(layout_digest(ruleset, fail_closed, placement, layout.logging))])}})
     cmds.extend(limit_sets(layout.logging))
     cmds.extend(decision_objects(layout))
-    from_ep, to_ep = dispatch_pairs(ruleset)
-    cmds.append(_dispatch_map(FROM_ENDPOINT, list(from_ep.items())))
-    cmds.append(_dispatch_map(TO_ENDPOINT, list(to_ep.items())))
-    cmds.append({"add": {"chain": obj(name=FORWARD, type="filter", hook="forward", prio=0, policy="accept")}})
-    established = _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
-    cmds.append({"add": {"rule": obj(chain=FORWARD, expr=[established, {"accept": None}])}})
-    cmds.append({"add": {"rule": obj(chain=FORWARD, expr=[
-        {"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@" + FROM_ENDPOINT}}])}})
-    cmds.append({"add": {"rule": obj(chain=FORWARD, expr=[
-        {"vmap": {"key": {"meta": {"key": "oifname"}}, "data": "@" + TO_ENDPOINT}}])}})
-    if fail_closed is not None:
-        cmds.extend(_fail_closed_rules(fail_closed))
+    cmds.extend(dispatch_objects(ruleset, fail_closed, placement))
     return cmds

@@ -19,13 +19,23 @@ from callgate.enforcers.base import (
     ComparesNormalText,
     FailClosed,
     FlowLogging,
+    Placement,
     RuleCounters,
     check_fail_closed_prefix,
     comment_rule_id,
 )
 from callgate.enforcers.nft.decisions import Layout
 from callgate.enforcers.nft.kernel import NftKernel
-from callgate.enforcers.nft.layout import DIGEST_SET, FAIL_CLOSED_COMMENT, FAMILY, TABLE, digest_of, layout_digest
+from callgate.enforcers.nft.layout import (
+    ANTI_SPOOFING_COMMENT,
+    DIGEST_SET,
+    FAIL_CLOSED_COMMENT,
+    FAMILY,
+    TABLE,
+    digest_of,
+    families,
+    layout_digest,
+)
 from callgate.enforcers.nft.text import normal_text
 from callgate.enforcers.nft.transaction import NftTransaction, replace_table
 from callgate.enforcers.nft.update import plan_update
@@ -36,16 +46,21 @@ class NftablesEnforcer(ComparesNormalText):
     """Applies RuleSets to one network namespace's nftables.
 
     ``known_interfaces`` (plan/apply/desired_text/in_sync/diff) only matters with
-    a fail-closed prefix: the local endpoints' interfaces beyond those that
-    have chains, i.e. the non-isolated ones that must not be dropped.
+    a fail-closed prefix: interfaces beyond the RuleSet's local endpoints that
+    must not be dropped. ``placement`` says which tables it owns: "node"
+    (``inet`` and ``bridge callgate``, forward hook) or "netns" (``inet
+    callgate`` inside one endpoint's own namespace; no fail-closed there).
     """
 
     name = "nft"
 
     def __init__(self, kernel: NftKernel, fail_closed_prefix: str | None = None,
-                 flow_logging: FlowLogging | None = None) -> None:
+                 placement: Placement = "node", flow_logging: FlowLogging | None = None) -> None:
         self.kernel = kernel
         self.fail_closed_prefix = None if fail_closed_prefix is None else check_fail_closed_prefix(fail_closed_prefix)
+        if placement == "netns" and fail_closed_prefix is not None:
+            raise ValueError("fail-closed mode needs host-side interfaces: not inside an endpoint's namespace")
+        self.placement: Placement = placement
         self.flow_logging = flow_logging  # log new connections to NFLOG (see .actions); None: no flow log
         self.applied: Applied | None = None  # set by apply(); None = unknown, replace in full
         # The decision part of what it applied (maps and their elements): the
@@ -58,14 +73,19 @@ class NftablesEnforcer(ComparesNormalText):
         return FailClosed.build(self.fail_closed_prefix, ruleset, known_interfaces)
 
     def plan(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> NftTransaction:
-        return replace_table(ruleset, self.fail_closed(ruleset, known_interfaces), self.flow_logging)
+        return replace_table(ruleset, self.fail_closed(ruleset, known_interfaces), self.placement, self.flow_logging)
 
     def check(self, tx: NftTransaction) -> None:
         """Let the kernel validate the transaction without committing it."""
         self.kernel.run(list(tx.commands), check=True)
 
     def live_objects(self) -> list[dict[str, Any]] | None:
-        return self.kernel.list_table(FAMILY, TABLE)
+        """Every object of the tables this placement owns; None when there are
+        none. (A bridge table without the inet one still shows: it is drift.)"""
+        found = [self.kernel.list_table(family, TABLE) for family in families(self.placement)]
+        if all(objects is None for objects in found):
+            return None
+        return [o for objects in found for o in objects or ()]
 
     def live_digest(self, live: list[dict[str, Any]] | None = None) -> str | None:
         """The digest the live table says it holds, from ``live`` when given,
@@ -95,13 +115,13 @@ class NftablesEnforcer(ComparesNormalText):
         else is replaced in full. Either way it is one transaction."""
         known = tuple(known_interfaces)
         fc = self.fail_closed(ruleset, known)
-        digest = layout_digest(ruleset, fc, self.flow_logging)
+        digest = layout_digest(ruleset, fc, self.placement, self.flow_logging)
         applied = self.applied
         if incremental and applied is not None and applied.digest != digest:
             update = self._incremental(applied, ruleset, fc, digest, dry_run)
             if update is not None:
                 return update
-        full = replace_table(ruleset, fc, self.flow_logging)
+        full = replace_table(ruleset, fc, self.placement, self.flow_logging)
         live = self.live_objects()
         live_digest = self.live_digest(live) if live is not None else None
         if live_digest == full.digest and self.live_text(live) == _table_text(full):
@@ -122,7 +142,7 @@ class NftablesEnforcer(ComparesNormalText):
         when only a full replacement will do (the caller then does it)."""
         if self.live_digest() != applied.digest or self.layout is None or self.layout.logging != self.flow_logging:
             return None  # drift: someone else changed or deleted the table
-        tx = plan_update(applied.ruleset, applied.fail_closed, self.layout, ruleset, fc)
+        tx = plan_update(applied.ruleset, applied.fail_closed, self.layout, ruleset, fc, self.placement)
         if tx is None:
             return None
         try:
@@ -146,7 +166,7 @@ class NftablesEnforcer(ComparesNormalText):
         """Packets and bytes of the live rules, by the rule id their comment
         starts with; the fail-closed drops on their own. (Reads the whole table.)"""
         by_rule: dict[str, tuple[int, int]] = {}
-        dropped = limited = 0
+        dropped = limited = spoofed = 0
         for item in self.live_objects() or []:
             rule = item.get("rule")
             if not rule:
@@ -160,16 +180,20 @@ class NftablesEnforcer(ComparesNormalText):
                 dropped += packets
             elif comment == FLOW_LOG_LIMITED:
                 limited += packets
+            elif comment == ANTI_SPOOFING_COMMENT:
+                spoofed += packets
             elif (rule_id := comment_rule_id(comment)) is not None:
                 before = by_rule.get(rule_id, (0, 0))
                 by_rule[rule_id] = (before[0] + packets, before[1] + octets)
-        return RuleCounters(by_rule, dropped, limited)
+        return RuleCounters(by_rule, dropped, flow_log_limited=limited, spoofed_dropped=spoofed)
 
     def remove(self) -> bool:
-        """Delete callgate's table (only it). Returns whether there was one."""
-        if self.live_objects() is None:
+        """Delete callgate's tables (only they). Returns whether there was one."""
+        tables = set(self.kernel.list_tables())
+        present = [f for f in families(self.placement) if (f, TABLE) in tables]
+        if not present:
             return False
-        self.kernel.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+        self.kernel.run([{"delete": {"table": {"family": f, "name": TABLE}}} for f in present])
         self.applied, self.layout = None, None
         return True
 

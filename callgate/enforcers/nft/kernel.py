@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from callgate.enforcers.netns import enter_netns
+from callgate.enforcers.netns import enter
 from callgate.errors import KernelError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class NftKernel(Protocol):
 
 
 class LibNftables:
-    """libnftables through Debian's python3-nftables bindings."""
+    """libnftables through Debian's python3-nftables bindings, in this network
+    namespace or in ``netns`` (a name under /run/netns, or a namespace file)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
@@ -54,7 +55,7 @@ class LibNftables:
         if netns is not None:
             # One thread lives in the namespace; the netlink sockets libnftables
             # opens there belong to that namespace.
-            self._pool = ThreadPoolExecutor(max_workers=1, initializer=enter_netns, initargs=(netns,))
+            self._pool = ThreadPoolExecutor(max_workers=1, initializer=enter, initargs=(netns,))
 
     def _nft(self, bulk: bool = False) -> Any:
         """This thread's libnftables context; ``bulk`` for whole-table work.

@@ -11,7 +11,15 @@ import json
 from typing import Any
 
 from callgate.enforcers.nft.actions import is_limit_set
-from callgate.enforcers.nft.layout import FAMILY, TABLE
+from callgate.enforcers.nft.layout import BRIDGE_FAMILY, FAMILY, TABLE
+
+_IFNAME_KEYS = ("iifname", "oifname")
+
+
+def _quoted(text: str) -> str:
+    # Interface names are validated upstream (no quotes); quoting keeps a name
+    # that looks like a number or holds "*" one string when nft reads it back.
+    return f'"{text}"'
 
 
 def _expr_text(value: Any) -> str:
@@ -33,8 +41,9 @@ def _expr_text(value: Any) -> str:
     if key == "set" and isinstance(body, dict):  # a statement: update @set { key stmt }
         stmts = " ".join(_expr_text(v) for v in body.get("stmt", []))
         return f"{body['op']} {body['set']} {{ {_expr_text(body['elem'])} {stmts} }}"
-    if key == "set":
-        return "{ " + ", ".join(_expr_text(v) for v in body) + " }"
+    if key == "set":  # an anonymous set, or map: its elements are [key, value] pairs
+        return "{ " + ", ".join(f"{_expr_text(v[0])} : {_expr_text(v[1])}" if isinstance(v, list) else _expr_text(v)
+                                for v in body) + " }"
     if key == "limit":
         over = "over " if body.get("inv") else ""
         return f"limit rate {over}{body['rate']}/{body['per']} burst {body['burst']} packets"
@@ -46,7 +55,11 @@ def _expr_text(value: Any) -> str:
         return f"{body['addr']}/{body['len']}"
     if key == "match":
         op = "" if body["op"] in ("==", "in") else body["op"] + " "
-        return f"{_expr_text(body['left'])} {op}{_expr_text(body['right'])}"
+        right = body["right"]
+        is_ifname = body["left"].get("meta", {}).get("key") in _IFNAME_KEYS if isinstance(body["left"], dict) else False
+        if is_ifname and isinstance(right, str) and not right.startswith("@"):
+            return f"{_expr_text(body['left'])} {op}{_quoted(right)}"
+        return f"{_expr_text(body['left'])} {op}{_expr_text(right)}"
     if key == "vmap":
         return f"{_expr_text(body['key'])} vmap {_expr_text(body['data'])}"
     if key == "counter":
@@ -58,10 +71,15 @@ def _expr_text(value: Any) -> str:
     return json.dumps(value)  # not something we generate; show it rather than hide it
 
 
-def _elem_text(elem: Any) -> str:
+def _typed_text(value: Any, typ: str) -> str:
+    return _quoted(value) if typ == "ifname" and isinstance(value, str) else _expr_text(value)
+
+
+def _elem_text(elem: Any, types: list[str]) -> str:
+    """One set or map element; ``types`` are the key's types (one per part of
+    a concatenation), which say which strings are interface names to quote."""
     if isinstance(elem, list):  # map element: [key, verdict]
-        key = f'"{elem[0]}"' if isinstance(elem[0], str) else _expr_text(elem[0])
-        return f"{key} : {_expr_text(elem[1])}"
+        return f"{_elem_text(elem[0], types)} : {_expr_text(elem[1])}"
     if isinstance(elem, dict) and "elem" in elem:  # an element with a comment: the digest
         inner = elem["elem"]
         # Quoted: a hex key such as "0123..." would otherwise be read back as a number.
@@ -69,7 +87,9 @@ def _elem_text(elem: Any) -> str:
         if inner.get("comment"):
             text += f' comment "{inner["comment"]}"'
         return text
-    return _expr_text(elem)
+    if isinstance(elem, dict) and "concat" in elem:
+        return " . ".join(_typed_text(part, typ) for part, typ in zip(elem["concat"], types, strict=False))
+    return _typed_text(elem, types[0])
 
 
 def json_key(value: Any) -> str:
@@ -83,22 +103,35 @@ def _note(name: str, notes: dict[str, str]) -> list[str]:
 
 
 def objects_text(objects: list[dict[str, Any]], notes: dict[str, str] | None = None) -> str:
-    """Render table objects (from our commands or from the kernel) as nft text.
+    """Render table objects (from our commands or from the kernel) as nft text:
+    one ``table <family> callgate`` block per family, inet first.
 
     Counter values, handles and element order are left out, so two listings of
     the same ruleset render identically whoever produced them.
     """
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        (kind, body), = obj.items()
+        family = body.get("family", FAMILY)
+        group = by_family.setdefault(family, [])
+        if kind != "table":
+            group.append(obj)
+    order = sorted(by_family, key=lambda f: (f != FAMILY, f != BRIDGE_FAMILY, f))
+    return "".join(_table_text(family, by_family[family], notes or {}) for family in order)
+
+
+def _table_text(family: str, objects: list[dict[str, Any]], notes: dict[str, str]) -> str:
     sets: list[str] = []
     chains: dict[str, list[str]] = {}
     headers: dict[str, str] = {}
     for obj in objects:
         (kind, body), = obj.items()
         if kind in ("set", "map"):
-            typ = body["type"]
-            typ = " . ".join(typ) if isinstance(typ, list) else typ
+            types = body["type"] if isinstance(body["type"], list) else [body["type"]]
+            typ = " . ".join(types)
             if kind == "map":
                 typ += f" : {body['map']}"
-            lines = [*_note(body["name"], notes or {}), f"\t{kind} {body['name']} {{", f"\t\ttype {typ}"]
+            lines = [*_note(body["name"], notes), f"\t{kind} {body['name']} {{", f"\t\ttype {typ}"]
             if body.get("size"):
                 lines.append(f"\t\tsize {body['size']}")
             if body.get("flags"):
@@ -107,7 +140,7 @@ def objects_text(objects: list[dict[str, Any]], notes: dict[str, str] | None = N
                 lines.append(f"\t\ttimeout {body['timeout']}s")
             # Sorted by their text (one rendering each; a JSON key per element cost
             # ~0.5 s for the 180,000 elements of a 50k-pod node).
-            elems = sorted(_elem_text(e) for e in body.get("elem") or [])
+            elems = sorted(_elem_text(e, types) for e in body.get("elem") or [])
             if elems:
                 lines.append("\t\telements = { " + ",\n\t\t\t     ".join(elems) + " }")
             lines.append("\t}")
@@ -125,8 +158,8 @@ def objects_text(objects: list[dict[str, Any]], notes: dict[str, str] | None = N
     blocks = list(sets)
     for name, rules in chains.items():
         head = [headers[name]] if name in headers else []
-        blocks.append("\n".join([*_note(name, notes or {}), f"\tchain {name} {{", *head, *rules, "\t}"]))
-    return f"table {FAMILY} {TABLE} {{\n" + "\n\n".join(blocks) + "\n}\n"
+        blocks.append("\n".join([*_note(name, notes), f"\tchain {name} {{", *head, *rules, "\t}"]))
+    return f"table {family} {TABLE} {{\n" + "\n\n".join(blocks) + "\n}\n"
 
 
 def _strip(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -146,15 +179,20 @@ def _strip(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _canonical_order(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Sets, maps, then chains with their rules, each group sorted by name."""
-    sets = sorted((o for o in objects if "set" in o or "map" in o),
-                  key=lambda o: next(iter(o.values()))["name"])
-    chains = sorted((o for o in objects if "chain" in o), key=lambda o: o["chain"]["name"])
-    rules = [o for o in objects if "rule" in o]
-    ordered: list[dict[str, Any]] = list(sets)
-    for c in chains:
-        ordered.append(c)
-        ordered.extend(r for r in rules if r["rule"]["chain"] == c["chain"]["name"])
+    """Per family (inet first): sets and maps, then chains with their rules,
+    each group sorted by name."""
+    def family(o: dict[str, Any]) -> str:
+        return str(next(iter(o.values())).get("family", FAMILY))
+
+    ordered: list[dict[str, Any]] = []
+    for fam in sorted({family(o) for o in objects}, key=lambda f: (f != FAMILY, f != BRIDGE_FAMILY, f)):
+        mine = [o for o in objects if family(o) == fam]
+        ordered.extend(sorted((o for o in mine if "set" in o or "map" in o),
+                              key=lambda o: next(iter(o.values()))["name"]))
+        rules = [o for o in mine if "rule" in o]
+        for c in sorted((o for o in mine if "chain" in o), key=lambda o: o["chain"]["name"]):
+            ordered.append(c)
+            ordered.extend(r for r in rules if r["rule"]["chain"] == c["chain"]["name"])
     return ordered
 
 

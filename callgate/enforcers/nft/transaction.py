@@ -6,18 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.base import FailClosed, FlowLogging
+from callgate.enforcers.base import FailClosed, FlowLogging, Placement
 from callgate.enforcers.nft.commands import table_objects
 from callgate.enforcers.nft.decisions import Layout, build_layout
 from callgate.enforcers.nft.kernel import Command
-from callgate.enforcers.nft.layout import FAMILY, TABLE, layout_digest
+from callgate.enforcers.nft.layout import TABLE, families, layout_digest
 from callgate.enforcers.nft.text import objects_text
 
 
 @dataclass(frozen=True)
 class NftTransaction:
     """A transaction as a value: build it, look at it, check it, run it.
-    This one replaces the whole table (see :class:`~.update.NftUpdate` for
+    This one replaces the whole of callgate's tables (see :class:`~.update.NftUpdate` for
     the incremental kind)."""
 
     commands: tuple[Command, ...]
@@ -38,26 +38,29 @@ class NftTransaction:
         return objects_text(adds, dict(self.notes))
 
 
-def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None,
+def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
                   logging: FlowLogging | None = None) -> NftTransaction:
-    """One transaction that swaps in the new table: the kernel holds the old
+    """One transaction that swaps in the new tables: the kernel holds the old
     ruleset or the new one, never a mix, and never an empty moment."""
-    table = {"table": {"family": FAMILY, "name": TABLE}}
+    commands: list[Command] = []
+    for family in families(placement):
+        table = {"table": {"family": family, "name": TABLE}}
+        # "add table" first makes the "delete" valid even when no table exists yet.
+        commands.extend([{"add": table}, {"delete": table}])
     layout = build_layout(ruleset, logging)
-    objects = table_objects(ruleset, fail_closed, layout)
-    # "add table" first makes the "delete" valid even when no table exists yet.
-    commands = [{"add": table}, {"delete": table}, *objects]
-    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed, logging), notes=_readable_notes(ruleset, layout),
-                          layout=layout)
+    commands.extend(table_objects(ruleset, fail_closed, placement, layout))
+    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed, placement, logging),
+                          notes=_readable_notes(ruleset, layout), layout=layout)
 
 
 def _readable_notes(ruleset: RuleSet, layout: Layout) -> tuple[tuple[str, str], ...]:
     """What each map and chain stands for, for people reading the text form."""
     notes: list[tuple[str, str]] = []
     for ep in ruleset.endpoints:
+        where = ep.interface or ep.netns
         for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
             if tiers:
-                notes.append((tiers[0].name, f"{direction} of {ep.endpoint} ({ep.interface})"))
+                notes.append((tiers[0].name, f"{direction} of {ep.endpoint} ({where})"))
     for name, m in sorted(layout.maps.items()):
         kind = "address . protocol . port" if m.ported else "address, for rules without ports"
         family = "IPv4" if m.family == "ip" else "IPv6"

@@ -14,6 +14,7 @@ commands only for what changed, through the same helpers the full table uses:
   likewise;
 * chains (endpoint chains, rule chains): ``add chain`` + rules for new ones,
   ``flush`` + refill for changed ones, ``flush`` + ``delete`` for removed ones;
+* dispatch maps and anti-spoofing sets (:mod:`.dispatch`): element by element;
 * the digest: ``delete element`` of the old one + ``add element`` of the new
   one in the digest set. The kernel refuses the whole transaction when the old
   one is not there, so the transaction applies only to the table it was
@@ -23,8 +24,8 @@ Pod churn elsewhere in the cluster therefore becomes element commands only.
 
 The planner refuses (returns None, and the caller replaces the table in full)
 whenever it is not sure: a map or set changes form (hash ↔ interval), a map its port classes,
-or the forward chain's structure changed (fail-closed turned on or off,
-another prefix). Command order inside the transaction respects the kernel's
+or the base chains' structure changed (fail-closed turned on or off, another
+prefix, another placement). Command order inside the transaction respects the kernel's
 references: chains and maps exist before rules and elements use them, and
 nothing is deleted while still referenced.
 """
@@ -35,24 +36,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from callgate.compiler.ir import AddressSet, RuleSet
-from callgate.enforcers.base import FailClosed
+from callgate.enforcers.base import FailClosed, Placement
 from callgate.enforcers.nft.commands import (
     address_set_command,
-    dispatch_element,
-    dispatch_pairs,
     element,
     endpoint_chain_commands,
     expand,
     verdict_chain_commands,
 )
 from callgate.enforcers.nft.decisions import Layout, elements_diff, update_layout
+from callgate.enforcers.nft.dispatch import dispatch_elements, structure
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
     FAMILY,
-    FROM_ENDPOINT,
-    KNOWN_ENDPOINT,
     TABLE,
-    TO_ENDPOINT,
     digest_swap,
     is_hash_set,
     layout_digest,
@@ -75,7 +72,7 @@ class NftUpdate(NftTransaction):
             detail = ""
             if kind == "element":
                 detail = " { " + ", ".join(json_key(e) for e in item["elem"]) + " }"
-            lines.append(f"{verb} {kind} {FAMILY} {TABLE} {name}{detail}")
+            lines.append(f"{verb} {kind} {item.get('family', FAMILY)} {TABLE} {name}{detail}")
         return "\n".join(lines) + "\n"
 
     def counts(self) -> dict[str, int]:
@@ -86,6 +83,13 @@ class NftUpdate(NftTransaction):
             label = f"{verb} {next(iter(body))}"
             out[label] = out.get(label, 0) + 1
         return out
+
+
+def _json_diff(before: list[Any], after: list[Any]) -> tuple[list[Any], list[Any]]:
+    """(gone, came) between two lists of JSON elements, compared as JSON."""
+    a = {json_key(e): e for e in before}
+    b = {json_key(e): e for e in after}
+    return [a[k] for k in sorted(a.keys() - b.keys())], [b[k] for k in sorted(b.keys() - a.keys())]
 
 
 def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], list[Any]] | None:
@@ -108,23 +112,18 @@ def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], li
     return sorted(out - into), sorted(into - out)
 
 
-def _map_change(before: dict[str, str], after: dict[str, str]) -> tuple[list[Any], list[Any]]:
-    gone = [dispatch_element(k, v) for k, v in sorted(before.items()) if after.get(k) != v]
-    came = [dispatch_element(k, v) for k, v in sorted(after.items()) if before.get(k) != v]
-    return gone, came
-
-
 def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new: RuleSet,
-                new_fc: FailClosed | None) -> NftUpdate | None:
+                new_fc: FailClosed | None, placement: Placement = "node") -> NftUpdate | None:
     """One transaction taking the kernel from ``old`` (whose decision part is
     ``old_layout``) to ``new``; None when only a full replacement is safe.
     The transaction itself checks, in the kernel, that the live table holds
     ``old``'s digest; it carries the new layout for the next change."""
     logging = old_layout.logging  # the table's: a change of it is a full replacement (the enforcer keeps it)
-    old_digest, new_digest = layout_digest(old, old_fc, logging), layout_digest(new, new_fc, logging)
+    old_digest = layout_digest(old, old_fc, placement, logging)
+    new_digest = layout_digest(new, new_fc, placement, logging)
     if old_digest == new_digest:
         return None  # nothing to change yet not in sync: drift the digest cannot see
-    if (old_fc is None) != (new_fc is None) or (old_fc and new_fc and old_fc.prefix != new_fc.prefix):
+    if structure(old_fc, placement) != structure(new_fc, placement):
         return None  # the dispatch structure itself changed
     patched = update_layout(old_layout, old, new)
     if patched is None:
@@ -134,11 +133,11 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     dels: list[Command] = []
     adds: list[Command] = []
 
-    def element_commands(name: str, gone: list[Any], came: list[Any]) -> None:
+    def element_commands(name: str, gone: list[Any], came: list[Any], family: str = FAMILY) -> None:
         if gone:
-            dels.append({"delete": {"element": obj(name=name, elem=gone)}})
+            dels.append({"delete": {"element": {"family": family, "table": TABLE, "name": name, "elem": gone}}})
         if came:
-            adds.append({"add": {"element": obj(name=name, elem=came)}})
+            adds.append({"add": {"element": {"family": family, "table": TABLE, "name": name, "elem": came}}})
 
     for name in sorted(layout.sets.keys() & old_layout.sets.keys()):
         set_change = _address_set_change(old_layout.sets[name], layout.sets[name])
@@ -153,11 +152,13 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
                          after.element_json(change.came))
     new_maps = sorted(layout.maps.keys() - old_layout.maps.keys())
     gone_maps = sorted(old_layout.maps.keys() - layout.maps.keys())
-    if old_fc is not None and new_fc is not None:
-        element_commands(KNOWN_ENDPOINT, *elements_diff(old_fc.known, new_fc.known))
-    (a_from, a_to), (b_from, b_to) = dispatch_pairs(old), dispatch_pairs(new)
-    element_commands(FROM_ENDPOINT, *_map_change(a_from, b_from))
-    element_commands(TO_ENDPOINT, *_map_change(a_to, b_to))
+
+    # Dispatch maps, anti-spoofing and fail-closed sets: element by element (a
+    # map key whose chain changed is a delete and an add, deletions first).
+    a_dispatch, b_dispatch = dispatch_elements(old, old_fc, placement), dispatch_elements(new, new_fc, placement)
+    for (family, name), now in b_dispatch.items():
+        gone, came = _json_diff(a_dispatch.get((family, name), []), now)
+        element_commands(name, gone, came, family)
 
     new_verdicts = [n for n in layout.verdicts if n not in old_layout.verdicts]
     changed_verdicts = [n for n in layout.verdicts if n in old_layout.verdicts

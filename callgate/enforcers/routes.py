@@ -28,7 +28,7 @@ from typing import Any
 from callgate.policy.model import Endpoint, IPAddress
 from callgate.policy.validation import interface_name
 
-log = logging.getLogger("callgate.agent.interfaces")
+log = logging.getLogger("callgate.enforcers.routes")
 
 Runner = Callable[[Sequence[str]], str | None]
 

@@ -1,0 +1,78 @@
+"""``callgate doctor``: how each local endpoint is enforced, and what defeats it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from callgate.cli.common import InventoryOpt, fail, require_paths, usage_error
+from callgate.cli.engine import BackendOpt, NodeOpt
+from callgate.compiler import Compiler
+from callgate.enforcers import get_enforcer, guard
+from callgate.errors import KernelError
+from callgate.policy import PolicySet, load_inventory
+
+
+def doctor(
+    inventory: InventoryOpt,
+    node: NodeOpt,
+    netns: Annotated[str | None, typer.Option(
+        "--netns", help="The node's named network namespace (default: the current one).")] = None,
+    backend: BackendOpt = "nft",
+) -> None:
+    """Report how each local endpoint of NODE is enforced, and anything that defeats it.
+
+    For every endpoint the inventory places on NODE: a routed veth, a bridge
+    port (and whether bridged traffic reaches callgate's rules), in its own
+    namespace (macvlan, ipvlan), or not enforceable, and why; then whether
+    callgate's tables are there. Changes nothing. Exit code 1 when something
+    defeats enforcement (`callgate apply` fixes what it can and refuses the rest).
+
+    Example: callgate doctor --node node-1 -i inventory.yaml
+    """
+    if not inventory:
+        usage_error("--inventory / -i is required")
+    inv = load_inventory(require_paths("'--inventory' / '-i'", inventory))
+    if node not in inv.nodes():
+        fail(f"node {node!r} runs no endpoint in the inventory (nodes: {', '.join(inv.nodes()) or 'none'})")
+    ruleset = Compiler(PolicySet(), inv).compile(node)
+    try:
+        enforcer = get_enforcer(backend, netns)
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        report = guard.check(ruleset, netns, enforcer.name)
+        tables = {where: enforcer.part(where).live_digest() for where in
+                  (None, *sorted({le.netns for le in ruleset.local if le.interface is None and le.netns}))}
+    except KernelError as exc:
+        fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
+    finally:
+        enforcer.close()
+    typer.echo(f"node {node}{f' (network namespace {netns})' if netns else ''}, backend {enforcer.name}: "
+               f"{len(report.placed)} local endpoint(s)")
+    problems: dict[str, list[guard.Finding]] = {}
+    for f in report.findings:
+        problems.setdefault(f.endpoint, []).append(f)
+    width = max((len(p.endpoint) for p in report.placed), default=0)
+    for placed in report.placed:
+        found = problems.get(placed.endpoint, [])
+        status = "ok" if not found else "DEFEATED"
+        typer.echo(f"  {placed.endpoint:<{width}}  {placed.kind}: {placed.where}  {status}")
+        for f in found:
+            remedy = " (apply fixes this: " + f.fix.describe().split(" (")[0] + ")" if f.fix else ""
+            typer.echo(f"      {f.problem}{remedy}")
+    for unbound, why in ruleset.unbound:
+        typer.echo(f"  {unbound}: {why}")
+    for where, digest in tables.items():
+        place = f"network namespace {where}" if where else "the node"
+        state = f"present (digest {digest[:12]})" if digest else "absent: nothing is enforced there yet"
+        typer.echo(f"callgate's {enforcer.name} rules in {place}: {state}")
+    if report.defeated:
+        typer.echo(f"{len({f.endpoint for f in report.findings})} endpoint(s) not enforced as the inventory says")
+        raise typer.Exit(1)
+    typer.echo("every local endpoint is where callgate enforces")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("doctor")(doctor)

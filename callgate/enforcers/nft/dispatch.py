@@ -1,0 +1,341 @@
+"""Dispatch: which packets reach which endpoint's chains, and who may send what.
+
+The decision part of the table (peer sets, one chain per endpoint tier) is
+built by :mod:`.commands`; this module builds everything around it: the
+dispatch maps, the anti-spoofing sets and the base chains, for both
+placements.
+
+**Node** (``inet callgate`` on the forward hook, plus ``bridge callgate``)::
+
+    map from_endpoint4 { type ipv4_addr : verdict }   ip saddr → jump out_<endpoint> (first egress tier)
+    map to_endpoint4   { type ipv4_addr : verdict }   ip daddr → jump in_<endpoint>  (first ingress tier)
+    (from_endpoint6, to_endpoint6: the same for IPv6)
+    set endpoint_iface   { type ifname }              every local endpoint's host-side interface
+    set endpoint_source4 { type ifname . ipv4_addr }  (interface, own address) pairs (…6: IPv6)
+    chain forward { type filter hook forward priority 0; policy accept;
+        meta nfproto vmap { ipv4 : jump forward4, ipv6 : jump forward6 }
+        [fail-closed: iifname/oifname "<prefix>*" not in @known_endpoint: drop]
+    }
+    chain forward4 {
+        iifname . ip saddr != @endpoint_source4 iifname @endpoint_iface counter drop   # anti-spoofing
+        ct state established,related accept
+        ip saddr vmap @from_endpoint4          # egress: allow = return, deny = drop
+        ip daddr vmap @to_endpoint4            # ingress: allow = accept, deny = drop
+    }
+    chain forward6 { the same for IPv6, and after the established rule:
+        icmpv6 type { nd-… } ip6 hoplimit 255 accept   # neighbour discovery and MLD on a bridge
+        icmpv6 type { mld-… } ip6 hoplimit 1 accept     #   (link-local control, not policy traffic)
+    }
+
+    table bridge callgate: the same endpoint_iface and endpoint_source sets, and
+    chain prerouting { type filter hook prerouting priority -200;   # sees bridge ports
+        [fail-closed: iifname "<prefix>*" not in @known_endpoint: drop]
+        iifname @endpoint_iface jump endpoint_source }
+    chain endpoint_source {     # a bridge port may send, from its own addresses only:
+        ether type != { ip, arp, ip6 } counter drop   # no VLAN tags: br_netfilter passes tagged IP by the inet hooks
+        IPv4, IPv6, ARP (sender address); from :: or fe80::/10 only neighbour
+        discovery and MLD; nothing else }
+    [chain postrouting: fail-closed for frames to "<prefix>*" ports]
+
+Why by address: on a Linux bridge, br_netfilter hands bridged IPv4/IPv6 to
+the inet forward hook with iif = oif = the bridge, so an interface name
+cannot tell the endpoints apart there; addresses can, on routed veths,
+bridge ports and traffic routed into a bridge alike. An address is only as
+good as the check that nobody else sends from it, hence anti-spoofing on
+every local endpoint's interface: in the inet table for routed veths (whose
+name the forward hook sees), in the bridge table for bridge ports (which only
+the bridge family sees; it has no conntrack here, which anti-spoofing does
+not need). Each check runs on the interface kind it can see and never
+matches on the other, so both are always present and the table does not
+depend on what the host looks like. Anti-spoofing comes before the
+established rule: a packet from a spoofed address must not ride on another
+endpoint's connection either.
+
+**Netns** (``inet callgate`` inside an endpoint's own namespace, no host-side
+interface: macvlan, ipvlan)::
+
+    the four dispatch maps, as above
+    set endpoint_address4 { type ipv4_addr }      its own addresses (…6: IPv6)
+    chain output { type filter hook output priority 0; policy accept;
+        oifname "lo" accept                        # a pod always reaches itself
+        ct state established,related accept        # (this namespace tracks only the pod's own flows)
+        jump endpoint_source                       # only from its own addresses (raw sockets too)
+        neighbour discovery and MLD accept
+        ip saddr vmap @from_endpoint4; ip6 saddr vmap @from_endpoint6 }
+    chain input { type filter hook input priority 0; policy accept;
+        iifname "lo" accept; ct state established,related accept; ND and MLD accept
+        ip daddr vmap @to_endpoint4; ip6 daddr vmap @to_endpoint6 }
+    chain endpoint_source { own addresses return; ND/MLD from :: or fe80::/10 return; counter drop }
+
+Every element comes from the IR (addresses, interface names): data in JSON,
+never text. :func:`dispatch_elements` lists the elements of every dispatch
+set and map, so the incremental planner updates them like any other set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from callgate.compiler.ir import RuleSet
+from callgate.enforcers.base import FailClosed, Placement
+from callgate.enforcers.nft.kernel import Command
+from callgate.enforcers.nft.layout import (
+    ANTI_SPOOFING_COMMENT,
+    BRIDGE_FAMILY,
+    FAIL_CLOSED_COMMENT,
+    FAMILY,
+    FORWARD,
+    KNOWN_ENDPOINT,
+    TABLE,
+)
+
+FROM_ENDPOINT = {4: "from_endpoint4", 6: "from_endpoint6"}
+TO_ENDPOINT = {4: "to_endpoint4", 6: "to_endpoint6"}
+ENDPOINT_IFACE = "endpoint_iface"
+ENDPOINT_SOURCE = {4: "endpoint_source4", 6: "endpoint_source6"}  # node: (interface, address)
+ENDPOINT_ADDRESS = {4: "endpoint_address4", 6: "endpoint_address6"}  # netns: own addresses
+SOURCE_CHAIN = "endpoint_source"
+INPUT, OUTPUT = "input", "output"
+BRIDGE_PREROUTING, BRIDGE_POSTROUTING = "prerouting", "postrouting"
+BRIDGE_PRIORITY = -200  # the bridge family's "filter" priority: before br_netfilter (0) hands IP on
+
+_ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+_PROTOCOL = {4: "ip", 6: "ip6"}
+# Link-local control traffic a bridge carries between endpoints. NetworkPolicy
+# does not govern it (on a routed veth it never leaves the link), neighbour
+# resolution between allowed endpoints needs it, and the hop limits pin it to
+# one link: routers do not forward it. Listed in the kernel's order (by type).
+ND_TYPES = ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect"]
+MLD_TYPES = ["mld-listener-query", "mld-listener-report", "mld-listener-done", "mld2-listener-report"]
+LINK_SOURCES = ["::", {"prefix": {"addr": "fe80::", "len": 10}}]
+ETHER_TYPES = ("ip", "arp", "ip6")  # what a bridge port may send (in the kernel's order)
+
+
+def _in(family: str, **fields: Any) -> dict[str, Any]:
+    return {"family": family, "table": TABLE, **fields}
+
+
+def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _payload(protocol: str, field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _version(address: str) -> int:
+    return ipaddress.ip_address(address).version
+
+
+def _by_address(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
+# -- elements -------------------------------------------------------------------
+
+
+def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placement: Placement,
+                      ) -> dict[tuple[str, str], list[Any]]:
+    """(family, name) -> elements of every dispatch set and map, as libnftables JSON."""
+    out: dict[tuple[str, str], list[Any]] = {}
+    for version in (4, 6):
+        out[(FAMILY, FROM_ENDPOINT[version])] = []
+        out[(FAMILY, TO_ENDPOINT[version])] = []
+    for ep in ruleset.endpoints:
+        for address in sorted(ep.ips, key=_by_address):
+            version = _version(address)
+            if ep.egress:
+                out[(FAMILY, FROM_ENDPOINT[version])].append([address, {"jump": {"target": ep.egress[0].name}}])
+            if ep.ingress:
+                out[(FAMILY, TO_ENDPOINT[version])].append([address, {"jump": {"target": ep.ingress[0].name}}])
+    if placement == "netns":
+        for version in (4, 6):
+            out[(FAMILY, ENDPOINT_ADDRESS[version])] = sorted(
+                (a for le in ruleset.local for a in le.ips if _version(a) == version), key=_by_address)
+        return out
+    attached = sorted((le for le in ruleset.local if le.interface is not None), key=lambda le: le.interface or "")
+    for family in (FAMILY, BRIDGE_FAMILY):
+        out[(family, ENDPOINT_IFACE)] = [le.interface for le in attached]
+        for version in (4, 6):
+            out[(family, ENDPOINT_SOURCE[version])] = [
+                {"concat": [le.interface, a]} for le in attached
+                for a in sorted(le.ips, key=_by_address) if _version(a) == version]
+        if fail_closed is not None:
+            out[(family, KNOWN_ENDPOINT)] = list(fail_closed.known)
+    return out
+
+
+def _set_type(name: str) -> tuple[str, Any]:
+    """(kind, type) of a dispatch set or map by its name."""
+    for version in (4, 6):
+        if name in (FROM_ENDPOINT[version], TO_ENDPOINT[version]):
+            return "map", _ADDR_TYPE[version]
+        if name == ENDPOINT_SOURCE[version]:
+            return "set", ["ifname", _ADDR_TYPE[version]]
+        if name == ENDPOINT_ADDRESS[version]:
+            return "set", _ADDR_TYPE[version]
+    return "set", "ifname"  # endpoint_iface, known_endpoint
+
+
+def _set_commands(elements: dict[tuple[str, str], list[Any]]) -> list[Command]:
+    cmds: list[Command] = []
+    for (family, name), elems in elements.items():
+        kind, typ = _set_type(name)
+        body = _in(family, name=name, type=typ)
+        if kind == "map":
+            body["map"] = "verdict"
+        if elems:
+            body["elem"] = list(elems)
+        cmds.append({"add": {kind: body}})
+    return cmds
+
+
+# -- rules ----------------------------------------------------------------------
+
+
+def _rule(family: str, chain: str, *expr: dict[str, Any], comment: str | None = None) -> Command:
+    body = _in(family, chain=chain, expr=list(expr))
+    if comment is not None:
+        body["comment"] = comment
+    return {"add": {"rule": body}}
+
+
+def _base_chain(family: str, name: str, hook: str, prio: int) -> Command:
+    return {"add": {"chain": _in(family, name=name, type="filter", hook=hook, prio=prio, policy="accept")}}
+
+
+def _link_control(verdict: dict[str, Any], from_link_local: bool = False) -> list[list[dict[str, Any]]]:
+    """Neighbour discovery (hop limit 255) and MLD (hop limit 1): the rules'
+    expressions, each ending in ``verdict``; ``from_link_local`` limits them
+    to packets from the unspecified or a link-local address."""
+    source = [_match(_payload("ip6", "saddr"), {"set": list(LINK_SOURCES)})] if from_link_local else []
+    return [[*source, _match(_payload("icmpv6", "type"), {"set": list(types)}),
+             _match(_payload("ip6", "hoplimit"), limit), verdict]
+            for types, limit in ((ND_TYPES, 255), (MLD_TYPES, 1))]
+
+
+def _link_control_one(verdict: dict[str, Any]) -> list[dict[str, Any]]:
+    """Neighbour discovery and MLD with their hop limits in one look-up (a
+    packet of another kind leaves at the first compare)."""
+    # In the order nft lists them back (by value: the hop limit, then the type).
+    pairs = [{"concat": [t, 1]} for t in MLD_TYPES] + [{"concat": [t, 255]} for t in ND_TYPES]
+    return [_match({"concat": [_payload("icmpv6", "type"), _payload("ip6", "hoplimit")]}, {"set": pairs}), verdict]
+
+
+def _established() -> dict[str, Any]:
+    return _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
+
+
+def _dispatch(family_key: str) -> list[list[dict[str, Any]]]:
+    """``ip saddr vmap @from_endpoint4`` and the IPv6 twin (``daddr``/``to_endpoint`` likewise)."""
+    names = FROM_ENDPOINT if family_key == "saddr" else TO_ENDPOINT
+    return [[{"vmap": {"key": _payload(_PROTOCOL[v], family_key), "data": "@" + names[v]}}] for v in (4, 6)]
+
+
+
+
+
+def _fail_closed(family: str, chain: str, key: str, fc: FailClosed) -> Command:
+    # The prefix goes in as JSON data, never as nft text.
+    return _rule(family, chain, _match(_meta(key), fc.prefix + "*"), _match(_meta(key), "@" + KNOWN_ENDPOINT, op="!="),
+                 {"counter": None}, {"drop": None}, comment=FAIL_CLOSED_COMMENT)
+
+
+def _drop_spoofed(family: str) -> Command:
+    return _rule(family, SOURCE_CHAIN, {"counter": None}, {"drop": None}, comment=ANTI_SPOOFING_COMMENT)
+
+
+def _node_inet(fc: FailClosed | None) -> list[Command]:
+    cmds = [_base_chain(FAMILY, FORWARD, "forward", 0)]
+    # Established flows leave at the first rule, as before dispatch by address:
+    # a forwarded packet of a flow conntrack already holds costs one compare.
+    cmds.append(_rule(FAMILY, FORWARD, _established(), {"accept": None}))
+    for v in (4, 6):
+        # From an endpoint's interface, not one of its own (interface, address)
+        # pairs: drop. The pair look-up first, so a pod's own packets leave the
+        # rule after one look-up (and other families' after a compare).
+        own = _match({"concat": [_meta("iifname"), _payload(_PROTOCOL[v], "saddr")]}, "@" + ENDPOINT_SOURCE[v],
+                     op="!=")
+        cmds.append(_rule(FAMILY, FORWARD, own, _match(_meta("iifname"), "@" + ENDPOINT_IFACE), {"counter": None},
+                          {"drop": None}, comment=ANTI_SPOOFING_COMMENT))
+    cmds.append(_rule(FAMILY, FORWARD, *_link_control_one({"accept": None})))
+    cmds.extend(_rule(FAMILY, FORWARD, *expr) for expr in (*_dispatch("saddr"), *_dispatch("daddr")))
+    if fc is not None:
+        cmds.extend(_fail_closed(FAMILY, FORWARD, key, fc) for key in ("iifname", "oifname"))
+    return cmds
+
+
+def _node_bridge(fc: FailClosed | None) -> list[Command]:
+    cmds = [{"add": {"chain": _in(BRIDGE_FAMILY, name=SOURCE_CHAIN)}}]
+    # First the frame's own type, read from the link-layer header (a VLAN tag,
+    # even one the kernel took off into metadata, shows as 8021q there): in the
+    # bridge family "ip saddr" only asks the skb's protocol, which a tagged frame
+    # carries as its inner one, and br_netfilter hands tagged IP to no inet hook.
+    cmds.append(_rule(BRIDGE_FAMILY, SOURCE_CHAIN, _match(_payload("ether", "type"), {"set": list(ETHER_TYPES)},
+                                                          op="!="), {"counter": None}, {"drop": None},
+                      comment=ANTI_SPOOFING_COMMENT))
+    for v in (4, 6):
+        own = _match({"concat": [_meta("iifname"), _payload(_PROTOCOL[v], "saddr")]}, "@" + ENDPOINT_SOURCE[v])
+        cmds.append(_rule(BRIDGE_FAMILY, SOURCE_CHAIN, own, {"return": None}))
+    arp_sender = _payload("arp", "saddr ip")
+    cmds.append(_rule(BRIDGE_FAMILY, SOURCE_CHAIN, _match({"concat": [_meta("iifname"), arp_sender]},
+                                                          "@" + ENDPOINT_SOURCE[4]), {"return": None}))
+    cmds.append(_rule(BRIDGE_FAMILY, SOURCE_CHAIN, _match(arp_sender, "0.0.0.0"), {"return": None}))  # ARP probes
+    cmds.extend(_rule(BRIDGE_FAMILY, SOURCE_CHAIN, *expr)
+                for expr in _link_control({"return": None}, from_link_local=True))
+    cmds.append(_drop_spoofed(BRIDGE_FAMILY))
+    cmds.append(_base_chain(BRIDGE_FAMILY, BRIDGE_PREROUTING, "prerouting", BRIDGE_PRIORITY))
+    if fc is not None:
+        cmds.append(_fail_closed(BRIDGE_FAMILY, BRIDGE_PREROUTING, "iifname", fc))
+    cmds.append(_rule(BRIDGE_FAMILY, BRIDGE_PREROUTING, _match(_meta("iifname"), "@" + ENDPOINT_IFACE),
+                      {"jump": {"target": SOURCE_CHAIN}}))
+    if fc is not None:
+        cmds.append(_base_chain(BRIDGE_FAMILY, BRIDGE_POSTROUTING, "postrouting", BRIDGE_PRIORITY))
+        cmds.append(_fail_closed(BRIDGE_FAMILY, BRIDGE_POSTROUTING, "oifname", fc))
+    return cmds
+
+
+def _netns() -> list[Command]:
+    cmds = [{"add": {"chain": _in(FAMILY, name=SOURCE_CHAIN)}}]
+    for v in (4, 6):
+        cmds.append(_rule(FAMILY, SOURCE_CHAIN, _match(_payload(_PROTOCOL[v], "saddr"), "@" + ENDPOINT_ADDRESS[v]),
+                          {"return": None}))
+    cmds.extend(_rule(FAMILY, SOURCE_CHAIN, *expr) for expr in _link_control({"return": None}, from_link_local=True))
+    cmds.append(_drop_spoofed(FAMILY))
+    for chain, hook, lo, key in ((OUTPUT, "output", "oifname", "saddr"), (INPUT, "input", "iifname", "daddr")):
+        cmds.append(_base_chain(FAMILY, chain, hook, 0))
+        cmds.append(_rule(FAMILY, chain, _match(_meta(lo), "lo"), {"accept": None}))
+        # Established first: in an endpoint's own namespace conntrack holds only its
+        # own flows, which a packet from another source address cannot match.
+        cmds.append(_rule(FAMILY, chain, _established(), {"accept": None}))
+        if chain == OUTPUT:
+            cmds.append(_rule(FAMILY, chain, {"jump": {"target": SOURCE_CHAIN}}))
+        cmds.extend(_rule(FAMILY, chain, *expr) for expr in _link_control({"accept": None}))
+        cmds.extend(_rule(FAMILY, chain, *expr) for expr in _dispatch(key))
+    return cmds
+
+
+def dispatch_objects(ruleset: RuleSet, fail_closed: FailClosed | None, placement: Placement) -> list[Command]:
+    """``add`` commands for the dispatch sets and maps (with their elements)
+    and the base chains; the endpoint chains the maps jump to must exist
+    already, and the bridge table (node) is added here."""
+    elements = dispatch_elements(ruleset, fail_closed, placement)
+    if placement == "netns":
+        return [*_set_commands(elements), *_netns()]
+    inet = {k: v for k, v in elements.items() if k[0] == FAMILY}
+    bridge = {k: v for k, v in elements.items() if k[0] == BRIDGE_FAMILY}
+    return [*_set_commands(inet), *_node_inet(fail_closed),
+            {"add": {"table": {"family": BRIDGE_FAMILY, "name": TABLE}}},
+            *_set_commands(bridge), *_node_bridge(fail_closed)]
+
+
+def structure(fail_closed: FailClosed | None, placement: Placement) -> tuple[str, str | None]:
+    """What the base chains depend on besides set elements: the incremental
+    planner only updates elements while this stays the same."""
+    return placement, fail_closed.prefix if fail_closed is not None else None
