@@ -11,6 +11,7 @@ from callgate.enforcers.base import FlowLogging
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
 from callgate.enforcers.nft.kernel import LibNftables, NftKernel
+from callgate.enforcers.nft.layout import families
 from callgate.enforcers.nft.transaction import replace_table
 from callgate.enforcers.nft.update import NftUpdate
 from tests.netns import nft
@@ -103,10 +104,11 @@ def test_kernel_walk_with_audit_and_flow_log_stays_in_sync(netns: str) -> None:
     # The text form of the walk's last state, loaded with nft -f, is what that state wants.
     _, doc, policies = AUDIT_STATES[-2]
     known = [e["interface"] for e in doc["endpoints"] if e.get("node") == NODE and e.get("interface")]
-    text = NftablesEnforcer(FakeNftKernel(), "cg", LOGGING).plan(compile_(doc, policies), known).text()
-    nft(netns, "delete", "table", "inet", "callgate")
+    text = NftablesEnforcer(FakeNftKernel(), "cg", flow_logging=LOGGING).plan(compile_(doc, policies), known).text()
+    for family in families("node"):  # the walk's tables go; the text brings them back
+        nft(netns, "delete", "table", family, "callgate")
     nft(netns, "-f", "-", stdin=text)
-    enforcer = NftablesEnforcer(LibNftables(netns), "cg", LOGGING)
+    enforcer = NftablesEnforcer(LibNftables(netns), "cg", flow_logging=LOGGING)
     try:
         assert enforcer.in_sync(compile_(doc, policies), known)
     finally:
