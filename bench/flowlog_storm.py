@@ -12,6 +12,10 @@ process), and with the same storm but no flow log (the same table without
 logging: the control, since on a two-core machine the storm's own sending
 and forwarding take CPU from everyone, logged or not).
 
+Each measurement of cli → srv is done twice: as fast as cli can send (its
+throughput, which on two cores any other CPU load takes from), and paced at
+50,000 packets a second (what it delivers: lost only if the datapath starves).
+
 What it reports (medians over the rounds): the storm's denied packet rate
 (every denied packet passes either the rate limit's counted rule or the log
 rule, so logged + limited = denied), the records written, the flow-log
@@ -36,8 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.datapath import _stop, build_loadgen, measure_udp
-from bench.lab import _pod, ns_exec, two_pod_lab
+from bench.datapath import _start, _stop, build_loadgen, measure_udp
+from bench.lab import TwoPodLab, _pod, ns_exec, two_pod_lab
+from bench.synth import HOT_UDP_PORT
 from callgate.agent.flowlog.decode import FlowContext
 from callgate.agent.flowlog.service import FlowLogService
 from callgate.agent.flowlog.writer import FlowLogWriter
@@ -54,6 +59,7 @@ NODE = "bench"
 IPS = {"srv": "198.18.0.2", "cli": "198.18.0.3", "victim": "198.18.0.4", "attacker": "198.18.0.5"}
 IFACES = {"srv": "cgbs0", "cli": "cgbc0", "victim": "cgbv0", "attacker": "cgba0"}
 STORM_PORT = 9999
+OTHERS_PPS = 50_000  # the paced pair: well below what one core forwards, so only a starved datapath loses packets
 
 POLICIES = """
 apiVersion: networking.k8s.io/v1
@@ -89,6 +95,20 @@ def _machine_busy() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+def measure_paced(lab: TwoPodLab, loadgen: Path, seconds: float, pps: float) -> float:
+    """cli → srv paced at ``pps``: the rate the sink received (packets a second)."""
+    sink = _start(ns_exec(lab.server.netns, str(loadgen), "udp-sink", str(HOT_UDP_PORT), str(seconds)))
+    try:
+        subprocess.run(ns_exec(lab.client.netns, str(loadgen), "udp-blast", lab.server.ip, str(HOT_UDP_PORT),
+                               str(seconds + 1), "64", f"{pps:g}"),
+                       capture_output=True, text=True, check=True, timeout=seconds + 60)
+        out, _ = sink.communicate(timeout=seconds + 30)
+    finally:
+        _stop(sink)
+    count, elapsed = out.split()
+    return int(count) / float(elapsed) if float(elapsed) > 0 else 0.0
+
+
 def _storm(attacker: str, loadgen: Path, seconds: float, pps: float) -> subprocess.Popen[str]:
     return subprocess.Popen(ns_exec(attacker, str(loadgen), "udp-blast", IPS["victim"], str(STORM_PORT),
                                     str(seconds), "64", f"{pps:g}"),
@@ -106,7 +126,8 @@ def run(seconds: float, rounds: int, pps: float) -> dict[str, Any]:
     inventory, policies = load_inventory(tmp / "inventory.yaml"), load_policies(tmp / "policies.yaml")
     ruleset = compile_node(policies, inventory, NODE)
     logging = FlowLogging(GROUP)
-    out: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "storm_pps": pps, "rate_limit": logging.rate,
+    out: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "storm_pps": pps, "others_paced_pps": OTHERS_PPS,
+                           "rate_limit": logging.rate,
                            "cpus": os.cpu_count(), "load_before": os.getloadavg(), "samples": []}
     with two_pod_lab(IPS["srv"], IPS["cli"], IFACES["srv"], IFACES["cli"]) as lab:
         _pod(lab.node, "vic", IFACES["victim"], IPS["victim"])  # nothing listens: the packets are dropped before
@@ -127,10 +148,11 @@ def run(seconds: float, rounds: int, pps: float) -> dict[str, Any]:
             if kind == "quiet":
                 plain_table.apply(ruleset, incremental=False)
                 sample["others_pps_quiet"] = measure_udp(lab, loadgen, seconds)
+                sample["paced_pps_quiet"] = measure_paced(lab, loadgen, seconds, OTHERS_PPS)
                 return
             table = logged_table if kind == "logged" else plain_table
             table.apply(ruleset, incremental=False)
-            storm = _storm(attacker.netns, loadgen, seconds + 3, pps)
+            storm = _storm(attacker.netns, loadgen, 2 * seconds + 5, pps)
             try:
                 time.sleep(0.5)
                 # Counted over the same window as the CPU: from the storm's steady state on.
@@ -138,6 +160,7 @@ def run(seconds: float, rounds: int, pps: float) -> dict[str, Any]:
                 limited_before = logged_table.rule_counters().flow_log_limited if kind == "logged" else 0
                 cpu, wall, busy = _cpu(), time.monotonic(), _machine_busy()
                 others = measure_udp(lab, loadgen, seconds)
+                sample[f"paced_pps_storm_{kind}"] = measure_paced(lab, loadgen, seconds, OTHERS_PPS)
                 cpu, wall = _cpu() - cpu, time.monotonic() - wall
                 busy_after = _machine_busy()
                 sample[f"others_pps_storm_{kind}"] = others
@@ -161,6 +184,9 @@ def run(seconds: float, rounds: int, pps: float) -> dict[str, Any]:
                 quiet = sample["others_pps_quiet"]
                 sample["ratio_unlogged"] = sample["others_pps_storm_unlogged"] / quiet if quiet else 0.0
                 sample["ratio_logged"] = sample["others_pps_storm_logged"] / quiet if quiet else 0.0
+                paced = sample["paced_pps_quiet"]
+                sample["paced_ratio_unlogged"] = sample["paced_pps_storm_unlogged"] / paced if paced else 0.0
+                sample["paced_ratio_logged"] = sample["paced_pps_storm_logged"] / paced if paced else 0.0
                 out["samples"].append(sample)
         finally:
             flows.stop()
@@ -168,7 +194,8 @@ def run(seconds: float, rounds: int, pps: float) -> dict[str, Any]:
             kernel.close()
     for key in ("ratio_logged", "ratio_unlogged", "denied_pps", "flowlog_cpu_cores", "records_per_s",
                 "others_pps_quiet", "others_pps_storm_logged", "others_pps_storm_unlogged",
-                "machine_busy_cores_logged", "machine_busy_cores_unlogged"):
+                "machine_busy_cores_logged", "machine_busy_cores_unlogged", "paced_ratio_logged",
+                "paced_ratio_unlogged", "paced_pps_quiet"):
         out[key] = statistics.median(s[key] for s in out["samples"])
     out["load_after"] = os.getloadavg()
     return out

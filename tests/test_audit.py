@@ -1,15 +1,18 @@
-"""Audit enforcement in the model, the compiler and explain (the kernel side is in test_flowlog_kernel.py)."""
+"""Audit enforcement in the model, the compiler, explain and doctor (the datapath side is in test_flowlog_e2e.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from callgate.cli.main import build_app
 from callgate.compiler import compile_node
-from callgate.policy import load_inventory
+from callgate.enforcers import get_enforcer
+from callgate.policy import load_inventory, load_policies
 from tests.helpers import policies_from, write
+from tests.netns import host_interfaces
 
 INVENTORY = """
 apiVersion: callgate/v1
@@ -72,3 +75,50 @@ def test_explain_says_a_side_is_in_audit(tmp_path: Path) -> None:
             "would-deny and passes") in result.output.splitlines()
     result = runner.invoke(build_app("explain"), ["explain", "-i", str(inv), "-p", str(pols), "x/a", "y/b", "80"])
     assert "in audit" not in result.output
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_doctor_says_which_namespaces_and_whether_the_node_are_in_audit(netns: str, tmp_path: Path,
+                                                                        backend: str) -> None:
+    host_interfaces(netns, ["cgxa0", "cgyb0"])
+    inv = write(tmp_path, "inv.yaml", INVENTORY)
+    pols = write(tmp_path, "p.yaml", DENY_ALL)
+    runner = CliRunner()
+
+    def doctor(inventory: Path) -> list[str]:
+        result = runner.invoke(build_app("doctor"), ["doctor", "-i", str(inventory), "--node", "n1",
+                                                     "--netns", netns, "--backend", backend])
+        assert result.exit_code == 0, result.output  # audit is no defeat
+        return result.output.splitlines()
+
+    before = doctor(inv)
+    assert "  x/a  routed veth: cgxa0  ok, in audit" in before
+    assert "  y/b  routed veth: cgyb0  ok" in before
+    assert ("namespace x is in audit (callgate.io/enforcement): its pods' denials are recorded as would-deny "
+            "and let through") in before
+    assert not any("namespace y" in line for line in before)
+    enforcer = get_enforcer(backend, netns)
+    try:
+        # x/a's denials go through audit in the live rules, because of its namespace.
+        enforcer.apply(compile_node(load_policies(pols), load_inventory(inv), "n1"), known_interfaces=["cgxa0", "cgyb0"])
+        [table] = [line for line in doctor(inv) if line.startswith(f"callgate's {backend} rules in the node")]
+        assert table.endswith("; they let denials through for audit (recorded as would-deny)"), table
+        # Nothing in audit: the rules say nothing of it.
+        enforced = write(tmp_path, "enforced.yaml", INVENTORY.replace("x: {labels: {callgate.io/enforcement: audit}}",
+                                                                      "x: {labels: {callgate.io/enforcement: dry-run}}"))
+        ruleset = compile_node(load_policies(pols), load_inventory(enforced), "n1")
+        enforcer.apply(ruleset, known_interfaces=["cgxa0", "cgyb0"])
+        lines = doctor(enforced)
+        assert "  x/a  routed veth: cgxa0  ok" in lines
+        assert ("namespace x: callgate.io/enforcement 'dry-run' is neither enforce nor audit, so it is enforced "
+                "(lint CG117)") in lines
+        assert not any("audit (recorded" in line for line in lines)
+        # The node in audit (the agent's --enforcement audit): the live rules audit although no namespace does.
+        enforcer.apply(ruleset.in_audit(), known_interfaces=["cgxa0", "cgyb0"])
+        [table] = [line for line in doctor(enforced) if line.startswith(f"callgate's {backend} rules in the node")]
+        assert table.endswith("no local endpoint's namespace is in audit, so the agent runs with "
+                              "--enforcement audit"), table
+    finally:
+        enforcer.remove()
+        enforcer.close()

@@ -73,3 +73,13 @@ def get_enforcer(backend: str = "nft", netns: str | None = None, fail_closed_pre
         return maker(part, None, placement, None)
 
     return NodeEnforcer(factory, chosen)
+
+
+def live_in_audit(backend: str, live_text: str) -> bool:
+    """Whether callgate's live rules (as ``backend``'s enforcer lists them)
+    let some denials through for audit instead of dropping them."""
+    if backend == "iptables":
+        from callgate.enforcers.iptables.rules import holds_audit
+    else:
+        from callgate.enforcers.nft.actions import holds_audit
+    return holds_audit(live_text)

@@ -13,7 +13,10 @@ RETURN still returns to CG-FORWARD) to an action chain ``CG-L<hash>`` per
 
 the same records as nft (prefixes of at most 43 bytes, inside NFLOG's 63), the
 same per-address limit (``dstip`` on ingress, ``srcip`` on egress). In audit,
-a denial acts as an allow (and is logged as would-deny with a flow log).
+a denial acts as an allow, through an action chain whether logged (as
+would-deny, with a flow log) or not (one rule commented with the label), so
+the live rules say that they audit (:func:`holds_audit`), as nft's audit
+chains do.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class Actions:
             logged = "would-deny" if self.audit else "deny"
         else:
             logged = "allow" if self.logging is not None and self.logging.allowed else None
-        if self.logging is None or logged is None:
+        if logged is None or (self.logging is None and logged != "would-deny"):
             return f"-j {final}"
         label = LogLabel(logged, "ingress" if direction == "ingress" else "egress", rule_id)
         name = chain_name("L" + short_hash("flowlog", label.prefix(), final))
@@ -68,9 +71,12 @@ class Actions:
         return f"-g {name}"
 
     def _chain(self, name: str, label: LogLabel, final: str, direction: str) -> list[str]:
-        assert self.logging is not None
         prefix = label.prefix()
         assert len(prefix) <= NFLOG_PREFIX_MAX
+        if self.logging is None:
+            # Audit without a flow log: the denial passes through a chain of its
+            # own all the same, so that the live rules show (and count) it.
+            return [f"-A {name} -m comment --comment {quote(prefix)} -j {final}"]
         mode, side = ("dstip", "in") if direction == "ingress" else ("srcip", "out")
         rate = self.logging.rate
         return [f"-A {name} -m hashlimit --hashlimit-above {rate}/sec --hashlimit-burst {2 * rate} "
@@ -199,3 +205,8 @@ def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
             problems.append(Problem(why, object="known interfaces"))
     if problems:
         raise InputError(problems)
+
+
+def holds_audit(live_text: str) -> bool:
+    """Whether listed rules let some denials through for audit (their action chains' labels)."""
+    return "callgate would-deny " in live_text

@@ -25,6 +25,7 @@ pays nothing for logging.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,3 +169,8 @@ def limit_sets(logging: FlowLogging | None) -> list[Command]:
 def is_limit_set(name: str) -> bool:
     """A limit set: its elements are the kernel's (addresses seen), never compared."""
     return name.startswith("flowlimit")
+
+
+def holds_audit(live_text: str) -> bool:
+    """Whether a listed table lets some denials through for audit (it has audit chains)."""
+    return re.search(r"^\s*chain audit_", live_text, re.M) is not None
