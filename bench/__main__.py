@@ -5,8 +5,9 @@ BENCHMARKS.md, bench/results.json and the SVG plots in bench/plots/.
 
     --quick      tiny sizes, one repeat (the smoke test; no figure means anything)
     --out DIR    write the report, results and plots under DIR instead of the repo
-    --skip X     skip a part: compile, load, antrea, datapath, analysis, whole, agent, cold, flowlog
+    --skip X     skip a part: compile, load, antrea, datapath, analysis, whole, agent, cold, docker, flowlog
                  (repeatable)
+    --only X     measure part X again on its own; the rest of the report keeps the last full run's figures
 
 Compile and analysis figures come from subprocesses (bench/compile_point.py,
 bench/analysis_point.py) so that each has its own memory figures and a slow
@@ -54,6 +55,7 @@ class Plan:
     command_timeout: float  # per CLI process of the whole-path part
     agent_runs: int  # lone changes per kind and source (bench_agent_latency)
     agent_burst: int  # pods in the burst
+    docker_starts: int  # containers started on a real dockerd, each timed to its rules in the kernel
 
 
 FULL = Plan(
@@ -73,7 +75,7 @@ FULL = Plan(
     ),
     analysis_timeout=300,
     rounds=5, seconds=5.0, apply_repeats=5, changes=200,
-    command_timeout=120, agent_runs=20, agent_burst=1000,
+    command_timeout=120, agent_runs=20, agent_burst=1000, docker_starts=100,
 )
 QUICK = Plan(
     repeats=1,
@@ -90,8 +92,11 @@ QUICK = Plan(
     ),
     analysis_timeout=40,
     rounds=1, seconds=0.3, apply_repeats=1, changes=2,
-    command_timeout=60, agent_runs=1, agent_burst=20,
+    command_timeout=60, agent_runs=1, agent_burst=20, docker_starts=3,
 )
+
+
+PARTS = ["compile", "load", "antrea", "datapath", "analysis", "whole", "agent", "cold", "docker", "flowlog"]
 
 
 def log(msg: str) -> None:
@@ -194,19 +199,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--skip", action="append", default=[],
-                    choices=["compile", "load", "antrea", "datapath", "analysis", "whole", "agent", "cold", "flowlog"])
+    ap.add_argument("--skip", action="append", default=[], choices=PARTS)
+    ap.add_argument("--only", choices=PARTS, help=(
+        "measure this part again on its own; the other sections keep the figures of the last full run "
+        "(results.json), and the report says when each was measured"))
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out_dir: Path = args.out or ROOT
     plot_dir = (out_dir / "bench" / "plots") if args.out is None else out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
+    results_path = (out_dir / "bench" / "results.json") if args.out is None else out_dir / "results.json"
     started = time.time()
-    res: dict[str, Any] = {"machine": machine(), "quick": args.quick,
-                           "command": "python -m bench" + (" --quick" if args.quick else ""),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
-                           "load_before": os.getloadavg()}
-    log(f"machine: {res['machine']}")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
+    if args.only:
+        if not results_path.exists():
+            ap.error(f"--only {args.only} needs the results of a full run in {results_path}")
+        res: dict[str, Any] = json.loads(results_path.read_text())
+        args.skip = [part for part in PARTS if part != args.only]
+        # The machine may not be the full run's: say which one measured this part.
+        res[f"{args.only}_measured"] = {"started": stamp, "load": os.getloadavg(), "machine": machine()}
+    else:
+        res = {"machine": machine(), "quick": args.quick,
+               "command": "python -m bench" + (" --quick" if args.quick else ""),
+               "started": stamp, "load_before": os.getloadavg()}
+    log(f"machine: {machine() if args.only else res['machine']}")
 
     if "compile" not in args.skip:
         for curve in ("pods_curve", "policies_curve"):
@@ -280,16 +296,18 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"analysis {shape}: {task}")
                 res["analysis"][shape][task] = _sub("bench.analysis_point", task, spec_json(spec),
                                                     timeout=plan.analysis_timeout)
-    res["plan"] = {k: (str(v) if isinstance(v, (Spec, tuple)) else v) for k, v in dataclasses.asdict(plan).items()}
-    res["elapsed_s"] = time.time() - started
-    res["load_after"] = os.getloadavg()
-
-    results_path = (out_dir / "bench" / "results.json") if args.out is None else out_dir / "results.json"
+    if "docker" not in args.skip:
+        log(f"docker: {plan.docker_starts} container starts on a real dockerd")
+        res["docker"] = _sub("bench.docker_latency", str(plan.docker_starts), timeout=1800)
+    if not args.only:  # a part measured alone keeps the full run's plan, duration and load
+        res["plan"] = {k: (str(v) if isinstance(v, (Spec, tuple)) else v) for k, v in dataclasses.asdict(plan).items()}
+        res["elapsed_s"] = time.time() - started
+        res["load_after"] = os.getloadavg()
     results_path.write_text(json.dumps(res, indent=1, default=str) + "\n")
     from bench.report import write_report
 
     write_report(res, out_dir / "BENCHMARKS.md", plot_dir, ROOT if args.out is None else out_dir)
-    log(f"wrote {out_dir / 'BENCHMARKS.md'} in {res['elapsed_s']:.0f} s")
+    log(f"wrote {out_dir / 'BENCHMARKS.md'} in {time.time() - started:.0f} s")
     return 0
 
 

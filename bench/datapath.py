@@ -121,7 +121,7 @@ def walk_commands(ruleset: RuleSet) -> list[Command]:
     decision maps that replaced it."""
     current = list(replace_table(ruleset).commands)
     layout = build_layout(ruleset)
-    decision = {*layout.maps, *layout.chains, *layout.verdicts, *layout.sets}
+    decision = layout.names()
 
     def is_decision(cmd: Command) -> bool:
         (_verb, body), = cmd.items()
@@ -549,8 +549,11 @@ def _tiers_table(ruleset: RuleSet, server_if: str, client_if: str) -> dict[str, 
     """What the hot path walks in the tiered table: the chains and their rules."""
     server = next(e for e in ruleset.endpoints if e.interface == server_if)
     client = next((e for e in ruleset.endpoints if e.interface == client_if), None)
+    layout = build_layout(ruleset)
     return {
         "endpoints_with_chains": len(ruleset.endpoints),
+        "decision_maps": len(layout.maps),
+        "decision_elements": sum(len(m.elements) for m in layout.maps.values()),
         "address_sets": len(ruleset.address_sets),
         "set_elements": sum(len(s.elements) for s in ruleset.address_sets),
         "server_ingress_chains": [len(c.rules) for c in server.ingress],

@@ -104,3 +104,63 @@ def bars(path: Path, title: str, ylabel: str, groups: Sequence[str],
             "<text ", f'<text fill="{COLOURS[s % len(COLOURS)]}" '))
     out.append("</svg>")
     path.write_text("\n".join(out) + "\n")
+
+
+def _round_step(span: float) -> float:
+    """A tick step of 1, 2 or 5 times a power of ten giving four to eight ticks over ``span``."""
+    step = 10 ** math.floor(math.log10(span / 4))
+    return float(step * next(m for m in (1, 2, 5, 10) if span / (step * m) <= 8))
+
+
+def timeline(path: Path, title: str, xlabel: str, ylabel: str,
+             series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+             marks: Sequence[tuple[float, str]] = (), log_y: bool = False) -> None:
+    """Lines (or, for a series named with a leading '.', dots) over linear time, with
+    vertical marks (e.g. the faults of a soak: time and a one-letter label)."""
+    xs = [x for _, sx, _ in series for x in sx] + [m for m, _ in marks] or [0.0, 1.0]
+    ys = [y for _, _, sy in series for y in sy if y > 0 or not log_y] or [1.0]
+    x0, x1 = min(xs), max(xs)
+    x1 = x1 if x1 > x0 else x0 + 1
+    if log_y:
+        y0, y1 = float(math.floor(math.log10(min(ys)))), float(math.ceil(math.log10(max(ys))))
+        y1 = y1 if y1 > y0 else y0 + 1
+    else:
+        y0, y1 = 0, max(ys) * 1.1 or 1.0
+
+    def px(x: float) -> float:
+        return LEFT + (x - x0) / (x1 - x0) * (W - LEFT - RIGHT)
+
+    def py(y: float) -> float:
+        v = math.log10(max(y, 10 ** y0)) if log_y else y
+        return H - BOTTOM - (v - y0) / (y1 - y0) * (H - TOP - BOTTOM)
+
+    out = _frame(title, xlabel, ylabel)
+    if log_y:
+        ticks = [10 ** e for e in range(int(y0), int(y1) + 1)]
+    else:
+        step = _round_step(y1)
+        ticks = [step * i for i in range(int(y1 / step) + 1)]
+    for tick in ticks:
+        out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#eee"/>')
+        out.append(_text(LEFT - 6, py(tick) + 4, f"{tick:g}", 11, "end"))
+    xstep = _round_step(x1 - x0)
+    for i in range(int(x0 // xstep), int(x1 // xstep) + 1):
+        if x0 <= i * xstep <= x1:
+            out.append(_text(px(i * xstep), H - BOTTOM + 16, f"{i * xstep:g}", 11))
+    for x, label in marks:
+        out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{H - BOTTOM}" stroke="#bbb" '
+                   'stroke-dasharray="3,3"/>')
+        out.append(_text(px(x), TOP + 10, label, 9))
+    for s, (label, sx, sy) in enumerate(series):
+        colour = COLOURS[s % len(COLOURS)]
+        points = [(px(x), py(y)) for x, y in zip(sx, sy, strict=True) if y > 0 or not log_y]
+        if label.startswith("."):
+            out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="1.5" fill="{colour}"/>' for x, y in points)
+            label = label[1:]
+        elif points:
+            d = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            out.append(f'<polyline points="{d}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        out.append(_text(LEFT + 8, TOP + 26 + 16 * s, f"■ {label}", 12, "start").replace(
+            "<text ", f'<text fill="{colour}" '))
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")

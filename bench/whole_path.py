@@ -80,6 +80,15 @@ def run(argv: list[str], timeout: float) -> dict[str, Any]:
             "argv": " ".join(argv), "stderr": err[-300:] if proc.returncode else ""}
 
 
+def _local_interfaces(inventory: Path, node: str, netns: str) -> None:
+    """The node's endpoints' interfaces, as veths in ``netns``: apply refuses to
+    enforce endpoints whose interface is not where the inventory says."""
+    names = sorted({ep["interface"] for ep in json.loads(inventory.read_text())["endpoints"]
+                    if ep.get("node") == node and ep.get("interface")})
+    batch = "".join(f"link add {name} type veth peer name p{name}\n" for name in names)
+    subprocess.run(["ip", "-n", netns, "-batch", "-"], input=batch, text=True, check=True, capture_output=True)
+
+
 def measure(spec: Spec, netns: str | None, timeout: float, only: set[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"spec": dataclasses.asdict(spec)}
     with tempfile.TemporaryDirectory(prefix="cgb-files-") as tmp:
@@ -97,6 +106,7 @@ def measure(spec: Spec, netns: str | None, timeout: float, only: set[str] | None
             ("diff json", ["diff", "-i", p["inventory.json"], p["policies.json"], p["fewer.json"]]),
         ]
         if netns is not None:
+            _local_interfaces(Path(p["inventory.json"]), node, netns)
             commands[:0] = [
                 ("apply yaml", ["apply", "-i", p["inventory.yaml"], "-p", p["policies.yaml"], "-n", node,
                                 "--netns", netns]),

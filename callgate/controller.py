@@ -42,7 +42,7 @@ from callgate.analysis.lint.linter import Item, Linter
 from callgate.analysis.lint.rules import Severity
 from callgate.analysis.lint.run import run_checks
 from callgate.policy.documents import Document
-from callgate.watchers.base import SourceProblem
+from callgate.watchers.base import SourceProblem, clip
 from callgate.watchers.k8s_convert import (
     API_VERSIONS,
     KIND_NAMES,
@@ -50,7 +50,6 @@ from callgate.watchers.k8s_convert import (
     NAMESPACES,
     ClusterState,
     ObjectRef,
-    clip,
 )
 from callgate.watchers.kubernetes import ClusterWatcher
 

@@ -3,10 +3,16 @@
 Every mistake in user input becomes an :class:`InputError` that says which file,
 which object and which field is wrong and what was expected. The CLI prints it
 without a traceback and exits 1; nothing reaches the kernel.
+
+What a problem says comes partly from the input (names, keys, values), and input
+is hostile: a 100 MB label value, a name with a newline or a terminal escape. So
+a :class:`Problem` keeps each of its texts to one printable line of bounded
+length, and messages quote input values through :func:`shown`.
 """
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -23,6 +29,49 @@ class ProblemCode(StrEnum):
     UNKNOWN_CALLER = "CG005"
 
 
+# How much of each text a problem keeps (characters): enough for any real name,
+# field path or file path (PATH_MAX), little enough that one hostile value cannot
+# flood a terminal or a log.
+MAX_MESSAGE, MAX_NAME, MAX_PATH = 1000, 300, 4096
+
+
+def printable(text: str) -> str:
+    """``text`` as one printable line: characters that are not printable (newlines,
+    NUL, terminal escapes, bidirectional overrides) are written as escapes, as
+    ``repr`` would."""
+    if text.isprintable():
+        return text  # the common case, at no cost
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def clip(text: str, limit: int) -> str:
+    """:func:`printable` ``text`` of at most ``limit`` characters."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    text = printable(text[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxset = _SHORT_REPR.maxdict = 4
+_SHORT_REPR.maxlevel = 3
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """An input value quoted in a message (``repr``), clipped to ``limit`` characters
+    with its full length said when it was longer. The cost is bounded too: only the
+    start of a long string is looked at, and a mapping or list is shown as its first
+    few items (it may hold 100,000 items, or the same one many times over aliases)."""
+    if isinstance(value, str):
+        text = repr(value[:limit])
+        if len(value) <= limit and len(text) <= limit:
+            return text
+        return text[: limit - 1] + "…" + f" ({len(value)} characters)"
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class Problem:
     """One thing wrong with one input object."""
@@ -35,6 +84,15 @@ class Problem:
     column: int | None = None  # 1-based, when known
     code: ProblemCode | None = None
     hint: str | None = None  # how to fix it, when the code that found it knows (lint shows it)
+
+    def __post_init__(self) -> None:
+        self.message = clip(self.message, MAX_MESSAGE)
+        if self.file is not None:
+            self.file = clip(self.file, MAX_PATH)
+        if self.object is not None:
+            self.object = clip(self.object, MAX_NAME)
+        if self.field is not None:
+            self.field = clip(self.field, MAX_NAME)
 
     def __str__(self) -> str:
         where = self.file or "<input>"

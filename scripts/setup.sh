@@ -12,15 +12,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# docker.io and busybox-static: the Docker source's end-to-end tests start their
+# own dockerd inside a lab network namespace and build their image from busybox.
 need_apt=()
-for pkg in nftables python3-nftables python3-venv iproute2 iptables ipset conntrack libcairo2; do
+for pkg in nftables python3-nftables python3-venv iproute2 iptables ipset conntrack libcairo2 containernetworking-plugins gcc libc6-dev docker.io busybox-static; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
+  # Installing docker.io must not start a dockerd in this (the host's) network
+  # namespace: it would put its bridge and iptables rules there. policy-rc.d
+  # forbids service starts during the install, unless the machine has its own.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    guard=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod 755 "$guard"
+  fi
   apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null || { rc=$?; [ -z "$guard" ] || rm -f "$guard"; exit $rc; }
+  [ -z "$guard" ] || rm -f "$guard"
 fi
 
 PY=/usr/bin/python3
@@ -34,6 +45,6 @@ ln -sfn "$sys_nft" "$site/nftables"
 stamp=.venv/.callgate-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e ".[dev,kubernetes]"
+  .venv/bin/pip install -q -e ".[dev,kubernetes,docker]"
   touch "$stamp"
 fi

@@ -7,6 +7,7 @@ ipBlocks overlap pod addresses — the cases where implementations go wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -127,6 +128,96 @@ def policy_sets(draw: Any) -> PolicySet:
             ingress=tuple(draw(st.lists(rules(ns), max_size=3))),
             egress=tuple(draw(st.lists(rules(ns), max_size=3)))))
     return PolicySet(policies)
+
+
+# -- hostile-but-valid names --------------------------------------------------------
+# The model takes any string; what reaches a kernel from names is comments, notes in
+# the text form and interface names. These rename a generated model one to one, so
+# it means exactly what it did and only the strings change.
+
+# Hostile to anything that writes names out: quotes, backslashes, unicode, control
+# characters, nft and shell syntax, 300 characters. Free only of the separators of a
+# selector's canonical form (',', '=', ' ', '!', parentheses), which would make two
+# different selectors one.
+HOSTILE_NAMES = (
+    'a"b', "a'b", "a\\b", "\\", "\\x41", 'x" accept; drop "', "é", "名前", "👍", "\u202eevil", "line\nbreak",
+    "cr\rx", "tab\tx", "nul\x00x", "\x1b[31m", "#x", "x;y", "{x}", "$(id)", "`id`", "@x", "*", "x" * 300,
+    "counter", "accept", "-A", "--comment", "[/]",
+)
+# Interface names as callgate takes them (policy.validation.interface_name: files,
+# Pod annotations and the agent's route look-up all check it), the odd ones. Not
+# those a backend refuses with a clear message before the kernel (tests/test_hostile_names.py):
+# a leading '@' (nft reads a set) and a trailing '+' (iptables reads a wildcard).
+HOSTILE_INTERFACES = ("-", "_", "...", "-x", "+x", "x@", "x" * 15, "a.b", "a-b_c", "a@b+c", "A1", "0", "9z-", "a+b", ".x")
+
+
+@st.composite
+def renamings(draw: Any) -> dict[str, str]:
+    """Plain name -> hostile name for every name the strategies above use (one to one)."""
+    plain = [*NAMESPACES, *KEYS, *VALUES, *(f"p{i}" for i in range(8)), *(f"pol{i}" for i in range(6)),
+             *(f"cnp{i}" for i in range(4)), "r"]
+    names = draw(st.lists(st.sampled_from(HOSTILE_NAMES), min_size=len(plain), max_size=len(plain)))
+    mapping = {}
+    for i, (old, new) in enumerate(zip(plain, names, strict=True)):
+        mapping[old] = f"{new}{i}"  # unique, still hostile
+    interfaces = draw(st.permutations(HOSTILE_INTERFACES))
+    mapping.update({f"cgp{i}": interfaces[i] for i in range(8)})
+    return mapping
+
+
+def _selector(sel: LabelSelector, names: dict[str, str]) -> LabelSelector:
+    return LabelSelector(
+        tuple(sorted((names.get(k, k), names.get(v, v)) for k, v in sel.match_labels)),
+        tuple(Requirement(names.get(r.key, r.key), r.operator, frozenset(names.get(v, v) for v in r.values))
+              for r in sel.match_expressions))
+
+
+def _labels(labels: Any, names: dict[str, str]) -> dict[str, str]:
+    return {names.get(k, k): names.get(v, v) for k, v in labels.items()}
+
+
+def rename(inventory: Inventory, policies: PolicySet, names: dict[str, str]) -> tuple[Inventory, PolicySet]:
+    """``inventory`` and ``policies`` with every name replaced through ``names``."""
+    namespaces = {}
+    for ns in inventory.namespaces.values():
+        labels = _labels(ns.labels, names)
+        labels[NAMESPACE_NAME_LABEL] = names.get(ns.name, ns.name)
+        namespaces[names.get(ns.name, ns.name)] = Namespace(names.get(ns.name, ns.name), labels)
+    endpoints = tuple(
+        Endpoint(name=names.get(ep.name, ep.name), namespace=names.get(ep.namespace, ep.namespace),
+                 labels=_labels(ep.labels, names), node=ep.node, ips=ep.ips,
+                 interface=names.get(ep.interface, ep.interface) if ep.interface else None, ports=ep.ports)
+        for ep in inventory.endpoints)
+
+    def peer(p: Peer) -> Peer:
+        return Peer(pod_selector=_selector(p.pod_selector, names) if p.pod_selector else None,
+                    namespace_selector=_selector(p.namespace_selector, names) if p.namespace_selector else None,
+                    namespace=names.get(p.namespace, p.namespace) if p.namespace else None, ip_block=p.ip_block)
+
+    def rule(r: PolicyRule) -> PolicyRule:
+        return PolicyRule(tuple(peer(p) for p in r.peers), r.ports)
+
+    renamed = tuple(
+        Policy(namespace=names.get(p.namespace, p.namespace), name=names.get(p.name, p.name),
+               pod_selector=_selector(p.pod_selector, names), policy_types=p.policy_types,
+               ingress=tuple(rule(r) for r in p.ingress), egress=tuple(rule(r) for r in p.egress), kind=p.kind)
+        for p in policies.policies)
+
+    def cluster_peer(p: ClusterPeer) -> ClusterPeer:
+        return dataclasses.replace(p, selector=peer(p.selector) if p.selector else None,
+                                   nodes=_selector(p.nodes, names) if p.nodes is not None else None)
+
+    def cluster_rule(r: ClusterRule) -> ClusterRule:
+        return dataclasses.replace(r, peers=tuple(cluster_peer(p) for p in r.peers), name=names.get(r.name, r.name))
+
+    cluster = tuple(
+        dataclasses.replace(c, name=names.get(c.name, c.name), subject=peer(c.subject),
+                            ingress=tuple(cluster_rule(r) for r in c.ingress),
+                            egress=tuple(cluster_rule(r) for r in c.egress))
+        for c in policies.cluster)
+    nodes = {name: dataclasses.replace(node, labels=_labels(node.labels, names))
+             for name, node in inventory.node_info.items()}
+    return Inventory(namespaces, endpoints, nodes), PolicySet(renamed, cluster)
 
 
 # -- the cluster tiers ----------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from callgate.agent.cni_socket import CniSocket
 from callgate.agent.metrics import AgentMetrics, StatusServer
 from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
@@ -28,6 +29,7 @@ from callgate.lab.netns import ip
 from callgate.policy import load_inventory
 from callgate.watchers.base import Snapshot
 from callgate.watchers.files import FilesSource
+from tests.cni_node import build_plugin
 from tests.netns import nft
 
 pytestmark = pytest.mark.kernel
@@ -80,6 +82,7 @@ class Agent:
     source: FilesSource
     kernel: LibNftables
     http: StatusServer
+    gate: CniSocket
 
 
 @dataclass
@@ -87,6 +90,7 @@ class World:
     lab: object
     dir: Path
     agents: dict[str, Agent]
+    plugin: Path
 
     @property
     def inventory(self) -> Path:
@@ -164,16 +168,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 reactor = Reactor(ReactorConfig(node=node, resync=0.3, coalesce=0.02, retry=0.2),
                                   enforcer, InterfaceResolver(ns, prefix=PREFIX), metrics)
                 http = StatusServer("127.0.0.1:0", metrics, reactor)
+                gate = CniSocket(str(d / node / "agent.sock"), reactor)
                 source = FilesSource([d / "inventory.yaml"], [d / "policies"], debounce_ms=200, step_ms=20)
-                agents[node] = Agent(node, ns, reactor, enforcer, source, kernel, http)
+                agents[node] = Agent(node, ns, reactor, enforcer, source, kernel, http, gate)
                 http.start()
                 reactor.start()
                 source.start(reactor.on_event)
-            w = World(lab, d, agents)
+                gate.start()
+            w = World(lab, d, agents, build_plugin(d / "callgate-cni"))
             settle(w)
             yield w
         finally:
             for agent in agents.values():
+                agent.gate.stop()
                 agent.source.stop()
                 agent.reactor.stop()
                 agent.http.stop()
@@ -266,15 +273,17 @@ def _make_pod(world: World) -> str:
     return pod_ns
 
 
-def _cni(world: World, timeout: float, agent: Agent) -> subprocess.Popen[str]:
-    conf = {"cniVersion": "1.0.0", "name": "lab", "type": "callgate-cni", "agentURL": f"http://{agent.http.address}",
+def _cni(world: World, timeout: float, agent: Agent, command: str = "ADD",
+         container: str = "abc123") -> subprocess.Popen[str]:
+    """The built callgate-cni, as the last plugin of a chain whose first made the veth."""
+    conf = {"cniVersion": "1.0.0", "name": "lab", "type": "callgate-cni",
             "timeoutSeconds": timeout, "interfacePrefix": PREFIX,
             "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": NEW_IFACE}, {"name": "eth0", "sandbox": "/x"}],
                            "ips": [{"address": f"{NEW_IP}/32", "interface": 1}]}}
-    env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/run/netns/x",
-           "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=d"}
-    proc = subprocess.Popen([sys.executable, "-m", "callgate.cni.plugin"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+    env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": "/run/netns/x",
+           "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=d",
+           "CALLGATE_CNI_SOCKET": str(agent.gate.path)}
+    proc = subprocess.Popen([str(world.plugin)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(conf))
     proc.stdin.close()
@@ -303,14 +312,18 @@ def test_fail_closed_new_veth_is_dropped_until_programmed_and_cni_waits(world: W
         assert timed_out.returncode == 1
         error = json.loads(out)
         assert error["code"] == 11 and "x/d" in error["msg"]
+        assert "waiting for the Pod object" in error["details"]
+        deleted = _cni(world, 0.5, agent, command="DEL")  # the runtime tears the sandbox down
+        assert _finish(deleted) == "" and deleted.returncode == 0
+        assert NEW_POD not in agent.reactor.attachments.snapshot()
         # 2. The veth exists, the agent does not know it: dropped both ways.
         assert not reach(world, "x/a", NEW_IP)
         assert not reach(world, "x/c", NEW_IP)
         drops = [o["rule"] for o in agent.enforcer.live_objects() or [] if "rule" in o
                  and o["rule"].get("comment") == "callgate fail-closed"]
         assert sum(e["counter"]["packets"] for r in drops for e in r["expr"] if "counter" in e) > 0
-        # 3. CNI ADD blocks while the pod is unknown…
-        waiting = _cni(world, 30, agent)
+        # 3. CNI ADD (a new sandbox) blocks while the pod is unknown…
+        waiting = _cni(world, 30, agent, container="def456")
         time.sleep(0.3)  # give it the chance to return early (it must not)
         assert waiting.poll() is None
         # …the pod enters the inventory (no interface: resolved from its route)…

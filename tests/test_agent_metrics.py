@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 
 from callgate.agent.metrics import AgentMetrics
@@ -99,3 +100,31 @@ def test_rule_ids_from_another_ruleset_are_not_counted(tmp_path: Path) -> None:
     metrics.watch_enforcer(enforcer)
     enforcer.applied = dataclasses.replace(enforcer.applied, ruleset=RuleSet(node="node-1"))  # type: ignore[arg-type]
     assert scrape(metrics) == {}
+
+
+def test_the_metrics_port_does_not_answer_for_the_cni_gate() -> None:
+    """The metrics port is on the node address, reachable from every pod: /metrics and
+    the probes are there, /programmed (pod names, the gate) only on the unix socket."""
+    import urllib.error
+    import urllib.request
+
+    from callgate.agent.metrics import StatusServer
+
+    class Alive:
+        def healthy(self) -> tuple[bool, str]:
+            return True, "ok"
+
+        def ready(self) -> tuple[bool, str]:
+            return True, "ok"
+
+    server = StatusServer("127.0.0.1:0", AgentMetrics(), Alive())
+    server.start()
+    try:
+        base = f"http://{server.address}"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+            assert resp.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/programmed?pod=x/d", timeout=5)
+        assert refused.value.code == 404
+    finally:
+        server.stop()

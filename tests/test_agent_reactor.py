@@ -502,6 +502,24 @@ def test_interfaces_found_on_the_node_keep_the_inventorys_nodes(kernel: FakeNftK
         reactor.stop()
 
 
+def test_verify_answers_from_the_live_table_and_repairs_at_once(h: Harness, kernel: FakeNftKernel) -> None:
+    """CNI CHECK and ADD ask the kernel, not the reactor's memory; resync is an hour here."""
+    assert h.reactor.verify(thorough=True).reason == "no ruleset applied yet"
+    h.send(snap())
+    assert h.reactor.verify(thorough=False).live_ok and h.reactor.verify(thorough=True).live_ok
+    kernel.run([{"delete": {"table": {"family": "inet", "name": "callgate"}}}])
+    check = h.reactor.verify(thorough=False)
+    assert (check.live_ok, check.repaired) == (False, True)
+    assert h.reactor.repairs == 1 and h.reactor.verify(thorough=True).live_ok  # repaired by the check
+    # A rule slipped in with the digest intact: only the thorough comparison sees it.
+    kernel.run([{"add": {"rule": {"family": "inet", "table": "callgate", "chain": "forward",
+                                  "expr": [{"accept": None}]}}}])
+    assert h.reactor.verify(thorough=False).live_ok
+    check = h.reactor.verify(thorough=True)
+    assert (check.live_ok, check.repaired) == (False, True) and h.reactor.repairs == 2
+    assert h.enforcer.in_sync(h.reactor.last_sync.ruleset, h.reactor.last_sync.known)  # type: ignore[union-attr]
+
+
 class _Conntrack:
     """A connection tracking table in memory: x/b → x/a:80 and x/b → x/c:80."""
 

@@ -49,9 +49,17 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
         # The deny-log storm: denied packets were counted and some were logged.
         assert results["flowlog"]["denied_pps"] > 0 and results["flowlog"]["samples"][0]["records"] > 0
         assert "Flow logs under a storm of denied packets" in report
+    from bench.docker_latency import possible as docker_possible
+
+    docker = results["docker"]
+    if docker_possible() is None:
+        assert docker["available"] and len(docker["call_to_enforced_ms"]) == 3, docker
+        assert "## 6. Docker hosts" in report
+    else:
+        assert docker == {"available": False, "why": docker_possible()}
     # The lab cleans up after itself.
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"cgb-bench-{tag}-" not in names
+    assert f"cgb-bench-{tag}-" not in names and f"cgb-docker-{tag}" not in names
 
 
 def test_generator_is_deterministic() -> None:

@@ -171,7 +171,8 @@ def test_every_problem_of_every_file_at_once(tmp_path: Path, command: list[str])
     assert code == 1
     assert "a-syntax.yaml:2:1: invalid YAML" in err
     assert "b-invalid.yaml:7:22: NetworkPolicy x/web: spec.ingress[0].from[0].ipBlock: '10.0.0.0' is not a CIDR" in err
-    assert "inventory.yaml:113:1: Pod p: port: Input should be less than or equal to 65535" in err
+    assert ("inventory.yaml:116:46: Pod p: spec.containers[0].ports[0].containerPort: "
+            "Input should be less than or equal to 65535") in err
 
 
 def test_every_problem_at_once_for_diff_and_test(tmp_path: Path) -> None:

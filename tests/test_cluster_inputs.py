@@ -234,7 +234,7 @@ def test_the_inventory_knows_nodes_from_either_format(tmp_path: Path) -> None:
      "'not-an-ip' is not an IPv4 or IPv6 address"),
     ("apiVersion: callgate/v1\nkind: Inventory\nnodes: {Node_1: {}}\n", "node 'Node_1'"),
     ("apiVersion: callgate/v1\nkind: Inventory\nnodes: {node-1: {role: x}}\n", "unknown field"),
-    ("apiVersion: v1\nkind: Node\nmetadata: {labels: {a: b}}\n", "Node needs metadata.name"),
+    ("apiVersion: v1\nkind: Node\nmetadata: {labels: {a: b}}\n", "metadata.name: required field is missing"),
     ("apiVersion: callgate/v1\nkind: Inventory\nnodes: {n: {}}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n}\n",
      "node n is defined twice"),
 ])

@@ -101,7 +101,7 @@ def hand_built(draw: Any) -> tuple[RuleSet, EndpointRules]:
             else:
                 rules.append(Rule(verdict, None, None, None, draw(l4s), origins))
         tiers.append(Chain(f"in_t{t}", tuple(rules), draw(st.sampled_from(list(Verdict)))))
-    endpoint = EndpointRules("x/a", "cga0", ("198.18.9.9",), ingress=tuple(tiers))
+    endpoint = EndpointRules("x/a", "cga0", ("198.18.9.9", "fd00::9:9"), ingress=tuple(tiers))
     return RuleSet("n", tuple(sets), tuple(pair_sets), (endpoint,)), endpoint
 
 

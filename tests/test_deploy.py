@@ -16,6 +16,7 @@ import typer
 import yaml
 
 from callgate.watchers.k8s_convert import API_VERSIONS, KINDS
+from tests.dockerfile import dockerfile_stages, image_packages
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -28,8 +29,9 @@ READ = {"get", "list", "watch"}
 
 
 def manifests() -> list[tuple[str, dict[str, Any]]]:
+    """Everything in deploy/ and deploy/uninstall/ (applied on its own, before removal)."""
     out = []
-    for path in sorted(DEPLOY.glob("*.yaml")):
+    for path in sorted([*DEPLOY.glob("*.yaml"), *DEPLOY.glob("uninstall/*.yaml")]):
         if path.name == "kustomization.yaml":
             continue
         for doc in yaml.safe_load_all(path.read_text()):
@@ -51,7 +53,7 @@ def validate(doc: dict[str, Any], version: str) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_manifest_is_valid_against_the_openapi_schema(version: str) -> None:
     docs = manifests()
-    assert len(docs) >= 9
+    assert len(docs) >= 10
     for file, doc in docs:
         try:
             validate(doc, version)
@@ -138,12 +140,22 @@ def test_bindings_tie_each_role_to_its_service_account(component: str) -> None:
 
 # ---- the workloads --------------------------------------------------------------------------------
 
-def container(kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def container(kind: str, name: str, which: str = "containers") -> tuple[dict[str, Any], dict[str, Any]]:
     workload = find(kind, name)
     pod = workload["spec"]["template"]
     assert workload["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    (c,) = pod["spec"]["containers"]
+    (c,) = pod["spec"][which]
     return pod, c
+
+
+def host_paths(pod: dict[str, Any]) -> dict[str, str]:
+    """volume name -> host path."""
+    return {v["name"]: v["hostPath"]["path"] for v in pod["spec"].get("volumes", []) if "hostPath" in v}
+
+
+def mounted_host_paths(pod: dict[str, Any], c: dict[str, Any]) -> set[str]:
+    paths = host_paths(pod)
+    return {paths[m["name"]] for m in c.get("volumeMounts", []) if m["name"] in paths}
 
 
 def test_agent_daemonset_runs_on_the_host_network_with_net_admin_only() -> None:
@@ -155,7 +167,9 @@ def test_agent_daemonset_runs_on_the_host_network_with_net_admin_only() -> None:
     assert sc.get("privileged") is not True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     assert sc["readOnlyRootFilesystem"] is True
-    assert not any("hostPath" in v for v in spec.get("volumes", []))
+    # Host paths: the gate's socket directory for the agent; the CNI directories for the installer only.
+    assert set(host_paths(pod).values()) == {"/run/callgate", "/etc/cni/net.d", "/opt/cni/bin"}
+    assert mounted_host_paths(pod, c) == {"/run/callgate"}
     assert "--source=kubernetes" in c["args"] and "--node=$(NODE_NAME)" in c["args"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
@@ -199,16 +213,20 @@ def test_controller_runs_unprivileged() -> None:
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
 
 
-@pytest.mark.parametrize(("kind", "name"), [("DaemonSet", "callgate-agent"), ("Deployment", "callgate-controller")])
-def test_container_args_are_options_the_cli_accepts(kind: str, name: str) -> None:
+@pytest.mark.parametrize(("kind", "name", "which"), [
+    ("DaemonSet", "callgate-agent", "containers"), ("DaemonSet", "callgate-agent", "initContainers"),
+    ("Deployment", "callgate-controller", "containers"), ("DaemonSet", "callgate-cni-uninstall", "initContainers")])
+def test_container_args_are_options_the_cli_accepts(kind: str, name: str, which: str) -> None:
     """The manifests and the CLI must not drift apart: every --flag exists, and the
     values that do not depend on the environment parse."""
     from callgate.cli.main import app
 
-    _, c = container(kind, name)
-    command_name, *args = c["args"]
-    group: Any = typer.main.get_command(app)
-    command = group.commands[command_name]
+    _, c = container(kind, name, which)
+    command: Any = typer.main.get_command(app)
+    args = list(c["args"])
+    while hasattr(command, "commands"):  # a group (`cni install`): walk down the subcommands
+        command_name = args.pop(0)
+        command = command.commands[command_name]
     known = {opt for p in command.params for opt in p.opts}
     for arg in args:
         flag = arg.split("=", 1)[0]
@@ -222,14 +240,41 @@ def test_container_args_are_options_the_cli_accepts(kind: str, name: str) -> Non
 
 
 def test_dockerfile_installs_nftables_and_runs_callgate() -> None:
-    text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM debian:12", text, re.M)
-    install = re.search(r"apt-get install[^&]*", text, re.S)
-    assert install is not None
-    for package in ("nftables", "libnftables1", "python3-nftables", "python3"):
-        assert re.search(rf"\b{re.escape(package)}\b", install.group(0)), package
-    assert "[kubernetes]" in text, "the image needs the kubernetes extra"
-    assert re.search(r'^ENTRYPOINT \["callgate"\]', text, re.M)
+    stages = dockerfile_stages()
+    final = stages[""]
+    assert re.match(r"FROM debian:12", final)
+    for package in ("nftables", "libnftables1", "python3-nftables", "python3", "iproute2", "iptables", "ipset"):
+        assert package in image_packages(), package
+    extras = re.search(r"/src\[([a-z,]+)\]", final)
+    assert extras is not None and "kubernetes" in extras.group(1).split(","), "the image needs the kubernetes extra"
+    assert "docker" in extras.group(1).split(","), "the image runs the agent on Docker hosts too"
+    assert re.search(r'^ENTRYPOINT \["callgate"\]', final, re.M)
     images = {c["image"] for kind, name in (("DaemonSet", "callgate-agent"), ("Deployment", "callgate-controller"))
               for c in [container(kind, name)[1]]}
     assert len(images) == 1, "agent and controller share one image"
+
+
+def test_the_plugin_is_built_static_in_its_own_stage_and_installed_by_the_init_container() -> None:
+    stages = dockerfile_stages()
+    builder = stages["cni-plugin"]
+    assert "scripts/build-cni-plugin.sh" in builder  # the flags live in one place: -static -Os
+    assert "-static" in (ROOT / "scripts" / "build-cni-plugin.sh").read_text()
+    copied = re.search(r"^COPY --from=cni-plugin \S+ (\S+)$", stages[""], re.M)
+    assert copied is not None
+    _, init = container("DaemonSet", "callgate-agent", "initContainers")
+    assert init["args"][:2] == ["cni", "install"] and f"--plugin={copied.group(1)}" in init["args"]
+    pod, _ = container("DaemonSet", "callgate-agent")
+    mounts = {m["mountPath"]: host_paths(pod)[m["name"]] for m in init["volumeMounts"]}
+    assert f"--conf-dir={next(k for k, v in mounts.items() if v == '/etc/cni/net.d')}" in init["args"]
+    assert f"--bin-dir={next(k for k, v in mounts.items() if v == '/opt/cni/bin')}" in init["args"]
+    assert "--interface-prefix=$(FAIL_CLOSED_PREFIX)" in init["args"]
+
+
+def test_the_gate_is_on_the_socket_and_metrics_on_the_node_address() -> None:
+    pod, c = container("DaemonSet", "callgate-agent")
+    default = re.search(r'#define DEFAULT_SOCKET "([^"]+)"', (ROOT / "cni-plugin" / "callgate-cni.c").read_text())
+    assert default is not None
+    assert f"--cni-socket={default.group(1)}" in c["args"], "the agent listens where the plugin connects"
+    mount = next(m["mountPath"] for m in c["volumeMounts"] if host_paths(pod).get(m["name"]) == "/run/callgate")
+    assert default.group(1).startswith(mount + "/")
+    assert "--metrics-address=$(POD_IP):9464" in c["args"]

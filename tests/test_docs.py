@@ -171,7 +171,7 @@ def test_agent_doc_shows_only_agent_options() -> None:
                                 env={**os.environ, "COLUMNS": "200"}).stdout
     known = set(re.findall(r"--[a-z][a-z0-9-]+", agent_help))
     for n, line in enumerate((ROOT / "docs" / "agent.md").read_text().splitlines(), start=1):
-        if re.search(r"bench|pytest|kubectl|curl|nft |ip netns|CNI|callgate (apply|compile|lab)", line):
+        if re.search(r"bench|pytest|kubectl|curl|nft |ip netns|CNI|callgate (apply|compile|lab|cni)", line):
             continue
         for option in re.findall(r"`[^`]*?(--[a-z][a-z0-9-]+)", line):
             assert option in known, f"docs/agent.md:{n}: {option} is not an option of callgate agent"

@@ -169,7 +169,7 @@ def test_drift_is_visible_in_diff(netns: str, shop_rulesets: dict[str, RuleSet])
     enforcer = NftablesEnforcer(LibNftables(netns))
     enforcer.apply(ruleset)
     assert enforcer.layout is not None
-    name, m = next((n, m) for n, m in sorted(enforcer.layout.maps.items()) if m.family == "ip" and m.ported)
+    name, m = next((n, m) for n, m in sorted(enforcer.layout.maps.items()) if m.family == "ip")
     chain = next(iter(m.elements.values()))
     nft(netns, "add", "element", "inet", "callgate", name, f"{{ 198.18.77.77 . tcp . 80 : goto {chain} }}")
     diff = "\n".join(enforcer.diff(ruleset))
@@ -266,7 +266,7 @@ def test_a_wide_ipblock_makes_an_interval_map_a_narrow_one_a_hash_map(tmp_path: 
     forms = {}
     for cidr in ("198.19.0.0/16", "198.19.0.0/24"):
         ruleset = Compiler(policies_from(tmp_path, ipblock_policy(cidr)), inv).compile("node-1")
-        [m] = [m for m in decisions.build_layout(ruleset).maps.values() if m.family == "ip" and m.ported]
+        [m] = [m for m in decisions.build_layout(ruleset).maps.values() if m.family == "ip"]
         forms[cidr] = (m.hashed, len(m.elements))
     assert forms["198.19.0.0/16"] == (False, 1)
     assert forms["198.19.0.0/24"] == (True, 256)

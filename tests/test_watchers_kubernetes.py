@@ -949,3 +949,29 @@ def test_controller_reports_cluster_policy_findings_as_events(server: FakeAPISer
             assert inv["uid"] == server.get("ClusterNetworkPolicy", inv["name"])["metadata"]["uid"]
     broken = next(ev for ev in server.objects("Event") if ev["involvedObject"]["name"] == "broken")
     assert "priority" in broken["message"] and "1000" in broken["message"]
+
+
+def test_a_terminating_pod_gives_way_to_the_pod_that_got_its_freed_address() -> None:
+    """host-local frees an address at CNI DEL, while the API still shows the pod
+    terminating with it; the new pod must keep the address, whatever the names."""
+    from callgate.watchers.k8s_convert import PODS, assemble, convert_pod, object_ref
+
+    def pod_obj(name: str, ip: str, terminating: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": "x"}
+        if terminating:
+            meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        return {"metadata": meta, "spec": {"nodeName": "n1"},
+                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+
+    def state(*objs: dict[str, Any]) -> list[str]:
+        entries = {}
+        for obj in objs:
+            ref = object_ref(PODS, obj)
+            assert ref is not None
+            entries[("x", ref.name)] = convert_pod(ref, obj)
+        return [ep.key for ep in assemble({PODS: entries}).inventory.endpoints]
+
+    # "a-old" sorts first; before, it pushed "b-new" out.
+    assert state(pod_obj("a-old", "198.18.0.5", terminating=True), pod_obj("b-new", "198.18.0.5")) == ["x/b-new"]
+    # Neither terminating: first by name, as before.
+    assert state(pod_obj("a-old", "198.18.0.5"), pod_obj("b-new", "198.18.0.5")) == ["x/a-old"]

@@ -175,7 +175,7 @@ def test_problems_in_a_big_inventory_name_the_positions_composing_finds(tmp_path
     with pytest.raises(InputError) as err:
         load_inventory(path)
     composed = Positions()  # the composing way, the oracle
-    expected = {("endpoints", 17, "ips"), ("endpoints", 150, "labels"), ("endpoints", 299, "ports", 0, "port")}
+    expected = {("endpoints", 17, "ips", 0), ("endpoints", 150, "labels"), ("endpoints", 299, "ports", 0, "port")}
     assert len(err.value.problems) == len(expected)
     for problem, field_path in zip(err.value.problems, sorted(expected, key=lambda p: p[1]), strict=True):
         assert (problem.line, problem.column) == composed(str(path), 0, field_path)

@@ -1,6 +1,6 @@
 """Prometheus metrics and the agent's small HTTP server.
 
-Endpoints (all on ``--metrics-address``, default 127.0.0.1:9464):
+Endpoints on ``--metrics-address`` (default 127.0.0.1:9464):
 
 * ``/metrics``  Prometheus text format, from the agent's own registry.
 * ``/healthz``  200 while the reactor thread is alive (liveness: restart me if not).
@@ -9,10 +9,10 @@ Endpoints (all on ``--metrics-address``, default 127.0.0.1:9464):
   after a failed apply, or while the source is lost (the old rules are still
   enforced, but may be stale: "ready" means "up to date", and a stale node
   should show up in ``kubectl get pods`` without being restarted).
-* ``/programmed?pod=NS/NAME[&interface=IF][&wait=SECONDS]``  whether the pod's
-  interface is in the rules the kernel holds; with ``wait``, blocks until it is
-  or the time is up (the CNI plugin's long poll). JSON answer, 200 either way;
-  400 for a malformed query.
+
+The CNI start gate and ``/programmed`` are not here: they are on the agent's
+unix socket (:mod:`callgate.agent.cni_socket`), because this port is on the
+node address, which every pod can reach.
 
 Per-policy packet/byte counters are read from the kernel at scrape time: every
 compiled rule carries its rule id in its comment, which the RuleSet the
@@ -23,21 +23,19 @@ rules are counted on their own.
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from callgate.enforcers.base import Enforcer, RuleCounters
-from callgate.policy.validation import dns_label, dns_subdomain, interface_name
 
 _SYNC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -156,11 +154,6 @@ class Status(Protocol):
 
     def ready(self) -> tuple[bool, str]: ...
 
-    def wait_programmed(self, pod: str, interface: str | None, timeout: float) -> tuple[bool, str]: ...
-
-
-MAX_WAIT = 120.0
-
 
 def parse_address(text: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` for IPv6); ValueError with a clear message."""
@@ -187,9 +180,6 @@ def _handler(metrics: AgentMetrics, status: Status) -> type[BaseHTTPRequestHandl
             self.end_headers()
             self.wfile.write(body)
 
-        def _json(self, code: int, data: dict[str, Any]) -> None:
-            self._send(code, json.dumps(data).encode() + b"\n", "application/json")
-
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             if url.path == "/metrics":
@@ -197,29 +187,8 @@ def _handler(metrics: AgentMetrics, status: Status) -> type[BaseHTTPRequestHandl
             elif url.path in ("/healthz", "/readyz"):
                 ok, why = status.healthy() if url.path == "/healthz" else status.ready()
                 self._send(200 if ok else 503, (why or "ok").encode() + b"\n")
-            elif url.path == "/programmed":
-                self._programmed(parse_qs(url.query))
             else:
                 self._send(404, b"not found\n")
-
-        def _programmed(self, query: dict[str, list[str]]) -> None:
-            pod = (query.get("pod") or [""])[0]
-            ifaces = query.get("interface")
-            iface = ifaces[0] if ifaces else None
-            ns, _, name = pod.partition("/")
-            if not ns or dns_label(ns) or not name or dns_subdomain(name):
-                self._json(400, {"error": "pod must be NAMESPACE/NAME"})
-                return
-            if iface is not None and interface_name(iface):
-                self._json(400, {"error": "interface is not a valid interface name"})
-                return
-            try:
-                wait = min(float((query.get("wait") or ["0"])[0]), MAX_WAIT)
-            except ValueError:
-                self._json(400, {"error": "wait must be a number of seconds"})
-                return
-            ok, why = status.wait_programmed(pod, iface, max(wait, 0.0))
-            self._json(200, {"pod": pod, "programmed": ok, "reason": why})
 
     return Handler
 

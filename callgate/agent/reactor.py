@@ -34,6 +34,9 @@ One worker thread does all kernel work, so transactions never interleave:
   invalid (``Snapshot.problems``; the rest applies). Each distinct problem is
   logged once, when it first appears (not on every resync), and the gauge
   ``callgate_source_problems`` says how many there are now.
+* **Not enforceable.** Workloads the source sees but callgate cannot filter
+  (``Snapshot.not_enforceable``: a Docker container on the host's network)
+  are logged once each and counted in ``callgate_endpoints{state="not_enforceable"}``.
 * **Backends.** The reactor works with any :class:`~callgate.enforcers.base.Enforcer`:
   nft (incremental transactions) or iptables (every apply is planned against
   the live sets and chains; its mode is reported as "full").
@@ -41,6 +44,13 @@ One worker thread does all kernel work, so transactions never interleave:
   resolved from the node's routes (those with a ``netns`` of their own and no
   interface are enforced inside it); unresolved ones are retried every
   ``retry`` seconds and stay unprogrammed (dropped, in fail-closed mode).
+* **CNI attachments.** What CNI ADD reports (pod, sandbox, host interface,
+  addresses; :mod:`callgate.agent.attachments`) is laid over the source's
+  inventory, and an ADD or DEL syncs at once, like a source event: the pod is
+  programmed before kubelet writes its address to the API.
+* **Kernel checks.** :meth:`Reactor.verify` (CNI CHECK, the ADD answer,
+  ``/programmed``) has the worker compare the live table with what it applied,
+  now, and repair a difference at once rather than at the next resync.
 * **Never quietly nothing.** The guard checks that every local endpoint is
   where callgate looks (:mod:`callgate.enforcers.guard`): it fixes what it may
   (br_netfilter off for a bridge holding endpoints), logging it, and reports
@@ -59,6 +69,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.agent.attachments import Attachment, Attachments
 from callgate.agent.failclosed import Programmed
 from callgate.agent.flowlog.decode import FlowContext
 from callgate.agent.flowlog.service import FlowLogService
@@ -70,7 +81,7 @@ from callgate.enforcers.conntrack import ConntrackTable, Judge, may_remove_acces
 from callgate.enforcers.guard import Report
 from callgate.enforcers.placement import without
 from callgate.enforcers.routes import InterfaceResolver
-from callgate.errors import KernelError
+from callgate.errors import InputError, KernelError
 from callgate.policy.documents import gc_paused
 from callgate.policy.model import Inventory
 from callgate.watchers.base import Snapshot, SourceProblem
@@ -92,6 +103,23 @@ class ReactorConfig:
     coalesce: float = 0.02  # the first wait between syncs inside a burst (after a quiet spell: none)
     max_delay: float = 2.0  # the longest wait: a steady trickle of events still syncs this often
     retry: float = 1.0  # re-resolve interfaces / retry a failed apply this soon
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """One look at the live table: did it hold what was applied, and if not,
+    was it replaced."""
+
+    live_ok: bool
+    repaired: bool
+    reason: str
+
+
+class _CheckTicket:
+    def __init__(self, thorough: bool) -> None:
+        self.thorough = thorough
+        self.done = threading.Event()
+        self.result = KernelCheck(False, False, "the agent stopped before checking the kernel")
 
 
 @dataclass(frozen=True)
@@ -124,6 +152,9 @@ class Reactor:
         self.flows = flows
         self.revoked = 0  # connections cut so far (tests)
         self.programmed = Programmed()
+        self.attachments = Attachments()
+        self._attachments_changed = False
+        self._checks: list[_CheckTicket] = []
         self._cond = threading.Condition()
         self._event: Snapshot | SourceProblem | None = None
         self._coalescer = Coalescer(CoalescePolicy(holdoff=config.coalesce, max_delay=config.max_delay))
@@ -139,6 +170,7 @@ class Reactor:
         self.repairs = 0
         self.transactions: Counter[str] = Counter()  # committed transactions by mode ("incremental", "full")
         self.skipped: set[str] = set()  # the source's skipped-object problems already logged
+        self.not_enforceable: set[str] = set()  # workloads the source says cannot be enforced, logged
         # Kept across syncs: a snapshot that differs from the last only in
         # endpoints without chains here patches the affected sets instead of recompiling
         # the node (milliseconds instead of ~0.4 s at 50,000 pods).
@@ -150,6 +182,23 @@ class Reactor:
         """Called by the source from any thread; cheap, never blocks on the kernel."""
         with self._cond:
             self._event = event
+            self._coalescer.changed(time.monotonic())
+            self._cond.notify_all()
+
+    def attach(self, attachment: Attachment) -> None:
+        """CNI ADD: lay ``attachment`` over the inventory and sync soon (coalesced like events)."""
+        self.attachments.add(attachment)
+        self._attachments_moved()
+
+    def detach(self, pod: str, container_id: str) -> None:
+        """CNI DEL of a sandbox."""
+        if self.attachments.remove(pod, container_id):
+            self._attachments_moved()
+
+    def _attachments_moved(self) -> None:
+        # Coalesced like source events: after a quiet spell (a pod starting) at once.
+        with self._cond:
+            self._attachments_changed = True
             self._coalescer.changed(time.monotonic())
             self._cond.notify_all()
 
@@ -166,6 +215,10 @@ class Reactor:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._cond:
+            for ticket in self._checks:
+                ticket.done.set()
+            self._checks.clear()
 
     # -- status (HTTP) -------------------------------------------------------
 
@@ -184,8 +237,50 @@ class Reactor:
         digest = self.enforcer.applied.digest[:12] if self.enforcer.applied else "?"
         return True, f"ok: enforcing digest {digest}"
 
+    def verify(self, thorough: bool, timeout: float = 30.0) -> KernelCheck:
+        """Have the worker compare the live table with what it applied, now, and
+        repair it at once if it differs. Concurrent callers share one check.
+
+        ``thorough`` compares the whole normal form (CHECK: catches a rule slipped
+        in with the digest intact; a whole-table read); otherwise the live
+        digest is compared (one element listed: a deleted or replaced table)."""
+        ticket = _CheckTicket(thorough)
+        with self._cond:
+            if self._stop:
+                return ticket.result
+            self._checks.append(ticket)
+            self._cond.notify_all()
+        if not ticket.done.wait(timeout):
+            return KernelCheck(False, False, f"the agent did not get to check the kernel within {timeout:g}s")
+        return ticket.result
+
     def wait_programmed(self, pod: str, interface: str | None, timeout: float) -> tuple[bool, str]:
-        return self.programmed.wait(pod, interface, timeout)
+        """Wait until ``pod`` is programmed, then confirm it with the live table
+        (repaired first if it had drifted: then the pod is programmed again)."""
+        deadline = time.monotonic() + timeout
+        ok, why = self.programmed.wait(pod, interface, timeout)
+        if not ok:
+            return ok, why
+        check = self.verify(thorough=False, timeout=max(deadline - time.monotonic(), 5.0))
+        if not (check.live_ok or check.repaired):
+            return False, f"{why}, but {check.reason}"
+        return self._still_programmed(pod, interface, why, check)
+
+    def check_programmed(self, pod: str, interface: str | None) -> tuple[bool, str]:
+        """CNI CHECK: programmed, and the live table held the rules when asked. A
+        drifted table is a failure even though it is repaired at once."""
+        ok, why = self.programmed.wait(pod, interface, 0.0)
+        if not ok:
+            return ok, why
+        check = self.verify(thorough=True)
+        if not check.live_ok:
+            return False, check.reason
+        return self._still_programmed(pod, interface, why, check)
+
+    def _still_programmed(self, pod: str, interface: str | None, why: str, check: KernelCheck) -> tuple[bool, str]:
+        # The check may have re-synced (a repair): ask the published state again.
+        ok, now = self.programmed.wait(pod, interface, 0.0)
+        return (True, f"{now}; {check.reason}") if ok else (False, now)
 
     # -- the worker ----------------------------------------------------------
 
@@ -197,14 +292,22 @@ class Reactor:
                 if self._stop:
                     return "stop", None, None
                 now = time.monotonic()
-                if self._event is not None:
+                attached = self._attachments_changed and self.snapshot is not None
+                if self._event is not None or attached:
                     due = self._coalescer.due()
-                    assert due is not None
-                    if now >= due:
+                    if due is None or now >= due:  # (None: attachments moved before the first snapshot)
+                        first = self._coalescer.start(now)
+                        if self._event is None:  # only attachments moved: the same snapshot again
+                            self._attachments_changed = False
+                            return "event", self.snapshot, first
                         event, self._event = self._event, None
-                        return "event", event, self._coalescer.start(now)
+                        if isinstance(event, Snapshot):
+                            self._attachments_changed = False
+                        return "event", event, first
                     self._cond.wait(due - now)
                     continue
+                if self._checks:
+                    return "check", None, None
                 interval = cfg.retry if (self.unresolved or self.apply_error) else cfg.resync
                 due = self._last_check + interval
                 if now >= due and self.snapshot is not None:
@@ -217,6 +320,9 @@ class Reactor:
             kind, event, first = self._next()
             if kind == "stop":
                 break
+            if kind == "check":
+                self._kernel_check()
+                continue
             try:
                 if kind == "resync":
                     self._resync()
@@ -227,16 +333,33 @@ class Reactor:
                     self.source_problem = None
                     self.metrics.source_up.set(1)
                     self._skipped_objects(event)
+                    self._not_enforceable(event)
                     self._sync(event, first)
-            except Exception as exc:  # keep the worker alive; the rules stay as they are
+            except (KernelError, InputError, OSError) as exc:
+                # What the kernel or the host can do to an apply (refused, EPERM, a tool
+                # missing, a namespace gone) or what a backend cannot express: one line
+                # saying so. The kernel still holds the previous rules (a transaction is
+                # all or nothing); the apply is retried every `retry` seconds.
+                self.apply_error = str(exc)
+                self.metrics.apply_errors.inc()
+                _log(logging.ERROR, "apply failed; the previous rules stay in the kernel", node=self.config.node,
+                     error=self.apply_error,
+                     digest=self.enforcer.applied.digest if self.enforcer.applied else None)
+            except Exception as exc:  # a bug: keep the worker alive, the rules stay as they are
                 self.apply_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.apply_errors.inc()
                 log.exception("sync failed; previous rules stay", extra={"fields": {"node": self.config.node}})
             finally:
-                self._last_check = time.monotonic()
+                # The drift check is due `resync` seconds after the last one, however
+                # many event syncs came between: an event's incremental transaction
+                # looks only at what it changes, so under steady churn (a change more
+                # often than --resync) a tampered table would otherwise stay tampered.
+                # A failed apply is retried `retry` seconds after the failure.
+                if kind == "resync" or self.apply_error:
+                    self._last_check = time.monotonic()
                 with self._cond:
                     if kind == "event":
-                        self._coalescer.done(self._last_check)
+                        self._coalescer.done(time.monotonic())
                     self.syncs += 1
                     self._cond.notify_all()
         _log(logging.INFO, "reactor stopped; rules stay in the kernel", node=self.config.node)
@@ -261,6 +384,17 @@ class Reactor:
                  resolved=sorted(self.skipped - now)[:20])
         self.skipped = now
 
+    def _not_enforceable(self, snapshot: Snapshot) -> None:
+        """Workloads the source sees but callgate cannot enforce (host network):
+        each logged once when it appears, and counted, so none is mistaken for
+        enforced."""
+        now = {str(p) for p in snapshot.not_enforceable}
+        self.metrics.endpoints.labels("not_enforceable").set(len(now))
+        for problem in sorted(now - self.not_enforceable):
+            _log(logging.WARNING, "not enforceable: callgate cannot filter this workload's traffic",
+                 node=self.config.node, workload=problem)
+        self.not_enforceable = now
+
     def _resync(self) -> None:
         """Repair drift, re-resolve interfaces, retry failures."""
         assert self.snapshot is not None
@@ -275,16 +409,58 @@ class Reactor:
                      applied_digest=self.enforcer.applied.digest if self.enforcer.applied else None)
         self._sync(self.snapshot, None, full=drift, recheck=True)
 
+    def _kernel_check(self) -> None:
+        """Answer every pending :meth:`verify` with one look at the live table."""
+        with self._cond:
+            tickets, self._checks = self._checks, []
+        try:
+            result = self._compare_and_repair(any(t.thorough for t in tickets))
+        except Exception as exc:  # the kernel said no: the waiters hear why, the worker lives on
+            log.exception("kernel check failed", extra={"fields": {"node": self.config.node}})
+            result = KernelCheck(False, False, f"cannot read the live table: {type(exc).__name__}: {exc}")
+        for ticket in tickets:
+            ticket.result = result
+            ticket.done.set()
+
+    def _compare_and_repair(self, thorough: bool) -> KernelCheck:
+        last, applied = self.last_sync, self.enforcer.applied
+        if last is None or self.snapshot is None or applied is None:
+            return KernelCheck(False, False, self.apply_error or "no ruleset applied yet")
+        live_ok = (self.enforcer.in_sync(last.ruleset, last.known) if thorough
+                   else self.enforcer.live_digest() == applied.digest)
+        if live_ok:
+            what = "rules" if thorough else "digest"
+            return KernelCheck(True, False, f"the live table holds the applied {what} ({applied.digest[:12]})")
+        self.repairs += 1
+        self.metrics.drift_repairs.inc()
+        _log(logging.WARNING, "drift found by a kernel check: the live table differs from what was applied; repairing",
+             node=self.config.node, live_digest=self.enforcer.live_digest(),
+             applied_digest=self.enforcer.applied.digest if self.enforcer.applied else None)
+        reason = "the live table differed from what the agent applied (deleted or changed)"
+        try:
+            self._sync(self.snapshot, None, full=True, recheck=True)
+        except Exception as exc:
+            self.apply_error = f"{type(exc).__name__}: {exc}"
+            self.metrics.apply_errors.inc()
+            log.exception("repair failed; will retry", extra={"fields": {"node": self.config.node}})
+            return KernelCheck(False, False, f"{reason}; the repair failed: {self.apply_error}")
+        finally:
+            self._last_check = time.monotonic()
+        return KernelCheck(False, True, f"{reason}; replaced it")
+
     def _bind(self, inventory: Inventory) -> tuple[Inventory, dict[str, str], dict[str, str]]:
-        """The inventory with every resolvable local interface filled in; and
-        where each local endpoint is (interface, or its own namespace when it
-        has none: macvlan, ipvlan), and why the others are not placed."""
+        """The inventory with the CNI attachments laid over it and every
+        resolvable local interface filled in; and where each local endpoint is
+        (interface, or its own namespace when it has none: macvlan, ipvlan),
+        and why the others are not placed."""
+        inventory, waiting = self.attachments.overlay(inventory, self.config.node)
         local = [ep for ep in inventory.endpoints if ep.node == self.config.node]
         in_namespace = {ep.key: ep.netns for ep in local if not ep.interface and ep.netns}
         found = self.resolver.resolve([ep for ep in local if ep.key not in in_namespace])
         unresolved = {ep.key: "no interface in the inventory and no host route to "
                       + (", ".join(str(i) for i in ep.ips) or "it (no IP)") for ep in local
                       if ep.key not in found and ep.key not in in_namespace}
+        unresolved.update(waiting)
         placed = {**found, **{k: v for k, v in in_namespace.items() if v}}
         if all(ep.interface == found.get(ep.key) for ep in local if ep.key not in in_namespace):
             return inventory, placed, unresolved
@@ -337,9 +513,12 @@ class Reactor:
         except KernelError as exc:
             if full:
                 raise
-            _log(logging.WARNING, "incremental transaction refused; replacing the table instead",
+            try:
+                result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=False)
+            except KernelError as again:  # one failure to report, not two
+                raise KernelError(f"{again} (the incremental transaction before it was refused too: {exc})") from None
+            _log(logging.WARNING, "incremental transaction refused; replaced the table instead",
                  node=self.config.node, error=str(exc))
-            result = self.enforcer.apply(ruleset, known_interfaces=known, incremental=False)
         seconds = time.monotonic() - started
         # A change although nothing desired changed is a repair too: the live state
         # moved after the resync's check (nft also says so itself, other backends not).

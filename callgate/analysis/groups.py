@@ -31,7 +31,8 @@ from callgate.analysis.connectivity import Connectivity, Progress
 from callgate.policy.model import Direction, Endpoint, Inventory, PortProtocol
 
 # Labels that name an application, most specific first; used to group endpoints.
-APP_LABELS = ("app.kubernetes.io/name", "app", "k8s-app")
+# The last is the service Compose puts on every container of a Docker host's stack.
+APP_LABELS = ("app.kubernetes.io/name", "app", "k8s-app", "com.docker.compose.service")
 
 DEFAULT_MAX_GROUPS = 40  # groups a table, a heatmap or a call graph shows before merging the rest
 AUTO_ENDPOINTS = 30  # 'auto' shows endpoints one by one up to this many

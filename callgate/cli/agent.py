@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from callgate.cli.common import fail, require_paths, usage_error
+from callgate.cli.common import check_netns_name, fail, require_paths, usage_error
+from callgate.cli.inventory import check_docker_host
 
 if TYPE_CHECKING:
     from callgate.agent.flowlog.service import FlowLogService
@@ -19,7 +21,9 @@ if TYPE_CHECKING:
 
 def agent(
     node: Annotated[str, typer.Option("--node", "-n", help="This node's name: its local endpoints get rules.")],
-    source: Annotated[str, typer.Option("--source", help="Where policy comes from: files or kubernetes.")] = "files",
+    source: Annotated[str, typer.Option(
+        "--source", help="Where policy comes from: files, kubernetes, or docker (containers from the engine, "
+        "policies from --policies).")] = "files",
     inventory: Annotated[list[str] | None, typer.Option(
         "--inventory", "-i", help="files source: inventory file or directory (repeatable).")] = None,
     policies: Annotated[list[str] | None, typer.Option(
@@ -27,6 +31,9 @@ def agent(
     server: Annotated[str | None, typer.Option(
         "--server", help="kubernetes source: API server URL (default: kubeconfig or in-cluster).")] = None,
     kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="kubernetes source: kubeconfig file.")] = None,
+    docker_host: Annotated[str | None, typer.Option(
+        "--docker-host", metavar="URL", help="docker source: the engine, unix:///path/to/docker.sock or "
+        "tcp://HOST:PORT (default: $DOCKER_HOST, else unix:///var/run/docker.sock).")] = None,
     netns: Annotated[str | None, typer.Option(
         "--netns", help="Enforce in this named network namespace (default: the current one).")] = None,
     backend: Annotated[str, typer.Option(
@@ -37,7 +44,10 @@ def agent(
         "--fail-closed-prefix",
         help="Drop forwarded traffic on interfaces named PREFIX* that the agent has not programmed yet.")] = None,
     metrics_address: Annotated[str, typer.Option(
-        "--metrics-address", help="HOST:PORT for /metrics, /healthz, /readyz and /programmed.")] = "127.0.0.1:9464",
+        "--metrics-address", help="HOST:PORT for /metrics, /healthz and /readyz.")] = "127.0.0.1:9464",
+    cni_socket: Annotated[str | None, typer.Option(
+        "--cni-socket", help="Unix socket for the callgate-cni plugin and /programmed "
+                             "(e.g. /run/callgate/agent.sock; created 0600).")] = None,
     coalesce_ms: Annotated[int, typer.Option(
         "--coalesce-ms", help=(
             "Coalescing of bursts: a change after a quiet spell is applied at once; inside a burst the next "
@@ -78,11 +88,10 @@ def agent(
     Example: callgate agent --node node-1 -i inventory.yaml -p policies/ --fail-closed-prefix cg
     """
     from callgate.agent import logging as agent_logging
-    from callgate.agent.metrics import AgentMetrics, StatusServer, parse_address
-    from callgate.agent.reactor import Reactor, ReactorConfig
-    from callgate.enforcers import BACKENDS, guard
+    from callgate.agent.lock import AgentLock, LockError
+    from callgate.agent.metrics import parse_address
+    from callgate.enforcers import BACKENDS
     from callgate.enforcers.base import FlowLogging, check_fail_closed_prefix
-    from callgate.enforcers.routes import InterfaceResolver
 
     # Validate everything before touching the kernel or opening a port.
     if backend not in BACKENDS:
@@ -107,26 +116,74 @@ def agent(
             flow_logging = FlowLogging(flow_log_group, flow_log_allowed, flow_log_rate)
     except ValueError as exc:
         fail(str(exc))
-    if netns is not None and not _netns_ok(netns):
-        usage_error(f"--netns {netns!r} is not a valid network namespace name")
-    src = _source(source, inventory or [], policies or [], server, kubeconfig)
+    check_netns_name(netns)
+    if source == "docker" and backend == "iptables":
+        usage_error(DOCKER_NEEDS_NFT)
+    src = _source(source, inventory or [], policies or [], server, kubeconfig, docker_host, node, netns)
 
     log = agent_logging.setup(log_level)
+    try:  # before the kernel is touched: a second agent must change nothing
+        lock = AgentLock.acquire(netns)
+    except LockError as exc:
+        fail(str(exc))
+    try:
+        _run(log, node, src, netns, backend, resync, fail_closed_prefix, metrics_address, cni_socket, coalesce_ms,
+             needs_nft=source == "docker",
+             datapath=Datapath(flow_log, flow_logging, audit=enforcement == "audit", revoke=not keep_established))
+    finally:
+        lock.release()
+
+
+@dataclass(frozen=True)
+class Datapath:
+    """What the agent watches and does on the datapath beyond enforcing: the
+    flow log (--flow-log PATH and its settings), audit (--enforcement audit)
+    and revocation (not --keep-established)."""
+
+    flow_log: str | None = None
+    flow_logging: FlowLogging | None = None
+    audit: bool = False
+    revoke: bool = True
+
+
+def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync: float,
+         fail_closed_prefix: str | None, metrics_address: str, cni_socket: str | None,
+         coalesce_ms: int, needs_nft: bool, datapath: Datapath) -> None:
+    """The agent proper, once its options are valid and it holds the lock."""
+    from callgate.agent import logging as agent_logging
+    from callgate.agent.cni_socket import CniSocket
+    from callgate.agent.metrics import AgentMetrics, StatusServer
+    from callgate.agent.reactor import Reactor, ReactorConfig
+    from callgate.enforcers import guard
+    from callgate.enforcers.routes import InterfaceResolver
+
     metrics = AgentMetrics()
-    flows = _flow_log(flow_log, flow_logging, netns, metrics)  # an unwritable path fails here, before the kernel
-    enforcer = _enforcer(backend, netns, fail_closed_prefix, flow_logging)
+    # An unwritable flow-log path (or an NFLOG group taken) fails here, before the kernel is touched.
+    flows = _flow_log(datapath.flow_log, datapath.flow_logging, netns, metrics)
+    enforcer = _enforcer(backend, netns, fail_closed_prefix, datapath.flow_logging, flows)
+    if needs_nft and enforcer.name != "nft":  # --backend auto found no working libnftables
+        _close(enforcer, flows)
+        fail(DOCKER_NEEDS_NFT)
     metrics.watch_enforcer(enforcer)  # per-policy rule counters (nft; iptables has none)
-    conntrack = None if keep_established else _conntrack(netns, enforcer)
-    reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000,
-                                    audit=enforcement == "audit", revoke=not keep_established),
+    conntrack = _conntrack(netns, enforcer, flows) if datapath.revoke else None
+    reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000, audit=datapath.audit,
+                                    revoke=datapath.revoke),
                       enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics,
                       guard=lambda ruleset: guard.check(ruleset, netns, enforcer.name),
                       conntrack=conntrack, flows=flows)
     try:
         http = StatusServer(metrics_address, metrics, reactor)
     except OSError as exc:
-        enforcer.close()
+        _close(enforcer, flows, conntrack)
         fail(f"cannot listen on {metrics_address}: {exc}")
+    gate: CniSocket | None = None
+    if cni_socket is not None:
+        try:
+            gate = CniSocket(cni_socket, reactor)
+        except OSError as exc:
+            http.stop()
+            _close(enforcer, flows, conntrack)
+            fail(f"cannot listen on {cni_socket}: {exc}")
 
     stop = threading.Event()
 
@@ -138,28 +195,38 @@ def agent(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent_logging.log(log, 20, "agent starting", node=node, source=src.origin, netns=netns, backend=enforcer.name,
-                      fail_closed_prefix=fail_closed_prefix, http=http.address, resync=resync,
-                      enforcement=enforcement, flow_log=flow_log, keep_established=keep_established)
+                      fail_closed_prefix=fail_closed_prefix, http=http.address, cni_socket=cni_socket, resync=resync,
+                      enforcement="audit" if datapath.audit else "enforce", flow_log=datapath.flow_log,
+                      keep_established=not datapath.revoke)
     http.start()
     if flows is not None:
         flows.start()
     reactor.start()
     src.start(reactor.on_event)
+    if gate is not None:
+        gate.start()  # after the reactor: an ADD arriving now is served, or waits for the first sync
     try:
         while not stop.wait(0.5):
             if not reactor.healthy()[0]:
                 agent_logging.log(log, 40, "reactor died; exiting (rules stay in the kernel)")
                 raise typer.Exit(1)
     finally:
+        if gate is not None:
+            gate.stop()
         src.stop()
         reactor.stop()
         http.stop()
-        if flows is not None:
-            flows.stop()
-        if conntrack is not None:
-            conntrack.close()
-        enforcer.close()
+        _close(enforcer, flows, conntrack)
         agent_logging.log(log, 20, "agent stopped; rules stay in the kernel", node=node)
+
+
+def _close(enforcer: Enforcer, flows: FlowLogService | None = None, conntrack: ConntrackTable | None = None) -> None:
+    """Let go of what the agent opened (on the way out, also when it could not start)."""
+    if flows is not None:
+        flows.stop()
+    if conntrack is not None:
+        conntrack.close()
+    enforcer.close()
 
 
 def _flow_log(path: str | None, logging: FlowLogging | None, netns: str | None,
@@ -186,18 +253,19 @@ def _flow_log(path: str | None, logging: FlowLogging | None, netns: str | None,
     return FlowLogService(reader, writer, metrics)
 
 
-def _conntrack(netns: str | None, enforcer: Enforcer) -> ConntrackTable:
+def _conntrack(netns: str | None, enforcer: Enforcer, flows: FlowLogService | None) -> ConntrackTable:
     from callgate.enforcers.conntrack import KernelConntrack
 
     try:
         return KernelConntrack(netns)
     except Exception as exc:  # no pyroute2, no permission, no such netns
-        enforcer.close()
+        _close(enforcer, flows)
         fail(f"cannot reach connection tracking (needed to cut revoked connections; --keep-established "
              f"does without): {exc}")
 
 
-def _enforcer(backend: str, netns: str | None, prefix: str | None, flow_logging: FlowLogging | None) -> Enforcer:
+def _enforcer(backend: str, netns: str | None, prefix: str | None, flow_logging: FlowLogging | None,
+              flows: FlowLogService | None) -> Enforcer:
     """The node's enforcer; exits with a clear message when the backend cannot
     reach the kernel (no such netns, no permission, no tools)."""
     from callgate.enforcers import get_enforcer
@@ -205,6 +273,8 @@ def _enforcer(backend: str, netns: str | None, prefix: str | None, flow_logging:
     try:
         enforcer = get_enforcer(backend, netns, prefix, flow_logging)
     except ValueError as exc:  # e.g. an iptables variant in $CALLGATE_IPTABLES that does not exist
+        if flows is not None:
+            flows.stop()
         fail(str(exc))
     try:
         enforcer.live_digest()  # fail now, clearly
@@ -217,15 +287,20 @@ def _enforcer(backend: str, netns: str | None, prefix: str | None, flow_logging:
 
 _KERNEL_PARTS = {"nft": "nftables", "iptables": "iptables/ipset"}
 
-
-def _netns_ok(name: str) -> bool:
-    import re
-
-    return bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name)) and name not in (".", "..")
+# Why not iptables on a Docker host: callgate's chains would sit in the same FORWARD chain
+# as Docker's, where an ACCEPT is final, so traffic callgate allows would skip DOCKER-USER
+# and Docker's isolation between networks (measured: a container on docker0 reached one on
+# a user-defined bridge). nft tables are separate: a packet must be accepted by both.
+DOCKER_NEEDS_NFT = ("--source docker needs the nft backend: with iptables, callgate's ACCEPT would end FORWARD "
+                    "before Docker's own rules (DOCKER-USER, its isolation between networks)")
 
 
 def _source(kind: str, inventory: list[str], policies: list[str], server: str | None,
-            kubeconfig: str | None) -> Any:
+            kubeconfig: str | None, docker_host: str | None, node: str, netns: str | None) -> Any:
+    if docker_host is not None and kind != "docker":
+        usage_error("--docker-host belongs to --source docker")
+    if kind == "docker":
+        return _docker_source(inventory, policies, docker_host, node, netns)
     if kind == "files":
         if not inventory:
             usage_error("--source files needs --inventory (and usually --policies)")
@@ -243,7 +318,29 @@ def _source(kind: str, inventory: list[str], policies: list[str], server: str | 
         except ImportError as exc:
             fail(f"the kubernetes source is not available: {exc}")
         return KubernetesSource.connect(server=server, kubeconfig=kubeconfig)
-    usage_error(f"--source {kind!r}: use files or kubernetes")
+    usage_error(f"--source {kind!r}: use files, kubernetes or docker")
+
+
+def _docker_source(inventory: list[str], policies: list[str], docker_host: str | None, node: str,
+                   netns: str | None) -> Any:
+    """Containers from the engine, policies from files. An engine that cannot be
+    reached at start is an error (exit 1): there is nothing to enforce yet, and
+    an agent that starts anyway would look ready with an empty inventory."""
+    if inventory:
+        usage_error("--inventory belongs to --source files: with --source docker the engine says who runs where")
+    if not policies:
+        usage_error("--source docker needs --policies")
+    require_paths("'--policies' / '-p'", policies)
+    check_docker_host(docker_host)
+    from callgate.watchers.docker_client import EngineUnavailable, make_client
+    from callgate.watchers.docker_links import VethResolver
+    from callgate.watchers.docker_source import DockerSource
+
+    try:
+        client, where = make_client(docker_host)
+    except EngineUnavailable as exc:
+        fail(str(exc))
+    return DockerSource(client, where, node, VethResolver(netns), policies)
 
 
 def register(app: typer.Typer) -> None:

@@ -19,16 +19,20 @@ comparison (bad input included) exits 2.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from callgate.errors import InputError, KernelError, Problem
 from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
+
+if TYPE_CHECKING:
+    from callgate.enforcers.placement import NodeEnforcer
 
 EXIT_OK, EXIT_USER, EXIT_USAGE = 0, 1, 2
 
@@ -63,6 +67,27 @@ class UsageMistake(typer.BadParameter):
         return self.message
 
 
+@contextmanager
+def opened_enforcer(backend: str, netns: str | None,
+                    refuse: Callable[[str], NoReturn] = fail) -> Iterator[NodeEnforcer]:
+    """The backend's enforcer for netns (None: ours), closed on leaving.
+
+    An unknown backend or iptables variant is a usage mistake, not a crash:
+    ``refuse`` gets its message. The import is lazy so that commands which
+    never reach the kernel do not load libnftables.
+    """
+    from callgate.enforcers import get_enforcer
+
+    try:
+        enforcer = get_enforcer(backend, netns)
+    except ValueError as exc:
+        refuse(str(exc))
+    try:
+        yield enforcer
+    finally:
+        enforcer.close()
+
+
 def usage_error(message: str) -> NoReturn:
     """A mistake in the command line itself: usage, the message, exit 2."""
     raise UsageMistake(message)
@@ -76,6 +101,12 @@ def require_paths(option: str, paths: Iterable[str]) -> list[str]:
     if missing:
         raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}", param_hint=option)
     return paths
+
+
+def check_netns_name(netns: str | None) -> None:
+    """A named network namespace (as ``ip netns`` lists them), or a usage mistake."""
+    if netns is not None and (not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", netns) or netns in (".", "..")):
+        usage_error(f"--netns {netns!r} is not a valid network namespace name")
 
 
 def load_inputs(inventory: Sequence[str], policies: Sequence[str]) -> tuple[Inventory, PolicySet]:

@@ -6,21 +6,28 @@ from typing import Annotated
 
 import typer
 
-from callgate.cli.common import InventoryOpt, fail, require_paths, usage_error
+from callgate.cli.common import check_netns_name, fail, opened_enforcer, require_paths, usage_error
 from callgate.cli.engine import BackendOpt, NodeOpt
+from callgate.cli.inventory import DockerHostOpt, read_docker
 from callgate.compiler import Compiler
-from callgate.enforcers import get_enforcer, guard, live_in_audit
+from callgate.enforcers import guard, live_in_audit
 from callgate.errors import KernelError
 from callgate.policy import Inventory, PolicySet, load_inventory
 from callgate.policy.model import ENFORCEMENT_KEY, ENFORCEMENT_MODES
 
 
 def doctor(
-    inventory: InventoryOpt,
     node: NodeOpt,
+    inventory: Annotated[list[str] | None, typer.Option(
+        "--inventory", "-i", metavar="PATH", help="Inventory file or directory (callgate/v1 Inventory, or kubectl "
+        "Pod/Namespace YAML). Repeatable. Required unless --from says where the endpoints come from.")] = None,
     netns: Annotated[str | None, typer.Option(
         "--netns", help="The node's named network namespace (default: the current one).")] = None,
     backend: BackendOpt = "nft",
+    source: Annotated[str | None, typer.Option(
+        "--from", metavar="SOURCE", help="Take the node's endpoints from a live source instead of --inventory: "
+        "docker (the engine's running containers; those it cannot enforce are listed too).")] = None,
+    docker_host: DockerHostOpt = None,
 ) -> None:
     """Report how each local endpoint of NODE is enforced, and anything that defeats it.
 
@@ -33,26 +40,39 @@ def doctor(
     audit`). Changes nothing. Exit code 1 when something defeats enforcement
     (`callgate apply` fixes what it can and refuses the rest); audit does not.
 
+    With --from docker the endpoints are the engine's running containers (as
+    `callgate inventory --from docker` prints them), and the containers callgate
+    cannot enforce (host network) are listed as such: they, too, make the exit
+    code 1.
+
     Example: callgate doctor --node node-1 -i inventory.yaml
     """
-    if not inventory:
-        usage_error("--inventory / -i is required")
-    inv = load_inventory(require_paths("'--inventory' / '-i'", inventory))
-    if node not in inv.nodes():
-        fail(f"node {node!r} runs no endpoint in the inventory (nodes: {', '.join(inv.nodes()) or 'none'})")
+    check_netns_name(netns)
+    unenforceable: list[tuple[str, str]] = []  # (workload, why): seen by the source, not enforceable
+    if source is not None:
+        if source != "docker":
+            usage_error(f"--from {source!r}: use docker")
+        if inventory:
+            usage_error("--inventory and --from docker: give one of them")
+        view, _, _ = read_docker(docker_host, node, netns)
+        inv = view.inventory
+        unenforceable = [(p.object or "?", p.message) for p in view.not_enforceable]
+    else:
+        if docker_host is not None:
+            usage_error("--docker-host belongs to --from docker")
+        if not inventory:
+            usage_error("--inventory / -i (or --from docker) is required")
+        inv = load_inventory(require_paths("'--inventory' / '-i'", inventory))
+        if node not in inv.nodes():
+            fail(f"node {node!r} runs no endpoint in the inventory (nodes: {', '.join(inv.nodes()) or 'none'})")
     ruleset = Compiler(PolicySet(), inv).compile(node)
-    try:
-        enforcer = get_enforcer(backend, netns)
-    except ValueError as exc:
-        fail(str(exc))
-    try:
-        report = guard.check(ruleset, netns, enforcer.name)
-        tables = {where: (enforcer.part(where).live_digest(), enforcer.part(where).live_text()) for where in
-                  (None, *sorted({le.netns for le in ruleset.local if le.interface is None and le.netns}))}
-    except KernelError as exc:
-        fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
-    finally:
-        enforcer.close()
+    with opened_enforcer(backend, netns) as enforcer:
+        try:
+            report = guard.check(ruleset, netns, enforcer.name)
+            tables = {where: (enforcer.part(where).live_digest(), enforcer.part(where).live_text()) for where in
+                      (None, *sorted({le.netns for le in ruleset.local if le.interface is None and le.netns}))}
+        except KernelError as exc:
+            fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
     typer.echo(f"node {node}{f' (network namespace {netns})' if netns else ''}, backend {enforcer.name}: "
                f"{len(report.placed)} local endpoint(s)")
     problems: dict[str, list[guard.Finding]] = {}
@@ -71,6 +91,8 @@ def doctor(
             typer.echo(f"      {f.problem}{remedy}")
     for unbound, why in ruleset.unbound:
         typer.echo(f"  {unbound}: {why}")
+    for workload, why in unenforceable:
+        typer.echo(f"  {workload}  not enforceable: {why}")
     for line in _enforcement_notes(inv, [p.endpoint for p in report.placed]):
         typer.echo(line)
     for where, (digest, text) in tables.items():
@@ -81,8 +103,11 @@ def doctor(
             if not audited:
                 state += ": no local endpoint's namespace is in audit, so the agent runs with --enforcement audit"
         typer.echo(f"callgate's {enforcer.name} rules in {place}: {state}")
-    if report.defeated:
-        typer.echo(f"{len({f.endpoint for f in report.findings})} endpoint(s) not enforced as the inventory says")
+    if report.defeated or unenforceable:
+        if report.defeated:
+            typer.echo(f"{len({f.endpoint for f in report.findings})} endpoint(s) not enforced as the inventory says")
+        if unenforceable:
+            typer.echo(f"{len(unenforceable)} workload(s) callgate cannot enforce")
         raise typer.Exit(1)
     typer.echo("every local endpoint is where callgate enforces")
 

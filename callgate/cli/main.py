@@ -36,9 +36,11 @@ COMMAND_MODULES: dict[str, str] = {
     "convert": "analysis", "test": "analysis",
     "lab": "lab",
     "agent": "agent", "flows": "flows",
+    "inventory": "inventory",
     "controller": "k8s",
+    "cni": "cni",
 }
-MODULES = ("engine", "doctor", "analysis", "lab", "agent", "flows", "k8s")  # the order commands are listed in --help
+MODULES = ("engine", "doctor", "analysis", "lab", "agent", "flows", "inventory", "k8s", "cni")  # the order in --help
 
 
 def _show_version(value: bool) -> None:

@@ -8,17 +8,22 @@ every (peer address, protocol, destination port) of one address family, as
 disjoint cells, so that a backend can answer each packet with one look-up:
 
 * :class:`Program` — the rules of one endpoint direction and family as the
-  decision sees them (:func:`programs` builds them from the IR). Its
+  decision sees them (:func:`programs` builds them from the IR), or of one
+  tier of it (:func:`tier_programs`: each but the last decides PASS where the
+  tier passes on, and the next tier's program takes the packet; the nft
+  backend gives each tier a map of its own, so endpoints whose tiers are
+  equal share it whatever their other tiers hold). Its
   :attr:`~Program.name` hashes its structure (rules, set names, verdicts,
-  rule ids), not the sets' elements: pod churn changes cells, never names, and
-  endpoints whose programs are equal share one decision.
+  rule ids, position), not the sets' elements: pod churn changes cells, never
+  names, and endpoints whose programs are equal share one decision.
 * :func:`lower` — the program over the current set elements: ``rest``, the
   decision by address alone for packets that only rules without ports match
   (other protocols, ports no rule names), where it is not the program's
   default; and ``ported``, cells of (address interval, protocol, port range)
   where a ported rule makes the decision differ from ``rest`` (or the
   default). Every cell carries the :class:`Decision`: ALLOW or DENY and the
-  rule id that decided (None: a tier's default or the end of the tiers).
+  rule id that decided (None: a tier's default or the end of the tiers), or
+  PASS for a tier's program that passes on.
 * :func:`lookup` runs a lowered table for one packet (ported cell, else
   ``rest``, else the default) and :meth:`Program.decide` runs the program
   rule by rule: property tests hold the two equal, and the program equal to
@@ -48,7 +53,7 @@ _VERSIONS: dict[Family, int] = {"ip": 4, "ip6": 6}
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    verdict: Verdict  # ALLOW or DENY: PASS is resolved by the lowering
+    verdict: Verdict  # ALLOW or DENY; PASS only from a tier's program that passes on (see Program.passes_on)
     rule: str | None = None  # the id of the rule that decided; None: a default
 
     def __str__(self) -> str:
@@ -98,14 +103,22 @@ class PortClass:
 
 @dataclass(frozen=True)
 class Program:
-    """What one endpoint direction decides for one address family."""
+    """What one endpoint direction (or one tier of it) decides for one address family.
+
+    ``passes_on``: this is the tier at that position of a direction that has
+    more tiers after it, and a pass (no rule deciding) is its decision
+    (Decision PASS, no rule id): the next tier takes the packet. None: a pass
+    through the last tier allows."""
 
     family: Family
     tiers: tuple[Tier, ...]
+    passes_on: int | None = None
 
     @cached_property
     def name(self) -> str:
         parts: list[str] = [self.family]
+        if self.passes_on is not None:
+            parts.append(f"passes on {self.passes_on}")
         for tier in self.tiers:
             parts.append(f"tier {tier.default.value}")
             parts.extend(f"{s.verdict.value} {s.rule} {s.peers} {s.pairs} {s.l4}" for s in tier.steps)
@@ -130,7 +143,7 @@ class Program:
                     break
             if verdict is not Verdict.PASS:
                 return Decision(verdict, rule)
-        return Decision(Verdict.ALLOW)
+        return Decision(Verdict.PASS if self.passes_on is not None else Verdict.ALLOW)
 
     def decide_packet(self, sources: Sources, address: int, protocol: str | None, port: int) -> Decision:
         """The decision for one packet, rule by rule (``protocol`` None: one that is not TCP, UDP or SCTP)."""
@@ -375,29 +388,45 @@ def _sweep(intervals: Mapping[int, Sequence[Interval]], version: int) -> Iterabl
 # ids (a hash over every origin merged into a rule: 3,000 for the hottest rule
 # at 50k pods) for every endpoint on every pod change cost ~40 ms. The entry
 # holds the endpoint, so its id cannot be reused while it is cached.
-_PROGRAMS: dict[int, tuple[EndpointRules, dict[tuple[str, Family], Program]]] = {}
+_PROGRAMS: dict[tuple[int, bool], tuple[EndpointRules, dict[tuple[str, Family], tuple[Program, ...]]]] = {}
 _PROGRAMS_MAX = 4096
 
 
 def programs(endpoint: EndpointRules) -> dict[tuple[str, Family], Program]:
-    """(direction, family) -> the program of each isolated direction of ``endpoint``."""
-    hit = _PROGRAMS.get(id(endpoint))
+    """(direction, family) -> the program of each isolated direction of
+    ``endpoint``: all its tiers, first match, a pass going on to the next tier."""
+    return {key: found[0] for key, found in _cached(endpoint, False).items()}
+
+
+def tier_programs(endpoint: EndpointRules) -> dict[tuple[str, Family], tuple[Program, ...]]:
+    """(direction, family) -> a program per tier of each isolated direction,
+    in order; each but the last passes on (its Decision PASS: the next one
+    decides). Run in order they decide as :func:`programs`' one does, and a
+    tier's program is equal for every endpoint the same policies select in
+    that tier, whatever its other tiers hold."""
+    return _cached(endpoint, True)
+
+
+def _cached(endpoint: EndpointRules, per_tier: bool) -> dict[tuple[str, Family], tuple[Program, ...]]:
+    key = (id(endpoint), per_tier)
+    hit = _PROGRAMS.get(key)
     if hit is not None and hit[0] is endpoint:
         return hit[1]
     if len(_PROGRAMS) >= _PROGRAMS_MAX:
         _PROGRAMS.clear()
-    out = _programs(endpoint)
-    _PROGRAMS[id(endpoint)] = (endpoint, out)
-    return out
-
-
-def _programs(endpoint: EndpointRules) -> dict[tuple[str, Family], Program]:
-    out: dict[tuple[str, Family], Program] = {}
-    for direction, tiers in (("ingress", endpoint.ingress), ("egress", endpoint.egress)):
-        if not tiers:
+    out: dict[tuple[str, Family], tuple[Program, ...]] = {}
+    for direction, chains in (("ingress", endpoint.ingress), ("egress", endpoint.egress)):
+        if not chains:
             continue
         for family in ("ip", "ip6"):
-            out[(direction, family)] = Program(family, tuple(_tier(chain, family) for chain in tiers))
+            tiers = tuple(_tier(chain, family) for chain in chains)
+            if per_tier:
+                out[(direction, family)] = tuple(
+                    Program(family, (tier,), position if position < len(tiers) - 1 else None)
+                    for position, tier in enumerate(tiers))
+            else:
+                out[(direction, family)] = (Program(family, tiers),)
+    _PROGRAMS[key] = (endpoint, out)
     return out
 
 

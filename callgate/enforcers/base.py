@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from callgate.compiler.ir import Rule, RuleSet
+from callgate.errors import InputError, Problem
 
 # noop: the kernel already held it; incremental: only what changed went in;
 # full: everything callgate owns was rewritten (or, for a dry run, would be).
@@ -85,6 +86,21 @@ class FailClosed:
         # more interfaces (the agent: every interface it resolved).
         local = (le.interface for le in ruleset.local if le.interface is not None)
         return cls(check_fail_closed_prefix(prefix), tuple(sorted({*known, *local})))
+
+
+def refuse_interfaces(ruleset: RuleSet, fail_closed: FailClosed | None, problem: Callable[[str], str | None]) -> None:
+    """Raise InputError naming every interface of ``ruleset`` (and of fail-closed's known
+    ones) that a backend cannot write, ``problem`` saying why, before anything reaches
+    the kernel. Interface names are validated upstream for all backends; each backend
+    has a name or two its own syntax reads as something else."""
+    interfaces = {le.endpoint: le.interface for le in ruleset.local if le.interface is not None}
+    interfaces.update((ep.endpoint, ep.interface) for ep in ruleset.endpoints if ep.interface is not None)
+    problems = [Problem(why, object=f"endpoint {endpoint}", field="interface")
+                for endpoint, iface in sorted(interfaces.items()) if (why := problem(iface))]
+    problems += [Problem(why, object="known interfaces")
+                 for iface in (fail_closed.known if fail_closed else ()) if (why := problem(iface))]
+    if problems:
+        raise InputError(problems)
 
 
 @dataclass(frozen=True)

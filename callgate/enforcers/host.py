@@ -106,22 +106,28 @@ def _read_sysctls() -> dict[str, int]:
     return out
 
 
-def inspect(netns: str | None = None, runner: Runner = run) -> HostView:
-    """Read ``netns`` (None: here). KernelError when it cannot be read."""
-    links = {link.name: link for link in map(_link, _json(runner(ip_argv(netns, "-j", "-d", "link", "show"))))}
+def _addresses(ip_addr_json: str) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The local addresses in ``ip -j addr show`` output (malformed entries skipped)."""
     addresses = set()
-    for entry in _json(runner(ip_argv(netns, "-j", "addr", "show"))):
+    for entry in _json(ip_addr_json):
         for info in entry.get("addr_info") or []:  # type: ignore[attr-defined]
             if isinstance(info, dict) and isinstance(info.get("local"), str):
                 try:
                     addresses.add(ipaddress.ip_address(info["local"]))
                 except ValueError:
                     continue
+    return frozenset(addresses)
+
+
+def inspect(netns: str | None = None, runner: Runner = run) -> HostView:
+    """Read ``netns`` (None: here). KernelError when it cannot be read."""
+    links = {link.name: link for link in map(_link, _json(runner(ip_argv(netns, "-j", "-d", "link", "show"))))}
+    addresses = _addresses(runner(ip_argv(netns, "-j", "addr", "show")))
     try:
         sysctls = run_in(netns, _read_sysctls)
     except OSError as exc:
         raise KernelError(f"cannot read the bridge-netfilter settings of {netns}: {exc}") from None
-    return HostView(netns, links, frozenset(addresses), sysctls)
+    return HostView(netns, links, addresses, sysctls)
 
 
 @dataclass(frozen=True)
@@ -145,15 +151,7 @@ def probe_netns(path: str, node_netns: str | None, runner: Runner = run) -> Netn
         out = runner(ip_argv(path, "-j", "addr", "show"))
     except (OSError, KernelError) as exc:
         return NetnsProbe(path, f"network namespace {path} cannot be entered: {exc}")
-    addresses = set()
-    for entry in _json(out):
-        for info in entry.get("addr_info") or []:  # type: ignore[attr-defined]
-            if isinstance(info, dict) and isinstance(info.get("local"), str):
-                try:
-                    addresses.add(ipaddress.ip_address(info["local"]))
-                except ValueError:
-                    continue
-    return NetnsProbe(path, None, addresses=frozenset(addresses))
+    return NetnsProbe(path, None, addresses=_addresses(out))
 
 
 def set_bridge_flag(netns: str | None, bridge: str, flag: str, runner: Runner = run) -> None:

@@ -551,10 +551,17 @@ class Lab:
     # ------------------------------------------------------------------ state
 
     def _save(self, state: LabState) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the record whole or not at all (a full or read-only state directory is a
+        LabError naming it, and leaves no partial file behind)."""
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state.to_json(), indent=2))
-        tmp.replace(self.state_path)  # atomic: readers see the old or the new record
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(state.to_json(), indent=2))
+            tmp.replace(self.state_path)  # atomic: readers see the old or the new record
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise LabError(f"cannot record the lab in {self.state_path}: {exc.strerror}") from None
 
     def load_state(self) -> LabState | None:
         try:

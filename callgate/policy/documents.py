@@ -13,15 +13,16 @@ import json
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from callgate.errors import InputError, Problem, ProblemCode
+from callgate.errors import InputError, Problem, ProblemCode, shown
 from callgate.policy import yamlfast
-from callgate.policy.positions import locate
+from callgate.policy.limits import MAX_FILE_BYTES, alias_problem, size_text
+from callgate.policy.positions import Positions
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -35,6 +36,12 @@ POLICY_KINDS = {("networking.k8s.io/v1", "NetworkPolicy"), ("callgate/v1", "App"
                 ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy")}
 
 
+def is_kind(api: object, kind: object, kinds: set[tuple[str, str]]) -> bool:
+    """Whether a document's (apiVersion, kind) is one of ``kinds``. Either may be
+    anything a document holds, and a mapping or a list is not hashable."""
+    return isinstance(api, str) and isinstance(kind, str) and (api, kind) in kinds
+
+
 @dataclass(frozen=True)
 class Document:
     """One YAML/JSON document, possibly an item of a ``List``."""
@@ -43,11 +50,14 @@ class Document:
     index: int  # document number inside the file
     data: Any
     path: tuple[str | int, ...] = ()  # e.g. ("items", 3) for the 4th item of a List
+    # Shared by the documents of one file, so that file is parsed for positions at most
+    # once however many problems it has (once per problem was quadratic in its size).
+    positions: Positions = field(default_factory=Positions, compare=False, repr=False)
 
     def problem(self, message: str, field: str | None = None, obj: str | None = None,
                 field_path: tuple[str | int, ...] = (), code: ProblemCode | None = None,
                 hint: str | None = None) -> Problem:
-        line, column = locate(self.file, self.index, self.path + field_path)
+        line, column = self.positions(self.file, self.index, self.path + field_path)
         return Problem(message, file=self.file, object=obj, field=field, line=line, column=column,
                        code=code, hint=hint)
 
@@ -117,9 +127,16 @@ def read_all(paths: Iterable[str | Path]) -> tuple[list[Document], list[Problem]
 
 
 def read_documents(path: Path) -> Iterator[Document]:
-    """Yield every document of a file; ``List`` objects are expanded into items."""
+    """Yield every document of a file; ``List`` objects are expanded into items.
+    Files beyond the limits of :mod:`callgate.policy.limits` are refused."""
     name = str(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InputError.single(
+                f"the file is {size_text(size)}; callgate reads input files of at most {size_text(MAX_FILE_BYTES)} "
+                "(split it: every command takes several files and directories)",
+                file=name)
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError.single(f"cannot read file: {exc}", file=name) from None
@@ -128,6 +145,9 @@ def read_documents(path: Path) -> Iterator[Document]:
             docs: list[Any] = [json.loads(text)]
         else:
             docs = yamlfast.load_all(text)
+    except RecursionError:
+        raise InputError.single("invalid JSON: nested more deeply than callgate reads (about 1000 levels)",
+                                file=name) from None
     except json.JSONDecodeError as exc:
         raise InputError.single(f"invalid JSON: {exc.msg}", file=name, line=exc.lineno,
                                 column=exc.colno) from None
@@ -139,25 +159,40 @@ def read_documents(path: Path) -> Iterator[Document]:
             line=mark.line + 1 if mark else None,
             column=mark.column + 1 if mark else None,
         ) from None
+    # Without an anchor there is no alias: the data is no bigger than the text.
+    if "&" in text and (why := alias_problem(docs)):
+        raise InputError.single(why, file=name)
+    positions = Positions()
     for index, data in enumerate(docs):
         if data is None:
             continue  # an empty document, e.g. a trailing '---'
-        if (isinstance(data, dict) and data.get("kind") == "List") or (
-            isinstance(data, dict) and str(data.get("kind", "")).endswith("List")
-            and isinstance(data.get("items"), list)
-        ):
-            for i, item in enumerate(data.get("items") or []):
-                yield Document(name, index, item, ("items", i))
+        kind = data.get("kind") if isinstance(data, dict) else None
+        items = data.get("items") if isinstance(data, dict) else None
+        if kind == "List" or (isinstance(kind, str) and kind.endswith("List") and isinstance(items, list)):
+            if items is not None and not isinstance(items, list):
+                raise InputError([Document(name, index, data, (), positions).problem(
+                    "expected a list of objects", obj="List", field="items", field_path=("items",))])
+            for i, item in enumerate(items or []):
+                yield Document(name, index, item, ("items", i), positions)
         else:
-            yield Document(name, index, data)
+            yield Document(name, index, data, (), positions)
+
+
+def shown_kind(api: object, kind: object) -> str:
+    """``apiVersion/kind`` of a document as written, for a message (either may be missing or not a string)."""
+    return "/".join(str(part) if part is None or (isinstance(part, str) and len(part) <= 80) else shown(part)
+                    for part in (api, kind))
 
 
 def format_path(path: Iterable[str | int]) -> str:
-    """("spec", "ingress", 0, "ports") -> "spec.ingress[0].ports"."""
+    """("spec", "ingress", 0, "ports") -> "spec.ingress[0].ports"; an empty key is ``[""]``
+    (input may have one, and a field must still be named)."""
     out = ""
     for step in path:
         if isinstance(step, int):
             out += f"[{step}]"
+        elif step == "":
+            out += '[""]'
         else:
             out += ("." if out else "") + step
     return out

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from callgate.errors import InputError, Problem
+from callgate.errors import InputError, Problem, shown
 from callgate.policy import validation as v
-from callgate.policy.documents import POLICY_KINDS, Document, gc_paused, read_all
+from callgate.policy.documents import POLICY_KINDS, Document, format_path, gc_paused, is_kind, read_all, shown_kind
 from callgate.policy.model import (
     ENFORCEMENT_KEY,
     NAMESPACE_NAME_LABEL,
@@ -28,6 +28,7 @@ from callgate.policy.model import (
     Node,
 )
 from callgate.policy.networkpolicy import object_name, problems_from
+from callgate.policy.positions import FieldPath
 
 # Pod annotations that say where a pod's traffic can be seen on its node.
 INTERFACE_ANNOTATION = "callgate.io/interface"  # the host-side interface (veth)
@@ -49,13 +50,96 @@ class EndpointModel(BaseModel):
     node: str | None = None
     interface: v.InterfaceName | None = None
     netns: v.NetnsPath | None = None
-    ips: list[str] = Field(default_factory=list)
+    ips: list[v.IPAddressText] = Field(default_factory=list)
     ports: list[PortModel] = Field(default_factory=list)
 
-    @field_validator("ips")
+
+# Kubernetes objects as `kubectl get -o yaml` prints them: only the fields callgate
+# reads are modelled, with the API server's rules; everything else is ignored.
+
+
+class K8sObjectModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ContainerPortModel(K8sObjectModel):
+    name: v.PortName | None = None
+    containerPort: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class ContainerModel(K8sObjectModel):
+    ports: list[ContainerPortModel] | None = None
+
+
+class PodSpecModel(K8sObjectModel):
+    nodeName: str | None = None
+    containers: list[ContainerModel] | None = None
+
+
+class PodIPModel(K8sObjectModel):
+    ip: v.IPAddressText
+
+
+class PodStatusModel(K8sObjectModel):
+    phase: str | None = None
+    podIP: v.IPAddressText | None = None
+    podIPs: list[PodIPModel] | None = None
+
+
+class PodMetadataModel(K8sObjectModel):
+    name: v.DnsSubdomain
+    namespace: v.DnsLabel = "default"
+    labels: v.Labels | None = None
+    annotations: dict[str, str] | None = None
+
+    @field_validator("annotations")
     @classmethod
-    def _ips(cls, ips: list[str]) -> list[str]:
-        return _ips(ips)
+    def _placement(cls, annotations: dict[str, str] | None) -> dict[str, str] | None:
+        """The annotations that say where the pod's traffic is seen are checked as the
+        inventory's own fields are."""
+        iface = (annotations or {}).get(INTERFACE_ANNOTATION)
+        if iface is not None and (err := v.interface_name(iface)):
+            raise ValueError(f"{INTERFACE_ANNOTATION}: {err}")
+        netns = (annotations or {}).get(NETNS_ANNOTATION)
+        if netns is not None and (err := v.netns_path(netns)):
+            raise ValueError(f"{NETNS_ANNOTATION}: {err}")
+        return annotations
+
+
+class PodModel(K8sObjectModel):
+    metadata: PodMetadataModel
+    spec: PodSpecModel | None = None
+    status: PodStatusModel | None = None
+
+
+class K8sNamespaceMetadataModel(K8sObjectModel):
+    name: v.DnsLabel
+    labels: v.Labels | None = None
+    # Read for callgate.io/enforcement only; the API server holds their values to strings.
+    annotations: dict[str, Any] | None = None
+
+
+class K8sNamespaceModel(K8sObjectModel):
+    metadata: K8sNamespaceMetadataModel
+
+
+class K8sNodeMetadataModel(K8sObjectModel):
+    name: v.DnsSubdomain
+    labels: v.Labels | None = None
+
+
+class NodeAddressModel(K8sObjectModel):
+    address: str | None = None
+
+
+class NodeStatusModel(K8sObjectModel):
+    addresses: list[NodeAddressModel] | None = None
+
+
+class K8sNodeModel(K8sObjectModel):
+    metadata: K8sNodeMetadataModel
+    status: NodeStatusModel | None = None
 
 
 class NamespaceModel(BaseModel):
@@ -63,26 +147,12 @@ class NamespaceModel(BaseModel):
     labels: v.Labels = Field(default_factory=dict)
 
 
-def _ips(ips: list[str]) -> list[str]:
-    for ip in ips:
-        try:
-            v.parse_ip(ip)
-        except ValueError:
-            raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
-    return ips
-
-
 class NodeModel(BaseModel):
     """A node: its labels and addresses (what ClusterNetworkPolicy ``nodes`` peers select)."""
 
     model_config = ConfigDict(extra="forbid")
     labels: v.Labels = Field(default_factory=dict)
-    addresses: list[str] = Field(default_factory=list)
-
-    @field_validator("addresses")
-    @classmethod
-    def _addresses(cls, addresses: list[str]) -> list[str]:
-        return _ips(addresses)
+    addresses: list[v.IPAddressText] = Field(default_factory=list)
 
 
 class InventoryModel(BaseModel):
@@ -98,7 +168,7 @@ class InventoryModel(BaseModel):
     def _ns_names(cls, namespaces: dict[str, Any]) -> dict[str, Any]:
         for name in namespaces:
             if err := v.dns_label(name):
-                raise ValueError(f"namespace {name!r}: {err}")
+                raise ValueError(f"namespace {shown(name)}: {err}")
         return namespaces
 
     @field_validator("nodes")
@@ -106,7 +176,7 @@ class InventoryModel(BaseModel):
     def _node_names(cls, nodes: dict[str, Any]) -> dict[str, Any]:
         for name in nodes:
             if err := v.dns_subdomain(name):
-                raise ValueError(f"node {name!r}: {err}")
+                raise ValueError(f"node {shown(name)}: {err}")
         return nodes
 
 
@@ -127,23 +197,25 @@ class InventoryBuilder:
         labels.setdefault(NAMESPACE_NAME_LABEL, name)
         self.namespaces[name] = Namespace(name, labels, labels.get(ENFORCEMENT_KEY, enforcement))
 
-    def node(self, node: Node, doc: Document, obj: str, field_path: tuple[str | int, ...]) -> None:
+    def node(self, node: Node, doc: Document, obj: str, field_path: FieldPath) -> None:
         if node.name in self.nodes:
-            self.problems.append(doc.problem(f"node {node.name} is defined twice", obj=obj, field="name",
-                                             field_path=field_path))
+            self.problems.append(doc.problem(f"node {node.name} is defined twice", obj=obj,
+                                             field=format_path(field_path), field_path=field_path))
             return
         self.nodes[node.name] = node
 
-    def endpoint(self, ep: Endpoint, doc: Document, obj: str, field_path: tuple[str | int, ...]) -> None:
+    def endpoint(self, ep: Endpoint, doc: Document, obj: str, name_path: FieldPath, ips_path: FieldPath) -> None:
+        """Add ``ep`` unless its key or an address is taken; ``name_path`` and ``ips_path``
+        say where the document writes its name and addresses."""
         if ep.key in self.seen_keys:
             self.problems.append(doc.problem(f"endpoint {ep.key} is defined twice", obj=obj,
-                                             field="name", field_path=field_path))
+                                             field=format_path(name_path), field_path=name_path))
             return
         for ip in ep.ips:
             if ip in self.seen_ips:
                 self.problems.append(doc.problem(
                     f"IP {ip} is already used by endpoint {self.seen_ips[ip]}", obj=obj,
-                    field="ips", field_path=field_path))
+                    field=format_path(ips_path), field_path=ips_path))
                 return
             self.seen_ips[ip] = ep.key
         self.seen_keys.add(ep.key)
@@ -167,86 +239,58 @@ class InventoryBuilder:
                 ips=tuple(v.parse_ip(ip) for ip in e.ips), interface=e.interface, netns=e.netns,
                 ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
             )
-            self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i))
+            self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i, "name"), ("endpoints", i, "ips"))
 
     def add_k8s_namespace(self, doc: Document) -> None:
-        meta = doc.data.get("metadata") or {}
-        name = meta.get("name")
-        if not isinstance(name, str) or v.dns_label(name):
-            self.problems.append(doc.problem("Namespace needs metadata.name, a DNS-1123 label",
-                                             obj="Namespace", field="metadata.name",
-                                             field_path=("metadata", "name")))
-            return
-        labels = meta.get("labels") or {}
         try:
-            v.check_labels({str(k): str(val) for k, val in labels.items()})
-        except ValueError as exc:
-            self.problems.append(doc.problem(str(exc), obj=f"Namespace {name}", field="metadata.labels",
-                                             field_path=("metadata", "labels")))
+            model = K8sNamespaceModel.model_validate(doc.data)
+        except ValidationError as exc:
+            self.problems.extend(problems_from(exc, doc, object_name(doc.data, "Namespace")))
             return
-        annotations = meta.get("annotations")
-        enforcement = annotations.get(ENFORCEMENT_KEY) if isinstance(annotations, dict) else None
-        self.namespace(name, {str(k): str(val) for k, val in labels.items()},
+        annotations = model.metadata.annotations or {}
+        enforcement = annotations.get(ENFORCEMENT_KEY)
+        self.namespace(model.metadata.name, model.metadata.labels or {},
                        None if enforcement is None else str(enforcement))
 
     def add_k8s_node(self, doc: Document) -> None:
         """A v1 Node: its name, labels and the IP addresses in ``status.addresses``
         (entries that are no IP, such as Hostname, are skipped)."""
-        meta = doc.data.get("metadata") or {}
-        name = meta.get("name")
-        if not isinstance(name, str) or v.dns_subdomain(name):
-            self.problems.append(doc.problem("Node needs metadata.name, a DNS-1123 subdomain", obj="Node",
-                                             field="metadata.name", field_path=("metadata", "name")))
-            return
-        labels = {str(k): str(val) for k, val in (meta.get("labels") or {}).items()}
         try:
-            v.check_labels(labels)
-        except ValueError as exc:
-            self.problems.append(doc.problem(str(exc), obj=f"Node {name}", field="metadata.labels",
-                                             field_path=("metadata", "labels")))
+            model = K8sNodeModel.model_validate(doc.data)
+        except ValidationError as exc:
+            self.problems.extend(problems_from(exc, doc, object_name(doc.data, "Node")))
             return
         addresses: list[IPAddress] = []
-        for entry in (doc.data.get("status") or {}).get("addresses") or []:
-            text = entry.get("address") if isinstance(entry, dict) else None
+        for entry in (model.status.addresses if model.status else None) or []:
             try:
-                ip = v.parse_ip(text) if isinstance(text, str) else None
+                ip = v.parse_ip(entry.address) if entry.address is not None else None
             except ValueError:
                 ip = None  # a Hostname or InternalDNS entry
             if ip is not None and ip not in addresses:
                 addresses.append(ip)
-        self.node(Node(name, labels, tuple(addresses)), doc, f"Node {name}", ())
+        name = model.metadata.name
+        self.node(Node(name, model.metadata.labels or {}, tuple(addresses)), doc, f"Node {name}",
+                  ("metadata", "name"))
 
     def add_pod(self, doc: Document) -> None:
-        data = doc.data
-        obj = object_name(data, "Pod")
-        meta, spec, status = (data.get(k) or {} for k in ("metadata", "spec", "status"))
-        if status.get("phase") in ("Succeeded", "Failed"):
-            return  # finished pods hold no IP that policy applies to
+        status = doc.data.get("status")
+        if isinstance(status, dict) and status.get("phase") in ("Succeeded", "Failed"):
+            return  # finished pods hold no IP that policy applies to, whatever else they say
+        obj = object_name(doc.data, "Pod")
         try:
-            ips = [p["ip"] for p in status.get("podIPs") or []] or (
-                [status["podIP"]] if status.get("podIP") else [])
-            ports = [
-                PortModel(name=p.get("name"), port=p["containerPort"], protocol=p.get("protocol", "TCP"))
-                for c in (spec.get("containers") or []) for p in (c.get("ports") or [])
-            ]
-            annotations = meta.get("annotations") or {}
-            model = EndpointModel(name=meta.get("name", ""), namespace=meta.get("namespace", "default"),
-                                  labels=meta.get("labels") or {}, node=spec.get("nodeName"),
-                                  ips=ips, ports=ports, interface=annotations.get(INTERFACE_ANNOTATION),
-                                  netns=annotations.get(NETNS_ANNOTATION))
-        except (ValidationError, KeyError, TypeError, AttributeError) as exc:
-            message = str(exc).splitlines()[-1] if isinstance(exc, ValidationError) else f"malformed Pod: {exc}"
-            if isinstance(exc, ValidationError):
-                message = "; ".join(
-                    f"{'.'.join(str(x) for x in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                    for e in exc.errors())
-            self.problems.append(doc.problem(message, obj=obj))
+            pod = PodModel.model_validate(doc.data)
+        except ValidationError as exc:
+            self.problems.extend(problems_from(exc, doc, obj))
             return
-        ep = Endpoint(name=model.name, namespace=model.namespace, labels=model.labels,
-                      node=model.node, ips=tuple(v.parse_ip(i) for i in model.ips),
-                      interface=model.interface, netns=model.netns,
-                      ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in model.ports))
-        self.endpoint(ep, doc, obj, ())
+        meta, spec, state = pod.metadata, pod.spec or PodSpecModel(), pod.status or PodStatusModel()
+        ips = [p.ip for p in state.podIPs or []] or ([state.podIP] if state.podIP else [])
+        ep = Endpoint(name=meta.name, namespace=meta.namespace, labels=meta.labels or {}, node=spec.nodeName,
+                      ips=tuple(v.parse_ip(ip) for ip in ips),
+                      interface=(meta.annotations or {}).get(INTERFACE_ANNOTATION),
+                      netns=(meta.annotations or {}).get(NETNS_ANNOTATION),
+                      ports=tuple(NamedPort(p.name, p.containerPort, p.protocol)
+                                  for c in spec.containers or () for p in c.ports or ()))
+        self.endpoint(ep, doc, obj, ("metadata", "name"), ("status", "podIPs" if state.podIPs else "podIP"))
 
     def finish(self) -> Inventory:
         if self.problems:
@@ -278,10 +322,10 @@ def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
                 builder.add_pod(doc)
             elif kind == "Node" and api == "v1":
                 builder.add_k8s_node(doc)
-            elif (api, kind) not in POLICY_KINDS:  # policies may sit beside the inventory
+            elif not is_kind(api, kind, POLICY_KINDS):  # policies may sit beside the inventory
                 builder.problems.append(doc.problem(
-                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {api}/{kind}",
-                    obj=str(kind), field="kind", field_path=("kind",)))
+                    f"expected a callgate/v1 Inventory or v1 Pod/Namespace/Node, got {shown_kind(api, kind)}",
+                    obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",)))
         return builder.finish()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from callgate.errors import InputError, ProblemCode
 from callgate.policy import adminnetworkpolicy as anp
 from callgate.policy import clusternetworkpolicy as cnp
-from callgate.policy.documents import INVENTORY_KINDS, Document, gc_paused, read_all
+from callgate.policy.documents import INVENTORY_KINDS, Document, gc_paused, is_kind, read_all, shown_kind
 from callgate.policy.model import ClusterPolicy, Policy, PolicySet
 from callgate.policy.native import ParsedApp, compile_apps, parse_app
 from callgate.policy.networkpolicy import parse_network_policy
@@ -38,11 +38,12 @@ def parse_policy_document(doc: Document) -> Policy | ParsedApp | ClusterPolicy |
         return anp.parse_admin_network_policy(doc)
     if api == anp.API_VERSION and kind == anp.BASELINE_KIND:
         return anp.parse_baseline_admin_network_policy(doc)
-    if (api, kind) in INVENTORY_KINDS:
+    if is_kind(api, kind, INVENTORY_KINDS):
         return None
     raise InputError([doc.problem(
-        f"expected {EXPECTED_KINDS}, got {api}/{kind}",
-        obj=str(kind), field="kind", field_path=("kind",), code=ProblemCode.UNKNOWN_KIND,
+        f"expected {EXPECTED_KINDS}, got {shown_kind(api, kind)}",
+        obj=kind if isinstance(kind, str) else "object", field="kind", field_path=("kind",),
+        code=ProblemCode.UNKNOWN_KIND,
         hint="use apiVersion networking.k8s.io/v1 kind NetworkPolicy, callgate/v1 App, or "
              f"{cnp.API_VERSION} {cnp.KIND}")])
 

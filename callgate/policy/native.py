@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from callgate.errors import InputError, Problem, ProblemCode
+from callgate.errors import InputError, Problem, ProblemCode, shown
 from callgate.policy import validation as v
 from callgate.policy.documents import Document, format_path
 from callgate.policy.model import (
@@ -145,7 +145,7 @@ def _callee_ports(app: ParsedApp, caller: Caller, index: int) -> tuple[PortSpec,
         if not match:
             declared = ", ".join(p.name or str(p.port) for p in served) or "none"
             return app.doc.problem(
-                f"port {ref!r} is not one of the ports {app.name} serves ({declared})",
+                f"port {shown(ref)} is not one of the ports {app.name} serves ({declared})",
                 obj=f"App {app.key}", field=f"spec.callers[{index}].ports[{j}]",
                 field_path=("spec", "callers", index, "ports", j))
         specs.extend(PortSpec(p.protocol, p.port) for p in match)  # type: ignore[arg-type]

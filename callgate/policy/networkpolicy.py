@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from callgate.errors import InputError, Problem, ProblemCode
+from callgate.errors import InputError, Problem, ProblemCode, shown
 from callgate.policy import validation as v
 from callgate.policy.documents import Document, format_path
 from callgate.policy.model import (
@@ -79,7 +79,7 @@ class IPBlockModel(StrictModel):
         for text in self.except_ or ():
             exc = v.parse_cidr(text)
             if exc.version != cidr.version or not exc.subnet_of(cidr) or exc == cidr:  # type: ignore[arg-type]
-                raise ValueError(f"except {text!r} must be a strict subset of cidr {self.cidr!r}")
+                raise ValueError(f"except {shown(text)} must be a strict subset of cidr {shown(self.cidr)}")
         return self
 
     def to_model(self) -> IPBlock:
@@ -118,10 +118,10 @@ class PortModel(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> PortModel:
         if self.protocol is not None and self.protocol not in ("TCP", "UDP", "SCTP"):
-            raise ValueError(f"protocol {self.protocol!r} must be one of TCP, UDP, SCTP")
+            raise ValueError(f"protocol {shown(self.protocol)} must be one of TCP, UDP, SCTP")
         if isinstance(self.port, str):
             if self.port.isdigit():
-                raise ValueError(f"port {self.port!r} is a string of digits; write the number without quotes")
+                raise ValueError(f"port {shown(self.port)} is a string of digits; write the number without quotes")
             if err := v.port_name(self.port):
                 raise ValueError(err)
         elif isinstance(self.port, int) and not 1 <= self.port <= 65535:
@@ -203,7 +203,7 @@ def problems_from(exc: ValidationError, doc: Document, obj: str) -> list[Problem
             message = "required field is missing"
             hint = hint or "add the field"
         elif err["type"] == "literal_error":
-            message = f"got {err.get('input')!r}; expected " + message.removeprefix("Input should be ")
+            message = f"got {shown(err.get('input'))}; expected " + message.removeprefix("Input should be ")
         problems.append(doc.problem(message, field=format_path(loc) or None, obj=obj, field_path=loc,
                                     code=code, hint=hint))
     return problems

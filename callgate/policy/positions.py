@@ -23,15 +23,6 @@ Position = tuple[int | None, int | None]  # 1-based (line, column); (None, None)
 FieldPath = tuple[str | int, ...]  # e.g. ("spec", "ingress", 0, "ports")
 
 
-def locate(file: str, index: int, path: Sequence[str | int]) -> Position:
-    """Best-effort position of ``path`` inside document ``index`` of ``file``.
-
-    Only called when a problem is reported. It walks the parser's events
-    (:meth:`Positions.many`): for a 50,000-pod inventory that is ~1 s, where
-    composing the file into nodes took ~10 s."""
-    return Positions().many(file, index, [path])[tuple(path)]
-
-
 class Positions:
     """Positions of fields, composing each file once however many are asked for."""
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from callgate.errors import shown
 from callgate.policy.model import IPAddress, IPNetwork
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -45,9 +46,9 @@ def dns_subdomain(value: str) -> str | None:
 def label_key(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
     if prefix and dns_subdomain(prefix):
-        return f"label key prefix {prefix!r} must be a DNS-1123 subdomain"
+        return f"label key prefix {shown(prefix)} must be a DNS-1123 subdomain"
     if not name or len(name) > 63 or not _LABEL_NAME.match(name):
-        return (f"label key {key!r} must be at most 63 characters: alphanumerics, '-', '_' or '.', "
+        return (f"label key {shown(key)} must be at most 63 characters: alphanumerics, '-', '_' or '.', "
                 "starting and ending with an alphanumeric")
     return None
 
@@ -57,7 +58,7 @@ def label_value(value: str) -> str | None:
     if value == "":
         return None
     if len(value) > 63 or not _LABEL_NAME.match(value):
-        return (f"label value {value!r} must be empty or at most 63 characters: alphanumerics, '-', '_' or '.', "
+        return (f"label value {shown(value)} must be empty or at most 63 characters: alphanumerics, '-', '_' or '.', "
                 "starting and ending with an alphanumeric")
     return None
 
@@ -70,7 +71,7 @@ def port_name(value: str) -> str | None:
         or "--" in value
         or not any(c.isalpha() for c in value)
     ):
-        return (f"port name {value!r} must be an IANA service name: at most 15 lower-case alphanumerics or '-', "
+        return (f"port name {shown(value)} must be an IANA service name: at most 15 lower-case alphanumerics or '-', "
                 "with at least one letter and no '--'")
     return None
 
@@ -78,7 +79,15 @@ def port_name(value: str) -> str | None:
 @_memo
 def interface_name(value: str) -> str | None:
     if value in (".", "..") or not _IFNAME.match(value):
-        return f"interface name {value!r} must be 1-15 characters of letters, digits and '_.@+-'"
+        return f"interface name {shown(value)} must be 1-15 characters of letters, digits and '_.@+-'"
+    return None
+
+
+def ip_address(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{shown(value)} is not an IPv4 or IPv6 address"
     return None
 
 
@@ -110,18 +119,18 @@ def netns_path(value: str) -> str | None:
     proc = _NETNS_PROC.match(value)
     if proc and int(proc.group(1)) <= 4_194_304:  # PID_MAX_LIMIT
         return None
-    return (f"netns {value!r} must be the path of a network namespace: /run/netns/NAME (NAME: 1-64 letters, "
+    return (f"netns {shown(value)} must be the path of a network namespace: /run/netns/NAME (NAME: 1-64 letters, "
             "digits, '_', '.' or '-') or /proc/PID/ns/net")
 
 
 def parse_cidr(value: str) -> IPNetwork:
     """Parse a CIDR as the API server does: host bits are tolerated and cleared."""
     if "/" not in value:
-        raise ValueError(f"{value!r} is not a CIDR (expected address/prefix-length, e.g. 198.18.0.0/24)")
+        raise ValueError(f"{shown(value)} is not a CIDR (expected address/prefix-length, e.g. 198.18.0.0/24)")
     try:
         return ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValueError(f"{value!r} is not a valid CIDR") from None
+        raise ValueError(f"{shown(value)} is not a valid CIDR") from None
 
 
 def _checked(check: Callable[[str], str | None]) -> AfterValidator:
@@ -146,6 +155,7 @@ DnsLabel = Annotated[str, _checked(dns_label)]
 DnsSubdomain = Annotated[str, _checked(dns_subdomain)]
 PortName = Annotated[str, _checked(port_name)]
 InterfaceName = Annotated[str, _checked(interface_name)]
+IPAddressText = Annotated[str, _checked(ip_address)]
 NetnsPath = Annotated[str, _checked(netns_path)]
 LabelKey = Annotated[str, _checked(label_key)]
 Labels = Annotated[dict[str, str], AfterValidator(check_labels)]

@@ -34,10 +34,43 @@ from yaml.events import (
     StreamEndEvent,
 )
 
+from callgate.errors import shown
+
 try:  # pragma: no cover - depends on how PyYAML was built
-    SAFE_LOADER: Any = yaml.CSafeLoader
+    _BASE_LOADER: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover
-    SAFE_LOADER = yaml.SafeLoader
+    _BASE_LOADER = yaml.SafeLoader
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[misc,valid-type]
+    """The safe loader, with a checked constructor for every scalar tag whose PyYAML
+    constructor trusts its input.
+
+    PyYAML builds ints, floats, booleans and timestamps from text its implicit
+    resolver has already matched; an explicit tag skips that match, and ``!!float web``
+    or ``!!int ""`` then end in ValueError, IndexError, KeyError or AttributeError. Here they
+    are a ConstructorError with the node's position, like every other YAML mistake."""
+
+
+_UNTRUSTED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
+
+
+def _checked(kind: str, construct: Any) -> Any:
+    def construct_checked(loader: Any, node: yaml.Node) -> Any:
+        try:
+            return construct(loader, node)
+        except _UNTRUSTED:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shown(node.value)} is not a valid {kind}", node.start_mark) from None
+
+    return construct_checked
+
+
+for _kind in ("int", "float", "bool", "timestamp"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_kind}",
+                            _checked(_kind, getattr(yaml.constructor.SafeConstructor, f"construct_yaml_{_kind}")))
+
+SAFE_LOADER: Any = _Loader
 
 _STR = "tag:yaml.org,2002:str"
 # Plain-scalar tags whose value SafeConstructor builds from the scalar alone.
@@ -64,7 +97,10 @@ class _PlainScalars:
             tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False))
             if tag not in _SCALAR_TAGS:
                 raise _Unsupported(tag)  # a merge key '<<', the value tag '='
-            found = text if tag == _STR else (self._constructor.construct_object(yaml.ScalarNode(tag, text)),)
+            try:
+                found = text if tag == _STR else (self._constructor.construct_object(yaml.ScalarNode(tag, text)),)
+            except _UNTRUSTED:
+                raise _Unsupported(tag) from None  # the safe loader says where and why
             self._seen[text] = found
         return found if found.__class__ is str else found[0]
 

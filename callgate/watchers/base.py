@@ -30,6 +30,9 @@ class Snapshot:
     # Objects the source skipped because they are invalid (the rest still applies):
     # one bad object from a shared source must not block the whole cluster.
     problems: list[Problem] = field(default_factory=list)
+    # Workloads the source sees running but that cannot be enforced (a Docker
+    # container on the host's network stack): not endpoints, and never silent.
+    not_enforceable: list[Problem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,14 @@ class SourceProblem:
 
     message: str
     problems: list[Problem] = field(default_factory=list)
+
+
+def clip(text: str, limit: int = 512) -> str:
+    """A single printable line of at most ``limit`` characters: strings from a
+    source (API objects, container labels) end up in messages and logs, and are
+    hostile; one object must not flood a log or forge a line of it."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 SnapshotHandler = Callable[[Snapshot | SourceProblem], None]

@@ -1,7 +1,8 @@
 """The file source: an inventory and policy files on disk, followed as they change.
 
 Inputs are the same paths ``callgate apply`` takes (files, or directories read
-recursively). The source watches with inotify (through ``watchfiles``) and,
+recursively); the inventory may be left out when another source says who runs
+where (the Docker source takes only the policies from here). The source watches with inotify (through ``watchfiles``) and,
 after each burst of changes, reloads everything and publishes either a
 :class:`Snapshot` or — when a file is missing, unreadable or invalid — a
 :class:`SourceProblem` that names the file, object and field. The agent keeps
@@ -48,8 +49,6 @@ class FilesSource:
 
     def __init__(self, inventory: Sequence[str | Path], policies: Sequence[str | Path],
                  debounce_ms: int = 500, step_ms: int = 5, force_polling: bool = False) -> None:
-        if not inventory:
-            raise ValueError("the files source needs at least one --inventory path")
         for path in (*inventory, *policies):
             if not Path(path).exists():
                 # At start a missing path is a typo, not an outage: say so, watch nothing.

@@ -32,6 +32,7 @@ from callgate.policy.documents import Document
 from callgate.policy.inventory import InventoryBuilder
 from callgate.policy.model import ClusterPolicy, Endpoint, Inventory, Namespace, Node, Policy, PolicySet
 from callgate.policy.networkpolicy import object_name, parse_network_policy
+from callgate.watchers.base import clip
 
 PODS, NAMESPACES, POLICIES, NODES = "pods", "namespaces", "networkpolicies", "nodes"
 CLUSTER_POLICIES = "clusternetworkpolicies"
@@ -55,7 +56,6 @@ ORIGIN = "kubernetes"
 # line numbers. A path below /dev/null can never be read, so no object from the API
 # can make us open a file on disk; problems are relabelled ORIGIN afterwards.
 _UNREADABLE = "/dev/null/kubernetes-api"
-_MAX_MESSAGE = 512  # API strings end up in messages; keep one hostile object from flooding logs
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,9 @@ class Converted:
     problems: tuple[Problem, ...]
     digest: str  # changes when what callgate uses from the object changes
     raw: Any = field(default=None, compare=False)  # kept for policies only (lint reads raw fields)
+    # A Pod with a deletionTimestamp: its sandbox may be gone and its address
+    # already handed to a new pod (host-local frees it at CNI DEL).
+    terminating: bool = False
 
     @property
     def display(self) -> str:
@@ -91,12 +94,6 @@ class Converted:
 def _digest(*parts: Any) -> str:
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def clip(text: str, limit: int = _MAX_MESSAGE) -> str:
-    """A single printable line of at most ``limit`` characters (API strings are hostile)."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _relabel(problems: Iterable[Problem]) -> tuple[Problem, ...]:
@@ -157,9 +154,11 @@ def convert_pod(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
     if not builder.endpoints:
         return Converted(ref, None, (), _digest("finished"))  # Succeeded/Failed: holds no IP policy applies to
     ep = builder.endpoints[0]
+    meta = obj.get("metadata")
+    terminating = isinstance(meta, dict) and bool(meta.get("deletionTimestamp"))
     digest = _digest(ep.namespace, ep.name, dict(ep.labels), ep.node, [str(ip) for ip in ep.ips], ep.interface,
-                     [(p.name, p.port, p.protocol) for p in ep.ports], ep.netns)
-    return Converted(ref, ep, (), digest)
+                     [(p.name, p.port, p.protocol) for p in ep.ports], ep.netns, terminating)
+    return Converted(ref, ep, (), digest, terminating=terminating)
 
 
 def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
@@ -254,7 +253,9 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
     """Build inventory, policies and problems from converted entries.
 
     Entries are visited in (namespace, name) order so that a conflict between two
-    objects (two pods claiming one IP) is resolved the same way every time.
+    objects (two pods claiming one IP) is resolved the same way every time;
+    terminating pods come after all others, so a pod that got a freed address
+    keeps it against the terminating pod the API still shows with it.
     """
     builder = InventoryBuilder()
     problems_by_object: dict[ObjectRef, tuple[Problem, ...]] = {}
@@ -267,11 +268,12 @@ def assemble(entries: Mapping[str, Mapping[tuple[str, str], Converted]]) -> Clus
     for _, entry in sorted(entries.get(NAMESPACES, {}).items()):
         if isinstance(entry.value, Namespace):
             builder.namespaces[entry.value.name] = entry.value
-    for _, entry in sorted(entries.get(PODS, {}).items()):
+    for _, entry in sorted(entries.get(PODS, {}).items(), key=lambda kv: (kv[1].terminating, kv[0])):
         if isinstance(entry.value, Endpoint):
             before = len(builder.problems)
             builder.endpoint(entry.value, Document(_UNREADABLE, 0, {}), object_name(
-                {"metadata": {"name": entry.ref.name, "namespace": entry.ref.namespace}}, "Pod"), ())
+                {"metadata": {"name": entry.ref.name, "namespace": entry.ref.namespace}}, "Pod"),
+                ("metadata", "name"), ("status", "podIPs"))
             if len(builder.problems) > before:
                 problems_by_object[entry.ref] = _relabel(builder.problems[before:])
     for _, entry in sorted(entries.get(NODES, {}).items()):

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callgate.policy.documents import gc_paused
+from callgate.watchers.base import clip
 from callgate.watchers.cache import ClusterCache
 from callgate.watchers.k8s_convert import (
     API_VERSIONS,
@@ -49,7 +50,6 @@ from callgate.watchers.k8s_convert import (
     OPTIONAL_KINDS,
     PODS,
     POLICIES,
-    clip,
 )
 
 log = logging.getLogger("callgate.watchers.kubernetes")

@@ -19,6 +19,7 @@ from callgate.cli.common import (
     PoliciesOpt,
     fail,
     load_inputs,
+    opened_enforcer,
     require_paths,
     usage_error,
 )
@@ -85,19 +86,11 @@ def test_cmd(
 def _live_table(inv: Inventory, pols: PolicySet, node: str, netns: str | None, backend: str
                 ) -> tuple[str, Interpreter]:
     """The node's IR, once the kernel is shown to hold exactly its table."""
-    from callgate.enforcers import get_enforcer
-
     if node not in inv.nodes():
         fail(f"node {node!r} runs no endpoint in the inventory (nodes: {', '.join(inv.nodes()) or 'none'})")
     ruleset = Compiler(pols, inv).compile(node)
-    try:
-        enforcer = get_enforcer(backend, netns)
-    except ValueError as exc:
-        fail(str(exc))
-    try:
+    with opened_enforcer(backend, netns) as enforcer:
         drift = enforcer.diff(ruleset)
-    finally:
-        enforcer.close()
     if drift:
         shown = "\n".join(drift[:40]) + (f"\n... {len(drift) - 40} more lines" if len(drift) > 40 else "")
         fail(f"the live table on {node} ({enforcer.name}) is not what these policies compile to, so its "

@@ -19,7 +19,15 @@ import typer
 
 from callgate.analysis import diff as diffmod
 from callgate.cli.analysis.output import progress_bar, stdout
-from callgate.cli.common import EXIT_OK, EXIT_USAGE, EXIT_USER, report_input_error, require_paths, usage_error
+from callgate.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_USER,
+    opened_enforcer,
+    report_input_error,
+    require_paths,
+    usage_error,
+)
 from callgate.cli.engine import BackendOpt, compile_for
 from callgate.errors import InputError, KernelError, Problem
 from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
@@ -145,21 +153,13 @@ def _load_all(inventory: list[str], old_paths: list[Path], new_paths: list[Path]
 def _diff_live(inventory: list[str], policies: list[str], node: str | None, backend: str,
                netns: str | None, fmt: str) -> bool:
     """Print how the kernel differs from the policies; whether it does."""
-    from callgate.enforcers import get_enforcer
-
     if node is None:
         usage_error("--live needs --node")
     if not inventory:
         usage_error("--live needs --inventory")
     ruleset = compile_for(inventory, policies, node)
-    try:
-        enforcer = get_enforcer(backend, netns)
-    except ValueError as exc:
-        _cannot_compare(str(exc))
-    try:
+    with opened_enforcer(backend, netns, refuse=_cannot_compare) as enforcer:
         lines = enforcer.diff(ruleset)
-    finally:
-        enforcer.close()
     if fmt == DiffFormat.JSON:
         typer.echo(json.dumps({"node": node, "backend": backend, "in_sync": not lines, "diff": lines}, indent=2))
     elif not lines:

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from callgate.compiler.ir import Chain, L4Match, Rule, RuleSet, Verdict, short_hash
-from callgate.enforcers.base import FLOW_LOG_LIMITED, FailClosed, FlowLogging, Placement, rule_comment
+from callgate.enforcers.base import FLOW_LOG_LIMITED, FailClosed, FlowLogging, Placement, refuse_interfaces, rule_comment
 from callgate.enforcers.iptables.dispatch import ENTRIES, dispatch_chains
 from callgate.enforcers.iptables.layout import (
     COMMENT_MAX,
@@ -40,7 +40,6 @@ from callgate.enforcers.iptables.layout import (
     set_name,
 )
 from callgate.enforcers.logprefix import DEFAULT, NFLOG_PREFIX_MAX, LogLabel, LogVerdict
-from callgate.errors import InputError, Problem
 
 
 @dataclass
@@ -194,17 +193,7 @@ def _iface_problem(iface: str) -> str | None:
 def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
     """What iptables cannot express although the IR allows it: report it before
     anything is applied. (Names and sizes are valid by construction.)"""
-    problems = []
-    interfaces = {le.endpoint: le.interface for le in ruleset.local if le.interface is not None}
-    interfaces.update((ep.endpoint, ep.interface) for ep in ruleset.endpoints if ep.interface is not None)
-    for endpoint, iface in sorted(interfaces.items()):
-        if why := _iface_problem(iface):
-            problems.append(Problem(why, object=f"endpoint {endpoint}", field="interface"))
-    for iface in fail_closed.known if fail_closed else ():
-        if why := _iface_problem(iface):
-            problems.append(Problem(why, object="known interfaces"))
-    if problems:
-        raise InputError(problems)
+    refuse_interfaces(ruleset, fail_closed, _iface_problem)
 
 
 def holds_audit(live_text: str) -> bool:

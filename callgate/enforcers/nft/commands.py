@@ -15,9 +15,9 @@ from typing import Any
 
 from callgate.compiler import addresses
 from callgate.compiler.ir import AddressSet, Family, RuleSet
-from callgate.enforcers.base import FailClosed, Placement
+from callgate.enforcers.base import FailClosed, Placement, refuse_interfaces
 from callgate.enforcers.nft.actions import ChainRules, limit_sets
-from callgate.enforcers.nft.decisions import Layout, build_layout
+from callgate.enforcers.nft.decisions import Layout, build_layout, next_map_command
 from callgate.enforcers.nft.dispatch import dispatch_objects
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
@@ -29,6 +29,7 @@ from callgate.enforcers.nft.layout import (
     layout_digest,
     obj,
 )
+from callgate.errors import shown
 
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
 
@@ -80,15 +81,21 @@ def address_set_command(s: AddressSet, hashed: bool | None = None) -> Command:
 
 def decision_objects(layout: Layout) -> list[Command]:
     """``add`` commands for the decision part, in dependency order: the peer
-    sets of the rule walks, verdict chains (map elements and walks jump to
-    them), maps, then the endpoint chains that look them up."""
+    sets of the rule walks, verdict chains and (empty) pass chains (map
+    elements and walks jump to them), maps, the endpoint tier chains that look
+    them up, then the next maps (their elements name endpoint tier chains) and
+    the pass chains' rules that look those up."""
     cmds: list[Command] = [address_set_command(layout.sets[name]) for name in sorted(layout.sets)]
     for name, verdict_rules in sorted(layout.verdicts.items()):
         cmds.append({"add": {"chain": obj(name=name)}})
         cmds.extend(verdict_chain_commands(name, verdict_rules))
+    cmds.extend({"add": {"chain": obj(name=name)}} for name in sorted(layout.passes))
     cmds.extend(m.command() for _name, m in sorted(layout.maps.items()))
     for name, rules in layout.chains.items():
         cmds.append({"add": {"chain": obj(name=name)}})
+        cmds.extend(_rule(name, exprs) for exprs in rules)
+    cmds.extend(next_map_command(name, elems) for name, elems in sorted(layout.continuations.items()))
+    for name, rules in sorted(layout.passes.items()):
         cmds.extend(_rule(name, exprs) for exprs in rules)
     return cmds
 
@@ -110,12 +117,29 @@ def verdict_chain_commands(name: str, rules: ChainRules) -> list[Command]:
     return [_rule(name, exprs, comment) for exprs, comment in rules]
 
 
+def interface_problem(iface: str) -> str | None:
+    """Why nftables cannot be given ``iface``, or None. libnftables' JSON reads a string
+    that starts with '@' as a reference to a set (the kernel then refuses the whole
+    transaction); Linux and callgate's validation allow such a name."""
+    if iface.startswith("@"):
+        return (f"interface {shown(iface)} cannot be written for nftables (libnftables reads a name starting with "
+                "'@' as a set); rename the interface")
+    return None
+
+
+def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
+    """Refuse what nftables cannot be given, before anything reaches the kernel."""
+    refuse_interfaces(ruleset, fail_closed, interface_problem)
+
+
 def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
                   layout: Layout | None = None) -> list[Command]:
     """``add`` commands that build the whole table (and, on a node, the bridge
     table), in dependency order: the flow-log limit sets and the decision part
     (``layout``, when the caller has built it already) here, then the dispatch
-    part (:mod:`.dispatch`), whose maps jump to its endpoint chains."""
+    part (:mod:`.dispatch`), whose maps jump to its endpoint chains (InputError
+    for what nftables cannot be given)."""
+    validate(ruleset, fail_closed)
     layout = layout if layout is not None else build_layout(ruleset)
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname", elem=[

@@ -1,35 +1,55 @@
-"""The decision part of the nft layout: one verdict-map look-up per packet.
+"""The decision part of the nft layout: one verdict-map look-up per tier.
 
-Each isolated endpoint direction is one chain (named after its first tier):
+Each tier of an isolated endpoint direction (Admin, NetworkPolicy, Baseline:
+the IR's chains, :mod:`callgate.compiler.decision`'s tier programs) is one
+chain, named as the IR names the tier::
 
-    chain in_<endpoint> {                                # out_<endpoint>: daddr, allow = return
-        ip saddr . meta l4proto . th dport vmap @dec4_<h>     # cells of ported rules
+    chain ina_<endpoint> {                                # out…: daddr, allow = return
+        ip saddr . meta l4proto . th dport vmap @dec4_<h>     # cells of the tier's ported rules
         ip6 saddr . meta l4proto . th dport vmap @dec6_<h>
-        ip saddr vmap @any4_<h>                              # rules without ports (any protocol)
-        ip6 saddr vmap @any6_<h>
-        counter drop                                         # the tiers' default
+        ip saddr @<peer set> goto <chain of the rule>         # its rules without ports, in order
+        …
+        goto pass_in0                                     # the tier's default: a pass (last tier: counter drop / accept)
     }
 
-The maps hold the cells of the direction's lowered program
-(:mod:`callgate.compiler.decision`: tiers with ALLOW/DENY/PASS composed at
-compile time); a map exists when the program has rules of its kind. An element
+A map holds the cells of one tier's program for one family, and is named by
+that program (its rules, set names, verdicts, rule ids, position), not by
+the endpoint: every endpoint the same cluster policies select shares the
+Admin tier's maps, as endpoints with equal NetworkPolicy rules share theirs,
+and the elements are not multiplied by the tiers around them (composing all
+tiers into one map cut every endpoint's address space into the union of all
+tiers' borders: 1.2 million elements for 1,000 cluster policies). An element
 ``goto``s the chain of the rule that decided, which counts and acts::
 
     chain allow_in_<rule id> { counter accept comment "<rule id> <origin>" }   # allow_out_…: return
     chain deny_<rule id> { counter drop comment "…" }
     chain default_deny / default_allow_in / default_allow_out   (a default that a cell must state)
 
-so per-rule counters keep working (and flow logs can go there), and a packet
-costs one look-up whatever the number of policies, port specifications or
-tiers (a second one only when it misses the ported map and rules without
-ports exist).
+(with a flow log or in audit, those chains also log, or let an audited
+denial through: :mod:`.actions`; a pass is not a decision and never logs.)
+
+A pass (a Pass rule, or a tier's default) of a tier that is not its
+direction's last goes to the next tier, which only the endpoint knows, so
+the shared maps name one chain per position, which looks the endpoint up by
+its own address::
+
+    chain pass_in0 {
+        ip daddr vmap @next_in0_4        # endpoint address -> goto the chain of its next tier
+        ip6 daddr vmap @next_in0_6
+        goto default_allow_in            # no next tier: a pass allows
+    }
+
+(``goto`` all along: an egress allow's ``return`` then goes back to the
+dispatch, not into the endpoint's next tier.) Per-rule counters keep
+working, and a packet costs one look-up per tier it reaches whatever the
+number of policies or port specifications, plus one set look-up per rule
+without ports it walks, plus one look-up per pass.
 
 Form: a map whose elements can be enumerated (single addresses × single
 ports, at most :data:`EXPAND_MAX`) is a hash map — the cheapest look-up, and
 the common case, since pod selectors yield single pod addresses. Otherwise
 (wide ipBlocks, port ranges, protocol-wide rules) it is an interval map of the
-cells as they are. Maps are named by the program's structure, so endpoints
-with equal rules share them and pod churn changes elements only.
+cells as they are. Pod churn changes elements only.
 
 :class:`Layout` is everything this part of the table holds; the enforcer keeps
 the one it applied, and :func:`update_layout` patches it for a new RuleSet by
@@ -38,6 +58,7 @@ re-deciding only the addresses whose set membership changed.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,10 +71,21 @@ from callgate.compiler.decision import (
     Sources,
     decisions_at,
     lower,
-    programs,
+    tier_programs,
 )
-from callgate.compiler.ir import AddressPortSet, AddressSet, EndpointRules, Family, Rule, RuleSet, Verdict, short_hash
+from callgate.compiler.ir import (
+    AddressPortSet,
+    AddressSet,
+    EndpointRules,
+    Family,
+    L4Match,
+    Rule,
+    RuleSet,
+    Verdict,
+    short_hash,
+)
 from callgate.enforcers.base import FlowLogging, rule_comment
+from callgate.enforcers.nft import actions
 from callgate.enforcers.nft.actions import (
     DEFAULT_DENY,
     ENFORCED,
@@ -62,7 +94,6 @@ from callgate.enforcers.nft.actions import (
     decision_chain,
     default_chains,
     default_rule,
-    target,
 )
 from callgate.enforcers.nft.layout import COMMENT_MAX, obj
 
@@ -79,14 +110,38 @@ Expr = dict[str, Any]
 Key = Any  # hash form: (address, protocol, port) / address; interval form: cells as intervals
 
 
+def _side(direction: str) -> str:
+    return "in" if direction == "ingress" else "out"
+
+
+def pass_chain(direction: str, position: int) -> str:
+    """Where a pass of the tier at ``position`` goes (see the module docstring)."""
+    return f"pass_{_side(direction)}{position}"
+
+
+def next_map(direction: str, position: int, version: int) -> str:
+    """The endpoint addresses -> the chain of their tier after ``position``."""
+    return f"next_{_side(direction)}{position}_{version}"
+
+
+def target(direction: str, decision: Decision, passes_on: int | None = None, style: Style = ENFORCED) -> str:
+    """The chain a decision ``goto``s: a PASS one, that of a tier program
+    passing on from position ``passes_on`` (no action: a pass decides
+    nothing, so it never logs); an allow or deny, its rule's chain as the
+    endpoint's style wants it (:func:`.actions.target`)."""
+    if decision.verdict is Verdict.PASS:
+        assert passes_on is not None, "only a tier that passes on decides PASS"
+        return pass_chain(direction, passes_on)
+    return actions.target(direction, decision, style)
+
+
 @dataclass
 class DecisionMap:
-    """One verdict map as rendered: its cells, keyed as its form needs."""
+    """One verdict map (key: address . protocol . port) as rendered: its cells, keyed as its form needs."""
 
     name: str
     direction: str
     program: Program
-    ported: bool  # key address . protocol . port (else: address)
     hashed: bool
     classes: tuple[PortClass, ...]
     elements: dict[Key, str] = field(default_factory=dict)  # key -> target chain
@@ -98,8 +153,7 @@ class DecisionMap:
 
     def command(self) -> dict[str, Any]:
         """``add map`` with every element."""
-        typ: Any = [_ADDR_TYPE[self.family], "inet_proto", "inet_service"] if self.ported else _ADDR_TYPE[self.family]
-        body = obj(name=self.name, type=typ, map="verdict")
+        body = obj(name=self.name, type=[_ADDR_TYPE[self.family], "inet_proto", "inet_service"], map="verdict")
         if not self.hashed:
             body["flags"] = ["interval"]
         if self.elements:
@@ -112,15 +166,11 @@ class DecisionMap:
     def key_json(self, key: Key) -> Any:
         version = _VERSION[self.family]
         if self.hashed:
-            if self.ported:
-                address, protocol, port = key
-                return {"concat": [addresses.address_text(address, version), protocol, port]}
-            return addresses.address_text(key, version)
-        if self.ported:
-            lo, hi, protocol, first, last = key
-            ports: Any = first if first == last else {"range": [first, last]}
-            return {"concat": [_interval(lo, hi, version), protocol, ports]}
-        return _interval(key[0], key[1], version)
+            address, protocol, port = key
+            return {"concat": [addresses.address_text(address, version), protocol, port]}
+        lo, hi, protocol, first, last = key
+        ports: Any = first if first == last else {"range": [first, last]}
+        return {"concat": [_interval(lo, hi, version), protocol, ports]}
 
 
 def _interval(lo: int, hi: int, version: int) -> Any:
@@ -136,24 +186,38 @@ def _interval(lo: int, hi: int, version: int) -> Any:
 
 @dataclass
 class Layout:
-    """The decision part of the table: maps, endpoint chains, verdict chains,
-    and the peer sets the rule walks look up."""
+    """The decision part of the table: maps, endpoint tier chains, verdict
+    chains, the peer sets the rule walks look up, and where a pass goes on."""
 
     maps: dict[str, DecisionMap]
-    chains: dict[str, list[list[Expr]]]  # endpoint chain -> its rules' expressions
+    chains: dict[str, list[list[Expr]]]  # endpoint tier chain -> its rules' expressions
     verdicts: dict[str, ChainRules]  # verdict chain -> its rules (expressions, comment)
     sets: dict[str, AddressSet] = field(default_factory=dict)  # peer sets of the rule walks
+    passes: dict[str, list[list[Expr]]] = field(default_factory=dict)  # pass chain -> its rules
+    continuations: dict[str, list[Any]] = field(default_factory=dict)  # next map -> its elements (JSON)
     logging: FlowLogging | None = None  # the table's flow log, if any (see .actions)
 
+    def names(self) -> set[str]:
+        """Every object of the decision part, by name."""
+        return {*self.maps, *self.chains, *self.verdicts, *self.sets, *self.passes, *self.continuations}
 
-def map_name(kind: str, direction: str, program: Program, style: Style = ENFORCED) -> str:
+
+def map_name(direction: str, program: Program, style: Style = ENFORCED) -> str:
     """Named by structure; an audited endpoint's maps name other chains, so other maps."""
     extra = ("audit",) if style.audit else ()
-    return f"{kind}{_VERSION[program.family]}_{short_hash(direction, program.name, *extra)}"
+    return f"dec{_VERSION[program.family]}_{short_hash(direction, program.name, *extra)}"
 
 
 def style_of(ep: EndpointRules, logging: FlowLogging | None) -> Style:
     return Style(audit=ep.audit, logging=logging)
+
+
+def _tiers(ep: EndpointRules) -> Iterable[tuple[str, Program]]:
+    """(direction, program) of every tier of ``ep`` in both families."""
+    progs = tier_programs(ep)
+    for (direction, _family), tiers in progs.items():
+        for program in tiers:
+            yield direction, program
 
 
 def build_layout(ruleset: RuleSet, logging: FlowLogging | None = None) -> Layout:
@@ -161,78 +225,97 @@ def build_layout(ruleset: RuleSet, logging: FlowLogging | None = None) -> Layout
     sources = Sources(ruleset)
     layout = Layout({}, {}, verdict_chains(ruleset, logging), logging=logging)
     for ep in ruleset.endpoints:
-        progs = programs(ep)
         style = style_of(ep, logging)
-        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
-            if not tiers:
-                continue
-            family_programs = [progs[(direction, family)] for family in ("ip", "ip6")]
-            layout.chains[tiers[0].name] = _part(ep, style).chains[tiers[0].name]
-            for program in family_programs:
-                layout.sets.update((name, ruleset.address_set(name)) for name in walk_sets(program))
-                if any(map_name(kind, direction, program, style) not in layout.maps for kind in _kinds(program)):
-                    layout.maps.update((m.name, m) for m in _maps(direction, program, sources, style))
+        layout.chains.update(_part(ep, style).chains)
+        for direction, program in _tiers(ep):
+            layout.sets.update((name, ruleset.address_set(name)) for name in walk_sets(program))
+            if _ported(program) and (name := map_name(direction, program, style)) not in layout.maps:
+                layout.maps[name] = _map(direction, program, sources, style)
+    layout.passes, layout.continuations = continuations(ruleset)
     return layout
 
 
-def _walks(program: Program) -> bool:
-    """Whether the program's rules without ports are answered by a walk over
-    shared peer sets (one tier: the walk's first match is the decision)
-    rather than by a map of their own (tiers with PASS between them)."""
-    return len(program.tiers) == 1
+def walked(program: Program) -> bool:
+    """Whether the tier program is walked rule by rule, the rules with ports
+    too, instead of having a map: when a Pass rule comes before a rule with
+    ports (and no rule tests named-port pairs). Its cells would be that rule's
+    peers minus the pass's, cut into runs: a tenant's "Pass from the team,
+    then Deny tcp/22 from every pod" made interval maps of ~50,000 cells each
+    (9 s to load the benchmark's tiered table); walked, it is two rules."""
+    passed = False
+    for step in program.steps:
+        if step.verdict is Verdict.PASS:
+            passed = True
+        elif passed and step.l4 is not None:
+            return all(s.pairs is None for s in program.steps)
+    return False
 
 
 def walk_sets(program: Program) -> list[str]:
-    """The peer sets a program's walk looks up."""
-    if not _walks(program):
-        return []
-    return [s.peers for s in program.steps if s.l4 is None and s.peers is not None]
+    """The peer sets a tier program's walk looks up (its rules without ports; all when :func:`walked`)."""
+    every = walked(program)
+    return [s.peers for s in program.steps if (every or s.l4 is None) and s.peers is not None]
 
 
-def _kinds(program: Program) -> list[str]:
-    """The maps a program's rules call for: "dec" (rules with ports), "any"
-    (rules without, when they are not walked)."""
-    kinds = []
-    if any(s.l4 is not None for s in program.steps):
-        kinds.append("dec")
-    if any(s.l4 is None for s in program.steps) and not _walks(program):
-        kinds.append("any")
-    return kinds
+def _ported(program: Program) -> bool:
+    """Whether the program has a map: rules with ports, not walked."""
+    return any(s.l4 is not None for s in program.steps) and not walked(program)
 
 
-def _maps(direction: str, program: Program, sources: Sources, style: Style) -> list[DecisionMap]:
-    """The maps of one program (those its rules call for), with their elements."""
-    kinds = _kinds(program)
-    ported, rest = "dec" in kinds, "any" in kinds
-    if not kinds:
-        return []
-    table = lower(program, sources, rest_cells=rest)
-    out = []
-    if ported:
-        classes = tuple(program.port_classes(sources))
-        cells = [(cls, lo, hi, target(direction, d, style)) for cls, lo, hi, d in table.ported]
-        hashed = _enumerable([(hi - lo + 1) * (cls.last - cls.first + 1) for cls, lo, hi, _ in cells])
-        m = DecisionMap(map_name("dec", direction, program, style), direction, program, True, hashed, classes,
-                        style=style)
-        for cls, lo, hi, chain in cells:
-            if hashed:
-                m.elements.update(((a, cls.protocol, p), chain) for a in range(lo, hi + 1)
-                                  for p in range(cls.first, cls.last + 1))
-            else:
-                m.elements[(lo, hi, cls.protocol, cls.first, cls.last)] = chain
-        out.append(m)
-    if rest:
-        cells_rest = [(lo, hi, target(direction, d, style)) for lo, hi, d in table.rest]
-        hashed = _enumerable([hi - lo + 1 for lo, hi, _ in cells_rest])
-        m = DecisionMap(map_name("any", direction, program, style), direction, program, False, hashed, (),
-                        style=style)
-        for lo, hi, chain in cells_rest:
-            if hashed:
-                m.elements.update((a, chain) for a in range(lo, hi + 1))
-            else:
-                m.elements[(lo, hi)] = chain
-        out.append(m)
-    return out
+def _map(direction: str, program: Program, sources: Sources, style: Style) -> DecisionMap:
+    """The map of one tier program, with its elements: the cells where a
+    rule with ports decides otherwise than the walk of the rules without."""
+    table = lower(program, sources, rest_cells=False)
+    classes = tuple(program.port_classes(sources))
+    cells = [(cls, lo, hi, target(direction, d, program.passes_on, style)) for cls, lo, hi, d in table.ported]
+    hashed = _enumerable([(hi - lo + 1) * (cls.last - cls.first + 1) for cls, lo, hi, _ in cells])
+    m = DecisionMap(map_name(direction, program, style), direction, program, hashed, classes, style=style)
+    for cls, lo, hi, chain in cells:
+        if hashed:
+            m.elements.update(((a, cls.protocol, p), chain) for a in range(lo, hi + 1)
+                              for p in range(cls.first, cls.last + 1))
+        else:
+            m.elements[(lo, hi, cls.protocol, cls.first, cls.last)] = chain
+    return m
+
+
+def continuations(ruleset: RuleSet) -> tuple[dict[str, list[list[Expr]]], dict[str, list[Any]]]:
+    """The pass chains and their next maps (see the module docstring): a pair
+    per direction and position that some endpoint's tier passes on from, the
+    maps holding each such endpoint's addresses."""
+    chains: dict[str, list[list[Expr]]] = {}
+    maps: dict[str, list[tuple[int, Any]]] = {}
+    for ep in ruleset.endpoints:
+        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
+            for position in range(len(tiers) - 1):
+                name = pass_chain(direction, position)
+                if name not in chains:
+                    chains[name] = _pass_rules(direction, position)
+                    for version in (4, 6):
+                        maps.setdefault(next_map(direction, position, version), [])
+                goto = {"goto": {"target": tiers[position + 1].name}}
+                for address in ep.ips:
+                    ip = ipaddress.ip_address(address)
+                    maps[next_map(direction, position, ip.version)].append((int(ip), [address, goto]))
+    return chains, {name: [e for _key, e in sorted(elems, key=lambda x: x[0])] for name, elems in maps.items()}
+
+
+def _pass_rules(direction: str, position: int) -> list[list[Expr]]:
+    own = "daddr" if direction == "ingress" else "saddr"  # the endpoint's own address
+    rules: list[list[Expr]] = [[{"vmap": {"key": {"payload": {"protocol": protocol, "field": own}},
+                                          "data": "@" + next_map(direction, position, version)}}]
+                               for protocol, version in (("ip", 4), ("ip6", 6))]
+    # The table's own allow default (it logs the allow when the flow log records allowed connections).
+    rules.append([{"goto": {"target": target(direction, Decision(Verdict.ALLOW))}}])
+    return rules
+
+
+def next_map_command(name: str, elements: list[Any]) -> dict[str, Any]:
+    """``add map`` for a next map with its elements."""
+    body = obj(name=name, type=_ADDR_TYPE["ip" if name.endswith("4") else "ip6"], map="verdict")
+    if elements:
+        body["elem"] = elements
+    return {"add": {"map": body}}
 
 
 def _enumerable(cell_sizes: list[int]) -> bool:
@@ -240,8 +323,8 @@ def _enumerable(cell_sizes: list[int]) -> bool:
 
 
 def chain_rules(direction: str, family_programs: list[Program], style: Style = ENFORCED) -> list[list[Expr]]:
-    """An endpoint direction's chain: per family the map look-up, then the
-    rules without ports (their walk, or their address map), then the default.
+    """An endpoint tier's chain: per family the map look-up, then the walk of
+    the rules without ports, then the tier's default (a pass: its pass chain).
 
     The map comes first: a packet that a rule with ports decides costs one
     look-up, whatever the number of port specifications. (Walking the rules
@@ -252,30 +335,47 @@ def chain_rules(direction: str, family_programs: list[Program], style: Style = E
     rules: list[list[Expr]] = []
     for program in family_programs:
         address = {"payload": {"protocol": program.family, "field": field_name}}
-        for kind in _kinds(program):
-            key = address if kind == "any" else {"concat": [address, {"meta": {"key": "l4proto"}},
-                                                            {"payload": {"protocol": "th", "field": "dport"}}]}
-            rules.append([{"vmap": {"key": key, "data": "@" + map_name(kind, direction, program, style)}}])
+        if _ported(program):
+            key = {"concat": [address, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}
+            rules.append([{"vmap": {"key": key, "data": "@" + map_name(direction, program, style)}}])
         rules.extend(_walk(direction, program, address, style))
-    default = family_programs[0].default  # the tiers' defaults do not depend on the family
-    rules.append(default_rule(direction, default.verdict, style))
+    first = family_programs[0]  # the tier's default does not depend on the family
+    if first.default.verdict is Verdict.PASS:
+        rules.append([{"goto": {"target": target(direction, first.default, first.passes_on)}}])
+    else:
+        rules.append(default_rule(direction, first.default.verdict, style))
     return rules
 
 
 _NFPROTO = {"ip": "ipv4", "ip6": "ipv6"}
 
 
+def _l4(l4: L4Match) -> list[Expr]:
+    """``<protocol> dport <ports>``, or ``meta l4proto <protocol>`` without
+    ports: the forms nft lists the rule back in (the drift check compares them)."""
+    ports: list[Any] = [r.first if r.first == r.last else {"range": [r.first, r.last]} for r in l4.ports]
+    if not ports:
+        return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": l4.protocol}}]
+    return [{"match": {"op": "==", "left": {"payload": {"protocol": l4.protocol, "field": "dport"}},
+                       "right": ports[0] if len(ports) == 1 else {"set": ports}}}]
+
+
 def _walk(direction: str, program: Program, address: Expr, style: Style) -> list[list[Expr]]:
-    """The rules without ports of a one-tier program, in order: the first whose
-    peer set holds the address decides (where the ported map had no cell, the
+    """The rules without ports of a tier program (all its rules when
+    :func:`walked`), in order: the first whose peer set (and protocol and
+    ports) holds the packet decides (where the ported map had no cell, the
     decision is theirs: the map holds cells only where it differs)."""
-    if not _walks(program):
-        return []
+    every = walked(program)
     rules: list[list[Expr]] = []
     for step in program.steps:
-        if step.l4 is not None:
+        if step.l4 is not None and not every:
             continue
-        chain = {"goto": {"target": target(direction, program.decide(step.__eq__), style)}}
+        chain = {"goto": {"target": target(direction, program.decide(step.__eq__), program.passes_on, style)}}
+        if step.l4 is not None:
+            peer = ([{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": _NFPROTO[program.family]}}]
+                    if step.peers is None else [{"match": {"op": "==", "left": address, "right": "@" + step.peers}}])
+            rules.append([*peer, *_l4(step.l4), chain])
+            continue
         if step.peers is None:  # any address of this family: the walk ends here
             rules.append([{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}},
                                      "right": _NFPROTO[program.family]}}, chain])
@@ -303,17 +403,19 @@ def _part(ep: EndpointRules, style: Style) -> _EndpointPart:
         return hit[2]
     if len(_PARTS) >= 4096:
         _PARTS.clear()
-    progs = programs(ep)
+    progs = tier_programs(ep)
     part = _EndpointPart({}, {})
     for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
+        for position, tier in enumerate(tiers):
+            part.chains[tier.name] = chain_rules(direction, [progs[(direction, f)][position] for f in ("ip", "ip6")],
+                                                 style)
         if tiers:
-            part.chains[tiers[0].name] = chain_rules(direction, [progs[(direction, f)] for f in ("ip", "ip6")], style)
             part.verdicts.update(default_chains(direction, style))
         for chain in tiers:
             for rule in chain.rules:
                 if rule.verdict is not Verdict.PASS:
                     decision = Decision(rule.verdict, rule.id)
-                    part.verdicts.setdefault(target(direction, decision, style),
+                    part.verdicts.setdefault(target(direction, decision, style=style),
                                              decision_chain(direction, decision, style, _comment(rule)))
     _PARTS[id(ep)] = (ep, style, part)
     return part
@@ -328,14 +430,16 @@ def verdict_chains(ruleset: RuleSet, logging: FlowLogging | None = None) -> dict
         plain = plain or style.plain
         out.update(_part(ep, style).verdicts)
     # Only a PASS rule can leave a cell with a default other than the one the
-    # chain ends with (a tier's default after a pass): then cells name these.
-    # (Endpoints that are not plain have their defaults' chains anyway.)
-    if plain and any(rule.verdict is Verdict.PASS for ep in ruleset.endpoints for chain in (*ep.ingress, *ep.egress)
-                     for rule in chain.rules):
+    # chain ends with (a tier's default after a pass): then cells name these;
+    # and a pass chain ends in the allowing one. (Endpoints that are not
+    # plain have their defaults' chains anyway.)
+    if plain and (any(rule.verdict is Verdict.PASS for ep in ruleset.endpoints for chain in (*ep.ingress, *ep.egress)
+                      for rule in chain.rules) or any(len(ep.ingress) > 1 or len(ep.egress) > 1
+                                                      for ep in ruleset.endpoints)):
         out[DEFAULT_DENY] = decision_chain("ingress", Decision(Verdict.DENY), ENFORCED)
         for direction in ("ingress", "egress"):
-            out[target(direction, Decision(Verdict.ALLOW), ENFORCED)] = decision_chain(
-                direction, Decision(Verdict.ALLOW), ENFORCED)
+            out[target(direction, Decision(Verdict.ALLOW))] = decision_chain(direction, Decision(Verdict.ALLOW),
+                                                                             ENFORCED)
     return out
 
 
@@ -354,36 +458,31 @@ class MapChange:
 def update_layout(old: Layout, old_rs: RuleSet, new_rs: RuleSet) -> tuple[Layout, dict[str, MapChange]] | None:
     """``old`` (the layout of ``old_rs``) patched for ``new_rs``, and the element
     changes of the maps both hold; None when a map must change form (hash ↔
-    interval) or its port classes, which only a rebuild gets right. The flow
-    log stays ``old``'s: it belongs to the table (a change replaces it in full)."""
+    interval) or its port classes, which only a rebuild gets right. (The
+    pass chains and next maps are listed whole: the planner compares them.)
+    The flow log stays ``old``'s: it belongs to the table (a change replaces it in full)."""
     sources = Sources(new_rs)
     logging = old.logging
     fresh = Layout({}, {}, verdict_chains(new_rs, logging), logging=logging)
+    fresh.passes, fresh.continuations = continuations(new_rs)
     changes: dict[str, MapChange] = {}
     changed_sets = _changed_sets(old_rs, new_rs)
     for ep in new_rs.endpoints:
-        progs = programs(ep)
         style = style_of(ep, logging)
-        for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
-            if not tiers:
+        fresh.chains.update(_part(ep, style).chains)
+        for direction, program in _tiers(ep):
+            fresh.sets.update((name, new_rs.address_set(name)) for name in walk_sets(program))
+            if not _ported(program) or (name := map_name(direction, program, style)) in fresh.maps:
                 continue
-            family_programs = [progs[(direction, family)] for family in ("ip", "ip6")]
-            fresh.chains[tiers[0].name] = _part(ep, style).chains[tiers[0].name]
-            for program in family_programs:
-                fresh.sets.update((name, new_rs.address_set(name)) for name in walk_sets(program))
-                names = [map_name(kind, direction, program, style) for kind in _kinds(program)]
-                if any(n not in old.maps and n not in fresh.maps for n in names):  # a new program: build it
-                    fresh.maps.update((m.name, m) for m in _maps(direction, program, sources, style)
-                                      if m.name not in old.maps)
-                for name in names:
-                    if name in fresh.maps or name not in old.maps:
-                        continue
-                    patched = _patch(old.maps[name], changed_sets, sources)
-                    if patched is None:
-                        return None
-                    fresh.maps[name], change = patched
-                    if change.gone or change.came:
-                        changes[name] = change
+            if name not in old.maps:  # a new program: build it
+                fresh.maps[name] = _map(direction, program, sources, style)
+                continue
+            patched = _patch(old.maps[name], changed_sets, sources)
+            if patched is None:
+                return None
+            fresh.maps[name], change = patched
+            if change.gone or change.came:
+                changes[name] = change
     return fresh, changes
 
 
@@ -412,13 +511,13 @@ def _patch(m: DecisionMap, changed_sets: dict[str, tuple[AnySet | None, AnySet |
     if not touched:
         return m, MapChange([], [])
     if not m.hashed:  # interval cells (few): rebuild the map and compare
-        rebuilt = next(x for x in _maps(m.direction, m.program, sources, m.style) if x.ported == m.ported)
+        rebuilt = _map(m.direction, m.program, sources, m.style)
         if rebuilt.hashed:
             return None
         gone = [k for k in m.elements if rebuilt.elements.get(k) != m.elements[k]]
         came = [(k, v) for k, v in rebuilt.elements.items() if m.elements.get(k) != v]
         return rebuilt, MapChange(gone, came)
-    if m.ported and tuple(m.program.port_classes(sources)) != m.classes:
+    if tuple(m.program.port_classes(sources)) != m.classes:
         return None  # a named port number came or went: the classes move
     moved: set[int] = set()
     for name in touched:
@@ -434,18 +533,14 @@ def _patch_addresses(m: DecisionMap, moved: list[int], sources: Sources) -> tupl
         rest, per_class = decisions_at(m.program, m.classes, sources, address)
         wanted: dict[Key, str] = {}
         have: set[Key] = set()
-        if m.ported:
-            for cls, decision in zip(m.classes, per_class, strict=True):
-                ports = range(cls.first, cls.last + 1)
-                if decision != rest:
-                    wanted.update(((address, cls.protocol, p), target(m.direction, decision, m.style)) for p in ports)
-                # A hash map holds a cell for all of its class's ports or none.
-                if decision != rest or (address, cls.protocol, cls.first) in elements:
-                    have.update((address, cls.protocol, p) for p in ports)
-        else:
-            if rest != m.program.default:
-                wanted[address] = target(m.direction, rest, m.style)
-            have.add(address)
+        for cls, decision in zip(m.classes, per_class, strict=True):
+            ports = range(cls.first, cls.last + 1)
+            if decision != rest:
+                wanted.update(((address, cls.protocol, p),
+                               target(m.direction, decision, m.program.passes_on, m.style)) for p in ports)
+            # A hash map holds a cell for all of its class's ports or none.
+            if decision != rest or (address, cls.protocol, cls.first) in elements:
+                have.update((address, cls.protocol, p) for p in ports)
         for key in sorted(have):
             before, after = elements.get(key), wanted.get(key)
             if before == after:
@@ -458,25 +553,19 @@ def _patch_addresses(m: DecisionMap, moved: list[int], sources: Sources) -> tupl
                 elements[key] = after
     if len(elements) > EXPAND_MAX or any(_run(m, elements, key) > CELL_EXPAND_MAX for key, _ in change.came):
         return None  # a full render would make it an interval map
-    return DecisionMap(m.name, m.direction, m.program, m.ported, m.hashed, m.classes, elements, m.style), change
+    return DecisionMap(m.name, m.direction, m.program, m.hashed, m.classes, elements, m.style), change
 
 
 def _run(m: DecisionMap, elements: dict[Key, str], key: Key) -> int:
     """The size of the cell holding ``key`` in the lowered table (its class's
     ports × the run of neighbouring addresses with the same target), as far
     as it matters: up to just past :data:`CELL_EXPAND_MAX`."""
-    if m.ported:
-        address, protocol, port = key
-        cls = next(c for c in m.classes if c.protocol == protocol and c.first <= port <= c.last)
-        width = cls.last - cls.first + 1
+    address, protocol, port = key
+    cls = next(c for c in m.classes if c.protocol == protocol and c.first <= port <= c.last)
+    width = cls.last - cls.first + 1
 
-        def at(a: int) -> Key:
-            return (a, protocol, cls.first)
-    else:
-        address, width = key, 1
-
-        def at(a: int) -> Key:
-            return a
+    def at(a: int) -> Key:
+        return (a, protocol, cls.first)
     chain = elements[at(address)]
     run = 1
     for step in (-1, 1):

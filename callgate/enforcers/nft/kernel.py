@@ -44,6 +44,20 @@ class NftKernel(Protocol):
         """Release threads and handles (a closed door is not used again)."""
 
 
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin() -> bool:
+    """Whether the calling thread holds CAP_NET_ADMIN. Without it libnftables prints
+    "Operation not permitted (you must be root)" straight to stderr and every command
+    fails; asking first turns that into one PermissionError with the reason."""
+    with open("/proc/thread-self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return True  # no capability line: not Linux as we know it, let libnftables say
+
+
 class LibNftables:
     """libnftables through Debian's python3-nftables bindings, in this network
     namespace or in ``netns`` (a name under /run/netns, or a namespace file)."""
@@ -68,6 +82,8 @@ class LibNftables:
         attr = "bulk" if bulk else "nft"
         nft = getattr(self._local, attr, None)
         if nft is None:
+            if not has_net_admin():
+                raise PermissionError("nftables needs CAP_NET_ADMIN, which this process does not have")
             import nftables  # Debian's python3-nftables, linked into the venv
 
             nft = nftables.Nftables()

@@ -11,10 +11,11 @@ which endpoint's chains, and who may send from which address) is built by
     table inet callgate
         set digest                           one element: what the tables hold (see below)
         dispatch maps, anti-spoofing sets, base chains    see :mod:`.dispatch`
-        chain out_<endpoint> / in_<endpoint> one verdict-map look-up, then the default
-        map dec4_<h> / any4_<h> …            the decisions (:mod:`.decisions`)
+        chain ina_/in_/inb_<endpoint> …      a chain per tier: one verdict-map look-up, the walk, the default
+        map dec4_<h> / dec6_<h>              one tier's decisions, shared by equal tiers (:mod:`.decisions`)
         set peers4_<hash> / peers6_<hash>    peer addresses of rules without ports (the walk, see .decisions)
         chain allow_in_<rule id> …           counter and verdict of the rule that decided
+        chain pass_in0 …, map next_in0_4 …   where a tier's pass goes on: the endpoint's next tier
     table bridge callgate                    (node only) anti-spoofing on bridge ports
 
 The egress chain returns on allow instead of accepting, so the destination's

@@ -12,6 +12,7 @@ from typing import Any
 
 from callgate.enforcers.nft.actions import is_limit_set
 from callgate.enforcers.nft.layout import BRIDGE_FAMILY, FAMILY, TABLE
+from callgate.errors import printable
 
 _IFNAME_KEYS = ("iifname", "oifname")
 
@@ -98,8 +99,12 @@ def json_key(value: Any) -> str:
 
 
 def _note(name: str, notes: dict[str, str]) -> list[str]:
+    """A '#' line saying what ``name`` stands for. Notes name endpoints and selectors,
+    which may hold any character: what is not printable is written as an escape, so
+    a note stays one comment line (a NUL or a newline would end it) and no escape
+    sequence reaches a terminal."""
     text = notes.get(name)
-    return [] if not text else ["\t# " + text.replace("\n", " ")]
+    return [] if not text else ["\t# " + printable(text)]
 
 
 def objects_text(objects: list[dict[str, Any]], notes: dict[str, str] | None = None) -> str:

@@ -59,10 +59,12 @@ def _readable_notes(ruleset: RuleSet, layout: Layout) -> tuple[tuple[str, str], 
     for ep in ruleset.endpoints:
         where = ep.interface or ep.netns
         for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
-            if tiers:
-                notes.append((tiers[0].name, f"{direction} of {ep.endpoint} ({where})"))
+            for position, tier in enumerate(tiers):
+                after = f", tier {position + 1}" if len(tiers) > 1 else ""
+                notes.append((tier.name, f"{direction} of {ep.endpoint} ({where}){after}"))
     for name, m in sorted(layout.maps.items()):
-        kind = "address . protocol . port" if m.ported else "address, for rules without ports"
         family = "IPv4" if m.family == "ip" else "IPv6"
-        notes.append((name, f"{m.direction} decisions by {kind}, {family}"))
+        notes.append((name, f"{m.direction} decisions of one tier by address . protocol . port, {family}"))
+    for name in sorted(layout.passes):
+        notes.append((name, "a pass goes on to the endpoint's next tier"))
     return tuple(notes)

@@ -42,9 +42,10 @@ from callgate.enforcers.nft.commands import (
     element,
     endpoint_chain_commands,
     expand,
+    validate,
     verdict_chain_commands,
 )
-from callgate.enforcers.nft.decisions import Layout, elements_diff, update_layout
+from callgate.enforcers.nft.decisions import Layout, elements_diff, next_map_command, update_layout
 from callgate.enforcers.nft.dispatch import dispatch_elements, structure
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
@@ -118,6 +119,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     ``old_layout``) to ``new``; None when only a full replacement is safe.
     The transaction itself checks, in the kernel, that the live table holds
     ``old``'s digest; it carries the new layout for the next change."""
+    validate(new, new_fc)
     logging = old_layout.logging  # the table's: a change of it is a full replacement (the enforcer keeps it)
     old_digest = layout_digest(old, old_fc, placement, logging)
     new_digest = layout_digest(new, new_fc, placement, logging)
@@ -153,8 +155,18 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     new_maps = sorted(layout.maps.keys() - old_layout.maps.keys())
     gone_maps = sorted(old_layout.maps.keys() - layout.maps.keys())
 
-    # Dispatch maps, anti-spoofing and fail-closed sets: element by element (a
+    # The next maps (which endpoint tier chain a pass goes on to), dispatch
+    # maps, anti-spoofing and fail-closed sets: element by element (a
     # map key whose chain changed is a delete and an add, deletions first).
+    new_passes = sorted(layout.passes.keys() - old_layout.passes.keys())
+    gone_passes = sorted(old_layout.passes.keys() - layout.passes.keys())
+    new_next = sorted(layout.continuations.keys() - old_layout.continuations.keys())
+    gone_next = sorted(old_layout.continuations.keys() - layout.continuations.keys())
+    for name, now in sorted(layout.continuations.items()):
+        if name in old_layout.continuations:
+            element_commands(name, *_json_diff(old_layout.continuations[name], now))
+    for name in gone_next:  # emptied before the endpoint chains they name go
+        element_commands(name, list(old_layout.continuations[name]), [])
     a_dispatch, b_dispatch = dispatch_elements(old, old_fc, placement), dispatch_elements(new, new_fc, placement)
     for (family, name), now in b_dispatch.items():
         gone, came = _json_diff(a_dispatch.get((family, name), []), now)
@@ -175,11 +187,16 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_verdicts)
     for n in (*new_verdicts, *changed_verdicts):
         cmds.extend(verdict_chain_commands(n, layout.verdicts[n]))
+    cmds.extend({"add": {"chain": obj(name=n)}} for n in new_passes)  # empty: map elements may name them
     cmds.extend(layout.maps[n].command() for n in new_maps)
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_chains)  # empty first: dispatch may point at them
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_chains)
     for name in (*new_chains, *changed_chains):
         cmds.extend(endpoint_chain_commands(name, layout.chains[name]))
+    # Next maps name endpoint chains; pass chains look them up.
+    cmds.extend(next_map_command(n, layout.continuations[n]) for n in new_next)
+    for name in new_passes:
+        cmds.extend(endpoint_chain_commands(name, layout.passes[name]))
     # Deletions before additions: a changed map value is "delete key, add key".
     cmds.extend(dels)
     cmds.extend(adds)
@@ -188,6 +205,10 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_chains)
     cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_chains)
     cmds.extend({"delete": {"map": obj(name=n)}} for n in gone_maps)
+    # Pass chains last of the decision part: map elements and walks named them.
+    cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_passes)
+    cmds.extend({"delete": {"map": obj(name=n)}} for n in gone_next)
+    cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_passes)
     cmds.extend({"delete": {"set": obj(name=n)}} for n in gone_sets)
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_verdicts)
     cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_verdicts)
