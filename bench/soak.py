@@ -199,8 +199,11 @@ class Soak:
         assert self.kernel is not None
         try:
             kind, name = self.marker_set
-            listed = (self.kernel.list_set("inet", "callgate", name) if kind == "set" else
-                      [o for o in self.kernel.list_table("inet", "callgate") or [] if o.get("map", {}).get("name") == name])
+            if kind == "set":
+                listed = self.kernel.list_set("inet", "callgate", name)
+            else:  # a decision map is named by its tier's rules: churn renames it, look it up each time
+                listed = [o for o in self.kernel.list_table("inet", "callgate") or []
+                          if "map" in o and MARKER_ANCHOR_IP in set_addresses([o])]
         except Exception:
             return None  # the table deleted by a tamper, or being replaced
         if not listed:
@@ -274,8 +277,11 @@ class Soak:
         before = sum(v for k, v in self.agent.metrics().items() if k == "callgate_drift_repairs_total")
         kind = ("delete the table", "flush a-from-b's peer set")[n % 2]
         w = Window("tamper", self.rec.t(), detail=kind)
-        argv = (["delete", "table", "inet", "callgate"] if n % 2 == 0
-                else ["flush", self.peer_set[0], "inet", "callgate", self.peer_set[1]])
+        if n % 2 == 0:
+            argv = ["delete", "table", "inet", "callgate"]
+        else:  # looked up now: a decision map's name follows its tier's rules, which churn changes
+            self.peer_set = self._set_holding(LAB_PODS["x/b"]["ip"])
+            argv = ["flush", self.peer_set[0], "inet", "callgate", self.peer_set[1]]
         subprocess.run(["ip", "netns", "exec", self.netns, "nft", *argv], check=True)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120 and not self.stop.is_set():

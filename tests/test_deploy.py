@@ -167,9 +167,10 @@ def test_agent_daemonset_runs_on_the_host_network_with_net_admin_only() -> None:
     assert sc.get("privileged") is not True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     assert sc["readOnlyRootFilesystem"] is True
-    # Host paths: the gate's socket directory for the agent; the CNI directories for the installer only.
+    # Host paths: the gate's socket directory and the network configuration (to keep the gate in
+    # the chain) for the agent; the plugin directory for the installer only.
     assert set(host_paths(pod).values()) == {"/run/callgate", "/etc/cni/net.d", "/opt/cni/bin"}
-    assert mounted_host_paths(pod, c) == {"/run/callgate"}
+    assert mounted_host_paths(pod, c) == {"/run/callgate", "/etc/cni/net.d"}
     assert "--source=kubernetes" in c["args"] and "--node=$(NODE_NAME)" in c["args"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
@@ -184,6 +185,9 @@ def test_probes_and_prometheus_annotations_point_at_the_status_port() -> None:
     ann = pod["metadata"]["annotations"]
     assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == "9464"
     assert "--metrics-address=$(POD_IP):9464" in c["args"]
+    # The agent keeps the gate in the same configuration the init container put it in.
+    conf = next(m["mountPath"] for m in c["volumeMounts"] if host_paths(pod).get(m["name"]) == "/etc/cni/net.d")
+    assert f"--cni-conf-dir={conf}" in c["args"]
     _, ctl = container("Deployment", "callgate-controller")
     port = ctl["ports"][0]
     assert f"--health-address=0.0.0.0:{port['containerPort']}" in ctl["args"]

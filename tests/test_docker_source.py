@@ -142,6 +142,31 @@ def test_engine_lost_is_one_problem_and_a_fresh_list_recovers(engine: FakeEngine
         w.stop()
 
 
+def test_a_consumer_that_raises_does_not_stop_the_watcher(engine: FakeEngine,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The watcher's threads outlive one bad hand-over: the error is logged and
+    the next change still reaches the consumer."""
+    seen, failed = Recorder(), threading.Event()
+
+    def consumer(item: Any) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("consumer bug")
+        seen(item)
+
+    engine.run(container_info("a", "198.18.200.2"))
+    w = watcher(engine)
+    with caplog.at_level("ERROR", logger="callgate.watchers"):
+        w.start(consumer)
+        try:
+            assert failed.wait(WAIT)
+            engine.run(container_info("b", "198.18.200.3"))
+            seen.wait(has("a", "b"))
+        finally:
+            w.stop()
+    assert any("docker view handler failed" in r.getMessage() for r in caplog.records)
+
+
 def test_same_content_after_an_outage_is_published_again(engine: FakeEngine) -> None:
     """The consumer must learn that the source is back, even when nothing changed."""
     engine.run(container_info("a", "198.18.200.2"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -48,6 +49,10 @@ def agent(
     cni_socket: Annotated[str | None, typer.Option(
         "--cni-socket", help="Unix socket for the callgate-cni plugin and /programmed "
                              "(e.g. /run/callgate/agent.sock; created 0600).")] = None,
+    cni_conf_dir: Annotated[str | None, typer.Option(
+        "--cni-conf-dir", metavar="DIR",
+        help="With --cni-socket: keep callgate-cni at the end of the node's network chain in DIR "
+             "(e.g. /host/etc/cni/net.d), putting it back when the primary CNI rewrites its configuration.")] = None,
     coalesce_ms: Annotated[int, typer.Option(
         "--coalesce-ms", help=(
             "Coalescing of bursts: a change after a quiet spell is applied at once; inside a burst the next "
@@ -117,6 +122,8 @@ def agent(
     except ValueError as exc:
         fail(str(exc))
     check_netns_name(netns)
+    if cni_conf_dir is not None and cni_socket is None:
+        usage_error("--cni-conf-dir needs --cni-socket: the gate it keeps in the chain asks the agent there")
     if source == "docker" and backend == "iptables":
         usage_error(DOCKER_NEEDS_NFT)
     src = _source(source, inventory or [], policies or [], server, kubeconfig, docker_host, node, netns)
@@ -127,8 +134,8 @@ def agent(
     except LockError as exc:
         fail(str(exc))
     try:
-        _run(log, node, src, netns, backend, resync, fail_closed_prefix, metrics_address, cni_socket, coalesce_ms,
-             needs_nft=source == "docker",
+        _run(log, node, src, netns, backend, resync, fail_closed_prefix, metrics_address, cni_socket, cni_conf_dir,
+             coalesce_ms, needs_nft=source == "docker",
              datapath=Datapath(flow_log, flow_logging, audit=enforcement == "audit", revoke=not keep_established))
     finally:
         lock.release()
@@ -148,12 +155,13 @@ class Datapath:
 
 def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync: float,
          fail_closed_prefix: str | None, metrics_address: str, cni_socket: str | None,
-         coalesce_ms: int, needs_nft: bool, datapath: Datapath) -> None:
+         cni_conf_dir: str | None, coalesce_ms: int, needs_nft: bool, datapath: Datapath) -> None:
     """The agent proper, once its options are valid and it holds the lock."""
     from callgate.agent import logging as agent_logging
     from callgate.agent.cni_socket import CniSocket
     from callgate.agent.metrics import AgentMetrics, StatusServer
     from callgate.agent.reactor import Reactor, ReactorConfig
+    from callgate.cni.keeper import GateKeeper
     from callgate.enforcers import guard
     from callgate.enforcers.routes import InterfaceResolver
 
@@ -205,12 +213,17 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
     src.start(reactor.on_event)
     if gate is not None:
         gate.start()  # after the reactor: an ADD arriving now is served, or waits for the first sync
+    keeper = GateKeeper(Path(cni_conf_dir), fail_closed_prefix) if cni_conf_dir is not None else None
+    if keeper is not None:
+        keeper.start()  # after the socket: a gate put back in the chain finds the agent listening
     try:
         while not stop.wait(0.5):
             if not reactor.healthy()[0]:
                 agent_logging.log(log, 40, "reactor died; exiting (rules stay in the kernel)")
                 raise typer.Exit(1)
     finally:
+        if keeper is not None:
+            keeper.stop()  # before the socket closes; the gate stays in the chain (uninstall takes it out)
         if gate is not None:
             gate.stop()
         src.stop()

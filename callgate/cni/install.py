@@ -39,6 +39,7 @@ from typing import Any
 from callgate.errors import InputError, Problem
 
 PLUGIN = "callgate-cni"
+DEFAULT_TIMEOUT = 30.0  # seconds ADD waits for the agent (the gate's timeoutSeconds)
 EXTENSIONS = (".conf", ".conflist", ".json")
 ORIGINAL = ".callgate-orig"
 
@@ -127,7 +128,15 @@ def install_plugin(binary: Path, bin_dir: Path) -> Change | None:
     return Change(target, "installed the plugin binary")
 
 
-def install_chain(conf_dir: Path, timeout: float = 30.0, interface_prefix: str | None = None) -> Change | None:
+def current_gate(conf_dir: Path) -> dict[str, Any] | None:
+    """The gate's entry in the node's network, if it is in its chain."""
+    files = config_files(conf_dir)
+    plugins = _read(files[0]).get("plugins") if files else None
+    return next((p for p in plugins if p.get("type") == PLUGIN), None) if plugins else None
+
+
+def install_chain(conf_dir: Path, timeout: float = DEFAULT_TIMEOUT,
+                  interface_prefix: str | None = None) -> Change | None:
     """Append the gate to the node's network (the first configuration file); None if already so."""
     files = config_files(conf_dir)
     if not files:
@@ -147,10 +156,13 @@ def install_chain(conf_dir: Path, timeout: float = 30.0, interface_prefix: str |
         raise _bad(path, f"{PLUGIN} is a chained plugin; it cannot be the network by itself")
     single = {k: v for k, v in data.items() if k not in ("name", "cniVersion")}
     conflist = path.with_suffix(".conflist")
-    if conflist.exists():
+    original = path.with_name(path.name + ORIGINAL)
+    # A conflist beside it is ours when we kept the original aside: the primary CNI
+    # wrote its .conf again (the kept one is stale); anyone else's is not overwritten.
+    if conflist.exists() and not original.exists():
         raise _bad(path, f"cannot convert to {conflist.name}: that file exists")
     _write(conflist, {"cniVersion": data["cniVersion"], "name": data["name"], "plugins": [single, entry]})
-    os.replace(path, path.with_name(path.name + ORIGINAL))
+    os.replace(path, original)
     return Change(conflist, f"{path.name} converted to a conflist with {PLUGIN} after {data['type']}")
 
 

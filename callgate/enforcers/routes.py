@@ -21,32 +21,26 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from callgate.policy.model import Endpoint, IPAddress
 from callgate.policy.validation import interface_name
+from callgate.procs import QuietRunner, output_or_none
 
 log = logging.getLogger("callgate.enforcers.routes")
 
-Runner = Callable[[Sequence[str]], str | None]
 
 
 def run_ip(argv: Sequence[str]) -> str | None:
     """Run an ``ip`` command; its stdout, or None when it failed."""
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("ip command failed", extra={"fields": {"argv": list(argv), "error": str(exc)}})
-        return None
-    return done.stdout if done.returncode == 0 else None
+    return output_or_none(argv, log, logging.WARNING)
 
 
 class InterfaceResolver:
     """Resolves endpoint interfaces in one network namespace (None: ours)."""
 
-    def __init__(self, netns: str | None = None, runner: Runner = run_ip, prefix: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, runner: QuietRunner = run_ip, prefix: str | None = None) -> None:
         self.netns = netns
         self.runner = runner
         self.prefix = prefix  # container interfaces' name prefix, when known

@@ -13,12 +13,16 @@ rules it last applied. It never flushes them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from callgate.errors import Problem
 from callgate.policy.model import Inventory, PolicySet
+
+log = logging.getLogger("callgate.watchers")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,16 @@ def clip(text: str, limit: int = 512) -> str:
 
 
 SnapshotHandler = Callable[[Snapshot | SourceProblem], None]
+
+
+def hand_over(handler: Callable[[T], None] | None, item: T, what: str) -> None:
+    """Give a watcher's ``item`` to its consumer. The watcher's thread outlives
+    any one item: a consumer's bug is logged and must not stop the source."""
+    assert handler is not None, "the source was not started"
+    try:
+        handler(item)
+    except Exception:
+        log.exception("%s handler failed", what)
 
 
 class Source(Protocol):

@@ -18,25 +18,19 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from callgate.policy.validation import interface_name
+from callgate.procs import QuietRunner, output_or_none
 
 log = logging.getLogger("callgate.watchers.docker")
 
-Runner = Callable[[Sequence[str]], str | None]
 
 
 def run_command(argv: Sequence[str]) -> str | None:
     """stdout of ``argv``, or None when it failed (the container may be gone)."""
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.debug("command failed", extra={"fields": {"argv": list(argv), "error": str(exc)}})
-        return None
-    return done.stdout if done.returncode == 0 else None
+    return output_or_none(argv, log)
 
 
 def _links(out: str | None) -> list[dict[str, Any]]:
@@ -57,7 +51,7 @@ class VethResolver:
     """Host-side veth names, in the node's network namespace ``netns`` (a name
     under /run/netns; None: ours), for containers' interfaces."""
 
-    def __init__(self, netns: str | None = None, runner: Runner = run_command) -> None:
+    def __init__(self, netns: str | None = None, runner: QuietRunner = run_command) -> None:
         self.netns = netns
         self.runner = runner
         self._host: dict[int, tuple[str, int | None]] = {}  # ifindex -> (name, peer's ifindex)

@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem
+from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem, hand_over
 from callgate.watchers.coalesce import CoalescePolicy, Coalescer
 from callgate.watchers.docker_client import describe_error
 from callgate.watchers.docker_convert import HostInterface
@@ -85,7 +85,6 @@ class DockerWatcher:
         self._synced = False  # a full list has succeeded since the last outage
         self._threads: list[threading.Thread] = []
         self._handler: ViewHandler | None = None
-        self.published = 0  # views and problems handed out (tests)
         self.relists = 0
 
     # ---- lifecycle -----------------------------------------------------------
@@ -274,12 +273,7 @@ class DockerWatcher:
                 self._close_stream()  # the reader's loop ends and reconnects
 
     def _emit(self, item: EngineView | SourceProblem) -> None:
-        assert self._handler is not None
-        self.published += 1
-        try:
-            self._handler(item)
-        except Exception:  # a consumer's bug must not stop the source
-            log.exception("docker view handler failed")
+        hand_over(self._handler, item, "docker view")
 
 
 class DockerSource:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem
+from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem, hand_over
 from callgate.watchers.cache import ClusterCache
 from callgate.watchers.coalesce import CoalescePolicy, Coalescer
 from callgate.watchers.k8s_client import make_api_client
@@ -70,7 +70,6 @@ class ClusterWatcher:
         ]
         self._threads: list[threading.Thread] = []
         self._handler: StateHandler | None = None
-        self.published = 0
 
     def start(self, handler: StateHandler) -> None:
         if self._threads:
@@ -146,12 +145,7 @@ class ClusterWatcher:
                 self._coalescer.done(time.monotonic())
 
     def _emit(self, item: ClusterState | SourceProblem) -> None:
-        assert self._handler is not None
-        self.published += 1
-        try:
-            self._handler(item)
-        except Exception:  # a consumer's bug must not stop the source
-            log.exception("snapshot handler failed")
+        hand_over(self._handler, item, "cluster state")
 
 
 def _summarise(failing: dict[str, str]) -> str:
