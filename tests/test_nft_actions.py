@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from callgate.compiler.ir import Verdict
 from callgate.enforcers.base import FlowLogging
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
@@ -14,8 +15,9 @@ from callgate.enforcers.nft.kernel import LibNftables, NftKernel
 from callgate.enforcers.nft.layout import families
 from callgate.enforcers.nft.transaction import replace_table
 from callgate.enforcers.nft.update import NftUpdate
+from callgate.policy import load_policies
 from tests.netns import nft
-from tests.test_nft_update import ALL, NODE, S03, STATES, compile_, inv_doc
+from tests.test_nft_update import ALL, NODE, S03, SCENARIOS, STATES, compile_, inv_doc
 
 LOGGING = FlowLogging(group=7, allowed=False, rate=10)
 
@@ -53,7 +55,7 @@ def _text(logging: FlowLogging | None, *changes: Any) -> str:
     return replace_table(compile_(inv_doc(*changes), S03), logging=logging).text()
 
 
-def test_without_flow_log_or_audit_the_table_is_layout_4_as_it_was() -> None:
+def test_without_flow_log_or_audit_the_table_is_the_plain_layout() -> None:
     text = _text(None)
     assert "log " not in text and "flowlimit" not in text and "audit_" not in text
     assert "\t\tcounter drop\n" in text  # the endpoint chain's default acts itself
@@ -112,4 +114,55 @@ def test_kernel_walk_with_audit_and_flow_log_stays_in_sync(netns: str) -> None:
     try:
         assert enforcer.in_sync(compile_(doc, policies), known)
     finally:
+        enforcer.close()
+
+
+TIERS = load_policies(SCENARIOS / "08-admin-tier.yaml")
+
+
+def _chains(text: str) -> dict[str, list[str]]:
+    """chain name -> its rule lines, from nft text."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("\tchain "):
+            current = out.setdefault(line.split()[1], [])
+        elif line == "\t}":
+            current = None
+        elif current is not None:
+            current.append(line.strip())
+    return out
+
+
+@pytest.mark.parametrize("changes", [(), (audit("x"),)], ids=["enforced", "x in audit"])
+def test_tier_rules_log_in_their_own_chains_and_a_pass_never_logs(changes: tuple[Any, ...]) -> None:
+    ruleset = compile_(inv_doc(*changes), TIERS)
+    chains = _chains(replace_table(ruleset, logging=FlowLogging(7, allowed=True)).text())
+    passes = {name: rules for name, rules in chains.items() if name.startswith("pass_")}
+    assert passes, "the Admin tier passes on to the NetworkPolicy tier"
+    assert not any("log " in rule for rules in passes.values() for rule in rules)
+    admin = {rule.id: rule.verdict for ep in ruleset.endpoints for tier in ep.ingress for rule in tier.rules
+             if rule.origins[0].tier == "Admin"}
+    assert Verdict.PASS in admin.values() and Verdict.DENY in admin.values()
+    logged = " ".join(rule for rules in chains.values() for rule in rules if "log prefix" in rule)
+    for rule_id, verdict in admin.items():
+        if verdict is Verdict.PASS:
+            assert rule_id not in logged  # no record names a pass
+        else:
+            word = {Verdict.DENY: "would-deny" if changes else "deny", Verdict.ALLOW: "allow"}[verdict]
+            assert f'log prefix "callgate {word} ingress {rule_id}"' in logged
+
+
+@pytest.mark.kernel
+def test_kernel_takes_the_tiered_table_with_flow_log_and_audit_and_its_updates(netns: str) -> None:
+    enforcer = NftablesEnforcer(LibNftables(netns), fail_closed_prefix="cg", flow_logging=LOGGING)
+    try:
+        for doc, policies in ((inv_doc(), TIERS), (inv_doc(audit("x")), TIERS), (inv_doc(audit("x")), ALL),
+                              (inv_doc(), TIERS)):
+            ruleset = compile_(doc, policies)
+            known = [e["interface"] for e in doc["endpoints"] if e.get("node") == NODE and e.get("interface")]
+            enforcer.apply(ruleset, known_interfaces=known)
+            assert enforcer.in_sync(ruleset, known), enforcer.diff(ruleset, known)
+    finally:
+        enforcer.remove()
         enforcer.close()
