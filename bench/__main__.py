@@ -5,7 +5,7 @@ BENCHMARKS.md, bench/results.json and the SVG plots in bench/plots/.
 
     --quick      tiny sizes, one repeat (the smoke test; no figure means anything)
     --out DIR    write the report, results and plots under DIR instead of the repo
-    --skip X     skip a part: compile, load, antrea, datapath, analysis, whole, agent, cold, docker
+    --skip X     skip a part: compile, load, antrea, datapath, analysis, whole, agent, cold, docker, flowlog
                  (repeatable)
     --only X     measure part X again on its own; the rest of the report keeps the last full run's figures
 
@@ -96,7 +96,7 @@ QUICK = Plan(
 )
 
 
-PARTS = ["compile", "load", "antrea", "datapath", "analysis", "whole", "agent", "cold", "docker"]
+PARTS = ["compile", "load", "antrea", "datapath", "analysis", "whole", "agent", "cold", "docker", "flowlog"]
 
 
 def log(msg: str) -> None:
@@ -278,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"cold start from the API {plan.target}")
             res["cold"] = _sub("bench.cold_start", spec_json(plan.target), timeout=1800)
+    if "flowlog" not in args.skip:
+        if root_why is not None:
+            res["flowlog"] = {"available": False, "why": root_why}
+        else:
+            log("flow log under a storm of denied packets")
+            res["flowlog"] = _sub("bench.flowlog_storm", "--seconds", f"{plan.seconds:g}",
+                                  "--rounds", str(plan.rounds), timeout=1800)
     if "analysis" not in args.skip:
         from bench.analysis_point import TASKS
 

@@ -519,3 +519,61 @@ def test_verify_answers_from_the_live_table_and_repairs_at_once(h: Harness, kern
     assert (check.live_ok, check.repaired) == (False, True) and h.reactor.repairs == 2
     assert h.enforcer.in_sync(h.reactor.last_sync.ruleset, h.reactor.last_sync.known)  # type: ignore[union-attr]
 
+
+class _Conntrack:
+    """A connection tracking table in memory: x/b → x/a:80 and x/b → x/c:80."""
+
+    def __init__(self) -> None:
+        from callgate.enforcers.conntrack import TrackedFlow
+
+        self.flows_ = [TrackedFlow(6, "198.18.1.11", "198.18.1.10", 40000, 80),
+                       TrackedFlow(6, "198.18.1.11", "198.18.1.12", 40001, 80)]
+        self.walks = 0
+
+    def flows(self) -> Iterator[Any]:
+        self.walks += 1
+        yield from list(self.flows_)
+
+    def delete(self, flow: Any) -> bool:
+        self.flows_.remove(flow)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_update_that_revokes_cuts_the_connection_and_counts_it(kernel: FakeNftKernel) -> None:
+    table = _Conntrack()
+    reactor = Reactor(ReactorConfig(node=NODE, coalesce=0.01, retry=0.05), NftablesEnforcer(kernel),
+                      InterfaceResolver(runner=no_routes), AgentMetrics(), conntrack=table)
+    harness = Harness.__new__(Harness)
+    harness.enforcer, harness.reactor = reactor.enforcer, reactor
+    reactor.start()
+    try:
+        harness.send(snap(policies=(A_FROM_B, C_FROM_B)))  # both allowed: nothing cut
+        assert len(table.flows_) == 2 and table.walks == 1
+        harness.send(snap(inventory(extra=1), policies=(A_FROM_B, C_FROM_B)))  # a peer joins elsewhere: no walk
+        assert table.walks == 1
+        harness.send(snap(policies=(A_FROM_B, policy("c-from-a", "c", "a"))))  # x/b may no longer call x/c
+        assert [f.dst for f in table.flows_] == ["198.18.1.10"]
+        assert reactor.revoked == 1 and reactor.metrics.value("callgate_revoked_connections_total") == 1
+    finally:
+        reactor.stop()
+
+
+def test_enforcement_audit_puts_every_endpoint_in_audit(kernel: FakeNftKernel) -> None:
+    reactor = Reactor(ReactorConfig(node=NODE, coalesce=0.01, retry=0.05, audit=True), NftablesEnforcer(kernel),
+                      InterfaceResolver(runner=no_routes), AgentMetrics())
+    harness = Harness.__new__(Harness)
+    harness.enforcer, harness.reactor = reactor.enforcer, reactor
+    reactor.start()
+    try:
+        harness.send(snap(policies=(A_FROM_B, C_FROM_B)))
+        applied = reactor.enforcer.applied
+        assert applied is not None and applied.ruleset.endpoints
+        assert all(ep.audit for ep in applied.ruleset.endpoints)
+        text = reactor.enforcer.desired_text(applied.ruleset, ["cga0", "cgc0"])
+        # Audit concerns isolation: anti-spoofing (not a policy's decision) still drops.
+        assert [line for line in text.splitlines() if "drop" in line and "anti-spoofing" not in line] == []
+    finally:
+        reactor.stop()

@@ -46,6 +46,9 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
         assert results["whole"]["target"]["apply yaml"]["rc"] == 0
         assert set(results["agent"]["sources"]) == {"files", "kubernetes"}
         assert results["cold"]["adopted_without_transaction"]
+        # The deny-log storm: denied packets were counted and some were logged.
+        assert results["flowlog"]["denied_pps"] > 0 and results["flowlog"]["samples"][0]["records"] > 0
+        assert "Flow logs under a storm of denied packets" in report
     from bench.docker_latency import possible as docker_possible
 
     docker = results["docker"]

@@ -101,6 +101,8 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
               [cnp("a", X + "egress:\n- {action: Accept, to: [{namespaces: {}}]}", tier="Baseline")]),
     "CG116": ([cnp("a", X + "egress:\n- {action: Accept, to: [{domainNames: [api.example.com]}]}")],
               [cnp("a", X + "egress:\n- {action: Accept, to: [{networks: [203.0.113.10/32]}]}")]),
+    "CG117": ([], []),  # built below: they are about the inventory's namespaces
+    "CG118": ([], []),
 }
 
 
@@ -110,7 +112,7 @@ def run(tmp: Path, docs: list[str], deny: str = "xyz", **kw: object) -> list[str
     return [f.rule for f in lint([path], standard(), inventory_paths=[str(STANDARD_INVENTORY)], **kw).findings]  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("rule", [r.id for r in RULES if r.id != "CG110"])
+@pytest.mark.parametrize("rule", [r.id for r in RULES if r.id not in ("CG110", "CG117", "CG118")])
 def test_rule_positive_and_negative(tmp_path: Path, rule: str) -> None:
     bad, good = CASES[rule]
     assert rule in run(tmp_path, bad), f"{rule} not reported for its bad example"
@@ -134,6 +136,36 @@ def test_cluster_tiers_in_default_deny_and_changes_nothing(tmp_path: Path) -> No
     baseline_egress = cnp("b", "subject: {namespaces: {matchLabels: {ns: y}}}\n"
                           "egress:\n- {action: Deny, to: [{namespaces: {matchLabels: {ns: z}}}]}", tier="Baseline")
     assert run(tmp_path, [allow_all, baseline_egress]) == []
+
+
+def test_enforcement_modes_of_namespaces(tmp_path: Path) -> None:
+    inventory = write(tmp_path, "inventory.yaml", """
+        apiVersion: callgate/v1
+        kind: Inventory
+        namespaces:
+          x: {labels: {callgate.io/enforcement: audit}}
+          y: {labels: {callgate.io/enforcement: dry-run}}
+          z: {labels: {callgate.io/enforcement: enforce}}
+        endpoints:
+        - {name: a, namespace: x, node: n1, ips: [198.18.0.1]}
+        ---
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: w, annotations: {callgate.io/enforcement: Audit}}
+        """)
+    policies = write(tmp_path, "p.yaml", DENY["x"])
+    from callgate.policy import load_inventory
+
+    findings = lint([policies], load_inventory([inventory]), inventory_paths=[str(inventory)]).findings
+    found = sorted((f.rule, f.severity.label, f.object, f.line, f.message) for f in findings)
+    assert found == [
+        ("CG117", "error", "Namespace w", 10, "namespace w: callgate.io/enforcement is 'Audit'; expected enforce or "
+                                              "audit (treated as enforce)"),
+        ("CG117", "error", "Namespace y", 5, "namespace y: callgate.io/enforcement is 'dry-run'; expected enforce or "
+                                             "audit (treated as enforce)"),
+        ("CG118", "info", "Namespace x", 4, "namespace x is in audit: its policies' denials are logged as would-deny "
+                                            "and let through"),
+    ]
 
 
 def test_every_rule_has_a_case_and_docs() -> None:

@@ -24,7 +24,8 @@ from callgate.compiler import IncrementalCompiler
 from callgate.compiler.decision import PROTOCOL_NUMBERS, Sources, programs
 from callgate.compiler.ir import EndpointRules, RuleSet
 from callgate.enforcers.nft import decisions
-from callgate.enforcers.nft.decisions import DecisionMap, Layout, action, build_layout, target, update_layout
+from callgate.enforcers.nft.actions import ENFORCED, action, target
+from callgate.enforcers.nft.decisions import DecisionMap, Layout, build_layout, update_layout
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 from tests.strategies import inventories
 from tests.test_decision import BASE, hand_built, packets
@@ -114,7 +115,7 @@ def expected(endpoint: EndpointRules, ruleset: RuleSet, direction: str, family: 
     if decision == program.default:
         # No cell: the chain's last rule acts. A cell naming the default chain is as good.
         return "inline " + str(action(direction, decision.verdict))
-    return target(direction, decision)
+    return target(direction, decision, ENFORCED)
 
 
 def outcome(chain: str) -> str:

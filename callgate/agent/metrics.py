@@ -65,6 +65,8 @@ class PolicyCounters(Collector):
                                      labels=["policy", "direction"])
         dropped = CounterMetricFamily("callgate_fail_closed_dropped_packets",
                                       "Packets dropped on container interfaces the agent has not programmed yet")
+        limited = CounterMetricFamily("callgate_flow_log_limited_packets",
+                                      "New connections the per-endpoint flow-log rate limit kept out of the log")
         spoofed = CounterMetricFamily("callgate_spoofed_dropped_packets",
                                       "Packets dropped because an endpoint sent them from an address not its own")
         sums: dict[tuple[str, str], list[int]] = {}
@@ -79,10 +81,12 @@ class PolicyCounters(Collector):
             packets.add_metric([policy, direction], p)
             octets.add_metric([policy, direction], b)
         dropped.add_metric([], counters.fail_closed_dropped)
+        limited.add_metric([], counters.flow_log_limited)
         spoofed.add_metric([], counters.spoofed_dropped)
         yield packets
         yield octets
         yield dropped
+        yield limited
         yield spoofed
 
 
@@ -117,6 +121,21 @@ class AgentMetrics:
         self.sets = Gauge("callgate_sets", "Named peer sets in the applied ruleset", registry=r)
         self.set_elements = Gauge("callgate_set_elements", "Elements in all peer sets", registry=r)
         self.endpoints = Gauge("callgate_endpoints", "Local endpoints, by state", ["state"], registry=r)
+        self.flow_records = Counter("callgate_flow_log_records", "Flow records written, by verdict", ["verdict"],
+                                    registry=r)
+        self.flow_undecoded = Counter("callgate_flow_log_undecoded_packets",
+                                      "Logged packets that named no rule of the applied ruleset (not written)",
+                                      registry=r)
+        self.flow_overruns = Counter("callgate_flow_log_overruns",
+                                     "Times the kernel dropped logged packets because the agent's socket was full",
+                                     registry=r)
+        self.revoked = Counter("callgate_revoked_connections",
+                               "Tracked connections deleted because an update no longer allows them", registry=r)
+        self.revocation_seconds = Histogram("callgate_revocation_duration_seconds",
+                                            "Time to walk connection tracking after an update", buckets=_SYNC_BUCKETS,
+                                            registry=r)
+        self.revocation_errors = Counter("callgate_revocation_errors",
+                                         "Walks of connection tracking that failed (connections kept)", registry=r)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value by its exported name (0 when it has none

@@ -71,10 +71,13 @@ from typing import Any
 
 from callgate.agent.attachments import Attachment, Attachments
 from callgate.agent.failclosed import Programmed
+from callgate.agent.flowlog.decode import FlowContext
+from callgate.agent.flowlog.service import FlowLogService
 from callgate.agent.metrics import AgentMetrics
 from callgate.compiler import Compiler, IncrementalCompiler, RuleSet
 from callgate.compiler.ir import LocalEndpoint
 from callgate.enforcers.base import Enforcer
+from callgate.enforcers.conntrack import ConntrackTable, Judge, may_remove_access, revoke
 from callgate.enforcers.guard import Report
 from callgate.enforcers.placement import without
 from callgate.enforcers.routes import InterfaceResolver
@@ -95,6 +98,8 @@ def _log(level: int, msg: str, **fields: Any) -> None:
 class ReactorConfig:
     node: str
     resync: float = 30.0  # seconds between drift checks
+    audit: bool = False  # --enforcement audit: every endpoint of the node in audit
+    revoke: bool = True  # cut tracked connections an update no longer allows (not --keep-established)
     coalesce: float = 0.02  # the first wait between syncs inside a burst (after a quiet spell: none)
     max_delay: float = 2.0  # the longest wait: a steady trickle of events still syncs this often
     retry: float = 1.0  # re-resolve interfaces / retry a failed apply this soon
@@ -131,7 +136,8 @@ class LastSync:
 
 class Reactor:
     def __init__(self, config: ReactorConfig, enforcer: Enforcer, resolver: InterfaceResolver,
-                 metrics: AgentMetrics | None = None, guard: Callable[[RuleSet], Report] | None = None) -> None:
+                 metrics: AgentMetrics | None = None, guard: Callable[[RuleSet], Report] | None = None,
+                 conntrack: ConntrackTable | None = None, flows: FlowLogService | None = None) -> None:
         self.config = config
         self.enforcer = enforcer
         self.resolver = resolver
@@ -140,6 +146,11 @@ class Reactor:
         self._guard_report: Report | None = None
         self._guarded_local: tuple[LocalEndpoint, ...] | None = None
         self.metrics = metrics or AgentMetrics()
+        # Revocation walks this table after every change (None: not at all);
+        # the flow log gets the context of every applied snapshot.
+        self.conntrack = conntrack if config.revoke else None
+        self.flows = flows
+        self.revoked = 0  # connections cut so far (tests)
         self.programmed = Programmed()
         self.attachments = Attachments()
         self._attachments_changed = False
@@ -489,7 +500,10 @@ class Reactor:
     def _sync_now(self, snapshot: Snapshot, first_event: float | None, full: bool, recheck: bool) -> None:
         started = time.monotonic()
         inventory, found, unresolved = self._bind(snapshot.inventory)
-        ruleset, refused = self._guarded(self._compile(snapshot, inventory), recheck)
+        ruleset = self._compile(snapshot, inventory)
+        if self.config.audit:
+            ruleset = ruleset.in_audit()
+        ruleset, refused = self._guarded(ruleset, recheck)
         if refused:
             unresolved = {**unresolved, **refused}
             found = {k: v for k, v in found.items() if k not in refused}
@@ -526,6 +540,12 @@ class Reactor:
             self.metrics.event_to_live_seconds.observe(time.monotonic() - first_event)
         self.metrics.last_success.set(time.time())
         self._record(ruleset, unresolved)
+        if self.flows is not None:
+            self.flows.update(FlowContext(self.config.node, ruleset, inventory, snapshot.policies))
+        previous = self.last_sync.ruleset if self.last_sync is not None else None
+        if (result.changed and self.conntrack is not None and not result.dry_run
+                and may_remove_access(previous, ruleset)):
+            self._revoke(ruleset)
         if self.last_sync is None:
             # The model, caches and table layout built for the first sync stay
             # for the agent's life: moved out of the collector's generations,
@@ -544,6 +564,24 @@ class Reactor:
                  seconds=round(seconds, 6), digest=result.digest[:12], origin=snapshot.origin,
                  version=snapshot.version, endpoints=len(ruleset.endpoints), programmed=len(found),
                  unresolved=len(unresolved))
+
+    def _revoke(self, ruleset: RuleSet) -> None:
+        """Cut the tracked connections the rules just applied no longer allow
+        (a failure is logged and counted; the connections stay)."""
+        assert self.conntrack is not None
+        try:
+            with self.metrics.revocation_seconds.time():
+                result = revoke(self.conntrack, Judge(ruleset))
+        except Exception as exc:
+            self.metrics.revocation_errors.inc()
+            _log(logging.WARNING, "could not walk connection tracking; established connections kept",
+                 node=self.config.node, error=str(exc))
+            return
+        self.revoked += result.deleted
+        if result.deleted:
+            self.metrics.revoked.inc(result.deleted)
+            _log(logging.INFO, "revoked connections the new rules do not allow", node=self.config.node,
+                 deleted=result.deleted, checked=result.checked, seconds=round(result.seconds, 6))
 
     def _compile(self, snapshot: Snapshot, inventory: Inventory) -> RuleSet:
         """The node's RuleSet, incrementally when only endpoints without chains here changed."""

@@ -11,6 +11,7 @@ port but not from this peer, is usually the one that needs a change.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,16 @@ from callgate.policy.evaluator import (
     TierMatch,
     port_matches,
 )
-from callgate.policy.model import NAMESPACE_NAME_LABEL, Direction, Endpoint, IPAddress, Peer, Policy, PolicyRule
+from callgate.policy.model import (
+    ENFORCEMENT_KEY,
+    NAMESPACE_NAME_LABEL,
+    Direction,
+    Endpoint,
+    IPAddress,
+    Peer,
+    Policy,
+    PolicyRule,
+)
 from callgate.policy.positions import Positions
 
 # Per isolating policy and side, at most this many rules that do not match are
@@ -84,6 +94,7 @@ class SideExplanation:
     silent: list[tuple[Policy, Where]]  # isolating policies without a rule of this direction
     # The cluster tiers' matching rules (Admin, then Baseline when asked), with where they are written.
     tiers: list[tuple[TierMatch, Where]]
+    audit: bool = False  # the endpoint's namespace is in audit: a denial here is logged, not enforced
 
 
 @dataclass(frozen=True)
@@ -104,9 +115,16 @@ class Explainer:
         src_ep, dst_ep = decision.egress.endpoint, decision.ingress.endpoint
         return Explanation(
             decision,
-            self._side(decision.egress, decision.dst, dst_ep, decision, dst_ep),
-            self._side(decision.ingress, decision.src, src_ep, decision, dst_ep),
+            self._audited(self._side(decision.egress, decision.dst, dst_ep, decision, dst_ep)),
+            self._audited(self._side(decision.ingress, decision.src, src_ep, decision, dst_ep)),
         )
+
+    def _audited(self, side: SideExplanation) -> SideExplanation:
+        """Marks an isolated side whose namespace is in audit (a side that is not isolated has nothing to audit)."""
+        endpoint = side.side.endpoint
+        namespace = (self.evaluator.inventory.namespaces.get(endpoint.namespace)
+                     if endpoint is not None and side.side.isolated else None)
+        return dataclasses.replace(side, audit=True) if namespace is not None and namespace.audit else side
 
     def policy_where(self, policy: Policy) -> Where:
         origin = policy.origin
@@ -200,6 +218,9 @@ def text_lines(explanation: Explanation) -> list[str]:
     for title, side in (("egress (source side)", explanation.egress),
                         ("ingress (destination side)", explanation.ingress)):
         lines.append(f"  {title}: {'allows' if side.side.allowed else 'denies'}")
+        if side.audit and side.side.endpoint is not None:
+            lines.append(f"    - namespace {side.side.endpoint.namespace} is in audit ({ENFORCEMENT_KEY}): "
+                         "what this side denies is logged as would-deny and passes")
         for reason in side.side.reasons():
             lines.append(f"    - {reason}")
         for match, where in side.tiers:
@@ -251,6 +272,7 @@ def to_json(explanation: Explanation, src: str, dst: str) -> dict[str, Any]:
                             "file": r.policy.origin.file, "where": w.to_json()} for r, w in s.allowed_by],
             "nearest_misses": [m.to_json() for m in s.misses],
             "reasons": d.reasons(),
+            "audit": s.audit,
         }
 
     return {

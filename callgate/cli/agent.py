@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,7 +14,10 @@ from callgate.cli.common import check_netns_name, fail, require_paths, usage_err
 from callgate.cli.inventory import check_docker_host
 
 if TYPE_CHECKING:
-    from callgate.enforcers.base import Enforcer
+    from callgate.agent.flowlog.service import FlowLogService
+    from callgate.agent.metrics import AgentMetrics
+    from callgate.enforcers.base import Enforcer, FlowLogging
+    from callgate.enforcers.conntrack import ConntrackTable
 
 
 def agent(
@@ -54,6 +58,23 @@ def agent(
             "Coalescing of bursts: a change after a quiet spell is applied at once; inside a burst the next "
             "apply waits this long (ms) after the last one, four times longer each time, up to 2 s."))] = 20,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    flow_log: Annotated[str | None, typer.Option(
+        "--flow-log", metavar="PATH",
+        help="Write a JSON Lines flow record for every denied new connection to PATH ('-': stdout).")] = None,
+    flow_log_allowed: Annotated[bool, typer.Option(
+        "--flow-log-allowed", help="With --flow-log: record allowed new connections too.")] = False,
+    flow_log_group: Annotated[int, typer.Option(
+        "--flow-log-group", help="With --flow-log: the NFLOG group the kernel logs to.")] = 100,
+    flow_log_rate: Annotated[int, typer.Option(
+        "--flow-log-rate",
+        help="With --flow-log: records per second per endpoint address and direction (bursts of twice that); "
+             "the rest is counted, not logged.")] = 10,
+    enforcement: Annotated[str, typer.Option(
+        "--enforcement",
+        help="enforce, or audit: every endpoint's denials are recorded as would-deny and let through.")] = "enforce",
+    keep_established: Annotated[bool, typer.Option(
+        "--keep-established",
+        help="Leave tracked connections alone when an update revokes them (default: cut them).")] = False,
 ) -> None:
     """Keep NODE's kernel rules equal to the policy source, until SIGTERM.
 
@@ -64,13 +85,18 @@ def agent(
     drift. Bad input or a lost source keeps the last applied rules; SIGTERM
     stops the agent and leaves the rules in place.
 
+    With --flow-log, every denied new connection becomes a JSON Lines record
+    naming the policy that decided (read them with `callgate flows`). After
+    an update, tracked connections the new rules no longer allow are cut
+    unless --keep-established.
+
     Example: callgate agent --node node-1 -i inventory.yaml -p policies/ --fail-closed-prefix cg
     """
     from callgate.agent import logging as agent_logging
     from callgate.agent.lock import AgentLock, LockError
     from callgate.agent.metrics import parse_address
     from callgate.enforcers import BACKENDS
-    from callgate.enforcers.base import check_fail_closed_prefix
+    from callgate.enforcers.base import FlowLogging, check_fail_closed_prefix
 
     # Validate everything before touching the kernel or opening a port.
     if backend not in BACKENDS:
@@ -82,10 +108,17 @@ def agent(
         usage_error("--resync must be a positive number of seconds")
     if not 0 <= coalesce_ms <= 60_000:
         usage_error("--coalesce-ms must be between 0 and 60000")
+    if enforcement not in ("enforce", "audit"):
+        usage_error(f"--enforcement {enforcement!r}: use enforce or audit")
+    if flow_log is None and (flow_log_allowed or flow_log_group != 100 or flow_log_rate != 10):
+        usage_error("--flow-log-allowed, --flow-log-group and --flow-log-rate need --flow-log")
+    flow_logging: FlowLogging | None = None
     try:
         parse_address(metrics_address)
         if fail_closed_prefix is not None:
             check_fail_closed_prefix(fail_closed_prefix)
+        if flow_log is not None:
+            flow_logging = FlowLogging(flow_log_group, flow_log_allowed, flow_log_rate)
     except ValueError as exc:
         fail(str(exc))
     check_netns_name(netns)
@@ -102,14 +135,27 @@ def agent(
         fail(str(exc))
     try:
         _run(log, node, src, netns, backend, resync, fail_closed_prefix, metrics_address, cni_socket, cni_conf_dir,
-             coalesce_ms, needs_nft=source == "docker")
+             coalesce_ms, needs_nft=source == "docker",
+             datapath=Datapath(flow_log, flow_logging, audit=enforcement == "audit", revoke=not keep_established))
     finally:
         lock.release()
 
 
+@dataclass(frozen=True)
+class Datapath:
+    """What the agent watches and does on the datapath beyond enforcing: the
+    flow log (--flow-log PATH and its settings), audit (--enforcement audit)
+    and revocation (not --keep-established)."""
+
+    flow_log: str | None = None
+    flow_logging: FlowLogging | None = None
+    audit: bool = False
+    revoke: bool = True
+
+
 def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync: float,
          fail_closed_prefix: str | None, metrics_address: str, cni_socket: str | None,
-         cni_conf_dir: str | None, coalesce_ms: int, needs_nft: bool) -> None:
+         cni_conf_dir: str | None, coalesce_ms: int, needs_nft: bool, datapath: Datapath) -> None:
     """The agent proper, once its options are valid and it holds the lock."""
     from callgate.agent import logging as agent_logging
     from callgate.agent.cni_socket import CniSocket
@@ -119,19 +165,24 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
     from callgate.enforcers import guard
     from callgate.enforcers.routes import InterfaceResolver
 
-    enforcer = _enforcer(backend, netns, fail_closed_prefix)
-    if needs_nft and enforcer.name != "nft":  # --backend auto found no working libnftables
-        enforcer.close()
-        fail(DOCKER_NEEDS_NFT)
     metrics = AgentMetrics()
+    # An unwritable flow-log path (or an NFLOG group taken) fails here, before the kernel is touched.
+    flows = _flow_log(datapath.flow_log, datapath.flow_logging, netns, metrics)
+    enforcer = _enforcer(backend, netns, fail_closed_prefix, datapath.flow_logging, flows)
+    if needs_nft and enforcer.name != "nft":  # --backend auto found no working libnftables
+        _close(enforcer, flows)
+        fail(DOCKER_NEEDS_NFT)
     metrics.watch_enforcer(enforcer)  # per-policy rule counters (nft; iptables has none)
-    reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000),
+    conntrack = _conntrack(netns, enforcer, flows) if datapath.revoke else None
+    reactor = Reactor(ReactorConfig(node=node, resync=resync, coalesce=coalesce_ms / 1000, audit=datapath.audit,
+                                    revoke=datapath.revoke),
                       enforcer, InterfaceResolver(netns, prefix=fail_closed_prefix), metrics,
-                      guard=lambda ruleset: guard.check(ruleset, netns, enforcer.name))
+                      guard=lambda ruleset: guard.check(ruleset, netns, enforcer.name),
+                      conntrack=conntrack, flows=flows)
     try:
         http = StatusServer(metrics_address, metrics, reactor)
     except OSError as exc:
-        enforcer.close()
+        _close(enforcer, flows, conntrack)
         fail(f"cannot listen on {metrics_address}: {exc}")
     gate: CniSocket | None = None
     if cni_socket is not None:
@@ -139,7 +190,7 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
             gate = CniSocket(cni_socket, reactor)
         except OSError as exc:
             http.stop()
-            enforcer.close()
+            _close(enforcer, flows, conntrack)
             fail(f"cannot listen on {cni_socket}: {exc}")
 
     stop = threading.Event()
@@ -152,8 +203,12 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent_logging.log(log, 20, "agent starting", node=node, source=src.origin, netns=netns, backend=enforcer.name,
-                      fail_closed_prefix=fail_closed_prefix, http=http.address, cni_socket=cni_socket, resync=resync)
+                      fail_closed_prefix=fail_closed_prefix, http=http.address, cni_socket=cni_socket, resync=resync,
+                      enforcement="audit" if datapath.audit else "enforce", flow_log=datapath.flow_log,
+                      keep_established=not datapath.revoke)
     http.start()
+    if flows is not None:
+        flows.start()
     reactor.start()
     src.start(reactor.on_event)
     if gate is not None:
@@ -174,18 +229,65 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
         src.stop()
         reactor.stop()
         http.stop()
-        enforcer.close()
+        _close(enforcer, flows, conntrack)
         agent_logging.log(log, 20, "agent stopped; rules stay in the kernel", node=node)
 
 
-def _enforcer(backend: str, netns: str | None, prefix: str | None) -> Enforcer:
+def _close(enforcer: Enforcer, flows: FlowLogService | None = None, conntrack: ConntrackTable | None = None) -> None:
+    """Let go of what the agent opened (on the way out, also when it could not start)."""
+    if flows is not None:
+        flows.stop()
+    if conntrack is not None:
+        conntrack.close()
+    enforcer.close()
+
+
+def _flow_log(path: str | None, logging: FlowLogging | None, netns: str | None,
+              metrics: AgentMetrics) -> FlowLogService | None:
+    """The flow log's writer and NFLOG reader, or None without --flow-log; exit 1
+    with a clear message when the path cannot be written or the group not read."""
+    if path is None or logging is None:
+        return None
+    from callgate.agent.flowlog.service import FlowLogService
+    from callgate.agent.flowlog.writer import FlowLogError, FlowLogWriter
+    from callgate.enforcers.nflog import NflogSocket
+
+    try:
+        writer = FlowLogWriter(path)
+    except FlowLogError as exc:
+        fail(str(exc))
+    try:
+        reader = NflogSocket(logging.group, netns)
+    except OSError as exc:
+        writer.close()
+        where = f" in netns {netns}" if netns else ""
+        fail(f"--flow-log-group {logging.group}: cannot read NFLOG{where}: {exc.strerror or exc} "
+             "(is another program bound to this group?)")
+    return FlowLogService(reader, writer, metrics)
+
+
+def _conntrack(netns: str | None, enforcer: Enforcer, flows: FlowLogService | None) -> ConntrackTable:
+    from callgate.enforcers.conntrack import KernelConntrack
+
+    try:
+        return KernelConntrack(netns)
+    except Exception as exc:  # no pyroute2, no permission, no such netns
+        _close(enforcer, flows)
+        fail(f"cannot reach connection tracking (needed to cut revoked connections; --keep-established "
+             f"does without): {exc}")
+
+
+def _enforcer(backend: str, netns: str | None, prefix: str | None, flow_logging: FlowLogging | None,
+              flows: FlowLogService | None) -> Enforcer:
     """The node's enforcer; exits with a clear message when the backend cannot
     reach the kernel (no such netns, no permission, no tools)."""
     from callgate.enforcers import get_enforcer
 
     try:
-        enforcer = get_enforcer(backend, netns, prefix)
+        enforcer = get_enforcer(backend, netns, prefix, flow_logging)
     except ValueError as exc:  # e.g. an iptables variant in $CALLGATE_IPTABLES that does not exist
+        if flows is not None:
+            flows.stop()
         fail(str(exc))
     try:
         enforcer.live_digest()  # fail now, clearly

@@ -10,9 +10,10 @@ from callgate.cli.common import check_netns_name, fail, opened_enforcer, require
 from callgate.cli.engine import BackendOpt, NodeOpt
 from callgate.cli.inventory import DockerHostOpt, read_docker
 from callgate.compiler import Compiler
-from callgate.enforcers import guard
+from callgate.enforcers import guard, live_in_audit
 from callgate.errors import KernelError
-from callgate.policy import PolicySet, load_inventory
+from callgate.policy import Inventory, PolicySet, load_inventory
+from callgate.policy.model import ENFORCEMENT_KEY, ENFORCEMENT_MODES
 
 
 def doctor(
@@ -32,9 +33,12 @@ def doctor(
 
     For every endpoint the inventory places on NODE: a routed veth, a bridge
     port (and whether bridged traffic reaches callgate's rules), in its own
-    namespace (macvlan, ipvlan), or not enforceable, and why; then whether
-    callgate's tables are there. Changes nothing. Exit code 1 when something
-    defeats enforcement (`callgate apply` fixes what it can and refuses the rest).
+    namespace (macvlan, ipvlan), or not enforceable, and why; which of their
+    namespaces are in audit (callgate.io/enforcement: audit); then whether
+    callgate's tables are there, and whether they let denials through for
+    audit (a namespace's, or the whole node's with `agent --enforcement
+    audit`). Changes nothing. Exit code 1 when something defeats enforcement
+    (`callgate apply` fixes what it can and refuses the rest); audit does not.
 
     With --from docker the endpoints are the engine's running containers (as
     `callgate inventory --from docker` prints them), and the containers callgate
@@ -65,7 +69,7 @@ def doctor(
     with opened_enforcer(backend, netns) as enforcer:
         try:
             report = guard.check(ruleset, netns, enforcer.name)
-            tables = {where: enforcer.part(where).live_digest() for where in
+            tables = {where: (enforcer.part(where).live_digest(), enforcer.part(where).live_text()) for where in
                       (None, *sorted({le.netns for le in ruleset.local if le.interface is None and le.netns}))}
         except KernelError as exc:
             fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
@@ -75,9 +79,12 @@ def doctor(
     for f in report.findings:
         problems.setdefault(f.endpoint, []).append(f)
     width = max((len(p.endpoint) for p in report.placed), default=0)
+    audited = _audited_namespaces(inv, [p.endpoint for p in report.placed])
     for placed in report.placed:
         found = problems.get(placed.endpoint, [])
         status = "ok" if not found else "DEFEATED"
+        if placed.endpoint.split("/", 1)[0] in audited:
+            status += ", in audit"
         typer.echo(f"  {placed.endpoint:<{width}}  {placed.kind}: {placed.where}  {status}")
         for f in found:
             remedy = " (apply fixes this: " + f.fix.describe().split(" (")[0] + ")" if f.fix else ""
@@ -86,9 +93,15 @@ def doctor(
         typer.echo(f"  {unbound}: {why}")
     for workload, why in unenforceable:
         typer.echo(f"  {workload}  not enforceable: {why}")
-    for where, digest in tables.items():
+    for line in _enforcement_notes(inv, [p.endpoint for p in report.placed]):
+        typer.echo(line)
+    for where, (digest, text) in tables.items():
         place = f"network namespace {where}" if where else "the node"
         state = f"present (digest {digest[:12]})" if digest else "absent: nothing is enforced there yet"
+        if digest and text and live_in_audit(enforcer.name, text):
+            state += "; they let denials through for audit (recorded as would-deny)"
+            if not audited:
+                state += ": no local endpoint's namespace is in audit, so the agent runs with --enforcement audit"
         typer.echo(f"callgate's {enforcer.name} rules in {place}: {state}")
     if report.defeated or unenforceable:
         if report.defeated:
@@ -97,6 +110,28 @@ def doctor(
             typer.echo(f"{len(unenforceable)} workload(s) callgate cannot enforce")
         raise typer.Exit(1)
     typer.echo("every local endpoint is where callgate enforces")
+
+
+def _audited_namespaces(inv: Inventory, endpoints: list[str]) -> set[str]:
+    """The namespaces of these endpoints ("namespace/name") that are in audit."""
+    return {ns for ns in {key.split("/", 1)[0] for key in endpoints}
+            if (namespace := inv.namespaces.get(ns)) is not None and namespace.audit}
+
+
+def _enforcement_notes(inv: Inventory, endpoints: list[str]) -> list[str]:
+    """A line per namespace of these endpoints in audit, or whose enforcement value means nothing."""
+    lines = []
+    for ns in sorted({key.split("/", 1)[0] for key in endpoints}):
+        namespace = inv.namespaces.get(ns)
+        if namespace is None or namespace.enforcement is None:
+            continue
+        if namespace.audit:
+            lines.append(f"namespace {ns} is in audit ({ENFORCEMENT_KEY}): its pods' denials are recorded as "
+                         "would-deny and let through")
+        elif namespace.enforcement not in ENFORCEMENT_MODES:
+            lines.append(f"namespace {ns}: {ENFORCEMENT_KEY} {namespace.enforcement!r} is neither enforce nor audit, "
+                         "so it is enforced (lint CG117)")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -35,12 +35,12 @@ COMMAND_MODULES: dict[str, str] = {
     "lint": "analysis", "diff": "analysis", "explain": "analysis", "matrix": "analysis", "graph": "analysis",
     "convert": "analysis", "test": "analysis",
     "lab": "lab",
-    "agent": "agent",
+    "agent": "agent", "flows": "flows",
     "inventory": "inventory",
     "controller": "k8s",
     "cni": "cni",
 }
-MODULES = ("engine", "doctor", "analysis", "lab", "agent", "inventory", "k8s", "cni")  # the order commands are listed in --help
+MODULES = ("engine", "doctor", "analysis", "lab", "agent", "flows", "inventory", "k8s", "cni")  # the order in --help
 
 
 def _show_version(value: bool) -> None:

@@ -355,9 +355,11 @@ class Compiler:
             if ep.interface is None and ep.netns is None:
                 unbound.append((ep.key, "no interface known for this endpoint; its policies are not enforced"))
                 continue
+            namespace = self.inventory.namespaces.get(ep.namespace)
             endpoints.append(EndpointRules(
                 endpoint=ep.key, interface=ep.interface, ips=tuple(str(ip) for ip in ep.ips),
-                ingress=tiers[Direction.INGRESS], egress=tiers[Direction.EGRESS], netns=ep.netns))
+                ingress=tiers[Direction.INGRESS], egress=tiers[Direction.EGRESS], netns=ep.netns,
+                audit=namespace is not None and namespace.audit))
         return RuleSet(
             node=node,
             address_sets=tuple(sorted(builder.address_sets.values(), key=lambda s: s.name)),

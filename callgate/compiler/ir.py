@@ -35,6 +35,7 @@ the same :meth:`RuleSet.digest`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -214,7 +215,11 @@ class EndpointRules:
 
     Where: on the node, dispatched by the endpoint's addresses, when it has a
     host-side ``interface``; inside its own network namespace ``netns`` when
-    it has none (macvlan, ipvlan)."""
+    it has none (macvlan, ipvlan).
+
+    ``audit``: the endpoint's namespace (or the whole node) is in audit, so
+    what its tiers deny is logged as would-deny and let through; the tiers
+    are the same as when enforced, only the deny action differs."""
 
     endpoint: str  # namespace/name
     interface: str | None
@@ -222,6 +227,7 @@ class EndpointRules:
     ingress: tuple[Chain, ...] = ()
     egress: tuple[Chain, ...] = ()
     netns: str | None = None
+    audit: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"endpoint": self.endpoint, "interface": self.interface, "ips": list(self.ips)}
@@ -229,6 +235,8 @@ class EndpointRules:
             out["netns"] = self.netns
         out["ingress"] = [_chain_json(c) for c in self.ingress]
         out["egress"] = [_chain_json(c) for c in self.egress]
+        if self.audit:  # only then: an enforced endpoint's form (and digest) is what it always was
+            out["audit"] = True
         return out
 
     @cached_property
@@ -321,6 +329,11 @@ class RuleSet:
         by_name: dict[str, AddressSet | AddressPortSet] = {s.name: s for s in self.address_sets}
         by_name.update((s.name, s) for s in self.port_sets)
         return by_name
+
+    def in_audit(self) -> RuleSet:
+        """This RuleSet with every endpoint in audit (``callgate agent --enforcement audit``)."""
+        return dataclasses.replace(self, endpoints=tuple(
+            ep if ep.audit else dataclasses.replace(ep, audit=True) for ep in self.endpoints))
 
     def rule_origins(self) -> Mapping[str, tuple[Origin, ...]]:
         """Rule id -> the origins of the rules carrying it: how the agent reads

@@ -104,6 +104,35 @@ def refuse_interfaces(ruleset: RuleSet, fail_closed: FailClosed | None, problem:
 
 
 @dataclass(frozen=True)
+class FlowLogging:
+    """Log new connections to NFLOG ``group``, labelled by
+    :mod:`callgate.enforcers.logprefix`: denied ones (and audited would-deny
+    ones) always, allowed ones when ``allowed``. At most ``rate`` logged
+    packets per second per local endpoint address and direction, in bursts of
+    up to twice that: the kernel counts what the limit holds back (the rules
+    commented :data:`FLOW_LOG_LIMITED`) and does not log it, so a storm at one
+    pod costs the agent ``rate`` records a second, not one per packet."""
+
+    group: int
+    allowed: bool = False
+    rate: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.group <= 0xFFFF:
+            raise ValueError(f"NFLOG group {self.group} is not between 0 and 65535")
+        if not 1 <= self.rate <= 100_000:
+            raise ValueError(f"flow-log rate {self.rate} is not between 1 and 100000 per second")
+
+    def key(self) -> str:
+        """What the layout digest covers of these settings."""
+        return f"flowlog:{self.group}:{int(self.allowed)}:{self.rate}"
+
+
+# The comment of the rules that count the packets a flow-log limit kept out of the log.
+FLOW_LOG_LIMITED = "callgate flow-log limited"
+
+
+@dataclass(frozen=True)
 class Applied:
     """What an enforcer last put into the kernel."""
 
@@ -118,6 +147,7 @@ class RuleCounters:
 
     by_rule: Mapping[str, tuple[int, int]]  # rule id -> (packets, bytes), summed over the rules carrying it
     fail_closed_dropped: int = 0  # packets the fail-closed rules dropped
+    flow_log_limited: int = 0  # packets a flow-log rate limit kept out of the log
     spoofed_dropped: int = 0  # packets anti-spoofing dropped (sent from an address not the endpoint's own)
 
 

@@ -5,7 +5,10 @@ file ``/run/netns/NAME``) or by the path of its file (an inventory endpoint's
 ``netns``: ``/run/netns/NAME`` or ``/proc/PID/ns/net``, validated by the
 inventory loader). Everything here takes either form and never a shell:
 commands are argv lists, and a thread that must work inside a namespace
-enters it with ``setns`` (only that thread moves).
+enters it with ``setns`` (only that thread moves). A socket belongs to the
+namespace its creating thread was in for its whole life, so a thread that
+entered a namespace can open netlink sockets there (the libnftables context,
+the NFLOG socket, conntrack) that any thread may then use.
 """
 
 from __future__ import annotations

@@ -227,7 +227,8 @@ class NodeEnforcer:
                 before = by_rule.get(rule, (0, 0))
                 by_rule[rule] = (before[0] + packets, before[1] + octets)
         return RuleCounters(by_rule, sum(c.fail_closed_dropped for c in counters),
-                            sum(c.spoofed_dropped for c in counters))
+                            flow_log_limited=sum(c.flow_log_limited for c in counters),
+                            spoofed_dropped=sum(c.spoofed_dropped for c in counters))
 
     def remove(self) -> bool:
         """Delete callgate's tables in the node's namespace and in every endpoint

@@ -18,6 +18,7 @@ from callgate.errors import InputError, Problem, shown
 from callgate.policy import validation as v
 from callgate.policy.documents import POLICY_KINDS, Document, format_path, gc_paused, is_kind, read_all, shown_kind
 from callgate.policy.model import (
+    ENFORCEMENT_KEY,
     NAMESPACE_NAME_LABEL,
     Endpoint,
     Inventory,
@@ -115,6 +116,8 @@ class PodModel(K8sObjectModel):
 class K8sNamespaceMetadataModel(K8sObjectModel):
     name: v.DnsLabel
     labels: v.Labels | None = None
+    # Read for callgate.io/enforcement only; the API server holds their values to strings.
+    annotations: dict[str, Any] | None = None
 
 
 class K8sNamespaceModel(K8sObjectModel):
@@ -188,11 +191,11 @@ class InventoryBuilder:
         self.seen_ips: dict[IPAddress, str] = {}
         self.seen_keys: set[str] = set()
 
-    def namespace(self, name: str, labels: Mapping[str, str]) -> None:
+    def namespace(self, name: str, labels: Mapping[str, str], enforcement: str | None = None) -> None:
         labels = dict(labels)
         # The API server guarantees this label; inventories may leave it out.
         labels.setdefault(NAMESPACE_NAME_LABEL, name)
-        self.namespaces[name] = Namespace(name, labels)
+        self.namespaces[name] = Namespace(name, labels, labels.get(ENFORCEMENT_KEY, enforcement))
 
     def node(self, node: Node, doc: Document, obj: str, field_path: FieldPath) -> None:
         if node.name in self.nodes:
@@ -244,7 +247,10 @@ class InventoryBuilder:
         except ValidationError as exc:
             self.problems.extend(problems_from(exc, doc, object_name(doc.data, "Namespace")))
             return
-        self.namespace(model.metadata.name, model.metadata.labels or {})
+        annotations = model.metadata.annotations or {}
+        enforcement = annotations.get(ENFORCEMENT_KEY)
+        self.namespace(model.metadata.name, model.metadata.labels or {},
+                       None if enforcement is None else str(enforcement))
 
     def add_k8s_node(self, doc: Document) -> None:
         """A v1 Node: its name, labels and the IP addresses in ``status.addresses``

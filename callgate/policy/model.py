@@ -34,6 +34,12 @@ PortProtocol = Literal["TCP", "UDP", "SCTP"]
 PROTOCOLS: tuple[PortProtocol, ...] = ("TCP", "UDP", "SCTP")
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# A namespace labelled (or, from Kubernetes, annotated) with this key and the
+# value "audit" is enforced in audit: its endpoints' isolation is evaluated and
+# what it would deny is recorded as would-deny, never dropped. "enforce" is the
+# default; any other value is a lint error and is treated as enforce.
+ENFORCEMENT_KEY = "callgate.io/enforcement"
+ENFORCEMENT_MODES = ("enforce", "audit")
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -324,11 +330,21 @@ class NamedPort:
 class Namespace:
     name: str
     labels: Mapping[str, str]
+    # The namespace's callgate.io/enforcement value as written (its label, else
+    # its annotation), None when it has neither.
+    enforcement: str | None = None
 
     __hash__ = None  # type: ignore[assignment]  # labels are a mapping: see the module docstring
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", read_only(self.labels))
+        if self.enforcement is None and ENFORCEMENT_KEY in self.labels:
+            object.__setattr__(self, "enforcement", self.labels[ENFORCEMENT_KEY])
+
+    @property
+    def audit(self) -> bool:
+        """In audit: isolation is recorded as would-deny, never dropped (any other value: enforced)."""
+        return self.enforcement == "audit"
 
 
 @dataclass(frozen=True, slots=True)

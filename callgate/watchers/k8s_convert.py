@@ -166,7 +166,7 @@ def convert_namespace(ref: ObjectRef, obj: dict[str, Any]) -> Converted:
     if isinstance(builder, Converted):
         return builder
     ns = next(iter(builder.namespaces.values()))
-    return Converted(ref, ns, (), _digest(ns.name, dict(ns.labels)))
+    return Converted(ref, ns, (), _digest(ns.name, dict(ns.labels), ns.enforcement))
 
 
 def _parse_policy(ref: ObjectRef, obj: dict[str, Any], kind: str,

@@ -267,6 +267,25 @@ matches nothing through them, and a Deny or Pass rule becomes "deny all" (every
 peer, on the rule's ports). Use `networks` with the addresses meant.""",
        "egress:\n- {action: Accept, to: [{domainNames: [api.example.com]}]}",
        "egress:\n- {action: Accept, to: [{networks: [203.0.113.10/32]}]}"),
+    _r("CG117", "bad-enforcement-mode", E, True,
+       "A namespace's callgate.io/enforcement label or annotation is neither enforce nor audit.",
+       """
+`callgate.io/enforcement: audit` on a Namespace (label, or annotation from
+Kubernetes) puts its pods' isolation in audit: what it would deny is recorded as
+`would-deny` in the flow log and let through. Any other value than `audit` or
+`enforce` is most likely a typo of one of them, and callgate treats it as
+`enforce`: the namespace is enforced although its author wanted to watch first.""",
+       "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {callgate.io/enforcement: dry-run}",
+       "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {callgate.io/enforcement: audit}"),
+    _r("CG118", "audit-namespace", I, True,
+       "A namespace is in audit: its policies are evaluated and logged, not enforced.",
+       """
+Its pods' isolation is evaluated and what it would deny is recorded as
+`would-deny` (`callgate flows --verdict would-deny`), but every packet passes.
+Useful to roll policies out without breaking production; remove the label (or
+set it to `enforce`) once the flow log shows only what you meant to deny.""",
+       "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {callgate.io/enforcement: audit}",
+       "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop"),
 )
 
 BY_ID = {r.id: r for r in RULES}

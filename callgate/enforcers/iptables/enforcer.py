@@ -37,6 +37,7 @@ from callgate.enforcers.base import (
     ApplyResult,
     ComparesNormalText,
     FailClosed,
+    FlowLogging,
     Placement,
     RuleCounters,
     check_fail_closed_prefix,
@@ -57,7 +58,8 @@ class IptablesEnforcer(ComparesNormalText):
     name = "iptables"
 
     def __init__(self, runner: Runner | None = None, variant: str | None = None, netns: str | None = None,
-                 fail_closed_prefix: str | None = None, placement: Placement = "node") -> None:
+                 fail_closed_prefix: str | None = None, placement: Placement = "node",
+                 flow_logging: FlowLogging | None = None) -> None:
         self.runner: Runner = runner or SubprocessRunner(netns)
         self.tools = Tools.choose(variant)
         # Validated now, not at the first apply.
@@ -65,6 +67,7 @@ class IptablesEnforcer(ComparesNormalText):
         if placement == "netns" and fail_closed_prefix is not None:
             raise ValueError("fail-closed mode needs host-side interfaces: not inside an endpoint's namespace")
         self.placement: Placement = placement
+        self.flow_logging = flow_logging  # NFLOG action chains (see .rules); None: no flow log
         self.applied: Applied | None = None
         self._other: tuple[Tools | None] | None = None
 
@@ -98,7 +101,7 @@ class IptablesEnforcer(ComparesNormalText):
         """The desired state; pure (no kernel access). Raises InputError for
         what iptables cannot express, before anything is applied.
         ``known_interfaces`` matters only in fail-closed mode (as for nft)."""
-        return plan(ruleset, self.fail_closed(ruleset, known_interfaces), self.placement)
+        return plan(ruleset, self.fail_closed(ruleset, known_interfaces), self.placement, self.flow_logging)
 
     def check(self, tx: IptTransaction) -> None:
         """Validate ``tx`` against the kernel without changing what is enforced.
@@ -160,7 +163,7 @@ class IptablesEnforcer(ComparesNormalText):
         Drift is not reported here: the agent's resync finds it."""
         del incremental
         fc = self.fail_closed(ruleset, known_interfaces)
-        tx = plan(ruleset, fc, self.placement)
+        tx = plan(ruleset, fc, self.placement, self.flow_logging)
         live = self.live()
         if self._live_text(live) == tx.text():
             self.applied = Applied(ruleset, tx.digest, fc)

@@ -29,7 +29,7 @@ import hashlib
 import re
 
 from callgate.compiler.ir import Family, RuleSet, short_hash
-from callgate.enforcers.base import FailClosed, Placement
+from callgate.enforcers.base import FailClosed, FlowLogging, Placement
 
 CHAIN_PREFIX = "CG-"
 FORWARD_CHAIN = "CG-FORWARD"
@@ -89,11 +89,14 @@ def quote(value: str) -> str:
     return value if _NO_QUOTE.fullmatch(value) else f'"{value}"'
 
 
-def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node") -> str:
+def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
+                  logging: FlowLogging | None = None) -> str:
     """The digest the established rule carries: the RuleSet's with the layout
-    version and placement, extended by the fail-closed settings when they
-    are on (so a change of any is seen)."""
+    version and placement, extended by the fail-closed and flow-log settings
+    when they are on (so a change of any is seen)."""
     parts = [f"iptables-layout-{LAYOUT_VERSION}-{placement}", ruleset.digest()]
     if fail_closed is not None:
         parts.extend([fail_closed.prefix, *fail_closed.known])
+    if logging is not None:
+        parts.append(logging.key())
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.base import FailClosed, Placement
+from callgate.enforcers.base import FailClosed, FlowLogging, Placement
 from callgate.enforcers.iptables.layout import VERSIONS, Version, layout_digest
 from callgate.enforcers.iptables.rules import Table, ruleset_table, validate
 from callgate.enforcers.iptables.sets import IpSet, ruleset_sets
@@ -53,9 +53,10 @@ def render_state(sets: Iterable[IpSet], tables: Iterable[Table]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def plan(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node") -> IptTransaction:
+def plan(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
+         logging: FlowLogging | None = None) -> IptTransaction:
     """The desired state for ``ruleset``; InputError for what iptables cannot express."""
     validate(ruleset, fail_closed)
-    return IptTransaction(layout_digest(ruleset, fail_closed, placement), ruleset_sets(ruleset),
-                          (ruleset_table(ruleset, 4, fail_closed, placement),
-                           ruleset_table(ruleset, 6, fail_closed, placement)))
+    return IptTransaction(layout_digest(ruleset, fail_closed, placement, logging), ruleset_sets(ruleset),
+                          (ruleset_table(ruleset, 4, fail_closed, placement, logging),
+                           ruleset_table(ruleset, 6, fail_closed, placement, logging)))

@@ -16,6 +16,7 @@ from typing import Any
 from callgate.compiler import addresses
 from callgate.compiler.ir import AddressSet, Family, RuleSet
 from callgate.enforcers.base import FailClosed, Placement, refuse_interfaces
+from callgate.enforcers.nft.actions import ChainRules, limit_sets
 from callgate.enforcers.nft.decisions import Layout, build_layout, next_map_command
 from callgate.enforcers.nft.dispatch import dispatch_objects
 from callgate.enforcers.nft.kernel import Command
@@ -85,9 +86,9 @@ def decision_objects(layout: Layout) -> list[Command]:
     them up, then the next maps (their elements name endpoint tier chains) and
     the pass chains' rules that look those up."""
     cmds: list[Command] = [address_set_command(layout.sets[name]) for name in sorted(layout.sets)]
-    for name, (exprs, comment) in sorted(layout.verdicts.items()):
+    for name, verdict_rules in sorted(layout.verdicts.items()):
         cmds.append({"add": {"chain": obj(name=name)}})
-        cmds.append(_rule(name, exprs, comment))
+        cmds.extend(verdict_chain_commands(name, verdict_rules))
     cmds.extend({"add": {"chain": obj(name=name)}} for name in sorted(layout.passes))
     cmds.extend(m.command() for _name, m in sorted(layout.maps.items()))
     for name, rules in layout.chains.items():
@@ -111,8 +112,9 @@ def endpoint_chain_commands(name: str, rules: list[list[dict[str, Any]]]) -> lis
     return [_rule(name, exprs) for exprs in rules]
 
 
-def verdict_chain_command(name: str, exprs: list[dict[str, Any]], comment: str | None) -> Command:
-    return _rule(name, exprs, comment)
+def verdict_chain_commands(name: str, rules: ChainRules) -> list[Command]:
+    """The rules of one verdict chain (added to an existing, empty chain)."""
+    return [_rule(name, exprs, comment) for exprs, comment in rules]
 
 
 def interface_problem(iface: str) -> str | None:
@@ -133,14 +135,16 @@ def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
 def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
                   layout: Layout | None = None) -> list[Command]:
     """``add`` commands that build the whole table (and, on a node, the bridge
-    table), in dependency order: the decision part (``layout``, when the
-    caller has built it already) here, then the dispatch part
-    (:mod:`.dispatch`), whose maps jump to its endpoint chains (InputError
+    table), in dependency order: the flow-log limit sets and the decision part
+    (``layout``, when the caller has built it already) here, then the dispatch
+    part (:mod:`.dispatch`), whose maps jump to its endpoint chains (InputError
     for what nftables cannot be given)."""
     validate(ruleset, fail_closed)
+    layout = layout if layout is not None else build_layout(ruleset)
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-    cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname",
-                                    elem=[digest_element(layout_digest(ruleset, fail_closed, placement))])}})
-    cmds.extend(decision_objects(layout if layout is not None else build_layout(ruleset)))
+    cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname", elem=[
+        digest_element(layout_digest(ruleset, fail_closed, placement, layout.logging))])}})
+    cmds.extend(limit_sets(layout.logging))
+    cmds.extend(decision_objects(layout))
     cmds.extend(dispatch_objects(ruleset, fail_closed, placement))
     return cmds

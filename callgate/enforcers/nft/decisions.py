@@ -25,6 +25,9 @@ tiers' borders: 1.2 million elements for 1,000 cluster policies). An element
     chain deny_<rule id> { counter drop comment "…" }
     chain default_deny / default_allow_in / default_allow_out   (a default that a cell must state)
 
+(with a flow log or in audit, those chains also log, or let an audited
+denial through: :mod:`.actions`; a pass is not a decision and never logs.)
+
 A pass (a Pass rule, or a tier's default) of a tier that is not its
 direction's last goes to the next tier, which only the endpoint knows, so
 the shared maps name one chain per position, which looks the endpoint up by
@@ -81,7 +84,17 @@ from callgate.compiler.ir import (
     Verdict,
     short_hash,
 )
-from callgate.enforcers.base import rule_comment
+from callgate.enforcers.base import FlowLogging, rule_comment
+from callgate.enforcers.nft import actions
+from callgate.enforcers.nft.actions import (
+    DEFAULT_DENY,
+    ENFORCED,
+    ChainRules,
+    Style,
+    decision_chain,
+    default_chains,
+    default_rule,
+)
 from callgate.enforcers.nft.layout import COMMENT_MAX, obj
 
 EXPAND_MAX = 131_072  # elements of one hash-form map (~95 bytes of kernel memory each)
@@ -93,8 +106,6 @@ EXPAND_MAX = 131_072  # elements of one hash-form map (~95 bytes of kernel memor
 CELL_EXPAND_MAX = 4_096
 _VERSION: dict[Family, int] = {"ip": 4, "ip6": 6}
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
-DEFAULT_DENY, DEFAULT_ALLOW = "default_deny", "default_allow_"
-
 Expr = dict[str, Any]
 Key = Any  # hash form: (address, protocol, port) / address; interval form: cells as intervals
 
@@ -113,22 +124,15 @@ def next_map(direction: str, position: int, version: int) -> str:
     return f"next_{_side(direction)}{position}_{version}"
 
 
-def target(direction: str, decision: Decision, passes_on: int | None = None) -> str:
-    """The chain a decision ``goto``s (a PASS one: that of a tier program
-    passing on from position ``passes_on``)."""
-    side = _side(direction)
+def target(direction: str, decision: Decision, passes_on: int | None = None, style: Style = ENFORCED) -> str:
+    """The chain a decision ``goto``s: a PASS one, that of a tier program
+    passing on from position ``passes_on`` (no action: a pass decides
+    nothing, so it never logs); an allow or deny, its rule's chain as the
+    endpoint's style wants it (:func:`.actions.target`)."""
     if decision.verdict is Verdict.PASS:
         assert passes_on is not None, "only a tier that passes on decides PASS"
         return pass_chain(direction, passes_on)
-    if decision.verdict is Verdict.DENY:
-        return f"deny_{decision.rule}" if decision.rule else DEFAULT_DENY
-    return f"allow_{side}_{decision.rule}" if decision.rule else DEFAULT_ALLOW + side
-
-
-def action(direction: str, verdict: Verdict) -> Expr:
-    if verdict is Verdict.DENY:
-        return {"drop": None}
-    return {"accept": None} if direction == "ingress" else {"return": None}
+    return actions.target(direction, decision, style)
 
 
 @dataclass
@@ -141,6 +145,7 @@ class DecisionMap:
     hashed: bool
     classes: tuple[PortClass, ...]
     elements: dict[Key, str] = field(default_factory=dict)  # key -> target chain
+    style: Style = ENFORCED  # how its endpoints act on a decision: the chains its elements name
 
     @property
     def family(self) -> Family:
@@ -186,18 +191,25 @@ class Layout:
 
     maps: dict[str, DecisionMap]
     chains: dict[str, list[list[Expr]]]  # endpoint tier chain -> its rules' expressions
-    verdicts: dict[str, tuple[list[Expr], str | None]]  # verdict chain -> (expressions, comment)
+    verdicts: dict[str, ChainRules]  # verdict chain -> its rules (expressions, comment)
     sets: dict[str, AddressSet] = field(default_factory=dict)  # peer sets of the rule walks
     passes: dict[str, list[list[Expr]]] = field(default_factory=dict)  # pass chain -> its rules
     continuations: dict[str, list[Any]] = field(default_factory=dict)  # next map -> its elements (JSON)
+    logging: FlowLogging | None = None  # the table's flow log, if any (see .actions)
 
     def names(self) -> set[str]:
         """Every object of the decision part, by name."""
         return {*self.maps, *self.chains, *self.verdicts, *self.sets, *self.passes, *self.continuations}
 
 
-def map_name(direction: str, program: Program) -> str:
-    return f"dec{_VERSION[program.family]}_{short_hash(direction, program.name)}"
+def map_name(direction: str, program: Program, style: Style = ENFORCED) -> str:
+    """Named by structure; an audited endpoint's maps name other chains, so other maps."""
+    extra = ("audit",) if style.audit else ()
+    return f"dec{_VERSION[program.family]}_{short_hash(direction, program.name, *extra)}"
+
+
+def style_of(ep: EndpointRules, logging: FlowLogging | None) -> Style:
+    return Style(audit=ep.audit, logging=logging)
 
 
 def _tiers(ep: EndpointRules) -> Iterable[tuple[str, Program]]:
@@ -208,16 +220,17 @@ def _tiers(ep: EndpointRules) -> Iterable[tuple[str, Program]]:
             yield direction, program
 
 
-def build_layout(ruleset: RuleSet) -> Layout:
-    """The whole decision part for ``ruleset``."""
+def build_layout(ruleset: RuleSet, logging: FlowLogging | None = None) -> Layout:
+    """The whole decision part for ``ruleset`` (with the flow log ``logging``, if any)."""
     sources = Sources(ruleset)
-    layout = Layout({}, {}, verdict_chains(ruleset))
+    layout = Layout({}, {}, verdict_chains(ruleset, logging), logging=logging)
     for ep in ruleset.endpoints:
-        layout.chains.update(_part(ep).chains)
+        style = style_of(ep, logging)
+        layout.chains.update(_part(ep, style).chains)
         for direction, program in _tiers(ep):
             layout.sets.update((name, ruleset.address_set(name)) for name in walk_sets(program))
-            if _ported(program) and (name := map_name(direction, program)) not in layout.maps:
-                layout.maps[name] = _map(direction, program, sources)
+            if _ported(program) and (name := map_name(direction, program, style)) not in layout.maps:
+                layout.maps[name] = _map(direction, program, sources, style)
     layout.passes, layout.continuations = continuations(ruleset)
     return layout
 
@@ -249,14 +262,14 @@ def _ported(program: Program) -> bool:
     return any(s.l4 is not None for s in program.steps) and not walked(program)
 
 
-def _map(direction: str, program: Program, sources: Sources) -> DecisionMap:
+def _map(direction: str, program: Program, sources: Sources, style: Style) -> DecisionMap:
     """The map of one tier program, with its elements: the cells where a
     rule with ports decides otherwise than the walk of the rules without."""
     table = lower(program, sources, rest_cells=False)
     classes = tuple(program.port_classes(sources))
-    cells = [(cls, lo, hi, target(direction, d, program.passes_on)) for cls, lo, hi, d in table.ported]
+    cells = [(cls, lo, hi, target(direction, d, program.passes_on, style)) for cls, lo, hi, d in table.ported]
     hashed = _enumerable([(hi - lo + 1) * (cls.last - cls.first + 1) for cls, lo, hi, _ in cells])
-    m = DecisionMap(map_name(direction, program), direction, program, hashed, classes)
+    m = DecisionMap(map_name(direction, program, style), direction, program, hashed, classes, style=style)
     for cls, lo, hi, chain in cells:
         if hashed:
             m.elements.update(((a, cls.protocol, p), chain) for a in range(lo, hi + 1)
@@ -292,6 +305,7 @@ def _pass_rules(direction: str, position: int) -> list[list[Expr]]:
     rules: list[list[Expr]] = [[{"vmap": {"key": {"payload": {"protocol": protocol, "field": own}},
                                           "data": "@" + next_map(direction, position, version)}}]
                                for protocol, version in (("ip", 4), ("ip6", 6))]
+    # The table's own allow default (it logs the allow when the flow log records allowed connections).
     rules.append([{"goto": {"target": target(direction, Decision(Verdict.ALLOW))}}])
     return rules
 
@@ -308,7 +322,7 @@ def _enumerable(cell_sizes: list[int]) -> bool:
     return all(n <= CELL_EXPAND_MAX for n in cell_sizes) and sum(cell_sizes) <= EXPAND_MAX
 
 
-def chain_rules(direction: str, family_programs: list[Program]) -> list[list[Expr]]:
+def chain_rules(direction: str, family_programs: list[Program], style: Style = ENFORCED) -> list[list[Expr]]:
     """An endpoint tier's chain: per family the map look-up, then the walk of
     the rules without ports, then the tier's default (a pass: its pass chain).
 
@@ -323,13 +337,13 @@ def chain_rules(direction: str, family_programs: list[Program]) -> list[list[Exp
         address = {"payload": {"protocol": program.family, "field": field_name}}
         if _ported(program):
             key = {"concat": [address, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}
-            rules.append([{"vmap": {"key": key, "data": "@" + map_name(direction, program)}}])
-        rules.extend(_walk(direction, program, address))
+            rules.append([{"vmap": {"key": key, "data": "@" + map_name(direction, program, style)}}])
+        rules.extend(_walk(direction, program, address, style))
     first = family_programs[0]  # the tier's default does not depend on the family
     if first.default.verdict is Verdict.PASS:
         rules.append([{"goto": {"target": target(direction, first.default, first.passes_on)}}])
     else:
-        rules.append([{"counter": None}, action(direction, first.default.verdict)])
+        rules.append(default_rule(direction, first.default.verdict, style))
     return rules
 
 
@@ -346,7 +360,7 @@ def _l4(l4: L4Match) -> list[Expr]:
                        "right": ports[0] if len(ports) == 1 else {"set": ports}}}]
 
 
-def _walk(direction: str, program: Program, address: Expr) -> list[list[Expr]]:
+def _walk(direction: str, program: Program, address: Expr, style: Style) -> list[list[Expr]]:
     """The rules without ports of a tier program (all its rules when
     :func:`walked`), in order: the first whose peer set (and protocol and
     ports) holds the packet decides (where the ported map had no cell, the
@@ -356,7 +370,7 @@ def _walk(direction: str, program: Program, address: Expr) -> list[list[Expr]]:
     for step in program.steps:
         if step.l4 is not None and not every:
             continue
-        chain = {"goto": {"target": target(direction, program.decide(step.__eq__), program.passes_on)}}
+        chain = {"goto": {"target": target(direction, program.decide(step.__eq__), program.passes_on, style)}}
         if step.l4 is not None:
             peer = ([{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": _NFPROTO[program.family]}}]
                     if step.peers is None else [{"match": {"op": "==", "left": address, "right": "@" + step.peers}}])
@@ -375,52 +389,62 @@ class _EndpointPart:
     """What one endpoint contributes apart from map elements: its chains' rules and its rule chains."""
 
     chains: dict[str, list[list[Expr]]]
-    verdicts: dict[str, tuple[list[Expr], str | None]]
+    verdicts: dict[str, ChainRules]
 
 
 # By endpoint object, as programs are (see decision.programs): unchanged
 # endpoints are the same objects from one RuleSet to the next.
-_PARTS: dict[int, tuple[EndpointRules, _EndpointPart]] = {}
+_PARTS: dict[int, tuple[EndpointRules, Style, _EndpointPart]] = {}
 
 
-def _part(ep: EndpointRules) -> _EndpointPart:
+def _part(ep: EndpointRules, style: Style) -> _EndpointPart:
     hit = _PARTS.get(id(ep))
-    if hit is not None and hit[0] is ep:
-        return hit[1]
+    if hit is not None and hit[0] is ep and hit[1] == style:
+        return hit[2]
     if len(_PARTS) >= 4096:
         _PARTS.clear()
     progs = tier_programs(ep)
     part = _EndpointPart({}, {})
     for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
         for position, tier in enumerate(tiers):
-            part.chains[tier.name] = chain_rules(direction, [progs[(direction, f)][position] for f in ("ip", "ip6")])
+            part.chains[tier.name] = chain_rules(direction, [progs[(direction, f)][position] for f in ("ip", "ip6")],
+                                                 style)
+        if tiers:
+            part.verdicts.update(default_chains(direction, style))
         for chain in tiers:
             for rule in chain.rules:
                 if rule.verdict is not Verdict.PASS:
-                    part.verdicts.setdefault(target(direction, Decision(rule.verdict, rule.id)), _counted(direction, rule))
-    _PARTS[id(ep)] = (ep, part)
+                    decision = Decision(rule.verdict, rule.id)
+                    part.verdicts.setdefault(target(direction, decision, style=style),
+                                             decision_chain(direction, decision, style, _comment(rule)))
+    _PARTS[id(ep)] = (ep, style, part)
     return part
 
 
-def verdict_chains(ruleset: RuleSet) -> dict[str, tuple[list[Expr], str | None]]:
+def verdict_chains(ruleset: RuleSet, logging: FlowLogging | None = None) -> dict[str, ChainRules]:
     """A chain per deciding rule (and direction, for allow), plus the defaults a cell may name."""
-    out: dict[str, tuple[list[Expr], str | None]] = {}
+    out: dict[str, ChainRules] = {}
+    plain = False
     for ep in ruleset.endpoints:
-        out.update(_part(ep).verdicts)
+        style = style_of(ep, logging)
+        plain = plain or style.plain
+        out.update(_part(ep, style).verdicts)
     # Only a PASS rule can leave a cell with a default other than the one the
     # chain ends with (a tier's default after a pass): then cells name these;
-    # and a pass chain ends in the allowing one.
-    if any(rule.verdict is Verdict.PASS for ep in ruleset.endpoints for chain in (*ep.ingress, *ep.egress)
-           for rule in chain.rules) or any(len(ep.ingress) > 1 or len(ep.egress) > 1 for ep in ruleset.endpoints):
-        out[DEFAULT_DENY] = ([{"counter": None}, {"drop": None}], None)
+    # and a pass chain ends in the allowing one. (Endpoints that are not
+    # plain have their defaults' chains anyway.)
+    if plain and (any(rule.verdict is Verdict.PASS for ep in ruleset.endpoints for chain in (*ep.ingress, *ep.egress)
+                      for rule in chain.rules) or any(len(ep.ingress) > 1 or len(ep.egress) > 1
+                                                      for ep in ruleset.endpoints)):
+        out[DEFAULT_DENY] = decision_chain("ingress", Decision(Verdict.DENY), ENFORCED)
         for direction in ("ingress", "egress"):
-            out[target(direction, Decision(Verdict.ALLOW))] = ([{"counter": None}, action(direction, Verdict.ALLOW)],
-                                                               None)
+            out[target(direction, Decision(Verdict.ALLOW))] = decision_chain(direction, Decision(Verdict.ALLOW),
+                                                                             ENFORCED)
     return out
 
 
-def _counted(direction: str, rule: Rule) -> tuple[list[Expr], str | None]:
-    return [{"counter": None}, action(direction, rule.verdict)], rule_comment(rule, COMMENT_MAX)
+def _comment(rule: Rule) -> str | None:
+    return rule_comment(rule, COMMENT_MAX)
 
 
 # -- incremental ---------------------------------------------------------------------
@@ -435,20 +459,23 @@ def update_layout(old: Layout, old_rs: RuleSet, new_rs: RuleSet) -> tuple[Layout
     """``old`` (the layout of ``old_rs``) patched for ``new_rs``, and the element
     changes of the maps both hold; None when a map must change form (hash ↔
     interval) or its port classes, which only a rebuild gets right. (The
-    pass chains and next maps are listed whole: the planner compares them.)"""
+    pass chains and next maps are listed whole: the planner compares them.)
+    The flow log stays ``old``'s: it belongs to the table (a change replaces it in full)."""
     sources = Sources(new_rs)
-    fresh = Layout({}, {}, verdict_chains(new_rs))
+    logging = old.logging
+    fresh = Layout({}, {}, verdict_chains(new_rs, logging), logging=logging)
     fresh.passes, fresh.continuations = continuations(new_rs)
     changes: dict[str, MapChange] = {}
     changed_sets = _changed_sets(old_rs, new_rs)
     for ep in new_rs.endpoints:
-        fresh.chains.update(_part(ep).chains)
+        style = style_of(ep, logging)
+        fresh.chains.update(_part(ep, style).chains)
         for direction, program in _tiers(ep):
             fresh.sets.update((name, new_rs.address_set(name)) for name in walk_sets(program))
-            if not _ported(program) or (name := map_name(direction, program)) in fresh.maps:
+            if not _ported(program) or (name := map_name(direction, program, style)) in fresh.maps:
                 continue
             if name not in old.maps:  # a new program: build it
-                fresh.maps[name] = _map(direction, program, sources)
+                fresh.maps[name] = _map(direction, program, sources, style)
                 continue
             patched = _patch(old.maps[name], changed_sets, sources)
             if patched is None:
@@ -484,7 +511,7 @@ def _patch(m: DecisionMap, changed_sets: dict[str, tuple[AnySet | None, AnySet |
     if not touched:
         return m, MapChange([], [])
     if not m.hashed:  # interval cells (few): rebuild the map and compare
-        rebuilt = _map(m.direction, m.program, sources)
+        rebuilt = _map(m.direction, m.program, sources, m.style)
         if rebuilt.hashed:
             return None
         gone = [k for k in m.elements if rebuilt.elements.get(k) != m.elements[k]]
@@ -509,8 +536,8 @@ def _patch_addresses(m: DecisionMap, moved: list[int], sources: Sources) -> tupl
         for cls, decision in zip(m.classes, per_class, strict=True):
             ports = range(cls.first, cls.last + 1)
             if decision != rest:
-                wanted.update(((address, cls.protocol, p), target(m.direction, decision, m.program.passes_on))
-                              for p in ports)
+                wanted.update(((address, cls.protocol, p),
+                               target(m.direction, decision, m.program.passes_on, m.style)) for p in ports)
             # A hash map holds a cell for all of its class's ports or none.
             if decision != rest or (address, cls.protocol, cls.first) in elements:
                 have.update((address, cls.protocol, p) for p in ports)
@@ -526,7 +553,7 @@ def _patch_addresses(m: DecisionMap, moved: list[int], sources: Sources) -> tupl
                 elements[key] = after
     if len(elements) > EXPAND_MAX or any(_run(m, elements, key) > CELL_EXPAND_MAX for key, _ in change.came):
         return None  # a full render would make it an interval map
-    return DecisionMap(m.name, m.direction, m.program, m.hashed, m.classes, elements), change
+    return DecisionMap(m.name, m.direction, m.program, m.hashed, m.classes, elements, m.style), change
 
 
 def _run(m: DecisionMap, elements: dict[Key, str], key: Key) -> int:

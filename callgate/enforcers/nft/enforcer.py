@@ -13,10 +13,12 @@ from typing import Any
 
 from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import (
+    FLOW_LOG_LIMITED,
     Applied,
     ApplyResult,
     ComparesNormalText,
     FailClosed,
+    FlowLogging,
     Placement,
     RuleCounters,
     check_fail_closed_prefix,
@@ -53,12 +55,13 @@ class NftablesEnforcer(ComparesNormalText):
     name = "nft"
 
     def __init__(self, kernel: NftKernel, fail_closed_prefix: str | None = None,
-                 placement: Placement = "node") -> None:
+                 placement: Placement = "node", flow_logging: FlowLogging | None = None) -> None:
         self.kernel = kernel
         self.fail_closed_prefix = None if fail_closed_prefix is None else check_fail_closed_prefix(fail_closed_prefix)
         if placement == "netns" and fail_closed_prefix is not None:
             raise ValueError("fail-closed mode needs host-side interfaces: not inside an endpoint's namespace")
         self.placement: Placement = placement
+        self.flow_logging = flow_logging  # log new connections to NFLOG (see .actions); None: no flow log
         self.applied: Applied | None = None  # set by apply(); None = unknown, replace in full
         # The decision part of what it applied (maps and their elements): the
         # next change is planned against it (set together with `applied`).
@@ -70,7 +73,7 @@ class NftablesEnforcer(ComparesNormalText):
         return FailClosed.build(self.fail_closed_prefix, ruleset, known_interfaces)
 
     def plan(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> NftTransaction:
-        return replace_table(ruleset, self.fail_closed(ruleset, known_interfaces), self.placement)
+        return replace_table(ruleset, self.fail_closed(ruleset, known_interfaces), self.placement, self.flow_logging)
 
     def check(self, tx: NftTransaction) -> None:
         """Let the kernel validate the transaction without committing it."""
@@ -112,13 +115,13 @@ class NftablesEnforcer(ComparesNormalText):
         else is replaced in full. Either way it is one transaction."""
         known = tuple(known_interfaces)
         fc = self.fail_closed(ruleset, known)
-        digest = layout_digest(ruleset, fc, self.placement)
+        digest = layout_digest(ruleset, fc, self.placement, self.flow_logging)
         applied = self.applied
         if incremental and applied is not None and applied.digest != digest:
             update = self._incremental(applied, ruleset, fc, digest, dry_run)
             if update is not None:
                 return update
-        full = replace_table(ruleset, fc, self.placement)
+        full = replace_table(ruleset, fc, self.placement, self.flow_logging)
         live = self.live_objects()
         live_digest = self.live_digest(live) if live is not None else None
         if live_digest == full.digest and self.live_text(live) == _table_text(full):
@@ -137,7 +140,7 @@ class NftablesEnforcer(ComparesNormalText):
                      dry_run: bool) -> ApplyResult | None:
         """The incremental transaction from ``applied`` to ``ruleset``, run; None
         when only a full replacement will do (the caller then does it)."""
-        if self.live_digest() != applied.digest or self.layout is None:
+        if self.live_digest() != applied.digest or self.layout is None or self.layout.logging != self.flow_logging:
             return None  # drift: someone else changed or deleted the table
         tx = plan_update(applied.ruleset, applied.fail_closed, self.layout, ruleset, fc, self.placement)
         if tx is None:
@@ -163,7 +166,7 @@ class NftablesEnforcer(ComparesNormalText):
         """Packets and bytes of the live rules, by the rule id their comment
         starts with; the fail-closed drops on their own. (Reads the whole table.)"""
         by_rule: dict[str, tuple[int, int]] = {}
-        dropped = spoofed = 0
+        dropped = limited = spoofed = 0
         for item in self.live_objects() or []:
             rule = item.get("rule")
             if not rule:
@@ -175,12 +178,14 @@ class NftablesEnforcer(ComparesNormalText):
             comment = str(rule.get("comment", ""))
             if comment == FAIL_CLOSED_COMMENT:
                 dropped += packets
+            elif comment == FLOW_LOG_LIMITED:
+                limited += packets
             elif comment == ANTI_SPOOFING_COMMENT:
                 spoofed += packets
             elif (rule_id := comment_rule_id(comment)) is not None:
                 before = by_rule.get(rule_id, (0, 0))
                 by_rule[rule_id] = (before[0] + packets, before[1] + octets)
-        return RuleCounters(by_rule, dropped, spoofed)
+        return RuleCounters(by_rule, dropped, flow_log_limited=limited, spoofed_dropped=spoofed)
 
     def remove(self) -> bool:
         """Delete callgate's tables (only they). Returns whether there was one."""

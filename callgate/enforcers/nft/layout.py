@@ -45,7 +45,7 @@ import hashlib
 from typing import Any
 
 from callgate.compiler.ir import AddressSet, RuleSet
-from callgate.enforcers.base import FailClosed, Placement
+from callgate.enforcers.base import FailClosed, FlowLogging, Placement
 from callgate.enforcers.nft.kernel import Command
 
 FAMILY = "inet"
@@ -105,13 +105,16 @@ def is_hash_set(s: AddressSet) -> bool:
     return len(s.elements) <= HASH_SET_MAX and s.address_count <= HASH_SET_MAX
 
 
-def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node") -> str:
+def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
+                  logging: FlowLogging | None = None) -> str:
     """What the digest set holds: the RuleSet's digest with the layout version
-    and placement, extended by the fail-closed settings when they are on (so
-    a change of any of them is seen)."""
+    and placement, extended by the fail-closed and flow-log settings when they
+    are on (so a change of any of them is seen)."""
     parts = [f"nft-layout-{LAYOUT_VERSION}-{placement}", ruleset.digest()]
     if fail_closed is not None:
         parts.extend([fail_closed.prefix, *fail_closed.known])
+    if logging is not None:
+        parts.append(logging.key())
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 

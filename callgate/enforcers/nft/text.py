@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from callgate.enforcers.nft.actions import is_limit_set
 from callgate.enforcers.nft.layout import BRIDGE_FAMILY, FAMILY, TABLE
 from callgate.errors import printable
 
@@ -38,9 +39,17 @@ def _expr_text(value: Any) -> str:
         return f"ct {body['key']}"
     if key == "concat":
         return " . ".join(_expr_text(v) for v in body)
+    if key == "set" and isinstance(body, dict):  # a statement: update @set { key stmt }
+        stmts = " ".join(_expr_text(v) for v in body.get("stmt", []))
+        return f"{body['op']} {body['set']} {{ {_expr_text(body['elem'])} {stmts} }}"
     if key == "set":  # an anonymous set, or map: its elements are [key, value] pairs
         return "{ " + ", ".join(f"{_expr_text(v[0])} : {_expr_text(v[1])}" if isinstance(v, list) else _expr_text(v)
                                 for v in body) + " }"
+    if key == "limit":
+        over = "over " if body.get("inv") else ""
+        return f"limit rate {over}{body['rate']}/{body['per']} burst {body['burst']} packets"
+    if key == "log":
+        return f'log prefix "{body["prefix"]}" group {body["group"]}'
     if key == "range":
         return f"{_expr_text(body[0])}-{_expr_text(body[1])}"
     if key == "prefix":
@@ -128,8 +137,12 @@ def _table_text(family: str, objects: list[dict[str, Any]], notes: dict[str, str
             if kind == "map":
                 typ += f" : {body['map']}"
             lines = [*_note(body["name"], notes), f"\t{kind} {body['name']} {{", f"\t\ttype {typ}"]
+            if body.get("size"):
+                lines.append(f"\t\tsize {body['size']}")
             if body.get("flags"):
                 lines.append(f"\t\tflags {','.join(body['flags'])}")
+            if body.get("timeout"):
+                lines.append(f"\t\ttimeout {body['timeout']}s")
             # Sorted by their text (one rendering each; a JSON key per element cost
             # ~0.5 s for the 180,000 elements of a 50k-pod node).
             elems = sorted(_elem_text(e, types) for e in body.get("elem") or [])
@@ -162,6 +175,8 @@ def _strip(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if kind == "table":
             continue
         body = {k: v for k, v in body.items() if k != "handle"}
+        if kind == "set" and is_limit_set(body["name"]):
+            body.pop("elem", None)  # the addresses the kernel is limiting now: its own, never compared
         if kind == "rule":
             body["expr"] = [{"counter": None} if "counter" in e else e for e in body["expr"]]
         out.append({kind: body})

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.base import FailClosed, Placement
+from callgate.enforcers.base import FailClosed, FlowLogging, Placement
 from callgate.enforcers.nft.commands import table_objects
 from callgate.enforcers.nft.decisions import Layout, build_layout
 from callgate.enforcers.nft.kernel import Command
@@ -39,7 +39,7 @@ class NftTransaction:
 
 
 def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
-                  ) -> NftTransaction:
+                  logging: FlowLogging | None = None) -> NftTransaction:
     """One transaction that swaps in the new tables: the kernel holds the old
     ruleset or the new one, never a mix, and never an empty moment."""
     commands: list[Command] = []
@@ -47,9 +47,9 @@ def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None, place
         table = {"table": {"family": family, "name": TABLE}}
         # "add table" first makes the "delete" valid even when no table exists yet.
         commands.extend([{"add": table}, {"delete": table}])
-    layout = build_layout(ruleset)
+    layout = build_layout(ruleset, logging)
     commands.extend(table_objects(ruleset, fail_closed, placement, layout))
-    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed, placement),
+    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed, placement, logging),
                           notes=_readable_notes(ruleset, layout), layout=layout)
 
 

@@ -43,7 +43,7 @@ from callgate.enforcers.nft.commands import (
     endpoint_chain_commands,
     expand,
     validate,
-    verdict_chain_command,
+    verdict_chain_commands,
 )
 from callgate.enforcers.nft.decisions import Layout, elements_diff, next_map_command, update_layout
 from callgate.enforcers.nft.dispatch import dispatch_elements, structure
@@ -120,7 +120,9 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     The transaction itself checks, in the kernel, that the live table holds
     ``old``'s digest; it carries the new layout for the next change."""
     validate(new, new_fc)
-    old_digest, new_digest = layout_digest(old, old_fc, placement), layout_digest(new, new_fc, placement)
+    logging = old_layout.logging  # the table's: a change of it is a full replacement (the enforcer keeps it)
+    old_digest = layout_digest(old, old_fc, placement, logging)
+    new_digest = layout_digest(new, new_fc, placement, logging)
     if old_digest == new_digest:
         return None  # nothing to change yet not in sync: drift the digest cannot see
     if structure(old_fc, placement) != structure(new_fc, placement):
@@ -183,7 +185,8 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     # Rule chains before the map elements that jump to them; maps before the chains that look them up.
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_verdicts)
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_verdicts)
-    cmds.extend(verdict_chain_command(n, *layout.verdicts[n]) for n in (*new_verdicts, *changed_verdicts))
+    for n in (*new_verdicts, *changed_verdicts):
+        cmds.extend(verdict_chain_commands(n, layout.verdicts[n]))
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_passes)  # empty: map elements may name them
     cmds.extend(layout.maps[n].command() for n in new_maps)
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_chains)  # empty first: dispatch may point at them

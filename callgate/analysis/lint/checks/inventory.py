@@ -13,7 +13,16 @@ from collections.abc import Iterator, Sequence
 from callgate.analysis.lint.checks.document import as_mapping
 from callgate.analysis.lint.linter import Item, Linter
 from callgate.policy.documents import Document, files_under, read_documents
-from callgate.policy.model import Action, ClusterPolicy, Direction, Endpoint, Peer, Policy
+from callgate.policy.model import (
+    ENFORCEMENT_KEY,
+    ENFORCEMENT_MODES,
+    Action,
+    ClusterPolicy,
+    Direction,
+    Endpoint,
+    Peer,
+    Policy,
+)
 from callgate.policy.positions import FieldPath, Position
 from callgate.policy.resolve import Resolver
 
@@ -38,6 +47,7 @@ def check(linter: Linter, items: list[Item], cluster: Sequence[ClusterPolicy] = 
             _peer_checks(linter, resolver, item)
             _named_ports(linter, resolver, item, targets)
     _default_deny(linter, resolver, items, cluster)
+    _enforcement(linter)
 
 
 def _guards_ingress(policy: ClusterPolicy) -> bool:
@@ -159,6 +169,27 @@ def _default_deny(linter: Linter, resolver: Resolver, items: list[Item], cluster
                       f"traffic from anywhere: {shown}", file=file, line=line, column=column,
                       obj=f"Namespace {ns}",
                       hint="add a NetworkPolicy with podSelector: {} and policyTypes: [Ingress] in " + ns)
+
+
+def _enforcement(linter: Linter) -> None:
+    """Namespaces in audit (said, info) and enforcement values that mean nothing (an error, enforced)."""
+    inv = linter.inventory
+    assert inv is not None
+    where: _NamespacePositions | None = None
+    for name in sorted(inv.namespaces):
+        ns = inv.namespaces[name]
+        if ns.enforcement is None or ns.enforcement == "enforce":
+            continue
+        if where is None:
+            where = _NamespacePositions(linter)
+        file, line, column = where.find(name)
+        if ns.audit:
+            linter.report("CG118", f"namespace {name} is in audit: its policies' denials are logged as "
+                          "would-deny and let through", file=file, line=line, column=column, obj=f"Namespace {name}")
+        else:
+            linter.report("CG117", f"namespace {name}: {ENFORCEMENT_KEY} is {ns.enforcement!r}; expected "
+                          f"{' or '.join(ENFORCEMENT_MODES)} (treated as enforce)", file=file, line=line,
+                          column=column, obj=f"Namespace {name}", hint=f"{ENFORCEMENT_KEY}: audit")
 
 
 class _NamespacePositions:
