@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(60)
 # Every resource the source lists and watches (the CRDs' too, where served).
 WATCHED = ("pods", "namespaces", "networkpolicies", "nodes", *CRD_RESOURCES)
 FAST = WatchOptions(watch_timeout=30, connect_timeout=2, backoff_initial=0.02, backoff_max=0.2, page_size=500)
-WAIT = 30.0  # a bound, not a delay: on the 2-core CI machine a first list has taken over 10 s
+WAIT = 30.0  # a bound, not a delay: in one full-suite run a first snapshot did not come within 10 s
 
 
 # ---- objects ---------------------------------------------------------------------------
