@@ -7,9 +7,11 @@ failure as "no answer" — the caller decides what no answer means.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 from collections.abc import Callable, Sequence
+from typing import Any
 
 # argv -> stdout, or None when the program failed: swapped for fakes in tests.
 QuietRunner = Callable[[Sequence[str]], str | None]
@@ -28,3 +30,15 @@ def output_or_none(argv: Sequence[str], log: logging.Logger, level: int = loggin
         log.log(level, "command failed", extra={"fields": {"argv": list(argv), "error": str(exc)}})
         return None
     return done.stdout if done.returncode == 0 else None
+
+
+def json_objects(out: str | None) -> list[dict[str, Any]]:
+    """The objects of a JSON list a program printed (``ip -j …``); nothing when
+    it printed nothing, not JSON or not a list (the program's output is input)."""
+    if not out:
+        return []
+    try:
+        data = json.loads(out)
+    except json.JSONDecodeError:
+        return []
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []

@@ -19,14 +19,13 @@ unprogrammed (dropped in fail-closed mode) and is retried on the next sync.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from callgate.policy.model import Endpoint, IPAddress
 from callgate.policy.validation import interface_name
-from callgate.procs import QuietRunner, output_or_none
+from callgate.procs import QuietRunner, json_objects, output_or_none
 
 log = logging.getLogger("callgate.enforcers.routes")
 
@@ -47,14 +46,7 @@ class InterfaceResolver:
 
     def _ip(self, *args: str) -> list[dict[str, Any]]:
         argv = ["ip", *(["-n", self.netns] if self.netns else []), "-j", *args]
-        out = self.runner(argv)
-        if not out:
-            return []
-        try:
-            data = json.loads(out)
-        except json.JSONDecodeError:
-            return []
-        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+        return json_objects(self.runner(argv))
 
     @staticmethod
     def _direct_dev(route: dict[str, Any]) -> str | None:

@@ -16,13 +16,12 @@ Reading only: nothing here changes a namespace.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from callgate.policy.validation import interface_name
-from callgate.procs import QuietRunner, output_or_none
+from callgate.procs import QuietRunner, json_objects, output_or_none
 
 log = logging.getLogger("callgate.watchers.docker")
 
@@ -31,16 +30,6 @@ log = logging.getLogger("callgate.watchers.docker")
 def run_command(argv: Sequence[str]) -> str | None:
     """stdout of ``argv``, or None when it failed (the container may be gone)."""
     return output_or_none(argv, log)
-
-
-def _links(out: str | None) -> list[dict[str, Any]]:
-    if not out:
-        return []
-    try:
-        data = json.loads(out)
-    except json.JSONDecodeError:
-        return []
-    return [link for link in data if isinstance(link, dict)] if isinstance(data, list) else []
 
 
 def _int(value: Any) -> int | None:
@@ -59,7 +48,7 @@ class VethResolver:
     def _read_host(self) -> None:
         argv = ["ip", *(["-n", self.netns] if self.netns else []), "-j", "link", "show"]
         host: dict[int, tuple[str, int | None]] = {}
-        for link in _links(self.runner(argv)):
+        for link in json_objects(self.runner(argv)):
             index, name = _int(link.get("ifindex")), link.get("ifname")
             if index is not None and isinstance(name, str) and not interface_name(name):
                 host[index] = (name, _int(link.get("link_index")))
@@ -69,7 +58,7 @@ class VethResolver:
         """The host side of container ``pid``'s interface with address ``mac``."""
         if not isinstance(pid, int) or pid <= 0 or not mac:
             return None
-        inside = _links(self.runner(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-j", "link", "show"]))
+        inside = json_objects(self.runner(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-j", "link", "show"]))
         own = next((link for link in inside if str(link.get("address", "")).lower() == mac.lower()), None)
         if own is None:
             return None
