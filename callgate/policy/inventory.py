@@ -50,7 +50,7 @@ class EndpointModel(BaseModel):
     node: str | None = None
     interface: v.InterfaceName | None = None
     netns: v.NetnsPath | None = None
-    ips: list[v.IPAddressText] = Field(default_factory=list)
+    ips: list[v.IPAddressValue] = Field(default_factory=list)
     ports: list[PortModel] = Field(default_factory=list)
 
 
@@ -78,12 +78,12 @@ class PodSpecModel(K8sObjectModel):
 
 
 class PodIPModel(K8sObjectModel):
-    ip: v.IPAddressText
+    ip: v.IPAddressValue
 
 
 class PodStatusModel(K8sObjectModel):
     phase: str | None = None
-    podIP: v.IPAddressText | None = None
+    podIP: v.IPAddressValue | None = None
     podIPs: list[PodIPModel] | None = None
 
 
@@ -152,7 +152,7 @@ class NodeModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     labels: v.Labels = Field(default_factory=dict)
-    addresses: list[v.IPAddressText] = Field(default_factory=list)
+    addresses: list[v.IPAddressValue] = Field(default_factory=list)
 
 
 class InventoryModel(BaseModel):
@@ -207,8 +207,9 @@ class InventoryBuilder:
     def endpoint(self, ep: Endpoint, doc: Document, obj: str, name_path: FieldPath, ips_path: FieldPath) -> None:
         """Add ``ep`` unless its key or an address is taken; ``name_path`` and ``ips_path``
         say where the document writes its name and addresses."""
-        if ep.key in self.seen_keys:
-            self.problems.append(doc.problem(f"endpoint {ep.key} is defined twice", obj=obj,
+        key = ep.key
+        if key in self.seen_keys:
+            self.problems.append(doc.problem(f"endpoint {key} is defined twice", obj=obj,
                                              field=format_path(name_path), field_path=name_path))
             return
         for ip in ep.ips:
@@ -217,8 +218,8 @@ class InventoryBuilder:
                     f"IP {ip} is already used by endpoint {self.seen_ips[ip]}", obj=obj,
                     field=format_path(ips_path), field_path=ips_path))
                 return
-            self.seen_ips[ip] = ep.key
-        self.seen_keys.add(ep.key)
+            self.seen_ips[ip] = key
+        self.seen_keys.add(key)
         self.endpoints.append(ep)
 
     def add_native(self, doc: Document) -> None:
@@ -231,12 +232,12 @@ class InventoryBuilder:
             self.namespace(name, ns.labels if ns else {})
         for name, node in model.nodes.items():
             spec = node or NodeModel()
-            self.node(Node(name, spec.labels, tuple(v.parse_ip(a) for a in spec.addresses)), doc,
+            self.node(Node(name, spec.labels, tuple(spec.addresses)), doc,
                       f"node {name}", ("nodes", name))
         for i, e in enumerate(model.endpoints):
             ep = Endpoint(
                 name=e.name, namespace=e.namespace, labels=e.labels, node=e.node,
-                ips=tuple(v.parse_ip(ip) for ip in e.ips), interface=e.interface, netns=e.netns,
+                ips=tuple(e.ips), interface=e.interface, netns=e.netns,
                 ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
             )
             self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i, "name"), ("endpoints", i, "ips"))
@@ -285,7 +286,7 @@ class InventoryBuilder:
         meta, spec, state = pod.metadata, pod.spec or PodSpecModel(), pod.status or PodStatusModel()
         ips = [p.ip for p in state.podIPs or []] or ([state.podIP] if state.podIP else [])
         ep = Endpoint(name=meta.name, namespace=meta.namespace, labels=meta.labels or {}, node=spec.nodeName,
-                      ips=tuple(v.parse_ip(ip) for ip in ips),
+                      ips=tuple(ips),
                       interface=(meta.annotations or {}).get(INTERFACE_ANNOTATION),
                       netns=(meta.annotations or {}).get(NETNS_ANNOTATION),
                       ports=tuple(NamedPort(p.name, p.containerPort, p.protocol)
