@@ -21,6 +21,7 @@ import yaml
 from callgate.errors import InputError
 from callgate.policy import load_inventory
 from callgate.watchers.base import Snapshot, SourceProblem
+from callgate.watchers.cache import Listed
 from callgate.watchers.k8s_client import make_api_client
 from callgate.watchers.k8s_reflector import Backoff, WatchOptions
 from callgate.watchers.kubernetes import KubernetesSource
@@ -244,6 +245,36 @@ def test_pagination_and_an_expired_continue_token(server: FakeAPIServer, start_s
     fresh = [r for r in pod_lists if "continue" not in r.query]
     assert len(fresh) == 2, "the list restarted from the beginning after the 410"
     assert snap.problems == []
+
+
+def test_the_next_page_is_requested_while_a_page_is_converted(server: FakeAPIServer, start_source: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fetching and converting overlap: while page k is converted, page k+1 is
+    already asked for (the server prepares it meanwhile), so a big list takes
+    the longer of the two instead of their sum."""
+    server.create(namespace("x"))
+    for i in range(9):
+        server.create(pod(f"p{i}", "x", f"198.18.0.{i + 1}"))
+    server.create(policy("deny-all", "x", DENY_ALL))
+    overlapped: list[bool] = []
+    original = Listed.add
+
+    def slow_add(self: Listed, objects: Any) -> None:
+        if self.kind == "pods":
+            asked = len(server.requests_for("pods", watch=False))
+            time.sleep(0.3)  # a page that takes long to convert
+            # Asked for during the conversion: one more list request than when it began.
+            overlapped.append(len(server.requests_for("pods", watch=False)) > asked)
+        original(self, objects)
+
+    monkeypatch.setattr(Listed, "add", slow_add)
+    _src, rec = start_source(options=WatchOptions(**{**FAST.__dict__, "page_size": 3}))
+    snap = rec.snapshot()
+    assert set(endpoints(snap)) == {f"x/p{i}" for i in range(9)}
+    pod_lists = server.requests_for("pods", watch=False)
+    assert len(pod_lists) == 3 and len(overlapped) == 3
+    # Every page but the last had its successor requested (and answered) while it was converted.
+    assert overlapped == [True, True, False]
 
 
 # ---- changes -------------------------------------------------------------------------------

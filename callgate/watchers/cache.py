@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from callgate.policy.documents import gc_paused
@@ -26,6 +27,24 @@ Key = tuple[str, str]  # (namespace or "", name)
 
 def _key(entry: Converted) -> Key:
     return entry.ref.namespace or "", entry.ref.name
+
+
+@dataclass
+class Listed:
+    """A full list of one kind, converted as it arrives: a reflector adds each page
+    while the server prepares the next one, and the raw page is dropped at once."""
+
+    kind: str
+    entries: dict[Key, Converted] = field(default_factory=dict)
+    ignored: int = 0  # objects that could not even be keyed
+
+    def add(self, objects: Iterable[Any]) -> None:
+        for obj in objects:
+            entry = convert(self.kind, obj)
+            if entry is None:
+                self.ignored += 1
+            else:
+                self.entries[_key(entry)] = entry
 
 
 class ClusterCache:
@@ -63,14 +82,14 @@ class ClusterCache:
 
     def replace(self, kind: str, objects: Iterable[Any], resource_version: str) -> bool:
         """Swap in the result of a full list; returns whether the content changed."""
-        fresh: dict[Key, Converted] = {}
-        ignored = 0
-        for obj in objects:  # convert outside the lock: readers are not held up
-            entry = convert(kind, obj)
-            if entry is None:
-                ignored += 1
-            else:
-                fresh[_key(entry)] = entry
+        listed = Listed(kind)
+        listed.add(objects)
+        return self.install(listed, resource_version)
+
+    def install(self, listed: Listed, resource_version: str) -> bool:
+        """Swap in a full list converted beforehand (outside the lock, so readers are
+        not held up); returns whether the content changed."""
+        kind, fresh = listed.kind, listed.entries
         with self._lock:
             old = self._entries[kind]
             changed = kind not in self._synced or {k: e.digest for k, e in old.items()} != {
@@ -78,7 +97,7 @@ class ClusterCache:
             self._entries[kind] = fresh
             self._synced.add(kind)
             self._versions[kind] = resource_version
-            self._ignored += ignored
+            self._ignored += listed.ignored
             if changed:
                 self._changes += 1
             return changed

@@ -37,12 +37,13 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from callgate.policy.documents import gc_paused
 from callgate.watchers.base import clip
-from callgate.watchers.cache import ClusterCache
+from callgate.watchers.cache import ClusterCache, Listed
 from callgate.watchers.k8s_convert import (
     API_VERSIONS,
     NAMESPACES,
@@ -217,43 +218,61 @@ class Reflector:
             self._list_pages()
 
     def _list_pages(self) -> None:
-        items: list[Any] = []
+        # The next page is requested before this one is converted: the server
+        # encodes it while we convert (on two cores, and on a real cluster with
+        # the server elsewhere, the two overlap instead of taking turns), and a
+        # page is dropped once converted instead of all being held to the end.
+        fetcher = ThreadPoolExecutor(1, thread_name_prefix=f"callgate-list-{self.kind}")
+        try:
+            listed, version = self._pages(fetcher)
+        finally:
+            fetcher.shutdown(wait=False, cancel_futures=True)
+        self.lists += 1
+        if self.optional and self.served is not True:
+            log.info("%s: served by this cluster; watching them", self.kind)
+        self.served = True
+        changed = self.cache.install(listed, version)
+        log.debug("%s: listed %d objects at resourceVersion %s", self.kind, len(listed.entries), version)
+        self._healthy()
+        if changed:
+            self._on_change()
+
+    def _pages(self, fetcher: ThreadPoolExecutor) -> tuple[Listed, str]:
+        """Every page of one consistent list, converted; and its resourceVersion."""
+        listed = Listed(self.kind)
         token: str | None = None
+        pending = fetcher.submit(self._request_page, token)
         while True:
-            kwargs: dict[str, Any] = {"limit": self.options.page_size,
-                                      "_request_timeout": (self.options.connect_timeout, self.options.list_timeout)}
-            if token:
-                kwargs["_continue"] = token
             try:
-                body = self._request_json(**kwargs)
-            except NotServed:
-                raise
+                body = pending.result()
             except Gone:
                 if token is None:
                     raise
                 log.info("%s: list continue token expired; listing again from the start", self.kind)
-                items, token = [], None
+                listed, token = Listed(self.kind), None
+                pending = fetcher.submit(self._request_page, token)
                 continue
             meta = body.get("metadata")
             page = body.get("items")
             if not isinstance(meta, dict) or not isinstance(page, list):
                 raise BadStream(f"list response without metadata/items ({clip(str(body)[:200])})")
-            items.extend(page)
             token = meta.get("continue") if isinstance(meta.get("continue"), str) else None
-            if not token:
-                version = meta.get("resourceVersion")
-                if not isinstance(version, str) or not version:
-                    raise BadStream("list response without metadata.resourceVersion")
-                break
-        self.lists += 1
-        if self.optional and self.served is not True:
-            log.info("%s: served by this cluster; watching them", self.kind)
-        self.served = True
-        changed = self.cache.replace(self.kind, items, version)
-        log.debug("%s: listed %d objects at resourceVersion %s", self.kind, len(items), version)
-        self._healthy()
-        if changed:
-            self._on_change()
+            if token:
+                pending = fetcher.submit(self._request_page, token)
+                listed.add(page)
+                continue
+            version = meta.get("resourceVersion")
+            if not isinstance(version, str) or not version:
+                raise BadStream("list response without metadata.resourceVersion")
+            listed.add(page)
+            return listed, version
+
+    def _request_page(self, token: str | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"limit": self.options.page_size,
+                                  "_request_timeout": (self.options.connect_timeout, self.options.list_timeout)}
+        if token:
+            kwargs["_continue"] = token
+        return self._request_json(**kwargs)
 
     def _request_json(self, **kwargs: Any) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
