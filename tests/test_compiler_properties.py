@@ -6,9 +6,13 @@ protocol) tuple over both families, plus addresses outside the inventory.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address, IPv6Address
+
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from callgate.compiler import Compiler
+from callgate.compiler.addresses import address_text, address_value
 from callgate.compiler.interpret import Interpreter
 from callgate.policy import Evaluator
 from callgate.policy.model import Inventory, PolicySet
@@ -83,3 +87,12 @@ def test_tiered_ir_agrees_with_evaluator(inventory: Inventory, policies: PolicyS
     Accept/Deny/Pass rules, priorities, networks over pod addresses, node peers,
     unresolvable peers failing closed, named ports."""
     check_every_tuple(inventory, policies, (*EXTERNAL, "198.18.0.1", "198.18.0.2", "fd00::1"))
+
+
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
+def test_address_text_and_value_are_inverses_and_agree_with_ipaddress(ip: IPv4Address | IPv6Address) -> None:
+    """The IR's address text (address_text) and its reading back (address_value,
+    which the nft backend sorts dispatch elements by) are what ipaddress says."""
+    text = address_text(int(ip), ip.version)
+    assert text == str(ip)
+    assert address_value(text) == (ip.version, int(ip))

@@ -58,7 +58,6 @@ re-deciding only the addresses whose set membership changed.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -295,8 +294,8 @@ def continuations(ruleset: RuleSet) -> tuple[dict[str, list[list[Expr]]], dict[s
                         maps.setdefault(next_map(direction, position, version), [])
                 goto = {"goto": {"target": tiers[position + 1].name}}
                 for address in ep.ips:
-                    ip = ipaddress.ip_address(address)
-                    maps[next_map(direction, position, ip.version)].append((int(ip), [address, goto]))
+                    version, value = addresses.address_value(address)
+                    maps[next_map(direction, position, version)].append((value, [address, goto]))
     return chains, {name: [e for _key, e in sorted(elems, key=lambda x: x[0])] for name, elems in maps.items()}
 
 

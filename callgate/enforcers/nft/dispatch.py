@@ -74,9 +74,9 @@ set and map, so the incremental planner updates them like any other set.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
+from callgate.compiler.addresses import address_value
 from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import FailClosed, Placement
 from callgate.enforcers.nft.kernel import Command
@@ -129,12 +129,7 @@ def _meta(key: str) -> dict[str, Any]:
 
 
 def _version(address: str) -> int:
-    return ipaddress.ip_address(address).version
-
-
-def _by_address(address: str) -> tuple[int, int]:
-    ip = ipaddress.ip_address(address)
-    return ip.version, int(ip)
+    return 6 if ":" in address else 4  # IR addresses are canonical texts: IPv6 always has a colon
 
 
 # -- elements -------------------------------------------------------------------
@@ -148,7 +143,7 @@ def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placemen
         out[(FAMILY, FROM_ENDPOINT[version])] = []
         out[(FAMILY, TO_ENDPOINT[version])] = []
     for ep in ruleset.endpoints:
-        for address in sorted(ep.ips, key=_by_address):
+        for address in sorted(ep.ips, key=address_value):
             version = _version(address)
             if ep.egress:
                 out[(FAMILY, FROM_ENDPOINT[version])].append([address, {"jump": {"target": ep.egress[0].name}}])
@@ -157,7 +152,7 @@ def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placemen
     if placement == "netns":
         for version in (4, 6):
             out[(FAMILY, ENDPOINT_ADDRESS[version])] = sorted(
-                (a for le in ruleset.local for a in le.ips if _version(a) == version), key=_by_address)
+                (a for le in ruleset.local for a in le.ips if _version(a) == version), key=address_value)
         return out
     attached = sorted((le for le in ruleset.local if le.interface is not None), key=lambda le: le.interface or "")
     for family in (FAMILY, BRIDGE_FAMILY):
@@ -165,7 +160,7 @@ def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placemen
         for version in (4, 6):
             out[(family, ENDPOINT_SOURCE[version])] = [
                 {"concat": [le.interface, a]} for le in attached
-                for a in sorted(le.ips, key=_by_address) if _version(a) == version]
+                for a in sorted(le.ips, key=address_value) if _version(a) == version]
         if fail_closed is not None:
             out[(family, KNOWN_ENDPOINT)] = list(fail_closed.known)
     return out
