@@ -183,3 +183,38 @@ def test_load_reports_problem_without_raising(files: tuple[Path, Path]) -> None:
     inv.write_text("apiVersion: callgate/v1\nkind: Inventory\nendpoints: [{name: a}]\n")
     result = source.load()
     assert isinstance(result, SourceProblem) and str(inv) in str(result.problems[0])
+
+
+def test_an_edit_reparses_only_the_side_that_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy edit reuses the inventory parsed before (and a pod edit the
+    policies); whatever changed is read again, and a bad edit is still caught."""
+    import callgate.watchers.files as files
+
+    parsed: list[str] = []
+    real_inventory, real_policies = files.load_inventory, files.load_policies
+    monkeypatch.setattr(files, "load_inventory", lambda p: parsed.append("inventory") or real_inventory(p))
+    monkeypatch.setattr(files, "load_policies", lambda p: parsed.append("policies") or real_policies(p))
+    inv, pol = tmp_path / "inventory.yaml", tmp_path / "policies.yaml"
+    write(inv, INVENTORY)
+    write(pol, POLICY)
+    source = FilesSource([inv], [pol])
+    first = source.load()
+    assert isinstance(first, Snapshot) and parsed == ["inventory", "policies"]
+
+    write(pol, POLICY.replace("pod: b", "pod: a"))
+    second = source.load()
+    assert isinstance(second, Snapshot) and parsed[2:] == ["policies"]
+    assert second.inventory is first.inventory and second.version != first.version
+    assert second.policies.policies[0].ingress != first.policies.policies[0].ingress
+
+    write(inv, INVENTORY.replace("198.18.1.11", "198.18.1.12"))
+    third = source.load()
+    assert isinstance(third, Snapshot) and parsed[3:] == ["inventory"]
+    assert third.policies is second.policies
+    assert {str(ip) for ep in third.inventory.endpoints for ip in ep.ips} == {"198.18.1.10", "198.18.1.12"}
+
+    write(inv, INVENTORY.replace("198.18.1.11", "not-an-ip"))
+    assert isinstance(source.load(), SourceProblem)
+    write(inv, INVENTORY.replace("198.18.1.11", "198.18.1.12"))
+    back = source.load()
+    assert isinstance(back, Snapshot) and back.version == third.version

@@ -34,14 +34,23 @@ import hashlib
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from callgate.errors import InputError, Problem
-from callgate.policy import load_inventory, load_policies
+from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
 from callgate.policy.documents import files_under
 from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem
 
 log = logging.getLogger("callgate.watchers.files")
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    inventory_hash: str
+    inventory: Inventory
+    policies_hash: str
+    policies: PolicySet
 
 
 class FilesSource:
@@ -63,6 +72,7 @@ class FilesSource:
         self._last_version: str | None = None
         self._handler: SnapshotHandler | None = None
         self.loads = 0  # reloads done (tests and debugging)
+        self._kept: _Loaded | None = None  # the last good load, by the hashes of each side's files
 
     @property
     def origin(self) -> str:
@@ -72,24 +82,42 @@ class FilesSource:
 
     def version(self) -> str:
         """A hash of every input file's name and bytes (OSError/InputError if unreadable)."""
+        return self._combined(self._hash(self.inventory), self._hash(self.policies))
+
+    @staticmethod
+    def _combined(inventory_hash: str, policies_hash: str) -> str:
+        return hashlib.sha256(f"{inventory_hash}/{policies_hash}".encode()).hexdigest()[:16]
+
+    @staticmethod
+    def _hash(paths: Sequence[Path]) -> str:
         digest = hashlib.sha256()
-        for path in files_under([*self.inventory, *self.policies]):
+        for path in files_under(paths):
             digest.update(str(path).encode() + b"\x00")
             digest.update(path.read_bytes())
             digest.update(b"\x00")
         return digest.hexdigest()[:16]
 
     def load(self) -> Snapshot | SourceProblem:
-        """Read every input now. Never raises for bad input."""
+        """Read every input now. Never raises for bad input.
+
+        The side whose bytes did not change since the last good load is reused
+        (models are immutable): a policy edit does not parse a large inventory
+        again, nor a pod change the policies. A hash taken before a file changes
+        again only makes the next load parse it once more."""
         self.loads += 1
         try:
-            version = self.version()
-            inventory = load_inventory(self.inventory)
-            policies = load_policies(self.policies) if self.policies else load_policies([])
+            inventory_hash, policies_hash = self._hash(self.inventory), self._hash(self.policies)
+            version = self._combined(inventory_hash, policies_hash)
+            kept = self._kept
+            inventory = (kept.inventory if kept is not None and kept.inventory_hash == inventory_hash
+                         else load_inventory(self.inventory))
+            policies = (kept.policies if kept is not None and kept.policies_hash == policies_hash
+                        else load_policies(self.policies) if self.policies else load_policies([]))
         except InputError as err:
             return SourceProblem(f"invalid input: {err.problems[0] if err.problems else err}", list(err.problems))
         except OSError as exc:
             return SourceProblem(f"cannot read input: {exc}", [Problem(str(exc), file=exc.filename)])
+        self._kept = _Loaded(inventory_hash, inventory, policies_hash, policies)
         return Snapshot(inventory, policies, version, self.origin)
 
     def _publish(self, event: Snapshot | SourceProblem) -> None:
