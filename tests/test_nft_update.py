@@ -228,6 +228,29 @@ def test_same_digest_but_tampered_content_is_replaced() -> None:
     assert enforcer.in_sync(ruleset)
 
 
+def test_a_replacement_reads_the_whole_table_only_when_its_digest_matches() -> None:
+    """A new process (callgate apply) replacing a table that holds another ruleset
+    reads only the digest set: listing a big table whole costs seconds and could
+    only show what the digest already says, that it differs. The same ruleset
+    again is compared object by object (and tampering found: the test above)."""
+    kernel = FakeNftKernel()
+    NftablesEnforcer(kernel).apply(compile_(STATES[0][1], S03))
+    whole: list[str] = []
+    original = kernel.list_table
+
+    def spy(family: str, name: str) -> list[dict[str, Any]] | None:
+        whole.append(family)
+        return original(family, name)
+
+    kernel.list_table = spy  # type: ignore[method-assign]
+    kernel.list_set = lambda family, table, name: original(family, table) if name == DIGEST_SET else None  # type: ignore[method-assign]
+    changed = compile_(STATES[1][1], S03)
+    result = NftablesEnforcer(kernel).apply(changed)
+    assert result.mode == "full" and whole == []
+    assert NftablesEnforcer(kernel).apply(changed).mode == "noop"
+    assert whole == ["inet", "bridge"]  # the unchanged check read both tables whole
+
+
 @pytest.mark.parametrize("bad", ["", "cg*", 'c"g', "cg\\", "a b", "x" * 15, "cg;drop", "é"])
 def test_fail_closed_prefix_is_validated(bad: str) -> None:
     with pytest.raises(ValueError, match="fail-closed prefix"):

@@ -111,8 +111,8 @@ class NftablesEnforcer(ComparesNormalText):
         chains) that also swaps the digest element, so the kernel refuses it
         if the table changed hands in between; only the digest set is read
         for that. Otherwise (first apply, drift, same digest, ``incremental=False``)
-        the whole live table is read: unchanged and equal is a no-op, anything
-        else is replaced in full. Either way it is one transaction."""
+        a live table carrying the new ruleset's digest is read whole: equal is a
+        no-op; anything else is replaced in full. Either way it is one transaction."""
         known = tuple(known_interfaces)
         fc = self.fail_closed(ruleset, known)
         digest = layout_digest(ruleset, fc, self.placement, self.flow_logging)
@@ -122,11 +122,15 @@ class NftablesEnforcer(ComparesNormalText):
             if update is not None:
                 return update
         full = replace_table(ruleset, fc, self.placement, self.flow_logging)
-        live = self.live_objects()
-        live_digest = self.live_digest(live) if live is not None else None
-        if live_digest == full.digest and self.live_text(live) == _table_text(full):
-            self.applied, self.layout = Applied(ruleset, full.digest, fc), full.layout
-            return ApplyResult(False, full.digest, full, "noop", dry_run)
+        # The digest set first: listing the whole table costs ~1.5 s at 180,000
+        # elements, and only a table that says it holds this ruleset can be left as
+        # it is; then every object of it must match, or it is replaced all the same.
+        live_digest = self.live_digest()
+        if live_digest == full.digest:
+            live = self.live_objects()
+            if live is not None and self.live_text(live) == _table_text(full):
+                self.applied, self.layout = Applied(ruleset, full.digest, fc), full.layout
+                return ApplyResult(False, full.digest, full, "noop", dry_run)
         if dry_run:
             self.check(full)
         else:
