@@ -300,8 +300,11 @@ class FakeAPIServer:
             found = list(self.requests)
         return [r for r in found if _route(r.path)[0] == resource and (watch is None or r.watch == watch)]
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-        """Wait until ``predicate()`` holds (re-checked on every server change)."""
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Wait until ``predicate()`` holds (re-checked on every server change). The
+        timeout is a bound, not a delay. With 5 s, the CRD-less cluster test failed
+        a few seconds into a run on a loaded two-core machine (passing alone every
+        time); of its waits, this one had the shortest bound."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while not predicate():
@@ -396,8 +399,13 @@ class FakeAPIServer:
             list_rv, items = self._continues.pop(token)
         else:
             list_rv = self._rv
-            # As on a real server, list items carry no kind/apiVersion of their own.
-            items = [{k: copy.deepcopy(v) for k, v in o.items() if k not in ("kind", "apiVersion")}
+            # As on a real server, list items carry no kind/apiVersion of their own. They
+            # share nested values with the store, which nothing changes in place (every
+            # write stores a fresh deep copy; responses are only encoded): deep-copying
+            # 50,000 pods here held the server's lock for ~2 s, in which every other
+            # kind's list waited, a cost no real API server (serving from its watch
+            # cache) has and that the agent's cold-start figure should not carry.
+            items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")}
                      for (ns, _), o in sorted(self._store[resource].items())
                      if namespace is None or ns == namespace]
         meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
