@@ -341,6 +341,45 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
             sec(f"Failed: {an.get('why')}")
         sec("")
 
+    # -- analysis --------------------------------------------------------------
+    if "analysis" in res:
+        sec("## 5. Analysis commands at scale")
+        sec("")
+        sec("Each command as a user runs it: a process, imports and YAML parsing included, its peak RSS "
+            "the process's own. Two shapes of cluster (`bench/synth.py`): every pod a class of its own "
+            "(10,000 equivalence classes, the worst case for anything quadratic in classes), and few "
+            "namespaces. `diff` compares the policies with a copy that lacks 1% of them.")
+        sec("")
+        for shape, tasks in res["analysis"].items():
+            spec = tasks.get("spec", {})
+            sec(f"### {shape}")
+            sec("")
+            if spec:
+                sec(f"{spec['pods']:,} pods, {spec['namespaces']:,} namespaces, {spec['policies']:,} policies, "
+                    f"seed {spec['seed']}.")
+                sec("")
+            sec("| task | seconds | peak RSS | output | what |")
+            sec("|---|---|---|---|---|")
+            for task, r in tasks.items():
+                if task == "spec":
+                    continue
+                if not r.get("available"):
+                    sec(f"| {task} | not measured: {r.get('why')} | | | |")
+                    if task != "matrix-evaluator":
+                        targets.append((f"5. {task} ({shape})", "≤ 10 s, ≤ 1 GiB", f"not measured: {r.get('why')}",
+                                        "not met"))
+                    continue
+                if r.get("estimate"):
+                    sec(f"| {task} | {r['seconds']:,.0f} (estimate, extrapolated) | | | {r['what']} |")
+                    continue
+                rss = r["peak_rss_mib"]
+                sec(f"| {task} | {r['seconds']:.1f} | {rss:.0f} MiB | {r['output_bytes']:,} bytes | {r['what']} |")
+                targets.append((f"5. {task} ({shape})", "≤ 10 s, ≤ 1 GiB", f"{r['seconds']:.1f} s, {rss:.0f} MiB",
+                                _met(r["seconds"] <= 10 and rss <= 1024)))
+            sec("")
+
+    _docker_section(res, sec, targets)
+
     # -- the user's whole path ------------------------------------------------
     whole = res.get("whole")
     if whole:
@@ -492,51 +531,6 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
                             _met(storm["ratio_logged"] >= 0.9)))
         sec("")
 
-    # -- analysis --------------------------------------------------------------
-    if "analysis" in res:
-        sec("## 5. Analysis commands at scale")
-        sec("")
-        sec("Each command as a user runs it: a process, imports and YAML parsing included, its peak RSS "
-            "the process's own. Two shapes of cluster (`bench/synth.py`): every pod a class of its own "
-            "(10,000 equivalence classes, the worst case for anything quadratic in classes), and few "
-            "namespaces. `diff` compares the policies with a copy that lacks 1% of them.")
-        sec("")
-        if "analysis_measured" in res:
-            when = res["analysis_measured"]
-            sec(f"This part was measured again on its own, {when['started']} (load average "
-                f"{' / '.join(f'{x:.2f}' for x in when['load'])}), after the analysis commands changed; the "
-                "other sections are from the run above.")
-            sec("")
-        for shape, tasks in res["analysis"].items():
-            spec = tasks.get("spec", {})
-            sec(f"### {shape}")
-            sec("")
-            if spec:
-                sec(f"{spec['pods']:,} pods, {spec['namespaces']:,} namespaces, {spec['policies']:,} policies, "
-                    f"seed {spec['seed']}.")
-                sec("")
-            sec("| task | seconds | peak RSS | output | what |")
-            sec("|---|---|---|---|---|")
-            for task, r in tasks.items():
-                if task == "spec":
-                    continue
-                if not r.get("available"):
-                    sec(f"| {task} | not measured: {r.get('why')} | | | |")
-                    if task != "matrix-evaluator":
-                        targets.append((f"5. {task} ({shape})", "≤ 10 s, ≤ 1 GiB", f"not measured: {r.get('why')}",
-                                        "not met"))
-                    continue
-                if r.get("estimate"):
-                    sec(f"| {task} | {r['seconds']:,.0f} (estimate, extrapolated) | | | {r['what']} |")
-                    continue
-                rss = r["peak_rss_mib"]
-                sec(f"| {task} | {r['seconds']:.1f} | {rss:.0f} MiB | {r['output_bytes']:,} bytes | {r['what']} |")
-                targets.append((f"5. {task} ({shape})", "≤ 10 s, ≤ 1 GiB", f"{r['seconds']:.1f} s, {rss:.0f} MiB",
-                                _met(r["seconds"] <= 10 and rss <= 1024)))
-            sec("")
-
-    _docker_section(res, sec, targets)
-
     add("## Targets")
     add("")
     add("Verdicts are on medians (min and max are in the sections below).")
@@ -568,14 +562,6 @@ def _docker_section(res: dict[str, Any], sec: Any, targets: list[tuple[str, str,
         sec(f"Not measured: {dk.get('why')}.")
         sec("")
         return
-    if "docker_measured" in res:
-        when = res["docker_measured"]
-        where = when.get("machine")
-        on = (f" on {where['cpu']}, {where['cores']} cores, {where['memory_gib']} GiB RAM, kernel {where['kernel']}"
-              if where else "")
-        sec(f"This part was measured on its own, {when['started']}{on} (load average "
-            f"{' / '.join(f'{x:.2f}' for x in when['load'])}); the other sections are from the run above.")
-        sec("")
     call, event = dk["call_to_enforced_ms"], dk["started_to_enforced_ms"]
     engine = [c - e for c, e in zip(call, event, strict=True)]
     sec(f"A real dockerd (Debian's {dk['engine']}, storage driver vfs) in a lab network namespace, the "
