@@ -192,8 +192,9 @@ class Partition:
         self.members: list[list[Endpoint]] = []
         self.class_of: dict[str, int] = {}
         for ep, row in zip(self.endpoints, inside, strict=True):
-            key = (ep.namespace, tuple(sorted(ep.labels.items())), tuple(sorted(set(ep.ports), key=repr)),
-                   row.tobytes())
+            # Sets, not sorted tuples: only equality matters here, and sorting each pod's
+            # ports by repr was most of the partition's time at 50,000 pods.
+            key = (ep.namespace, frozenset(ep.labels.items()), frozenset(ep.ports), row.tobytes())
             c = index.get(key)
             if c is None:
                 c = index[key] = len(self.members)

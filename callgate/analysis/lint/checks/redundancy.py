@@ -10,13 +10,24 @@ runs first and says what it reported, so no rule is reported twice.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
 from callgate.analysis.connectivity import Connectivity, Partition, ProtocolPortRange, family_ip
 from callgate.analysis.lint.linter import Item, Linter
-from callgate.policy.model import ClusterPolicy, Direction, Policy, PolicyRule, PolicySet, Tier
+from callgate.policy.model import (
+    ClusterPolicy,
+    Direction,
+    Peer,
+    Policy,
+    PolicyRule,
+    PolicySet,
+    PortProtocol,
+    PortSpec,
+    Tier,
+)
 from callgate.policy.positions import FieldPath
 
 # What the exact check reported: (id(item), None, 0) for a whole policy,
@@ -24,11 +35,57 @@ from callgate.policy.positions import FieldPath
 Reported = set[tuple[int, Direction | None, int]]
 
 
-def subsumes(a: PolicyRule, b: PolicyRule) -> bool:
-    """Does rule ``a`` allow everything rule ``b`` allows (syntactically)?"""
-    peers = not a.peers or (bool(b.peers) and set(b.peers) <= set(a.peers))
-    ports = not a.ports or (bool(b.ports) and set(b.ports) <= set(a.ports))
-    return peers and ports
+@dataclass(frozen=True)
+class _Rule:
+    """A rule of a group with its peers and ports as sets, made once: comparing rules
+    pairwise hashed every peer (selectors inside) on every comparison."""
+
+    item: Item
+    index: int
+    peers: frozenset[Peer]
+    ports: frozenset[PortSpec]
+
+    def subsumes(self, other: _Rule) -> bool:
+        """Does this rule allow everything ``other`` allows (syntactically)?"""
+        peers = not self.peers or (bool(other.peers) and other.peers <= self.peers)
+        ports = not self.ports or (bool(other.ports) and other.ports <= self.ports)
+        return peers and ports
+
+
+class _GroupRules:
+    """The rules of one direction of a group of policies, in group order, indexed by
+    peer: a rule that covers another has no peers or has each of its peers, so the
+    candidates are the rules without peers and those holding its first peer, not the
+    whole group (the bench's 100 policies on one pod made the pair scan quadratic)."""
+
+    def __init__(self, group: list[Item], direction: Direction) -> None:
+        self.rules: list[_Rule] = []
+        self._without_peers: list[int] = []
+        self._by_peer: dict[Peer, list[int]] = {}
+        self._at: dict[tuple[int, int], int] = {}  # (id(item), rule index) -> position
+        for item in group:
+            pol = item.policy
+            assert pol is not None
+            if direction not in pol.policy_types:
+                continue
+            for j, rule in enumerate(pol.rules(direction)):
+                k = len(self.rules)
+                self.rules.append(_Rule(item, j, frozenset(rule.peers), frozenset(rule.ports)))
+                self._at[(id(item), j)] = k
+                if not rule.peers:
+                    self._without_peers.append(k)
+                for peer in self.rules[k].peers:
+                    self._by_peer.setdefault(peer, []).append(k)
+
+    def rule(self, item: Item, index: int) -> _Rule:
+        return self.rules[self._at[(id(item), index)]]
+
+    def candidates(self, rule: _Rule) -> list[_Rule]:
+        """The rules that may cover ``rule``, in group order."""
+        found = list(self._without_peers)
+        if rule.peers:
+            found += self._by_peer[next(iter(rule.peers))]
+        return [self.rules[k] for k in sorted(found)]
 
 
 def syntactic(linter: Linter, items: list[Item], reported: Reported) -> None:
@@ -38,39 +95,42 @@ def syntactic(linter: Linter, items: list[Item], reported: Reported) -> None:
     for item in items:
         assert item.policy is not None
         groups.setdefault((item.policy.namespace, item.policy.pod_selector), []).append(item)
+    indexed: dict[tuple[int, Direction], _GroupRules] = {}  # (id(group), direction)
     for item in items:
         pol = item.policy
         assert pol is not None
         if (id(item), None, 0) in reported:
             continue  # the whole policy changes nothing; reported once
+        group = groups[(pol.namespace, pol.pod_selector)]
         for direction in pol.policy_types:
-            mine = pol.rules(direction)
-            for i, rule in enumerate(mine):
+            rules = indexed.get((id(group), direction))
+            if rules is None:
+                rules = indexed[(id(group), direction)] = _GroupRules(group, direction)
+            for i in range(len(pol.rules(direction))):
                 if (id(item), direction, i) in reported:
                     continue
-                why = _covering(groups[(pol.namespace, pol.pod_selector)], item, direction, i, rule)
+                why = _covering(rules, rules.rule(item, i), direction)
                 if why is not None:
                     linter.report("CG107", f"{direction.value.lower()} rule {i} allows nothing that {why} "
                                   "does not already allow", item, item.rule_path(direction, i),
                                   hint="delete it, or change it to say what was meant")
 
 
-def _covering(group: list[Item], me: Item, direction: Direction, index: int, rule: PolicyRule) -> str | None:
-    for other in group:
+def _covering(rules: _GroupRules, mine: _Rule, direction: Direction) -> str | None:
+    me = mine.item
+    for cand in rules.candidates(mine):
+        other = cand.item
+        if other is me and cand.index == mine.index:
+            continue
+        if not cand.subsumes(mine):
+            continue
+        equal = mine.subsumes(cand)
+        # Of two equal rules, report only the later one (in file order).
+        if equal and ((other is me and cand.index > mine.index) or (other is not me and _order(other) > _order(me))):
+            continue
         pol = other.policy
         assert pol is not None
-        if direction not in pol.policy_types:
-            continue
-        for j, cand in enumerate(pol.rules(direction)):
-            if other is me and j == index:
-                continue
-            if not subsumes(cand, rule):
-                continue
-            equal = subsumes(rule, cand)
-            # Of two equal rules, report only the later one (in file order).
-            if equal and ((other is me and j > index) or (other is not me and _order(other) > _order(me))):
-                continue
-            return f"rule {j}" if other is me else f"{pol.display} {direction.value.lower()}[{j}]"
+        return f"rule {cand.index}" if other is me else f"{pol.display} {direction.value.lower()}[{cand.index}]"
     return None
 
 
@@ -159,6 +219,7 @@ def _redundancy(conn: Connectivity) -> _FamilyRedundancy:
     policies (the 100 policies on the bench's hot pod made that quadratic)."""
     out = _FamilyRedundancy()
     segments = conn.partition.segments()
+    index = _SegmentIndex(conn, segments)
     for c in range(conn.partition.size):
         for direction in (Direction.INGRESS, Direction.EGRESS):
             iso = conn.isolating(c, direction)
@@ -180,9 +241,54 @@ def _redundancy(conn: Connectivity) -> _FamilyRedundancy:
             open_policies = len(iso) > 1 and any(id(p) not in out.changes for p in iso)
             if not open_policies and not any(k is not None for row in checked for k in row):
                 continue
-            for seg in segments:
-                _segment(conn, out, iso, checked, direction, c, seg)
+            # Segments no port of these rules touches all give the same rows (rules without
+            # ports allow their peers, the others nothing): one of them stands for all.
+            touched = set().union(*(index.touched(r) for p in iso for r in p.rules(direction)))
+            for s in touched:
+                _segment(conn, out, iso, checked, direction, c, segments[s])
+            untouched = next((s for s in range(len(segments)) if s not in touched), None)
+            if untouched is not None:
+                _segment(conn, out, iso, checked, direction, c, segments[untouched])
     return out
+
+
+class _SegmentIndex:
+    """Which port segments each rule's ports can match: all of a protocol for a spec
+    without port, the segments inside a numeric port or range (segment edges include
+    every policy's port and end + 1, so a segment is inside or outside), and for a named
+    port the segments of the ports some class declares under that name (the only ports
+    it can resolve to, on ingress and egress). On any other segment a rule with ports
+    allows nothing."""
+
+    def __init__(self, conn: Connectivity, segments: list[ProtocolPortRange]) -> None:
+        self._starts: dict[PortProtocol, list[int]] = {}
+        self._first: dict[PortProtocol, int] = {}
+        for i, seg in enumerate(segments):
+            self._first.setdefault(seg.protocol, i)
+            self._starts.setdefault(seg.protocol, []).append(seg.lo)
+        self._declared: dict[tuple[str, PortProtocol], set[int]] = {}
+        part = conn.partition
+        for c in range(part.size):
+            for declared in part.rep(c).ports:
+                if declared.name is not None:
+                    self._declared.setdefault((declared.name, declared.protocol), set()).add(declared.port)
+        self._by_rule: dict[int, frozenset[int]] = {}  # id(rule): the rules outlive the index
+
+    def touched(self, rule: PolicyRule) -> frozenset[int]:
+        found = self._by_rule.get(id(rule))
+        if found is None:
+            found = self._by_rule[id(rule)] = frozenset(s for spec in rule.ports for s in self._spec(spec))
+        return found
+
+    def _spec(self, spec: PortSpec) -> range | list[int]:
+        starts, first = self._starts.get(spec.protocol, []), self._first.get(spec.protocol, 0)
+        if spec.port is None:
+            return range(first, first + len(starts))
+        if isinstance(spec.port, str):
+            return [first + bisect.bisect_right(starts, n) - 1
+                    for n in self._declared.get((spec.port, spec.protocol), ()) if starts and n >= starts[0]]
+        end = spec.end_port if spec.end_port is not None else spec.port
+        return range(first + bisect.bisect_left(starts, spec.port), first + bisect.bisect_right(starts, end))
 
 
 def _segment(conn: Connectivity, out: _FamilyRedundancy, iso: list[Policy], checked: list[list[RuleKey | None]],
