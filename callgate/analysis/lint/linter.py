@@ -8,6 +8,7 @@ and left out, and the rest of its App is still checked.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,20 +105,38 @@ class Linter:
         self.files: list[str] = []
         self.skipped: list[str] = []  # files without a policy or inventory document (skip_other_kinds)
         self.positions = Positions()
+        # Findings on items still without their line and column: (index in findings,
+        # document, path in its file), placed all at once by place().
+        self._unplaced: list[tuple[int, Document, FieldPath]] = []
 
     def report(self, rule: str, message: str, item: Item | None = None, path: Sequence[str | int] = (),
                hint: str | None = None, severity: Severity | None = None, file: str | None = None,
                obj: str | None = None, line: int | None = None, column: int | None = None) -> None:
+        """A finding: on an item (placed at ``path`` in its document by :meth:`place`), or
+        at the given file, line and column."""
         doc_key = None
         if item is not None:
             doc = item.doc
-            file = doc.file
-            line, column = self.positions(doc.file, doc.index, doc.path + tuple(path))
+            file, line, column = doc.file, None, None
             obj = obj or item.obj
             doc_key = (doc.file, doc.index, doc.path)
+            self._unplaced.append((len(self.findings), doc, doc.path + tuple(path)))
         self.findings.append(Finding(
             rule, severity or BY_ID[rule].severity, message, file, line, column, obj,
             format_path(path) or None, hint or None, doc_key))
+
+    def place(self) -> None:
+        """Give the findings on items their line and column. All the paths of a document
+        are looked up in one pass over its file: a look-up per finding composed the whole
+        file into nodes (5 s for a 4 MB List of 10,000 policies)."""
+        paths: dict[tuple[str, int], list[FieldPath]] = {}
+        for _, doc, path in self._unplaced:
+            paths.setdefault((doc.file, doc.index), []).append(path)
+        found = {where: self.positions.many(where[0], where[1], wanted) for where, wanted in paths.items()}
+        for k, doc, path in self._unplaced:
+            line, column = found[(doc.file, doc.index)][path]
+            self.findings[k] = dataclasses.replace(self.findings[k], line=line, column=column)
+        self._unplaced = []
 
     def problem(self, p: Problem, doc: Document | None = None) -> None:
         """A loader problem (schema / API-server validation) as a finding: the rule its
