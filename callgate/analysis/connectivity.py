@@ -68,6 +68,9 @@ from callgate.policy.model import (
 from callgate.policy.resolve import Resolver
 
 Progress = Callable[[int, int], None]  # (done, total)
+# A side's memo key: isolating policies, their ids (and the cluster policies'), whether an
+# ingress named port resolves on the class, the segments its rules' ports touch.
+_SideKey = tuple[list[Policy], tuple[int, ...], bool, frozenset[int]]
 
 
 @dataclass(frozen=True, order=True)
@@ -170,6 +173,7 @@ class _Cache:
     named: dict[tuple[str, PortProtocol, int], int] = field(default_factory=dict)
     declared: dict[tuple[str, PortProtocol, int], list[int]] | None = None
     pinned: dict[int, object] = field(default_factory=dict)
+    touched: dict[int, frozenset[int]] = field(default_factory=dict)  # id(rule) -> Partition.touched
 
 
 class Partition:
@@ -204,6 +208,11 @@ class Partition:
             self.members[c].append(ep)
             self.class_of[ep.key] = c
         self.starts = _segments(inventory, policy_sets)
+        # Where each protocol's segments begin in segments().
+        self._first: dict[PortProtocol, int] = {}
+        for proto in PROTOCOLS:
+            self._first[proto] = sum(len(self.starts[p]) for p in PROTOCOLS[:PROTOCOLS.index(proto)])
+        self._declared: dict[tuple[str, PortProtocol], set[int]] | None = None  # built on first use
         self.block_bits = {b: self.bits(cs) for b, cs in zip(blocks, block_classes, strict=True)}
         self.cache = _Cache(Resolver(inventory))
 
@@ -264,6 +273,46 @@ class Partition:
         hi = starts[i + 1] - 1 if i + 1 < len(starts) else 65535
         return ProtocolPortRange(protocol, starts[i], hi)
 
+    def segment_number(self, protocol: PortProtocol, port: int) -> int | None:
+        """The index in :meth:`segments` of the segment holding ``port`` (None below the first)."""
+        i = bisect.bisect_right(self.starts[protocol], port) - 1
+        return None if i < 0 else self._first[protocol] + i
+
+    def touched(self, ports: Iterable[PortSpec]) -> frozenset[int]:
+        """Numbers of the segments on which one of ``ports`` can match a port.
+
+        A spec without port touches its protocol's segments, a number or range the
+        segments it overlaps, a named port the segments of the ports some class
+        declares under that name (the only numbers it resolves to, on the class
+        itself for ingress or on a peer class for egress). On any other segment a
+        rule with these ports matches nothing, so the segments no rule of a side
+        touches all give that side the same bits."""
+        out: set[int] = set()
+        for spec in ports:
+            starts, first = self.starts[spec.protocol], self._first[spec.protocol]
+            if spec.port is None:
+                out.update(range(first, first + len(starts)))
+            elif isinstance(spec.port, str):
+                for number in self._declared_numbers().get((spec.port, spec.protocol), ()):
+                    k = self.segment_number(spec.protocol, number)
+                    if k is not None:
+                        out.add(k)
+            else:
+                end = spec.end_port if spec.end_port is not None else spec.port
+                lo = max(bisect.bisect_right(starts, spec.port) - 1, 0)
+                out.update(range(first + lo, first + bisect.bisect_right(starts, end)))
+        return frozenset(out)
+
+    def _declared_numbers(self) -> dict[tuple[str, PortProtocol], set[int]]:
+        """Port numbers the classes declare, by name and protocol."""
+        if self._declared is None:
+            self._declared = {}
+            for members in self.members:
+                for declared in members[0].ports:
+                    if declared.name is not None:
+                        self._declared.setdefault((declared.name, declared.protocol), set()).add(declared.port)
+        return self._declared
+
 
 @dataclass
 class Connectivity:
@@ -278,8 +327,9 @@ class Connectivity:
         self.resolver = self._cache.resolver
         self.all = (1 << self.partition.size) - 1
         self._isolating: dict[tuple[int, Direction], list[Policy]] = {}
-        # (class, direction) -> (isolating policies, their ids, has an ingress named port)
-        self._side_keys: dict[tuple[int, Direction], tuple[list[Policy], tuple[int, ...], bool]] = {}
+        # (class, direction) -> (isolating policies, their ids, has an ingress named port,
+        # segments touched by the ports of the rules that decide the side)
+        self._side_keys: dict[tuple[int, Direction], _SideKey] = {}
         self._matrices: dict[tuple[PortProtocol, int], np.ndarray] = {}
         self._row_kinds: dict[Direction, tuple[list[int], np.ndarray]] = {}  # see side_rows
         self._by_ns: dict[str, list[Policy]] = {}
@@ -442,13 +492,29 @@ class Connectivity:
                     return accepted, denied
         return accepted, denied
 
-    def _side_key(self, c: int, direction: Direction) -> tuple[list[Policy], tuple[int, ...], bool]:
+    def _side_key(self, c: int, direction: Direction) -> _SideKey:
         key = (c, direction)
         found = self._side_keys.get(key)
         if found is None:
             policies = self.isolating(c, direction)
-            found = self._side_keys[key] = (policies, *self._memo_key(policies, direction, c))
+            rules: list[PolicyRule | ClusterRule] = [r for p in policies for r in p.rules(direction)]
+            for tier in (Tier.ADMIN, Tier.BASELINE):
+                rules.extend(r for cp in self.cluster_subjects(c, tier) for r in cp.rules(direction))
+            found = self._side_keys[key] = (policies, *self._memo_key(policies, direction, c),
+                                            self.touched(rules))
         return found
+
+    def touched(self, rules: Iterable[PolicyRule | ClusterRule]) -> frozenset[int]:
+        """:meth:`Partition.touched` by the ports of all ``rules``, each rule's looked up once."""
+        cache = self._cache
+        out: frozenset[int] = frozenset()
+        for rule in rules:
+            found = cache.touched.get(id(rule))
+            if found is None:
+                found = cache.touched[id(rule)] = self.partition.touched(rule.ports)
+                cache.pinned[id(rule)] = rule
+            out |= found
+        return out
 
     def _memo_key(self, policies: list[Policy], direction: Direction, c: int) -> tuple[tuple[int, ...], bool]:
         """What a side's bits depend on besides the port: the isolating policies and
@@ -470,12 +536,16 @@ class Connectivity:
 
         ``without`` leaves one NetworkPolicy-tier policy out (lint uses it to ask
         "does this policy change anything?")."""
-        if without is None:
-            policies, ids, named = self._side_key(c, direction)
-        else:
-            policies = [p for p in self.isolating(c, direction) if p is not without]
+        policies, ids, named, touched = self._side_key(c, direction)
+        if without is not None:
+            policies = [p for p in policies if p is not without]
             ids, named = self._memo_key(policies, direction, c)
-        memo = (ids, direction, protocol, port, self.partition.rep(c).ports if named else None)
+        # Off the touched segments the bits are the same on every port (of every
+        # protocol): one entry for all of them. (Fewer policies touch fewer segments,
+        # so the whole side's are a superset for ``without`` too.)
+        number = self.partition.segment_number(protocol, port)
+        where = (protocol, port) if number is None or number in touched else None
+        memo = (ids, direction, where, self.partition.rep(c).ports if named else None)
         side = self._cache.side
         bits = side.get(memo)
         if bits is None:
@@ -519,7 +589,7 @@ class Connectivity:
             for c in range(self.partition.size):
                 # ids name the isolating policies and the cluster policies of both tiers
                 # (none of either: one kind for all such classes).
-                _, ids, named = self._side_key(c, direction)
+                _, ids, named, _ = self._side_key(c, direction)
                 kind = (ids, self.partition.rep(c).ports if named else None)
                 k = kinds.get(kind)
                 if k is None:

@@ -10,7 +10,6 @@ runs first and says what it reported, so no rule is reported twice.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
@@ -24,7 +23,6 @@ from callgate.policy.model import (
     Policy,
     PolicyRule,
     PolicySet,
-    PortProtocol,
     PortSpec,
     Tier,
 )
@@ -219,7 +217,6 @@ def _redundancy(conn: Connectivity) -> _FamilyRedundancy:
     policies (the 100 policies on the bench's hot pod made that quadratic)."""
     out = _FamilyRedundancy()
     segments = conn.partition.segments()
-    index = _SegmentIndex(conn, segments)
     for c in range(conn.partition.size):
         for direction in (Direction.INGRESS, Direction.EGRESS):
             iso = conn.isolating(c, direction)
@@ -243,52 +240,13 @@ def _redundancy(conn: Connectivity) -> _FamilyRedundancy:
                 continue
             # Segments no port of these rules touches all give the same rows (rules without
             # ports allow their peers, the others nothing): one of them stands for all.
-            touched = set().union(*(index.touched(r) for p in iso for r in p.rules(direction)))
+            touched = conn.touched(r for p in iso for r in p.rules(direction))
             for s in touched:
                 _segment(conn, out, iso, checked, direction, c, segments[s])
             untouched = next((s for s in range(len(segments)) if s not in touched), None)
             if untouched is not None:
                 _segment(conn, out, iso, checked, direction, c, segments[untouched])
     return out
-
-
-class _SegmentIndex:
-    """Which port segments each rule's ports can match: all of a protocol for a spec
-    without port, the segments inside a numeric port or range (segment edges include
-    every policy's port and end + 1, so a segment is inside or outside), and for a named
-    port the segments of the ports some class declares under that name (the only ports
-    it can resolve to, on ingress and egress). On any other segment a rule with ports
-    allows nothing."""
-
-    def __init__(self, conn: Connectivity, segments: list[ProtocolPortRange]) -> None:
-        self._starts: dict[PortProtocol, list[int]] = {}
-        self._first: dict[PortProtocol, int] = {}
-        for i, seg in enumerate(segments):
-            self._first.setdefault(seg.protocol, i)
-            self._starts.setdefault(seg.protocol, []).append(seg.lo)
-        self._declared: dict[tuple[str, PortProtocol], set[int]] = {}
-        part = conn.partition
-        for c in range(part.size):
-            for declared in part.rep(c).ports:
-                if declared.name is not None:
-                    self._declared.setdefault((declared.name, declared.protocol), set()).add(declared.port)
-        self._by_rule: dict[int, frozenset[int]] = {}  # id(rule): the rules outlive the index
-
-    def touched(self, rule: PolicyRule) -> frozenset[int]:
-        found = self._by_rule.get(id(rule))
-        if found is None:
-            found = self._by_rule[id(rule)] = frozenset(s for spec in rule.ports for s in self._spec(spec))
-        return found
-
-    def _spec(self, spec: PortSpec) -> range | list[int]:
-        starts, first = self._starts.get(spec.protocol, []), self._first.get(spec.protocol, 0)
-        if spec.port is None:
-            return range(first, first + len(starts))
-        if isinstance(spec.port, str):
-            return [first + bisect.bisect_right(starts, n) - 1
-                    for n in self._declared.get((spec.port, spec.protocol), ()) if starts and n >= starts[0]]
-        end = spec.end_port if spec.end_port is not None else spec.port
-        return range(first + bisect.bisect_left(starts, spec.port), first + bisect.bisect_right(starts, end))
 
 
 def _segment(conn: Connectivity, out: _FamilyRedundancy, iso: list[Policy], checked: list[list[RuleKey | None]],
