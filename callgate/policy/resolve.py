@@ -28,6 +28,7 @@ class Resolver:
             for item in ep.labels.items():
                 self._by_label[item].append(i)
         self._ns_by_label: dict[tuple[str, str], list[str]] | None = None  # built on first use
+        self._by_ns_label: dict[tuple[str, str, str], list[int]] | None = None  # built on first use
         self._ns_cache: dict[LabelSelector, frozenset[str]] = {}
         self._peer_cache: dict[Peer, tuple[Endpoint, ...]] = {}
         self._peer_ids: dict[Peer, frozenset[int]] = {}
@@ -55,6 +56,16 @@ class Resolver:
             self._ns_by_label = index
         return self._ns_by_label
 
+    def _namespace_label_index(self) -> dict[tuple[str, str, str], list[int]]:
+        """(namespace, key, value) -> endpoint indices, in inventory order."""
+        if self._by_ns_label is None:
+            index: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+            for i, ep in enumerate(self.inventory.endpoints):
+                for key, value in ep.labels.items():
+                    index[(ep.namespace, key, value)].append(i)
+            self._by_ns_label = index
+        return self._by_ns_label
+
     def _select(self, namespaces: frozenset[str] | None, selector: LabelSelector | None) -> tuple[Endpoint, ...]:
         eps = self.inventory.endpoints
         # Candidates are always in inventory order (so the result is too); take
@@ -63,6 +74,14 @@ class Resolver:
         # than the namespaces' pods: a union of long ``In`` postings built to be
         # thrown away was a fifth of lint's peer resolution.
         candidates: Sequence[int] = range(len(eps))
+        if namespaces is not None and len(namespaces) == 1 and selector is not None and selector.match_labels:
+            # One namespace (a policy's pods, a peer without namespaceSelector or naming
+            # one namespace): its pods with the rarest required label, often a handful
+            # where the namespace has hundreds and the label tens of thousands.
+            (ns,) = namespaces
+            index = self._namespace_label_index()
+            candidates = min((index.get((ns, *item), []) for item in selector.match_labels), key=len)
+            return tuple(eps[i] for i in candidates if selector.matches(eps[i].labels))
         in_namespaces = len(eps) if namespaces is None else sum(len(self._by_ns.get(ns, ())) for ns in namespaces)
         narrow = candidates if selector is None else _narrowest(selector, self._by_label, candidates, in_namespaces)
         if narrow is not candidates:
