@@ -185,7 +185,10 @@ class Partition:
     partition for old and new), so their matrices line up class by class.
     """
 
-    def __init__(self, inventory: Inventory, policy_sets: Sequence[PolicySet], family: int = 4) -> None:
+    def __init__(self, inventory: Inventory, policy_sets: Sequence[PolicySet], family: int = 4,
+                 resolver: Resolver | None = None) -> None:
+        """``resolver``: one over ``inventory`` to share (peers resolve the same in both
+        families, and lint's other checks resolve them too)."""
         self.inventory = inventory
         self.family = family
         self.endpoints = sorted((e for e in inventory.endpoints if family_ip(e, family) is not None),
@@ -216,7 +219,7 @@ class Partition:
             self._first[proto] = sum(len(self.starts[p]) for p in PROTOCOLS[:PROTOCOLS.index(proto)])
         self._declared: dict[tuple[str, PortProtocol], set[int]] | None = None  # built on first use
         self.block_bits = {b: self.bits(cs) for b, cs in zip(blocks, block_classes, strict=True)}
-        self.cache = _Cache(Resolver(inventory))
+        self.cache = _Cache(resolver or Resolver(inventory))
 
     def _block_membership(self, blocks: list[IPBlock]) -> np.ndarray:
         """``m[e, b]``: does block ``b`` contain endpoint ``e``'s address (``IPBlock.contains``)?

@@ -21,6 +21,7 @@ from callgate.policy.loader import parse_policy_document
 from callgate.policy.model import ClusterPolicy, Direction, Inventory, Policy
 from callgate.policy.native import ParsedApp, compile_apps
 from callgate.policy.positions import FieldPath, Positions
+from callgate.policy.resolve import Resolver
 
 # Where each direction's rules and their peers are written in a NetworkPolicy.
 DIRECTION_KEYS = {Direction.INGRESS: ("ingress", "from"), Direction.EGRESS: ("egress", "to")}
@@ -96,6 +97,8 @@ class Linter:
     def __init__(self, inventory: Inventory | None = None, inventory_paths: Sequence[str] = (),
                  skip_other_kinds: bool = False) -> None:
         self.inventory = inventory
+        # One resolver for every check over the inventory: they resolve the same selectors.
+        self.resolver = Resolver(inventory) if inventory is not None else None
         self.inventory_paths = list(inventory_paths)
         # Lint every YAML/JSON file of a repository (the pre-commit hook): documents
         # of other tools and other Kubernetes kinds are not policies, not mistakes.

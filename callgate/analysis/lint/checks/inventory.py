@@ -32,7 +32,8 @@ def check(linter: Linter, items: list[Item], cluster: Sequence[ClusterPolicy] = 
     the ClusterNetworkPolicies beside them, which may guard pods no policy isolates)."""
     inv = linter.inventory
     assert inv is not None
-    resolver = Resolver(inv)
+    resolver = linter.resolver
+    assert resolver is not None
     for item in items:
         pol = item.policy
         assert pol is not None

@@ -153,7 +153,7 @@ def exact(linter: Linter, items: list[Item], cluster: tuple[ClusterPolicy, ...] 
     families = []
     for family in (4, 6):
         if any(family_ip(e, family) for e in inv.endpoints):
-            part = Partition(inv, [policies], family)
+            part = Partition(inv, [policies], family, linter.resolver)
             families.append(_redundancy(Connectivity(part, policies)))
     reported: Reported = set()
     for item in items:
