@@ -200,6 +200,9 @@ class Partition:
         index: dict[tuple[object, ...], int] = {}
         self.members: list[list[Endpoint]] = []
         self.class_of: dict[str, int] = {}
+        # The same by id(endpoint), for endpoints of this inventory (held by self.endpoints):
+        # resolved peers map thousands of endpoints, and formatting each one's key was slower.
+        self.class_by_id: dict[int, int] = {}
         for ep, row in zip(self.endpoints, inside, strict=True):
             # Sets, not sorted tuples: only equality matters here, and sorting each pod's
             # ports by repr was most of the partition's time at 50,000 pods.
@@ -212,6 +215,7 @@ class Partition:
                     block_classes[k].append(c)
             self.members[c].append(ep)
             self.class_of[ep.key] = c
+            self.class_by_id[id(ep)] = c
         self.starts = _segments(inventory, policy_sets)
         # Where each protocol's segments begin in segments().
         self._first: dict[PortProtocol, int] = {}
@@ -219,6 +223,7 @@ class Partition:
             self._first[proto] = sum(len(self.starts[p]) for p in PROTOCOLS[:PROTOCOLS.index(proto)])
         self._declared: dict[tuple[str, PortProtocol], set[int]] | None = None  # built on first use
         self.block_bits = {b: self.bits(cs) for b, cs in zip(blocks, block_classes, strict=True)}
+        assert resolver is None or resolver.inventory is inventory, "classes are found by endpoint identity"
         self.cache = _Cache(resolver or Resolver(inventory))
 
     def _block_membership(self, blocks: list[IPBlock]) -> np.ndarray:
@@ -375,9 +380,9 @@ class Connectivity:
         key = (policy.namespace, policy.pod_selector)
         found = self._cache.target_classes.get(key)
         if found is None:
-            cls = self.partition.class_of
+            cls = self.partition.class_by_id
             found = self._cache.target_classes[key] = frozenset(
-                cls[e.key] for e in self.resolver.targets(policy) if e.key in cls)
+                cls[id(e)] for e in self.resolver.targets(policy) if id(e) in cls)
         return found
 
     def cluster_subjects(self, c: int, tier: Tier) -> list[ClusterPolicy]:
@@ -415,8 +420,8 @@ class Connectivity:
                                      "Partition from every policy set evaluated over it")
             else:
                 # The resolver's label index finds the endpoints; classes follow.
-                cls = part.class_of
-                bits = part.bits(cls[e.key] for e in self.resolver.peer_endpoints(peer) if e.key in cls)
+                cls = part.class_by_id
+                bits = part.bits(cls[id(e)] for e in self.resolver.peer_endpoints(peer) if id(e) in cls)
             self._cache.peer_bits[peer] = bits
         return bits
 
