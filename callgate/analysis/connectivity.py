@@ -176,6 +176,7 @@ class _Cache:
     pinned: dict[int, object] = field(default_factory=dict)
     touched: dict[int, frozenset[int]] = field(default_factory=dict)  # id(rule) -> Partition.touched
     target_classes: dict[tuple[str, LabelSelector], frozenset[int]] = field(default_factory=dict)
+    side_touched: dict[tuple[tuple[int, ...], Direction], frozenset[int]] = field(default_factory=dict)
 
 
 class Partition:
@@ -531,11 +532,15 @@ class Connectivity:
         found = self._side_keys.get(key)
         if found is None:
             policies = self.isolating(c, direction)
-            rules: list[PolicyRule | ClusterRule] = [r for p in policies for r in p.rules(direction)]
-            for tier in (Tier.ADMIN, Tier.BASELINE):
-                rules.extend(r for cp in self.cluster_subjects(c, tier) for r in cp.rules(direction))
-            found = self._side_keys[key] = (policies, *self._memo_key(policies, direction, c),
-                                            self.touched(rules))
+            ids, named = self._memo_key(policies, direction, c)
+            # The same policies touch the same segments: once per set of them (ids are pinned).
+            touched = self._cache.side_touched.get((ids, direction))
+            if touched is None:
+                rules: list[PolicyRule | ClusterRule] = [r for p in policies for r in p.rules(direction)]
+                for tier in (Tier.ADMIN, Tier.BASELINE):
+                    rules.extend(r for cp in self.cluster_subjects(c, tier) for r in cp.rules(direction))
+                touched = self._cache.side_touched[(ids, direction)] = self.touched(rules)
+            found = self._side_keys[key] = (policies, ids, named, touched)
         return found
 
     def touched(self, rules: Iterable[PolicyRule | ClusterRule]) -> frozenset[int]:
