@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,3 +110,37 @@ def test_nesting_libyaml_refuses_goes_the_yaml_way_whatever_the_recursion_limit(
     finally:
         sys.setrecursionlimit(limit)
     assert Positions().many(str(file), 0, [(0, 0)]) == _composed(file, [(0, 0)]) == {(0, 0): (None, None)}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.dictionaries(st.sampled_from(["spec", "items", "a b", "é"]), _VALUES, max_size=3), min_size=1,
+                max_size=4),
+       st.sampled_from([None, True, False]), st.sampled_from([2, 4]), st.booleans())
+def test_positions_in_many_documents_are_the_composers(tmp_path: Path, docs: list[Any], flow: bool | None,
+                                                       indent: int, explicit_start: bool) -> None:
+    # YAML documents: their events walked in one pass for all documents asked about.
+    text = yaml.safe_dump_all(docs, default_flow_style=flow, indent=indent, explicit_start=explicit_start,
+                              allow_unicode=True)
+    file = tmp_path / "docs.yaml"
+    file.write_text(text, encoding="utf-8")
+    wanted = {i: _paths(doc) for i, doc in enumerate(docs)}
+    wanted[len(docs)] = [("spec",)]  # no such document
+    composer = Positions()
+    expected = {i: {p: composer(str(file), i, p) for p in paths} for i, paths in wanted.items()}
+    assert Positions().in_documents(str(file), wanted) == expected
+
+
+def test_documents_of_a_file_are_placed_in_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "many.yaml"
+    file.write_text("".join(f"---\nmetadata: {{name: p{i}}}\nspec: {{podSelector: {{}}}}\n" for i in range(50)))
+    passes = []
+    parse = yaml.parse
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        passes.append(1)
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(yaml, "parse", counted)
+    found = Positions().in_documents(str(file), {i: [("spec", "podSelector")] for i in range(50)})
+    assert len(passes) == 1
+    assert found[49] == {("spec", "podSelector"): (150, 21)}  # document 50 starts on line 148
