@@ -16,18 +16,17 @@ and the caller asks PyYAML. Where PyYAML differs from JSON on valid JSON:
 * escaped surrogates (``\\ud83d``), which libyaml refuses;
 * a key more than 1024 characters before its colon, or on another line than
   its colon (YAML's limits on implicit keys);
-* nesting deeper than libyaml's 1000 levels (the json module stops about there
-  too, but the recursion limit can be raised).
+* nesting deeper than libyaml's 1000 levels (the json module stops before,
+  unless the recursion limit was raised).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 if TYPE_CHECKING:
     from callgate.policy.positions import FieldPath
@@ -36,11 +35,11 @@ _NOT_PLAIN = re.compile("[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff0
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _KEY_ACROSS_LINES = re.compile(r'"[ \n]*\n[ \n]*:')
 _SPACES = re.compile(r"[ \n]*")
-# A key's colon must be within 1024 characters of its start: strings shorter than
-# this (in UTF-8 bytes, never fewer than characters) with fewer spaces before the colon.
-_LONG_STRING = 900
+# A key's colon must be within 1024 characters of its start (libyaml counts characters):
+# keys shorter than 900 characters with fewer than 100 spaces before their colon are.
+_LONG_KEY = re.compile(r'"[^"]{900,}"[ \n]*:')
 _LONG_SPACE_BEFORE_COLON = re.compile(r'"[ \n]{100,}:')
-_MAX_DEPTH = 900  # below libyaml's 1000 flow levels
+_LIBYAML_MAX_DEPTH = 1000  # flow levels
 _SCAN = json.JSONDecoder().raw_decode  # one value from an offset: (value, end), scanned in C
 
 
@@ -67,28 +66,14 @@ def _plain(text: str) -> bool:
     """No character, escape, key or nesting where YAML and JSON part ways."""
     if _NOT_PLAIN.search(text) or _SURROGATE_ESCAPE.search(text) or _KEY_ACROSS_LINES.search(text):
         return False
-    # Same length, but no quote or backslash inside a string is escaped any more.
+    # The json module nests no deeper than the recursion limit allows: with the usual
+    # limit, never as deep as libyaml refuses.
+    if sys.getrecursionlimit() > _LIBYAML_MAX_DEPTH:
+        return False
+    # Same length, but no quote or backslash inside a string is escaped any more, so a
+    # run between quotes is a string (or what separates two).
     masked = text.replace("\\\\", "__").replace('\\"', "__")
-    if _LONG_SPACE_BEFORE_COLON.search(masked):
-        return False
-    data = np.frombuffer(masked.encode("utf-8"), dtype=np.uint8)
-    quotes = np.flatnonzero(data == ord('"'))
-    if len(quotes) % 2:
-        return False
-    # Strings alternate opening and closing quotes; a long one followed by a colon
-    # (after spaces) is a long key.
-    for i in np.flatnonzero(quotes[1::2] - quotes[0::2] >= _LONG_STRING).tolist():
-        end = int(quotes[2 * i + 1]) + 1
-        while end < len(data) and data[end] in (0x20, 0x0A):
-            end += 1
-        if end < len(data) and data[end] == ord(":"):
-            return False
-    # Brackets outside strings (an even number of quotes before them) make the depth.
-    opening = (data == ord("[")) | (data == ord("{"))
-    brackets = np.flatnonzero(opening | (data == ord("]")) | (data == ord("}")))
-    brackets = brackets[np.searchsorted(quotes, brackets) % 2 == 0]
-    depth = np.cumsum(np.where(opening[brackets], 1, -1), dtype=np.int64)
-    return not len(depth) or int(depth.max()) <= _MAX_DEPTH
+    return not _LONG_KEY.search(masked) and not _LONG_SPACE_BEFORE_COLON.search(masked)
 
 
 class _Walker:
