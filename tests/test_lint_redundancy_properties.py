@@ -1,6 +1,5 @@
-"""The exact redundancy check looks at one class of each kind and at the port segments
-the rules touch (plus one for all the others): it must learn what looking at every
-class on every segment learns."""
+"""The exact redundancy check looks at the port segments the rules touch (plus one for
+all the others): it must learn what looking at every segment learns."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from tests.strategies import inventories, tiered_policy_sets
 
 
 def _every_class_and_segment(conn: Connectivity) -> redundancy._FamilyRedundancy:
-    """The check without sharing: every class, every segment, every selector-only rule."""
+    """The check without sharing: every segment, every selector-only rule, at every class."""
     out = redundancy._FamilyRedundancy()
     for c in range(conn.partition.size):
         for direction in (Direction.INGRESS, Direction.EGRESS):
@@ -38,7 +37,7 @@ def _every_class_and_segment(conn: Connectivity) -> redundancy._FamilyRedundancy
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inventories(), tiered_policy_sets())
-def test_shared_work_learns_what_every_class_and_segment_would(inv: Inventory, ps: PolicySet) -> None:
+def test_shared_segments_learn_what_every_segment_would(inv: Inventory, ps: PolicySet) -> None:
     for family in (4, 6):
         part = Partition(inv, [ps], family)
         assert redundancy._redundancy(Connectivity(part, ps)) == _every_class_and_segment(Connectivity(part, ps))

@@ -621,7 +621,9 @@ class Connectivity:
         bits, so a port has tens to hundreds of rows, not one per class (10,000 calls of
         side_bits cost more than everything done with the rows). A kind's bits are only
         computed on the segments its rules touch, and once for all the others."""
-        kinds = self._kinds(direction)
+        kinds = self._row_kinds.get(direction)
+        if kinds is None:
+            kinds = self._row_kinds[direction] = self._kinds(direction)
         number = self.partition.segment_number(protocol, port)
         if number is None:  # below every segment: nothing is shared there
             values = [self.side_bits(c, direction, protocol, port) for c in kinds.reps]
@@ -639,19 +641,7 @@ class Connectivity:
         row_of_kind = np.array([distinct.setdefault(v, len(distinct)) for v in values], dtype=np.intp)
         return list(distinct), row_of_kind[kinds.of_class]
 
-    def kind_reps(self, direction: Direction) -> list[int]:
-        """A class of each kind of ``direction`` side: classes of one kind (decided by the
-        same policies, and declaring the same ports where an ingress named port resolves
-        on the class itself) get the same bits on every port."""
-        return self._kinds(direction).reps
-
     def _kinds(self, direction: Direction) -> _RowKinds:
-        found = self._row_kinds.get(direction)
-        if found is None:
-            found = self._row_kinds[direction] = self._find_kinds(direction)
-        return found
-
-    def _find_kinds(self, direction: Direction) -> _RowKinds:
         kinds: dict[object, int] = {}
         out = _RowKinds()
         of_class = []
