@@ -57,6 +57,7 @@ from callgate.policy.model import (
     IPAddress,
     IPBlock,
     IPNetwork,
+    LabelSelector,
     Peer,
     Policy,
     PolicyRule,
@@ -68,6 +69,9 @@ from callgate.policy.model import (
 from callgate.policy.resolve import Resolver
 
 Progress = Callable[[int, int], None]  # (done, total)
+# A side's memo key: isolating policies, their ids (and the cluster policies'), whether an
+# ingress named port resolves on the class, the segments its rules' ports touch.
+_SideKey = tuple[list[Policy], tuple[int, ...], bool, frozenset[int]]
 
 
 @dataclass(frozen=True, order=True)
@@ -170,6 +174,9 @@ class _Cache:
     named: dict[tuple[str, PortProtocol, int], int] = field(default_factory=dict)
     declared: dict[tuple[str, PortProtocol, int], list[int]] | None = None
     pinned: dict[int, object] = field(default_factory=dict)
+    touched: dict[int, frozenset[int]] = field(default_factory=dict)  # id(rule) -> Partition.touched
+    target_classes: dict[tuple[str, LabelSelector], frozenset[int]] = field(default_factory=dict)
+    side_touched: dict[tuple[tuple[int, ...], Direction], frozenset[int]] = field(default_factory=dict)
 
 
 class Partition:
@@ -179,7 +186,10 @@ class Partition:
     partition for old and new), so their matrices line up class by class.
     """
 
-    def __init__(self, inventory: Inventory, policy_sets: Sequence[PolicySet], family: int = 4) -> None:
+    def __init__(self, inventory: Inventory, policy_sets: Sequence[PolicySet], family: int = 4,
+                 resolver: Resolver | None = None) -> None:
+        """``resolver``: one over ``inventory`` to share (peers resolve the same in both
+        families, and lint's other checks resolve them too)."""
         self.inventory = inventory
         self.family = family
         self.endpoints = sorted((e for e in inventory.endpoints if family_ip(e, family) is not None),
@@ -191,9 +201,13 @@ class Partition:
         index: dict[tuple[object, ...], int] = {}
         self.members: list[list[Endpoint]] = []
         self.class_of: dict[str, int] = {}
+        # The same by id(endpoint), for endpoints of this inventory (held by self.endpoints):
+        # resolved peers map thousands of endpoints, and formatting each one's key was slower.
+        self.class_by_id: dict[int, int] = {}
         for ep, row in zip(self.endpoints, inside, strict=True):
-            key = (ep.namespace, tuple(sorted(ep.labels.items())), tuple(sorted(set(ep.ports), key=repr)),
-                   row.tobytes())
+            # Sets, not sorted tuples: only equality matters here, and sorting each pod's
+            # ports by repr was most of the partition's time at 50,000 pods.
+            key = (ep.namespace, frozenset(ep.labels.items()), frozenset(ep.ports), row.tobytes())
             c = index.get(key)
             if c is None:
                 c = index[key] = len(self.members)
@@ -202,9 +216,16 @@ class Partition:
                     block_classes[k].append(c)
             self.members[c].append(ep)
             self.class_of[ep.key] = c
+            self.class_by_id[id(ep)] = c
         self.starts = _segments(inventory, policy_sets)
+        # Where each protocol's segments begin in segments().
+        self._first: dict[PortProtocol, int] = {}
+        for proto in PROTOCOLS:
+            self._first[proto] = sum(len(self.starts[p]) for p in PROTOCOLS[:PROTOCOLS.index(proto)])
+        self._declared: dict[tuple[str, PortProtocol], set[int]] | None = None  # built on first use
         self.block_bits = {b: self.bits(cs) for b, cs in zip(blocks, block_classes, strict=True)}
-        self.cache = _Cache(Resolver(inventory))
+        assert resolver is None or resolver.inventory is inventory, "classes are found by endpoint identity"
+        self.cache = _Cache(resolver or Resolver(inventory))
 
     def _block_membership(self, blocks: list[IPBlock]) -> np.ndarray:
         """``m[e, b]``: does block ``b`` contain endpoint ``e``'s address (``IPBlock.contains``)?
@@ -263,6 +284,59 @@ class Partition:
         hi = starts[i + 1] - 1 if i + 1 < len(starts) else 65535
         return ProtocolPortRange(protocol, starts[i], hi)
 
+    def segment_number(self, protocol: PortProtocol, port: int) -> int | None:
+        """The index in :meth:`segments` of the segment holding ``port`` (None below the first)."""
+        i = bisect.bisect_right(self.starts[protocol], port) - 1
+        return None if i < 0 else self._first[protocol] + i
+
+    def touched(self, ports: Iterable[PortSpec]) -> frozenset[int]:
+        """Numbers of the segments on which one of ``ports`` can match a port.
+
+        A spec without port touches its protocol's segments, a number or range the
+        segments it overlaps, a named port the segments of the ports some class
+        declares under that name (the only numbers it resolves to, on the class
+        itself for ingress or on a peer class for egress). On any other segment a
+        rule with these ports matches nothing, so the segments no rule of a side
+        touches all give that side the same bits."""
+        out: set[int] = set()
+        for spec in ports:
+            starts, first = self.starts[spec.protocol], self._first[spec.protocol]
+            if spec.port is None:
+                out.update(range(first, first + len(starts)))
+            elif isinstance(spec.port, str):
+                for number in self._declared_numbers().get((spec.port, spec.protocol), ()):
+                    k = self.segment_number(spec.protocol, number)
+                    if k is not None:
+                        out.add(k)
+            else:
+                end = spec.end_port if spec.end_port is not None else spec.port
+                lo = max(bisect.bisect_right(starts, spec.port) - 1, 0)
+                out.update(range(first + lo, first + bisect.bisect_right(starts, end)))
+        return frozenset(out)
+
+    def _declared_numbers(self) -> dict[tuple[str, PortProtocol], set[int]]:
+        """Port numbers the classes declare, by name and protocol."""
+        if self._declared is None:
+            self._declared = {}
+            for members in self.members:
+                for declared in members[0].ports:
+                    if declared.name is not None:
+                        self._declared.setdefault((declared.name, declared.protocol), set()).add(declared.port)
+        return self._declared
+
+
+@dataclass
+class _RowKinds:
+    """The kinds of class of one side (classes whose bits are equal on every port) for
+    :meth:`Connectivity.side_rows`."""
+
+    reps: list[int] = field(default_factory=list)  # a class of each kind
+    of_class: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))  # each class's kind
+    touched: list[frozenset[int]] = field(default_factory=list)  # segments each kind's rules touch
+    touching: dict[int, list[int]] = field(default_factory=dict)  # segment -> kinds touching it
+    base: list[int | None] = field(default_factory=list)  # each kind's bits off its segments, once known
+    missing: set[int] = field(default_factory=set)  # kinds whose base is not known yet
+
 
 @dataclass
 class Connectivity:
@@ -276,28 +350,40 @@ class Connectivity:
         self._cache = self.partition.cache
         self.resolver = self._cache.resolver
         self.all = (1 << self.partition.size) - 1
-        self._isolating: dict[tuple[int, Direction], list[Policy]] = {}
-        # (class, direction) -> (isolating policies, their ids, has an ingress named port)
-        self._side_keys: dict[tuple[int, Direction], tuple[list[Policy], tuple[int, ...], bool]] = {}
+        self._isolating: dict[Direction, list[list[Policy]]] = {}  # per class
+        # (class, direction) -> (isolating policies, their ids, has an ingress named port,
+        # segments touched by the ports of the rules that decide the side)
+        self._side_keys: dict[tuple[int, Direction], _SideKey] = {}
         self._matrices: dict[tuple[PortProtocol, int], np.ndarray] = {}
-        self._row_kinds: dict[Direction, tuple[list[int], np.ndarray]] = {}  # see side_rows
-        self._by_ns: dict[str, list[Policy]] = {}
-        for pol in self.policies.policies:
-            self._by_ns.setdefault(pol.namespace, []).append(pol)
+        self._row_kinds: dict[Direction, _RowKinds] = {}  # see side_rows
         self._tiers = {tier: self.policies.tier(tier) for tier in Tier}
         self._subjects: dict[tuple[int, Tier], list[ClusterPolicy]] = {}
 
     # -- building blocks -------------------------------------------------
 
     def isolating(self, c: int, direction: Direction) -> list[Policy]:
-        """Policies that select class ``c`` for ``direction``."""
-        key = (c, direction)
-        found = self._isolating.get(key)
+        """Policies that select class ``c`` for ``direction``, in policy order.
+
+        Found for every class at once, from the pods each policy selects (resolved once
+        per namespace and selector): matching each class against every policy of its
+        namespace was a second of a diff at 10,000 policies."""
+        found = self._isolating.get(direction)
         if found is None:
-            rep = self.partition.rep(c)
-            found = [p for p in self._by_ns.get(rep.namespace, ())
-                     if direction in p.policy_types and p.pod_selector.matches(rep.labels)]
-            self._isolating[key] = found
+            found = self._isolating[direction] = [[] for _ in range(self.partition.size)]
+            for pol in self.policies.policies:
+                if direction in pol.policy_types:
+                    for k in self._target_classes(pol):
+                        found[k].append(pol)
+        return found[c]
+
+    def _target_classes(self, policy: Policy) -> frozenset[int]:
+        """The classes a policy selects (its pods' classes: a class's pods share namespace and labels)."""
+        key = (policy.namespace, policy.pod_selector)
+        found = self._cache.target_classes.get(key)
+        if found is None:
+            cls = self.partition.class_by_id
+            found = self._cache.target_classes[key] = frozenset(
+                cls[id(e)] for e in self.resolver.targets(policy) if id(e) in cls)
         return found
 
     def cluster_subjects(self, c: int, tier: Tier) -> list[ClusterPolicy]:
@@ -335,8 +421,8 @@ class Connectivity:
                                      "Partition from every policy set evaluated over it")
             else:
                 # The resolver's label index finds the endpoints; classes follow.
-                cls = part.class_of
-                bits = part.bits(cls[e.key] for e in self.resolver.peer_endpoints(peer) if e.key in cls)
+                cls = part.class_by_id
+                bits = part.bits(cls[id(e)] for e in self.resolver.peer_endpoints(peer) if id(e) in cls)
             self._cache.peer_bits[peer] = bits
         return bits
 
@@ -441,13 +527,33 @@ class Connectivity:
                     return accepted, denied
         return accepted, denied
 
-    def _side_key(self, c: int, direction: Direction) -> tuple[list[Policy], tuple[int, ...], bool]:
+    def _side_key(self, c: int, direction: Direction) -> _SideKey:
         key = (c, direction)
         found = self._side_keys.get(key)
         if found is None:
             policies = self.isolating(c, direction)
-            found = self._side_keys[key] = (policies, *self._memo_key(policies, direction, c))
+            ids, named = self._memo_key(policies, direction, c)
+            # The same policies touch the same segments: once per set of them (ids are pinned).
+            touched = self._cache.side_touched.get((ids, direction))
+            if touched is None:
+                rules: list[PolicyRule | ClusterRule] = [r for p in policies for r in p.rules(direction)]
+                for tier in (Tier.ADMIN, Tier.BASELINE):
+                    rules.extend(r for cp in self.cluster_subjects(c, tier) for r in cp.rules(direction))
+                touched = self._cache.side_touched[(ids, direction)] = self.touched(rules)
+            found = self._side_keys[key] = (policies, ids, named, touched)
         return found
+
+    def touched(self, rules: Iterable[PolicyRule | ClusterRule]) -> frozenset[int]:
+        """:meth:`Partition.touched` by the ports of all ``rules``, each rule's looked up once."""
+        cache = self._cache
+        out: frozenset[int] = frozenset()
+        for rule in rules:
+            found = cache.touched.get(id(rule))
+            if found is None:
+                found = cache.touched[id(rule)] = self.partition.touched(rule.ports)
+                cache.pinned[id(rule)] = rule
+            out |= found
+        return out
 
     def _memo_key(self, policies: list[Policy], direction: Direction, c: int) -> tuple[tuple[int, ...], bool]:
         """What a side's bits depend on besides the port: the isolating policies and
@@ -469,12 +575,16 @@ class Connectivity:
 
         ``without`` leaves one NetworkPolicy-tier policy out (lint uses it to ask
         "does this policy change anything?")."""
-        if without is None:
-            policies, ids, named = self._side_key(c, direction)
-        else:
-            policies = [p for p in self.isolating(c, direction) if p is not without]
+        policies, ids, named, touched = self._side_key(c, direction)
+        if without is not None:
+            policies = [p for p in policies if p is not without]
             ids, named = self._memo_key(policies, direction, c)
-        memo = (ids, direction, protocol, port, self.partition.rep(c).ports if named else None)
+        # Off the touched segments the bits are the same on every port (of every
+        # protocol): one entry for all of them. (Fewer policies touch fewer segments,
+        # so the whole side's are a superset for ``without`` too.)
+        number = self.partition.segment_number(protocol, port)
+        where = (protocol, port) if number is None or number in touched else None
+        memo = (ids, direction, where, self.partition.rep(c).ports if named else None)
         side = self._cache.side
         bits = side.get(memo)
         if bits is None:
@@ -509,29 +619,49 @@ class Connectivity:
         """Every class's :meth:`side_bits`, as the bitsets of its few kinds of class and,
         per class, the index of its own: classes isolated by the same policies share their
         bits, so a port has tens to hundreds of rows, not one per class (10,000 calls of
-        side_bits cost more than everything done with the rows)."""
-        found = self._row_kinds.get(direction)
-        if found is None:
-            kinds: dict[object, int] = {}
-            reps: list[int] = []
-            of_class = []
-            for c in range(self.partition.size):
-                # ids name the isolating policies and the cluster policies of both tiers
-                # (none of either: one kind for all such classes).
-                _, ids, named = self._side_key(c, direction)
-                kind = (ids, self.partition.rep(c).ports if named else None)
-                k = kinds.get(kind)
-                if k is None:
-                    k = kinds[kind] = len(reps)
-                    reps.append(c)
-                of_class.append(k)
-            found = self._row_kinds[direction] = (reps, np.array(of_class, dtype=np.intp))
-        reps, kind_of = found
+        side_bits cost more than everything done with the rows). A kind's bits are only
+        computed on the segments its rules touch, and once for all the others."""
+        kinds = self._row_kinds.get(direction)
+        if kinds is None:
+            kinds = self._row_kinds[direction] = self._kinds(direction)
+        number = self.partition.segment_number(protocol, port)
+        if number is None:  # below every segment: nothing is shared there
+            values = [self.side_bits(c, direction, protocol, port) for c in kinds.reps]
+        else:
+            found: list[int | None] = list(kinds.base)
+            for k in kinds.touching.get(number, ()):
+                found[k] = self.side_bits(kinds.reps[k], direction, protocol, port)
+            for k in [k for k in kinds.missing if number not in kinds.touched[k]]:
+                found[k] = kinds.base[k] = self.side_bits(kinds.reps[k], direction, protocol, port)
+                kinds.missing.discard(k)
+            values = [v for v in found if v is not None]
+            assert len(values) == len(found), "every kind is touched here or has its bits off its segments"
         # Kinds of class may still have equal bits on this port: one row each.
         distinct: dict[int, int] = {}
-        row_of_kind = np.array([distinct.setdefault(self.side_bits(c, direction, protocol, port), len(distinct))
-                                for c in reps], dtype=np.intp)
-        return list(distinct), row_of_kind[kind_of]
+        row_of_kind = np.array([distinct.setdefault(v, len(distinct)) for v in values], dtype=np.intp)
+        return list(distinct), row_of_kind[kinds.of_class]
+
+    def _kinds(self, direction: Direction) -> _RowKinds:
+        kinds: dict[object, int] = {}
+        out = _RowKinds()
+        of_class = []
+        for c in range(self.partition.size):
+            # ids name the isolating policies and the cluster policies of both tiers
+            # (none of either: one kind for all such classes).
+            _, ids, named, touched = self._side_key(c, direction)
+            kind = (ids, self.partition.rep(c).ports if named else None)
+            k = kinds.get(kind)
+            if k is None:
+                k = kinds[kind] = len(out.reps)
+                out.reps.append(c)
+                out.touched.append(touched)
+                for number in touched:
+                    out.touching.setdefault(number, []).append(k)
+            of_class.append(k)
+        out.of_class = np.array(of_class, dtype=np.intp)
+        out.base = [None] * len(out.reps)
+        out.missing = set(range(len(out.reps)))
+        return out
 
     # -- the matrix ------------------------------------------------------
 

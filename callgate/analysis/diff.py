@@ -36,6 +36,7 @@ from callgate.analysis.connectivity import (
 from callgate.analysis.groups import BLOCK, group_key, group_sizes, packed_rows, unpack_bits
 from callgate.errors import InputError, Problem
 from callgate.policy.model import Direction, Inventory, PolicySet
+from callgate.policy.resolve import Resolver
 
 # Pod pairs listed per change in JSON; beyond, they are counted (a default-deny removed
 # at 10,000 pods changes millions of pairs, which no reviewer reads and no memory holds).
@@ -208,7 +209,8 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
                       progress: Progress | None = None) -> DiffResult:
     families = [f for f in (4, 6) if any(family_ip(e, f) for e in inventory.endpoints)]
     done = 0
-    parts = [Partition(inventory, [old, new], f) for f in families]
+    resolver = Resolver(inventory)
+    parts = [Partition(inventory, [old, new], f, resolver) for f in families]
     # One step per segment and family, and one per family for counting pod pairs.
     steps = sum(len(p.segments()) + 1 for p in parts)
     index: dict[str, int] = {}  # group name -> number, across families

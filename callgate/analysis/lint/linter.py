@@ -8,6 +8,7 @@ and left out, and the rest of its App is still checked.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from callgate.policy.loader import parse_policy_document
 from callgate.policy.model import ClusterPolicy, Direction, Inventory, Policy
 from callgate.policy.native import ParsedApp, compile_apps
 from callgate.policy.positions import FieldPath, Positions
+from callgate.policy.resolve import Resolver
 
 # Where each direction's rules and their peers are written in a NetworkPolicy.
 DIRECTION_KEYS = {Direction.INGRESS: ("ingress", "from"), Direction.EGRESS: ("egress", "to")}
@@ -95,6 +97,8 @@ class Linter:
     def __init__(self, inventory: Inventory | None = None, inventory_paths: Sequence[str] = (),
                  skip_other_kinds: bool = False) -> None:
         self.inventory = inventory
+        # One resolver for every check over the inventory: they resolve the same selectors.
+        self.resolver = Resolver(inventory) if inventory is not None else None
         self.inventory_paths = list(inventory_paths)
         # Lint every YAML/JSON file of a repository (the pre-commit hook): documents
         # of other tools and other Kubernetes kinds are not policies, not mistakes.
@@ -104,20 +108,38 @@ class Linter:
         self.files: list[str] = []
         self.skipped: list[str] = []  # files without a policy or inventory document (skip_other_kinds)
         self.positions = Positions()
+        # Findings on items still without their line and column: (index in findings,
+        # document, path in its file), placed all at once by place().
+        self._unplaced: list[tuple[int, Document, FieldPath]] = []
 
     def report(self, rule: str, message: str, item: Item | None = None, path: Sequence[str | int] = (),
                hint: str | None = None, severity: Severity | None = None, file: str | None = None,
                obj: str | None = None, line: int | None = None, column: int | None = None) -> None:
+        """A finding: on an item (placed at ``path`` in its document by :meth:`place`), or
+        at the given file, line and column."""
         doc_key = None
         if item is not None:
             doc = item.doc
-            file = doc.file
-            line, column = self.positions(doc.file, doc.index, doc.path + tuple(path))
+            file, line, column = doc.file, None, None
             obj = obj or item.obj
             doc_key = (doc.file, doc.index, doc.path)
+            self._unplaced.append((len(self.findings), doc, doc.path + tuple(path)))
         self.findings.append(Finding(
             rule, severity or BY_ID[rule].severity, message, file, line, column, obj,
             format_path(path) or None, hint or None, doc_key))
+
+    def place(self) -> None:
+        """Give the findings on items their line and column. All the paths in a file are
+        looked up in one pass over it: a look-up per finding composed the whole file into
+        nodes (5 s for a 4 MB List of 10,000 policies)."""
+        paths: dict[str, dict[int, list[FieldPath]]] = {}
+        for _, doc, path in self._unplaced:
+            paths.setdefault(doc.file, {}).setdefault(doc.index, []).append(path)
+        found = {file: self.positions.in_documents(file, wanted) for file, wanted in paths.items()}
+        for k, doc, path in self._unplaced:
+            line, column = found[doc.file][doc.index][path]
+            self.findings[k] = dataclasses.replace(self.findings[k], line=line, column=column)
+        self._unplaced = []
 
     def problem(self, p: Problem, doc: Document | None = None) -> None:
         """A loader problem (schema / API-server validation) as a finding: the rule its

@@ -27,8 +27,8 @@ def lint(paths: Iterable[str | Path], inventory: Inventory | None = None, config
 
 
 def run_checks(linter: Linter, config: LintConfig) -> None:
-    """Every semantic check on the linter's items, then the suppressions of ``config``
-    and of the items' documents."""
+    """Every semantic check on the linter's items, then (with the findings placed in
+    their files) the suppressions of ``config`` and of the items' documents."""
     for item in linter.items:
         document.check(linter, item)
     compiled = [i for i in linter.items if i.policy is not None]
@@ -41,4 +41,5 @@ def run_checks(linter: Linter, config: LintConfig) -> None:
         tiers.check_inventory(linter, cluster)
         reported = redundancy.exact(linter, compiled, cluster_policies)
     redundancy.syntactic(linter, compiled, reported)
+    linter.place()
     linter.findings = apply_suppressions(linter.findings, (i.doc for i in linter.items), config)

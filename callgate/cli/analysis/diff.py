@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from callgate.analysis import diff as diffmod
-from callgate.cli.analysis.output import progress_bar, stdout
+from callgate.cli.analysis.output import progress_bar, stdout, without_cycle_collection
 from callgate.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -109,7 +109,7 @@ def diff(
     if not git and len(paths) != 2:
         usage_error("give OLD and NEW policy paths (or --git REV..REV PATH...)")
     require_paths("'--inventory' / '-i'", inventory)
-    with tempfile.TemporaryDirectory(prefix="callgate-diff-") as tmp, _errors_exit_2():
+    with tempfile.TemporaryDirectory(prefix="callgate-diff-") as tmp, _errors_exit_2(), without_cycle_collection():
         if git:
             revisions = diffmod.at_revisions(git, paths, Path(tmp))
             old_paths, new_paths = revisions.old_paths, revisions.new_paths

@@ -12,7 +12,7 @@ from callgate.analysis.lint import report
 from callgate.analysis.lint.config import find_config
 from callgate.analysis.lint.rules import RULES, Severity, lookup, rules_markdown
 from callgate.analysis.lint.run import lint
-from callgate.cli.analysis.output import stdout
+from callgate.cli.analysis.output import stdout, without_cycle_collection
 from callgate.cli.common import EXIT_OK, EXIT_USER, fail, require_paths, usage_error
 from callgate.policy import load_inventory
 from callgate.policy.documents import SUFFIXES, files_under
@@ -94,14 +94,15 @@ def lint_cmd(
             usage_error(f"--disable {ref!r}: unknown lint rule; rules: {', '.join(r.id for r in RULES)}")
         cfg.disable.add(rule.id)
     threshold = Severity.parse(fail_on.value) if fail_on else (cfg.fail_on or Severity.ERROR)
-    inv = load_inventory(inventory) if inventory else None
-    result = lint(paths, inv, cfg, inventory_paths=inventory or (), skip_other_kinds=skip_other_kinds)
-    if fmt is LintFormat.TEXT:
-        report.text(result, stdout())
-    elif fmt is LintFormat.JSON:
-        typer.echo(report.to_json(result))
-    elif fmt is LintFormat.SARIF:
-        typer.echo(report.sarif(result))
-    else:
-        typer.echo(report.junit(result, threshold), nl=False)
+    with without_cycle_collection():
+        inv = load_inventory(inventory) if inventory else None
+        result = lint(paths, inv, cfg, inventory_paths=inventory or (), skip_other_kinds=skip_other_kinds)
+        if fmt is LintFormat.TEXT:
+            report.text(result, stdout())
+        elif fmt is LintFormat.JSON:
+            typer.echo(report.to_json(result))
+        elif fmt is LintFormat.SARIF:
+            typer.echo(report.sarif(result))
+        else:
+            typer.echo(report.junit(result, threshold), nl=False)
     raise typer.Exit(EXIT_USER if result.failed(threshold) else EXIT_OK)

@@ -32,7 +32,8 @@ def check(linter: Linter, items: list[Item], cluster: Sequence[ClusterPolicy] = 
     the ClusterNetworkPolicies beside them, which may guard pods no policy isolates)."""
     inv = linter.inventory
     assert inv is not None
-    resolver = Resolver(inv)
+    resolver = linter.resolver
+    assert resolver is not None
     for item in items:
         pol = item.policy
         assert pol is not None
@@ -157,8 +158,9 @@ def _default_deny(linter: Linter, resolver: Resolver, items: list[Item], cluster
         pols = [p for p in by_ns.get(ns, []) if Direction.INGRESS in p.policy_types]
         if any(p.pod_selector.is_empty for p in pols):
             continue
-        open_eps = [e.key for e in eps_by_ns[ns]
-                    if id(e) not in guarded and not any(p.pod_selector.matches(e.labels) for p in pols)]
+        # The pods each policy selects are resolved already (CG101), once per selector.
+        isolated = {id(e) for p in pols for e in resolver.targets(p)}
+        open_eps = [e.key for e in eps_by_ns[ns] if id(e) not in guarded and id(e) not in isolated]
         if not open_eps:
             continue
         if where is None:

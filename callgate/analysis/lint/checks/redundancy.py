@@ -16,7 +16,16 @@ from typing import Any
 
 from callgate.analysis.connectivity import Connectivity, Partition, ProtocolPortRange, family_ip
 from callgate.analysis.lint.linter import Item, Linter
-from callgate.policy.model import ClusterPolicy, Direction, Policy, PolicyRule, PolicySet, Tier
+from callgate.policy.model import (
+    ClusterPolicy,
+    Direction,
+    Peer,
+    Policy,
+    PolicyRule,
+    PolicySet,
+    PortSpec,
+    Tier,
+)
 from callgate.policy.positions import FieldPath
 
 # What the exact check reported: (id(item), None, 0) for a whole policy,
@@ -24,11 +33,57 @@ from callgate.policy.positions import FieldPath
 Reported = set[tuple[int, Direction | None, int]]
 
 
-def subsumes(a: PolicyRule, b: PolicyRule) -> bool:
-    """Does rule ``a`` allow everything rule ``b`` allows (syntactically)?"""
-    peers = not a.peers or (bool(b.peers) and set(b.peers) <= set(a.peers))
-    ports = not a.ports or (bool(b.ports) and set(b.ports) <= set(a.ports))
-    return peers and ports
+@dataclass(frozen=True)
+class _Rule:
+    """A rule of a group with its peers and ports as sets, made once: comparing rules
+    pairwise hashed every peer (selectors inside) on every comparison."""
+
+    item: Item
+    index: int
+    peers: frozenset[Peer]
+    ports: frozenset[PortSpec]
+
+    def subsumes(self, other: _Rule) -> bool:
+        """Does this rule allow everything ``other`` allows (syntactically)?"""
+        peers = not self.peers or (bool(other.peers) and other.peers <= self.peers)
+        ports = not self.ports or (bool(other.ports) and other.ports <= self.ports)
+        return peers and ports
+
+
+class _GroupRules:
+    """The rules of one direction of a group of policies, in group order, indexed by
+    peer: a rule that covers another has no peers or has each of its peers, so the
+    candidates are the rules without peers and those holding its first peer, not the
+    whole group (the bench's 100 policies on one pod made the pair scan quadratic)."""
+
+    def __init__(self, group: list[Item], direction: Direction) -> None:
+        self.rules: list[_Rule] = []
+        self._without_peers: list[int] = []
+        self._by_peer: dict[Peer, list[int]] = {}
+        self._at: dict[tuple[int, int], int] = {}  # (id(item), rule index) -> position
+        for item in group:
+            pol = item.policy
+            assert pol is not None
+            if direction not in pol.policy_types:
+                continue
+            for j, rule in enumerate(pol.rules(direction)):
+                k = len(self.rules)
+                self.rules.append(_Rule(item, j, frozenset(rule.peers), frozenset(rule.ports)))
+                self._at[(id(item), j)] = k
+                if not rule.peers:
+                    self._without_peers.append(k)
+                for peer in self.rules[k].peers:
+                    self._by_peer.setdefault(peer, []).append(k)
+
+    def rule(self, item: Item, index: int) -> _Rule:
+        return self.rules[self._at[(id(item), index)]]
+
+    def candidates(self, rule: _Rule) -> list[_Rule]:
+        """The rules that may cover ``rule``, in group order."""
+        found = list(self._without_peers)
+        if rule.peers:
+            found += self._by_peer[next(iter(rule.peers))]
+        return [self.rules[k] for k in sorted(found)]
 
 
 def syntactic(linter: Linter, items: list[Item], reported: Reported) -> None:
@@ -38,39 +93,42 @@ def syntactic(linter: Linter, items: list[Item], reported: Reported) -> None:
     for item in items:
         assert item.policy is not None
         groups.setdefault((item.policy.namespace, item.policy.pod_selector), []).append(item)
+    indexed: dict[tuple[int, Direction], _GroupRules] = {}  # (id(group), direction)
     for item in items:
         pol = item.policy
         assert pol is not None
         if (id(item), None, 0) in reported:
             continue  # the whole policy changes nothing; reported once
+        group = groups[(pol.namespace, pol.pod_selector)]
         for direction in pol.policy_types:
-            mine = pol.rules(direction)
-            for i, rule in enumerate(mine):
+            rules = indexed.get((id(group), direction))
+            if rules is None:
+                rules = indexed[(id(group), direction)] = _GroupRules(group, direction)
+            for i in range(len(pol.rules(direction))):
                 if (id(item), direction, i) in reported:
                     continue
-                why = _covering(groups[(pol.namespace, pol.pod_selector)], item, direction, i, rule)
+                why = _covering(rules, rules.rule(item, i), direction)
                 if why is not None:
                     linter.report("CG107", f"{direction.value.lower()} rule {i} allows nothing that {why} "
                                   "does not already allow", item, item.rule_path(direction, i),
                                   hint="delete it, or change it to say what was meant")
 
 
-def _covering(group: list[Item], me: Item, direction: Direction, index: int, rule: PolicyRule) -> str | None:
-    for other in group:
+def _covering(rules: _GroupRules, mine: _Rule, direction: Direction) -> str | None:
+    me = mine.item
+    for cand in rules.candidates(mine):
+        other = cand.item
+        if other is me and cand.index == mine.index:
+            continue
+        if not cand.subsumes(mine):
+            continue
+        equal = mine.subsumes(cand)
+        # Of two equal rules, report only the later one (in file order).
+        if equal and ((other is me and cand.index > mine.index) or (other is not me and _order(other) > _order(me))):
+            continue
         pol = other.policy
         assert pol is not None
-        if direction not in pol.policy_types:
-            continue
-        for j, cand in enumerate(pol.rules(direction)):
-            if other is me and j == index:
-                continue
-            if not subsumes(cand, rule):
-                continue
-            equal = subsumes(rule, cand)
-            # Of two equal rules, report only the later one (in file order).
-            if equal and ((other is me and j > index) or (other is not me and _order(other) > _order(me))):
-                continue
-            return f"rule {j}" if other is me else f"{pol.display} {direction.value.lower()}[{j}]"
+        return f"rule {cand.index}" if other is me else f"{pol.display} {direction.value.lower()}[{cand.index}]"
     return None
 
 
@@ -95,7 +153,7 @@ def exact(linter: Linter, items: list[Item], cluster: tuple[ClusterPolicy, ...] 
     families = []
     for family in (4, 6):
         if any(family_ip(e, family) for e in inv.endpoints):
-            part = Partition(inv, [policies], family)
+            part = Partition(inv, [policies], family, linter.resolver)
             families.append(_redundancy(Connectivity(part, policies)))
     reported: Reported = set()
     for item in items:
@@ -156,7 +214,8 @@ def _redundancy(conn: Connectivity) -> _FamilyRedundancy:
     """Class by class rather than policy by policy: at a class isolated by k policies,
     each policy's "what do the others allow" is a prefix/suffix OR, so a class costs
     O(rules) bit operations per segment instead of O(k x rules) for each of the k
-    policies (the 100 policies on the bench's hot pod made that quadratic)."""
+    policies (the 100 policies on the bench's hot pod made that quadratic). Only the
+    segments the rules touch, and one for all the others."""
     out = _FamilyRedundancy()
     segments = conn.partition.segments()
     for c in range(conn.partition.size):
@@ -180,8 +239,14 @@ def _redundancy(conn: Connectivity) -> _FamilyRedundancy:
             open_policies = len(iso) > 1 and any(id(p) not in out.changes for p in iso)
             if not open_policies and not any(k is not None for row in checked for k in row):
                 continue
-            for seg in segments:
-                _segment(conn, out, iso, checked, direction, c, seg)
+            # Segments no port of these rules touches all give the same rows (rules without
+            # ports allow their peers, the others nothing): one of them stands for all.
+            touched = conn.touched(r for p in iso for r in p.rules(direction))
+            for s in touched:
+                _segment(conn, out, iso, checked, direction, c, segments[s])
+            untouched = next((s for s in range(len(segments)) if s not in touched), None)
+            if untouched is not None:
+                _segment(conn, out, iso, checked, direction, c, segments[untouched])
     return out
 
 

@@ -26,7 +26,6 @@ from callgate.policy.model import (
     PortSpec,
     Tier,
 )
-from callgate.policy.resolve import Resolver
 
 DIRECTIONS = ((Direction.INGRESS, "ingress", "from"), (Direction.EGRESS, "egress", "to"))
 
@@ -217,7 +216,8 @@ def check_inventory(linter: Linter, items: list[Item]) -> None:
     """The checks that need an inventory."""
     inv = linter.inventory
     assert inv is not None
-    resolver = Resolver(inv)
+    resolver = linter.resolver
+    assert resolver is not None
     for item in items:
         pol = _cluster(item)
         if not resolver.peer_endpoints(pol.subject):
@@ -279,7 +279,7 @@ def _overlaps(linter: Linter, items: list[Item]) -> None:
     if not groups:
         return
     policies = PolicySet(cluster=tuple(_cluster(i) for g in groups for i in g))
-    conns = [Connectivity(Partition(inv, [policies], family), policies)
+    conns = [Connectivity(Partition(inv, [policies], family, linter.resolver), policies)
              for family in (4, 6) if any(family_ip(e, family) for e in inv.endpoints)]
     for group in groups:
         for k, later in enumerate(group):
