@@ -427,7 +427,7 @@ def test_pre_commit_hook_skips_files_that_are_not_policies(tmp_path: Path, monke
     assert result.exit_code == 1, result.output  # the typo is an error
     findings = [line.split(": ", 1)[0] + " " + line.split()[2] for line in result.stdout.splitlines()
                 if line.startswith(("policies", "deploy", "chart", ".github", "tsconfig"))]
-    assert findings == ["policies/typo.yaml:2:7 CG002"]
+    assert findings == ["policies/typo.yaml:2:7 CG002[unknown-kind]"]
     assert result.stdout.splitlines()[-1] == ("1 error(s), 0 warning(s), 0 info in 2 files; "
                                               "3 files without policies skipped")
     # Without the hook's flag, the same files are all reported: lint of a policy path is strict.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from callgate import __version__
 from callgate.analysis.lint.findings import Finding, LintResult
@@ -37,29 +37,32 @@ def summary(result: LintResult) -> str:
     return f"{c['error']} error(s), {c['warning']} warning(s), {c['info']} info in {files}{skipped}"
 
 
+def _lines(f: Finding) -> list[Text]:
+    """A finding's line (and its hint's), built as styled text: every string in it
+    comes from the input or from callgate, and none is read as rich markup (a name
+    such as ``[x]`` or ``[/`` stays as written; a markup string lost the rule's name
+    and raised on a field ``[/`` before a message ``]``) or as an emoji code."""
+    where = ": ".join(x for x in (f.object, f.field) if x)
+    line = Text.assemble(f"{f.location()}: ", (f.severity.label, _COLOURS[f.severity]),
+                         f" {f.rule}[{f.name}] {where + ': ' if where else ''}{f.message}")
+    if not f.hint:
+        return [line]
+    return [line, Text.assemble("    ", ("hint:", "dim"), f" {f.hint}")]
+
+
 def text(result: LintResult, console: Console) -> None:
     """One finding per line (file:line:col first, so editors can jump to it), hint below."""
-    lines = []
-    for f in result.findings:
-        head = f"{escape(f.location())}: [{_COLOURS[f.severity]}]{f.severity.label}[/] {f.rule}[{f.name}]"
-        where = ": ".join(escape(x) for x in (f.object, f.field) if x)
-        lines.append(f"{head} {where + ': ' if where else ''}{escape(f.message)}")
-        if f.hint:
-            lines.append(f"    [dim]hint:[/] {escape(f.hint)}")
+    lines = [line for f in result.findings for line in _lines(f)]
     if console.is_terminal or console.color_system is not None:
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
     elif lines:
-        # Not a terminal and no colours (a pipe, a file, CI): rich would write each line's
-        # markup as plain text. Rendered the same way and written at once, since a print
-        # per line was 1.5 s of a lint with 15,000 findings.
-        plain = []
+        # Not a terminal and no colours (a pipe, a file, CI): written at once, since a
+        # print per line was 1.5 s of a lint with 15,000 findings.
         for line in lines:
-            rendered = console.render_str(line, highlight=False)
-            rendered.expand_tabs(console.tab_size)
-            plain.append(rendered.plain)
-        console.file.write("\n".join(plain) + "\n")
-    console.print(summary(result), highlight=False)
+            line.expand_tabs(console.tab_size)
+        console.file.write("\n".join(line.plain for line in lines) + "\n")
+    console.print(summary(result), highlight=False, markup=False, emoji=False)
 
 
 def to_json(result: LintResult) -> str:
