@@ -218,3 +218,37 @@ def test_an_edit_reparses_only_the_side_that_changed(tmp_path: Path, monkeypatch
     write(inv, INVENTORY.replace("198.18.1.11", "198.18.1.12"))
     back = source.load()
     assert isinstance(back, Snapshot) and back.version == third.version
+
+
+def test_a_burst_of_writes_is_a_handful_of_reloads(tmp_path: Path) -> None:
+    """300 renames of the inventory over ~1.5 s (one pod more each) publish at most
+    five snapshots after the first, the last with every pod; the first change after
+    a quiet spell still goes out at once."""
+    inv, pol = tmp_path / "inventory.yaml", tmp_path / "policies.yaml"
+    write(inv, INVENTORY)
+    write(pol, POLICY)
+    rec = Recorder()
+    source = FilesSource([inv], [pol])
+    source.start(rec)
+    try:
+        rec.wait(lambda i: isinstance(i, Snapshot), 0)
+        time.sleep(0.5)  # quiet
+        first = rec.count()
+        started = time.monotonic()
+        write(inv, INVENTORY + "- {name: lone, namespace: x, node: node-2, ips: [198.18.2.1]}\n")
+        rec.wait(lambda i: isinstance(i, Snapshot) and len(i.inventory.endpoints) == 3, first)
+        assert time.monotonic() - started < 1.0, "a lone change waits for nothing"
+        time.sleep(0.5)  # quiet again: the burst starts afresh
+        before = rec.count()
+        pods = ""
+        for i in range(300):
+            pods += f"- {{name: p{i}, namespace: x, node: node-2, ips: [198.18.3.{i % 250}]}}\n".replace(
+                "198.18.3.", f"198.18.{3 + i // 250}.")
+            write(inv, INVENTORY + pods)
+            time.sleep(0.005)
+        last = rec.wait(lambda i: isinstance(i, Snapshot) and len(i.inventory.endpoints) == 302, before)
+        assert isinstance(last, Snapshot)
+        time.sleep(2.5)  # longer than the longest wait: nothing more comes
+        assert rec.count() - before <= 5, rec.count() - before
+    finally:
+        source.stop()

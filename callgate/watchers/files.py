@@ -18,9 +18,10 @@ sync.
 
 Latency: a write is picked up once inotify has been quiet for ``step_ms``
 (5 ms: the events of one write or rename, not more) and at most
-``debounce_ms`` after the first event of a long stream of them; bursts are
-coalesced by the agent's reactor, which syncs the first change at once and
-waits longer the longer a burst goes on (:mod:`callgate.watchers.coalesce`).
+``debounce_ms`` after the first event of a long stream of them. Reloads are
+coalesced as the agent's reactor coalesces syncs (:mod:`callgate.watchers.coalesce`):
+the first change after a quiet spell is reloaded at once, further ones in a burst
+wait longer and longer, so a burst is a handful of reloads, not one per write.
 
 Edits made between the first load and the moment the watch is in place (and
 any inotify event lost to an overflow) would go unseen, so whenever the watch
@@ -33,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ from callgate.errors import InputError, Problem
 from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
 from callgate.policy.documents import files_under
 from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem
+from callgate.watchers.coalesce import CoalescePolicy, Coalescer
 
 log = logging.getLogger("callgate.watchers.files")
 
@@ -73,6 +76,7 @@ class FilesSource:
         self._handler: SnapshotHandler | None = None
         self.loads = 0  # reloads done (tests and debugging)
         self._kept: _Loaded | None = None  # the last good load, by the hashes of each side's files
+        self._coalescer = Coalescer(CoalescePolicy())  # reloads in a burst (see _reload_coalesced)
 
     @property
     def origin(self) -> str:
@@ -179,7 +183,7 @@ class FilesSource:
                     if self._stop.is_set():
                         return
                     if _changes:
-                        self._publish(self.load())
+                        self._reload_coalesced()
                     else:
                         # Quiet for a second: make sure nothing was missed (an edit
                         # before the watch was in place, a lost event) and, after a
@@ -189,6 +193,24 @@ class FilesSource:
             except Exception as exc:  # the watch itself broke (directory removed, inotify limits)
                 self._publish(SourceProblem(f"watching {', '.join(map(str, roots))} failed: {exc}"))
                 self._stop.wait(1.0)
+
+    def _reload_coalesced(self) -> None:
+        """Reload after a change: at once after a quiet spell; inside a burst (a
+        generator writing one file or one rename per pod, a ConfigMap sync) only
+        after the coalescing wait, so that the burst's further writes go into the
+        same reload. inotify's own grouping ends at 5 ms of quiet, and a burst's
+        reloads came often and unevenly enough for the reactor to take them for
+        separate lone changes (7 transactions for 1,000 renames in 1.3 s)."""
+        now = time.monotonic()
+        self._coalescer.changed(now)
+        due = self._coalescer.due()
+        if due is not None and due > now and self._stop.wait(due - now):
+            return
+        self._coalescer.start(time.monotonic())
+        try:
+            self._publish(self.load())
+        finally:
+            self._coalescer.done(time.monotonic())
 
     def _recheck(self) -> None:
         """Reload when the inputs' bytes differ from the last published ones."""
