@@ -116,7 +116,7 @@ class FilesSource:
             inventory = (kept.inventory if kept is not None and kept.inventory_hash == inventory_hash
                          else load_inventory(self.inventory))
             policies = (kept.policies if kept is not None and kept.policies_hash == policies_hash
-                        else load_policies(self.policies) if self.policies else load_policies([]))
+                        else load_policies(self.policies))
         except InputError as err:
             return SourceProblem(f"invalid input: {err.problems[0] if err.problems else err}", list(err.problems))
         except OSError as exc:

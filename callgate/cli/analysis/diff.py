@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from callgate.analysis import diff as diffmod
-from callgate.cli.analysis.output import progress_bar, stdout, without_cycle_collection
+from callgate.cli.analysis.output import progress_bar, stdout
 from callgate.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -31,6 +31,7 @@ from callgate.cli.common import (
 from callgate.cli.engine import BackendOpt, compile_for
 from callgate.errors import InputError, KernelError, Problem
 from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
+from callgate.policy.documents import gc_paused
 
 
 class DiffFormat(StrEnum):
@@ -109,7 +110,8 @@ def diff(
     if not git and len(paths) != 2:
         usage_error("give OLD and NEW policy paths (or --git REV..REV PATH...)")
     require_paths("'--inventory' / '-i'", inventory)
-    with tempfile.TemporaryDirectory(prefix="callgate-diff-") as tmp, _errors_exit_2(), without_cycle_collection():
+    # One-shot: the collector walking the loaded cluster again and again freed next to nothing.
+    with tempfile.TemporaryDirectory(prefix="callgate-diff-") as tmp, _errors_exit_2(), gc_paused():
         if git:
             revisions = diffmod.at_revisions(git, paths, Path(tmp))
             old_paths, new_paths = revisions.old_paths, revisions.new_paths

@@ -12,10 +12,10 @@ from callgate.analysis.lint import report
 from callgate.analysis.lint.config import find_config
 from callgate.analysis.lint.rules import RULES, Severity, lookup, rules_markdown
 from callgate.analysis.lint.run import lint
-from callgate.cli.analysis.output import stdout, without_cycle_collection
+from callgate.cli.analysis.output import stdout
 from callgate.cli.common import EXIT_OK, EXIT_USER, fail, require_paths, usage_error
 from callgate.policy import load_inventory
-from callgate.policy.documents import SUFFIXES, files_under
+from callgate.policy.documents import SUFFIXES, files_under, gc_paused
 
 
 class LintFormat(StrEnum):
@@ -94,7 +94,9 @@ def lint_cmd(
             usage_error(f"--disable {ref!r}: unknown lint rule; rules: {', '.join(r.id for r in RULES)}")
         cfg.disable.add(rule.id)
     threshold = Severity.parse(fail_on.value) if fail_on else (cfg.fail_on or Severity.ERROR)
-    with without_cycle_collection():
+    # One-shot: the cluster's millions of objects live until the command ends, and the
+    # collector walking them again and again freed next to nothing (2.4-3 s at 50k pods).
+    with gc_paused():
         inv = load_inventory(inventory) if inventory else None
         result = lint(paths, inv, cfg, inventory_paths=inventory or (), skip_other_kinds=skip_other_kinds)
         if fmt is LintFormat.TEXT:

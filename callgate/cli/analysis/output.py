@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -45,23 +44,6 @@ def progress_bar(description: str) -> Iterator[Progress | None]:
             bar.update(task, completed=done, total=total)
 
         yield update
-
-
-@contextmanager
-def without_cycle_collection() -> Iterator[None]:
-    """Run a one-shot analysis without the cyclic garbage collector.
-
-    Loading and analysing a cluster builds millions of objects that live until the
-    command ends: the collector walks all of them again and again and finds next to
-    nothing to free (3 s of a 10 s diff at 50,000 pods, and the same peak RSS without
-    it). Reference counting still frees everything that is not in a cycle."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def check_family(family: int) -> None:
