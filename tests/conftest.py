@@ -9,6 +9,7 @@ test, pass or fail.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +17,30 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.netns import SCRATCH_PREFIX, kernel_unavailable
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Put the root and ``callgate`` loggers back as they were after every test.
+
+    In-process CLI runs configure logging (the agent's JSON handler, basicConfig)
+    against the runner's stream, which is closed when the run ends. Left in place,
+    every later test's background threads log into that closed stream ("Logging
+    error ... I/O operation on closed file"), and ``propagate = False`` on
+    ``callgate`` hides their records from ``caplog``: a test's outcome would then
+    depend on which tests ran before it.
+    """
+    root, ours = logging.getLogger(), logging.getLogger("callgate")
+    root_before, root_level = set(root.handlers), root.level
+    ours_before = (ours.handlers[:], ours.level, ours.propagate)
+    yield
+    for handler in root.handlers[:]:
+        # pytest's own capture handlers come and go with each phase; leave them be.
+        if handler not in root_before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    root.setLevel(root_level)
+    ours.handlers[:], level, ours.propagate = ours_before
+    ours.setLevel(level)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -279,6 +279,11 @@ class FakeAPIServer:
                     w.closing = True
             self._lock.notify_all()
 
+    def _check_served(self, resource: str, path: str) -> None:
+        """404 for a CRD's resource while the CRDs are not installed (caller holds the lock)."""
+        if resource in CRD_RESOURCES and not self.crds:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+
     def install_crds(self) -> None:
         with self._lock:
             self.crds = True
@@ -560,16 +565,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(injected, status(injected, "InternalError", "injected failure"))
             return
         resource, namespace, name = _route(split.path)
-        if resource in CRD_RESOURCES and not api.crds:
-            resource = None
-        if resource is None:
-            self._send_json(404, status(404, "NotFound", f"the server could not find the requested resource ({split.path})"))
-            return
         try:
+            if resource is None:
+                raise ApiError(404, "NotFound", f"the server could not find the requested resource ({split.path})")
             if method == "GET" and name is None and req.watch:
-                self._watch(resource, namespace, query)
+                self._watch(resource, namespace, query, split.path)
                 return
             with api._lock:
+                # Whether a CRD's resource is served is decided under the lock that
+                # uninstall_crds takes, so no request slips in between the two.
+                api._check_served(resource, split.path)
                 code, out = self._dispatch(method, resource, namespace, name, body, query)
         except ApiError as err:
             self._send_json(err.code, status(err.code, err.reason, err.message))
@@ -605,11 +610,14 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, api._write(resource, _merge_patch(old, body), create=False)
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
 
-    def _watch(self, resource: str, namespace: str | None, query: dict[str, str]) -> None:
+    def _watch(self, resource: str, namespace: str | None, query: dict[str, str], path: str) -> None:
         api = self.api
         timeout = _int(query.get("timeoutSeconds"), "timeoutSeconds") or 1800
         deadline = time.monotonic() + timeout
         with api._lock:
+            # Checked and opened under one lock: a watch that passed the check is in
+            # _watches before uninstall_crds can look for it, so it is always ended.
+            api._check_served(resource, path)
             w = api._open_watch(resource, namespace, query, self.connection)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
