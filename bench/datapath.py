@@ -375,6 +375,9 @@ class _TimingKernel:
     def list_tables(self) -> list[tuple[str, str]]:
         return self.inner.list_tables()
 
+    def generation(self) -> int | None:
+        return self.inner.generation()
+
     def close(self) -> None:
         pass  # the inner kernel belongs to the caller
 

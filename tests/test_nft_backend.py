@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -365,3 +366,110 @@ def test_rule_ids_of_cluster_rules_name_kind_policy_tier_priority_and_rule(
         "ClusterNetworkPolicy tenant-x", "Admin", 10, "ingress", 1, "no-z")
     text = replace_table(ruleset).text()
     assert f'drop comment "{deny.id} ClusterNetworkPolicy tenant-x (Admin 10) ingress[1] no-z"' in text
+
+
+class CountingKernel(FakeNftKernel):
+    """The fake kernel, counting whole-table listings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.whole_listings = 0
+        self._one_set = False
+
+    def list_table(self, family: str, name: str) -> list[dict[str, Any]] | None:
+        self.whole_listings += not self._one_set
+        return super().list_table(family, name)
+
+    def list_set(self, family: str, table: str, name: str) -> list[dict[str, Any]] | None:
+        self._one_set = True  # the fake lists one set by listing the table: not counted
+        try:
+            return super().list_set(family, table, name)
+        finally:
+            self._one_set = False
+
+
+def test_an_unchanged_apply_uses_the_prefetched_listing(shop_rulesets: dict[str, RuleSet]) -> None:
+    kernel = CountingKernel()
+    NftablesEnforcer(kernel).apply(shop_rulesets["node-1"])
+    enforcer = NftablesEnforcer(kernel)  # a new process: it knows nothing applied
+    enforcer.prefetch()
+    assert enforcer._prefetched is not None
+    enforcer._prefetched.result(timeout=10)
+    listed = kernel.whole_listings
+    assert not enforcer.apply(shop_rulesets["node-1"]).changed
+    assert kernel.whole_listings == listed  # compared with what was read before
+
+
+def test_a_commit_after_the_prefetch_makes_apply_read_the_table_again(shop_rulesets: dict[str, RuleSet]) -> None:
+    """Someone changes callgate's table after the prefetch (the digest set stays):
+    the generation moved, so apply lists again, sees the change and repairs it."""
+    kernel = CountingKernel()
+    ruleset = shop_rulesets["node-1"]
+    NftablesEnforcer(kernel).apply(ruleset)
+    enforcer = NftablesEnforcer(kernel)
+    enforcer.prefetch()
+    assert enforcer._prefetched is not None
+    enforcer._prefetched.result(timeout=10)
+    chain = next(iter(kernel.tables[("inet", "callgate")]["rules"]))
+    kernel.run([{"flush": {"chain": {"family": "inet", "table": "callgate", "name": chain}}}])
+    listed = kernel.whole_listings
+    result = enforcer.apply(ruleset)
+    assert kernel.whole_listings > listed
+    assert result.changed and result.mode == "full"
+    assert enforcer.in_sync(ruleset)
+
+
+def test_a_prefetch_without_a_table_reads_nothing_whole(shop_rulesets: dict[str, RuleSet]) -> None:
+    kernel = CountingKernel()
+    enforcer = NftablesEnforcer(kernel)
+    enforcer.prefetch()
+    assert enforcer._prefetched is not None
+    assert enforcer._prefetched.result(timeout=10) is None
+    assert kernel.whole_listings == 0
+    assert enforcer.apply(shop_rulesets["node-1"]).changed
+
+
+@pytest.mark.kernel
+def test_kernel_generation_moves_with_commits_only(netns: str, shop_rulesets: dict[str, RuleSet]) -> None:
+    kernel = LibNftables(netns)
+    try:
+        first = kernel.generation()
+        assert first is not None and kernel.generation() == first
+        enforcer = NftablesEnforcer(kernel)
+        enforcer.apply(shop_rulesets["node-1"], dry_run=True)  # checked, not committed
+        assert kernel.generation() == first
+        enforcer.apply(shop_rulesets["node-1"])
+        after_apply = kernel.generation()
+        assert after_apply is not None and after_apply > first
+        enforcer.live_text()  # reading changes nothing
+        nft(netns, "add", "table", "ip", "someone-else")  # any table, any program
+        assert kernel.generation() == after_apply + 1
+    finally:
+        kernel.close()
+
+
+@pytest.mark.kernel
+def test_kernel_a_hand_edit_after_the_prefetch_is_repaired(netns: str, shop_rulesets: dict[str, RuleSet]) -> None:
+    """The race the generation check closes: the whole table is read early, a
+    rule is deleted by hand before apply compares; apply must not call the
+    stale reading unchanged."""
+    ruleset = shop_rulesets["node-1"]
+    first = NftablesEnforcer(LibNftables(netns))
+    first.apply(ruleset)
+    first.close()
+    enforcer = NftablesEnforcer(LibNftables(netns))
+    try:
+        enforcer.prefetch()
+        assert enforcer._prefetched is not None
+        assert enforcer._prefetched.result(timeout=30) is not None
+        listing = nft(netns, "-a", "list", "chain", "inet", "callgate", "forward")
+        # The anti-spoofing rule: gone, an endpoint could send from any address.
+        handle = next(line.rsplit("# handle ", 1)[1] for line in listing.splitlines()
+                      if "anti-spoofing" in line)
+        nft(netns, "delete", "rule", "inet", "callgate", "forward", "handle", handle.strip())
+        assert not enforcer.in_sync(ruleset)
+        result = enforcer.apply(ruleset)
+        assert result.changed and result.mode == "full"
+        assert enforcer.in_sync(ruleset)
+    finally:
+        enforcer.close()

@@ -60,8 +60,11 @@ def apply(
 
     Example: callgate apply -i inventory.yaml -p policies/ --node node-1
     """
-    ruleset = compile_for(inventory, policies, node)
     with opened_enforcer(backend, netns) as enforcer:
+        # The live table is read while the input is loaded and compiled (the
+        # enforcer uses that reading only if no ruleset changed since).
+        enforcer.prefetch()
+        ruleset = compile_for(inventory, policies, node)
         prepare(ruleset, netns, enforcer.name, dry_run)
         with gc_paused():  # the table's objects and its transaction: hundreds of thousands that stay
             result = enforcer.apply(ruleset, dry_run=dry_run)

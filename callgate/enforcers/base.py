@@ -241,6 +241,10 @@ class Enforcer(Protocol):
     def rule_counters(self) -> RuleCounters | None:
         """Counters of the live rules by rule id; None when this backend cannot read them."""
 
+    def prefetch(self) -> None:
+        """An apply is coming: start reading, in the background, what it will
+        compare (a hint; a backend that gains nothing from it does nothing)."""
+
     def remove(self) -> bool:
         """Delete everything callgate owns; True if there was something."""
 

@@ -26,16 +26,20 @@ import struct
 from dataclasses import dataclass
 
 from callgate.enforcers.netns import run_in
+from callgate.enforcers.nfnetlink import (
+    NETLINK_NETFILTER,
+    NFGENMSG,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NLMSGHDR,
+    attribute,
+    attributes,
+)
 
-NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_ULOG = 4
 _NFULNL_MSG_PACKET = 0
 _NFULNL_MSG_CONFIG = 1
-
-_NLM_F_REQUEST = 0x1
-_NLM_F_ACK = 0x4
-_NLMSG_ERROR = 0x2
-_NLMSG_DONE = 0x3
 
 # Configuration attributes and commands.
 _NFULA_CFG_CMD = 1
@@ -54,12 +58,6 @@ _NFULA_IFINDEX_INDEV = 4
 _NFULA_IFINDEX_OUTDEV = 5
 _NFULA_PAYLOAD = 9
 _NFULA_PREFIX = 10
-_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-
-_NLMSGHDR = struct.Struct("=IHHII")
-_NFGENMSG = struct.Struct("!BBH")  # family, version, resource id (the group, big endian)
-_NLATTR = struct.Struct("=HH")
-
 # Enough of a packet for the IPv6 header plus a transport header's ports.
 DEFAULT_COPY_RANGE = 128
 
@@ -120,29 +118,18 @@ def packet_headers(family: int, payload: bytes) -> PacketHeaders | None:
     return PacketHeaders(protocol, src, dst, None, None)
 
 
-def _attributes(data: bytes, offset: int, end: int) -> dict[int, bytes]:
-    attrs: dict[int, bytes] = {}
-    while offset + _NLATTR.size <= end:
-        length, kind = _NLATTR.unpack_from(data, offset)
-        if length < _NLATTR.size or offset + length > end:
-            break
-        attrs[kind & _NLA_TYPE_MASK] = data[offset + _NLATTR.size:offset + length]
-        offset += (length + 3) & ~3
-    return attrs
-
-
 def parse_messages(data: bytes) -> list[NflogPacket]:
     """The NFLOG packets in one netlink datagram (other messages are skipped)."""
     packets: list[NflogPacket] = []
     offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size or offset + length > len(data):
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > len(data):
             break
         end = offset + length
-        if kind == (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_PACKET and length >= _NLMSGHDR.size + _NFGENMSG.size:
-            family = data[offset + _NLMSGHDR.size]
-            attrs = _attributes(data, offset + _NLMSGHDR.size + _NFGENMSG.size, end)
+        if kind == (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_PACKET and length >= NLMSGHDR.size + NFGENMSG.size:
+            family = data[offset + NLMSGHDR.size]
+            attrs = attributes(data, offset + NLMSGHDR.size + NFGENMSG.size, end)
             packets.append(_packet(family, attrs))
         offset += (length + 3) & ~3
     return packets
@@ -164,11 +151,6 @@ def _u32(value: bytes | None) -> int | None:
     return struct.unpack("!I", value)[0] if value is not None and len(value) == 4 else None
 
 
-def _attr(kind: int, value: bytes) -> bytes:
-    raw = _NLATTR.pack(_NLATTR.size + len(value), kind) + value
-    return raw + b"\0" * (-len(raw) % 4)
-
-
 class NflogSocket:
     """A netlink socket bound to one NFLOG group (in ``netns``, when given).
 
@@ -188,11 +170,11 @@ class NflogSocket:
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
             self._sock.bind((0, 0))
-            self._config(_attr(_NFULA_CFG_CMD, bytes([_CMD_BIND])))
-            self._config(_attr(_NFULA_CFG_MODE, struct.pack("!IBx", copy_range, _COPY_PACKET))
-                         + _attr(_NFULA_CFG_QTHRESH, struct.pack("!I", qthresh))
-                         + _attr(_NFULA_CFG_TIMEOUT, struct.pack("!I", timeout))
-                         + _attr(_NFULA_CFG_NLBUFSIZ, struct.pack("!I", min(buffer // 2, 1 << 17))))
+            self._config(attribute(_NFULA_CFG_CMD, bytes([_CMD_BIND])))
+            self._config(attribute(_NFULA_CFG_MODE, struct.pack("!IBx", copy_range, _COPY_PACKET))
+                         + attribute(_NFULA_CFG_QTHRESH, struct.pack("!I", qthresh))
+                         + attribute(_NFULA_CFG_TIMEOUT, struct.pack("!I", timeout))
+                         + attribute(_NFULA_CFG_NLBUFSIZ, struct.pack("!I", min(buffer // 2, 1 << 17))))
         except BaseException:
             self._sock.close()
             raise
@@ -203,21 +185,21 @@ class NflogSocket:
     def _config(self, attrs: bytes) -> None:
         """Send one config message and wait for its acknowledgement (OSError when refused)."""
         self._seq += 1
-        body = _NFGENMSG.pack(socket.AF_UNSPEC, 0, self.group) + attrs
-        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_CONFIG,
-                                _NLM_F_REQUEST | _NLM_F_ACK, self._seq, 0)
+        body = NFGENMSG.pack(socket.AF_UNSPEC, 0, self.group) + attrs
+        header = NLMSGHDR.pack(NLMSGHDR.size + len(body), (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_CONFIG,
+                                NLM_F_REQUEST | NLM_F_ACK, self._seq, 0)
         self._sock.send(header + body)
         while True:
             data = self._sock.recv(65536)
             offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if kind == _NLMSG_ERROR and seq == self._seq:
-                    (code,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
+            while offset + NLMSGHDR.size <= len(data):
+                length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+                if kind == NLMSG_ERROR and seq == self._seq:
+                    (code,) = struct.unpack_from("=i", data, offset + NLMSGHDR.size)
                     if code:
                         raise OSError(-code, f"NFLOG group {self.group}: {errno.errorcode.get(-code, code)}")
                     return
-                offset += max((length + 3) & ~3, _NLMSGHDR.size)
+                offset += max((length + 3) & ~3, NLMSGHDR.size)
 
     def receive(self, timeout: float | None = None) -> list[NflogPacket]:
         """The packets of the next datagram; [] when ``timeout`` seconds pass
@@ -237,5 +219,5 @@ class NflogSocket:
         if self._sock.fileno() < 0:
             return
         with contextlib.suppress(OSError):  # closing the socket unbinds it as well
-            self._config(_attr(_NFULA_CFG_CMD, bytes([_CMD_UNBIND])))
+            self._config(attribute(_NFULA_CFG_CMD, bytes([_CMD_UNBIND])))
         self._sock.close()

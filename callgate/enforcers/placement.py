@@ -143,6 +143,11 @@ class NodeEnforcer:
         return NodeTransaction(tuple((k, self.part(k).plan(part, known if k is None else ()))
                                      for k, part in split(ruleset).items()))
 
+    def prefetch(self) -> None:
+        """The node's own namespace only: the endpoints' namespaces are known
+        once the ruleset is, and their tables are small."""
+        self.node.prefetch()
+
     def check(self, tx: NodeTransaction) -> None:
         for k, part_tx in tx.parts:
             self.part(k).check(part_tx)

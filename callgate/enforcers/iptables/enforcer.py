@@ -250,5 +250,8 @@ class IptablesEnforcer(ComparesNormalText):
         """Not read for iptables: None (no per-policy counters)."""
         return None
 
+    def prefetch(self) -> None:
+        pass  # not done for iptables: apply reads the live rules when it compares them
+
     def close(self) -> None:
         pass  # every command is its own process: nothing is held open

@@ -139,6 +139,9 @@ class FakeNftKernel:
     def list_tables(self) -> list[tuple[str, str]]:
         return sorted(self.tables)
 
+    def generation(self) -> int | None:
+        return self.transactions  # committed ones, as the kernel counts them
+
     def close(self) -> None:
         pass  # nothing to release
 

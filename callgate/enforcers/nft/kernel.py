@@ -19,6 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from callgate.enforcers import nfnetlink
 from callgate.enforcers.netns import enter
 from callgate.errors import KernelError
 
@@ -39,6 +40,11 @@ class NftKernel(Protocol):
 
     def list_tables(self) -> list[tuple[str, str]]:
         """(family, name) of every table in this network namespace."""
+
+    def generation(self) -> int | None:
+        """The ruleset generation: it moves with every committed transaction in
+        this network namespace, by anyone, and with nothing else. None when it
+        cannot be read (then nothing may rely on it)."""
 
     def close(self) -> None:
         """Release threads and handles (a closed door is not used again)."""
@@ -66,6 +72,9 @@ class LibNftables:
         self.netns = netns
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
+        self._gen_lock = threading.Lock()  # one generation question at a time on the socket
+        self._gen_socket: Any = None
+        self._gen_seq = 0
         if netns is not None:
             # One thread lives in the namespace; the netlink sockets libnftables
             # opens there belong to that namespace.
@@ -134,9 +143,29 @@ class LibNftables:
         objs = self._call(self._list, "list tables") or []
         return [(o["table"]["family"], o["table"]["name"]) for o in objs if "table" in o]
 
+    def _generation(self) -> int | None:
+        with self._gen_lock:
+            try:
+                if self._gen_socket is None:
+                    # Opened here, on the thread that is in the namespace: it stays there.
+                    self._gen_socket = nfnetlink.open_socket()
+                    self._gen_socket.settimeout(2.0)  # a kernel that never answers is "unknown"
+                self._gen_seq += 1
+                return nfnetlink.ruleset_generation(self._gen_socket, self._gen_seq)
+            except OSError as exc:
+                log.debug("nf_tables generation not readable: %s", exc)
+                return None
+
+    def generation(self) -> int | None:
+        return self._call(self._generation)  # type: ignore[no-any-return]
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        with self._gen_lock:
+            if self._gen_socket is not None:
+                self._gen_socket.close()
+                self._gen_socket = None
 
 
 def nft_available(netns: str | None = None) -> bool:
