@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from callgate.errors import InputError, Problem, shown
 from callgate.policy import validation as v
 from callgate.policy.documents import POLICY_KINDS, Document, format_path, gc_paused, is_kind, read_all, shown_kind
+from callgate.policy.fastvalid import native_endpoint, pod_endpoint
 from callgate.policy.model import (
     ENFORCEMENT_KEY,
     NAMESPACE_NAME_LABEL,
@@ -223,8 +224,15 @@ class InventoryBuilder:
         self.endpoints.append(ep)
 
     def add_native(self, doc: Document) -> None:
+        # Every endpoint well-formed (the usual case): checked without models, and
+        # the model validates the rest of the document. Otherwise the model
+        # validates it all, as it always did, and says what is wrong.
+        endpoints = _fast_endpoints(doc.data)
         try:
-            model = InventoryModel.model_validate(doc.data)
+            if endpoints is not None:
+                model = InventoryModel.model_validate({**doc.data, "endpoints": []})
+            else:
+                model = InventoryModel.model_validate(doc.data)
         except ValidationError as exc:
             self.problems.extend(problems_from(exc, doc, "Inventory"))
             return
@@ -234,12 +242,9 @@ class InventoryBuilder:
             spec = node or NodeModel()
             self.node(Node(name, spec.labels, tuple(spec.addresses)), doc,
                       f"node {name}", ("nodes", name))
-        for i, e in enumerate(model.endpoints):
-            ep = Endpoint(
-                name=e.name, namespace=e.namespace, labels=e.labels, node=e.node,
-                ips=tuple(e.ips), interface=e.interface, netns=e.netns,
-                ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports),
-            )
+        if endpoints is None:
+            endpoints = [endpoint_model_endpoint(e) for e in model.endpoints]
+        for i, ep in enumerate(endpoints):
             self.endpoint(ep, doc, f"endpoint {ep.key}", ("endpoints", i, "name"), ("endpoints", i, "ips"))
 
     def add_k8s_namespace(self, doc: Document) -> None:
@@ -278,20 +283,19 @@ class InventoryBuilder:
         if isinstance(status, dict) and status.get("phase") in ("Succeeded", "Failed"):
             return  # finished pods hold no IP that policy applies to, whatever else they say
         obj = object_name(doc.data, "Pod")
+        fast = pod_endpoint(doc.data, INTERFACE_ANNOTATION, NETNS_ANNOTATION)
+        if fast is not None:
+            listed = status.get("podIPs") if isinstance(status, dict) else None
+            self.endpoint(fast, doc, obj, ("metadata", "name"), ("status", "podIPs" if listed else "podIP"))
+            return
         try:
             pod = PodModel.model_validate(doc.data)
         except ValidationError as exc:
             self.problems.extend(problems_from(exc, doc, obj))
             return
-        meta, spec, state = pod.metadata, pod.spec or PodSpecModel(), pod.status or PodStatusModel()
-        ips = [p.ip for p in state.podIPs or []] or ([state.podIP] if state.podIP else [])
-        ep = Endpoint(name=meta.name, namespace=meta.namespace, labels=meta.labels or {}, node=spec.nodeName,
-                      ips=tuple(ips),
-                      interface=(meta.annotations or {}).get(INTERFACE_ANNOTATION),
-                      netns=(meta.annotations or {}).get(NETNS_ANNOTATION),
-                      ports=tuple(NamedPort(p.name, p.containerPort, p.protocol)
-                                  for c in spec.containers or () for p in c.ports or ()))
-        self.endpoint(ep, doc, obj, ("metadata", "name"), ("status", "podIPs" if state.podIPs else "podIP"))
+        state = pod.status or PodStatusModel()
+        self.endpoint(pod_model_endpoint(pod), doc, obj, ("metadata", "name"),
+                      ("status", "podIPs" if state.podIPs else "podIP"))
 
     def finish(self) -> Inventory:
         if self.problems:
@@ -302,6 +306,39 @@ class InventoryBuilder:
             if ep.namespace not in self.namespaces:
                 self.namespace(ep.namespace, {})
         return Inventory(self.namespaces, tuple(self.endpoints), self.nodes)
+
+
+def endpoint_model_endpoint(e: EndpointModel) -> Endpoint:
+    """The Endpoint a validated Inventory endpoint entry stands for."""
+    return Endpoint(name=e.name, namespace=e.namespace, labels=e.labels, node=e.node, ips=tuple(e.ips),
+                    interface=e.interface, netns=e.netns,
+                    ports=tuple(NamedPort(p.name, p.port, p.protocol) for p in e.ports))
+
+
+def pod_model_endpoint(pod: PodModel) -> Endpoint:
+    """The Endpoint a validated Pod stands for."""
+    meta, spec, state = pod.metadata, pod.spec or PodSpecModel(), pod.status or PodStatusModel()
+    ips = [p.ip for p in state.podIPs or []] or ([state.podIP] if state.podIP else [])
+    return Endpoint(name=meta.name, namespace=meta.namespace, labels=meta.labels or {}, node=spec.nodeName,
+                    ips=tuple(ips),
+                    interface=(meta.annotations or {}).get(INTERFACE_ANNOTATION),
+                    netns=(meta.annotations or {}).get(NETNS_ANNOTATION),
+                    ports=tuple(NamedPort(p.name, p.containerPort, p.protocol)
+                                for c in spec.containers or () for p in c.ports or ()))
+
+
+def _fast_endpoints(data: Any) -> list[Endpoint] | None:
+    """The document's endpoints if every one passes :func:`native_endpoint`, else None."""
+    raw = data.get("endpoints", []) if isinstance(data, dict) else None
+    if type(raw) is not list:
+        return None
+    out = []
+    for entry in raw:
+        ep = native_endpoint(entry)
+        if ep is None:
+            return None
+        out.append(ep)
+    return out
 
 
 def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
