@@ -295,6 +295,9 @@ def _enforcer(backend: str, netns: str | None, prefix: str | None, flow_logging:
         enforcer.close()
         where = f" in netns {netns}" if netns else ""
         fail(f"cannot reach {_KERNEL_PARTS[enforcer.name]}{where}: {exc}")
+    # A restart finds its table live: read it while the sources sync, for the
+    # first apply's comparison (used only if no ruleset changed meanwhile).
+    enforcer.prefetch()
     return enforcer
 
 
