@@ -106,6 +106,19 @@ def test_a_broken_file_is_said_once_changes_nothing_and_is_retried(conf: Path, k
         wait_for(lambda: plugins(network)[-1] == GATE, "the gate back once the file is whole")
 
 
+def test_the_settings_are_those_of_the_gate_when_the_keeper_was_made(conf: Path) -> None:
+    """The agent makes its keeper before its slow start: a primary that rewrites the
+    chain before the keeper's first look must not cost the gate its settings."""
+    keeper = GateKeeper(conf, interface_prefix="other", interval=0.05)
+    network = conf / "05-cilium.conflist"
+    primary_writes(network, PTP)  # the gate is gone before the keeper starts
+    keeper.start()
+    try:
+        assert plugins(network) == [*PTP["plugins"], GATE]  # timeout 20 and prefix veth, as installed
+    finally:
+        keeper.stop()
+
+
 def test_a_single_plugin_conf_written_again_is_converted_again(tmp_path: Path) -> None:
     conf_dir = tmp_path / "net.d"
     conf_dir.mkdir()

@@ -165,6 +165,8 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
     from callgate.enforcers import guard
     from callgate.enforcers.routes import InterfaceResolver
 
+    # The gate's settings as the installer wrote them, before anything slow (see GateKeeper).
+    keeper = GateKeeper(Path(cni_conf_dir), fail_closed_prefix) if cni_conf_dir is not None else None
     metrics = AgentMetrics()
     # An unwritable flow-log path (or an NFLOG group taken) fails here, before the kernel is touched.
     flows = _flow_log(datapath.flow_log, datapath.flow_logging, netns, metrics)
@@ -213,7 +215,6 @@ def _run(log: Any, node: str, src: Any, netns: str | None, backend: str, resync:
     src.start(reactor.on_event)
     if gate is not None:
         gate.start()  # after the reactor: an ADD arriving now is served, or waits for the first sync
-    keeper = GateKeeper(Path(cni_conf_dir), fail_closed_prefix) if cni_conf_dir is not None else None
     if keeper is not None:
         keeper.start()  # after the socket: a gate put back in the chain finds the agent listening
     try:

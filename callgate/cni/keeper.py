@@ -29,9 +29,11 @@ log = logging.getLogger("callgate.cni")
 class GateKeeper:
     """Puts ``callgate-cni`` back at the end of the node's chain whenever it goes missing.
 
-    The gate's settings are those of the gate found at start (what the
-    installer wrote); when there is none yet, ``timeoutSeconds`` is the
-    installer's default and ``interfacePrefix`` the one given here.
+    The gate's settings are those of the gate found when the keeper is made
+    (what the installer wrote); when there is none, ``timeoutSeconds`` is the
+    installer's default and ``interfacePrefix`` the one given here. The agent
+    makes its keeper first thing, before the slow part of its start: a primary
+    that rewrites the chain meanwhile must not cost the gate its settings.
     """
 
     def __init__(self, conf_dir: Path, interface_prefix: str | None = None, interval: float = 2.0) -> None:
@@ -43,8 +45,9 @@ class GateKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_problem: str | None = None
+        self._learn()
 
-    def start(self) -> None:
+    def _learn(self) -> None:
         try:
             found = current_gate(self.conf_dir)
         except InputError:
@@ -54,6 +57,8 @@ class GateKeeper:
             if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 <= timeout <= 300:
                 self.timeout = float(timeout)
             self.interface_prefix = prefix if isinstance(prefix, str) and prefix else self.interface_prefix
+
+    def start(self) -> None:
         self.check()
         self._thread = threading.Thread(target=self._loop, name="callgate-cni-keeper", daemon=True)
         self._thread.start()
