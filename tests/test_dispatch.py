@@ -64,10 +64,12 @@ def test_node_dispatch_is_by_address_and_every_local_endpoint_is_held_to_its_own
     assert "iifname . ip saddr != @endpoint_source4 iifname @endpoint_iface counter drop" in text
     assert "table bridge callgate {" in text and "iifname . arp saddr ip @endpoint_source4 return" in text
     assert "ether type != { ip, arp, ip6 } counter drop" in text  # a bridge port sends no VLAN-tagged frames
-    # Established flows still leave at the first rule; dispatch comes after the source check.
+    # The source checks first (a spoofed packet must not ride the impersonated pod's
+    # flow), then established flows leave, then dispatch.
     forward = text[text.index("chain forward {"):]
     rules = [line.strip() for line in forward.splitlines()[2:] if line.strip() and line.strip() != "}"]
-    assert rules[0] == "ct state established,related accept"
+    assert [r.split(" != ")[0] for r in rules[:2]] == ["iifname . ip saddr", "iifname . ip6 saddr"]
+    assert rules[2] == "ct state established,related accept"
     assert forward.index("@endpoint_source4") < forward.index("vmap @from_endpoint4")
 
 

@@ -21,7 +21,7 @@ from callgate.compiler.ir import AddressSet, Chain, EndpointRules, L4Match, Orig
 from callgate.enforcers import BACKENDS, get_enforcer
 from callgate.enforcers.iptables.enforcer import IptablesEnforcer
 from callgate.enforcers.iptables.fake import FakeIptables
-from callgate.enforcers.iptables.layout import CHAIN_MAX, SET_MAX, chain_name, set_name
+from callgate.enforcers.iptables.layout import CHAIN_MAX, SET_MAX, SOURCE_IFACES, SOURCE_PAIRS, chain_name, set_name
 from callgate.enforcers.iptables.transaction import plan
 from callgate.errors import InputError, KernelError
 from callgate.policy import Evaluator, Inventory, PolicySet, load_policies
@@ -128,14 +128,23 @@ def test_plan_structure(rulesets: dict[str, RuleSet]) -> None:
         table = tx.table(version)
         assert table.chains[0] == "CG-FORWARD"
         forward = [r for r in table.rules if r.startswith("-A CG-FORWARD ")]
-        # the conntrack shortcut first, carrying the digest; then link control (IPv6) and anti-spoofing
-        assert forward[0].startswith("-A CG-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED")
-        assert tx.digest in forward[0]
-        checks = [i for i, r in enumerate(forward) if ("icmp6" in r and r.endswith("-j ACCEPT")) or " -j CG-src_" in r]
-        assert checks == list(range(1, len(checks) + 1))
-        assert any(" -i " in forward[i] for i in checks) and any("--physdev-in" in forward[i] for i in checks)
+        # link control (IPv6), then the source checks (routed veths by the sets, bridge
+        # ports by physdev), and only then the conntrack shortcut, carrying the digest:
+        # a spoofed packet must not ride the impersonated pod's flow
+        link = [r for r in forward if "icmp6" in r and r.endswith("-j ACCEPT")]
+        assert forward[:len(link)] == link and len(link) == (9 if version == 6 else 0)
+        spoof, ports, established = forward[len(link):len(link) + 3]
+        assert spoof == (f"-A CG-FORWARD -m set --match-set {SOURCE_IFACES[version]} src,src -m set ! --match-set "
+                         f'{SOURCE_PAIRS[version]} src,src -m comment --comment "callgate anti-spoofing" -j DROP')
+        assert ports == "-A CG-FORWARD -m physdev --physdev-is-in -j CG-SRC-PORTS"
+        assert established.startswith("-A CG-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED")
+        assert tx.digest in established
+        by_port = [r for r in table.rules if r.startswith("-A CG-SRC-PORTS ")]
+        assert by_port and all("--physdev-in" in r and " -j CG-src_" in r for r in by_port)
+        pairs = defined[SOURCE_PAIRS[version]]
+        assert pairs.type == "hash:net,iface" and all("," in e for e in pairs.elements)
         # every egress dispatch (by source address) before every ingress dispatch (by destination)
-        kinds = ["s" if " -s " in r else "d" for r in forward[len(checks) + 1:]]
+        kinds = ["s" if " -s " in r else "d" for r in forward[len(link) + 3:]]
         assert kinds == sorted(kinds, key=lambda k: k != "s") and "s" in kinds and "d" in kinds
         family = "inet" if version == 4 else "inet6"
         for rule in table.rules:
@@ -150,7 +159,7 @@ def test_plan_structure(rulesets: dict[str, RuleSet]) -> None:
             last = [r for r in table.rules if r.split()[1] == chain][-1]
             if chain.startswith("CG-src_"):  # anti-spoofing: anything not from the endpoint's own addresses
                 assert last == f'-A {chain} -m comment --comment "callgate anti-spoofing" -j DROP', last
-            elif chain != "CG-FORWARD":  # every tier ends with its default verdict
+            elif chain not in ("CG-FORWARD", "CG-SRC-PORTS"):  # every tier ends with its default verdict
                 assert last == f"-A {chain} -j DROP", last
     assert all(len(s.name) <= SET_MAX for s in tx.sets)
     # 0.0.0.0/0 except one /24: hash:net cannot hold /0, so it is split
@@ -192,7 +201,7 @@ def test_multiport_split_and_hostile_comment() -> None:
 def test_range_elements_become_cidrs() -> None:
     s = AddressSet("peers4_r", "ip", ("198.18.0.5-198.18.0.10", "0.0.0.0/0"))
     rs = _ruleset((Rule(Verdict.ALLOW, family="ip", peer_set="peers4_r"),), sets=(s,))
-    (ipset,) = plan(rs).sets
+    (ipset,) = (s for s in plan(rs).sets if s.type == "hash:net")  # beside the node's source-check sets
     assert {"198.18.0.5", "198.18.0.6/31", "198.18.0.8/31", "198.18.0.10", "0.0.0.0/1", "128.0.0.0/1"} <= set(
         ipset.elements)
     assert not any(e.endswith("/0") for e in ipset.elements)

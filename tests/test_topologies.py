@@ -35,6 +35,7 @@ from callgate.agent.reactor import Reactor, ReactorConfig
 from callgate.compiler import Compiler
 from callgate.enforcers import get_enforcer, guard
 from callgate.enforcers.iptables.dispatch import source_chain
+from callgate.enforcers.iptables.layout import SOURCE_IFACES
 from callgate.enforcers.routes import InterfaceResolver
 from callgate.lab import Lab, probe_matrix
 from callgate.lab.topology import TOPOLOGIES, LabState
@@ -195,9 +196,12 @@ def take_anti_spoofing_away(lab: Running, backend: str, *keys: str) -> None:
                 if rule.get("comment") == "callgate anti-spoofing":
                     sh(netns, "nft", "delete", "rule", "inet", "callgate", "forward", "handle", str(rule["handle"]))
             sh(netns, "nft", "flush", "chain", "bridge", "callgate", "endpoint_source")
-        else:
+        else:  # iptables: its source chain (bridge ports, or inside the pod's namespace) ...
             for tool in ("iptables", "ip6tables"):
                 sh(netns, tool, "-F", source_chain(key))
+            if lab.topology != "macvlan":  # ... and on the node, the routed veths' sets
+                for name in SOURCE_IFACES.values():
+                    sh(netns, "ipset", "flush", name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -213,6 +217,37 @@ def test_a_pod_cannot_send_as_another_pod(lab: Running, backend: str, tmp_path: 
         ("x/b", "x/a"): True, ("x/c", "y/a"): True, (ATTACKER, "x/a"): False, (ATTACKER, "y/a"): False}
     assert send_spoofed(lab) == {"x/a": 0, "y/a": 0}
     # The same packets without the source check: both arrive, IPv4 and IPv6.
+    take_anti_spoofing_away(lab, backend)
+    assert send_spoofed(lab) == {"x/a": 2, "y/a": 2}
+    clear(lab)
+
+
+def open_flow(lab: Running, as_: str, victim: str, family: int) -> None:
+    """The impersonated pod's own flow to the victim, from the port the attacker
+    will use: one datagram and its echo, so every conntrack on the way holds it
+    as established."""
+    script = ("import socket, sys\n"
+              "s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)\n"
+              f"s.bind(('', {SPORT})); s.settimeout(3)\n"
+              "s.sendto(b'mine', (sys.argv[1], 80)); s.recvfrom(100)\n")
+    sh(lab.pod_ns(as_), sys.executable, "-c", script, lab.address(victim, family))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lab", TOPOLOGIES, indirect=True)
+def test_a_spoofed_packet_cannot_ride_the_impersonated_pods_flow(lab: Running, backend: str, tmp_path: Path) -> None:
+    """Conntrack finds a flow by addresses and ports, not by the interface a packet
+    came in on: with the impersonated pods' flows open (allowed, and echoed), the
+    attacker's packets with their addresses and ports must still be dropped."""
+    clear(lab)
+    apply_all(lab, policies_from(tmp_path, POLICIES), backend)
+    for node in INV.nodes():
+        sh(lab.node_ns(node), "conntrack", "--flush", check=False)
+    for family in (4, 6):
+        for as_, victim in SPOOFS:
+            open_flow(lab, as_, victim, family)
+    assert send_spoofed(lab) == {"x/a": 0, "y/a": 0}
+    # The same packets without the source check do arrive: the flows were open.
     take_anti_spoofing_away(lab, backend)
     assert send_spoofed(lab) == {"x/a": 2, "y/a": 2}
     clear(lab)

@@ -6,14 +6,30 @@ with iptables' own means; the per-endpoint tier chains come from
 
 **Node** (``-A FORWARD -j CG-FORWARD``)::
 
-    CG-FORWARD  -m conntrack --ctstate RELATED,ESTABLISHED (digest comment) -j ACCEPT
-                [IPv6] -p ipv6-icmp --icmpv6-type <ND> -m hl --hl-eq 255 -j ACCEPT  (and MLD, hl 1)
-                -i IFACE -j CG-src_<endpoint>                        # routed veth: own addresses only
-                -m physdev --physdev-in IFACE -j CG-src_<endpoint>   # bridge port (bridged or routed on)
+    CG-FORWARD  [IPv6] -p ipv6-icmp --icmpv6-type <ND> -m hl --hl-eq 255 -j ACCEPT  (and MLD, hl 1)
+                -m set --match-set cg-src-iface4 src,src -m set ! --match-set cg-src-pair4 src,src
+                    -m comment --comment "callgate anti-spoofing" -j DROP   # routed veths
+                -m physdev --physdev-is-in -j CG-SRC-PORTS                  # bridge ports
+                -m conntrack --ctstate RELATED,ESTABLISHED (digest comment) -j ACCEPT
                 -s ADDRESS -j CG-out_<endpoint>                      # every egress dispatch first ...
                 -d ADDRESS -j CG-in_<endpoint>                       # ... then every ingress dispatch
                 [fail-closed: -i/-o PREFIX+ and physdev in/out PREFIX+ to CG-FC-* chains]
+    CG-SRC-PORTS -m physdev --physdev-in IFACE -j CG-src_<endpoint>   # per local endpoint
     CG-src_<e>  -s OWN -j RETURN ...; -m comment --comment "callgate anti-spoofing" -j DROP
+
+    ipset cg-src-iface4 hash:net,iface   0.0.0.0/1,IFACE 128.0.0.0/1,IFACE per local endpoint interface
+    ipset cg-src-pair4  hash:net,iface   OWN,IFACE
+    (…6 for IPv6: ::/1 and 8000::/1)
+
+The source checks come before the established rule: conntrack finds a flow by
+addresses and ports, not by the interface, so a pod sending with another pod's
+address and ports would otherwise ride that pod's open flow past every check.
+A routed veth is checked in two O(1) set look-ups. A bridge port is not: a
+bridged packet's in-interface is the bridge, and iptables' set match cannot
+look up the port (ipset's ``physdev:`` elements are not reachable from
+``-m set``), so packets that came in on a bridge port walk one physdev rule
+per local endpoint (the same linear cost as iptables' dispatch; the nft
+backend checks bridge ports in its bridge table, in O(1)).
 
 **Netns** (inside an endpoint's own namespace: ``-A INPUT -j CG-INPUT``,
 ``-A OUTPUT -j CG-OUTPUT``)::
@@ -23,8 +39,10 @@ with iptables' own means; the per-endpoint tier chains come from
     CG-OUTPUT   -o lo -j ACCEPT; established -j ACCEPT; [IPv6: ND, MLD]; -j CG-src_<endpoint>;
                 -s ADDRESS -j CG-out_<endpoint>
 
-Established flows leave first; neighbour discovery and MLD are accepted
-before the source check: on a bridge they come from link-local addresses, and
+In the node's chain the source check comes first (after neighbour discovery
+and MLD), then established flows leave; in an endpoint's own namespace,
+established flows leave first (its conntrack only holds its own flows).
+Neighbour discovery and MLD are accepted before the source check: on a bridge they come from link-local addresses, and
 they are link-local control traffic that NetworkPolicy does not govern (the
 hop limits keep them on one link). What iptables cannot see, and the nft backend checks in its bridge
 table: ARP, and frames that are not plain IPv4/IPv6 (VLAN-tagged IP skips
@@ -52,6 +70,9 @@ from callgate.enforcers.iptables.layout import (
     FORWARD_CHAIN,
     INPUT_CHAIN,
     OUTPUT_CHAIN,
+    SOURCE_IFACES,
+    SOURCE_PAIRS,
+    SOURCE_PORTS_CHAIN,
     Version,
     chain_name,
     quote,
@@ -153,14 +174,18 @@ def dispatch_chains(ruleset: RuleSet, version: Version, digest: str, placement: 
                                 *_link_control(OUTPUT_CHAIN, version), *source,
                                 *_dispatch(OUTPUT_CHAIN, ruleset, version, ("egress",))]
         return chains
+    # Link-local control first (a bridge port's neighbour discovery comes from
+    # fe80::/10), then the source check, then established flows: see the module doc.
+    spoofed = (f"-A {FORWARD_CHAIN} -m set --match-set {SOURCE_IFACES[version]} src,src "
+               f"-m set ! --match-set {SOURCE_PAIRS[version]} src,src "
+               f"-m comment --comment {quote(ANTI_SPOOFING_COMMENT)} -j DROP")
     attached = sorted((le for le in ruleset.local if le.interface is not None), key=lambda e: e.interface or "")
     chains = _source_chains(attached, version)
-    # Established flows first, as in the nft backend: the source checks are two
-    # rules per local endpoint, which an established packet should not walk.
-    forward = [_established(FORWARD_CHAIN, digest), *_link_control(FORWARD_CHAIN, version)]
-    for le in attached:
-        forward.append(f"-A {FORWARD_CHAIN} -i {le.interface} -j {source_chain(le.endpoint)}")
-        forward.append(f"-A {FORWARD_CHAIN} -m physdev --physdev-in {le.interface} -j {source_chain(le.endpoint)}")
+    chains[SOURCE_PORTS_CHAIN] = [f"-A {SOURCE_PORTS_CHAIN} -m physdev --physdev-in {le.interface} "
+                                  f"-j {source_chain(le.endpoint)}" for le in attached]
+    forward = [*_link_control(FORWARD_CHAIN, version), spoofed,
+               f"-A {FORWARD_CHAIN} -m physdev --physdev-is-in -j {SOURCE_PORTS_CHAIN}",
+               _established(FORWARD_CHAIN, digest)]
     forward.extend(_dispatch(FORWARD_CHAIN, ruleset, version, ("egress", "ingress")))
     if fail_closed is not None:
         rules, fc_chains = _fail_closed(fail_closed)

@@ -3,13 +3,16 @@
 Layout in the kernel (filter table of iptables AND of ip6tables; nothing else)::
 
     FORWARD      -j CG-FORWARD                      # our single jump, inserted at 1 if missing
-    CG-FORWARD   anti-spoofing, established (digest comment) -j ACCEPT, dispatch by
-                 address (see :mod:`.dispatch`)
+    CG-FORWARD   [IPv6: neighbour discovery and MLD], anti-spoofing, established
+                 (digest comment) -j ACCEPT, dispatch by address (see :mod:`.dispatch`)
     CG-<tier>    one chain per IR tier: allow = RETURN (egress) / ACCEPT (ingress),
                  deny = DROP, pass = goto next tier; a final rule holds the default
 
     ipset  cg-peers4_<hash>   hash:net     family inet|inet6   (peer addresses)
            cg-named4_tcp_<h>  hash:ip,port family inet|inet6   (egress named ports)
+           cg-src-pair4/6     hash:net,iface                   (endpoints' own address, interface)
+           cg-src-iface4/6    hash:net,iface                   (any address, endpoints' interfaces)
+    CG-SRC-PORTS, CG-src_<e>   bridge ports' source checks (by physdev, one rule per port)
 
 Inside an endpoint's own namespace (placement "netns") the jumps are from
 INPUT to CG-INPUT and from OUTPUT to CG-OUTPUT instead.
@@ -48,8 +51,15 @@ FC_PIN, FC_POUT = "CG-FC-PIN", "CG-FC-POUT"  # the same for bridge ports (physde
 FAIL_CLOSED_COMMENT = "callgate fail-closed"
 ANTI_SPOOFING_COMMENT = "callgate anti-spoofing"
 # Bumped whenever the same RuleSet is rendered into different chains (see the nft
-# backend's LAYOUT_VERSION). 2: dispatch by address and anti-spoofing.
-LAYOUT_VERSION = 2
+# backend's LAYOUT_VERSION). 2: dispatch by address and anti-spoofing. 3: the
+# node's source check is one rule over two ipsets, before the established rule.
+LAYOUT_VERSION = 3
+# The node's source check (see dispatch.py): which (interface, source) a packet
+# may come in with, and which interfaces are endpoints' at all; per IP version.
+SOURCE_IFACES = {4: "cg-src-iface4", 6: "cg-src-iface6"}
+SOURCE_PAIRS = {4: "cg-src-pair4", 6: "cg-src-pair6"}
+SOURCE_SET_TYPE = "hash:net,iface"
+SOURCE_PORTS_CHAIN = "CG-SRC-PORTS"  # bridge ports: iptables' set match cannot look up physdev
 
 Version = int  # 4 or 6
 VERSIONS: tuple[Version, ...] = (4, 6)

@@ -12,6 +12,7 @@ from callgate.enforcers.iptables.layout import (
     DIGEST_PREFIX,
     ENTRY_CHAINS,
     SET_PREFIX,
+    SOURCE_SET_TYPE,
     TMP_PREFIX,
     VERSIONS,
     Version,
@@ -49,6 +50,8 @@ def parse_ipset_save(text: str) -> dict[str, IpSet]:
         elems = elements[name]
         if typ == "hash:net":
             canon = net_elements(elems)
+        elif typ == SOURCE_SET_TYPE:
+            canon = tuple(sorted(elems))  # written as ipset prints them back (see sets.source_sets)
         else:
             try:
                 canon = sort_port_elements(elems)

@@ -7,7 +7,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.iptables.layout import DEFAULT_MAXELEM, FAMILY_VERSION, IPSET_FAMILY, set_name
+from callgate.enforcers.iptables.layout import (
+    DEFAULT_MAXELEM,
+    FAMILY_VERSION,
+    IPSET_FAMILY,
+    SOURCE_IFACES,
+    SOURCE_PAIRS,
+    SOURCE_SET_TYPE,
+    VERSIONS,
+    set_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +24,7 @@ class IpSet:
     """One ipset as callgate wants it: canonical, sorted elements."""
 
     name: str
-    type: str  # "hash:net" | "hash:ip,port"
+    type: str  # "hash:net" | "hash:ip,port" | "hash:net,iface" (the node's source check)
     family: str  # "inet" | "inet6"
     elements: tuple[str, ...]
     maxelem: int = DEFAULT_MAXELEM
@@ -103,3 +112,27 @@ def ruleset_sets(ruleset: RuleSet) -> tuple[IpSet, ...]:
         sets.append(IpSet(set_name(ps.name), "hash:ip,port", IPSET_FAMILY[FAMILY_VERSION[ps.family]], elements,
                           max(DEFAULT_MAXELEM, len(elements))))
     return tuple(sorted(sets, key=lambda s: s.name))
+
+
+# Every address of a family, as two halves: hash:net holds no /0.
+_ANY = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
+
+
+def source_sets(ruleset: RuleSet) -> tuple[IpSet, ...]:
+    """The node's source check for routed veths (see dispatch.py): per IP
+    version, the (own address, interface) pairs of the local endpoints and
+    (any address, interface) for their interfaces. Interface names are
+    validated (no ',' or ':'), addresses are the IR's."""
+    out = []
+    attached = [le for le in ruleset.local if le.interface is not None]
+    for version in VERSIONS:
+        pairs: set[str] = set()
+        ifaces: set[str] = set()
+        for le in attached:
+            ifaces.update(f"{half},{le.interface}" for half in _ANY[version])
+            pairs.update(f"{_net_text(ipaddress.ip_network(a))},{le.interface}" for a in le.ips
+                         if ipaddress.ip_address(a).version == version)
+        for name, elements in ((SOURCE_IFACES[version], ifaces), (SOURCE_PAIRS[version], pairs)):
+            out.append(IpSet(name, SOURCE_SET_TYPE, IPSET_FAMILY[version], tuple(sorted(elements)),
+                             max(DEFAULT_MAXELEM, len(elements))))
+    return tuple(out)

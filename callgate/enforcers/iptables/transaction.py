@@ -10,7 +10,7 @@ from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import FailClosed, FlowLogging, Placement
 from callgate.enforcers.iptables.layout import VERSIONS, Version, layout_digest
 from callgate.enforcers.iptables.rules import Table, ruleset_table, validate
-from callgate.enforcers.iptables.sets import IpSet, ruleset_sets
+from callgate.enforcers.iptables.sets import IpSet, ruleset_sets, source_sets
 
 TOOLS: dict[Version, str] = {4: "iptables", 6: "ip6tables"}
 
@@ -57,6 +57,8 @@ def plan(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Pla
          logging: FlowLogging | None = None) -> IptTransaction:
     """The desired state for ``ruleset``; InputError for what iptables cannot express."""
     validate(ruleset, fail_closed)
-    return IptTransaction(layout_digest(ruleset, fail_closed, placement, logging), ruleset_sets(ruleset),
+    sets = ruleset_sets(ruleset) + (source_sets(ruleset) if placement == "node" else ())
+    return IptTransaction(layout_digest(ruleset, fail_closed, placement, logging),
+                          tuple(sorted(sets, key=lambda s: s.name)),
                           (ruleset_table(ruleset, 4, fail_closed, placement, logging),
                            ruleset_table(ruleset, 6, fail_closed, placement, logging)))

@@ -13,18 +13,14 @@ placements.
     set endpoint_iface   { type ifname }              every local endpoint's host-side interface
     set endpoint_source4 { type ifname . ipv4_addr }  (interface, own address) pairs (…6: IPv6)
     chain forward { type filter hook forward priority 0; policy accept;
-        meta nfproto vmap { ipv4 : jump forward4, ipv6 : jump forward6 }
-        [fail-closed: iifname/oifname "<prefix>*" not in @known_endpoint: drop]
-    }
-    chain forward4 {
-        iifname . ip saddr != @endpoint_source4 iifname @endpoint_iface counter drop   # anti-spoofing
+        iifname . ip saddr != @endpoint_source4 iifname @endpoint_iface counter drop    # anti-spoofing
+        iifname . ip6 saddr != @endpoint_source6 iifname @endpoint_iface counter drop   #   (IPv6)
         ct state established,related accept
-        ip saddr vmap @from_endpoint4          # egress: allow = return, deny = drop
-        ip daddr vmap @to_endpoint4            # ingress: allow = accept, deny = drop
-    }
-    chain forward6 { the same for IPv6, and after the established rule:
-        icmpv6 type { nd-… } ip6 hoplimit 255 accept   # neighbour discovery and MLD on a bridge
-        icmpv6 type { mld-… } ip6 hoplimit 1 accept     #   (link-local control, not policy traffic)
+        icmpv6 type . ip6 hoplimit { nd-… . 255, mld-… . 1 } accept   # neighbour discovery and MLD
+                                                                       #   (link-local control, not policy traffic)
+        ip saddr vmap @from_endpoint4; ip6 saddr vmap @from_endpoint6   # egress: allow = return, deny = drop
+        ip daddr vmap @to_endpoint4; ip6 daddr vmap @to_endpoint6       # ingress: allow = accept, deny = drop
+        [fail-closed: iifname/oifname "<prefix>*" not in @known_endpoint: drop]
     }
 
     table bridge callgate: the same endpoint_iface and endpoint_source sets, and
@@ -248,17 +244,20 @@ def _drop_spoofed(family: str) -> Command:
 
 def _node_inet(fc: FailClosed | None) -> list[Command]:
     cmds = [_base_chain(FAMILY, FORWARD, "forward", 0)]
-    # Established flows leave at the first rule, as before dispatch by address:
-    # a forwarded packet of a flow conntrack already holds costs one compare.
-    cmds.append(_rule(FAMILY, FORWARD, _established(), {"accept": None}))
     for v in (4, 6):
         # From an endpoint's interface, not one of its own (interface, address)
         # pairs: drop. The pair look-up first, so a pod's own packets leave the
         # rule after one look-up (and other families' after a compare).
+        # Before the established rule: conntrack matches a packet by its
+        # addresses and ports, not by where it came from, so a pod sending with
+        # another pod's address and ports would otherwise ride that pod's open
+        # flow past every check (test_a_spoofed_packet_cannot_ride_the_impersonated_pods_flow).
         own = _match({"concat": [_meta("iifname"), _payload(_PROTOCOL[v], "saddr")]}, "@" + ENDPOINT_SOURCE[v],
                      op="!=")
         cmds.append(_rule(FAMILY, FORWARD, own, _match(_meta("iifname"), "@" + ENDPOINT_IFACE), {"counter": None},
                           {"drop": None}, comment=ANTI_SPOOFING_COMMENT))
+    # Then established flows leave: one compare for a packet of a flow conntrack holds.
+    cmds.append(_rule(FAMILY, FORWARD, _established(), {"accept": None}))
     cmds.append(_rule(FAMILY, FORWARD, *_link_control_one({"accept": None})))
     cmds.extend(_rule(FAMILY, FORWARD, *expr) for expr in (*_dispatch("saddr"), *_dispatch("daddr")))
     if fc is not None:

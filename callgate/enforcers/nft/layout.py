@@ -68,8 +68,9 @@ DIGEST_KEY_LEN = 15
 # 3: rule comments start with the rule id. 4: dispatch by address, anti-spoofing
 # (and table bridge callgate), tables inside endpoints' own namespaces. 5: behind
 # that dispatch, one decision-map look-up per endpoint direction instead of a
-# walk over rules and peer sets.
-LAYOUT_VERSION = 5
+# walk over rules and peer sets. 6: the forward chain's source checks before its
+# established rule (a spoofed packet must not ride the impersonated pod's flow).
+LAYOUT_VERSION = 6
 # A peer set (looked up by the rules without ports, see .decisions) whose
 # intervals together hold at most this many addresses is rendered as a hash
 # set of single addresses: an O(1) look-up. Why this bound: a hash-set element
