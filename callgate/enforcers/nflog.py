@@ -27,14 +27,15 @@ from dataclasses import dataclass
 
 from callgate.enforcers.netns import run_in
 from callgate.enforcers.nfnetlink import (
-    NETLINK_NETFILTER,
     NFGENMSG,
     NLM_F_ACK,
-    NLM_F_REQUEST,
     NLMSG_ERROR,
-    NLMSGHDR,
     attribute,
     attributes,
+    error_code,
+    messages,
+    open_socket,
+    request,
 )
 
 _NFNL_SUBSYS_ULOG = 4
@@ -120,19 +121,9 @@ def packet_headers(family: int, payload: bytes) -> PacketHeaders | None:
 
 def parse_messages(data: bytes) -> list[NflogPacket]:
     """The NFLOG packets in one netlink datagram (other messages are skipped)."""
-    packets: list[NflogPacket] = []
-    offset = 0
-    while offset + NLMSGHDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
-        if length < NLMSGHDR.size or offset + length > len(data):
-            break
-        end = offset + length
-        if kind == (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_PACKET and length >= NLMSGHDR.size + NFGENMSG.size:
-            family = data[offset + NLMSGHDR.size]
-            attrs = attributes(data, offset + NLMSGHDR.size + NFGENMSG.size, end)
-            packets.append(_packet(family, attrs))
-        offset += (length + 3) & ~3
-    return packets
+    return [_packet(data[payload], attributes(data, payload + NFGENMSG.size, end))
+            for kind, _seq, payload, end in messages(data)
+            if kind == (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_PACKET and end - payload >= NFGENMSG.size]
 
 
 def _packet(family: int, attrs: dict[int, bytes]) -> NflogPacket:
@@ -165,11 +156,9 @@ class NflogSocket:
         self.group = group
         self.overruns = 0  # times the kernel dropped packets because the buffer was full
         self._seq = 0
-        self._sock = run_in(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
-                                                                NETLINK_NETFILTER))
+        self._sock = run_in(netns, open_socket)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-            self._sock.bind((0, 0))
             self._config(attribute(_NFULA_CFG_CMD, bytes([_CMD_BIND])))
             self._config(attribute(_NFULA_CFG_MODE, struct.pack("!IBx", copy_range, _COPY_PACKET))
                          + attribute(_NFULA_CFG_QTHRESH, struct.pack("!I", qthresh))
@@ -185,21 +174,14 @@ class NflogSocket:
     def _config(self, attrs: bytes) -> None:
         """Send one config message and wait for its acknowledgement (OSError when refused)."""
         self._seq += 1
-        body = NFGENMSG.pack(socket.AF_UNSPEC, 0, self.group) + attrs
-        header = NLMSGHDR.pack(NLMSGHDR.size + len(body), (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_CONFIG,
-                                NLM_F_REQUEST | NLM_F_ACK, self._seq, 0)
-        self._sock.send(header + body)
+        self._sock.send(request((_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_CONFIG, NLM_F_ACK, self._seq, self.group, attrs))
         while True:
             data = self._sock.recv(65536)
-            offset = 0
-            while offset + NLMSGHDR.size <= len(data):
-                length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+            for kind, seq, payload, _end in messages(data):
                 if kind == NLMSG_ERROR and seq == self._seq:
-                    (code,) = struct.unpack_from("=i", data, offset + NLMSGHDR.size)
-                    if code:
+                    if code := error_code(data, payload):
                         raise OSError(-code, f"NFLOG group {self.group}: {errno.errorcode.get(-code, code)}")
                     return
-                offset += max((length + 3) & ~3, NLMSGHDR.size)
 
     def receive(self, timeout: float | None = None) -> list[NflogPacket]:
         """The packets of the next datagram; [] when ``timeout`` seconds pass

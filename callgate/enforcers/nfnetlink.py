@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Iterator
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -19,7 +20,6 @@ NFNL_SUBSYS_NFTABLES = 10
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLMSG_ERROR = 0x2
-NLMSG_DONE = 0x3
 
 NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 NFGENMSG = struct.Struct("!BBH")  # family, version, resource id (big endian)
@@ -41,6 +41,29 @@ def attributes(data: bytes, offset: int, end: int) -> dict[int, bytes]:
         attrs[kind & NLA_TYPE_MASK] = data[offset + NLATTR.size:offset + length]
         offset += (length + 3) & ~3
     return attrs
+
+
+def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """The netlink messages of one datagram: (type, sequence, start of the
+    payload, end of the message); a malformed header ends the walk."""
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, _port = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > len(data):
+            return
+        yield kind, seq, offset + NLMSGHDR.size, offset + length
+        offset += (length + 3) & ~3
+
+
+def request(kind: int, flags: int, seq: int, resource: int = 0, attrs: bytes = b"") -> bytes:
+    """One nfnetlink request: header, ``nfgenmsg`` (family unspecified) and attributes."""
+    body = NFGENMSG.pack(socket.AF_UNSPEC, 0, resource) + attrs
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body
+
+
+def error_code(data: bytes, payload: int) -> int:
+    """The (negative errno, or 0 for an acknowledgement) code of an ``NLMSG_ERROR``."""
+    return int(struct.unpack_from("=i", data, payload)[0])
 
 
 def attribute(kind: int, value: bytes) -> bytes:
@@ -68,24 +91,17 @@ def ruleset_generation(sock: socket.socket, seq: int) -> int:
     (``NFT_MSG_GETGEN``); a read or a refused transaction leaves it. Two equal
     readings therefore mean that no ruleset changed in between. OSError when
     the kernel refuses or answers something else."""
-    body = NFGENMSG.pack(socket.AF_UNSPEC, 0, 0)
-    sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETGEN,
-                            NLM_F_REQUEST, seq, 0) + body)
+    sock.send(request((NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETGEN, 0, seq))
     while True:
         data = sock.recv(65536)
-        offset = 0
-        while offset + NLMSGHDR.size <= len(data):
-            length, kind, _flags, got_seq, _port = NLMSGHDR.unpack_from(data, offset)
-            if length < NLMSGHDR.size or offset + length > len(data):
-                break
-            if got_seq == seq:
-                if kind == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, offset + NLMSGHDR.size)
-                    raise OSError(-code, f"nf_tables generation: {errno.errorcode.get(-code, code)}")
-                if kind == (NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_NEWGEN:
-                    attrs = attributes(data, offset + NLMSGHDR.size + NFGENMSG.size, offset + length)
-                    gen = attrs.get(_NFTA_GEN_ID, b"")
-                    if len(gen) == 4:
-                        return int(struct.unpack("!I", gen)[0])
-                    raise OSError(errno.EPROTO, "nf_tables generation: answer without NFTA_GEN_ID")
-            offset += max((length + 3) & ~3, NLMSGHDR.size)
+        for kind, got_seq, payload, end in messages(data):
+            if got_seq != seq:
+                continue
+            if kind == NLMSG_ERROR:
+                code = error_code(data, payload)
+                raise OSError(-code, f"nf_tables generation: {errno.errorcode.get(-code, code)}")
+            if kind == (NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_NEWGEN:
+                gen = attributes(data, payload + NFGENMSG.size, end).get(_NFTA_GEN_ID, b"")
+                if len(gen) == 4:
+                    return int(struct.unpack("!I", gen)[0])
+                raise OSError(errno.EPROTO, "nf_tables generation: answer without NFTA_GEN_ID")
