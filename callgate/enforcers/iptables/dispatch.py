@@ -42,9 +42,10 @@ backend checks bridge ports in its bridge table, in O(1)).
 In the node's chain the source check comes first (after neighbour discovery
 and MLD), then established flows leave; in an endpoint's own namespace,
 established flows leave first (its conntrack only holds its own flows).
-Neighbour discovery and MLD are accepted before the source check: on a bridge they come from link-local addresses, and
-they are link-local control traffic that NetworkPolicy does not govern (the
-hop limits keep them on one link). What iptables cannot see, and the nft backend checks in its bridge
+Neighbour discovery and MLD are accepted before the source check: on a
+bridge they come from link-local addresses, and they are link-local control
+traffic that NetworkPolicy does not govern (the hop limits keep them on one
+link). What iptables cannot see, and the nft backend checks in its bridge
 table: ARP, and frames that are not plain IPv4/IPv6 (VLAN-tagged IP skips
 br_netfilter unless ``bridge-nf-filter-vlan-tagged`` is on, which the guard
 sees to; see docs/topologies.md).

@@ -114,24 +114,22 @@ def ruleset_sets(ruleset: RuleSet) -> tuple[IpSet, ...]:
     return tuple(sorted(sets, key=lambda s: s.name))
 
 
-# Every address of a family, as two halves: hash:net holds no /0.
-_ANY = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
-
-
 def source_sets(ruleset: RuleSet) -> tuple[IpSet, ...]:
     """The node's source check for routed veths (see dispatch.py): per IP
     version, the (own address, interface) pairs of the local endpoints and
-    (any address, interface) for their interfaces. Interface names are
-    validated (no ',' or ':'), addresses are the IR's."""
+    (any address, interface) for their interfaces, the addresses written as
+    :func:`net_elements` writes them (a /0 as its two /1 halves). Interface
+    names are validated (no ',' or ':'), addresses are the IR's."""
     out = []
     attached = [le for le in ruleset.local if le.interface is not None]
     for version in VERSIONS:
+        anywhere = net_elements(["0.0.0.0/0" if version == 4 else "::/0"])
         pairs: set[str] = set()
         ifaces: set[str] = set()
         for le in attached:
-            ifaces.update(f"{half},{le.interface}" for half in _ANY[version])
-            pairs.update(f"{_net_text(ipaddress.ip_network(a))},{le.interface}" for a in le.ips
-                         if ipaddress.ip_address(a).version == version)
+            ifaces.update(f"{net},{le.interface}" for net in anywhere)
+            own = net_elements(a for a in le.ips if ipaddress.ip_address(a).version == version)
+            pairs.update(f"{net},{le.interface}" for net in own)
         for name, elements in ((SOURCE_IFACES[version], ifaces), (SOURCE_PAIRS[version], pairs)):
             out.append(IpSet(name, SOURCE_SET_TYPE, IPSET_FAMILY[version], tuple(sorted(elements)),
                              max(DEFAULT_MAXELEM, len(elements))))
