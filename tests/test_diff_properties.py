@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callgate.analysis.connectivity import Connectivity, Partition
-from callgate.analysis.diff import connectivity_diff
+from callgate.analysis.diff import connectivity_diff, shared_with
 from callgate.analysis.groups import group_matrix
 from callgate.policy import Evaluator
 from callgate.policy.model import Endpoint, Inventory, PolicySet
@@ -114,6 +114,27 @@ def test_diff_equals_evaluator(inv: Inventory, old: PolicySet, new: PolicySet) -
         before = truths[family][0][(a, b, port, proto)]
         after = truths[family][1][(a, b, port, proto)]
         assert (before, after) == (not gained, gained), (a, b, port, proto, family)
+
+
+@SETTINGS
+@given(inventories(), policy_sets(), policy_sets(), st.data())
+def test_diff_of_sets_sharing_policies_equals_evaluator(inv: Inventory, old: PolicySet, other: PolicySet,
+                                                        data: st.DataObject) -> None:
+    """The usual diff: most of old's policies again (equal, but other objects, as when
+    read from another file), some dropped, others added. The diff computes a policy
+    both sides hold once (shared_with); its verdicts must not change for that."""
+    kept = [dataclasses.replace(p) for p in old.policies if data.draw(st.booleans())]
+    new = PolicySet((*kept, *other.policies), other.cluster)
+    test_diff_equals_evaluator.hypothesis.inner_test(inv, old, new)  # type: ignore[attr-defined]
+
+
+@SETTINGS
+@given(policy_sets())
+def test_shared_with_hands_back_old_objects_in_new_order(ps: PolicySet) -> None:
+    copies = PolicySet(tuple(dataclasses.replace(p) for p in reversed(ps.policies)))
+    shared = shared_with(ps, copies)
+    assert shared.policies == copies.policies
+    assert all(any(p is q for q in ps.policies) for p in shared.policies)
 
 
 # -- ipBlocks present in one policy set only, or in one family only ------------------------------
