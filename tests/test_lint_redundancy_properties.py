@@ -41,3 +41,20 @@ def test_shared_segments_learn_what_every_segment_would(inv: Inventory, ps: Poli
     for family in (4, 6):
         part = Partition(inv, [ps], family)
         assert redundancy._redundancy(Connectivity(part, ps)) == _every_class_and_segment(Connectivity(part, ps))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories(), tiered_policy_sets())
+def test_the_second_family_asked_only_what_the_first_left_open_gives_the_same_verdicts(
+        inv: Inventory, ps: PolicySet) -> None:
+    """A policy (rule) is reported when both families call it redundant: the second family,
+    told what the first settled, must give the same reports as both families on their own."""
+    first = redundancy._redundancy(Connectivity(Partition(inv, [ps], 4), ps))
+    alone = redundancy._redundancy(Connectivity(Partition(inv, [ps], 6), ps))
+    told = redundancy._redundancy(Connectivity(Partition(inv, [ps], 6), ps), first)
+    for pol in ps.policies:
+        assert (first.noop(pol) and alone.noop(pol)) == (first.noop(pol) and told.noop(pol)), pol.key
+        for direction in pol.policy_types:
+            for i in range(len(pol.rules(direction))):
+                both = first.rule_redundant(pol, direction, i) and alone.rule_redundant(pol, direction, i)
+                assert both == (first.rule_redundant(pol, direction, i) and told.rule_redundant(pol, direction, i))

@@ -150,11 +150,13 @@ def exact(linter: Linter, items: list[Item], cluster: tuple[ClusterPolicy, ...] 
     inv = linter.inventory
     assert inv is not None
     policies = PolicySet(tuple(i.policy for i in items if i.policy is not None), cluster)
-    families = []
+    families: list[_FamilyRedundancy] = []
     for family in (4, 6):
         if any(family_ip(e, family) for e in inv.endpoints):
             part = Partition(inv, [policies], family, linter.resolver)
-            families.append(_redundancy(Connectivity(part, policies)))
+            # A verdict holds only if every family agrees: the second family asks only
+            # about what the first found redundant.
+            families.append(_redundancy(Connectivity(part, policies), families[0] if families else None))
     reported: Reported = set()
     for item in items:
         pol = item.policy
@@ -210,13 +212,22 @@ class _FamilyRedundancy:
         return key in self.allows and key not in self.uncovered
 
 
-def _redundancy(conn: Connectivity) -> _FamilyRedundancy:
+def _redundancy(conn: Connectivity, first: _FamilyRedundancy | None = None) -> _FamilyRedundancy:
     """Class by class rather than policy by policy: at a class isolated by k policies,
     each policy's "what do the others allow" is a prefix/suffix OR, so a class costs
     O(rules) bit operations per segment instead of O(k x rules) for each of the k
     policies (the 100 policies on the bench's hot pod made that quadratic). Only the
-    segments the rules touch, and one for all the others."""
+    segments the rules touch, and one for all the others.
+
+    ``first``: another family's answers. A policy or rule is only reported when every
+    family finds it redundant, so what ``first`` found to matter is settled: it starts
+    out as changing a verdict (or uncovered), and classes where nothing else is open
+    are passed over (most of them, in the second family of a dual-stack inventory)."""
     out = _FamilyRedundancy()
+    if first is not None:
+        out.changes = {id(p) for p in conn.policies.policies if not first.noop(p)}
+        out.uncovered = {(id(p), d, i) for p in conn.policies.policies for d in p.policy_types
+                         for i in range(len(p.rules(d))) if not first.rule_redundant(p, d, i)}
     segments = conn.partition.segments()
     for c in range(conn.partition.size):
         for direction in (Direction.INGRESS, Direction.EGRESS):
