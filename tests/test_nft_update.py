@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from callgate.compiler import Compiler, RuleSet
 from callgate.enforcers.base import check_fail_closed_prefix
@@ -509,6 +511,21 @@ def test_element_diff_agrees_with_set_difference() -> None:
         if rng.random() < 0.5:
             before, after = tuple(sorted(before)), tuple(sorted(after))
         assert elements_diff(before, after) == (sorted(set(before) - set(after)), sorted(set(after) - set(before)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(0, 2), max_size=40), st.lists(st.integers(0, 2), max_size=40), st.integers(1, 6))
+def test_first_difference_in_strides_is_the_first_index_that_differs(a: list[int], b: list[int],
+                                                                     stride: int) -> None:
+    """Compared a stride at a time (slices, in C) and then one by one: the same index a
+    plain walk finds, whichever stride, length or place of the difference."""
+    walk = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    saved = decisions._STRIDE
+    decisions._STRIDE = stride
+    try:
+        assert decisions._first_difference(tuple(a), tuple(b)) == walk
+    finally:
+        decisions._STRIDE = saved
 
 
 @pytest.mark.kernel

@@ -70,6 +70,7 @@ set and map, so the incremental planner updates them like any other set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from callgate.compiler.addresses import address_value
@@ -128,6 +129,15 @@ def _version(address: str) -> int:
     return 6 if ":" in address else 4  # IR addresses are canonical texts: IPv6 always has a colon
 
 
+def _in_order(ips: tuple[str, ...]) -> Sequence[str]:
+    """An endpoint's addresses in address order. Most have one address per family, and
+    one of each is in order already (IPv4 first): sorting every endpoint's on every
+    change was most of the dispatch elements' time at 50,000 pods."""
+    if len(ips) < 2 or (len(ips) == 2 and ":" not in ips[0] and ":" in ips[1]):
+        return ips
+    return sorted(ips, key=address_value)
+
+
 # -- elements -------------------------------------------------------------------
 
 
@@ -139,7 +149,7 @@ def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placemen
         out[(FAMILY, FROM_ENDPOINT[version])] = []
         out[(FAMILY, TO_ENDPOINT[version])] = []
     for ep in ruleset.endpoints:
-        for address in sorted(ep.ips, key=address_value):
+        for address in _in_order(ep.ips):
             version = _version(address)
             if ep.egress:
                 out[(FAMILY, FROM_ENDPOINT[version])].append([address, {"jump": {"target": ep.egress[0].name}}])
@@ -155,8 +165,7 @@ def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placemen
         out[(family, ENDPOINT_IFACE)] = [le.interface for le in attached]
         for version in (4, 6):
             out[(family, ENDPOINT_SOURCE[version])] = [
-                {"concat": [le.interface, a]} for le in attached
-                for a in sorted(le.ips, key=address_value) if _version(a) == version]
+                {"concat": [le.interface, a]} for le in attached for a in _in_order(le.ips) if _version(a) == version]
         if fail_closed is not None:
             out[(family, KNOWN_ENDPOINT)] = list(fail_closed.known)
     return out

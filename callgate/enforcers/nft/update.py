@@ -88,6 +88,8 @@ class NftUpdate(NftTransaction):
 
 def _json_diff(before: list[Any], after: list[Any]) -> tuple[list[Any], list[Any]]:
     """(gone, came) between two lists of JSON elements, compared as JSON."""
+    if before == after:  # the common case (a change touches one or two of them): no texts to make
+        return [], []
     a = {json_key(e): e for e in before}
     b = {json_key(e): e for e in after}
     return [a[k] for k in sorted(a.keys() - b.keys())], [b[k] for k in sorted(b.keys() - a.keys())]
