@@ -387,8 +387,8 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
         sec("")
         sec("Each command is its own process (`python -m callgate ...`), timed from its start to its exit, "
             "with the child's peak RSS (`wait4`): imports, parsing, validation, compile, rendering and, for "
-            "`apply`, the kernel transaction into a scratch network namespace (from an empty table; then the "
-            "same input again, which reads the table back and changes nothing). Inputs: the inventory as "
+            "`apply`, the kernel transaction into a scratch network namespace (from YAML and from JSON into an "
+            "empty table; then the JSON again, which reads the table back and changes nothing). Inputs: the inventory as "
             "callgate/v1 YAML or JSON, or as a `kubectl get pods,namespaces -A -o json` dump; the policies as "
             "YAML or a JSON List (`bench/whole_path.py`). `diff` compares the policies with the same less ten.")
         sec("")

@@ -10,9 +10,9 @@ reports its wall time from the process start and the child's peak RSS
 (``wait4``). The files are written by a separate process: a child's peak RSS
 starts at its parent's RSS when it is forked (Linux carries the forked copy's
 high-water mark across ``exec``), so the measuring process must stay small —
-generating the cluster in it put every command at >= 728 MiB. ``apply`` runs into the given network namespace (root), first into
-an empty one (the full transaction), then again (the no-op re-apply, which
-reads the table back and compares). ``diff`` compares the policies with the
+generating the cluster in it put every command at >= 728 MiB. ``apply`` runs into the given network namespace (root): from YAML and
+from JSON into an empty table (the full transaction), then the JSON again
+(the no-op re-apply, which reads the table back and compares). ``diff`` compares the policies with the
 same policies less ten of them.
 
 Prints one JSON object: command label -> {seconds, peak_rss_mib, rc}.
@@ -110,13 +110,15 @@ def measure(spec: Spec, netns: str | None, timeout: float, only: set[str] | None
             commands[:0] = [
                 ("apply yaml", ["apply", "-i", p["inventory.yaml"], "-p", p["policies.yaml"], "-n", node,
                                 "--netns", netns]),
+                ("apply json", ["apply", "-i", p["inventory.json"], "-p", p["policies.json"], "-n", node,
+                                "--netns", netns]),
                 ("apply json (unchanged)", ["apply", "-i", p["inventory.json"], "-p", p["policies.json"], "-n", node,
                                             "--netns", netns]),
             ]
         for label, argv in commands:
             if only is not None and label.split()[0] not in only:
                 continue
-            if label == "apply yaml":  # from an empty table: the full transaction
+            if label in ("apply yaml", "apply json"):  # from an empty table: the full transaction
                 subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "callgate"],
                                capture_output=True, check=False)
             out[label] = run(argv, timeout)

@@ -73,6 +73,7 @@ def compile_(doc: dict[str, Any], policies: PolicySet) -> RuleSet:
 ALL = load_policies(sorted(SCENARIOS.glob("0[1-6]*.yaml")))
 S03 = load_policies(SCENARIOS / "03-namespace-and-pod.yaml")
 S06 = load_policies(SCENARIOS / "06-egress.yaml")
+S11 = load_policies(SCENARIOS / "11-equal-peers-written-differently.yaml")  # equal peer sets, written differently
 NONE = PolicySet()
 
 # A walk through states a node goes through: churn elsewhere, local relabels,
@@ -86,6 +87,11 @@ STATES: list[tuple[str, dict[str, Any], PolicySet]] = [
     ("x/c relabelled to pod=a", inv_doc(relabel("x/c", {"pod": "a"})), ALL),
     ("only egress", inv_doc(), S06),
     ("local pod added", inv_doc(add_pod("f", "y", NODE, "198.18.2.50", {"pod": "a"}, "cgyf0")), S06),
+    # Sets the kernel shares part (a y pod without a pod label: "pod Exists" no
+    # longer equals "every pod of y") and meet again.
+    ("equal peer sets", inv_doc(), S11),
+    ("equal peer sets part", inv_doc(add_pod("d", "y", "node-2", "198.18.2.40", {"app": "d"})), S11),
+    ("and meet again", inv_doc(), S11),
     ("nothing", inv_doc(), NONE),
     ("back", inv_doc(), ALL),
 ]
@@ -259,6 +265,38 @@ def test_fail_closed_prefix_is_validated(bad: str) -> None:
         check_fail_closed_prefix(bad)
     with pytest.raises(ValueError):
         NftablesEnforcer(FakeNftKernel(), fail_closed_prefix=bad)
+
+
+def kernel_sets(kernel: FakeNftKernel) -> dict[str, list[Any]]:
+    """The live table's peer sets: name -> elements."""
+    table = kernel.list_table("inet", "callgate") or []
+    return {o["set"]["name"]: o["set"].get("elem", []) for o in table if "set" in o
+            and o["set"]["name"].startswith("peers")}
+
+
+def test_equal_peer_sets_are_one_kernel_set_and_part_incrementally() -> None:
+    kernel = FakeNftKernel()
+    enforcer = NftablesEnforcer(kernel)
+    ruleset = compile_(inv_doc(), S11)
+    enforcer.apply(ruleset)
+    # node-1: "every pod of y" written three ways, and y/a + y/b once; per family.
+    assert len([s for s in ruleset.address_sets if s.name.startswith("peers")]) == 8
+    shared = kernel_sets(kernel)
+    assert len(shared) == 4
+    contents = [tuple(map(str, e)) for e in shared.values()]
+    assert len(set(contents)) == len(contents)  # no two kernel sets hold the same
+    # A y pod the "pod Exists" selector does not match: that set parts from the others.
+    parted = compile_(inv_doc(add_pod("d", "y", "node-2", "198.18.2.40", {"app": "d"})), S11)
+    tx = enforcer.apply(parted).transaction
+    assert isinstance(tx, NftUpdate)
+    assert enforcer.in_sync(parted), enforcer.diff(parted)
+    assert len(kernel_sets(kernel)) == 5
+    assert tx.counts().get("add set") == 1 and "flush chain" in tx.counts()  # its walk looks the new set up
+    # The pod goes: the sets are equal again, one of them goes.
+    tx = enforcer.apply(ruleset).transaction
+    assert isinstance(tx, NftUpdate)
+    assert enforcer.in_sync(ruleset), enforcer.diff(ruleset)
+    assert len(kernel_sets(kernel)) == 4 and tx.counts().get("delete set") == 1
 
 
 # -- the real kernel -----------------------------------------------------------

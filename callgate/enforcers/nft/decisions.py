@@ -231,7 +231,47 @@ def build_layout(ruleset: RuleSet, logging: FlowLogging | None = None) -> Layout
             if _ported(program) and (name := map_name(direction, program, style)) not in layout.maps:
                 layout.maps[name] = _map(direction, program, sources, style)
     layout.passes, layout.continuations = continuations(ruleset)
+    share_equal_sets(layout)
     return layout
+
+
+def share_equal_sets(layout: Layout) -> None:
+    """One kernel set per distinct content: the walks of equal peer sets look up the same one.
+
+    The IR names a peer set by the peer definitions it stands for, so different
+    definitions that select the same pods are different sets: at Antrea's scale
+    point, "every pod of the prod namespaces" written in 23 policies' own words
+    made 23 sets of 34,000 addresses, and 54 peer sets held 1.38 million
+    elements with 10 distinct contents (255,000 elements). The kernel set of a
+    content is named after its first member by name, so it keeps its name, and
+    its updates stay element by element, while that member still has that
+    content; when equal sets part or meet, the incremental planner sees a set
+    come or go and the chains whose walks now look up another one change."""
+    first: dict[tuple[Family, tuple[str, ...]], str] = {}
+    renamed: dict[str, str] = {}
+    for name in sorted(layout.sets):
+        s = layout.sets[name]
+        kept = first.setdefault((s.family, s.elements), name)
+        if kept != name:
+            renamed["@" + name] = "@" + kept
+            del layout.sets[name]
+    if not renamed:
+        return
+    for chain, rules in layout.chains.items():
+        if any(_looks_up(expr, renamed) for rule in rules for expr in rule):
+            # New lists: the rules themselves are shared with the endpoint cache (_PARTS).
+            layout.chains[chain] = [[_renamed(expr, renamed) for expr in rule] for rule in rules]
+
+
+def _looks_up(expr: Expr, renamed: dict[str, str]) -> bool:
+    match = expr.get("match")
+    return match is not None and isinstance(match["right"], str) and match["right"] in renamed
+
+
+def _renamed(expr: Expr, renamed: dict[str, str]) -> Expr:
+    if not _looks_up(expr, renamed):
+        return expr
+    return {"match": {**expr["match"], "right": renamed[expr["match"]["right"]]}}
 
 
 def walked(program: Program) -> bool:
@@ -482,6 +522,7 @@ def update_layout(old: Layout, old_rs: RuleSet, new_rs: RuleSet) -> tuple[Layout
             fresh.maps[name], change = patched
             if change.gone or change.came:
                 changes[name] = change
+    share_equal_sets(fresh)
     return fresh, changes
 
 

@@ -70,7 +70,8 @@ DIGEST_KEY_LEN = 15
 # that dispatch, one decision-map look-up per endpoint direction instead of a
 # walk over rules and peer sets. 6: the forward chain's source checks before its
 # established rule (a spoofed packet must not ride the impersonated pod's flow).
-LAYOUT_VERSION = 6
+# 7: one peer set per distinct content (decisions.share_equal_sets).
+LAYOUT_VERSION = 7
 # A peer set (looked up by the rules without ports, see .decisions) whose
 # intervals together hold at most this many addresses is rendered as a hash
 # set of single addresses: an O(1) look-up. Why this bound: a hash-set element
