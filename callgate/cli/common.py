@@ -30,6 +30,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from callgate.errors import InputError, KernelError, Problem
 from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
+from callgate.policy.ahead import YamlAhead
 
 if TYPE_CHECKING:
     from callgate.enforcers.placement import NodeEnforcer
@@ -114,14 +115,18 @@ def load_inputs(inventory: Sequence[str], policies: Sequence[str]) -> tuple[Inve
     problems: list[Problem] = []
     inv: Inventory | None = None
     pols: PolicySet | None = None
-    try:
-        inv = load_inventory(require_paths("'--inventory' / '-i'", inventory))
-    except InputError as err:
-        problems.extend(err.problems)
-    try:
-        pols = load_policies(require_paths("'--policies' / '-p'", policies))
-    except InputError as err:
-        problems.extend(err.problems)
+    inventory_paths = require_paths("'--inventory' / '-i'", inventory)
+    policy_paths = require_paths("'--policies' / '-p'", policies)
+    # Big YAML policy files are parsed on the second core while this one reads the inventory.
+    with YamlAhead.started(policy_paths) as ahead:
+        try:
+            inv = load_inventory(inventory_paths)
+        except InputError as err:
+            problems.extend(err.problems)
+        try:
+            pols = load_policies(policy_paths, ahead)
+        except InputError as err:
+            problems.extend(err.problems)
     if problems or inv is None or pols is None:
         raise InputError(problems)
     return inv, pols

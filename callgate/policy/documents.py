@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import yaml
@@ -24,6 +24,9 @@ from callgate.errors import InputError, Problem, ProblemCode, shown
 from callgate.policy import yamlfast
 from callgate.policy.limits import MAX_FILE_BYTES, alias_problem, size_text
 from callgate.policy.positions import Positions
+
+if TYPE_CHECKING:
+    from callgate.policy.ahead import YamlAhead
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -114,14 +117,15 @@ def files_under(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def read_all(paths: Iterable[str | Path]) -> tuple[list[Document], list[Problem]]:
+def read_all(paths: Iterable[str | Path], ahead: YamlAhead | None = None) -> tuple[list[Document], list[Problem]]:
     """Every document of every file under ``paths``, and the problems of the files
-    that could not be read or parsed: one broken file hides nothing of the others."""
+    that could not be read or parsed: one broken file hides nothing of the others.
+    (``ahead``: YAML files already parsed on another core, see :mod:`.ahead`.)"""
     docs: list[Document] = []
     problems: list[Problem] = []
     for path in files_under(paths):
         try:
-            docs.extend(read_documents(path))
+            docs.extend(read_documents(path, ahead))
         except InputError as err:
             problems.extend(err.problems)
     return docs, problems
@@ -142,9 +146,10 @@ def _fast_json(raw: bytes) -> list[Any] | None:
         return None
 
 
-def read_documents(path: Path) -> Iterator[Document]:
+def read_documents(path: Path, ahead: YamlAhead | None = None) -> Iterator[Document]:
     """Yield every document of a file; ``List`` objects are expanded into items.
-    Files beyond the limits of :mod:`callgate.policy.limits` are refused."""
+    Files beyond the limits of :mod:`callgate.policy.limits` are refused. A YAML
+    file ``ahead`` parsed from these very bytes is not parsed again."""
     name = str(path)
     try:
         size = path.stat().st_size
@@ -164,7 +169,8 @@ def read_documents(path: Path) -> Iterator[Document]:
         elif path.suffix == ".json":
             docs = [json.loads(text)]
         else:
-            docs = yamlfast.load_all(text)
+            parsed = ahead.documents(path, raw) if ahead is not None else None
+            docs = parsed if parsed is not None else yamlfast.load_all(text)
     except RecursionError:
         raise InputError.single("invalid JSON: nested more deeply than callgate reads (about 1000 levels)",
                                 file=name) from None

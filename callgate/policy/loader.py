@@ -10,6 +10,7 @@ from pathlib import Path
 from callgate.errors import InputError, ProblemCode
 from callgate.policy import adminnetworkpolicy as anp
 from callgate.policy import clusternetworkpolicy as cnp
+from callgate.policy.ahead import YamlAhead
 from callgate.policy.documents import INVENTORY_KINDS, Document, gc_paused, is_kind, read_all, shown_kind
 from callgate.policy.model import ClusterPolicy, Policy, PolicySet
 from callgate.policy.native import ParsedApp, compile_apps, parse_app
@@ -48,16 +49,17 @@ def parse_policy_document(doc: Document) -> Policy | ParsedApp | ClusterPolicy |
              f"{cnp.API_VERSION} {cnp.KIND}")])
 
 
-def load_policies(paths: str | Path | Iterable[str | Path]) -> PolicySet:
-    """Read every policy document under ``paths``; all problems are reported at once."""
+def load_policies(paths: str | Path | Iterable[str | Path], ahead: YamlAhead | None = None) -> PolicySet:
+    """Read every policy document under ``paths``; all problems are reported at once.
+    (``ahead``: the YAML files among them already parsed on another core.)"""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     with gc_paused():
-        return _load_policies(paths)
+        return _load_policies(paths, ahead)
 
 
-def _load_policies(paths: Iterable[str | Path]) -> PolicySet:
-    docs, problems = read_all(paths)
+def _load_policies(paths: Iterable[str | Path], ahead: YamlAhead | None) -> PolicySet:
+    docs, problems = read_all(paths, ahead)
     policies: list[Policy] = []
     cluster: list[ClusterPolicy] = []
     apps: list[ParsedApp] = []

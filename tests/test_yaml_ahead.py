@@ -1,0 +1,155 @@
+"""YAML policy files parsed by a forked child while the inventory is read (callgate.policy.ahead).
+
+The child is an optimisation only: the policies, every problem and every
+message must be what reading in one process gives, whether the child parsed
+everything, failed on a file, saw other bytes, or died.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+from typer.testing import CliRunner
+
+from callgate.cli.common import load_inputs
+from callgate.cli.main import app
+from callgate.compiler import Compiler
+from callgate.errors import InputError
+from callgate.policy import ahead as ahead_module
+from callgate.policy import documents, load_policies, yamlfast
+from callgate.policy.ahead import YamlAhead
+from tests.helpers import ROOT, STANDARD_INVENTORY
+
+SCENARIOS = ROOT / "tests" / "scenarios"
+INVENTORY = str(STANDARD_INVENTORY)
+
+
+@pytest.fixture
+def always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child parses any YAML, however small."""
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", 0)
+
+
+@pytest.fixture
+def parsed_here(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The texts this process parses as YAML (the child's calls are its own)."""
+    texts: list[str] = []
+    real = yamlfast.load_all
+
+    def spy(text: str) -> list[Any]:
+        texts.append(text)
+        return real(text)
+    monkeypatch.setattr(documents.yamlfast, "load_all", spy)
+    yield texts
+
+
+def _alone(policies: list[str]) -> tuple[Any, Any]:
+    """(inventory, policies) read in this process only."""
+    return load_inputs([INVENTORY], policies)
+
+
+def test_the_child_parses_the_policies_and_the_result_is_the_same(always: None, parsed_here: list[str]) -> None:
+    files = [str(p) for p in sorted(SCENARIOS.glob("*.yaml"))]
+    inv, pols = load_inputs([INVENTORY], files)
+    # This process parsed the inventory only: every policy file came from the child.
+    assert parsed_here == [STANDARD_INVENTORY.read_text()]
+    parsed_here.clear()
+    ahead_module.AHEAD_MIN_BYTES = 1 << 60  # (restored by the fixture) now without the child
+    inv_alone, pols_alone = _alone(files)
+    assert len(parsed_here) == len(files) + 1
+    assert pols == pols_alone
+    for node in inv.nodes():
+        assert Compiler(pols, inv).compile(node).digest() == Compiler(pols_alone, inv_alone).compile(node).digest()
+
+
+def _problems(err: InputError) -> list[tuple[Any, ...]]:
+    return [(p.message, p.file, p.line, p.column, p.field, p.object) for p in err.problems]
+
+
+def test_a_broken_file_gives_the_same_problems(always: None, tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    shutil.copy(SCENARIOS / "03-namespace-and-pod.yaml", good)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x\n  spec: [\n")
+    invalid = tmp_path / "invalid.yaml"  # parses, but is no valid policy
+    invalid.write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: y, namespace: x}\n"
+                       "spec: {podSelector: {matchLabels: {pod: [a]}}}\n")
+    with pytest.raises(InputError) as with_child:
+        load_inputs([INVENTORY], [str(tmp_path)])
+    ahead_module.AHEAD_MIN_BYTES = 1 << 60
+    with pytest.raises(InputError) as alone:
+        load_inputs([INVENTORY], [str(tmp_path)])
+    assert _problems(with_child.value) == _problems(alone.value)
+    assert {p.file for p in alone.value.problems} == {str(broken), str(invalid)}
+
+
+def test_other_bytes_than_the_child_read_are_parsed_here(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    shutil.copy(SCENARIOS / "03-namespace-and-pod.yaml", path)
+    raw = path.read_bytes()
+    child = YamlAhead([path])
+    try:
+        assert child.documents(path, raw + b"\n# edited since\n") is None
+    finally:
+        child.close()
+    child = YamlAhead([path])
+    try:
+        assert child.documents(path, raw) == yamlfast.load_all(raw.decode())
+        assert child.documents(path, raw) is None  # handed over once
+    finally:
+        child.close()
+
+
+def _dies(files: list[Path], out: BinaryIO) -> None:
+    os._exit(1)
+
+
+def _garbles(files: list[Path], out: BinaryIO) -> None:
+    out.write(b"\x80\x05\x95garbage")
+    out.close()
+    os._exit(0)
+
+
+@pytest.mark.parametrize("child", [_dies, _garbles])
+def test_a_child_that_dies_or_garbles_changes_nothing(always: None, monkeypatch: pytest.MonkeyPatch,
+                                                      child: Any) -> None:
+    files = [str(p) for p in sorted(SCENARIOS.glob("*.yaml"))]
+    expected = load_policies(files)
+    monkeypatch.setattr(ahead_module, "_child", child)
+    assert load_inputs([INVENTORY], files)[1] == expected
+
+
+def test_the_child_is_reaped_however_the_block_ends(always: None) -> None:
+    pids = []
+    with pytest.raises(RuntimeError), YamlAhead.started([SCENARIOS]) as child:
+        assert child is not None
+        pids.append(child._pid)
+        raise RuntimeError("the inventory failed")
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pids[0], os.WNOHANG)
+
+
+def test_small_or_json_inputs_start_no_child(tmp_path: Path) -> None:
+    with YamlAhead.started([SCENARIOS]) as child:
+        assert child is None  # a few KiB: not worth a fork
+    (tmp_path / "p.json").write_text("{}" + " " * (2 << 20))
+    ahead_module.AHEAD_MIN_BYTES, before = 0, ahead_module.AHEAD_MIN_BYTES
+    try:
+        with YamlAhead.started([tmp_path]) as child:
+            assert child is None  # JSON is parsed in C already
+    finally:
+        ahead_module.AHEAD_MIN_BYTES = before
+
+
+def test_compile_prints_the_same_with_the_child(always: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["compile", "-i", INVENTORY, "-p", str(SCENARIOS), "-n", "node-1", "--format", "json"]
+    with_child = CliRunner().invoke(app, args)
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", 1 << 60)
+    alone = CliRunner().invoke(app, args)
+    assert with_child.exit_code == alone.exit_code == 0, with_child.output
+    assert with_child.stdout == alone.stdout
