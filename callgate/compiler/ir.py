@@ -125,6 +125,11 @@ class AddressSet:
     def digest(self) -> str:
         return _hash_lines([self.name, self.family, self.comment], self.elements)
 
+    @cached_property
+    def content_digest(self) -> str:
+        """What the set holds, whatever it is named: a backend may hold equal sets once."""
+        return _hash_lines([self.family], self.elements)
+
 
 @dataclass(frozen=True)
 class AddressPortSet:

@@ -247,11 +247,11 @@ def share_equal_sets(layout: Layout) -> None:
     its updates stay element by element, while that member still has that
     content; when equal sets part or meet, the incremental planner sees a set
     come or go and the chains whose walks now look up another one change."""
-    first: dict[tuple[Family, tuple[str, ...]], str] = {}
+    first: dict[str, str] = {}
     renamed: dict[str, str] = {}
     for name in sorted(layout.sets):
-        s = layout.sets[name]
-        kept = first.setdefault((s.family, s.elements), name)
+        # By digest (sha256, cached on the set: the sets a change leaves alone are the same objects).
+        kept = first.setdefault(layout.sets[name].content_digest, name)
         if kept != name:
             renamed["@" + name] = "@" + kept
             del layout.sets[name]
