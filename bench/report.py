@@ -411,8 +411,12 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
                 if label == "target" or key.startswith("apply"):
                     name = ("Files to kernel, 50k pods / 10k policies: " if label == "target"
                             else "Antrea's point from files to kernel: ") + key
-                    ok = r["seconds"] is not None and r["seconds"] <= aim and r["peak_rss_mib"] <= GIB
-                    targets.append((name, f"≤ {aim:g} s, ≤ 1 GiB",
+                    # #18 bounds memory at 1 GiB for the 50k-pod commands (target 1) and
+                    # sets Antrea's point (target 5) a time only: its memory is shown, not judged.
+                    bounded = label == "target"
+                    ok = (r["seconds"] is not None and r["seconds"] <= aim
+                          and (not bounded or r["peak_rss_mib"] <= GIB))
+                    targets.append((name, f"≤ {aim:g} s" + (", ≤ 1 GiB" if bounded else " (memory: no bound set)"),
                                     f"{secs}, {r['peak_rss_mib']:.0f} MiB" if r["seconds"] is not None
                                     else f"over {r['timeout']:.0f} s", _met(ok)))
             sec("")
