@@ -207,6 +207,20 @@ def test_range_elements_become_cidrs() -> None:
     assert not any(e.endswith("/0") for e in ipset.elements)
 
 
+def test_equal_peer_sets_are_one_ipset() -> None:
+    """Peer sets of equal content, named apart by their definitions, are held once and
+    every rule matches the one held (packets: scenario 11 in test_e2e_kernel)."""
+    a = AddressSet("peers4_a", "ip", ("198.18.2.10-198.18.2.12",))
+    b = AddressSet("peers4_b", "ip", ("198.18.2.10-198.18.2.12",))
+    c = AddressSet("peers4_c", "ip", ("198.18.2.10/31",))
+    rules = tuple(Rule(Verdict.ALLOW, family="ip", peer_set=s.name) for s in (a, b, c))
+    tx = plan(_ruleset(rules, sets=(a, b, c)))
+    held = {s.name for s in tx.sets if s.type == "hash:net"}
+    assert held == {set_name("peers4_a"), set_name("peers4_c")}
+    matched = re.findall(r"--match-set (\S+) src ", tx.table(4).text())
+    assert matched == [set_name("peers4_a"), set_name("peers4_a"), set_name("peers4_c")]
+
+
 def test_wildcard_interface_is_a_clear_error_and_nothing_runs() -> None:
     fake = FakeIptables()
     rs = _ruleset((), interface="cgx+")

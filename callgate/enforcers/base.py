@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from callgate.compiler.ir import Rule, RuleSet
+from callgate.compiler.ir import AddressSet, Rule, RuleSet
 from callgate.errors import InputError, Problem
 
 # noop: the kernel already held it; incremental: only what changed went in;
@@ -152,6 +152,25 @@ class RuleCounters:
 
 
 _UNSAFE_COMMENT = re.compile(r"[^\x20-\x7e]|[\"'\\]")
+
+
+def equal_sets(sets: Iterable[AddressSet]) -> dict[str, str]:
+    """Which address sets a backend need not hold: name -> the name of the set it
+    holds instead, the first (by name) of those with the same content.
+
+    The IR names a peer set by the peer definitions it is the union of, so
+    definitions that select the same pods are different sets (at Antrea's scale
+    point 54 sets of one node held 10 distinct contents, 1.38 million elements
+    instead of 255,000). The first by name keeps its name, and its kernel object,
+    for as long as it has that content. Compared by a digest cached on each set:
+    the sets a change leaves alone are the same objects, so this costs nothing then."""
+    first: dict[str, str] = {}
+    instead: dict[str, str] = {}
+    for s in sorted(sets, key=lambda s: s.name):
+        kept = first.setdefault(s.content_digest, s.name)
+        if kept != s.name:
+            instead[s.name] = kept
+    return instead
 
 
 def rule_comment(rule: Rule, limit: int) -> str | None:

@@ -53,7 +53,8 @@ ANTI_SPOOFING_COMMENT = "callgate anti-spoofing"
 # Bumped whenever the same RuleSet is rendered into different chains (see the nft
 # backend's LAYOUT_VERSION). 2: dispatch by address and anti-spoofing. 3: the
 # node's source check is one rule over two ipsets, before the established rule.
-LAYOUT_VERSION = 3
+# 4: one ipset per distinct address-set content (base.equal_sets).
+LAYOUT_VERSION = 4
 # The node's source check (see dispatch.py): which (interface, source) a packet
 # may come in with, and which interfaces are endpoints' at all; per IP version.
 SOURCE_IFACES = {4: "cg-src-iface4", 6: "cg-src-iface6"}

@@ -22,11 +22,19 @@ chains do.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from callgate.compiler.ir import Chain, L4Match, Rule, RuleSet, Verdict, short_hash
-from callgate.enforcers.base import FLOW_LOG_LIMITED, FailClosed, FlowLogging, Placement, refuse_interfaces, rule_comment
+from callgate.enforcers.base import (
+    FLOW_LOG_LIMITED,
+    FailClosed,
+    FlowLogging,
+    Placement,
+    equal_sets,
+    refuse_interfaces,
+    rule_comment,
+)
 from callgate.enforcers.iptables.dispatch import ENTRIES, dispatch_chains
 from callgate.enforcers.iptables.layout import (
     COMMENT_MAX,
@@ -109,15 +117,17 @@ def _port_chunks(l4: L4Match) -> list[str]:
 
 
 def rule_lines(chain: str, rule: Rule, direction: str, next_tier: str | None, version: Version,
-               actions: Actions | None = None) -> list[str]:
-    """One IR rule as ``-A`` lines for one IP version (none if it is for the other)."""
+               actions: Actions | None = None, instead: Mapping[str, str] | None = None) -> list[str]:
+    """One IR rule as ``-A`` lines for one IP version (none if it is for the other);
+    its peer set, or the equal one held ``instead`` (see :func:`.sets.ruleset_sets`)."""
     if rule.family is not None and FAMILY_VERSION[rule.family] != version:
         return []
     where = "src" if direction == "ingress" else "dst"
     proto = f" -p {rule.l4.protocol}" if rule.l4 is not None else ""
     match = ""
     if rule.peer_set is not None:
-        match += f" -m set --match-set {set_name(rule.peer_set)} {where}"
+        peers = instead.get(rule.peer_set, rule.peer_set) if instead else rule.peer_set
+        match += f" -m set --match-set {set_name(peers)} {where}"
     if rule.peer_port_set is not None:
         # (peer address, destination port): egress only, so both are "dst".
         match += f" -m set --match-set {set_name(rule.peer_port_set)} dst,dst"
@@ -129,14 +139,15 @@ def rule_lines(chain: str, rule: Rule, direction: str, next_tier: str | None, ve
     return [f"-A {chain}{proto}{match}{tail}"]
 
 
-def _tier_lines(tiers: tuple[Chain, ...], direction: str, actions: Actions) -> dict[str, list[str]]:
+def _tier_lines(tiers: tuple[Chain, ...], direction: str, actions: Actions,
+                instead: Mapping[str, str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for i, tier in enumerate(tiers):
         next_tier = tiers[i + 1].name if i + 1 < len(tiers) else None
         name = chain_name(tier.name)
         lines: list[str] = []
         for rule in tier.rules:
-            lines.extend(rule_lines(name, rule, direction, next_tier, actions.version, actions))
+            lines.extend(rule_lines(name, rule, direction, next_tier, actions.version, actions, instead))
         lines.append(f"-A {name} {_target(tier.default, direction, next_tier, actions, DEFAULT)}")
         out[name] = lines
     return out
@@ -170,10 +181,11 @@ def ruleset_table(ruleset: RuleSet, version: Version, fail_closed: FailClosed | 
                   placement: Placement = "node", logging: FlowLogging | None = None) -> Table:
     chains: dict[str, list[str]] = {}
     action_chains: dict[str, list[str]] = {}
+    instead = equal_sets(ruleset.address_sets)
     for ep in ruleset.endpoints:
         actions = Actions(version, logging, ep.audit, action_chains)
-        chains.update(_tier_lines(ep.ingress, "ingress", actions))
-        chains.update(_tier_lines(ep.egress, "egress", actions))
+        chains.update(_tier_lines(ep.ingress, "ingress", actions, instead))
+        chains.update(_tier_lines(ep.egress, "egress", actions, instead))
     chains.update(action_chains)
     digest = layout_digest(ruleset, fail_closed, placement, logging)
     chains.update(dispatch_chains(ruleset, version, digest, placement, fail_closed))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from callgate.compiler.ir import RuleSet
@@ -101,9 +101,13 @@ def canonical_element(set_type: str, element: str) -> str:
     return element  # not ours to understand: shown as is
 
 
-def ruleset_sets(ruleset: RuleSet) -> tuple[IpSet, ...]:
+def ruleset_sets(ruleset: RuleSet, instead: Mapping[str, str]) -> tuple[IpSet, ...]:
+    """The IR's sets as ipsets, but one per distinct address-set content
+    (``instead``: :func:`~callgate.enforcers.base.equal_sets` of the RuleSet)."""
     sets: list[IpSet] = []
     for s in ruleset.address_sets:
+        if s.name in instead:
+            continue
         elements = net_elements(s.elements)
         sets.append(IpSet(set_name(s.name), "hash:net", IPSET_FAMILY[FAMILY_VERSION[s.family]], elements,
                           max(DEFAULT_MAXELEM, len(elements))))

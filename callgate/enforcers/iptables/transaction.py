@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callgate.compiler.ir import RuleSet
-from callgate.enforcers.base import FailClosed, FlowLogging, Placement
+from callgate.enforcers.base import FailClosed, FlowLogging, Placement, equal_sets
 from callgate.enforcers.iptables.layout import VERSIONS, Version, layout_digest
 from callgate.enforcers.iptables.rules import Table, ruleset_table, validate
 from callgate.enforcers.iptables.sets import IpSet, ruleset_sets, source_sets
@@ -57,7 +57,8 @@ def plan(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Pla
          logging: FlowLogging | None = None) -> IptTransaction:
     """The desired state for ``ruleset``; InputError for what iptables cannot express."""
     validate(ruleset, fail_closed)
-    sets = ruleset_sets(ruleset) + (source_sets(ruleset) if placement == "node" else ())
+    sets = ruleset_sets(ruleset, equal_sets(ruleset.address_sets)) + (
+        source_sets(ruleset) if placement == "node" else ())
     return IptTransaction(layout_digest(ruleset, fail_closed, placement, logging),
                           tuple(sorted(sets, key=lambda s: s.name)),
                           (ruleset_table(ruleset, 4, fail_closed, placement, logging),

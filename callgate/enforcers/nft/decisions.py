@@ -83,7 +83,7 @@ from callgate.compiler.ir import (
     Verdict,
     short_hash,
 )
-from callgate.enforcers.base import FlowLogging, rule_comment
+from callgate.enforcers.base import FlowLogging, equal_sets, rule_comment
 from callgate.enforcers.nft import actions
 from callgate.enforcers.nft.actions import (
     DEFAULT_DENY,
@@ -236,27 +236,17 @@ def build_layout(ruleset: RuleSet, logging: FlowLogging | None = None) -> Layout
 
 
 def share_equal_sets(layout: Layout) -> None:
-    """One kernel set per distinct content: the walks of equal peer sets look up the same one.
-
-    The IR names a peer set by the peer definitions it stands for, so different
-    definitions that select the same pods are different sets: at Antrea's scale
-    point, "every pod of the prod namespaces" written in 23 policies' own words
-    made 23 sets of 34,000 addresses, and 54 peer sets held 1.38 million
-    elements with 10 distinct contents (255,000 elements). The kernel set of a
-    content is named after its first member by name, so it keeps its name, and
-    its updates stay element by element, while that member still has that
-    content; when equal sets part or meet, the incremental planner sees a set
-    come or go and the chains whose walks now look up another one change."""
-    first: dict[str, str] = {}
-    renamed: dict[str, str] = {}
-    for name in sorted(layout.sets):
-        # By digest (sha256, cached on the set: the sets a change leaves alone are the same objects).
-        kept = first.setdefault(layout.sets[name].content_digest, name)
-        if kept != name:
-            renamed["@" + name] = "@" + kept
-            del layout.sets[name]
-    if not renamed:
+    """One kernel set per distinct content (:func:`~callgate.enforcers.base.equal_sets`):
+    the walks of the others look up the set kept. While the members of a content stay
+    together, its set keeps its name and its updates stay element by element; when
+    equal sets part or meet, the incremental planner sees a set come or go and the
+    chains whose walks now look up another one change."""
+    instead = equal_sets(layout.sets.values())
+    if not instead:
         return
+    for name in instead:
+        del layout.sets[name]
+    renamed = {"@" + name: "@" + kept for name, kept in instead.items()}
     for chain, rules in layout.chains.items():
         if any(_looks_up(expr, renamed) for rule in rules for expr in rule):
             # New lists: the rules themselves are shared with the endpoint cache (_PARTS).
