@@ -163,13 +163,20 @@ def equal_sets(sets: Iterable[AddressSet]) -> dict[str, str]:
     point 54 sets of one node held 10 distinct contents, 1.38 million elements
     instead of 255,000). The first by name keeps its name, and its kernel object,
     for as long as it has that content. Compared by a digest cached on each set:
-    the sets a change leaves alone are the same objects, so this costs nothing then."""
-    first: dict[str, str] = {}
+    the sets a change leaves alone are the same objects, so this costs nothing then,
+    and only for sets whose size and ends are another's too."""
+    alike: dict[tuple[str, int, tuple[str, ...], tuple[str, ...]], list[AddressSet]] = {}
+    for s in sets:
+        alike.setdefault((s.family, len(s.elements), s.elements[:1], s.elements[-1:]), []).append(s)
     instead: dict[str, str] = {}
-    for s in sorted(sets, key=lambda s: s.name):
-        kept = first.setdefault(s.content_digest, s.name)
-        if kept != s.name:
-            instead[s.name] = kept
+    for group in alike.values():
+        if len(group) < 2:
+            continue
+        first: dict[str, str] = {}
+        for s in sorted(group, key=lambda s: s.name):
+            kept = first.setdefault(s.content_digest, s.name)
+            if kept != s.name:
+                instead[s.name] = kept
     return instead
 
 
