@@ -49,7 +49,12 @@ class YamlAhead:
     def __init__(self, files: list[Path]) -> None:
         self._results: dict[str, tuple[bytes, list[Any]]] | None = None
         read_end, write_end = os.pipe()
-        self._pid = os.fork()
+        try:
+            self._pid = os.fork()
+        except OSError:
+            os.close(read_end)
+            os.close(write_end)
+            raise
         if self._pid == 0:  # the child: parse, send, leave
             os.close(read_end)
             _child(files, os.fdopen(write_end, "wb"))
