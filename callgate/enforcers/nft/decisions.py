@@ -58,7 +58,7 @@ re-deciding only the addresses whose set membership changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,46 +222,33 @@ def _tiers(ep: EndpointRules) -> Iterable[tuple[str, Program]]:
 def build_layout(ruleset: RuleSet, logging: FlowLogging | None = None) -> Layout:
     """The whole decision part for ``ruleset`` (with the flow log ``logging``, if any)."""
     sources = Sources(ruleset)
-    layout = Layout({}, {}, verdict_chains(ruleset, logging), logging=logging)
+    maps: dict[str, DecisionMap] = {}
+    walked_sets: dict[str, AddressSet] = {}
     for ep in ruleset.endpoints:
         style = style_of(ep, logging)
-        layout.chains.update(_part(ep, style).chains)
         for direction, program in _tiers(ep):
-            layout.sets.update((name, ruleset.address_set(name)) for name in walk_sets(program))
-            if _ported(program) and (name := map_name(direction, program, style)) not in layout.maps:
-                layout.maps[name] = _map(direction, program, sources, style)
+            walked_sets.update((name, ruleset.address_set(name)) for name in walk_sets(program))
+            if _ported(program) and (name := map_name(direction, program, style)) not in maps:
+                maps[name] = _map(direction, program, sources, style)
+    return _completed(Layout(maps, {}, {}, logging=logging), ruleset, walked_sets)
+
+
+def _completed(layout: Layout, ruleset: RuleSet, walked_sets: dict[str, AddressSet]) -> Layout:
+    """``layout`` (its maps) with its chains, peer sets, pass chains and next maps.
+
+    One kernel set per distinct content (:func:`~callgate.enforcers.base.equal_sets`):
+    the walks of equal sets look up the one kept, named after the first of them by
+    name. While the members of a content stay together, its set keeps its name and its
+    updates stay element by element; when equal sets part or meet, the incremental
+    planner sees a set come or go and the chains whose walks look up another one change."""
+    renames = tuple(sorted(equal_sets(walked_sets.values()).items()))
+    instead = dict(renames)
+    layout.sets = {name: s for name, s in walked_sets.items() if name not in instead}
+    layout.verdicts = verdict_chains(ruleset, layout.logging, renames)
+    for ep in ruleset.endpoints:
+        layout.chains.update(_part(ep, style_of(ep, layout.logging), renames).chains)
     layout.passes, layout.continuations = continuations(ruleset)
-    share_equal_sets(layout)
     return layout
-
-
-def share_equal_sets(layout: Layout) -> None:
-    """One kernel set per distinct content (:func:`~callgate.enforcers.base.equal_sets`):
-    the walks of the others look up the set kept. While the members of a content stay
-    together, its set keeps its name and its updates stay element by element; when
-    equal sets part or meet, the incremental planner sees a set come or go and the
-    chains whose walks now look up another one change."""
-    instead = equal_sets(layout.sets.values())
-    if not instead:
-        return
-    for name in instead:
-        del layout.sets[name]
-    renamed = {"@" + name: "@" + kept for name, kept in instead.items()}
-    for chain, rules in layout.chains.items():
-        if any(_looks_up(expr, renamed) for rule in rules for expr in rule):
-            # New lists: the rules themselves are shared with the endpoint cache (_PARTS).
-            layout.chains[chain] = [[_renamed(expr, renamed) for expr in rule] for rule in rules]
-
-
-def _looks_up(expr: Expr, renamed: dict[str, str]) -> bool:
-    match = expr.get("match")
-    return match is not None and isinstance(match["right"], str) and match["right"] in renamed
-
-
-def _renamed(expr: Expr, renamed: dict[str, str]) -> Expr:
-    if not _looks_up(expr, renamed):
-        return expr
-    return {"match": {**expr["match"], "right": renamed[expr["match"]["right"]]}}
 
 
 def walked(program: Program) -> bool:
@@ -351,7 +338,8 @@ def _enumerable(cell_sizes: list[int]) -> bool:
     return all(n <= CELL_EXPAND_MAX for n in cell_sizes) and sum(cell_sizes) <= EXPAND_MAX
 
 
-def chain_rules(direction: str, family_programs: list[Program], style: Style = ENFORCED) -> list[list[Expr]]:
+def chain_rules(direction: str, family_programs: list[Program], style: Style = ENFORCED,
+                instead: Mapping[str, str] | None = None) -> list[list[Expr]]:
     """An endpoint tier's chain: per family the map look-up, then the walk of
     the rules without ports, then the tier's default (a pass: its pass chain).
 
@@ -367,7 +355,7 @@ def chain_rules(direction: str, family_programs: list[Program], style: Style = E
         if _ported(program):
             key = {"concat": [address, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}
             rules.append([{"vmap": {"key": key, "data": "@" + map_name(direction, program, style)}}])
-        rules.extend(_walk(direction, program, address, style))
+        rules.extend(_walk(direction, program, address, style, instead or {}))
     first = family_programs[0]  # the tier's default does not depend on the family
     if first.default.verdict is Verdict.PASS:
         rules.append([{"goto": {"target": target(direction, first.default, first.passes_on)}}])
@@ -389,11 +377,13 @@ def _l4(l4: L4Match) -> list[Expr]:
                        "right": ports[0] if len(ports) == 1 else {"set": ports}}}]
 
 
-def _walk(direction: str, program: Program, address: Expr, style: Style) -> list[list[Expr]]:
+def _walk(direction: str, program: Program, address: Expr, style: Style,
+          instead: Mapping[str, str]) -> list[list[Expr]]:
     """The rules without ports of a tier program (all its rules when
     :func:`walked`), in order: the first whose peer set (and protocol and
     ports) holds the packet decides (where the ported map had no cell, the
-    decision is theirs: the map holds cells only where it differs)."""
+    decision is theirs: the map holds cells only where it differs). A peer set
+    of the same content as another is looked up as the one held ``instead``."""
     every = walked(program)
     rules: list[list[Expr]] = []
     for step in program.steps:
@@ -402,14 +392,16 @@ def _walk(direction: str, program: Program, address: Expr, style: Style) -> list
         chain = {"goto": {"target": target(direction, program.decide(step.__eq__), program.passes_on, style)}}
         if step.l4 is not None:
             peer = ([{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": _NFPROTO[program.family]}}]
-                    if step.peers is None else [{"match": {"op": "==", "left": address, "right": "@" + step.peers}}])
+                    if step.peers is None else [{"match": {"op": "==", "left": address,
+                                                           "right": "@" + instead.get(step.peers, step.peers)}}])
             rules.append([*peer, *_l4(step.l4), chain])
             continue
         if step.peers is None:  # any address of this family: the walk ends here
             rules.append([{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}},
                                      "right": _NFPROTO[program.family]}}, chain])
             break
-        rules.append([{"match": {"op": "==", "left": address, "right": "@" + step.peers}}, chain])
+        rules.append([{"match": {"op": "==", "left": address, "right": "@" + instead.get(step.peers, step.peers)}},
+                      chain])
     return rules
 
 
@@ -421,23 +413,26 @@ class _EndpointPart:
     verdicts: dict[str, ChainRules]
 
 
+Renames = tuple[tuple[str, str], ...]  # (peer set, the equal one held instead), sorted
 # By endpoint object, as programs are (see decision.programs): unchanged
-# endpoints are the same objects from one RuleSet to the next.
-_PARTS: dict[int, tuple[EndpointRules, Style, _EndpointPart]] = {}
+# endpoints are the same objects from one RuleSet to the next. (The renames are
+# the whole layout's: they change only when equal peer sets part or meet.)
+_PARTS: dict[int, tuple[EndpointRules, Style, Renames, _EndpointPart]] = {}
 
 
-def _part(ep: EndpointRules, style: Style) -> _EndpointPart:
+def _part(ep: EndpointRules, style: Style, renames: Renames) -> _EndpointPart:
     hit = _PARTS.get(id(ep))
-    if hit is not None and hit[0] is ep and hit[1] == style:
-        return hit[2]
+    if hit is not None and hit[0] is ep and hit[1] == style and hit[2] == renames:
+        return hit[3]
     if len(_PARTS) >= 4096:
         _PARTS.clear()
     progs = tier_programs(ep)
+    instead = dict(renames)
     part = _EndpointPart({}, {})
     for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):
         for position, tier in enumerate(tiers):
             part.chains[tier.name] = chain_rules(direction, [progs[(direction, f)][position] for f in ("ip", "ip6")],
-                                                 style)
+                                                 style, instead)
         if tiers:
             part.verdicts.update(default_chains(direction, style))
         for chain in tiers:
@@ -446,18 +441,20 @@ def _part(ep: EndpointRules, style: Style) -> _EndpointPart:
                     decision = Decision(rule.verdict, rule.id)
                     part.verdicts.setdefault(target(direction, decision, style=style),
                                              decision_chain(direction, decision, style, _comment(rule)))
-    _PARTS[id(ep)] = (ep, style, part)
+    _PARTS[id(ep)] = (ep, style, renames, part)
     return part
 
 
-def verdict_chains(ruleset: RuleSet, logging: FlowLogging | None = None) -> dict[str, ChainRules]:
-    """A chain per deciding rule (and direction, for allow), plus the defaults a cell may name."""
+def verdict_chains(ruleset: RuleSet, logging: FlowLogging | None = None,
+                   renames: Renames = ()) -> dict[str, ChainRules]:
+    """A chain per deciding rule (and direction, for allow), plus the defaults a cell
+    may name. (``renames``: the layout's, so the endpoint parts cached are the ones its chains use.)"""
     out: dict[str, ChainRules] = {}
     plain = False
     for ep in ruleset.endpoints:
         style = style_of(ep, logging)
         plain = plain or style.plain
-        out.update(_part(ep, style).verdicts)
+        out.update(_part(ep, style, renames).verdicts)
     # Only a PASS rule can leave a cell with a default other than the one the
     # chain ends with (a tier's default after a pass): then cells name these;
     # and a pass chain ends in the allowing one. (Endpoints that are not
@@ -492,15 +489,14 @@ def update_layout(old: Layout, old_rs: RuleSet, new_rs: RuleSet) -> tuple[Layout
     The flow log stays ``old``'s: it belongs to the table (a change replaces it in full)."""
     sources = Sources(new_rs)
     logging = old.logging
-    fresh = Layout({}, {}, verdict_chains(new_rs, logging), logging=logging)
-    fresh.passes, fresh.continuations = continuations(new_rs)
+    fresh = Layout({}, {}, {}, logging=logging)
+    walked_sets: dict[str, AddressSet] = {}
     changes: dict[str, MapChange] = {}
     changed_sets = _changed_sets(old_rs, new_rs)
     for ep in new_rs.endpoints:
         style = style_of(ep, logging)
-        fresh.chains.update(_part(ep, style).chains)
         for direction, program in _tiers(ep):
-            fresh.sets.update((name, new_rs.address_set(name)) for name in walk_sets(program))
+            walked_sets.update((name, new_rs.address_set(name)) for name in walk_sets(program))
             if not _ported(program) or (name := map_name(direction, program, style)) in fresh.maps:
                 continue
             if name not in old.maps:  # a new program: build it
@@ -512,8 +508,7 @@ def update_layout(old: Layout, old_rs: RuleSet, new_rs: RuleSet) -> tuple[Layout
             fresh.maps[name], change = patched
             if change.gone or change.came:
                 changes[name] = change
-    share_equal_sets(fresh)
-    return fresh, changes
+    return _completed(fresh, new_rs, walked_sets), changes
 
 
 AnySet = AddressSet | AddressPortSet

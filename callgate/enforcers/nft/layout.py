@@ -70,7 +70,7 @@ DIGEST_KEY_LEN = 15
 # that dispatch, one decision-map look-up per endpoint direction instead of a
 # walk over rules and peer sets. 6: the forward chain's source checks before its
 # established rule (a spoofed packet must not ride the impersonated pod's flow).
-# 7: one peer set per distinct content (decisions.share_equal_sets).
+# 7: one peer set per distinct content (base.equal_sets, decisions._completed).
 LAYOUT_VERSION = 7
 # A peer set (looked up by the rules without ports, see .decisions) whose
 # intervals together hold at most this many addresses is rendered as a hash
