@@ -31,7 +31,6 @@ from callgate.enforcers.base import (
     FailClosed,
     FlowLogging,
     Placement,
-    equal_sets,
     refuse_interfaces,
     rule_comment,
 )
@@ -177,11 +176,13 @@ def chain_order(chains: Iterable[str]) -> list[str]:
     return sorted(chains, key=lambda c: (ENTRY_CHAINS.index(c) if c in ENTRY_CHAINS else len(ENTRY_CHAINS), c))
 
 
-def ruleset_table(ruleset: RuleSet, version: Version, fail_closed: FailClosed | None = None,
-                  placement: Placement = "node", logging: FlowLogging | None = None) -> Table:
+def ruleset_table(ruleset: RuleSet, version: Version, instead: Mapping[str, str],
+                  fail_closed: FailClosed | None = None, placement: Placement = "node",
+                  logging: FlowLogging | None = None) -> Table:
+    """callgate's part of one filter table (``instead``: the sets held in place of
+    equal ones, :func:`~callgate.enforcers.base.equal_sets`, as the plan's ipsets)."""
     chains: dict[str, list[str]] = {}
     action_chains: dict[str, list[str]] = {}
-    instead = equal_sets(ruleset.address_sets)
     for ep in ruleset.endpoints:
         actions = Actions(version, logging, ep.audit, action_chains)
         chains.update(_tier_lines(ep.ingress, "ingress", actions, instead))

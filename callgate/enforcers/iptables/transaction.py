@@ -57,9 +57,9 @@ def plan(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Pla
          logging: FlowLogging | None = None) -> IptTransaction:
     """The desired state for ``ruleset``; InputError for what iptables cannot express."""
     validate(ruleset, fail_closed)
-    sets = ruleset_sets(ruleset, equal_sets(ruleset.address_sets)) + (
-        source_sets(ruleset) if placement == "node" else ())
+    instead = equal_sets(ruleset.address_sets)  # once: the ipsets and both tables' rules follow it
+    sets = ruleset_sets(ruleset, instead) + (source_sets(ruleset) if placement == "node" else ())
     return IptTransaction(layout_digest(ruleset, fail_closed, placement, logging),
                           tuple(sorted(sets, key=lambda s: s.name)),
-                          (ruleset_table(ruleset, 4, fail_closed, placement, logging),
-                           ruleset_table(ruleset, 6, fail_closed, placement, logging)))
+                          (ruleset_table(ruleset, 4, instead, fail_closed, placement, logging),
+                           ruleset_table(ruleset, 6, instead, fail_closed, placement, logging)))
