@@ -53,13 +53,14 @@ def _alone(policies: list[str]) -> tuple[Any, Any]:
     return load_inputs([INVENTORY], policies)
 
 
-def test_the_child_parses_the_policies_and_the_result_is_the_same(always: None, parsed_here: list[str]) -> None:
+def test_the_child_parses_the_policies_and_the_result_is_the_same(always: None, parsed_here: list[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     files = [str(p) for p in sorted(SCENARIOS.glob("*.yaml"))]
     inv, pols = load_inputs([INVENTORY], files)
     # This process parsed the inventory only: every policy file came from the child.
     assert parsed_here == [STANDARD_INVENTORY.read_text()]
     parsed_here.clear()
-    ahead_module.AHEAD_MIN_BYTES = 1 << 60  # (restored by the fixture) now without the child
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", 1 << 60)  # now without the child
     inv_alone, pols_alone = _alone(files)
     assert len(parsed_here) == len(files) + 1
     assert pols == pols_alone
@@ -71,7 +72,7 @@ def _problems(err: InputError) -> list[tuple[Any, ...]]:
     return [(p.message, p.file, p.line, p.column, p.field, p.object) for p in err.problems]
 
 
-def test_a_broken_file_gives_the_same_problems(always: None, tmp_path: Path) -> None:
+def test_a_broken_file_gives_the_same_problems(always: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = tmp_path / "good.yaml"
     shutil.copy(SCENARIOS / "03-namespace-and-pod.yaml", good)
     broken = tmp_path / "broken.yaml"
@@ -81,7 +82,7 @@ def test_a_broken_file_gives_the_same_problems(always: None, tmp_path: Path) -> 
                        "spec: {podSelector: {matchLabels: {pod: [a]}}}\n")
     with pytest.raises(InputError) as with_child:
         load_inputs([INVENTORY], [str(tmp_path)])
-    ahead_module.AHEAD_MIN_BYTES = 1 << 60
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", 1 << 60)
     with pytest.raises(InputError) as alone:
         load_inputs([INVENTORY], [str(tmp_path)])
     assert _problems(with_child.value) == _problems(alone.value)
@@ -134,16 +135,13 @@ def test_the_child_is_reaped_however_the_block_ends(always: None) -> None:
         os.waitpid(pids[0], os.WNOHANG)
 
 
-def test_small_or_json_inputs_start_no_child(tmp_path: Path) -> None:
+def test_small_or_json_inputs_start_no_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with YamlAhead.started([SCENARIOS]) as child:
         assert child is None  # a few KiB: not worth a fork
     (tmp_path / "p.json").write_text("{}" + " " * (2 << 20))
-    ahead_module.AHEAD_MIN_BYTES, before = 0, ahead_module.AHEAD_MIN_BYTES
-    try:
-        with YamlAhead.started([tmp_path]) as child:
-            assert child is None  # JSON is parsed in C already
-    finally:
-        ahead_module.AHEAD_MIN_BYTES = before
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", 0)
+    with YamlAhead.started([tmp_path]) as child:
+        assert child is None  # JSON is parsed in C already
 
 
 def test_compile_prints_the_same_with_the_child(always: None, monkeypatch: pytest.MonkeyPatch) -> None:
