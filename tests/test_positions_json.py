@@ -143,3 +143,31 @@ def test_documents_of_a_file_are_placed_in_one_pass(tmp_path: Path, monkeypatch:
     found = Positions().in_documents(str(file), {i: [("spec", "podSelector")] for i in range(50)})
     assert len(passes) == 1
     assert found[49] == {("spec", "podSelector"): (150, 21)}  # document 50 starts on line 148
+
+
+def test_refused_characters_are_the_same_as_bytes_and_by_the_regex() -> None:
+    for code in [*range(0x100), 0x2028, 0x2029, 0xD7FF, 0xFEFF, 0xFFFE, 0xFFFF, 0x1F600]:
+        char = chr(code)
+        for text in (char, "abc" + char, "é" + char):  # ASCII text and not
+            assert jsonpositions._refused_character(text) == bool(jsonpositions._NOT_PLAIN.search(text)), repr(text)
+
+
+def test_members_are_listed_only_as_far_as_a_path_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A namespace's place in an inventory must not scan the pods written after the namespaces.
+    text = json.dumps({"namespaces": {"a": {}, "b": {"labels": {}}},
+                       "endpoints": [{"name": f"p{i}"} for i in range(50)]}, indent=1)
+    scanned: list[int] = []
+    scan = jsonpositions._SCAN
+
+    def counting(s: str, at: int) -> tuple[Any, int]:
+        scanned.append(at)
+        return scan(s, at)
+
+    file = tmp_path / "inventory.json"
+    file.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(jsonpositions, "_SCAN", counting)
+    namespace: list[FieldPath] = [("namespaces", "b", "labels"), ("namespaces", "c")]
+    assert jsonpositions.marks(text, namespace) == _composed(file, namespace)
+    assert scanned and all(at < text.index('"endpoints"') for at in scanned)
+    pod: list[FieldPath] = [("endpoints", 3, "name"), ("endpoints", 60)]
+    assert jsonpositions.marks(text, pod) == _composed(file, pod)
