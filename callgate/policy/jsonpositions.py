@@ -46,6 +46,10 @@ _PLAIN_ASCII = b"\n" + bytes(range(0x20, 0x7F))  # the ASCII characters _NOT_PLA
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _KEY_ACROSS_LINES = re.compile(r'"[ \n]*\n[ \n]*:')
 _SPACES = re.compile(r"[ \n]*")
+# In a text that is JSON (checked first): a key with its colon and the spaces around
+# it (group 1: the key as written), and the comma ending a member, if any.
+_KEY = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"[ \n]*:[ \n]*')
+_AFTER = re.compile(r"[ \n]*(,?)[ \n]*")
 # A key's colon must be within 1024 characters of its start (libyaml counts characters):
 # keys shorter than 900 characters with fewer than 100 spaces before their colon are.
 _LONG_KEY = re.compile(r'"[^"]{900,}"[ \n]*:')
@@ -157,21 +161,24 @@ class _Walker:
     def _next_pair(self, members: dict[str, int], i: int) -> int | None:
         """Lists the key and value at ``i``; where the next pair starts."""
         text = self.text
-        _expect(text, i, '"')
-        key, i = _SCAN(text, i)
-        i = _space(text, i)
-        _expect(text, i, ":")
-        i = _space(text, i + 1)
-        members.setdefault(key, i)  # the first of duplicate keys, as the composer walks
-        return self._after_member(_SCAN(text, i)[1], "}")
+        match = _KEY.match(text, i)  # the key, its colon and the spaces around it at once
+        if match is None:
+            raise ValueError(f"expected a key at {i}")
+        key = match.group(1)
+        if "\\" in key:
+            key = json.loads(f'"{key}"')
+        at = match.end()
+        members.setdefault(key, at)  # the first of duplicate keys, as the composer walks
+        return self._after_member(_SCAN(text, at)[1], "}")
 
     def _after_member(self, i: int, close: str) -> int | None:
         """Past a member ending at ``i``: where the next one starts, None at ``close``."""
-        i = _space(self.text, i)
-        if self.text[i] == close:
-            return None
-        _expect(self.text, i, ",")
-        return _space(self.text, i + 1)
+        match = _AFTER.match(self.text, i)
+        assert match is not None  # every part is optional
+        if match.group(1):
+            return match.end()
+        _expect(self.text, match.end(), close)
+        return None
 
 
 def _space(text: str, at: int) -> int:
