@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from callgate.analysis import diff as diff_module
 from callgate.analysis.connectivity import Connectivity, Partition
 from callgate.analysis.diff import connectivity_diff, shared_with
 from callgate.analysis.groups import group_matrix
@@ -185,7 +186,11 @@ def test_diff_with_cluster_tiers_equals_evaluator(inv: Inventory, old: PolicySet
     _check_diff(inv, old, new)
 
 
-def test_diff_ipblock_only_in_new_and_only_one_family(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork_from", [diff_module.FORK_FROM_ENDPOINTS, 0])
+def test_diff_ipblock_only_in_new_and_only_one_family(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      fork_from: int) -> None:
+    """fork_from=0: IPv6 compared in a forked child."""
+    monkeypatch.setattr(diff_module, "FORK_FROM_ENDPOINTS", fork_from)
     inv = _one_family(standard(), v4_only=1, v6_only=2)
     old = policies_from(tmp_path, """
         apiVersion: networking.k8s.io/v1
@@ -301,3 +306,41 @@ def test_blocked_sum_across_blocks() -> None:
     assert np.array_equal(_blocked((rows, index), (cols, index), w_src, w_dst, n), want)
     assert np.array_equal(_factored((rows[:5], index % 5), (cols[:3], index % 3), w_src, w_dst, n),
                           w_src.T.astype(np.float64) @ (e[index % 5] * i[index % 3].T) @ w_dst.astype(np.float64))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories(), policy_sets(), policy_sets(), st.integers(0, 6), st.integers(0, 6))
+def test_diff_with_the_second_family_in_a_forked_child_is_the_same(inv: Inventory, old: PolicySet, new: PolicySet,
+                                                                  v4_only: int, v6_only: int) -> None:
+    """Big dual-stack inventories compare IPv6 in a forked child (callgate.forked): its
+    groups are numbered on their own and renumbered here, so groups found in one family
+    only must land on the same names, counts and pairs as when both are compared here."""
+    inv = _one_family(inv, v4_only, v6_only)
+    here = connectivity_diff(inv, old, new, group_by="endpoint")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(diff_module, "FORK_FROM_ENDPOINTS", 0)
+        _check_diff(inv, old, new)
+        forked = connectivity_diff(inv, old, new, group_by="endpoint")
+    assert forked.changes == here.changes
+    assert [c.pairs for c in forked.changes] == [c.pairs for c in here.changes]
+
+
+def test_groups_of_one_family_only_keep_their_names_from_a_forked_child(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """x/b has IPv4 only, x/c IPv6 only: the child comparing IPv6 numbers x/c where x/b
+    is numbered here, and x/c's lost access must still be reported as x/c's."""
+    monkeypatch.setattr(diff_module, "FORK_FROM_ENDPOINTS", 0)
+    inv = _one_family(standard(), v4_only=1, v6_only=2)
+    only_itself = policies_from(tmp_path, """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: a, namespace: x}
+        spec:
+          podSelector: {matchLabels: {pod: a}}
+          policyTypes: [Ingress]
+          ingress:
+          - from: [{podSelector: {matchLabels: {pod: a}}}]
+        """, "new.yaml")
+    _check_diff(inv, PolicySet([]), only_itself)
+    lost = {(c.src, c.dst): c.families for c in connectivity_diff(inv, PolicySet([]), only_itself, "endpoint").changes}
+    assert lost["x/c", "x/a"] == {6} and lost["x/b", "x/a"] == {4}

@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -20,6 +20,7 @@ from callgate.cli.common import load_inputs
 from callgate.cli.main import app
 from callgate.compiler import Compiler
 from callgate.errors import InputError
+from callgate.forked import Send
 from callgate.policy import ahead as ahead_module
 from callgate.policy import documents, load_policies, yamlfast
 from callgate.policy.ahead import YamlAhead
@@ -106,14 +107,12 @@ def test_other_bytes_than_the_child_read_are_parsed_here(tmp_path: Path) -> None
         child.close()
 
 
-def _dies(files: list[Path], out: BinaryIO) -> None:
+def _dies(files: list[Path], send: Send) -> None:
     os._exit(1)
 
 
-def _garbles(files: list[Path], out: BinaryIO) -> None:
-    out.write(b"\x80\x05\x95garbage")
-    out.close()
-    os._exit(0)
+def _garbles(files: list[Path], send: Send) -> None:
+    send("not (name, digest, documents)")
 
 
 @pytest.mark.parametrize("child", [_dies, _garbles])
@@ -121,7 +120,7 @@ def test_a_child_that_dies_or_garbles_changes_nothing(always: None, monkeypatch:
                                                       child: Any) -> None:
     files = [str(p) for p in sorted(SCENARIOS.glob("*.yaml"))]
     expected = load_policies(files)
-    monkeypatch.setattr(ahead_module, "_child", child)
+    monkeypatch.setattr(ahead_module, "_parse", child)
     assert load_inputs([INVENTORY], files)[1] == expected
 
 
@@ -129,7 +128,7 @@ def test_the_child_is_reaped_however_the_block_ends(always: None) -> None:
     pids = []
     with pytest.raises(RuntimeError), YamlAhead.started([SCENARIOS]) as child:
         assert child is not None
-        pids.append(child._pid)
+        pids.append(child._child._pid)
         raise RuntimeError("the inventory failed")
     with pytest.raises(ChildProcessError):
         os.waitpid(pids[0], os.WNOHANG)

@@ -12,6 +12,7 @@ gained 5432/TCP" instead of a list of pod pairs. JSON keeps the pod pairs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -35,6 +36,7 @@ from callgate.analysis.connectivity import (
 )
 from callgate.analysis.groups import BLOCK, group_key, group_sizes, packed_rows, unpack_bits
 from callgate.errors import InputError, Problem
+from callgate.forked import Forked
 from callgate.policy.model import ClusterPolicy, Direction, Inventory, Policy, PolicySet
 from callgate.policy.resolve import Resolver
 
@@ -204,36 +206,80 @@ def _entries(cells: np.ndarray, masks: np.ndarray, n: int, pieces: _Pieces, name
     return out
 
 
+# From this many endpoints, a dual-stack inventory's second family is compared by a
+# forked child (callgate.forked): below, the fork costs more than it saves.
+FORK_FROM_ENDPOINTS = 2_000
+
+
+@dataclass
+class _FamilyCells:
+    """What one family's comparison found: the class pairs that changed with the
+    segments they changed on, and the classes' pieces. Plain values (arrays, strings),
+    so a forked child can send them."""
+
+    family: int
+    segments: list[ProtocolPortRange]
+    keys: np.ndarray  # changed cells, see _changed_cells
+    masks: np.ndarray  # per cell, its segments (see _SegmentMasks)
+    size: int  # classes
+    pieces: _Pieces  # groups numbered as in ``groups``
+    groups: list[str]
+
+
+def _family_cells(inventory: Inventory, old: PolicySet, new: PolicySet, family: int, resolver: Resolver,
+                  group_by: str, step: Callable[[int], None]) -> _FamilyCells:
+    part = Partition(inventory, [old, new], family, resolver)
+    a, b = Connectivity(part, old), Connectivity(part, new)
+    segments = part.segments()
+    # First which class pairs changed, in which direction and on which segments (a
+    # mask per pair); only then pod pairs, once per (class pair, direction):
+    # expanding pod pairs segment by segment repeated them for every segment.
+    masks = _SegmentMasks(len(segments))
+    for k, seg in enumerate(segments):
+        masks.add(k, _changed_cells(a, b, seg))
+        step(len(segments) + 1)
+    index: dict[str, int] = {}
+    pieces = _pieces(part, group_by, index)
+    step(len(segments) + 1)
+    return _FamilyCells(family, segments, masks.keys, masks.masks, part.size, pieces, list(index))
+
+
 def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, group_by: str = "app",
                       old_label: str = "old", new_label: str = "new",
                       progress: Progress | None = None) -> DiffResult:
     families = [f for f in (4, 6) if any(family_ip(e, f) for e in inventory.endpoints)]
     new = shared_with(old, new)
-    done = 0
     resolver = Resolver(inventory)
-    parts = [Partition(inventory, [old, new], f, resolver) for f in families]
-    # One step per segment and family, and one per family for counting pod pairs.
-    steps = sum(len(p.segments()) + 1 for p in parts)
+    done = [0]
+
+    def step(per_family: int) -> None:
+        """One step of a family's ``per_family`` (a step per segment, one for the pod pairs)."""
+        done[0] += 1
+        if progress:
+            progress(done[0], per_family * len(families))
+
+    def compared(family: int, step: Callable[[int], None] = lambda per_family: None) -> _FamilyCells:
+        return _family_cells(inventory, old, new, family, resolver, group_by, step)
+
+    results: list[_FamilyCells] = []
+    if len(families) == 2 and len(inventory.endpoints) >= FORK_FROM_ENDPOINTS:
+        # Dual-stack and big: the second family on the other core (callgate.forked);
+        # its steps are counted when it is done.
+        with Forked.started(lambda: compared(families[1])) as second:
+            results.append(compared(families[0], step))
+            results.append(second.result())
+        for _ in range(len(results[1].segments) + 1):
+            step(len(results[1].segments) + 1)
+    else:
+        results.extend(compared(family, step) for family in families)
     index: dict[str, int] = {}  # group name -> number, across families
     per_family: dict[int, tuple[dict[tuple[int, int, bool], _Entry], list[ProtocolPortRange]]] = {}
-    for part in parts:
-        a, b = Connectivity(part, old), Connectivity(part, new)
-        segments = part.segments()
-        # First which class pairs changed, in which direction and on which segments (a
-        # mask per pair); only then pod pairs, once per (class pair, direction):
-        # expanding pod pairs segment by segment repeated them for every segment.
-        masks = _SegmentMasks(len(segments))
-        for k, seg in enumerate(segments):
-            masks.add(k, _changed_cells(a, b, seg))
-            done += 1
-            if progress:
-                progress(done, steps)
-        pieces = _pieces(part, group_by, index)
-        names = list(index)
-        per_family[part.family] = (_entries(masks.keys, masks.masks, part.size, pieces, names), segments)
-        done += 1
-        if progress:
-            progress(done, steps)
+    for cells in results:
+        # The family's groups, numbered in its own order, renumbered across families.
+        renumber = np.array([index.setdefault(g, len(index)) for g in cells.groups], dtype=np.int64)
+        pieces = dataclasses.replace(cells.pieces, group=renumber[cells.pieces.group])
+        per_family[cells.family] = (_entries(cells.keys, cells.masks, cells.size, pieces, list(index)),
+                                    cells.segments)
     names = list(index)
     sizes = group_sizes(inventory.endpoints, group_by)
     ranges: dict[tuple[int, tuple[int, ...]], list[ProtocolPortRange]] = {}

@@ -12,23 +12,19 @@ Nothing depends on the child. A file it could not parse (an error), a file
 that changed since it read it (the digest of the bytes differs), or a child
 that died: the reader parses that file itself, as it would have, so every value
 and every error message stays the reader's own. The child only parses and
-pickles (no kernel, no locks of this process's other threads), then leaves
-with ``os._exit``.
+pickles (:class:`callgate.forked.Child`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
-import os
-import pickle
-import signal
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from callgate.errors import InputError
+from callgate.forked import Child, Send
 from callgate.policy import yamlfast
 from callgate.policy.documents import files_under
 from callgate.policy.limits import MAX_FILE_BYTES
@@ -48,18 +44,7 @@ class YamlAhead:
 
     def __init__(self, files: list[Path]) -> None:
         self._results: dict[str, tuple[bytes, list[Any]]] | None = None
-        read_end, write_end = os.pipe()
-        try:
-            self._pid = os.fork()
-        except OSError:
-            os.close(read_end)
-            os.close(write_end)
-            raise
-        if self._pid == 0:  # the child: parse, send, leave
-            os.close(read_end)
-            _child(files, os.fdopen(write_end, "wb"))
-        os.close(write_end)
-        self._pipe: BinaryIO = os.fdopen(read_end, "rb")
+        self._child = Child(lambda send: _parse(files, send))
 
     @classmethod
     @contextlib.contextmanager
@@ -93,44 +78,25 @@ class YamlAhead:
 
     def _receive(self) -> dict[str, tuple[bytes, list[Any]]]:
         results: dict[str, tuple[bytes, list[Any]]] = {}
-        with self._pipe:
-            while True:
-                try:
-                    name, raw_digest, docs = pickle.load(self._pipe)
-                except Exception:  # EOF: all sent, or the child died (the rest is parsed here)
-                    break
-                if docs is not None:
-                    results[name] = (raw_digest, docs)
-        self._reap()
+        for sent in self._child.received():  # until the child is done or died (the rest is parsed here)
+            if not (isinstance(sent, tuple) and len(sent) == 3):
+                break
+            name, raw_digest, docs = sent
+            if docs is not None:
+                results[name] = (raw_digest, docs)
         return results
 
     def close(self) -> None:
-        if self._pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)
-            self._reap()
-        if not self._pipe.closed:
-            self._pipe.close()
-
-    def _reap(self) -> None:
-        if self._pid:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._pid, 0)
-            self._pid = 0
+        self._child.close()
 
 
-def _child(files: list[Path], out: BinaryIO) -> None:
-    """Parse every file and send (name, digest, documents or None); never return."""
-    try:
-        gc.disable()  # acyclic values, and the process ends right after (as gc_paused explains)
-        for path in files:
-            try:
-                raw = path.read_bytes()
-                docs: list[Any] | None = yamlfast.load_all(raw.decode("utf-8"))
-                raw_digest = digest(raw)
-            except Exception:  # the reader parses it again and says what is wrong
-                docs, raw_digest = None, b""
-            pickle.dump((str(path), raw_digest, docs), out, protocol=pickle.HIGHEST_PROTOCOL)
-        out.close()
-    finally:
-        os._exit(0)
+def _parse(files: list[Path], send: Send) -> None:
+    """In the child: parse every file and send (name, digest, documents or None)."""
+    for path in files:
+        try:
+            raw = path.read_bytes()
+            docs: list[Any] | None = yamlfast.load_all(raw.decode("utf-8"))
+            raw_digest = digest(raw)
+        except Exception:  # the reader parses it again and says what is wrong
+            docs, raw_digest = None, b""
+        send((str(path), raw_digest, docs))

@@ -16,6 +16,7 @@ from typing import Any
 
 from callgate.analysis.connectivity import Connectivity, Partition, ProtocolPortRange, family_ip
 from callgate.analysis.lint.linter import Item, Linter
+from callgate.forked import Forked
 from callgate.policy.model import (
     ClusterPolicy,
     Direction,
@@ -27,6 +28,10 @@ from callgate.policy.model import (
     Tier,
 )
 from callgate.policy.positions import FieldPath
+
+# From this many endpoints, a dual-stack inventory's second family is checked by a
+# forked child (callgate.forked): below, the fork costs more than it saves.
+FORK_FROM_ENDPOINTS = 2_000
 
 # What the exact check reported: (id(item), None, 0) for a whole policy,
 # (id(item), direction, rule index) for one rule.
@@ -150,13 +155,25 @@ def exact(linter: Linter, items: list[Item], cluster: tuple[ClusterPolicy, ...] 
     inv = linter.inventory
     assert inv is not None
     policies = PolicySet(tuple(i.policy for i in items if i.policy is not None), cluster)
+
+    def answers(family: int, first: _FamilyRedundancy | None = None) -> _FamilyRedundancy:
+        part = Partition(inv, [policies], family, linter.resolver)
+        return _redundancy(Connectivity(part, policies), first)
+
+    present = [family for family in (4, 6) if any(family_ip(e, family) for e in inv.endpoints)]
     families: list[_FamilyRedundancy] = []
-    for family in (4, 6):
-        if any(family_ip(e, family) for e in inv.endpoints):
-            part = Partition(inv, [policies], family, linter.resolver)
+    if len(present) == 2 and len(inv.endpoints) >= FORK_FROM_ENDPOINTS:
+        # Dual-stack and big: the second family on the other core. (It then asks about
+        # everything, not only what the first found redundant; a verdict needs both, so
+        # the verdicts are the same.) The answers are sets of ids, valid in the child:
+        # it is a copy of this process.
+        with Forked.started(lambda: answers(present[1])) as second:
+            families = [answers(present[0]), second.result()]
+    else:
+        for family in present:
             # A verdict holds only if every family agrees: the second family asks only
             # about what the first found redundant.
-            families.append(_redundancy(Connectivity(part, policies), families[0] if families else None))
+            families.append(answers(family, families[0] if families else None))
     reported: Reported = set()
     for item in items:
         pol = item.policy
