@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import msgspec
+
 from callgate.errors import InputError, ProblemCode
 from callgate.policy import adminnetworkpolicy as anp
 from callgate.policy import clusternetworkpolicy as cnp
@@ -49,16 +51,53 @@ def parse_policy_document(doc: Document) -> Policy | ParsedApp | ClusterPolicy |
              f"{cnp.API_VERSION} {cnp.KIND}")])
 
 
-def load_policies(paths: str | Path | Iterable[str | Path], ahead: YamlAhead | None = None) -> PolicySet:
+class Reused:
+    """NetworkPolicies by the exact content of their documents, for loading mostly the
+    same documents twice (``callgate diff``'s NEW beside its OLD: 10,000 policies and a
+    few edited). A document written exactly as one already parsed gets that Policy,
+    whose ``origin`` then names where it was first read: no verdict looks at it, and
+    PolicySet equality leaves it out (the diff swaps equal policies for OLD's objects
+    anyway). Only documents that parsed are kept: an invalid one is parsed, and
+    reported with its own file, every time."""
+
+    def __init__(self) -> None:
+        self._policies: dict[bytes, Policy] = {}
+
+    def parse(self, doc: Document) -> Policy | ParsedApp | ClusterPolicy | None:
+        key = _content(doc.data)
+        found = self._policies.get(key) if key is not None else None
+        if found is not None:
+            return found
+        parsed = parse_policy_document(doc)
+        if key is not None and isinstance(parsed, Policy):
+            self._policies[key] = parsed
+        return parsed
+
+
+def _content(data: object) -> bytes | None:
+    """A NetworkPolicy document's content as bytes (key order, types and all: equal
+    bytes, equal documents); None for anything else or what msgspec cannot write."""
+    if not (isinstance(data, dict) and data.get("kind") == "NetworkPolicy"):
+        return None
+    try:
+        return msgspec.json.encode(data)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def load_policies(paths: str | Path | Iterable[str | Path], ahead: YamlAhead | None = None,
+                  reused: Reused | None = None) -> PolicySet:
     """Read every policy document under ``paths``; all problems are reported at once.
-    (``ahead``: the YAML files among them already parsed on another core.)"""
+    (``ahead``: the YAML files among them already parsed on another core; ``reused``:
+    NetworkPolicies parsed before, by document content.)"""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     with gc_paused():
-        return _load_policies(paths, ahead)
+        return _load_policies(paths, ahead, reused)
 
 
-def _load_policies(paths: Iterable[str | Path], ahead: YamlAhead | None) -> PolicySet:
+def _load_policies(paths: Iterable[str | Path], ahead: YamlAhead | None, reused: Reused | None) -> PolicySet:
+    parse = reused.parse if reused is not None else parse_policy_document
     docs, problems = read_all(paths, ahead)
     policies: list[Policy] = []
     cluster: list[ClusterPolicy] = []
@@ -66,7 +105,7 @@ def _load_policies(paths: Iterable[str | Path], ahead: YamlAhead | None) -> Poli
     seen: dict[str, str] = {}
     for doc in docs:
         try:
-            parsed = parse_policy_document(doc)
+            parsed = parse(doc)
         except InputError as err:
             problems.extend(err.problems)
             continue

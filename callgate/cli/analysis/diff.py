@@ -32,6 +32,7 @@ from callgate.cli.engine import BackendOpt, compile_for
 from callgate.errors import InputError, KernelError, Problem
 from callgate.policy import Inventory, PolicySet, load_inventory, load_policies
 from callgate.policy.documents import gc_paused
+from callgate.policy.loader import Reused
 
 
 class DiffFormat(StrEnum):
@@ -138,13 +139,14 @@ def _load_all(inventory: list[str], old_paths: list[Path], new_paths: list[Path]
     problems: list[Problem] = []
     inv: Inventory | None = None
     loaded: list[PolicySet] = []
+    reused = Reused()  # NEW is mostly OLD: its unchanged policies are not parsed again
     try:
         inv = load_inventory(inventory)
     except InputError as err:
         problems.extend(err.problems)
     for paths in (old_paths, new_paths):
         try:
-            loaded.append(load_policies(paths))
+            loaded.append(load_policies(paths, reused=reused))
         except InputError as err:
             problems.extend(err.problems)
     if problems or inv is None:
