@@ -552,6 +552,15 @@ class Connectivity:
             found = self._side_keys[key] = (policies, ids, named, touched)
         return found
 
+    def decided_otherwise(self, other: Connectivity, direction: Direction) -> list[int]:
+        """Classes whose ``direction`` side ``other`` (another policy set over the same
+        partition) decides with other policies. Only theirs can differ: a side's bits are
+        a function of the policies that decide it (isolating, and cluster policies of
+        both tiers, by id) and of the port, memoised as such in the shared cache."""
+        assert other.partition is self.partition, "sides compare over one partition"
+        return [c for c in range(self.partition.size)
+                if self._side_key(c, direction)[1] != other._side_key(c, direction)[1]]
+
     def touched(self, rules: Iterable[PolicyRule | ClusterRule]) -> frozenset[int]:
         """:meth:`Partition.touched` by the ports of all ``rules``, each rule's looked up once."""
         cache = self._cache
