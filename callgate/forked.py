@@ -12,11 +12,12 @@ the child gave none (no fork, a child that died, raised or sent something that
 does not unpickle), so the answer and any error are exactly those of the work
 run in this process.
 
-Only a process running a single thread forks (the CLI's one-shot commands). A
-fork copies every lock as it is, and the child has only the forking thread: a
-lock another thread held at that moment (the controller's watch threads, an
-interactive progress bar's refresh) would never be released there, and a child
-waiting on it would never answer. A threaded process does the work itself. The child only computes and pickles (no output, no locks of
+Only one-shot commands fork, and the caller says so. Their other threads, if
+any, run C code the child never calls (``apply`` lists the live table through
+libnftables while the policies are parsed ahead); the child's work is pure
+computation. A long-running process does the work itself (the controller lints
+with its watch threads alive): a fork copies every lock as it is, and a lock
+one of them held at that moment would never be released in the child. The child only computes and pickles (no output, no locks of
 this process's other threads), then leaves with ``os._exit``, which runs no
 clean-up of the parent's (atexit handlers, buffered output, temporary files).
 
@@ -31,7 +32,6 @@ import gc
 import os
 import pickle
 import signal
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, Generic, TypeVar
 
@@ -41,12 +41,9 @@ Send = Callable[[Any], None]
 
 class Child:
     """A forked child running ``produce(send)``: each value it sends arrives pickled in
-    :meth:`received`. Fails with OSError when the fork does, or when this process runs
-    other threads; see :meth:`close`."""
+    :meth:`received`. Fails with OSError when the fork does; see :meth:`close`."""
 
     def __init__(self, produce: Callable[[Send], None]) -> None:
-        if threading.active_count() > 1:
-            raise OSError("a process running several threads does not fork: see callgate.forked")
         read_end, write_end = os.pipe()
         try:
             self._pid = os.fork()

@@ -153,8 +153,8 @@ def _mixed_truth(inv: Inventory, ps: PolicySet, family: int) -> dict[tuple[str, 
             for a, ia in eps if ia is not None for b, ib in eps if ib is not None for port, proto in PROBES}
 
 
-def _check_diff(inv: Inventory, old: PolicySet, new: PolicySet) -> None:
-    result = connectivity_diff(inv, old, new, group_by="endpoint")
+def _check_diff(inv: Inventory, old: PolicySet, new: PolicySet, forks: bool = False) -> None:
+    result = connectivity_diff(inv, old, new, group_by="endpoint", forks=forks)
     claimed: dict[tuple[str, str, int, str, int], bool] = {}
     for change in result.changes:
         for fam in change.families:
@@ -219,7 +219,7 @@ def test_diff_ipblock_only_in_new_and_only_one_family(tmp_path: Path, monkeypatc
         """, "new.yaml")
     empty = PolicySet([])
     for a, b in ((old, new), (new, old), (empty, new), (new, empty)):
-        _check_diff(inv, a, b)
+        _check_diff(inv, a, b, forks=True)
 
 
 @SETTINGS
@@ -319,8 +319,8 @@ def test_diff_with_the_second_family_in_a_forked_child_is_the_same(inv: Inventor
     here = connectivity_diff(inv, old, new, group_by="endpoint")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(diff_module, "FORK_FROM_ENDPOINTS", 0)
-        _check_diff(inv, old, new)
-        forked = connectivity_diff(inv, old, new, group_by="endpoint")
+        _check_diff(inv, old, new, forks=True)
+        forked = connectivity_diff(inv, old, new, group_by="endpoint", forks=True)
     assert forked.changes == here.changes
     assert [c.pairs for c in forked.changes] == [c.pairs for c in here.changes]
 
@@ -341,6 +341,7 @@ def test_groups_of_one_family_only_keep_their_names_from_a_forked_child(tmp_path
           ingress:
           - from: [{podSelector: {matchLabels: {pod: a}}}]
         """, "new.yaml")
-    _check_diff(inv, PolicySet([]), only_itself)
-    lost = {(c.src, c.dst): c.families for c in connectivity_diff(inv, PolicySet([]), only_itself, "endpoint").changes}
+    _check_diff(inv, PolicySet([]), only_itself, forks=True)
+    lost = {(c.src, c.dst): c.families
+            for c in connectivity_diff(inv, PolicySet([]), only_itself, "endpoint", forks=True).changes}
     assert lost["x/c", "x/a"] == {6} and lost["x/b", "x/a"] == {4}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import pytest
@@ -80,18 +79,3 @@ def test_the_child_is_stopped_and_reaped_however_the_block_ends() -> None:
     with pytest.raises(ChildProcessError):  # killed and waited for: no zombie left
         os.waitpid(pids[0], os.WNOHANG)
 
-
-def test_a_process_running_other_threads_does_not_fork() -> None:
-    """The controller lints in a process with watch threads: a fork could copy a lock one
-    of them holds into a child that would then never answer."""
-    stop = threading.Event()
-    other = threading.Thread(target=stop.wait)
-    other.start()
-    try:
-        me = os.getpid()
-        with Forked.started(lambda: _in_child(me)) as work:
-            assert work._child is None
-            assert work.result()["pid"] == me
-    finally:
-        stop.set()
-        other.join()

@@ -220,7 +220,8 @@ def test_redundancy_with_ipblocks_of_one_family_and_single_family_pods(
         - from: [{ipBlock: {cidr: 198.18.0.0/16}}]
         """)]
     path = write(tmp_path, "p.yaml", "---\n".join(docs + [DENY[ns] for ns in "xyz"]))
-    found = [(f.rule, f.object, f.field) for f in lint([path], inv).findings if f.rule in ("CG107", "CG108")]
+    found = [(f.rule, f.object, f.field) for f in lint([path], inv, forks=True).findings
+             if f.rule in ("CG107", "CG108")]
     # Rule 1 (all pods of x) is covered by the two blocks in both families; rule 2 allows
     # nothing over IPv6 (x/b has no IPv6 address), so it is not redundant there.
     assert found == [("CG107", "NetworkPolicy x/a", "spec.ingress[1]")]
@@ -458,3 +459,21 @@ def test_json_output_is_the_object_the_docs_describe(monkeypatch: pytest.MonkeyP
     assert "`--format json` an object:" in docs and "a plain list" not in docs
     for key in data:
         assert f"`{key}`" in docs, f"docs/analysis.md does not describe the JSON key {key!r}"
+
+
+@pytest.mark.parametrize("forks", [False, True])
+def test_only_a_linter_told_so_forks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forks: bool) -> None:
+    """``callgate lint`` may hand IPv6 to a forked child; the controller, which lints with
+    its watch threads alive (a fork would copy the locks they hold), never does."""
+    started: list[object] = []
+
+    class Recorded(redundancy.Forked):  # type: ignore[type-arg]
+        def __init__(self, work: object) -> None:
+            started.append(work)
+            super().__init__(work)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redundancy, "FORK_FROM_ENDPOINTS", 0)
+    monkeypatch.setattr(redundancy, "Forked", Recorded)
+    path = write(tmp_path, "p.yaml", "---\n".join([DENY[ns] for ns in "xyz"]))
+    lint([path], standard(), forks=forks)
+    assert len(started) == (1 if forks else 0)

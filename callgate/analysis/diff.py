@@ -118,7 +118,8 @@ def _hash(key: str) -> tuple[int, int]:
     return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
 
 
-def _pieces(part: Partition, group_by: str, index: dict[str, int]) -> _Pieces:
+def _pieces(part: Partition | None, group_by: str, index: dict[str, int]) -> _Pieces:
+    """The pieces of ``part``'s classes (None: of no class)."""
     group: list[int] = []
     count: list[int] = []
     a: list[int] = []
@@ -128,9 +129,9 @@ def _pieces(part: Partition, group_by: str, index: dict[str, int]) -> _Pieces:
     first: list[int] = []
     pieces: list[int] = []
     mask = (1 << 64) - 1
-    for c in range(part.size):
+    for class_members in part.members if part is not None else []:
         by_group: dict[str, list[str]] = {}
-        for ep in part.members[c]:
+        for ep in class_members:
             by_group.setdefault(group_key(ep, group_by), []).append(ep.key)
         first.append(len(group))
         pieces.append(len(by_group))
@@ -245,14 +246,18 @@ def _family_cells(inventory: Inventory, old: PolicySet, new: PolicySet, family: 
             masks.add(k, _changed_cells(a, b, seg))
         step(len(segments) + 1)
     index: dict[str, int] = {}
-    pieces = _pieces(part, group_by, index)
+    # Pod pairs are only counted for changed cells: none, no pieces needed.
+    pieces = _pieces(part if len(masks.keys) else None, group_by, index)
     step(len(segments) + 1)
     return _FamilyCells(family, segments, masks.keys, masks.masks, part.size, pieces, list(index))
 
 
 def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, group_by: str = "app",
                       old_label: str = "old", new_label: str = "new",
-                      progress: Progress | None = None) -> DiffResult:
+                      progress: Progress | None = None, forks: bool = False) -> DiffResult:
+    """What changed from ``old`` to ``new``. ``forks``: may a big dual-stack inventory's
+    second family be compared by a forked child (:mod:`callgate.forked`; one-shot
+    commands only)?"""
     families = [f for f in (4, 6) if any(family_ip(e, f) for e in inventory.endpoints)]
     new = shared_with(old, new)
     resolver = Resolver(inventory)
@@ -268,7 +273,7 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
         return _family_cells(inventory, old, new, family, resolver, group_by, step)
 
     results: list[_FamilyCells] = []
-    if len(families) == 2 and len(inventory.endpoints) >= FORK_FROM_ENDPOINTS:
+    if forks and len(families) == 2 and len(inventory.endpoints) >= FORK_FROM_ENDPOINTS:
         # Dual-stack and big: the second family on the other core (callgate.forked);
         # its steps are counted when it is done.
         with Forked.started(lambda: compared(families[1])) as second:

@@ -95,8 +95,11 @@ class Linter:
     """Reads documents into items; collects findings (checks call :meth:`report`)."""
 
     def __init__(self, inventory: Inventory | None = None, inventory_paths: Sequence[str] = (),
-                 skip_other_kinds: bool = False) -> None:
+                 skip_other_kinds: bool = False, forks: bool = False) -> None:
         self.inventory = inventory
+        # May a check hand work to a forked child (callgate.forked)? Only a one-shot
+        # command says yes: the controller lints with its watch threads alive.
+        self.forks = forks
         # One resolver for every check over the inventory: they resolve the same selectors.
         self.resolver = Resolver(inventory) if inventory is not None else None
         self.inventory_paths = list(inventory_paths)

@@ -14,10 +14,11 @@ from callgate.policy.model import Inventory
 
 
 def lint(paths: Iterable[str | Path], inventory: Inventory | None = None, config: LintConfig | None = None,
-         inventory_paths: Sequence[str] = (), skip_other_kinds: bool = False) -> LintResult:
+         inventory_paths: Sequence[str] = (), skip_other_kinds: bool = False, forks: bool = False) -> LintResult:
     """Lint policy files and directories; never raises for problems *in* the files
-    (only for paths that do not exist). ``skip_other_kinds``: see :func:`other_kind`."""
-    linter = Linter(inventory, inventory_paths, skip_other_kinds)
+    (only for paths that do not exist). ``skip_other_kinds``: see :func:`other_kind`;
+    ``forks``: see :class:`Linter` (``callgate lint`` says yes)."""
+    linter = Linter(inventory, inventory_paths, skip_other_kinds, forks)
     linter.read(paths)
     linter.drop_duplicates()
     linter.compile_apps()

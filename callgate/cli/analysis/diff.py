@@ -123,7 +123,7 @@ def diff(
             labels = (paths[0], paths[1])
         inv, old, new = _load_all(inventory, old_paths, new_paths)
         with progress_bar("comparing") as progress:
-            result = diffmod.connectivity_diff(inv, old, new, group_by, labels[0], labels[1], progress)
+            result = diffmod.connectivity_diff(inv, old, new, group_by, labels[0], labels[1], progress, forks=True)
     if fmt is DiffFormat.JSON:
         typer.echo(diffmod.to_json(result))
     elif fmt in (DiffFormat.MARKDOWN, DiffFormat.MD):

@@ -98,7 +98,8 @@ def lint_cmd(
     # collector walking them again and again freed next to nothing (2.4-3 s at 50k pods).
     with gc_paused():
         inv = load_inventory(inventory) if inventory else None
-        result = lint(paths, inv, cfg, inventory_paths=inventory or (), skip_other_kinds=skip_other_kinds)
+        result = lint(paths, inv, cfg, inventory_paths=inventory or (), skip_other_kinds=skip_other_kinds,
+                      forks=True)
         if fmt is LintFormat.TEXT:
             report.text(result, stdout())
         elif fmt is LintFormat.JSON:

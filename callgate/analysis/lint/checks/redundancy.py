@@ -162,7 +162,7 @@ def exact(linter: Linter, items: list[Item], cluster: tuple[ClusterPolicy, ...] 
 
     present = [family for family in (4, 6) if any(family_ip(e, family) for e in inv.endpoints)]
     families: list[_FamilyRedundancy] = []
-    if len(present) == 2 and len(inv.endpoints) >= FORK_FROM_ENDPOINTS:
+    if linter.forks and len(present) == 2 and len(inv.endpoints) >= FORK_FROM_ENDPOINTS:
         # Dual-stack and big: the second family on the other core. (It then asks about
         # everything, not only what the first found redundant; a verdict needs both, so
         # the verdicts are the same.) The answers are sets of ids, valid in the child:
