@@ -102,10 +102,6 @@ def merge_ranges(ranges: Iterable[ProtocolPortRange]) -> list[ProtocolPortRange]
     return out
 
 
-def _first(item: tuple[str, Endpoint, IPAddress]) -> str:
-    return item[0]
-
-
 def family_ip(ep: Endpoint, family: int) -> IPAddress | None:
     """The endpoint's first address of ``family`` (4 or 6), if any."""
     for ip in ep.ips:
@@ -196,15 +192,11 @@ class Partition:
         families, and lint's other checks resolve them too)."""
         self.inventory = inventory
         self.family = family
-        # (key, endpoint, address) of each endpoint with an address of the family, by key:
-        # each key formatted and each address found once (three times each was a third
-        # of a partition at 50,000 pods).
-        keyed = sorted(((e.key, e, ip) for e in inventory.endpoints if (ip := family_ip(e, family)) is not None),
-                       key=_first)
-        self.endpoints = [e for _, e, _ in keyed]
-        self.ip: dict[str, IPAddress] = {key: ip for key, _, ip in keyed}
+        self.endpoints = sorted((e for e in inventory.endpoints if family_ip(e, family) is not None),
+                                key=lambda e: e.key)
+        self.ip: dict[str, IPAddress] = {e.key: family_ip(e, family) for e in self.endpoints}  # type: ignore[misc]
         blocks = [b for b in _blocks(policy_sets, inventory) if b.cidr.version == family]
-        inside = self._block_membership(blocks, [int(ip) for _, _, ip in keyed] if blocks else [])
+        inside = self._block_membership(blocks)
         block_classes: list[list[int]] = [[] for _ in blocks]
         index: dict[tuple[object, ...], int] = {}
         self.members: list[list[Endpoint]] = []
@@ -212,11 +204,10 @@ class Partition:
         # The same by id(endpoint), for endpoints of this inventory (held by self.endpoints):
         # resolved peers map thousands of endpoints, and formatting each one's key was slower.
         self.class_by_id: dict[int, int] = {}
-        rows = [row.tobytes() for row in inside] if blocks else [b""] * len(keyed)
-        for (ep_key, ep, _), row_bytes, row in zip(keyed, rows, inside, strict=True):
+        for ep, row in zip(self.endpoints, inside, strict=True):
             # Sets, not sorted tuples: only equality matters here, and sorting each pod's
             # ports by repr was most of the partition's time at 50,000 pods.
-            key = (ep.namespace, frozenset(ep.labels.items()), frozenset(ep.ports), row_bytes)
+            key = (ep.namespace, frozenset(ep.labels.items()), frozenset(ep.ports), row.tobytes())
             c = index.get(key)
             if c is None:
                 c = index[key] = len(self.members)
@@ -224,7 +215,7 @@ class Partition:
                 for k in np.flatnonzero(row).tolist():
                     block_classes[k].append(c)
             self.members[c].append(ep)
-            self.class_of[ep_key] = c
+            self.class_of[ep.key] = c
             self.class_by_id[id(ep)] = c
         self.starts = _segments(inventory, policy_sets)
         # Where each protocol's segments begin in segments().
@@ -236,9 +227,8 @@ class Partition:
         assert resolver is None or resolver.inventory is inventory, "classes are found by endpoint identity"
         self.cache = _Cache(resolver or Resolver(inventory))
 
-    def _block_membership(self, blocks: list[IPBlock], addrs: list[int]) -> np.ndarray:
+    def _block_membership(self, blocks: list[IPBlock]) -> np.ndarray:
         """``m[e, b]``: does block ``b`` contain endpoint ``e``'s address (``IPBlock.contains``)?
-        ``addrs``: each endpoint's address as a number.
 
         Per block a binary search in the sorted addresses rather than a
         ``contains`` per endpoint and block (1.2 million calls, most of the
@@ -247,6 +237,7 @@ class Partition:
         inside = np.zeros((n, len(blocks)), dtype=bool)
         if not blocks or not n:
             return inside
+        addrs = [int(self.ip[e.key]) for e in self.endpoints]
         order = sorted(range(n), key=addrs.__getitem__)
         ordered = [addrs[i] for i in order]
         rows = np.array(order, dtype=np.intp)
