@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callgate.analysis import diff as diff_module
+from callgate.analysis import connectivity
 from callgate.analysis.connectivity import Connectivity, Partition
 from callgate.analysis.diff import connectivity_diff, shared_with
 from callgate.analysis.groups import group_matrix
@@ -186,11 +186,11 @@ def test_diff_with_cluster_tiers_equals_evaluator(inv: Inventory, old: PolicySet
     _check_diff(inv, old, new)
 
 
-@pytest.mark.parametrize("fork_from", [diff_module.FORK_FROM_ENDPOINTS, 0])
+@pytest.mark.parametrize("fork_from", [connectivity.FORK_FROM_ENDPOINTS, 0])
 def test_diff_ipblock_only_in_new_and_only_one_family(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       fork_from: int) -> None:
     """fork_from=0: IPv6 compared in a forked child."""
-    monkeypatch.setattr(diff_module, "FORK_FROM_ENDPOINTS", fork_from)
+    monkeypatch.setattr(connectivity, "FORK_FROM_ENDPOINTS", fork_from)
     inv = _one_family(standard(), v4_only=1, v6_only=2)
     old = policies_from(tmp_path, """
         apiVersion: networking.k8s.io/v1
@@ -318,7 +318,7 @@ def test_diff_with_the_second_family_in_a_forked_child_is_the_same(inv: Inventor
     inv = _one_family(inv, v4_only, v6_only)
     here = connectivity_diff(inv, old, new, group_by="endpoint")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(diff_module, "FORK_FROM_ENDPOINTS", 0)
+        patch.setattr(connectivity, "FORK_FROM_ENDPOINTS", 0)
         _check_diff(inv, old, new, forks=True)
         forked = connectivity_diff(inv, old, new, group_by="endpoint", forks=True)
     assert forked.changes == here.changes
@@ -329,7 +329,7 @@ def test_groups_of_one_family_only_keep_their_names_from_a_forked_child(tmp_path
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """x/b has IPv4 only, x/c IPv6 only: the child comparing IPv6 numbers x/c where x/b
     is numbered here, and x/c's lost access must still be reported as x/c's."""
-    monkeypatch.setattr(diff_module, "FORK_FROM_ENDPOINTS", 0)
+    monkeypatch.setattr(connectivity, "FORK_FROM_ENDPOINTS", 0)
     inv = _one_family(standard(), v4_only=1, v6_only=2)
     only_itself = policies_from(tmp_path, """
         apiVersion: networking.k8s.io/v1

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from callgate.analysis import connectivity
 from callgate.analysis.lint.checks import redundancy
 from callgate.analysis.lint.config import LintConfig
 from callgate.analysis.lint.rules import BY_ID, RULES, Severity, rules_markdown
@@ -192,14 +193,14 @@ def test_subtle_semantics(tmp_path: Path) -> None:
     assert found[0].rule == "CG102" and found[0].line == 7 and found[0].field == "spec.ingress[0].from[0]"
 
 
-@pytest.mark.parametrize("fork_from", [0, redundancy.FORK_FROM_ENDPOINTS])
+@pytest.mark.parametrize("fork_from", [0, connectivity.FORK_FROM_ENDPOINTS])
 def test_redundancy_with_ipblocks_of_one_family_and_single_family_pods(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork_from: int) -> None:
     """The exact redundancy checks build one partition per family from every policy's
     ipBlocks; blocks of one family only, and pods with one family only, must neither
     break them nor make an ipBlock rule look redundant (it reaches outside addresses).
     The same verdicts with the second family checked by a forked child (fork_from=0)."""
-    monkeypatch.setattr(redundancy, "FORK_FROM_ENDPOINTS", fork_from)
+    monkeypatch.setattr(connectivity, "FORK_FROM_ENDPOINTS", fork_from)
     def only(ep: Endpoint, version: int) -> Endpoint:
         return dataclasses.replace(ep, ips=tuple(ip for ip in ep.ips if ip.version == version))
 
@@ -472,7 +473,7 @@ def test_only_a_linter_told_so_forks(tmp_path: Path, monkeypatch: pytest.MonkeyP
             started.append(work)
             super().__init__(work)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(redundancy, "FORK_FROM_ENDPOINTS", 0)
+    monkeypatch.setattr(connectivity, "FORK_FROM_ENDPOINTS", 0)
     monkeypatch.setattr(redundancy, "Forked", Recorded)
     path = write(tmp_path, "p.yaml", "---\n".join([DENY[ns] for ns in "xyz"]))
     lint([path], standard(), forks=forks)

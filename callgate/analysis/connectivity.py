@@ -102,6 +102,23 @@ def merge_ranges(ranges: Iterable[ProtocolPortRange]) -> list[ProtocolPortRange]
     return out
 
 
+# From this many endpoints, a dual-stack inventory's second family is worth a forked
+# child (callgate.forked) in lint and diff: below, the fork costs more than it saves.
+FORK_FROM_ENDPOINTS = 2_000
+
+
+def families_present(inventory: Inventory) -> list[int]:
+    """The IP families (4, 6) of which some endpoint has an address."""
+    return [family for family in (4, 6) if any(family_ip(e, family) for e in inventory.endpoints)]
+
+
+def second_family_forked(inventory: Inventory, families: Sequence[int], forks: bool) -> bool:
+    """Should the second of ``families`` be computed by a forked child? Only when the
+    caller may fork at all (``forks``: one-shot commands), the inventory is dual-stack
+    and big enough for the fork to pay."""
+    return forks and len(families) == 2 and len(inventory.endpoints) >= FORK_FROM_ENDPOINTS
+
+
 def family_ip(ep: Endpoint, family: int) -> IPAddress | None:
     """The endpoint's first address of ``family`` (4 or 6), if any."""
     for ip in ep.ips:

@@ -31,8 +31,9 @@ from callgate.analysis.connectivity import (
     Partition,
     Progress,
     ProtocolPortRange,
-    family_ip,
+    families_present,
     merge_ranges,
+    second_family_forked,
 )
 from callgate.analysis.groups import BLOCK, group_key, group_sizes, packed_rows, unpack_bits
 from callgate.errors import InputError, Problem
@@ -207,11 +208,6 @@ def _entries(cells: np.ndarray, masks: np.ndarray, n: int, pieces: _Pieces, name
     return out
 
 
-# From this many endpoints, a dual-stack inventory's second family is compared by a
-# forked child (callgate.forked): below, the fork costs more than it saves.
-FORK_FROM_ENDPOINTS = 2_000
-
-
 @dataclass
 class _FamilyCells:
     """What one family's comparison found: the class pairs that changed with the
@@ -258,7 +254,7 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
     """What changed from ``old`` to ``new``. ``forks``: may a big dual-stack inventory's
     second family be compared by a forked child (:mod:`callgate.forked`; one-shot
     commands only)?"""
-    families = [f for f in (4, 6) if any(family_ip(e, f) for e in inventory.endpoints)]
+    families = families_present(inventory)
     new = shared_with(old, new)
     resolver = Resolver(inventory)
     done = [0]
@@ -273,7 +269,7 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
         return _family_cells(inventory, old, new, family, resolver, group_by, step)
 
     results: list[_FamilyCells] = []
-    if forks and len(families) == 2 and len(inventory.endpoints) >= FORK_FROM_ENDPOINTS:
+    if second_family_forked(inventory, families, forks):
         # Dual-stack and big: the second family on the other core (callgate.forked);
         # its steps are counted when it is done.
         with Forked.started(lambda: compared(families[1])) as second:

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
-from callgate.analysis.connectivity import Connectivity, Partition, ProtocolPortRange, family_ip
+from callgate.analysis.connectivity import (
+    Connectivity,
+    Partition,
+    ProtocolPortRange,
+    families_present,
+    second_family_forked,
+)
 from callgate.analysis.lint.linter import Item, Linter
 from callgate.forked import Forked
 from callgate.policy.model import (
@@ -28,10 +34,6 @@ from callgate.policy.model import (
     Tier,
 )
 from callgate.policy.positions import FieldPath
-
-# From this many endpoints, a dual-stack inventory's second family is checked by a
-# forked child (callgate.forked): below, the fork costs more than it saves.
-FORK_FROM_ENDPOINTS = 2_000
 
 # What the exact check reported: (id(item), None, 0) for a whole policy,
 # (id(item), direction, rule index) for one rule.
@@ -160,9 +162,9 @@ def exact(linter: Linter, items: list[Item], cluster: tuple[ClusterPolicy, ...] 
         part = Partition(inv, [policies], family, linter.resolver)
         return _redundancy(Connectivity(part, policies), first)
 
-    present = [family for family in (4, 6) if any(family_ip(e, family) for e in inv.endpoints)]
+    present = families_present(inv)
     families: list[_FamilyRedundancy] = []
-    if linter.forks and len(present) == 2 and len(inv.endpoints) >= FORK_FROM_ENDPOINTS:
+    if second_family_forked(inv, present, linter.forks):
         # Dual-stack and big: the second family on the other core. (It then asks about
         # everything, not only what the first found redundant; a verdict needs both, so
         # the verdicts are the same.) The answers are sets of ids, valid in the child:
