@@ -43,12 +43,17 @@ def _lines(f: Finding) -> list[Text]:
     comes from the input or from callgate, and none is read as rich markup (a name
     such as ``[x]`` or ``[/`` stays as written; a markup string lost the rule's name
     and raised on a field ``[/`` before a message ``]``) or as an emoji code."""
-    where = ": ".join(x for x in (f.object, f.field) if x)
-    line = Text.assemble(f"{f.location()}: ", (f.severity.label, _COLOURS[f.severity]),
-                         f" {f.rule}[{f.name}] {where + ': ' if where else ''}{f.message}")
+    head, label, rest = _parts(f)
+    line = Text.assemble(head, (label, _COLOURS[f.severity]), rest)
     if not f.hint:
         return [line]
     return [line, Text.assemble("    ", ("hint:", "dim"), f" {f.hint}")]
+
+
+def _parts(f: Finding) -> tuple[str, str, str]:
+    """A finding's line: location, severity (the coloured part), rule and message."""
+    where = ": ".join(x for x in (f.object, f.field) if x)
+    return f"{f.location()}: ", f.severity.label, f" {f.rule}[{f.name}] {where + ': ' if where else ''}{f.message}"
 
 
 def text(result: LintResult, console: Console) -> None:
@@ -68,8 +73,7 @@ def _plain(f: Finding, tab_size: int) -> str:
     """A finding's lines as :func:`_lines` renders them without colours. Formatted as
     one string (a third of the styled text's time) unless rich would change something
     in it: it expands tabs to its cell widths and drops terminal control codes."""
-    where = ": ".join(x for x in (f.object, f.field) if x)
-    text = f"{f.location()}: {f.severity.label} {f.rule}[{f.name}] {where + ': ' if where else ''}{f.message}"
+    text = "".join(_parts(f))
     if f.hint:
         text += f"\n    hint: {f.hint}"
     if "\t" not in text and strip_control_codes(text) == text:
