@@ -119,6 +119,36 @@ def second_family_forked(inventory: Inventory, families: Sequence[int], forks: b
     return forks and len(families) == 2 and len(inventory.endpoints) >= FORK_FROM_ENDPOINTS
 
 
+def families_alike(inventory: Inventory, policy_sets: Iterable[PolicySet]) -> bool:
+    """Would the IPv6 :class:`Partition` over ``policy_sets`` be the IPv4 one, class for
+    class and bit for bit, so that every answer over it is the same?
+
+    A partition depends on its family only through which endpoints have an address
+    of it and which address blocks hold those addresses (ipBlocks, cluster networks,
+    nodes peers' addresses; a block of the other family holds none). When the
+    endpoints with an IPv4 address are those with an IPv6 address, and no block
+    holds an endpoint's address of its own family, both partitions class the same
+    endpoints by namespace, labels and ports alone, number the classes alike (in key
+    order) and give every block no class: the same bits everywhere. A dual-stack
+    cluster whose ipBlocks name external networks is like that."""
+    addresses: dict[int, list[int]] = {4: [], 6: []}
+    for ep in inventory.endpoints:
+        v4, v6 = family_ip(ep, 4), family_ip(ep, 6)
+        if (v4 is None) != (v6 is None):
+            return False
+        if v4 is not None and v6 is not None:
+            addresses[4].append(int(v4))
+            addresses[6].append(int(v6))
+    for found in addresses.values():
+        found.sort()
+    for block in _blocks(policy_sets, inventory):
+        ordered = addresses[block.cidr.version]
+        first = bisect.bisect_left(ordered, int(block.cidr.network_address))
+        if first < len(ordered) and ordered[first] <= int(block.cidr.broadcast_address):
+            return False  # the block holds an address (its excepts may not matter: not looked at)
+    return True
+
+
 def family_ip(ep: Endpoint, family: int) -> IPAddress | None:
     """The endpoint's first address of ``family`` (4 or 6), if any."""
     for ip in ep.ips:

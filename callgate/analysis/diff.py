@@ -31,6 +31,7 @@ from callgate.analysis.connectivity import (
     Partition,
     Progress,
     ProtocolPortRange,
+    families_alike,
     families_present,
     merge_ranges,
     second_family_forked,
@@ -269,7 +270,13 @@ def connectivity_diff(inventory: Inventory, old: PolicySet, new: PolicySet, grou
         return _family_cells(inventory, old, new, family, resolver, group_by, step)
 
     results: list[_FamilyCells] = []
-    if second_family_forked(inventory, families, forks):
+    if len(families) == 2 and families_alike(inventory, [old, new]):
+        # IPv6's partition would be IPv4's, class for class: the same cells and pieces.
+        results.append(compared(families[0], step))
+        results.append(dataclasses.replace(results[0], family=families[1]))
+        for _ in range(len(results[1].segments) + 1):
+            step(len(results[1].segments) + 1)
+    elif second_family_forked(inventory, families, forks):
         # Dual-stack and big: the second family on the other core (callgate.forked);
         # its steps are counted when it is done.
         with Forked.started(lambda: compared(families[1])) as second:

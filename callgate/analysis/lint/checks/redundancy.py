@@ -18,6 +18,7 @@ from callgate.analysis.connectivity import (
     Connectivity,
     Partition,
     ProtocolPortRange,
+    families_alike,
     families_present,
     second_family_forked,
 )
@@ -163,6 +164,8 @@ def exact(linter: Linter, items: list[Item], cluster: tuple[ClusterPolicy, ...] 
         return _redundancy(Connectivity(part, policies), first)
 
     present = families_present(inv)
+    if len(present) == 2 and families_alike(inv, [policies]):
+        present = present[:1]  # IPv6 would give IPv4's answers: same classes, same bits
     families: list[_FamilyRedundancy] = []
     if second_family_forked(inv, present, linter.forks):
         # Dual-stack and big: the second family on the other core. (It then asks about
