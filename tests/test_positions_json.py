@@ -3,8 +3,10 @@ reads differently goes the YAML way."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,16 @@ def _paths(value: Any, prefix: FieldPath = ()) -> list[FieldPath]:
     return out
 
 
+@contextlib.contextmanager
+def _usual_recursion_limit() -> Iterator[None]:
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def _composed(file: Path, paths: list[FieldPath]) -> dict[FieldPath, tuple[int | None, int | None]]:
     composer = Positions()  # walks the composed nodes: the oracle
     return {p: composer(str(file), 0, p) for p in paths}
@@ -59,9 +71,12 @@ def test_json_positions_are_the_composers(tmp_path: Path, value: Any, indent: in
     file.write_text(text, encoding="utf-8")
     paths = _paths(value)
     expected = _composed(file, paths)
-    found = jsonpositions.marks(text, paths)
+    with _usual_recursion_limit():  # hypothesis raises it, and then the JSON way stands aside
+        found = jsonpositions.marks(text, paths)
     if found is not None:
         assert found == expected
+    else:  # only text YAML reads otherwise (see jsonpositions' docstring) goes the YAML way
+        assert any(c in text for c in "\t\r\x85\u2028\x7f\ufeff\x00") or "\\u" in text or ":\n" in text
     assert Positions().many(str(file), 0, paths) == expected
 
 
@@ -111,6 +126,28 @@ def test_nesting_libyaml_refuses_goes_the_yaml_way_whatever_the_recursion_limit(
     assert Positions().many(str(file), 0, [(0, 0)]) == _composed(file, [(0, 0)]) == {(0, 0): (None, None)}
 
 
+# JSON with duplicate keys, which json.dumps never writes: a decoded object holds the last
+# value of a key, whose text (or length: 1 and 12) may not be an earlier one's.
+_DUP_SCALARS = st.sampled_from(["1", "12", "1.5", "1e3", '"x"', '"xy"', "true", "null", "[]", "{}", "[1]", '{"k": 1}'])
+_DUP_VALUES = st.recursive(_DUP_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3).map(lambda items: "[" + ", ".join(items) + "]"),
+    st.lists(st.tuples(st.sampled_from(["a", "b", "k"]), inner), max_size=4).map(
+        lambda pairs: "{" + ", ".join(f'"{k}": {v}' for k, v in pairs) + "}")), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "k"]), _DUP_VALUES), min_size=1, max_size=5))
+def test_duplicate_keys_are_placed_as_the_composer_places_them(tmp_path: Path, pairs: list[tuple[str, str]]) -> None:
+    text = "{" + ", ".join(f'"{k}": {v}' for k, v in pairs) + "}"
+    file = tmp_path / "dup.json"
+    file.write_text(text, encoding="utf-8")
+    paths = [(k, *rest) for k in ("a", "b", "k", "z") for rest in [(), ("a",), ("k",), (0,), (1,), (0, "k"), ("a", 0)]]
+    with _usual_recursion_limit():  # hypothesis raises it, and then the JSON way stands aside
+        found = jsonpositions.marks(text, paths)
+    assert found is not None  # ASCII JSON that YAML reads alike: the JSON way answers
+    assert found == _composed(file, paths)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(st.dictionaries(st.sampled_from(["spec", "items", "a b", "é"]), _VALUES, max_size=3), min_size=1,
                 max_size=4),
@@ -152,22 +189,24 @@ def test_refused_characters_are_the_same_as_bytes_and_by_the_regex() -> None:
             assert jsonpositions._refused_character(text) == bool(jsonpositions._NOT_PLAIN.search(text)), repr(text)
 
 
-def test_members_are_listed_only_as_far_as_a_path_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A namespace's place in an inventory must not scan the pods written after the namespaces.
-    text = json.dumps({"namespaces": {"a": {}, "b": {"labels": {}}},
-                       "endpoints": [{"name": f"p{i}"} for i in range(50)]}, indent=1)
-    scanned: list[int] = []
-    scan = jsonpositions._SCAN
+@pytest.mark.parametrize("label", ["x", "\u00e9"])  # ASCII text: members by their decoded texts; else scanned
+def test_members_are_listed_only_as_far_as_a_path_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        label: str) -> None:
+    # A namespace's place in an inventory must not list the pods written after the namespaces.
+    text = json.dumps({"namespaces": {"a": {}, "b": {"labels": {"l": label}}},
+                       "endpoints": [{"name": f"p{i}"} for i in range(50)]}, indent=1, ensure_ascii=False)
+    listed: list[int] = []
+    after_member = jsonpositions._Walker._after_member
 
-    def counting(s: str, at: int) -> tuple[Any, int]:
-        scanned.append(at)
-        return scan(s, at)
+    def counting(self: Any, i: int, close: str) -> int | None:
+        listed.append(i)
+        return after_member(self, i, close)  # type: ignore[no-any-return]
 
     file = tmp_path / "inventory.json"
     file.write_text(text, encoding="utf-8")
-    monkeypatch.setattr(jsonpositions, "_SCAN", counting)
+    monkeypatch.setattr(jsonpositions._Walker, "_after_member", counting)
     namespace: list[FieldPath] = [("namespaces", "b", "labels"), ("namespaces", "c")]
     assert jsonpositions.marks(text, namespace) == _composed(file, namespace)
-    assert scanned and all(at < text.index('"endpoints"') for at in scanned)
+    assert listed and all(at < text.index('"endpoints"') for at in listed)
     pod: list[FieldPath] = [("endpoints", 3, "name"), ("endpoints", 60)]
     assert jsonpositions.marks(text, pod) == _composed(file, pod)

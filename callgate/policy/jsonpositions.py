@@ -24,7 +24,10 @@ The whole text is checked to be one JSON value in C, without building it
 (msgspec's ``Raw``), as YAML would read all of it; after that only the values on
 the way to the paths asked for are listed, and a container's members only up
 to the one a path needs: a namespace's place in a 15 MB inventory no longer
-scans the 50,000 pods written after the namespaces.
+scans the 50,000 pods written after the namespaces. In ASCII text a member's
+end is its start plus the length of its text, which msgspec finds for all of
+a container's members at once (again without building them); other text is
+scanned member by member with the json module.
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ _KEY = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"[ \n]*:[ \n]*')
 _AFTER = re.compile(r"[ \n]*(,?)[ \n]*")
 # A key's colon must be within 1024 characters of its start (libyaml counts characters):
 # keys shorter than 900 characters with fewer than 100 spaces before their colon are.
-_LONG_KEY = re.compile(r'"[^"]{900,}"[ \n]*:')
-_LONG_SPACE_BEFORE_COLON = re.compile(r'"[ \n]{100,}:')
+# One pass over the quotes for both (a pass each was a fifth of placing a 15 MB inventory).
+_LONG_KEY_OR_SPACE_BEFORE_COLON = re.compile(r'"(?:[^"]{900,}"[ \n]*|[ \n]{100,}):')
 _LIBYAML_MAX_DEPTH = 1000  # flow levels
 _SCAN = json.JSONDecoder().raw_decode  # one value from an offset: (value, end), scanned in C
 
@@ -65,7 +68,7 @@ def marks(text: str, paths: Sequence[FieldPath]) -> dict[FieldPath, tuple[int, i
     start = _space(text, 0)
     if text[start:start + 1] not in ("{", "[") or not _one_json_value(text) or not _plain(text):
         return None
-    walker = _Walker(text)
+    walker = _Walker.over(text, start)
     try:
         offsets = {path: walker.offset(start, path) for path in paths}
     except (ValueError, IndexError, RecursionError):  # not expected of checked JSON: the YAML way decides
@@ -90,12 +93,13 @@ def _one_json_value(text: str) -> bool:
 def _plain(text: str) -> bool:
     """No character, escape, key or nesting where YAML and JSON part ways (``text``:
     one JSON value, see :func:`_one_json_value`)."""
-    if _refused_character(text) or _SURROGATE_ESCAPE.search(text) or _KEY_ACROSS_LINES.search(text):
+    if _refused_character(text) or _SURROGATE_ESCAPE.search(text) or (
+            "\n" in text and _KEY_ACROSS_LINES.search(text)):  # most big JSON is one line
         return False
     # Same length, but no quote or backslash inside a string is escaped any more, so a
     # run between quotes is a string (or what separates two).
     masked = text.replace("\\\\", "__").replace('\\"', "__")
-    return not _LONG_KEY.search(masked) and not _LONG_SPACE_BEFORE_COLON.search(masked)
+    return not _LONG_KEY_OR_SPACE_BEFORE_COLON.search(masked)
 
 
 def _refused_character(text: str) -> bool:
@@ -106,21 +110,45 @@ def _refused_character(text: str) -> bool:
     return _NOT_PLAIN.search(text) is not None
 
 
+# A container's members as their texts, decoded in C without building them: a member's
+# length is where it ends, so listing a 10,000-document List no longer builds each
+# document (the json scanner) to find where the next one starts.
+_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+_RAW_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_AFTER_VALUE = frozenset(" \n,]}")  # what may follow a value in JSON without tabs or \r
+
+
 @dataclass
 class _Listing:
     """A container's members found so far: keys (or indices) to where their values
-    start, and where the next member starts (None once all are listed)."""
+    start, and where the next member starts (None once all are listed). ``raws``: the
+    members' texts (see :data:`_RAW_ARRAY`), when the container's extent was known."""
 
     members: dict[str, int] | list[int]
     resume: int | None
+    raws: list[msgspec.Raw] | dict[str, msgspec.Raw] | None = None
 
 
 @dataclass
 class _Walker:
-    """Offsets of values, each container's members listed once and only as far as asked."""
+    """Offsets of values, each container's members listed once and only as far as asked.
+
+    ``data``: the text as bytes when it is ASCII (byte offsets are then character
+    offsets), so containers can be decoded as member texts; None: every member is
+    scanned with the json module."""
 
     text: str
+    data: memoryview | None = None
     _listings: dict[int, _Listing] = field(default_factory=dict)  # container start -> its listing
+    _ends: dict[int, int] = field(default_factory=dict)  # value start -> its end, where known
+
+    @classmethod
+    def over(cls, text: str, start: int) -> _Walker:
+        """A walker of ``text`` (one JSON value, checked) whose value starts at ``start``."""
+        if not text.isascii():
+            return cls(text)
+        # The root ends where the spaces after it begin.
+        return cls(text, memoryview(text.encode("ascii")), _ends={start: len(text.rstrip(" \n"))})
 
     def offset(self, start: int, path: FieldPath) -> int:
         """Where ``path`` (or its deepest existing parent) starts, from the value at ``start``."""
@@ -143,22 +171,32 @@ class _Walker:
             if not isinstance(step, str):
                 return None
             while step not in members and listing.resume is not None:
-                listing.resume = self._next_pair(members, listing.resume)
+                listing.resume = self._next_pair(listing, members, listing.resume)
             return members.get(step)
         if not isinstance(step, int) or step < 0:
             return None
         while len(members) <= step and listing.resume is not None:
-            members.append(listing.resume)
-            listing.resume = self._after_member(_SCAN(self.text, listing.resume)[1], "]")
+            start = listing.resume
+            members.append(start)
+            raws = listing.raws
+            if isinstance(raws, list) and len(members) <= len(raws):
+                end = self._ends[start] = start + len(raws[len(members) - 1])
+            else:
+                end = _SCAN(self.text, start)[1]
+            listing.resume = self._after_member(end, "]")
         return members[step] if step < len(members) else None
 
     def _opened(self, at: int) -> _Listing:
         mapping = self.text[at] == "{"
         i = _space(self.text, at + 1)
         empty = self.text[i] == ("}" if mapping else "]")
-        return _Listing({} if mapping else [], None if empty else i)
+        raws: list[msgspec.Raw] | dict[str, msgspec.Raw] | None = None
+        end = self._ends.get(at)
+        if not empty and self.data is not None and end is not None:
+            raws = (_RAW_OBJECT if mapping else _RAW_ARRAY).decode(self.data[at:end])
+        return _Listing({} if mapping else [], None if empty else i, raws)
 
-    def _next_pair(self, members: dict[str, int], i: int) -> int | None:
+    def _next_pair(self, listing: _Listing, members: dict[str, int], i: int) -> int | None:
         """Lists the key and value at ``i``; where the next pair starts."""
         text = self.text
         match = _KEY.match(text, i)  # the key, its colon and the spaces around it at once
@@ -169,7 +207,20 @@ class _Walker:
             key = json.loads(f'"{key}"')
         at = match.end()
         members.setdefault(key, at)  # the first of duplicate keys, as the composer walks
-        return self._after_member(_SCAN(text, at)[1], "}")
+        return self._after_member(self._value_end(listing, key, at), "}")
+
+    def _value_end(self, listing: _Listing, key: str, at: int) -> int:
+        """Where the value of ``key`` starting at ``at`` ends. Of duplicate keys the decoded
+        object holds the last value: its text is taken only where it is this one's."""
+        raws = listing.raws
+        if isinstance(raws, dict) and self.data is not None and key in raws:
+            raw = raws[key]
+            end = at + len(raw)
+            # A number may be the start of a longer one (1 and 12): what follows must end it.
+            if self.data[at:end] == raw and self.text[end:end + 1] in _AFTER_VALUE:
+                self._ends[at] = end
+                return end
+        return _SCAN(self.text, at)[1]
 
     def _after_member(self, i: int, close: str) -> int | None:
         """Past a member ending at ``i``: where the next one starts, None at ``close``."""
