@@ -8,12 +8,14 @@ and left out, and the rest of its App is still checked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from callgate.analysis.lint.findings import Finding
+from callgate.analysis.lint.places import Found, NamespacePlaces, Place, PlacesAhead, unplaced_paths
 from callgate.analysis.lint.rules import BY_ID, Severity
 from callgate.errors import InputError, Problem
 from callgate.policy.documents import INVENTORY_KINDS, POLICY_KINDS, Document, files_under, format_path, read_documents
@@ -114,6 +116,8 @@ class Linter:
         # Findings on items still without their line and column: (index in findings,
         # document, path in its file), placed all at once by place().
         self._unplaced: list[tuple[int, Document, FieldPath]] = []
+        self._ahead: PlacesAhead | None = None  # see placing_ahead()
+        self._namespace_place: Callable[[str], Place] | None = None
 
     def report(self, rule: str, message: str, item: Item | None = None, path: Sequence[str | int] = (),
                hint: str | None = None, severity: Severity | None = None, file: str | None = None,
@@ -131,14 +135,49 @@ class Linter:
             rule, severity or BY_ID[rule].severity, message, file, line, column, obj,
             format_path(path) or None, hint or None, doc_key))
 
+    @contextlib.contextmanager
+    def placing_ahead(self) -> Iterator[None]:
+        """Within the block, a forked child (only if this linter :attr:`forks`) finds where
+        the namespaces are declared and where the findings reported so far are written,
+        while the checks run here (:mod:`callgate.analysis.lint.places`)."""
+        if not self.forks:
+            yield
+            return
+        with PlacesAhead.started(self.inventory_paths, unplaced_paths(self._unplaced)) as ahead:
+            self._ahead = ahead
+            try:
+                yield
+            finally:
+                self._ahead = None
+
+    def namespace_place(self, ns: str) -> Place:
+        """Where namespace ``ns`` is declared in the inventory files: a finding about the
+        namespace itself is reported there."""
+        if self._namespace_place is None:
+            if self._ahead is not None:
+                places, undeclared = self._ahead.namespaces(self.positions)
+                self._namespace_place = lambda name: places.get(name, undeclared)
+            else:
+                self._namespace_place = NamespacePlaces.read(self.inventory_paths, self.positions).find
+        return self._namespace_place(ns)
+
     def place(self) -> None:
         """Give the findings on items their line and column. All the paths in a file are
         looked up in one pass over it: a look-up per finding composed the whole file into
-        nodes (5 s for a 4 MB List of 10,000 policies)."""
-        paths: dict[str, dict[int, list[FieldPath]]] = {}
-        for _, doc, path in self._unplaced:
-            paths.setdefault(doc.file, {}).setdefault(doc.index, []).append(path)
-        found = {file: self.positions.in_documents(file, wanted) for file, wanted in paths.items()}
+        nodes (5 s for a 4 MB List of 10,000 policies). Those a child of
+        :meth:`placing_ahead` found are not looked up again."""
+        paths = unplaced_paths(self._unplaced)
+        ahead: Found = self._ahead.found(self.positions) if self._ahead is not None else {}
+        found: Found = {}
+        for file, wanted in paths.items():
+            known = ahead.get(file, {})
+            found[file] = {index: dict(known.get(index, {})) for index in wanted}
+            missing = {index: [p for p in doc_paths if p not in found[file][index]]
+                       for index, doc_paths in wanted.items()}
+            missing = {index: doc_paths for index, doc_paths in missing.items() if doc_paths}
+            if missing:
+                for index, more in self.positions.in_documents(file, missing).items():
+                    found[file][index].update(more)
         for k, doc, path in self._unplaced:
             line, column = found[doc.file][doc.index][path]
             self.findings[k] = dataclasses.replace(self.findings[k], line=line, column=column)

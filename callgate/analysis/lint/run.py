@@ -36,11 +36,14 @@ def run_checks(linter: Linter, config: LintConfig) -> None:
     cluster = [i for i in linter.items if i.cluster is not None]
     cluster_policies = tuple(i.cluster for i in cluster if i.cluster is not None)
     reported: redundancy.Reported = set()
-    tiers.check(linter, cluster)
-    if linter.inventory is not None:
-        inventory.check(linter, compiled, cluster_policies)
-        tiers.check_inventory(linter, cluster)
-        reported = redundancy.exact(linter, compiled, cluster_policies)
-    redundancy.syntactic(linter, compiled, reported)
-    linter.place()
+    # The document checks' findings (most of a big lint's) and the namespaces are
+    # placed in their files beside the other checks.
+    with linter.placing_ahead():
+        tiers.check(linter, cluster)
+        if linter.inventory is not None:
+            inventory.check(linter, compiled, cluster_policies)
+            tiers.check_inventory(linter, cluster)
+            reported = redundancy.exact(linter, compiled, cluster_policies)
+        redundancy.syntactic(linter, compiled, reported)
+        linter.place()
     linter.findings = apply_suppressions(linter.findings, (i.doc for i in linter.items), config)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from callgate.analysis.lint.checks.document import as_mapping
 from callgate.analysis.lint.linter import Item, Linter
-from callgate.policy.documents import Document, files_under, read_documents
 from callgate.policy.model import (
     ENFORCEMENT_KEY,
     ENFORCEMENT_MODES,
@@ -23,7 +21,6 @@ from callgate.policy.model import (
     Peer,
     Policy,
 )
-from callgate.policy.positions import FieldPath, Position
 from callgate.policy.resolve import Resolver
 
 
@@ -153,7 +150,6 @@ def _default_deny(linter: Linter, resolver: Resolver, items: list[Item], cluster
     eps_by_ns: dict[str, list[Endpoint]] = {}
     for e in inv.endpoints:
         eps_by_ns.setdefault(e.namespace, []).append(e)
-    where: _NamespacePositions | None = None
     for ns in sorted(eps_by_ns):
         pols = [p for p in by_ns.get(ns, []) if Direction.INGRESS in p.policy_types]
         if any(p.pod_selector.is_empty for p in pols):
@@ -163,9 +159,7 @@ def _default_deny(linter: Linter, resolver: Resolver, items: list[Item], cluster
         open_eps = [e.key for e in eps_by_ns[ns] if id(e) not in guarded and id(e) not in isolated]
         if not open_eps:
             continue
-        if where is None:
-            where = _NamespacePositions(linter)
-        file, line, column = where.find(ns)
+        file, line, column = linter.namespace_place(ns)
         shown = ", ".join(open_eps[:5]) + (f" and {len(open_eps) - 5} more" if len(open_eps) > 5 else "")
         linter.report("CG110", f"namespace {ns} has no default-deny policy; {len(open_eps)} pod(s) accept "
                       f"traffic from anywhere: {shown}", file=file, line=line, column=column,
@@ -177,14 +171,11 @@ def _enforcement(linter: Linter) -> None:
     """Namespaces in audit (said, info) and enforcement values that mean nothing (an error, enforced)."""
     inv = linter.inventory
     assert inv is not None
-    where: _NamespacePositions | None = None
     for name in sorted(inv.namespaces):
         ns = inv.namespaces[name]
         if ns.enforcement is None or ns.enforcement == "enforce":
             continue
-        if where is None:
-            where = _NamespacePositions(linter)
-        file, line, column = where.find(name)
+        file, line, column = linter.namespace_place(name)
         if ns.audit:
             linter.report("CG118", f"namespace {name} is in audit: its policies' denials are logged as "
                           "would-deny and let through", file=file, line=line, column=column, obj=f"Namespace {name}")
@@ -192,55 +183,3 @@ def _enforcement(linter: Linter) -> None:
             linter.report("CG117", f"namespace {name}: {ENFORCEMENT_KEY} is {ns.enforcement!r}; expected "
                           f"{' or '.join(ENFORCEMENT_MODES)} (treated as enforce)", file=file, line=line,
                           column=column, obj=f"Namespace {name}", hint=f"{ENFORCEMENT_KEY}: audit")
-
-
-class _NamespacePositions:
-    """Where each namespace is declared in the inventory files, if anywhere.
-
-    The files are read once for all namespaces (reading them per namespace was
-    35 s of a 44 s lint at 400 namespaces). Same answers as a scan per namespace
-    that stops at the first declaration: files and documents in order, the first
-    declaration wins; a file that cannot be read ends the scan, and namespaces not
-    found before it get no position at all (the per-namespace scan would have
-    failed on that file too)."""
-
-    def __init__(self, linter: Linter) -> None:
-        self.linter = linter
-        self.first_file: str | None = None
-        self.failed = False
-        self.found: dict[str, tuple[Document, FieldPath]] = {}  # ns -> (document, path)
-        self.marks: dict[tuple[str, int], dict[FieldPath, Position]] = {}
-        try:
-            files = files_under(linter.inventory_paths)
-            self.first_file = str(files[0]) if files else None
-            for path in files:
-                for doc in read_documents(path):
-                    data = as_mapping(doc.data)
-                    if data.get("kind") == "Inventory":
-                        for ns in as_mapping(data.get("namespaces")):
-                            if isinstance(ns, str):
-                                self.found.setdefault(ns, (doc, (*doc.path, "namespaces", ns)))
-                    if data.get("kind") == "Namespace":
-                        name = as_mapping(data.get("metadata")).get("name")
-                        if isinstance(name, str):
-                            self.found.setdefault(name, (doc, doc.path))
-        except Exception:
-            self.failed = True
-
-    def find(self, ns: str) -> tuple[str | None, int | None, int | None]:
-        hit = self.found.get(ns)
-        if hit is None:
-            return (None, None, None) if self.failed else (self.first_file, None, None)
-        doc, path = hit
-        where = (doc.file, doc.index)
-        if where not in self.marks:
-            # Every namespace declared in that document at once: one pass over the file.
-            paths = [p for d, p in self.found.values() if (d.file, d.index) == where]
-            try:
-                self.marks[where] = self.linter.positions.many(doc.file, doc.index, paths)
-            except Exception:
-                self.marks[where] = {}
-        line_col = self.marks[where].get(path)
-        if line_col is None:
-            return None, None, None
-        return doc.file, line_col[0], line_col[1]

@@ -1,0 +1,90 @@
+"""Findings placed by a forked child (lint's PlacesAhead) are placed as this process
+places them, and a child that gives nothing changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from callgate.analysis.lint import places
+from callgate.analysis.lint.run import lint
+from callgate.policy import load_inventory
+from tests.helpers import ROOT
+
+SHOP = ROOT / "examples" / "shop" / "inventory.yaml"
+POLICIES = ROOT / "examples" / "lint"
+
+
+def _inputs(tmp_path: Path, as_json: bool) -> tuple[list[str], list[str]]:
+    """The shop's inventory and the lint examples, as written or as JSON (the policies
+    then one List)."""
+    if not as_json:
+        return [str(SHOP)], [str(POLICIES)]
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps(yaml.safe_load(SHOP.read_text())), encoding="utf-8")
+    items = [doc for file in sorted(POLICIES.iterdir()) for doc in yaml.safe_load_all(file.read_text()) if doc]
+    policies = tmp_path / "policies.json"
+    policies.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=1), encoding="utf-8")
+    return [str(inventory)], [str(policies)]
+
+
+def _findings(inventory: list[str], policies: list[str], forks: bool) -> list[Any]:
+    return lint(policies, load_inventory(inventory), inventory_paths=inventory, forks=forks).findings
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_child_places_findings_as_this_process_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     as_json: bool) -> None:
+    inventory, policies = _inputs(tmp_path, as_json)
+    here = _findings(inventory, policies, forks=False)
+    started: list[object] = []
+
+    class Recorded(places.PlacesAhead):
+        def __init__(self, *args: Any) -> None:
+            started.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(places, "AHEAD_MIN_BYTES", 0)
+    monkeypatch.setattr(places, "PlacesAhead", Recorded)
+    monkeypatch.setattr("callgate.analysis.lint.linter.PlacesAhead", Recorded)
+    ahead = _findings(inventory, policies, forks=True)
+    assert started, "the child was not started"
+    assert ahead == here
+    # Both kinds of place were asked for: namespaces (CG110) and findings on documents.
+    assert {f.rule for f in here} >= {"CG110", "CG109", "CG101"}
+    assert all(f.line is not None for f in here if f.rule in ("CG110", "CG109"))
+
+
+@pytest.mark.parametrize("fails", ["dies", "raises", "sends nonsense"])
+def test_what_the_child_did_not_send_is_found_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    fails: str) -> None:
+    inventory, policies = _inputs(tmp_path, as_json=True)
+    here = _findings(inventory, policies, forks=False)
+
+    def broken(paths: Any, wanted: Any, send: Any) -> None:
+        if fails == "dies":
+            os._exit(3)
+        if fails == "raises":
+            raise RuntimeError("no")
+        send(("namespaces", "not places"))  # the parent must not take this as an answer
+        send(("found", None))
+
+    monkeypatch.setattr(places, "AHEAD_MIN_BYTES", 0)
+    monkeypatch.setattr(places, "_find", broken)
+    assert _findings(inventory, policies, forks=True) == here
+
+
+def test_no_child_for_small_files_or_a_linter_not_told_to_fork(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    inventory, policies = _inputs(tmp_path, as_json=False)
+    started: list[object] = []
+    monkeypatch.setattr(places, "Child", lambda produce: started.append(produce))
+    _findings(inventory, policies, forks=True)  # the shop: a few KB
+    monkeypatch.setattr(places, "AHEAD_MIN_BYTES", 0)
+    _findings(inventory, policies, forks=False)
+    assert started == []
