@@ -362,15 +362,14 @@ class Endpoint:
     # /proc/PID/ns/net). Without ``interface`` (macvlan, ipvlan: no host-side
     # interface) callgate enforces inside it.
     netns: str | None = None
+    # "namespace/name", made once: classes, matrices and reports look it up millions of times.
+    key: str = field(init=False, repr=False, compare=False)
 
     __hash__ = None  # type: ignore[assignment]  # labels are a mapping: see the module docstring
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", read_only(self.labels))
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
     def resolve_port(self, name: str, protocol: PortProtocol) -> list[int]:
         """Numbers a named port stands for on this endpoint (usually one or none)."""
