@@ -1,10 +1,10 @@
-"""Findings placed by a forked child (lint's PlacesAhead) are placed as this process
-places them, and a child that gives nothing changes nothing."""
+"""Findings placed by lint's helper process (PlacesAhead) are placed as this process
+places them, and a helper that answers nothing changes nothing."""
 
 from __future__ import annotations
 
 import json
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,41 +50,51 @@ def test_a_child_places_findings_as_this_process_does(tmp_path: Path, monkeypatc
             super().__init__(*args)
 
     monkeypatch.setattr(places, "AHEAD_MIN_BYTES", 0)
-    monkeypatch.setattr(places, "PlacesAhead", Recorded)
     monkeypatch.setattr("callgate.analysis.lint.linter.PlacesAhead", Recorded)
     ahead = _findings(inventory, policies, forks=True)
-    assert started, "the child was not started"
+    assert started, "the helper was not started"
     assert ahead == here
     # Both kinds of place were asked for: namespaces (CG110) and findings on documents.
     assert {f.rule for f in here} >= {"CG110", "CG109", "CG101"}
     assert all(f.line is not None for f in here if f.rule in ("CG110", "CG109"))
 
 
-@pytest.mark.parametrize("fails", ["dies", "raises", "sends nonsense"])
-def test_what_the_child_did_not_send_is_found_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    fails: str) -> None:
+_BROKEN = {
+    "dies": "import os; os._exit(3)",
+    "raises": "raise SystemExit('no')",
+    # Answers of the wrong shape: the parent must not take them.
+    "answers nonsense": "import pickle, sys; [pickle.dump(a, sys.stdout.buffer) for a in "
+                        "(('namespaces', 'not places'), ('found', None))]; sys.stdout.flush()",
+    "answers half": "import pickle, sys; pickle.dump(('namespaces', ({}, (None, None))), sys.stdout.buffer)",
+    "reads nothing": "import time; time.sleep(0.5)",
+}
+
+
+@pytest.mark.parametrize("helper", sorted(_BROKEN))
+def test_what_the_helper_did_not_answer_is_found_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      helper: str) -> None:
     inventory, policies = _inputs(tmp_path, as_json=True)
     here = _findings(inventory, policies, forks=False)
-
-    def broken(paths: Any, wanted: Any, send: Any) -> None:
-        if fails == "dies":
-            os._exit(3)
-        if fails == "raises":
-            raise RuntimeError("no")
-        send(("namespaces", "not places"))  # the parent must not take this as an answer
-        send(("found", None))
-
     monkeypatch.setattr(places, "AHEAD_MIN_BYTES", 0)
-    monkeypatch.setattr(places, "_find", broken)
+    monkeypatch.setattr(places, "HELPER", [sys.executable, "-c", _BROKEN[helper]])
     assert _findings(inventory, policies, forks=True) == here
 
 
-def test_no_child_for_small_files_or_a_linter_not_told_to_fork(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_helper_for_small_files_or_a_linter_not_told_to_fork(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     inventory, policies = _inputs(tmp_path, as_json=False)
     started: list[object] = []
-    monkeypatch.setattr(places, "Child", lambda produce: started.append(produce))
+
+    class Recorded(places.PlacesAhead):
+        def __init__(self, *args: Any) -> None:
+            started.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(places, "PlacesAhead", Recorded)
+    monkeypatch.setattr("callgate.analysis.lint.linter.PlacesAhead", Recorded)
     _findings(inventory, policies, forks=True)  # the shop: a few KB
     monkeypatch.setattr(places, "AHEAD_MIN_BYTES", 0)
     _findings(inventory, policies, forks=False)
     assert started == []
+    _findings(inventory, policies, forks=True)
+    assert len(started) == 1

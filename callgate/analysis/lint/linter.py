@@ -136,19 +136,25 @@ class Linter:
             format_path(path) or None, hint or None, doc_key))
 
     @contextlib.contextmanager
-    def placing_ahead(self) -> Iterator[None]:
-        """Within the block, a forked child (only if this linter :attr:`forks`) finds where
-        the namespaces are declared and where the findings reported so far are written,
-        while the checks run here (:mod:`callgate.analysis.lint.places`)."""
+    def placing_ahead(self, paths: Iterable[str | Path]) -> Iterator[None]:
+        """Within the block, a helper process (only if this linter :attr:`forks`) finds
+        where the namespaces are declared, and where the findings reported before
+        :meth:`want_places` are written, while this one reads the policy files under
+        ``paths`` and runs the checks (:mod:`callgate.analysis.lint.places`)."""
         if not self.forks:
             yield
             return
-        with PlacesAhead.started(self.inventory_paths, unplaced_paths(self._unplaced)) as ahead:
+        with PlacesAhead.started(self.inventory_paths, paths) as ahead:
             self._ahead = ahead
             try:
                 yield
             finally:
                 self._ahead = None
+
+    def want_places(self) -> None:
+        """Have the helper of :meth:`placing_ahead` look up the findings reported so far."""
+        if self._ahead is not None:
+            self._ahead.want(unplaced_paths(self._unplaced))
 
     def namespace_place(self, ns: str) -> Place:
         """Where namespace ``ns`` is declared in the inventory files: a finding about the

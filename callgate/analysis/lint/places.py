@@ -8,24 +8,32 @@ checks' results to start: where each namespace is declared is known before any
 check runs, and the document checks' findings (most of them: a port without a
 protocol is reported on every such port) are reported before the others.
 
-So :class:`PlacesAhead` has a forked child (:mod:`callgate.forked`) find both
-while this process runs the other checks; :meth:`Linter.place` then looks up
-only the findings reported after the fork. The child reads the files itself
-and sends back plain tuples; it touches little of this process's memory, so
-the two do not slow each other down copying shared pages. Nothing depends on
-the child: whatever it did not send is found here, the same way, with the same
-answers (positions are a function of the file and the path alone).
+So :class:`PlacesAhead` asks a helper process (``python -m
+callgate.analysis.lint.places``) for both while this one reads the policies and
+runs the other checks; :meth:`Linter.place` then looks up only the findings
+reported after that. The helper is a new interpreter, not a fork: it reads the
+files itself and needs nothing of this process's memory, and a fork would make
+every page this process then writes a copy-on-write fault (~0.1 s of the checks
+after it at bench size). Requests and answers are pickled plain values over its
+stdin and stdout. Nothing depends on the helper: whatever it did not answer
+(it could not start, died, answered something else) is found here, the same way
+and with the same answers (positions are a function of the file and the path
+alone).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import subprocess
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
-from callgate.forked import Child, Send
 from callgate.policy.documents import Document, files_under, read_documents
 from callgate.policy.positions import FieldPath, Position, Positions
 
@@ -35,8 +43,9 @@ Place = tuple[str | None, int | None, int | None]
 Wanted = dict[str, dict[int, list[FieldPath]]]
 Found = dict[str, dict[int, dict[FieldPath, Position]]]
 
-# Below this many bytes of files to read, a child costs more than it saves.
+# Below this many bytes of files to read, a helper costs more than it saves.
 AHEAD_MIN_BYTES = 1 << 20
+HELPER = [sys.executable, "-m", __name__]  # the helper process: this module's serve()
 
 
 @dataclass
@@ -115,27 +124,32 @@ def positions_of(wanted: Wanted, positions: Positions) -> Found:
 
 
 class PlacesAhead:
-    """Namespace places and the positions of ``wanted``, found by a forked child;
-    see the module docstring. Each is asked for at most once, in either order; what
-    the child did not send is found here."""
+    """Namespace places and the positions of wanted paths, found by a helper process;
+    see the module docstring. Each is asked for at most once; what the helper does
+    not answer is found here."""
 
-    def __init__(self, inventory_paths: Sequence[str], wanted: Wanted) -> None:
+    def __init__(self, inventory_paths: Sequence[str]) -> None:
         self._inventory_paths = list(inventory_paths)
-        self._wanted = wanted
-        self._child: Child | None = Child(lambda send: _find(self._inventory_paths, wanted, send))
-        self._received: Iterator[Any] = self._child.received()
-        self._sent: dict[str, Any] = {}
+        self._wanted: Wanted = {}
+        self._answers: dict[str, Any] = {}
+        self._asking: threading.Thread | None = None
+        # A new interpreter (see the module docstring); stderr: a helper that fails
+        # says nothing, its work is done here.
+        self._helper: subprocess.Popen[bytes] | None = subprocess.Popen(
+            HELPER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._ask("namespaces", self._inventory_paths)
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, inventory_paths: Sequence[str], wanted: Wanted) -> Iterator[PlacesAhead | None]:
-        """A child finding them when the files to read are worth it (None when not, or
-        when the fork fails), stopped and reaped however the block ends."""
+    def started(cls, inventory_paths: Sequence[str], paths: Iterable[str | Path]) -> Iterator[PlacesAhead | None]:
+        """A helper when the files to read (the inventory's, and the policies under
+        ``paths``) are worth it: None when not, or when it cannot start. Stopped however
+        the block ends."""
         try:
-            files = [*map(str, files_under(inventory_paths)), *wanted]
+            files = [*files_under(inventory_paths), *files_under(paths)]
             worth = sum(os.stat(file).st_size for file in files) >= AHEAD_MIN_BYTES
-            ahead = cls(inventory_paths, wanted) if worth else None
-        except Exception:  # a path that cannot be read (reported elsewhere), a failed fork
+            ahead = cls(inventory_paths) if worth else None
+        except Exception:  # a path that cannot be read (reported elsewhere), no helper
             ahead = None
         try:
             yield ahead
@@ -143,38 +157,99 @@ class PlacesAhead:
             if ahead is not None:
                 ahead.close()
 
+    def want(self, wanted: Wanted) -> None:
+        """Ask for the positions of ``wanted`` (once): :meth:`found` gives them. The
+        request is written by a thread: the helper reads it only once it has answered
+        the namespaces, and a pipe holds 64 KiB, so writing it here would hold the
+        checks back until then."""
+        self._wanted = wanted
+        self._asking = threading.Thread(target=self._ask, args=("found", wanted), daemon=True)
+        self._asking.start()
+
     def namespaces(self, positions: Positions) -> tuple[Mapping[str, Place], Place]:
         """Every declared namespace's place, and the place of the others."""
-        sent = self._take("namespaces")
-        if isinstance(sent, tuple) and len(sent) == 2 and isinstance(sent[0], dict) and isinstance(sent[1], tuple):
+        sent = self._answer("namespaces")
+        if (isinstance(sent, tuple) and len(sent) == 2 and isinstance(sent[0], dict) and _is_place(sent[1])
+                and all(isinstance(ns, str) and _is_place(place) for ns, place in sent[0].items())):
             return sent
         return NamespacePlaces.read(self._inventory_paths, positions).every()
 
     def found(self, positions: Positions) -> Found:
-        """The positions of the paths wanted when the child started."""
-        sent = self._take("found")
-        return sent if isinstance(sent, dict) else positions_of(self._wanted, positions)
+        """The positions of the paths :meth:`want` asked for."""
+        sent = self._answer("found")
+        return sent if _is_found(sent, self._wanted) else positions_of(self._wanted, positions)
 
-    def _take(self, kind: str) -> Any:
-        while kind not in self._sent and self._child is not None:
-            sent = next(self._received, None)
+    def _ask(self, kind: str, argument: object) -> None:
+        helper = self._helper
+        if helper is None or helper.stdin is None:
+            return
+        # A helper that died (or was stopped) takes no request: answered here.
+        with contextlib.suppress(OSError, ValueError):
+            pickle.dump((kind, argument), helper.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            helper.stdin.flush()
+
+    def _answer(self, kind: str) -> Any:
+        while kind not in self._answers and self._helper is not None and self._helper.stdout is not None:
+            try:
+                sent = pickle.load(self._helper.stdout)
+            except Exception:  # it ended, or died mid-answer
+                sent = None
             if not (isinstance(sent, tuple) and len(sent) == 2 and isinstance(sent[0], str)):
-                self.close()  # the child is done, or died: the rest is found here
+                self.close()  # the rest is found here
                 break
-            self._sent[sent[0]] = sent[1]
-        return self._sent.pop(kind, None)
+            self._answers[sent[0]] = sent[1]
+        return self._answers.pop(kind, None)
 
     def close(self) -> None:
-        if self._child is not None:
-            self._child.close()
-            self._child = None
+        """Stop the helper, if it still runs (safe to call twice)."""
+        helper, self._helper = self._helper, None
+        if helper is None:
+            return
+        with contextlib.suppress(OSError):
+            helper.kill()
+        helper.wait()
+        if self._asking is not None:  # its write fails once the helper is gone
+            self._asking.join()
+        for pipe in (helper.stdin, helper.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
-def _find(inventory_paths: Sequence[str], wanted: Wanted, send: Send) -> None:
-    """In the child: the namespaces' places, then the positions of ``wanted``."""
+def _is_place(value: object) -> bool:
+    return isinstance(value, tuple) and len(value) == 3
+
+
+def _is_found(value: object, wanted: Wanted) -> bool:
+    """Is ``value`` a position for every path of ``wanted``, as :func:`positions_of` gives?"""
+    if not isinstance(value, dict):
+        return False
+    for file, by_doc in wanted.items():
+        found = value.get(file)
+        if not isinstance(found, dict):
+            return False
+        for index, paths in by_doc.items():
+            positions = found.get(index)
+            if not isinstance(positions, dict) or not all(
+                    isinstance(p := positions.get(path), tuple) and len(p) == 2 for path in paths):
+                return False
+    return True
+
+
+def serve(requests: BinaryIO, answers: BinaryIO) -> None:
+    """The helper: answer each pickled (kind, argument) request until there are no more."""
     positions = Positions()
-    send(("namespaces", NamespacePlaces.read(inventory_paths, positions).every()))
-    send(("found", positions_of(wanted, positions)))
+    while True:
+        try:
+            kind, argument = pickle.load(requests)
+        except EOFError:
+            return
+        if kind == "namespaces":
+            answer: Any = NamespacePlaces.read(argument, positions).every()
+        else:
+            answer = positions_of(argument, positions)
+        pickle.dump((kind, answer), answers, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.flush()
 
 
 def unplaced_paths(unplaced: Iterable[tuple[int, Document, FieldPath]]) -> Wanted:
@@ -183,3 +258,7 @@ def unplaced_paths(unplaced: Iterable[tuple[int, Document, FieldPath]]) -> Wante
     for _, doc, path in unplaced:
         paths.setdefault(doc.file, {}).setdefault(doc.index, []).append(path)
     return paths
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, sys.stdout.buffer)

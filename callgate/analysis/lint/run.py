@@ -19,10 +19,12 @@ def lint(paths: Iterable[str | Path], inventory: Inventory | None = None, config
     (only for paths that do not exist). ``skip_other_kinds``: see :func:`other_kind`;
     ``forks``: see :class:`Linter` (``callgate lint`` says yes)."""
     linter = Linter(inventory, inventory_paths, skip_other_kinds, forks)
-    linter.read(paths)
-    linter.drop_duplicates()
-    linter.compile_apps()
-    run_checks(linter, config or LintConfig())
+    paths = list(paths)
+    with linter.placing_ahead(paths):
+        linter.read(paths)
+        linter.drop_duplicates()
+        linter.compile_apps()
+        run_checks(linter, config or LintConfig())
     inventory_files = [str(p) for p in files_under(inventory_paths)] if inventory_paths else []
     return LintResult(sorted(linter.findings, key=Finding.sort_key), linter.files, inventory_files, linter.skipped)
 
@@ -36,14 +38,14 @@ def run_checks(linter: Linter, config: LintConfig) -> None:
     cluster = [i for i in linter.items if i.cluster is not None]
     cluster_policies = tuple(i.cluster for i in cluster if i.cluster is not None)
     reported: redundancy.Reported = set()
-    # The document checks' findings (most of a big lint's) and the namespaces are
-    # placed in their files beside the other checks.
-    with linter.placing_ahead():
-        tiers.check(linter, cluster)
-        if linter.inventory is not None:
-            inventory.check(linter, compiled, cluster_policies)
-            tiers.check_inventory(linter, cluster)
-            reported = redundancy.exact(linter, compiled, cluster_policies)
-        redundancy.syntactic(linter, compiled, reported)
-        linter.place()
+    # The document checks' findings (most of a big lint's) are placed in their files
+    # beside the other checks, when a helper does that (Linter.placing_ahead).
+    linter.want_places()
+    tiers.check(linter, cluster)
+    if linter.inventory is not None:
+        inventory.check(linter, compiled, cluster_policies)
+        tiers.check_inventory(linter, cluster)
+        reported = redundancy.exact(linter, compiled, cluster_policies)
+    redundancy.syntactic(linter, compiled, reported)
+    linter.place()
     linter.findings = apply_suppressions(linter.findings, (i.doc for i in linter.items), config)
