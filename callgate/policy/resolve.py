@@ -81,6 +81,8 @@ class Resolver:
             (ns,) = namespaces
             index = self._namespace_label_index()
             candidates = min((index.get((ns, *item), []) for item in selector.match_labels), key=len)
+            if len(selector.match_labels) == 1 and not selector.match_expressions:
+                return tuple(eps[i] for i in candidates)  # the posting is the answer: one label, in ns
             return tuple(eps[i] for i in candidates if selector.matches(eps[i].labels))
         in_namespaces = len(eps) if namespaces is None else sum(len(self._by_ns.get(ns, ())) for ns in namespaces)
         if (namespaces is not None and selector is not None and selector.match_labels
