@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from callgate.policy.fastvalid import native_endpoint, pod_endpoint
+from callgate.policy.fastvalid import _port, native_endpoint, pod_endpoint
 from callgate.policy.inventory import (
     INTERFACE_ANNOTATION,
     NETNS_ANNOTATION,
@@ -122,3 +122,11 @@ def test_well_formed_input_takes_the_fast_path() -> None:
            "status": {"phase": "Running", "podIP": "198.18.0.1",
                       "podIPs": [{"ip": "198.18.0.1"}, {"ip": "fd00::1"}]}}
     assert pod_endpoint(pod, INTERFACE_ANNOTATION, NETNS_ANNOTATION) == model_pod(pod) is not None
+
+
+def test_a_shared_port_is_only_given_for_exactly_its_types() -> None:
+    """Checked ports are shared by key; 80.0 and True equal 80 and 1 as keys, but the
+    models decide about them (a float, a bool), so they must not get the shared port."""
+    assert _port("http", 80, "TCP") is _port("http", 80, "TCP")
+    assert _port("http", 80.0, "TCP") is None
+    assert _port(None, 1, "UDP") is not None and _port(None, True, "UDP") is None

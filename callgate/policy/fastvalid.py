@@ -47,14 +47,27 @@ def _ips(ips: Any) -> tuple[IPAddress, ...] | None:
     return tuple(out)
 
 
+# Checked ports by (name, number, protocol): a big inventory declares the same few
+# ports on thousands of pods, and a NamedPort is a value (frozen), so one is shared.
+_PORTS: dict[tuple[Any, Any, Any], NamedPort] = {}
+
+
 def _port(name: Any, number: Any, protocol: Any) -> NamedPort | None:
+    key = (name, number, protocol)
+    found = _PORTS.get(key)
+    # Equal keys of other types (1.0 == True == 1) are checked as new ones.
+    if found is not None and type(number) is int and type(protocol) is str and (name is None or type(name) is str):
+        return found
     if name is not None and (type(name) is not str or v.port_name(name)):
         return None
     if type(number) is not int or not 1 <= number <= 65535:
         return None
     if type(protocol) is not str or protocol not in _PROTOCOLS:
         return None
-    return NamedPort(name, number, protocol)  # type: ignore[arg-type]  # one of _PROTOCOLS
+    if len(_PORTS) < 65536:  # bounded: hostile input cannot grow it without end
+        _PORTS[key] = found = NamedPort(name, number, protocol)  # type: ignore[arg-type]  # one of _PROTOCOLS
+        return found
+    return NamedPort(name, number, protocol)  # type: ignore[arg-type]
 
 
 def _optional(value: Any, check: Any) -> bool:
