@@ -127,6 +127,7 @@ def netns_path(value: str) -> str | None:
             "digits, '_', '.' or '-') or /proc/PID/ns/net")
 
 
+@_memo  # policies repeat their ipBlocks (a network is an immutable value)
 def parse_cidr(value: str) -> IPNetwork:
     """Parse a CIDR as the API server does: host bits are tolerated and cleared."""
     if "/" not in value:
