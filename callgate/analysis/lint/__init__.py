@@ -12,6 +12,8 @@ Modules, each depending only on those above it:
 * ``rules``: the rule table (ids, severities, documentation);
 * ``findings``: :class:`Finding` and :class:`LintResult`;
 * ``config``: :class:`LintConfig`, finding the config file, suppressions;
+* ``places``: where namespaces and findings are written, found by a helper process
+  for big inputs while the checks run;
 * ``linter``: :class:`Linter`, which reads documents into items and collects findings;
 * ``checks``: the semantic checks, by concern;
 * ``run``: :func:`run.lint` for files and :func:`run.run_checks` for the controller;
