@@ -80,7 +80,7 @@ def test_what_makes_families_differ(tmp_path: Path) -> None:
           podSelector: {}
           policyTypes: [Egress]
           egress:
-          - to: [{ipBlock: {cidr: 203.0.113.0/24}}, {ipBlock: {cidr: '2001:db8::/32'}}]
+          - to: [{ipBlock: {cidr: 198.19.250.0/24}}, {ipBlock: {cidr: 'fd00:ffff::/64'}}]
         """)
     assert families_alike(inv, [external])
 
