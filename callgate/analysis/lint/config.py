@@ -160,11 +160,13 @@ def _comment_suppressions(file: str) -> tuple[dict[int, set[str]], set[str]]:
     by_line: dict[int, set[str]] = {}
     whole: set[str] = set()
     try:
-        lines = Path(file).read_text(encoding="utf-8").splitlines()
+        text = Path(file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return by_line, whole
-    for n, text in enumerate(lines, start=1):
-        for m in _COMMENT.finditer(text):
+    if "callgate:" not in text:  # no such comment (most files; a 15 MB inventory in ms)
+        return by_line, whole
+    for n, line in enumerate(text.splitlines(), start=1):
+        for m in _COMMENT.finditer(line):
             ids = _rule_ids(m.group(2))
             if m.group(1):
                 whole |= ids

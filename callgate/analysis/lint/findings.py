@@ -31,6 +31,12 @@ class Finding:
     def name(self) -> str:
         return BY_ID[self.rule].name
 
+    def placed(self, line: int | None, column: int | None) -> Finding:
+        """The same finding at ``line`` and ``column`` (``dataclasses.replace`` took twice
+        as long: 13,000 findings are placed at once)."""
+        return Finding(self.rule, self.severity, self.message, self.file, line, column, self.object, self.field,
+                       self.hint, self.doc_key)
+
     def location(self) -> str:
         where = self.file or "<input>"
         if self.line is not None:
