@@ -63,6 +63,22 @@ class Item:
             return ("spec", key, index, peers, peer)
         return self.rule_path(direction, index)
 
+    def check_paths(self) -> Iterator[FieldPath]:
+        """Where the semantic checks report on a compiled item, in its file: its name
+        (a policy that changes nothing, a duplicate), its selector, each rule, each peer
+        and each named port of it (a redundant rule, a peer selecting nothing, a port no
+        pod declares)."""
+        base = self.doc.path
+        yield (*base, "metadata", "name")
+        yield (*base, *self.selector_path())
+        assert self.policy is not None
+        for direction in (Direction.INGRESS, Direction.EGRESS):
+            for i, rule in enumerate(self.policy.rules(direction)):
+                at = (*base, *self.rule_path(direction, i))
+                yield at
+                yield from ((*base, *self.peer_path(direction, i, j)) for j in range(len(rule.peers)))
+                yield from ((*at, "ports", k) for k, spec in enumerate(rule.ports) if isinstance(spec.port, str))
+
     def selector_path(self) -> FieldPath:
         if self.cluster is not None:
             return ("spec", "subject")
@@ -136,11 +152,13 @@ class Linter:
 
     @contextlib.contextmanager
     def placing_ahead(self, paths: Iterable[str | Path]) -> Iterator[None]:
-        """Within the block, a helper process (only if this linter :attr:`forks`) finds
-        where the namespaces are declared, and where the findings reported before
-        :meth:`want_places` are written, while this one reads the policy files under
-        ``paths`` and runs the checks (:mod:`callgate.analysis.lint.places`)."""
-        if not self.forks:
+        """Within the block, a helper process finds where the namespaces are declared,
+        and where the findings reported before :meth:`want_places` are written, while
+        this one reads the policy files under ``paths`` and runs the checks
+        (:mod:`callgate.analysis.lint.places`). Only if this linter :attr:`forks` and has
+        an inventory: the inventory checks are what runs beside the helper (without
+        them this process would only wait for its answer)."""
+        if not self.forks or self.inventory is None:
             yield
             return
         with PlacesAhead.started(self.inventory_paths, paths) as ahead:
@@ -151,9 +169,18 @@ class Linter:
                 self._ahead = None
 
     def want_places(self) -> None:
-        """Have the helper of :meth:`placing_ahead` look up the findings reported so far."""
-        if self._ahead is not None:
-            self._ahead.want(unplaced_paths(self._unplaced))
+        """Have the helper of :meth:`placing_ahead` look up the findings reported so far,
+        and the places where the checks still to run report on each policy
+        (:meth:`Item.check_paths`). A YAML file's places take a walk over all its events
+        however few are asked for: a finding the helper was not asked about would cost
+        this process a second walk of the file."""
+        if self._ahead is None:
+            return
+        wanted = unplaced_paths(self._unplaced)
+        for item in self.items:
+            if item.policy is not None:
+                wanted.setdefault(item.doc.file, {}).setdefault(item.doc.index, []).extend(item.check_paths())
+        self._ahead.want(wanted)
 
     def namespace_place(self, ns: str) -> Place:
         """Where namespace ``ns`` is declared in the inventory files: a finding about the
