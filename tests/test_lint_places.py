@@ -82,7 +82,7 @@ def test_what_the_helper_did_not_answer_is_found_here(tmp_path: Path, monkeypatc
     assert _findings(inventory, policies, forks=True) == here
 
 
-def test_no_helper_for_small_files_or_a_linter_not_told_to_fork(tmp_path: Path,
+def test_no_helper_for_small_files_no_inventory_or_a_linter_not_told_to_fork(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     inventory, policies = _inputs(tmp_path, as_json=False)
     started: list[object] = []
@@ -97,6 +97,8 @@ def test_no_helper_for_small_files_or_a_linter_not_told_to_fork(tmp_path: Path,
     _findings(inventory, policies, forks=True)  # the shop: a few KB
     monkeypatch.setattr(places, "AHEAD_MIN_BYTES", 0)
     _findings(inventory, policies, forks=False)
+    assert started == []
+    lint(policies, forks=True)  # no inventory: no inventory checks to run beside a helper
     assert started == []
     _findings(inventory, policies, forks=True)
     assert len(started) == 1
