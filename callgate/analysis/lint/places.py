@@ -10,8 +10,11 @@ protocol is reported on every such port) are reported before the others.
 
 So :class:`PlacesAhead` asks a helper process (``python -m
 callgate.analysis.lint.places``) for both while this one reads the policies and
-runs the other checks; :meth:`Linter.place` then looks up only the findings
-reported after that. The helper is a new interpreter, not a fork: it reads the
+runs the inventory checks; it is asked too where the later checks report on
+each policy (its name, selector, rules, peers and named ports:
+:meth:`Item.check_paths`), since a YAML file's places take a walk over all its
+events however few are asked for. :meth:`Linter.place` then looks up only the
+findings reported elsewhere (none, in the usual case). The helper is a new interpreter, not a fork: it reads the
 files itself and needs nothing of this process's memory, and a fork would make
 every page this process then writes a copy-on-write fault (~0.1 s of the checks
 after it at bench size). Requests and answers are pickled plain values over its
