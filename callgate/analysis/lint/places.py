@@ -14,10 +14,12 @@ runs the inventory checks; it is asked too where the later checks report on
 each policy (its name, selector, rules, peers and named ports:
 :meth:`Item.check_paths`), since a YAML file's places take a walk over all its
 events however few are asked for. :meth:`Linter.place` then looks up only the
-findings reported elsewhere (none, in the usual case). The helper is a new interpreter, not a fork: it reads the
-files itself and needs nothing of this process's memory, and a fork would make
-every page this process then writes a copy-on-write fault (~0.1 s of the checks
-after it at bench size). Requests and answers are pickled plain values over its
+findings reported elsewhere (none, in the usual case).
+
+The helper is a new interpreter, not a fork: it reads the files itself and
+needs nothing of this process's memory, and a fork would make every page this
+process then writes a copy-on-write fault (~0.1 s of the checks after it at
+bench size). Requests and answers are pickled plain values over its
 stdin and stdout. Nothing depends on the helper: whatever it did not answer
 (it could not start, died, answered something else) is found here, the same way
 and with the same answers (positions are a function of the file and the path
@@ -94,7 +96,7 @@ class NamespacePlaces:
     def find(self, ns: str) -> Place:
         hit = self.found.get(ns)
         if hit is None:
-            return (None, None, None) if self.failed else (self.first_file, None, None)
+            return self.find_undeclared()
         doc, path = hit
         where = (doc.file, doc.index)
         if where not in self._marks:
@@ -114,6 +116,7 @@ class NamespacePlaces:
         return {ns: self.find(ns) for ns in self.found}, self.find_undeclared()
 
     def find_undeclared(self) -> Place:
+        """A namespace no file declares: the first file, unless reading the files failed."""
         return (None, None, None) if self.failed else (self.first_file, None, None)
 
 
