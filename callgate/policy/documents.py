@@ -210,6 +210,16 @@ def shown_kind(api: object, kind: object) -> str:
                     for part in (api, kind))
 
 
+def as_mapping(value: Any) -> dict[str, Any]:
+    """``value`` if the document has a mapping there, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """``value`` if the document has a list there, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 def format_path(path: Iterable[str | int]) -> str:
     """("spec", "ingress", 0, "ports") -> "spec.ingress[0].ports"; an empty key is ``[""]``
     (input may have one, and a field must still be named)."""

@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.policy.documents import as_mapping
 from callgate.policy.model import PROTOCOLS, Endpoint, IPAddress, NamedPort, PortProtocol
 from callgate.policy.validation import dns_label, dns_subdomain, interface_name, label_key, label_value, port_name
 from callgate.watchers.base import clip
@@ -108,10 +109,6 @@ class Container:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -159,7 +156,7 @@ def exposed_ports(config: dict[str, Any]) -> tuple[list[tuple[int, PortProtocol]
     that are no port."""
     ports: list[tuple[int, PortProtocol]] = []
     bad: list[str] = []
-    for key in _dict(config.get("ExposedPorts")):
+    for key in as_mapping(config.get("ExposedPorts")):
         number, _, proto = str(key).partition("/")
         protocol = (proto or "tcp").upper()
         if number.isdigit() and 1 <= int(number) <= 65535 and protocol in PROTOCOLS:
@@ -214,14 +211,14 @@ def convert_container(info: Any, networks: Mapping[str, Network], node: str,
                       host_interface: HostInterface) -> Container | None:
     """One inspected container as callgate sees it; None when it holds nothing to
     enforce (not running, or on no network at all)."""
-    info = _dict(info)
+    info = as_mapping(info)
     cid, name = _text(info.get("Id")), clip(_text(info.get("Name")).lstrip("/"), 128)
-    state = _dict(info.get("State"))
+    state = as_mapping(info.get("State"))
     pid = state.get("Pid")
     if not cid or state.get("Running") is not True or not isinstance(pid, int) or pid <= 0:
         return None
-    mode = _text(_dict(info.get("HostConfig")).get("NetworkMode"))
-    attached = _dict(_dict(info.get("NetworkSettings")).get("Networks"))
+    mode = _text(as_mapping(info.get("HostConfig")).get("NetworkMode"))
+    attached = as_mapping(as_mapping(info.get("NetworkSettings")).get("Networks"))
     if mode == "host" or "host" in attached:
         return Container(cid, name, pid, None, not_enforceable=(
             "uses the host's network stack (network mode host): it has no interface of its own, so callgate "
@@ -229,15 +226,15 @@ def convert_container(info: Any, networks: Mapping[str, Network], node: str,
     if mode.startswith("container:"):
         return None  # shares another container's stack: enforced as that container
     warnings: list[str] = []
-    config = _dict(info.get("Config"))
-    labels = _labels(_dict(config.get("Labels")), warnings)
+    config = as_mapping(info.get("Config"))
+    labels = _labels(as_mapping(config.get("Labels")), warnings)
     namespace = _namespace(labels, warnings)
     ips: list[IPAddress] = []
     bridges: list[tuple[str, str]] = []  # (network name, MAC)
     in_namespace: list[str] = []
     unmanaged: list[str] = []
     for net_name in sorted(k for k in attached if isinstance(k, str)):
-        entry = _dict(attached[net_name])
+        entry = as_mapping(attached[net_name])
         network = networks.get(_text(entry.get("NetworkID"))) or next(
             (n for n in networks.values() if n.name == net_name), None)
         driver = network.driver if network is not None else "unknown"
@@ -265,12 +262,12 @@ def convert_container(info: Any, networks: Mapping[str, Network], node: str,
             warnings=tuple(warnings))
     if ep_name != name:
         warnings.append(f"endpoint named {ep_name!r}: the container name is not a DNS-1123 subdomain")
-    ports = _ports(labels_raw=_dict(config.get("Labels")), config=config, warnings=warnings)
+    ports = _ports(labels_raw=as_mapping(config.get("Labels")), config=config, warnings=warnings)
     if in_namespace:
         # No host-side interface to filter on: the rules go into the container's own
         # namespace (input and output hooks), which also covers its bridge networks.
         # They hold only while the container cannot change that namespace's rules.
-        host_config = _dict(info.get("HostConfig"))
+        host_config = as_mapping(info.get("HostConfig"))
         if untrusted := _namespace_admin(host_config):
             return Container(cid, name, pid, None, not_enforceable=(
                 f"is on macvlan/ipvlan network(s) {', '.join(clip(n, 60) for n in in_namespace)}, where callgate "

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from callgate.policy.documents import as_mapping
 from callgate.watchers.base import Snapshot, SnapshotHandler, SourceProblem, hand_over
 from callgate.watchers.coalesce import CoalescePolicy, Coalescer
 from callgate.watchers.docker_client import describe_error
@@ -58,10 +59,6 @@ ViewHandler = Callable[[EngineView | SourceProblem], None]
 CONTAINER_ACTIONS = frozenset({"start", "restart", "die", "destroy", "rename", "pause", "unpause"})
 NETWORK_ACTIONS = frozenset({"connect", "disconnect", "create", "destroy", "remove"})
 _RELIST = "relist"
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 class DockerWatcher:
@@ -151,8 +148,8 @@ class DockerWatcher:
         if not isinstance(event, dict):
             return
         kind, action = event.get("Type"), str(event.get("Action") or event.get("status") or "")
-        actor = _dict(event.get("Actor"))
-        attributes = _dict(actor.get("Attributes"))
+        actor = as_mapping(event.get("Actor"))
+        attributes = as_mapping(actor.get("Attributes"))
         cid: Any = None
         if kind == "container" and action in CONTAINER_ACTIONS:
             cid = actor.get("ID")

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from callgate.policy.documents import Document, files_under, read_documents
+from callgate.policy.documents import Document, as_mapping, files_under, read_documents
 from callgate.policy.positions import FieldPath, Position, Positions
 
 # Where a finding is written: file, line, column (each may be unknown).
@@ -80,13 +80,13 @@ class NamespacePlaces:
             places.first_file = str(files[0]) if files else None
             for path in files:
                 for doc in read_documents(path):
-                    data = _mapping(doc.data)
+                    data = as_mapping(doc.data)
                     if data.get("kind") == "Inventory":
-                        for ns in _mapping(data.get("namespaces")):
+                        for ns in as_mapping(data.get("namespaces")):
                             if isinstance(ns, str):
                                 places.found.setdefault(ns, (doc, (*doc.path, "namespaces", ns)))
                     if data.get("kind") == "Namespace":
-                        name = _mapping(data.get("metadata")).get("name")
+                        name = as_mapping(data.get("metadata")).get("name")
                         if isinstance(name, str):
                             places.found.setdefault(name, (doc, doc.path))
         except Exception:
@@ -118,10 +118,6 @@ class NamespacePlaces:
     def find_undeclared(self) -> Place:
         """A namespace no file declares: the first file, unless reading the files failed."""
         return (None, None, None) if self.failed else (self.first_file, None, None)
-
-
-def _mapping(value: Any) -> dict[Any, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def positions_of(wanted: Wanted, positions: Positions) -> Found:

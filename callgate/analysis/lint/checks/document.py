@@ -11,17 +11,8 @@ from typing import Any
 
 from callgate.analysis.lint.linter import DIRECTION_KEYS, Item, Linter
 from callgate.analysis.lint.rules import Severity
+from callgate.policy.documents import as_list, as_mapping
 from callgate.policy.positions import FieldPath
-
-
-def as_mapping(value: Any) -> dict[str, Any]:
-    """``value`` if the document has a mapping there, else an empty one."""
-    return value if isinstance(value, dict) else {}
-
-
-def as_list(value: Any) -> list[Any]:
-    """``value`` if the document has a list there, else an empty one."""
-    return value if isinstance(value, list) else []
 
 
 def check(linter: Linter, item: Item) -> None:
