@@ -74,25 +74,20 @@ class Resolver:
         # than the namespaces' pods: a union of long ``In`` postings built to be
         # thrown away was a fifth of lint's peer resolution.
         candidates: Sequence[int] = range(len(eps))
-        if namespaces is not None and len(namespaces) == 1 and selector is not None and selector.match_labels:
-            # One namespace (a policy's pods, a peer without namespaceSelector or naming
-            # one namespace): its pods with the rarest required label, often a handful
-            # where the namespace has hundreds and the label tens of thousands.
-            (ns,) = namespaces
-            index = self._namespace_label_index()
-            candidates = min((index.get((ns, *item), []) for item in selector.match_labels), key=len)
-            if len(selector.match_labels) == 1 and not selector.match_expressions:
-                return tuple(eps[i] for i in candidates)  # the posting is the answer: one label, in ns
-            return tuple(eps[i] for i in candidates if selector.matches(eps[i].labels))
         in_namespaces = len(eps) if namespaces is None else sum(len(self._by_ns.get(ns, ())) for ns in namespaces)
         if (namespaces is not None and selector is not None and selector.match_labels
-                and len(namespaces) * len(selector.match_labels) < in_namespaces):
-            # A few namespaces (a namespaceSelector naming a team's): in each, its pods with
-            # the rarest required label, as above; scanning all their pods was 250 label
-            # matches per selector at bench size, a quarter of lint's resolving.
+                and (len(namespaces) == 1 or len(namespaces) * len(selector.match_labels) < in_namespaces)):
+            # One namespace (a policy's pods, a peer without namespaceSelector or naming
+            # one), or a few (a namespaceSelector naming a team's): in each, its pods with
+            # the rarest required label, often a handful where the namespace has hundreds
+            # and the label tens of thousands (scanning a few namespaces' pods was 250
+            # label matches per selector at bench size, a quarter of lint's resolving).
             index = self._namespace_label_index()
-            candidates = sorted(i for ns in namespaces
-                                for i in min((index.get((ns, *item), []) for item in selector.match_labels), key=len))
+            postings = [min((index.get((ns, *item), []) for item in selector.match_labels), key=len)
+                        for ns in namespaces]
+            candidates = postings[0] if len(postings) == 1 else sorted(i for posting in postings for i in posting)
+            if len(selector.match_labels) == 1 and not selector.match_expressions:
+                return tuple(eps[i] for i in candidates)  # the postings are the answer: one label, per namespace
             return tuple(eps[i] for i in candidates if selector.matches(eps[i].labels))
         narrow = candidates if selector is None else _narrowest(selector, self._by_label, candidates, in_namespaces)
         if narrow is not candidates:
