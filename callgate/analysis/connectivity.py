@@ -142,11 +142,16 @@ def families_alike(inventory: Inventory, policy_sets: Iterable[PolicySet]) -> bo
     for found in addresses.values():
         found.sort()
     for block in _blocks(policy_sets, inventory):
-        ordered = addresses[block.cidr.version]
-        first = bisect.bisect_left(ordered, int(block.cidr.network_address))
-        if first < len(ordered) and ordered[first] <= int(block.cidr.broadcast_address):
+        lo, hi = _address_span(addresses[block.cidr.version], block.cidr)
+        if lo < hi:
             return False  # the block holds an address (its excepts may not matter: not looked at)
     return True
+
+
+def _address_span(ordered: Sequence[int], net: IPNetwork) -> tuple[int, int]:
+    """Where the addresses of ``net`` are in ``ordered`` (sorted addresses as numbers)."""
+    return (bisect.bisect_left(ordered, int(net.network_address)),
+            bisect.bisect_right(ordered, int(net.broadcast_address)))
 
 
 def family_ip(ep: Endpoint, family: int) -> IPAddress | None:
@@ -291,8 +296,7 @@ class Partition:
         rows = np.array(order, dtype=np.intp)
 
         def span(net: IPNetwork) -> np.ndarray:
-            lo = bisect.bisect_left(ordered, int(net.network_address))
-            hi = bisect.bisect_right(ordered, int(net.broadcast_address))
+            lo, hi = _address_span(ordered, net)
             return rows[lo:hi]
 
         for k, block in enumerate(blocks):
