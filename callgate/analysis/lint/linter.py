@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from callgate.analysis.lint.findings import Finding
-from callgate.analysis.lint.places import Found, NamespacePlaces, Place, PlacesAhead, Wanted, unplaced_paths
+from callgate.analysis.lint.places import (
+    Found,
+    NamespacePlaces,
+    Place,
+    PlacesAhead,
+    positions_of,
+    unplaced_paths,
+)
 from callgate.analysis.lint.rules import BY_ID, Severity
 from callgate.errors import InputError, Problem
 from callgate.policy.documents import INVENTORY_KINDS, POLICY_KINDS, Document, files_under, format_path, read_documents
@@ -199,11 +206,9 @@ class Linter:
         nodes (5 s for a 4 MB List of 10,000 policies). Those the helper of
         :meth:`placing_ahead` found are not looked up again."""
         ahead: Found = self._ahead.found(self.positions) if self._ahead is not None else {}
-        missing: Wanted = {}
-        for _, doc, path in self._unplaced:
-            if path not in ahead.get(doc.file, {}).get(doc.index, {}):
-                missing.setdefault(doc.file, {}).setdefault(doc.index, []).append(path)
-        found = {file: self.positions.in_documents(file, wanted) for file, wanted in missing.items()}
+        missing = unplaced_paths((k, doc, path) for k, doc, path in self._unplaced
+                                 if path not in ahead.get(doc.file, {}).get(doc.index, {}))
+        found = positions_of(missing, self.positions)
         for k, doc, path in self._unplaced:
             here = found.get(doc.file, {}).get(doc.index, {})
             line, column = here[path] if path in here else ahead[doc.file][doc.index][path]
