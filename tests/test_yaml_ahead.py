@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from callgate.cli.common import load_inputs
@@ -22,7 +23,7 @@ from callgate.compiler import Compiler
 from callgate.errors import InputError
 from callgate.forked import Send
 from callgate.policy import ahead as ahead_module
-from callgate.policy import documents, load_policies, yamlfast
+from callgate.policy import documents, load_inventory, load_policies, yamlfast
 from callgate.policy.ahead import YamlAhead
 from tests.helpers import ROOT, STANDARD_INVENTORY
 
@@ -107,11 +108,11 @@ def test_other_bytes_than_the_child_read_are_parsed_here(tmp_path: Path) -> None
         child.close()
 
 
-def _dies(files: list[Path], send: Send) -> None:
+def _dies(files: list[Path], split: Any, send: Send) -> None:
     os._exit(1)
 
 
-def _garbles(files: list[Path], send: Send) -> None:
+def _garbles(files: list[Path], split: Any, send: Send) -> None:
     send("not (name, digest, documents)")
 
 
@@ -150,3 +151,111 @@ def test_compile_prints_the_same_with_the_child(always: None, monkeypatch: pytes
     alone = CliRunner().invoke(app, args)
     assert with_child.exit_code == alone.exit_code == 0, with_child.output
     assert with_child.stdout == alone.stdout
+
+
+# -- a big YAML inventory: the head read here, the tail by the child -------------------
+
+def _inventory_yaml(tmp_path: Path, endpoints: int = 300, broken_at: int | None = None) -> Path:
+    eps = [{"name": f"p{i}", "namespace": f"ns-{i % 3}", "node": "node-1", "labels": {"app": f"a{i % 5}"},
+            "ips": [f"198.18.{i // 250}.{i % 250 + 1}"], "ports": [{"name": "http", "port": 80}]}
+           for i in range(endpoints)]
+    if broken_at is not None:
+        eps[broken_at]["ips"] = ["999.1.1.1"]
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "callgate/v1", "kind": "Inventory", "endpoints": eps,
+                                    "namespaces": {"ns-0": {"labels": {"team": "a"}}}}))
+    return path
+
+
+@pytest.fixture
+def heads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The heads this process parsed."""
+    texts: list[str] = []
+    real = yamlfast.load_head
+
+    def spy(text: str) -> Any:
+        texts.append(text)
+        return real(text)
+    monkeypatch.setattr(ahead_module.yamlfast, "load_head", spy)
+    yield texts
+
+
+def test_a_big_inventory_is_read_in_two_parts_and_the_result_is_the_same(
+        always: None, parsed_here: list[str], heads: list[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    inventory = _inventory_yaml(tmp_path)
+    files = [str(p) for p in sorted(SCENARIOS.glob("*.yaml"))]
+    inv, pols = load_inputs([str(inventory)], files)
+    text = inventory.read_text()
+    assert parsed_here == [] and len(heads) == 1  # this process parsed the inventory's head only
+    assert text.startswith(heads[0]) and len(text) * 0.3 < len(heads[0]) < len(text) * 0.9
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", 1 << 60)
+    inv_alone, pols_alone = load_inputs([str(inventory)], files)
+    assert parsed_here == [text, *(Path(f).read_text() for f in files)] and len(heads) == 1
+    assert inv == inv_alone and pols == pols_alone
+
+
+@pytest.mark.parametrize("broken", ["tail", "head"])
+def test_a_problem_in_either_part_is_reported_as_by_the_whole(
+        always: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
+    inventory = _inventory_yaml(tmp_path, broken_at=280 if broken == "tail" else 5)
+    with pytest.raises(InputError) as split:
+        load_inputs([str(inventory)], [str(SCENARIOS)])
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", 1 << 60)
+    with pytest.raises(InputError) as alone:
+        load_inputs([str(inventory)], [str(SCENARIOS)])
+    assert _problems(split.value) == _problems(alone.value)
+    assert [p.line for p in alone.value.problems] == [p.line for p in split.value.problems] != [None]
+
+
+def test_a_tail_that_does_not_parse_is_parsed_whole_here(always: None, tmp_path: Path, parsed_here: list[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    inventory = _inventory_yaml(tmp_path)
+    inventory.write_text(inventory.read_text() + "kind: [unclosed\n")
+    with pytest.raises(InputError) as split:
+        load_inputs([str(inventory)], [str(SCENARIOS)])
+    assert parsed_here[0] == inventory.read_text()
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", 1 << 60)
+    with pytest.raises(InputError) as alone:
+        load_inputs([str(inventory)], [str(SCENARIOS)])
+    assert _problems(split.value) == _problems(alone.value) and "invalid YAML" in _problems(alone.value)[0][0]
+
+
+def _garbles_the_tail(files: list[Path], split: Any, send: Send) -> None:
+    send(("tail", str(split.path), "not a tail"))
+
+
+def _dies_before_the_tail(files: list[Path], split: Any, send: Send) -> None:
+    os._exit(1)
+
+
+@pytest.mark.parametrize("child", [_garbles_the_tail, _dies_before_the_tail])
+def test_a_child_that_garbles_the_tail_or_dies_changes_nothing(
+        always: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child: Any) -> None:
+    inventory = _inventory_yaml(tmp_path)
+    expected = load_inventory(inventory)
+    monkeypatch.setattr(ahead_module, "_parse", child)
+    assert load_inputs([str(inventory)], [str(SCENARIOS)])[0] == expected
+
+
+def test_an_inventory_edited_since_the_cut_is_parsed_here(always: None, tmp_path: Path) -> None:
+    inventory = _inventory_yaml(tmp_path)
+    with YamlAhead.started([], split=[inventory]) as ahead:
+        assert ahead is not None
+        inventory.write_text(inventory.read_text().replace("p1", "q1"))
+        assert ahead.documents(inventory, inventory.read_bytes()) is None
+
+
+def test_where_the_inventory_is_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inventory = _inventory_yaml(tmp_path)
+    size = inventory.stat().st_size
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", size)
+    alone = ahead_module._split([inventory], 0)
+    assert alone is not None and alone.text[alone.cut:].startswith("- ")
+    with_policies = ahead_module._split([inventory], size // 2)
+    assert with_policies is not None and with_policies.cut > alone.cut  # the child has policies to parse too
+    assert ahead_module._split([inventory], 10 * size) is None  # the child's share would be too small to cut
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", size + 1)
+    assert ahead_module._split([inventory], 0) is None  # too small to be worth it
+    (tmp_path / "inventory.json").write_text("{}")
+    assert ahead_module._split([tmp_path / "inventory.json"], 0) is None

@@ -117,10 +117,11 @@ def load_inputs(inventory: Sequence[str], policies: Sequence[str]) -> tuple[Inve
     pols: PolicySet | None = None
     inventory_paths = require_paths("'--inventory' / '-i'", inventory)
     policy_paths = require_paths("'--policies' / '-p'", policies)
-    # Big YAML policy files are parsed on the second core while this one reads the inventory.
-    with YamlAhead.started(policy_paths) as ahead:
+    # Big YAML policy files, and the tail of a big YAML inventory, are parsed on the second
+    # core while this one reads (the head of) the inventory.
+    with YamlAhead.started(policy_paths, split=inventory_paths) as ahead:
         try:
-            inv = load_inventory(inventory_paths)
+            inv = load_inventory(inventory_paths, ahead)
         except InputError as err:
             problems.extend(err.problems)
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,6 +30,9 @@ from callgate.policy.model import (
 )
 from callgate.policy.networkpolicy import object_name, problems_from
 from callgate.policy.positions import FieldPath
+
+if TYPE_CHECKING:
+    from callgate.policy.ahead import YamlAhead
 
 # Pod annotations that say where a pod's traffic can be seen on its node.
 INTERFACE_ANNOTATION = "callgate.io/interface"  # the host-side interface (veth)
@@ -341,13 +344,14 @@ def _fast_endpoints(data: Any) -> list[Endpoint] | None:
     return out
 
 
-def load_inventory(paths: str | Path | Iterable[str | Path]) -> Inventory:
-    """Load an inventory from files (or directories) in either accepted format."""
+def load_inventory(paths: str | Path | Iterable[str | Path], ahead: YamlAhead | None = None) -> Inventory:
+    """Load an inventory from files (or directories) in either accepted format
+    (``ahead``: a YAML file of them in part parsed on another core, see :mod:`.ahead`)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     builder = InventoryBuilder()
     with gc_paused():
-        docs, builder.problems = read_all(paths)
+        docs, builder.problems = read_all(paths, ahead)
         for doc in docs:
             data = doc.data
             kind = data.get("kind") if isinstance(data, dict) else None

@@ -20,6 +20,7 @@ parser's events and builds the values directly:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -32,6 +33,7 @@ from yaml.events import (
     SequenceEndEvent,
     SequenceStartEvent,
     StreamEndEvent,
+    StreamStartEvent,
 )
 
 from callgate.errors import shown
@@ -118,18 +120,20 @@ def load_all(text: str) -> list[Any]:
 def _events_to_values(text: str) -> list[Any]:
     parser = SAFE_LOADER(text)
     try:
-        return _build(parser.get_event, _PlainScalars())
+        parser.get_event()  # StreamStartEvent
+        return _walk(parser.get_event, _PlainScalars(), [], [], None)
     finally:
         parser.dispose()
 
 
-def _build(next_event: Any, plain: _PlainScalars) -> list[Any]:
+def _walk(next_event: Any, plain: _PlainScalars, stack: list[Any], keys: list[tuple[Any] | None],
+          watch: list[tuple[Any, Any]] | None) -> list[Any]:
+    """The documents of the events up to the stream's end, built from ``stack``: the open
+    collections, innermost last; for a mapping, ``keys`` holds the key waiting for its
+    value (a 1-tuple) or None when a key comes next. ``watch`` (when given) gets each
+    event that opens or closes a document's root or a value of it, with that collection,
+    and the stream's end: what :func:`load_head` checks the shape of the text by."""
     docs: list[Any] = []
-    # Open collections, innermost last; for a mapping, `keys` holds the key
-    # waiting for its value (a 1-tuple) or None when a key comes next.
-    stack: list[Any] = []
-    keys: list[tuple[Any] | None] = []
-    next_event()  # StreamStartEvent
     while True:
         ev = next_event()
         kind = ev.__class__
@@ -142,13 +146,19 @@ def _build(next_event: Any, plain: _PlainScalars) -> list[Any]:
                 raise _Unsupported("anchor or tag")
             stack.append({} if kind is MappingStartEvent else [])
             keys.append(None)
+            if watch is not None and len(stack) <= 2:
+                watch.append((ev, stack[-1]))
             continue
         elif kind is MappingEndEvent or kind is SequenceEndEvent:
             value = stack.pop()
             keys.pop()
+            if watch is not None and len(stack) <= 1:
+                watch.append((ev, value))
         elif kind is DocumentStartEvent or kind is DocumentEndEvent:
             continue
         elif kind is StreamEndEvent:
+            if watch is not None:
+                watch.append((ev, None))
             return docs
         else:
             raise _Unsupported(kind.__name__)  # AliasEvent
@@ -163,3 +173,123 @@ def _build(next_event: Any, plain: _PlainScalars) -> list[Any]:
         else:
             top[key[0]] = value  # TypeError for a collection as the key: the safe loader reports it
             keys[-1] = None
+
+
+# -- one text parsed in two parts, on two cores -------------------------------
+#
+# A big inventory is one document whose list of endpoints is most of its text,
+# written as PyYAML, kubectl and yq write a list: an item per "- " at column 0.
+# Cut before such a line, the head parses alone and the tail parses after a
+# one-line head of its own ("x:"), each with the walk above; joined, they are
+# the documents of the whole text exactly when the head's last document ends
+# inside that list. Why: at a line's column 0 no scalar and no comment is still
+# open (a block or plain scalar of a mapping at column 0 is indented more; a
+# quoted scalar or a flow collection left open fails the head's parse), so the
+# whole text's parser reads that "- " as the next item of whatever list is open
+# there. :func:`load_head` checks that this is the head's last node: a block
+# list at column 0, the value of a block mapping at column 0 that is its
+# document's root, with nothing but comments and blank lines after its last
+# item (its end is where the stream ends). Anything else (an error in either
+# part, an anchor, a tag, a merge key: whatever the walk leaves to the safe
+# loader) and the caller parses the whole text as before, so every result and
+# every error stays load_all's.
+
+TAIL_HEAD = "x:\n"
+_CONTINUED = object()  # the tail's stand-in for the key of the list it continues: equal to no YAML key
+
+
+@dataclass
+class Head:
+    """The documents of a text's head and the list its tail goes on with."""
+
+    docs: list[Any]
+    continued: list[Any]
+
+
+@dataclass
+class Tail:
+    """A text's tail: the items that continue the head's list, the pairs of the head's
+    root mapping after that list (in their order), and the documents after that one."""
+
+    items: list[Any]
+    pairs: dict[Any, Any]
+    later: list[Any]
+
+
+def cut_point(text: str, start: int) -> int | None:
+    """Where ``text`` may be cut in two: the first line from ``start`` on that begins
+    with ``- ``; None when there is none, or the text has a directive (``%YAML``,
+    ``%TAG``: they would hold for the head's document only)."""
+    if text.startswith("%") or "\n%" in text:
+        return None
+    at = text.find("\n- ", start)
+    return None if at < 0 else at + 1
+
+
+def load_head(text: str) -> Head | None:
+    """The documents of ``text``, the head of a cut (see above); None when a tail cannot
+    be joined to it, or the walk leaves it to the safe loader."""
+    watch: list[tuple[Any, Any]] = []
+    try:
+        parser = SAFE_LOADER(text)
+        try:
+            parser.get_event()  # StreamStartEvent
+            docs = _walk(parser.get_event, _PlainScalars(), [], [], watch)
+        finally:
+            parser.dispose()
+    except (_Unsupported, yaml.YAMLError, TypeError):
+        return None
+    # The last events opening or closing a root or a root's value must be: the list opens,
+    # the list closes where the stream ends, the root closes, the stream ends.
+    if len(watch) < 5 or not docs:
+        return None
+    (opened, seq), (closed, _), (root_closed, root), (end, _) = watch[-4:]
+    if not (opened.__class__ is SequenceStartEvent and closed.__class__ is SequenceEndEvent
+            and root_closed.__class__ is MappingEndEvent and root is docs[-1] and opened.flow_style is False
+            and _column(opened) == 0 and _place(closed) == _place(end) is not None):
+        return None
+    root_opened = next(ev for ev, value in reversed(watch) if value is root and ev.__class__ is MappingStartEvent)
+    if root_opened.flow_style is not False or _column(root_opened) != 0:
+        return None
+    return Head(docs, seq)
+
+
+def _place(event: Any) -> tuple[int, int] | None:
+    mark = event.start_mark
+    return None if mark is None else (mark.line, mark.column)
+
+
+def _column(event: Any) -> int | None:
+    place = _place(event)
+    return None if place is None else place[1]
+
+
+def load_tail(text: str) -> Tail | None:
+    """The tail of a cut (see above), or None when the walk cannot build it."""
+    try:
+        parser = SAFE_LOADER(TAIL_HEAD + text)
+        try:
+            for expected in (StreamStartEvent, DocumentStartEvent, MappingStartEvent, ScalarEvent):
+                if parser.get_event().__class__ is not expected:
+                    return None
+            pairs: dict[Any, Any] = {}
+            docs = _walk(parser.get_event, _PlainScalars(), [pairs], [(_CONTINUED,)], None)
+        finally:
+            parser.dispose()
+    except (_Unsupported, yaml.YAMLError, TypeError):
+        return None
+    items = pairs.pop(_CONTINUED, None)
+    if not docs or docs[0] is not pairs or items.__class__ is not list:
+        return None
+    return Tail(items, pairs, docs[1:])
+
+
+def joined(head: Head, tail: Tail) -> list[Any]:
+    """The documents of the whole text: as its parser would, the head's list takes the
+    tail's items, then the root mapping the tail's pairs (a key it has already keeps
+    its place and takes the later value), then the later documents follow."""
+    head.continued.extend(tail.items)
+    root = head.docs[-1]
+    for key, value in tail.pairs.items():
+        root[key] = value
+    return head.docs + tail.later
