@@ -37,7 +37,9 @@ import contextlib
 import gc
 import os
 import pickle
+import queue
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, Generic, TypeVar
 
@@ -91,18 +93,36 @@ class Child:
 
 
 def _run_child(produce: Callable[[Send], None], out: BinaryIO) -> None:
-    """In the child: run ``produce``, then leave without returning to the parent's code."""
+    """In the child: run ``produce``, then leave without returning to the parent's code.
+
+    What it sends is written by a thread of its own: a pipe holds 64 KiB, and the
+    parent may read a value only after a long while (the YAML reader takes the
+    inventory's tail when it has parsed the head: 3 s at Antrea's scale point).
+    Written inline, that wait would hold the child's work back for as long."""
     try:
         gc.disable()  # the process ends right after; collections would only copy shared pages
+        pickled: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        writer = threading.Thread(target=_write_all, args=(pickled, out))
+        writer.start()
 
         def send(value: Any) -> None:
-            pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+            pickled.put(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
         with contextlib.suppress(BaseException):  # whatever went wrong, the parent does it again
             produce(send)
-            out.close()
+        pickled.put(None)
+        writer.join()
     finally:
         os._exit(0)
+
+
+def _write_all(pickled: queue.SimpleQueue[bytes | None], out: BinaryIO) -> None:
+    """Write each pickled value in turn until None; a parent that stopped reading ends it."""
+    with contextlib.suppress(OSError):
+        while (value := pickled.get()) is not None:
+            out.write(value)
+            out.flush()
+        out.close()
 
 
 class Forked(Generic[T]):

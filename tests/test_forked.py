@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pytest
@@ -79,3 +80,24 @@ def test_the_child_is_stopped_and_reaped_however_the_block_ends() -> None:
     with pytest.raises(ChildProcessError):  # killed and waited for: no zombie left
         os.waitpid(pids[0], os.WNOHANG)
 
+
+
+def test_a_parent_that_reads_late_does_not_hold_the_child_back(tmp_path: Any) -> None:
+    """The child goes on after sending more than a pipe holds, before the parent reads any."""
+    done = tmp_path / "done"
+
+    def produce(send: forked.Send) -> None:
+        send(b"x" * (4 << 20))
+        send("second")
+        done.write_text("after both sends")
+
+    child = forked.Child(produce)
+    try:
+        for _ in range(200):  # up to 10 s; the parent has read nothing yet
+            if done.exists():
+                break
+            time.sleep(0.05)
+        assert done.exists()
+        assert list(child.received()) == [b"x" * (4 << 20), "second"]
+    finally:
+        child.close()
