@@ -259,3 +259,7 @@ def test_where_the_inventory_is_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert ahead_module._split([inventory], 0) is None  # too small to be worth it
     (tmp_path / "inventory.json").write_text("{}")
     assert ahead_module._split([tmp_path / "inventory.json"], 0) is None
+    monkeypatch.setattr(ahead_module, "AHEAD_MIN_BYTES", size)
+    (tmp_path / "a-namespaces.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n")
+    in_a_directory = ahead_module._split([tmp_path], 0)  # a small file first, then the big one
+    assert in_a_directory is not None and in_a_directory.path == inventory and in_a_directory.cut == alone.cut

@@ -127,15 +127,15 @@ class YamlAhead:
 
 
 def _split(paths: Iterable[str | Path], others: int) -> Split | None:
-    """The first YAML file under ``paths`` worth cutting, and where: the head takes what
-    leaves both cores the same work (the child parses the tail and ``others`` bytes of
-    policies; this process parses the head and builds the inventory from it all)."""
+    """The first big YAML file under ``paths`` and where to cut it (None: nowhere). The head
+    takes what leaves both cores the same work: the child parses the tail and ``others``
+    bytes of policies; this process parses the head and builds the inventory from it all."""
     for path in files_under(paths):
         if path.suffix not in _YAML_SUFFIXES:
             continue
         size = path.stat().st_size
         if size < AHEAD_MIN_BYTES or size > MAX_FILE_BYTES:
-            return None
+            continue  # not worth it, or refused by the reader
         share = (size + others) / (size * (2 + _HEAD_EXTRA))
         if share > _MAX_HEAD:
             return None
