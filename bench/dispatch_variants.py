@@ -16,6 +16,7 @@ bench``.
 
 from __future__ import annotations
 
+import re
 import statistics
 import subprocess
 import sys
@@ -50,19 +51,26 @@ def variants(server_if: str) -> dict[str, str | None]:
  chain forward6 {{ {"; ".join([SOURCE6, CT, ICMP6, *V6])}; }}
 """
 
-    def table(*rules: str) -> str:
-        return "table inet t {" + objects + " chain forward { " + HOOK + "\n" + "\n".join(rules) + "\n}\n}\n"
+    # Every set and map with a size: the kernel may then choose its fixed-size hash
+    # (nft_hash, for 4-byte keys nft_hash_fast) over the resizable rhashtable it must use
+    # for a set without one.
+    sized = re.sub(r"(\b(?:set|map) \w+ \{ type [^;}]*;)", r"\1 size 65536;", objects)
+
+    def table(*rules: str, held: str = objects) -> str:
+        return "table inet t {" + held + " chain forward { " + HOOK + "\n" + "\n".join(rules) + "\n}\n}\n"
 
     return {
         "none": None,
         "conntrack": "table inet t { chain forward { " + HOOK + "\n" + CT + "\n}\n}\n",
         # callgate's forward chain today (nft layout 6)
         "callgate": table(SOURCE4, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
+        "callgate, sets with a size": table(SOURCE4, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1], held=sized),
         "ipv4 rules only": table(SOURCE4, CT, *V4),
         "interface test first": table("iifname @endpoint_iface iifname . ip saddr != @source4 drop",
                                       SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
         "split by family": table("meta nfproto vmap { ipv4 : goto forward4, ipv6 : goto forward6 }"),
         "no source check": table(CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
+        "no source check, sets with a size": table(CT, ICMP6, V4[0], V6[0], V4[1], V6[1], held=sized),
         "source by address only": table("ip saddr @address4 drop", CT, *V4),
         # Egress dispatch by interface: three rules, but blind on a bridge (iif = the bridge).
         "by interface (no bridges)": table("iifname vmap @from_iface", CT, V4[1], V6[1]),
