@@ -1,6 +1,7 @@
 """Where the forward hook's dispatch costs: hand-written table variants, 64-byte UDP.
 
-    sudo .venv/bin/python -m bench.dispatch_variants [ROUNDS]      # default 6
+    sudo .venv/bin/python -m bench.dispatch_variants [ROUNDS [VARIANT...]]   # default 6, all
+    sudo .venv/bin/python -m bench.dispatch_variants --per-rule [ROUNDS]
 
 In the datapath benchmark's two-pod lab (a remote client, a local server with
 chains), each variant is a small ``inet`` table shaped like the dispatch part
@@ -12,6 +13,12 @@ accept``), then the median. Written to find out whether reordering or trimming
 the dispatch rules could bring callgate to 95% of that floor
 (docs/performance.md, Datapath); it is an experiment, not part of ``python -m
 bench``.
+
+``--per-rule`` prices single rules instead: each is repeated :data:`AMPLIFY`
+times (none of them matches the load generator's packets) before the
+established rule, so that its cost shows through the noise of a shared machine:
+ns per rule = (1/pps - 1/pps of ``conntrack``) / AMPLIFY, per round, then the
+median.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import re
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 from bench.datapath import build_loadgen, measure_udp
-from bench.lab import ns_exec, two_pod_lab
+from bench.lab import TwoPodLab, ns_exec, two_pod_lab
 
 SERVER, CLIENT = "198.18.0.10", "198.18.5.7"
 HOOK = "type filter hook forward priority 0; policy accept;"
@@ -32,6 +40,9 @@ SOURCE6 = "iifname . ip6 saddr != @source6 iifname @endpoint_iface drop"
 ICMP6 = "icmpv6 type . ip6 hoplimit { mld-listener-query . 1 } accept"
 V4 = ["ip saddr vmap @from4", "ip daddr vmap @to4"]
 V6 = ["ip6 saddr vmap @from6", "ip6 daddr vmap @to6"]
+INGRESS = "udp dport 5001 accept; tcp dport 80 accept; drop;"
+MARK = "ct mark 0x00010000 accept"
+MARKED_INGRESS = "udp dport 5001 ct mark set 0x00010000 accept; tcp dport 80 ct mark set 0x00010000 accept; drop;"
 
 
 def variants(server_if: str) -> dict[str, str | None]:
@@ -46,7 +57,7 @@ def variants(server_if: str) -> dict[str, str | None]:
  map to6 {{ type ipv6_addr : verdict; }}
  map from_iface {{ type ifname : verdict; elements = {{ "{server_if}" : jump egress }} }}
  chain egress {{ accept; }}
- chain ingress {{ udp dport 5001 accept; tcp dport 80 accept; drop; }}
+ chain ingress {{ {INGRESS} }}
  chain forward4 {{ {"; ".join([SOURCE4, CT, *V4])}; }}
  chain forward6 {{ {"; ".join([SOURCE6, CT, ICMP6, *V6])}; }}
 """
@@ -74,7 +85,52 @@ def variants(server_if: str) -> dict[str, str | None]:
         "source by address only": table("ip saddr @address4 drop", CT, *V4),
         # Egress dispatch by interface: three rules, but blind on a bridge (iif = the bridge).
         "by interface (no bridges)": table("iifname vmap @from_iface", CT, V4[1], V6[1]),
+        # The source checks and the established rule alone: what a packet of a flow whose
+        # verdict conntrack remembered would pay.
+        "source checks, then conntrack": table(SOURCE4, SOURCE6, CT),
+        # The ingress verdict remembered in the flow's ct mark: later packets of a flow
+        # conntrack still holds as NEW (unreplied UDP) leave at the mark.
+        "verdict in ct mark": table(SOURCE4, SOURCE6, MARK, CT, ICMP6, V4[0], V6[0], V4[1], V6[1],
+                                    held=objects.replace(INGRESS, MARKED_INGRESS)),
     }
+
+
+AMPLIFY = 32  # copies of a rule in the --per-rule tables
+
+
+def single_rules(server_if: str) -> dict[str, str]:
+    """Tables for ``--per-rule``: the same sets and maps, the forward chain one rule
+    repeated, then the established rule (the floor itself is ``conntrack``)."""
+    callgate = variants(server_if)["callgate"]
+    assert callgate is not None
+    head = callgate[:callgate.index(" chain forward {")]
+
+    def repeated(rule: str) -> str:
+        return head + " chain forward { " + HOOK + "\n" + "\n".join([rule] * AMPLIFY) + "\n" + CT + "\n}\n}\n"
+
+    return {
+        "conntrack": "table inet t { chain forward { " + HOOK + "\n" + CT + "\n}\n}\n",
+        "source check (ipv4, as callgate)": repeated(SOURCE4),
+        "source check, interface first": repeated("iifname @endpoint_iface iifname . ip saddr != @source4 drop"),
+        "source check (ipv6) on ipv4": repeated(SOURCE6),
+        "ip saddr vmap, a miss": repeated(V4[0]),
+        "ip saddr in a set, a miss": repeated("ip saddr @address4 drop"),
+        "meta mark compare": repeated("meta mark 0x1234 drop"),
+        "ct mark compare": repeated("ct mark 0x00010000 drop"),
+    }
+
+
+def rotate(lab: TwoPodLab, loadgen: Path, tables: dict[str, str | None], rounds: int) -> dict[str, list[float]]:
+    """64-byte UDP packets/s through each table, rotating the order per round so that
+    the machine's load hits them alike."""
+    names = list(tables)
+    pps: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            load(lab.node, tables[name])
+            pps[name].append(measure_udp(lab, loadgen, 3))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {pps[n][-1]:,.0f}" for n in names), flush=True)
+    return pps
 
 
 def load(netns: str, text: str | None) -> None:
@@ -84,21 +140,29 @@ def load(netns: str, text: str | None) -> None:
 
 
 def main() -> int:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+    args = sys.argv[1:]
+    per_rule = args[:1] == ["--per-rule"]
+    if per_rule:
+        args = args[1:]
+    rounds = int(args[0]) if args else 6
     loadgen = build_loadgen()
     with two_pod_lab(SERVER, CLIENT) as lab:
+        if per_rule:
+            pps = rotate(lab, loadgen, dict(single_rules(lab.server.host_if)), rounds)
+            print(f"{'rule':36s} {'pps (median)':>12s}  {'ns per rule':>11s}  per round")
+            for name, samples in pps.items():
+                ns = [(1 / a - 1 / b) / AMPLIFY * 1e9 for a, b in zip(samples, pps["conntrack"], strict=True)]
+                print(f"{name:36s} {statistics.median(samples):12,.0f}  {statistics.median(ns):11.0f}  "
+                      f"{min(ns):.0f}-{max(ns):.0f}")
+            return 0
         tables = variants(lab.server.host_if)
-        names = list(tables)
-        pps: dict[str, list[float]] = {name: [] for name in names}
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                load(lab.node, tables[name])
-                pps[name].append(measure_udp(lab, loadgen, 3))
-            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {pps[n][-1]:,.0f}" for n in names), flush=True)
-        print(f"{'variant':28s} {'pps (median)':>12s}  {'/ conntrack':>11s}  per round")
-        for name in names:
-            ratios = [a / b for a, b in zip(pps[name], pps["conntrack"], strict=True)]
-            print(f"{name:28s} {statistics.median(pps[name]):12,.0f}  {statistics.median(ratios):11.1%}  "
+        if len(args) > 1:  # these variants only (the floor always, for the ratios)
+            tables = {name: text for name, text in tables.items() if name in {"conntrack", *args[1:]}}
+        pps = rotate(lab, loadgen, tables, rounds)
+        print(f"{'variant':32s} {'pps (median)':>12s}  {'/ conntrack':>11s}  per round")
+        for name, samples in pps.items():
+            ratios = [a / b for a, b in zip(samples, pps["conntrack"], strict=True)]
+            print(f"{name:32s} {statistics.median(samples):12,.0f}  {statistics.median(ratios):11.1%}  "
                   f"{min(ratios):.0%}-{max(ratios):.0%}")
     return 0
 
