@@ -1,7 +1,7 @@
 """Where the forward hook's dispatch costs: hand-written table variants, 64-byte UDP.
 
     sudo .venv/bin/python -m bench.dispatch_variants [ROUNDS [VARIANT...]]   # default 6, all
-    sudo .venv/bin/python -m bench.dispatch_variants --per-rule [ROUNDS]
+    sudo .venv/bin/python -m bench.dispatch_variants --per-rule [ROUNDS [RULE...]]
 
 In the datapath benchmark's two-pod lab (a remote client, a local server with
 chains), each variant is a small ``inet`` table shaped like the dispatch part
@@ -23,6 +23,7 @@ median.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import statistics
 import subprocess
@@ -45,12 +46,25 @@ MARK = "ct mark 0x00010000 accept"
 MARKED_INGRESS = "udp dport 5001 ct mark set 0x00010000 accept; tcp dport 80 ct mark set 0x00010000 accept; drop;"
 
 
+def _spoofed4(server_if: str, others: int = 77) -> str:
+    """The complement of each endpoint interface's own address, as (interface, range)
+    elements: the server's, and ``others`` made-up endpoints' like a node's worth."""
+    own = [(server_if, SERVER)] + [(f"cgx{i}", f"198.19.{i // 250}.{i % 250 + 1}") for i in range(others)]
+    elements = []
+    for iface, address in own:
+        below, above = ipaddress.IPv4Address(address) - 1, ipaddress.IPv4Address(address) + 1
+        elements += [f'"{iface}" . 0.0.0.0-{below}', f'"{iface}" . {above}-255.255.255.255']
+    return ", ".join(elements)
+
+
 def variants(server_if: str) -> dict[str, str | None]:
+    spoofed = _spoofed4(server_if)
     objects = f"""
  set endpoint_iface {{ type ifname; elements = {{ "{server_if}" }} }}
  set source4 {{ type ifname . ipv4_addr; elements = {{ "{server_if}" . {SERVER} }} }}
  set source6 {{ type ifname . ipv6_addr; }}
  set address4 {{ type ipv4_addr; elements = {{ {SERVER} }} }}
+ set spoofed4 {{ type ifname . ipv4_addr; flags interval; elements = {{ {spoofed} }} }}
  map from4 {{ type ipv4_addr : verdict; elements = {{ {SERVER} : jump egress }} }}
  map to4 {{ type ipv4_addr : verdict; elements = {{ {SERVER} : jump ingress }} }}
  map from6 {{ type ipv6_addr : verdict; }}
@@ -115,6 +129,7 @@ def single_rules(server_if: str) -> dict[str, str]:
         "source check (ipv6) on ipv4": repeated(SOURCE6),
         "ip saddr vmap, a miss": repeated(V4[0]),
         "ip saddr in a set, a miss": repeated("ip saddr @address4 drop"),
+        "source check, one interval look-up": repeated("iifname . ip saddr @spoofed4 drop"),
         "meta mark compare": repeated("meta mark 0x1234 drop"),
         "ct mark compare": repeated("ct mark 0x00010000 drop"),
     }
@@ -148,7 +163,10 @@ def main() -> int:
     loadgen = build_loadgen()
     with two_pod_lab(SERVER, CLIENT) as lab:
         if per_rule:
-            pps = rotate(lab, loadgen, dict(single_rules(lab.server.host_if)), rounds)
+            rules: dict[str, str | None] = dict(single_rules(lab.server.host_if))
+            if len(args) > 1:  # these rules only (the floor always)
+                rules = {name: text for name, text in rules.items() if name in {"conntrack", *args[1:]}}
+            pps = rotate(lab, loadgen, rules, rounds)
             print(f"{'rule':36s} {'pps (median)':>12s}  {'ns per rule':>11s}  per round")
             for name, samples in pps.items():
                 ns = [(1 / a - 1 / b) / AMPLIFY * 1e9 for a, b in zip(samples, pps["conntrack"], strict=True)]
