@@ -291,11 +291,10 @@ class Soak:
         kind = ("delete the table", "flush a-from-b's peer set")[n % 2]
         w = Window("tamper", self.rec.t(), detail=kind)
         if n % 2 == 0:
-            argv = ["delete", "table", "inet", "callgate"]
-        else:  # looked up now: a decision map's name follows its tier's rules, which churn changes
-            self.peer_set = self._set_holding(LAB_PODS["x/b"]["ip"])
-            argv = ["flush", self.peer_set[0], "inet", "callgate", self.peer_set[1]]
-        subprocess.run(["ip", "netns", "exec", self.netns, "nft", *argv], check=True)
+            subprocess.run(["ip", "netns", "exec", self.netns, "nft", "delete", "table", "inet", "callgate"],
+                           check=True)
+        else:
+            self._flush_peer_set()
         t0 = next_look = time.monotonic()
         self._look_now()
         while time.monotonic() - t0 < 120 and not self.stop.is_set():
@@ -393,6 +392,20 @@ class Soak:
             return False  # being replaced
         kind, name = self.peer_set
         return table is not None and not any(obj.get(kind, {}).get("name") == name for obj in table)
+
+    def _flush_peer_set(self) -> None:
+        """Flush the set or decision map that holds x/b's address. Looked up just before:
+        a decision map's name follows its tier's rules, which churn changes, so the one
+        found may be renamed before the flush reaches it; then it is looked up again."""
+        for _ in range(5):
+            self.peer_set = self._set_holding(LAB_PODS["x/b"]["ip"])
+            argv = ["flush", self.peer_set[0], "inet", "callgate", self.peer_set[1]]
+            done = subprocess.run(["ip", "netns", "exec", self.netns, "nft", *argv], capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            if "No such file or directory" not in done.stderr:
+                raise SystemExit(f"nft {' '.join(argv)}: {done.stderr.strip()}")
+        raise SystemExit(f"the set holding x/b's address was renamed under five flushes in a row: {done.stderr.strip()}")
 
     def _set_holding(self, ip: str) -> tuple[str, str]:
         """("set" or "map", name) of the one set or decision map holding ``ip``."""
