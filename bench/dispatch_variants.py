@@ -43,6 +43,7 @@ V4 = ["ip saddr vmap @from4", "ip daddr vmap @to4"]
 V6 = ["ip6 saddr vmap @from6", "ip6 daddr vmap @to6"]
 INGRESS = "udp dport 5001 accept; tcp dport 80 accept; drop;"
 MARK = "ct mark 0x00010000 accept"
+GUARD = "iifname vmap @source_guard"
 MARKED_INGRESS = "udp dport 5001 ct mark set 0x00010000 accept; tcp dport 80 ct mark set 0x00010000 accept; drop;"
 
 
@@ -70,6 +71,8 @@ def variants(server_if: str) -> dict[str, str | None]:
  map from6 {{ type ipv6_addr : verdict; }}
  map to6 {{ type ipv6_addr : verdict; }}
  map from_iface {{ type ifname : verdict; elements = {{ "{server_if}" : jump egress }} }}
+ map source_guard {{ type ifname : verdict; elements = {{ "{server_if}" : jump source_server }} }}
+ chain source_server {{ ip saddr != {SERVER} drop; meta nfproto ipv6 drop; }}
  chain egress {{ accept; }}
  chain ingress {{ {INGRESS} }}
  chain forward4 {{ {"; ".join([SOURCE4, CT, *V4])}; }}
@@ -104,6 +107,12 @@ def variants(server_if: str) -> dict[str, str | None]:
         "source checks, then conntrack": table(SOURCE4, SOURCE6, CT),
         # The ingress verdict remembered in the flow's ct mark: later packets of a flow
         # conntrack still holds as NEW (unreplied UDP) leave at the mark.
+        # The source check as a verdict map by interface into a chain per endpoint that
+        # compares the source with the endpoint's own address: a packet from outside the
+        # node's pods pays one miss instead of two.
+        "source by interface map": table(GUARD, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
+        "source by interface map, verdict in ct mark": table(GUARD, MARK, CT, ICMP6, V4[0], V6[0], V4[1], V6[1],
+                                                             held=objects.replace(INGRESS, MARKED_INGRESS)),
         "verdict in ct mark": table(SOURCE4, SOURCE6, MARK, CT, ICMP6, V4[0], V6[0], V4[1], V6[1],
                                     held=objects.replace(INGRESS, MARKED_INGRESS)),
     }
