@@ -46,6 +46,7 @@ from callgate.enforcers.nft.fake import FakeNftKernel
 from callgate.enforcers.nft.kernel import Command, LibNftables
 from callgate.enforcers.routes import InterfaceResolver
 from callgate.errors import KernelError
+from callgate.watchers.base import Snapshot
 from tests.helpers import write
 from tests.test_agent_reactor import A_FROM_B, C_FROM_B, NODE, WAIT, inventory, snap
 
@@ -67,17 +68,19 @@ class FaultyKernel(FakeNftKernel):
         super().run(commands, check)
 
 
-def reactor(enforcer: Enforcer) -> Reactor:
-    r = Reactor(ReactorConfig(node=NODE, resync=3600.0, coalesce=0.01, max_delay=1.0, retry=0.2),
+def reactor(enforcer: Enforcer, retry: float = 0.2) -> Reactor:
+    r = Reactor(ReactorConfig(node=NODE, resync=3600.0, coalesce=0.01, max_delay=1.0, retry=retry),
                 enforcer, InterfaceResolver(runner=lambda _argv: "[]"), AgentMetrics())
     r.start()
     return r
 
 
-def send(r: Reactor, event: Any) -> None:
-    before = r.syncs
+def send(r: Reactor, event: Snapshot) -> None:
+    """Hand ``event`` to the reactor and wait until its own sync has ended, applied or
+    failed. Counting syncs is not enough: the interfaces here never resolve, so the
+    reactor also looks again every ``retry`` seconds, and such a look may end first."""
     r.on_event(event)
-    assert r.wait_for(lambda: r.syncs > before, WAIT)
+    assert r.wait_for(lambda: r.settled is event, WAIT)
 
 
 def agent_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
@@ -97,7 +100,7 @@ FAULTS: dict[str, Callable[[], BaseException]] = {
 def test_a_failed_apply_keeps_the_old_rules_and_says_so_once(fault: str, caplog: pytest.LogCaptureFixture) -> None:
     kernel = FaultyKernel()
     enforcer = NftablesEnforcer(kernel)
-    r = reactor(enforcer)
+    r = reactor(enforcer, retry=1.0)  # time to look at the failure before the retry applies
     try:
         old, new = snap(), snap(policies=(A_FROM_B, C_FROM_B))
         send(r, old)
@@ -155,7 +158,7 @@ def test_iptables_failing_at_every_step_keeps_the_old_rules(caplog: pytest.LogCa
     for k in range(steps):
         fake = FakeIptables()
         enforcer = IptablesEnforcer(fake)
-        r = reactor(enforcer)
+        r = reactor(enforcer, retry=1.0)  # time to read the live state before the retry applies
         try:
             send(r, old_snap)
             old_text = enforcer.live_text()
@@ -170,12 +173,12 @@ def test_iptables_failing_at_every_step_keeps_the_old_rules(caplog: pytest.LogCa
             new = snap(policies=(A_FROM_B, C_FROM_B))
             with caplog.at_level(logging.INFO, logger="callgate"):
                 send(r, new)
+            fake.fail = None  # the calls below are the test's; the retry applies the new rules
             live = enforcer.live_text()
             if r.apply_error:
                 assert live == old_text, f"step {k}: not the old rules"
                 assert [rec.getMessage() for rec in agent_records(caplog, logging.WARNING)] == [
                     "apply failed; the previous rules stay in the kernel"], k
-            fake.fail = None
             assert r.wait_for(lambda r=r, new=new: r.last_sync is not None and r.last_sync.snapshot is new, WAIT)
             assert r.last_sync is not None and enforcer.in_sync(r.last_sync.ruleset), k
         finally:

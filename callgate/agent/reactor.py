@@ -166,6 +166,9 @@ class Reactor:
         self.apply_error: str | None = None
         self.unresolved: dict[str, str] = {}
         self.syncs = 0  # completed syncs (tests wait on this)
+        # The last event whose sync has ended, applied or failed, its log lines written
+        # (tests wait on this: a retry's or resync's sync may end while the event's runs).
+        self.settled: Snapshot | SourceProblem | None = None
         self._last_check = 0.0  # monotonic time the worker last looked at the kernel
         self.repairs = 0
         self.transactions: Counter[str] = Counter()  # committed transactions by mode ("incremental", "full")
@@ -360,6 +363,7 @@ class Reactor:
                 with self._cond:
                     if kind == "event":
                         self._coalescer.done(time.monotonic())
+                        self.settled = event
                     self.syncs += 1
                     self._cond.notify_all()
         _log(logging.INFO, "reactor stopped; rules stay in the kernel", node=self.config.node)
