@@ -432,7 +432,8 @@ def test_an_endpoint_in_its_own_namespace_needs_no_interface(kernel: FakeNftKern
         parts["/run/netns/cgt-a"].tables.clear()
         before = h.reactor.repairs
         h.reactor._resync()
-        assert h.reactor.repairs == before + 1 and ("inet", "callgate") in parts["/run/netns/cgt-a"].tables
+        # (The worker's own first drift check may run meanwhile and repair it too: ≥.)
+        assert h.reactor.repairs >= before + 1 and ("inet", "callgate") in parts["/run/netns/cgt-a"].tables
     finally:
         h.reactor.stop()
 
