@@ -41,6 +41,8 @@ SOURCE6 = "iifname . ip6 saddr != @source6 iifname @endpoint_iface drop"
 ICMP6 = "icmpv6 type . ip6 hoplimit { mld-listener-query . 1 } accept"
 V4 = ["ip saddr vmap @from4", "ip daddr vmap @to4"]
 V6 = ["ip6 saddr vmap @from6", "ip6 daddr vmap @to6"]
+SOURCE4_INTERFACE_FIRST = "iifname @endpoint_iface iifname . ip saddr != @source4 drop"
+FLOOR = "table inet t { chain forward { " + HOOK + "\n" + CT + "\n}\n}\n"  # conntrack only
 INGRESS = "udp dport 5001 accept; tcp dport 80 accept; drop;"
 MARK = "ct mark 0x00010000 accept"
 GUARD = "iifname vmap @source_guard"
@@ -83,19 +85,20 @@ def variants(server_if: str) -> dict[str, str | None]:
     # (nft_hash, for 4-byte keys nft_hash_fast) over the resizable rhashtable it must use
     # for a set without one.
     sized = re.sub(r"(\b(?:set|map) \w+ \{ type [^;}]*;)", r"\1 size 65536;", objects)
+    # The ingress chain's accepts remember the verdict in the flow's ct mark.
+    marked = objects.replace(INGRESS, MARKED_INGRESS)
 
     def table(*rules: str, held: str = objects) -> str:
         return "table inet t {" + held + " chain forward { " + HOOK + "\n" + "\n".join(rules) + "\n}\n}\n"
 
     return {
         "none": None,
-        "conntrack": "table inet t { chain forward { " + HOOK + "\n" + CT + "\n}\n}\n",
+        "conntrack": FLOOR,
         # callgate's forward chain today (nft layout 6)
         "callgate": table(SOURCE4, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
         "callgate, sets with a size": table(SOURCE4, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1], held=sized),
         "ipv4 rules only": table(SOURCE4, CT, *V4),
-        "interface test first": table("iifname @endpoint_iface iifname . ip saddr != @source4 drop",
-                                      SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
+        "interface test first": table(SOURCE4_INTERFACE_FIRST, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
         "split by family": table("meta nfproto vmap { ipv4 : goto forward4, ipv6 : goto forward6 }"),
         "no source check": table(CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
         "no source check, sets with a size": table(CT, ICMP6, V4[0], V6[0], V4[1], V6[1], held=sized),
@@ -105,16 +108,15 @@ def variants(server_if: str) -> dict[str, str | None]:
         # The source checks and the established rule alone: what a packet of a flow whose
         # verdict conntrack remembered would pay.
         "source checks, then conntrack": table(SOURCE4, SOURCE6, CT),
-        # The ingress verdict remembered in the flow's ct mark: later packets of a flow
-        # conntrack still holds as NEW (unreplied UDP) leave at the mark.
         # The source check as a verdict map by interface into a chain per endpoint that
         # compares the source with the endpoint's own address: a packet from outside the
         # node's pods pays one miss instead of two.
         "source by interface map": table(GUARD, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
         "source by interface map, verdict in ct mark": table(GUARD, MARK, CT, ICMP6, V4[0], V6[0], V4[1], V6[1],
-                                                             held=objects.replace(INGRESS, MARKED_INGRESS)),
-        "verdict in ct mark": table(SOURCE4, SOURCE6, MARK, CT, ICMP6, V4[0], V6[0], V4[1], V6[1],
-                                    held=objects.replace(INGRESS, MARKED_INGRESS)),
+                                                             held=marked),
+        # The ingress verdict remembered in the flow's ct mark: later packets of a flow
+        # conntrack still holds as NEW (unreplied UDP) leave at the mark.
+        "verdict in ct mark": table(SOURCE4, SOURCE6, MARK, CT, ICMP6, V4[0], V6[0], V4[1], V6[1], held=marked),
     }
 
 
@@ -132,9 +134,9 @@ def single_rules(server_if: str) -> dict[str, str]:
         return head + " chain forward { " + HOOK + "\n" + "\n".join([rule] * AMPLIFY) + "\n" + CT + "\n}\n}\n"
 
     return {
-        "conntrack": "table inet t { chain forward { " + HOOK + "\n" + CT + "\n}\n}\n",
+        "conntrack": FLOOR,
         "source check (ipv4, as callgate)": repeated(SOURCE4),
-        "source check, interface first": repeated("iifname @endpoint_iface iifname . ip saddr != @source4 drop"),
+        "source check, interface first": repeated(SOURCE4_INTERFACE_FIRST),
         "source check (ipv6) on ipv4": repeated(SOURCE6),
         "ip saddr vmap, a miss": repeated(V4[0]),
         "ip saddr in a set, a miss": repeated("ip saddr @address4 drop"),
@@ -157,6 +159,11 @@ def rotate(lab: TwoPodLab, loadgen: Path, tables: dict[str, str | None], rounds:
     return pps
 
 
+def only(tables: dict[str, str | None], names: list[str]) -> dict[str, str | None]:
+    """The tables named (all when none is), and the floor always: the ratios need it."""
+    return {name: text for name, text in tables.items() if not names or name in {"conntrack", *names}}
+
+
 def load(netns: str, text: str | None) -> None:
     subprocess.run(ns_exec(netns, "nft", "delete", "table", "inet", "t"), capture_output=True, check=False)
     if text is not None:
@@ -172,20 +179,14 @@ def main() -> int:
     loadgen = build_loadgen()
     with two_pod_lab(SERVER, CLIENT) as lab:
         if per_rule:
-            rules: dict[str, str | None] = dict(single_rules(lab.server.host_if))
-            if len(args) > 1:  # these rules only (the floor always)
-                rules = {name: text for name, text in rules.items() if name in {"conntrack", *args[1:]}}
-            pps = rotate(lab, loadgen, rules, rounds)
+            pps = rotate(lab, loadgen, only(dict(single_rules(lab.server.host_if)), args[1:]), rounds)
             print(f"{'rule':36s} {'pps (median)':>12s}  {'ns per rule':>11s}  per round")
             for name, samples in pps.items():
                 ns = [(1 / a - 1 / b) / AMPLIFY * 1e9 for a, b in zip(samples, pps["conntrack"], strict=True)]
                 print(f"{name:36s} {statistics.median(samples):12,.0f}  {statistics.median(ns):11.0f}  "
                       f"{min(ns):.0f}-{max(ns):.0f}")
             return 0
-        tables = variants(lab.server.host_if)
-        if len(args) > 1:  # these variants only (the floor always, for the ratios)
-            tables = {name: text for name, text in tables.items() if name in {"conntrack", *args[1:]}}
-        pps = rotate(lab, loadgen, tables, rounds)
+        pps = rotate(lab, loadgen, only(variants(lab.server.host_if), args[1:]), rounds)
         print(f"{'variant':32s} {'pps (median)':>12s}  {'/ conntrack':>11s}  per round")
         for name, samples in pps.items():
             ratios = [a / b for a, b in zip(samples, pps["conntrack"], strict=True)]
