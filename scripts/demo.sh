@@ -39,7 +39,9 @@ for node in node-1 node-2; do
 done
 
 step "What callgate put on node-1"
-ip netns exec "$("$CG" lab netns node-1 --name "$LAB")" nft list table inet callgate | sed -n '1,400p' | grep -v '^\s*$' | head -60
+# The first 60 non-blank lines. sed reads to the end, unlike head: under pipefail a writer
+# cut off by head's early exit (SIGPIPE, 141) would end the demo, depending on timing.
+ip netns exec "$("$CG" lab netns node-1 --name "$LAB")" nft list table inet callgate | grep -v '^\s*$' | sed -n '1,60p'
 
 step "Probe with real packets: observed vs expected (IPv4 and IPv6)"
 "$CG" lab probe --inventory "$INV" --policies "$POL" --name "$LAB"
