@@ -556,6 +556,11 @@ class Reactor:
             # later collections no longer traverse them (what the next
             # snapshots replace is freed by reference counting all the same).
             gc.freeze()
+        if self.last_sync is None or full:
+            # The first apply (nothing applied yet) and a full one read or replaced
+            # the whole live table: that was a drift check, and the next is due
+            # `resync` after it, not at once.
+            self._last_check = time.monotonic()
         self.last_sync = LastSync(snapshot, ruleset, known, time.monotonic())
         self.apply_error = None
         if unresolved != self.unresolved:
