@@ -21,7 +21,7 @@ from callgate.enforcers.base import Enforcer, Placement
 from callgate.enforcers.iptables.enforcer import IptablesEnforcer
 from callgate.enforcers.iptables.fake import FakeIptables
 from callgate.enforcers.iptables.transaction import plan
-from callgate.enforcers.nft.dispatch import dispatch_elements
+from callgate.enforcers.nft.dispatch import dispatch_elements, guard_chain, guard_chains
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
 from callgate.enforcers.nft.transaction import replace_table
@@ -55,22 +55,44 @@ def test_node_dispatch_is_by_address_and_every_local_endpoint_is_held_to_its_own
     assert elements[("inet", "from_endpoint4")] == []  # nobody isolated for egress
     # Anti-spoofing covers all five local endpoints, isolated (x/a, x/c) or not, in both tables.
     local = ["cgxa0", "cgxc0", "cgyb0", "cgza0", "cgzc0"]
-    for family in ("inet", "bridge"):
-        assert elements[(family, "endpoint_iface")] == local
-        assert {"concat": ["cgyb0", "198.18.2.11"]} in elements[(family, "endpoint_source4")]
-        assert {"concat": ["cgyb0", "fd00:18:2::11"]} in elements[(family, "endpoint_source6")]
+    # The inet table: one source chain per interface, reached by a verdict map on it.
+    assert elements[("inet", "endpoint_guard")] == [[i, {"jump": {"target": guard_chain(i)}}] for i in local]
+    assert len({guard_chain(i) for i in local}) == len(local)
+    assert ("inet", "endpoint_source4") not in elements and ("inet", "endpoint_iface") not in elements
+    # The bridge table: (interface, address) pairs, which its chain looks up.
+    assert elements[("bridge", "endpoint_iface")] == local
+    assert {"concat": ["cgyb0", "198.18.2.11"]} in elements[("bridge", "endpoint_source4")]
+    assert {"concat": ["cgyb0", "fd00:18:2::11"]} in elements[("bridge", "endpoint_source6")]
     text = replace_table(rs).text()
     assert "ip daddr vmap @to_endpoint4" in text
-    assert "iifname . ip saddr != @endpoint_source4 iifname @endpoint_iface counter drop" in text
+    source = text[text.index(f"chain {guard_chain('cgyb0')} {{"):]
+    assert source.splitlines()[1:3] == [
+        '\t\tip saddr != 198.18.2.11 counter drop comment "callgate anti-spoofing"',
+        '\t\tip6 saddr != fd00:18:2::11 counter drop comment "callgate anti-spoofing"']
     assert "table bridge callgate {" in text and "iifname . arp saddr ip @endpoint_source4 return" in text
     assert "ether type != { ip, arp, ip6 } counter drop" in text  # a bridge port sends no VLAN-tagged frames
     # The source checks first (a spoofed packet must not ride the impersonated pod's
     # flow), then established flows leave, then dispatch.
     forward = text[text.index("chain forward {"):]
     rules = [line.strip() for line in forward.splitlines()[2:] if line.strip() and line.strip() != "}"]
-    assert [r.split(" != ")[0] for r in rules[:2]] == ["iifname . ip saddr", "iifname . ip6 saddr"]
-    assert rules[2] == "ct state established,related accept"
-    assert forward.index("@endpoint_source4") < forward.index("vmap @from_endpoint4")
+    assert rules[:2] == ['iifname vmap @endpoint_guard comment "callgate anti-spoofing"',
+                         "ct state established,related accept"]
+    assert forward.index("@endpoint_guard") < forward.index("vmap @from_endpoint4")
+
+
+def test_a_source_chain_holds_every_address_of_its_interface_and_none_of_a_missing_family() -> None:
+    """Several endpoints (or addresses) on one interface: any of theirs; an interface
+    without an address of a family sends none of that family."""
+    inv = standard()
+    eps = list(inv.endpoints)
+    xa = next(i for i, ep in enumerate(eps) if ep.key == "x/a")
+    eps[xa] = dataclasses.replace(eps[xa], ips=("198.18.1.10", "198.18.1.99"))  # IPv4 only, two of them
+    rs = compile_(Inventory(inv.namespaces, tuple(eps)))
+    rules = guard_chains(rs, "node")[guard_chain("cgxa0")]
+    assert rules[0][0] == {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                                     "right": {"set": ["198.18.1.10", "198.18.1.99"]}}}
+    assert rules[1][0] == {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}}
+    assert guard_chains(rs, "netns") == {}
 
 
 def test_netns_placement_owns_only_its_namespace_input_and_output() -> None:
@@ -112,10 +134,22 @@ def test_a_local_pod_coming_is_element_commands_in_both_tables() -> None:
     assert isinstance(result.transaction, NftUpdate) and result.mode == "incremental"
     added = {(c["add"]["element"]["family"], c["add"]["element"]["name"]): c["add"]["element"]["elem"]
              for c in result.transaction.commands if "element" in c.get("add", {})}
-    for family in ("inet", "bridge"):
-        assert added[(family, "endpoint_iface")] == ["cgyb0"]
-        assert added[(family, "endpoint_source4")] == [{"concat": ["cgyb0", "198.18.2.11"]}]
+    assert added[("bridge", "endpoint_iface")] == ["cgyb0"]
+    assert added[("bridge", "endpoint_source4")] == [{"concat": ["cgyb0", "198.18.2.11"]}]
+    # The inet table: its source chain, filled before the map element that jumps to it.
+    assert added[("inet", "endpoint_guard")] == [["cgyb0", {"jump": {"target": guard_chain("cgyb0")}}]]
+    text = result.transaction.text().splitlines()
+    chain = f"add chain inet callgate {guard_chain('cgyb0')}"
+    element = next(i for i, line in enumerate(text) if line.startswith("add element inet callgate endpoint_guard"))
+    assert text.index(chain) < text.index(f"add rule inet callgate {guard_chain('cgyb0')}") < element
     assert enforcer.in_sync(compile_(inv))
+    # And it goes again: the element first, then the chain.
+    gone = enforcer.apply(compile_(fewer))
+    assert isinstance(gone.transaction, NftUpdate)
+    lines = gone.transaction.text().splitlines()
+    assert lines.index(f"delete chain inet callgate {guard_chain('cgyb0')}") > next(
+        i for i, line in enumerate(lines) if line.startswith("delete element inet callgate endpoint_guard"))
+    assert enforcer.in_sync(compile_(fewer))
 
 
 def test_iptables_in_a_namespace_hooks_input_and_output() -> None:

@@ -71,7 +71,9 @@ DIGEST_KEY_LEN = 15
 # walk over rules and peer sets. 6: the forward chain's source checks before its
 # established rule (a spoofed packet must not ride the impersonated pod's flow).
 # 7: one peer set per distinct content (base.equal_sets, decisions._completed).
-LAYOUT_VERSION = 7
+# 8: the inet source check by a verdict map on the interface into a chain per
+# interface (dispatch.guard_chains) instead of (interface, address) pair sets.
+LAYOUT_VERSION = 8
 # A peer set (looked up by the rules without ports, see .decisions) whose
 # intervals together hold at most this many addresses is rendered as a hash
 # set of single addresses: an O(1) look-up. Why this bound: a hash-set element

@@ -15,6 +15,7 @@ commands only for what changed, through the same helpers the full table uses:
 * chains (endpoint chains, rule chains): ``add chain`` + rules for new ones,
   ``flush`` + refill for changed ones, ``flush`` + ``delete`` for removed ones;
 * dispatch maps and anti-spoofing sets (:mod:`.dispatch`): element by element;
+  the source chains ``endpoint_guard`` jumps to like endpoint chains;
 * the digest: ``delete element`` of the old one + ``add element`` of the new
   one in the digest set. The kernel refuses the whole transaction when the old
   one is not there, so the transaction applies only to the table it was
@@ -46,7 +47,7 @@ from callgate.enforcers.nft.commands import (
     verdict_chain_commands,
 )
 from callgate.enforcers.nft.decisions import Layout, elements_diff, next_map_command, update_layout
-from callgate.enforcers.nft.dispatch import dispatch_elements, structure
+from callgate.enforcers.nft.dispatch import dispatch_elements, guard_chain_commands, guard_chains, structure
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
     FAMILY,
@@ -181,6 +182,10 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     new_chains = [n for n in layout.chains if n not in old_layout.chains]
     changed_chains = [n for n in layout.chains if n in old_layout.chains and old_layout.chains[n] != layout.chains[n]]
     gone_chains = [n for n in old_layout.chains if n not in layout.chains]
+    a_guard, b_guard = guard_chains(old, placement), guard_chains(new, placement)
+    new_guards = [n for n in b_guard if n not in a_guard]
+    changed_guards = [n for n in b_guard if n in a_guard and a_guard[n] != b_guard[n]]
+    gone_guards = [n for n in a_guard if n not in b_guard]
 
     cmds: list[Command] = digest_swap(old_digest, new_digest)  # first: a refusal comes early
     cmds.extend(address_set_command(layout.sets[n]) for n in new_sets)
@@ -192,6 +197,10 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_passes)  # empty: map elements may name them
     cmds.extend(layout.maps[n].command() for n in new_maps)
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_chains)  # empty first: dispatch may point at them
+    cmds.extend({"add": {"chain": obj(name=n)}} for n in new_guards)  # before endpoint_guard's elements
+    cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_guards)
+    for name in (*new_guards, *changed_guards):
+        cmds.extend(guard_chain_commands(name, b_guard[name]))
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_chains)
     for name in (*new_chains, *changed_chains):
         cmds.extend(endpoint_chain_commands(name, layout.chains[name]))
@@ -206,6 +215,8 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     # go above), then their maps, then rule chains (whose elements are gone).
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_chains)
     cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_chains)
+    cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_guards)  # endpoint_guard let go above
+    cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_guards)
     cmds.extend({"delete": {"map": obj(name=n)}} for n in gone_maps)
     # Pass chains last of the decision part: map elements and walks named them.
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_passes)
