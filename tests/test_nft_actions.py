@@ -79,12 +79,12 @@ def test_flow_log_logs_denials_with_their_rule_id_and_limits_per_local_address()
 def test_an_audited_namespace_logs_would_deny_and_lets_the_packet_pass() -> None:
     text = _text(LOGGING, audit("x"))
     assert ('\tchain audit_default_in {\n\t\tcounter\n'
-            "\t\tupdate @flowlimit4_in { ip daddr limit rate over 10/second burst 20 packets } counter accept "
+            "\t\tupdate @flowlimit4_in { ip daddr limit rate over 10/second burst 20 packets } counter goto accept_decided "
             'comment "callgate flow-log limited"\n') in text
-    assert 'log prefix "callgate would-deny ingress default" group 7 accept\n' in text
+    assert 'log prefix "callgate would-deny ingress default" group 7 goto accept_decided\n' in text
     # Without a flow log, audit still never drops: the would-deny chains count and accept.
     unlogged = _text(None, audit("x"))
-    assert "\tchain audit_default_in {\n\t\tcounter accept\n\t}" in unlogged
+    assert "\tchain audit_default_in {\n\t\tcounter goto accept_decided\n\t}" in unlogged
     assert "drop" not in unlogged.split("chain in_")[1].split("}")[0]
 
 

@@ -26,6 +26,7 @@ from callgate.compiler.ir import EndpointRules, RuleSet
 from callgate.enforcers.nft import decisions
 from callgate.enforcers.nft.actions import ENFORCED, action, target
 from callgate.enforcers.nft.decisions import DecisionMap, Layout, build_layout, update_layout
+from callgate.enforcers.nft.layout import ACCEPT_DECIDED
 from callgate.policy.model import Endpoint, Inventory, PolicySet
 from tests.strategies import inventories
 from tests.test_decision import BASE, hand_built, packets
@@ -145,7 +146,7 @@ def test_rendered_maps_decide_as_the_rule_walk(form: str, case: tuple[RuleSet, E
         assert set(m.elements.values()) <= layout.verdicts.keys() | layout.passes.keys()  # every goto has its chain
     walked = {e["goto"]["target"] for rules in (*layout.chains.values(), *layout.passes.values())
               for exprs in rules for e in exprs if "goto" in e}
-    assert walked <= layout.verdicts.keys() | layout.passes.keys()
+    assert walked <= layout.verdicts.keys() | layout.passes.keys() | {ACCEPT_DECIDED}  # (an ingress allow's end)
     for family in ("ip", "ip6"):
         for address, protocol, port in packets(family):
             got = chain_decision(layout, endpoint, "ingress", family, address, protocol, port)

@@ -253,6 +253,99 @@ def test_a_spoofed_packet_cannot_ride_the_impersonated_pods_flow(lab: Running, b
     clear(lab)
 
 
+# -- the nft verdict cache ------------------------------------------------------------
+
+FLOW_PORT = 40405  # the unreplied flow's source port
+
+
+def sink(lab: Running, key: str) -> None:
+    """Count, in the pod, what reaches it from FLOW_PORT after callgate's hooks
+    (input, priority 10: in a macvlan pod callgate's table is at 0 there), and
+    keep the pod from answering (its lab server's echo, or a port unreachable, is
+    dropped on the way out before conntrack sees it): the flow stays unreplied,
+    every packet of it "new" to conntrack.
+    (Not dropped on the way in: in a macvlan pod that would also drop the
+    conntrack entry the verdict is cached in, which is confirmed after input.)"""
+    sh(lab.pod_ns(key), "nft", "delete", "table", "inet", "cgsink", check=False)
+    subprocess.run(["ip", "netns", "exec", lab.pod_ns(key), "nft", "-f", "-"], text=True, check=True, input=f"""
+        table inet cgsink {{
+            chain count {{
+                type filter hook input priority 10; policy accept;
+                udp sport {FLOW_PORT} counter
+            }}
+            chain quiet {{
+                type filter hook output priority -300; policy accept;
+                udp dport {FLOW_PORT} drop
+                icmp type destination-unreachable drop
+                icmpv6 type destination-unreachable drop
+            }}
+        }}""")
+
+
+def sunk(lab: Running, key: str) -> int:
+    listing = json.loads(sh(lab.pod_ns(key), "nft", "-j", "list", "table", "inet", "cgsink").stdout)
+    return sum(e["counter"]["packets"] for o in listing["nftables"] if "rule" in o
+               for e in o["rule"]["expr"] if "counter" in e)
+
+
+def send_flow(lab: Running, src: str, dst: str, count: int) -> None:
+    """``count`` datagrams per family from src's FLOW_PORT to dst's port 80: one flow each."""
+    script = ("import socket, sys, time\n"
+              "for dst in sys.argv[2:]:\n"
+              "    s = socket.socket(socket.AF_INET6 if ':' in dst else socket.AF_INET, socket.SOCK_DGRAM)\n"
+              f"    s.bind(('', {FLOW_PORT}))\n"
+              "    for _ in range(int(sys.argv[1])):\n"
+              "        s.sendto(b'one way', (dst, 80)); time.sleep(0.02)\n"
+              "    s.close()\n")
+    sh(lab.pod_ns(src), sys.executable, "-c", script, str(count), lab.address(dst, 4), lab.address(dst, 6))
+    time.sleep(0.3)
+
+
+def decided(lab: Running, key: str, policy: str) -> int:
+    """Packets the rules of ``policy`` decided in the table that holds ``key``'s ingress."""
+    ep = lab.inventory.endpoint(key)
+    assert ep is not None and ep.node is not None
+    netns = lab.pod_ns(key) if lab.topology == "macvlan" else lab.node_ns(ep.node)
+    listing = json.loads(sh(netns, "nft", "-j", "list", "table", "inet", "callgate").stdout)
+    return sum(e["counter"]["packets"] for o in listing["nftables"] if "rule" in o and policy in o["rule"].get(
+        "comment", "") for e in o["rule"]["expr"] if "counter" in e)
+
+
+@pytest.mark.parametrize("lab", TOPOLOGIES, indirect=True)
+def test_a_decided_flow_leaves_at_its_cached_verdict_until_the_rules_change(lab: Running, tmp_path: Path) -> None:
+    """nft: the later packets of an unreplied UDP flow (each one "new" to conntrack)
+    leave at the verdict cached in the flow's ct mark, so the allowing rule counts
+    the flow once; a changed table (here an incremental transaction) decides the
+    flow again on its next packet, so a policy that now denies it drops it, and one
+    that allows it again lets it through again."""
+    clear(lab)
+    for netns in {lab.node_ns(n) for n in INV.nodes()} | {lab.pod_ns("x/a")}:
+        sh(netns, "conntrack", "--flush", check=False)
+    allow = Compiler(policies_from(tmp_path, POLICIES), lab.inventory)
+    deny = Compiler(policies_from(tmp_path, POLICIES.replace("{matchLabels: {pod: b}}", "{matchLabels: {pod: nobody}}"),
+                                  "deny.yaml"), lab.inventory)
+    enforcers = {node: get_enforcer("nft", netns=lab.node_ns(node)) for node in INV.nodes()}
+    try:
+        for node, enforcer in enforcers.items():
+            enforcer.apply(allow.compile(node))
+        sink(lab, "x/a")
+        send_flow(lab, "x/b", "x/a", 5)
+        assert sunk(lab, "x/a") == 10
+        assert decided(lab, "x/a", "a-from-b") == 2, "one decision per flow, the rest by the cached verdict"
+        # x/a's node changes incrementally; the same flows' next packets meet the new rules.
+        assert enforcers["node-1"].apply(deny.compile("node-1")).mode == "incremental"
+        send_flow(lab, "x/b", "x/a", 3)
+        assert sunk(lab, "x/a") == 10, "a flow decided under the old rules was not decided again"
+        enforcers["node-1"].apply(allow.compile("node-1"))
+        send_flow(lab, "x/b", "x/a", 2)
+        assert sunk(lab, "x/a") == 14
+    finally:
+        for enforcer in enforcers.values():
+            enforcer.close()
+        sh(lab.pod_ns("x/a"), "nft", "delete", "table", "inet", "cgsink", check=False)
+        clear(lab)
+
+
 # -- bridges: no side doors -----------------------------------------------------------
 
 

@@ -4,8 +4,9 @@ A decision (:mod:`.decisions`) names the chain of the rule that decided; that
 chain counts the packet and acts on it. How it acts depends on the endpoint's
 :class:`Style`:
 
-* enforced, no flow log: ``counter accept`` (ingress allow), ``counter
-  return`` (egress allow), ``counter drop`` (deny) — layout 4 as it was;
+* enforced, no flow log: ``counter goto accept_decided`` (ingress allow:
+  accept, the verdict cached in the flow's ct mark, see :mod:`.dispatch`),
+  ``counter return`` (egress allow), ``counter drop`` (deny);
 * with a flow log (:class:`~callgate.enforcers.base.FlowLogging`, table-wide):
   denials, and allows when asked, are logged to the NFLOG group with the
   label ``callgate <verdict> <direction> <rule id|default>``, at most the
@@ -34,7 +35,7 @@ from callgate.compiler.ir import Verdict
 from callgate.enforcers.base import FLOW_LOG_LIMITED, FlowLogging
 from callgate.enforcers.logprefix import DEFAULT, LogLabel, LogVerdict
 from callgate.enforcers.nft.kernel import Command
-from callgate.enforcers.nft.layout import obj
+from callgate.enforcers.nft.layout import ACCEPT_DECIDED, obj
 
 Expr = dict[str, Any]
 ChainRules = list[tuple[list[Expr], str | None]]  # a verdict chain: its rules' expressions and comments
@@ -79,7 +80,8 @@ def target(direction: str, decision: Decision, style: Style) -> str:
 def action(direction: str, verdict: Verdict) -> Expr:
     if verdict is Verdict.DENY:
         return {"drop": None}
-    return {"accept": None} if direction == "ingress" else {"return": None}
+    # Ingress allow is the decision's end: the flow's verdict is cached on the way out.
+    return {"goto": {"target": ACCEPT_DECIDED}} if direction == "ingress" else {"return": None}
 
 
 def decision_chain(direction: str, decision: Decision, style: Style, comment: str | None = None) -> ChainRules:

@@ -21,7 +21,7 @@ tiers into one map cut every endpoint's address space into the union of all
 tiers' borders: 1.2 million elements for 1,000 cluster policies). An element
 ``goto``s the chain of the rule that decided, which counts and acts::
 
-    chain allow_in_<rule id> { counter accept comment "<rule id> <origin>" }   # allow_out_…: return
+    chain allow_in_<rule id> { counter goto accept_decided comment "<rule id> <origin>" }   # allow_out_…: return
     chain deny_<rule id> { counter drop comment "…" }
     chain default_deny / default_allow_in / default_allow_out   (a default that a cell must state)
 

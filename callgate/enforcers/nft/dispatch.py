@@ -17,12 +17,16 @@ placements.
     chain forward { type filter hook forward priority 0; policy accept;
         iifname vmap @endpoint_guard                  # anti-spoofing: one look-up, a miss from outside
         ct state established,related accept
+        jump cached_verdict                           # a flow this table decided already: accept
         icmpv6 type . ip6 hoplimit { nd-… . 255, mld-… . 1 } accept   # neighbour discovery and MLD
                                                                        #   (link-local control, not policy traffic)
         ip saddr vmap @from_endpoint4; ip6 saddr vmap @from_endpoint6   # egress: allow = return, deny = drop
         ip daddr vmap @to_endpoint4; ip6 daddr vmap @to_endpoint6       # ingress: allow = accept, deny = drop
         [fail-closed: iifname/oifname "<prefix>*" not in @known_endpoint: drop]
+        jump accept_decided                           # allowed by every check: accept, remembered
     }
+    chain accept_decided { ct mark set ct mark & <tag|0xff> | <tag> accept }   # also: every ingress allow
+    chain cached_verdict { ct mark <tag>/24 accept }                            #   (goto accept_decided)
 
     table bridge callgate:
     set endpoint_iface   { type ifname }              every local endpoint's host-side interface
@@ -66,12 +70,29 @@ interface: macvlan, ipvlan)::
         oifname "lo" accept                        # a pod always reaches itself
         ct state established,related accept        # (this namespace tracks only the pod's own flows)
         jump endpoint_source                       # only from its own addresses (raw sockets too)
+        jump cached_verdict                        # the verdict cache, as on the node
         neighbour discovery and MLD accept
-        ip saddr vmap @from_endpoint4; ip6 saddr vmap @from_endpoint6 }
+        ip saddr vmap @from_endpoint4; ip6 saddr vmap @from_endpoint6
+        jump accept_decided }
     chain input { type filter hook input priority 0; policy accept;
-        iifname "lo" accept; ct state established,related accept; ND and MLD accept
-        ip daddr vmap @to_endpoint4; ip6 daddr vmap @to_endpoint6 }
+        iifname "lo" accept; ct state established,related accept; jump cached_verdict; ND and MLD accept
+        ip daddr vmap @to_endpoint4; ip6 daddr vmap @to_endpoint6; jump accept_decided }
     chain endpoint_source { own addresses return; ND/MLD from :: or fe80::/10 return; counter drop }
+
+**The verdict cache.** Conntrack calls every packet of a UDP flow "new" until
+a reply comes, so a one-way stream (logs, metrics, media) would go through the
+dispatch and the decision on every packet. A decided flow instead carries the
+table's *tag* in its conntrack mark (bits 8-31; bits 0-7 are left as other
+software set them): 24 bits of the table's digest
+(:func:`~callgate.enforcers.nft.layout.verdict_tag`). Its later packets leave
+at ``cached_verdict`` after the source check, which every packet still meets.
+Another ruleset is another digest, hence another tag: each transaction that
+changes the table rewrites both chains' rules with it, so a changed policy
+decides every unreplied flow again on its next packet; a flow once replied is
+established and, as before, left to conntrack revocation. (Two rulesets with
+the same 24 bits would let a flow decided under the first go on unchecked
+under the second: one chance in 16.7 million per change.) Only accepts are
+remembered: a dropped packet's flow is never confirmed, so it has no mark.
 
 Every element comes from the IR (addresses, interface names): data in JSON,
 never text. :func:`dispatch_elements` lists the elements of every dispatch
@@ -89,14 +110,19 @@ from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import FailClosed, Placement
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
+    ACCEPT_DECIDED,
     ANTI_SPOOFING_COMMENT,
     BRIDGE_FAMILY,
+    CACHED_VERDICT,
     DIGEST_KEY_LEN,
     FAIL_CLOSED_COMMENT,
     FAMILY,
     FORWARD,
     KNOWN_ENDPOINT,
     TABLE,
+    TAG_BITS,
+    TAG_SHIFT,
+    verdict_tag,
 )
 
 FROM_ENDPOINT = {4: "from_endpoint4", 6: "from_endpoint6"}
@@ -287,6 +313,33 @@ def _link_control_one(verdict: dict[str, Any]) -> list[dict[str, Any]]:
     return [_match({"concat": [_payload("icmpv6", "type"), _payload("ip6", "hoplimit")]}, {"set": pairs}), verdict]
 
 
+def verdict_cache_chains(digest: str) -> list[Command]:
+    """The verdict cache's two chains and their rules, for the table whose digest
+    is ``digest`` (first in the table: decision chains ``goto accept_decided``)."""
+    return [{"add": {"chain": _in(FAMILY, name=ACCEPT_DECIDED)}}, {"add": {"chain": _in(FAMILY, name=CACHED_VERDICT)}},
+            *verdict_cache_rules(digest)]
+
+
+def verdict_cache_rules(digest: str) -> list[Command]:
+    """``ct mark set ct mark & <tag|0xff> | <tag> accept`` in accept_decided and
+    ``ct mark <tag>/24 accept`` in cached_verdict, in the form nft lists them back
+    (it rewrites "and 0xff or <tag>" so, and the masked compare as a prefix)."""
+    tag = verdict_tag(digest)
+    mark = {"ct": {"key": "mark"}}
+    keep = tag | ((1 << TAG_SHIFT) - 1)
+    return [_rule(FAMILY, ACCEPT_DECIDED, {"mangle": {"key": mark, "value": {"|": [{"&": [mark, keep]}, tag]}}},
+                  {"accept": None}),
+            _rule(FAMILY, CACHED_VERDICT, _match(mark, {"prefix": {"addr": tag, "len": TAG_BITS}}), {"accept": None})]
+
+
+def _cached() -> dict[str, Any]:
+    return {"jump": {"target": CACHED_VERDICT}}
+
+
+def _decided() -> dict[str, Any]:
+    return {"jump": {"target": ACCEPT_DECIDED}}
+
+
 def _established() -> dict[str, Any]:
     return _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
 
@@ -319,12 +372,15 @@ def _node_inet(fc: FailClosed | None) -> list[Command]:
     # past every check (test_a_spoofed_packet_cannot_ride_the_impersonated_pods_flow).
     cmds.append(_rule(FAMILY, FORWARD, {"vmap": {"key": _meta("iifname"), "data": "@" + ENDPOINT_GUARD}},
                       comment=ANTI_SPOOFING_COMMENT))
-    # Then established flows leave: one compare for a packet of a flow conntrack holds.
+    # Then established flows leave: one compare for a packet of a flow conntrack holds;
+    # and flows this table decided already (unreplied UDP: every packet is "new").
     cmds.append(_rule(FAMILY, FORWARD, _established(), {"accept": None}))
+    cmds.append(_rule(FAMILY, FORWARD, _cached()))
     cmds.append(_rule(FAMILY, FORWARD, *_link_control_one({"accept": None})))
     cmds.extend(_rule(FAMILY, FORWARD, *expr) for expr in (*_dispatch("saddr"), *_dispatch("daddr")))
     if fc is not None:
         cmds.extend(_fail_closed(FAMILY, FORWARD, key, fc) for key in ("iifname", "oifname"))
+    cmds.append(_rule(FAMILY, FORWARD, _decided()))  # through every check: the policy's accept, remembered
     return cmds
 
 
@@ -373,8 +429,10 @@ def _netns() -> list[Command]:
         cmds.append(_rule(FAMILY, chain, _established(), {"accept": None}))
         if chain == OUTPUT:
             cmds.append(_rule(FAMILY, chain, {"jump": {"target": SOURCE_CHAIN}}))
+        cmds.append(_rule(FAMILY, chain, _cached()))
         cmds.extend(_rule(FAMILY, chain, *expr) for expr in _link_control({"accept": None}))
         cmds.extend(_rule(FAMILY, chain, *expr) for expr in _dispatch(key))
+        cmds.append(_rule(FAMILY, chain, _decided()))
     return cmds
 
 

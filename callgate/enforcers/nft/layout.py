@@ -56,6 +56,12 @@ KNOWN_ENDPOINT = "known_endpoint"
 FAIL_CLOSED_COMMENT = "callgate fail-closed"
 ANTI_SPOOFING_COMMENT = "callgate anti-spoofing"
 DIGEST_SET = "digest"
+# The verdict cache (see .dispatch): a flow's first packet decided and accepted
+# goes through ACCEPT_DECIDED, which writes the table's tag into the flow's
+# conntrack mark; CACHED_VERDICT accepts a later packet carrying the tag.
+CACHED_VERDICT, ACCEPT_DECIDED = "cached_verdict", "accept_decided"
+# callgate owns ct mark bits 8-31; bits 0-7 stay as other software set them.
+TAG_BITS, TAG_SHIFT = 24, 8
 DIGEST_PREFIX = "callgate sha256:"
 # The digest set's key is an ifname (the longest string type a set key can
 # have: 15 characters and a NUL). 60 bits of a sha256 make an accidental match
@@ -72,7 +78,8 @@ DIGEST_KEY_LEN = 15
 # established rule (a spoofed packet must not ride the impersonated pod's flow).
 # 7: one peer set per distinct content (base.equal_sets, decisions._completed).
 # 8: the inet source check by a verdict map on the interface into a chain per
-# interface (dispatch.guard_chains) instead of (interface, address) pair sets.
+# interface (dispatch.guard_chains) instead of (interface, address) pair sets;
+# a decided flow's verdict cached in its ct mark (dispatch.verdict_cache_rules).
 LAYOUT_VERSION = 8
 # A peer set (looked up by the rules without ports, see .decisions) whose
 # intervals together hold at most this many addresses is rendered as a hash
@@ -125,6 +132,13 @@ def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, place
 def digest_element(digest: str) -> dict[str, Any]:
     """The digest set's one element (see the module docstring)."""
     return {"elem": {"val": digest[:DIGEST_KEY_LEN], "comment": DIGEST_PREFIX + digest}}
+
+
+def verdict_tag(digest: str) -> int:
+    """The ct mark bits a flow decided under the table with ``digest`` carries:
+    24 bits of the digest (never 0, the mark of a flow nothing decided), so a
+    changed table decides every unreplied flow again on its next packet."""
+    return (int(digest[:TAG_BITS // 4], 16) or 1) << TAG_SHIFT
 
 
 def digest_swap(old: str, new: str) -> list[Command]:

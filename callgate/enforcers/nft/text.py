@@ -53,7 +53,12 @@ def _expr_text(value: Any) -> str:
     if key == "range":
         return f"{_expr_text(body[0])}-{_expr_text(body[1])}"
     if key == "prefix":
-        return f"{body['addr']}/{body['len']}"
+        addr = hex(body["addr"]) if isinstance(body["addr"], int) else body["addr"]  # a ct mark's bits
+        return f"{addr}/{body['len']}"
+    if key in ("&", "|"):  # ct mark bits: printed as nft prints them
+        return f" {key} ".join(hex(v) if isinstance(v, int) else _expr_text(v) for v in body)
+    if key == "mangle":
+        return f"{_expr_text(body['key'])} set {_expr_text(body['value'])}"
     if key == "match":
         op = "" if body["op"] in ("==", "in") else body["op"] + " "
         right = body["right"]

@@ -47,15 +47,24 @@ from callgate.enforcers.nft.commands import (
     verdict_chain_commands,
 )
 from callgate.enforcers.nft.decisions import Layout, elements_diff, next_map_command, update_layout
-from callgate.enforcers.nft.dispatch import dispatch_elements, guard_chain_commands, guard_chains, structure
+from callgate.enforcers.nft.dispatch import (
+    dispatch_elements,
+    guard_chain_commands,
+    guard_chains,
+    structure,
+    verdict_cache_rules,
+)
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
+    ACCEPT_DECIDED,
+    CACHED_VERDICT,
     FAMILY,
     TABLE,
     digest_swap,
     is_hash_set,
     layout_digest,
     obj,
+    verdict_tag,
 )
 from callgate.enforcers.nft.text import json_key
 from callgate.enforcers.nft.transaction import NftTransaction
@@ -188,6 +197,10 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     gone_guards = [n for n in a_guard if n not in b_guard]
 
     cmds: list[Command] = digest_swap(old_digest, new_digest)  # first: a refusal comes early
+    if verdict_tag(old_digest) != verdict_tag(new_digest):
+        # Another table: every flow decided under the old one is decided again.
+        cmds.extend({"flush": {"chain": obj(name=n)}} for n in (ACCEPT_DECIDED, CACHED_VERDICT))
+        cmds.extend(verdict_cache_rules(new_digest))
     cmds.extend(address_set_command(layout.sets[n]) for n in new_sets)
     # Rule chains before the map elements that jump to them; maps before the chains that look them up.
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_verdicts)
