@@ -94,9 +94,10 @@ def variants(server_if: str) -> dict[str, str | None]:
     return {
         "none": None,
         "conntrack": FLOOR,
-        # callgate's forward chain today (nft layout 6)
-        "callgate": table(SOURCE4, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
-        "callgate, sets with a size": table(SOURCE4, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1], held=sized),
+        # callgate's forward chain of nft layouts 6 and 7 (layout 8 is the "source by
+        # interface map, verdict in ct mark" shape below, the established rule before the mark)
+        "layout 7": table(SOURCE4, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
+        "layout 7, sets with a size": table(SOURCE4, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1], held=sized),
         "ipv4 rules only": table(SOURCE4, CT, *V4),
         "interface test first": table(SOURCE4_INTERFACE_FIRST, SOURCE6, CT, ICMP6, V4[0], V6[0], V4[1], V6[1]),
         "split by family": table("meta nfproto vmap { ipv4 : goto forward4, ipv6 : goto forward6 }"),
@@ -126,16 +127,16 @@ AMPLIFY = 32  # copies of a rule in the --per-rule tables
 def single_rules(server_if: str) -> dict[str, str]:
     """Tables for ``--per-rule``: the same sets and maps, the forward chain one rule
     repeated, then the established rule (the floor itself is ``conntrack``)."""
-    callgate = variants(server_if)["callgate"]
-    assert callgate is not None
-    head = callgate[:callgate.index(" chain forward {")]
+    layout7 = variants(server_if)["layout 7"]
+    assert layout7 is not None
+    head = layout7[:layout7.index(" chain forward {")]
 
     def repeated(rule: str) -> str:
         return head + " chain forward { " + HOOK + "\n" + "\n".join([rule] * AMPLIFY) + "\n" + CT + "\n}\n}\n"
 
     return {
         "conntrack": FLOOR,
-        "source check (ipv4, as callgate)": repeated(SOURCE4),
+        "source check (ipv4, as layout 7)": repeated(SOURCE4),
         "source check, interface first": repeated(SOURCE4_INTERFACE_FIRST),
         "source check (ipv6) on ipv4": repeated(SOURCE6),
         "ip saddr vmap, a miss": repeated(V4[0]),
