@@ -23,7 +23,7 @@ from callgate.enforcers.nft import decisions, layout
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.fake import FakeNftKernel
 from callgate.enforcers.nft.kernel import Command, LibNftables, NftKernel
-from callgate.enforcers.nft.layout import ACCEPT_DECIDED, CACHED_VERDICT, DIGEST_KEY_LEN, DIGEST_SET, layout_digest
+from callgate.enforcers.nft.layout import DIGEST_KEY_LEN, DIGEST_SET, VERDICT_MARK, VERDICT_TAG, layout_digest
 from callgate.enforcers.nft.transaction import replace_table
 from callgate.enforcers.nft.update import NftUpdate, plan_update
 from callgate.errors import KernelError
@@ -119,21 +119,16 @@ def test_fake_kernel_walk_is_incremental_after_the_first_apply(prefix: str | Non
     assert all(tx is not None for _, tx in steps[1:]), [label for label, tx in steps if tx is None]
 
 
-# Every incremental transaction swaps the digest element: one delete, one add.
-SWAP = {"delete element": 1, "add element": 1}
-
-
-# Every change also gives the verdict cache the new table's tag: both chains flushed and refilled.
-TAG_REFRESH = {"flush chain": 2, "add rule": 2}
+# Every incremental transaction swaps the digest element (one delete, one add) and the
+# verdict cache's tag (two of each).
+SWAP = {"delete element": 3, "add element": 3}
 
 
 def without_swap(tx: NftUpdate) -> list[Command]:
-    """The transaction's commands other than the digest swap and the tag refresh."""
+    """The transaction's commands other than the digest swap and the tag swap."""
     assert [next(iter(c.values()))["element"]["name"] for c in tx.commands[:2]] == [DIGEST_SET] * 2
-    refresh = [(verb, body.get("chain", {}).get("name") or body.get("rule", {}).get("chain"))
-               for c in tx.commands[2:6] for verb, body in c.items()]
-    assert refresh == [("flush", ACCEPT_DECIDED), ("flush", CACHED_VERDICT), ("add", ACCEPT_DECIDED),
-                       ("add", CACHED_VERDICT)]
+    tag = [(verb, body["element"]["name"]) for c in tx.commands[2:6] for verb, body in c.items()]
+    assert tag == [("delete", VERDICT_TAG), ("delete", VERDICT_MARK), ("add", VERDICT_TAG), ("add", VERDICT_MARK)]
     return list(tx.commands[6:])
 
 
@@ -162,7 +157,8 @@ def test_pod_added_elsewhere_is_element_commands_only(form: str, request: pytest
     enforcer.apply(compile_(STATES[0][1], S03))
     tx = enforcer.apply(compile_(STATES[1][1], S03)).transaction
     assert isinstance(tx, NftUpdate)
-    assert tx.counts() == {"delete element": 1, "add element": 2, **TAG_REFRESH}, tx.text()
+    # The digest and the verdict cache's tag (two elements each way), the new peer's cells.
+    assert tx.counts() == {"delete element": 3, "add element": 4}, tx.text()
     # d is a new y peer of x/a's ingress (TCP 80, UDP 81), on IPv4 only (it has no IPv6 address).
     if form == "hash":
         assert added_keys(tx) == [{"concat": ["198.18.2.40", "tcp", 80]}, {"concat": ["198.18.2.40", "udp", 81]}]
@@ -205,7 +201,7 @@ def test_fail_closed_known_interface_is_an_element_update() -> None:
     enforcer.apply(ruleset, known_interfaces=["cgxa0"])
     tx = enforcer.apply(ruleset, known_interfaces=["cgxa0", "cgzz9"]).transaction
     assert isinstance(tx, NftUpdate)
-    assert tx.counts() == {"delete element": 1, "add element": 3, **TAG_REFRESH}  # the digest; the interface, in both tables
+    assert tx.counts() == {"delete element": 3, "add element": 5}  # the digest, the tag; the interface, in both tables
     assert "cgzz9" in enforcer.live_text()  # type: ignore[operator]
 
 
@@ -331,7 +327,7 @@ def test_kernel_pod_added_elsewhere_is_element_commands_only(netns: str) -> None
         new = compile_(STATES[1][1], S03)
         tx = enforcer.apply(new).transaction
         assert isinstance(tx, NftUpdate)
-        assert tx.counts() == {"delete element": 1, "add element": 2, **TAG_REFRESH}
+        assert tx.counts() == {"delete element": 3, "add element": 4}
         assert enforcer.in_sync(new)
         assert enforcer.live_digest() == layout_digest(new)
         assert "198.18.2.40" in nft(netns, "list", "table", "inet", "callgate")

@@ -18,7 +18,7 @@ from callgate.compiler.ir import AddressSet, Family, RuleSet
 from callgate.enforcers.base import FailClosed, Placement, refuse_interfaces
 from callgate.enforcers.nft.actions import ChainRules, limit_sets
 from callgate.enforcers.nft.decisions import Layout, build_layout, next_map_command
-from callgate.enforcers.nft.dispatch import dispatch_objects, verdict_cache_chains
+from callgate.enforcers.nft.dispatch import dispatch_objects, verdict_cache_objects
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
     DIGEST_SET,
@@ -144,7 +144,7 @@ def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None, place
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     digest = layout_digest(ruleset, fail_closed, placement, layout.logging)
     cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname", elem=[digest_element(digest)])}})
-    cmds.extend(verdict_cache_chains(digest))  # before the decision chains that goto accept_decided
+    cmds.extend(verdict_cache_objects(digest))  # before the decision chains that goto accept_decided
     cmds.extend(limit_sets(layout.logging))
     cmds.extend(decision_objects(layout))
     cmds.extend(dispatch_objects(ruleset, fail_closed, placement))

@@ -17,7 +17,7 @@ placements.
     chain forward { type filter hook forward priority 0; policy accept;
         iifname vmap @endpoint_guard                  # anti-spoofing: one look-up, a miss from outside
         ct state established,related accept
-        jump cached_verdict                           # a flow this table decided already: accept
+        ct mark != 0x0/24 ct mark & 0xffffff00 @verdict_tag accept   # a flow this table decided already
         icmpv6 type . ip6 hoplimit { nd-… . 255, mld-… . 1 } accept   # neighbour discovery and MLD
                                                                        #   (link-local control, not policy traffic)
         ip saddr vmap @from_endpoint4; ip6 saddr vmap @from_endpoint6   # egress: allow = return, deny = drop
@@ -25,8 +25,11 @@ placements.
         [fail-closed: iifname/oifname "<prefix>*" not in @known_endpoint: drop]
         jump accept_decided                           # allowed by every check: accept, remembered
     }
-    chain accept_decided { ct mark set ct mark & <tag|0xff> | <tag> accept }   # also: every ingress allow
-    chain cached_verdict { ct mark <tag>/24 accept }                            #   (goto accept_decided)
+    set verdict_tag { type mark; elements = { <tag> } }
+    map verdict_mark { type mark : mark; elements = { 0x0 : <tag> } }
+    chain accept_decided {                            # also every ingress allow (goto accept_decided)
+        ct mark set ct mark & 0xff map @verdict_mark accept
+        accept }
 
     table bridge callgate:
     set endpoint_iface   { type ifname }              every local endpoint's host-side interface
@@ -70,26 +73,27 @@ interface: macvlan, ipvlan)::
         oifname "lo" accept                        # a pod always reaches itself
         ct state established,related accept        # (this namespace tracks only the pod's own flows)
         jump endpoint_source                       # only from its own addresses (raw sockets too)
-        jump cached_verdict                        # the verdict cache, as on the node
+        ct mark … @verdict_tag accept              # the verdict cache, as on the node
         neighbour discovery and MLD accept
         ip saddr vmap @from_endpoint4; ip6 saddr vmap @from_endpoint6
         jump accept_decided }
     chain input { type filter hook input priority 0; policy accept;
-        iifname "lo" accept; ct state established,related accept; jump cached_verdict; ND and MLD accept
+        iifname "lo" accept; ct state established,related accept; the verdict cache; ND and MLD accept
         ip daddr vmap @to_endpoint4; ip6 daddr vmap @to_endpoint6; jump accept_decided }
     chain endpoint_source { own addresses return; ND/MLD from :: or fe80::/10 return; counter drop }
 
 **The verdict cache.** Conntrack calls every packet of a UDP flow "new" until
 a reply comes, so a one-way stream (logs, metrics, media) would go through the
 dispatch and the decision on every packet. A decided flow instead carries the
-table's *tag* in its conntrack mark (bits 8-31; bits 0-7 are left as other
-software set them): 24 bits of the table's digest
+table's *tag* in its conntrack mark (bits 8-31; a flow whose bits 0-7 other
+software set is accepted but not remembered): 24 bits of the table's digest
 (:func:`~callgate.enforcers.nft.layout.verdict_tag`). Its later packets leave
-at ``cached_verdict`` after the source check, which every packet still meets.
-Another ruleset is another digest, hence another tag: each transaction that
-changes the table rewrites both chains' rules with it, so a changed policy
-decides every unreplied flow again on its next packet; a flow once replied is
-established and, as before, left to conntrack revocation. (Two rulesets with
+at the rule after the established one, past the source check, which every
+packet still meets. Another ruleset is another digest, hence another tag: each
+transaction that changes the table swaps the tag's two elements (not rules:
+see :data:`~callgate.enforcers.nft.layout.ACCEPT_DECIDED`), so a changed
+policy decides every unreplied flow again on its next packet; a flow once
+replied is established and, as before, left to conntrack revocation. (Two rulesets with
 the same 24 bits would let a flow decided under the first go on unchecked
 under the second: one chance in 16.7 million per change.) Only accepts are
 remembered: a dropped packet's flow is never confirmed, so it has no mark.
@@ -113,7 +117,6 @@ from callgate.enforcers.nft.layout import (
     ACCEPT_DECIDED,
     ANTI_SPOOFING_COMMENT,
     BRIDGE_FAMILY,
-    CACHED_VERDICT,
     DIGEST_KEY_LEN,
     FAIL_CLOSED_COMMENT,
     FAMILY,
@@ -122,6 +125,8 @@ from callgate.enforcers.nft.layout import (
     TABLE,
     TAG_BITS,
     TAG_SHIFT,
+    VERDICT_MARK,
+    VERDICT_TAG,
     verdict_tag,
 )
 
@@ -313,27 +318,49 @@ def _link_control_one(verdict: dict[str, Any]) -> list[dict[str, Any]]:
     return [_match({"concat": [_payload("icmpv6", "type"), _payload("ip6", "hoplimit")]}, {"set": pairs}), verdict]
 
 
-def verdict_cache_chains(digest: str) -> list[Command]:
-    """The verdict cache's two chains and their rules, for the table whose digest
-    is ``digest`` (first in the table: decision chains ``goto accept_decided``)."""
-    return [{"add": {"chain": _in(FAMILY, name=ACCEPT_DECIDED)}}, {"add": {"chain": _in(FAMILY, name=CACHED_VERDICT)}},
-            *verdict_cache_rules(digest)]
+_MARK = {"ct": {"key": "mark"}}
+_OTHERS = (1 << TAG_SHIFT) - 1  # the ct mark bits left to other software
+_TAG_MASK = ((1 << TAG_BITS) - 1) << TAG_SHIFT
 
 
-def verdict_cache_rules(digest: str) -> list[Command]:
-    """``ct mark set ct mark & <tag|0xff> | <tag> accept`` in accept_decided and
-    ``ct mark <tag>/24 accept`` in cached_verdict, in the form nft lists them back
-    (it rewrites "and 0xff or <tag>" so, and the masked compare as a prefix)."""
+def verdict_cache_objects(digest: str) -> list[Command]:
+    """The verdict cache of the table whose digest is ``digest``: the tag in ``set
+    verdict_tag`` and in ``map verdict_mark`` (others' bits 0 → the tag), and
+    ``chain accept_decided`` (first in the table: decision chains goto it)::
+
+        chain accept_decided {
+            ct mark set ct mark & 0xff map @verdict_mark accept   # others' bits 0: tagged
+            accept }                                               # else accepted, not remembered
+    """
     tag = verdict_tag(digest)
-    mark = {"ct": {"key": "mark"}}
-    keep = tag | ((1 << TAG_SHIFT) - 1)
-    return [_rule(FAMILY, ACCEPT_DECIDED, {"mangle": {"key": mark, "value": {"|": [{"&": [mark, keep]}, tag]}}},
-                  {"accept": None}),
-            _rule(FAMILY, CACHED_VERDICT, _match(mark, {"prefix": {"addr": tag, "len": TAG_BITS}}), {"accept": None})]
+    remember = {"mangle": {"key": _MARK, "value": {"map": {"key": {"&": [_MARK, _OTHERS]}, "data": "@" + VERDICT_MARK}}}}
+    return [{"add": {"set": _in(FAMILY, name=VERDICT_TAG, type="mark", elem=[tag])}},
+            {"add": {"map": _in(FAMILY, name=VERDICT_MARK, type="mark", map="mark", elem=[[0, tag]])}},
+            {"add": {"chain": _in(FAMILY, name=ACCEPT_DECIDED)}},
+            _rule(FAMILY, ACCEPT_DECIDED, remember, {"accept": None}),
+            _rule(FAMILY, ACCEPT_DECIDED, {"accept": None})]
 
 
-def _cached() -> dict[str, Any]:
-    return {"jump": {"target": CACHED_VERDICT}}
+def verdict_tag_swap(old_digest: str, new_digest: str) -> list[Command]:
+    """Element commands that give the verdict cache the new table's tag (none when
+    the tags are equal): every flow decided under the old table is decided again."""
+    old, new = verdict_tag(old_digest), verdict_tag(new_digest)
+    if old == new:
+        return []
+
+    def element(verb: str, name: str, elem: Any) -> Command:
+        return {verb: {"element": _in(FAMILY, name=name, elem=[elem])}}
+
+    return [element("delete", VERDICT_TAG, old), element("delete", VERDICT_MARK, [0, old]),
+            element("add", VERDICT_TAG, new), element("add", VERDICT_MARK, [0, new])]
+
+
+def _cached() -> list[dict[str, Any]]:
+    """A flow whose ct mark holds the table's tag: accept. (The compare first: a
+    packet of a flow nothing decided yet leaves without the set look-up.) As nft
+    lists it back: ``ct mark != 0x0/24 ct mark & 0xffffff00 @verdict_tag accept``."""
+    return [_match(_MARK, {"prefix": {"addr": 0, "len": TAG_BITS}}, op="!="),
+            _match({"&": [_MARK, _TAG_MASK]}, "@" + VERDICT_TAG), {"accept": None}]
 
 
 def _decided() -> dict[str, Any]:
@@ -375,7 +402,7 @@ def _node_inet(fc: FailClosed | None) -> list[Command]:
     # Then established flows leave: one compare for a packet of a flow conntrack holds;
     # and flows this table decided already (unreplied UDP: every packet is "new").
     cmds.append(_rule(FAMILY, FORWARD, _established(), {"accept": None}))
-    cmds.append(_rule(FAMILY, FORWARD, _cached()))
+    cmds.append(_rule(FAMILY, FORWARD, *_cached()))
     cmds.append(_rule(FAMILY, FORWARD, *_link_control_one({"accept": None})))
     cmds.extend(_rule(FAMILY, FORWARD, *expr) for expr in (*_dispatch("saddr"), *_dispatch("daddr")))
     if fc is not None:
@@ -429,7 +456,7 @@ def _netns() -> list[Command]:
         cmds.append(_rule(FAMILY, chain, _established(), {"accept": None}))
         if chain == OUTPUT:
             cmds.append(_rule(FAMILY, chain, {"jump": {"target": SOURCE_CHAIN}}))
-        cmds.append(_rule(FAMILY, chain, _cached()))
+        cmds.append(_rule(FAMILY, chain, *_cached()))
         cmds.extend(_rule(FAMILY, chain, *expr) for expr in _link_control({"accept": None}))
         cmds.extend(_rule(FAMILY, chain, *expr) for expr in _dispatch(key))
         cmds.append(_rule(FAMILY, chain, _decided()))

@@ -57,9 +57,12 @@ FAIL_CLOSED_COMMENT = "callgate fail-closed"
 ANTI_SPOOFING_COMMENT = "callgate anti-spoofing"
 DIGEST_SET = "digest"
 # The verdict cache (see .dispatch): a flow's first packet decided and accepted
-# goes through ACCEPT_DECIDED, which writes the table's tag into the flow's
-# conntrack mark; CACHED_VERDICT accepts a later packet carrying the tag.
-CACHED_VERDICT, ACCEPT_DECIDED = "cached_verdict", "accept_decided"
+# goes through ACCEPT_DECIDED, which writes the table's tag (held in the map
+# VERDICT_MARK) into the flow's conntrack mark; the forward chain accepts a later
+# packet whose mark holds the tag of set VERDICT_TAG. Elements, not rules, carry
+# the tag: a transaction that adds a rule makes libnftables read the whole table
+# first (~10 ms at 50k pods), one that swaps elements does not (~1 ms).
+ACCEPT_DECIDED, VERDICT_TAG, VERDICT_MARK = "accept_decided", "verdict_tag", "verdict_mark"
 # callgate owns ct mark bits 8-31; bits 0-7 stay as other software set them.
 TAG_BITS, TAG_SHIFT = 24, 8
 DIGEST_PREFIX = "callgate sha256:"
@@ -79,7 +82,7 @@ DIGEST_KEY_LEN = 15
 # 7: one peer set per distinct content (base.equal_sets, decisions._completed).
 # 8: the inet source check by a verdict map on the interface into a chain per
 # interface (dispatch.guard_chains) instead of (interface, address) pair sets;
-# a decided flow's verdict cached in its ct mark (dispatch.verdict_cache_rules).
+# a decided flow's verdict cached in its ct mark (dispatch.verdict_cache_objects).
 LAYOUT_VERSION = 8
 # A peer set (looked up by the rules without ports, see .decisions) whose
 # intervals together hold at most this many addresses is rendered as a hash

@@ -57,6 +57,8 @@ def _expr_text(value: Any) -> str:
         return f"{addr}/{body['len']}"
     if key in ("&", "|"):  # ct mark bits: printed as nft prints them
         return f" {key} ".join(hex(v) if isinstance(v, int) else _expr_text(v) for v in body)
+    if key == "map":  # a value looked up: ct mark set … map @verdict_mark
+        return f"{_expr_text(body['key'])} map {_expr_text(body['data'])}"
     if key == "mangle":
         return f"{_expr_text(body['key'])} set {_expr_text(body['value'])}"
     if key == "match":

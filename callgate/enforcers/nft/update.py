@@ -16,6 +16,7 @@ commands only for what changed, through the same helpers the full table uses:
   ``flush`` + refill for changed ones, ``flush`` + ``delete`` for removed ones;
 * dispatch maps and anti-spoofing sets (:mod:`.dispatch`): element by element;
   the source chains ``endpoint_guard`` jumps to like endpoint chains;
+* the verdict cache's tag: its two elements swapped (:func:`.dispatch.verdict_tag_swap`);
 * the digest: ``delete element`` of the old one + ``add element`` of the new
   one in the digest set. The kernel refuses the whole transaction when the old
   one is not there, so the transaction applies only to the table it was
@@ -52,19 +53,16 @@ from callgate.enforcers.nft.dispatch import (
     guard_chain_commands,
     guard_chains,
     structure,
-    verdict_cache_rules,
+    verdict_tag_swap,
 )
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
-    ACCEPT_DECIDED,
-    CACHED_VERDICT,
     FAMILY,
     TABLE,
     digest_swap,
     is_hash_set,
     layout_digest,
     obj,
-    verdict_tag,
 )
 from callgate.enforcers.nft.text import json_key
 from callgate.enforcers.nft.transaction import NftTransaction
@@ -197,10 +195,8 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     gone_guards = [n for n in a_guard if n not in b_guard]
 
     cmds: list[Command] = digest_swap(old_digest, new_digest)  # first: a refusal comes early
-    if verdict_tag(old_digest) != verdict_tag(new_digest):
-        # Another table: every flow decided under the old one is decided again.
-        cmds.extend({"flush": {"chain": obj(name=n)}} for n in (ACCEPT_DECIDED, CACHED_VERDICT))
-        cmds.extend(verdict_cache_rules(new_digest))
+    # Another table: every flow decided under the old one is decided again.
+    cmds.extend(verdict_tag_swap(old_digest, new_digest))
     cmds.extend(address_set_command(layout.sets[n]) for n in new_sets)
     # Rule chains before the map elements that jump to them; maps before the chains that look them up.
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_verdicts)
