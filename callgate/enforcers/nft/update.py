@@ -189,7 +189,9 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     new_chains = [n for n in layout.chains if n not in old_layout.chains]
     changed_chains = [n for n in layout.chains if n in old_layout.chains and old_layout.chains[n] != layout.chains[n]]
     gone_chains = [n for n in old_layout.chains if n not in layout.chains]
-    a_guard, b_guard = guard_chains(old, placement), guard_chains(new, placement)
+    # Source chains follow the local endpoints only; most changes are elsewhere in the cluster.
+    a_guard, b_guard = ({}, {}) if old.local == new.local else (guard_chains(old, placement),
+                                                                  guard_chains(new, placement))
     new_guards = [n for n in b_guard if n not in a_guard]
     changed_guards = [n for n in b_guard if n in a_guard and a_guard[n] != b_guard[n]]
     gone_guards = [n for n in a_guard if n not in b_guard]
