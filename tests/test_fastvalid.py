@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from callgate.errors import InputError
 from callgate.policy.fastvalid import _port, native_endpoint, pod_endpoint
 from callgate.policy.inventory import (
     INTERFACE_ANNOTATION,
@@ -21,6 +23,7 @@ from callgate.policy.inventory import (
     EndpointModel,
     PodModel,
     endpoint_model_endpoint,
+    inventory_from_dict,
     pod_model_endpoint,
 )
 from callgate.policy.model import Endpoint
@@ -130,3 +133,13 @@ def test_a_shared_port_is_only_given_for_exactly_its_types() -> None:
     assert _port("http", 80, "TCP") is _port("http", 80, "TCP")
     assert _port("http", 80.0, "TCP") is None
     assert _port(None, 1, "UDP") is not None and _port(None, True, "UDP") is None
+
+
+def test_a_port_of_an_unhashable_type_goes_to_the_model_and_gets_its_message() -> None:
+    """Found by hypothesis in a CI run: ``port: []`` raised TypeError (the shared-port
+    cache looked the list up as a key) instead of letting the model report it."""
+    entry = {"name": "web", "namespace": "web", "ports": [{"port": []}]}
+    assert native_endpoint(entry) is None and model_native(entry) is None
+    assert _port({"a": 1}, 80, "TCP") is None and _port("http", 80, ["TCP"]) is None
+    with pytest.raises(InputError, match=r"ports\[0\]\.port"):
+        inventory_from_dict({"apiVersion": "callgate/v1", "kind": "Inventory", "endpoints": [entry]})

@@ -53,16 +53,18 @@ _PORTS: dict[tuple[Any, Any, Any], NamedPort] = {}
 
 
 def _port(name: Any, number: Any, protocol: Any) -> NamedPort | None:
+    # The types first: a value of another type goes to the model (a list or a dict
+    # cannot even be a cache key), and equal values of other types (1.0 == True == 1)
+    # never find a cached port.
+    if type(number) is not int or type(protocol) is not str or not (name is None or type(name) is str):
+        return None
     key = (name, number, protocol)
     found = _PORTS.get(key)
-    # Equal keys of other types (1.0 == True == 1) are checked as new ones.
-    if found is not None and type(number) is int and type(protocol) is str and (name is None or type(name) is str):
+    if found is not None:
         return found
-    if name is not None and (type(name) is not str or v.port_name(name)):
+    if name is not None and v.port_name(name):
         return None
-    if type(number) is not int or not 1 <= number <= 65535:
-        return None
-    if type(protocol) is not str or protocol not in _PROTOCOLS:
+    if not 1 <= number <= 65535 or protocol not in _PROTOCOLS:
         return None
     if len(_PORTS) < 65536:  # bounded: hostile input cannot grow it without end
         _PORTS[key] = found = NamedPort(name, number, protocol)  # type: ignore[arg-type]  # one of _PROTOCOLS
