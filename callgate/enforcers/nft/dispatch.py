@@ -105,12 +105,11 @@ set and map, so the incremental planner updates them like any other set.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from callgate.compiler.addresses import address_value
-from callgate.compiler.ir import RuleSet
+from callgate.compiler.ir import RuleSet, short_hash
 from callgate.enforcers.base import FailClosed, Placement
 from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
@@ -176,7 +175,7 @@ def _version(address: str) -> int:
 
 def guard_chain(interface: str) -> str:
     """The name of the source chain of a host-side interface."""
-    return GUARD_PREFIX + hashlib.sha256(interface.encode()).hexdigest()[:DIGEST_KEY_LEN]
+    return GUARD_PREFIX + short_hash(interface, length=DIGEST_KEY_LEN)
 
 
 def _in_order(ips: tuple[str, ...]) -> Sequence[str]:
