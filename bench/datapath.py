@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import nf_profile
 from bench.lab import TwoPodLab, ns_exec, two_pod_lab
 from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT, LABEL_CALLER, V4_BASE, Cluster
 from callgate.compiler import Compiler, IncrementalCompiler
@@ -460,6 +461,15 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
                 "none": empty_probe(), "callgate": amplified(full, chain), "walk": amplified(configs["walk"], chain),
             }, kernel, rounds, seconds, log)
             results["amplify"] = AMPLIFY
+            why_not = nf_profile.possible()
+            if why_not is None:
+                results["profile"] = nf_profile.measure(lab, loadgen, {
+                    "conntrack": configs["conntrack"], "callgate": full,
+                    "callgate-forward-guard": list(replace_table(ruleset, guard="forward").commands),
+                    "callgate-no-guard": nf_profile.without_guard(full),
+                }, kernel, rounds, seconds, log)
+            else:
+                results["profile_skipped"] = why_not
 
             # Apply: the full transaction into an empty namespace table, timed
             # as plan (IR -> JSON commands) and kernel (libnftables + commit).

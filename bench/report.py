@@ -86,7 +86,7 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
         sec("")
         sec(f"Cluster: {_spec_text(res['target']['spec']) if 'target' in res else ''}. The node's RuleSet: "
             f"{t['endpoints_with_chains']} local endpoints with chains, {t['address_sets']} address sets, "
-            f"{t['set_elements']:,} set elements; its table (layout 5) holds {t.get('decision_elements', 0):,} "
+            f"{t['set_elements']:,} set elements; its table holds {t.get('decision_elements', 0):,} "
             f"decision-map elements and {t.get('walk_set_elements', 0):,} elements of shared peer sets. The "
             f"measured server pod is selected by {t['server_ingress_policies']:,} policies whose peers are "
             f"{t['server_peer_addresses']:,} IPv4+IPv6 addresses ({t['server_peer_elements']:,} set elements); "
@@ -175,9 +175,16 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
             ct_crr, ct_udp = ratios("callgate", "conntrack", "crr"), ratios("callgate", "conntrack", "udp")
             sec("")
             sec(f"Against the conntrack-only floor: callgate/conntrack {spread('callgate', 'conntrack')}.")
+            tcp = (f"{statistics.median(ct_crr):.0%} of `conntrack` (per round "
+                   f"{min(ct_crr):.0%}–{max(ct_crr):.0%})")
+            tcp_met = statistics.median(ct_crr) >= 0.98
+            implied = _profile_section(sec, lab)
+            if implied is not None:  # the robust figure decides; the throughput ratio stays beside it
+                tcp = (f"{statistics.median(implied):.1%} of `conntrack` by the CPU profile (per round "
+                       f"{min(implied):.1%}–{max(implied):.1%}); throughput {tcp}")
+                tcp_met = statistics.median(implied) >= 0.98
             targets.append(("Datapath: new TCP connections/s with 10k policies", "≥ 98% of the conntrack-only floor",
-                            f"{statistics.median(ct_crr):.0%} of `conntrack` (per round "
-                            f"{min(ct_crr):.0%}–{max(ct_crr):.0%})", _met(statistics.median(ct_crr) >= 0.98)))
+                            tcp, _met(tcp_met)))
             targets.append(("Datapath: 64-byte UDP packets/s with 10k policies", "≥ 95% of the conntrack-only floor",
                             f"{statistics.median(ct_udp):.0%} of `conntrack` (per round "
                             f"{min(ct_udp):.0%}–{max(ct_udp):.0%})", _met(statistics.median(ct_udp) >= 0.95)))
@@ -599,3 +606,41 @@ def _docker_section(res: dict[str, Any], sec: Any, targets: list[tuple[str, str,
     targets.append(("6. Docker: the `docker start` call to its rules live (the engine's own start included)",
                     "≤ 500 ms p99", f"p50 {statistics.median(call):.0f} ms, p99 {_p99(call):.1f} ms (the engine "
                     f"alone: p99 {_p99(engine):.0f} ms)", _met(_p99(call) <= 500)))
+
+
+def _profile_section(sec: Any, lab: dict[str, Any]) -> list[float] | None:
+    """The CPU-profile section (bench/nf_profile.py); returns callgate's per-round
+    conn/s relative to `conntrack` implied by the netfilter shares, or None."""
+    prof = lab.get("profile")
+    sec("")
+    if not prof:
+        if lab.get("profile_skipped"):
+            sec(f"CPU profile of a new TCP connection: skipped ({lab['profile_skipped']}).")
+        return None
+    floor = prof["conntrack"]["netfilter"]
+
+    def implied(name: str) -> list[float]:
+        return [(1 - t) / (1 - f) for t, f in zip(prof[name]["netfilter"], floor, strict=True)]
+
+    rounds = len(floor)
+    sec(f"Where a new TCP connection's CPU goes (`bench/nf_profile.py`): the same TCP connect/request/response/"
+        f"close load with one client and one server process pinned to one CPU, which they keep busy, and "
+        f"`perf record -e cpu-clock` sampling that CPU from the other, {rounds} rounds in rotating order. The "
+        f"share of busy samples with `nf_hook_slow` on the stack is netfilter's share of a connection's work "
+        f"(conntrack and every nft hook); the rest is the same whatever the table, so conn/s relative to "
+        f"`conntrack` = (1 − share) / (1 − share of `conntrack`). Unlike the throughput ratios above, this does "
+        f"not depend on how fast the shared machine happened to be in a sample. `callgate` is the table as "
+        f"applied on this kernel (each veth's source check on its own `ingress` hook); "
+        f"`callgate-forward-guard` the layout for kernels older than 6.16 (the input interface looked up "
+        f"first in the forward chain); `callgate-no-guard` the table without any source check (what the "
+        f"check costs; never applied).")
+    sec("")
+    sec("| table | netfilter share (median, min–max) | nft rules alone | conn/s (median) | conn/s vs `conntrack` "
+        "implied by the shares (median, min–max) |")
+    sec("|---|---|---|---|---|")
+    for name, s in prof.items():
+        nf, r = s["netfilter"], implied(name)
+        sec(f"| `{name}` | {statistics.median(nf):.2%} ({min(nf):.2%}–{max(nf):.2%}) | "
+            f"{statistics.median(s['nft']):.2%} | {statistics.median(s['crr']):,.0f} | "
+            f"{statistics.median(r):.1%} ({min(r):.1%}–{max(r):.1%}) |")
+    return implied("callgate")

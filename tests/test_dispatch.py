@@ -55,29 +55,70 @@ def test_node_dispatch_is_by_address_and_every_local_endpoint_is_held_to_its_own
     assert elements[("inet", "from_endpoint4")] == []  # nobody isolated for egress
     # Anti-spoofing covers all five local endpoints, isolated (x/a, x/c) or not, in both tables.
     local = ["cgxa0", "cgxc0", "cgyb0", "cgza0", "cgzc0"]
-    # The inet table: one source chain per interface, reached by a verdict map on it.
-    assert elements[("inet", "endpoint_guard")] == [[i, {"jump": {"target": guard_chain(i)}}] for i in local]
-    assert len({guard_chain(i) for i in local}) == len(local)
+    # The inet table: a base chain on each interface's own ingress hook; no look-up anywhere.
+    assert ("inet", "endpoint_guard") not in elements
+    tx = replace_table(rs)
+    hooked = {c["add"]["chain"]["name"]: c["add"]["chain"] for c in tx.commands
+              if c.get("add", {}).get("chain", {}).get("hook") == "ingress"}
+    assert {name: chain["dev"] for name, chain in hooked.items()} == {guard_chain(i): i for i in local}
+    assert len(hooked) == len(local)
     assert ("inet", "endpoint_source4") not in elements and ("inet", "endpoint_iface") not in elements
     # The bridge table: (interface, address) pairs, which its chain looks up.
     assert elements[("bridge", "endpoint_iface")] == local
     assert {"concat": ["cgyb0", "198.18.2.11"]} in elements[("bridge", "endpoint_source4")]
     assert {"concat": ["cgyb0", "fd00:18:2::11"]} in elements[("bridge", "endpoint_source6")]
-    text = replace_table(rs).text()
+    text = tx.text()
     assert "ip daddr vmap @to_endpoint4" in text
+    lines = text.splitlines()
+    at = lines.index(f"\tchain {guard_chain('cgyb0')} {{")
+    source = lines[at:]
+    assert lines[at - 1] == "\t# source check of cgyb0, on its ingress hook"
+    assert source[1:4] == ['\t\ttype filter hook ingress device "cgyb0" priority 0; policy accept;',
+                           "\t\tip saddr 198.18.2.11 accept", "\t\tip6 saddr fd00:18:2::11 accept"]
+    assert source[4].startswith("\t\tip6 saddr { ::, fe80::/10 } icmpv6 type { nd-router-solicit")
+    assert source[6] == '\t\tcounter drop comment "callgate anti-spoofing"'
+    assert "table bridge callgate {" in text and "iifname . arp saddr ip @endpoint_source4 return" in text
+    assert "ether type != { ip, arp, ip6 } counter drop" in text  # a bridge port sends no VLAN-tagged frames
+    # Spoofed packets never reach the forward hook: established flows leave first, then dispatch.
+    forward = text[text.index("chain forward {"):]
+    rules = [line.strip() for line in forward.splitlines()[2:] if line.strip() and line.strip() != "}"]
+    assert rules[0] == "ct state established,related accept" and "endpoint_guard" not in text
+
+
+def test_on_an_older_kernel_the_forward_chain_looks_the_interface_up() -> None:
+    """guard="forward": a verdict map on the input interface, first in the forward
+    chain, jumps to the interface's (regular) source chain."""
+    rs = compile_(standard())
+    local = ["cgxa0", "cgxc0", "cgyb0", "cgza0", "cgzc0"]
+    elements = dispatch_elements(rs, None, "node", "forward")
+    assert elements[("inet", "endpoint_guard")] == [[i, {"jump": {"target": guard_chain(i)}}] for i in local]
+    tx = replace_table(rs, guard="forward")
+    assert not [c for c in tx.commands if c.get("add", {}).get("chain", {}).get("hook") == "ingress"]
+    assert tx.digest != replace_table(rs).digest  # another table: never adopted as the other
+    text = tx.text()
     source = text[text.index(f"chain {guard_chain('cgyb0')} {{"):]
     assert source.splitlines()[1:3] == [
         '\t\tip saddr != 198.18.2.11 counter drop comment "callgate anti-spoofing"',
         '\t\tip6 saddr != fd00:18:2::11 counter drop comment "callgate anti-spoofing"']
-    assert "table bridge callgate {" in text and "iifname . arp saddr ip @endpoint_source4 return" in text
-    assert "ether type != { ip, arp, ip6 } counter drop" in text  # a bridge port sends no VLAN-tagged frames
     # The source checks first (a spoofed packet must not ride the impersonated pod's
     # flow), then established flows leave, then dispatch.
     forward = text[text.index("chain forward {"):]
     rules = [line.strip() for line in forward.splitlines()[2:] if line.strip() and line.strip() != "}"]
     assert rules[:2] == ['iifname vmap @endpoint_guard comment "callgate anti-spoofing"',
                          "ct state established,related accept"]
-    assert forward.index("@endpoint_guard") < forward.index("vmap @from_endpoint4")
+
+
+def test_the_enforcer_asks_the_kernel_where_the_source_checks_go() -> None:
+    rs = compile_(standard())
+    modern, older = FakeNftKernel(), FakeNftKernel()
+    older.hooks_by_name = False
+    assert NftablesEnforcer(modern).guard == "ingress"
+    enforcer = NftablesEnforcer(older)
+    assert enforcer.guard == "forward"
+    enforcer.apply(rs)  # the older kernel takes the forward layout
+    assert older.transactions == 1 and enforcer.in_sync(rs)
+    assert "endpoint_guard" in json.dumps(older.list_table("inet", "callgate"))
+    assert modern.transactions == 0  # asking commits nothing
 
 
 def test_a_source_chain_holds_every_address_of_its_interface_and_none_of_a_missing_family() -> None:
@@ -88,9 +129,13 @@ def test_a_source_chain_holds_every_address_of_its_interface_and_none_of_a_missi
     xa = next(i for i, ep in enumerate(eps) if ep.key == "x/a")
     eps[xa] = dataclasses.replace(eps[xa], ips=("198.18.1.10", "198.18.1.99"))  # IPv4 only, two of them
     rs = compile_(Inventory(inv.namespaces, tuple(eps)))
-    rules = guard_chains(rs, "node")[guard_chain("cgxa0")]
-    assert rules[0][0] == {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                                     "right": {"set": ["198.18.1.10", "198.18.1.99"]}}}
+    mine = {"payload": {"protocol": "ip", "field": "saddr"}}, {"set": ["198.18.1.10", "198.18.1.99"]}
+    rules = guard_chains(rs, "node")[guard_chain("cgxa0")].rules
+    assert rules[0] == ({"match": {"op": "==", "left": mine[0], "right": mine[1]}}, {"accept": None})
+    # No IPv6 of its own: only neighbour discovery and MLD from link-local sources, then the drop.
+    assert all("fe80::" in json.dumps(r) for r in rules[1:-1]) and rules[-1] == ({"counter": None}, {"drop": None})
+    rules = guard_chains(rs, "node", "forward")[guard_chain("cgxa0")].rules
+    assert rules[0][0] == {"match": {"op": "!=", "left": mine[0], "right": mine[1]}}
     assert rules[1][0] == {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}}
     assert guard_chains(rs, "netns") == {}
 
@@ -125,10 +170,11 @@ def test_without_is_no_rule_no_dispatch_no_set() -> None:
     assert without(rs, []) is rs
 
 
-def test_a_local_pod_coming_is_element_commands_in_both_tables() -> None:
+@pytest.mark.parametrize("guard", ["ingress", "forward"])
+def test_a_local_pod_coming_is_element_commands_in_both_tables(guard: str) -> None:
     inv = standard()
     fewer = Inventory(inv.namespaces, tuple(ep for ep in inv.endpoints if ep.key != "y/b"))
-    enforcer = NftablesEnforcer(FakeNftKernel())
+    enforcer = NftablesEnforcer(FakeNftKernel(), guard=guard)  # type: ignore[arg-type]
     enforcer.apply(compile_(fewer))
     result = enforcer.apply(compile_(inv))  # y/b (local, not isolated) arrives
     assert isinstance(result.transaction, NftUpdate) and result.mode == "incremental"
@@ -136,19 +182,28 @@ def test_a_local_pod_coming_is_element_commands_in_both_tables() -> None:
              for c in result.transaction.commands if "element" in c.get("add", {})}
     assert added[("bridge", "endpoint_iface")] == ["cgyb0"]
     assert added[("bridge", "endpoint_source4")] == [{"concat": ["cgyb0", "198.18.2.11"]}]
-    # The inet table: its source chain, filled before the map element that jumps to it.
-    assert added[("inet", "endpoint_guard")] == [["cgyb0", {"jump": {"target": guard_chain("cgyb0")}}]]
     text = result.transaction.text().splitlines()
     chain = f"add chain inet callgate {guard_chain('cgyb0')}"
-    element = next(i for i, line in enumerate(text) if line.startswith("add element inet callgate endpoint_guard"))
-    assert text.index(chain) < text.index(f"add rule inet callgate {guard_chain('cgyb0')}") < element
+    declared = next(c["add"]["chain"] for c in result.transaction.commands
+                    if c.get("add", {}).get("chain", {}).get("name") == guard_chain("cgyb0"))
+    if guard == "ingress":  # a base chain on the new interface, with its rules
+        assert declared["hook"] == "ingress" and declared["dev"] == "cgyb0"
+        assert ("inet", "endpoint_guard") not in added
+        assert text.index(chain) < text.index(f"add rule inet callgate {guard_chain('cgyb0')}")
+    else:  # the source chain, filled before the map element that jumps to it
+        assert "hook" not in declared
+        assert added[("inet", "endpoint_guard")] == [["cgyb0", {"jump": {"target": guard_chain("cgyb0")}}]]
+        element = next(i for i, line in enumerate(text) if line.startswith("add element inet callgate endpoint_guard"))
+        assert text.index(chain) < text.index(f"add rule inet callgate {guard_chain('cgyb0')}") < element
     assert enforcer.in_sync(compile_(inv))
-    # And it goes again: the element first, then the chain.
+    # And it goes again (after the element that jumped to it, if any).
     gone = enforcer.apply(compile_(fewer))
     assert isinstance(gone.transaction, NftUpdate)
     lines = gone.transaction.text().splitlines()
-    assert lines.index(f"delete chain inet callgate {guard_chain('cgyb0')}") > next(
-        i for i, line in enumerate(lines) if line.startswith("delete element inet callgate endpoint_guard"))
+    assert f"delete chain inet callgate {guard_chain('cgyb0')}" in lines
+    if guard == "forward":
+        assert lines.index(f"delete chain inet callgate {guard_chain('cgyb0')}") > next(
+            i for i, line in enumerate(lines) if line.startswith("delete element inet callgate endpoint_guard"))
     assert enforcer.in_sync(compile_(fewer))
 
 

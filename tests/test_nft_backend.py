@@ -6,6 +6,7 @@ Fake-kernel tests run everywhere; kernel tests use a scratch network namespace.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -462,11 +463,10 @@ def test_kernel_a_hand_edit_after_the_prefetch_is_repaired(netns: str, shop_rule
         enforcer.prefetch()
         assert enforcer._prefetched is not None
         assert enforcer._prefetched.result(timeout=30) is not None
-        listing = nft(netns, "-a", "list", "chain", "inet", "callgate", "forward")
-        # The anti-spoofing rule: gone, an endpoint could send from any address.
-        handle = next(line.rsplit("# handle ", 1)[1] for line in listing.splitlines()
-                      if "anti-spoofing" in line)
-        nft(netns, "delete", "rule", "inet", "callgate", "forward", "handle", handle.strip())
+        listing = json.loads(nft(netns, "-j", "-a", "list", "table", "inet", "callgate"))["nftables"]
+        # An anti-spoofing drop: gone, an endpoint could send from any address.
+        rule = next(o["rule"] for o in listing if o.get("rule", {}).get("comment") == "callgate anti-spoofing")
+        nft(netns, "delete", "rule", "inet", "callgate", rule["chain"], "handle", str(rule["handle"]))
         assert not enforcer.in_sync(ruleset)
         result = enforcer.apply(ruleset)
         assert result.changed and result.mode == "full"

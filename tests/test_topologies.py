@@ -190,11 +190,11 @@ def take_anti_spoofing_away(lab: Running, backend: str, *keys: str) -> None:
         netns = lab.pod_ns(key) if lab.topology == "macvlan" else lab.node_ns(ep.node)
         if backend == "nft" and lab.topology == "macvlan":
             sh(netns, "nft", "flush", "chain", "inet", "callgate", "endpoint_source")
-        elif backend == "nft":  # the node: the forward chain's source checks, and the bridge ports'
-            listing = json.loads(sh(netns, "nft", "-j", "-a", "list", "chain", "inet", "callgate", "forward").stdout)
+        elif backend == "nft":  # the node: the veths' source checks (their drops), and the bridge ports'
+            listing = json.loads(sh(netns, "nft", "-j", "-a", "list", "table", "inet", "callgate").stdout)
             for rule in (o["rule"] for o in listing["nftables"] if "rule" in o):
                 if rule.get("comment") == "callgate anti-spoofing":
-                    sh(netns, "nft", "delete", "rule", "inet", "callgate", "forward", "handle", str(rule["handle"]))
+                    sh(netns, "nft", "delete", "rule", "inet", "callgate", rule["chain"], "handle", str(rule["handle"]))
             sh(netns, "nft", "flush", "chain", "bridge", "callgate", "endpoint_source")
         else:  # iptables: its source chain (bridge ports, or inside the pod's namespace) ...
             for tool in ("iptables", "ip6tables"):

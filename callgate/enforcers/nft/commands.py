@@ -24,6 +24,7 @@ from callgate.enforcers.nft.layout import (
     DIGEST_SET,
     FAMILY,
     TABLE,
+    GuardHook,
     digest_element,
     is_hash_set,
     layout_digest,
@@ -133,7 +134,7 @@ def validate(ruleset: RuleSet, fail_closed: FailClosed | None = None) -> None:
 
 
 def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
-                  layout: Layout | None = None) -> list[Command]:
+                  layout: Layout | None = None, guard: GuardHook = "ingress") -> list[Command]:
     """``add`` commands that build the whole table (and, on a node, the bridge
     table), in dependency order: the flow-log limit sets and the decision part
     (``layout``, when the caller has built it already) here, then the dispatch
@@ -142,10 +143,10 @@ def table_objects(ruleset: RuleSet, fail_closed: FailClosed | None = None, place
     validate(ruleset, fail_closed)
     layout = layout if layout is not None else build_layout(ruleset)
     cmds: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-    digest = layout_digest(ruleset, fail_closed, placement, layout.logging)
+    digest = layout_digest(ruleset, fail_closed, placement, layout.logging, guard)
     cmds.append({"add": {"set": obj(name=DIGEST_SET, type="ifname", elem=[digest_element(digest)])}})
     cmds.extend(verdict_cache_objects(digest))  # before the decision chains that goto accept_decided
     cmds.extend(limit_sets(layout.logging))
     cmds.extend(decision_objects(layout))
-    cmds.extend(dispatch_objects(ruleset, fail_closed, placement))
+    cmds.extend(dispatch_objects(ruleset, fail_closed, placement, guard))
     return cmds

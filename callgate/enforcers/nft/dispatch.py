@@ -10,12 +10,15 @@ placements.
     map from_endpoint4 { type ipv4_addr : verdict }   ip saddr → jump out_<endpoint> (first egress tier)
     map to_endpoint4   { type ipv4_addr : verdict }   ip daddr → jump in_<endpoint>  (first ingress tier)
     (from_endpoint6, to_endpoint6: the same for IPv6)
-    map endpoint_guard   { type ifname : verdict }    local endpoint's host-side interface → jump source_<h>
-    chain source_<h> {                                # one per such interface: its own addresses only
-        ip saddr != 198.18.0.10 counter drop          #   ({ a, b } for several; "meta nfproto ipv4 counter
-        ip6 saddr != fd00::10 counter drop }          #   drop" when it has no address of that family)
+    chain source_<h> { type filter hook ingress device "<veth>" priority 0;   # one per local host-side interface,
+        ip saddr 198.18.0.10 accept                   #   on its own ingress hook: only its packets run it
+        ip6 saddr fd00::10 accept                     #   ({ a, b } for several; none for a family it lacks)
+        ip6 saddr { ::, fe80::/10 } <ND, MLD> accept  # its link-local control traffic to the node
+        counter drop }                                # anything else it sends (before conntrack sees it)
+    [kernels before 6.16, GuardHook "forward": map endpoint_guard { type ifname : verdict } → jump
+     source_<h> (regular chains: "ip saddr != own counter drop" per family), looked up first in forward]
     chain forward { type filter hook forward priority 0; policy accept;
-        iifname vmap @endpoint_guard                  # anti-spoofing: one look-up, a miss from outside
+        [forward guard: iifname vmap @endpoint_guard]
         ct state established,related accept
         ct mark != 0x0/24 ct mark & 0xffffff00 @verdict_tag accept   # a flow this table decided already
         icmpv6 type . ip6 hoplimit { nd-… . 255, mld-… . 1 } accept   # neighbour discovery and MLD
@@ -48,21 +51,28 @@ the inet forward hook with iif = oif = the bridge, so an interface name
 cannot tell the endpoints apart there; addresses can, on routed veths,
 bridge ports and traffic routed into a bridge alike. An address is only as
 good as the check that nobody else sends from it, hence anti-spoofing on
-every local endpoint's interface: in the inet table for routed veths (whose
-name the forward hook sees), in the bridge table for bridge ports (which only
-the bridge family sees; it has no conntrack here, which anti-spoofing does
-not need). Each check runs on the interface kind it can see and never
-matches on the other, so both are always present and the table does not
-depend on what the host looks like. Anti-spoofing comes before the
-established rule: a packet from a spoofed address must not ride on another
-endpoint's connection either.
+every local endpoint's interface: in the inet table on the veth's ingress hook
+(routed veths and bridge ports alike: it runs before the bridge does) or, on
+older kernels, behind the forward hook (routed veths: the name it sees), and
+in the bridge table for bridge ports (which only the bridge family sees; it
+has no conntrack here, which anti-spoofing does not need). Both are always
+present, so the table does not depend on what the host looks like. Anti-
+spoofing comes before the established rule: a packet from a spoofed address
+must not ride on another endpoint's connection either.
 
-Why a verdict map into a chain per interface in the inet table: every packet
-the node forwards meets the check, and most come from outside the node's
-pods. The map costs those one look-up that misses; the (interface, address)
-pair sets the bridge table uses cost them two look-ups per family (~310 ns
-against ~150 ns per packet here, ``bench.dispatch_variants --per-rule``),
-while a pod's own packet pays one look-up and a compare either way.
+Why a base chain on each veth's own ingress hook: every packet the node
+forwards would otherwise pay for the check, and most come from elsewhere. In
+the forward chain the input interface had to be looked up for each of them
+(``iifname vmap``: 16-byte name, hash look-up, miss), which took ~1.5% of a
+new TCP connection's CPU (``bench/nf_profile.py``); on its own hook a pod's
+packet pays a compare and everyone else's nothing, and a spoofed packet is
+dropped before conntrack keeps an entry for it. That needs a kernel that keeps
+a hook by interface name (6.16 and later: the hook attaches when the veth
+appears, and again after it is re-created); the enforcer asks the kernel
+(:func:`~callgate.enforcers.nft.kernel.keeps_hooks_by_name`) and on an older
+one keeps the look-up in the forward chain, where the map costs a packet from
+outside one missed look-up (the pair sets the bridge table uses would cost two
+per family).
 
 **Netns** (``inet callgate`` inside an endpoint's own namespace, no host-side
 interface: macvlan, ipvlan)::
@@ -106,6 +116,7 @@ set and map, so the incremental planner updates them like any other set.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from callgate.compiler.addresses import address_value
@@ -120,12 +131,14 @@ from callgate.enforcers.nft.layout import (
     FAIL_CLOSED_COMMENT,
     FAMILY,
     FORWARD,
+    GUARD_PRIORITY,
     KNOWN_ENDPOINT,
     TABLE,
     TAG_BITS,
     TAG_SHIFT,
     VERDICT_MARK,
     VERDICT_TAG,
+    GuardHook,
     verdict_tag,
 )
 
@@ -193,7 +206,8 @@ def _in_order(ips: tuple[str, ...]) -> Sequence[str]:
 DispatchElements = dict[tuple[str, str], list[Any]]
 
 
-def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placement: Placement) -> DispatchElements:
+def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placement: Placement,
+                      guard: GuardHook = "ingress") -> DispatchElements:
     """(family, name) -> elements of every dispatch set and map, as libnftables JSON."""
     out: DispatchElements = {}
     for version in (4, 6):
@@ -212,8 +226,9 @@ def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placemen
                 (a for le in ruleset.local for a in le.ips if _version(a) == version), key=address_value)
         return out
     attached = sorted((le for le in ruleset.local if le.interface is not None), key=lambda le: le.interface or "")
-    out[(FAMILY, ENDPOINT_GUARD)] = [[iface, {"jump": {"target": guard_chain(iface)}}]
-                                     for iface in sorted({le.interface for le in attached if le.interface})]
+    if guard == "forward":
+        out[(FAMILY, ENDPOINT_GUARD)] = [[iface, {"jump": {"target": guard_chain(iface)}}]
+                                         for iface in sorted({le.interface for le in attached if le.interface})]
     out[(BRIDGE_FAMILY, ENDPOINT_IFACE)] = [le.interface for le in attached]
     for version in (4, 6):
         out[(BRIDGE_FAMILY, ENDPOINT_SOURCE[version])] = [
@@ -224,14 +239,29 @@ def dispatch_elements(ruleset: RuleSet, fail_closed: FailClosed | None, placemen
     return out
 
 
-GuardChains = dict[str, list[list[dict[str, Any]]]]
+@dataclass(frozen=True)
+class GuardChain:
+    """One host-side interface's source check: its chain's rules (expression lists)."""
+
+    interface: str
+    rules: tuple[tuple[dict[str, Any], ...], ...]
 
 
-def guard_chains(ruleset: RuleSet, placement: Placement) -> GuardChains:
-    """Name -> rules (expression lists) of every source chain ``endpoint_guard``
-    jumps to: a packet from a local endpoint's host-side interface must come
-    from one of the addresses of the endpoints on it, per family (an interface
-    with no address of a family sends none of it). Empty in a namespace."""
+GuardChains = dict[str, GuardChain]
+
+
+def guard_chains(ruleset: RuleSet, placement: Placement, guard: GuardHook = "ingress") -> GuardChains:
+    """Chain name -> the source check of every local endpoint's host-side
+    interface: a packet from it must come from one of the addresses of the
+    endpoints on it, per family (an interface with no address of a family sends
+    none of it). Empty in a namespace.
+
+    On the ``ingress`` hook the chain sees everything the interface sends, the
+    pod's own link-local control traffic to the node too: its addresses are
+    accepted, then neighbour discovery and MLD from ``::`` or ``fe80::/10`` (no
+    router forwards those), and the rest dropped. Behind the ``forward`` hook's
+    look-up only forwarded packets arrive: a rule per family drops what is not
+    from the interface's addresses."""
     if placement == "netns":
         return {}
     own: dict[str, list[str]] = {}
@@ -240,22 +270,40 @@ def guard_chains(ruleset: RuleSet, placement: Placement) -> GuardChains:
             own.setdefault(le.interface, []).extend(le.ips)
     chains: GuardChains = {}
     for iface in sorted(own):
-        rules = []
+        rules: list[tuple[dict[str, Any], ...]] = []
         for version in (4, 6):
             mine = sorted({a for a in own[iface] if _version(a) == version}, key=address_value)
-            if not mine:
-                test = _match(_meta("nfproto"), "ipv4" if version == 4 else "ipv6")
+            source = _payload(_PROTOCOL[version], "saddr")
+            addresses: Any = mine[0] if len(mine) == 1 else {"set": mine}
+            if guard == "ingress":
+                if mine:
+                    rules.append((_match(source, addresses), {"accept": None}))
+            elif mine:
+                rules.append((_match(source, addresses, op="!="), {"counter": None}, {"drop": None}))
             else:
-                test = _match(_payload(_PROTOCOL[version], "saddr"), mine[0] if len(mine) == 1 else {"set": mine},
-                              op="!=")
-            rules.append([test, {"counter": None}, {"drop": None}])
-        chains[guard_chain(iface)] = rules
+                rules.append((_match(_meta("nfproto"), "ipv4" if version == 4 else "ipv6"), {"counter": None},
+                              {"drop": None}))
+        if guard == "ingress":
+            rules.extend(tuple(expr) for expr in _link_control({"accept": None}, from_link_local=True))
+            rules.append(({"counter": None}, {"drop": None}))
+        chains[guard_chain(iface)] = GuardChain(iface, tuple(rules))
     return chains
 
 
-def guard_chain_commands(name: str, rules: list[list[dict[str, Any]]]) -> list[Command]:
-    """The rules of one source chain (added to an existing, empty chain)."""
-    return [_rule(FAMILY, name, *expr, comment=ANTI_SPOOFING_COMMENT) for expr in rules]
+def guard_chain_commands(name: str, chain: GuardChain) -> list[Command]:
+    """The rules of one source chain (added to an existing, empty chain); its
+    drops carry the anti-spoofing comment (counted by the agent's metrics)."""
+    return [_rule(FAMILY, name, *expr, comment=ANTI_SPOOFING_COMMENT if "drop" in expr[-1] else None)
+            for expr in chain.rules]
+
+
+def guard_chain_declaration(name: str, chain: GuardChain, guard: GuardHook = "ingress") -> Command:
+    """``add chain`` for a source chain: a base chain on its interface's ingress
+    hook, or a regular chain the forward chain's look-up jumps to."""
+    if guard == "ingress":
+        return {"add": {"chain": _in(FAMILY, name=name, type="filter", hook="ingress", dev=chain.interface,
+                                     prio=GUARD_PRIORITY, policy="accept")}}
+    return {"add": {"chain": _in(FAMILY, name=name)}}
 
 
 def _set_type(name: str) -> tuple[str, Any]:
@@ -389,15 +437,17 @@ def _drop_spoofed(family: str) -> Command:
     return _rule(family, SOURCE_CHAIN, {"counter": None}, {"drop": None}, comment=ANTI_SPOOFING_COMMENT)
 
 
-def _node_inet(fc: FailClosed | None) -> list[Command]:
+def _node_inet(fc: FailClosed | None, guard: GuardHook) -> list[Command]:
     cmds = [_base_chain(FAMILY, FORWARD, "forward", 0)]
     # From an endpoint's interface: its source chain drops what is not from its
     # own addresses. Before the established rule: conntrack matches a packet by
     # its addresses and ports, not by where it came from, so a pod sending with
     # another pod's address and ports would otherwise ride that pod's open flow
     # past every check (test_a_spoofed_packet_cannot_ride_the_impersonated_pods_flow).
-    cmds.append(_rule(FAMILY, FORWARD, {"vmap": {"key": _meta("iifname"), "data": "@" + ENDPOINT_GUARD}},
-                      comment=ANTI_SPOOFING_COMMENT))
+    # On the ingress hook that holds by itself (it runs before conntrack).
+    if guard == "forward":
+        cmds.append(_rule(FAMILY, FORWARD, {"vmap": {"key": _meta("iifname"), "data": "@" + ENDPOINT_GUARD}},
+                          comment=ANTI_SPOOFING_COMMENT))
     # Then established flows leave: one compare for a packet of a flow conntrack holds;
     # and flows this table decided already (unreplied UDP: every packet is "new").
     cmds.append(_rule(FAMILY, FORWARD, _established(), {"accept": None}))
@@ -462,25 +512,27 @@ def _netns() -> list[Command]:
     return cmds
 
 
-def dispatch_objects(ruleset: RuleSet, fail_closed: FailClosed | None, placement: Placement) -> list[Command]:
+def dispatch_objects(ruleset: RuleSet, fail_closed: FailClosed | None, placement: Placement,
+                     guard: GuardHook = "ingress") -> list[Command]:
     """``add`` commands for the dispatch sets and maps (with their elements)
     and the base chains; the endpoint chains the maps jump to must exist
     already, and the bridge table (node) is added here."""
-    elements = dispatch_elements(ruleset, fail_closed, placement)
+    elements = dispatch_elements(ruleset, fail_closed, placement, guard)
     if placement == "netns":
         return [*_set_commands(elements), *_netns()]
     inet = {k: v for k, v in elements.items() if k[0] == FAMILY}
     bridge = {k: v for k, v in elements.items() if k[0] == BRIDGE_FAMILY}
     guards: list[Command] = []  # the chains first: endpoint_guard's elements jump to them
-    for name, rules in guard_chains(ruleset, placement).items():
-        guards.append({"add": {"chain": _in(FAMILY, name=name)}})
-        guards.extend(guard_chain_commands(name, rules))
-    return [*guards, *_set_commands(inet), *_node_inet(fail_closed),
+    for name, chain in guard_chains(ruleset, placement, guard).items():
+        guards.append(guard_chain_declaration(name, chain, guard))
+        guards.extend(guard_chain_commands(name, chain))
+    return [*guards, *_set_commands(inet), *_node_inet(fail_closed, guard),
             {"add": {"table": {"family": BRIDGE_FAMILY, "name": TABLE}}},
             *_set_commands(bridge), *_node_bridge(fail_closed)]
 
 
-def structure(fail_closed: FailClosed | None, placement: Placement) -> tuple[str, str | None]:
+def structure(fail_closed: FailClosed | None, placement: Placement,
+              guard: GuardHook = "ingress") -> tuple[str, str, str | None]:
     """What the base chains depend on besides set elements: the incremental
     planner only updates elements while this stays the same."""
-    return placement, fail_closed.prefix if fail_closed is not None else None
+    return placement, guard, fail_closed.prefix if fail_closed is not None else None

@@ -8,6 +8,7 @@ still equals that, the next apply is an incremental transaction
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -28,13 +29,14 @@ from callgate.enforcers.base import (
     comment_rule_id,
 )
 from callgate.enforcers.nft.decisions import Layout
-from callgate.enforcers.nft.kernel import NftKernel
+from callgate.enforcers.nft.kernel import NftKernel, keeps_hooks_by_name
 from callgate.enforcers.nft.layout import (
     ANTI_SPOOFING_COMMENT,
     DIGEST_SET,
     FAIL_CLOSED_COMMENT,
     FAMILY,
     TABLE,
+    GuardHook,
     digest_of,
     families,
     layout_digest,
@@ -43,6 +45,8 @@ from callgate.enforcers.nft.text import normal_text
 from callgate.enforcers.nft.transaction import NftTransaction, replace_table
 from callgate.enforcers.nft.update import plan_update
 from callgate.errors import KernelError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,16 @@ class NftablesEnforcer(ComparesNormalText):
     must not be dropped. ``placement`` says which tables it owns: "node"
     (``inet`` and ``bridge callgate``, forward hook) or "netns" (``inet
     callgate`` inside one endpoint's own namespace; no fail-closed there).
+    ``guard``: where a node's source checks run (:data:`~.layout.GuardHook`);
+    by default the kernel is asked, once, whether it keeps hooks by interface
+    name ("ingress") or not ("forward").
     """
 
     name = "nft"
 
     def __init__(self, kernel: NftKernel, fail_closed_prefix: str | None = None,
-                 placement: Placement = "node", flow_logging: FlowLogging | None = None) -> None:
+                 placement: Placement = "node", flow_logging: FlowLogging | None = None,
+                 guard: GuardHook | None = None) -> None:
         self.kernel = kernel
         self.fail_closed_prefix = None if fail_closed_prefix is None else check_fail_closed_prefix(fail_closed_prefix)
         if placement == "netns" and fail_closed_prefix is not None:
@@ -78,6 +86,18 @@ class NftablesEnforcer(ComparesNormalText):
         # next change is planned against it (set together with `applied`).
         self.layout: Layout | None = None
         self._prefetched: Future[Listing | None] | None = None  # see prefetch()
+        self._guard = guard
+
+    @property
+    def guard(self) -> GuardHook:
+        """Where this node's source checks run: asked of the kernel on first use."""
+        if self._guard is None:
+            self._guard = "ingress" if self.placement == "netns" or keeps_hooks_by_name(self.kernel) else "forward"
+            if self._guard == "forward":
+                log.warning("this kernel keeps no hook for an interface that does not exist (Linux before 6.16): "
+                            "the veths' source checks go in the forward chain, behind a look-up of the input "
+                            "interface that every forwarded packet pays")
+        return self._guard
 
     def prefetch(self) -> None:
         """Start reading the whole live table in the background, for an apply
@@ -126,7 +146,11 @@ class NftablesEnforcer(ComparesNormalText):
         return FailClosed.build(self.fail_closed_prefix, ruleset, known_interfaces)
 
     def plan(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> NftTransaction:
-        return replace_table(ruleset, self.fail_closed(ruleset, known_interfaces), self.placement, self.flow_logging)
+        """The full transaction for ``ruleset``. Pure (``compile`` runs it with no
+        kernel at hand): until something asked the kernel (apply, in_sync, diff
+        do), the source checks are planned for one that keeps hooks by name."""
+        return replace_table(ruleset, self.fail_closed(ruleset, known_interfaces), self.placement, self.flow_logging,
+                             self._guard or "ingress")
 
     def check(self, tx: NftTransaction) -> None:
         """Let the kernel validate the transaction without committing it."""
@@ -152,7 +176,9 @@ class NftablesEnforcer(ComparesNormalText):
         return None if live is None else normal_text(live)
 
     def desired_text(self, ruleset: RuleSet, known_interfaces: Iterable[str] = ()) -> str:
-        return _table_text(self.plan(ruleset, known_interfaces))
+        """Compared with the live table: in the form this kernel takes."""
+        fc = self.fail_closed(ruleset, known_interfaces)
+        return _table_text(replace_table(ruleset, fc, self.placement, self.flow_logging, self.guard))
 
     def apply(self, ruleset: RuleSet, dry_run: bool = False, known_interfaces: Iterable[str] = (),
               incremental: bool = True) -> ApplyResult:
@@ -168,14 +194,14 @@ class NftablesEnforcer(ComparesNormalText):
         no-op; anything else is replaced in full. Either way it is one transaction."""
         known = tuple(known_interfaces)
         fc = self.fail_closed(ruleset, known)
-        digest = layout_digest(ruleset, fc, self.placement, self.flow_logging)
+        digest = layout_digest(ruleset, fc, self.placement, self.flow_logging, self.guard)
         applied = self.applied
         if incremental and applied is not None and applied.digest != digest:
             self._prefetched = None  # an incremental apply reads no table
             update = self._incremental(applied, ruleset, fc, digest, dry_run)
             if update is not None:
                 return update
-        full = replace_table(ruleset, fc, self.placement, self.flow_logging)
+        full = replace_table(ruleset, fc, self.placement, self.flow_logging, self.guard)
         # The digest set first: listing the whole table costs ~1.5 s at 180,000
         # elements, and only a table that says it holds this ruleset can be left as
         # it is; then every object of it must match, or it is replaced all the same.
@@ -202,7 +228,7 @@ class NftablesEnforcer(ComparesNormalText):
         when only a full replacement will do (the caller then does it)."""
         if self.live_digest() != applied.digest or self.layout is None or self.layout.logging != self.flow_logging:
             return None  # drift: someone else changed or deleted the table
-        tx = plan_update(applied.ruleset, applied.fail_closed, self.layout, ruleset, fc, self.placement)
+        tx = plan_update(applied.ruleset, applied.fail_closed, self.layout, ruleset, fc, self.placement, self.guard)
         if tx is None:
             return None
         try:

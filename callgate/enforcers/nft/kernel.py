@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -51,6 +52,24 @@ class NftKernel(Protocol):
 
 
 CAP_NET_ADMIN = 12
+PROBE_TABLE = "callgate_probe"
+
+
+def keeps_hooks_by_name(kernel: NftKernel) -> bool:
+    """Whether the kernel takes an ingress hook on an interface that does not
+    exist. Linux 6.16 and later keep such a hook by name: it attaches when the
+    interface comes and again when it is re-created; older kernels refuse it
+    (and drop the hook of an interface that goes). Checked, never committed: a
+    scratch table with a chain on a name no interface has."""
+    table = {"family": "inet", "name": PROBE_TABLE}
+    absent = "cgprobe" + secrets.token_hex(4)  # 15 characters: an interface name's most
+    chain = {"family": "inet", "table": PROBE_TABLE, "name": "probe", "type": "filter", "hook": "ingress",
+             "dev": absent, "prio": 0, "policy": "accept"}
+    try:
+        kernel.run([{"add": {"table": table}}, {"add": {"chain": chain}}, {"delete": {"table": table}}], check=True)
+    except KernelError:
+        return False
+    return True
 
 
 def has_net_admin() -> bool:

@@ -42,7 +42,7 @@ set first (~100 ms at 50k).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 from callgate.compiler.ir import AddressSet, RuleSet
 from callgate.enforcers.base import FailClosed, FlowLogging, Placement
@@ -83,7 +83,18 @@ DIGEST_KEY_LEN = 15
 # 8: the inet source check by a verdict map on the interface into a chain per
 # interface (dispatch.guard_chains) instead of (interface, address) pair sets;
 # a decided flow's verdict cached in its ct mark (dispatch.verdict_cache_objects).
-LAYOUT_VERSION = 8
+# 9: that source check in an ingress base chain on each veth itself where the
+# kernel keeps hooks by interface name (GuardHook), no look-up in the forward chain.
+LAYOUT_VERSION = 9
+GuardHook = Literal["ingress", "forward"]
+"""Where a node's source check of a host-side interface runs. "ingress": a base
+chain on that interface's own ingress hook, which packets from anywhere else
+never run, and which drops a spoofed packet before conntrack sees it; it needs
+a kernel that keeps a hook by interface name, for interfaces that do not exist
+yet or come back (Linux 6.16 and later). "forward": a look-up of the input
+interface at the head of the forward chain, jumping to the interface's chain
+(older kernels). The enforcer asks the kernel which it can have."""
+GUARD_PRIORITY = 0  # ingress hook priority of the source chains (they only accept or drop)
 # A peer set (looked up by the rules without ports, see .decisions) whose
 # intervals together hold at most this many addresses is rendered as a hash
 # set of single addresses: an O(1) look-up. Why this bound: a hash-set element
@@ -120,11 +131,13 @@ def is_hash_set(s: AddressSet) -> bool:
 
 
 def layout_digest(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
-                  logging: FlowLogging | None = None) -> str:
+                  logging: FlowLogging | None = None, guard: GuardHook = "ingress") -> str:
     """What the digest set holds: the RuleSet's digest with the layout version
-    and placement, extended by the fail-closed and flow-log settings when they
-    are on (so a change of any of them is seen)."""
-    parts = [f"nft-layout-{LAYOUT_VERSION}-{placement}", ruleset.digest()]
+    and placement (and the source check's hook on a node), extended by the
+    fail-closed and flow-log settings when they are on (so a change of any of
+    them is seen)."""
+    where = f"{placement}-{guard}-guard" if placement == "node" and guard != "ingress" else placement
+    parts = [f"nft-layout-{LAYOUT_VERSION}-{where}", ruleset.digest()]
     if fail_closed is not None:
         parts.extend([fail_closed.prefix, *fail_closed.known])
     if logging is not None:

@@ -160,7 +160,8 @@ def _table_text(family: str, objects: list[dict[str, Any]], notes: dict[str, str
         elif kind == "chain":
             chains.setdefault(body["name"], [])
             if "hook" in body:
-                headers[body["name"]] = (f"\t\ttype {body['type']} hook {body['hook']} priority "
+                device = f" device {_quoted(body['dev'])}" if isinstance(body.get("dev"), str) else ""
+                headers[body["name"]] = (f"\t\ttype {body['type']} hook {body['hook']}{device} priority "
                                          f"{body['prio']}; policy {body['policy']};")
         elif kind == "rule":
             text = " ".join(_expr_text(e) for e in body["expr"])
@@ -181,7 +182,9 @@ def _strip(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         (kind, body), = obj.items()
         if kind == "table":
             continue
-        body = {k: v for k, v in body.items() if k != "handle"}
+        # The handle; and an ingress chain's device, which libnftables 1.0.6 does not
+        # list (a source chain's name is a hash of its device's: it cannot stray).
+        body = {k: v for k, v in body.items() if k != "handle" and not (kind == "chain" and k == "dev")}
         if kind == "set" and is_limit_set(body["name"]):
             body.pop("elem", None)  # the addresses the kernel is limiting now: its own, never compared
         if kind == "rule":

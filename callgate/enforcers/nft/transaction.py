@@ -9,8 +9,9 @@ from callgate.compiler.ir import RuleSet
 from callgate.enforcers.base import FailClosed, FlowLogging, Placement
 from callgate.enforcers.nft.commands import table_objects
 from callgate.enforcers.nft.decisions import Layout, build_layout
+from callgate.enforcers.nft.dispatch import guard_chains
 from callgate.enforcers.nft.kernel import Command
-from callgate.enforcers.nft.layout import TABLE, families, layout_digest
+from callgate.enforcers.nft.layout import TABLE, GuardHook, families, layout_digest
 from callgate.enforcers.nft.text import objects_text
 
 
@@ -39,23 +40,28 @@ class NftTransaction:
 
 
 def replace_table(ruleset: RuleSet, fail_closed: FailClosed | None = None, placement: Placement = "node",
-                  logging: FlowLogging | None = None) -> NftTransaction:
+                  logging: FlowLogging | None = None, guard: GuardHook = "ingress") -> NftTransaction:
     """One transaction that swaps in the new tables: the kernel holds the old
-    ruleset or the new one, never a mix, and never an empty moment."""
+    ruleset or the new one, never a mix, and never an empty moment. ``guard``:
+    where a node's source checks run (:data:`~.layout.GuardHook`)."""
     commands: list[Command] = []
     for family in families(placement):
         table = {"table": {"family": family, "name": TABLE}}
         # "add table" first makes the "delete" valid even when no table exists yet.
         commands.extend([{"add": table}, {"delete": table}])
     layout = build_layout(ruleset, logging)
-    commands.extend(table_objects(ruleset, fail_closed, placement, layout))
-    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed, placement, logging),
-                          notes=_readable_notes(ruleset, layout), layout=layout)
+    commands.extend(table_objects(ruleset, fail_closed, placement, layout, guard))
+    return NftTransaction(tuple(commands), layout_digest(ruleset, fail_closed, placement, logging, guard),
+                          notes=_readable_notes(ruleset, layout, placement, guard), layout=layout)
 
 
-def _readable_notes(ruleset: RuleSet, layout: Layout) -> tuple[tuple[str, str], ...]:
+def _readable_notes(ruleset: RuleSet, layout: Layout, placement: Placement,
+                    guard: GuardHook) -> tuple[tuple[str, str], ...]:
     """What each map and chain stands for, for people reading the text form."""
     notes: list[tuple[str, str]] = []
+    hook = "on its ingress hook" if guard == "ingress" else "from the forward chain"
+    for name, chain in guard_chains(ruleset, placement, guard).items():
+        notes.append((name, f"source check of {chain.interface}, {hook}"))
     for ep in ruleset.endpoints:
         where = ep.interface or ep.netns
         for direction, tiers in (("ingress", ep.ingress), ("egress", ep.egress)):

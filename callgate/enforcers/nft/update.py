@@ -51,6 +51,7 @@ from callgate.enforcers.nft.decisions import Layout, elements_diff, next_map_com
 from callgate.enforcers.nft.dispatch import (
     dispatch_elements,
     guard_chain_commands,
+    guard_chain_declaration,
     guard_chains,
     structure,
     verdict_tag_swap,
@@ -59,6 +60,7 @@ from callgate.enforcers.nft.kernel import Command
 from callgate.enforcers.nft.layout import (
     FAMILY,
     TABLE,
+    GuardHook,
     digest_swap,
     is_hash_set,
     layout_digest,
@@ -124,18 +126,19 @@ def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], li
 
 
 def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new: RuleSet,
-                new_fc: FailClosed | None, placement: Placement = "node") -> NftUpdate | None:
+                new_fc: FailClosed | None, placement: Placement = "node",
+                guard: GuardHook = "ingress") -> NftUpdate | None:
     """One transaction taking the kernel from ``old`` (whose decision part is
     ``old_layout``) to ``new``; None when only a full replacement is safe.
     The transaction itself checks, in the kernel, that the live table holds
     ``old``'s digest; it carries the new layout for the next change."""
     validate(new, new_fc)
     logging = old_layout.logging  # the table's: a change of it is a full replacement (the enforcer keeps it)
-    old_digest = layout_digest(old, old_fc, placement, logging)
-    new_digest = layout_digest(new, new_fc, placement, logging)
+    old_digest = layout_digest(old, old_fc, placement, logging, guard)
+    new_digest = layout_digest(new, new_fc, placement, logging, guard)
     if old_digest == new_digest:
         return None  # nothing to change yet not in sync: drift the digest cannot see
-    if structure(old_fc, placement) != structure(new_fc, placement):
+    if structure(old_fc, placement, guard) != structure(new_fc, placement, guard):
         return None  # the dispatch structure itself changed
     patched = update_layout(old_layout, old, new)
     if patched is None:
@@ -177,7 +180,8 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
             element_commands(name, *_json_diff(old_layout.continuations[name], now))
     for name in gone_next:  # emptied before the endpoint chains they name go
         element_commands(name, list(old_layout.continuations[name]), [])
-    a_dispatch, b_dispatch = dispatch_elements(old, old_fc, placement), dispatch_elements(new, new_fc, placement)
+    a_dispatch, b_dispatch = (dispatch_elements(old, old_fc, placement, guard),
+                              dispatch_elements(new, new_fc, placement, guard))
     for (family, name), now in b_dispatch.items():
         gone, came = _json_diff(a_dispatch.get((family, name), []), now)
         element_commands(name, gone, came, family)
@@ -190,8 +194,8 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     changed_chains = [n for n in layout.chains if n in old_layout.chains and old_layout.chains[n] != layout.chains[n]]
     gone_chains = [n for n in old_layout.chains if n not in layout.chains]
     # Source chains follow the local endpoints only; most changes are elsewhere in the cluster.
-    a_guard, b_guard = ({}, {}) if old.local == new.local else (guard_chains(old, placement),
-                                                                  guard_chains(new, placement))
+    a_guard, b_guard = ({}, {}) if old.local == new.local else (guard_chains(old, placement, guard),
+                                                                  guard_chains(new, placement, guard))
     new_guards = [n for n in b_guard if n not in a_guard]
     changed_guards = [n for n in b_guard if n in a_guard and a_guard[n] != b_guard[n]]
     gone_guards = [n for n in a_guard if n not in b_guard]
@@ -208,7 +212,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_passes)  # empty: map elements may name them
     cmds.extend(layout.maps[n].command() for n in new_maps)
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_chains)  # empty first: dispatch may point at them
-    cmds.extend({"add": {"chain": obj(name=n)}} for n in new_guards)  # before endpoint_guard's elements
+    cmds.extend(guard_chain_declaration(n, b_guard[n], guard) for n in new_guards)  # before endpoint_guard's elements
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_guards)
     for name in (*new_guards, *changed_guards):
         cmds.extend(guard_chain_commands(name, b_guard[name]))

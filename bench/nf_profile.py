@@ -1,0 +1,163 @@
+"""Where a new TCP connection's CPU goes: netfilter's share of it, per table, from a CPU profile.
+
+The rotation's conn/s ratios move by ±10% from one 5-second sample to the next
+on a shared 2-core VM, and an A/A pair (the same table twice) is no steadier;
+the gap the datapath target is about (2%) is smaller than that noise. A
+profile does not depend on how fast the machine happened to be in a sample:
+with the TCP connect/request/response/close load pinned to one CPU, which it
+keeps busy, ``perf record -e cpu-clock`` on that CPU samples where its time
+goes, and the share of samples with ``nf_hook_slow`` on the stack is the share
+of a connection's CPU time spent in netfilter (conntrack and every nft hook,
+the ingress hook included). The rest of a connection's work (sockets, TCP,
+routing, veths, scheduling) is the same whatever the table, so two tables'
+throughput ratio follows from their shares alone::
+
+    conn/s(table) / conn/s(conntrack) = (1 - share(table)) / (1 - share(conntrack))
+
+Measured in rotation per round like the throughput, with perf itself kept off
+the loaded CPU. Beside ``conntrack`` and ``callgate`` (the table as applied
+here: the source checks on each veth's ingress hook), built from the same
+RuleSet: ``callgate-forward-guard``, the layout for kernels older than 6.16
+(the input interface looked up first in the forward chain, then the
+interface's source chain), and ``callgate-no-guard``, the table without any
+source check (what the check costs; attribution only, never applied).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.lab import TwoPodLab, ns_exec
+from bench.synth import HOT_TCP_PORT
+from callgate.enforcers.nft.dispatch import ENDPOINT_GUARD
+from callgate.enforcers.nft.kernel import Command, LibNftables
+from callgate.enforcers.nft.layout import FORWARD
+
+NETFILTER = "nf_hook_slow"  # every netfilter hook's entry: conntrack, nft chains, ingress alike
+NFT_CHAIN = "nft_do_chain"  # the nft rule interpreter (and its callees) alone
+SETTLE_S = 0.5  # after a table load: the previous table's release runs in a kernel worker
+LOAD_CPU = 0
+IDLE = "do_idle"  # on the stack of a sample taken while the CPU waited
+
+
+def possible() -> str | None:
+    """Why the profile cannot be taken here, or None."""
+    if shutil.which("perf") is None:
+        return "perf is not installed (apt-get install linux-perf)"
+    if shutil.which("taskset") is None:
+        return "taskset is not installed (util-linux)"
+    return None
+
+
+def _is_guard_rule(cmd: Command) -> bool:
+    rule = cmd.get("add", {}).get("rule")
+    if rule is None or rule["chain"] != FORWARD:
+        return False
+    first = rule["expr"][0]
+    return "vmap" in first and first["vmap"]["data"] == "@" + ENDPOINT_GUARD
+
+
+def without_guard(commands: list[Command]) -> list[Command]:
+    """The table without its source checks: the forward chain's look-up, and
+    the ingress base chains with their rules (attribution only)."""
+    hooked = {c["add"]["chain"]["name"] for c in commands if c.get("add", {}).get("chain", {}).get("hook") == "ingress"}
+    out = []
+    for cmd in commands:
+        body = cmd.get("add", {})
+        if _is_guard_rule(cmd) or body.get("chain", {}).get("name") in hooked or (
+                body.get("rule", {}).get("chain") in hooked):
+            continue
+        out.append(cmd)
+    return out
+
+
+def shares(perf_data: Path) -> tuple[int, float, float]:
+    """(busy samples, share of them with ``nf_hook_slow`` on the stack, with
+    ``nft_do_chain*``). Idle samples (the CPU waiting for a wake-up) are left
+    out: the shares are of the CPU's work."""
+    out = subprocess.run(["perf", "script", "-i", str(perf_data), "-F", "ip,sym"], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    total = netfilter = nft = 0
+    for block in out.split("\n\n"):
+        frames = block.split()
+        if not frames or IDLE in frames:
+            continue
+        total += 1
+        netfilter += any(f.startswith(NETFILTER) for f in frames)
+        nft += any(f.startswith(NFT_CHAIN) for f in frames)
+    return total, netfilter / max(total, 1), nft / max(total, 1)
+
+
+def _start(argv: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        _stop(proc)
+        raise RuntimeError(f"{argv} did not start")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def profiled_crr(lab: TwoPodLab, loadgen: Path, seconds: float, perf_data: Path) -> tuple[float, int, float, float]:
+    """One client and one server process on LOAD_CPU, perf sampling that CPU
+    from the others: (conn/s, samples, netfilter share, nft share)."""
+    pin = ["taskset", "-c", str(LOAD_CPU)]
+    others = ",".join(str(c) for c in range(os.cpu_count() or 1) if c != LOAD_CPU) or str(LOAD_CPU)
+    server = _start(ns_exec(lab.server.netns, *pin, str(loadgen), "crr-server", str(HOT_TCP_PORT), "1"))
+    try:
+        perf = subprocess.Popen(["taskset", "-c", others, "perf", "record", "-q", "-e", "cpu-clock", "-F", "2999",
+                                 "-C", str(LOAD_CPU), "-g", "-o", str(perf_data)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.2)  # perf is sampling before the load starts
+            out = subprocess.run(ns_exec(lab.client.netns, *pin, str(loadgen), "crr-client", lab.server.ip,
+                                         str(HOT_TCP_PORT), str(seconds), "1"),
+                                 capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+        finally:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=60)
+    finally:
+        _stop(server)
+    count, elapsed = out.split()
+    return (int(count) / float(elapsed), *shares(perf_data))
+
+
+def measure(lab: TwoPodLab, loadgen: Path, tables: dict[str, list[Command]], kernel: LibNftables,
+            rounds: int, seconds: float, log: Any) -> dict[str, dict[str, list[float]]]:
+    """Per table: conn/s, samples, netfilter and nft shares per round, rotating the order."""
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {"crr": [], "samples": [], "netfilter": [], "nft": []} for name in tables}
+    names = list(tables)
+    scratch = Path(tempfile.mkdtemp(prefix="cgb-perf-"))
+    try:
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                kernel.run(tables[name])
+                time.sleep(SETTLE_S)
+                crr, n, nf, nft = profiled_crr(lab, loadgen, seconds, scratch / "perf.data")
+                for key, value in (("crr", crr), ("samples", n), ("netfilter", nf), ("nft", nft)):
+                    samples[name][key].append(value)
+            log(f"  profile round {r + 1}/{rounds}: " + ", ".join(
+                f"{n} netfilter {samples[n]['netfilter'][-1]:.2%}" for n in names))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return samples
+
+
+def implied_ratio(table: float, floor: float) -> float:
+    """conn/s of a table relative to the floor's, from their netfilter shares:
+    the rest of a connection's work, ``time * (1 - share)``, is the same."""
+    return (1 - table) / (1 - floor)
