@@ -75,8 +75,8 @@ def test_node_dispatch_is_by_address_and_every_local_endpoint_is_held_to_its_own
     assert lines[at - 1] == "\t# source check of cgyb0, on its ingress hook"
     assert source[1:4] == ['\t\ttype filter hook ingress device "cgyb0" priority 0; policy accept;',
                            "\t\tip saddr 198.18.2.11 accept", "\t\tip6 saddr fd00:18:2::11 accept"]
-    assert source[4].startswith("\t\tip6 saddr { ::, fe80::/10 } icmpv6 type { nd-router-solicit")
-    assert source[6] == '\t\tcounter drop comment "callgate anti-spoofing"'
+    assert source[4].startswith("\t\tip6 saddr { ::, fe80::/10 } icmpv6 type . ip6 hoplimit { mld-listener-query . 1")
+    assert source[5] == '\t\tcounter drop comment "callgate anti-spoofing"'
     assert "table bridge callgate {" in text and "iifname . arp saddr ip @endpoint_source4 return" in text
     assert "ether type != { ip, arp, ip6 } counter drop" in text  # a bridge port sends no VLAN-tagged frames
     # Spoofed packets never reach the forward hook: established flows leave first, then dispatch.

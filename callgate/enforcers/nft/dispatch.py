@@ -13,7 +13,7 @@ placements.
     chain source_<h> { type filter hook ingress device "<veth>" priority 0;   # one per local host-side interface,
         ip saddr 198.18.0.10 accept                   #   on its own ingress hook: only its packets run it
         ip6 saddr fd00::10 accept                     #   ({ a, b } for several; none for a family it lacks)
-        ip6 saddr { ::, fe80::/10 } <ND, MLD> accept  # its link-local control traffic to the node
+        ip6 saddr { ::, fe80::/10 } icmpv6 type . ip6 hoplimit { <ND> . 255, <MLD> . 1 } accept   # link-local control
         counter drop }                                # anything else it sends (before conntrack sees it)
     [kernels before 6.16, GuardHook "forward": map endpoint_guard { type ifname : verdict } → jump
      source_<h> (regular chains: "ip saddr != own counter drop" per family), looked up first in forward]
@@ -284,7 +284,8 @@ def guard_chains(ruleset: RuleSet, placement: Placement, guard: GuardHook = "ing
                 rules.append((_match(_meta("nfproto"), "ipv4" if version == 4 else "ipv6"), {"counter": None},
                               {"drop": None}))
         if guard == "ingress":
-            rules.extend(tuple(expr) for expr in _link_control({"accept": None}, from_link_local=True))
+            link_local = _match(_payload("ip6", "saddr"), {"set": list(LINK_SOURCES)})
+            rules.append((link_local, *_link_control_one({"accept": None})))
             rules.append(({"counter": None}, {"drop": None}))
         chains[guard_chain(iface)] = GuardChain(iface, tuple(rules))
     return chains

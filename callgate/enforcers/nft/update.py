@@ -15,7 +15,8 @@ commands only for what changed, through the same helpers the full table uses:
 * chains (endpoint chains, rule chains): ``add chain`` + rules for new ones,
   ``flush`` + refill for changed ones, ``flush`` + ``delete`` for removed ones;
 * dispatch maps and anti-spoofing sets (:mod:`.dispatch`): element by element;
-  the source chains ``endpoint_guard`` jumps to like endpoint chains;
+  the source chains (base chains on a veth's ingress hook, or the chains
+  ``endpoint_guard`` jumps to) like endpoint chains;
 * the verdict cache's tag: its two elements swapped (:func:`.dispatch.verdict_tag_swap`);
 * the digest: ``delete element`` of the old one + ``add element`` of the new
   one in the digest set. The kernel refuses the whole transaction when the old
@@ -212,7 +213,8 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_passes)  # empty: map elements may name them
     cmds.extend(layout.maps[n].command() for n in new_maps)
     cmds.extend({"add": {"chain": obj(name=n)}} for n in new_chains)  # empty first: dispatch may point at them
-    cmds.extend(guard_chain_declaration(n, b_guard[n], guard) for n in new_guards)  # before endpoint_guard's elements
+    # Before endpoint_guard's elements (forward guard) that jump to them.
+    cmds.extend(guard_chain_declaration(n, b_guard[n], guard) for n in new_guards)
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in changed_guards)
     for name in (*new_guards, *changed_guards):
         cmds.extend(guard_chain_commands(name, b_guard[name]))
@@ -230,7 +232,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     # go above), then their maps, then rule chains (whose elements are gone).
     cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_chains)
     cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_chains)
-    cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_guards)  # endpoint_guard let go above
+    cmds.extend({"flush": {"chain": obj(name=n)}} for n in gone_guards)  # endpoint_guard (if any) let go above
     cmds.extend({"delete": {"chain": obj(name=n)}} for n in gone_guards)
     cmds.extend({"delete": {"map": obj(name=n)}} for n in gone_maps)
     # Pass chains last of the decision part: map elements and walks named them.
