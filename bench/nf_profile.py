@@ -1,4 +1,4 @@
-"""Where a new TCP connection's CPU goes: netfilter's share of it, per table, from a CPU profile.
+"""Where a new TCP connection's (or an unreplied UDP packet's) CPU goes: netfilter's share, per table, by profile.
 
 The rotation's conn/s ratios move by ±10% from one 5-second sample to the next
 on a shared 2-core VM, and an A/A pair (the same table twice) is no steadier;
@@ -13,6 +13,8 @@ routing, veths, scheduling) is the same whatever the table, so two tables'
 throughput ratio follows from their shares alone::
 
     conn/s(table) / conn/s(conntrack) = (1 - share(table)) / (1 - share(conntrack))
+
+The same for 64-byte unreplied UDP (sender and sink on that CPU): packets/s.
 
 Measured in rotation per round like the throughput, with perf itself kept off
 the loaded CPU. Beside ``conntrack`` and ``callgate`` (the table as applied
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.lab import TwoPodLab, ns_exec
-from bench.synth import HOT_TCP_PORT
+from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT
 from callgate.enforcers.nft.dispatch import ENDPOINT_GUARD
 from callgate.enforcers.nft.kernel import Command, LibNftables
 from callgate.enforcers.nft.layout import FORWARD
@@ -111,35 +113,72 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     proc.wait()
 
 
-def profiled_crr(lab: TwoPodLab, loadgen: Path, seconds: float, perf_data: Path) -> tuple[float, int, float, float]:
-    """One client and one server process on LOAD_CPU, perf sampling that CPU
-    from the others: (conn/s, samples, netfilter share, nft share)."""
-    pin = ["taskset", "-c", str(LOAD_CPU)]
+def _perf(perf_data: Path) -> subprocess.Popen[bytes]:
+    """perf sampling LOAD_CPU, itself on the other CPUs."""
     others = ",".join(str(c) for c in range(os.cpu_count() or 1) if c != LOAD_CPU) or str(LOAD_CPU)
-    server = _start(ns_exec(lab.server.netns, *pin, str(loadgen), "crr-server", str(HOT_TCP_PORT), "1"))
+    perf = subprocess.Popen(["taskset", "-c", others, "perf", "record", "-q", "-e", "cpu-clock", "-F", "2999",
+                             "-C", str(LOAD_CPU), "-g", "-o", str(perf_data)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.2)  # sampling before the load starts
+    return perf
+
+
+def _stop_perf(perf: subprocess.Popen[bytes]) -> None:
+    perf.send_signal(signal.SIGINT)
+    perf.wait(timeout=60)
+
+
+PIN = ["taskset", "-c", str(LOAD_CPU)]
+
+
+def profiled_crr(lab: TwoPodLab, loadgen: Path, seconds: float, perf_data: Path) -> tuple[float, int, float, float]:
+    """One TCP client and one server process on LOAD_CPU, perf sampling that
+    CPU: (conn/s, samples, netfilter share, nft share)."""
+    server = _start(ns_exec(lab.server.netns, *PIN, str(loadgen), "crr-server", str(HOT_TCP_PORT), "1"))
     try:
-        perf = subprocess.Popen(["taskset", "-c", others, "perf", "record", "-q", "-e", "cpu-clock", "-F", "2999",
-                                 "-C", str(LOAD_CPU), "-g", "-o", str(perf_data)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        perf = _perf(perf_data)
         try:
-            time.sleep(0.2)  # perf is sampling before the load starts
-            out = subprocess.run(ns_exec(lab.client.netns, *pin, str(loadgen), "crr-client", lab.server.ip,
+            out = subprocess.run(ns_exec(lab.client.netns, *PIN, str(loadgen), "crr-client", lab.server.ip,
                                          str(HOT_TCP_PORT), str(seconds), "1"),
                                  capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
         finally:
-            perf.send_signal(signal.SIGINT)
-            perf.wait(timeout=60)
+            _stop_perf(perf)
     finally:
         _stop(server)
     count, elapsed = out.split()
     return (int(count) / float(elapsed), *shares(perf_data))
 
 
+def profiled_udp(lab: TwoPodLab, loadgen: Path, seconds: float, perf_data: Path) -> tuple[float, int, float, float]:
+    """64-byte unreplied UDP (every packet "new" to conntrack) from a sender to a
+    sink, both on LOAD_CPU, perf sampling it: (packets/s received, samples,
+    netfilter share, nft share)."""
+    sink = _start(ns_exec(lab.server.netns, *PIN, str(loadgen), "udp-sink", str(HOT_UDP_PORT), str(seconds)))
+    try:
+        perf = _perf(perf_data)
+        try:
+            subprocess.run(ns_exec(lab.client.netns, *PIN, str(loadgen), "udp-blast", lab.server.ip,
+                                   str(HOT_UDP_PORT), str(seconds + 1), "64"),
+                           capture_output=True, text=True, check=True, timeout=seconds + 60)
+        finally:
+            _stop_perf(perf)
+        out, _ = sink.communicate(timeout=seconds + 30)
+    finally:
+        _stop(sink)
+    count, elapsed = out.split()
+    return (int(count) / float(elapsed) if float(elapsed) > 0 else 0.0, *shares(perf_data))
+
+
+LOADS = {"crr": profiled_crr, "udp": profiled_udp}
+
+
 def measure(lab: TwoPodLab, loadgen: Path, tables: dict[str, list[Command]], kernel: LibNftables,
-            rounds: int, seconds: float, log: Any) -> dict[str, dict[str, list[float]]]:
-    """Per table: conn/s, samples, netfilter and nft shares per round, rotating the order."""
-    samples: dict[str, dict[str, list[float]]] = {
-        name: {"crr": [], "samples": [], "netfilter": [], "nft": []} for name in tables}
+            rounds: int, seconds: float, log: Any) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per load (``crr``: new TCP connections, ``udp``: 64-byte unreplied UDP)
+    and table: the rate, samples, netfilter and nft shares per round, rotating
+    the tables' order."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {
+        load: {name: {"rate": [], "samples": [], "netfilter": [], "nft": []} for name in tables} for load in LOADS}
     names = list(tables)
     scratch = Path(tempfile.mkdtemp(prefix="cgb-perf-"))
     try:
@@ -147,17 +186,19 @@ def measure(lab: TwoPodLab, loadgen: Path, tables: dict[str, list[Command]], ker
             for name in names[r % len(names):] + names[:r % len(names)]:
                 kernel.run(tables[name])
                 time.sleep(SETTLE_S)
-                crr, n, nf, nft = profiled_crr(lab, loadgen, seconds, scratch / "perf.data")
-                for key, value in (("crr", crr), ("samples", n), ("netfilter", nf), ("nft", nft)):
-                    samples[name][key].append(value)
-            log(f"  profile round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} netfilter {samples[n]['netfilter'][-1]:.2%}" for n in names))
+                for load, profiled in LOADS.items():
+                    rate, n, nf, nft = profiled(lab, loadgen, seconds, scratch / "perf.data")
+                    for key, value in (("rate", rate), ("samples", n), ("netfilter", nf), ("nft", nft)):
+                        out[load][name][key].append(value)
+            log(f"  profile round {r + 1}/{rounds}: " + "; ".join(
+                f"{n} netfilter {out['crr'][n]['netfilter'][-1]:.2%} (TCP), {out['udp'][n]['netfilter'][-1]:.2%} (UDP)"
+                for n in names))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return samples
+    return out
 
 
 def implied_ratio(table: float, floor: float) -> float:
-    """conn/s of a table relative to the floor's, from their netfilter shares:
-    the rest of a connection's work, ``time * (1 - share)``, is the same."""
+    """A table's rate (conn/s, packets/s) relative to the floor's, from their
+    netfilter shares: the rest of the work, ``time * (1 - share)``, is the same."""
     return (1 - table) / (1 - floor)

@@ -43,9 +43,11 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
         from bench.nf_profile import possible as profile_possible
 
         if profile_possible() is None:  # the CPU profile: samples taken, netfilter found in them
-            assert set(lab["profile"]) == {"conntrack", "callgate", "callgate-forward-guard", "callgate-no-guard"}
-            assert all(s["samples"][0] > 0 and 0 < s["netfilter"][0] < 1 for s in lab["profile"].values())
-            assert "Where a new TCP connection's CPU goes" in report
+            for load in ("crr", "udp"):
+                tables = lab["profile"][load]
+                assert set(tables) == {"conntrack", "callgate", "callgate-forward-guard", "callgate-no-guard"}
+                assert all(s["samples"][0] > 0 and 0 < s["netfilter"][0] < 1 for s in tables.values())
+            assert "Where the datapath's CPU goes" in report
         assert (tmp_path / "plots" / "datapath.svg").exists()
         # The user's whole path, the agent's latency and the cold start ran too.
         assert all(r["rc"] in (0, 1) for r in results["whole"]["target"].values() if isinstance(r, dict) and "rc" in r)
