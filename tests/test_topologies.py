@@ -458,6 +458,9 @@ def test_doctor_tells_how_each_endpoint_is_enforced(lab: Running, tmp_path: Path
     before = cli("doctor", "--node", node, "--netns", lab.node_ns(node), "-i", str(inventory))
     assert before.returncode == 0, before.stdout
     assert f"  x/b  {kind}  ok" in before.stdout
+    # Where the veths' source checks run on this kernel (none on a node whose endpoints are all in-namespace).
+    checks = "host-side interfaces' source checks: on each one's own ingress hook"
+    assert (checks in before.stdout) == (lab.topology != "macvlan"), before.stdout
     assert "callgate's nft rules in the node: absent: nothing is enforced there yet" in before.stdout
     assert before.stdout.endswith("every local endpoint is where callgate enforces\n")
     apply_all(lab, PolicySet(), "nft")

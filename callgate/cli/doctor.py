@@ -11,6 +11,7 @@ from callgate.cli.engine import BackendOpt, NodeOpt
 from callgate.cli.inventory import DockerHostOpt, read_docker
 from callgate.compiler import Compiler
 from callgate.enforcers import guard, live_in_audit
+from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.errors import KernelError
 from callgate.policy import Inventory, PolicySet, load_inventory
 from callgate.policy.model import ENFORCEMENT_KEY, ENFORCEMENT_MODES
@@ -71,6 +72,9 @@ def doctor(
             report = guard.check(ruleset, netns, enforcer.name)
             tables = {where: (enforcer.part(where).live_digest(), enforcer.part(where).live_text()) for where in
                       (None, *sorted({le.netns for le in ruleset.local if le.interface is None and le.netns}))}
+            node_part = enforcer.part(None)
+            source_checks = (node_part.guard if isinstance(node_part, NftablesEnforcer)
+                             and any(le.interface for le in ruleset.local) else None)
         except KernelError as exc:
             fail(f"cannot look at the node{f' in network namespace {netns}' if netns else ''}: {exc}")
     typer.echo(f"node {node}{f' (network namespace {netns})' if netns else ''}, backend {enforcer.name}: "
@@ -95,6 +99,12 @@ def doctor(
         typer.echo(f"  {workload}  not enforceable: {why}")
     for line in _enforcement_notes(inv, [p.endpoint for p in report.placed]):
         typer.echo(line)
+    if source_checks == "ingress":
+        typer.echo("host-side interfaces' source checks: on each one's own ingress hook (this kernel keeps hooks "
+                   "by interface name)")
+    elif source_checks == "forward":
+        typer.echo("host-side interfaces' source checks: in the forward chain, behind a look-up of the input "
+                   "interface (this kernel keeps no hook for an interface that is not there: Linux before 6.16)")
     for where, (digest, text) in tables.items():
         place = f"network namespace {where}" if where else "the node"
         state = f"present (digest {digest[:12]})" if digest else "absent: nothing is enforced there yet"
