@@ -32,13 +32,11 @@ changes through :class:`~callgate.enforcers.nft.enforcer.NftablesEnforcer`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import ipaddress
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -47,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import nf_profile
-from bench.lab import TwoPodLab, ns_exec, two_pod_lab
+from bench.lab import TwoPodLab, ns_exec, start_ready, stop_group, two_pod_lab
 from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT, LABEL_CALLER, V4_BASE, Cluster
 from callgate.compiler import Compiler, IncrementalCompiler
 from callgate.compiler.addresses import parse_element
@@ -227,43 +225,27 @@ def _rule_cmd(chain: str, exprs: list[Any]) -> Command:
 
 # -- load ------------------------------------------------------------------------
 
-def _start(argv: list[str]) -> subprocess.Popen[str]:
-    # A session of its own, so the forked workers are ended with the group.
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        _stop(proc)
-        raise RuntimeError(f"{argv} did not start")
-    return proc
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def measure_crr(lab: TwoPodLab, loadgen: Path, seconds: float, procs: int = 2) -> float:
-    server = _start(ns_exec(lab.server.netns, str(loadgen), "crr-server", str(HOT_TCP_PORT), str(procs)))
+    server = start_ready(ns_exec(lab.server.netns, str(loadgen), "crr-server", str(HOT_TCP_PORT), str(procs)))
     try:
         out = subprocess.run(ns_exec(lab.client.netns, str(loadgen), "crr-client", lab.server.ip,
                                      str(HOT_TCP_PORT), str(seconds), str(procs)),
                              capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     finally:
-        _stop(server)
+        stop_group(server)
     count, elapsed = out.split()
     return int(count) / float(elapsed)
 
 
 def measure_udp(lab: TwoPodLab, loadgen: Path, seconds: float, size: int = 64) -> float:
-    sink = _start(ns_exec(lab.server.netns, str(loadgen), "udp-sink", str(HOT_UDP_PORT), str(seconds)))
+    sink = start_ready(ns_exec(lab.server.netns, str(loadgen), "udp-sink", str(HOT_UDP_PORT), str(seconds)))
     try:
         subprocess.run(ns_exec(lab.client.netns, str(loadgen), "udp-blast", lab.server.ip, str(HOT_UDP_PORT),
                                str(seconds + 1), str(size)),
                        capture_output=True, text=True, check=True, timeout=seconds + 60)
         out, _ = sink.communicate(timeout=seconds + 30)
     finally:
-        _stop(sink)
+        stop_group(sink)
     count, elapsed = out.split()
     return int(count) / float(elapsed) if float(elapsed) > 0 else 0.0
 

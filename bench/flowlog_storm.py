@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.datapath import _start, _stop, build_loadgen, measure_udp
-from bench.lab import TwoPodLab, _pod, ns_exec, two_pod_lab
+from bench.datapath import build_loadgen, measure_udp
+from bench.lab import TwoPodLab, _pod, ns_exec, start_ready, stop_group, two_pod_lab
 from bench.synth import HOT_UDP_PORT
 from callgate.agent.flowlog.decode import FlowContext
 from callgate.agent.flowlog.service import FlowLogService
@@ -97,14 +97,14 @@ def _machine_busy() -> tuple[float, float]:
 
 def measure_paced(lab: TwoPodLab, loadgen: Path, seconds: float, pps: float) -> float:
     """cli → srv paced at ``pps``: the rate the sink received (packets a second)."""
-    sink = _start(ns_exec(lab.server.netns, str(loadgen), "udp-sink", str(HOT_UDP_PORT), str(seconds)))
+    sink = start_ready(ns_exec(lab.server.netns, str(loadgen), "udp-sink", str(HOT_UDP_PORT), str(seconds)))
     try:
         subprocess.run(ns_exec(lab.client.netns, str(loadgen), "udp-blast", lab.server.ip, str(HOT_UDP_PORT),
                                str(seconds + 1), "64", f"{pps:g}"),
                        capture_output=True, text=True, check=True, timeout=seconds + 60)
         out, _ = sink.communicate(timeout=seconds + 30)
     finally:
-        _stop(sink)
+        stop_group(sink)
     count, elapsed = out.split()
     return int(count) / float(elapsed) if float(elapsed) > 0 else 0.0
 
@@ -174,7 +174,7 @@ def run(seconds: float, rounds: int, pps: float) -> dict[str, Any]:
                                    "records_per_s": written / wall, "flowlog_cpu_cores": cpu / wall,
                                    "overruns": metrics.value("callgate_flow_log_overruns_total")})
             finally:
-                _stop(storm)
+                stop_group(storm)
 
         try:
             for n in range(rounds):

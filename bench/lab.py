@@ -18,7 +18,9 @@ process is gone are removed first. Only the pods' own addresses (from
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +44,23 @@ def _run(argv: Sequence[str], check: bool = True) -> str:
 
 def ns_exec(netns: str, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv]
+
+
+def start_ready(argv: list[str]) -> subprocess.Popen[str]:
+    """Start a load process that prints "ready" when it listens, and wait for that.
+    A session of its own, so that its forked workers are ended with the group."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        stop_group(proc)
+        raise RuntimeError(f"{argv} did not start")
+    return proc
+
+
+def stop_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _ours() -> list[str]:

@@ -27,7 +27,6 @@ source check (what the check costs; attribution only, never applied).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.lab import TwoPodLab, ns_exec
+from bench.lab import TwoPodLab, ns_exec, start_ready, stop_group
 from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT
 from callgate.enforcers.nft.dispatch import ENDPOINT_GUARD
 from callgate.enforcers.nft.kernel import Command, LibNftables
@@ -98,21 +97,6 @@ def shares(perf_data: Path) -> tuple[int, float, float]:
     return total, netfilter / max(total, 1), nft / max(total, 1)
 
 
-def _start(argv: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        _stop(proc)
-        raise RuntimeError(f"{argv} did not start")
-    return proc
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _perf(perf_data: Path) -> subprocess.Popen[bytes]:
     """perf sampling LOAD_CPU, itself on the other CPUs."""
     others = ",".join(str(c) for c in range(os.cpu_count() or 1) if c != LOAD_CPU) or str(LOAD_CPU)
@@ -134,7 +118,7 @@ PIN = ["taskset", "-c", str(LOAD_CPU)]
 def profiled_crr(lab: TwoPodLab, loadgen: Path, seconds: float, perf_data: Path) -> tuple[float, int, float, float]:
     """One TCP client and one server process on LOAD_CPU, perf sampling that
     CPU: (conn/s, samples, netfilter share, nft share)."""
-    server = _start(ns_exec(lab.server.netns, *PIN, str(loadgen), "crr-server", str(HOT_TCP_PORT), "1"))
+    server = start_ready(ns_exec(lab.server.netns, *PIN, str(loadgen), "crr-server", str(HOT_TCP_PORT), "1"))
     try:
         perf = _perf(perf_data)
         try:
@@ -144,7 +128,7 @@ def profiled_crr(lab: TwoPodLab, loadgen: Path, seconds: float, perf_data: Path)
         finally:
             _stop_perf(perf)
     finally:
-        _stop(server)
+        stop_group(server)
     count, elapsed = out.split()
     return (int(count) / float(elapsed), *shares(perf_data))
 
@@ -153,7 +137,7 @@ def profiled_udp(lab: TwoPodLab, loadgen: Path, seconds: float, perf_data: Path)
     """64-byte unreplied UDP (every packet "new" to conntrack) from a sender to a
     sink, both on LOAD_CPU, perf sampling it: (packets/s received, samples,
     netfilter share, nft share)."""
-    sink = _start(ns_exec(lab.server.netns, *PIN, str(loadgen), "udp-sink", str(HOT_UDP_PORT), str(seconds)))
+    sink = start_ready(ns_exec(lab.server.netns, *PIN, str(loadgen), "udp-sink", str(HOT_UDP_PORT), str(seconds)))
     try:
         perf = _perf(perf_data)
         try:
@@ -164,7 +148,7 @@ def profiled_udp(lab: TwoPodLab, loadgen: Path, seconds: float, perf_data: Path)
             _stop_perf(perf)
         out, _ = sink.communicate(timeout=seconds + 30)
     finally:
-        _stop(sink)
+        stop_group(sink)
     count, elapsed = out.split()
     return (int(count) / float(elapsed) if float(elapsed) > 0 else 0.0, *shares(perf_data))
 
