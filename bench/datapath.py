@@ -466,6 +466,7 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
                                      "total_s": [a + b for a, b in zip(plan_s, kernel_s, strict=True)]}
             log(f"  full apply: kernel {min(kernel_s):.3f}-{max(kernel_s):.3f} s")
             results["incremental"] = _incremental(cluster, inventory, policies, kernel, changes, log)
+            results["local_pod"] = _local_pod(cluster, inventory, policies, kernel, max(2, min(changes, 10)), log)
         finally:
             kernel.close()
     shutil.rmtree(loadgen.parent, ignore_errors=True)
@@ -537,6 +538,39 @@ def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, ke
     samples["equals_full_compile"] = full == compiler.ruleset and full.digest() == compiler.ruleset.digest()
     if not samples["equals_full_compile"]:
         raise RuntimeError("incremental compile differs from a full compile: the incremental figures are void")
+    return samples
+
+
+def _local_pod(cluster: Cluster, inventory: Inventory, policies: PolicySet, kernel: LibNftables,
+               changes: int, log: Any) -> dict[str, Any]:
+    """A pod starting on this node and stopping again (alternately), with a veth
+    and the labels of a local pod that policies select: the event a node sees
+    most, timed as ``_incremental`` times its changes (compile, then the
+    enforcer's apply). Its compile is not patched: such a pod's own chains
+    change, and the incremental compiler rebases the node."""
+    timing = _TimingKernel(kernel)
+    enforcer = NftablesEnforcer(timing)
+    compiler = IncrementalCompiler(policies, inventory, cluster.node)
+    enforcer.apply(compiler.ruleset)
+    template = next(ep for ep in inventory.endpoints if ep.node == cluster.node)  # its labels, a veth of its own
+    address = ipaddress.IPv4Address(V4_BASE + len(inventory.endpoints) + 10_000)
+    started = dataclasses.replace(template, name="bench-local", interface="cgblocal0", ips=(address,))
+    samples: dict[str, list[Any]] = {"kind": [], "compile_s": [], "apply_s": [], "kernel_s": [], "compile_path": []}
+    for k in range(changes):
+        kind = "pod started" if k % 2 == 0 else "pod stopped"
+        current = inventory if k % 2 else Inventory(inventory.namespaces, [*inventory.endpoints, started])
+        start = time.perf_counter()
+        ruleset = compiler.sync(policies, current)
+        ruleset.digest()
+        compiled = time.perf_counter()
+        timing.runs.clear()
+        result = enforcer.apply(ruleset)
+        done = time.perf_counter()
+        for key, value in (("kind", kind), ("compile_s", compiled - start), ("apply_s", done - compiled),
+                           ("kernel_s", sum(s for s, _ in timing.runs)), ("compile_path", compiler.last_path)):
+            samples[key].append(value)
+        log(f"  local pod {k + 1}/{changes} ({kind}): compile {compiled - start:.3f} s ({compiler.last_path}), "
+            f"apply {done - compiled:.3f} s ({result.mode})")
     return samples
 
 

@@ -40,6 +40,7 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
         lab = results["lab"]
         assert set(lab["datapath"]) == {"none", "conntrack", "empty", "callgate", "walk", "linear", "callgate-tiers"}
         assert all(lab["incremental"]["incremental"]), "pod churn should reach the kernel as an incremental update"
+        assert lab["local_pod"]["kind"][:2] == ["pod started", "pod stopped"]
         from bench.nf_profile import possible as profile_possible
 
         if profile_possible() is None:  # the CPU profile: samples taken, netfilter found in them
