@@ -50,6 +50,7 @@ from bench.synth import HOT_TCP_PORT, HOT_UDP_PORT, LABEL_CALLER, V4_BASE, Clust
 from callgate.compiler import Compiler, IncrementalCompiler
 from callgate.compiler.addresses import parse_element
 from callgate.compiler.ir import Rule, RuleSet, Verdict
+from callgate.enforcers.base import ApplyResult
 from callgate.enforcers.nft.commands import address_set_command
 from callgate.enforcers.nft.decisions import build_layout
 from callgate.enforcers.nft.enforcer import NftablesEnforcer
@@ -516,22 +517,11 @@ def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, ke
             endpoints[i] = dataclasses.replace(old, labels=labels)
             current = Inventory(current.namespaces, endpoints)
             kind = "label changed"
-        # The engine has seen the change: from here to the kernel.
-        start = time.perf_counter()
-        ruleset = compiler.sync(policies, current)
-        ruleset.digest()  # part of compiling: the enforcer needs it, and it is cached on the RuleSet
-        compiled = time.perf_counter()
-        timing.runs.clear()
-        result = enforcer.apply(ruleset)
-        done = time.perf_counter()
-        samples["kind"].append(kind)
-        samples["compile_s"].append(compiled - start)
-        samples["apply_s"].append(done - compiled)
-        samples["kernel_s"].append(sum(s for s, _ in timing.runs))
+        result = _timed_change(compiler, enforcer, timing, policies, current, kind, samples)
         samples["commands"].append(len(result.transaction.commands))
         samples["incremental"].append(result.mode == "incremental")
-        samples.setdefault("compile_path", []).append(compiler.last_path)
-        log(f"  change {k + 1}/{changes} ({kind}): compile {compiled - start:.3f} s, apply {done - compiled:.3f} s "
+        log(f"  change {k + 1}/{changes} ({kind}): compile {samples['compile_s'][-1]:.3f} s, "
+            f"apply {samples['apply_s'][-1]:.3f} s "
             f"(kernel {samples['kernel_s'][-1] * 1000:.1f} ms, {samples['commands'][-1]} commands, "
             f"{'incremental' if samples['incremental'][-1] else 'full replace'}; compile path {compiler.last_path})")
     full = Compiler(policies, current).compile(cluster.node)
@@ -558,20 +548,28 @@ def _local_pod(cluster: Cluster, inventory: Inventory, policies: PolicySet, kern
     samples: dict[str, list[Any]] = {"kind": [], "compile_s": [], "apply_s": [], "kernel_s": [], "compile_path": []}
     for k in range(changes):
         kind = "pod started" if k % 2 == 0 else "pod stopped"
-        current = inventory if k % 2 else Inventory(inventory.namespaces, [*inventory.endpoints, started])
-        start = time.perf_counter()
-        ruleset = compiler.sync(policies, current)
-        ruleset.digest()
-        compiled = time.perf_counter()
-        timing.runs.clear()
-        result = enforcer.apply(ruleset)
-        done = time.perf_counter()
-        for key, value in (("kind", kind), ("compile_s", compiled - start), ("apply_s", done - compiled),
-                           ("kernel_s", sum(s for s, _ in timing.runs)), ("compile_path", compiler.last_path)):
-            samples[key].append(value)
-        log(f"  local pod {k + 1}/{changes} ({kind}): compile {compiled - start:.3f} s ({compiler.last_path}), "
-            f"apply {done - compiled:.3f} s ({result.mode})")
+        current = inventory if k % 2 else Inventory(inventory.namespaces, (*inventory.endpoints, started))
+        result = _timed_change(compiler, enforcer, timing, policies, current, kind, samples)
+        log(f"  local pod {k + 1}/{changes} ({kind}): compile {samples['compile_s'][-1]:.3f} s "
+            f"({compiler.last_path}), apply {samples['apply_s'][-1]:.3f} s ({result.mode})")
     return samples
+
+
+def _timed_change(compiler: IncrementalCompiler, enforcer: NftablesEnforcer, timing: _TimingKernel,
+                  policies: PolicySet, current: Inventory, kind: str, samples: dict[str, list[Any]]) -> ApplyResult:
+    """One change from the moment the engine has seen it to the kernel: the
+    compile (digest included), then the enforcer's apply, appended to ``samples``."""
+    start = time.perf_counter()
+    ruleset = compiler.sync(policies, current)
+    ruleset.digest()  # part of compiling: the enforcer needs it, and it is cached on the RuleSet
+    compiled = time.perf_counter()
+    timing.runs.clear()
+    result = enforcer.apply(ruleset)
+    done = time.perf_counter()
+    for key, value in (("kind", kind), ("compile_s", compiled - start), ("apply_s", done - compiled),
+                       ("kernel_s", sum(s for s, _ in timing.runs)), ("compile_path", compiler.last_path)):
+        samples.setdefault(key, []).append(value)
+    return result
 
 
 def _tiers_table(ruleset: RuleSet, server_if: str, client_if: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import plots
+from bench.nf_profile import implied_ratio
 
 GIB = 1024.0  # MiB
 
@@ -633,7 +634,7 @@ def _profile_section(sec: Any, lab: dict[str, Any]) -> dict[str, list[float]] | 
 
     def implied(load: str, name: str) -> list[float]:
         floor = prof[load]["conntrack"]["netfilter"]
-        return [(1 - t) / (1 - f) for t, f in zip(prof[load][name]["netfilter"], floor, strict=True)]
+        return [implied_ratio(t, f) for t, f in zip(prof[load][name]["netfilter"], floor, strict=True)]
 
     rounds = len(prof["crr"]["conntrack"]["netfilter"])
     sec(f"Where the datapath's CPU goes (`bench/nf_profile.py`): the same loads with the sending and the "

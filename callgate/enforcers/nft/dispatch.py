@@ -532,8 +532,8 @@ def dispatch_objects(ruleset: RuleSet, fail_closed: FailClosed | None, placement
             *_set_commands(bridge), *_node_bridge(fail_closed)]
 
 
-def structure(fail_closed: FailClosed | None, placement: Placement,
-              guard: GuardHook = "ingress") -> tuple[str, str, str | None]:
+def structure(fail_closed: FailClosed | None, placement: Placement) -> tuple[str, str | None]:
     """What the base chains depend on besides set elements: the incremental
-    planner only updates elements while this stays the same."""
-    return placement, guard, fail_closed.prefix if fail_closed is not None else None
+    planner only updates elements while this stays the same. (The source checks'
+    hook is the enforcer's for its whole life: both sides have the same.)"""
+    return placement, fail_closed.prefix if fail_closed is not None else None

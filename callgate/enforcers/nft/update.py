@@ -139,7 +139,7 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     new_digest = layout_digest(new, new_fc, placement, logging, guard)
     if old_digest == new_digest:
         return None  # nothing to change yet not in sync: drift the digest cannot see
-    if structure(old_fc, placement, guard) != structure(new_fc, placement, guard):
+    if structure(old_fc, placement) != structure(new_fc, placement):
         return None  # the dispatch structure itself changed
     patched = update_layout(old_layout, old, new)
     if patched is None:
