@@ -11,10 +11,11 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import groupby
 
 from callgate.compiler import addresses
-from callgate.compiler.clustertiers import TIER_SUFFIX, LoweredRule, lower_policy
+from callgate.compiler.clustertiers import TIER_SUFFIX, LoweredRule, lower_policy, subject_selects
 from callgate.compiler.ir import (
     AddressPortSet,
     AddressSet,
@@ -37,6 +38,7 @@ from callgate.policy.model import (
     Endpoint,
     Inventory,
     IPAddress,
+    NamedPort,
     Peer,
     Policy,
     PolicySet,
@@ -52,6 +54,12 @@ PeerKey = frozenset[Peer] | None
 # One policy rule as a chain takes it: where it came from, its peers, its ports.
 Entry = tuple[Origin, PeerKey, tuple[PortSpec, ...]]
 Pair = tuple[str, int]  # (address text, port): an element of an AddressPortSet
+Unbound = tuple[str, str]  # (endpoint key, why its policies are not enforced)
+# What a chain's candidate rules depend on besides the policy set: direction,
+# cluster tier (None: the NetworkPolicy tier), the ids of the policies in it
+# (of one policy set, which outlives the key), and the endpoint's own ports
+# (ingress named ports resolve on them).
+CandidatesKey = tuple[Direction, Tier | None, tuple[int, ...], tuple[NamedPort, ...]]
 # Whether a selector peer selects an endpoint (the compiler asks its resolver;
 # the incremental compiler its own index of the namespaces each peer admits).
 Selects = Callable[[Peer, Endpoint], bool]
@@ -149,6 +157,9 @@ class Compiler:
         self._union_cache[peers] = merged
         return merged
 
+    def version_union(self, peers: frozenset[Peer], version: int) -> list[addresses.Interval]:
+        return self.peer_intervals(peers)[version]
+
     def _selector_intervals(self, peer: Peer) -> dict[int, list[addresses.Interval]]:
         found = self._peer_iv_cache.get(peer)
         if found is None:
@@ -207,11 +218,14 @@ class Compiler:
                builder: SetBuilder) -> Chain:
         """The NetworkPolicy tier: every rule of the isolating policies allows; the
         default denies."""
-        label = direction.value.lower()
-        entries = [(Origin(policy.display, label, index), frozenset(rule.peers) if rule.peers else ANY_PEER,
-                    rule.ports)
-                   for policy in policies for index, rule in enumerate(policy.rules(direction))]
-        candidates = self._candidates(ep, direction, entries, Verdict.ALLOW, builder)
+        def compute() -> list[Candidate]:
+            label = direction.value.lower()
+            entries = [(Origin(policy.display, label, index), frozenset(rule.peers) if rule.peers else ANY_PEER,
+                        rule.ports)
+                       for policy in policies for index, rule in enumerate(policy.rules(direction))]
+            return self._candidates(ep, direction, entries, Verdict.ALLOW, builder)
+
+        candidates = builder.candidates((direction, None, tuple(map(id, policies)), ep.ports), compute)
         return self._finish_chain(ep, direction, chain_name(ep.key, direction), candidates, Verdict.DENY, builder)
 
     def _cluster_chain(self, ep: Endpoint, direction: Direction, tier: Tier, policies: list[ClusterPolicy],
@@ -222,12 +236,17 @@ class Compiler:
         lowered = [rule for policy in policies for rule in self._lowered(policy, direction)]
         if not lowered:
             return None
-        candidates: list[Candidate] = []
-        # A run of rules with one verdict can be merged: whichever of them matches
-        # first, the verdict is the same. A rule of another verdict ends the run.
-        for verdict, run in groupby(lowered, key=lambda r: r.verdict):
-            entries = [(r.origin, r.peers, r.ports) for r in run]
-            candidates.extend(self._candidates(ep, direction, entries, verdict, builder))
+
+        def compute() -> list[Candidate]:
+            out: list[Candidate] = []
+            # A run of rules with one verdict can be merged: whichever of them matches
+            # first, the verdict is the same. A rule of another verdict ends the run.
+            for verdict, run in groupby(lowered, key=lambda r: r.verdict):
+                entries = [(r.origin, r.peers, r.ports) for r in run]
+                out.extend(self._candidates(ep, direction, entries, verdict, builder))
+            return out
+
+        candidates = builder.candidates((direction, tier, tuple(map(id, policies)), ep.ports), compute)
         return self._finish_chain(ep, direction, chain_name(ep.key, direction, tier), candidates, Verdict.PASS,
                                   builder)
 
@@ -272,16 +291,17 @@ class Compiler:
                 candidates.append(Candidate(Rule(verdict, l4=l4, origins=origins), None))
                 continue
             peer_key = frozenset(group.peers)
-            unions = self.peer_intervals(peer_key)
             for family, version in FAMILIES:
-                name = builder.address_set(family, version, peer_key, unions[version])
+                # The content is computed only when the builder asks for it: the
+                # incremental compiler keeps the sets it knows up to date itself.
+                name = builder.address_set(family, version, peer_key, partial(self.version_union, peer_key, version))
                 candidates.append(Candidate(
                     Rule(verdict, family=family, peer_set=name, l4=l4, origins=origins), name))
         for protocol, named_entries in named.items():
             origins = tuple(sorted(set().union(*named_entries.values())))
             for family, version in FAMILIES:
-                pairs = self._named_pairs(protocol, version, named_entries)
-                name = builder.port_set(family, protocol, named_entries.keys(), pairs)
+                name = builder.port_set(family, protocol, named_entries.keys(),
+                                        partial(self._named_pairs, protocol, version, named_entries))
                 candidates.append(Candidate(Rule(verdict, family=family, peer_port_set=name,
                                                  l4=L4Match(protocol), origins=origins), name))
         # Sorting before filtering gives the same order as after: the sort is stable.
@@ -336,30 +356,14 @@ class Compiler:
         selecting = self._selecting(local)
         subjects = self._cluster_subjects(local)
         endpoints: list[EndpointRules] = []
-        unbound: list[tuple[str, str]] = []
+        unbound: list[Unbound] = []
         for ep in local:
-            policies = selecting.get(ep.key, [])
-            tiers: dict[Direction, tuple[Chain, ...]] = {}
-            for direction in (Direction.INGRESS, Direction.EGRESS):
-                isolating = [p for p in policies if direction in p.policy_types]
-                chains = [self._cluster_chain(ep, direction, Tier.ADMIN, subjects.get((ep.key, Tier.ADMIN), []),
-                                              builder)]
-                if isolating:
-                    chains.append(self._chain(ep, direction, isolating, builder))
-                else:  # an isolated endpoint's NetworkPolicy tier decides every packet: no Baseline after it
-                    chains.append(self._cluster_chain(ep, direction, Tier.BASELINE,
-                                                      subjects.get((ep.key, Tier.BASELINE), []), builder))
-                tiers[direction] = tuple(c for c in chains if c is not None)
-            if not tiers[Direction.INGRESS] and not tiers[Direction.EGRESS]:
-                continue
-            if ep.interface is None and ep.netns is None:
-                unbound.append((ep.key, "no interface known for this endpoint; its policies are not enforced"))
-                continue
-            namespace = self.inventory.namespaces.get(ep.namespace)
-            endpoints.append(EndpointRules(
-                endpoint=ep.key, interface=ep.interface, ips=tuple(str(ip) for ip in ep.ips),
-                ingress=tiers[Direction.INGRESS], egress=tiers[Direction.EGRESS], netns=ep.netns,
-                audit=namespace is not None and namespace.audit))
+            compiled = self._endpoint_rules(ep, selecting.get(ep.key, []),
+                                            {tier: subjects.get((ep.key, tier), []) for tier in Tier}, builder)
+            if isinstance(compiled, EndpointRules):
+                endpoints.append(compiled)
+            elif compiled is not None:
+                unbound.append(compiled)
         return RuleSet(
             node=node,
             address_sets=tuple(sorted(builder.address_sets.values(), key=lambda s: s.name)),
@@ -368,6 +372,42 @@ class Compiler:
             unbound=tuple(unbound),
             local=tuple(le for ep in local if (le := local_endpoint(ep)) is not None),
         )
+
+    def compile_endpoint(self, ep: Endpoint, builder: SetBuilder) -> EndpointRules | Unbound | None:
+        """One local endpoint's part of :meth:`compile`, selected directly
+        rather than through the resolver: the incremental compiler's path for a
+        pod starting, stopping or changing on its node (the inventory this
+        compiler was made with need not hold ``ep``; only its namespaces and
+        nodes are read)."""
+        policies = [p for p in self._policies_by_ns.get(ep.namespace, ()) if p.pod_selector.matches(ep.labels)]
+        namespaces = self.inventory.namespaces
+        subjects = {tier: [p for p in self.policies.tier(tier) if subject_selects(p, ep, namespaces)]
+                    for tier in Tier}
+        return self._endpoint_rules(ep, policies, subjects, builder)
+
+    def _endpoint_rules(self, ep: Endpoint, policies: list[Policy], subjects: dict[Tier, list[ClusterPolicy]],
+                        builder: SetBuilder) -> EndpointRules | Unbound | None:
+        """``ep``'s chains, given the policies selecting it and the cluster
+        policies holding it per tier: its EndpointRules; why it is not
+        enforced (no place known); or None when nothing applies to it."""
+        tiers: dict[Direction, tuple[Chain, ...]] = {}
+        for direction in (Direction.INGRESS, Direction.EGRESS):
+            isolating = [p for p in policies if direction in p.policy_types]
+            chains = [self._cluster_chain(ep, direction, Tier.ADMIN, subjects[Tier.ADMIN], builder)]
+            if isolating:
+                chains.append(self._chain(ep, direction, isolating, builder))
+            else:  # an isolated endpoint's NetworkPolicy tier decides every packet: no Baseline after it
+                chains.append(self._cluster_chain(ep, direction, Tier.BASELINE, subjects[Tier.BASELINE], builder))
+            tiers[direction] = tuple(c for c in chains if c is not None)
+        if not tiers[Direction.INGRESS] and not tiers[Direction.EGRESS]:
+            return None
+        if ep.interface is None and ep.netns is None:
+            return ep.key, "no interface known for this endpoint; its policies are not enforced"
+        namespace = self.inventory.namespaces.get(ep.namespace)
+        return EndpointRules(
+            endpoint=ep.key, interface=ep.interface, ips=tuple(str(ip) for ip in ep.ips),
+            ingress=tiers[Direction.INGRESS], egress=tiers[Direction.EGRESS], netns=ep.netns,
+            audit=namespace is not None and namespace.audit)
 
 
 def local_endpoint(ep: Endpoint) -> LocalEndpoint | None:
@@ -383,6 +423,12 @@ def chain_name(endpoint: str, direction: Direction, tier: Tier | None = None) ->
     (``outa_``/``outb_``) for the Admin and Baseline tiers."""
     prefix = "in" if direction is Direction.INGRESS else "out"
     return f"{prefix}{TIER_SUFFIX[tier] if tier is not None else ''}_{short_hash(endpoint)}"
+
+
+def chain_names(endpoint: str) -> list[str]:
+    """Every chain name an endpoint can have: both directions, every tier."""
+    return [chain_name(endpoint, direction, tier) for direction in (Direction.INGRESS, Direction.EGRESS)
+            for tier in (None, *TIER_SUFFIX)]
 
 
 def chain_tier(name: str) -> Tier | None:
@@ -449,6 +495,7 @@ class SetBuilder:
     def __init__(self) -> None:
         self.address_sets: dict[str, AddressSet] = {}
         self.port_sets: dict[str, AddressPortSet] = {}
+        self.memo: dict[CandidatesKey, list[Candidate]] = {}
 
     def non_empty(self, name: str) -> bool:
         return name in self.address_sets or name in self.port_sets
@@ -456,23 +503,42 @@ class SetBuilder:
     def chain_built(self, endpoint: str, direction: Direction, chain: Chain, candidates: list[Candidate]) -> None:
         """Hook: a chain is complete (nothing to do for a one-off compile)."""
 
+    def candidates(self, key: CandidatesKey, compute: Callable[[], list[Candidate]]) -> list[Candidate]:
+        """A chain's candidate rules, computed once per ``key`` (which
+        determines them, given the policies): the pods of one application
+        share them, and their rule objects. Safe because sets are only ever
+        added to a builder: those the first computation registered stay."""
+        found = self.memo.get(key)
+        if found is None:
+            found = self.memo[key] = compute()
+        return found
+
     def address_set(self, family: Family, version: int, peers: frozenset[Peer],
-                    intervals: list[addresses.Interval]) -> str:
+                    intervals: Callable[[], list[addresses.Interval]]) -> str:
+        """The name of the set of ``peers``' addresses of one family, kept when
+        non-empty; ``intervals`` computes its content (once per name here)."""
         name = address_set_name(family, version, peers)
-        if intervals and name not in self.address_sets:
-            merged = addresses.merge(intervals)
-            self.address_sets[name] = AddressSet(
-                name, family, addresses.canonical_elements(merged, version), address_set_comment(peers),
-                size=addresses.intervals_size(merged), bounds=merged)
+        if name not in self.address_sets and (content := intervals()):
+            self.address_sets[name] = address_set_of(name, family, version, peers, content)
         return name
 
     def port_set(self, family: Family, protocol: L4Protocol, keys: Iterable[tuple[PeerKey, str]],
-                 pairs: set[Pair]) -> str:
+                 pairs: Callable[[], set[Pair]]) -> str:
+        """The name of a named-port egress set, kept when non-empty; ``pairs``
+        computes its content."""
         definitions = port_set_definitions(keys)
         name = port_set_name(family, protocol, definitions)
-        if pairs and name not in self.port_sets:
-            self.port_sets[name] = AddressPortSet(name, family, protocol, sort_pairs(pairs), "; ".join(definitions))
+        if name not in self.port_sets and (content := pairs()):
+            self.port_sets[name] = AddressPortSet(name, family, protocol, sort_pairs(content), "; ".join(definitions))
         return name
+
+
+def address_set_of(name: str, family: Family, version: int, peers: frozenset[Peer],
+                   intervals: list[addresses.Interval]) -> AddressSet:
+    """The AddressSet of some intervals (merged here)."""
+    merged = addresses.merge(intervals)
+    return AddressSet(name, family, addresses.canonical_elements(merged, version), address_set_comment(peers),
+                      size=addresses.intervals_size(merged), bounds=merged)
 
 
 def address_set_name(family: Family, version: int, peers: frozenset[Peer]) -> str:

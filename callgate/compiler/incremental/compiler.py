@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from callgate.compiler.clustertiers import subject_selects
-from callgate.compiler.incremental.priming import State, prime
+from callgate.compiler.compile import Compiler
+from callgate.compiler.incremental.local import StateBuilder
+from callgate.compiler.incremental.priming import State, admission, prime
 from callgate.compiler.incremental.setstate import address_values, port_pairs
 from callgate.compiler.incremental.snapshot import Held, diff_by_identity, diff_by_position
 from callgate.compiler.ir import RuleSet
@@ -54,22 +56,28 @@ class IncrementalCompiler:
         self.last_path = "full: rebase"
         return self.ruleset
 
-    def sync(self, policies: PolicySet, inventory: Inventory, max_changes: int = 256) -> RuleSet:
+    def sync(self, policies: PolicySet, inventory: Inventory, max_changes: int = 256,
+             max_local_changes: int = 32) -> RuleSet:
         """The RuleSet for a whole new snapshot (the agent's path).
 
         Same policies and namespaces (equal, not necessarily the same objects)
-        and only endpoints without chains here differing (remote ones, or local
-        ones no policy selects; diffed by identity, key and ``==``): one
-        :meth:`update` per changed endpoint. Anything else, or more than
-        ``max_changes`` changes (a resync after a long gap): :meth:`rebase`.
+        and only endpoints differing (diffed by identity, key and ``==``): one
+        :meth:`update` per changed endpoint. Anything else, more than
+        ``max_changes`` changes (a resync after a long gap), or more than
+        ``max_local_changes`` of endpoints with chains here (each compiles
+        its chains again: a node's pods restarting together): :meth:`rebase`.
         """
         changes = None
         if (self._duplicates is None and policies == self.policies and inventory.namespaces == self.namespaces
                 and inventory.node_info == self.node_info):
-            held = Held(self._endpoints, self._held_ids, self._enforced_here)
+            held = Held(self._endpoints, self._held_ids)
             sure, changes = diff_by_position(held, self._last_list, inventory.endpoints, max_changes)
             if not sure:
                 changes = diff_by_identity(held, inventory.endpoints, max_changes)
+        if changes is not None and sum(
+                1 for old, new in changes if not (old is not None and old == new)
+                and (self._has_chains(old) or self._has_chains(new))) > max_local_changes:
+            changes = None
         if changes is None:
             return self.rebase(policies, inventory)
         # equal; keep the newest objects
@@ -108,10 +116,19 @@ class IncrementalCompiler:
             self.last_path = f"full: {why}"
             return self.ruleset
         held = self._endpoints[old.key] if old is not None else None
-        changed = self._patch(held, new)
+        st = self._state
+        # As a peer: the sets it leaves and joins (local or remote alike).
+        changed, flipped = self._patch_sets(held, new)
+        moved = st.update_local(held, new, self.node)
         self._store(old, new)
+        # With chains here (before or after): its own chains, compiled again.
+        recompiled = self._compile_chains(held, new) if self._has_chains(held) or self._has_chains(new) else False
+        # A set no chain uses any more is patched all the same, but is not in the RuleSet.
+        seen = recompiled or moved or any(st.users.get(name) for name in changed)
+        if seen:
+            st.rebuild(flipped)
         self.incremental_updates += 1
-        self.last_path = "incremental" if changed else "unchanged"
+        self.last_path = "incremental" if seen else "unchanged"
         return self.ruleset
 
     # -- when to compile in full ------------------------------------------------
@@ -123,18 +140,15 @@ class IncrementalCompiler:
             return f"unknown endpoint {old.key}"
         if new is not None and new.key in self._endpoints and (old is None or old.key != new.key):
             return f"endpoint {new.key} already exists"
-        held = self._endpoints[old.key] if old is not None else None
-        if (held is not None and self._enforced_here(held)) or (new is not None and self._enforced_here(new)):
-            return "endpoint on this node selected by a policy (its chains may change)"
         return None
 
-    def _enforced_here(self, ep: Endpoint) -> bool:
+    def _has_chains(self, ep: Endpoint | None) -> bool:
         """Could ``ep`` have chains on this node? Only a local endpoint that a
         policy of its namespace selects, or a cluster policy's subject holds, has
         any (or is listed as unbound); any other endpoint, local ones included,
         matters only as a peer, like a remote one. (Conservative: policy types
         and rule directions are not looked at.)"""
-        return ep.node == self.node and (
+        return ep is not None and ep.node == self.node and (
             any(p.pod_selector.matches(ep.labels) for p in self._policies_by_ns.get(ep.namespace, ()))
             or any(subject_selects(p, ep, self.namespaces) for p in self.policies.cluster))
 
@@ -175,6 +189,9 @@ class IncrementalCompiler:
         # only the result is kept.
         self._state: State = prime(self.policies, Inventory(self.namespaces, tuple(endpoints), self.node_info),
                                    self.node, track=self._duplicates is None)
+        # Compiles one local endpoint's chains: it reads the policies, the
+        # namespaces and the nodes, which only change with a rebase.
+        self._endpoint_compiler = Compiler(self.policies, Inventory(self.namespaces, (), self.node_info))
         self.full_compiles += 1
 
     # -- the incremental path ----------------------------------------------------
@@ -186,25 +203,42 @@ class IncrementalCompiler:
         return {p for p in self._state.peers_by_ns.get(ep.namespace, ())
                 if p.pod_selector is None or p.pod_selector.matches(ep.labels)}
 
-    def _patch(self, old: Endpoint | None, new: Endpoint | None) -> bool:
-        """Patch the sets ``old`` leaves and ``new`` joins; True if the RuleSet changed."""
+    def _patch_sets(self, old: Endpoint | None, new: Endpoint | None) -> tuple[list[str], list[str]]:
+        """Patch the sets ``old`` leaves and ``new`` joins: the sets that
+        changed, and those of them that became empty or non-empty."""
         st = self._state
         in_old, in_new = self._selected_by(old), self._selected_by(new)
         affected = sorted({name for p in in_old | in_new for name in st.sets_of_peer[p]})
         changed: list[str] = []
+        flipped: list[str] = []
         for name in affected:
             state = st.address[name]
             removed = address_values(old, state.version) if not in_old.isdisjoint(state.peers) else []
             added = address_values(new, state.version) if not in_new.isdisjoint(state.peers) else []
+            was = state.current is not None
             if state.update(removed, added):
                 changed.append(name)
+                if was != (state.current is not None):
+                    flipped.append(name)
         for name, port in st.ports.items():
             pairs = port_pairs(new, port, st.namespaces_of)
+            was = port.current is not None
             if port.update(old.key if old is not None else None, new.key if new is not None else None, pairs):
                 changed.append(name)
-        # A local endpoint no policy selects has no chains, but it is held to its
-        # own addresses where it is attached (RuleSet.local).
-        if not st.update_local(old, new, self.node) and not changed:
-            return False
-        st.rebuild(changed)
-        return True
+                if was != (port.current is not None):
+                    flipped.append(name)
+        return changed, flipped
+
+    def _compile_chains(self, old: Endpoint | None, new: Endpoint | None) -> bool:
+        """Compile the chains of the endpoint(s) under ``old``'s and ``new``'s
+        keys again (after :meth:`_store`); True if the RuleSet's endpoints changed."""
+        st = self._state
+        builder = StateBuilder(st, self._endpoints.values(), admission(self._endpoint_compiler, st.namespaces_of))
+        changed = False
+        for key in sorted({ep.key for ep in (old, new) if ep is not None}):
+            st.drop_chains(key)
+            ep = self._endpoints.get(key)
+            compiled = (self._endpoint_compiler.compile_endpoint(ep, builder)
+                        if ep is not None and ep.node == self.node else None)
+            changed |= st.set_endpoint(key, compiled)
+        return changed

@@ -5,26 +5,29 @@ remembers every set a rule could use (empty or not), the peers it is the union
 of, and each chain's candidate rules; from that it builds a :class:`State`:
 reference-counted set state, the index from namespaces to the selector peers
 admitting them, and which endpoints use which set. :meth:`State.rebuild` makes
-the next RuleSet from that state after sets were patched.
+the next RuleSet from that state after sets were patched (and, for a local
+endpoint, its chains compiled again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from callgate.compiler import addresses
 from callgate.compiler.compile import (
     Candidate,
+    CandidatesKey,
     Compiler,
     Pair,
     PeerKey,
     SetBuilder,
-    address_set_comment,
+    Unbound,
     address_set_name,
+    chain_names,
     local_endpoint,
-    pair_order,
-    port_set_definitions,
     present_rules,
 )
 from callgate.compiler.incremental.setstate import (
@@ -33,10 +36,11 @@ from callgate.compiler.incremental.setstate import (
     PortKeys,
     PortState,
     member_counts,
-    port_pairs,
 )
 from callgate.compiler.ir import Chain, EndpointRules, Family, L4Protocol, LocalEndpoint, RuleSet
 from callgate.policy.model import Direction, Endpoint, Inventory, Peer, PolicySet
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,17 +62,17 @@ class RecordingBuilder(SetBuilder):
         self.chains: dict[str, ChainRecord] = {}  # by chain name (one per endpoint, direction and tier)
 
     def address_set(self, family: Family, version: int, peers: frozenset[Peer],
-                    intervals: list[addresses.Interval]) -> str:
+                    intervals: Callable[[], list[addresses.Interval]]) -> str:
         had = address_set_name(family, version, peers) in self.address_sets
         name = super().address_set(family, version, peers, intervals)
         # The peers whose union gave the set its content (the first non-empty
         # registration, as in SetBuilder) are the ones to track.
-        if name not in self.address_refs or (intervals and not had):
+        if name not in self.address_refs or (not had and name in self.address_sets):
             self.address_refs[name] = (family, version, peers)
         return name
 
     def port_set(self, family: Family, protocol: L4Protocol, keys: Iterable[tuple[PeerKey, str]],
-                 pairs: set[Pair]) -> str:
+                 pairs: Callable[[], set[Pair]]) -> str:
         keys = tuple(keys)
         had = len(self.port_sets)
         name = super().port_set(family, protocol, keys, pairs)
@@ -82,7 +86,12 @@ class RecordingBuilder(SetBuilder):
 
 @dataclass
 class State:
-    """Everything primed by one full compile."""
+    """Everything primed by one full compile, kept up to date by the patches.
+
+    A set stays here once known, even when no chain uses it any more (it is
+    patched like the others, so a pod that needs it again finds it current);
+    the RuleSet holds the non-empty sets some chain uses, as a full compile does.
+    """
 
     ruleset: RuleSet
     address: dict[str, AddressState] = field(default_factory=dict)  # by set name, sorted
@@ -93,10 +102,16 @@ class State:
     chains: dict[str, ChainRecord] = field(default_factory=dict)  # by chain name
     users: dict[str, set[str]] = field(default_factory=dict)  # set name -> endpoints whose chains use it
     local: dict[str, LocalEndpoint] = field(default_factory=dict)  # the RuleSet's local endpoints, by key
+    endpoints: dict[str, EndpointRules] = field(default_factory=dict)  # the RuleSet's endpoints, by key
+    unbound: dict[str, str] = field(default_factory=dict)  # the RuleSet's unbound endpoints: key -> why
+    # Chains' candidate rules by what determines them (SetBuilder.candidates):
+    # a pod starting beside others of its application compiles nothing.
+    memo: dict[CandidatesKey, list[Candidate]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.local:
-            self.local = {le.endpoint: le for le in self.ruleset.local}
+        self.local = self.local or {le.endpoint: le for le in self.ruleset.local}
+        self.endpoints = self.endpoints or {er.endpoint: er for er in self.ruleset.endpoints}
+        self.unbound = self.unbound or dict(self.ruleset.unbound)
 
     def update_local(self, old: Endpoint | None, new: Endpoint | None, node: str) -> bool:
         """Take ``old`` out of the local endpoints and put ``new`` in (each
@@ -112,23 +127,73 @@ class State:
         state = self.address.get(name) or self.ports.get(name)
         return state is not None and state.current is not None
 
-    def rebuild(self, changed: list[str]) -> None:
-        """The new RuleSet: changed sets are new objects, chains re-filtered
-        only for endpoints using a set that became empty or non-empty, local
-        endpoints as :meth:`update_local` left them."""
+    # -- sets and chains joining or leaving the state ---------------------------
+
+    def add_address(self, state: AddressState, admitted: Callable[[Peer], frozenset[str] | None]) -> None:
+        """Track a new address set, and index its selector peers by the namespaces they admit."""
+        self.address = _added(self.address, state.name, state)
+        for peer in state.peers:
+            if peer.ip_block is not None:
+                continue
+            if peer not in self.sets_of_peer:
+                self.sets_of_peer[peer] = []
+                for ns in admitted(peer) or ():
+                    self.peers_by_ns.setdefault(ns, []).append(peer)
+            self.sets_of_peer[peer].append(state.name)
+
+    def add_ports(self, state: PortState) -> None:
+        """Track a new named-port set."""
+        self.ports = _added(self.ports, state.name, state)
+
+    def add_chain(self, name: str, record: ChainRecord) -> None:
+        self.chains[name] = record
+        for candidate in record.candidates:
+            if candidate.needs is not None:
+                self.users.setdefault(candidate.needs, set()).add(record.endpoint)
+
+    def drop_chains(self, endpoint: str) -> None:
+        """Forget ``endpoint``'s chains: the sets they used lose it as a user."""
+        for name in chain_names(endpoint):
+            record = self.chains.pop(name, None)
+            for candidate in record.candidates if record is not None else ():
+                if candidate.needs is not None:
+                    self.users.get(candidate.needs, set()).discard(endpoint)
+
+    def set_endpoint(self, key: str, compiled: EndpointRules | Unbound | None) -> bool:
+        """``key``'s part of the RuleSet is now ``compiled`` (None: it has none);
+        True if that changed it. An equal EndpointRules keeps the held object
+        (backends cache their work per object)."""
+        had_rules, had_unbound = self.endpoints.pop(key, None), self.unbound.pop(key, None)
+        if isinstance(compiled, EndpointRules):
+            self.endpoints[key] = had_rules if had_rules == compiled else compiled
+            return had_rules != compiled or had_unbound is not None
+        if compiled is not None:
+            self.unbound[key] = compiled[1]
+            return had_rules is not None or had_unbound != compiled[1]
+        return had_rules is not None or had_unbound is not None
+
+    # -- the RuleSet ------------------------------------------------------------
+
+    def rebuild(self, flipped: list[str]) -> None:
+        """The new RuleSet from the state (patched sets are new objects, the
+        others the same ones): chains re-filtered only for endpoints using a
+        set that became empty or non-empty (``flipped``); endpoints and local
+        endpoints as the patches left them."""
+        for key in {ep for name in flipped for ep in self.users.get(name, ())}:
+            if key in self.endpoints:
+                self.endpoints[key] = self._endpoint_rules(self.endpoints[key])
         old = self.ruleset
-        present = {s.name for s in old.address_sets} | {s.name for s in old.port_sets}
-        flipped = [name for name in changed if (name in present) != self.non_empty(name)]
-        endpoints = old.endpoints
-        touched = {ep for name in flipped for ep in self.users.get(name, ())}
-        if touched:
-            endpoints = tuple(self._endpoint_rules(er) if er.endpoint in touched else er for er in endpoints)
+        endpoints = tuple(self.endpoints[key] for key in sorted(self.endpoints))
+        if len(endpoints) == len(old.endpoints) and all(map(operator.is_, endpoints, old.endpoints)):
+            endpoints = old.endpoints  # the same objects: keep the tuple (and what is cached on it)
         self.ruleset = RuleSet(
             node=old.node,
-            address_sets=tuple(s.current for s in self.address.values() if s.current is not None),
-            port_sets=tuple(s.current for s in self.ports.values() if s.current is not None),
+            address_sets=tuple(s.current for name, s in self.address.items()
+                               if s.current is not None and self.users.get(name)),
+            port_sets=tuple(s.current for name, s in self.ports.items()
+                            if s.current is not None and self.users.get(name)),
             endpoints=endpoints,
-            unbound=old.unbound,
+            unbound=tuple((key, self.unbound[key]) for key in sorted(self.unbound)),
             local=tuple(self.local[key] for key in sorted(self.local)),
         )
 
@@ -154,8 +219,45 @@ def prime(policies: PolicySet, inventory: Inventory, node: str, track: bool = Tr
     ruleset = compiler.compile(node, builder)
     if not track:
         return State(ruleset)
-    namespaces_of: NamespacesOf = {}
+    state = State(ruleset, memo=builder.memo)
+    admitted = admission(compiler, state.namespaces_of)
+    members: dict[frozenset[Peer], dict[int, dict[int, int]]] = {}  # shared by a set's two families
+    for name in sorted(builder.address_refs):
+        family, version, peers = builder.address_refs[name]
+        if peers not in members:
+            members[peers] = member_counts(compiler, peers)
+        address = AddressState.of(name, family, version, peers, members[peers][version],
+                                  compiler.peer_intervals(peers)[version])  # cached by the compile just made
+        compiled = builder.address_sets.get(name)
+        if address.current != compiled:
+            raise AssertionError(f"{name}: the recorded union does not match the compiled set")
+        address.current = compiled  # the RuleSet's own object: unchanged sets stay the same objects
+        state.add_address(address, admitted)
+    for name in sorted(builder.port_refs):
+        family, protocol, keys = builder.port_refs[name]
+        for key_peers, _ in keys:
+            for peer in key_peers or ():
+                if peer.ip_block is None:
+                    admitted(peer)
+        targets: dict[str, Endpoint] = {}
+        for key_peers, port_name in keys:
+            # The compiler's own candidate search (fast at scale); each
+            # candidate's pairs are then worked out as for a single endpoint.
+            targets.update((ep.key, ep) for ep in compiler.named_port_targets(key_peers, port_name))
+        port = PortState.of(name, family, protocol, keys, targets.values(), state.namespaces_of)
+        compiled_ports = builder.port_sets.get(name)
+        if port.current != compiled_ports:
+            raise AssertionError(f"{name}: the recorded pairs do not match the compiled set")
+        port.current = compiled_ports
+        state.ports[name] = port
+    for chain_name_, record in builder.chains.items():
+        state.add_chain(chain_name_, record)
+    return state
 
+
+def admission(compiler: Compiler, namespaces_of: NamespacesOf) -> Callable[[Peer], frozenset[str] | None]:
+    """The namespaces a selector peer admits, by ``compiler``'s resolver,
+    remembered in ``namespaces_of``."""
     def admitted(peer: Peer) -> frozenset[str] | None:
         if peer not in namespaces_of:
             if peer.namespace_selector is not None:
@@ -164,72 +266,13 @@ def prime(policies: PolicySet, inventory: Inventory, node: str, track: bool = Tr
                 namespaces_of[peer] = frozenset((peer.namespace,)) if peer.namespace else None
         return namespaces_of[peer]
 
-    members: dict[frozenset[Peer], dict[int, dict[int, int]]] = {}  # shared by a set's two families
-    address = {name: _address_state(compiler, name, *builder.address_refs[name], builder, members)
-               for name in sorted(builder.address_refs)}
-    peers_by_ns: dict[str, list[Peer]] = {}
-    sets_of_peer: dict[Peer, list[str]] = {}
-    for name, state in address.items():
-        for peer in state.peers:
-            if peer.ip_block is not None:
-                continue
-            if peer not in sets_of_peer:
-                sets_of_peer[peer] = []
-                for ns in admitted(peer) or ():
-                    peers_by_ns.setdefault(ns, []).append(peer)
-            sets_of_peer[peer].append(name)
-    ports = {}
-    for name in sorted(builder.port_refs):
-        family, protocol, keys = builder.port_refs[name]
-        for peers, _ in keys:
-            for peer in peers or ():
-                if peer.ip_block is None:
-                    admitted(peer)
-        ports[name] = _port_state(compiler, name, family, protocol, keys, builder, namespaces_of)
-    users: dict[str, set[str]] = {}
-    for record in builder.chains.values():
-        for candidate in record.candidates:
-            if candidate.needs is not None:
-                users.setdefault(candidate.needs, set()).add(record.endpoint)
-    return State(ruleset, address, ports, peers_by_ns, sets_of_peer, namespaces_of, builder.chains, users)
+    return admitted
 
 
-def _address_state(compiler: Compiler, name: str, family: Family, version: int, peers: frozenset[Peer],
-                   builder: SetBuilder, members: dict[frozenset[Peer], dict[int, dict[int, int]]],
-                   ) -> AddressState:
-    blocks = addresses.merge(iv for p in peers if p.ip_block is not None and p.ip_block.cidr.version == version
-                             for iv in addresses.block_intervals(p.ip_block))
-    if peers not in members:
-        members[peers] = member_counts(compiler, peers)
-    counts = members[peers][version]
-    union = compiler.peer_intervals(peers)[version]  # cached by the compile just made
-    current = builder.address_sets.get(name)
-    texts = list(current.elements) if current is not None else []
-    if len(texts) != len(union):
-        raise AssertionError(f"{name}: the recorded union does not match the compiled set")
-    return AddressState(name, family, version, peers, address_set_comment(peers), blocks, dict(counts),
-                        [lo for lo, _ in union], [hi for _, hi in union], texts, addresses.intervals_size(union),
-                        current)
-
-
-def _port_state(compiler: Compiler, name: str, family: Family, protocol: L4Protocol, keys: PortKeys,
-                builder: SetBuilder, namespaces_of: NamespacesOf) -> PortState:
-    current = builder.port_sets.get(name)
-    elements = list(current.elements) if current is not None else []
-    state = PortState(name, family, protocol, 4 if family == "ip" else 6, keys,
-                      "; ".join(port_set_definitions(keys)), {}, {},
-                      [pair_order(p) for p in elements], elements, current)
-    targets: dict[str, Endpoint] = {}
-    for peers, port_name in keys:
-        # The compiler's own candidate search (fast at scale); each
-        # candidate's pairs are then worked out as for a single endpoint.
-        targets.update((ep.key, ep) for ep in compiler.named_port_targets(peers, port_name))
-    for key, ep in targets.items():
-        pairs = port_pairs(ep, state, namespaces_of)
-        if pairs:
-            state.contrib[key] = pairs
-            for pair in pairs:
-                state.counts[pair] = state.counts.get(pair, 0) + 1
-    if set(state.counts) != set(elements):
-        raise AssertionError(f"{name}: the recorded pairs do not match the compiled set")
-    return state
+def _added(states: dict[str, T], name: str, state: T) -> dict[str, T]:
+    """``states`` with ``state`` added, still in name order (the order of the
+    RuleSet's sets): re-sorted only when it does not come last (prime adds in
+    order; a local endpoint's new set mostly does not)."""
+    last = next(reversed(states), None)
+    states[name] = state
+    return states if last is None or last < name else dict(sorted(states.items()))

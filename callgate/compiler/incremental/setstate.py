@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from callgate.compiler import addresses
-from callgate.compiler.compile import Compiler, Pair, PeerKey, named_port_pairs, pair_order
+from callgate.compiler.compile import (
+    Compiler,
+    Pair,
+    PeerKey,
+    address_set_comment,
+    address_set_of,
+    named_port_pairs,
+    pair_order,
+    port_set_definitions,
+    sort_pairs,
+)
 from callgate.compiler.ir import AddressPortSet, AddressSet, Family, L4Protocol
 from callgate.policy.model import Endpoint, Peer
 
@@ -51,6 +62,21 @@ class AddressState:
     texts: list[str]  # ... and each one's element text
     size: int  # addresses in the union (carried by the AddressSet: backends choose its form by it)
     current: AddressSet | None
+
+    @classmethod
+    def of(cls, name: str, family: Family, version: int, peers: frozenset[Peer], counts: dict[int, int],
+           union: list[addresses.Interval] | None = None) -> AddressState:
+        """The state of the set of ``peers`` whose member endpoints hold the
+        addresses ``counts`` counts (of this IP version). ``union``: the
+        set's merged intervals when the caller has them (the compiler's cache)."""
+        blocks = addresses.merge(iv for p in peers if p.ip_block is not None and p.ip_block.cidr.version == version
+                                 for iv in addresses.block_intervals(p.ip_block))
+        if union is None:
+            union = addresses.merge([*blocks, *((v, v) for v in counts)])
+        current = address_set_of(name, family, version, peers, union) if union else None
+        return cls(name, family, version, peers, address_set_comment(peers), blocks, dict(counts),
+                   [lo for lo, _ in union], [hi for _, hi in union],
+                   list(current.elements) if current is not None else [], addresses.intervals_size(union), current)
 
     def update(self, removed: list[int], added: list[int]) -> bool:
         """Apply one endpoint's addresses leaving and joining; True if the union changed."""
@@ -138,6 +164,25 @@ class PortState:
     order: list[tuple[int, int]]  # sort keys of the elements ...
     elements: list[Pair]  # ... and the elements, in address then port order
     current: AddressPortSet | None
+
+    @classmethod
+    def of(cls, name: str, family: Family, protocol: L4Protocol, keys: PortKeys, targets: Iterable[Endpoint],
+           namespaces_of: NamespacesOf) -> PortState:
+        """The state of a named-port set over the endpoints that can put pairs
+        into it (``targets``: a superset does no harm)."""
+        state = cls(name, family, protocol, 4 if family == "ip" else 6, keys, "; ".join(port_set_definitions(keys)),
+                    {}, {}, [], [], None)
+        for ep in targets:
+            pairs = port_pairs(ep, state, namespaces_of)
+            if pairs:
+                state.contrib[ep.key] = pairs
+                for pair in pairs:
+                    state.counts[pair] = state.counts.get(pair, 0) + 1
+        state.elements = list(sort_pairs(state.counts))
+        state.order = [pair_order(p) for p in state.elements]
+        if state.elements:
+            state.current = AddressPortSet(name, family, protocol, tuple(state.elements), state.comment)
+        return state
 
     def update(self, old_key: str | None, new_key: str | None, new_pairs: frozenset[Pair]) -> bool:
         old_pairs = self.contrib.pop(old_key, frozenset()) if old_key is not None else frozenset()

@@ -4,14 +4,13 @@ The agent hands the incremental compiler whole snapshots. Two diffs turn one
 into endpoint changes against what the compiler holds: by position against
 the previous list (the common case, ~1 ms at 50,000) and, when that cannot
 tell, by identity and key. Both give up (None) when a full compile is the
-better answer: a change to an endpoint with chains here, duplicate keys, or
-more than ``limit`` changes.
+better answer: duplicate keys, or more than ``limit`` changes.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from callgate.policy.model import Endpoint
@@ -30,8 +29,6 @@ class Held:
 
     endpoints: dict[str, Endpoint]  # by key
     ids: set[int]  # id() of each of them
-    # Could this endpoint have chains on this node? (Then only a full compile will do.)
-    enforced_here: Callable[[Endpoint], bool]
 
 
 def diff_by_position(held: Held, prev: list[Endpoint] | None, endpoints: Sequence[Endpoint],
@@ -67,20 +64,14 @@ def diff_by_position(held: Held, prev: list[Endpoint] | None, endpoints: Sequenc
         before = held.endpoints.get(key)
         if before is not None and gone_by_key.pop(key, None) is not before:
             return True, None  # the key of an endpoint still there, or twice: duplicate keys
-        if not (before is not None and before == ep) and (
-                (before is not None and held.enforced_here(before)) or held.enforced_here(ep)):
-            return True, None
         out.append((before, ep))  # equal copies too: sync holds the new object
-    for before in gone_by_key.values():
-        if held.enforced_here(before):
-            return True, None
-        out.append((before, None))
+    out.extend((before, None) for before in gone_by_key.values())
     return True, sorted(out, key=change_key)
 
 
 def diff_by_identity(held: Held, endpoints: Sequence[Endpoint], limit: int) -> list[Change] | None:
     """(old, new) per changed endpoint key; None when a full compile is the
-    better answer (a local endpoint changed, duplicate keys, too many).
+    better answer (duplicate keys, too many).
 
     Snapshots mostly carry the very endpoint objects of the last one, so
     identity (``id()``: the compiler holds every endpoint it knows, ids
@@ -108,14 +99,14 @@ def diff_by_identity(held: Held, endpoints: Sequence[Endpoint], limit: int) -> l
             if before == ep:
                 out.append((before, ep))  # an equal copy: sync holds the new object
                 continue
-        if (before is not None and held.enforced_here(before)) or held.enforced_here(ep) or real >= limit:
+        if real >= limit:
             return None
         out.append((before, ep))
         real += 1
     if kept < len(held.endpoints):  # some held endpoints are gone
         for key, before in held.endpoints.items():
             if id(before) not in ids and key not in fresh_keys:
-                if held.enforced_here(before) or real >= limit:
+                if real >= limit:
                     return None
                 out.append((before, None))
                 real += 1

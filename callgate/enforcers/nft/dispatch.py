@@ -252,9 +252,28 @@ GuardChains = dict[str, GuardChain]
 
 def guard_chains(ruleset: RuleSet, placement: Placement, guard: GuardHook = "ingress") -> GuardChains:
     """Chain name -> the source check of every local endpoint's host-side
-    interface: a packet from it must come from one of the addresses of the
-    endpoints on it, per family (an interface with no address of a family sends
-    none of it). Empty in a namespace.
+    interface (:func:`guard_chain_of`). Empty in a namespace."""
+    return {guard_chain(iface): guard_chain_of(iface, sources, guard)
+            for iface, sources in sorted(guard_sources(ruleset, placement).items())}
+
+
+def guard_sources(ruleset: RuleSet, placement: Placement) -> dict[str, frozenset[str]]:
+    """Host-side interface -> the addresses the endpoints on it may send from:
+    all a source chain depends on (so an update builds only the chains whose
+    sources changed). Empty in a namespace."""
+    if placement == "netns":
+        return {}
+    own: dict[str, set[str]] = {}
+    for le in ruleset.local:
+        if le.interface is not None:
+            own.setdefault(le.interface, set()).update(le.ips)
+    return {iface: frozenset(ips) for iface, ips in own.items()}
+
+
+def guard_chain_of(iface: str, sources: frozenset[str], guard: GuardHook = "ingress") -> GuardChain:
+    """One interface's source check: a packet from it must come from one of
+    ``sources``, per family (an interface with no address of a family sends
+    none of it).
 
     On the ``ingress`` hook the chain sees everything the interface sends, the
     pod's own link-local control traffic to the node too: its addresses are
@@ -262,33 +281,24 @@ def guard_chains(ruleset: RuleSet, placement: Placement, guard: GuardHook = "ing
     router forwards those), and the rest dropped. Behind the ``forward`` hook's
     look-up only forwarded packets arrive: a rule per family drops what is not
     from the interface's addresses."""
-    if placement == "netns":
-        return {}
-    own: dict[str, list[str]] = {}
-    for le in ruleset.local:
-        if le.interface is not None:
-            own.setdefault(le.interface, []).extend(le.ips)
-    chains: GuardChains = {}
-    for iface in sorted(own):
-        rules: list[tuple[dict[str, Any], ...]] = []
-        for version in (4, 6):
-            mine = sorted({a for a in own[iface] if _version(a) == version}, key=address_value)
-            source = _payload(_PROTOCOL[version], "saddr")
-            addresses: Any = mine[0] if len(mine) == 1 else {"set": mine}
-            if guard == "ingress":
-                if mine:
-                    rules.append((_match(source, addresses), {"accept": None}))
-            elif mine:
-                rules.append((_match(source, addresses, op="!="), {"counter": None}, {"drop": None}))
-            else:
-                rules.append((_match(_meta("nfproto"), "ipv4" if version == 4 else "ipv6"), {"counter": None},
-                              {"drop": None}))
+    rules: list[tuple[dict[str, Any], ...]] = []
+    for version in (4, 6):
+        mine = sorted((a for a in sources if _version(a) == version), key=address_value)
+        source = _payload(_PROTOCOL[version], "saddr")
+        addresses: Any = mine[0] if len(mine) == 1 else {"set": mine}
         if guard == "ingress":
-            link_local = _match(_payload("ip6", "saddr"), {"set": list(LINK_SOURCES)})
-            rules.append((link_local, *_link_control_one({"accept": None})))
-            rules.append(({"counter": None}, {"drop": None}))
-        chains[guard_chain(iface)] = GuardChain(iface, tuple(rules))
-    return chains
+            if mine:
+                rules.append((_match(source, addresses), {"accept": None}))
+        elif mine:
+            rules.append((_match(source, addresses, op="!="), {"counter": None}, {"drop": None}))
+        else:
+            rules.append((_match(_meta("nfproto"), "ipv4" if version == 4 else "ipv6"), {"counter": None},
+                          {"drop": None}))
+    if guard == "ingress":
+        link_local = _match(_payload("ip6", "saddr"), {"set": list(LINK_SOURCES)})
+        rules.append((link_local, *_link_control_one({"accept": None})))
+        rules.append(({"counter": None}, {"drop": None}))
+    return GuardChain(iface, tuple(rules))
 
 
 def guard_chain_commands(name: str, chain: GuardChain) -> list[Command]:

@@ -51,9 +51,11 @@ from callgate.enforcers.nft.commands import (
 from callgate.enforcers.nft.decisions import Layout, elements_diff, next_map_command, update_layout
 from callgate.enforcers.nft.dispatch import (
     dispatch_elements,
+    guard_chain,
     guard_chain_commands,
     guard_chain_declaration,
-    guard_chains,
+    guard_chain_of,
+    guard_sources,
     structure,
     verdict_tag_swap,
 )
@@ -195,11 +197,14 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
     changed_chains = [n for n in layout.chains if n in old_layout.chains and old_layout.chains[n] != layout.chains[n]]
     gone_chains = [n for n in old_layout.chains if n not in layout.chains]
     # Source chains follow the local endpoints only; most changes are elsewhere in the cluster.
-    a_guard, b_guard = ({}, {}) if old.local == new.local else (guard_chains(old, placement, guard),
-                                                                  guard_chains(new, placement, guard))
-    new_guards = [n for n in b_guard if n not in a_guard]
-    changed_guards = [n for n in b_guard if n in a_guard and a_guard[n] != b_guard[n]]
-    gone_guards = [n for n in a_guard if n not in b_guard]
+    # Only the interfaces whose sources changed get their chains built.
+    a_src, b_src = ({}, {}) if old.local == new.local else (guard_sources(old, placement),
+                                                          guard_sources(new, placement))
+    b_guard = {guard_chain(iface): guard_chain_of(iface, sources, guard) for iface, sources in sorted(b_src.items())
+               if a_src.get(iface) != sources}
+    new_guards = [guard_chain(iface) for iface in sorted(b_src) if iface not in a_src]
+    changed_guards = [guard_chain(iface) for iface in sorted(b_src) if iface in a_src and a_src[iface] != b_src[iface]]
+    gone_guards = [guard_chain(iface) for iface in sorted(a_src) if iface not in b_src]
 
     cmds: list[Command] = digest_swap(old_digest, new_digest)  # first: a refusal comes early
     # Another table: every flow decided under the old one is decided again.
