@@ -334,15 +334,25 @@ def write_report(res: dict[str, Any], path: Path, plot_dir: Path, rel_root: Path
         if lp:
             total = [c + a for c, a in zip(lp["compile_s"], lp["apply_s"], strict=True)]
             rebased = sum(not p.startswith("incremental") for p in lp["compile_path"])
-            sec(f"A pod starting on this node and stopping again ({len(total)} changes, alternating; a veth and the "
-                f"labels of a local pod that policies select), the same way: compile {_fmt_s(lp['compile_s'])} "
-                f"({rebased} of {len(total)} not patched: such a pod's own chains change, and the incremental "
-                f"compiler rebases the node), enforcer apply {_fmt_s(lp['apply_s'])} (kernel transaction "
-                f"{_fmt_s(lp['kernel_s'])}), end to end **{_fmt_s(total)}**.")
+            sec(f"A pod starting on this node and stopping again ({len(total)} changes, alternating; a veth of its "
+                f"own and the labels of a local hot server, which 3,000 policies select), the same way. The "
+                f"incremental compiler compiles that pod's own chains (its application's candidate rules are "
+                f"remembered, so a replica compiles nothing) and patches the sets it joins; {rebased} of "
+                f"{len(total)} compiles fell back to a full one; the last RuleSet "
+                f"{'equals' if lp.get('equals_full_compile') else 'was not checked against'} a fresh full compile.")
+            sec("")
+            sec("| stage | min / median / max | p99 |")
+            sec("|---|---|---|")
+            for key, label in (("compile_s", "compile (IncrementalCompiler.sync, digest included)"),
+                               ("apply_s", "enforcer apply (check digest set, plan, transaction)"),
+                               ("kernel_s", "kernel transaction alone")):
+                sec(f"| {label} | {_fmt_s(lp[key])} | {_p99(lp[key]) * 1000:.1f} ms |")
+            sec(f"| **end to end** | {_fmt_s(total)} | **{_p99(total) * 1000:.0f} ms** |")
             sec("")
             targets.append(("Event to kernel at 50k pods: a pod starting or stopping on this node (engine part)",
-                            "≤ 50 ms p99", f"max {max(total) * 1000:.0f} ms, median {statistics.median(total) * 1000:.0f} "
-                            f"ms ({rebased} of {len(total)} compiles rebased the node)", _met(max(total) <= 0.050)))
+                            "≤ 50 ms p99", f"p99 {_p99(total) * 1000:.0f} ms, median "
+                            f"{statistics.median(total) * 1000:.0f} ms ({rebased} of {len(total)} compiles in full)",
+                            _met(_p99(total) <= 0.050)))
 
     # -- antrea ----------------------------------------------------------------
     if "antrea" in res:
