@@ -24,13 +24,18 @@ that use it). :class:`IncrementalCompiler` therefore
   endpoints, when a set flipped between empty and non-empty) that changed, so
   the compositional :meth:`RuleSet.digest` hashes only those.
 
+A pod on this node that a policy selects (or a cluster policy's subject
+holds) changes its own chains as well, and only its own: after its sets are
+patched as above, its chains are compiled again on their own
+(:mod:`.local`), against the kept sets; chains' candidate rules are
+remembered by what determines them, so a replica of an application already
+running here compiles nothing.
+
 Everything it is not sure about falls back to a full compile of the current
-inventory, which also re-primes the state: an endpoint on this node that a
-policy of its namespace selects (its chains, interface and named ports depend
-on it; a local endpoint no policy selects has no chains: it counts as a peer,
-like a remote one, and its entry in ``RuleSet.local`` is replaced), an unknown or duplicate endpoint key, an inventory
-with duplicate keys. Policy and namespace changes
-are not endpoint changes: call :meth:`IncrementalCompiler.rebase`.
+inventory, which also re-primes the state: an unknown or duplicate endpoint
+key, an inventory with duplicate keys, more changes in one snapshot than
+patching pays for. Policy and namespace changes are not endpoint changes:
+call :meth:`IncrementalCompiler.rebase`.
 
 The result is always equal (``==`` and digest) to ``Compiler(policies,
 inventory).compile(node)`` of the current inventory; tests/test_incremental_compile.py
@@ -43,6 +48,7 @@ Modules, by concern:
 * :mod:`.priming`: the full compile, recorded, and the state built from it
   (and the RuleSet rebuilt from that state);
 * :mod:`.snapshot`: which endpoints a new snapshot changed (the agent's path);
+* :mod:`.local`: one local endpoint's chains compiled again against the state;
 * :mod:`.compiler`: :class:`~callgate.compiler.incremental.compiler.IncrementalCompiler`,
   which decides between patching and compiling in full.
 """
