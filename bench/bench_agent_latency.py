@@ -1,7 +1,7 @@
 """Agent latency: from a source event to the rule live in the kernel.
 
 Runs one in-process agent (source -> reactor -> nftables) against a scratch
-network namespace and, for three kinds of change, measures the time from the
+network namespace and, for four kinds of change, measures the time from the
 event until the kernel's table carries the new digest (polled from a separate
 libnftables handle):
 
@@ -9,6 +9,8 @@ libnftables handle):
 * label change  a remote pod's label flips it between two selectors, each of which
                 is the peer of policies selecting local pods (set elements)
 * policy change a policy selecting local pods appears/disappears (chains + maps)
+* pod start     a replica of local pods that policies select starts/stops on this node
+                (its own chains, dispatch elements and source chain)
 
 Two sources:
 
@@ -116,9 +118,12 @@ def write(path: Path, text: str) -> float:
 
 
 KINDS = ("pod add (remote, set element)", "label change (remote pod, selection changes)",
-         "policy change (new chains)")
+         "policy change (new chains)", "pod start (local, policies select it: its own chains)")
 NEW_POD = ["- {name: new, namespace: ns1, labels: {app: app2}, node: node-2, ips: [198.19.200.1], "
            "ports: [{name: http, port: 80}]}"]
+# A replica of local pods that policies select (app1 in ns1), with a veth name of its own.
+NEW_LOCAL_POD = ["- {name: newlocal, namespace: ns1, labels: {app: app1}, node: node-1, interface: cgbnew, "
+                 "ips: [198.19.201.1], ports: [{name: http, port: 80}]}"]
 
 
 class State:
@@ -134,8 +139,8 @@ class State:
 
     def inventory_text(self, extra: list[str] | None = None) -> str:
         return inventory_text(self.args.pods, self.args.local,
-                              (NEW_POD if self.flags[KINDS[0]] else []) + (self.extra if extra is None else extra),
-                              self.flags[KINDS[1]])
+                              (NEW_POD if self.flags[KINDS[0]] else []) + (NEW_LOCAL_POD if self.flags[KINDS[3]] else [])
+                              + (self.extra if extra is None else extra), self.flags[KINDS[1]])
 
     def policy_text(self) -> str:
         return policy_text(self.args.policies, self.flags[KINDS[2]])
@@ -255,6 +260,11 @@ class ApiState:
                 new = pod_object(next(ep for ep in inv.endpoints if ep.name == "new"))
                 return lambda: api.create(new)
             return lambda: api.delete("Pod", "new", "ns1")
+        if kind == KINDS[3]:
+            if st.flags[kind]:
+                started = pod_object(next(ep for ep in inv.endpoints if ep.name == "newlocal"))
+                return lambda: api.create(started)
+            return lambda: api.delete("Pod", "newlocal", "ns1")
         if kind == KINDS[1]:
             name = f"p{st.args.local}"
             changed = pod_object(next(ep for ep in inv.endpoints if ep.name == name))
