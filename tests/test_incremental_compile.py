@@ -27,6 +27,7 @@ from callgate.compiler.addresses import elements_size
 from callgate.compiler.ir import AddressSet, Chain, EndpointRules, Origin, Rule, RuleSet, Verdict
 from callgate.policy import Evaluator
 from callgate.policy.model import (
+    ClusterPolicy,
     Direction,
     Endpoint,
     Inventory,
@@ -219,6 +220,79 @@ def test_sync_of_whole_snapshots_equals_a_full_compile(inventory: Inventory, pol
         got = inc.sync(policies, Inventory(inventory.namespaces, list(endpoints)))
         assert_same(got, full(policies, endpoints, inventory.namespaces, node))
         event(inc.last_path.split(":")[0])
+
+
+def policy_change(draw: Any, policies: PolicySet, serial: int) -> PolicySet:
+    """One random NetworkPolicy change: one added, removed or rewritten (its
+    selector, types or rules), the rest the same objects or equal copies."""
+    current = list(policies.policies)
+    kind = draw(st.sampled_from(["add", "remove", "rewrite", "copy"] if current else ["add"]), label="policy change")
+    if kind == "add":
+        ns = draw(st.sampled_from(NAMESPACES))
+        current.insert(draw(st.integers(0, len(current))), Policy(
+            namespace=ns, name=f"new{serial}", pod_selector=draw(st.sampled_from([LabelSelector(), selector(app="a")])),
+            policy_types=draw(st.sampled_from([(Direction.INGRESS,), (Direction.EGRESS,),
+                                               (Direction.INGRESS, Direction.EGRESS)])),
+            ingress=tuple(draw(st.lists(rules(ns), min_size=1, max_size=2))),
+            egress=tuple(draw(st.lists(rules(ns), min_size=1, max_size=2)))))
+    elif kind == "remove":
+        del current[draw(st.integers(0, len(current) - 1))]
+    elif kind == "rewrite":
+        at = draw(st.integers(0, len(current) - 1))
+        old = current[at]
+        current[at] = dataclasses.replace(old, ingress=tuple(draw(st.lists(rules(old.namespace), max_size=2))),
+                                          pod_selector=draw(st.sampled_from([old.pod_selector, LabelSelector()])))
+    else:  # every policy an equal copy, in another order: nothing to do
+        current = [dataclasses.replace(p) for p in reversed(current)]
+    return PolicySet(current, policies.cluster)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inventories(), broad_policy_sets(), st.sampled_from(["n1", "n2"]), st.data())
+def test_policy_changes_through_sync_equal_a_full_compile(inventory: Inventory, policies: PolicySet, node: str,
+                                                          data: st.DataObject) -> None:
+    """A NetworkPolicy added, removed or rewritten (with pod changes in the same
+    snapshot or not) compiles again only the chains of the local pods it
+    selects, before or after; the result equals a fresh full compile."""
+    inc = IncrementalCompiler(policies, inventory, node)
+    endpoints = list(inventory.endpoints)
+    for serial in range(data.draw(st.integers(1, 6), label="snapshots")):
+        policies = policy_change(data.draw, policies, serial)
+        if data.draw(st.booleans(), label="with a pod change"):
+            old, new = change(data.draw, endpoints, 100 + serial)
+            if old is not None and new is not None:
+                endpoints[endpoints.index(old)] = new
+            elif old is not None:
+                endpoints.remove(old)
+            elif new is not None:
+                endpoints.append(new)
+        got = inc.sync(policies, Inventory(inventory.namespaces, list(endpoints)))
+        assert_same(got, full(policies, endpoints, inventory.namespaces, node))
+        event(inc.last_path.split(":")[0])
+        assert not inc.last_path.startswith("full"), inc.last_path
+    assert inc.full_compiles == 1
+
+
+def test_a_policy_change_recompiles_only_the_pods_it_selects() -> None:
+    web = Peer(pod_selector=selector(app="web"), namespace="x")
+    policies = PolicySet([ingress_from(web)])
+    other = ep("other", {"app": "other"}, ("198.18.1.3",), node=NODE)
+    inc = IncrementalCompiler(policies, Inventory(NS, [SERVER, other]), NODE)
+    before = {er.endpoint: er for er in inc.ruleset.endpoints}
+    # A policy for "other" only: the server's rules stay the very same object.
+    extra = Policy("x", "other", selector(app="other"), (Direction.INGRESS,),
+                   ingress=(PolicyRule((Peer(pod_selector=selector(app="db"), namespace="x"),),
+                                       (PortSpec("TCP", 5432),)),))
+    more = PolicySet([*policies.policies, extra])
+    rs = inc.sync(more, Inventory(NS, [SERVER, other]))
+    assert inc.last_path == "incremental" and inc.full_compiles == 1
+    assert_same(rs, full(more, [SERVER, other], NS, NODE))
+    assert [er.endpoint for er in rs.endpoints] == ["x/other", "x/server"]
+    assert rs.endpoints[1] is before["x/server"]
+    # Cluster policies changing: a full compile.
+    tiered = PolicySet(more.policies, (ClusterPolicy("guard", Tier.ADMIN, 0, Peer(namespace_selector=LabelSelector())),))
+    inc.sync(tiered, Inventory(NS, [SERVER, other]))
+    assert inc.last_path.startswith("full")
 
 
 # -- explicit cases --------------------------------------------------------------

@@ -57,19 +57,24 @@ class IncrementalCompiler:
         return self.ruleset
 
     def sync(self, policies: PolicySet, inventory: Inventory, max_changes: int = 256,
-             max_local_changes: int = 32) -> RuleSet:
+             max_local_changes: int = 32, max_policy_changes: int = 16) -> RuleSet:
         """The RuleSet for a whole new snapshot (the agent's path).
 
-        Same policies and namespaces (equal, not necessarily the same objects)
-        and only endpoints differing (diffed by identity, key and ``==``): one
-        :meth:`update` per changed endpoint. Anything else, more than
-        ``max_changes`` changes (a resync after a long gap), or more than
-        ``max_local_changes`` of endpoints with chains here (each compiles
+        Same namespaces and nodes (equal, not necessarily the same objects):
+        first the NetworkPolicies and Apps that changed, if at most
+        ``max_policy_changes`` did (the local endpoints they select, before or
+        after, have their chains compiled again), then one :meth:`update` per
+        changed endpoint (diffed by identity, key and ``==``). Anything else
+        (cluster policies, namespaces or nodes changed), more than
+        ``max_changes`` endpoint changes (a resync after a long gap), or more
+        than ``max_local_changes`` of endpoints with chains here (each compiles
         its chains again: a node's pods restarting together): :meth:`rebase`.
         """
-        changes = None
-        if (self._duplicates is None and policies == self.policies and inventory.namespaces == self.namespaces
+        changes = policy_changes = None
+        if (self._duplicates is None and inventory.namespaces == self.namespaces
                 and inventory.node_info == self.node_info):
+            policy_changes = self._policy_changes(policies, max_policy_changes)
+        if policy_changes is not None:
             held = Held(self._endpoints, self._held_ids)
             sure, changes = diff_by_position(held, self._last_list, inventory.endpoints, max_changes)
             if not sure:
@@ -78,11 +83,14 @@ class IncrementalCompiler:
                 1 for old, new in changes if not (old is not None and old == new)
                 and (self._has_chains(old) or self._has_chains(new))) > max_local_changes:
             changes = None
-        if changes is None:
+        if changes is None or policy_changes is None:
             return self.rebase(policies, inventory)
+        paths = set()
+        if policy_changes:
+            self._change_policies(policies, policy_changes)
+            paths.add(self.last_path)
         # equal; keep the newest objects
         self.policies, self.namespaces, self.node_info = policies, inventory.namespaces, inventory.node_info
-        paths = set()
         for old, new in changes:
             if old is not None and new is not None and old == new:
                 self._store(old, new)  # an equal copy: hold the snapshot's object (the next diff is by identity)
@@ -130,6 +138,43 @@ class IncrementalCompiler:
         self.incremental_updates += 1
         self.last_path = "incremental" if seen else "unchanged"
         return self.ruleset
+
+    # -- policy changes ----------------------------------------------------------
+
+    def _policy_changes(self, policies: PolicySet, limit: int) -> list[tuple[Policy | None, Policy | None]] | None:
+        """(old, new) per NetworkPolicy or App that differs, by namespace, name
+        and kind; None when that is not the whole change or not worth it
+        (cluster policies differ, a key twice, more than ``limit``)."""
+        if policies is self.policies:
+            return []
+        if policies.cluster != self.policies.cluster:
+            return None
+        new = _by_key(policies.policies)
+        if new is None or self._policy_keys is None:  # a key twice: only "equal" is sure
+            return [] if policies == self.policies else None
+        old = self._policy_keys
+        changed = [(old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+                   if old.get(key) is not new.get(key) and old.get(key) != new.get(key)]
+        return changed if len(changed) <= limit else None
+
+    def _change_policies(self, policies: PolicySet, changed: list[tuple[Policy | None, Policy | None]]) -> None:
+        """Take the new policies; compile again the chains of the local
+        endpoints that a changed policy selects before or after. (Other
+        chains do not depend on it; sets depend on endpoints only.)"""
+        self.policies = policies
+        self._index_policies()
+        st = self._state
+        st.memo.clear()  # keyed by the ids of the policies it was computed from
+        self._endpoint_compiler = Compiler(policies, Inventory(self.namespaces, (), self.node_info))
+        touched = [p for pair in changed for p in pair if p is not None]
+        affected = sorted(ep.key for ep in self._endpoints.values() if ep.node == self.node and any(
+            p.namespace == ep.namespace and p.pod_selector.matches(ep.labels) for p in touched))
+        recompiled = False
+        for key in affected:
+            recompiled |= self._compile_chains(self._endpoints[key], None)
+        if recompiled:
+            st.rebuild([])
+        self.last_path = "incremental" if recompiled else "unchanged"
 
     # -- when to compile in full ------------------------------------------------
 
@@ -182,9 +227,7 @@ class IncrementalCompiler:
         # The endpoint list as last seen whole (sync's fast diff compares
         # positions with it); None after a single update().
         self._last_list = list(endpoints) if self._duplicates is None else None
-        self._policies_by_ns: dict[str, list[Policy]] = {}
-        for policy in self.policies.policies:
-            self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
+        self._index_policies()
         # With duplicate keys every change compiles in full (_needs_full):
         # only the result is kept.
         self._state: State = prime(self.policies, Inventory(self.namespaces, tuple(endpoints), self.node_info),
@@ -193,6 +236,12 @@ class IncrementalCompiler:
         # namespaces and the nodes, which only change with a rebase.
         self._endpoint_compiler = Compiler(self.policies, Inventory(self.namespaces, (), self.node_info))
         self.full_compiles += 1
+
+    def _index_policies(self) -> None:
+        self._policies_by_ns: dict[str, list[Policy]] = {}
+        for policy in self.policies.policies:
+            self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
+        self._policy_keys = _by_key(self.policies.policies)
 
     # -- the incremental path ----------------------------------------------------
 
@@ -242,3 +291,9 @@ class IncrementalCompiler:
                         if ep is not None and ep.node == self.node else None)
             changed |= st.set_endpoint(key, compiled)
         return changed
+
+
+def _by_key(policies: Sequence[Policy]) -> dict[tuple[str, str, str], Policy] | None:
+    """Policies by namespace, name and kind; None when a key is there twice."""
+    out = {(p.namespace, p.name, p.kind): p for p in policies}
+    return out if len(out) == len(policies) else None
