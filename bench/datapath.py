@@ -57,7 +57,18 @@ from callgate.enforcers.nft.enforcer import NftablesEnforcer
 from callgate.enforcers.nft.kernel import Command, LibNftables
 from callgate.enforcers.nft.layout import DIGEST_SET, FAMILY, FORWARD, TABLE
 from callgate.enforcers.nft.transaction import replace_table
-from callgate.policy.model import Endpoint, Inventory, PolicySet
+from callgate.policy.model import (
+    Direction,
+    Endpoint,
+    Inventory,
+    IPBlock,
+    LabelSelector,
+    Peer,
+    Policy,
+    PolicyRule,
+    PolicySet,
+    PortSpec,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -468,6 +479,8 @@ def run(cluster: Cluster, inventory: Inventory, policies: PolicySet, *, rounds: 
             log(f"  full apply: kernel {min(kernel_s):.3f}-{max(kernel_s):.3f} s")
             results["incremental"] = _incremental(cluster, inventory, policies, kernel, changes, log)
             results["local_pod"] = _local_pod(cluster, inventory, policies, kernel, max(2, min(changes, 100)), log)
+            results["policy_change"] = _policy_change(cluster, inventory, policies, kernel,
+                                                      max(2, min(changes, 40)), log)
         finally:
             kernel.close()
     shutil.rmtree(loadgen.parent, ignore_errors=True)
@@ -559,6 +572,43 @@ def _local_pod(cluster: Cluster, inventory: Inventory, policies: PolicySet, kern
     if not samples["equals_full_compile"]:
         raise RuntimeError("incremental compile of a local pod differs from a full compile: its figures are void")
     return samples
+
+
+def _policy_change(cluster: Cluster, inventory: Inventory, policies: PolicySet, kernel: LibNftables,
+                   changes: int, log: Any) -> dict[str, Any]:
+    """A NetworkPolicy added and removed again (alternately), selecting one
+    local pod by its labels and allowing it a port from 198.19.0.0/16: on an
+    ordinary local pod (``changes`` times), then on the hot server that 3,000
+    policies select (a quarter as often: its new decision map holds 50,000
+    peer addresses). Timed as ``_incremental`` times its changes; the last
+    RuleSet of each is checked against a full compile."""
+    out: dict[str, Any] = {}
+    server = next(ep for ep in inventory.endpoints if ep.key == cluster.server)
+    ordinary = next(ep for ep in inventory.endpoints if ep.node == cluster.node and ep.labels != server.labels)
+    for label, target, n in (("ordinary", ordinary, changes), ("hot", server, max(2, changes // 4))):
+        timing = _TimingKernel(kernel)
+        enforcer = NftablesEnforcer(timing)
+        compiler = IncrementalCompiler(policies, inventory, cluster.node)
+        enforcer.apply(compiler.ruleset)
+        extra = Policy(target.namespace, "bench-extra", LabelSelector(tuple(sorted(target.labels.items()))),
+                       (Direction.INGRESS,), ingress=(PolicyRule(
+                           (Peer(ip_block=IPBlock(ipaddress.ip_network("198.19.0.0/16"))),), (PortSpec("TCP", 443),)),))
+        more = PolicySet((*policies.policies, extra), policies.cluster)
+        samples: dict[str, Any] = {}
+        for k in range(n):
+            current = more if k % 2 == 0 else policies
+            result = _timed_change(compiler, enforcer, timing, current, inventory,
+                                   "policy added" if k % 2 == 0 else "policy removed", samples)
+            log(f"  policy change ({label} pod) {k + 1}/{n}: compile {samples['compile_s'][-1]:.3f} s "
+                f"({compiler.last_path}), apply {samples['apply_s'][-1]:.3f} s ({result.mode})")
+        final = more if n % 2 else policies
+        full = Compiler(final, inventory).compile(cluster.node)
+        samples["equals_full_compile"] = full == compiler.ruleset and full.digest() == compiler.ruleset.digest()
+        if not samples["equals_full_compile"]:
+            raise RuntimeError("incremental compile of a policy change differs from a full compile")
+        samples["target"] = target.key
+        out[label] = samples
+    return out
 
 
 def _timed_change(compiler: IncrementalCompiler, enforcer: NftablesEnforcer, timing: _TimingKernel,

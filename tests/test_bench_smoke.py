@@ -41,6 +41,11 @@ def test_quick_benchmark_writes_a_report(tmp_path: Path) -> None:
         assert set(lab["datapath"]) == {"none", "conntrack", "empty", "callgate", "walk", "linear", "callgate-tiers"}
         assert all(lab["incremental"]["incremental"]), "pod churn should reach the kernel as an incremental update"
         assert lab["local_pod"]["kind"][:2] == ["pod started", "pod stopped"]
+        assert lab["local_pod"]["equals_full_compile"]
+        for label in ("ordinary", "hot"):
+            change = lab["policy_change"][label]
+            assert change["kind"][:2] == ["policy added", "policy removed"] and change["equals_full_compile"]
+            assert not any(p.startswith("full") for p in change["compile_path"]), change["compile_path"]
         from bench.nf_profile import possible as profile_possible
 
         if profile_possible() is None:  # the CPU profile: samples taken, netfilter found in them
