@@ -31,11 +31,16 @@ patched as above, its chains are compiled again on their own
 remembered by what determines them, so a replica of an application already
 running here compiles nothing.
 
+A NetworkPolicy or App added, removed or changed (through
+:meth:`IncrementalCompiler.sync`) changes the chains of the local pods it
+selects, before or after, and nothing else: those are compiled again the same
+way.
+
 Everything it is not sure about falls back to a full compile of the current
 inventory, which also re-primes the state: an unknown or duplicate endpoint
 key, an inventory with duplicate keys, more changes in one snapshot than
-patching pays for. Policy and namespace changes are not endpoint changes:
-call :meth:`IncrementalCompiler.rebase`.
+patching pays for, a change of cluster policies, namespaces or nodes
+(:meth:`IncrementalCompiler.rebase`).
 
 The result is always equal (``==`` and digest) to ``Compiler(policies,
 inventory).compile(node)`` of the current inventory; tests/test_incremental_compile.py

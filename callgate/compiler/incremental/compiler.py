@@ -16,6 +16,8 @@ from callgate.compiler.incremental.snapshot import Held, diff_by_identity, diff_
 from callgate.compiler.ir import RuleSet
 from callgate.policy.model import Endpoint, Inventory, Peer, Policy, PolicySet
 
+PolicyKey = tuple[str, str, str]  # namespace, name, kind
+
 
 class IncrementalCompiler:
     """The RuleSet of ``node``, kept up to date one endpoint change at a time.
@@ -34,6 +36,13 @@ class IncrementalCompiler:
         self.incremental_updates = 0
         self.last_path = "full: first compile"
         self._last_list: list[Endpoint] | None = None
+        # Policies by namespace, name and kind (None when a key is there twice:
+        # then only an equal policy set is sure), and the next snapshot's.
+        self._policy_keys: dict[PolicyKey, Policy] | None = None
+        self._next_policy_keys: dict[PolicyKey, Policy] | None = None
+        # Compiles one local endpoint's chains: it reads the policies (a
+        # policy change replaces it), the namespaces and the nodes (a rebase).
+        self._endpoint_compiler: Compiler
         self._prime(inventory.endpoints)
 
     @property
@@ -153,20 +162,31 @@ class IncrementalCompiler:
         if new is None or self._policy_keys is None:  # a key twice: only "equal" is sure
             return [] if policies == self.policies else None
         old = self._policy_keys
-        changed = [(old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
-                   if old.get(key) is not new.get(key) and old.get(key) != new.get(key)]
-        return changed if len(changed) <= limit else None
+        keys = [key for key, p in new.items() if (was := old.get(key)) is not p and was != p]
+        keys.extend(key for key in old.keys() - new.keys())
+        if len(keys) > limit:
+            return None
+        if not keys:
+            self._policy_keys = new  # equal: hold the newest objects (the next diff is by identity)
+        self._next_policy_keys = new  # _change_policies takes it, rather than keying them again
+        return [(old.get(key), new.get(key)) for key in sorted(keys)]
 
     def _change_policies(self, policies: PolicySet, changed: list[tuple[Policy | None, Policy | None]]) -> None:
         """Take the new policies; compile again the chains of the local
         endpoints that a changed policy selects before or after. (Other
         chains do not depend on it; sets depend on endpoints only.)"""
         self.policies = policies
-        self._index_policies()
+        touched = [p for pair in changed for p in pair if p is not None]
+        changed_ns = {p.namespace for p in touched}
+        for ns in changed_ns:
+            self._policies_by_ns.pop(ns, None)
+        for policy in policies.policies:
+            if policy.namespace in changed_ns:
+                self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
+        self._policy_keys = self._next_policy_keys
         st = self._state
         st.memo.clear()  # keyed by the ids of the policies it was computed from
-        self._endpoint_compiler = Compiler(policies, Inventory(self.namespaces, (), self.node_info))
-        touched = [p for pair in changed for p in pair if p is not None]
+        self._endpoint_compiler = self._endpoint_compiler.with_policies(policies, changed_ns)
         affected = sorted(ep.key for ep in self._endpoints.values() if ep.node == self.node and any(
             p.namespace == ep.namespace and p.pod_selector.matches(ep.labels) for p in touched))
         recompiled = False
@@ -232,8 +252,6 @@ class IncrementalCompiler:
         # only the result is kept.
         self._state: State = prime(self.policies, Inventory(self.namespaces, tuple(endpoints), self.node_info),
                                    self.node, track=self._duplicates is None)
-        # Compiles one local endpoint's chains: it reads the policies, the
-        # namespaces and the nodes, which only change with a rebase.
         self._endpoint_compiler = Compiler(self.policies, Inventory(self.namespaces, (), self.node_info))
         self.full_compiles += 1
 
@@ -241,7 +259,7 @@ class IncrementalCompiler:
         self._policies_by_ns: dict[str, list[Policy]] = {}
         for policy in self.policies.policies:
             self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
-        self._policy_keys = _by_key(self.policies.policies)
+        self._policy_keys = self._next_policy_keys = _by_key(self.policies.policies)
 
     # -- the incremental path ----------------------------------------------------
 
@@ -293,7 +311,7 @@ class IncrementalCompiler:
         return changed
 
 
-def _by_key(policies: Sequence[Policy]) -> dict[tuple[str, str, str], Policy] | None:
+def _by_key(policies: Sequence[Policy]) -> dict[PolicyKey, Policy] | None:
     """Policies by namespace, name and kind; None when a key is there twice."""
     out = {(p.namespace, p.name, p.kind): p for p in policies}
     return out if len(out) == len(policies) else None
