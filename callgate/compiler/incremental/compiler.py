@@ -98,7 +98,7 @@ class IncrementalCompiler:
         if policy_changes:
             self._change_policies(policies, policy_changes)
             paths.add(self.last_path)
-        # equal; keep the newest objects
+        # Equal (or just taken): hold the newest objects.
         self.policies, self.namespaces, self.node_info = policies, inventory.namespaces, inventory.node_info
         for old, new in changes:
             if old is not None and new is not None and old == new:
