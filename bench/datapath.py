@@ -497,11 +497,7 @@ def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, ke
     patches only the sets the changed pod can be in; the apply is the agent's
     ``NftablesEnforcer.apply`` (incremental planner). The last RuleSet is checked
     against a fresh full compile, so a fast wrong answer cannot pass as a figure."""
-    timing = _TimingKernel(kernel)
-    enforcer = NftablesEnforcer(timing)
-    compiler = IncrementalCompiler(policies, inventory, cluster.node)
-    base = compiler.ruleset
-    enforcer.apply(base)  # the starting point; its cost is the full apply above
+    timing, enforcer, compiler = _applied(cluster, inventory, policies, kernel)
     by_ns: dict[str, Endpoint] = {}
     for ep in inventory.endpoints:
         by_ns.setdefault(ep.namespace, ep)
@@ -537,10 +533,7 @@ def _incremental(cluster: Cluster, inventory: Inventory, policies: PolicySet, ke
             f"apply {samples['apply_s'][-1]:.3f} s "
             f"(kernel {samples['kernel_s'][-1] * 1000:.1f} ms, {samples['commands'][-1]} commands, "
             f"{'incremental' if samples['incremental'][-1] else 'full replace'}; compile path {compiler.last_path})")
-    full = Compiler(policies, current).compile(cluster.node)
-    samples["equals_full_compile"] = full == compiler.ruleset and full.digest() == compiler.ruleset.digest()
-    if not samples["equals_full_compile"]:
-        raise RuntimeError("incremental compile differs from a full compile: the incremental figures are void")
+    _check_against_full(compiler, policies, current, samples, "pod churn")
     return samples
 
 
@@ -552,10 +545,7 @@ def _local_pod(cluster: Cluster, inventory: Inventory, policies: PolicySet, kern
     ``_incremental`` times its changes (compile, then the enforcer's apply).
     The incremental compiler compiles that pod's own chains and patches the
     sets it joins; the last RuleSet is checked against a full compile."""
-    timing = _TimingKernel(kernel)
-    enforcer = NftablesEnforcer(timing)
-    compiler = IncrementalCompiler(policies, inventory, cluster.node)
-    enforcer.apply(compiler.ruleset)
+    timing, enforcer, compiler = _applied(cluster, inventory, policies, kernel)
     template = next(ep for ep in inventory.endpoints if ep.node == cluster.node)  # its labels, a veth of its own
     address = ipaddress.IPv4Address(V4_BASE + len(inventory.endpoints) + 10_000)
     started = dataclasses.replace(template, name="bench-local", interface="cgblocal0", ips=(address,))
@@ -567,10 +557,7 @@ def _local_pod(cluster: Cluster, inventory: Inventory, policies: PolicySet, kern
         log(f"  local pod {k + 1}/{changes} ({kind}): compile {samples['compile_s'][-1]:.3f} s "
             f"({compiler.last_path}), apply {samples['apply_s'][-1]:.3f} s ({result.mode})")
     final = inventory if changes % 2 == 0 else Inventory(inventory.namespaces, (*inventory.endpoints, started))
-    full = Compiler(policies, final).compile(cluster.node)
-    samples["equals_full_compile"] = full == compiler.ruleset and full.digest() == compiler.ruleset.digest()
-    if not samples["equals_full_compile"]:
-        raise RuntimeError("incremental compile of a local pod differs from a full compile: its figures are void")
+    _check_against_full(compiler, policies, final, samples, "a local pod")
     return samples
 
 
@@ -586,10 +573,7 @@ def _policy_change(cluster: Cluster, inventory: Inventory, policies: PolicySet, 
     server = next(ep for ep in inventory.endpoints if ep.key == cluster.server)
     ordinary = next(ep for ep in inventory.endpoints if ep.node == cluster.node and ep.labels != server.labels)
     for label, target, n in (("ordinary", ordinary, changes), ("hot", server, max(2, changes // 4))):
-        timing = _TimingKernel(kernel)
-        enforcer = NftablesEnforcer(timing)
-        compiler = IncrementalCompiler(policies, inventory, cluster.node)
-        enforcer.apply(compiler.ruleset)
+        timing, enforcer, compiler = _applied(cluster, inventory, policies, kernel)
         extra = Policy(target.namespace, "bench-extra", LabelSelector(tuple(sorted(target.labels.items()))),
                        (Direction.INGRESS,), ingress=(PolicyRule(
                            (Peer(ip_block=IPBlock(ipaddress.ip_network("198.19.0.0/16"))),), (PortSpec("TCP", 443),)),))
@@ -601,14 +585,32 @@ def _policy_change(cluster: Cluster, inventory: Inventory, policies: PolicySet, 
                                    "policy added" if k % 2 == 0 else "policy removed", samples)
             log(f"  policy change ({label} pod) {k + 1}/{n}: compile {samples['compile_s'][-1]:.3f} s "
                 f"({compiler.last_path}), apply {samples['apply_s'][-1]:.3f} s ({result.mode})")
-        final = more if n % 2 else policies
-        full = Compiler(final, inventory).compile(cluster.node)
-        samples["equals_full_compile"] = full == compiler.ruleset and full.digest() == compiler.ruleset.digest()
-        if not samples["equals_full_compile"]:
-            raise RuntimeError("incremental compile of a policy change differs from a full compile")
+        _check_against_full(compiler, more if n % 2 else policies, inventory, samples, "a policy change")
         samples["target"] = target.key
         out[label] = samples
     return out
+
+
+def _applied(cluster: Cluster, inventory: Inventory, policies: PolicySet,
+             kernel: LibNftables) -> tuple[_TimingKernel, NftablesEnforcer, IncrementalCompiler]:
+    """The starting point of a change measurement: an incremental compiler of
+    the node and its RuleSet applied (that cost is the full apply, measured
+    apart), through a kernel that times its transactions."""
+    timing = _TimingKernel(kernel)
+    enforcer = NftablesEnforcer(timing)
+    compiler = IncrementalCompiler(policies, inventory, cluster.node)
+    enforcer.apply(compiler.ruleset)
+    return timing, enforcer, compiler
+
+
+def _check_against_full(compiler: IncrementalCompiler, policies: PolicySet, inventory: Inventory,
+                        samples: dict[str, Any], what: str) -> None:
+    """Record whether the last RuleSet equals a fresh full compile, and refuse
+    the figures if not: a fast wrong answer must not pass as a figure."""
+    full = Compiler(policies, inventory).compile(compiler.node)
+    samples["equals_full_compile"] = full == compiler.ruleset and full.digest() == compiler.ruleset.digest()
+    if not samples["equals_full_compile"]:
+        raise RuntimeError(f"incremental compile of {what} differs from a full compile: its figures are void")
 
 
 def _timed_change(compiler: IncrementalCompiler, enforcer: NftablesEnforcer, timing: _TimingKernel,

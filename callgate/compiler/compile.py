@@ -400,8 +400,14 @@ class Compiler:
         pod starting, stopping or changing on its node (the inventory this
         compiler was made with need not hold ``ep``; only its namespaces and
         nodes are read)."""
-        # Selection depends on the namespace and the labels only: replicas of
-        # an application select once (3,000 selectors at the bench's hot pods).
+        return self._endpoint_rules(ep, *self.selection(ep), builder)
+
+    def selection(self, ep: Endpoint) -> tuple[list[Policy], dict[Tier, list[ClusterPolicy]]]:
+        """The policies of its namespace that select ``ep``, and the cluster
+        policies whose subject holds it per tier, directly (not through the
+        resolver). Remembered by namespace and labels, all it depends on:
+        replicas of an application select once (3,000 selectors at the
+        bench's hot pods)."""
         key = (ep.namespace, frozenset(ep.labels.items()))
         found = self._selection_memo.get(key)
         if found is None:
@@ -409,7 +415,7 @@ class Compiler:
             found = self._selection_memo[key] = (
                 [p for p in self._policies_by_ns.get(ep.namespace, ()) if p.pod_selector.matches(ep.labels)],
                 {tier: [p for p in self.policies.tier(tier) if subject_selects(p, ep, namespaces)] for tier in Tier})
-        return self._endpoint_rules(ep, *found, builder)
+        return found
 
     def _endpoint_rules(self, ep: Endpoint, policies: list[Policy], subjects: dict[Tier, list[ClusterPolicy]],
                         builder: SetBuilder) -> EndpointRules | Unbound | None:

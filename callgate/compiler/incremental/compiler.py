@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from callgate.compiler.clustertiers import subject_selects
 from callgate.compiler.compile import Compiler
 from callgate.compiler.incremental.local import StateBuilder
 from callgate.compiler.incremental.priming import State, admission, prime
@@ -17,6 +16,8 @@ from callgate.compiler.ir import RuleSet
 from callgate.policy.model import Endpoint, Inventory, Peer, Policy, PolicySet
 
 PolicyKey = tuple[str, str, str]  # namespace, name, kind
+# The NetworkPolicies and Apps that changed, (old, new) each, and the new ones by key.
+PolicyDiff = tuple[list[tuple[Policy | None, Policy | None]], dict[PolicyKey, Policy] | None]
 
 
 class IncrementalCompiler:
@@ -37,9 +38,8 @@ class IncrementalCompiler:
         self.last_path = "full: first compile"
         self._last_list: list[Endpoint] | None = None
         # Policies by namespace, name and kind (None when a key is there twice:
-        # then only an equal policy set is sure), and the next snapshot's.
+        # then only an equal policy set is sure).
         self._policy_keys: dict[PolicyKey, Policy] | None = None
-        self._next_policy_keys: dict[PolicyKey, Policy] | None = None
         # Compiles one local endpoint's chains: it reads the policies (a
         # policy change replaces it), the namespaces and the nodes (a rebase).
         self._endpoint_compiler: Compiler
@@ -79,11 +79,11 @@ class IncrementalCompiler:
         than ``max_local_changes`` of endpoints with chains here (each compiles
         its chains again: a node's pods restarting together): :meth:`rebase`.
         """
-        changes = policy_changes = None
+        changes = policy_diff = None
         if (self._duplicates is None and inventory.namespaces == self.namespaces
                 and inventory.node_info == self.node_info):
-            policy_changes = self._policy_changes(policies, max_policy_changes)
-        if policy_changes is not None:
+            policy_diff = self._policy_changes(policies, max_policy_changes)
+        if policy_diff is not None:
             held = Held(self._endpoints, self._held_ids)
             sure, changes = diff_by_position(held, self._last_list, inventory.endpoints, max_changes)
             if not sure:
@@ -92,9 +92,10 @@ class IncrementalCompiler:
                 1 for old, new in changes if not (old is not None and old == new)
                 and (self._has_chains(old) or self._has_chains(new))) > max_local_changes:
             changes = None
-        if changes is None or policy_changes is None:
+        if changes is None or policy_diff is None:
             return self.rebase(policies, inventory)
         paths = set()
+        policy_changes, self._policy_keys = policy_diff
         if policy_changes:
             self._change_policies(policies, policy_changes)
             paths.add(self.last_path)
@@ -150,26 +151,24 @@ class IncrementalCompiler:
 
     # -- policy changes ----------------------------------------------------------
 
-    def _policy_changes(self, policies: PolicySet, limit: int) -> list[tuple[Policy | None, Policy | None]] | None:
+    def _policy_changes(self, policies: PolicySet, limit: int) -> PolicyDiff | None:
         """(old, new) per NetworkPolicy or App that differs, by namespace, name
-        and kind; None when that is not the whole change or not worth it
-        (cluster policies differ, a key twice, more than ``limit``)."""
+        and kind, with the new policies keyed so (to hold from then on); None
+        when that is not the whole change or not worth it (cluster policies
+        differ, a key twice, more than ``limit``)."""
         if policies is self.policies:
-            return []
+            return [], self._policy_keys
         if policies.cluster != self.policies.cluster:
             return None
         new = _by_key(policies.policies)
-        if new is None or self._policy_keys is None:  # a key twice: only "equal" is sure
-            return [] if policies == self.policies else None
         old = self._policy_keys
+        if new is None or old is None:  # a key twice: only "equal" is sure
+            return ([], new) if policies == self.policies else None
         keys = [key for key, p in new.items() if (was := old.get(key)) is not p and was != p]
         keys.extend(key for key in old.keys() - new.keys())
         if len(keys) > limit:
             return None
-        if not keys:
-            self._policy_keys = new  # equal: hold the newest objects (the next diff is by identity)
-        self._next_policy_keys = new  # _change_policies takes it, rather than keying them again
-        return [(old.get(key), new.get(key)) for key in sorted(keys)]
+        return [(old.get(key), new.get(key)) for key in sorted(keys)], new
 
     def _change_policies(self, policies: PolicySet, changed: list[tuple[Policy | None, Policy | None]]) -> None:
         """Take the new policies; compile again the chains of the local
@@ -177,16 +176,9 @@ class IncrementalCompiler:
         chains do not depend on it; sets depend on endpoints only.)"""
         self.policies = policies
         touched = [p for pair in changed for p in pair if p is not None]
-        changed_ns = {p.namespace for p in touched}
-        for ns in changed_ns:
-            self._policies_by_ns.pop(ns, None)
-        for policy in policies.policies:
-            if policy.namespace in changed_ns:
-                self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
-        self._policy_keys = self._next_policy_keys
         st = self._state
         st.memo.clear()  # keyed by the ids of the policies it was computed from
-        self._endpoint_compiler = self._endpoint_compiler.with_policies(policies, changed_ns)
+        self._endpoint_compiler = self._endpoint_compiler.with_policies(policies, {p.namespace for p in touched})
         affected = sorted(ep.key for ep in self._endpoints.values() if ep.node == self.node and any(
             p.namespace == ep.namespace and p.pod_selector.matches(ep.labels) for p in touched))
         recompiled = False
@@ -213,9 +205,10 @@ class IncrementalCompiler:
         any (or is listed as unbound); any other endpoint, local ones included,
         matters only as a peer, like a remote one. (Conservative: policy types
         and rule directions are not looked at.)"""
-        return ep is not None and ep.node == self.node and (
-            any(p.pod_selector.matches(ep.labels) for p in self._policies_by_ns.get(ep.namespace, ()))
-            or any(subject_selects(p, ep, self.namespaces) for p in self.policies.cluster))
+        if ep is None or ep.node != self.node:
+            return False
+        policies, subjects = self._endpoint_compiler.selection(ep)
+        return bool(policies) or any(subjects.values())
 
     def _store(self, old: Endpoint | None, new: Endpoint | None) -> None:
         if self._duplicates is not None:
@@ -247,19 +240,13 @@ class IncrementalCompiler:
         # The endpoint list as last seen whole (sync's fast diff compares
         # positions with it); None after a single update().
         self._last_list = list(endpoints) if self._duplicates is None else None
-        self._index_policies()
+        self._policy_keys = _by_key(self.policies.policies)
         # With duplicate keys every change compiles in full (_needs_full):
         # only the result is kept.
         self._state: State = prime(self.policies, Inventory(self.namespaces, tuple(endpoints), self.node_info),
                                    self.node, track=self._duplicates is None)
         self._endpoint_compiler = Compiler(self.policies, Inventory(self.namespaces, (), self.node_info))
         self.full_compiles += 1
-
-    def _index_policies(self) -> None:
-        self._policies_by_ns: dict[str, list[Policy]] = {}
-        for policy in self.policies.policies:
-            self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
-        self._policy_keys = self._next_policy_keys = _by_key(self.policies.policies)
 
     # -- the incremental path ----------------------------------------------------
 

@@ -17,12 +17,10 @@ from collections.abc import Callable, Collection, Iterable
 
 from callgate.compiler import addresses
 from callgate.compiler.compile import Candidate, Pair, PeerKey, SetBuilder, address_set_name, port_set_definitions, port_set_name
-from callgate.compiler.incremental.priming import ChainRecord, State
-from callgate.compiler.incremental.setstate import AddressState, PortState, selects
+from callgate.compiler.incremental.priming import Admitted, ChainRecord, State
+from callgate.compiler.incremental.setstate import AddressState, selects
 from callgate.compiler.ir import Chain, Family, L4Protocol
 from callgate.policy.model import Direction, Endpoint, Peer
-
-Admitted = Callable[[Peer], frozenset[str] | None]
 
 
 class StateBuilder(SetBuilder):
@@ -56,13 +54,9 @@ class StateBuilder(SetBuilder):
         keys = tuple(keys)
         name = port_set_name(family, protocol, port_set_definitions(keys))
         if name not in self.state.ports:
-            for peers, _ in keys:
-                for peer in peers or ():
-                    if peer.ip_block is None:
-                        self.admitted(peer)
             port_names = {port_name for _, port_name in keys}
             targets = [ep for ep in self.endpoints if any(p.name in port_names for p in ep.ports)]
-            self.state.add_ports(PortState.of(name, family, protocol, keys, targets, self.state.namespaces_of))
+            self.state.add_ports(name, family, protocol, keys, targets, self.admitted)
         return name
 
     def chain_built(self, endpoint: str, direction: Direction, chain: Chain, candidates: list[Candidate]) -> None:

@@ -41,6 +41,8 @@ from callgate.compiler.ir import Chain, EndpointRules, Family, L4Protocol, Local
 from callgate.policy.model import Direction, Endpoint, Inventory, Peer, PolicySet
 
 T = TypeVar("T")
+# The namespaces a selector peer admits (resolved once per peer: see admission()).
+Admitted = Callable[[Peer], frozenset[str] | None]
 
 
 @dataclass
@@ -129,7 +131,7 @@ class State:
 
     # -- sets and chains joining or leaving the state ---------------------------
 
-    def add_address(self, state: AddressState, admitted: Callable[[Peer], frozenset[str] | None]) -> None:
+    def add_address(self, state: AddressState, admitted: Admitted) -> None:
         """Track a new address set, and index its selector peers by the namespaces they admit."""
         self.address = _added(self.address, state.name, state)
         for peer in state.peers:
@@ -141,9 +143,18 @@ class State:
                     self.peers_by_ns.setdefault(ns, []).append(peer)
             self.sets_of_peer[peer].append(state.name)
 
-    def add_ports(self, state: PortState) -> None:
-        """Track a new named-port set."""
-        self.ports = _added(self.ports, state.name, state)
+    def add_ports(self, name: str, family: Family, protocol: L4Protocol, keys: PortKeys,
+                  targets: Iterable[Endpoint], admitted: Admitted) -> PortState:
+        """Track a new named-port set over ``targets`` (the endpoints that can
+        put pairs into it; a superset does no harm), its selector peers'
+        namespaces resolved first (its pairs are selected by them)."""
+        for key_peers, _ in keys:
+            for peer in key_peers or ():
+                if peer.ip_block is None:
+                    admitted(peer)
+        state = PortState.of(name, family, protocol, keys, targets, self.namespaces_of)
+        self.ports = _added(self.ports, name, state)
+        return state
 
     def add_chain(self, name: str, record: ChainRecord) -> None:
         self.chains[name] = record
@@ -235,27 +246,22 @@ def prime(policies: PolicySet, inventory: Inventory, node: str, track: bool = Tr
         state.add_address(address, admitted)
     for name in sorted(builder.port_refs):
         family, protocol, keys = builder.port_refs[name]
-        for key_peers, _ in keys:
-            for peer in key_peers or ():
-                if peer.ip_block is None:
-                    admitted(peer)
         targets: dict[str, Endpoint] = {}
         for key_peers, port_name in keys:
             # The compiler's own candidate search (fast at scale); each
             # candidate's pairs are then worked out as for a single endpoint.
             targets.update((ep.key, ep) for ep in compiler.named_port_targets(key_peers, port_name))
-        port = PortState.of(name, family, protocol, keys, targets.values(), state.namespaces_of)
+        port = state.add_ports(name, family, protocol, keys, targets.values(), admitted)
         compiled_ports = builder.port_sets.get(name)
         if port.current != compiled_ports:
             raise AssertionError(f"{name}: the recorded pairs do not match the compiled set")
         port.current = compiled_ports
-        state.ports[name] = port
     for chain_name_, record in builder.chains.items():
         state.add_chain(chain_name_, record)
     return state
 
 
-def admission(compiler: Compiler, namespaces_of: NamespacesOf) -> Callable[[Peer], frozenset[str] | None]:
+def admission(compiler: Compiler, namespaces_of: NamespacesOf) -> Admitted:
     """The namespaces a selector peer admits, by ``compiler``'s resolver,
     remembered in ``namespaces_of``."""
     def admitted(peer: Peer) -> frozenset[str] | None:
