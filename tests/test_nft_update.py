@@ -558,6 +558,30 @@ def test_element_diff_agrees_with_set_difference() -> None:
         assert elements_diff(before, after) == (sorted(set(before) - set(after)), sorted(set(after) - set(before)))
 
 
+_JSON_ELEMENTS = st.sampled_from([
+    ["198.18.0.1", {"jump": {"target": "in_a"}}], ["198.18.0.1", {"jump": {"target": "in_b"}}],
+    ["198.18.0.2", {"jump": {"target": "in_a"}}], "cg0", "cg1", {"concat": ["cg0", "198.18.0.1"]},
+    {"concat": ["cg1", "198.18.0.1"]}, 7, ["fd00::1", {"goto": {"target": "x"}}],
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_JSON_ELEMENTS, max_size=12), st.lists(_JSON_ELEMENTS, max_size=12), st.booleans())
+def test_json_diff_agrees_with_the_difference_of_json_texts(before: list[Any], after: list[Any],
+                                                             in_order: bool) -> None:
+    """The planner's element diff of dispatch and next maps (only the middle
+    where two lists differ is keyed as JSON): the same answer as the set
+    difference of all their JSON texts, in any order and with repeats."""
+    from callgate.enforcers.nft.text import json_key
+    from callgate.enforcers.nft.update import _json_diff
+
+    if in_order:
+        before, after = sorted(before, key=json_key), sorted(after, key=json_key)
+    a, b = {json_key(e): e for e in before}, {json_key(e): e for e in after}
+    assert _json_diff(before, after) == ([a[k] for k in sorted(a.keys() - b.keys())],
+                                         [b[k] for k in sorted(b.keys() - a.keys())])
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.integers(0, 2), max_size=40), st.lists(st.integers(0, 2), max_size=40), st.integers(1, 6))
 def test_first_difference_in_strides_is_the_first_index_that_differs(a: list[int], b: list[int],

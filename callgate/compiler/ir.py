@@ -121,14 +121,22 @@ class AddressSet:
         """The elements as sorted, disjoint (first, last) integer intervals."""
         return [addresses.parse_element(e) for e in self.elements]
 
-    @cached_property
+    @property
     def digest(self) -> str:
-        return _hash_lines([self.name, self.family, self.comment], self.elements)
+        return self._digests[0]
 
-    @cached_property
+    @property
     def content_digest(self) -> str:
         """What the set holds, whatever it is named: a backend may hold equal sets once."""
-        return _hash_lines([self.family], self.elements)
+        return self._digests[1]
+
+    @cached_property
+    def _digests(self) -> tuple[str, str]:
+        # Both from one text of the elements: a changed 25,000-element set is
+        # hashed for the RuleSet's digest and, when another set has its size
+        # and ends, compared by content (~1 ms a text).
+        named, content = _hash_lines_each(([self.name, self.family, self.comment], [self.family]), self.elements)
+        return named, content
 
 
 @dataclass(frozen=True)
@@ -331,12 +339,22 @@ def _hash_lines(header: list[str], lines: Iterable[str]) -> str:
     JSON for 25,000 elements. Unambiguous: JSON escapes newlines, and an
     element holding a newline (never produced by the compiler) switches the
     body to JSON, which is told apart by its leading "[" (no address has one)."""
+    return _hash_lines_each((header,), lines)[0]
+
+
+def _hash_lines_each(headers: tuple[list[str], ...], lines: Iterable[str]) -> tuple[str, ...]:
+    """:func:`_hash_lines` under each of ``headers``, the body made once."""
     items = list(lines)
     body = "\n".join(items)
     if body.count("\n") != max(len(items) - 1, 0) or body.startswith("["):
         body = json.dumps(items)
-    text = json.dumps([*header, len(items)], separators=(",", ":")) + "\n" + body
-    return hashlib.sha256(text.encode()).hexdigest()
+    encoded = ("\n" + body).encode()
+    out = []
+    for header in headers:
+        digest = hashlib.sha256(json.dumps([*header, len(items)], separators=(",", ":")).encode())
+        digest.update(encoded)
+        out.append(digest.hexdigest())
+    return tuple(out)
 
 
 @dataclass(frozen=True)

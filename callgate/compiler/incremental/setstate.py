@@ -57,9 +57,12 @@ class AddressState:
     comment: str
     blocks: list[addresses.Interval]  # the ipBlock peers' union (pods do not change it)
     counts: dict[int, int]  # address -> member endpoints holding it
-    los: list[int]  # the union as maximal intervals, in order ...
-    his: list[int]
-    texts: list[str]  # ... and each one's element text
+    # The union as maximal intervals, in order, and each one's element text. One
+    # list of tuples, not two of bounds: the AddressSet takes a copy of it as its
+    # ``bounds`` (a pointer copy, 0.05 ms at 25,000 intervals; zipping two lists
+    # into tuples on every change cost ~0.9 ms a set).
+    bounds: list[addresses.Interval]
+    texts: list[str]
     size: int  # addresses in the union (carried by the AddressSet: backends choose its form by it)
     current: AddressSet | None
 
@@ -74,8 +77,7 @@ class AddressState:
         if union is None:
             union = addresses.merge([*blocks, *((v, v) for v in counts)])
         current = address_set_of(name, family, version, peers, union) if union else None
-        return cls(name, family, version, peers, address_set_comment(peers), blocks, dict(counts),
-                   [lo for lo, _ in union], [hi for _, hi in union],
+        return cls(name, family, version, peers, address_set_comment(peers), blocks, dict(counts), list(union),
                    list(current.elements) if current is not None else [], addresses.intervals_size(union), current)
 
     def update(self, removed: list[int], added: list[int]) -> bool:
@@ -101,32 +103,36 @@ class AddressState:
                 changed |= self._remove_point(v)
         if changed:
             self.current = (AddressSet(self.name, self.family, tuple(self.texts), self.comment, size=self.size,
-                                       bounds=list(zip(self.los, self.his, strict=True))) if self.texts else None)
+                                       bounds=list(self.bounds)) if self.texts else None)
         return changed
 
-    def _text(self, i: int) -> str:
-        return addresses.interval_text(self.los[i], self.his[i], self.version)
+    def _text(self, lo: int, hi: int) -> str:
+        return addresses.interval_text(lo, hi, self.version)
+
+    def _at_or_before(self, v: int) -> int:
+        """The index of the last interval starting at or before ``v`` (-1: none)."""
+        return bisect.bisect_right(self.bounds, v, key=_first) - 1
 
     def _add_point(self, v: int) -> bool:
-        i = bisect.bisect_right(self.los, v) - 1  # the last interval starting at or before v
-        if i >= 0 and self.his[i] >= v:
+        bounds, texts = self.bounds, self.texts
+        i = self._at_or_before(v)
+        if i >= 0 and bounds[i][1] >= v:
             return False  # already covered (an ipBlock, or a run of addresses)
-        joins_left = i >= 0 and self.his[i] == v - 1
-        joins_right = i + 1 < len(self.los) and self.los[i + 1] == v + 1
+        joins_left = i >= 0 and bounds[i][1] == v - 1
+        joins_right = i + 1 < len(bounds) and bounds[i + 1][0] == v + 1
         if joins_left and joins_right:
-            self.his[i] = self.his[i + 1]
-            del self.los[i + 1], self.his[i + 1], self.texts[i + 1]
-            self.texts[i] = self._text(i)
+            bounds[i] = (bounds[i][0], bounds[i + 1][1])
+            del bounds[i + 1], texts[i + 1]
+            texts[i] = self._text(*bounds[i])
         elif joins_left:
-            self.his[i] = v
-            self.texts[i] = self._text(i)
+            bounds[i] = (bounds[i][0], v)
+            texts[i] = self._text(*bounds[i])
         elif joins_right:
-            self.los[i + 1] = v
-            self.texts[i + 1] = self._text(i + 1)
+            bounds[i + 1] = (v, bounds[i + 1][1])
+            texts[i + 1] = self._text(*bounds[i + 1])
         else:
-            self.los.insert(i + 1, v)
-            self.his.insert(i + 1, v)
-            self.texts.insert(i + 1, self._text(i + 1))
+            bounds.insert(i + 1, (v, v))
+            texts.insert(i + 1, self._text(v, v))
         self.size += 1
         return True
 
@@ -137,16 +143,19 @@ class AddressState:
         for lo, hi in self.blocks[max(b, 0):b + 2]:
             if lo <= v <= hi:
                 return False
-        i = bisect.bisect_right(self.los, v) - 1
-        if i < 0 or not self.los[i] <= v <= self.his[i]:
+        i = self._at_or_before(v)
+        if i < 0 or not self.bounds[i][0] <= v <= self.bounds[i][1]:
             raise AssertionError(f"{self.name}: address {v} missing from the union")
-        lo, hi = self.los[i], self.his[i]
+        lo, hi = self.bounds[i]
         pieces = [(a, b) for a, b in ((lo, v - 1), (v + 1, hi)) if a <= b]
-        self.los[i:i + 1] = [a for a, _ in pieces]
-        self.his[i:i + 1] = [b for _, b in pieces]
-        self.texts[i:i + 1] = [addresses.interval_text(a, b, self.version) for a, b in pieces]
+        self.bounds[i:i + 1] = pieces
+        self.texts[i:i + 1] = [self._text(a, b) for a, b in pieces]
         self.size -= 1
         return True
+
+
+def _first(interval: addresses.Interval) -> int:
+    return interval[0]
 
 
 @dataclass

@@ -58,9 +58,9 @@ re-deciding only the addresses whose set membership changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from callgate.compiler import addresses
 from callgate.compiler.decision import (
@@ -106,6 +106,7 @@ CELL_EXPAND_MAX = 4_096
 _VERSION: dict[Family, int] = {"ip": 4, "ip6": 6}
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
 Expr = dict[str, Any]
+S = TypeVar("S", list[Any], tuple[Any, ...])  # a sequence slicing keeps as its type
 Key = Any  # hash form: (address, protocol, port) / address; interval form: cells as intervals
 
 
@@ -621,7 +622,7 @@ def _moved_addresses(old: AnySet | None, new: AnySet | None) -> set[int]:
 _STRIDE = 512  # elements compared at once, in C, before looking one by one
 
 
-def _first_difference(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
+def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> int:
     """The first index where ``a`` and ``b`` differ (the shorter's length if neither
     does). Stride by stride as slices (tuple equality, in C: the elements of a set
     that did not change are the very same objects), then one by one within the
@@ -637,17 +638,24 @@ def _first_difference(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
     return n
 
 
+def differing_middles(before: S, after: S) -> tuple[S, S]:
+    """``before`` and ``after`` without their common head and tail. For lists of
+    unique elements built in one order (a set's elements, a dispatch map's), a
+    change is a spot in the middle: only that part needs comparing as sets. Sound
+    for any order: an element of a common head or tail is in both."""
+    head = _first_difference(before, after)
+    tail = _first_difference(before[head:][::-1], after[head:][::-1])
+    return before[head:len(before) - tail], after[head:len(after) - tail]  # type: ignore[return-value]
+
+
 def elements_diff(before: tuple[Any, ...], after: tuple[Any, ...]) -> tuple[list[Any], list[Any]]:
     """(gone, came) between two element tuples: tuple equality first (the
     common case), sets only when they differ, and then only of the part
-    between the common head and tail (a pod coming or going changes one spot
-    of a sorted set). Sound for any order: elements are unique within a
-    tuple, so one in a common head or tail is in both."""
+    between the common head and tail (:func:`differing_middles`)."""
     if before == after:
         return [], []
-    head = _first_difference(before, after)
-    tail = _first_difference(before[head:][::-1], after[head:][::-1])
-    b, a = set(before[head:len(before) - tail]), set(after[head:len(after) - tail])
+    left, right = differing_middles(before, after)
+    b, a = set(left), set(right)
     return sorted(b - a), sorted(a - b)
 
 

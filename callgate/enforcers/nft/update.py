@@ -48,7 +48,13 @@ from callgate.enforcers.nft.commands import (
     validate,
     verdict_chain_commands,
 )
-from callgate.enforcers.nft.decisions import Layout, elements_diff, next_map_command, update_layout
+from callgate.enforcers.nft.decisions import (
+    Layout,
+    differing_middles,
+    elements_diff,
+    next_map_command,
+    update_layout,
+)
 from callgate.enforcers.nft.dispatch import (
     dispatch_elements,
     guard_chain,
@@ -100,12 +106,20 @@ class NftUpdate(NftTransaction):
 
 
 def _json_diff(before: list[Any], after: list[Any]) -> tuple[list[Any], list[Any]]:
-    """(gone, came) between two lists of JSON elements, compared as JSON."""
-    if before == after:  # the common case (a change touches one or two of them): no texts to make
+    """(gone, came) between two lists of JSON elements, compared as JSON.
+
+    Both lists are built in one order (by address, by interface), so only the
+    middle where they differ is keyed as JSON text (keying all of them was ~550
+    ``json.dumps`` a local pod's start). The elements of one set or map are
+    unique; should a list repeat one, what is found is checked against the
+    whole other list, so it cannot pass as gone or new."""
+    if before == after:  # the common case (a change touches one or two of them)
         return [], []
-    a = {json_key(e): e for e in before}
-    b = {json_key(e): e for e in after}
-    return [a[k] for k in sorted(a.keys() - b.keys())], [b[k] for k in sorted(b.keys() - a.keys())]
+    left, right = differing_middles(before, after)
+    a = {json_key(e): e for e in left}
+    b = {json_key(e): e for e in right}
+    return ([a[k] for k in sorted(a.keys() - b.keys()) if a[k] not in after],
+            [b[k] for k in sorted(b.keys() - a.keys()) if b[k] not in before])
 
 
 def _address_set_change(old: AddressSet, new: AddressSet) -> tuple[list[Any], list[Any]] | None:
