@@ -75,7 +75,12 @@ def test_node_dispatch_is_by_address_and_every_local_endpoint_is_held_to_its_own
     assert lines[at - 1] == "\t# source check of cgyb0, on its ingress hook"
     assert source[1:4] == ['\t\ttype filter hook ingress device "cgyb0" priority 0; policy accept;',
                            "\t\tip saddr 198.18.2.11 accept", "\t\tip6 saddr fd00:18:2::11 accept"]
-    assert source[4].startswith("\t\tip6 saddr { ::, fe80::/10 } icmpv6 type . ip6 hoplimit { mld-listener-query . 1")
+    # Link-local sources from one named set that every source chain shares: an anonymous
+    # set per chain cost every later transaction a dump of its elements (libnftables' cache).
+    assert source[4].startswith("\t\tip6 saddr @link_sources6 icmpv6 type . ip6 hoplimit { mld-listener-query . 1")
+    assert "\tset link_sources6 {" in lines
+    declared = lines[lines.index("\tset link_sources6 {"):]
+    assert declared[1:3] == ["\t\ttype ipv6_addr", "\t\tflags interval"] and "fe80::/10" in declared[4]
     assert source[5] == '\t\tcounter drop comment "callgate anti-spoofing"'
     assert "table bridge callgate {" in text and "iifname . arp saddr ip @endpoint_source4 return" in text
     assert "ether type != { ip, arp, ip6 } counter drop" in text  # a bridge port sends no VLAN-tagged frames
@@ -133,7 +138,7 @@ def test_a_source_chain_holds_every_address_of_its_interface_and_none_of_a_missi
     rules = guard_chains(rs, "node")[guard_chain("cgxa0")].rules
     assert rules[0] == ({"match": {"op": "==", "left": mine[0], "right": mine[1]}}, {"accept": None})
     # No IPv6 of its own: only neighbour discovery and MLD from link-local sources, then the drop.
-    assert all("fe80::" in json.dumps(r) for r in rules[1:-1]) and rules[-1] == ({"counter": None}, {"drop": None})
+    assert all("@link_sources6" in json.dumps(r) for r in rules[1:-1]) and rules[-1] == ({"counter": None}, {"drop": None})
     rules = guard_chains(rs, "node", "forward")[guard_chain("cgxa0")].rules
     assert rules[0][0] == {"match": {"op": "!=", "left": mine[0], "right": mine[1]}}
     assert rules[1][0] == {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}}

@@ -13,8 +13,9 @@ placements.
     chain source_<h> { type filter hook ingress device "<veth>" priority 0;   # one per local host-side interface,
         ip saddr 198.18.0.10 accept                   #   on its own ingress hook: only its packets run it
         ip6 saddr fd00::10 accept                     #   ({ a, b } for several; none for a family it lacks)
-        ip6 saddr { ::, fe80::/10 } icmpv6 type . ip6 hoplimit { <ND> . 255, <MLD> . 1 } accept   # link-local control
+        ip6 saddr @link_sources6 icmpv6 type . ip6 hoplimit { <ND> . 255, <MLD> . 1 } accept   # link-local control
         counter drop }                                # anything else it sends (before conntrack sees it)
+    set link_sources6 { type ipv6_addr; flags interval; elements = { ::, fe80::/10 } }   # one for all of them
     [kernels before 6.16, GuardHook "forward": map endpoint_guard { type ifname : verdict } → jump
      source_<h> (regular chains: "ip saddr != own counter drop" per family), looked up first in forward]
     chain forward { type filter hook forward priority 0; policy accept;
@@ -163,6 +164,12 @@ _PROTOCOL = {4: "ip", 6: "ip6"}
 ND_TYPES = ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect"]
 MLD_TYPES = ["mld-listener-query", "mld-listener-report", "mld-listener-done", "mld2-listener-report"]
 LINK_SOURCES = ["::", {"prefix": {"addr": "fe80::", "len": 10}}]
+# The node's source chains look those up in one named set. An anonymous set in
+# each chain (one per local interface) made every later transaction in the
+# namespace slower: libnftables 1.0.6 fetches the elements of every anonymous
+# interval set before it runs a command, a netlink dump each (~2 ms a
+# transaction at 100 local pods; a named set's are not fetched).
+LINK_SOURCES_SET = "link_sources6"
 ETHER_TYPES = ("ip", "arp", "ip6")  # what a bridge port may send (in the kernel's order)
 
 
@@ -295,7 +302,7 @@ def guard_chain_of(iface: str, sources: frozenset[str], guard: GuardHook = "ingr
             rules.append((_match(_meta("nfproto"), "ipv4" if version == 4 else "ipv6"), {"counter": None},
                           {"drop": None}))
     if guard == "ingress":
-        link_local = _match(_payload("ip6", "saddr"), {"set": list(LINK_SOURCES)})
+        link_local = _match(_payload("ip6", "saddr"), "@" + LINK_SOURCES_SET)
         rules.append((link_local, *_link_control_one({"accept": None})))
         rules.append(({"counter": None}, {"drop": None}))
     return GuardChain(iface, tuple(rules))
@@ -315,6 +322,11 @@ def guard_chain_declaration(name: str, chain: GuardChain, guard: GuardHook = "in
         return {"add": {"chain": _in(FAMILY, name=name, type="filter", hook="ingress", dev=chain.interface,
                                      prio=GUARD_PRIORITY, policy="accept")}}
     return {"add": {"chain": _in(FAMILY, name=name)}}
+
+
+def _link_sources_set() -> Command:
+    return {"add": {"set": _in(FAMILY, name=LINK_SOURCES_SET, type=_ADDR_TYPE[6], flags=["interval"],
+                               elem=list(LINK_SOURCES))}}
 
 
 def _set_type(name: str) -> tuple[str, Any]:
@@ -533,7 +545,8 @@ def dispatch_objects(ruleset: RuleSet, fail_closed: FailClosed | None, placement
         return [*_set_commands(elements), *_netns()]
     inet = {k: v for k, v in elements.items() if k[0] == FAMILY}
     bridge = {k: v for k, v in elements.items() if k[0] == BRIDGE_FAMILY}
-    guards: list[Command] = []  # the chains first: endpoint_guard's elements jump to them
+    # The chains first: endpoint_guard's elements jump to them (and the set they look up before them).
+    guards: list[Command] = [_link_sources_set()]
     for name, chain in guard_chains(ruleset, placement, guard).items():
         guards.append(guard_chain_declaration(name, chain, guard))
         guards.extend(guard_chain_commands(name, chain))
