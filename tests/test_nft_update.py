@@ -541,6 +541,81 @@ def test_kernel_drift_of_the_digest_falls_back_to_full(netns: str) -> None:
         kernel.close()
 
 
+@pytest.fixture
+def tight_maps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every hash-form decision map declared with a size, and no headroom: one
+    element more and the kernel's map is full."""
+    monkeypatch.setattr(decisions, "capacity_for", lambda elements: elements)
+
+
+def declared_sizes(commands: Any) -> dict[str, int | None]:
+    """Decision map -> the size its ``add map`` declares."""
+    return {body["name"]: body.get("size") for c in commands
+            if (body := c.get("add", {}).get("map")) is not None and body["name"].startswith("dec")}
+
+
+def test_big_hash_maps_are_declared_with_a_quarter_of_headroom() -> None:
+    """A power of two (the kernel's buckets are twice it), at least a quarter
+    above the elements, less than twice that; small maps stay resizable."""
+    assert decisions.capacity_for(decisions.SIZED_MIN - 1) == 0
+    for n in (decisions.SIZED_MIN, 25_000, 26_214, 26_215, 50_000, decisions.EXPAND_MAX):
+        size = decisions.capacity_for(n)
+        assert size & (size - 1) == 0 and n + n // 4 <= size < 2 * (n + n // 4), (n, size)
+
+
+@pytest.mark.kernel
+def test_kernel_walk_with_every_map_declared_full(netns: str, tight_maps: None) -> None:
+    """The walk of node states with no headroom in any map: each state lands
+    whole (walk checks the live table), growth by a full replacement."""
+    kernel = LibNftables(netns)
+    try:
+        steps = walk(kernel, "cg")
+    finally:
+        kernel.close()
+    assert any(tx is None for _, tx in steps[1:]) and any(tx is not None for _, tx in steps[1:])
+
+
+def test_a_map_that_would_outgrow_its_declared_size_is_rendered_anew(tight_maps: None) -> None:
+    enforcer = NftablesEnforcer(FakeNftKernel())
+    first = enforcer.apply(compile_(STATES[0][1], S03))
+    assert enforcer.layout is not None
+    sizes = declared_sizes(first.transaction.commands)
+    assert sizes and all(size == len(enforcer.layout.maps[name].elements) for name, size in sizes.items())
+    # d joins x/a's peers: two cells more than its map was declared for (the
+    # kernel would refuse them: ENFILE), so the planner renders the table anew.
+    grown = enforcer.apply(compile_(STATES[1][1], S03))
+    assert grown.mode == "full"
+    assert declared_sizes(grown.transaction.commands) != sizes
+    assert enforcer.apply(compile_(STATES[0][1], S03)).mode == "incremental"  # fewer always fit
+
+
+@pytest.mark.kernel
+def test_kernel_a_restart_adopts_the_sizes_it_finds_and_never_overfills_a_map(netns: str, tight_maps: None) -> None:
+    """A table declared at one size and now holding fewer elements is adopted
+    as it is (a size is not content), with the sizes the kernel reports: what
+    fits goes in element by element, what does not is a full replacement, and
+    the kernel never refuses a transaction for a full map."""
+    kernel = LibNftables(netns)
+    try:
+        small, big = compile_(STATES[0][1], S03), compile_(STATES[1][1], S03)
+        bigger = compile_(STATES[2][1], S03)
+        enforcer = NftablesEnforcer(kernel)
+        enforcer.apply(big)
+        assert enforcer.apply(small).mode == "incremental"
+        live = {body["name"]: body.get("size") for o in kernel.list_table("inet", "callgate") or []
+                if (body := o.get("map")) is not None and body["name"].startswith("dec")}
+        assert live and all(size is not None for size in live.values())
+        restarted = NftablesEnforcer(kernel)
+        assert restarted.apply(small).mode == "noop"
+        assert restarted.layout is not None
+        assert {name: m.capacity for name, m in restarted.layout.maps.items() if m.hashed} == live
+        assert restarted.apply(big).mode == "incremental"  # back to the size it was declared at
+        result = restarted.apply(bigger)
+        assert result.mode == "full" and restarted.in_sync(bigger)
+    finally:
+        kernel.close()
+
+
 def test_element_diff_agrees_with_set_difference() -> None:
     """Head/tail trimming is an optimisation only: random unique tuples, any
     order, the same answer as plain set difference."""

@@ -28,7 +28,7 @@ from callgate.enforcers.base import (
     check_fail_closed_prefix,
     comment_rule_id,
 )
-from callgate.enforcers.nft.decisions import Layout
+from callgate.enforcers.nft.decisions import Layout, adopt_capacities
 from callgate.enforcers.nft.kernel import NftKernel, keeps_hooks_by_name
 from callgate.enforcers.nft.layout import (
     ANTI_SPOOFING_COMMENT,
@@ -211,6 +211,8 @@ class NftablesEnforcer(ComparesNormalText):
         else:
             live = self._live_objects_now()
             if live is not None and self.live_text(live) == _table_text(full):
+                if full.layout is not None:
+                    adopt_capacities(full.layout, live)
                 self.applied, self.layout = Applied(ruleset, full.digest, fc), full.layout
                 return ApplyResult(False, full.digest, full, "noop", dry_run)
         if dry_run:

@@ -85,7 +85,8 @@ DIGEST_KEY_LEN = 15
 # a decided flow's verdict cached in its ct mark (dispatch.verdict_cache_objects).
 # 9: that source check in an ingress base chain on each veth itself where the
 # kernel keeps hooks by interface name (GuardHook), no look-up in the forward chain.
-# 10: those chains look link-local sources up in one named set (dispatch.LINK_SOURCES_SET).
+# 10: those chains look link-local sources up in one named set (dispatch.LINK_SOURCES_SET);
+# big hash-form decision maps declared with a size (decisions.SIZED_MIN).
 LAYOUT_VERSION = 10
 GuardHook = Literal["ingress", "forward"]
 """Where a node's source check of a host-side interface runs. "ingress": a base

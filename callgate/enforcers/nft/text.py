@@ -185,6 +185,8 @@ def _strip(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # The handle; and an ingress chain's device, which libnftables 1.0.6 does not
         # list (a source chain's name is a hash of its device's: it cannot stray).
         body = {k: v for k, v in body.items() if k != "handle" and not (kind == "chain" and k == "dev")}
+        if kind == "map":
+            body.pop("size", None)  # a capacity, not content: a table built at another size is the same table
         if kind == "set" and is_limit_set(body["name"]):
             body.pop("elem", None)  # the addresses the kernel is limiting now: its own, never compared
         if kind == "rule":
