@@ -29,7 +29,7 @@ from callgate.enforcers.nft.update import NftUpdate, plan_update
 from callgate.errors import KernelError
 from callgate.policy import load_policies
 from callgate.policy.inventory import inventory_from_dict
-from callgate.policy.model import PolicySet
+from callgate.policy.model import Inventory, PolicySet
 from tests.helpers import STANDARD_INVENTORY
 from tests.netns import nft
 
@@ -614,6 +614,33 @@ def test_kernel_a_restart_adopts_the_sizes_it_finds_and_never_overfills_a_map(ne
         assert result.mode == "full" and restarted.in_sync(bigger)
     finally:
         kernel.close()
+
+
+def test_a_change_elsewhere_keeps_the_chains_and_plans_no_dispatch() -> None:
+    """A pod added on another node (the incremental compiler keeps every endpoint
+    object): the new layout's chains are the old ones, the very objects, and the
+    transaction touches no dispatch set, yet the kernel ends up as a full
+    replacement would leave it."""
+    from callgate.compiler import IncrementalCompiler
+    from callgate.enforcers.nft.dispatch import dispatch_elements
+
+    first = inventory_from_dict(STATES[0][1])
+    added = next(ep for ep in inventory_from_dict(STATES[1][1]).endpoints if ep.key == "y/d")
+    compiler = IncrementalCompiler(S03, first, NODE)
+    enforcer = NftablesEnforcer(FakeNftKernel())
+    enforcer.apply(compiler.ruleset)
+    before, old = enforcer.layout, compiler.ruleset
+    assert before is not None
+    new = compiler.sync(S03, Inventory(first.namespaces, (*first.endpoints, added)))
+    assert new.endpoints is old.endpoints and new.local is old.local
+    result = enforcer.apply(new)
+    assert result.mode == "incremental" and enforcer.layout is not None
+    assert enforcer.layout.chains is before.chains and enforcer.layout.verdicts is before.verdicts
+    dispatch = {name for _family, name in dispatch_elements(new, None, "node")}
+    touched = {next(iter(c.values()))[kind]["name"] for c in result.transaction.commands
+               for kind in next(iter(c.values()))}
+    assert touched and not touched & dispatch, touched
+    assert enforcer.in_sync(new)
 
 
 def test_element_diff_agrees_with_set_difference() -> None:

@@ -197,6 +197,9 @@ class State:
         endpoints = tuple(self.endpoints[key] for key in sorted(self.endpoints))
         if len(endpoints) == len(old.endpoints) and all(map(operator.is_, endpoints, old.endpoints)):
             endpoints = old.endpoints  # the same objects: keep the tuple (and what is cached on it)
+        local = tuple(self.local[key] for key in sorted(self.local))
+        if len(local) == len(old.local) and all(map(operator.is_, local, old.local)):
+            local = old.local  # likewise: backends tell an unchanged dispatch by it
         self.ruleset = RuleSet(
             node=old.node,
             address_sets=tuple(s.current for name, s in self.address.items()
@@ -205,7 +208,7 @@ class State:
                             if s.current is not None and self.users.get(name)),
             endpoints=endpoints,
             unbound=tuple((key, self.unbound[key]) for key in sorted(self.unbound)),
-            local=tuple(self.local[key] for key in sorted(self.local)),
+            local=local,
         )
 
     def _endpoint_rules(self, er: EndpointRules) -> EndpointRules:

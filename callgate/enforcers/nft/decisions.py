@@ -119,6 +119,7 @@ _VERSION: dict[Family, int] = {"ip": 4, "ip6": 6}
 _ADDR_TYPE = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
 Expr = dict[str, Any]
 S = TypeVar("S", list[Any], tuple[Any, ...])  # a sequence slicing keeps as its type
+Renames = tuple[tuple[str, str], ...]  # (peer set, the equal one held instead), sorted
 Key = Any  # hash form: (address, protocol, port) / address; interval form: cells as intervals
 
 
@@ -227,6 +228,8 @@ class Layout:
     passes: dict[str, list[list[Expr]]] = field(default_factory=dict)  # pass chain -> its rules
     continuations: dict[str, list[Any]] = field(default_factory=dict)  # next map -> its elements (JSON)
     logging: FlowLogging | None = None  # the table's flow log, if any (see .actions)
+    renames: Renames = ()  # the peer sets held as an equal one (see _completed)
+    built_from: tuple[EndpointRules, ...] = ()  # the RuleSet endpoints its chains come from (compared by identity)
 
     def names(self) -> set[str]:
         """Every object of the decision part, by name."""
@@ -265,17 +268,29 @@ def build_layout(ruleset: RuleSet, logging: FlowLogging | None = None) -> Layout
     return _completed(Layout(maps, {}, {}, logging=logging), ruleset, walked_sets)
 
 
-def _completed(layout: Layout, ruleset: RuleSet, walked_sets: dict[str, AddressSet]) -> Layout:
+def _completed(layout: Layout, ruleset: RuleSet, walked_sets: dict[str, AddressSet],
+               previous: Layout | None = None) -> Layout:
     """``layout`` (its maps) with its chains, peer sets, pass chains and next maps.
 
     One kernel set per distinct content (:func:`~callgate.enforcers.base.equal_sets`):
     the walks of equal sets look up the one kept, named after the first of them by
     name. While the members of a content stay together, its set keeps its name and its
     updates stay element by element; when equal sets part or meet, the incremental
-    planner sees a set come or go and the chains whose walks look up another one change."""
+    planner sees a set come or go and the chains whose walks look up another one change.
+
+    The chains, rule chains, pass chains and next maps come from the endpoints and
+    the renames alone: from ``previous`` (the layout patched) when both are the same
+    (a change elsewhere in the cluster), the very objects, which the planner then
+    compares at no cost."""
     renames = tuple(sorted(equal_sets(walked_sets.values()).items()))
     instead = dict(renames)
     layout.sets = {name: s for name, s in walked_sets.items() if name not in instead}
+    layout.renames, layout.built_from = renames, ruleset.endpoints
+    if (previous is not None and previous.built_from is ruleset.endpoints and previous.renames == renames
+            and previous.logging == layout.logging):
+        layout.verdicts, layout.chains = previous.verdicts, previous.chains
+        layout.passes, layout.continuations = previous.passes, previous.continuations
+        return layout
     layout.verdicts = verdict_chains(ruleset, layout.logging, renames)
     for ep in ruleset.endpoints:
         layout.chains.update(_part(ep, style_of(ep, layout.logging), renames).chains)
@@ -447,7 +462,6 @@ class _EndpointPart:
     verdicts: dict[str, ChainRules]
 
 
-Renames = tuple[tuple[str, str], ...]  # (peer set, the equal one held instead), sorted
 # By endpoint object, as programs are (see decision.programs): unchanged
 # endpoints are the same objects from one RuleSet to the next. (The renames are
 # the whole layout's: they change only when equal peer sets part or meet.)
@@ -542,7 +556,7 @@ def update_layout(old: Layout, old_rs: RuleSet, new_rs: RuleSet) -> tuple[Layout
             fresh.maps[name], change = patched
             if change.gone or change.came:
                 changes[name] = change
-    return _completed(fresh, new_rs, walked_sets), changes
+    return _completed(fresh, new_rs, walked_sets, previous=old), changes
 
 
 AnySet = AddressSet | AddressPortSet

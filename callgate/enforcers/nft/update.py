@@ -197,11 +197,15 @@ def plan_update(old: RuleSet, old_fc: FailClosed | None, old_layout: Layout, new
             element_commands(name, *_json_diff(old_layout.continuations[name], now))
     for name in gone_next:  # emptied before the endpoint chains they name go
         element_commands(name, list(old_layout.continuations[name]), [])
-    a_dispatch, b_dispatch = (dispatch_elements(old, old_fc, placement, guard),
-                              dispatch_elements(new, new_fc, placement, guard))
-    for (family, name), now in b_dispatch.items():
-        gone, came = _json_diff(a_dispatch.get((family, name), []), now)
-        element_commands(name, gone, came, family)
+    # The dispatch elements come from the endpoints, the local endpoints and the
+    # fail-closed interfaces alone: when those are the same objects (a change
+    # elsewhere in the cluster), so are the elements.
+    if not (old.endpoints is new.endpoints and old.local is new.local and old_fc == new_fc):
+        a_dispatch, b_dispatch = (dispatch_elements(old, old_fc, placement, guard),
+                                  dispatch_elements(new, new_fc, placement, guard))
+        for (family, name), now in b_dispatch.items():
+            gone, came = _json_diff(a_dispatch.get((family, name), []), now)
+            element_commands(name, gone, came, family)
 
     new_verdicts = [n for n in layout.verdicts if n not in old_layout.verdicts]
     changed_verdicts = [n for n in layout.verdicts if n in old_layout.verdicts
